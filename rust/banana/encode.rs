@@ -1,0 +1,208 @@
+//! Token encoding into a caller-owned buffer, with Twisted's (or foolscap's) sender rules.
+
+use num_bigint::{BigInt, BigUint, Sign};
+
+use super::{tb, BananaError, Dialect, ErrorKind, MAX_INT_BITS, PB_SMALL_INT_MAX, SIZE_LIMIT};
+
+/// Appends tokens to `out`. Never allocates except by growing `out`.
+pub struct Encoder {
+    pub out: Vec<u8>,
+    pub dialect: Dialect,
+}
+
+impl Encoder {
+    pub fn new(dialect: Dialect) -> Encoder {
+        Encoder { out: Vec::new(), dialect }
+    }
+
+    pub fn with_capacity(dialect: Dialect, capacity: usize) -> Encoder {
+        Encoder { out: Vec::with_capacity(capacity), dialect }
+    }
+
+    /// Base-128 header, least significant group first; zero is a single `00`.
+    #[inline]
+    pub fn header(&mut self, mut v: u64) {
+        loop {
+            self.out.push((v & 0x7f) as u8);
+            v >>= 7;
+            if v == 0 {
+                return;
+            }
+        }
+    }
+
+    fn header_big(&mut self, v: &BigUint) {
+        let bits = v.bits();
+        if bits <= 64 {
+            return self.header(u64::try_from(v).expect("fits in 64 bits"));
+        }
+        let bytes = v.to_bytes_le();
+        let groups = bits.div_ceil(7);
+        for g in 0..groups {
+            let bit = g * 7;
+            let (byte, shift) = ((bit / 8) as usize, bit % 8);
+            let lo = u32::from(bytes[byte]);
+            let hi = u32::from(bytes.get(byte + 1).copied().unwrap_or(0));
+            self.out.push((((hi << 8 | lo) >> shift) & 0x7f) as u8);
+        }
+    }
+
+    /// A Twisted LIST header for `len` elements.
+    #[inline]
+    pub fn list(&mut self, len: usize) -> Result<(), BananaError> {
+        if len > SIZE_LIMIT {
+            return Err(BananaError::local(ErrorKind::TooLongToSend { what: "list/tuple", len }));
+        }
+        self.header(len as u64);
+        self.out.push(tb::LIST);
+        Ok(())
+    }
+
+    /// A byte string; in a dialect with a vocabulary, a word of it goes out as VOCAB.
+    #[inline]
+    pub fn bytes(&mut self, b: &[u8]) -> Result<(), BananaError> {
+        if let Some(index) = self.dialect.vocab_index(b) {
+            self.header(u64::from(index));
+            self.out.push(tb::VOCAB);
+            return Ok(());
+        }
+        self.string(b)
+    }
+
+    /// A byte string as STRING, never VOCAB.
+    #[inline]
+    pub fn string(&mut self, b: &[u8]) -> Result<(), BananaError> {
+        if b.len() > SIZE_LIMIT && self.dialect != Dialect::Foolscap {
+            return Err(BananaError::local(ErrorKind::TooLongToSend { what: "byte string", len: b.len() }));
+        }
+        self.header(b.len() as u64);
+        self.out.push(tb::STRING);
+        self.out.extend_from_slice(b);
+        Ok(())
+    }
+
+    #[inline]
+    pub fn float(&mut self, f: f64) {
+        self.out.push(tb::FLOAT);
+        self.out.extend_from_slice(&f.to_be_bytes());
+    }
+
+    /// An integer that fits in an `i64`.
+    #[inline]
+    pub fn int(&mut self, v: i64) {
+        let magnitude = v.unsigned_abs();
+        let small = magnitude <= PB_SMALL_INT_MAX as u64 || (v < 0 && magnitude == 1 << 31);
+        match (v >= 0, small, self.dialect) {
+            (true, true, _) => {
+                self.header(magnitude);
+                self.out.push(tb::INT);
+            }
+            (false, true, _) => {
+                self.header(magnitude);
+                self.out.push(tb::NEG);
+            }
+            (nonneg, false, Dialect::Foolscap) => self.foolscap_long(nonneg, &magnitude.to_be_bytes()),
+            (nonneg, false, _) => {
+                self.header(magnitude);
+                self.out.push(if nonneg { tb::LONGINT } else { tb::LONGNEG });
+            }
+        }
+    }
+
+    /// An integer of any size. Twisted dialects refuse magnitudes of 2**448 and beyond.
+    pub fn big_int(&mut self, v: &BigInt) -> Result<(), BananaError> {
+        if let Ok(small) = i64::try_from(v) {
+            self.int(small);
+            return Ok(());
+        }
+        let (sign, magnitude) = (v.sign(), v.magnitude());
+        if self.dialect == Dialect::Foolscap {
+            self.foolscap_long(sign != Sign::Minus, &magnitude.to_bytes_be());
+            return Ok(());
+        }
+        if magnitude.bits() > MAX_INT_BITS {
+            return Err(BananaError::local(ErrorKind::IntTooLarge));
+        }
+        self.header_big(magnitude);
+        self.out.push(if sign == Sign::Minus { tb::LONGNEG } else { tb::LONGINT });
+        Ok(())
+    }
+
+    /// foolscap LONGINT/LONGNEG: header = byte count, body = minimal big-endian magnitude.
+    fn foolscap_long(&mut self, nonneg: bool, be: &[u8]) {
+        let first = be.iter().position(|&b| b != 0).unwrap_or(be.len());
+        let body = &be[first..];
+        self.header(body.len() as u64);
+        self.out.push(if nonneg { tb::LONGINT } else { tb::LONGNEG });
+        self.out.extend_from_slice(body);
+    }
+
+    /// A foolscap token that carries only a header number (OPEN, CLOSE, ABORT, PING, PONG).
+    pub fn numbered(&mut self, type_byte: u8, n: u64) {
+        self.header(n);
+        self.out.push(type_byte);
+    }
+
+    /// A foolscap ERROR token; the message is cut to 1000 bytes as foolscap does.
+    pub fn error(&mut self, message: &[u8]) {
+        let message = &message[..message.len().min(super::FOOLSCAP_ERROR_LIMIT)];
+        self.header(message.len() as u64);
+        self.out.push(tb::ERROR);
+        self.out.extend_from_slice(message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(f: impl FnOnce(&mut Encoder)) -> Vec<u8> {
+        let mut e = Encoder::new(Dialect::Pb);
+        f(&mut e);
+        e.out
+    }
+
+    #[test]
+    fn ints_follow_twisted_boundaries() {
+        assert_eq!(enc(|e| e.int(0)), [0x00, tb::INT]);
+        assert_eq!(enc(|e| e.int(300)), [0x2c, 0x02, tb::INT]);
+        assert_eq!(enc(|e| e.int((1 << 31) - 1)), [0x7f, 0x7f, 0x7f, 0x7f, 0x07, tb::INT]);
+        assert_eq!(enc(|e| e.int(1 << 31)), [0, 0, 0, 0, 0x08, tb::LONGINT]);
+        assert_eq!(enc(|e| e.int(-(1 << 31))), [0, 0, 0, 0, 0x08, tb::NEG]);
+        assert_eq!(enc(|e| e.int(-(1 << 31) - 1)), [1, 0, 0, 0, 0x08, tb::LONGNEG]);
+        assert_eq!(enc(|e| e.int(i64::MIN)), [0, 0, 0, 0, 0, 0, 0, 0, 0, 1, tb::LONGNEG]);
+    }
+
+    #[test]
+    fn big_ints() {
+        let v = BigInt::from(1u8) << 200;
+        let mut expect = vec![0u8; 28];
+        expect.extend([0x10, tb::LONGINT]);
+        assert_eq!(enc(|e| e.big_int(&v).unwrap()), expect);
+        let max = (BigInt::from(1u8) << 448) - 1;
+        let out = enc(|e| e.big_int(&max).unwrap());
+        assert_eq!(out.len(), 65);
+        let mut e = Encoder::new(Dialect::Pb);
+        assert_eq!(e.big_int(&(max + 1)).unwrap_err().kind, ErrorKind::IntTooLarge);
+    }
+
+    #[test]
+    fn foolscap_ints() {
+        let mut e = Encoder::new(Dialect::Foolscap);
+        e.int(1 << 40);
+        e.int(-5);
+        assert_eq!(e.out, [6, tb::LONGINT, 1, 0, 0, 0, 0, 0, 5, tb::NEG]);
+    }
+
+    #[test]
+    fn vocab_and_limits() {
+        assert_eq!(enc(|e| e.bytes(b"message").unwrap()), [0x1a, tb::VOCAB]);
+        let mut e = Encoder::new(Dialect::NoVocab);
+        e.bytes(b"list").unwrap();
+        assert_eq!(e.out, [4, tb::STRING, b'l', b'i', b's', b't']);
+        let mut e = Encoder::new(Dialect::Pb);
+        assert!(e.bytes(&vec![0; SIZE_LIMIT + 1]).is_err());
+        assert!(e.list(SIZE_LIMIT + 1).is_err());
+        assert!(e.list(SIZE_LIMIT).is_ok());
+    }
+}

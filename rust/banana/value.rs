@@ -1,0 +1,136 @@
+//! A plain Rust value tree for Twisted banana, for tests, fuzzing and tools that run without
+//! Python. The Python bindings build Python objects directly instead.
+
+use super::decode::{Step, Token, TokenReader};
+use super::{framer, BananaError, Dialect, Encoder, Integer, Limits};
+
+#[derive(Debug, Clone)]
+pub enum Value {
+    Int(Integer),
+    Float(f64),
+    Bytes(Vec<u8>),
+    List(Vec<Value>),
+}
+
+impl PartialEq for Value {
+    /// Floats compare by bit pattern, so NaN equals itself and -0.0 differs from 0.0.
+    fn eq(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Float(a), Value::Float(b)) => a.to_bits() == b.to_bits(),
+            (Value::Bytes(a), Value::Bytes(b)) => a == b,
+            (Value::List(a), Value::List(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Value {
+    /// Append this value's tokens.
+    pub fn encode(&self, enc: &mut Encoder) -> Result<(), BananaError> {
+        match self {
+            Value::Int(Integer::Small(v)) => enc.int(*v),
+            Value::Int(Integer::Big(v)) => enc.big_int(v)?,
+            Value::Float(f) => enc.float(*f),
+            Value::Bytes(b) => enc.bytes(b)?,
+            Value::List(items) => {
+                enc.list(items.len())?;
+                for item in items {
+                    item.encode(enc)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn to_bytes(&self, dialect: Dialect) -> Result<Vec<u8>, BananaError> {
+        let mut enc = Encoder::new(dialect);
+        self.encode(&mut enc)?;
+        Ok(enc.out)
+    }
+
+    /// Decode exactly one expression.
+    pub fn from_bytes(data: &[u8], dialect: Dialect, limits: Limits) -> Result<Value, BananaError> {
+        framer::exactly_one(data, dialect, limits)?;
+        Ok(build(&TokenReader::new(data, 0, dialect, limits), &mut 0))
+    }
+}
+
+/// Build one value from an expression the framer has already validated.
+pub(crate) fn build(reader: &TokenReader<'_>, pos: &mut usize) -> Value {
+    let Ok(Step::Token(token, end)) = reader.step(*pos) else {
+        unreachable!("expression was validated by the framer");
+    };
+    *pos = end;
+    match token {
+        Token::List(n) => Value::List((0..n).map(|_| build(reader, pos)).collect()),
+        Token::Int { value, .. } => Value::Int(value),
+        Token::String(s) => Value::Bytes(s.to_vec()),
+        Token::Vocab { word, .. } => Value::Bytes(word.to_vec()),
+        Token::Float(f) => Value::Float(f),
+        _ => unreachable!("foolscap tokens never pass the Twisted framer"),
+    }
+}
+
+/// Decode every complete expression of a stream fed in `chunks`.
+pub fn decode_stream(chunks: &[&[u8]], dialect: Dialect, limits: Limits) -> Result<Vec<Value>, BananaError> {
+    let mut framer = framer::Framer::new(dialect, limits);
+    let mut out = Vec::new();
+    for chunk in chunks {
+        framer.feed(chunk, |expr: &[u8], offset| -> Result<(), BananaError> {
+            out.push(build(&TokenReader::new(expr, offset, dialect, limits), &mut 0));
+            Ok(())
+        })?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(|v| Value::Int(Integer::Small(v))),
+            any::<f64>().prop_map(Value::Float),
+            proptest::collection::vec(any::<u8>(), 0..20).prop_map(Value::Bytes),
+            Just(Value::Bytes(b"message".to_vec())),
+            (any::<bool>(), proptest::collection::vec(any::<u8>(), 9..56)).prop_map(|(neg, bytes)| {
+                let mag = num_bigint::BigUint::from_bytes_le(&bytes);
+                let sign = if neg { num_bigint::Sign::Minus } else { num_bigint::Sign::Plus };
+                Value::Int(Integer::from_big(num_bigint::BigInt::from_biguint(sign, mag)))
+            }),
+        ];
+        leaf.prop_recursive(6, 64, 8, |inner| proptest::collection::vec(inner, 0..8).prop_map(Value::List))
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(v in value(), dialect in prop_oneof![Just(Dialect::Pb), Just(Dialect::NoVocab)]) {
+            let bytes = v.to_bytes(dialect).unwrap();
+            prop_assert_eq!(Value::from_bytes(&bytes, dialect, Limits::twisted()).unwrap(), v);
+        }
+
+        #[test]
+        fn chunking_does_not_matter(vs in proptest::collection::vec(value(), 1..5), cuts in proptest::collection::vec(any::<usize>(), 0..6)) {
+            let stream: Vec<u8> = vs.iter().flat_map(|v| v.to_bytes(Dialect::Pb).unwrap()).collect();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut last = 0;
+            for c in cuts {
+                chunks.push(&stream[last..c]);
+                last = c;
+            }
+            chunks.push(&stream[last..]);
+            prop_assert_eq!(decode_stream(&chunks, Dialect::Pb, Limits::twisted()).unwrap(), vs);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_stream(&[&data], Dialect::Pb, Limits::twisted());
+            let _ = Value::from_bytes(&data, Dialect::NoVocab, Limits::twisted());
+        }
+    }
+}
