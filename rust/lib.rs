@@ -13,8 +13,31 @@
 //! and `cargo test` needs no interpreter.
 
 pub mod banana;
-
-#[cfg(feature = "python")]
-mod jelly;
+pub mod jelly;
 #[cfg(feature = "python")]
 mod py;
+
+/// The extension module `pbfast._core`.
+#[cfg(feature = "python")]
+#[pyo3::pymodule]
+mod _core {
+    use pyo3::prelude::*;
+
+    #[pymodule_export]
+    use crate::py::{banana_decode, banana_encode, dumps, encode_tokens, loads, DecoderPy, TokenizerPy};
+    #[pymodule_export]
+    use crate::jelly::decode::UnresolvedReference;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        use crate::banana::{vocab, SIZE_LIMIT, PREFIX_LIMIT};
+        let words = |table: &[&[u8]]| table.iter().map(|w| pyo3::types::PyBytes::new(m.py(), w)).collect::<Vec<_>>();
+        m.add("SIZE_LIMIT", SIZE_LIMIT)?;
+        m.add("PREFIX_LIMIT", PREFIX_LIMIT)?;
+        m.add("PB_VOCAB", pyo3::types::PyTuple::new(m.py(), words(&vocab::PB_VOCAB))?)?;
+        m.add("FOOLSCAP_VOCAB", pyo3::types::PyTuple::new(m.py(), words(&vocab::FOOLSCAP_VOCAB))?)?;
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        m.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+        Ok(())
+    }
+}

@@ -138,8 +138,11 @@ impl Encoder {
     }
 
     /// A foolscap token that carries only a header number (OPEN, CLOSE, ABORT, PING, PONG).
+    /// foolscap writes PING and PONG 0 with an empty header, and a `00` header everywhere else.
     pub fn numbered(&mut self, type_byte: u8, n: u64) {
-        self.header(n);
+        if !(n == 0 && (type_byte == tb::PING || type_byte == tb::PONG)) {
+            self.header(n);
+        }
         self.out.push(type_byte);
     }
 

@@ -8,6 +8,7 @@
 pub mod decode;
 pub mod encode;
 pub mod framer;
+pub mod tokenizer;
 pub mod value;
 pub mod vocab;
 
@@ -16,6 +17,7 @@ use num_bigint::BigInt;
 pub use decode::{Token, TokenReader};
 pub use encode::Encoder;
 pub use framer::Framer;
+pub use tokenizer::Tokenizer;
 pub use value::Value;
 
 /// Type bytes. 0x80..=0x87 are shared by Twisted and foolscap; 0x88.. are foolscap only.
@@ -188,6 +190,8 @@ pub enum ErrorKind {
     TooLongToSend { what: &'static str, len: usize },
     /// A foolscap open-id, vocab index or similar header value that does not fit 64 bits.
     HeaderValueTooLarge,
+    /// A value of a type banana has no token for (given to the encoder).
+    Unsendable(String),
     /// The decoder already failed; a stream cannot be resynchronised after an error.
     Stopped,
 }
@@ -247,6 +251,7 @@ impl std::fmt::Display for BananaError {
                 write!(f, "{what} is too long to send ({len} > {SIZE_LIMIT})")?
             }
             ErrorKind::HeaderValueTooLarge => write!(f, "header value does not fit in 64 bits")?,
+            ErrorKind::Unsendable(msg) => write!(f, "{msg}")?,
             ErrorKind::Stopped => write!(f, "decoder stopped by an earlier error")?,
         }
         if let Some(o) = self.offset {

@@ -1,0 +1,437 @@
+//! Python objects -> jelly -> banana bytes, in one walk.
+//!
+//! Shared and cyclic containers: the first sighting of a tracked object records where its bytes
+//! start; a later sighting gives it the next reference id and writes `["dereference", id]`. At the
+//! end the first sightings that were referenced again are wrapped in `["reference", id, ...]` by
+//! one splice over the buffer — the byte-level equivalent of Twisted rewriting its first
+//! s-expression in place, so ids come out in the same (second-sighting) order.
+
+use std::collections::hash_map::Entry;
+
+use num_bigint::BigInt;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{
+    PyBool, PyBytes, PyDate, PyDateTime, PyDelta, PyDict, PyFloat, PyFrozenSet, PyList, PySet, PyString, PyTime,
+    PyTuple, PyType,
+};
+use pyo3::types::{PyDateAccess, PyDeltaAccess, PyTimeAccess, PyTzInfoAccess};
+
+use super::{format_fields, tag};
+use crate::banana::{tb, Dialect, Encoder, Limits};
+use crate::py::errors::{jelly_error, PyBananaError};
+use crate::py::PtrMap;
+
+/// Twisted's `qual()`: `module.qualname` of a class.
+pub fn qualified_name(cls: &Bound<'_, PyType>) -> PyResult<String> {
+    Ok(format!("{}.{}", cls.module()?, cls.qualname()?))
+}
+
+struct Seen {
+    start: usize,
+    ref_id: u32,
+}
+
+/// One jelly call: one id space for shared references.
+pub struct JellyEncoder<'py> {
+    py: Python<'py>,
+    enc: Encoder,
+    seen: PtrMap<Seen>,
+    /// (byte offset of a first sighting, reference id) to wrap at the end.
+    wraps: Vec<(usize, u32)>,
+    next_ref: u32,
+    /// Objects the hook made up; kept alive so their addresses stay unique while tracked.
+    keep: Vec<Bound<'py, PyAny>>,
+    hook: Option<Bound<'py, PyAny>>,
+    depth: usize,
+    max_depth: usize,
+}
+
+impl<'py> JellyEncoder<'py> {
+    pub fn new(py: Python<'py>, dialect: Dialect, hook: Option<Bound<'py, PyAny>>) -> JellyEncoder<'py> {
+        JellyEncoder {
+            py,
+            enc: Encoder::with_capacity(dialect, 256),
+            seen: PtrMap::default(),
+            wraps: Vec::new(),
+            next_ref: 1,
+            keep: Vec::new(),
+            hook,
+            depth: 0,
+            max_depth: Limits::twisted().max_depth,
+        }
+    }
+
+    /// Raw banana bytes may be written around jellied values (the PB envelope of a message).
+    pub fn banana(&mut self) -> &mut Encoder {
+        &mut self.enc
+    }
+
+    /// Jelly one value. Each call is its own id space, as each of Twisted's `jelly()` calls is.
+    pub fn jelly(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
+        let start = self.enc.out.len();
+        self.value(obj)?;
+        if !self.wraps.is_empty() {
+            self.splice_references(start);
+        }
+        self.seen.clear();
+        self.keep.clear();
+        self.next_ref = 1;
+        Ok(())
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.enc.out
+    }
+
+    fn value(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
+        if let Ok(s) = obj.cast_exact::<PyString>() {
+            self.open(2)?;
+            self.enc.string(tag::UNICODE).map_err(PyBananaError::from)?;
+            self.enc.bytes(s.to_str()?.as_bytes()).map_err(PyBananaError::from)?;
+            self.close();
+            return Ok(());
+        }
+        if obj.is_exact_instance_of::<pyo3::types::PyInt>() {
+            return self.int(obj);
+        }
+        if let Ok(f) = obj.cast_exact::<PyFloat>() {
+            self.enc.float(f.value());
+            return Ok(());
+        }
+        if let Ok(b) = obj.cast_exact::<PyBytes>() {
+            return self.enc.bytes(b.as_bytes()).map_err(|e| PyBananaError::from(e).into());
+        }
+        if let Ok(l) = obj.cast_exact::<PyList>() {
+            return self.list(obj, l);
+        }
+        if let Ok(d) = obj.cast_exact::<PyDict>() {
+            return self.dict(obj, d);
+        }
+        if let Ok(t) = obj.cast_exact::<PyTuple>() {
+            return self.tuple(obj, t);
+        }
+        if obj.is_none() {
+            return self.tagged(&[tag::NONE]);
+        }
+        if let Ok(b) = obj.cast_exact::<PyBool>() {
+            return self.tagged(&[tag::BOOLEAN, if b.is_true() { tag::TRUE } else { tag::FALSE }]);
+        }
+        if obj.is_exact_instance_of::<PySet>() || obj.is_exact_instance_of::<PyFrozenSet>() {
+            return self.set(obj);
+        }
+        if let Ok(dt) = obj.cast_exact::<PyDateTime>() {
+            refuse_tz(dt.get_tzinfo().is_some(), "datetime")?;
+            let fields = [
+                i64::from(dt.get_year()),
+                i64::from(dt.get_month()),
+                i64::from(dt.get_day()),
+                i64::from(dt.get_hour()),
+                i64::from(dt.get_minute()),
+                i64::from(dt.get_second()),
+                i64::from(dt.get_microsecond()),
+            ];
+            return self.tagged(&[tag::DATETIME, format_fields(&fields).as_bytes()]);
+        }
+        if let Ok(d) = obj.cast_exact::<PyDate>() {
+            let fields = [i64::from(d.get_year()), i64::from(d.get_month()), i64::from(d.get_day())];
+            return self.tagged(&[tag::DATE, format_fields(&fields).as_bytes()]);
+        }
+        if let Ok(t) = obj.cast_exact::<PyTime>() {
+            refuse_tz(t.get_tzinfo().is_some(), "time")?;
+            let fields = [
+                i64::from(t.get_hour()),
+                i64::from(t.get_minute()),
+                i64::from(t.get_second()),
+                i64::from(t.get_microsecond()),
+            ];
+            return self.tagged(&[tag::TIME, format_fields(&fields).as_bytes()]);
+        }
+        if let Ok(td) = obj.cast_exact::<PyDelta>() {
+            let fields = [i64::from(td.get_days()), i64::from(td.get_seconds()), i64::from(td.get_microseconds())];
+            return self.tagged(&[tag::TIMEDELTA, format_fields(&fields).as_bytes()]);
+        }
+        if obj.get_type().is(decimal_type(self.py)?) {
+            return self.decimal(obj);
+        }
+        if let Ok(cls) = obj.cast::<PyType>() {
+            let name = qualified_name(cls)?;
+            return self.tagged(&[tag::CLASS, name.as_bytes()]);
+        }
+        self.instance(obj)
+    }
+
+    fn int(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
+        let mut overflow = 0;
+        // SAFETY: obj is an exact int; PyLong_AsLongLongAndOverflow reports overflow without
+        // raising, and cannot fail otherwise for an int.
+        let v = unsafe { ffi::PyLong_AsLongLongAndOverflow(obj.as_ptr(), &mut overflow) };
+        if overflow == 0 {
+            self.enc.int(v);
+            return Ok(());
+        }
+        let big: BigInt = obj.extract()?;
+        self.enc.big_int(&big).map_err(|e| PyBananaError::from(e).into())
+    }
+
+    /// A tracked object seen before: write its dereference and return true.
+    fn seen_again(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<bool> {
+        let start = self.enc.out.len();
+        match self.seen.entry(obj.as_ptr() as usize) {
+            Entry::Vacant(v) => {
+                v.insert(Seen { start, ref_id: 0 });
+                Ok(false)
+            }
+            Entry::Occupied(mut o) => {
+                let seen = o.get_mut();
+                if seen.ref_id == 0 {
+                    seen.ref_id = self.next_ref;
+                    self.next_ref += 1;
+                    self.wraps.push((seen.start, seen.ref_id));
+                }
+                let id = seen.ref_id;
+                self.open(2)?;
+                self.enc.bytes(tag::DEREFERENCE).map_err(PyBananaError::from)?;
+                self.enc.int(i64::from(id));
+                self.close();
+                Ok(true)
+            }
+        }
+    }
+
+    fn list(&mut self, obj: &Bound<'py, PyAny>, list: &Bound<'py, PyList>) -> PyResult<()> {
+        if self.seen_again(obj)? {
+            return Ok(());
+        }
+        let n = list.len();
+        self.open(n + 1)?;
+        self.enc.bytes(tag::LIST).map_err(PyBananaError::from)?;
+        for i in 0..n {
+            // Owned items: hook code may run below and could shrink the list under us.
+            let item = list.get_item(i).map_err(|_| changed_size("list"))?;
+            self.value(&item)?;
+        }
+        if list.len() != n {
+            return Err(changed_size("list"));
+        }
+        self.close();
+        Ok(())
+    }
+
+    fn tuple(&mut self, obj: &Bound<'py, PyAny>, tuple: &Bound<'py, PyTuple>) -> PyResult<()> {
+        if self.seen_again(obj)? {
+            return Ok(());
+        }
+        self.open(tuple.len() + 1)?;
+        self.enc.bytes(tag::TUPLE).map_err(PyBananaError::from)?;
+        for item in tuple.iter() {
+            self.value(&item)?;
+        }
+        self.close();
+        Ok(())
+    }
+
+    fn dict(&mut self, obj: &Bound<'py, PyAny>, dict: &Bound<'py, PyDict>) -> PyResult<()> {
+        if self.seen_again(obj)? {
+            return Ok(());
+        }
+        let n = dict.len();
+        self.open(n + 1)?;
+        self.enc.bytes(tag::DICTIONARY).map_err(PyBananaError::from)?;
+        let mut pos: ffi::Py_ssize_t = 0;
+        let mut written = 0;
+        loop {
+            let mut key = std::ptr::null_mut();
+            let mut value = std::ptr::null_mut();
+            // SAFETY: PyDict_Next hands out borrowed pointers; both are turned into owned
+            // references before any Python code (a hook) can run and mutate the dict.
+            let (key, value) = unsafe {
+                if ffi::PyDict_Next(dict.as_ptr(), &mut pos, &mut key, &mut value) == 0 {
+                    break;
+                }
+                (Bound::from_borrowed_ptr(self.py, key), Bound::from_borrowed_ptr(self.py, value))
+            };
+            written += 1;
+            if written > n {
+                return Err(changed_size("dict"));
+            }
+            self.open(2)?;
+            self.value(&key)?;
+            self.value(&value)?;
+            self.close();
+        }
+        if written != n || dict.len() != n {
+            return Err(changed_size("dict"));
+        }
+        self.close();
+        Ok(())
+    }
+
+    fn set(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
+        if self.seen_again(obj)? {
+            return Ok(());
+        }
+        let n = obj.len()?;
+        let atom = if obj.is_exact_instance_of::<PySet>() { tag::SET } else { tag::FROZENSET };
+        self.open(n + 1)?;
+        self.enc.bytes(atom).map_err(PyBananaError::from)?;
+        let mut written = 0;
+        for item in obj.try_iter()? {
+            written += 1;
+            if written > n {
+                return Err(changed_size("set"));
+            }
+            self.value(&item?)?;
+        }
+        if written != n {
+            return Err(changed_size("set"));
+        }
+        self.close();
+        Ok(())
+    }
+
+    fn decimal(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
+        let (sign, digits, exponent): (u8, Vec<u8>, Bound<'py, PyAny>) = obj.call_method0("as_tuple")?.extract()?;
+        let Ok(exponent) = exponent.extract::<i64>() else {
+            return Err(jelly_error(format!("cannot jelly the non-finite Decimal {}", obj.str()?), None));
+        };
+        let mut coefficient = BigInt::from(0);
+        for d in digits {
+            coefficient = coefficient * 10 + d;
+        }
+        if sign == 1 {
+            coefficient = -coefficient;
+        }
+        self.open(3)?;
+        self.enc.bytes(tag::DECIMAL).map_err(PyBananaError::from)?;
+        self.enc.big_int(&coefficient).map_err(PyBananaError::from)?;
+        self.enc.int(exponent);
+        self.close();
+        Ok(())
+    }
+
+    /// Anything that is not a builtin jelly type: ask the hook, else Twisted's defaults.
+    fn instance(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
+        if let Some(hook) = self.hook.clone() {
+            if self.seen.contains_key(&(obj.as_ptr() as usize)) {
+                self.seen_again(obj)?;
+                return Ok(());
+            }
+            let result = hook.call1((obj,))?;
+            if !result.is_none() {
+                let (items, track): (Bound<'py, PyAny>, bool) = result.extract().map_err(|_| {
+                    pyo3::exceptions::PyTypeError::new_err("a jelly hook must return None or (items, track)")
+                })?;
+                if track {
+                    self.seen_again(obj)?;
+                    self.keep.push(obj.clone());
+                }
+                let items = items.cast_into::<PyTuple>().or_else(|e| {
+                    let any = e.into_inner();
+                    any.cast::<PyList>().map(|l| l.to_tuple()).map_err(|_| {
+                        pyo3::exceptions::PyTypeError::new_err("a jelly hook's items must be a tuple or list")
+                    })
+                })?;
+                self.keep.push(items.clone().into_any());
+                self.open(items.len())?;
+                for item in items.iter() {
+                    self.value(&item)?;
+                }
+                self.close();
+                return Ok(());
+            }
+        }
+        self.default_instance(obj)
+    }
+
+    /// Twisted's behaviour for objects without a jelly form of their own: functions, methods and
+    /// modules cannot be sent; anything else goes as `unpersistable` (tracked like a container).
+    fn default_instance(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
+        let kinds = code_types(self.py)?;
+        for (kind, what) in kinds.iter().zip(["function", "bound method", "module"]) {
+            if obj.is_instance(kind)? {
+                return Err(jelly_error(format!("cannot send a {what} ({})", obj.repr()?), None));
+            }
+        }
+        if self.seen_again(obj)? {
+            return Ok(());
+        }
+        let reason = format!("instance of class {} deemed insecure", qualified_name(&obj.get_type())?);
+        self.tagged(&[tag::UNPERSISTABLE, reason.as_bytes()])
+    }
+
+    /// `[atom, atom, ...]` of byte strings.
+    fn tagged(&mut self, atoms: &[&[u8]]) -> PyResult<()> {
+        self.open(atoms.len())?;
+        for atom in atoms {
+            self.enc.bytes(atom).map_err(PyBananaError::from)?;
+        }
+        self.close();
+        Ok(())
+    }
+
+    #[inline]
+    fn open(&mut self, len: usize) -> PyResult<()> {
+        self.depth += 1;
+        if self.depth > self.max_depth {
+            let msg = format!("cannot send values nested deeper than max_depth={}", self.max_depth);
+            return Err(jelly_error(msg, None));
+        }
+        self.enc.list(len).map_err(|e| PyBananaError::from(e).into())
+    }
+
+    #[inline]
+    fn close(&mut self) {
+        self.depth -= 1;
+    }
+
+    /// Wrap each first sighting that was referenced again in `["reference", id, ...]`.
+    fn splice_references(&mut self, from: usize) {
+        let mut wraps = std::mem::take(&mut self.wraps);
+        wraps.sort_unstable();
+        let old = std::mem::take(&mut self.enc.out);
+        let mut out = Encoder::with_capacity(self.enc.dialect, old.len() + wraps.len() * 20);
+        out.out.extend_from_slice(&old[..from]);
+        let mut copied = from;
+        for (offset, id) in wraps {
+            out.out.extend_from_slice(&old[copied..offset]);
+            out.header(3);
+            out.out.push(tb::LIST);
+            out.bytes(tag::REFERENCE).expect("short word");
+            out.int(i64::from(id));
+            copied = offset;
+        }
+        out.out.extend_from_slice(&old[copied..]);
+        self.enc.out = out.out;
+    }
+}
+
+fn refuse_tz(has_tz: bool, what: &str) -> PyResult<()> {
+    if has_tz {
+        return Err(jelly_error(format!("cannot jelly a {what} with a tzinfo (Twisted has no form for it)"), None));
+    }
+    Ok(())
+}
+
+fn changed_size(what: &str) -> PyErr {
+    PyRuntimeError::new_err(format!("{what} changed size while it was being serialized"))
+}
+
+pub fn decimal_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static DECIMAL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    DECIMAL.import(py, "decimal", "Decimal")
+}
+
+/// `types.FunctionType`, `types.MethodType`, `types.ModuleType`.
+fn code_types(py: Python<'_>) -> PyResult<[&Bound<'_, PyType>; 3]> {
+    static FUNCTION: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    static METHOD: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    static MODULE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    Ok([
+        FUNCTION.import(py, "types", "FunctionType")?,
+        METHOD.import(py, "types", "MethodType")?,
+        MODULE.import(py, "types", "ModuleType")?,
+    ])
+}

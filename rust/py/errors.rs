@@ -1,0 +1,61 @@
+//! The one place Rust errors become Python exceptions. The classes live in `pbfast.errors`.
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
+
+use crate::banana::BananaError;
+
+pyo3::import_exception!(pbfast.errors, JellyError);
+pyo3::import_exception!(pbfast.errors, InsecureJelly);
+
+/// Wraps a core [`BananaError`] so `?` turns it into `pbfast.errors.BananaError(message, offset,
+/// limit)`.
+pub struct PyBananaError(pub BananaError);
+
+impl From<BananaError> for PyBananaError {
+    fn from(e: BananaError) -> Self {
+        PyBananaError(e)
+    }
+}
+
+/// The Python class, named apart from the core's `BananaError`.
+mod python_class {
+    pyo3::import_exception!(pbfast.errors, BananaError);
+}
+use python_class::BananaError as PyBananaErrorType;
+
+impl From<PyBananaError> for PyErr {
+    fn from(PyBananaError(e): PyBananaError) -> PyErr {
+        PyBananaErrorType::new_err((e.to_string(), e.offset, e.limit_name()))
+    }
+}
+
+impl From<BananaError> for PyErr {
+    fn from(e: BananaError) -> PyErr {
+        PyBananaError(e).into()
+    }
+}
+
+/// Malformed jelly (or a value jelly cannot express), with the stream offset when known.
+pub fn jelly_error(message: String, offset: Option<u64>) -> PyErr {
+    JellyError::new_err((with_offset(message, offset), offset))
+}
+
+/// Jelly the receiver's policy refuses.
+pub fn insecure_jelly(message: String, offset: Option<u64>) -> PyErr {
+    InsecureJelly::new_err((with_offset(message, offset), offset))
+}
+
+fn with_offset(message: String, offset: Option<u64>) -> String {
+    match offset {
+        Some(o) => format!("{message} at byte {o}"),
+        None => message,
+    }
+}
+
+/// A `pbfast.serialization.Unpersistable` standing in for something the sender could not send.
+pub fn unpersistable<'py>(py: Python<'py>, reason: &str) -> PyResult<Bound<'py, PyAny>> {
+    static CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    CLASS.import(py, "pbfast.serialization", "Unpersistable")?.call1((reason,))
+}

@@ -1,0 +1,386 @@
+//! Thin PyO3 adapters over the sans-IO core: functions and classes of `pbfast._core`.
+//! Each call crosses the boundary once per chunk or value, never per token.
+
+pub mod errors;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyFloat, PyInt, PyList, PyTuple};
+
+use crate::banana::decode::{Step, Token, TokenReader};
+use crate::banana::{framer, tb, Dialect, Encoder, Framer, Integer, Limits, Tokenizer};
+use crate::jelly::decode::JellyDecoder;
+use crate::jelly::encode::JellyEncoder;
+use errors::PyBananaError;
+
+/// Hasher for object addresses: they are distinct and 16-byte aligned, so one multiply spreads
+/// them well enough, at a fraction of SipHash's cost.
+#[derive(Default)]
+pub struct PtrHasher(u64);
+
+impl Hasher for PtrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Map keyed by object address.
+pub type PtrMap<V> = HashMap<usize, V, BuildHasherDefault<PtrHasher>>;
+
+fn dialect(name: &str, allow_foolscap: bool) -> PyResult<Dialect> {
+    match Dialect::from_name(name) {
+        Some(Dialect::Foolscap) if !allow_foolscap => {
+            Err(PyValueError::new_err("this operation takes the Twisted dialects 'pb' or 'none'"))
+        }
+        Some(d) => Ok(d),
+        None => Err(PyValueError::new_err(format!("unknown banana dialect {name:?} (use 'pb', 'none' or 'foolscap')"))),
+    }
+}
+
+fn limits(max_element_size: usize, max_message_size: usize, max_depth: usize, max_header_length: usize) -> PyResult<Limits> {
+    if max_depth == 0 || max_header_length == 0 || max_message_size == 0 {
+        return Err(PyValueError::new_err("max_depth, max_header_length and max_message_size must be positive"));
+    }
+    Ok(Limits { max_element_size, max_message_size, max_depth, max_header_length })
+}
+
+/// Run `f` on the bytes of a `bytes`, `bytearray` or `memoryview` (copying only the latter two).
+fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> PyResult<R>) -> PyResult<R> {
+    if let Ok(b) = data.cast::<PyBytes>() {
+        return f(b.as_bytes());
+    }
+    let Ok(buffer) = PyBuffer::<u8>::get(data) else {
+        let name = data.get_type().name()?;
+        return Err(PyTypeError::new_err(format!("expected a bytes-like object, not {name}")));
+    };
+    f(&buffer.to_vec(data.py())?)
+}
+
+/// A raw banana value from an expression the framer validated.
+fn raw_value<'py>(py: Python<'py>, reader: &TokenReader<'_>, pos: &mut usize) -> PyResult<Bound<'py, PyAny>> {
+    let Ok(Step::Token(token, end)) = reader.step(*pos) else {
+        return Err(PyValueError::new_err("internal error: expression not validated"));
+    };
+    *pos = end;
+    Ok(match token {
+        Token::List(n) => {
+            let list = PyList::empty(py);
+            for _ in 0..n {
+                list.append(raw_value(py, reader, pos)?)?;
+            }
+            list.into_any()
+        }
+        Token::Int { value, .. } => integer(py, value)?,
+        Token::String(s) => PyBytes::new(py, s).into_any(),
+        Token::Vocab { word, .. } => PyBytes::new(py, word).into_any(),
+        Token::Float(f) => PyFloat::new(py, f).into_any(),
+        _ => return Err(PyValueError::new_err("internal error: foolscap token in a Twisted stream")),
+    })
+}
+
+fn integer(py: Python<'_>, value: Integer) -> PyResult<Bound<'_, PyAny>> {
+    Ok(match value {
+        Integer::Small(v) => v.into_pyobject(py)?.into_any(),
+        Integer::Big(v) => v.into_pyobject(py)?.into_any(),
+    })
+}
+
+/// Encode a raw banana value: lists/tuples, ints, floats and bytes (and their subclasses).
+fn raw_encode(enc: &mut Encoder, value: &Bound<'_, PyAny>, depth: usize) -> PyResult<()> {
+    if depth > Limits::twisted().max_depth {
+        return Err(PyValueError::new_err("banana value nested too deeply to send"));
+    }
+    if let Ok(b) = value.cast::<PyBytes>() {
+        enc.bytes(b.as_bytes()).map_err(PyBananaError::from)?;
+    } else if let Ok(list) = value.cast::<PyList>() {
+        enc.list(list.len()).map_err(PyBananaError::from)?;
+        let n = list.len();
+        for i in 0..n {
+            raw_encode(enc, &list.get_item(i)?, depth + 1)?;
+        }
+    } else if let Ok(tuple) = value.cast::<PyTuple>() {
+        enc.list(tuple.len()).map_err(PyBananaError::from)?;
+        for item in tuple.iter() {
+            raw_encode(enc, &item, depth + 1)?;
+        }
+    } else if value.is_instance_of::<PyInt>() {
+        enc.big_int(&value.extract()?).map_err(PyBananaError::from)?;
+    } else if let Ok(f) = value.cast::<PyFloat>() {
+        enc.float(f.value());
+    } else {
+        let name = crate::jelly::encode::qualified_name(&value.get_type())?;
+        let msg = format!("banana cannot send {name} objects (only lists, tuples, ints, floats and bytes)");
+        return Err(PyBananaError(crate::banana::BananaError::local(crate::banana::ErrorKind::Unsendable(msg))).into());
+    }
+    Ok(())
+}
+
+/// dumps(obj, /, *, dialect="pb", hook=None) -> bytes
+///
+/// Jelly `obj` and encode it as banana, in one pass.
+#[pyfunction]
+#[pyo3(signature = (obj, /, *, dialect="pb", hook=None))]
+pub fn dumps<'py>(
+    py: Python<'py>,
+    obj: &Bound<'py, PyAny>,
+    dialect: &str,
+    hook: Option<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let mut enc = JellyEncoder::new(py, self::dialect(dialect, false)?, hook);
+    enc.jelly(obj)?;
+    Ok(PyBytes::new(py, &enc.finish()))
+}
+
+/// loads(data, /, *, dialect="pb", hook=None, **limits) -> object
+///
+/// Decode exactly one banana expression and unjelly it.
+#[pyfunction]
+#[pyo3(signature = (data, /, *, dialect="pb", hook=None, max_element_size=crate::banana::SIZE_LIMIT,
+    max_message_size=Limits::twisted().max_message_size, max_depth=Limits::twisted().max_depth,
+    max_header_length=crate::banana::PREFIX_LIMIT))]
+#[allow(clippy::too_many_arguments)]
+pub fn loads<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyAny>,
+    dialect: &str,
+    hook: Option<Bound<'py, PyAny>>,
+    max_element_size: usize,
+    max_message_size: usize,
+    max_depth: usize,
+    max_header_length: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let dialect = self::dialect(dialect, false)?;
+    let limits = limits(max_element_size, max_message_size, max_depth, max_header_length)?;
+    with_bytes(data, |bytes| {
+        framer::exactly_one(bytes, dialect, limits)?;
+        let reader = TokenReader::new(bytes, 0, dialect, limits);
+        Ok(JellyDecoder::new(py, &reader, 0, hook.as_ref()).value_at(0)?.0)
+    })
+}
+
+/// banana_encode(value, /, dialect="pb") -> bytes
+#[pyfunction]
+#[pyo3(signature = (value, /, dialect="pb"))]
+pub fn banana_encode<'py>(py: Python<'py>, value: &Bound<'py, PyAny>, dialect: &str) -> PyResult<Bound<'py, PyBytes>> {
+    let mut enc = Encoder::new(self::dialect(dialect, false)?);
+    raw_encode(&mut enc, value, 0)?;
+    Ok(PyBytes::new(py, &enc.out))
+}
+
+/// banana_decode(data, /, dialect="pb", **limits) -> value
+#[pyfunction]
+#[pyo3(signature = (data, /, dialect="pb", *, max_element_size=crate::banana::SIZE_LIMIT,
+    max_message_size=Limits::twisted().max_message_size, max_depth=Limits::twisted().max_depth,
+    max_header_length=crate::banana::PREFIX_LIMIT))]
+pub fn banana_decode<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyAny>,
+    dialect: &str,
+    max_element_size: usize,
+    max_message_size: usize,
+    max_depth: usize,
+    max_header_length: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let dialect = self::dialect(dialect, false)?;
+    let limits = limits(max_element_size, max_message_size, max_depth, max_header_length)?;
+    with_bytes(data, |bytes| {
+        framer::exactly_one(bytes, dialect, limits)?;
+        raw_value(py, &TokenReader::new(bytes, 0, dialect, limits), &mut 0)
+    })
+}
+
+/// Incremental decoder of a Twisted banana stream: raw values, or unjellied ones with `jelly=True`.
+#[pyclass(module = "pbfast._core", name = "Decoder")]
+pub struct DecoderPy {
+    framer: Framer,
+    jelly: bool,
+    hook: Option<Py<PyAny>>,
+}
+
+#[pymethods]
+impl DecoderPy {
+    #[new]
+    #[pyo3(signature = (dialect="pb", *, jelly=false, hook=None, max_element_size=crate::banana::SIZE_LIMIT,
+        max_message_size=Limits::twisted().max_message_size, max_depth=Limits::twisted().max_depth,
+        max_header_length=crate::banana::PREFIX_LIMIT))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        dialect: &str,
+        jelly: bool,
+        hook: Option<Py<PyAny>>,
+        max_element_size: usize,
+        max_message_size: usize,
+        max_depth: usize,
+        max_header_length: usize,
+    ) -> PyResult<DecoderPy> {
+        let limits = limits(max_element_size, max_message_size, max_depth, max_header_length)?;
+        Ok(DecoderPy { framer: Framer::new(self::dialect(dialect, false)?, limits), jelly, hook })
+    }
+
+    /// Feed a chunk; returns every value completed by it (an empty list means "need more").
+    fn feed<'py>(&mut self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        let (dialect, limits, jelly) = (self.framer.dialect(), self.framer.limits(), self.jelly);
+        let hook = self.hook.as_ref().map(|h| h.bind(py).clone());
+        with_bytes(data, |bytes| {
+            self.framer.feed(bytes, |expr: &[u8], offset| -> PyResult<()> {
+                let reader = TokenReader::new(expr, offset, dialect, limits);
+                let value = if jelly {
+                    JellyDecoder::new(py, &reader, offset, hook.as_ref()).value_at(0)?.0
+                } else {
+                    raw_value(py, &reader, &mut 0)?
+                };
+                out.append(value)
+            })
+        })?;
+        Ok(out)
+    }
+
+    /// Bytes held for an incomplete expression.
+    #[getter]
+    fn buffered(&self) -> usize {
+        self.framer.buffered()
+    }
+
+    /// Stream offset of the next byte to be fed.
+    #[getter]
+    fn offset(&self) -> u64 {
+        self.framer.offset()
+    }
+
+    /// The dialect; Twisted switches from 'none' to the negotiated one between expressions.
+    #[getter]
+    fn get_dialect(&self) -> &'static str {
+        self.framer.dialect().name()
+    }
+
+    #[setter]
+    fn set_dialect(&mut self, name: &str) -> PyResult<()> {
+        self.framer.set_dialect(dialect(name, false)?);
+        Ok(())
+    }
+
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        if let Some(h) = &self.hook {
+            visit.call(h)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.hook = None;
+    }
+}
+
+const TOKEN_NAMES: [(u8, &str); 14] = [
+    (tb::LIST, "LIST"),
+    (tb::INT, "INT"),
+    (tb::STRING, "STRING"),
+    (tb::NEG, "NEG"),
+    (tb::FLOAT, "FLOAT"),
+    (tb::LONGINT, "LONGINT"),
+    (tb::LONGNEG, "LONGNEG"),
+    (tb::VOCAB, "VOCAB"),
+    (tb::OPEN, "OPEN"),
+    (tb::CLOSE, "CLOSE"),
+    (tb::ABORT, "ABORT"),
+    (tb::ERROR, "ERROR"),
+    (tb::PING, "PING"),
+    (tb::PONG, "PONG"),
+];
+
+fn token_name(type_byte: u8) -> &'static str {
+    TOKEN_NAMES.iter().find(|(b, _)| *b == type_byte).map_or("?", |(_, n)| n)
+}
+
+/// One token as `(offset, kind, value)`; VOCAB's value is `(index, word)`.
+fn token_tuple<'py>(py: Python<'py>, token: Token<'_>, offset: u64) -> PyResult<Bound<'py, PyTuple>> {
+    let (kind, value): (&str, Bound<'py, PyAny>) = match token {
+        Token::List(n) => ("LIST", n.into_pyobject(py)?.into_any()),
+        Token::Int { type_byte, value } => (token_name(type_byte), integer(py, value)?),
+        Token::String(s) => ("STRING", PyBytes::new(py, s).into_any()),
+        Token::Float(f) => ("FLOAT", PyFloat::new(py, f).into_any()),
+        Token::Vocab { index, word } => ("VOCAB", (index, PyBytes::new(py, word)).into_pyobject(py)?.into_any()),
+        Token::Open(n) => ("OPEN", n.into_pyobject(py)?.into_any()),
+        Token::Close(n) => ("CLOSE", n.into_pyobject(py)?.into_any()),
+        Token::Abort(n) => ("ABORT", n.into_pyobject(py)?.into_any()),
+        Token::Error(s) => ("ERROR", PyBytes::new(py, s).into_any()),
+        Token::Ping(n) => ("PING", n.into_pyobject(py)?.into_any()),
+        Token::Pong(n) => ("PONG", n.into_pyobject(py)?.into_any()),
+    };
+    PyTuple::new(py, [offset.into_pyobject(py)?.into_any(), pyo3::types::PyString::new(py, kind).into_any(), value])
+}
+
+/// Incremental token stream of either dialect.
+#[pyclass(module = "pbfast._core", name = "Tokenizer")]
+pub struct TokenizerPy {
+    inner: Tokenizer,
+}
+
+#[pymethods]
+impl TokenizerPy {
+    #[new]
+    #[pyo3(signature = (dialect="pb", *, max_element_size=crate::banana::SIZE_LIMIT,
+        max_depth=Limits::twisted().max_depth, max_header_length=crate::banana::PREFIX_LIMIT))]
+    fn new(dialect: &str, max_element_size: usize, max_depth: usize, max_header_length: usize) -> PyResult<TokenizerPy> {
+        let limits = limits(max_element_size, usize::MAX, max_depth, max_header_length)?;
+        Ok(TokenizerPy { inner: Tokenizer::new(self::dialect(dialect, true)?, limits) })
+    }
+
+    /// Feed a chunk; returns `(offset, kind, value)` for each complete token.
+    fn feed<'py>(&mut self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        with_bytes(data, |bytes| {
+            self.inner.feed(bytes, |token: Token<'_>, offset| -> PyResult<()> { out.append(token_tuple(py, token, offset)?) })
+        })?;
+        Ok(out)
+    }
+
+    #[getter]
+    fn buffered(&self) -> usize {
+        self.inner.buffered()
+    }
+
+    /// foolscap sequences open at this point, innermost last.
+    #[getter]
+    fn open_sequences(&self) -> Vec<u64> {
+        self.inner.open_sequences().to_vec()
+    }
+}
+
+/// encode_tokens(tokens, /, dialect="pb") -> bytes, from `(kind, value)` pairs.
+#[pyfunction]
+#[pyo3(signature = (tokens, /, dialect="pb"))]
+pub fn encode_tokens<'py>(py: Python<'py>, tokens: &Bound<'py, PyAny>, dialect: &str) -> PyResult<Bound<'py, PyBytes>> {
+    let mut enc = Encoder::new(self::dialect(dialect, true)?);
+    for item in tokens.try_iter()? {
+        let (kind, value): (String, Bound<'py, PyAny>) = item?.extract()?;
+        match kind.as_str() {
+            "LIST" => enc.list(value.extract()?).map_err(PyBananaError::from)?,
+            "INT" | "NEG" | "LONGINT" | "LONGNEG" => enc.big_int(&value.extract()?).map_err(PyBananaError::from)?,
+            "STRING" => enc.bytes(value.cast::<PyBytes>()?.as_bytes()).map_err(PyBananaError::from)?,
+            "FLOAT" => enc.float(value.extract()?),
+            "VOCAB" => enc.numbered(tb::VOCAB, value.extract()?),
+            "OPEN" => enc.numbered(tb::OPEN, value.extract()?),
+            "CLOSE" => enc.numbered(tb::CLOSE, value.extract()?),
+            "ABORT" => enc.numbered(tb::ABORT, value.extract()?),
+            "PING" => enc.numbered(tb::PING, value.extract()?),
+            "PONG" => enc.numbered(tb::PONG, value.extract()?),
+            "ERROR" => enc.error(value.cast::<PyBytes>()?.as_bytes()),
+            other => return Err(PyValueError::new_err(format!("unknown token kind {other:?}"))),
+        }
+    }
+    Ok(PyBytes::new(py, &enc.out))
+}
