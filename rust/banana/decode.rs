@@ -35,6 +35,17 @@ pub enum Step<'a> {
     Incomplete { need: usize },
 }
 
+/// What [`TokenReader::skip`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// A LIST of this many elements; its elements start at the offset.
+    List(u64, usize),
+    /// Any other token, ending at the offset.
+    Atom(usize),
+    /// As [`Step::Incomplete`].
+    Incomplete { need: usize },
+}
+
 /// Reads tokens from `data`; `base` is the stream offset of `data[0]`, used in error offsets.
 pub struct TokenReader<'a> {
     data: &'a [u8],
@@ -51,6 +62,74 @@ impl<'a> TokenReader<'a> {
     /// Decode the token that starts at `pos`.
     #[inline]
     pub fn step(&self, pos: usize) -> Result<Step<'a>, BananaError> {
+        // Fast path: most tokens have a header of at most one byte and are lists, small ints,
+        // short strings or vocabulary words.
+        let data = self.data;
+        let (value, at) = match (data.get(pos), data.get(pos + 1)) {
+            (Some(&b0), _) if b0 & 0x80 != 0 => (0u64, pos),
+            (Some(&b0), Some(&b1)) if b1 & 0x80 != 0 => (u64::from(b0), pos + 1),
+            _ => return self.step_general(pos),
+        };
+        let body = at + 1;
+        let limit = self.limits.max_element_size as u64;
+        let token = match data[at] {
+            tb::LIST if self.dialect != Dialect::Foolscap && value <= limit => Token::List(value),
+            tb::INT => Token::Int { type_byte: tb::INT, value: Integer::Small(value as i64) },
+            tb::NEG => Token::Int { type_byte: tb::NEG, value: Integer::Small(-(value as i64)) },
+            tb::STRING if value <= limit => {
+                let end = body + value as usize;
+                return Ok(match data.get(body..end) {
+                    Some(s) => Step::Token(Token::String(s), end),
+                    None => Step::Incomplete { need: end - pos },
+                });
+            }
+            tb::VOCAB if self.dialect == Dialect::Pb && (1..=31).contains(&value) => {
+                Token::Vocab { index: value, word: super::vocab::PB_VOCAB[value as usize] }
+            }
+            _ => return self.step_general(pos),
+        };
+        Ok(Step::Token(token, body))
+    }
+
+    /// Where the token at `pos` ends, for scanning without building: the framer's hot loop.
+    /// Same validation as [`TokenReader::step`], with a small result.
+    #[inline]
+    pub fn skip(&self, pos: usize) -> Result<Skip, BananaError> {
+        let data = self.data;
+        let (value, at) = match (data.get(pos), data.get(pos + 1)) {
+            (Some(&b0), _) if b0 & 0x80 != 0 => (0u64, pos),
+            (Some(&b0), Some(&b1)) if b1 & 0x80 != 0 => (u64::from(b0), pos + 1),
+            _ => return self.skip_general(pos),
+        };
+        let limit = self.limits.max_element_size as u64;
+        let body = at + 1;
+        Ok(match data[at] {
+            tb::LIST if self.dialect != Dialect::Foolscap && value <= limit => Skip::List(value, body),
+            tb::INT | tb::NEG => Skip::Atom(body),
+            tb::STRING if value <= limit => match body + value as usize {
+                end if end <= data.len() => Skip::Atom(end),
+                end => Skip::Incomplete { need: end - pos },
+            },
+            tb::FLOAT if body + 8 <= data.len() => Skip::Atom(body + 8),
+            tb::VOCAB if self.dialect == Dialect::Pb && (1..=31).contains(&value) => Skip::Atom(body),
+            _ => return self.skip_general(pos),
+        })
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn skip_general(&self, pos: usize) -> Result<Skip, BananaError> {
+        Ok(match self.step_general(pos)? {
+            Step::Token(Token::List(n), end) => Skip::List(n, end),
+            Step::Token(_, end) => Skip::Atom(end),
+            Step::Incomplete { need } => Skip::Incomplete { need },
+        })
+    }
+
+    /// Every token, every dialect, every error.
+    #[cold]
+    #[inline(never)]
+    fn step_general(&self, pos: usize) -> Result<Step<'a>, BananaError> {
         let data = self.data;
         let max_header = self.limits.max_header_length;
         let mut i = pos;

@@ -9,7 +9,7 @@
 //! quadratic on large reads. When no partial expression is buffered, expressions are delivered
 //! straight from the caller's chunk without copying.
 
-use super::decode::{Step, Token, TokenReader};
+use super::decode::{Skip, TokenReader};
 use super::{BananaError, Dialect, ErrorKind, Limits};
 
 /// Incremental decoder state for one direction of one connection.
@@ -134,8 +134,8 @@ fn scan<E>(
     let mut start = 0usize;
     let mut pos = state.pos;
     while pos < data.len() {
-        let end = match reader.step(pos).map_err(ScanError::Banana)? {
-            Step::Incomplete { need } => {
+        let end = match reader.skip(pos).map_err(ScanError::Banana)? {
+            Skip::Incomplete { need } => {
                 if need > 0 && pos - start + need > limits.max_message_size {
                     return Err(too_large(base, start, limits));
                 }
@@ -143,24 +143,20 @@ fn scan<E>(
                 state.need = if need > 0 { pos - start + need } else { 0 };
                 return Ok(start);
             }
-            Step::Token(token, end) => {
-                if end - start > limits.max_message_size {
-                    return Err(too_large(base, start, limits));
+            Skip::List(n, end) if n > 0 => {
+                if state.stack.len() >= limits.max_depth {
+                    let kind = ErrorKind::TooDeep { limit: limits.max_depth };
+                    return Err(ScanError::Banana(BananaError::at(base + pos as u64, kind)));
                 }
-                match token {
-                    Token::List(n) if n > 0 => {
-                        if state.stack.len() >= limits.max_depth {
-                            let kind = ErrorKind::TooDeep { limit: limits.max_depth };
-                            return Err(ScanError::Banana(BananaError::at(base + pos as u64, kind)));
-                        }
-                        state.stack.push(n);
-                        pos = end;
-                        continue;
-                    }
-                    _ => end,
-                }
+                state.stack.push(n);
+                pos = end;
+                continue;
             }
+            Skip::List(_, end) | Skip::Atom(end) => end,
         };
+        if end - start > limits.max_message_size {
+            return Err(too_large(base, start, limits));
+        }
         pos = end;
         // One element is complete: close every list it completes.
         loop {

@@ -5,6 +5,7 @@
 //! foolscap, long integers). Twisted's PB dialects add LIST; foolscap replaces LIST with
 //! OPEN/CLOSE/ABORT and adds ERROR/PING/PONG.
 
+pub mod cursor;
 pub mod decode;
 pub mod encode;
 pub mod framer;

@@ -1,7 +1,7 @@
 //! A plain Rust value tree for Twisted banana, for tests, fuzzing and tools that run without
 //! Python. The Python bindings build Python objects directly instead.
 
-use super::decode::{Step, Token, TokenReader};
+use super::cursor::{Cursor, Item};
 use super::{framer, BananaError, Dialect, Encoder, Integer, Limits};
 
 #[derive(Debug, Clone)]
@@ -52,24 +52,18 @@ impl Value {
     /// Decode exactly one expression.
     pub fn from_bytes(data: &[u8], dialect: Dialect, limits: Limits) -> Result<Value, BananaError> {
         framer::exactly_one(data, dialect, limits)?;
-        Ok(build(&TokenReader::new(data, 0, dialect, limits), &mut 0))
+        Ok(build(&mut Cursor::new(data, dialect, limits)).expect("validated by the framer"))
     }
 }
 
 /// Build one value from an expression the framer has already validated.
-pub(crate) fn build(reader: &TokenReader<'_>, pos: &mut usize) -> Value {
-    let Ok(Step::Token(token, end)) = reader.step(*pos) else {
-        unreachable!("expression was validated by the framer");
-    };
-    *pos = end;
-    match token {
-        Token::List(n) => Value::List((0..n).map(|_| build(reader, pos)).collect()),
-        Token::Int { value, .. } => Value::Int(value),
-        Token::String(s) => Value::Bytes(s.to_vec()),
-        Token::Vocab { word, .. } => Value::Bytes(word.to_vec()),
-        Token::Float(f) => Value::Float(f),
-        _ => unreachable!("foolscap tokens never pass the Twisted framer"),
-    }
+pub(crate) fn build(cursor: &mut Cursor<'_>) -> Option<Value> {
+    Some(match cursor.next()? {
+        Item::List(n) => Value::List((0..n).map(|_| build(cursor)).collect::<Option<_>>()?),
+        item @ (Item::Int(_) | Item::BigInt { .. }) => Value::Int(item.integer()?),
+        Item::Bytes(s) => Value::Bytes(s.to_vec()),
+        Item::Float(f) => Value::Float(f),
+    })
 }
 
 /// Decode every complete expression of a stream fed in `chunks`.
@@ -77,8 +71,8 @@ pub fn decode_stream(chunks: &[&[u8]], dialect: Dialect, limits: Limits) -> Resu
     let mut framer = framer::Framer::new(dialect, limits);
     let mut out = Vec::new();
     for chunk in chunks {
-        framer.feed(chunk, |expr: &[u8], offset| -> Result<(), BananaError> {
-            out.push(build(&TokenReader::new(expr, offset, dialect, limits), &mut 0));
+        framer.feed(chunk, |expr: &[u8], _offset| -> Result<(), BananaError> {
+            out.push(build(&mut Cursor::new(expr, dialect, limits)).expect("validated by the framer"));
             Ok(())
         })?;
     }

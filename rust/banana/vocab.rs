@@ -79,55 +79,45 @@ pub fn foolscap_word(index: u64) -> Option<&'static [u8]> {
     FOOLSCAP_VOCAB.get(usize::try_from(index).ok()?).copied()
 }
 
-/// Index of a PB vocabulary word. A `match` on the bytes compiles to a length switch plus a few
-/// compares, cheaper than hashing on the encoder's hot path.
-#[inline]
-pub fn pb_index(word: &[u8]) -> Option<u8> {
-    if word.len() < 4 || word.len() > 13 {
-        return None;
+/// Candidate index by (length, first byte, last byte): no two words of either table share that
+/// triple, so a lookup is one table read and one compare instead of a chain of compares.
+struct Lookup([[[u8; 32]; 32]; 16]);
+
+impl Lookup {
+    const NONE: u8 = u8::MAX;
+
+    const fn build(table: &[&[u8]], first: usize) -> Lookup {
+        let mut t = [[[Self::NONE; 32]; 32]; 16];
+        let mut i = first;
+        while i < table.len() {
+            let w = table[i];
+            t[w.len()][(w[0] & 31) as usize][(w[w.len() - 1] & 31) as usize] = i as u8;
+            i += 1;
+        }
+        Lookup(t)
     }
-    Some(match word {
-        b"None" => 1,
-        b"class" => 2,
-        b"dereference" => 3,
-        b"reference" => 4,
-        b"dictionary" => 5,
-        b"function" => 6,
-        b"instance" => 7,
-        b"list" => 8,
-        b"module" => 9,
-        b"persistent" => 10,
-        b"tuple" => 11,
-        b"unpersistable" => 12,
-        b"copy" => 13,
-        b"cache" => 14,
-        b"cached" => 15,
-        b"remote" => 16,
-        b"local" => 17,
-        b"lcache" => 18,
-        b"version" => 19,
-        b"login" => 20,
-        b"password" => 21,
-        b"challenge" => 22,
-        b"logged_in" => 23,
-        b"not_logged_in" => 24,
-        b"cachemessage" => 25,
-        b"message" => 26,
-        b"answer" => 27,
-        b"error" => 28,
-        b"decref" => 29,
-        b"decache" => 30,
-        b"uncache" => 31,
-        _ => return None,
-    })
+
+    #[inline]
+    fn find(&self, table: &[&[u8]], word: &[u8]) -> Option<u8> {
+        let (first, last) = (word.first()?, word.last()?);
+        let i = *self.0.get(word.len())?.get(usize::from(first & 31))?.get(usize::from(last & 31))?;
+        (i != Self::NONE && table[usize::from(i)] == word).then_some(i)
+    }
 }
 
+static PB_LOOKUP: Lookup = Lookup::build(&PB_VOCAB, 1);
+static FOOLSCAP_LOOKUP: Lookup = Lookup::build(&FOOLSCAP_VOCAB, 0);
+
+/// Index of a PB vocabulary word.
+#[inline]
+pub fn pb_index(word: &[u8]) -> Option<u8> {
+    PB_LOOKUP.find(&PB_VOCAB, word)
+}
+
+/// Index of a foolscap vocabulary word.
 #[inline]
 pub fn foolscap_index(word: &[u8]) -> Option<u8> {
-    if word.len() < 3 || word.len() > 15 {
-        return None;
-    }
-    FOOLSCAP_VOCAB.iter().position(|w| *w == word).map(|i| i as u8)
+    FOOLSCAP_LOOKUP.find(&FOOLSCAP_VOCAB, word)
 }
 
 #[cfg(test)]
@@ -155,5 +145,7 @@ mod tests {
         }
         assert_eq!(foolscap_word(25), None);
         assert_eq!(foolscap_index(b"None"), None);
+        assert_eq!(foolscap_index(b""), None);
+        assert_eq!(pb_index(&[0xff; 40]), None);
     }
 }

@@ -14,9 +14,9 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDate, PyDateTime, PyDelta, PyDict, PyFloat, PyFrozenSet, PyList, PySet, PyString, PyTime, PyTuple};
 
-use super::{parse_fields, tag};
-use crate::banana::decode::{Step, Token, TokenReader};
-use crate::banana::Integer;
+use super::{parse_fields, tag, Tag};
+use crate::banana::cursor::{Cursor, Item};
+use crate::banana::{Dialect, Integer, Limits};
 use crate::py::errors::{insecure_jelly, jelly_error, unpersistable};
 
 /// Marks the spot of a reference to an object that is not built yet.
@@ -68,28 +68,44 @@ impl<'py> Built<'py> {
 /// Unjelly one expression. `hook(tag, items)` builds values for tags jelly itself does not know.
 pub struct JellyDecoder<'py, 'a> {
     py: Python<'py>,
-    reader: &'a TokenReader<'a>,
+    cur: Cursor<'a>,
     base: u64,
-    pos: usize,
     refs: HashMap<i64, Slot<'py>>,
     hook: Option<&'a Bound<'py, PyAny>>,
+    strings: &'a mut StrCache,
+    depth: usize,
+    max_depth: usize,
+    /// Set when the cursor met bytes that are not valid banana (not a jelly problem).
+    pub malformed: bool,
 }
 
 impl<'py, 'a> JellyDecoder<'py, 'a> {
-    /// `reader` reads one complete expression whose first byte is at stream offset `base`.
+    /// `expr` holds one expression whose first byte is at stream offset `base`.
     pub fn new(
         py: Python<'py>,
-        reader: &'a TokenReader<'a>,
+        expr: &'a [u8],
+        dialect: Dialect,
+        limits: Limits,
         base: u64,
         hook: Option<&'a Bound<'py, PyAny>>,
+        strings: &'a mut StrCache,
     ) -> JellyDecoder<'py, 'a> {
-        JellyDecoder { py, reader, base, pos: 0, refs: HashMap::new(), hook }
+        let cur = Cursor::new(expr, dialect, limits);
+        let max_depth = limits.max_depth;
+        JellyDecoder { py, cur, base, refs: HashMap::new(), hook, strings, depth: 0, max_depth, malformed: false }
     }
 
-    /// Build the value starting at byte `pos` of the expression; returns it and the end offset.
-    pub fn value_at(mut self, pos: usize) -> PyResult<(Bound<'py, PyAny>, usize)> {
-        self.pos = pos;
+    /// Build the expression. With `whole`, bytes left after it are an error.
+    pub fn build(&mut self, whole: bool) -> PyResult<Bound<'py, PyAny>> {
+        // Collections triggered while thousands of containers are being created would traverse
+        // the half-built value again and again; nothing cyclic becomes garbage during a build.
+        let _gc = GcPause::new();
+        let pos = 0;
         let built = self.value()?;
+        if whole && !self.cur.at_end() {
+            self.malformed = true;
+            return Err(self.error("bytes after the expression".into(), self.cur.pos()));
+        }
         for (id, slot) in &self.refs {
             if !matches!(slot, Slot::Ready(_)) {
                 return Err(self.error(format!("dereference to reference id {id}, which is never defined"), pos));
@@ -98,18 +114,30 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         if built.placeholder.is_some() {
             return Err(self.error("the value is a reference to itself".into(), pos));
         }
-        Ok((built.obj, self.pos))
+        Ok(built.obj)
     }
 
-    fn next(&mut self) -> PyResult<(Token<'a>, usize)> {
-        let at = self.pos;
-        match self.reader.step(at) {
-            Ok(Step::Token(t, end)) => {
-                self.pos = end;
-                Ok((t, at))
+    #[inline(always)]
+    fn next(&mut self) -> PyResult<(Item<'a>, usize)> {
+        let at = self.cur.pos();
+        match self.cur.next() {
+            Some(item) => Ok((item, at)),
+            None => {
+                self.malformed = true;
+                Err(self.error("malformed banana".into(), at))
             }
-            _ => Err(self.error("expression ends early".into(), at)),
         }
+    }
+
+    /// One more level of list nesting (counted like the framer counts it).
+    #[inline]
+    fn enter(&mut self, at: usize) -> PyResult<()> {
+        self.depth += 1;
+        if self.depth > self.max_depth {
+            self.malformed = true;
+            return Err(self.error("too deep".into(), at));
+        }
+        Ok(())
     }
 
     fn error(&self, msg: String, at: usize) -> PyErr {
@@ -117,16 +145,30 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
     }
 
     fn value(&mut self) -> PyResult<Built<'py>> {
+        // The most common jelly form by far is a str: ["unicode", STRING].
+        if let Some(s) = self.cur.unicode() {
+            return match self.strings.get(self.py, s) {
+                Ok(s) => Ok(Built::done(s.into_any())),
+                Err(e) => Err(self.error(format!("unicode is not valid UTF-8 ({e})"), self.cur.pos())),
+            };
+        }
         let (token, at) = self.next()?;
         let py = self.py;
         let obj = match token {
-            Token::Int { value: Integer::Small(v), .. } => v.into_pyobject(py)?.into_any(),
-            Token::Int { value: Integer::Big(v), .. } => v.into_pyobject(py)?.into_any(),
-            Token::Float(f) => PyFloat::new(py, f).into_any(),
-            Token::String(s) => PyBytes::new(py, s).into_any(),
-            Token::Vocab { word, .. } => PyBytes::new(py, word).into_any(),
-            Token::List(n) => return self.tagged(n as usize, at, None),
-            _ => return Err(self.error("foolscap token in a jelly stream".into(), at)),
+            Item::Int(v) => v.into_pyobject(py)?.into_any(),
+            Item::Float(f) => PyFloat::new(py, f).into_any(),
+            Item::Bytes(s) => PyBytes::new(py, s).into_any(),
+            Item::List(n) => {
+                self.enter(at)?;
+                let built = self.tagged(n, at, None);
+                self.depth -= 1;
+                return built;
+            }
+            big @ Item::BigInt { .. } => match big.integer() {
+                Some(Integer::Big(v)) => v.into_pyobject(py)?.into_any(),
+                Some(Integer::Small(v)) => v.into_pyobject(py)?.into_any(),
+                None => return Err(self.error("bad integer".into(), at)),
+            },
         };
         Ok(Built::done(obj))
     }
@@ -137,23 +179,23 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
             return Err(self.error("empty list is not jelly (a type tag must come first)".into(), at));
         }
         match self.next()? {
-            (Token::String(s), _) => Ok(s),
-            (Token::Vocab { word, .. }, _) => Ok(word),
+            (Item::Bytes(s), _) => Ok(s),
             (_, at) => Err(self.error("jelly list does not start with a byte-string type tag".into(), at)),
         }
     }
 
     fn atom(&mut self, what: &[u8]) -> PyResult<&'a [u8]> {
         match self.next()? {
-            (Token::String(s), _) => Ok(s),
-            (Token::Vocab { word, .. }, _) => Ok(word),
+            (Item::Bytes(s), _) => Ok(s),
             (_, at) => Err(self.error(format!("{} expects a byte string", show(what)), at)),
         }
     }
 
     fn int(&mut self, what: &str) -> PyResult<Integer> {
         match self.next()? {
-            (Token::Int { value, .. }, _) => Ok(value),
+            (item @ (Item::Int(_) | Item::BigInt { .. }), at) => {
+                item.integer().ok_or_else(|| self.error(format!("bad {what}"), at))
+            }
             (_, at) => Err(self.error(format!("{what} must be an integer"), at)),
         }
     }
@@ -171,25 +213,25 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         let t = self.tag(n, at)?;
         let items = n - 1;
         let py = self.py;
-        let obj = match t {
-            tag::LIST => return self.list(items, register),
-            tag::DICTIONARY => return self.dict(items, register),
-            tag::SET => return self.set(items, register),
-            tag::TUPLE => return self.tuple(items),
-            tag::FROZENSET => return self.frozenset(items),
-            tag::UNICODE => {
+        let obj = match Tag::classify(t) {
+            Tag::List => return self.list(items, register),
+            Tag::Dictionary => return self.dict(items, register),
+            Tag::Set => return self.set(items, register),
+            Tag::Tuple => return self.tuple(items),
+            Tag::Frozenset => return self.frozenset(items),
+            Tag::Unicode => {
                 self.arity(t, items, 1, at)?;
                 let s = self.atom(t)?;
-                match std::str::from_utf8(s) {
-                    Ok(s) => PyString::new(py, s).into_any(),
+                match self.strings.get(py, s) {
+                    Ok(s) => s.into_any(),
                     Err(e) => return Err(self.error(format!("unicode is not valid UTF-8 ({e})"), at)),
                 }
             }
-            tag::NONE => {
+            Tag::None => {
                 self.arity(t, items, 0, at)?;
                 py.None().into_bound(py)
             }
-            tag::BOOLEAN => {
+            Tag::Boolean => {
                 self.arity(t, items, 1, at)?;
                 match self.atom(t)? {
                     tag::TRUE => PyBool::new(py, true).to_owned().into_any(),
@@ -197,38 +239,38 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                     other => return Err(self.error(format!("boolean must be true or false, not {}", show(other)), at)),
                 }
             }
-            tag::REFERENCE => return self.reference(items, at),
-            tag::DEREFERENCE => {
+            Tag::Reference => return self.reference(items, at),
+            Tag::Dereference => {
                 self.arity(t, items, 1, at)?;
                 let id = self.ref_id()?;
                 return self.dereference(id);
             }
-            tag::DATETIME | tag::DATE | tag::TIME | tag::TIMEDELTA => {
+            Tag::Datetime | Tag::Date | Tag::Time | Tag::Timedelta => {
                 self.arity(t, items, 1, at)?;
                 let text = self.atom(t)?;
                 self.date_like(t, text).map_err(|e| self.error(e, at))?
             }
-            tag::DECIMAL => {
+            Tag::Decimal => {
                 self.arity(t, items, 2, at)?;
                 let value = self.int("decimal value")?;
                 let exponent = self.int("decimal exponent")?;
                 self.decimal(value, exponent).map_err(|e| self.error(e, at))?
             }
-            tag::UNPERSISTABLE => {
+            Tag::Unpersistable => {
                 self.arity(t, items, 1, at)?;
                 let reason = self.atom(t)?;
                 unpersistable(py, &String::from_utf8_lossy(reason))?
             }
-            tag::PERSISTENT => {
+            Tag::Persistent => {
                 self.arity(t, items, 1, at)?;
                 self.value()?;
                 unpersistable(py, "persistent reference, and no persistent loader here")?
             }
-            t if tag::REFUSED.contains(&t) => {
+            Tag::Refused => {
                 let msg = format!("jelly type {} is not allowed (it names code to import)", show(t));
                 return Err(insecure_jelly(msg, Some(self.base + at as u64)));
             }
-            _ => return self.hooked(t, items, at),
+            Tag::Other => return self.hooked(t, items, at),
         };
         Ok(Built::done(obj))
     }
@@ -288,9 +330,9 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
             self.define(id, dict.clone().into_any())?;
         }
         for _ in 0..items {
-            let at = self.pos;
+            let at = self.cur.pos();
             match self.next()? {
-                (Token::List(2), _) => {}
+                (Item::List(2), _) => self.enter(at)?,
                 _ => return Err(self.error("dictionary items must be [key, value] pairs".into(), at)),
             }
             let key = self.value()?;
@@ -302,6 +344,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
             if let Some(pid) = value.placeholder {
                 self.add_site(pid, Site::DictValue(dict.clone(), key.obj));
             }
+            self.depth -= 1;
         }
         Ok(Built::done(dict.into_any()))
     }
@@ -327,7 +370,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
     }
 
     fn member(&mut self) -> PyResult<Bound<'py, PyAny>> {
-        let at = self.pos;
+        let at = self.cur.pos();
         let item = self.value()?;
         if item.unhashable_yet() {
             return Err(self.error("a set member refers to an object that is not built yet".into(), at));
@@ -340,7 +383,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
     fn ref_id(&mut self) -> PyResult<i64> {
         match self.int("reference id")? {
             Integer::Small(id) => Ok(id),
-            Integer::Big(_) => Err(self.error("reference id out of range".into(), self.pos)),
+            Integer::Big(_) => Err(self.error("reference id out of range".into(), self.cur.pos())),
         }
     }
 
@@ -354,9 +397,14 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         if !self.refs.contains_key(&id) {
             self.refs.insert(id, Slot::Building);
         }
-        let value_at = self.pos;
+        let value_at = self.cur.pos();
         let built = match self.next()? {
-            (Token::List(n), list_at) => self.tagged(n as usize, list_at, Some(id))?,
+            (Item::List(n), list_at) => {
+                self.enter(list_at)?;
+                let built = self.tagged(n, list_at, Some(id))?;
+                self.depth -= 1;
+                built
+            }
             _ => return Err(self.error("a reference must wrap a jelly list".into(), value_at)),
         };
         if built.placeholder == Some(id) || (built.holds_placeholder && self.is_pending(id)) {
@@ -469,7 +517,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         };
         let mut values = Vec::with_capacity(items);
         for _ in 0..items {
-            let item_at = self.pos;
+            let item_at = self.cur.pos();
             let item = self.value()?;
             if item.placeholder.is_some() {
                 return Err(self.error(format!("an item of {} refers to an object not built yet", show(t)), item_at));
@@ -479,6 +527,94 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         let values = PyList::new(self.py, values)?;
         let obj = hook.call1((PyBytes::new(self.py, t), values))?;
         Ok(Built::done(obj))
+    }
+}
+
+/// Recently decoded short strings, so repeated dict keys and words are one object each, created
+/// and hashed once (a decoder keeps its cache across messages).
+pub struct StrCache {
+    slots: Vec<Option<CachedStr>>,
+}
+
+struct CachedStr {
+    len: u8,
+    bytes: [u8; StrCache::MAX_LEN],
+    string: Py<PyString>,
+}
+
+impl Default for StrCache {
+    fn default() -> Self {
+        StrCache::new()
+    }
+}
+
+impl StrCache {
+    const MAX_LEN: usize = 24;
+    const SLOTS: usize = 512;
+
+    pub fn new() -> StrCache {
+        StrCache { slots: Vec::new() }
+    }
+
+    /// The `str` for UTF-8 `bytes`; a `UnicodeDecodeError` if they are not UTF-8.
+    #[inline]
+    pub fn get<'py>(&mut self, py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
+        if bytes.len() > Self::MAX_LEN {
+            return decode_utf8(py, bytes);
+        }
+        if self.slots.is_empty() {
+            self.slots.resize_with(Self::SLOTS, || None);
+        }
+        let slot = &mut self.slots[slot_of(bytes)];
+        if let Some(c) = slot {
+            if &c.bytes[..usize::from(c.len)] == bytes {
+                return Ok(c.string.bind(py).clone());
+            }
+        }
+        let string = decode_utf8(py, bytes)?;
+        let mut copy = [0u8; Self::MAX_LEN];
+        copy[..bytes.len()].copy_from_slice(bytes);
+        *slot = Some(CachedStr { len: bytes.len() as u8, bytes: copy, string: string.clone().unbind() });
+        Ok(string)
+    }
+}
+
+/// Slot index from the length and the first and last (up to) eight bytes.
+#[inline]
+fn slot_of(b: &[u8]) -> usize {
+    let n = b.len();
+    let word = |s: &[u8]| s.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x));
+    let (head, tail) = if n >= 8 { (word(&b[..8]), word(&b[n - 8..])) } else { (word(b), 0) };
+    let h = (head ^ tail.rotate_left(29) ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> (64 - StrCache::SLOTS.trailing_zeros())) as usize
+}
+
+/// One pass: Python validates and decodes.
+fn decode_utf8<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
+    // SAFETY: the pointer and length describe `bytes`; PyUnicode_DecodeUTF8 copies them and
+    // returns a new reference or NULL with an exception set.
+    unsafe {
+        let ptr = ffi::PyUnicode_DecodeUTF8(bytes.as_ptr().cast(), bytes.len() as ffi::Py_ssize_t, c"strict".as_ptr());
+        Ok(Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked())
+    }
+}
+
+/// Pauses the cyclic garbage collector for its lifetime, if it was running.
+struct GcPause(bool);
+
+impl GcPause {
+    fn new() -> GcPause {
+        // SAFETY: called with the GIL held (we are building Python objects).
+        GcPause(unsafe { ffi::PyGC_Disable() } != 0)
+    }
+}
+
+impl Drop for GcPause {
+    fn drop(&mut self) {
+        if self.0 {
+            // SAFETY: as above; restores the state found in `new`.
+            unsafe { ffi::PyGC_Enable() };
+        }
     }
 }
 

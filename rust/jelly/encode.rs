@@ -51,10 +51,11 @@ pub struct JellyEncoder<'py> {
 
 impl<'py> JellyEncoder<'py> {
     pub fn new(py: Python<'py>, dialect: Dialect, hook: Option<Bound<'py, PyAny>>) -> JellyEncoder<'py> {
+        let (out, seen) = Scratch::take();
         JellyEncoder {
             py,
-            enc: Encoder::with_capacity(dialect, 256),
-            seen: PtrMap::default(),
+            enc: Encoder { out, dialect },
+            seen,
             wraps: Vec::new(),
             next_ref: 1,
             keep: Vec::new(),
@@ -82,17 +83,21 @@ impl<'py> JellyEncoder<'py> {
         Ok(())
     }
 
-    pub fn finish(self) -> Vec<u8> {
-        self.enc.out
+    /// The encoded bytes, handed to `f`; the buffers go back to this thread's scratch.
+    pub fn finish<R>(mut self, f: impl FnOnce(&[u8]) -> R) -> R {
+        let result = f(&self.enc.out);
+        Scratch::give_back(std::mem::take(&mut self.enc.out), std::mem::take(&mut self.seen));
+        result
     }
 
     fn value(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
         if let Ok(s) = obj.cast_exact::<PyString>() {
-            self.open(2)?;
-            self.enc.string(tag::UNICODE).map_err(PyBananaError::from)?;
-            self.enc.bytes(s.to_str()?.as_bytes()).map_err(PyBananaError::from)?;
-            self.close();
-            return Ok(());
+            if self.depth >= self.max_depth {
+                return Err(self.too_deep());
+            }
+            // ["unicode", utf8]: "unicode" is no vocabulary word, so the prefix is fixed.
+            self.enc.out.extend_from_slice(b"\x02\x80\x07\x82unicode");
+            return self.enc.bytes(s.to_str()?.as_bytes()).map_err(|e| PyBananaError::from(e).into());
         }
         if obj.is_exact_instance_of::<pyo3::types::PyInt>() {
             return self.int(obj);
@@ -376,10 +381,14 @@ impl<'py> JellyEncoder<'py> {
     fn open(&mut self, len: usize) -> PyResult<()> {
         self.depth += 1;
         if self.depth > self.max_depth {
-            let msg = format!("cannot send values nested deeper than max_depth={}", self.max_depth);
-            return Err(jelly_error(msg, None));
+            return Err(self.too_deep());
         }
         self.enc.list(len).map_err(|e| PyBananaError::from(e).into())
+    }
+
+    #[cold]
+    fn too_deep(&self) -> PyErr {
+        jelly_error(format!("cannot send values nested deeper than max_depth={}", self.max_depth), None)
     }
 
     #[inline]
@@ -405,6 +414,36 @@ impl<'py> JellyEncoder<'py> {
         }
         out.out.extend_from_slice(&old[copied..]);
         self.enc.out = out.out;
+    }
+}
+
+/// Buffers kept per thread between calls, so a steady stream of large messages does not
+/// regrow (and page-fault) a fresh buffer and map every time.
+struct Scratch;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Option<(Vec<u8>, PtrMap<Seen>)>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Scratch {
+    /// Keep at most this much between calls.
+    const MAX_BYTES: usize = 4 << 20;
+    const MAX_ENTRIES: usize = 1 << 16;
+
+    fn take() -> (Vec<u8>, PtrMap<Seen>) {
+        // A nested call (a hook that serializes) finds the slot empty and starts afresh.
+        SCRATCH.with(|s| s.borrow_mut().take()).unwrap_or_else(|| {
+            (Vec::with_capacity(1024), PtrMap::with_capacity_and_hasher(64, Default::default()))
+        })
+    }
+
+    fn give_back(mut out: Vec<u8>, mut seen: PtrMap<Seen>) {
+        if out.capacity() > Self::MAX_BYTES || seen.capacity() > Self::MAX_ENTRIES {
+            return;
+        }
+        out.clear();
+        seen.clear();
+        SCRATCH.with(|s| *s.borrow_mut() = Some((out, seen)));
     }
 }
 

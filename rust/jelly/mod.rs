@@ -34,10 +34,85 @@ pub mod tag {
     pub const UNPERSISTABLE: &[u8] = b"unpersistable";
     pub const PERSISTENT: &[u8] = b"persistent";
     pub const CLASS: &[u8] = b"class";
-    /// Tags Twisted's default security refuses: they name code to import or call.
-    pub const REFUSED: [&[u8]; 6] = [b"class", b"module", b"function", b"method", b"instance", b"classobj"];
     pub const TRUE: &[u8] = b"true";
     pub const FALSE: &[u8] = b"false";
+}
+
+/// The jelly forms the decoder knows, found by length first so dispatch is a jump and a compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag {
+    List,
+    Tuple,
+    Dictionary,
+    Set,
+    Frozenset,
+    Unicode,
+    None,
+    Boolean,
+    Reference,
+    Dereference,
+    Datetime,
+    Date,
+    Time,
+    Timedelta,
+    Decimal,
+    Unpersistable,
+    Persistent,
+    /// Names code to import or call; refused by default, as Twisted's security does.
+    Refused,
+    /// Not a jelly builtin: a copyable type name, `remote`, ... — the hook's business.
+    Other,
+}
+
+impl Tag {
+    #[inline]
+    pub fn classify(t: &[u8]) -> Tag {
+        let is = |word: &[u8], tag: Tag| if t == word { tag } else { Tag::Other };
+        match t.len() {
+            3 => is(tag::SET, Tag::Set),
+            4 => match t {
+                tag::LIST => Tag::List,
+                tag::NONE => Tag::None,
+                tag::DATE => Tag::Date,
+                tag::TIME => Tag::Time,
+                _ => Tag::Other,
+            },
+            5 => match t {
+                tag::TUPLE => Tag::Tuple,
+                b"class" => Tag::Refused,
+                _ => Tag::Other,
+            },
+            6 => match t {
+                b"module" | b"method" => Tag::Refused,
+                _ => Tag::Other,
+            },
+            7 => match t {
+                tag::UNICODE => Tag::Unicode,
+                tag::BOOLEAN => Tag::Boolean,
+                tag::DECIMAL => Tag::Decimal,
+                _ => Tag::Other,
+            },
+            8 => match t {
+                tag::DATETIME => Tag::Datetime,
+                b"function" | b"instance" | b"classobj" => Tag::Refused,
+                _ => Tag::Other,
+            },
+            9 => match t {
+                tag::FROZENSET => Tag::Frozenset,
+                tag::REFERENCE => Tag::Reference,
+                tag::TIMEDELTA => Tag::Timedelta,
+                _ => Tag::Other,
+            },
+            10 => match t {
+                tag::DICTIONARY => Tag::Dictionary,
+                tag::PERSISTENT => Tag::Persistent,
+                _ => Tag::Other,
+            },
+            11 => is(tag::DEREFERENCE, Tag::Dereference),
+            13 => is(tag::UNPERSISTABLE, Tag::Unpersistable),
+            _ => Tag::Other,
+        }
+    }
 }
 
 /// Parse the space-separated decimal fields of a `datetime`/`date`/`time`/`timedelta` body,
@@ -64,6 +139,38 @@ pub fn format_fields(fields: &[i64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classify_every_tag() {
+        let all = [
+            (tag::LIST, Tag::List),
+            (tag::TUPLE, Tag::Tuple),
+            (tag::DICTIONARY, Tag::Dictionary),
+            (tag::SET, Tag::Set),
+            (tag::FROZENSET, Tag::Frozenset),
+            (tag::UNICODE, Tag::Unicode),
+            (tag::NONE, Tag::None),
+            (tag::BOOLEAN, Tag::Boolean),
+            (tag::REFERENCE, Tag::Reference),
+            (tag::DEREFERENCE, Tag::Dereference),
+            (tag::DATETIME, Tag::Datetime),
+            (tag::DATE, Tag::Date),
+            (tag::TIME, Tag::Time),
+            (tag::TIMEDELTA, Tag::Timedelta),
+            (tag::DECIMAL, Tag::Decimal),
+            (tag::UNPERSISTABLE, Tag::Unpersistable),
+            (tag::PERSISTENT, Tag::Persistent),
+        ];
+        for (word, t) in all {
+            assert_eq!(Tag::classify(word), t);
+        }
+        for word in [&b"class"[..], b"module", b"function", b"method", b"instance", b"classobj"] {
+            assert_eq!(Tag::classify(word), Tag::Refused);
+        }
+        for word in [&b"remote"[..], b"lists", b"", b"mod.Class", b"Set"] {
+            assert_eq!(Tag::classify(word), Tag::Other);
+        }
+    }
 
     #[test]
     fn date_fields() {

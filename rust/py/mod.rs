@@ -11,9 +11,10 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyFloat, PyInt, PyList, PyTuple};
 
-use crate::banana::decode::{Step, Token, TokenReader};
+use crate::banana::cursor::{Cursor, Item};
+use crate::banana::decode::Token;
 use crate::banana::{framer, tb, Dialect, Encoder, Framer, Integer, Limits, Tokenizer};
-use crate::jelly::decode::JellyDecoder;
+use crate::jelly::decode::{JellyDecoder, StrCache};
 use crate::jelly::encode::JellyEncoder;
 use errors::PyBananaError;
 
@@ -68,25 +69,31 @@ fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> PyResult<R>) 
     f(&buffer.to_vec(data.py())?)
 }
 
+/// The precise error for bytes the one-pass decoder found malformed.
+fn banana_fault(bytes: &[u8], dialect: Dialect, limits: Limits) -> PyErr {
+    match framer::exactly_one(bytes, dialect, limits) {
+        Err(e) => e.into(),
+        Ok(()) => PyValueError::new_err("internal error: the builder and the validator disagree"),
+    }
+}
+
 /// A raw banana value from an expression the framer validated.
-fn raw_value<'py>(py: Python<'py>, reader: &TokenReader<'_>, pos: &mut usize) -> PyResult<Bound<'py, PyAny>> {
-    let Ok(Step::Token(token, end)) = reader.step(*pos) else {
-        return Err(PyValueError::new_err("internal error: expression not validated"));
+fn raw_value<'py>(py: Python<'py>, cursor: &mut Cursor<'_>) -> PyResult<Bound<'py, PyAny>> {
+    let at = cursor.pos();
+    let Some(item) = cursor.next() else {
+        return Err(PyValueError::new_err(format!("internal error: unvalidated expression at byte {at}")));
     };
-    *pos = end;
-    Ok(match token {
-        Token::List(n) => {
+    Ok(match item {
+        Item::List(n) => {
             let list = PyList::empty(py);
             for _ in 0..n {
-                list.append(raw_value(py, reader, pos)?)?;
+                list.append(raw_value(py, cursor)?)?;
             }
             list.into_any()
         }
-        Token::Int { value, .. } => integer(py, value)?,
-        Token::String(s) => PyBytes::new(py, s).into_any(),
-        Token::Vocab { word, .. } => PyBytes::new(py, word).into_any(),
-        Token::Float(f) => PyFloat::new(py, f).into_any(),
-        _ => return Err(PyValueError::new_err("internal error: foolscap token in a Twisted stream")),
+        Item::Bytes(s) => PyBytes::new(py, s).into_any(),
+        Item::Float(f) => PyFloat::new(py, f).into_any(),
+        int => integer(py, int.integer().expect("an integer item"))?,
     })
 }
 
@@ -140,7 +147,7 @@ pub fn dumps<'py>(
 ) -> PyResult<Bound<'py, PyBytes>> {
     let mut enc = JellyEncoder::new(py, self::dialect(dialect, false)?, hook);
     enc.jelly(obj)?;
-    Ok(PyBytes::new(py, &enc.finish()))
+    Ok(enc.finish(|bytes| PyBytes::new(py, bytes)))
 }
 
 /// loads(data, /, *, dialect="pb", hook=None, **limits) -> object
@@ -164,9 +171,17 @@ pub fn loads<'py>(
     let dialect = self::dialect(dialect, false)?;
     let limits = limits(max_element_size, max_message_size, max_depth, max_header_length)?;
     with_bytes(data, |bytes| {
-        framer::exactly_one(bytes, dialect, limits)?;
-        let reader = TokenReader::new(bytes, 0, dialect, limits);
-        Ok(JellyDecoder::new(py, &reader, 0, hook.as_ref()).value_at(0)?.0)
+        if bytes.len() > limits.max_message_size {
+            let kind = crate::banana::ErrorKind::MessageTooLarge { limit: limits.max_message_size };
+            return Err(crate::banana::BananaError::at(0, kind).into());
+        }
+        // One pass that builds and checks; the framer's validator only names a banana fault.
+        let mut strings = StrCache::new();
+        let mut decoder = JellyDecoder::new(py, bytes, dialect, limits, 0, hook.as_ref(), &mut strings);
+        decoder.build(true).map_err(|e| match decoder.malformed {
+            true => banana_fault(bytes, dialect, limits),
+            false => e,
+        })
     })
 }
 
@@ -197,7 +212,7 @@ pub fn banana_decode<'py>(
     let limits = limits(max_element_size, max_message_size, max_depth, max_header_length)?;
     with_bytes(data, |bytes| {
         framer::exactly_one(bytes, dialect, limits)?;
-        raw_value(py, &TokenReader::new(bytes, 0, dialect, limits), &mut 0)
+        raw_value(py, &mut Cursor::new(bytes, dialect, limits))
     })
 }
 
@@ -207,6 +222,7 @@ pub struct DecoderPy {
     framer: Framer,
     jelly: bool,
     hook: Option<Py<PyAny>>,
+    strings: StrCache,
 }
 
 #[pymethods]
@@ -226,7 +242,8 @@ impl DecoderPy {
         max_header_length: usize,
     ) -> PyResult<DecoderPy> {
         let limits = limits(max_element_size, max_message_size, max_depth, max_header_length)?;
-        Ok(DecoderPy { framer: Framer::new(self::dialect(dialect, false)?, limits), jelly, hook })
+        let framer = Framer::new(self::dialect(dialect, false)?, limits);
+        Ok(DecoderPy { framer, jelly, hook, strings: StrCache::new() })
     }
 
     /// Feed a chunk; returns every value completed by it (an empty list means "need more").
@@ -234,13 +251,13 @@ impl DecoderPy {
         let out = PyList::empty(py);
         let (dialect, limits, jelly) = (self.framer.dialect(), self.framer.limits(), self.jelly);
         let hook = self.hook.as_ref().map(|h| h.bind(py).clone());
+        let strings = &mut self.strings;
         with_bytes(data, |bytes| {
             self.framer.feed(bytes, |expr: &[u8], offset| -> PyResult<()> {
-                let reader = TokenReader::new(expr, offset, dialect, limits);
                 let value = if jelly {
-                    JellyDecoder::new(py, &reader, offset, hook.as_ref()).value_at(0)?.0
+                    JellyDecoder::new(py, expr, dialect, limits, offset, hook.as_ref(), strings).build(true)?
                 } else {
-                    raw_value(py, &reader, &mut 0)?
+                    raw_value(py, &mut Cursor::new(expr, dialect, limits))?
                 };
                 out.append(value)
             })

@@ -1,0 +1,163 @@
+//! A lean reader for expressions the framer has already validated, used by the builders.
+//!
+//! The builders read expressions with it: small items that are cheap to move, big integers left
+//! as their header bytes until asked for. It applies the per-token limits (header length, element
+//! size) and refuses a list that declares more elements than bytes remain, so it is also safe on
+//! input no framer has checked (one-shot `loads`); it reports `None` instead of an error, and the
+//! caller asks the framer's validator for the precise error only then.
+
+use num_bigint::{BigInt, Sign};
+
+use super::decode::{header_value, HeaderValue};
+use super::{tb, vocab, Dialect, Integer, Limits};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Item<'a> {
+    List(usize),
+    Int(i64),
+    /// An integer beyond `i64`: its base-128 header and sign.
+    BigInt { negative: bool, header: &'a [u8] },
+    /// STRING or VOCAB (VOCAB already replaced by its word).
+    Bytes(&'a [u8]),
+    Float(f64),
+}
+
+impl Item<'_> {
+    /// The value of an `Int` or `BigInt` item.
+    pub fn integer(&self) -> Option<Integer> {
+        match *self {
+            Item::Int(v) => Some(Integer::Small(v)),
+            Item::BigInt { negative, header } => {
+                let magnitude = match header_value(header) {
+                    HeaderValue::Small(n) => n.into(),
+                    HeaderValue::Big(b) => b,
+                };
+                let sign = if negative { Sign::Minus } else { Sign::Plus };
+                Some(Integer::from_big(BigInt::from_biguint(sign, magnitude)))
+            }
+            _ => None,
+        }
+    }
+}
+
+pub struct Cursor<'a> {
+    data: &'a [u8],
+    pos: usize,
+    dialect: Dialect,
+    limits: Limits,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(data: &'a [u8], dialect: Dialect, limits: Limits) -> Cursor<'a> {
+        debug_assert!(dialect != Dialect::Foolscap);
+        Cursor { data, pos: 0, dialect, limits }
+    }
+
+    /// True once every byte has been read.
+    pub fn at_end(&self) -> bool {
+        self.pos == self.data.len()
+    }
+
+    /// Offset of the next item within the expression.
+    #[inline]
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// If a `["unicode", STRING]` with a one-byte string header starts here, consume it and
+    /// return the string's bytes — the shape of nearly every jellied `str`.
+    #[inline(always)]
+    pub fn unicode(&mut self) -> Option<&'a [u8]> {
+        const PREFIX: &[u8; 11] = b"\x02\x80\x07\x82unicode";
+        let rest = self.data.get(self.pos..)?;
+        if rest.len() < 13 || &rest[..11] != PREFIX || rest[11] >= 0x80 || rest[12] != tb::STRING {
+            return None;
+        }
+        let n = usize::from(rest[11]);
+        let s = rest.get(13..13 + n)?;
+        self.pos += 13 + n;
+        Some(s)
+    }
+
+    #[inline(always)]
+    pub fn next(&mut self) -> Option<Item<'a>> {
+        let data = self.data;
+        let start = self.pos;
+        // Headers of zero or one byte are the common case; longer ones take the loop.
+        let (header, at) = match (data.get(start), data.get(start + 1)) {
+            (Some(&b0), _) if b0 & 0x80 != 0 => (&data[start..start], start),
+            (Some(_), Some(&b1)) if b1 & 0x80 != 0 => (&data[start..=start], start + 1),
+            _ => {
+                let at = start + data.get(start..)?.iter().position(|&b| b & 0x80 != 0)?;
+                if at - start > self.limits.max_header_length {
+                    return None;
+                }
+                (&data[start..at], at)
+            }
+        };
+        let type_byte = data[at];
+        let mut end = at + 1;
+        let small = match header.len() {
+            0 => Some(0),
+            1 => Some(u64::from(header[0])),
+            _ => match header_value(header) {
+                HeaderValue::Small(v) => Some(v),
+                HeaderValue::Big(_) => None,
+            },
+        };
+        let max = self.limits.max_element_size as u64;
+        let item = match (type_byte, small) {
+            // Every element takes at least one byte: a longer claim is malformed, and refusing it
+            // here means a builder never allocates for elements that cannot exist.
+            (tb::LIST, Some(n)) if n <= max && n <= (data.len() - end) as u64 => Item::List(n as usize),
+            (tb::INT | tb::LONGINT, Some(v)) if v <= i64::MAX as u64 => Item::Int(v as i64),
+            (tb::NEG | tb::LONGNEG, Some(v)) if v <= 1 << 63 => Item::Int((v as i64).wrapping_neg()),
+            (tb::INT | tb::LONGINT, _) => Item::BigInt { negative: false, header },
+            (tb::NEG | tb::LONGNEG, _) => Item::BigInt { negative: true, header },
+            (tb::STRING, Some(n)) if n <= max => {
+                let n = n as usize;
+                let s = data.get(end..end.checked_add(n)?)?;
+                end += n;
+                Item::Bytes(s)
+            }
+            (tb::FLOAT, _) => {
+                let raw: [u8; 8] = data.get(end..end + 8)?.try_into().ok()?;
+                end += 8;
+                Item::Float(f64::from_be_bytes(raw))
+            }
+            (tb::VOCAB, Some(i)) if self.dialect == Dialect::Pb => Item::Bytes(vocab::pb_word(i)?),
+            _ => return None,
+        };
+        self.pos = end;
+        Some(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_items() {
+        let data = [2, tb::LIST, 8, tb::VOCAB, 0x7f, 0x7f, 0x7f, 0x7f, 0x07, tb::NEG, tb::INT];
+        let mut c = Cursor::new(&data, Dialect::Pb, Limits::twisted());
+        assert_eq!(c.next(), Some(Item::List(2)));
+        assert_eq!(c.next(), Some(Item::Bytes(b"list")));
+        assert_eq!(c.next(), Some(Item::Int(-((1 << 31) - 1))));
+        assert_eq!(c.next(), Some(Item::Int(0)));
+        assert_eq!(c.next(), None);
+        let mut h = vec![0u8; 10];
+        h.push(1);
+        h.push(tb::LONGNEG);
+        let item = Cursor::new(&h, Dialect::Pb, Limits::twisted()).next().unwrap();
+        assert_eq!(item.integer(), Some(Integer::Big(-(BigInt::from(1u8) << 70usize))));
+        fn one(data: &[u8], dialect: Dialect) -> Option<Item<'_>> {
+            Cursor::new(data, dialect, Limits::twisted()).next()
+        }
+        assert_eq!(one(&[5, tb::STRING, 1], Dialect::Pb), None);
+        assert_eq!(one(&[8, tb::VOCAB], Dialect::NoVocab), None);
+        // A list claiming more elements than there are bytes left.
+        assert_eq!(one(&[3, tb::LIST, 0, tb::INT], Dialect::Pb), None);
+        assert_eq!(one(&[0, 0, 0, 0, 0, 0, 1, tb::LIST], Dialect::Pb), None);
+    }
+}
