@@ -68,9 +68,18 @@ impl<'a> Cursor<'a> {
     /// return the string's bytes — the shape of nearly every jellied `str`.
     #[inline(always)]
     pub fn unicode(&mut self) -> Option<&'a [u8]> {
-        const PREFIX: &[u8; 11] = b"\x02\x80\x07\x82unicode";
+        // Compared as two little-endian words, bytes 0..8 and 5..13, rather than by memcmp; byte
+        // 11 (the string length) is masked out and must be a one-byte header (below 0x80).
+        const HEAD: u64 = u64::from_le_bytes(*b"\x02\x80\x07\x82unic");
+        const TAIL: u64 = u64::from_le_bytes(*b"nicode\x00\x82");
+        const LEN_MASK: u64 = !(0xff << 48);
         let rest = self.data.get(self.pos..)?;
-        if rest.len() < 13 || &rest[..11] != PREFIX || rest[11] >= 0x80 || rest[12] != tb::STRING {
+        if rest.len() < 13 {
+            return None;
+        }
+        let head = u64::from_le_bytes(rest[..8].try_into().ok()?);
+        let tail = u64::from_le_bytes(rest[5..13].try_into().ok()?);
+        if head != HEAD || tail & LEN_MASK != TAIL || rest[11] >= 0x80 {
             return None;
         }
         let n = usize::from(rest[11]);
@@ -136,6 +145,19 @@ impl<'a> Cursor<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unicode_fast_path() {
+        let data = b"\x02\x80\x07\x82unicode\x03\x82abc\x00\x81";
+        let mut c = Cursor::new(data, Dialect::Pb, Limits::twisted());
+        assert_eq!(c.unicode(), Some(&b"abc"[..]));
+        assert_eq!(c.unicode(), None);
+        assert_eq!(c.next(), Some(Item::Int(0)));
+        // Not the fast shape: a two-byte length header, or another tag.
+        let long = [&b"\x02\x80\x07\x82unicode\x00\x01\x82"[..], &[b'x'; 128]].concat();
+        assert_eq!(Cursor::new(&long, Dialect::Pb, Limits::twisted()).unicode(), None);
+        assert_eq!(Cursor::new(b"\x02\x80\x07\x82unicodf\x00\x82", Dialect::Pb, Limits::twisted()).unicode(), None);
+    }
 
     #[test]
     fn reads_items() {

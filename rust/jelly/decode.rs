@@ -536,9 +536,10 @@ pub struct StrCache {
     slots: Vec<Option<CachedStr>>,
 }
 
+/// A cached string, keyed by its length and [`key_of`] its bytes.
 struct CachedStr {
-    len: u8,
-    bytes: [u8; StrCache::MAX_LEN],
+    len: usize,
+    key: [u64; 3],
     string: Py<PyString>,
 }
 
@@ -559,34 +560,42 @@ impl StrCache {
     /// The `str` for UTF-8 `bytes`; a `UnicodeDecodeError` if they are not UTF-8.
     #[inline]
     pub fn get<'py>(&mut self, py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
-        if bytes.len() > Self::MAX_LEN {
+        let len = bytes.len();
+        if len > Self::MAX_LEN {
             return decode_utf8(py, bytes);
         }
         if self.slots.is_empty() {
             self.slots.resize_with(Self::SLOTS, || None);
         }
-        let slot = &mut self.slots[slot_of(bytes)];
+        let key = key_of(bytes);
+        let h = (key[0] ^ key[1].rotate_left(21) ^ key[2].rotate_left(42) ^ len as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let slot = &mut self.slots[(h >> (64 - Self::SLOTS.trailing_zeros())) as usize];
         if let Some(c) = slot {
-            if &c.bytes[..usize::from(c.len)] == bytes {
+            if c.len == len && c.key == key {
                 return Ok(c.string.bind(py).clone());
             }
         }
         let string = decode_utf8(py, bytes)?;
-        let mut copy = [0u8; Self::MAX_LEN];
-        copy[..bytes.len()].copy_from_slice(bytes);
-        *slot = Some(CachedStr { len: bytes.len() as u8, bytes: copy, string: string.clone().unbind() });
+        *slot = Some(CachedStr { len, key, string: string.clone().unbind() });
         Ok(string)
     }
 }
 
-/// Slot index from the length and the first and last (up to) eight bytes.
-#[inline]
-fn slot_of(b: &[u8]) -> usize {
+/// Up to 24 bytes as three words, by overlapping loads: for a given length every byte lands in
+/// some word, so equal (length, key) means equal bytes.
+#[inline(always)]
+fn key_of(b: &[u8]) -> [u64; 3] {
     let n = b.len();
-    let word = |s: &[u8]| s.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x));
-    let (head, tail) = if n >= 8 { (word(&b[..8]), word(&b[n - 8..])) } else { (word(b), 0) };
-    let h = (head ^ tail.rotate_left(29) ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (h >> (64 - StrCache::SLOTS.trailing_zeros())) as usize
+    let w8 = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    let w4 = |i: usize| u64::from(u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes")));
+    match n {
+        0 => [0, 0, 0],
+        1..=3 => [u64::from(b[0]) | u64::from(b[n / 2]) << 8 | u64::from(b[n - 1]) << 16, 0, 0],
+        4..=8 => [w4(0) | w4(n - 4) << 32, 0, 0],
+        9..=16 => [w8(0), w8(n - 8), 0],
+        _ => [w8(0), w8(8), w8(n - 8)],
+    }
 }
 
 /// One pass: Python validates and decodes.
