@@ -73,7 +73,7 @@ impl<'py> JellyEncoder<'py> {
     /// Jelly one value. Each call is its own id space, as each of Twisted's `jelly()` calls is.
     pub fn jelly(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
         let start = self.enc.out.len();
-        self.value(obj)?;
+        self.value(obj, true)?;
         if !self.wraps.is_empty() {
             self.splice_references(start);
         }
@@ -90,7 +90,14 @@ impl<'py> JellyEncoder<'py> {
         result
     }
 
-    fn value(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
+    /// A container's item, held by one owned reference of ours.
+    #[inline]
+    fn item(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
+        self.value(obj, maybe_shared(obj))
+    }
+
+    /// Jelly `obj`. `maybe_shared` false promises that nothing else in this walk can reach it.
+    fn value(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
         if let Ok(s) = obj.cast_exact::<PyString>() {
             if self.depth >= self.max_depth {
                 return Err(self.too_deep());
@@ -110,13 +117,13 @@ impl<'py> JellyEncoder<'py> {
             return self.enc.bytes(b.as_bytes()).map_err(|e| PyBananaError::from(e).into());
         }
         if let Ok(l) = obj.cast_exact::<PyList>() {
-            return self.list(obj, l);
+            return self.list(obj, l, maybe_shared);
         }
         if let Ok(d) = obj.cast_exact::<PyDict>() {
-            return self.dict(obj, d);
+            return self.dict(obj, d, maybe_shared);
         }
         if let Ok(t) = obj.cast_exact::<PyTuple>() {
-            return self.tuple(obj, t);
+            return self.tuple(obj, t, maybe_shared);
         }
         if obj.is_none() {
             return self.tagged(&[tag::NONE]);
@@ -125,7 +132,7 @@ impl<'py> JellyEncoder<'py> {
             return self.tagged(&[tag::BOOLEAN, if b.is_true() { tag::TRUE } else { tag::FALSE }]);
         }
         if obj.is_exact_instance_of::<PySet>() || obj.is_exact_instance_of::<PyFrozenSet>() {
-            return self.set(obj);
+            return self.set(obj, maybe_shared);
         }
         if let Ok(dt) = obj.cast_exact::<PyDateTime>() {
             refuse_tz(dt.get_tzinfo().is_some(), "datetime")?;
@@ -181,8 +188,17 @@ impl<'py> JellyEncoder<'py> {
         self.enc.big_int(&big).map_err(|e| PyBananaError::from(e).into())
     }
 
-    /// A tracked object seen before: write its dereference and return true.
-    fn seen_again(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<bool> {
+    /// A tracked object seen before: write its dereference and return true. Otherwise remember
+    /// it, unless it cannot be met again.
+    #[inline]
+    fn seen_again(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<bool> {
+        if !maybe_shared {
+            return Ok(false);
+        }
+        self.track(obj)
+    }
+
+    fn track(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<bool> {
         let start = self.enc.out.len();
         match self.seen.entry(obj.as_ptr() as usize) {
             Entry::Vacant(v) => {
@@ -206,8 +222,8 @@ impl<'py> JellyEncoder<'py> {
         }
     }
 
-    fn list(&mut self, obj: &Bound<'py, PyAny>, list: &Bound<'py, PyList>) -> PyResult<()> {
-        if self.seen_again(obj)? {
+    fn list(&mut self, obj: &Bound<'py, PyAny>, list: &Bound<'py, PyList>, maybe_shared: bool) -> PyResult<()> {
+        if self.seen_again(obj, maybe_shared)? {
             return Ok(());
         }
         let n = list.len();
@@ -216,7 +232,7 @@ impl<'py> JellyEncoder<'py> {
         for i in 0..n {
             // Owned items: hook code may run below and could shrink the list under us.
             let item = list.get_item(i).map_err(|_| changed_size("list"))?;
-            self.value(&item)?;
+            self.item(&item)?;
         }
         if list.len() != n {
             return Err(changed_size("list"));
@@ -225,21 +241,21 @@ impl<'py> JellyEncoder<'py> {
         Ok(())
     }
 
-    fn tuple(&mut self, obj: &Bound<'py, PyAny>, tuple: &Bound<'py, PyTuple>) -> PyResult<()> {
-        if self.seen_again(obj)? {
+    fn tuple(&mut self, obj: &Bound<'py, PyAny>, tuple: &Bound<'py, PyTuple>, maybe_shared: bool) -> PyResult<()> {
+        if self.seen_again(obj, maybe_shared)? {
             return Ok(());
         }
         self.open(tuple.len() + 1)?;
         self.enc.bytes(tag::TUPLE).map_err(PyBananaError::from)?;
         for item in tuple.iter() {
-            self.value(&item)?;
+            self.item(&item)?;
         }
         self.close();
         Ok(())
     }
 
-    fn dict(&mut self, obj: &Bound<'py, PyAny>, dict: &Bound<'py, PyDict>) -> PyResult<()> {
-        if self.seen_again(obj)? {
+    fn dict(&mut self, obj: &Bound<'py, PyAny>, dict: &Bound<'py, PyDict>, maybe_shared: bool) -> PyResult<()> {
+        if self.seen_again(obj, maybe_shared)? {
             return Ok(());
         }
         let n = dict.len();
@@ -263,8 +279,8 @@ impl<'py> JellyEncoder<'py> {
                 return Err(changed_size("dict"));
             }
             self.open(2)?;
-            self.value(&key)?;
-            self.value(&value)?;
+            self.item(&key)?;
+            self.item(&value)?;
             self.close();
         }
         if written != n || dict.len() != n {
@@ -274,8 +290,8 @@ impl<'py> JellyEncoder<'py> {
         Ok(())
     }
 
-    fn set(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
-        if self.seen_again(obj)? {
+    fn set(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
+        if self.seen_again(obj, maybe_shared)? {
             return Ok(());
         }
         let n = obj.len()?;
@@ -288,7 +304,7 @@ impl<'py> JellyEncoder<'py> {
             if written > n {
                 return Err(changed_size("set"));
             }
-            self.value(&item?)?;
+            self.item(&item?)?;
         }
         if written != n {
             return Err(changed_size("set"));
@@ -321,7 +337,7 @@ impl<'py> JellyEncoder<'py> {
     fn instance(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
         if let Some(hook) = self.hook.clone() {
             if self.seen.contains_key(&(obj.as_ptr() as usize)) {
-                self.seen_again(obj)?;
+                self.track(obj)?;
                 return Ok(());
             }
             let result = hook.call1((obj,))?;
@@ -330,7 +346,7 @@ impl<'py> JellyEncoder<'py> {
                     pyo3::exceptions::PyTypeError::new_err("a jelly hook must return None or (items, track)")
                 })?;
                 if track {
-                    self.seen_again(obj)?;
+                    self.track(obj)?;
                     self.keep.push(obj.clone());
                 }
                 let items = items.cast_into::<PyTuple>().or_else(|e| {
@@ -342,7 +358,7 @@ impl<'py> JellyEncoder<'py> {
                 self.keep.push(items.clone().into_any());
                 self.open(items.len())?;
                 for item in items.iter() {
-                    self.value(&item)?;
+                    self.value(&item, true)?;
                 }
                 self.close();
                 return Ok(());
@@ -360,7 +376,7 @@ impl<'py> JellyEncoder<'py> {
                 return Err(jelly_error(format!("cannot send a {what} ({})", obj.repr()?), None));
             }
         }
-        if self.seen_again(obj)? {
+        if self.track(obj)? {
             return Ok(());
         }
         let reason = format!("instance of class {} deemed insecure", qualified_name(&obj.get_type())?);
@@ -445,6 +461,16 @@ impl Scratch {
         seen.clear();
         SCRATCH.with(|s| *s.borrow_mut() = Some((out, seen)));
     }
+}
+
+/// Whether anything but its parent container (and our one owned reference to it, taken while
+/// iterating that container) may hold `obj`. If not, the walk cannot meet it twice, and it need
+/// not be tracked for `reference`/`dereference`. Sound because the module holds the GIL (it does
+/// not declare `gil_used = false`), so no other thread changes the count meanwhile; immortal
+/// objects have huge counts and are simply tracked.
+#[inline]
+fn maybe_shared(obj: &Bound<'_, PyAny>) -> bool {
+    obj.get_refcnt() > 2
 }
 
 fn refuse_tz(has_tz: bool, what: &str) -> PyResult<()> {
