@@ -24,13 +24,13 @@ mod _core {
     use pyo3::prelude::*;
 
     #[pymodule_export]
-    use crate::py::{banana_decode, banana_encode, dumps, encode_tokens, loads, DecoderPy, TokenizerPy};
-    #[pymodule_export]
     use crate::jelly::decode::UnresolvedReference;
+    #[pymodule_export]
+    use crate::py::{banana_decode, banana_encode, dumps, encode_tokens, loads, DecoderPy, TokenizerPy};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
-        use crate::banana::{vocab, SIZE_LIMIT, PREFIX_LIMIT};
+        use crate::banana::{vocab, PREFIX_LIMIT, SIZE_LIMIT};
         let words = |table: &[&[u8]]| table.iter().map(|w| pyo3::types::PyBytes::new(m.py(), w)).collect::<Vec<_>>();
         m.add("SIZE_LIMIT", SIZE_LIMIT)?;
         m.add("PREFIX_LIMIT", PREFIX_LIMIT)?;

@@ -28,9 +28,7 @@ fn foolscap() -> Json {
 }
 
 fn section<'a>(doc: &'a Json, key: &str) -> &'a [Json] {
-    let cases = doc[key]
-        .as_array()
-        .unwrap_or_else(|| panic!("section {key:?} is missing or not a list"));
+    let cases = doc[key].as_array().unwrap_or_else(|| panic!("section {key:?} is missing or not a list"));
     assert!(!cases.is_empty(), "section {key:?} is empty");
     cases
 }
@@ -40,9 +38,7 @@ fn name(case: &Json) -> &str {
 }
 
 fn field<'a>(case: &'a Json, key: &str) -> &'a str {
-    case[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("{}: field {key:?} is missing or not a string", name(case)))
+    case[key].as_str().unwrap_or_else(|| panic!("{}: field {key:?} is missing or not a string", name(case)))
 }
 
 fn unhex(s: &str) -> Vec<u8> {
@@ -71,11 +67,7 @@ fn byte_string(j: &Json) -> Vec<u8> {
     if let Some(text) = j["b"].as_str() {
         return text.as_bytes().to_vec();
     }
-    unhex(
-        j["bhex"]
-            .as_str()
-            .unwrap_or_else(|| panic!("not a tagged byte string: {j}")),
-    )
+    unhex(j["bhex"].as_str().unwrap_or_else(|| panic!("not a tagged byte string: {j}")))
 }
 
 /// `{"float": "<Python repr>"}`: `1.5`, `-0.0`, `inf`, `-inf`, `nan`, `5e-324`, `1e+300`.
@@ -103,11 +95,7 @@ fn sexp(j: &Json) -> Value {
 }
 
 fn sexps(j: &Json) -> Vec<Value> {
-    j.as_array()
-        .unwrap_or_else(|| panic!("not a list of sexps: {j}"))
-        .iter()
-        .map(sexp)
-        .collect()
+    j.as_array().unwrap_or_else(|| panic!("not a list of sexps: {j}")).iter().map(sexp).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -122,11 +110,7 @@ struct Report {
 
 impl Report {
     fn new(section: &'static str) -> Report {
-        Report {
-            section,
-            cases: 0,
-            failures: Vec::new(),
-        }
+        Report { section, cases: 0, failures: Vec::new() }
     }
 
     fn case(&mut self) {
@@ -141,9 +125,7 @@ impl Report {
 
     fn eq<T: PartialEq + std::fmt::Debug>(&mut self, got: T, expected: T, case: &str, what: &str) {
         if got != expected {
-            self.failures.push(format!(
-                "{case}: {what}\n    got:      {got:?}\n    expected: {expected:?}"
-            ));
+            self.failures.push(format!("{case}: {what}\n    got:      {got:?}\n    expected: {expected:?}"));
         }
     }
 
@@ -203,12 +185,7 @@ fn frame(data: &[u8], dialect: Dialect, chunk_size: usize) -> Framed {
     // What stays buffered after an error depends on the chunking and means nothing: the framer is
     // failed for good.
     let buffered = if error.is_some() { 0 } else { framer.buffered() };
-    Framed {
-        values,
-        spans,
-        buffered,
-        error,
-    }
+    Framed { values, spans, buffered, error }
 }
 
 /// `value::decode_stream` with the input cut into `chunk_size`-byte chunks.
@@ -225,19 +202,12 @@ fn check_encodes(report: &mut Report, case: &Json) {
     for (key, d) in [("hex_pb", Dialect::Pb), ("hex_none", Dialect::NoVocab)] {
         let expected = field(case, key);
         match value.to_bytes(d) {
-            Ok(bytes) => report.eq(
-                hex::encode(bytes),
-                expected.to_string(),
-                n,
-                &format!("encode in {}", d.name()),
-            ),
+            Ok(bytes) => report.eq(hex::encode(bytes), expected.to_string(), n, &format!("encode in {}", d.name())),
             Err(e) => report.check(false, n, || format!("encode in {} failed: {e}", d.name())),
         }
         let bytes = unhex(expected);
         match Value::from_bytes(&bytes, d, Limits::twisted()) {
-            Ok(v) => report.check(v == value, n, || {
-                format!("{key} decodes in {} to {}", d.name(), brief(&v))
-            }),
+            Ok(v) => report.check(v == value, n, || format!("{key} decodes in {} to {}", d.name(), brief(&v))),
             Err(e) => report.check(false, n, || format!("{key} does not decode in {}: {e}", d.name())),
         }
     }
@@ -291,54 +261,20 @@ fn banana_decode_accepts_what_twisted_accepts() {
         // unfinished.
         let mut end = 0u64;
         for &(offset, len) in &whole.spans {
-            report.eq(
-                offset,
-                end,
-                n,
-                "expression offset (expressions are delivered back to back)",
-            );
+            report.eq(offset, end, n, "expression offset (expressions are delivered back to back)");
             end = offset + len as u64;
         }
-        report.eq(
-            end as usize + whole.buffered,
-            data.len(),
-            n,
-            "delivered + buffered bytes",
-        );
+        report.eq(end as usize + whole.buffered, data.len(), n, "delivered + buffered bytes");
         let held = &data[data.len().saturating_sub(whole.buffered)..];
         report.check(held.ends_with(&leftover), n, || {
-            format!(
-                "framer holds {} but Twisted's leftover is {}",
-                hex::encode(held),
-                hex::encode(&leftover)
-            )
+            format!("framer holds {} but Twisted's leftover is {}", hex::encode(held), hex::encode(&leftover))
         });
-        report.eq(
-            whole.buffered > 0,
-            !leftover.is_empty() || open_lists > 0,
-            n,
-            "something is buffered",
-        );
+        report.eq(whole.buffered > 0, !leftover.is_empty() || open_lists > 0, n, "something is buffered");
 
         let bytewise = frame(&data, d, 1);
-        report.eq(
-            &bytewise,
-            &whole,
-            n,
-            "Framer fed one byte at a time differs from one chunk",
-        );
-        report.eq(
-            decode_stream(&data, d, data.len()),
-            Ok(expected.clone()),
-            n,
-            "decode_stream (one chunk)",
-        );
-        report.eq(
-            decode_stream(&data, d, 1),
-            Ok(expected.clone()),
-            n,
-            "decode_stream (one-byte chunks)",
-        );
+        report.eq(&bytewise, &whole, n, "Framer fed one byte at a time differs from one chunk");
+        report.eq(decode_stream(&data, d, data.len()), Ok(expected.clone()), n, "decode_stream (one chunk)");
+        report.eq(decode_stream(&data, d, 1), Ok(expected.clone()), n, "decode_stream (one-byte chunks)");
 
         if expected.len() == 1 && leftover.is_empty() && open_lists == 0 {
             let one = Value::from_bytes(&data, d, Limits::twisted());
@@ -388,27 +324,13 @@ fn banana_invalid_is_refused_with_an_offset() {
                     format!("error {:?} does not correspond to Twisted's {class}: {message}", e.kind)
                 });
                 report.check(e.offset.is_some_and(|o| o < data.len() as u64), n, || {
-                    format!(
-                        "error offset {:?} is not inside the {}-byte input",
-                        e.offset,
-                        data.len()
-                    )
+                    format!("error offset {:?} is not inside the {}-byte input", e.offset, data.len())
                 });
             }
         }
         let bytewise = frame(&data, d, 1);
-        report.eq(
-            &bytewise,
-            &whole,
-            n,
-            "Framer fed one byte at a time differs from one chunk",
-        );
-        report.eq(
-            decode_stream(&data, d, 1).err(),
-            whole.error.clone(),
-            n,
-            "decode_stream (one-byte chunks) error",
-        );
+        report.eq(&bytewise, &whole, n, "Framer fed one byte at a time differs from one chunk");
+        report.eq(decode_stream(&data, d, 1).err(), whole.error.clone(), n, "decode_stream (one-byte chunks) error");
         report.check(Value::from_bytes(&data, d, Limits::twisted()).is_err(), n, || {
             "Value::from_bytes accepted it".into()
         });
@@ -417,9 +339,7 @@ fn banana_invalid_is_refused_with_an_offset() {
         let mut framer = Framer::new(d, Limits::twisted());
         let first = framer.feed(&data, |_: &[u8], _| -> Result<(), BananaError> { Ok(()) });
         let again = framer.feed(&[0x00, tb::INT], |_: &[u8], _| -> Result<(), BananaError> { Ok(()) });
-        report.check(first.is_err() && again == first, n, || {
-            format!("not sticky: {first:?} then {again:?}")
-        });
+        report.check(first.is_err() && again == first, n, || format!("not sticky: {first:?} then {again:?}"));
     }
     report.finish();
 }
@@ -458,19 +378,14 @@ fn banana_encode_errors_are_refused() {
             // str, None, dict, set, bytearray: no Value exists for them. Every size limit must be
             // expressible, though, so nothing relevant is skipped silently.
             let skipped_limit = message.contains("too large") || message.contains("too long");
-            assert!(
-                !skipped_limit,
-                "{n}: a size-limit case could not be expressed as a Value"
-            );
+            assert!(!skipped_limit, "{n}: a size-limit case could not be expressed as a Value");
             continue;
         };
         report.case();
         for d in [Dialect::Pb, Dialect::NoVocab] {
             let mut enc = Encoder::new(d);
             match value.encode(&mut enc) {
-                Ok(()) => report.check(false, n, || {
-                    format!("encoded in {} ({} bytes)", d.name(), enc.out.len())
-                }),
+                Ok(()) => report.check(false, n, || format!("encoded in {} ({} bytes)", d.name(), enc.out.len())),
                 Err(e) => {
                     let expected_kind = match &e.kind {
                         ErrorKind::IntTooLarge => message.starts_with("int is too large to send"),
@@ -479,24 +394,16 @@ fn banana_encode_errors_are_refused() {
                         }
                         _ => false,
                     };
-                    report.check(expected_kind, n, || {
-                        format!("{:?} is not Twisted's {message:?}", e.kind)
-                    });
+                    report.check(expected_kind, n, || format!("{:?} is not Twisted's {message:?}", e.kind));
                     // Same wording as Twisted up to the parenthesised detail.
                     let ours = e.to_string();
                     report.eq(ours.split(" (").next(), message.split(" (").next(), n, "error text");
                 }
             }
-            report.check(value.to_bytes(d).is_err(), n, || {
-                format!("to_bytes succeeded in {}", d.name())
-            });
+            report.check(value.to_bytes(d).is_err(), n, || format!("to_bytes succeeded in {}", d.name()));
         }
     }
-    assert!(
-        report.cases >= 4,
-        "expected the four size-limit cases, checked {}",
-        report.cases
-    );
+    assert!(report.cases >= 4, "expected the four size-limit cases, checked {}", report.cases);
     report.finish();
 }
 
@@ -532,10 +439,7 @@ fn int_kind(type_byte: u8) -> &'static str {
 
 impl Tok {
     fn from_json(j: &Json) -> Tok {
-        let pair = j
-            .as_array()
-            .filter(|p| p.len() == 2)
-            .unwrap_or_else(|| panic!("not a [KIND, value] token: {j}"));
+        let pair = j.as_array().filter(|p| p.len() == 2).unwrap_or_else(|| panic!("not a [KIND, value] token: {j}"));
         let (kind, v) = (pair[0].as_str().expect("token kind"), &pair[1]);
         let number = || v.as_u64().unwrap_or_else(|| panic!("{kind} needs a number: {j}"));
         match kind {
@@ -600,11 +504,7 @@ impl Tok {
 }
 
 fn tokens_json(j: &Json) -> Vec<Tok> {
-    j.as_array()
-        .unwrap_or_else(|| panic!("not a token list: {j}"))
-        .iter()
-        .map(Tok::from_json)
-        .collect()
+    j.as_array().unwrap_or_else(|| panic!("not a token list: {j}")).iter().map(Tok::from_json).collect()
 }
 
 /// What a [`Tokenizer`] delivered for one input.
@@ -627,18 +527,10 @@ fn tokenize(data: &[u8], chunk_size: usize) -> Tokenized {
             Ok(())
         });
         if let Err(e) = fed {
-            return Tokenized {
-                tokens,
-                buffered: 0,
-                error: Some(e),
-            };
+            return Tokenized { tokens, buffered: 0, error: Some(e) };
         }
     }
-    Tokenized {
-        tokens,
-        buffered: tokenizer.buffered(),
-        error: None,
-    }
+    Tokenized { tokens, buffered: tokenizer.buffered(), error: None }
 }
 
 /// The bare token layer: `TokenReader::step` from offset 0 to the end, with no sequence
@@ -699,34 +591,16 @@ fn check_token_stream(report: &mut Report, n: &str, hex: &str, wire: &[Tok]) {
     report.eq(&raw_tokens[..], wire, n, "tokens (TokenReader)");
 
     let expected = match first_unmatched(&raw_tokens) {
-        None => Tokenized {
-            tokens: raw,
-            buffered: 0,
-            error: None,
-        },
+        None => Tokenized { tokens: raw, buffered: 0, error: None },
         Some((i, expected, got)) => {
             let error = BananaError::at(raw[i].1, ErrorKind::CloseMismatch { expected, got });
-            Tokenized {
-                tokens: raw[..i].to_vec(),
-                buffered: 0,
-                error: Some(error),
-            }
+            Tokenized { tokens: raw[..i].to_vec(), buffered: 0, error: Some(error) }
         }
     };
     report.eq(tokenize(&data, data.len()), expected, n, "Tokenizer (one chunk)");
     let bytewise = tokenize(&data, 1);
-    report.eq(
-        &bytewise,
-        &tokenize(&data, data.len()),
-        n,
-        "Tokenizer fed one byte at a time differs from one chunk",
-    );
-    report.eq(
-        encode_tokens(wire, false),
-        Ok(hex.to_string()),
-        n,
-        "re-encoding the wire tokens",
-    );
+    report.eq(&bytewise, &tokenize(&data, data.len()), n, "Tokenizer fed one byte at a time differs from one chunk");
+    report.eq(encode_tokens(wire, false), Ok(hex.to_string()), n, "re-encoding the wire tokens");
 }
 
 fn encode_tokens(tokens: &[Tok], vocab: bool) -> Result<String, BananaError> {
@@ -741,12 +615,8 @@ fn encode_tokens(tokens: &[Tok], vocab: bool) -> Result<String, BananaError> {
 fn foolscap_vocab_table_matches() {
     let doc = foolscap();
     assert_eq!(doc["vocab_table_index"], 1);
-    let words: Vec<&[u8]> = doc["vocab"]
-        .as_array()
-        .expect("vocab")
-        .iter()
-        .map(|w| w.as_str().expect("word").as_bytes())
-        .collect();
+    let words: Vec<&[u8]> =
+        doc["vocab"].as_array().expect("vocab").iter().map(|w| w.as_str().expect("word").as_bytes()).collect();
     assert_eq!(words, vocab::FOOLSCAP_VOCAB.to_vec());
     for (i, w) in words.iter().enumerate() {
         assert_eq!(Dialect::Foolscap.vocab_word(i as u64), Some(*w), "vocab word {i}");
@@ -770,12 +640,7 @@ fn foolscap_tokens_match_foolscap_writers() {
             Some(0) => false,
             other => panic!("{n}: unexpected vocab_table {other:?}"),
         };
-        report.eq(
-            encode_tokens(&tokens_json(&case["tokens"]), with_vocab),
-            Ok(hex.to_string()),
-            n,
-            "writer tokens",
-        );
+        report.eq(encode_tokens(&tokens_json(&case["tokens"]), with_vocab), Ok(hex.to_string()), n, "writer tokens");
     }
     report.finish();
 }
@@ -786,12 +651,7 @@ fn foolscap_captures_tokenize() {
     let mut report = Report::new("foolscap captures");
     for case in section(&doc, "captures") {
         report.case();
-        check_token_stream(
-            &mut report,
-            name(case),
-            field(case, "hex"),
-            &tokens_json(&case["tokens"]),
-        );
+        check_token_stream(&mut report, name(case), field(case, "hex"), &tokens_json(&case["tokens"]));
     }
     report.finish();
 }
@@ -802,12 +662,7 @@ fn foolscap_slices_tokenize() {
     let mut report = Report::new("foolscap slices");
     for case in section(&doc, "slices") {
         report.case();
-        check_token_stream(
-            &mut report,
-            name(case),
-            field(case, "hex"),
-            &tokens_json(&case["tokens"]),
-        );
+        check_token_stream(&mut report, name(case), field(case, "hex"), &tokens_json(&case["tokens"]));
     }
     report.finish();
 }

@@ -16,7 +16,10 @@ pub enum Item<'a> {
     List(usize),
     Int(i64),
     /// An integer beyond `i64`: its base-128 header and sign.
-    BigInt { negative: bool, header: &'a [u8] },
+    BigInt {
+        negative: bool,
+        header: &'a [u8],
+    },
     /// STRING or VOCAB (VOCAB already replaced by its word).
     Bytes(&'a [u8]),
     Float(f64),
@@ -89,7 +92,7 @@ impl<'a> Cursor<'a> {
     }
 
     #[inline(always)]
-    pub fn next(&mut self) -> Option<Item<'a>> {
+    pub fn next_item(&mut self) -> Option<Item<'a>> {
         let data = self.data;
         let start = self.pos;
         // Headers of zero or one byte are the common case; longer ones take the loop.
@@ -152,7 +155,7 @@ mod tests {
         let mut c = Cursor::new(data, Dialect::Pb, Limits::twisted());
         assert_eq!(c.unicode(), Some(&b"abc"[..]));
         assert_eq!(c.unicode(), None);
-        assert_eq!(c.next(), Some(Item::Int(0)));
+        assert_eq!(c.next_item(), Some(Item::Int(0)));
         // Not the fast shape: a two-byte length header, or another tag.
         let long = [&b"\x02\x80\x07\x82unicode\x00\x01\x82"[..], &[b'x'; 128]].concat();
         assert_eq!(Cursor::new(&long, Dialect::Pb, Limits::twisted()).unicode(), None);
@@ -163,18 +166,18 @@ mod tests {
     fn reads_items() {
         let data = [2, tb::LIST, 8, tb::VOCAB, 0x7f, 0x7f, 0x7f, 0x7f, 0x07, tb::NEG, tb::INT];
         let mut c = Cursor::new(&data, Dialect::Pb, Limits::twisted());
-        assert_eq!(c.next(), Some(Item::List(2)));
-        assert_eq!(c.next(), Some(Item::Bytes(b"list")));
-        assert_eq!(c.next(), Some(Item::Int(-((1 << 31) - 1))));
-        assert_eq!(c.next(), Some(Item::Int(0)));
-        assert_eq!(c.next(), None);
+        assert_eq!(c.next_item(), Some(Item::List(2)));
+        assert_eq!(c.next_item(), Some(Item::Bytes(b"list")));
+        assert_eq!(c.next_item(), Some(Item::Int(-((1 << 31) - 1))));
+        assert_eq!(c.next_item(), Some(Item::Int(0)));
+        assert_eq!(c.next_item(), None);
         let mut h = vec![0u8; 10];
         h.push(1);
         h.push(tb::LONGNEG);
-        let item = Cursor::new(&h, Dialect::Pb, Limits::twisted()).next().unwrap();
+        let item = Cursor::new(&h, Dialect::Pb, Limits::twisted()).next_item().unwrap();
         assert_eq!(item.integer(), Some(Integer::Big(-(BigInt::from(1u8) << 70usize))));
         fn one(data: &[u8], dialect: Dialect) -> Option<Item<'_>> {
-            Cursor::new(data, dialect, Limits::twisted()).next()
+            Cursor::new(data, dialect, Limits::twisted()).next_item()
         }
         assert_eq!(one(&[5, tb::STRING, 1], Dialect::Pb), None);
         assert_eq!(one(&[8, tb::VOCAB], Dialect::NoVocab), None);

@@ -11,11 +11,17 @@ pub enum Token<'a> {
     /// Twisted LIST: the number of elements that follow.
     List(u64),
     /// INT, NEG, LONGINT or LONGNEG (`type_byte` says which); `value` carries the sign.
-    Int { type_byte: u8, value: Integer },
+    Int {
+        type_byte: u8,
+        value: Integer,
+    },
     String(&'a [u8]),
     Float(f64),
     /// A vocabulary reference and the word it stands for.
-    Vocab { index: u64, word: &'static [u8] },
+    Vocab {
+        index: u64,
+        word: &'static [u8],
+    },
     Open(u64),
     Close(u64),
     Abort(u64),

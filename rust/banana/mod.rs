@@ -248,9 +248,7 @@ impl std::fmt::Display for BananaError {
             ErrorKind::Truncated => write!(f, "input ends inside an expression")?,
             ErrorKind::TrailingData => write!(f, "trailing bytes after the expression")?,
             ErrorKind::IntTooLarge => write!(f, "int is too large to send (limit is ±(2**448 - 1))")?,
-            ErrorKind::TooLongToSend { what, len } => {
-                write!(f, "{what} is too long to send ({len} > {SIZE_LIMIT})")?
-            }
+            ErrorKind::TooLongToSend { what, len } => write!(f, "{what} is too long to send ({len} > {SIZE_LIMIT})")?,
             ErrorKind::HeaderValueTooLarge => write!(f, "header value does not fit in 64 bits")?,
             ErrorKind::Unsendable(msg) => write!(f, "{msg}")?,
             ErrorKind::Stopped => write!(f, "decoder stopped by an earlier error")?,

@@ -58,7 +58,7 @@ impl Value {
 
 /// Build one value from an expression the framer has already validated.
 pub(crate) fn build(cursor: &mut Cursor<'_>) -> Option<Value> {
-    Some(match cursor.next()? {
+    Some(match cursor.next_item()? {
         Item::List(n) => Value::List((0..n).map(|_| build(cursor)).collect::<Option<_>>()?),
         item @ (Item::Int(_) | Item::BigInt { .. }) => Value::Int(item.integer()?),
         Item::Bytes(s) => Value::Bytes(s.to_vec()),

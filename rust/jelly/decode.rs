@@ -12,7 +12,10 @@ use std::collections::HashMap;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDate, PyDateTime, PyDelta, PyDict, PyFloat, PyFrozenSet, PyList, PySet, PyString, PyTime, PyTuple};
+use pyo3::types::{
+    PyBool, PyBytes, PyDate, PyDateTime, PyDelta, PyDict, PyFloat, PyFrozenSet, PyList, PySet, PyString, PyTime,
+    PyTuple,
+};
 
 use super::{parse_fields, tag, Tag};
 use crate::banana::cursor::{Cursor, Item};
@@ -43,7 +46,10 @@ enum Slot<'py> {
     /// `["reference", id, ...]` has started and nothing has asked for it yet.
     Building,
     Ready(Bound<'py, PyAny>),
-    Pending { placeholder: Bound<'py, PyAny>, sites: Vec<Site<'py>> },
+    Pending {
+        placeholder: Bound<'py, PyAny>,
+        sites: Vec<Site<'py>>,
+    },
 }
 
 /// A built value. `placeholder`: it stands for reference `id`, to be patched where it is put.
@@ -75,8 +81,6 @@ pub struct JellyDecoder<'py, 'a> {
     strings: &'a mut StrCache,
     depth: usize,
     max_depth: usize,
-    /// Set when the cursor met bytes that are not valid banana (not a jelly problem).
-    pub malformed: bool,
 }
 
 impl<'py, 'a> JellyDecoder<'py, 'a> {
@@ -92,7 +96,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
     ) -> JellyDecoder<'py, 'a> {
         let cur = Cursor::new(expr, dialect, limits);
         let max_depth = limits.max_depth;
-        JellyDecoder { py, cur, base, refs: HashMap::new(), hook, strings, depth: 0, max_depth, malformed: false }
+        JellyDecoder { py, cur, base, refs: HashMap::new(), hook, strings, depth: 0, max_depth }
     }
 
     /// Build the expression. With `whole`, bytes left after it are an error.
@@ -103,7 +107,6 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         let pos = 0;
         let built = self.value()?;
         if whole && !self.cur.at_end() {
-            self.malformed = true;
             return Err(self.error("bytes after the expression".into(), self.cur.pos()));
         }
         for (id, slot) in &self.refs {
@@ -120,12 +123,10 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
     #[inline(always)]
     fn next(&mut self) -> PyResult<(Item<'a>, usize)> {
         let at = self.cur.pos();
-        match self.cur.next() {
+        match self.cur.next_item() {
             Some(item) => Ok((item, at)),
-            None => {
-                self.malformed = true;
-                Err(self.error("malformed banana".into(), at))
-            }
+            // Not valid banana: a caller without a framer asks the validator for the details.
+            None => Err(self.error("malformed banana".into(), at)),
         }
     }
 
@@ -134,7 +135,6 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
     fn enter(&mut self, at: usize) -> PyResult<()> {
         self.depth += 1;
         if self.depth > self.max_depth {
-            self.malformed = true;
             return Err(self.error("too deep".into(), at));
         }
         Ok(())
@@ -146,10 +146,11 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
 
     fn value(&mut self) -> PyResult<Built<'py>> {
         // The most common jelly form by far is a str: ["unicode", STRING].
+        let at = self.cur.pos();
         if let Some(s) = self.cur.unicode() {
             return match self.strings.get(self.py, s) {
                 Ok(s) => Ok(Built::done(s.into_any())),
-                Err(e) => Err(self.error(format!("unicode is not valid UTF-8 ({e})"), self.cur.pos())),
+                Err(e) => Err(self.error(format!("unicode is not valid UTF-8 ({e})"), at)),
             };
         }
         let (token, at) = self.next()?;
@@ -280,7 +281,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         if let Some(id) = register {
             // Registered before its items: build by appending so no one sees empty slots.
             let list = PyList::empty(py);
-            self.define(id, list.clone().into_any())?;
+            self.define(id, list.clone().into_any(), self.cur.pos())?;
             for i in 0..items {
                 let item = self.value()?;
                 list.append(&item.obj)?;
@@ -327,7 +328,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
     fn dict(&mut self, items: usize, register: Option<i64>) -> PyResult<Built<'py>> {
         let dict = PyDict::new(self.py);
         if let Some(id) = register {
-            self.define(id, dict.clone().into_any())?;
+            self.define(id, dict.clone().into_any(), self.cur.pos())?;
         }
         for _ in 0..items {
             let at = self.cur.pos();
@@ -352,7 +353,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
     fn set(&mut self, items: usize, register: Option<i64>) -> PyResult<Built<'py>> {
         let set = PySet::empty(self.py)?;
         if let Some(id) = register {
-            self.define(id, set.clone().into_any())?;
+            self.define(id, set.clone().into_any(), self.cur.pos())?;
         }
         for _ in 0..items {
             let item = self.member()?;
@@ -394,9 +395,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
             None | Some(Slot::Pending { .. }) => {}
             Some(_) => return Err(self.error(format!("reference id {id} is defined twice"), at)),
         }
-        if !self.refs.contains_key(&id) {
-            self.refs.insert(id, Slot::Building);
-        }
+        self.refs.entry(id).or_insert(Slot::Building);
         let value_at = self.cur.pos();
         let built = match self.next()? {
             (Item::List(n), list_at) => {
@@ -407,11 +406,11 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
             }
             _ => return Err(self.error("a reference must wrap a jelly list".into(), value_at)),
         };
-        if built.placeholder == Some(id) || (built.holds_placeholder && self.is_pending(id)) {
+        if built.placeholder == Some(id) {
             return Err(self.error(format!("reference {id} refers only to itself"), at));
         }
         if !matches!(self.refs.get(&id), Some(Slot::Ready(_))) {
-            self.define(id, built.obj.clone())?;
+            self.define(id, built.obj.clone(), at)?;
         }
         Ok(built)
     }
@@ -429,9 +428,15 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         Ok(Built { obj: placeholder, placeholder: Some(id), holds_placeholder: false })
     }
 
-    /// `id` now names `obj`: patch every place a placeholder for it went.
-    fn define(&mut self, id: i64, obj: Bound<'py, PyAny>) -> PyResult<()> {
+    /// `id` now names `obj` (defined by the list at `at`): patch every place a placeholder for it
+    /// went.
+    fn define(&mut self, id: i64, obj: Bound<'py, PyAny>, at: usize) -> PyResult<()> {
         if let Some(Slot::Pending { sites, .. }) = self.refs.insert(id, Slot::Ready(obj.clone())) {
+            let contains_itself = |site: &Site<'py>| matches!(site, Site::TupleItem(t, _) if t.is(&obj));
+            if sites.iter().any(contains_itself) {
+                // Only bytes can say this: no Python value is a tuple that holds itself.
+                return Err(self.error(format!("reference {id} is a tuple that contains itself"), at));
+            }
             for site in sites {
                 match site {
                     Site::ListItem(list, i) => list.set_item(i, &obj)?,
@@ -454,10 +459,6 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         Ok(())
     }
 
-    fn is_pending(&self, id: i64) -> bool {
-        matches!(self.refs.get(&id), Some(Slot::Pending { .. }))
-    }
-
     fn add_site(&mut self, id: i64, site: Site<'py>) {
         if let Some(Slot::Pending { sites, .. }) = self.refs.get_mut(&id) {
             sites.push(site);
@@ -474,9 +475,19 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                 let g = |i: usize| f.get(i).copied().unwrap_or(0);
                 let year = i32::try_from(g(0)).map_err(|_| "year out of range".to_owned())?;
                 let us = u32::try_from(g(6)).map_err(|_| "microsecond out of range".to_owned())?;
-                PyDateTime::new(py, year, narrow(g(1))?, narrow(g(2))?, narrow(g(3))?, narrow(g(4))?, narrow(g(5))?, us, None)
-                    .map_err(bad)?
-                    .into_any()
+                PyDateTime::new(
+                    py,
+                    year,
+                    narrow(g(1))?,
+                    narrow(g(2))?,
+                    narrow(g(3))?,
+                    narrow(g(4))?,
+                    narrow(g(5))?,
+                    us,
+                    None,
+                )
+                .map_err(bad)?
+                .into_any()
             }
             tag::DATE => {
                 let f = parse_fields(text, 3, 3)?;
@@ -568,8 +579,8 @@ impl StrCache {
             self.slots.resize_with(Self::SLOTS, || None);
         }
         let key = key_of(bytes);
-        let h = (key[0] ^ key[1].rotate_left(21) ^ key[2].rotate_left(42) ^ len as u64)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let h =
+            (key[0] ^ key[1].rotate_left(21) ^ key[2].rotate_left(42) ^ len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let slot = &mut self.slots[(h >> (64 - Self::SLOTS.trailing_zeros())) as usize];
         if let Some(c) = slot {
             if c.len == len && c.key == key {

@@ -24,9 +24,10 @@ use crate::banana::{tb, Dialect, Encoder, Limits};
 use crate::py::errors::{jelly_error, PyBananaError};
 use crate::py::PtrMap;
 
-/// Twisted's `qual()`: `module.qualname` of a class.
+/// Twisted's `qual()`: `__module__` and `__name__` of a class (not `__qualname__`: a nested
+/// class is named as if it were at module level, and the wire must say what Twisted says).
 pub fn qualified_name(cls: &Bound<'_, PyType>) -> PyResult<String> {
-    Ok(format!("{}.{}", cls.module()?, cls.qualname()?))
+    Ok(format!("{}.{}", cls.module()?, cls.name()?))
 }
 
 struct Seen {
@@ -104,7 +105,10 @@ impl<'py> JellyEncoder<'py> {
             }
             // ["unicode", utf8]: "unicode" is no vocabulary word, so the prefix is fixed.
             self.enc.out.extend_from_slice(b"\x02\x80\x07\x82unicode");
-            return self.enc.bytes(s.to_str()?.as_bytes()).map_err(|e| PyBananaError::from(e).into());
+            let Ok(text) = s.to_str() else {
+                return Err(jelly_error("cannot send a str that is not valid Unicode (a lone surrogate)".into(), None));
+            };
+            return self.enc.bytes(text.as_bytes()).map_err(|e| PyBananaError::from(e).into());
         }
         if obj.is_exact_instance_of::<pyo3::types::PyInt>() {
             return self.int(obj);
@@ -448,9 +452,9 @@ impl Scratch {
 
     fn take() -> (Vec<u8>, PtrMap<Seen>) {
         // A nested call (a hook that serializes) finds the slot empty and starts afresh.
-        SCRATCH.with(|s| s.borrow_mut().take()).unwrap_or_else(|| {
-            (Vec::with_capacity(1024), PtrMap::with_capacity_and_hasher(64, Default::default()))
-        })
+        SCRATCH
+            .with(|s| s.borrow_mut().take())
+            .unwrap_or_else(|| (Vec::with_capacity(1024), PtrMap::with_capacity_and_hasher(64, Default::default())))
     }
 
     fn give_back(mut out: Vec<u8>, mut seen: PtrMap<Seen>) {

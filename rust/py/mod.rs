@@ -50,7 +50,12 @@ fn dialect(name: &str, allow_foolscap: bool) -> PyResult<Dialect> {
     }
 }
 
-fn limits(max_element_size: usize, max_message_size: usize, max_depth: usize, max_header_length: usize) -> PyResult<Limits> {
+fn limits(
+    max_element_size: usize,
+    max_message_size: usize,
+    max_depth: usize,
+    max_header_length: usize,
+) -> PyResult<Limits> {
     if max_depth == 0 || max_header_length == 0 || max_message_size == 0 {
         return Err(PyValueError::new_err("max_depth, max_header_length and max_message_size must be positive"));
     }
@@ -69,18 +74,15 @@ fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> PyResult<R>) 
     f(&buffer.to_vec(data.py())?)
 }
 
-/// The precise error for bytes the one-pass decoder found malformed.
-fn banana_fault(bytes: &[u8], dialect: Dialect, limits: Limits) -> PyErr {
-    match framer::exactly_one(bytes, dialect, limits) {
-        Err(e) => e.into(),
-        Ok(()) => PyValueError::new_err("internal error: the builder and the validator disagree"),
-    }
+/// The banana error in `bytes`, if there is one (only asked once decoding has failed).
+fn banana_fault(bytes: &[u8], dialect: Dialect, limits: Limits) -> Option<PyErr> {
+    framer::exactly_one(bytes, dialect, limits).err().map(PyErr::from)
 }
 
 /// A raw banana value from an expression the framer validated.
 fn raw_value<'py>(py: Python<'py>, cursor: &mut Cursor<'_>) -> PyResult<Bound<'py, PyAny>> {
     let at = cursor.pos();
-    let Some(item) = cursor.next() else {
+    let Some(item) = cursor.next_item() else {
         return Err(PyValueError::new_err(format!("internal error: unvalidated expression at byte {at}")));
     };
     Ok(match item {
@@ -178,10 +180,9 @@ pub fn loads<'py>(
         // One pass that builds and checks; the framer's validator only names a banana fault.
         let mut strings = StrCache::new();
         let mut decoder = JellyDecoder::new(py, bytes, dialect, limits, 0, hook.as_ref(), &mut strings);
-        decoder.build(true).map_err(|e| match decoder.malformed {
-            true => banana_fault(bytes, dialect, limits),
-            false => e,
-        })
+        // A banana fault anywhere outranks a jelly error met before it, as when a framer
+        // validates a stream first.
+        decoder.build(true).map_err(|e| banana_fault(bytes, dialect, limits).unwrap_or(e))
     })
 }
 
@@ -351,7 +352,12 @@ impl TokenizerPy {
     #[new]
     #[pyo3(signature = (dialect="pb", *, max_element_size=crate::banana::SIZE_LIMIT,
         max_depth=Limits::twisted().max_depth, max_header_length=crate::banana::PREFIX_LIMIT))]
-    fn new(dialect: &str, max_element_size: usize, max_depth: usize, max_header_length: usize) -> PyResult<TokenizerPy> {
+    fn new(
+        dialect: &str,
+        max_element_size: usize,
+        max_depth: usize,
+        max_header_length: usize,
+    ) -> PyResult<TokenizerPy> {
         let limits = limits(max_element_size, usize::MAX, max_depth, max_header_length)?;
         Ok(TokenizerPy { inner: Tokenizer::new(self::dialect(dialect, true)?, limits) })
     }
@@ -360,7 +366,8 @@ impl TokenizerPy {
     fn feed<'py>(&mut self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
         with_bytes(data, |bytes| {
-            self.inner.feed(bytes, |token: Token<'_>, offset| -> PyResult<()> { out.append(token_tuple(py, token, offset)?) })
+            self.inner
+                .feed(bytes, |token: Token<'_>, offset| -> PyResult<()> { out.append(token_tuple(py, token, offset)?) })
         })?;
         Ok(out)
     }
