@@ -1,0 +1,33 @@
+"""The public surface, the stub and the extension module agree."""
+
+import ast
+import pathlib
+
+import pbfast
+from pbfast import _core
+
+STUB = pathlib.Path(pbfast.__file__).with_name("_core.pyi")
+
+
+def stub_names() -> set[str]:
+    tree = ast.parse(STUB.read_text())
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return {n for n in names if not n.startswith("_") or n == "__version__"}
+
+
+def test_stub_matches_the_extension_module():
+    module = {n for n in dir(_core) if not n.startswith("_") or n == "__version__"}
+    assert stub_names() == module
+
+
+def test_all_is_exported_and_complete():
+    for name in pbfast.__all__:
+        assert hasattr(pbfast, name), name
+    public = {n for n in vars(pbfast) if not n.startswith("_")}
+    assert public - set(pbfast.__all__) <= {"errors", "serialization", "banana"}
+    assert (STUB.parent / "py.typed").exists()
