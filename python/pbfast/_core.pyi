@@ -22,22 +22,10 @@ def loads(
     *,
     dialect: str = "pb",
     hook: _DecodeHook | None = None,
-    max_element_size: int = ...,
-    max_message_size: int = ...,
-    max_depth: int = ...,
-    max_header_length: int = ...,
+    **limits: int,
 ) -> Any: ...
 def banana_encode(value: Any, /, dialect: str = "pb") -> bytes: ...
-def banana_decode(
-    data: _Buffer,
-    /,
-    dialect: str = "pb",
-    *,
-    max_element_size: int = ...,
-    max_message_size: int = ...,
-    max_depth: int = ...,
-    max_header_length: int = ...,
-) -> Any: ...
+def banana_decode(data: _Buffer, /, dialect: str = "pb", **limits: int) -> Any: ...
 def encode_tokens(tokens: Iterable[tuple[str, Any]], /, dialect: str = "pb") -> bytes: ...
 
 class Decoder:
@@ -47,10 +35,7 @@ class Decoder:
         *,
         jelly: bool = False,
         hook: _DecodeHook | None = None,
-        max_element_size: int = ...,
-        max_message_size: int = ...,
-        max_depth: int = ...,
-        max_header_length: int = ...,
+        **limits: int,
     ) -> None: ...
     def feed(self, data: _Buffer) -> list[Any]: ...
     @property
@@ -63,9 +48,7 @@ class Decoder:
     def dialect(self, name: str) -> None: ...
 
 class Tokenizer:
-    def __init__(
-        self, dialect: str = "pb", *, max_element_size: int = ..., max_depth: int = ..., max_header_length: int = ...
-    ) -> None: ...
+    def __init__(self, dialect: str = "pb", **limits: int) -> None: ...
     def feed(self, data: _Buffer) -> list[tuple[int, str, Any]]: ...
     @property
     def buffered(self) -> int: ...

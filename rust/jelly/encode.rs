@@ -66,11 +66,6 @@ impl<'py> JellyEncoder<'py> {
         }
     }
 
-    /// Raw banana bytes may be written around jellied values (the PB envelope of a message).
-    pub fn banana(&mut self) -> &mut Encoder {
-        &mut self.enc
-    }
-
     /// Jelly one value. Each call is its own id space, as each of Twisted's `jelly()` calls is.
     pub fn jelly(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
         let start = self.enc.out.len();

@@ -9,7 +9,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyFloat, PyInt, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt, PyList, PyTuple};
 
 use crate::banana::cursor::{Cursor, Item};
 use crate::banana::decode::Token;
@@ -50,16 +50,25 @@ fn dialect(name: &str, allow_foolscap: bool) -> PyResult<Dialect> {
     }
 }
 
-fn limits(
-    max_element_size: usize,
-    max_message_size: usize,
-    max_depth: usize,
-    max_header_length: usize,
-) -> PyResult<Limits> {
-    if max_depth == 0 || max_header_length == 0 || max_message_size == 0 {
-        return Err(PyValueError::new_err("max_depth, max_header_length and max_message_size must be positive"));
+/// Decoder limits from `**limits` keyword arguments; missing ones keep Twisted's defaults.
+fn limits(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Limits> {
+    let mut limits = Limits::twisted();
+    for (key, value) in kwargs.into_iter().flatten() {
+        let name: String = key.extract()?;
+        let value: usize = value.extract()?;
+        let field = match name.as_str() {
+            "max_element_size" => &mut limits.max_element_size,
+            "max_message_size" => &mut limits.max_message_size,
+            "max_depth" => &mut limits.max_depth,
+            "max_header_length" => &mut limits.max_header_length,
+            _ => return Err(PyTypeError::new_err(format!("unknown decoder limit {name:?}"))),
+        };
+        if value == 0 && name != "max_element_size" {
+            return Err(PyValueError::new_err(format!("{name} must be positive")));
+        }
+        *field = value;
     }
-    Ok(Limits { max_element_size, max_message_size, max_depth, max_header_length })
+    Ok(limits)
 }
 
 /// Run `f` on the bytes of a `bytes`, `bytearray` or `memoryview` (copying only the latter two).
@@ -156,22 +165,16 @@ pub fn dumps<'py>(
 ///
 /// Decode exactly one banana expression and unjelly it.
 #[pyfunction]
-#[pyo3(signature = (data, /, *, dialect="pb", hook=None, max_element_size=crate::banana::SIZE_LIMIT,
-    max_message_size=Limits::twisted().max_message_size, max_depth=Limits::twisted().max_depth,
-    max_header_length=crate::banana::PREFIX_LIMIT))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (data, /, *, dialect="pb", hook=None, **limits))]
 pub fn loads<'py>(
     py: Python<'py>,
     data: &Bound<'py, PyAny>,
     dialect: &str,
     hook: Option<Bound<'py, PyAny>>,
-    max_element_size: usize,
-    max_message_size: usize,
-    max_depth: usize,
-    max_header_length: usize,
+    limits: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let dialect = self::dialect(dialect, false)?;
-    let limits = limits(max_element_size, max_message_size, max_depth, max_header_length)?;
+    let limits = self::limits(limits)?;
     with_bytes(data, |bytes| {
         if bytes.len() > limits.max_message_size {
             let kind = crate::banana::ErrorKind::MessageTooLarge { limit: limits.max_message_size };
@@ -197,20 +200,15 @@ pub fn banana_encode<'py>(py: Python<'py>, value: &Bound<'py, PyAny>, dialect: &
 
 /// banana_decode(data, /, dialect="pb", **limits) -> value
 #[pyfunction]
-#[pyo3(signature = (data, /, dialect="pb", *, max_element_size=crate::banana::SIZE_LIMIT,
-    max_message_size=Limits::twisted().max_message_size, max_depth=Limits::twisted().max_depth,
-    max_header_length=crate::banana::PREFIX_LIMIT))]
+#[pyo3(signature = (data, /, dialect="pb", **limits))]
 pub fn banana_decode<'py>(
     py: Python<'py>,
     data: &Bound<'py, PyAny>,
     dialect: &str,
-    max_element_size: usize,
-    max_message_size: usize,
-    max_depth: usize,
-    max_header_length: usize,
+    limits: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let dialect = self::dialect(dialect, false)?;
-    let limits = limits(max_element_size, max_message_size, max_depth, max_header_length)?;
+    let limits = self::limits(limits)?;
     with_bytes(data, |bytes| {
         framer::exactly_one(bytes, dialect, limits)?;
         raw_value(py, &mut Cursor::new(bytes, dialect, limits))
@@ -229,20 +227,14 @@ pub struct DecoderPy {
 #[pymethods]
 impl DecoderPy {
     #[new]
-    #[pyo3(signature = (dialect="pb", *, jelly=false, hook=None, max_element_size=crate::banana::SIZE_LIMIT,
-        max_message_size=Limits::twisted().max_message_size, max_depth=Limits::twisted().max_depth,
-        max_header_length=crate::banana::PREFIX_LIMIT))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (dialect="pb", *, jelly=false, hook=None, **limits))]
     fn new(
         dialect: &str,
         jelly: bool,
         hook: Option<Py<PyAny>>,
-        max_element_size: usize,
-        max_message_size: usize,
-        max_depth: usize,
-        max_header_length: usize,
+        limits: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<DecoderPy> {
-        let limits = limits(max_element_size, max_message_size, max_depth, max_header_length)?;
+        let limits = self::limits(limits)?;
         let framer = Framer::new(self::dialect(dialect, false)?, limits);
         Ok(DecoderPy { framer, jelly, hook, strings: StrCache::new() })
     }
@@ -350,15 +342,10 @@ pub struct TokenizerPy {
 #[pymethods]
 impl TokenizerPy {
     #[new]
-    #[pyo3(signature = (dialect="pb", *, max_element_size=crate::banana::SIZE_LIMIT,
-        max_depth=Limits::twisted().max_depth, max_header_length=crate::banana::PREFIX_LIMIT))]
-    fn new(
-        dialect: &str,
-        max_element_size: usize,
-        max_depth: usize,
-        max_header_length: usize,
-    ) -> PyResult<TokenizerPy> {
-        let limits = limits(max_element_size, usize::MAX, max_depth, max_header_length)?;
+    #[pyo3(signature = (dialect="pb", **limits))]
+    fn new(dialect: &str, limits: Option<&Bound<'_, PyDict>>) -> PyResult<TokenizerPy> {
+        // Tokens are not gathered into expressions, so there is no expression size to bound.
+        let limits = Limits { max_message_size: usize::MAX, ..self::limits(limits)? };
         Ok(TokenizerPy { inner: Tokenizer::new(self::dialect(dialect, true)?, limits) })
     }
 
