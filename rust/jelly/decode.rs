@@ -148,7 +148,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         // The most common jelly form by far is a str: ["unicode", STRING].
         let at = self.cur.pos();
         if let Some(s) = self.cur.unicode() {
-            return match self.strings.get(self.py, s) {
+            return match decode_utf8(self.py, s) {
                 Ok(s) => Ok(Built::done(s.into_any())),
                 Err(e) => Err(self.error(format!("unicode is not valid UTF-8 ({e})"), at)),
             };
@@ -223,7 +223,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
             Tag::Unicode => {
                 self.arity(t, items, 1, at)?;
                 let s = self.atom(t)?;
-                match self.strings.get(py, s) {
+                match decode_utf8(py, s) {
                     Ok(s) => s.into_any(),
                     Err(e) => return Err(self.error(format!("unicode is not valid UTF-8 ({e})"), at)),
                 }
@@ -336,7 +336,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                 (Item::List(2), _) => self.enter(at)?,
                 _ => return Err(self.error("dictionary items must be [key, value] pairs".into(), at)),
             }
-            let key = self.value()?;
+            let key = self.key()?;
             if key.unhashable_yet() {
                 return Err(self.error("a dictionary key refers to an object that is not built yet".into(), at));
             }
@@ -348,6 +348,20 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
             self.depth -= 1;
         }
         Ok(Built::done(dict.into_any()))
+    }
+
+    /// A dictionary key. Keys repeat from one dict to the next, so str keys come from the cache:
+    /// one object, hashed once, instead of a new string per dict.
+    #[inline]
+    fn key(&mut self) -> PyResult<Built<'py>> {
+        let at = self.cur.pos();
+        match self.cur.unicode() {
+            Some(s) => match self.strings.get(self.py, s) {
+                Ok(s) => Ok(Built::done(s.into_any())),
+                Err(e) => Err(self.error(format!("unicode is not valid UTF-8 ({e})"), at)),
+            },
+            None => self.value(),
+        }
     }
 
     fn set(&mut self, items: usize, register: Option<i64>) -> PyResult<Built<'py>> {
@@ -541,8 +555,8 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
     }
 }
 
-/// Recently decoded short strings, so repeated dict keys and words are one object each, created
-/// and hashed once (a decoder keeps its cache across messages).
+/// Recently decoded short dict keys, so a key that repeats is one object, created and hashed once
+/// (a decoder keeps its cache across messages).
 pub struct StrCache {
     slots: Vec<Option<CachedStr>>,
 }
