@@ -81,26 +81,36 @@ pub fn foolscap_word(index: u64) -> Option<&'static [u8]> {
 
 /// Candidate index by (length, first byte, last byte): no two words of either table share that
 /// triple, so a lookup is one table read and one compare instead of a chain of compares.
-struct Lookup([[[u8; 32]; 32]; 16]);
+/// `firsts[len]` has bit `first & 31` set for every word of that length: 64 bytes that stay in
+/// cache and turn most strings away before the table is touched.
+struct Lookup {
+    firsts: [u32; 16],
+    table: [[[u8; 32]; 32]; 16],
+}
 
 impl Lookup {
     const NONE: u8 = u8::MAX;
 
     const fn build(table: &[&[u8]], first: usize) -> Lookup {
+        let mut firsts = [0u32; 16];
         let mut t = [[[Self::NONE; 32]; 32]; 16];
         let mut i = first;
         while i < table.len() {
             let w = table[i];
+            firsts[w.len()] |= 1 << (w[0] & 31);
             t[w.len()][(w[0] & 31) as usize][(w[w.len() - 1] & 31) as usize] = i as u8;
             i += 1;
         }
-        Lookup(t)
+        Lookup { firsts, table: t }
     }
 
     #[inline]
     fn find(&self, table: &[&[u8]], word: &[u8]) -> Option<u8> {
         let (first, last) = (word.first()?, word.last()?);
-        let i = *self.0.get(word.len())?.get(usize::from(first & 31))?.get(usize::from(last & 31))?;
+        if self.firsts.get(word.len())? & (1 << (first & 31)) == 0 {
+            return None;
+        }
+        let i = self.table[word.len()][usize::from(first & 31)][usize::from(last & 31)];
         (i != Self::NONE && table[usize::from(i)] == word).then_some(i)
     }
 }

@@ -100,10 +100,10 @@ impl<'py> JellyEncoder<'py> {
             }
             // ["unicode", utf8]: "unicode" is no vocabulary word, so the prefix is fixed.
             self.enc.out.extend_from_slice(b"\x02\x80\x07\x82unicode");
-            let Ok(text) = s.to_str() else {
-                return Err(jelly_error("cannot send a str that is not valid Unicode (a lone surrogate)".into(), None));
+            return match utf8_of(s) {
+                Some(text) => self.enc.bytes(text).map_err(|e| PyBananaError::from(e).into()),
+                None => Err(jelly_error("cannot send a str that is not valid Unicode (a lone surrogate)".into(), None)),
             };
-            return self.enc.bytes(text.as_bytes()).map_err(|e| PyBananaError::from(e).into());
         }
         if obj.is_exact_instance_of::<pyo3::types::PyInt>() {
             return self.int(obj);
@@ -229,8 +229,13 @@ impl<'py> JellyEncoder<'py> {
         self.open(n + 1)?;
         self.enc.bytes(tag::LIST).map_err(PyBananaError::from)?;
         for i in 0..n {
-            // Owned items: hook code may run below and could shrink the list under us.
-            let item = list.get_item(i).map_err(|_| changed_size("list"))?;
+            // Hook code may run below and shrink the list under us: check the size each time, and
+            // hold each item by an owned reference while it is serialized.
+            if list.len() != n {
+                return Err(changed_size("list"));
+            }
+            // SAFETY: `i < n == len(list)` was just checked, with the GIL held.
+            let item = unsafe { list.get_item_unchecked(i) };
             self.item(&item)?;
         }
         if list.len() != n {
@@ -460,6 +465,22 @@ impl Scratch {
         seen.clear();
         SCRATCH.with(|s| *s.borrow_mut() = Some((out, seen)));
     }
+}
+
+/// The UTF-8 bytes of a str, read in place for compact ASCII strings (the common case) and
+/// through `PyUnicode_AsUTF8AndSize` otherwise; None if it holds lone surrogates.
+#[inline]
+fn utf8_of<'a>(s: &'a Bound<'_, PyString>) -> Option<&'a [u8]> {
+    let ptr = s.as_ptr();
+    // SAFETY: `ptr` is a live str for the lifetime of `s`. A compact ASCII string keeps its
+    // characters, one byte each, right after the object header, and never moves them.
+    unsafe {
+        if ffi::PyUnicode_IS_COMPACT_ASCII(ptr) != 0 {
+            let data = ffi::PyUnicode_DATA(ptr).cast::<u8>();
+            return Some(std::slice::from_raw_parts(data, ffi::PyUnicode_GET_LENGTH(ptr) as usize));
+        }
+    }
+    s.to_str().ok().map(str::as_bytes)
 }
 
 /// Whether anything but its parent container (and our one owned reference to it, taken while
