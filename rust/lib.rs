@@ -7,7 +7,10 @@
 //!    expression as one slice (limits are enforced while scanning, before anything is buffered).
 //! 2. A builder turns an expression into values: [`banana::Value`] here, Python objects (with
 //!    jelly applied) in the `python` feature.
-//! 3. Outgoing values are encoded with a [`banana::Encoder`] into one buffer per message.
+//! 3. On a PB connection, `py::pb` reads each expression as a command envelope around jelly
+//!    values and hands Python one event tuple per command; [`refs::RefTable`] keeps the counts
+//!    of the objects the peer holds.
+//! 4. Outgoing values are encoded with a [`banana::Encoder`] into one buffer per message.
 //!
 //! The `python` feature adds the PyO3 module `pbfast._core`; without it the crate is plain Rust
 //! and `cargo test` needs no interpreter.
@@ -16,6 +19,7 @@ pub mod banana;
 pub mod jelly;
 #[cfg(feature = "python")]
 mod py;
+pub mod refs;
 
 /// The extension module `pbfast._core`.
 #[cfg(feature = "python")]
@@ -25,6 +29,10 @@ mod _core {
 
     #[pymodule_export]
     use crate::jelly::decode::UnresolvedReference;
+    #[pymodule_export]
+    use crate::py::pb::{PbDecoderPy, PbEncoderPy};
+    #[pymodule_export]
+    use crate::py::refs::RefTablePy;
     #[pymodule_export]
     use crate::py::{banana_decode, banana_encode, dumps, encode_tokens, loads, DecoderPy, TokenizerPy};
 
@@ -36,6 +44,24 @@ mod _core {
         m.add("PREFIX_LIMIT", PREFIX_LIMIT)?;
         m.add("PB_VOCAB", pyo3::types::PyTuple::new(m.py(), words(&vocab::PB_VOCAB))?)?;
         m.add("FOOLSCAP_VOCAB", pyo3::types::PyTuple::new(m.py(), words(&vocab::FOOLSCAP_VOCAB))?)?;
+        use crate::py::pb;
+        m.add("PB_VERSION", pb::PB_VERSION)?;
+        for (name, kind) in [
+            ("EV_MESSAGE", pb::EV_MESSAGE),
+            ("EV_CACHEMESSAGE", pb::EV_CACHEMESSAGE),
+            ("EV_ANSWER", pb::EV_ANSWER),
+            ("EV_ERROR", pb::EV_ERROR),
+            ("EV_BAD_CALL", pb::EV_BAD_CALL),
+            ("EV_BAD_REPLY", pb::EV_BAD_REPLY),
+            ("EV_DECREF", pb::EV_DECREF),
+            ("EV_DECACHE", pb::EV_DECACHE),
+            ("EV_UNCACHE", pb::EV_UNCACHE),
+            ("EV_READY", pb::EV_READY),
+            ("EV_UNKNOWN", pb::EV_UNKNOWN),
+            ("EV_DID_NOT_UNDERSTAND", pb::EV_DID_NOT_UNDERSTAND),
+        ] {
+            m.add(name, kind)?;
+        }
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         m.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
         Ok(())

@@ -8,6 +8,11 @@ repository are read (the vectors under ``tests/vectors/``).
 
 from __future__ import annotations
 
+import asyncio
+import gc
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
 import pytest
 from helpers import (  # noqa: F401 (re-exported for convenience)
     assert_deep_equal,
@@ -25,6 +30,7 @@ settings.register_profile("pbfast", deadline=None)
 settings.load_profile("pbfast")
 
 LOOPS = ("asyncio", "uvloop")
+T = TypeVar("T")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,3 +59,53 @@ def twisted_vectors() -> dict:
 def foolscap_vectors() -> dict:
     """tests/vectors/foolscap_tokens.json, parsed."""
     return load_vectors("foolscap_tokens.json")
+
+
+@pytest.fixture
+def run(loop_name: str):
+    """``run(coro)`` runs a coroutine to completion on a fresh loop of the selected kind.
+
+    Strict teardown: anything the loop's exception handler receives (an exception in a
+    callback, a task destroyed while pending, a future's unretrieved exception, ...) fails the
+    test, as do tasks still running when the coroutine returns.
+    """
+    problems: list[dict] = []
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        problems.append(context)
+
+    def run_coroutine(coro: Coroutine[Any, Any, T], *, timeout: float = 30.0) -> T:
+        async def main() -> T:
+            loop = asyncio.get_running_loop()
+            loop.set_exception_handler(handler)
+            result = await asyncio.wait_for(coro, timeout)
+            # Let callbacks scheduled by the test's last steps (closing transports) run.
+            for _ in range(5):
+                await asyncio.sleep(0)
+            leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in leftover:
+                task.cancel()
+            assert not leftover, f"tasks still running at the end of the test: {leftover}"
+            return result
+
+        if loop_name == "uvloop":
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        else:
+            factory = asyncio.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            result = runner.run(main())
+        gc.collect()
+        assert not problems, f"the event loop reported: {problems}"
+        return result
+
+    return run_coroutine
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Every test that runs an event loop carries the `event_loop` mark, so CI can rerun exactly
+    # those on uvloop.
+    for item in items:
+        if "run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.event_loop)

@@ -3,15 +3,34 @@
 The Rust core raises these classes too, so ``isinstance`` checks, docs and pickling all live here::
 
     PbfastError
-      ProtocolError
+      ProtocolError          the peer broke the wire protocol: the connection ends
         BananaError          malformed or over-limit banana bytes (.offset, .limit)
+        NegotiationError     no common dialect, or a different PB version
       JellyError             malformed jelly, or a value jelly cannot express (.offset)
         InsecureJelly        jelly the receiver's policy refuses
+      Error                  raise it in a remote method: an expected error, sent without a
+                             traceback in the server's log
+      NoSuchMethod           (also AttributeError) the object has no such remote method
+      RemoteError            the remote method raised; the caller gets this
+      DeadReferenceError     (also ConnectionError) a call on a connection that is gone
+      PBConnectionLost       (also ConnectionError) the connection ended while a call waited
 """
 
 from __future__ import annotations
 
-__all__ = ["PbfastError", "ProtocolError", "BananaError", "JellyError", "InsecureJelly"]
+__all__ = [
+    "BananaError",
+    "DeadReferenceError",
+    "Error",
+    "InsecureJelly",
+    "JellyError",
+    "NegotiationError",
+    "NoSuchMethod",
+    "PBConnectionLost",
+    "PbfastError",
+    "ProtocolError",
+    "RemoteError",
+]
 
 
 class PbfastError(Exception):
@@ -59,3 +78,68 @@ class JellyError(PbfastError):
 class InsecureJelly(JellyError):
     """The jelly names a type the receiver has not allowed (an unregistered class, a module, a
     function, ...). On a connection this fails the one call it arrived in."""
+
+
+class NegotiationError(ProtocolError):
+    """The peers share no dialect, or speak different PB protocol versions."""
+
+
+class Error(PbfastError):
+    """An error a remote method raises on purpose.
+
+    The caller gets it as a `RemoteError`; the server does not log a traceback for it, as it
+    does for any other exception escaping a remote method.
+    """
+
+
+class NoSuchMethod(PbfastError, AttributeError):
+    """The remote object has no method of that name (``remote_<name>``)."""
+
+
+class RemoteError(PbfastError):
+    """The remote method raised (or the peer replied with an error).
+
+    Attributes:
+        remoteType: the qualified class name of the remote exception, e.g.
+            ``"builtins.ValueError"`` (a str; Twisted sends it as bytes).
+        remoteValue: ``str()`` of the remote exception (or the raw value of a non-failure error).
+        remoteTraceback: the remote traceback text; ``"Traceback unavailable\n"`` unless the
+            remote side was started with ``unsafeTracebacks=True``.
+        parents: the qualified names of the remote exception's classes, most derived first.
+    """
+
+    def __init__(
+        self,
+        remoteType: str,
+        remoteValue: object,
+        remoteTraceback: str = "Traceback unavailable\n",
+        parents: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(remoteType, remoteValue, remoteTraceback)
+        self.remoteType = remoteType
+        self.remoteValue = remoteValue
+        self.remoteTraceback = remoteTraceback
+        self.parents = tuple(parents) or (remoteType,)
+
+    def check(self, *kinds: type | str) -> type | str | None:
+        """The first of `kinds` (classes or qualified names) the remote exception was an
+        instance of, by name, or None; like Twisted's ``Failure.check``."""
+        for kind in kinds:
+            name = kind if isinstance(kind, str) else f"{kind.__module__}.{kind.__name__}"
+            if name in self.parents:
+                return kind
+        return None
+
+    def __str__(self) -> str:
+        return f"{self.remoteType}: {self.remoteValue}"
+
+    def __reduce__(self):
+        return (type(self), (self.remoteType, self.remoteValue, self.remoteTraceback, self.parents))
+
+
+class DeadReferenceError(PbfastError, ConnectionError):
+    """A call on a reference whose connection is already gone."""
+
+
+class PBConnectionLost(PbfastError, ConnectionError):
+    """The connection ended while the call waited for its reply."""

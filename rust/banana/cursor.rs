@@ -67,6 +67,12 @@ impl<'a> Cursor<'a> {
         self.pos
     }
 
+    /// Continue reading at `pos` (the end of an item another reader consumed).
+    pub fn skip_to(&mut self, pos: usize) {
+        debug_assert!(pos >= self.pos && pos <= self.data.len());
+        self.pos = pos;
+    }
+
     /// If a `["unicode", STRING]` with a one-byte string header starts here, consume it and
     /// return the string's bytes — the shape of nearly every jellied `str`.
     #[inline(always)]

@@ -50,6 +50,13 @@ impl Framer {
         self.dialect = dialect;
     }
 
+    /// Continue a stream whose first `offset` bytes were read elsewhere (error offsets count
+    /// from the stream's start). Only before anything is fed.
+    pub fn start_at(&mut self, offset: u64) {
+        assert!(self.buf.is_empty() && self.consumed == 0);
+        self.consumed = offset;
+    }
+
     pub fn limits(&self) -> Limits {
         self.limits
     }

@@ -71,7 +71,8 @@ impl<'py> Built<'py> {
     }
 }
 
-/// Unjelly one expression. `hook(tag, items)` builds values for tags jelly itself does not know.
+/// Unjelly one expression. `hook(tag, items)` builds values for tags jelly itself does not know
+/// (returning `NotImplemented` for tags it does not know either).
 pub struct JellyDecoder<'py, 'a> {
     py: Python<'py>,
     cur: Cursor<'a>,
@@ -118,6 +119,11 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
             return Err(self.error("the value is a reference to itself".into(), pos));
         }
         Ok(built.obj)
+    }
+
+    /// Bytes of the expression read so far (after [`JellyDecoder::build`], the value's length).
+    pub fn consumed(&self) -> usize {
+        self.cur.pos()
     }
 
     #[inline(always)]
@@ -551,6 +557,10 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         }
         let values = PyList::new(self.py, values)?;
         let obj = hook.call1((PyBytes::new(self.py, t), values))?;
+        // NotImplemented: the hook does not know the tag either.
+        if obj.is(&self.py.NotImplemented()) {
+            return Err(insecure_jelly(unregistered(t), Some(self.base + at as u64)));
+        }
         Ok(Built::done(obj))
     }
 }

@@ -79,6 +79,11 @@ impl<'py> JellyEncoder<'py> {
         Ok(())
     }
 
+    /// The underlying banana encoder, for envelope items written around jelly values.
+    pub fn raw(&mut self) -> &mut Encoder {
+        &mut self.enc
+    }
+
     /// The encoded bytes, handed to `f`; the buffers go back to this thread's scratch.
     pub fn finish<R>(mut self, f: impl FnOnce(&[u8]) -> R) -> R {
         let result = f(&self.enc.out);

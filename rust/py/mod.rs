@@ -2,6 +2,8 @@
 //! Each call crosses the boundary once per chunk or value, never per token.
 
 pub mod errors;
+pub mod pb;
+pub mod refs;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

@@ -1,0 +1,602 @@
+"""One PB connection's dispatch: request ids and answer futures, the object tables, and the
+jelly hooks that turn Referenceables into ``remote``/``local`` references and back.
+
+The Rust core does the bytes: `PbDecoder` turns each received chunk into event tuples and
+`PbEncoder` turns each outgoing command into bytes. The counts of our objects the peer holds
+live in a `RefTable` (Rust); the objects themselves live here, keyed by luid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from . import _core
+from ._core import (
+    EV_ANSWER,
+    EV_BAD_CALL,
+    EV_BAD_REPLY,
+    EV_CACHEMESSAGE,
+    EV_DECACHE,
+    EV_DECREF,
+    EV_DID_NOT_UNDERSTAND,
+    EV_ERROR,
+    EV_MESSAGE,
+    EV_READY,
+    EV_UNCACHE,
+    EV_UNKNOWN,
+)
+from ._failure import FAILURE_TAG, CopyableFailure, qualified_name, remote_error
+from .errors import (
+    DeadReferenceError,
+    Error,
+    JellyError,
+    PBConnectionLost,
+    PbfastError,
+    RemoteError,
+)
+from .referenceable import Referenceable, RemoteReference
+
+__all__ = ["Broker", "BrokerOptions"]
+
+log = logging.getLogger("pbfast")
+
+ROOT = b"root"
+# Events that ask us for work (and a reply): held back while the peer is not reading.
+_CALLS = frozenset({EV_MESSAGE, EV_CACHEMESSAGE, EV_BAD_CALL})
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerOptions:
+    """Per-connection options, given to `pbfast.serve` and `pbfast.connect` as keywords.
+
+    Attributes:
+        unsafeTracebacks: send the full traceback of a failing remote method to the caller
+            (off by default: tracebacks reveal server internals).
+        max_refs: how many of our objects the peer may hold references to at once.
+        backlog: calls kept waiting while the peer is not reading our replies; past it we stop
+            reading from the peer.
+        max_element_size, max_message_size, max_depth, max_header_length: receive limits
+            (banana list/string length, bytes per message, nesting depth, header bytes).
+    """
+
+    unsafeTracebacks: bool = False
+    max_refs: int = 1 << 16
+    backlog: int = 1024
+    limits: dict[str, int] = field(default_factory=dict)
+
+    LIMIT_NAMES = ("max_element_size", "max_message_size", "max_depth", "max_header_length")
+
+    @classmethod
+    def from_keywords(cls, options: dict[str, Any]) -> BrokerOptions:
+        """Build from ``**options``; unknown names raise TypeError."""
+        known = {f.name for f in fields(cls)} - {"limits"}
+        plain = {k: v for k, v in options.items() if k in known}
+        limits = {k: v for k, v in options.items() if k in cls.LIMIT_NAMES}
+        unknown = set(options) - set(plain) - set(limits)
+        if unknown:
+            names = ", ".join(sorted(known | set(cls.LIMIT_NAMES)))
+            raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))} (known: {names})")
+        return cls(**plain, limits=limits)
+
+
+class Broker:
+    """The PB state of one connection. Created by the connection's protocol; users meet it as
+    ``ref.broker``.
+
+    Args:
+        transport: the asyncio transport to write to.
+        server: True on the side that accepted the connection.
+        options: connection options.
+    """
+
+    def __init__(
+        self,
+        transport: asyncio.BaseTransport,
+        *,
+        server: bool,
+        options: BrokerOptions = BrokerOptions(),
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.transport = transport
+        self.server = server
+        self.options = options
+        self._decoder = _core.PbDecoder(server, hook=self._unjelly, **options.limits)
+        self._encoder: _core.PbEncoder | None = None
+        # Outgoing bytes of this loop iteration, written together.
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._receiving = False
+        # Calls we made: request id -> (future, luids pinned by its arguments).
+        self._next_request = 1
+        self._pending: dict[int, tuple[asyncio.Future[Any] | None, list[int] | None]] = {}
+        # Our objects the peer may name: luid (or b"root") -> object; counts in `_refs`.
+        self._refs = _core.RefTable(options.max_refs)
+        self._objects: dict[int | bytes, Any] = {}
+        # Luids sent while encoding the current message (undone if it cannot be sent); luids
+        # to pin (while encoding a call's arguments).
+        self._sent: list[int] | None = None
+        self._pins: list[int] | None = None
+        self._pinning = False
+        # The peer's objects we hold: luid -> proxy.
+        self._proxies: weakref.WeakValueDictionary[int | bytes, RemoteReference] = weakref.WeakValueDictionary()
+        self._decrefs: list[tuple[int | bytes, int]] = []
+        # Calls received while the peer is not reading our replies (flow control).
+        self._backlog: collections.deque[tuple] = collections.deque()
+        self._writing_paused = False
+        self._reading_paused = False
+        self._writable: asyncio.Future[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watched: dict[int, RemoteReference] = {}
+        self._disconnect_callbacks: list[Callable[[], object]] = []
+        self.ready: asyncio.Future[str] = self._loop.create_future()
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+        self.disconnected = False
+        self._reason: BaseException | None = None
+        if server:
+            self._write_now(_core.PbDecoder.offer())
+        self._handlers = {
+            EV_MESSAGE: self._on_message,
+            EV_CACHEMESSAGE: self._on_cachemessage,
+            EV_ANSWER: self._on_answer,
+            EV_ERROR: self._on_error,
+            EV_BAD_CALL: self._on_bad_call,
+            EV_BAD_REPLY: self._on_bad_reply,
+            EV_DECREF: self._on_decref,
+            EV_DECACHE: self._on_unsupported,
+            EV_UNCACHE: self._on_unsupported,
+            EV_READY: self._on_ready,
+            EV_UNKNOWN: self._on_unknown,
+            EV_DID_NOT_UNDERSTAND: self._on_did_not_understand,
+        }
+
+    # ------------------------------------------------------------------ public
+
+    def root(self) -> RemoteReference:
+        """The peer's root object (``"root"``); not reference-counted, as in Twisted."""
+        proxy = self._proxies.get(ROOT)
+        if proxy is None:
+            proxy = self._proxies[ROOT] = RemoteReference(self, ROOT)
+        return proxy
+
+    def serve_root(self, root: Referenceable) -> None:
+        """Serve `root` under the name ``"root"`` on this connection."""
+        self._objects[ROOT] = root
+
+    async def close(self) -> None:
+        """Close the connection (after writing what is queued) and wait until it is gone."""
+        if not self.disconnected:
+            self._flush()
+            self.transport.close()
+        await asyncio.shield(self.closed)
+
+    def notifyOnDisconnect(self, callback: Callable[[], object]) -> None:
+        """Run ``callback()`` when the connection ends."""
+        self._disconnect_callbacks.append(callback)
+
+    def dontNotifyOnDisconnect(self, callback: Callable[[], object]) -> None:
+        """Undo `notifyOnDisconnect` (ValueError if `callback` was not registered)."""
+        self._disconnect_callbacks.remove(callback)
+
+    async def wait_writable(self) -> None:
+        """Wait until the transport accepts writes again (the peer is reading); returns at once
+        when it is not paused. Raises `DeadReferenceError` if the connection is gone."""
+        while self._writing_paused and not self.disconnected:
+            if self._writable is None:
+                self._writable = self._loop.create_future()
+            await asyncio.shield(self._writable)
+        if self.disconnected:
+            raise DeadReferenceError("the connection is closed")
+
+    def statistics(self) -> dict[str, int]:
+        """Table sizes, for monitoring and tests: ``objects`` (ours the peer holds, root
+        excluded), ``proxies`` (the peer's we hold), ``pending`` (our calls awaiting replies),
+        ``backlog`` (received calls waiting for the peer to read), ``buffered`` (bytes held for
+        an incomplete message)."""
+        return {
+            "objects": len(self._refs),
+            "proxies": sum(1 for luid in self._proxies.keys() if luid != ROOT),
+            "pending": len(self._pending),
+            "backlog": len(self._backlog),
+            "buffered": self._decoder.buffered,
+        }
+
+    def __repr__(self) -> str:
+        peer = self.transport.get_extra_info("peername")
+        state = "closed" if self.disconnected else "open"
+        return f"<Broker {'server' if self.server else 'client'} {state} peer={peer!r}>"
+
+    # ------------------------------------------------------------------ calls out
+
+    def call(self, objid: int | bytes, method: str, args: tuple, kwargs: dict) -> asyncio.Future[Any]:
+        future = self._loop.create_future()
+        if self.disconnected:
+            future.set_exception(DeadReferenceError("Calling Stale Broker (the connection is closed)"))
+            return future
+        request_id = self._next_request
+        self._next_request = request_id + 1
+        try:
+            data, pins = self._encode_call(request_id, objid, method, True, args, kwargs)
+        except Exception as exc:
+            future.set_exception(exc)
+            return future
+        self._pending[request_id] = (future, pins)
+        self._write(data)
+        return future
+
+    def call_only(self, objid: int | bytes, method: str, args: tuple, kwargs: dict) -> None:
+        if self.disconnected:
+            raise DeadReferenceError("Calling Stale Broker (the connection is closed)")
+        request_id = self._next_request
+        self._next_request = request_id + 1
+        data, _ = self._encode_call(request_id, objid, method, False, args, kwargs)
+        self._write(data)
+
+    def _encode_call(
+        self, request_id: int, objid: int | bytes, method: str, answer: bool, args: tuple, kwargs: dict
+    ) -> tuple[bytes, list[int] | None]:
+        """The bytes of a call, and the luids its arguments pinned (a call that wants an answer
+        pins the objects it sends until the answer is read: see `RefTable`)."""
+        encoder = self._encoder
+        if encoder is None:
+            raise DeadReferenceError("the connection has not finished its handshake")
+        outer = self._sent, self._pins, self._pinning
+        self._sent, self._pins, self._pinning = None, None, answer
+        try:
+            data = encoder.message(request_id, objid, method, answer, args, kwargs)
+            return data, self._pins
+        except BaseException:
+            self._undo_sends()
+            raise
+        finally:
+            self._sent, self._pins, self._pinning = outer
+
+    # ------------------------------------------------------------------ bytes in and out
+
+    def data_received(self, data: bytes) -> None:
+        if self.disconnected:
+            return
+        self._receiving = True
+        try:
+            events = self._decoder.feed(data)
+        except Exception as exc:
+            # The stream or an envelope is broken: nothing after it can be trusted.
+            log.warning("%r: %s; closing the connection", self, exc)
+            self._reason = exc
+            self._receiving = False
+            self.transport.abort()
+            return
+        handlers = self._handlers
+        try:
+            for event in events:
+                if (self._backlog or self._writing_paused) and event[0] in _CALLS:
+                    self._defer(event)
+                else:
+                    handlers[event[0]](event)
+        finally:
+            self._receiving = False
+            if self._out:
+                self._flush()
+
+    def _write(self, data: bytes) -> None:
+        self._out.append(data)
+        if not self._flush_scheduled and not self._receiving:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _write_now(self, data: bytes) -> None:
+        self._out.append(data)
+        self._flush()
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out or self.disconnected:
+            out.clear()
+            return
+        self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+
+    # ------------------------------------------------------------------ flow control
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._writable is not None:
+            self._writable.set_result(None)
+            self._writable = None
+        self._drain_backlog()
+
+    def _defer(self, event: tuple) -> None:
+        """Hold a received call until the peer reads our replies again; past the backlog limit
+        stop reading, so a peer that never reads cannot make us buffer without bound."""
+        self._backlog.append(event)
+        if len(self._backlog) >= self.options.backlog and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _drain_backlog(self) -> None:
+        backlog = self._backlog
+        self._receiving = True
+        try:
+            while backlog and not self._writing_paused and not self.disconnected:
+                event = backlog.popleft()
+                self._handlers[event[0]](event)
+        finally:
+            self._receiving = False
+            if self._out:
+                self._flush()
+        if not backlog and self._reading_paused and not self.disconnected:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ events
+
+    def _on_ready(self, event: tuple) -> None:
+        _, dialect, reply = event
+        self._encoder = _core.PbEncoder(dialect, hook=self._jelly)
+        self._write(reply)
+        if not self.ready.done():
+            self.ready.set_result(dialect)
+
+    def _on_message(self, event: tuple) -> None:
+        _, request_id, objid, method, answer, args, kwargs = event
+        target = self._objects.get(objid)
+        if target is None:
+            self._fail(request_id, answer, Error("Invalid Object ID"), method)
+            return
+        try:
+            result = target.remoteMessageReceived(self, method, args, kwargs)
+        except Exception as exc:
+            self._fail(request_id, answer, exc, method)
+            return
+        if hasattr(type(result), "__await__"):
+            task = self._loop.create_task(self._finish(request_id, answer, method, result))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif answer:
+            self._answer(request_id, result, method)
+
+    def _on_cachemessage(self, event: tuple) -> None:
+        _, request_id, _, method, answer, _, _ = event
+        self._fail(request_id, answer, Error("pbfast does not hold remote caches on this connection"), method)
+
+    async def _finish(self, request_id: int, answer: bool, method: str, awaitable: Any) -> None:
+        try:
+            result = await awaitable
+        except Exception as exc:
+            self._fail(request_id, answer, exc, method)
+            return
+        if answer:
+            self._answer(request_id, result, method)
+
+    def _answer(self, request_id: int, result: Any, method: str) -> None:
+        if self.disconnected:
+            return
+        try:
+            data = self._encode_reply(self._encoder.answer, request_id, result)
+        except Exception as exc:
+            exc.add_note(f"while sending the result of remote_{method}")
+            self._fail(request_id, True, exc, method)
+            return
+        self._write(data)
+
+    def _fail(self, request_id: int, answer: bool, exc: Exception, method: str) -> None:
+        """Report a failed remote call: an `error` reply (if one is wanted) and, unless it was a
+        `pbfast.Error`, a logged traceback."""
+        if not isinstance(exc, Error):
+            log.error("%r: remote_%s (request %d) raised", self, method, request_id, exc_info=exc)
+        if not answer or self.disconnected:
+            return
+        try:
+            data = self._encode_reply(self._encoder.error, request_id, CopyableFailure(exc, self.options.unsafeTracebacks))
+        except Exception as again:
+            # The failure itself did not encode (a value too large?): send a plain one.
+            log.error("%r: could not send the failure of request %d", self, request_id, exc_info=again)
+            data = self._encoder.error(request_id, CopyableFailure(Error(f"{qualified_name(type(exc))} (unsendable)")))
+        self._write(data)
+
+    def _encode_reply(self, encode: Callable[[int, Any], bytes], request_id: int, value: Any) -> bytes:
+        outer = self._sent, self._pins, self._pinning
+        self._sent, self._pins, self._pinning = None, None, False
+        try:
+            return encode(request_id, value)
+        except BaseException:
+            self._undo_sends()
+            raise
+        finally:
+            self._sent, self._pins, self._pinning = outer
+
+    def _on_answer(self, event: tuple) -> None:
+        _, request_id, value = event
+        future = self._settle(request_id)
+        if future is not None and not future.done():
+            future.set_result(value)
+
+    def _on_error(self, event: tuple) -> None:
+        _, request_id, value = event
+        future = self._settle(request_id)
+        if future is None or future.done():
+            return
+        if not isinstance(value, BaseException):
+            # Twisted fails the call with whatever value the peer sent.
+            value = RemoteError(qualified_name(type(value)), value)
+        future.set_exception(value)
+
+    def _on_bad_reply(self, event: tuple) -> None:
+        _, request_id, exc = event
+        future = self._settle(request_id)
+        if future is not None and not future.done():
+            exc.add_note(f"while decoding the reply to request {request_id}")
+            future.set_exception(exc)
+
+    def _settle(self, request_id: int) -> asyncio.Future[Any] | None:
+        entry = self._pending.pop(request_id, None)
+        if entry is None:
+            log.warning("%r: the peer replied to request %r, which is not waiting for a reply", self, request_id)
+            return None
+        future, pins = entry
+        if pins:
+            self._unpin(pins)
+        return future
+
+    def _on_bad_call(self, event: tuple) -> None:
+        _, request_id, answer, method, exc = event
+        exc.add_note(f"while decoding the arguments of remote_{method} (request {request_id})")
+        self._fail(request_id, answer, exc, method)
+
+    def _on_decref(self, event: tuple) -> None:
+        luid = event[1]
+        if type(luid) is not int or luid < 0 or luid not in self._refs:
+            log.warning("%r: the peer sent a decref for %r, which it does not hold; ignored", self, luid)
+            return
+        if self._refs.decref(luid):
+            del self._objects[luid]
+
+    def _on_unsupported(self, event: tuple) -> None:
+        log.warning("%r: ignoring %r: no cached objects are shared on this connection", self, event)
+
+    def _on_unknown(self, event: tuple) -> None:
+        command = event[1]
+        log.warning("%r: the peer sent an unknown command %r; answering didNotUnderstand", self, command)
+        self._write(self._encoder.command(b"didNotUnderstand", command))
+
+    def _on_did_not_understand(self, event: tuple) -> None:
+        log.warning("%r: the peer did not understand our command %r", self, event[1])
+
+    # ------------------------------------------------------------------ references
+
+    def _jelly(self, obj: Any) -> tuple[tuple, bool] | None:
+        """Encoder hook: the jelly form of objects jelly does not know itself."""
+        if isinstance(obj, Referenceable):
+            luid, new = self._refs.send(id(obj))
+            if new:
+                self._objects[luid] = obj
+            if self._sent is None:
+                self._sent = []
+            self._sent.append(luid)
+            if self._pinning:
+                self._refs.pin(luid)
+                if self._pins is None:
+                    self._pins = []
+                self._pins.append(luid)
+            return (b"remote", luid), False
+        if isinstance(obj, RemoteReference):
+            if obj.broker is not self:
+                raise Error(f"cannot send {obj!r} over another connection")
+            return (b"local", obj.luid), False
+        if isinstance(obj, CopyableFailure):
+            return (FAILURE_TAG, obj.state), True
+        return None
+
+    def _undo_sends(self) -> None:
+        """A message failed to encode: take back the counts and pins it added."""
+        if self._pins:
+            self._unpin(self._pins)
+        for luid in self._sent or ():
+            if self._refs.decref(luid):
+                del self._objects[luid]
+
+    def _unpin(self, luids: list[int]) -> None:
+        for luid in self._refs.unpin(luids):
+            del self._objects[luid]
+
+    def _unjelly(self, tag: bytes, items: list) -> Any:
+        """Decoder hook: build the values of the PB jelly tags."""
+        if tag == b"remote":
+            luid = _luid(tag, items)
+            proxy = self._proxies.get(luid)
+            if proxy is None:
+                proxy = self._proxies[luid] = RemoteReference(self, luid)
+            proxy._count += 1
+            return proxy
+        if tag == b"local":
+            luid = _luid(tag, items)
+            try:
+                return self._objects[luid]
+            except KeyError:
+                raise JellyError(f"the peer sent back our object {luid!r}, which it does not hold") from None
+        if tag == FAILURE_TAG and len(items) == 1:
+            return remote_error(items[0])
+        return NotImplemented
+
+    def release(self, luid: int | bytes, count: int) -> None:
+        """A proxy died: tell the owner (``decref`` ×count). Runs in finalizers, possibly in
+        another thread or in the middle of other work, so it only queues."""
+        if self.disconnected:
+            return
+        self._decrefs.append((luid, count))
+        if len(self._decrefs) == 1:
+            try:
+                self._loop.call_soon_threadsafe(self._send_decrefs)
+            except RuntimeError:  # the loop is closed: so is the connection
+                pass
+
+    def _send_decrefs(self) -> None:
+        decrefs, self._decrefs = self._decrefs, []
+        if self.disconnected or self._encoder is None:
+            return
+        for luid, count in decrefs:
+            self._write(self._encoder.command(b"decref", luid, count))
+
+    def watch(self, ref: RemoteReference) -> None:
+        self._watched[id(ref)] = ref
+
+    def unwatch(self, ref: RemoteReference) -> None:
+        self._watched.pop(id(ref), None)
+
+    # ------------------------------------------------------------------ the end
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.disconnected:
+            return
+        self.disconnected = True
+        reason = self._reason or exc
+        why = f": {reason}" if reason else ""
+        pending, self._pending = self._pending, {}
+        for future, _ in pending.values():
+            if future is not None and not future.done():
+                lost = PBConnectionLost(f"the connection was lost before the reply came{why}")
+                lost.__cause__ = reason
+                future.set_exception(lost)
+        if not self.ready.done():
+            failure = reason if isinstance(reason, PbfastError) else PBConnectionLost(f"the connection closed during the handshake{why}")
+            self.ready.set_exception(failure)
+            self.ready.exception()  # retrieved: connect() reports it if anyone waits
+        watched, self._watched = self._watched, {}
+        for ref in watched.values():
+            for callback in ref._disconnect_callbacks or ():
+                _run_callback(callback, ref)
+            ref._disconnect_callbacks = None
+        callbacks, self._disconnect_callbacks = self._disconnect_callbacks, []
+        for callback in callbacks:
+            _run_callback(callback)
+        self._objects.clear()
+        self._refs.clear()
+        self._backlog.clear()
+        self._out.clear()
+        if self._writable is not None:
+            self._writable.set_result(None)
+            self._writable = None
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+def _luid(tag: bytes, items: list) -> int | bytes:
+    if len(items) == 1 and isinstance(items[0], (int, bytes)) and not isinstance(items[0], bool):
+        return items[0]
+    raise JellyError(f"{tag.decode()} takes one integer luid, not {items!r}")
+
+
+def _run_callback(callback: Callable[..., object], *args: Any) -> None:
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("disconnect callback %r raised", callback)

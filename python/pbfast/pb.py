@@ -1,0 +1,149 @@
+"""Twisted PB over asyncio: `serve` a root object, `connect` to one, and `run` a program on
+uvloop when it is installed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Generator
+from types import TracebackType
+from typing import Any, TypeVar
+
+from . import endpoints
+from ._broker import Broker, BrokerOptions
+from ._protocol import PBProtocol
+from .referenceable import Referenceable, RemoteReference, Root
+
+__all__ = ["Server", "connect", "run", "serve"]
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT = 30.0
+
+
+class Server:
+    """A listening PB server (from `serve`): ``.port``, ``.close()``, ``await .wait_closed()``,
+    and ``async with`` closes it on exit. Closing stops listening and closes every connection."""
+
+    def __init__(self, listener: endpoints.Listener, brokers: set[Broker]) -> None:
+        self._listener = listener
+        self.brokers = brokers
+        """The open connections' brokers."""
+
+    @property
+    def port(self) -> int | None:
+        """The bound TCP port (useful with ``port=0``), or None for a unix socket."""
+        return self._listener.port
+
+    @property
+    def address(self) -> Any:
+        """The bound address: ``(host, port)``, or the unix socket's path."""
+        return self._listener.address
+
+    def close(self) -> None:
+        """Stop listening and close every open connection."""
+        self._listener.close()
+        for broker in list(self.brokers):
+            broker.transport.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until the listener and every connection are closed."""
+        await self._listener.wait_closed()
+        closing = [broker.closed for broker in list(self.brokers)]
+        if closing:
+            await asyncio.gather(*closing)
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def serve(root: Root | Referenceable, endpoint: str, **options: Any) -> Server:
+    """Serve `root` on `endpoint` (Twisted's endpoint syntax, e.g. ``"tcp:8800"`` or
+    ``"tcp:port=0:interface=127.0.0.1"``); every connection gets ``root.rootObject(broker)``.
+
+    Options: ``unsafeTracebacks`` (send tracebacks to callers), ``max_refs``, ``backlog`` and the
+    receive limits ``max_element_size``, ``max_message_size``, ``max_depth``,
+    ``max_header_length`` (see `BrokerOptions`).
+
+    Raises:
+        ValueError: a malformed endpoint string.
+        TypeError: an unknown option, or a root that is not a Referenceable.
+        OSError: the address cannot be bound (e.g. the port is in use).
+    """
+    if not isinstance(root, Referenceable):
+        raise TypeError(f"the root must be a pbfast.Referenceable, not {type(root).__name__}")
+    settings = BrokerOptions.from_keywords(options)
+    root_for = getattr(root, "rootObject", None) or (lambda broker: root)
+    brokers: set[Broker] = set()
+
+    def protocol() -> PBProtocol:
+        return PBProtocol(
+            server=True, root=root_for, options=settings, on_open=brokers.add, on_close=brokers.discard
+        )
+
+    listener = await endpoints.listen(endpoint, protocol)
+    return Server(listener, brokers)
+
+
+class connect:  # noqa: N801 (used like a function: `await connect(...)`, `async with connect(...)`)
+    """Connect to a PB server at `endpoint` (e.g. ``"tcp:host=127.0.0.1:port=8800"``).
+
+    ``await pbfast.connect(...)`` gives the server's root `RemoteReference`;
+    ``async with pbfast.connect(...) as root:`` also closes the connection on exit.
+    Options as for `serve`, plus ``timeout`` (seconds for connecting and the handshake,
+    default 30).
+
+    Raises:
+        ValueError: a malformed endpoint string.
+        TypeError: an unknown option.
+        OSError: the connection failed (refused, unreachable, ...).
+        TimeoutError: no handshake within ``timeout``.
+        NegotiationError: the peer speaks no common dialect or another PB version.
+    """
+
+    def __init__(self, endpoint: str, *, timeout: float = CONNECT_TIMEOUT, **options: Any) -> None:
+        self._endpoint = endpoint
+        self._timeout = timeout
+        self._options = BrokerOptions.from_keywords(options)
+        self._root: RemoteReference | None = None
+
+    async def _open(self) -> RemoteReference:
+        async with asyncio.timeout(self._timeout):
+            _, protocol = await endpoints.connect(
+                self._endpoint, lambda: PBProtocol(server=False, options=self._options)
+            )
+            broker = protocol.broker
+            try:
+                await asyncio.shield(broker.ready)
+            except BaseException:
+                broker.transport.abort()
+                raise
+        return broker.root()
+
+    def __await__(self) -> Generator[Any, None, RemoteReference]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> RemoteReference:
+        self._root = await self._open()
+        return self._root
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._root is not None:
+            root, self._root = self._root, None
+            await root.broker.close()
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` to completion on a new event loop: uvloop's when uvloop is installed, plain
+    asyncio's otherwise. Installs no global policy."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)

@@ -1,0 +1,112 @@
+"""Objects that travel by reference: `Referenceable` (yours, called remotely) and
+`RemoteReference` (the peer's, which you call)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .errors import NoSuchMethod
+
+if TYPE_CHECKING:
+    from ._broker import Broker
+
+__all__ = ["Referenceable", "Root", "RemoteReference"]
+
+
+class Referenceable:
+    """An object the peer can call: ``remote_<name>`` methods, plain or ``async``.
+
+    Sending one (as an argument or a result) gives the peer a `RemoteReference` to it; the
+    object stays in the connection's table until the peer lets go of every reference.
+    """
+
+    __slots__ = ()
+
+    def remoteMessageReceived(self, broker: Broker, message: str, args: tuple, kw: dict) -> Any:
+        """Run ``remote_<message>(*args, **kw)``; its result (awaited if awaitable) is the answer.
+
+        Raises:
+            NoSuchMethod: there is no such method.
+        """
+        method = getattr(self, "remote_" + message, None)
+        if method is None:
+            raise NoSuchMethod(f"No such method: remote_{message}")
+        return method(*args, **kw)
+
+
+class Root(Referenceable):
+    """A `Referenceable` that can be served as a connection's root object (named ``"root"``)."""
+
+    __slots__ = ()
+
+    def rootObject(self, broker: Broker) -> Referenceable:
+        """The root for one new connection; override to give each connection its own."""
+        return self
+
+
+class RemoteReference:
+    """A reference to an object on the other side of a connection.
+
+    Every ``remote`` occurrence received for the same object yields this same proxy; when it is
+    garbage-collected the owner is sent one ``decref`` per occurrence, so its table can empty.
+    """
+
+    __slots__ = ("broker", "luid", "_count", "_disconnect_callbacks", "__weakref__")
+
+    def __init__(self, broker: Broker, luid: int | bytes) -> None:
+        self.broker = broker
+        self.luid = luid
+        # `remote` occurrences received and not yet decref'd (0 for the unreferenced root).
+        self._count = 0
+        self._disconnect_callbacks: list[Callable[[RemoteReference], object]] | None = None
+
+    def callRemote(self, _name: str, /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """Call ``remote_<_name>(*args, **kwargs)`` on the remote object; the message is sent
+        at once and the returned future resolves to the result.
+
+        The future raises `RemoteError` (the remote method raised), `DeadReferenceError` (the
+        connection was already gone), `PBConnectionLost` (it ended while waiting), or
+        `JellyError`/`BananaError` (an argument cannot be sent, or the answer not decoded).
+        Cancelling it abandons the call locally; the remote method still runs.
+        """
+        return self.broker.call(self.luid, _name, args, kwargs)
+
+    def callRemoteOnly(self, _name: str, /, *args: Any, **kwargs: Any) -> None:
+        """Call without asking for an answer (Twisted's ``pbanswer=False``): the remote side
+        runs the method and sends nothing back, not even an error.
+
+        Raises:
+            DeadReferenceError: the connection is already gone.
+            JellyError, BananaError: an argument cannot be sent.
+        """
+        self.broker.call_only(self.luid, _name, args, kwargs)
+
+    def notifyOnDisconnect(self, callback: Callable[[RemoteReference], object]) -> None:
+        """Run ``callback(self)`` when the connection ends (keeps this reference alive until then)."""
+        if self._disconnect_callbacks is None:
+            self._disconnect_callbacks = []
+            self.broker.watch(self)
+        self._disconnect_callbacks.append(callback)
+
+    def dontNotifyOnDisconnect(self, callback: Callable[[RemoteReference], object]) -> None:
+        """Undo `notifyOnDisconnect`.
+
+        Raises:
+            ValueError: `callback` was not registered.
+        """
+        if not self._disconnect_callbacks or callback not in self._disconnect_callbacks:
+            raise ValueError(f"{callback!r} was not registered with notifyOnDisconnect")
+        self._disconnect_callbacks.remove(callback)
+        if not self._disconnect_callbacks:
+            self._disconnect_callbacks = None
+            self.broker.unwatch(self)
+
+    def __repr__(self) -> str:
+        luid = self.luid.decode() if isinstance(self.luid, bytes) else self.luid
+        return f"<RemoteReference {luid} on {self.broker!r}>"
+
+    def __del__(self) -> None:
+        if self._count:
+            self.broker.release(self.luid, self._count)
