@@ -489,9 +489,7 @@ def _client_context(
     ca_files: list[str] = [ca_file] if ca_file is not None else []
     if ca_dir is not None:
         # Twisted's caCertsDir / trustRoots: every *.pem file of the directory.
-        pems = sorted(
-            os.path.join(ca_dir, n) for n in os.listdir(ca_dir) if n.lower().endswith(".pem")
-        )
+        pems = sorted(os.path.join(ca_dir, n) for n in os.listdir(ca_dir) if n.lower().endswith(".pem"))
         if not pems:
             # Never fall back to the system store when the caller named their own CAs.
             raise ValueError(f"CA directory {ca_dir!r} holds no .pem file")
@@ -689,8 +687,10 @@ def _ssl_server(kwargs: dict[str, str], args: list[str]) -> ServerEndpoint:
     key = _path("privateKey", p.get("privateKey"))
     cert = _path("certKey", p.get("certKey"))
     if key is None and cert is None:
-        raise ValueError("ssl server endpoint requires privateKey=KEY.pem (and certKey=CERT.pem unless "
-                         "the same file holds the certificate)")
+        raise ValueError(
+            "ssl server endpoint requires privateKey=KEY.pem (and certKey=CERT.pem unless "
+            "the same file holds the certificate)"
+        )
     return _SSLServerEndpoint(
         port=_int("port", p["port"], 0, 65535),
         interface=p.get("interface") or "0.0.0.0",
@@ -703,7 +703,11 @@ def _ssl_server(kwargs: dict[str, str], args: list[str]) -> ServerEndpoint:
 
 def _unix_server(kwargs: dict[str, str], args: list[str]) -> ServerEndpoint:
     p = _bind(
-        "unix server endpoint", kwargs, args, ("address", "mode", "backlog", "lockfile"), required=("address",)
+        "unix server endpoint",
+        kwargs,
+        args,
+        ("address", "mode", "backlog", "lockfile"),
+        required=("address",),
     )
     return _UNIXServerEndpoint(
         path=p["address"],
@@ -891,9 +895,12 @@ def self_signed_certificate(hostname: str = "localhost") -> tuple[bytes, bytes]:
     except ValueError:
         names.append(x509.DNSName(hostname))
     if hostname == "localhost":
-        names += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
+        names += [
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("::1")),
+        ]
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
         x509.CertificateBuilder()
