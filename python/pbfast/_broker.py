@@ -118,11 +118,9 @@ class Broker:
         # Our objects the peer may name: luid (or b"root") -> object; counts in `_refs`.
         self._refs = _core.RefTable(options.max_refs)
         self._objects: dict[int | bytes, Any] = {}
-        # Luids sent while encoding the current message (undone if it cannot be sent); luids
-        # to pin (while encoding a call's arguments).
-        self._sent: list[int] | None = None
-        self._pins: list[int] | None = None
-        self._pinning = False
+        # Luids given out by the encoder hook, as a stack: an encode notes the length before
+        # it starts and takes (or, if it fails, takes back) what was added after it.
+        self._sent: list[int] = []
         # The peer's objects we hold: luid -> proxy.
         self._proxies: weakref.WeakValueDictionary[int | bytes, RemoteReference] = weakref.WeakValueDictionary()
         self._decrefs: list[tuple[int | bytes, int]] = []
@@ -215,46 +213,48 @@ class Broker:
 
     def call(self, objid: int | bytes, method: str, args: tuple, kwargs: dict) -> asyncio.Future[Any]:
         future = self._loop.create_future()
-        if self.disconnected:
-            future.set_exception(DeadReferenceError("Calling Stale Broker (the connection is closed)"))
+        if self.disconnected or self._encoder is None:
+            future.set_exception(_dead(self))
             return future
         request_id = self._next_request
         self._next_request = request_id + 1
+        sent = self._sent
+        mark = len(sent)
         try:
-            data, pins = self._encode_call(request_id, objid, method, True, args, kwargs)
+            data = self._encoder.message(request_id, objid, method, True, args, kwargs)
         except Exception as exc:
+            self._undo_sends(mark)
             future.set_exception(exc)
             return future
+        pins = None
+        if len(sent) > mark:
+            # The arguments carried objects of ours: keep them until the answer has been read,
+            # whatever decrefs the peer sends meanwhile (see RefTable).
+            pins = sent[mark:]
+            del sent[mark:]
+            self._refs.pin(pins)
         self._pending[request_id] = (future, pins)
         self._write(data)
         return future
 
     def call_only(self, objid: int | bytes, method: str, args: tuple, kwargs: dict) -> None:
-        if self.disconnected:
-            raise DeadReferenceError("Calling Stale Broker (the connection is closed)")
+        if self.disconnected or self._encoder is None:
+            raise _dead(self)
         request_id = self._next_request
         self._next_request = request_id + 1
-        data, _ = self._encode_call(request_id, objid, method, False, args, kwargs)
-        self._write(data)
+        self._write(self._encode(self._encoder.message, request_id, objid, method, False, args, kwargs))
 
-    def _encode_call(
-        self, request_id: int, objid: int | bytes, method: str, answer: bool, args: tuple, kwargs: dict
-    ) -> tuple[bytes, list[int] | None]:
-        """The bytes of a call, and the luids its arguments pinned (a call that wants an answer
-        pins the objects it sends until the answer is read: see `RefTable`)."""
-        encoder = self._encoder
-        if encoder is None:
-            raise DeadReferenceError("the connection has not finished its handshake")
-        outer = self._sent, self._pins, self._pinning
-        self._sent, self._pins, self._pinning = None, None, answer
+    def _encode(self, encode: Callable[..., bytes], *args: Any) -> bytes:
+        """``encode(*args)``, taking back the references it gave out if it fails."""
+        sent = self._sent
+        mark = len(sent)
         try:
-            data = encoder.message(request_id, objid, method, answer, args, kwargs)
-            return data, self._pins
+            data = encode(*args)
         except BaseException:
-            self._undo_sends()
+            self._undo_sends(mark)
             raise
-        finally:
-            self._sent, self._pins, self._pinning = outer
+        del sent[mark:]
+        return data
 
     # ------------------------------------------------------------------ bytes in and out
 
@@ -381,7 +381,7 @@ class Broker:
         if self.disconnected:
             return
         try:
-            data = self._encode_reply(self._encoder.answer, request_id, result)
+            data = self._encode(self._encoder.answer, request_id, result)
         except Exception as exc:
             exc.add_note(f"while sending the result of remote_{method}")
             self._fail(request_id, True, exc, method)
@@ -396,23 +396,13 @@ class Broker:
         if not answer or self.disconnected:
             return
         try:
-            data = self._encode_reply(self._encoder.error, request_id, CopyableFailure(exc, self.options.unsafeTracebacks))
+            failure = CopyableFailure(exc, self.options.unsafeTracebacks)
+            data = self._encode(self._encoder.error, request_id, failure)
         except Exception as again:
             # The failure itself did not encode (a value too large?): send a plain one.
             log.error("%r: could not send the failure of request %d", self, request_id, exc_info=again)
             data = self._encoder.error(request_id, CopyableFailure(Error(f"{qualified_name(type(exc))} (unsendable)")))
         self._write(data)
-
-    def _encode_reply(self, encode: Callable[[int, Any], bytes], request_id: int, value: Any) -> bytes:
-        outer = self._sent, self._pins, self._pinning
-        self._sent, self._pins, self._pinning = None, None, False
-        try:
-            return encode(request_id, value)
-        except BaseException:
-            self._undo_sends()
-            raise
-        finally:
-            self._sent, self._pins, self._pinning = outer
 
     def _on_answer(self, event: tuple) -> None:
         _, request_id, value = event
@@ -479,14 +469,7 @@ class Broker:
             luid, new = self._refs.send(id(obj))
             if new:
                 self._objects[luid] = obj
-            if self._sent is None:
-                self._sent = []
             self._sent.append(luid)
-            if self._pinning:
-                self._refs.pin(luid)
-                if self._pins is None:
-                    self._pins = []
-                self._pins.append(luid)
             return (b"remote", luid), False
         if isinstance(obj, RemoteReference):
             if obj.broker is not self:
@@ -496,13 +479,13 @@ class Broker:
             return (FAILURE_TAG, obj.state), True
         return None
 
-    def _undo_sends(self) -> None:
-        """A message failed to encode: take back the counts and pins it added."""
-        if self._pins:
-            self._unpin(self._pins)
-        for luid in self._sent or ():
+    def _undo_sends(self, mark: int) -> None:
+        """An encode failed: take back the counts it added (the peer never saw them)."""
+        sent = self._sent
+        for luid in sent[mark:]:
             if self._refs.decref(luid):
                 del self._objects[luid]
+        del sent[mark:]
 
     def _unpin(self, luids: list[int]) -> None:
         for luid in self._refs.unpin(luids):
@@ -587,6 +570,12 @@ class Broker:
             self._writable = None
         if not self.closed.done():
             self.closed.set_result(None)
+
+
+def _dead(broker: Broker) -> DeadReferenceError:
+    if broker.disconnected:
+        return DeadReferenceError("Calling Stale Broker (the connection is closed)")
+    return DeadReferenceError("the connection has not finished its handshake")
 
 
 def _luid(tag: bytes, items: list) -> int | bytes:
