@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import traceback
 
-from .errors import RemoteError
+from .errors import TWISTED_EQUIVALENTS, RemoteError
 
 FAILURE_TAG = b"twisted.spread.pb.CopyableFailure"
 UNAVAILABLE = "Traceback unavailable\n"
@@ -47,11 +47,20 @@ class CopyableFailure:
             "captureVars": False,
             "tb": None,
             "unsafeTracebacks": unsafe_tracebacks,
-            "parents": [qualified_name(c) for c in cls.__mro__],
+            "parents": _parents(cls),
             "frames": [],
             "stack": [],
             "traceback": text,
         }
+
+
+def _parents(cls: type) -> list[str]:
+    names = []
+    for c in cls.__mro__:
+        names.append(qualified_name(c))
+        if names[-1] in TWISTED_EQUIVALENTS:
+            names.append(TWISTED_EQUIVALENTS[names[-1]])
+    return names
 
 
 def _text(value: object) -> str:

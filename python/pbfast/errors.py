@@ -33,6 +33,14 @@ __all__ = [
 ]
 
 
+# pbfast classes that play a Twisted class's part. A failure we send names both (so a Twisted
+# caller's ``trap(pb.Error)`` matches), and `RemoteError.check` accepts either.
+TWISTED_EQUIVALENTS = {
+    "pbfast.errors.Error": "twisted.spread.pb.Error",
+    "pbfast.errors.NoSuchMethod": "twisted.spread.flavors.NoSuchMethod",
+}
+
+
 class PbfastError(Exception):
     """Base class of every exception pbfast raises on purpose."""
 
@@ -126,7 +134,7 @@ class RemoteError(PbfastError):
         instance of, by name, or None; like Twisted's ``Failure.check``."""
         for kind in kinds:
             name = kind if isinstance(kind, str) else f"{kind.__module__}.{kind.__name__}"
-            if name in self.parents:
+            if name in self.parents or TWISTED_EQUIVALENTS.get(name, name) in self.parents:
                 return kind
         return None
 

@@ -8,8 +8,10 @@ Usage (from the repository root)::
 Requires stock Twisted and stock foolscap to be importable.  The script runs
 their real encoders/decoders and rewrites, next to itself:
 
-* ``twisted_pb.json``      -- Twisted Perspective Broker banana + jelly
-* ``foolscap_tokens.json`` -- foolscap's banana token layer
+* ``twisted_pb.json``          -- Twisted Perspective Broker banana + jelly
+* ``foolscap_tokens.json``     -- foolscap's banana token layer
+* ``twisted_pb_sessions.json`` -- whole PB exchanges between two stock
+  Twisted brokers connected in memory
 
 The output is deterministic: no timestamps, no random values, fixed case
 order.  The script re-executes itself with ``PYTHONHASHSEED=0`` so that any
@@ -31,6 +33,7 @@ if os.environ.get("PYTHONHASHSEED") != "0":
 
 import datetime
 import decimal
+import gc
 import hashlib
 import json
 import math
@@ -38,6 +41,7 @@ import platform
 import struct
 
 import twisted
+from twisted.internet import defer as tdefer
 from twisted.internet.testing import StringTransport
 from twisted.spread import banana as tbanana
 from twisted.spread import jelly as tjelly
@@ -591,6 +595,308 @@ def build_twisted():
 
 
 # ---------------------------------------------------------------------------
+# twisted_pb_sessions.json: whole PB exchanges between two stock brokers
+#
+# A real pb.PBServerFactory broker and a real pb.PBClientFactory broker, each
+# on a StringTransport, with the bytes shuttled between them by hand (no
+# sockets, no reactor).  Every chunk one side writes is recorded with its
+# direction.
+
+class PBVectorError(tpb.Error):
+    """A pb.Error subclass with a stable qualified name on the wire."""
+
+    __module__ = "pbvectors"
+
+
+class SessionChild(tpb.Referenceable):
+    def __init__(self):
+        self.n = 0
+
+    def remote_inc(self):
+        self.n += 1
+        return self.n
+
+
+class SessionClientObject(tpb.Referenceable):
+    """A client-side Referenceable the client passes as an argument."""
+
+    def remote_hello(self):
+        return "hello"
+
+
+class SessionRoot(tpb.Root):
+    def __init__(self):
+        self.children = []
+
+    def remote_echo(self, *args):
+        return list(args)
+
+    def remote_echo_args(self, *args, **kwargs):
+        return [list(args), kwargs]
+
+    def remote_fail_value(self):
+        raise ValueError("boom")
+
+    def remote_fail_key(self):
+        raise KeyError("missing")
+
+    def remote_fail_pb(self):
+        raise PBVectorError("expected failure")
+
+    def remote_child(self):
+        child = SessionChild()
+        self.children.append(child)
+        return child
+
+    def remote_twins(self):
+        child = SessionChild()
+        return [child, child]
+
+    def remote_take(self, ref):
+        # the RemoteReference to the client's object dies when this returns
+        return isinstance(ref, tpb.RemoteReference)
+
+    def remote_identify(self, obj):
+        # a "local" reference unjellies to the server's own object
+        return [obj is self.children[0], obj.n]
+
+
+def tw_split(chunk):
+    """Split a chunk into its expressions with Twisted's own decoder.
+
+    Returns [(sexp, bytes)]; the bytes of each expression are Twisted's own
+    re-encoding of it, and together they must give back the chunk."""
+    proto, error = tw_decode(chunk, b"pb")
+    assert error is None and proto.buffer == b"" and proto.listStack == [], chunk
+    parts = [(sexp, tw_encode(sexp, b"pb")) for sexp in proto.received]
+    assert b"".join(p for _, p in parts) == chunk, chunk
+    return parts
+
+
+class PBSession:
+    """A stock Twisted PB server broker and client broker wired back to back."""
+
+    def __init__(self, root):
+        self.server_factory = tpb.PBServerFactory(root)
+        self.server = self.server_factory.buildProtocol(None)
+        self.client_factory = tpb.PBClientFactory()
+        self.client = self.client_factory.buildProtocol(None)
+        self.server_transport = StringTransport()
+        self.client_transport = StringTransport()
+        self.steps = []
+        self.note = None
+        self.server.makeConnection(self.server_transport)  # writes the dialect offer
+        self.client.makeConnection(self.client_transport)
+
+    def pump(self, note):
+        """Deliver bytes both ways until neither side has anything to send."""
+        moved = True
+        while moved:
+            moved = False
+            for direction, transport, peer in (
+                ("c2s", self.client_transport, self.server),
+                ("s2c", self.server_transport, self.client),
+            ):
+                data = transport.value()
+                if not data:
+                    continue
+                transport.clear()
+                parts = tw_split(data)
+                self.steps.append(
+                    {
+                        "dir": direction,
+                        "note": note,
+                        "hex": data.hex(),
+                        "decoded": [tag(sexp) for sexp, _ in parts],
+                        "parts": [p.hex() for _, p in parts],
+                    }
+                )
+                peer.dataReceived(data)
+                moved = True
+
+    def handshake(self):
+        self.pump("handshake")
+        assert self.client.currentDialect == b"pb" == self.server.currentDialect
+        roots = []
+        self.client_factory.getRootObject().addCallback(roots.append)
+        assert len(roots) == 1
+        return roots[0]
+
+    def call(self, note, ref, method, *args, **kwargs):
+        """ref.callRemote(...) then pump; returns ("ok", result),
+        ("error", failure) or None (no answer wanted)."""
+        outcome = []
+        d = ref.callRemote(method, *args, **kwargs)
+        if d is not None:
+            d.addCallbacks(
+                lambda r: outcome.append(("ok", r)),
+                lambda f: outcome.append(("error", f)),
+            )
+        self.pump(note)
+        if d is None:
+            return None
+        assert len(outcome) == 1, (note, outcome)
+        return outcome[0]
+
+
+def failure_record(f):
+    """What the Twisted client saw for an error reply: a CopiedFailure."""
+    return {
+        "type": f.type.decode("utf-8") if isinstance(f.type, bytes) else str(f.type),
+        "value": str(f.value),
+        "parents": [p.decode("utf-8") if isinstance(p, bytes) else p for p in f.parents],
+    }
+
+
+def session_handshake():
+    s = PBSession(SessionRoot())
+    s.handshake()
+    return s, {"dialect": "pb", "version": tpb.Broker.version}
+
+
+def session_echo():
+    s = PBSession(SessionRoot())
+    root = s.handshake()
+    kind, result = s.call("call echo(1, 'two', [3])", root, "echo", 1, "two", [3])
+    assert kind == "ok" and result == [1, "two", [3]], result
+    return s, {"request_id": 1, "object_id": "root", "method": "echo",
+               "result": repr(result)}
+
+
+def session_kwargs():
+    s = PBSession(SessionRoot())
+    root = s.handshake()
+    kind, result = s.call("call echo_args(1, x='y')", root, "echo_args", 1, x="y")
+    assert kind == "ok" and result == [[1], {"x": "y"}], result
+    return s, {"request_id": 1, "object_id": "root", "method": "echo_args",
+               "result": repr(result)}
+
+
+def session_errors():
+    s = PBSession(SessionRoot())
+    root = s.handshake()
+    calls = []
+    for method, note in (
+        ("fail_value", "remote_fail_value raises ValueError('boom')"),
+        ("fail_key", "remote_fail_key raises KeyError('missing')"),
+        ("fail_pb", "remote_fail_pb raises pbvectors.PBVectorError (a pb.Error)"),
+        ("no_such_method", "unknown method: NoSuchMethod"),
+    ):
+        kind, f = s.call(note, root, method)
+        assert kind == "error", (method, f)
+        calls.append({"request_id": len(calls) + 1, "method": method, "error": failure_record(f)})
+
+    # Unknown object id: a raw message the client broker would never build
+    # itself, sent with its own sendCall and answered like any other call.
+    outcome = []
+    request_id = s.client.newRequestID()
+    d = tdefer.Deferred()
+    d.addCallbacks(lambda r: outcome.append(("ok", r)), lambda f: outcome.append(("error", f)))
+    s.client.waitingForAnswers[request_id] = d
+    s.client.sendCall(b"message", request_id, 99, b"x", 1, [b"tuple"], [b"dictionary"])
+    s.pump("message to unknown object id 99: pb.Error('Invalid Object ID')")
+    assert len(outcome) == 1 and outcome[0][0] == "error", outcome
+    calls.append({"request_id": request_id, "object_id": 99, "method": "x",
+                  "error": failure_record(outcome[0][1])})
+    return s, {"calls": calls}
+
+
+def session_references():
+    s = PBSession(SessionRoot())
+    root = s.handshake()
+    kind, child = s.call("call child(): answer is a new remote reference", root, "child")
+    assert kind == "ok" and isinstance(child, tpb.RemoteReference), child
+    child_luid = child.luid
+    assert s.call("child.inc()", child, "inc") == ("ok", 1)
+    assert s.call("child.inc() again", child, "inc") == ("ok", 2)
+
+    kind, twins = s.call("call twins(): the same new child twice in one answer", root, "twins")
+    assert kind == "ok" and len(twins) == 2, twins
+    twins_luid = twins[0].luid
+    assert twins[1].luid == twins_luid and twins[0] is not twins[1]
+    server_local = s.server.localObjects[twins_luid]
+    assert server_local.refcount == 2, server_local
+    del twins, kind
+    gc.collect()
+    s.pump("client drops both twin references: decref x2")
+    assert twins_luid not in s.server.localObjects
+
+    mine = SessionClientObject()
+    kind, result = s.call("call take(client Referenceable): remote arg; server drops it: decref",
+                          root, "take", mine)
+    assert (kind, result) == ("ok", True), (kind, result)
+    gc.collect()
+    s.pump("after gc (nothing left to send)")
+    assert not s.client.localObjects, s.client.localObjects
+
+    kind, result = s.call("call identify(server's own child): local arg", root, "identify", child)
+    assert (kind, result) == ("ok", [True, 2]), (kind, result)
+
+    del child
+    gc.collect()
+    s.pump("client drops the child reference: decref")
+    assert child_luid not in s.server.localObjects
+    return s, {"child_luid": child_luid, "twins_luid": twins_luid}
+
+
+def session_fire_and_forget():
+    s = PBSession(SessionRoot())
+    root = s.handshake()
+    assert s.call("call echo(5, pbanswer=False): no answer", root, "echo", 5, pbanswer=False) is None
+    assert s.steps[-1]["dir"] == "c2s"
+    # a normal call afterwards gets request id 2
+    kind, result = s.call("call echo(6): request id 2", root, "echo", 6)
+    assert (kind, result) == ("ok", [6])
+    return s, {"request_id": 1, "object_id": "root", "method": "echo", "answer_required": False}
+
+
+SESSIONS = [
+    ("handshake", session_handshake),
+    ("echo", session_echo),
+    ("kwargs", session_kwargs),
+    ("errors", session_errors),
+    ("references", session_references),
+    ("fire_and_forget", session_fire_and_forget),
+]
+
+
+# Everything Twisted logs while the sessions run (the "Peer will receive
+# following PB traceback" errors), instead of its default of printing
+# critical events to stderr.
+TW_LOG_EVENTS = []
+
+
+def build_sessions():
+    from twisted.logger import globalLogBeginner
+
+    globalLogBeginner.beginLoggingTo(
+        [TW_LOG_EVENTS.append], discardBuffer=True, redirectStandardIO=False
+    )
+    sessions = []
+    for name, build in SESSIONS:
+        gc.collect()
+        session, expect = build()
+        gc.collect()
+        session.pump("end")
+        assert session.steps[-1]["note"] != "end", name  # nothing left unsent
+        # Self-check: replaying each direction's bytes into a fresh stock
+        # decoder, byte by byte, gives the same expressions.
+        for direction in ("c2s", "s2c"):
+            data = b"".join(bytes.fromhex(st["hex"]) for st in session.steps if st["dir"] == direction)
+            proto, error = tw_decode(data, b"pb", chunked=True)
+            assert error is None and proto.buffer == b"", name
+            expected = [e for st in session.steps if st["dir"] == direction for e in st["decoded"]]
+            assert [tag(v) for v in proto.received] == expected, name
+        sessions.append({"name": name, "expect": expect, "steps": session.steps})
+    return {
+        "generator": GENERATOR,
+        "twisted_version": twisted.__version__,
+        "python_version": platform.python_version(),
+        "sessions": sessions,
+    }
+
+
+# ---------------------------------------------------------------------------
 # foolscap_tokens.json
 
 FS_TYPE_NAMES = {
@@ -989,6 +1295,7 @@ def write_json(filename, obj):
 def main():
     write_json("twisted_pb.json", build_twisted())
     write_json("foolscap_tokens.json", build_foolscap())
+    write_json("twisted_pb_sessions.json", build_sessions())
 
 
 if __name__ == "__main__":
