@@ -371,6 +371,14 @@ class Broker:
     async def _finish(self, request_id: int, answer: bool, method: str, awaitable: Any) -> None:
         try:
             result = await awaitable
+        except asyncio.CancelledError as exc:
+            # Something the method awaited was cancelled: the caller still gets a reply. Only a
+            # cancellation of this task itself (the loop shutting down) propagates.
+            self._fail(request_id, answer, exc, method)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return
         except Exception as exc:
             self._fail(request_id, answer, exc, method)
             return
@@ -388,7 +396,7 @@ class Broker:
             return
         self._write(data)
 
-    def _fail(self, request_id: int, answer: bool, exc: Exception, method: str) -> None:
+    def _fail(self, request_id: int, answer: bool, exc: BaseException, method: str) -> None:
         """Report a failed remote call: an `error` reply (if one is wanted) and, unless it was a
         `pbfast.Error`, a logged traceback."""
         if not isinstance(exc, Error):
@@ -421,7 +429,8 @@ class Broker:
         future.set_exception(value)
 
     def _on_bad_reply(self, event: tuple) -> None:
-        _, request_id, exc = event
+        _, request_id, exc, unclaimed = event
+        self._give_back(unclaimed)
         future = self._settle(request_id)
         if future is not None and not future.done():
             exc.add_note(f"while decoding the reply to request {request_id}")
@@ -438,7 +447,8 @@ class Broker:
         return future
 
     def _on_bad_call(self, event: tuple) -> None:
-        _, request_id, answer, method, exc = event
+        _, request_id, answer, method, exc, unclaimed = event
+        self._give_back(unclaimed)
         exc.add_note(f"while decoding the arguments of remote_{method} (request {request_id})")
         self._fail(request_id, answer, exc, method)
 
@@ -521,6 +531,11 @@ class Broker:
                 self._loop.call_soon_threadsafe(self._send_decrefs)
             except RuntimeError:  # the loop is closed: so is the connection
                 pass
+
+    def _give_back(self, luids: list[int]) -> None:
+        """Decref the references of a refused message that never became proxies."""
+        for luid, count in collections.Counter(luids).items():
+            self._write(self._encoder.command(b"decref", luid, count))
 
     def _send_decrefs(self) -> None:
         decrefs, self._decrefs = self._decrefs, []

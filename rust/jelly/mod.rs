@@ -13,6 +13,7 @@
 pub mod decode;
 #[cfg(feature = "python")]
 pub mod encode;
+pub mod scan;
 
 /// Type tags, as they appear on the wire.
 pub mod tag {

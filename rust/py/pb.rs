@@ -13,12 +13,15 @@
 //! | `EV_MESSAGE` | `(kind, request_id, object_id, method, answer_required, args, kwargs)` |
 //! | `EV_CACHEMESSAGE` | same, for an `observe_*` call on a cache |
 //! | `EV_ANSWER` / `EV_ERROR` | `(kind, request_id, value)` |
-//! | `EV_BAD_CALL` | `(kind, request_id, answer_required, method, exception)`: arguments that did not unjelly |
-//! | `EV_BAD_REPLY` | `(kind, request_id, exception)`: a reply that did not unjelly |
+//! | `EV_BAD_CALL` | `(kind, request_id, answer_required, method, exception, unclaimed)`: arguments that did not unjelly |
+//! | `EV_BAD_REPLY` | `(kind, request_id, exception, unclaimed)`: a reply that did not unjelly |
 //! | `EV_DECREF` / `EV_DECACHE` / `EV_UNCACHE` | `(kind, luid)` |
 //! | `EV_READY` | `(kind, dialect, bytes_to_send)`: negotiation is over |
 //! | `EV_UNKNOWN` | `(kind, command)`: a command PB does not have |
 //! | `EV_DID_NOT_UNDERSTAND` | `(kind, command)`: the peer did not know one of ours |
+//!
+//! `unclaimed` lists the luids of the `remote` references the refused value held after the point
+//! of refusal: they never became proxies, so the broker sends their `decref`s itself.
 //!
 //! Anything that breaks the stream or the envelope (bad banana, a non-list command, wrong field
 //! types, a version mismatch) raises instead: the connection cannot continue.
@@ -33,6 +36,7 @@ use crate::banana::cursor::{Cursor, Item};
 use crate::banana::{BananaError, Dialect, Encoder, Framer, Limits};
 use crate::jelly::decode::{JellyDecoder, StrCache};
 use crate::jelly::encode::JellyEncoder;
+use crate::jelly::scan::remote_references;
 
 pyo3::import_exception!(pbfast.errors, ProtocolError);
 pyo3::import_exception!(pbfast.errors, NegotiationError);
@@ -260,7 +264,10 @@ impl<'py> Envelope<'py, '_> {
                 let kind = if command == b"answer" { EV_ANSWER } else { EV_ERROR };
                 match self.jelly(&mut cur) {
                     Ok(value) => (kind, request_id, value).into_pyobject(py)?.into_any(),
-                    Err(e) => (EV_BAD_REPLY, request_id, e.into_value(py)).into_pyobject(py)?.into_any(),
+                    Err(e) => {
+                        let unclaimed = self.unclaimed(&cur)?;
+                        (EV_BAD_REPLY, request_id, e.into_value(py), unclaimed).into_pyobject(py)?.into_any()
+                    }
                 }
             }
             b"decref" | b"decache" | b"uncache" => {
@@ -307,13 +314,15 @@ impl<'py> Envelope<'py, '_> {
         let method = self.method(cur)?;
         let answer = self.int(cur, "answerRequired")? != 0;
         let arguments = self.jelly(cur).and_then(|args| {
+            let at = cur.pos();
             let args = match args.cast_into::<PyTuple>() {
                 Ok(t) => t,
                 Err(e) => match e.into_inner().cast_into::<PyList>() {
                     Ok(list) => list.to_tuple(),
                     Err(e) => {
                         let what = e.into_inner().get_type().name()?;
-                        return Err(jelly_error(format!("call arguments must be a tuple or list, not {what}"), None));
+                        let at = Some(self.offset + at as u64);
+                        return Err(jelly_error(format!("call arguments must be a tuple or list, not {what}"), at));
                     }
                 },
             };
@@ -322,7 +331,10 @@ impl<'py> Envelope<'py, '_> {
         });
         Ok(match arguments {
             Ok((args, kwargs)) => (kind, request_id, object_id, method, answer, args, kwargs).into_pyobject(py)?.into_any(),
-            Err(e) => (EV_BAD_CALL, request_id, answer, method, e.into_value(py)).into_pyobject(py)?.into_any(),
+            Err(e) => {
+                let unclaimed = self.unclaimed(cur)?;
+                (EV_BAD_CALL, request_id, answer, method, e.into_value(py), unclaimed).into_pyobject(py)?.into_any()
+            }
         })
     }
 
@@ -347,15 +359,23 @@ impl<'py> Envelope<'py, '_> {
         }
     }
 
-    /// One jelly value at the cursor, in its own reference-id space.
+    /// One jelly value at the cursor, in its own reference-id space. On failure the cursor is
+    /// left where decoding stopped.
     fn jelly(&mut self, cur: &mut Cursor<'_>) -> PyResult<Bound<'py, PyAny>> {
         let start = cur.pos();
         let rest = &self.expr[start..];
         let base = self.offset + start as u64;
         let mut decoder = JellyDecoder::new(self.py, rest, self.dialect, self.limits, base, self.hook, self.strings);
-        let value = decoder.build(false)?;
+        let value = decoder.build(false);
         cur.skip_to(start + decoder.consumed());
-        Ok(value)
+        value
+    }
+
+    /// The luids of the `remote` references from the cursor to the end of the command: after a
+    /// refusal, the ones that never became proxies (the broker gives them back).
+    fn unclaimed(&self, cur: &Cursor<'_>) -> PyResult<Bound<'py, PyList>> {
+        let found = remote_references(self.expr, self.dialect, self.limits, cur.pos());
+        PyList::new(self.py, found.into_iter().map(|(_, luid)| luid))
     }
 
     fn broken(&self, what: &str, at: usize) -> PyErr {

@@ -36,9 +36,12 @@ impl RefTablePy {
         Ok(self.0.send(key)?)
     }
 
-    /// Keep `luid` until `unpin`, whatever decrefs arrive (its call's reply is still to come).
-    fn pin(&mut self, luid: u64) -> PyResult<()> {
-        Ok(self.0.pin(luid)?)
+    /// Keep each luid until `unpin`, whatever decrefs arrive (its call's reply is still to come).
+    fn pin(&mut self, luids: Vec<u64>) -> PyResult<()> {
+        for luid in luids {
+            self.0.pin(luid)?;
+        }
+        Ok(())
     }
 
     /// Drop one pin from each luid; returns the luids this freed.

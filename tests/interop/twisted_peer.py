@@ -113,9 +113,9 @@ def sample_values():
 
 
 def self_referencing_list():
-    l = []
-    l.append(l)
-    return l
+    cycle = []
+    cycle.append(cycle)
+    return cycle
 
 
 # ---------------------------------------------------------------------------
@@ -452,6 +452,8 @@ def scenario_references(root):
 
 @defer.inlineCallbacks
 def scenario_slow_parallel(root):
+    """Many calls in flight at once (``echo``), then calls answered in reverse order
+    (``slow(x, seconds)``, which the server must answer with ``x`` after ``seconds``)."""
     count = 50
     results = yield defer.DeferredList(
         [root.callRemote("echo", i) for i in range(count)], consumeErrors=True
@@ -459,10 +461,34 @@ def scenario_slow_parallel(root):
     values = [
         value if ok else {"failure": failure_info(value)} for ok, value in results
     ]
+    # Calls answered in another order than they were made: the first call
+    # sleeps longest, so the answers come back last-call-first and each must
+    # still reach its own Deferred.
+    slow_count = 8
+    finished = []
+
+    def record(value):
+        finished.append(value)
+        return value
+
+    slow_results = yield defer.DeferredList(
+        [
+            root.callRemote("slow", i, 0.03 * (slow_count - i)).addCallback(record)
+            for i in range(slow_count)
+        ],
+        consumeErrors=True,
+    )
+    slow_values = [
+        value if ok else {"failure": failure_info(value)} for ok, value in slow_results
+    ]
     return {
         "results": to_json(values),
         "all_ok": all(ok for ok, _ in results),
         "in_order": values == list(range(count)),
+        "slow_results": to_json(slow_values),
+        "slow_all_ok": all(ok for ok, _ in slow_results),
+        "slow_in_order": slow_values == list(range(slow_count)),
+        "slow_completion_order": to_json(finished),
     }
 
 
