@@ -36,6 +36,7 @@ from .errors import (
     DeadReferenceError,
     Error,
     JellyError,
+    NoSuchMethod,
     PBConnectionLost,
     PbfastError,
     RemoteError,
@@ -47,8 +48,10 @@ __all__ = ["Broker", "BrokerOptions"]
 log = logging.getLogger("pbfast")
 
 ROOT = b"root"
-# Events that ask us for work (and a reply): held back while the peer is not reading.
-_CALLS = frozenset({EV_MESSAGE, EV_CACHEMESSAGE, EV_BAD_CALL})
+# Events that ask us for work and a reply: held back while the peer is not reading.
+_CALLS = frozenset({EV_MESSAGE, EV_CACHEMESSAGE, EV_BAD_CALL, EV_UNKNOWN})
+# Replies queued while handling one chunk go out once this many bytes are waiting.
+FLUSH_AT = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,7 @@ class Broker:
         self._encoder: _core.PbEncoder | None = None
         # Outgoing bytes of this loop iteration, written together.
         self._out: list[bytes] = []
+        self._out_size = 0
         self._flush_scheduled = False
         self._receiving = False
         # Calls we made: request id -> (future, luids pinned by its arguments).
@@ -128,6 +132,9 @@ class Broker:
         self._backlog: collections.deque[tuple] = collections.deque()
         self._writing_paused = False
         self._reading_paused = False
+        # Calls wait in the backlog while this is set: writing is paused, or `backlog` calls
+        # are still running.
+        self._held = False
         self._writable: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._watched: dict[int, RemoteReference] = {}
@@ -261,30 +268,59 @@ class Broker:
     def data_received(self, data: bytes) -> None:
         if self.disconnected:
             return
-        self._receiving = True
         try:
             events = self._decoder.feed(data)
+            broken = None
         except Exception as exc:
-            # The stream or an envelope is broken: nothing after it can be trusted.
-            log.warning("%r: %s; closing the connection", self, exc)
-            self._reason = exc
-            self._receiving = False
-            self.transport.abort()
-            return
+            # The stream is broken at some point; the commands complete before it still count,
+            # but a handshake it breaks has failed.
+            events = getattr(exc, "events", None) or []
+            broken = exc
+            if not self.ready.done():
+                self.ready.set_exception(exc)
+                self.ready.exception()
+        self._handle(events)
+        if broken is not None and not self.disconnected:
+            self._abort(broken, f"{broken}; closing the connection")
+
+    def _handle(self, events: list[tuple]) -> None:
+        """Dispatch received events in order. Calls are held back (see `_defer`) while the
+        peer is not reading our replies, or too many of its calls are still running."""
         handlers = self._handlers
+        event = None
+        self._receiving = True
         try:
             for event in events:
-                if (self._backlog or self._writing_paused) and event[0] in _CALLS:
+                if (self._backlog or self._held) and event[0] in _CALLS:
                     self._defer(event)
-                else:
-                    handlers[event[0]](event)
+                    continue
+                handlers[event[0]](event)
+                if self._out_size >= FLUSH_AT:
+                    self._flush()  # may pause writing: later calls then wait
+        except Exception as exc:
+            self._internal_error(exc, event)
         finally:
             self._receiving = False
             if self._out:
                 self._flush()
 
+    def _internal_error(self, exc: Exception, event: tuple | None) -> None:
+        # An exception escaping a handler is a bug here or in a hook; the connection's state
+        # is unknown, so it ends (other connections are unaffected).
+        log.error("%r: internal error while handling %s", self, _short(event), exc_info=exc)
+        self._abort(exc, "internal error; closing the connection")
+
+    def _abort(self, reason: BaseException, message: str) -> None:
+        if not self.disconnected and self._reason is None:
+            log.warning("%r: %s", self, message)
+            self._reason = reason
+        self._out.clear()
+        self._out_size = 0
+        self.transport.abort()
+
     def _write(self, data: bytes) -> None:
         self._out.append(data)
+        self._out_size += len(data)
         if not self._flush_scheduled and not self._receiving:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -296,6 +332,7 @@ class Broker:
     def _flush(self) -> None:
         self._flush_scheduled = False
         out = self._out
+        self._out_size = 0
         if not out or self.disconnected:
             out.clear()
             return
@@ -305,14 +342,18 @@ class Broker:
     # ------------------------------------------------------------------ flow control
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
+        self._writing_paused = self._held = True
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self._update_held()
         if self._writable is not None:
             self._writable.set_result(None)
             self._writable = None
         self._drain_backlog()
+
+    def _update_held(self) -> None:
+        self._held = self._writing_paused or len(self._tasks) >= self.options.backlog
 
     def _defer(self, event: tuple) -> None:
         """Hold a received call until the peer reads our replies again; past the backlog limit
@@ -323,19 +364,39 @@ class Broker:
             self.transport.pause_reading()
 
     def _drain_backlog(self) -> None:
+        """Handle held calls while the peer keeps up, a batch per turn of the loop."""
         backlog = self._backlog
+        event = None
         self._receiving = True
         try:
-            while backlog and not self._writing_paused and not self.disconnected:
+            for _ in range(64):
+                if not backlog or self._held or self.disconnected:
+                    break
                 event = backlog.popleft()
                 self._handlers[event[0]](event)
+                if self._out_size >= FLUSH_AT:
+                    self._flush()
+        except Exception as exc:
+            self._internal_error(exc, event)
         finally:
             self._receiving = False
             if self._out:
                 self._flush()
-        if not backlog and self._reading_paused and not self.disconnected:
+        if self.disconnected:
+            return
+        if backlog:
+            if not self._held:
+                self._loop.call_soon(self._drain_backlog)
+        elif self._reading_paused:
             self._reading_paused = False
             self.transport.resume_reading()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._held:
+            self._update_held()
+            if not self._held:
+                self._drain_backlog()
 
     # ------------------------------------------------------------------ events
 
@@ -360,7 +421,9 @@ class Broker:
         if hasattr(type(result), "__await__"):
             task = self._loop.create_task(self._finish(request_id, answer, method, result))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._task_done)
+            if len(self._tasks) >= self.options.backlog:
+                self._held = True
         elif answer:
             self._answer(request_id, result, method)
 
@@ -396,10 +459,15 @@ class Broker:
             return
         self._write(data)
 
-    def _fail(self, request_id: int, answer: bool, exc: BaseException, method: str) -> None:
-        """Report a failed remote call: an `error` reply (if one is wanted) and, unless it was a
-        `pbfast.Error`, a logged traceback."""
-        if not isinstance(exc, Error):
+    def _fail(self, request_id: int, answer: bool, exc: BaseException, method: str, ran: bool = True) -> None:
+        """Report a failed remote call: an `error` reply (if one is wanted) and a log record —
+        a traceback for an unexpected exception in a method that ran, one line for a call that
+        could not run (a peer can send those at will), nothing for a `pbfast.Error`."""
+        if isinstance(exc, Error):
+            pass
+        elif not ran or isinstance(exc, NoSuchMethod):
+            log.warning("%r: remote_%s (request %d) refused: %s", self, method[:200], request_id, _short(exc))
+        else:
             log.error("%r: remote_%s (request %d) raised", self, method, request_id, exc_info=exc)
         if not answer or self.disconnected:
             return
@@ -450,26 +518,26 @@ class Broker:
         _, request_id, answer, method, exc, unclaimed = event
         self._give_back(unclaimed)
         exc.add_note(f"while decoding the arguments of remote_{method} (request {request_id})")
-        self._fail(request_id, answer, exc, method)
+        self._fail(request_id, answer, exc, method, ran=False)
 
     def _on_decref(self, event: tuple) -> None:
         luid = event[1]
-        if type(luid) is not int or luid < 0 or luid not in self._refs:
-            log.warning("%r: the peer sent a decref for %r, which it does not hold; ignored", self, luid)
+        if type(luid) is not int or not 0 < luid < 1 << 64 or luid not in self._refs:
+            log.warning("%r: the peer sent a decref for %s, which it does not hold; ignored", self, _short(luid))
             return
         if self._refs.decref(luid):
             del self._objects[luid]
 
     def _on_unsupported(self, event: tuple) -> None:
-        log.warning("%r: ignoring %r: no cached objects are shared on this connection", self, event)
+        log.warning("%r: ignoring %s: no cached objects are shared on this connection", self, _short(event))
 
     def _on_unknown(self, event: tuple) -> None:
         command = event[1]
-        log.warning("%r: the peer sent an unknown command %r; answering didNotUnderstand", self, command)
+        log.warning("%r: the peer sent an unknown command %s; answering didNotUnderstand", self, _short(command))
         self._write(self._encoder.command(b"didNotUnderstand", command))
 
     def _on_did_not_understand(self, event: tuple) -> None:
-        log.warning("%r: the peer did not understand our command %r", self, event[1])
+        log.warning("%r: the peer did not understand our command %s", self, _short(event[1]))
 
     # ------------------------------------------------------------------ references
 
@@ -597,6 +665,11 @@ def _luid(tag: bytes, items: list) -> int | bytes:
     if len(items) == 1 and isinstance(items[0], (int, bytes)) and not isinstance(items[0], bool):
         return items[0]
     raise JellyError(f"{tag.decode()} takes one integer luid, not {items!r}")
+
+
+def _short(value: object, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _run_callback(callback: Callable[..., object], *args: Any) -> None:

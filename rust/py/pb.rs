@@ -114,9 +114,11 @@ impl PbDecoderPy {
 
     /// Feed a chunk; returns the events it completed (an empty list means "need more").
     /// Raises `BananaError`, `ProtocolError` or `NegotiationError` if the connection must end.
+    /// The exception carries the events completed before the fault as `.events`: the commands
+    /// a peer sent before breaking the stream still count, as they do in Twisted.
     fn feed<'py>(&mut self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
         let events = PyList::empty(py);
-        with_bytes(data, |mut bytes| {
+        let result = with_bytes(data, |mut bytes| {
             if self.stage != Stage::Ready {
                 let used = self.negotiate(py, bytes, &events)?;
                 bytes = &bytes[used..];
@@ -134,8 +136,14 @@ impl PbDecoderPy {
                 }
                 Ok(())
             })
-        })?;
-        Ok(events)
+        });
+        match result {
+            Ok(()) => Ok(events),
+            Err(e) => {
+                e.value(py).setattr("events", events)?;
+                Err(e)
+            }
+        }
     }
 
     /// The negotiated dialect ("pb" or "none"), or None before negotiation ends.
@@ -167,10 +175,17 @@ impl PbDecoderPy {
     fn negotiate<'py>(&mut self, py: Python<'py>, bytes: &[u8], events: &Bound<'py, PyList>) -> PyResult<usize> {
         for (i, byte) in bytes.iter().enumerate() {
             let mut hello = None;
-            self.hello.feed(std::slice::from_ref(byte), |expr: &[u8], _| -> Result<(), BananaError> {
-                hello = Some(expr.to_vec());
-                Ok(())
-            })?;
+            self.hello
+                .feed(std::slice::from_ref(byte), |expr: &[u8], _| -> Result<(), BananaError> {
+                    hello = Some(expr.to_vec());
+                    Ok(())
+                })
+                .map_err(|e| match e.limit_name() {
+                    Some("max_message_size" | "max_depth") => NegotiationError::new_err(format!(
+                        "the peer's dialect negotiation is over {HELLO_LIMIT} bytes or nested: not a PB peer"
+                    )),
+                    _ => PyErr::from(e),
+                })?;
             let Some(expr) = hello else { continue };
             let value = raw_value(py, &mut Cursor::new(&expr, Dialect::NoVocab, self.hello.limits()))?;
             let chosen = match self.stage {
@@ -249,7 +264,8 @@ impl<'py> Envelope<'py, '_> {
             if n == want {
                 Ok(())
             } else {
-                Err(self.broken(&format!("{} takes {} fields, not {}", show(command), want - 1, n.saturating_sub(1)), 0))
+                let fields = |n: usize| if n == 1 { "1 field".to_string() } else { format!("{n} fields") };
+                Err(self.broken(&format!("{} takes {}, not {}", show(command), fields(want - 1), n.saturating_sub(1)), 0))
             }
         };
         let event = match command {
@@ -379,7 +395,7 @@ impl<'py> Envelope<'py, '_> {
     }
 
     fn broken(&self, what: &str, at: usize) -> PyErr {
-        ProtocolError::new_err(format!("{what} (PB command at byte {})", self.offset + at as u64))
+        ProtocolError::new_err(format!("{what} (at byte {})", self.offset + at as u64))
     }
 }
 
