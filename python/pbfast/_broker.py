@@ -118,7 +118,7 @@ class Broker:
         self._receiving = False
         # Calls we made: request id -> (future, luids pinned by its arguments).
         self._next_request = 1
-        self._pending: dict[int, tuple[asyncio.Future[Any] | None, list[int] | None]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[Any], list[int] | None]] = {}
         # Our objects the peer may name: luid (or b"root") -> object; counts in `_refs`.
         self._refs = _core.RefTable(options.max_refs)
         self._objects: dict[int | bytes, Any] = {}
