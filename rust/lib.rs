@@ -59,6 +59,9 @@ mod _core {
             ("EV_READY", pb::EV_READY),
             ("EV_UNKNOWN", pb::EV_UNKNOWN),
             ("EV_DID_NOT_UNDERSTAND", pb::EV_DID_NOT_UNDERSTAND),
+            ("EV_RAISED", pb::EV_RAISED),
+            ("EV_AWAITING", pb::EV_AWAITING),
+            ("EV_SEND", pb::EV_SEND),
         ] {
             m.add(name, kind)?;
         }

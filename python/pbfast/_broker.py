@@ -27,7 +27,10 @@ from ._core import (
     EV_DID_NOT_UNDERSTAND,
     EV_ERROR,
     EV_MESSAGE,
+    EV_AWAITING,
+    EV_RAISED,
     EV_READY,
+    EV_SEND,
     EV_UNCACHE,
     EV_UNKNOWN,
 )
@@ -49,7 +52,7 @@ log = logging.getLogger("pbfast")
 
 ROOT = b"root"
 # Events that ask us for work and a reply: held back while the peer is not reading.
-_CALLS = frozenset({EV_MESSAGE, EV_CACHEMESSAGE, EV_BAD_CALL, EV_UNKNOWN})
+_CALLS = frozenset({EV_MESSAGE, EV_CACHEMESSAGE, EV_BAD_CALL, EV_UNKNOWN, EV_AWAITING})
 # Replies queued while handling one chunk go out once this many bytes are waiting.
 FLUSH_AT = 1 << 16
 
@@ -114,6 +117,7 @@ class Broker:
         # Outgoing bytes of this loop iteration, written together.
         self._out: list[bytes] = []
         self._out_size = 0
+        self._buffered = 0
         self._flush_scheduled = False
         self._receiving = False
         # Calls we made: request id -> (future, luids pinned by its arguments).
@@ -158,6 +162,9 @@ class Broker:
             EV_READY: self._on_ready,
             EV_UNKNOWN: self._on_unknown,
             EV_DID_NOT_UNDERSTAND: self._on_did_not_understand,
+            EV_RAISED: self._on_raised,
+            EV_AWAITING: self._on_awaiting,
+            EV_SEND: self._on_send,
         }
 
     # ------------------------------------------------------------------ public
@@ -208,7 +215,7 @@ class Broker:
             "proxies": sum(1 for luid in self._proxies.keys() if luid != ROOT),
             "pending": len(self._pending),
             "backlog": len(self._backlog),
-            "buffered": self._decoder.buffered,
+            "buffered": self._buffered,
         }
 
     def __repr__(self) -> str:
@@ -268,8 +275,11 @@ class Broker:
     def data_received(self, data: bytes) -> None:
         if self.disconnected:
             return
+        decoder = self._decoder
+        # The decoder runs plain calls itself unless we are holding calls back.
+        decoder.fast = not (self._held or self._backlog)
         try:
-            events = self._decoder.feed(data)
+            events = decoder.feed(data)
             broken = None
         except Exception as exc:
             # The stream is broken at some point; the commands complete before it still count,
@@ -279,6 +289,8 @@ class Broker:
             if not self.ready.done():
                 self.ready.set_exception(exc)
                 self.ready.exception()
+        # Remote methods run inside `feed` may ask for statistics(): keep the figure here.
+        self._buffered = decoder.buffered
         self._handle(events)
         if broken is not None and not self.disconnected:
             self._abort(broken, f"{broken}; closing the connection")
@@ -403,6 +415,14 @@ class Broker:
     def _on_ready(self, event: tuple) -> None:
         _, dialect, reply = event
         self._encoder = _core.PbEncoder(dialect, hook=self._jelly)
+        self._decoder.attach(
+            self._objects,
+            self._pending,
+            self._encoder,
+            self._sent,
+            self._undo_sends,
+            Referenceable.remoteMessageReceived,
+        )
         self._write(reply)
         if not self.ready.done():
             self.ready.set_result(dialect)
@@ -419,13 +439,28 @@ class Broker:
             self._fail(request_id, answer, exc, method)
             return
         if hasattr(type(result), "__await__"):
-            task = self._loop.create_task(self._finish(request_id, answer, method, result))
-            self._tasks.add(task)
-            task.add_done_callback(self._task_done)
-            if len(self._tasks) >= self.options.backlog:
-                self._held = True
+            self._start(request_id, answer, method, result)
         elif answer:
             self._answer(request_id, result, method)
+
+    def _on_raised(self, event: tuple) -> None:
+        _, request_id, answer, method, exc = event
+        self._fail(request_id, answer, exc, method)
+
+    def _on_awaiting(self, event: tuple) -> None:
+        _, request_id, answer, method, awaitable = event
+        self._start(request_id, answer, method, awaitable)
+
+    def _on_send(self, event: tuple) -> None:
+        self._write(event[1])
+
+    def _start(self, request_id: int, answer: bool, method: str, awaitable: Any) -> None:
+        """Await a remote method's awaitable result in a task, then reply."""
+        task = self._loop.create_task(self._finish(request_id, answer, method, awaitable))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        if len(self._tasks) >= self.options.backlog:
+            self._held = True
 
     def _on_cachemessage(self, event: tuple) -> None:
         _, request_id, _, method, answer, _, _ = event

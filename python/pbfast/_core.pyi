@@ -74,11 +74,24 @@ EV_UNCACHE: Final[int]
 EV_READY: Final[int]
 EV_UNKNOWN: Final[int]
 EV_DID_NOT_UNDERSTAND: Final[int]
+EV_RAISED: Final[int]
+EV_AWAITING: Final[int]
+EV_SEND: Final[int]
 
 class PbDecoder:
     def __init__(self, server: bool, *, hook: _DecodeHook | None = None, **limits: int) -> None: ...
     @staticmethod
     def offer() -> bytes: ...
+    def attach(
+        self,
+        objects: dict[Any, Any],
+        pending: dict[int, Any],
+        encoder: PbEncoder,
+        sent: list[int],
+        undo: Callable[[int], None],
+        default_dispatch: Callable[..., Any],
+    ) -> None: ...
+    fast: bool
     def feed(self, data: _Buffer) -> list[tuple[Any, ...]]: ...
     @property
     def dialect(self) -> str | None: ...

@@ -2,6 +2,7 @@
 //! Each call crosses the boundary once per chunk or value, never per token.
 
 pub mod errors;
+pub mod fast;
 pub mod pb;
 pub mod refs;
 

@@ -19,6 +19,12 @@
 //! | `EV_READY` | `(kind, dialect, bytes_to_send)`: negotiation is over |
 //! | `EV_UNKNOWN` | `(kind, command)`: a command PB does not have |
 //! | `EV_DID_NOT_UNDERSTAND` | `(kind, command)`: the peer did not know one of ours |
+//! | `EV_RAISED` | `(kind, request_id, answer_required, method, exception)`: (fast path) the method raised, or its result could not be sent |
+//! | `EV_AWAITING` | `(kind, request_id, answer_required, method, awaitable)`: (fast path) the method returned an awaitable |
+//! | `EV_SEND` | `(kind, bytes)`: (fast path) answers to write |
+//!
+//! With the fast path attached (see `fast.rs`), plain calls and answers are handled during
+//! `feed` and show up only as `EV_SEND` bytes.
 //!
 //! `unclaimed` lists the luids of the `remote` references the refused value held after the point
 //! of refusal: they never became proxies, so the broker sends their `decref`s itself.
@@ -37,6 +43,7 @@ use crate::banana::{BananaError, Dialect, Encoder, Framer, Limits};
 use crate::jelly::decode::{JellyDecoder, StrCache};
 use crate::jelly::encode::JellyEncoder;
 use crate::jelly::scan::remote_references;
+use super::fast::{FastPath, Outcome, REPLY_FLUSH};
 
 pyo3::import_exception!(pbfast.errors, ProtocolError);
 pyo3::import_exception!(pbfast.errors, NegotiationError);
@@ -56,6 +63,9 @@ pub const EV_UNCACHE: u8 = 8;
 pub const EV_READY: u8 = 9;
 pub const EV_UNKNOWN: u8 = 10;
 pub const EV_DID_NOT_UNDERSTAND: u8 = 11;
+pub const EV_RAISED: u8 = 12;
+pub const EV_AWAITING: u8 = 13;
+pub const EV_SEND: u8 = 14;
 
 /// Negotiation expressions are a few bytes; anything longer is not a PB peer.
 const HELLO_LIMIT: usize = 256;
@@ -81,6 +91,7 @@ pub struct PbDecoderPy {
     framer: Framer,
     hook: Option<Py<PyAny>>,
     strings: StrCache,
+    fast: Option<FastPath>,
 }
 
 #[pymethods]
@@ -98,7 +109,36 @@ impl PbDecoderPy {
             framer: Framer::new(Dialect::NoVocab, limits),
             hook,
             strings: StrCache::new(),
+            fast: None,
         })
+    }
+
+    /// Handle plain calls and answers during `feed` (see `fast.rs`), with the broker's
+    /// tables: `objects` (luid -> object), `pending` (request id -> (future, pins)), the
+    /// `encoder`, the `sent` stack and `undo(mark)`, and `Referenceable.remoteMessageReceived`.
+    fn attach(
+        &mut self,
+        objects: Py<PyDict>,
+        pending: Py<PyDict>,
+        encoder: Py<PbEncoderPy>,
+        sent: Py<PyList>,
+        undo: Py<PyAny>,
+        default_dispatch: Py<PyAny>,
+    ) {
+        self.fast = Some(FastPath::new(objects, pending, encoder, sent, undo, default_dispatch));
+    }
+
+    /// Whether the fast path runs (the broker turns it off while it holds calls back).
+    #[getter]
+    fn get_fast(&self) -> bool {
+        self.fast.as_ref().is_some_and(|f| f.enabled)
+    }
+
+    #[setter]
+    fn set_fast(&mut self, on: bool) {
+        if let Some(f) = self.fast.as_mut() {
+            f.enabled = on;
+        }
     }
 
     /// The server's first bytes: the dialects it offers.
@@ -129,13 +169,40 @@ impl PbDecoderPy {
             let (dialect, limits) = (self.framer.dialect(), self.framer.limits());
             let hook = self.hook.as_ref().map(|h| h.bind(py).clone());
             let strings = &mut self.strings;
-            self.framer.feed(bytes, |expr: &[u8], offset| -> PyResult<()> {
-                let mut reader = Envelope { py, expr, offset, dialect, limits, hook: hook.as_ref(), strings };
+            let mut fast = self.fast.as_mut().filter(|f| f.enabled);
+            let mut replies = Vec::new();
+            let fed = self.framer.feed(bytes, |expr: &[u8], offset| -> PyResult<()> {
+                let mut reader = Envelope {
+                    py,
+                    expr,
+                    offset,
+                    dialect,
+                    limits,
+                    hook: hook.as_ref(),
+                    strings: &mut *strings,
+                    fast: fast.as_deref_mut(),
+                    replies: &mut replies,
+                };
                 if let Some(event) = reader.event()? {
+                    // Later commands must not overtake this one, which the broker handles after
+                    // `feed` (the fast path's own events need no such order).
+                    let kind: u8 = event.get_item(0)?.extract()?;
+                    if kind != EV_AWAITING && kind != EV_RAISED {
+                        fast = None;
+                    }
                     events.append(event)?;
                 }
+                if replies.len() >= REPLY_FLUSH {
+                    // Let the broker write these (and apply back-pressure) before the rest.
+                    events.append(FastPath::send_event(py, &mut replies)?)?;
+                    fast = None;
+                }
                 Ok(())
-            })
+            });
+            if !replies.is_empty() {
+                events.append(FastPath::send_event(py, &mut replies)?)?;
+            }
+            fed
         });
         match result {
             Ok(()) => Ok(events),
@@ -162,11 +229,15 @@ impl PbDecoderPy {
         if let Some(h) = &self.hook {
             visit.call(h)?;
         }
+        if let Some(f) = &self.fast {
+            f.traverse(&visit)?;
+        }
         Ok(())
     }
 
     fn __clear__(&mut self) {
         self.hook = None;
+        self.fast = None;
     }
 }
 
@@ -247,6 +318,8 @@ struct Envelope<'py, 'a> {
     limits: Limits,
     hook: Option<&'a Bound<'py, PyAny>>,
     strings: &'a mut StrCache,
+    fast: Option<&'a mut FastPath>,
+    replies: &'a mut Vec<u8>,
 }
 
 impl<'py> Envelope<'py, '_> {
@@ -272,14 +345,21 @@ impl<'py> Envelope<'py, '_> {
             b"message" | b"cachemessage" => {
                 arity(7)?;
                 let kind = if command == b"message" { EV_MESSAGE } else { EV_CACHEMESSAGE };
-                return self.call(kind, &mut cur).map(Some);
+                return self.call(kind, &mut cur);
             }
             b"answer" | b"error" => {
                 arity(3)?;
                 let request_id = self.int(&mut cur, "request id")?;
                 let kind = if command == b"answer" { EV_ANSWER } else { EV_ERROR };
                 match self.jelly(&mut cur) {
-                    Ok(value) => (kind, request_id, value).into_pyobject(py)?.into_any(),
+                    Ok(value) => {
+                        if let (EV_ANSWER, Some(fast)) = (kind, self.fast.as_deref()) {
+                            if let Outcome::Done = fast.answer(py, request_id, &value)? {
+                                return Ok(None);
+                            }
+                        }
+                        (kind, request_id, value).into_pyobject(py)?.into_any()
+                    }
                     Err(e) => {
                         let unclaimed = self.unclaimed(&cur)?;
                         (EV_BAD_REPLY, request_id, e.into_value(py), unclaimed).into_pyobject(py)?.into_any()
@@ -318,7 +398,7 @@ impl<'py> Envelope<'py, '_> {
     }
 
     /// `[message|cachemessage, request_id, object_id, method, answer_required, args, kwargs]`.
-    fn call(&mut self, kind: u8, cur: &mut Cursor<'_>) -> PyResult<Bound<'py, PyAny>> {
+    fn call(&mut self, kind: u8, cur: &mut Cursor<'_>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let py = self.py;
         let request_id = self.int(cur, "request id")?;
         let at = cur.pos();
@@ -327,7 +407,7 @@ impl<'py> Envelope<'py, '_> {
             Some(Item::Bytes(name)) => PyBytes::new(py, name).into_any(),
             _ => return Err(self.broken("an object id must be an integer or a byte string", at)),
         };
-        let method = self.method(cur)?;
+        let (method, name) = self.method(cur)?;
         let answer = self.int(cur, "answerRequired")? != 0;
         let arguments = self.jelly(cur).and_then(|args| {
             let at = cur.pos();
@@ -345,17 +425,26 @@ impl<'py> Envelope<'py, '_> {
             let kwargs = self.jelly(cur)?;
             Ok((args, keywords(kwargs)?))
         });
-        Ok(match arguments {
-            Ok((args, kwargs)) => (kind, request_id, object_id, method, answer, args, kwargs).into_pyobject(py)?.into_any(),
+        Ok(Some(match arguments {
+            Ok((args, kwargs)) => {
+                if let (EV_MESSAGE, Some(fast)) = (kind, self.fast.as_deref_mut()) {
+                    match fast.message(py, request_id, &object_id, name, &method, answer, &args, &kwargs, self.replies)? {
+                        Outcome::Done => return Ok(None),
+                        Outcome::Event(event) => return Ok(Some(event)),
+                        Outcome::Declined => {}
+                    }
+                }
+                (kind, request_id, object_id, method, answer, args, kwargs).into_pyobject(py)?.into_any()
+            }
             Err(e) => {
                 let unclaimed = self.unclaimed(cur)?;
                 (EV_BAD_CALL, request_id, answer, method, e.into_value(py), unclaimed).into_pyobject(py)?.into_any()
             }
-        })
+        }))
     }
 
     /// A method name: bytes (UTF-8, as Twisted sends it) or a jellied `unicode`.
-    fn method(&mut self, cur: &mut Cursor<'_>) -> PyResult<Bound<'py, PyString>> {
+    fn method<'c>(&mut self, cur: &mut Cursor<'c>) -> PyResult<(Bound<'py, PyString>, &'c [u8])> {
         let at = cur.pos();
         let name = match cur.unicode() {
             Some(name) => name,
@@ -364,7 +453,8 @@ impl<'py> Envelope<'py, '_> {
                 _ => return Err(self.broken("a method name must be a byte string", at)),
             },
         };
-        self.strings.get(self.py, name).map_err(|_| self.broken("a method name must be UTF-8", at))
+        let text = self.strings.get(self.py, name).map_err(|_| self.broken("a method name must be UTF-8", at))?;
+        Ok((text, name))
     }
 
     fn int(&self, cur: &mut Cursor<'_>, what: &str) -> PyResult<i64> {
@@ -537,5 +627,24 @@ impl PbEncoderPy {
         raw.int(request_id);
         enc.jelly(value)?;
         Ok(enc.finish(|bytes| PyBytes::new(py, bytes)))
+    }
+
+    /// `[command, request_id, value]` appended to `out`.
+    pub fn encode_reply<'py>(
+        &self,
+        py: Python<'py>,
+        command: &[u8],
+        request_id: i64,
+        value: &Bound<'py, PyAny>,
+        out: &mut Vec<u8>,
+    ) -> PyResult<()> {
+        let mut enc = self.jelly_encoder(py);
+        let raw = enc.raw();
+        raw.list(3).map_err(PyErr::from)?;
+        raw.bytes(command).map_err(PyErr::from)?;
+        raw.int(request_id);
+        enc.jelly(value)?;
+        enc.finish(|bytes| out.extend_from_slice(bytes));
+        Ok(())
     }
 }

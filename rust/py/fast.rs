@@ -1,0 +1,207 @@
+//! The per-call hot path of a PB connection, run inside `PbDecoder.feed` so the common calls
+//! and answers cost no Python frames of the broker's:
+//!
+//! - an `answer` to one of our calls resolves its future directly (unless the call pinned
+//!   objects, which the broker must release);
+//! - a `message` to a plain `Referenceable` (one that keeps the default `remoteMessageReceived`)
+//!   runs `remote_<name>(*args, **kwargs)` and, if the result is not awaitable, encodes the
+//!   answer into the chunk's reply bytes.
+//!
+//! Anything else — a missing object or method, an exception, an awaitable result, a reply
+//! that cannot be encoded — becomes an event for the broker, which handles it as it would
+//! without this path. The broker switches the path off while it holds calls back (flow
+//! control), and the path stops itself once a chunk's replies reach `REPLY_FLUSH` bytes so the
+//! broker can write them and apply back-pressure to the rest.
+
+use std::collections::HashMap;
+
+use pyo3::exceptions::PyException;
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
+
+use super::pb::{PbEncoderPy, EV_AWAITING, EV_RAISED, EV_SEND};
+
+/// Reply bytes after which the rest of a chunk goes through the broker (flow control).
+pub const REPLY_FLUSH: usize = 1 << 16;
+/// Method names remembered per connection (a peer may send any number of distinct names).
+const MAX_NAMES: usize = 256;
+
+/// The broker's tables and encoder, shared with the decoder.
+pub struct FastPath {
+    /// Our objects by luid or name (the broker's dict).
+    objects: Py<PyDict>,
+    /// Our calls awaiting replies: request id -> (future, pins or None) (the broker's dict).
+    pending: Py<PyDict>,
+    encoder: Py<PbEncoderPy>,
+    /// The broker's stack of luids given out while encoding; `undo(mark)` takes back what an
+    /// encode that failed added above `mark`.
+    sent: Py<PyList>,
+    undo: Py<PyAny>,
+    /// `Referenceable.remoteMessageReceived`: types that keep it dispatch here.
+    default_dispatch: Py<PyAny>,
+    types: HashMap<usize, (Py<PyType>, bool)>,
+    names: HashMap<Vec<u8>, Py<PyString>>,
+    pub enabled: bool,
+}
+
+/// What the fast path did with a command.
+pub enum Outcome<'py> {
+    /// Fully handled: nothing for the broker.
+    Done,
+    /// An event for the broker instead.
+    Event(Bound<'py, PyAny>),
+    /// Not for the fast path: the broker gets the ordinary event.
+    Declined,
+}
+
+impl FastPath {
+    pub fn new(
+        objects: Py<PyDict>,
+        pending: Py<PyDict>,
+        encoder: Py<PbEncoderPy>,
+        sent: Py<PyList>,
+        undo: Py<PyAny>,
+        default_dispatch: Py<PyAny>,
+    ) -> FastPath {
+        FastPath {
+            objects,
+            pending,
+            encoder,
+            sent,
+            undo,
+            default_dispatch,
+            types: HashMap::new(),
+            names: HashMap::new(),
+            enabled: true,
+        }
+    }
+
+    /// `["answer", request_id, value]`: resolve the call's future.
+    pub fn answer<'py>(&self, py: Python<'py>, request_id: i64, value: &Bound<'py, PyAny>) -> PyResult<Outcome<'py>> {
+        let pending = self.pending.bind(py);
+        let Some(entry) = pending.get_item(request_id)? else { return Ok(Outcome::Declined) };
+        let Ok(entry) = entry.cast_into::<PyTuple>() else { return Ok(Outcome::Declined) };
+        if entry.len() != 2 || !entry.get_item(1)?.is_none() {
+            return Ok(Outcome::Declined); // pinned objects to release: the broker's job
+        }
+        pending.del_item(request_id)?;
+        let future = entry.get_item(0)?;
+        if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
+            future.call_method1(intern!(py, "set_result"), (value,))?;
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// `["message", ...]`: run the method, encode a plain result into `replies`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn message<'py>(
+        &mut self,
+        py: Python<'py>,
+        request_id: i64,
+        object_id: &Bound<'py, PyAny>,
+        name: &[u8],
+        method_name: &Bound<'py, PyString>,
+        answer: bool,
+        args: &Bound<'py, PyTuple>,
+        kwargs: &Bound<'py, PyDict>,
+        replies: &mut Vec<u8>,
+    ) -> PyResult<Outcome<'py>> {
+        let Some(target) = self.objects.bind(py).get_item(object_id)? else { return Ok(Outcome::Declined) };
+        if !self.plain(py, &target)? {
+            return Ok(Outcome::Declined);
+        }
+        let attribute = self.attribute_name(py, name);
+        let Ok(method) = target.getattr(&attribute) else { return Ok(Outcome::Declined) };
+        let kwargs = if kwargs.is_empty() { None } else { Some(kwargs) };
+        let result = match method.call(args, kwargs) {
+            Ok(result) => result,
+            // KeyboardInterrupt, SystemExit and the like are not the caller's business.
+            Err(e) if !e.is_instance_of::<PyException>(py) => return Err(e),
+            Err(e) => {
+                let event = (EV_RAISED, request_id, answer, method_name, e.into_value(py));
+                return Ok(Outcome::Event(event.into_pyobject(py)?.into_any()));
+            }
+        };
+        if awaitable(&result) {
+            let event = (EV_AWAITING, request_id, answer, method_name, result);
+            return Ok(Outcome::Event(event.into_pyobject(py)?.into_any()));
+        }
+        if !answer {
+            return Ok(Outcome::Done);
+        }
+        let sent = self.sent.bind(py);
+        let mark = sent.len();
+        match self.encoder.get().encode_reply(py, b"answer", request_id, &result, replies) {
+            Ok(()) => {
+                if sent.len() > mark {
+                    sent.del_slice(mark, sent.len())?;
+                }
+                Ok(Outcome::Done)
+            }
+            Err(e) => {
+                self.undo.bind(py).call1((mark,))?;
+                let event = (EV_RAISED, request_id, answer, method_name, e.into_value(py));
+                Ok(Outcome::Event(event.into_pyobject(py)?.into_any()))
+            }
+        }
+    }
+
+    /// The chunk's reply bytes as an event for the broker to write.
+    pub fn send_event<'py>(py: Python<'py>, replies: &mut Vec<u8>) -> PyResult<Bound<'py, PyAny>> {
+        let event = (EV_SEND, PyBytes::new(py, replies)).into_pyobject(py)?.into_any();
+        replies.clear();
+        Ok(event)
+    }
+
+    /// Whether `target` is a Referenceable that dispatches with the default method.
+    fn plain(&mut self, py: Python<'_>, target: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let cls = target.get_type();
+        let key = cls.as_ptr() as usize;
+        if let Some((_, plain)) = self.types.get(&key) {
+            return Ok(*plain);
+        }
+        let plain = match cls.getattr(intern!(py, "remoteMessageReceived")) {
+            Ok(f) => f.is(self.default_dispatch.bind(py)),
+            Err(_) => false,
+        };
+        // The type is kept alive, so its address cannot be reused by another type.
+        self.types.insert(key, (cls.unbind(), plain));
+        Ok(plain)
+    }
+
+    /// `"remote_" + name`, as one str per distinct name.
+    fn attribute_name<'py>(&mut self, py: Python<'py>, name: &[u8]) -> Bound<'py, PyString> {
+        if let Some(s) = self.names.get(name) {
+            return s.bind(py).clone();
+        }
+        let text = format!("remote_{}", String::from_utf8_lossy(name));
+        let attribute = PyString::new(py, &text);
+        if self.names.len() < MAX_NAMES {
+            self.names.insert(name.to_vec(), attribute.clone().unbind());
+        }
+        attribute
+    }
+
+    pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        visit.call(&self.objects)?;
+        visit.call(&self.pending)?;
+        visit.call(&self.encoder)?;
+        visit.call(&self.sent)?;
+        visit.call(&self.undo)?;
+        visit.call(&self.default_dispatch)?;
+        Ok(())
+    }
+}
+
+/// Whether `obj` can be awaited (its type fills the `am_await` slot: coroutines, futures,
+/// tasks and any class with `__await__`).
+fn awaitable(obj: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: `obj` is a live object; its type object outlives this read of two slots.
+    unsafe {
+        let ty = ffi::Py_TYPE(obj.as_ptr());
+        let methods = (*ty).tp_as_async;
+        !methods.is_null() && (*methods).am_await.is_some()
+    }
+}
