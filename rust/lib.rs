@@ -34,6 +34,8 @@ mod _core {
     #[pymodule_export]
     use crate::py::refs::RefTablePy;
     #[pymodule_export]
+    use crate::py::sender::SenderPy;
+    #[pymodule_export]
     use crate::py::{banana_decode, banana_encode, dumps, encode_tokens, loads, DecoderPy, TokenizerPy};
 
     #[pymodule_init]

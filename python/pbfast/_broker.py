@@ -114,14 +114,9 @@ class Broker:
         self.options = options
         self._decoder = _core.PbDecoder(server, hook=self._unjelly, **options.limits)
         self._encoder: _core.PbEncoder | None = None
-        # Outgoing bytes of this loop iteration, written together.
-        self._out: list[bytes] = []
-        self._out_size = 0
         self._buffered = 0
-        self._flush_scheduled = False
         self._receiving = False
         # Calls we made: request id -> (future, luids pinned by its arguments).
-        self._next_request = 1
         self._pending: dict[int, tuple[asyncio.Future[Any], list[int] | None]] = {}
         # Our objects the peer may name: luid (or b"root") -> object; counts in `_refs`.
         self._refs = _core.RefTable(options.max_refs)
@@ -129,6 +124,12 @@ class Broker:
         # Luids given out by the encoder hook, as a stack: an encode notes the length before
         # it starts and takes (or, if it fails, takes back) what was added after it.
         self._sent: list[int] = []
+        # Outgoing bytes (written together once per loop iteration) and calls out.
+        self._sender = _core.Sender(
+            self._wake, self._loop.create_future, self._pending, self._refs, self._sent, self._undo_sends, self._dead
+        )
+        self.call = self._sender.call
+        self.call_only = self._sender.call_only
         # The peer's objects we hold: luid -> proxy.
         self._proxies: weakref.WeakValueDictionary[int | bytes, RemoteReference] = weakref.WeakValueDictionary()
         self._decrefs: list[tuple[int | bytes, int]] = []
@@ -225,38 +226,13 @@ class Broker:
 
     # ------------------------------------------------------------------ calls out
 
-    def call(self, objid: int | bytes, method: str, args: tuple, kwargs: dict) -> asyncio.Future[Any]:
-        future = self._loop.create_future()
-        if self.disconnected or self._encoder is None:
-            future.set_exception(_dead(self))
-            return future
-        request_id = self._next_request
-        self._next_request = request_id + 1
-        sent = self._sent
-        mark = len(sent)
-        try:
-            data = self._encoder.message(request_id, objid, method, True, args, kwargs)
-        except Exception as exc:
-            self._undo_sends(mark)
-            future.set_exception(exc)
-            return future
-        pins = None
-        if len(sent) > mark:
-            # The arguments carried objects of ours: keep them until the answer has been read,
-            # whatever decrefs the peer sends meanwhile (see RefTable).
-            pins = sent[mark:]
-            del sent[mark:]
-            self._refs.pin(pins)
-        self._pending[request_id] = (future, pins)
-        self._write(data)
-        return future
+    # `call(objid, method, args, kwargs) -> future` and `call_only(...)` are the Rust sender's
+    # (set in __init__): callRemote costs one crossing.
 
-    def call_only(self, objid: int | bytes, method: str, args: tuple, kwargs: dict) -> None:
-        if self.disconnected or self._encoder is None:
-            raise _dead(self)
-        request_id = self._next_request
-        self._next_request = request_id + 1
-        self._write(self._encode(self._encoder.message, request_id, objid, method, False, args, kwargs))
+    def _dead(self) -> DeadReferenceError:
+        if self.disconnected:
+            return DeadReferenceError("Calling Stale Broker (the connection is closed)")
+        return DeadReferenceError("the connection has not finished its handshake")
 
     def _encode(self, encode: Callable[..., bytes], *args: Any) -> bytes:
         """``encode(*args)``, taking back the references it gave out if it fails."""
@@ -307,14 +283,13 @@ class Broker:
                     self._defer(event)
                     continue
                 handlers[event[0]](event)
-                if self._out_size >= FLUSH_AT:
+                if self._sender.size >= FLUSH_AT:
                     self._flush()  # may pause writing: later calls then wait
         except Exception as exc:
             self._internal_error(exc, event)
         finally:
             self._receiving = False
-            if self._out:
-                self._flush()
+            self._flush()
 
     def _internal_error(self, exc: Exception, event: tuple | None) -> None:
         # An exception escaping a handler is a bug here or in a hook; the connection's state
@@ -326,30 +301,26 @@ class Broker:
         if not self.disconnected and self._reason is None:
             log.warning("%r: %s", self, message)
             self._reason = reason
-        self._out.clear()
-        self._out_size = 0
+        self._sender.take()
         self.transport.abort()
 
     def _write(self, data: bytes) -> None:
-        self._out.append(data)
-        self._out_size += len(data)
-        if not self._flush_scheduled and not self._receiving:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        self._sender.write(data)
 
     def _write_now(self, data: bytes) -> None:
-        self._out.append(data)
+        self._sender.write(data)
         self._flush()
 
+    def _wake(self) -> None:
+        """Bytes are waiting: write them at the end of this loop iteration (or of the chunk
+        being handled), together with whatever else is sent meanwhile."""
+        if not self._receiving:
+            self._loop.call_soon(self._flush)
+
     def _flush(self) -> None:
-        self._flush_scheduled = False
-        out = self._out
-        self._out_size = 0
-        if not out or self.disconnected:
-            out.clear()
-            return
-        self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-        out.clear()
+        data = self._sender.take()
+        if data is not None and not self.disconnected:
+            self.transport.write(data)
 
     # ------------------------------------------------------------------ flow control
 
@@ -386,14 +357,13 @@ class Broker:
                     break
                 event = backlog.popleft()
                 self._handlers[event[0]](event)
-                if self._out_size >= FLUSH_AT:
+                if self._sender.size >= FLUSH_AT:
                     self._flush()
         except Exception as exc:
             self._internal_error(exc, event)
         finally:
             self._receiving = False
-            if self._out:
-                self._flush()
+            self._flush()
         if self.disconnected:
             return
         if backlog:
@@ -415,6 +385,7 @@ class Broker:
     def _on_ready(self, event: tuple) -> None:
         _, dialect, reply = event
         self._encoder = _core.PbEncoder(dialect, hook=self._jelly)
+        self._sender.start(self._encoder)
         self._decoder.attach(
             self._objects,
             self._pending,
@@ -682,18 +653,12 @@ class Broker:
         self._objects.clear()
         self._refs.clear()
         self._backlog.clear()
-        self._out.clear()
+        self._sender.close()
         if self._writable is not None:
             self._writable.set_result(None)
             self._writable = None
         if not self.closed.done():
             self.closed.set_result(None)
-
-
-def _dead(broker: Broker) -> DeadReferenceError:
-    if broker.disconnected:
-        return DeadReferenceError("Calling Stale Broker (the connection is closed)")
-    return DeadReferenceError("the connection has not finished its handshake")
 
 
 def _luid(tag: bytes, items: list) -> int | bytes:

@@ -5,6 +5,7 @@ pub mod errors;
 pub mod fast;
 pub mod pb;
 pub mod refs;
+pub mod sender;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

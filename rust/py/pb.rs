@@ -545,27 +545,9 @@ impl PbEncoderPy {
         kwargs: Option<&Bound<'py, PyDict>>,
         cache: bool,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let mut enc = self.jelly_encoder(py);
-        let raw = enc.raw();
-        raw.list(7).map_err(PyErr::from)?;
-        raw.bytes(if cache { b"cachemessage" } else { b"message" }).map_err(PyErr::from)?;
-        raw.int(request_id);
-        if let Ok(name) = object_id.cast::<PyBytes>() {
-            raw.bytes(name.as_bytes()).map_err(PyErr::from)?;
-        } else {
-            let luid: i64 = object_id
-                .extract()
-                .map_err(|_| PyValueError::new_err(format!("an object id is an int or bytes, not {object_id}")))?;
-            raw.int(luid);
-        }
-        raw.bytes(method.as_bytes()).map_err(PyErr::from)?;
-        raw.int(i64::from(answer_required));
-        enc.jelly(args.as_any())?;
-        match kwargs {
-            Some(kw) => enc.jelly(kw.as_any())?,
-            None => enc.jelly(PyDict::new(py).as_any())?,
-        }
-        Ok(enc.finish(|bytes| PyBytes::new(py, bytes)))
+        let mut out = Vec::new();
+        self.encode_message(py, request_id, object_id, method, answer_required, args, kwargs, cache, &mut out)?;
+        Ok(PyBytes::new(py, &out))
     }
 
     /// `["answer", request_id, value]`.
@@ -609,6 +591,44 @@ impl PbEncoderPy {
 }
 
 impl PbEncoderPy {
+    /// A `message` (or `cachemessage`) appended to `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_message<'py>(
+        &self,
+        py: Python<'py>,
+        request_id: i64,
+        object_id: &Bound<'py, PyAny>,
+        method: &str,
+        answer_required: bool,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+        cache: bool,
+        out: &mut Vec<u8>,
+    ) -> PyResult<()> {
+        let mut enc = self.jelly_encoder(py);
+        let raw = enc.raw();
+        raw.list(7).map_err(PyErr::from)?;
+        raw.bytes(if cache { b"cachemessage" } else { b"message" }).map_err(PyErr::from)?;
+        raw.int(request_id);
+        if let Ok(name) = object_id.cast::<PyBytes>() {
+            raw.bytes(name.as_bytes()).map_err(PyErr::from)?;
+        } else {
+            let luid: i64 = object_id
+                .extract()
+                .map_err(|_| PyValueError::new_err(format!("an object id is an int or bytes, not {object_id}")))?;
+            raw.int(luid);
+        }
+        raw.bytes(method.as_bytes()).map_err(PyErr::from)?;
+        raw.int(i64::from(answer_required));
+        enc.jelly(args.as_any())?;
+        match kwargs {
+            Some(kw) => enc.jelly(kw.as_any())?,
+            None => enc.jelly(PyDict::new(py).as_any())?,
+        }
+        enc.finish(|bytes| out.extend_from_slice(bytes));
+        Ok(())
+    }
+
     fn jelly_encoder<'py>(&self, py: Python<'py>) -> JellyEncoder<'py> {
         JellyEncoder::new(py, self.dialect, self.hook.as_ref().map(|h| h.bind(py).clone()))
     }

@@ -37,7 +37,7 @@ impl RefTablePy {
     }
 
     /// Keep each luid until `unpin`, whatever decrefs arrive (its call's reply is still to come).
-    fn pin(&mut self, luids: Vec<u64>) -> PyResult<()> {
+    pub(crate) fn pin(&mut self, luids: Vec<u64>) -> PyResult<()> {
         for luid in luids {
             self.0.pin(luid)?;
         }
