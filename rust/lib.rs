@@ -63,7 +63,7 @@ mod _core {
             ("EV_DID_NOT_UNDERSTAND", pb::EV_DID_NOT_UNDERSTAND),
             ("EV_RAISED", pb::EV_RAISED),
             ("EV_AWAITING", pb::EV_AWAITING),
-            ("EV_SEND", pb::EV_SEND),
+            ("EV_FLUSH", pb::EV_FLUSH),
         ] {
             m.add(name, kind)?;
         }

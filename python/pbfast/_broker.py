@@ -30,7 +30,7 @@ from ._core import (
     EV_AWAITING,
     EV_RAISED,
     EV_READY,
-    EV_SEND,
+    EV_FLUSH,
     EV_UNCACHE,
     EV_UNKNOWN,
 )
@@ -165,7 +165,7 @@ class Broker:
             EV_DID_NOT_UNDERSTAND: self._on_did_not_understand,
             EV_RAISED: self._on_raised,
             EV_AWAITING: self._on_awaiting,
-            EV_SEND: self._on_send,
+            EV_FLUSH: self._on_flush,
         }
 
     # ------------------------------------------------------------------ public
@@ -254,6 +254,7 @@ class Broker:
         decoder = self._decoder
         # The decoder runs plain calls itself unless we are holding calls back.
         decoder.fast = not (self._held or self._backlog)
+        self._receiving = True  # what is sent meanwhile goes out once, at the end
         try:
             events = decoder.feed(data)
             broken = None
@@ -390,6 +391,7 @@ class Broker:
             self._objects,
             self._pending,
             self._encoder,
+            self._sender,
             self._sent,
             self._undo_sends,
             Referenceable.remoteMessageReceived,
@@ -422,8 +424,8 @@ class Broker:
         _, request_id, answer, method, awaitable = event
         self._start(request_id, answer, method, awaitable)
 
-    def _on_send(self, event: tuple) -> None:
-        self._write(event[1])
+    def _on_flush(self, event: tuple) -> None:
+        self._flush()
 
     def _start(self, request_id: int, answer: bool, method: str, awaitable: Any) -> None:
         """Await a remote method's awaitable result in a task, then reply."""

@@ -76,7 +76,7 @@ EV_UNKNOWN: Final[int]
 EV_DID_NOT_UNDERSTAND: Final[int]
 EV_RAISED: Final[int]
 EV_AWAITING: Final[int]
-EV_SEND: Final[int]
+EV_FLUSH: Final[int]
 
 class PbDecoder:
     def __init__(self, server: bool, *, hook: _DecodeHook | None = None, **limits: int) -> None: ...
@@ -87,6 +87,7 @@ class PbDecoder:
         objects: dict[Any, Any],
         pending: dict[int, Any],
         encoder: PbEncoder,
+        sender: Sender,
         sent: list[int],
         undo: Callable[[int], None],
         default_dispatch: Callable[..., Any],

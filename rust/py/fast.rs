@@ -7,21 +7,21 @@
 //!   runs `remote_<name>(*args, **kwargs)` and, if the result is not awaitable, encodes the
 //!   answer into the chunk's reply bytes.
 //!
-//! Anything else — a missing object or method, an exception, an awaitable result, a reply
-//! that cannot be encoded — becomes an event for the broker, which handles it as it would
-//! without this path. The broker switches the path off while it holds calls back (flow
-//! control), and the path stops itself once a chunk's replies reach `REPLY_FLUSH` bytes so the
-//! broker can write them and apply back-pressure to the rest.
-
-use std::collections::HashMap;
+//! Answers go to the connection's `Sender`. Anything else — a missing object or method, an
+//! exception, an awaitable result, a reply that cannot be encoded — becomes an event for the
+//! broker, which handles it as it would without this path. The broker switches the path off
+//! while it holds calls back (flow control), and the path stops itself once a chunk's replies
+//! reach `REPLY_FLUSH` bytes so the broker can write them and apply back-pressure to the rest.
 
 use pyo3::exceptions::PyException;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
 
-use super::pb::{PbEncoderPy, EV_AWAITING, EV_RAISED, EV_SEND};
+use super::pb::{PbEncoderPy, EV_AWAITING, EV_FLUSH, EV_RAISED};
+use super::sender::SenderPy;
+use super::PtrMap;
 
 /// Reply bytes after which the rest of a chunk goes through the broker (flow control).
 pub const REPLY_FLUSH: usize = 1 << 16;
@@ -35,14 +35,19 @@ pub struct FastPath {
     /// Our calls awaiting replies: request id -> (future, pins or None) (the broker's dict).
     pending: Py<PyDict>,
     encoder: Py<PbEncoderPy>,
+    /// Where the answers go.
+    sender: Py<SenderPy>,
     /// The broker's stack of luids given out while encoding; `undo(mark)` takes back what an
     /// encode that failed added above `mark`.
     sent: Py<PyList>,
     undo: Py<PyAny>,
     /// `Referenceable.remoteMessageReceived`: types that keep it dispatch here.
     default_dispatch: Py<PyAny>,
-    types: HashMap<usize, (Py<PyType>, bool)>,
-    names: HashMap<Vec<u8>, Py<PyString>>,
+    /// Type -> whether it dispatches with the default; the type is kept so its address is not
+    /// reused while it is a key.
+    types: PtrMap<(Py<PyType>, bool)>,
+    /// Method name (the decoder's cached str, kept alive likewise) -> `"remote_<name>"`.
+    names: PtrMap<(Py<PyString>, Py<PyString>)>,
     pub enabled: bool,
 }
 
@@ -57,10 +62,12 @@ pub enum Outcome<'py> {
 }
 
 impl FastPath {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         objects: Py<PyDict>,
         pending: Py<PyDict>,
         encoder: Py<PbEncoderPy>,
+        sender: Py<SenderPy>,
         sent: Py<PyList>,
         undo: Py<PyAny>,
         default_dispatch: Py<PyAny>,
@@ -69,11 +76,12 @@ impl FastPath {
             objects,
             pending,
             encoder,
+            sender,
             sent,
             undo,
             default_dispatch,
-            types: HashMap::new(),
-            names: HashMap::new(),
+            types: PtrMap::default(),
+            names: PtrMap::default(),
             enabled: true,
         }
     }
@@ -101,20 +109,18 @@ impl FastPath {
         py: Python<'py>,
         request_id: i64,
         object_id: &Bound<'py, PyAny>,
-        name: &[u8],
         method_name: &Bound<'py, PyString>,
         answer: bool,
         args: &Bound<'py, PyTuple>,
-        kwargs: &Bound<'py, PyDict>,
+        kwargs: Option<&Bound<'py, PyDict>>,
         replies: &mut Vec<u8>,
     ) -> PyResult<Outcome<'py>> {
         let Some(target) = self.objects.bind(py).get_item(object_id)? else { return Ok(Outcome::Declined) };
         if !self.plain(py, &target)? {
             return Ok(Outcome::Declined);
         }
-        let attribute = self.attribute_name(py, name);
+        let attribute = self.attribute_name(py, method_name);
         let Ok(method) = target.getattr(&attribute) else { return Ok(Outcome::Declined) };
-        let kwargs = if kwargs.is_empty() { None } else { Some(kwargs) };
         let result = match method.call(args, kwargs) {
             Ok(result) => result,
             // KeyboardInterrupt, SystemExit and the like are not the caller's business.
@@ -148,11 +154,14 @@ impl FastPath {
         }
     }
 
-    /// The chunk's reply bytes as an event for the broker to write.
-    pub fn send_event<'py>(py: Python<'py>, replies: &mut Vec<u8>) -> PyResult<Bound<'py, PyAny>> {
-        let event = (EV_SEND, PyBytes::new(py, replies)).into_pyobject(py)?.into_any();
-        replies.clear();
-        Ok(event)
+    /// Queue the answers so far for writing; with `flush`, also ask the broker to write them
+    /// now (an event), before it handles the rest of the chunk.
+    pub fn send<'py>(&self, py: Python<'py>, replies: &mut Vec<u8>, flush: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if !replies.is_empty() {
+            self.sender.get().append(py, replies)?;
+            replies.clear();
+        }
+        Ok(if flush { Some((EV_FLUSH,).into_pyobject(py)?.into_any()) } else { None })
     }
 
     /// Whether `target` is a Referenceable that dispatches with the default method.
@@ -171,15 +180,15 @@ impl FastPath {
         Ok(plain)
     }
 
-    /// `"remote_" + name`, as one str per distinct name.
-    fn attribute_name<'py>(&mut self, py: Python<'py>, name: &[u8]) -> Bound<'py, PyString> {
-        if let Some(s) = self.names.get(name) {
-            return s.bind(py).clone();
+    /// `"remote_" + name`, made once per distinct name.
+    fn attribute_name<'py>(&mut self, py: Python<'py>, name: &Bound<'py, PyString>) -> Bound<'py, PyString> {
+        let key = name.as_ptr() as usize;
+        if let Some((_, attribute)) = self.names.get(&key) {
+            return attribute.bind(py).clone();
         }
-        let text = format!("remote_{}", String::from_utf8_lossy(name));
-        let attribute = PyString::new(py, &text);
+        let attribute = PyString::new(py, &format!("remote_{}", name.to_string_lossy()));
         if self.names.len() < MAX_NAMES {
-            self.names.insert(name.to_vec(), attribute.clone().unbind());
+            self.names.insert(key, (name.clone().unbind(), attribute.clone().unbind()));
         }
         attribute
     }
@@ -188,6 +197,7 @@ impl FastPath {
         visit.call(&self.objects)?;
         visit.call(&self.pending)?;
         visit.call(&self.encoder)?;
+        visit.call(&self.sender)?;
         visit.call(&self.sent)?;
         visit.call(&self.undo)?;
         visit.call(&self.default_dispatch)?;

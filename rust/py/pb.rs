@@ -21,10 +21,10 @@
 //! | `EV_DID_NOT_UNDERSTAND` | `(kind, command)`: the peer did not know one of ours |
 //! | `EV_RAISED` | `(kind, request_id, answer_required, method, exception)`: (fast path) the method raised, or its result could not be sent |
 //! | `EV_AWAITING` | `(kind, request_id, answer_required, method, awaitable)`: (fast path) the method returned an awaitable |
-//! | `EV_SEND` | `(kind, bytes)`: (fast path) answers to write |
+//! | `EV_FLUSH` | `(kind,)`: (fast path) write what the sender holds before going on |
 //!
 //! With the fast path attached (see `fast.rs`), plain calls and answers are handled during
-//! `feed` and show up only as `EV_SEND` bytes.
+//! `feed`: their answers go straight to the connection's `Sender`.
 //!
 //! `unclaimed` lists the luids of the `remote` references the refused value held after the point
 //! of refusal: they never became proxies, so the broker sends their `decref`s itself.
@@ -44,9 +44,13 @@ use crate::jelly::decode::{JellyDecoder, StrCache};
 use crate::jelly::encode::JellyEncoder;
 use crate::jelly::scan::remote_references;
 use super::fast::{FastPath, Outcome, REPLY_FLUSH};
+use super::sender::SenderPy;
 
 pyo3::import_exception!(pbfast.errors, ProtocolError);
 pyo3::import_exception!(pbfast.errors, NegotiationError);
+
+/// The root object's name, made once (its hash is then cached for the object-table lookups).
+static ROOT: pyo3::sync::PyOnceLock<Py<PyBytes>> = pyo3::sync::PyOnceLock::new();
 
 /// The PB protocol version Twisted has spoken since 2003.
 pub const PB_VERSION: i64 = 6;
@@ -65,7 +69,7 @@ pub const EV_UNKNOWN: u8 = 10;
 pub const EV_DID_NOT_UNDERSTAND: u8 = 11;
 pub const EV_RAISED: u8 = 12;
 pub const EV_AWAITING: u8 = 13;
-pub const EV_SEND: u8 = 14;
+pub const EV_FLUSH: u8 = 14;
 
 /// Negotiation expressions are a few bytes; anything longer is not a PB peer.
 const HELLO_LIMIT: usize = 256;
@@ -115,17 +119,20 @@ impl PbDecoderPy {
 
     /// Handle plain calls and answers during `feed` (see `fast.rs`), with the broker's
     /// tables: `objects` (luid -> object), `pending` (request id -> (future, pins)), the
-    /// `encoder`, the `sent` stack and `undo(mark)`, and `Referenceable.remoteMessageReceived`.
+    /// `encoder`, the `sender`, the `sent` stack and `undo(mark)`, and
+    /// `Referenceable.remoteMessageReceived`.
+    #[allow(clippy::too_many_arguments)]
     fn attach(
         &mut self,
         objects: Py<PyDict>,
         pending: Py<PyDict>,
         encoder: Py<PbEncoderPy>,
+        sender: Py<SenderPy>,
         sent: Py<PyList>,
         undo: Py<PyAny>,
         default_dispatch: Py<PyAny>,
     ) {
-        self.fast = Some(FastPath::new(objects, pending, encoder, sent, undo, default_dispatch));
+        self.fast = Some(FastPath::new(objects, pending, encoder, sender, sent, undo, default_dispatch));
     }
 
     /// Whether the fast path runs (the broker turns it off while it holds calls back).
@@ -188,19 +195,22 @@ impl PbDecoderPy {
                     // `feed` (the fast path's own events need no such order).
                     let kind: u8 = event.get_item(0)?.extract()?;
                     if kind != EV_AWAITING && kind != EV_RAISED {
-                        fast = None;
+                        if let Some(f) = fast.take() {
+                            f.send(py, &mut replies, false)?;
+                        }
                     }
                     events.append(event)?;
                 }
                 if replies.len() >= REPLY_FLUSH {
                     // Let the broker write these (and apply back-pressure) before the rest.
-                    events.append(FastPath::send_event(py, &mut replies)?)?;
-                    fast = None;
+                    if let Some(f) = fast.take() {
+                        events.append(f.send(py, &mut replies, true)?)?;
+                    }
                 }
                 Ok(())
             });
-            if !replies.is_empty() {
-                events.append(FastPath::send_event(py, &mut replies)?)?;
+            if let Some(f) = fast {
+                f.send(py, &mut replies, false)?;
             }
             fed
         });
@@ -404,10 +414,11 @@ impl<'py> Envelope<'py, '_> {
         let at = cur.pos();
         let object_id = match cur.next_item() {
             Some(Item::Int(luid)) => luid.into_pyobject(py)?.into_any(),
+            Some(Item::Bytes(b"root")) => ROOT.get_or_init(py, || PyBytes::new(py, b"root").unbind()).bind(py).clone().into_any(),
             Some(Item::Bytes(name)) => PyBytes::new(py, name).into_any(),
             _ => return Err(self.broken("an object id must be an integer or a byte string", at)),
         };
-        let (method, name) = self.method(cur)?;
+        let method = self.method(cur)?;
         let answer = self.int(cur, "answerRequired")? != 0;
         let arguments = self.jelly(cur).and_then(|args| {
             let at = cur.pos();
@@ -428,7 +439,8 @@ impl<'py> Envelope<'py, '_> {
         Ok(Some(match arguments {
             Ok((args, kwargs)) => {
                 if let (EV_MESSAGE, Some(fast)) = (kind, self.fast.as_deref_mut()) {
-                    match fast.message(py, request_id, &object_id, name, &method, answer, &args, &kwargs, self.replies)? {
+                    let kw = if kwargs.is_empty() { None } else { Some(&kwargs) };
+                    match fast.message(py, request_id, &object_id, &method, answer, &args, kw, self.replies)? {
                         Outcome::Done => return Ok(None),
                         Outcome::Event(event) => return Ok(Some(event)),
                         Outcome::Declined => {}
@@ -444,7 +456,7 @@ impl<'py> Envelope<'py, '_> {
     }
 
     /// A method name: bytes (UTF-8, as Twisted sends it) or a jellied `unicode`.
-    fn method<'c>(&mut self, cur: &mut Cursor<'c>) -> PyResult<(Bound<'py, PyString>, &'c [u8])> {
+    fn method(&mut self, cur: &mut Cursor<'_>) -> PyResult<Bound<'py, PyString>> {
         let at = cur.pos();
         let name = match cur.unicode() {
             Some(name) => name,
@@ -453,8 +465,7 @@ impl<'py> Envelope<'py, '_> {
                 _ => return Err(self.broken("a method name must be a byte string", at)),
             },
         };
-        let text = self.strings.get(self.py, name).map_err(|_| self.broken("a method name must be UTF-8", at))?;
-        Ok((text, name))
+        self.strings.get(self.py, name).map_err(|_| self.broken("a method name must be UTF-8", at))
     }
 
     fn int(&self, cur: &mut Cursor<'_>, what: &str) -> PyResult<i64> {

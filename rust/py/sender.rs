@@ -174,7 +174,7 @@ impl SenderPy {
 }
 
 impl SenderPy {
-    fn append(&self, py: Python<'_>, data: &[u8]) -> PyResult<usize> {
+    pub(crate) fn append(&self, py: Python<'_>, data: &[u8]) -> PyResult<usize> {
         let size = {
             let mut out = self.out.lock().expect("sender lock");
             out.extend_from_slice(data);
