@@ -140,6 +140,7 @@ class Broker:
         # Calls wait in the backlog while this is set: writing is paused, or `backlog` calls
         # are still running.
         self._held = False
+        self._fast = True  # the decoder's fast path is on (see data_received)
         self._writable: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._watched: dict[int, RemoteReference] = {}
@@ -253,7 +254,9 @@ class Broker:
             return
         decoder = self._decoder
         # The decoder runs plain calls itself unless we are holding calls back.
-        decoder.fast = not (self._held or self._backlog)
+        fast = not (self._held or self._backlog)
+        if fast is not self._fast:
+            decoder.fast = self._fast = fast
         self._receiving = True  # what is sent meanwhile goes out once, at the end
         try:
             events = decoder.feed(data)

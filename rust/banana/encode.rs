@@ -159,6 +159,16 @@ impl Encoder {
 mod tests {
     use super::*;
 
+    #[test]
+    fn empty_dictionary_bytes_match_the_encoder() {
+        for dialect in [Dialect::Pb, Dialect::NoVocab] {
+            let mut enc = Encoder::new(dialect);
+            enc.list(1).unwrap();
+            enc.bytes(b"dictionary").unwrap();
+            assert_eq!(enc.out, dialect.empty_dictionary());
+        }
+    }
+
     fn enc(f: impl FnOnce(&mut Encoder)) -> Vec<u8> {
         let mut e = Encoder::new(Dialect::Pb);
         f(&mut e);

@@ -63,6 +63,14 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    /// The bytes of an empty jelly dictionary, `["dictionary"]`, in this dialect.
+    pub fn empty_dictionary(self) -> &'static [u8] {
+        match self {
+            Dialect::Pb => b"\x01\x80\x05\x87",
+            _ => b"\x01\x80\x0a\x82dictionary",
+        }
+    }
+
     /// Parse the name used on the wire and in the Python API (`pb`, `none`, `foolscap`).
     pub fn from_name(name: &str) -> Option<Dialect> {
         match name {

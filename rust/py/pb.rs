@@ -433,19 +433,25 @@ impl<'py> Envelope<'py, '_> {
                     }
                 },
             };
+            // Most calls have no keyword arguments: skip making an empty dict for them.
+            if self.dialect.empty_dictionary() == &self.expr[cur.pos()..] {
+                cur.skip_to(self.expr.len());
+                return Ok((args, None));
+            }
             let kwargs = self.jelly(cur)?;
-            Ok((args, keywords(kwargs)?))
+            Ok((args, Some(keywords(kwargs)?)))
         });
         Ok(Some(match arguments {
             Ok((args, kwargs)) => {
                 if let (EV_MESSAGE, Some(fast)) = (kind, self.fast.as_deref_mut()) {
-                    let kw = if kwargs.is_empty() { None } else { Some(&kwargs) };
+                    let kw = kwargs.as_ref().filter(|kw| !kw.is_empty());
                     match fast.message(py, request_id, &object_id, &method, answer, &args, kw, self.replies)? {
                         Outcome::Done => return Ok(None),
                         Outcome::Event(event) => return Ok(Some(event)),
                         Outcome::Declined => {}
                     }
                 }
+                let kwargs = kwargs.unwrap_or_else(|| PyDict::new(py));
                 (kind, request_id, object_id, method, answer, args, kwargs).into_pyobject(py)?.into_any()
             }
             Err(e) => {
