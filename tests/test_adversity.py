@@ -1322,3 +1322,36 @@ def test_unknown_commands_respect_back_pressure(run, caplog) -> None:
             assert peak.value < 5_000_000, f"the server's write buffer reached {peak.value} bytes"
 
     run(main())
+
+
+# --------------------------------------------------------------------------------------------
+# The decoder's fast path (plain calls run during `feed`) keeps the stream's order
+# --------------------------------------------------------------------------------------------
+
+
+def test_commands_in_one_chunk_keep_their_order(run, caplog) -> None:
+    """A decref between two calls in one write: both calls are answered (the answer made
+    before the decref is not lost), and the decref is handled between them."""
+
+    async def main() -> None:
+        async with scene() as s:
+            peer = await s.raw()
+            peer.send(call(1, "echo", "one") + encode([b"decref", 999]) + call(2, "echo", "two"))
+            got = {(await peer.event())[1:3] for _ in range(2)}
+            assert got == {(1, "one"), (2, "two")}
+            await s.alive(peer)
+
+    run(main())
+    assert "decref for 999" in logged(caplog), logged(caplog)
+
+
+def test_many_plain_calls_in_one_chunk_are_all_answered(run) -> None:
+    async def main() -> None:
+        async with scene() as s:
+            peer = await s.raw()
+            peer.send(b"".join(call(i, "echo", i) for i in range(1, 501)))
+            answers = [await peer.event() for _ in range(500)]
+            assert [a[:3] for a in answers] == [(EV_ANSWER, i, i) for i in range(1, 501)]
+            await s.alive(peer)
+
+    run(main())

@@ -1056,3 +1056,78 @@ async def _fails() -> None:
     finally:
         await root.broker.close()
         await server_broker.close()
+
+
+# --------------------------------------------------------------------------------------------
+# What the decoder's fast path must leave to the broker
+# --------------------------------------------------------------------------------------------
+
+
+class Dispatching(pbfast.Root):
+    """Overrides the dispatch: every call goes through it, not straight to remote_*."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def remoteMessageReceived(self, broker: Any, message: str, args: tuple, kw: dict) -> Any:
+        self.seen.append(message)
+        return f"{message} via dispatch"
+
+    def remote_echo(self, x: Any) -> Any:
+        return x
+
+
+class Later:
+    """An awaitable that is not a coroutine."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __await__(self):
+        yield from asyncio.sleep(0).__await__()
+        return self.value
+
+
+class Reentrant(pbfast.Root):
+    def __init__(self) -> None:
+        self.broker: Any = None
+
+    def rootObject(self, broker: Any) -> Any:
+        self.broker = broker
+        return self
+
+    def remote_stats(self) -> dict:
+        return self.broker.statistics()
+
+    def remote_later(self, x: Any) -> Later:
+        return Later(x)
+
+    def remote_call_back(self, ref: Any) -> Any:
+        return ref.callRemote("hello", "server")
+
+
+class Hello(pbfast.Referenceable):
+    def remote_hello(self, who: str) -> str:
+        return f"hello {who}"
+
+
+def test_overridden_dispatch_is_respected(run, transport) -> None:
+    async def main() -> None:
+        root = Dispatching()
+        async with transport(root) as conn:
+            assert await conn.root.callRemote("echo", 1) == "echo via dispatch"
+            assert await conn.root.callRemote("anything") == "anything via dispatch"
+            assert root.seen == ["echo", "anything"]
+
+    run(main())
+
+
+def test_remote_methods_may_use_the_broker_while_it_decodes(run, transport) -> None:
+    async def main() -> None:
+        async with transport(Reentrant()) as conn:
+            stats = await conn.root.callRemote("stats")
+            assert stats["pending"] == 0 and stats["backlog"] == 0
+            assert await conn.root.callRemote("later", 7) == 7
+            assert await conn.root.callRemote("call_back", Hello()) == "hello server"
+
+    run(main())
