@@ -29,5 +29,6 @@ def test_all_is_exported_and_complete():
     for name in pbfast.__all__:
         assert hasattr(pbfast, name), name
     public = {n for n in vars(pbfast) if not n.startswith("_")}
-    assert public - set(pbfast.__all__) <= {"errors", "serialization", "banana", "referenceable", "pb", "testing"}
+    modules = {"errors", "serialization", "banana", "referenceable", "pb", "testing"}
+    assert public - set(pbfast.__all__) <= modules
     assert (STUB.parent / "py.typed").exists()

@@ -52,7 +52,10 @@ def _demo(args: argparse.Namespace) -> int:
         loads(dumps(data))
         n += 1
     rate = n / (time.perf_counter() - start)
-    print(f"  speed        {rate:,.0f} round trips/s of a 1000-record list ({_core.build_profile} build)", file=out)
+    print(
+        f"  speed        {rate:,.0f} round trips/s of a 1000-record list ({_core.build_profile} build)",
+        file=out,
+    )
     print(file=out)
     return run(_rpc_demo(args))
 
@@ -103,7 +106,10 @@ async def _rpc_demo(args: argparse.Namespace) -> int:
                 await asyncio.gather(*[root.callRemote("echo", i) for i in range(100)])
                 n += 100
             rate = n / (time.perf_counter() - start)
-            print(f"  speed        {rate:,.0f} echo calls/s, 100 in flight, client and server in one process", file=out)
+            print(
+                f"  speed        {rate:,.0f} echo calls/s, 100 in flight, client and server in one process",
+                file=out,
+            )
     return 0
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from . import _core
 from ._core import (
     EV_ANSWER,
+    EV_AWAITING,
     EV_BAD_CALL,
     EV_BAD_REPLY,
     EV_CACHEMESSAGE,
@@ -26,11 +27,10 @@ from ._core import (
     EV_DECREF,
     EV_DID_NOT_UNDERSTAND,
     EV_ERROR,
+    EV_FLUSH,
     EV_MESSAGE,
-    EV_AWAITING,
     EV_RAISED,
     EV_READY,
-    EV_FLUSH,
     EV_UNCACHE,
     EV_UNKNOWN,
 )
@@ -91,6 +91,9 @@ class BrokerOptions:
         return cls(**plain, limits=limits)
 
 
+DEFAULT_OPTIONS = BrokerOptions()
+
+
 class Broker:
     """The PB state of one connection. Created by the connection's protocol; users meet it as
     ``ref.broker``.
@@ -106,7 +109,7 @@ class Broker:
         transport: asyncio.BaseTransport,
         *,
         server: bool,
-        options: BrokerOptions = BrokerOptions(),
+        options: BrokerOptions = DEFAULT_OPTIONS,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self.transport = transport
@@ -126,12 +129,20 @@ class Broker:
         self._sent: list[int] = []
         # Outgoing bytes (written together once per loop iteration) and calls out.
         self._sender = _core.Sender(
-            self._wake, self._loop.create_future, self._pending, self._refs, self._sent, self._undo_sends, self._dead
+            self._wake,
+            self._loop.create_future,
+            self._pending,
+            self._refs,
+            self._sent,
+            self._undo_sends,
+            self._dead,
         )
         self.call = self._sender.call
         self.call_only = self._sender.call_only
         # The peer's objects we hold: luid -> proxy.
-        self._proxies: weakref.WeakValueDictionary[int | bytes, RemoteReference] = weakref.WeakValueDictionary()
+        self._proxies: weakref.WeakValueDictionary[int | bytes, RemoteReference] = (
+            weakref.WeakValueDictionary()
+        )
         self._decrefs: list[tuple[int | bytes, int]] = []
         # Calls received while the peer is not reading our replies (flow control).
         self._backlog: collections.deque[tuple] = collections.deque()
@@ -488,7 +499,9 @@ class Broker:
         except Exception as again:
             # The failure itself did not encode (a value too large?): send a plain one.
             log.error("%r: could not send the failure of request %d", self, request_id, exc_info=again)
-            data = self._encoder.error(request_id, CopyableFailure(Error(f"{qualified_name(type(exc))} (unsendable)")))
+            data = self._encoder.error(
+                request_id, CopyableFailure(Error(f"{qualified_name(type(exc))} (unsendable)"))
+            )
         self._write(data)
 
     def _on_answer(self, event: tuple) -> None:
@@ -518,7 +531,9 @@ class Broker:
     def _settle(self, request_id: int) -> asyncio.Future[Any] | None:
         entry = self._pending.pop(request_id, None)
         if entry is None:
-            log.warning("%r: the peer replied to request %r, which is not waiting for a reply", self, request_id)
+            log.warning(
+                "%r: the peer replied to request %r, which is not waiting for a reply", self, request_id
+            )
             return None
         future, pins = entry
         if pins:
@@ -534,7 +549,9 @@ class Broker:
     def _on_decref(self, event: tuple) -> None:
         luid = event[1]
         if type(luid) is not int or not 0 < luid < 1 << 64 or luid not in self._refs:
-            log.warning("%r: the peer sent a decref for %s, which it does not hold; ignored", self, _short(luid))
+            log.warning(
+                "%r: the peer sent a decref for %s, which it does not hold; ignored", self, _short(luid)
+            )
             return
         if self._refs.decref(luid):
             del self._objects[luid]
@@ -544,7 +561,9 @@ class Broker:
 
     def _on_unknown(self, event: tuple) -> None:
         command = event[1]
-        log.warning("%r: the peer sent an unknown command %s; answering didNotUnderstand", self, _short(command))
+        log.warning(
+            "%r: the peer sent an unknown command %s; answering didNotUnderstand", self, _short(command)
+        )
         self._write(self._encoder.command(b"didNotUnderstand", command))
 
     def _on_did_not_understand(self, event: tuple) -> None:
@@ -644,7 +663,11 @@ class Broker:
                 lost.__cause__ = reason
                 future.set_exception(lost)
         if not self.ready.done():
-            failure = reason if isinstance(reason, PbfastError) else PBConnectionLost(f"the connection closed during the handshake{why}")
+            failure = (
+                reason
+                if isinstance(reason, PbfastError)
+                else PBConnectionLost(f"the connection closed during the handshake{why}")
+            )
             self.ready.set_exception(failure)
             self.ready.exception()  # retrieved: connect() reports it if anyone waits
         watched, self._watched = self._watched, {}

@@ -7,7 +7,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 
-from ._broker import Broker, BrokerOptions
+from ._broker import DEFAULT_OPTIONS, Broker, BrokerOptions
 from .referenceable import Referenceable
 
 
@@ -28,7 +28,7 @@ class PBProtocol(asyncio.Protocol):
         *,
         server: bool,
         root: Callable[[Broker], Referenceable] | None = None,
-        options: BrokerOptions = BrokerOptions(),
+        options: BrokerOptions = DEFAULT_OPTIONS,
         on_open: Callable[[Broker], object] | None = None,
         on_close: Callable[[Broker], object] | None = None,
     ) -> None:

@@ -85,9 +85,7 @@ class MemoryTransport(asyncio.Transport):
             self._loop.call_soon(self.peer._lose, ConnectionResetError("the in-memory peer closed"))
 
 
-async def connected_pair(
-    server_root: Referenceable, **options: Any
-) -> tuple[RemoteReference, Broker]:
+async def connected_pair(server_root: Referenceable, **options: Any) -> tuple[RemoteReference, Broker]:
     """A client and a server broker joined in memory, after their handshake.
 
     Returns the client's `RemoteReference` to ``server_root.rootObject(broker)`` (or

@@ -558,7 +558,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         let values = PyList::new(self.py, values)?;
         let obj = hook.call1((PyBytes::new(self.py, t), values))?;
         // NotImplemented: the hook does not know the tag either.
-        if obj.is(&self.py.NotImplemented()) {
+        if obj.is(self.py.NotImplemented()) {
             return Err(insecure_jelly(unregistered(t), Some(self.base + at as u64)));
         }
         Ok(Built::done(obj))

@@ -156,7 +156,12 @@ impl FastPath {
 
     /// Queue the answers so far for writing; with `flush`, also ask the broker to write them
     /// now (an event), before it handles the rest of the chunk.
-    pub fn send<'py>(&self, py: Python<'py>, replies: &mut Vec<u8>, flush: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
+    pub fn send<'py>(
+        &self,
+        py: Python<'py>,
+        replies: &mut Vec<u8>,
+        flush: bool,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         if !replies.is_empty() {
             self.sender.get().append(py, replies)?;
             replies.clear();

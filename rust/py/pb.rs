@@ -37,14 +37,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::errors::jelly_error;
+use super::fast::{FastPath, Outcome, REPLY_FLUSH};
+use super::sender::SenderPy;
 use super::{dialect, limits, raw_value, with_bytes};
 use crate::banana::cursor::{Cursor, Item};
 use crate::banana::{BananaError, Dialect, Encoder, Framer, Limits};
 use crate::jelly::decode::{JellyDecoder, StrCache};
 use crate::jelly::encode::JellyEncoder;
 use crate::jelly::scan::remote_references;
-use super::fast::{FastPath, Outcome, REPLY_FLUSH};
-use super::sender::SenderPy;
 
 pyo3::import_exception!(pbfast.errors, ProtocolError);
 pyo3::import_exception!(pbfast.errors, NegotiationError);
@@ -294,9 +294,9 @@ impl PbDecoderPy {
 
 /// The client's pick from the server's offer: the first dialect we speak.
 fn choose(offer: &Bound<'_, PyAny>) -> PyResult<Dialect> {
-    let words: Vec<Vec<u8>> = offer
-        .extract()
-        .map_err(|_| NegotiationError::new_err(format!("the server's dialect offer is not a list of names: {offer}")))?;
+    let words: Vec<Vec<u8>> = offer.extract().map_err(|_| {
+        NegotiationError::new_err(format!("the server's dialect offer is not a list of names: {offer}"))
+    })?;
     words.iter().find_map(|w| named_dialect(w)).ok_or_else(|| {
         NegotiationError::new_err(format!("the server offers dialects {offer}, none of which pbfast speaks (pb, none)"))
     })
@@ -348,7 +348,8 @@ impl<'py> Envelope<'py, '_> {
                 Ok(())
             } else {
                 let fields = |n: usize| if n == 1 { "1 field".to_string() } else { format!("{n} fields") };
-                Err(self.broken(&format!("{} takes {}, not {}", show(command), fields(want - 1), n.saturating_sub(1)), 0))
+                Err(self
+                    .broken(&format!("{} takes {}, not {}", show(command), fields(want - 1), n.saturating_sub(1)), 0))
             }
         };
         let event = match command {
@@ -414,7 +415,9 @@ impl<'py> Envelope<'py, '_> {
         let at = cur.pos();
         let object_id = match cur.next_item() {
             Some(Item::Int(luid)) => luid.into_pyobject(py)?.into_any(),
-            Some(Item::Bytes(b"root")) => ROOT.get_or_init(py, || PyBytes::new(py, b"root").unbind()).bind(py).clone().into_any(),
+            Some(Item::Bytes(b"root")) => {
+                ROOT.get_or_init(py, || PyBytes::new(py, b"root").unbind()).bind(py).clone().into_any()
+            }
             Some(Item::Bytes(name)) => PyBytes::new(py, name).into_any(),
             _ => return Err(self.broken("an object id must be an integer or a byte string", at)),
         };
@@ -568,12 +571,22 @@ impl PbEncoderPy {
     }
 
     /// `["answer", request_id, value]`.
-    fn answer<'py>(&self, py: Python<'py>, request_id: i64, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    fn answer<'py>(
+        &self,
+        py: Python<'py>,
+        request_id: i64,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         self.reply(py, b"answer", request_id, value)
     }
 
     /// `["error", request_id, failure]`.
-    fn error<'py>(&self, py: Python<'py>, request_id: i64, failure: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    fn error<'py>(
+        &self,
+        py: Python<'py>,
+        request_id: i64,
+        failure: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         self.reply(py, b"error", request_id, failure)
     }
 

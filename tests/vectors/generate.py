@@ -36,20 +36,18 @@ import decimal
 import gc
 import hashlib
 import json
-import math
 import platform
 import struct
 
+import foolscap
 import twisted
+from foolscap import banana as fbanana
+from foolscap import vocab as fvocab
 from twisted.internet import defer as tdefer
 from twisted.internet.testing import StringTransport
 from twisted.spread import banana as tbanana
 from twisted.spread import jelly as tjelly
 from twisted.spread import pb as tpb
-
-import foolscap
-from foolscap import banana as fbanana
-from foolscap import vocab as fvocab
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GENERATOR = "tests/vectors/generate.py"
@@ -102,7 +100,7 @@ def tag(v):
         return tag_float(v)
     if t in (list, tuple):
         return [tag(x) for x in v]
-    raise TypeError("not a banana-level value: %r" % (type(v),))
+    raise TypeError(f"not a banana-level value: {type(v)!r}")
 
 
 def err_record(e):
@@ -157,29 +155,63 @@ DIALECT_BYTES = {"pb": b"pb", "none": b"none"}
 # ---------------------------------------------------------------------------
 # twisted_pb.json: "banana"
 
-PB_VOCAB = [
-    w for w, _ in sorted(tbanana.Banana.outgoingVocabulary.items(), key=lambda kv: kv[1])
-]
+PB_VOCAB = [w for w, _ in sorted(tbanana.Banana.outgoingVocabulary.items(), key=lambda kv: kv[1])]
 
 INT_CASES = [
-    "0", "1", "127", "128", "255", "300", "2**31 - 1", "2**31", "-1", "-127",
-    "-128", "-2**31", "-2**31 - 1", "2**32", "2**63", "2**64", "-2**64",
-    "2**200", "-(2**200)", "2**448 - 1", "-(2**448 - 1)",
+    "0",
+    "1",
+    "127",
+    "128",
+    "255",
+    "300",
+    "2**31 - 1",
+    "2**31",
+    "-1",
+    "-127",
+    "-128",
+    "-2**31",
+    "-2**31 - 1",
+    "2**32",
+    "2**63",
+    "2**64",
+    "-2**64",
+    "2**200",
+    "-(2**200)",
+    "2**448 - 1",
+    "-(2**448 - 1)",
 ]
 
 FLOAT_CASES = [
-    "0.0", "-0.0", "1.5", "-2.25", "1e300", "5e-324", "float('inf')",
-    "float('-inf')", "float('nan')",
+    "0.0",
+    "-0.0",
+    "1.5",
+    "-2.25",
+    "1e300",
+    "5e-324",
+    "float('inf')",
+    "float('-inf')",
+    "float('nan')",
 ]
 
 BYTES_CASES = [
-    "b''", "b'x'", "b'abc'", "b'\\x00\\xff'", "b'a' * 127", "b'a' * 128",
-    "b'x' * 200", "b'\\x80\\x81\\x82\\x87'",
+    "b''",
+    "b'x'",
+    "b'abc'",
+    "b'\\x00\\xff'",
+    "b'a' * 127",
+    "b'a' * 128",
+    "b'x' * 200",
+    "b'\\x80\\x81\\x82\\x87'",
 ]
 
 NEAR_MISS_CASES = [
-    "b'Non'", "b'messages'", "b'MESSAGE'", "b'unicode'", "b'None\\x00'",
-    "b' list'", "b'boolean'",
+    "b'Non'",
+    "b'messages'",
+    "b'MESSAGE'",
+    "b'unicode'",
+    "b'None\\x00'",
+    "b' list'",
+    "b'boolean'",
 ]
 
 LIST_CASES = [
@@ -189,13 +221,13 @@ LIST_CASES = [
     ("list of 200 ints", "list(range(200))"),
     ("tuple encodes like a list", "(1, b'two', (3,))"),
     ("empty tuple", "()"),
-    ("list mixing all atom types",
-     "[0, 1, -1, 2**31, -2**31 - 1, 2**100, 1.5, float('-inf'), b'', b'abc', "
-     "b'\\x00', b'list', [], ()]"),
+    (
+        "list mixing all atom types",
+        "[0, 1, -1, 2**31, -2**31 - 1, 2**100, 1.5, float('-inf'), b'', b'abc', b'\\x00', b'list', [], ()]",
+    ),
     ("nested empty lists 20 deep", "[" * 20 + "]" * 20),
     ("list of vocab words", "[b'list', b'None', b'answer', b'not_logged_in']"),
-    ("PB-style message list",
-     "[b'message', 1, b'root', b'method', 1, [b'tuple', 2], [b'dictionary']]"),
+    ("PB-style message list", "[b'message', 1, b'root', b'method', 1, [b'tuple', 2], [b'dictionary']]"),
     ("PB dialect offer", "[b'pb', b'none']"),
 ]
 
@@ -232,7 +264,7 @@ def build_banana():
     for src in BYTES_CASES:
         add("bytes " + src, src)
     for word in PB_VOCAB:
-        add("vocab word %s" % word.decode("ascii"), repr(word))
+        add("vocab word {}".format(word.decode("ascii")), repr(word))
     for src in NEAR_MISS_CASES:
         add("near-miss word " + src, src)
     for name, src in LIST_CASES:
@@ -268,7 +300,11 @@ DECODE_CASES = [
     ("VOCAB with non-minimal header", "1a0087", "pb"),
     ("list of VOCAB words", "0380" + "0887" + "1a87" + "0b87", "pb"),
     ("STRING equal to a vocab word also decodes in pb", "04826c697374", "pb"),
-    ("several top-level expressions in one input", "0181" + "0283" + "0080" + "03826162630180" + "0081", "pb"),
+    (
+        "several top-level expressions in one input",
+        "0181" + "0283" + "0080" + "03826162630180" + "0081",
+        "pb",
+    ),
     ("top-level expression then partial INT header", "0181" + "7f7f", "pb"),
     ("truncated string body", "05826162", "pb"),
     ("truncated string header (no type byte yet)", "05", "pb"),
@@ -324,8 +360,7 @@ def build_decode():
                 "leftover_hex": proto.buffer.hex(),
                 "open_lists": len(proto.listStack),
                 "open_list_stack": [
-                    {"expected": count, "items": [tag(v) for v in items]}
-                    for count, items in proto.listStack
+                    {"expected": count, "items": [tag(v) for v in items]} for count, items in proto.listStack
                 ],
             }
         )
@@ -431,8 +466,7 @@ JELLY_CASES = [
     ("empty tuple", "()"),
     ("tuple of one", "(1,)"),
     ("tuple mixed", "(1, 'two', [3])"),
-    ("nested containers",
-     "{'a': [1, (2, 3)], 'b': {'c': None}, 'd': {1, 2}, 'e': frozenset({3})}"),
+    ("nested containers", "{'a': [1, (2, 3)], 'b': {'c': None}, 'd': {1, 2}, 'e': frozenset({3})}"),
     ("empty dict", "{}"),
     ("dict str keys (insertion order)", "{'z': 1, 'a': 2}"),
     ("dict int keys", "{1: 'one', 2: 'two'}"),
@@ -441,8 +475,7 @@ JELLY_CASES = [
     ("dict tuple key", "{(1, 2): 'tuple key'}"),
     ("dict float key", "{1.5: 'x'}"),
     ("dict bool keys", "{True: 1, False: 0}"),
-    ("dict mixed keys",
-     "{'s': 1, 2: 2, b'b': 3, None: 4, (5,): 5, 6.5: 6, False: 7}"),
+    ("dict mixed keys", "{'s': 1, 2: 2, b'b': 3, None: 4, (5,): 5, 6.5: 6, False: 7}"),
     ("empty set", "set()"),
     ("set of small ints", "{3, 1, 2}"),
     ("empty frozenset", "frozenset()"),
@@ -501,8 +534,10 @@ JELLY_ERROR_CASES = [
     ("int 2**448", "2**448"),
     ("int -(2**448) inside a list", "[-(2**448)]"),
     ("lambda without module name (eval namespace has no __name__)", "(lambda: 0)"),
-    ("lambda with a __module__ (function name is a str)",
-     "(lambda f: (setattr(f, '__module__', 'm'), f)[1])(lambda: 0)"),
+    (
+        "lambda with a __module__ (function name is a str)",
+        "(lambda f: (setattr(f, '__module__', 'm'), f)[1])(lambda: 0)",
+    ),
     ("module object (module name is a str)", "datetime"),
     ("list of 655360 items (655361 with the tag)", "[0] * 655360"),
     ("bytes of 655361 bytes", "b'x' * 655361"),
@@ -601,6 +636,7 @@ def build_twisted():
 # on a StringTransport, with the bytes shuttled between them by hand (no
 # sockets, no reactor).  Every chunk one side writes is recorded with its
 # direction.
+
 
 class PBVectorError(tpb.Error):
     """A pb.Error subclass with a stable qualified name on the wire."""
@@ -759,8 +795,7 @@ def session_echo():
     root = s.handshake()
     kind, result = s.call("call echo(1, 'two', [3])", root, "echo", 1, "two", [3])
     assert kind == "ok" and result == [1, "two", [3]], result
-    return s, {"request_id": 1, "object_id": "root", "method": "echo",
-               "result": repr(result)}
+    return s, {"request_id": 1, "object_id": "root", "method": "echo", "result": repr(result)}
 
 
 def session_kwargs():
@@ -768,8 +803,7 @@ def session_kwargs():
     root = s.handshake()
     kind, result = s.call("call echo_args(1, x='y')", root, "echo_args", 1, x="y")
     assert kind == "ok" and result == [[1], {"x": "y"}], result
-    return s, {"request_id": 1, "object_id": "root", "method": "echo_args",
-               "result": repr(result)}
+    return s, {"request_id": 1, "object_id": "root", "method": "echo_args", "result": repr(result)}
 
 
 def session_errors():
@@ -796,8 +830,9 @@ def session_errors():
     s.client.sendCall(b"message", request_id, 99, b"x", 1, [b"tuple"], [b"dictionary"])
     s.pump("message to unknown object id 99: pb.Error('Invalid Object ID')")
     assert len(outcome) == 1 and outcome[0][0] == "error", outcome
-    calls.append({"request_id": request_id, "object_id": 99, "method": "x",
-                  "error": failure_record(outcome[0][1])})
+    calls.append(
+        {"request_id": request_id, "object_id": 99, "method": "x", "error": failure_record(outcome[0][1])}
+    )
     return s, {"calls": calls}
 
 
@@ -822,8 +857,9 @@ def session_references():
     assert twins_luid not in s.server.localObjects
 
     mine = SessionClientObject()
-    kind, result = s.call("call take(client Referenceable): remote arg; server drops it: decref",
-                          root, "take", mine)
+    kind, result = s.call(
+        "call take(client Referenceable): remote arg; server drops it: decref", root, "take", mine
+    )
     assert (kind, result) == ("ok", True), (kind, result)
     gc.collect()
     s.pump("after gc (nothing left to send)")
@@ -869,9 +905,7 @@ TW_LOG_EVENTS = []
 def build_sessions():
     from twisted.logger import globalLogBeginner
 
-    globalLogBeginner.beginLoggingTo(
-        [TW_LOG_EVENTS.append], discardBuffer=True, redirectStandardIO=False
-    )
+    globalLogBeginner.beginLoggingTo([TW_LOG_EVENTS.append], discardBuffer=True, redirectStandardIO=False)
     sessions = []
     for name, build in SESSIONS:
         gc.collect()
@@ -900,9 +934,20 @@ def build_sessions():
 # foolscap_tokens.json
 
 FS_TYPE_NAMES = {
-    0x80: "LIST", 0x81: "INT", 0x82: "STRING", 0x83: "NEG", 0x84: "FLOAT",
-    0x85: "LONGINT", 0x86: "LONGNEG", 0x87: "VOCAB", 0x88: "OPEN",
-    0x89: "CLOSE", 0x8A: "ABORT", 0x8D: "ERROR", 0x8E: "PING", 0x8F: "PONG",
+    0x80: "LIST",
+    0x81: "INT",
+    0x82: "STRING",
+    0x83: "NEG",
+    0x84: "FLOAT",
+    0x85: "LONGINT",
+    0x86: "LONGNEG",
+    0x87: "VOCAB",
+    0x88: "OPEN",
+    0x89: "CLOSE",
+    0x8A: "ABORT",
+    0x8D: "ERROR",
+    0x8E: "PING",
+    0x8F: "PONG",
 }
 
 
@@ -921,9 +966,9 @@ def fs_tokenize(data):
         while j < n and data[j] < 0x80:
             j += 1
         if j - i > 64:
-            raise ValueError("header longer than 64 bytes at %d" % i)
+            raise ValueError(f"header longer than 64 bytes at {i}")
         if j == n:
-            raise ValueError("truncated header at %d" % i)
+            raise ValueError(f"truncated header at {i}")
         header = 0
         for k, byte in enumerate(data[i:j]):
             header |= byte << (7 * k)
@@ -931,11 +976,11 @@ def fs_tokenize(data):
         i = j + 1
         kind = FS_TYPE_NAMES.get(typebyte)
         if kind is None or kind == "LIST":
-            raise ValueError("bad type byte 0x%02x" % typebyte)
+            raise ValueError(f"bad type byte 0x{typebyte:02x}")
         if kind in ("STRING", "ERROR", "LONGINT", "LONGNEG"):
             body = data[i : i + header]
             if len(body) != header:
-                raise ValueError("truncated body at %d" % i)
+                raise ValueError(f"truncated body at {i}")
             i += header
             if kind == "LONGINT":
                 value = int.from_bytes(body, "big")
@@ -946,7 +991,7 @@ def fs_tokenize(data):
         elif kind == "FLOAT":
             body = data[i : i + 8]
             if len(body) != 8:
-                raise ValueError("truncated float at %d" % i)
+                raise ValueError(f"truncated float at {i}")
             i += 8
             value = struct.unpack("!d", body)[0]
         elif kind == "NEG":
@@ -1128,38 +1173,57 @@ FS_TOKEN_CASES = [
     ("PING 5", [("PING", 5)]),
     ("PONG 0 (no header)", [("PONG", 0)]),
     ("PONG 300", [("PONG", 300)]),
-    ("sequence OPEN(0) list 1 2 CLOSE(0)",
-     [("OPEN", 0), ("VOCAB", 4), ("INT", 1), ("INT", 2), ("CLOSE", 0)]),
-    ("sequence OPEN(3) unicode 'h\\xc3\\xa9' CLOSE(3)",
-     [("OPEN", 3), ("VOCAB", 8), ("STRING", "h\u00e9".encode("utf-8")), ("CLOSE", 3)]),
-    ("nested sequence with ABORT",
-     [("OPEN", 0), ("VOCAB", 4), ("INT", 1), ("OPEN", 1), ("VOCAB", 4),
-      ("ABORT", 1), ("CLOSE", 1), ("ABORT", 0), ("CLOSE", 0)]),
+    ("sequence OPEN(0) list 1 2 CLOSE(0)", [("OPEN", 0), ("VOCAB", 4), ("INT", 1), ("INT", 2), ("CLOSE", 0)]),
+    (
+        "sequence OPEN(3) unicode 'h\\xc3\\xa9' CLOSE(3)",
+        [("OPEN", 3), ("VOCAB", 8), ("STRING", "h\u00e9".encode("utf-8")), ("CLOSE", 3)],
+    ),
+    (
+        "nested sequence with ABORT",
+        [
+            ("OPEN", 0),
+            ("VOCAB", 4),
+            ("INT", 1),
+            ("OPEN", 1),
+            ("VOCAB", 4),
+            ("ABORT", 1),
+            ("CLOSE", 1),
+            ("ABORT", 0),
+            ("CLOSE", 0),
+        ],
+    ),
 ]
 
 # Post-negotiation plaintext banana bytes captured between stock foolscap
 # 24.9.0 Tubs (TLS plaintext, one scenario step each).  Tub ids / swissnums in
 # these particular steps do not occur, so they are stable literal data.
 FS_CAPTURES = [
-    ("B->A call add(1, 2)",
-     "02880b8702810181038261646403880c8702810181028103890289"),
-    ("B->A call add(a=-5, b=2**40): kwargs and LONGINT",
-     "04880b8703810181038261646405880c8700810182610583018262068501000000000005890489"),
-    ("A->B answer to echo(value mix): none/boolean/ints/LONGNEG/LONGINT/float/"
-     "unicode/tuple/dict/set/immutable-set",
-     "04880d870481058804870688008706890788018701810789088801870081088900817f81"
-     "00018101830486800000010985010000000000000000843ff80000000000000582627974"
-     "6573098808870882756e69636f64c3a909890a880587018102810a890b88038701826102"
-     "8101826b01810b890c8803870d8808870182750d890e88048701810e890c890f88068703"
-     "810f89108807870481108905890489"),
-    ("A->B answer to echo(shared list): reference to an open-id",
-     "11880d870581128804871388048701811389148802871381148912891189"),
-    ("B->A call echo(...) aborted mid-stream by an unserialisable object: ABORT/CLOSE pairs",
-     "24880b870b81018104826563686f25880c870181268804870181278804870281278a27"
-     "89268a2689258a2589248a2489"),
-    ("A->B answer get_point(): copyable with two index tokens",
-     "1f880d870c812088128714826578616d706c652e7062666173742f506f696e7401827803"
-     "81018279048320891f89"),
+    ("B->A call add(1, 2)", "02880b8702810181038261646403880c8702810181028103890289"),
+    (
+        "B->A call add(a=-5, b=2**40): kwargs and LONGINT",
+        "04880b8703810181038261646405880c8700810182610583018262068501000000000005890489",
+    ),
+    (
+        "A->B answer to echo(value mix): none/boolean/ints/LONGNEG/LONGINT/float/"
+        "unicode/tuple/dict/set/immutable-set",
+        "04880d870481058804870688008706890788018701810789088801870081088900817f81"
+        "00018101830486800000010985010000000000000000843ff80000000000000582627974"
+        "6573098808870882756e69636f64c3a909890a880587018102810a890b88038701826102"
+        "8101826b01810b890c8803870d8808870182750d890e88048701810e890c890f88068703"
+        "810f89108807870481108905890489",
+    ),
+    (
+        "A->B answer to echo(shared list): reference to an open-id",
+        "11880d870581128804871388048701811389148802871381148912891189",
+    ),
+    (
+        "B->A call echo(...) aborted mid-stream by an unserialisable object: ABORT/CLOSE pairs",
+        "24880b870b81018104826563686f25880c870181268804870181278804870281278a2789268a2689258a2589248a2489",
+    ),
+    (
+        "A->B answer get_point(): copyable with two index tokens",
+        "1f880d870c812088128714826578616d706c652e7062666173742f506f696e740182780381018279048320891f89",
+    ),
 ]
 
 # Real foolscap object serialisation (Banana.send through the plain
@@ -1220,7 +1284,7 @@ def build_foolscap():
         # wire tokens equal the requested ones except where foolscap swapped
         # a STRING for a VOCAB token
         assert len(wire) == len(tokens), name
-        for (k1, v1), (k2, v2) in zip(tokens, wire):
+        for (k1, v1), (k2, v2) in zip(tokens, wire, strict=False):
             if k1 == "STRING" and k2 == "VOCAB":
                 assert fs_table(table_index)[v2] == v1, name
             else:
@@ -1289,7 +1353,7 @@ def write_json(filename, obj):
     path = os.path.join(HERE, filename)
     with open(path, "w", encoding="ascii", newline="\n") as f:
         f.write(text)
-    print("wrote %s (%d bytes)" % (os.path.join("tests", "vectors", filename), len(text)))
+    print(f"wrote {os.path.join('tests', 'vectors', filename)} ({len(text)} bytes)")
 
 
 def main():
