@@ -13,7 +13,7 @@
 //! while it holds calls back (flow control), and the path stops itself once a chunk's replies
 //! reach `REPLY_FLUSH` bytes so the broker can write them and apply back-pressure to the rest.
 
-use pyo3::exceptions::PyException;
+use pyo3::exceptions::{PyAttributeError, PyException};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -120,9 +120,19 @@ impl FastPath {
             return Ok(Outcome::Declined);
         }
         let attribute = self.attribute_name(py, method_name);
-        let Ok(method) = target.getattr(&attribute) else { return Ok(Outcome::Declined) };
-        let result = match method.call(args, kwargs) {
+        let called = match kwargs {
+            None => call_method(&target, &attribute, args),
+            Some(kwargs) => match target.getattr(&attribute) {
+                Ok(method) => method.call(args, Some(kwargs)),
+                Err(_) => return Ok(Outcome::Declined),
+            },
+        };
+        let result = match called {
             Ok(result) => result,
+            // No such method: the broker reports it (the method never ran).
+            Err(e) if e.is_instance_of::<PyAttributeError>(py) && !target.hasattr(&attribute)? => {
+                return Ok(Outcome::Declined)
+            }
             // KeyboardInterrupt, SystemExit and the like are not the caller's business.
             Err(e) if !e.is_instance_of::<PyException>(py) => return Err(e),
             Err(e) => {
@@ -207,6 +217,41 @@ impl FastPath {
         visit.call(&self.undo)?;
         visit.call(&self.default_dispatch)?;
         Ok(())
+    }
+}
+
+/// `target.<name>(*args)` without making a bound method (CPython finds the function on the
+/// type and calls it with `target` first, unless the instance shadows it).
+fn call_method<'py>(
+    target: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+    args: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    const INLINE: usize = 8;
+    let n = args.len();
+    let mut inline = [std::ptr::null_mut::<ffi::PyObject>(); INLINE + 1];
+    let mut heap = Vec::new();
+    let argv: &mut [*mut ffi::PyObject] = if n < INLINE {
+        &mut inline[..=n]
+    } else {
+        heap.resize(n + 1, std::ptr::null_mut());
+        &mut heap
+    };
+    argv[0] = target.as_ptr();
+    for (slot, item) in argv[1..].iter_mut().zip(args.iter_borrowed()) {
+        *slot = item.as_ptr();
+    }
+    // SAFETY: every pointer in `argv` is borrowed from `target` or the `args` tuple, both alive
+    // for the call; CPython may use slot 0 as scratch only with PY_VECTORCALL_ARGUMENTS_OFFSET,
+    // which it clears when it passes `target` on as the first argument.
+    unsafe {
+        let result = ffi::PyObject_VectorcallMethod(
+            name.as_ptr(),
+            argv.as_ptr(),
+            (n + 1) | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
+            std::ptr::null_mut(),
+        );
+        Bound::from_owned_ptr_or_err(target.py(), result)
     }
 }
 

@@ -1,0 +1,982 @@
+"""RPC latency and throughput: pbfast against stock Twisted PB and a raw uvloop echo (the ceiling).
+
+    python benches/rpc.py [--seconds 2] [--rounds 3] [--only pbfast,twisted,raw]
+                          [--pin same|split|none] [--json [PATH]]
+
+For each system, its server runs in its own process and its client in another, both on
+127.0.0.1. The client measures the sequential latency of ``echo(1)`` (one call at a time: median
+and p99) and the pipelined throughput with exactly 100 calls outstanding (calls per second).
+Prints a Markdown report with the ratios pbfast/raw and pbfast/Twisted and the targets; see
+benches/README.md for what each number means.
+
+Only the standard library and the systems measured are used. Twisted is optional.
+
+The same file is also the servers and clients it starts (internal):
+
+    python benches/rpc.py --serve SYSTEM                 # prints "PORT n", stops on stdin EOF
+    python benches/rpc.py --client SYSTEM --port N ...   # one JSON line of results (stdout or --out)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+PBFAST, TWISTED, RAW = "pbfast", "twisted", "raw"
+SYSTEMS = (PBFAST, TWISTED, RAW)
+TITLES = {PBFAST: "pbfast", TWISTED: "Twisted PB", RAW: "raw uvloop echo"}
+OUTSTANDING = 100
+HOST = "127.0.0.1"
+
+# (label, key in the JSON, numerator, denominator, measure, comparison, target)
+TARGETS = (
+    ("pbfast / raw, pipelined calls/s", "pbfast/raw throughput", PBFAST, RAW, "throughput", ">=", 0.7),
+    (
+        "pbfast / Twisted, pipelined calls/s",
+        "pbfast/twisted throughput",
+        PBFAST,
+        TWISTED,
+        "throughput",
+        ">=",
+        7.0,
+    ),
+    (
+        "pbfast / raw, sequential median latency",
+        "pbfast/raw median latency",
+        PBFAST,
+        RAW,
+        "median",
+        "<=",
+        1.25,
+    ),
+)
+
+
+def request_size() -> int:
+    """Bytes of the PB message pbfast sends for ``root.callRemote("echo", 1)`` (request id 1):
+    the size of the raw echo's frames."""
+    import pbfast._core
+
+    return len(pbfast._core.PbEncoder("pb").message(1, b"root", "echo", True, (1,), {}))
+
+
+# ============================================================================================
+# Servers (each in its own process: `--serve SYSTEM`)
+
+
+def announce(port: int) -> None:
+    print(f"PORT {port}", flush=True)
+
+
+def exit_on_stdin_eof() -> None:
+    """The bench closes our stdin to stop us (and so does its death): a thread that blocks in
+    read() (without the GIL) and ends the process at EOF."""
+
+    def wait() -> None:
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        finally:
+            os._exit(0)
+
+    threading.Thread(target=wait, daemon=True).start()
+
+
+def serve_pbfast() -> None:
+    import pbfast
+
+    class Echo(pbfast.Root):
+        def remote_echo(self, x: Any) -> Any:
+            return x
+
+    async def main() -> None:
+        server = await pbfast.serve(Echo(), f"tcp:port=0:interface={HOST}")
+        announce(server.port)
+        await asyncio.Event().wait()
+
+    exit_on_stdin_eof()
+    pbfast.run(main())
+
+
+def serve_twisted() -> None:
+    from twisted.internet import reactor
+    from twisted.spread import pb
+
+    class Echo(pb.Root):
+        def remote_echo(self, x: Any) -> Any:
+            return x
+
+    port = reactor.listenTCP(0, pb.PBServerFactory(Echo()), interface=HOST)
+    announce(port.getHost().port)
+    exit_on_stdin_eof()
+    reactor.run()
+
+
+class RawEchoServer(asyncio.Protocol):
+    """Echoes every complete frame (4-byte big-endian length + payload) back, unchanged: the
+    frames completed by one read go back in one write."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if self._buf:
+            data = self._buf + data
+        end, pos, unpack = len(data), 0, _LENGTH.unpack_from
+        while end - pos >= 4:
+            frame_end = pos + 4 + unpack(data, pos)[0]
+            if frame_end > end:
+                break
+            pos = frame_end
+        if pos:
+            self._transport.write(data if pos == end else data[:pos])
+        self._buf = data[pos:]
+
+
+def run_uvloop(main: Any) -> Any:
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+def serve_raw() -> None:
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(RawEchoServer, HOST, 0)
+        announce(server.sockets[0].getsockname()[1])
+        await asyncio.Event().wait()
+
+    exit_on_stdin_eof()
+    run_uvloop(main())
+
+
+SERVERS = {PBFAST: serve_pbfast, TWISTED: serve_twisted, RAW: serve_raw}
+
+
+# ============================================================================================
+# Clients (each in its own process: `--client SYSTEM --port N ...`, one JSON line on stdout)
+
+_LENGTH = struct.Struct(">I")
+_HEADER = struct.Struct(">II")  # frame length, request id
+
+
+class CpuClock:
+    """CPU seconds used by this process and, on Linux, by the server process."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self._stat = f"/proc/{server_pid}/stat" if server_pid else None
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def server(self) -> float | None:
+        if self._stat is None:
+            return None
+        try:
+            with open(self._stat) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / self._tick  # utime + stime
+
+    def snapshot(self) -> tuple[int, float, float | None]:
+        return time.perf_counter_ns(), time.process_time(), self.server()
+
+
+def window(start: tuple, end: tuple, calls: int) -> dict[str, Any]:
+    """Calls, wall time and CPU time (ours, the server's) between two `CpuClock` snapshots."""
+    return {
+        "calls": calls,
+        "elapsed_s": (end[0] - start[0]) / 1e9,
+        "client_cpu_s": end[1] - start[1],
+        "server_cpu_s": None if start[2] is None or end[2] is None else end[2] - start[2],
+    }
+
+
+class RawClient(asyncio.Protocol):
+    """The least an RPC client must do: number each request, keep a future per request id in a
+    dict, write the frame (4-byte length, 4-byte id, filler to the size of pbfast's request),
+    and on each reply frame pop the future and resolve it with the reply's body. Writes made in
+    one loop iteration go out together, as pbfast's do."""
+
+    def __init__(self, size: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        self._next = 1
+        self._buf = b""
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._length = size
+        self.body = bytes(range(65, 65 + size - 4))
+        self.connected: asyncio.Future[None] = self._loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connected.set_result(None)
+
+    def call(self) -> asyncio.Future[bytes]:
+        future = self._loop.create_future()
+        request_id = self._next
+        self._next = request_id + 1
+        self._pending[request_id] = future
+        self._out.append(_HEADER.pack(self._length, request_id) + self.body)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self._buf:
+            data = self._buf + data
+        end, pos, unpack, pending = len(data), 0, _HEADER.unpack_from, self._pending
+        while end - pos >= 8:
+            length, request_id = unpack(data, pos)
+            frame_end = pos + 4 + length
+            if frame_end > end:
+                break
+            future = pending.pop(request_id, None)
+            if future is not None and not future.done():
+                future.set_result(data[pos + 8 : frame_end])
+            pos = frame_end
+        self._buf = data[pos:]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError("the raw echo server went away"))
+
+
+async def measure_asyncio(
+    call: Callable[[], asyncio.Future[Any]], expected: Any, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The same measurement for every asyncio client: `call()` starts one call and returns its
+    future, which must resolve to `expected`."""
+    loop = asyncio.get_running_loop()
+    clock = CpuClock(args.server_pid)
+    for _ in range(3):
+        value = await call()
+        if value != expected:
+            raise AssertionError(f"{args.client}: echo returned {value!r}, expected {expected!r}")
+
+    # Pipelined: OUTSTANDING calls in flight; each completion starts the next call from its
+    # done-callback. Untimed warm-up, then the timed window, then the last calls drain.
+    completed = bad = 0
+    running = True
+    snaps: list[tuple[tuple, int]] = []
+    drained = loop.create_future()
+    in_flight = args.outstanding
+
+    def on_done(future: asyncio.Future[Any]) -> None:
+        nonlocal completed, bad, in_flight
+        try:
+            if future.result() != expected:
+                bad += 1
+        except Exception:
+            bad += 1
+        completed += 1
+        if running:
+            call().add_done_callback(on_done)
+        else:
+            in_flight -= 1
+            if not in_flight:
+                drained.set_result(None)
+
+    def snap() -> None:
+        snaps.append((clock.snapshot(), completed))
+
+    def stop() -> None:
+        nonlocal running
+        snap()
+        running = False
+
+    for _ in range(args.outstanding):
+        call().add_done_callback(on_done)
+    loop.call_later(args.warmup, snap)
+    loop.call_later(args.warmup + args.seconds, stop)
+    await drained
+    (start, n0), (end, n1) = snaps
+    pipelined = window(start, end, n1 - n0)
+
+    # Sequential: one call at a time, each timed.
+    for _ in range(200):
+        await call()
+    samples: list[int] = []
+    append, now = samples.append, time.perf_counter_ns
+    start = clock.snapshot()
+    deadline = start[0] + int(args.seconds * 1e9)
+    while True:
+        t0 = now()
+        value = await call()
+        t1 = now()
+        append(t1 - t0)
+        if value != expected:
+            bad += 1
+        if t1 >= deadline:
+            break
+    sequential = window(start, clock.snapshot(), len(samples))
+    sequential["samples_ns"] = samples
+    return {
+        "runtime": f"{type(loop).__module__}.{type(loop).__name__}",
+        "bad_replies": bad,
+        "pipelined": pipelined,
+        "sequential": sequential,
+    }
+
+
+def client_pbfast(args: argparse.Namespace) -> dict[str, Any]:
+    import pbfast
+
+    async def main() -> dict[str, Any]:
+        root = await pbfast.connect(f"tcp:host={HOST}:port={args.port}")
+        try:
+            return await measure_asyncio(functools.partial(root.callRemote, "echo", 1), 1, args)
+        finally:
+            await root.broker.close()
+
+    return pbfast.run(main())
+
+
+def client_raw(args: argparse.Namespace) -> dict[str, Any]:
+    async def main() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        size = args.size or request_size()
+        transport, protocol = await loop.create_connection(lambda: RawClient(size), HOST, args.port)
+        await protocol.connected
+        try:
+            return await measure_asyncio(protocol.call, protocol.body, args)
+        finally:
+            transport.close()
+
+    return run_uvloop(main())
+
+
+def client_twisted(args: argparse.Namespace) -> dict[str, Any]:
+    """Twisted's own client on Twisted's default reactor, with the same measurement written with
+    Deferred callbacks: the pipelined loop reissues a call from each call's callback."""
+    from twisted.internet import defer, reactor
+    from twisted.spread import pb
+
+    clock = CpuClock(args.server_pid)
+    outcome: dict[str, Any] = {}
+
+    def pipelined(root: Any) -> defer.Deferred:
+        state = {"completed": 0, "bad": 0, "running": True, "in_flight": args.outstanding}
+        snaps: list[tuple[tuple, int]] = []
+        drained = defer.Deferred()
+
+        def on_reply(value: Any) -> None:
+            if value != 1:
+                state["bad"] += 1
+            state["completed"] += 1
+            if state["running"]:
+                root.callRemote("echo", 1).addCallbacks(on_reply, on_error)
+            else:
+                state["in_flight"] -= 1
+                if not state["in_flight"]:
+                    drained.callback(None)
+
+        def on_error(failure: Any) -> None:
+            state["bad"] += 1
+            on_reply(1)
+
+        def snap() -> None:
+            snaps.append((clock.snapshot(), state["completed"]))
+
+        def stop() -> None:
+            snap()
+            state["running"] = False
+
+        for _ in range(args.outstanding):
+            root.callRemote("echo", 1).addCallbacks(on_reply, on_error)
+        reactor.callLater(args.warmup, snap)
+        reactor.callLater(args.warmup + args.seconds, stop)
+
+        def done(_: Any) -> None:
+            (start, n0), (end, n1) = snaps
+            outcome["pipelined"] = window(start, end, n1 - n0)
+            outcome["bad_replies"] = state["bad"]
+
+        return drained.addCallback(done)
+
+    def sequential(root: Any, count: int | None) -> defer.Deferred:
+        """`count` untimed calls one after another, or (count None) timed calls for --seconds."""
+        samples: list[int] = []
+        now = time.perf_counter_ns
+        finished = defer.Deferred()
+        start = clock.snapshot()
+        deadline = start[0] + int(args.seconds * 1e9)
+        t0 = 0
+
+        def issue() -> None:
+            nonlocal t0
+            t0 = now()
+            root.callRemote("echo", 1).addCallbacks(on_reply, finished.errback)
+
+        def on_reply(value: Any) -> None:
+            t1 = now()
+            samples.append(t1 - t0)
+            if value != 1:
+                outcome["bad_replies"] += 1
+            if (count is None and t1 < deadline) or (count is not None and len(samples) < count):
+                issue()  # the new call's Deferred is unfired, so this does not recurse
+            elif count is None:
+                result = window(start, clock.snapshot(), len(samples))
+                result["samples_ns"] = samples
+                outcome["sequential"] = result
+                finished.callback(None)
+            else:
+                finished.callback(None)
+
+        issue()
+        return finished
+
+    @defer.inlineCallbacks
+    def main() -> Any:
+        factory = pb.PBClientFactory()
+        reactor.connectTCP(HOST, args.port, factory)
+        root = yield factory.getRootObject()
+        for _ in range(3):
+            value = yield root.callRemote("echo", 1)
+            if value != 1:
+                raise AssertionError(f"twisted: echo returned {value!r}, expected 1")
+        yield pipelined(root)
+        yield sequential(root, 200)
+        yield sequential(root, None)
+        outcome["runtime"] = f"{type(reactor).__module__}.{type(reactor).__name__}"
+        root.broker.transport.loseConnection()
+
+    def finish(result: Any) -> None:
+        if isinstance(result, Exception) or hasattr(result, "getTraceback"):
+            outcome["error"] = result.getTraceback() if hasattr(result, "getTraceback") else repr(result)
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: main().addBoth(finish))
+    reactor.run()
+    if "error" in outcome:
+        raise RuntimeError(outcome["error"])
+    return outcome
+
+
+CLIENTS = {PBFAST: client_pbfast, TWISTED: client_twisted, RAW: client_raw}
+
+
+# ============================================================================================
+# The bench: start the processes, collect the results
+
+
+@dataclass
+class Result:
+    system: str
+    version: str = ""
+    unavailable: str | None = None
+    runtime: str = ""
+    samples_ns: list[int] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+    seq_calls: int = 0
+    pipe_calls: int = 0
+    bad_replies: int = 0
+    # summed over rounds: [client CPU s, server CPU s (None if unknown), calls]
+    pipe_cpu: list[Any] = field(default_factory=lambda: [0.0, 0.0, 0])
+    seq_cpu: list[Any] = field(default_factory=lambda: [0.0, 0.0, 0])
+
+    @property
+    def ok(self) -> bool:
+        return self.unavailable is None and bool(self.rates)
+
+    def median_us(self) -> float | None:
+        return statistics.median(self.samples_ns) / 1e3 if self.samples_ns else None
+
+    def p99_us(self) -> float | None:
+        if not self.samples_ns:
+            return None
+        ordered = sorted(self.samples_ns)
+        return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)] / 1e3  # nearest rank
+
+    def throughput(self) -> float | None:
+        return statistics.median(self.rates) if self.rates else None
+
+    def spread(self) -> float:
+        if not self.rates:
+            return 0.0
+        med = statistics.median(self.rates)
+        return (max(self.rates) - min(self.rates)) / med * 100 / 2 if med else 0.0
+
+    def measure(self, name: str) -> float | None:
+        return self.throughput() if name == "throughput" else self.median_us()
+
+
+def versions() -> dict[str, str | None]:
+    import pbfast
+
+    out: dict[str, str | None] = {PBFAST: pbfast.__version__}
+    try:
+        import twisted
+
+        out[TWISTED] = twisted.__version__
+    except ImportError:
+        out[TWISTED] = None
+    try:
+        import uvloop
+
+        out[RAW] = f"uvloop {uvloop.__version__}"
+    except ImportError:
+        out[RAW] = None
+    return out
+
+
+def placement(pin: str) -> tuple[int | None, int | None]:
+    """The CPUs for the server and the client process (None: wherever the OS puts them)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_setaffinity on this platform
+        return None, None
+    if pin == "same" or (pin == "split" and len(cpus) < 2):
+        return cpus[-1], cpus[-1]
+    if pin == "split":
+        return cpus[-2], cpus[-1]
+    return None, None
+
+
+def pin_args(cpu: int | None) -> list[str]:
+    return [] if cpu is None else ["--cpu", str(cpu)]
+
+
+def start_server(system: str, cpu: int | None) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--serve", system, *pin_args(cpu)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    if not line.startswith("PORT "):
+        stop_server(proc)
+        raise RuntimeError(f"the {system} server did not start (it printed {line!r})")
+    return proc, int(line.split()[1])
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.stdout.close()
+
+
+def run_client(
+    system: str,
+    port: int,
+    server_pid: int,
+    budget: float,
+    args: argparse.Namespace,
+    size: int,
+    cpu: int | None,
+) -> dict:
+    command = [
+        sys.executable, os.path.abspath(__file__), "--client", system, "--port", str(port),
+        "--seconds", repr(budget), "--warmup", repr(args.warmup), "--outstanding", str(args.outstanding),
+        "--server-pid", str(server_pid), "--size", str(size), *pin_args(cpu),
+    ]  # fmt: skip
+    timeout = 60 + 10 * (2 * budget + args.warmup)
+    with tempfile.TemporaryDirectory(prefix="pbfast-rpc-") as tmp:
+        out = os.path.join(tmp, "result.json")
+        done = subprocess.run([*command, "--out", out], stdin=subprocess.DEVNULL, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"the {system} client failed (exit status {done.returncode})")
+        with open(out, encoding="utf-8") as f:
+            return json.load(f)
+
+
+def add_cpu(total: list[Any], part: dict[str, Any]) -> None:
+    total[0] += part["client_cpu_s"]
+    total[1] = None if total[1] is None or part["server_cpu_s"] is None else total[1] + part["server_cpu_s"]
+    total[2] += part["calls"]
+
+
+def measure(results: list[Result], args: argparse.Namespace, size: int) -> None:
+    """`--rounds` rounds; in each, every system in turn gets a fresh server and client process
+    and --seconds/--rounds of each measurement, the starting system rotating between rounds."""
+    budget = args.seconds / args.rounds
+    runnable = [r for r in results if r.unavailable is None]
+    server_cpu, client_cpu = placement(args.pin)
+    for rnd in range(args.rounds):
+        order = runnable[rnd % len(runnable) :] + runnable[: rnd % len(runnable)]
+        for res in order:
+            proc, port = start_server(res.system, server_cpu)
+            try:
+                out = run_client(res.system, port, proc.pid, budget, args, size, client_cpu)
+            finally:
+                stop_server(proc)
+            pipe, seq = out["pipelined"], out["sequential"]
+            res.runtime = out["runtime"]
+            res.bad_replies += out["bad_replies"]
+            res.rates.append(pipe["calls"] / pipe["elapsed_s"])
+            res.pipe_calls += pipe["calls"]
+            res.samples_ns.extend(seq["samples_ns"])
+            res.seq_calls += seq["calls"]
+            add_cpu(res.pipe_cpu, pipe)
+            add_cpu(res.seq_cpu, seq)
+            print(
+                f"  round {rnd + 1}/{args.rounds} {TITLES[res.system]:<16} "
+                f"{res.rates[-1]:>10,.0f} calls/s pipelined, "
+                f"median {statistics.median(seq['samples_ns']) / 1e3:.1f} µs sequential",
+                file=sys.stderr,
+            )
+    for res in runnable:
+        if res.bad_replies:
+            raise AssertionError(f"{res.system}: {res.bad_replies} calls did not echo their argument")
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def fmt_us(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def fmt_rate(rate: float | None) -> str:
+    return "–" if rate is None else f"{rate:,.0f}"
+
+
+def fmt_ratio(ratio: float | None) -> str:
+    if ratio is None:
+        return "–"
+    return f"{ratio:.1f}×" if ratio >= 10 else f"{ratio:.3f}×"  # 3 places: near a target, 1.25 is not 1.254
+
+
+def per_call_us(total: list[Any], index: int) -> float | None:
+    cpu, calls = total[index], total[2]
+    return None if cpu is None or not calls else cpu / calls * 1e6
+
+
+def ratios(results: list[Result]) -> list[dict[str, Any]]:
+    by_name = {r.system: r for r in results}
+    out = []
+    for label, key, num, den, measure_name, comparison, target in TARGETS:
+        a, b = by_name.get(num), by_name.get(den)
+        ratio = None
+        if a and b and a.ok and b.ok:
+            x, y = a.measure(measure_name), b.measure(measure_name)
+            ratio = x / y if x is not None and y else None
+        verdict = None
+        if ratio is not None:
+            passed = ratio >= target if comparison == ">=" else ratio <= target
+            verdict = "PASS" if passed else "MISS"
+        out.append(
+            {
+                "label": label,
+                "key": key,
+                "ratio": ratio,
+                "comparison": comparison,
+                "target": target,
+                "verdict": verdict,
+            }
+        )
+    return out
+
+
+def environment() -> dict[str, Any]:
+    import pbfast
+    import pbfast._core
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = None
+    v = versions()
+    return {
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "pbfast_version": pbfast.__version__,
+        "pbfast_build_profile": pbfast._core.build_profile,
+        "uvloop_version": v[RAW].split()[1] if v[RAW] else None,
+        "twisted_version": v[TWISTED],
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+    }
+
+
+def busy_percent(seconds: float = 0.5) -> float | None:
+    """How busy the machine's CPUs were over `seconds` (Linux: /proc/stat), before we start: other
+    work running meanwhile makes every number here noisy."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return sum(fields[:8]), fields[3] + fields[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    return 100.0 * (1 - (idle1 - idle0) / total) if total > 0 else None
+
+
+def debug_warning() -> str:
+    import pbfast._core
+
+    return (
+        f"**WARNING: pbfast._core is a `{pbfast._core.build_profile}` build, not `release`. Its numbers "
+        "are meaningless. Rebuild with `maturin develop --release` or `pip install .`.**"
+    )
+
+
+BUSY_WARNING = 10  # percent of CPU time used by other work before the run
+
+
+def busy_note(busy: float | None) -> str:
+    if busy is None or busy <= BUSY_WARNING:
+        return ""
+    return f"; **{busy:.0f}% busy with other work just before the run: expect noisy numbers**"
+
+
+def describe_pin(pin: str) -> str:
+    server, client = placement(pin)
+    if server is None:
+        return "left to the OS"
+    if server == client:
+        return f"server and client both on CPU {server}"
+    return f"server on CPU {server}, client on CPU {client}"
+
+
+def report(results: list[Result], env: dict[str, Any], args: argparse.Namespace, size: int) -> str:
+    lines = ["# RPC benchmark", ""]
+    if env["pbfast_build_profile"] != "release":
+        lines += [debug_warning(), ""]
+    cpus = f"{env['cpu_count']}" + (
+        f" ({env['cpus_usable']} usable)" if env["cpus_usable"] not in (None, env["cpu_count"]) else ""
+    )
+    runtimes = ", ".join(f"{TITLES[r.system]} on `{r.runtime}`" for r in results if r.ok)
+    lines += [
+        f"- Python {env['python']} ({env['python_implementation']})",
+        f"- pbfast {env['pbfast_version']}, `pbfast._core.build_profile` = `{env['pbfast_build_profile']}`",
+        f"- uvloop {env['uvloop_version'] or 'not installed'}, "
+        f"Twisted {env['twisted_version'] or 'not installed'}",
+        f"- Event loops: {runtimes}",
+        f"- CPUs: {cpus}{busy_note(env.get('cpu_busy_before_percent'))}",
+        f"- Platform: {env['platform']}",
+        f"- Call: `echo(1)` over TCP on {HOST}, server and client in separate processes; "
+        f"request {size} bytes (the raw echo's frames: 4-byte length + {size} bytes)",
+        f"- Timing: {args.seconds:g} s per system per measurement in {args.rounds} alternating rounds "
+        f"(a fresh server and client each round); warm-up {args.warmup:g} s; "
+        f"pipelined with {args.outstanding} calls outstanding",
+        f"- CPU placement (`--pin {args.pin}`): {describe_pin(args.pin)}",
+        "",
+        "| system | version | seq median µs | seq p99 µs | pipelined calls/s | throughput spread "
+        "| seq calls | pipelined calls |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in results:
+        if not r.ok:
+            lines.append(f"| {TITLES[r.system]} | {r.unavailable or 'not run'} | – | – | – | – | – | – |")
+            continue
+        lines.append(
+            f"| {TITLES[r.system]} | {r.version} | {fmt_us(r.median_us())} | {fmt_us(r.p99_us())} | "
+            f"{fmt_rate(r.throughput())} | ±{r.spread():.0f}% | {r.seq_calls:,} | {r.pipe_calls:,} |"
+        )
+    lines += ["", "| ratio | value | target | result |", "|---|--:|--:|---|"]
+    for t in ratios(results):
+        target = f"{t['comparison'].replace('>=', '≥').replace('<=', '≤')} {t['target']:g}×"
+        lines.append(f"| {t['label']} | {fmt_ratio(t['ratio'])} | {target} | {t['verdict'] or '–'} |")
+    lines += [
+        "",
+        "CPU time per call (µs), client and server process:",
+        "",
+        "| system | pipelined client | pipelined server | sequential client | sequential server |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    for r in results:
+        if r.ok:
+            cells = [
+                per_call_us(r.pipe_cpu, 0),
+                per_call_us(r.pipe_cpu, 1),
+                per_call_us(r.seq_cpu, 0),
+                per_call_us(r.seq_cpu, 1),
+            ]
+            lines.append(f"| {TITLES[r.system]} | {' | '.join(fmt_us(c) for c in cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def results_json(
+    results: list[Result], env: dict[str, Any], args: argparse.Namespace, size: int
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "benchmark": "rpc",
+        "call": "echo(1)",
+        "request_bytes": size,
+        "environment": env,
+        "settings": {
+            "seconds": args.seconds,
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "outstanding": args.outstanding,
+            "pin": args.pin,
+            "placement": describe_pin(args.pin),
+        },
+        "systems": {},
+        "ratios": {},
+    }
+    for r in results:
+        if not r.ok:
+            out["systems"][r.system] = {"unavailable": r.unavailable or "not run"}
+            continue
+        out["systems"][r.system] = {
+            "version": r.version,
+            "runtime": r.runtime,
+            "sequential": {
+                "median_us": r.median_us(),
+                "p99_us": r.p99_us(),
+                "calls": r.seq_calls,
+                "client_cpu_us_per_call": per_call_us(r.seq_cpu, 0),
+                "server_cpu_us_per_call": per_call_us(r.seq_cpu, 1),
+            },
+            "pipelined": {
+                "calls_per_second_median": r.throughput(),
+                "calls_per_second_rounds": r.rates,
+                "calls": r.pipe_calls,
+                "client_cpu_us_per_call": per_call_us(r.pipe_cpu, 0),
+                "server_cpu_us_per_call": per_call_us(r.pipe_cpu, 1),
+            },
+        }
+    for t in ratios(results):
+        out["ratios"][t["key"]] = {k: t[k] for k in ("ratio", "comparison", "target", "verdict")}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--seconds", type=float, default=2.0, help="seconds per system per measurement (default: 2)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default: 3)")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0.3,
+        help="untimed pipelined seconds per client process (default: 0.3)",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(SYSTEMS),
+        help=f"systems to run, comma-separated (default: {','.join(SYSTEMS)})",
+    )
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="PATH",
+        help="print one JSON object instead of the report; with PATH, print the report and also "
+        "write the JSON to PATH",
+    )
+    parser.add_argument(
+        "--pin",
+        choices=("same", "split", "none"),
+        default="same",
+        help="CPU placement of each server and its client: both on one CPU (default), one CPU each, "
+        "or left to the OS",
+    )
+    parser.add_argument("--outstanding", type=int, default=OUTSTANDING, help=argparse.SUPPRESS)
+    # Internal: the server and client processes.
+    parser.add_argument("--serve", choices=SYSTEMS, help=argparse.SUPPRESS)
+    parser.add_argument("--client", choices=SYSTEMS, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.seconds <= 0 or args.rounds < 1 or args.warmup < 0 or args.outstanding < 1:
+        parser.error("--seconds must be > 0, --rounds >= 1, --warmup >= 0")
+
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    if args.serve:
+        SERVERS[args.serve]()
+        return 0
+    if args.client:
+        line = json.dumps(CLIENTS[args.client](args))
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as f:
+                f.write(line + "\n")
+        else:
+            print(line, flush=True)
+        return 0
+
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(only) - set(SYSTEMS)
+    if unknown or not only:
+        parser.error(f"--only takes a comma-separated subset of {','.join(SYSTEMS)}")
+
+    env = environment()
+    if env["pbfast_build_profile"] != "release":
+        banner = "!" * 78
+        print(f"{banner}\n{debug_warning()}\n{banner}", file=sys.stderr)
+
+    busy = env["cpu_busy_before_percent"] = busy_percent()
+    if busy is not None and busy > BUSY_WARNING:
+        print(
+            f"warning: the CPUs were {busy:.0f}% busy with other work just before the run; "
+            "expect noisy numbers",
+            file=sys.stderr,
+        )
+    size = request_size()
+    have = versions()
+    results = []
+    for system in SYSTEMS:
+        if system not in only:
+            continue
+        version = have[system]
+        results.append(Result(system, version or "", unavailable=None if version else "not installed"))
+    measure(results, args, size)
+
+    data = results_json(results, env, args, size)
+    if args.json == "-":
+        print(json.dumps(data, indent=2))
+    else:
+        print(report(results, env, args, size), end="")
+    if args.json and args.json != "-":
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        print(f"results written to {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
