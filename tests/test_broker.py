@@ -1131,3 +1131,24 @@ def test_remote_methods_may_use_the_broker_while_it_decodes(run, transport) -> N
             assert await conn.root.callRemote("call_back", Hello()) == "hello server"
 
     run(main())
+
+
+def test_calls_over_tls(run, tmp_path) -> None:
+    cert, key = pbfast.endpoints.self_signed_certificate("localhost")
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "key.pem").write_bytes(key)
+    server_endpoint = (
+        f"ssl:port=0:interface=127.0.0.1:privateKey={tmp_path / 'key.pem'}:certKey={tmp_path / 'cert.pem'}"
+    )
+
+    async def main() -> None:
+        async with await pbfast.serve(Echo(), server_endpoint) as server:
+            client = (
+                f"ssl:host=127.0.0.1:port={server.port}:caCerts={tmp_path / 'cert.pem'}:hostname=localhost"
+            )
+            async with pbfast.connect(client) as root:
+                assert await root.callRemote("echo", [1, "two"]) == [1, "two"]
+                child = await root.callRemote("child")
+                assert await child.callRemote("inc") == 1
+
+    run(main())
