@@ -1,9 +1,12 @@
 """One PB connection's dispatch: request ids and answer futures, the object tables, and the
 jelly hooks that turn Referenceables into ``remote``/``local`` references and back.
 
-The Rust core does the bytes: `PbDecoder` turns each received chunk into event tuples and
-`PbEncoder` turns each outgoing command into bytes. The counts of our objects the peer holds
-live in a `RefTable` (Rust); the objects themselves live here, keyed by luid.
+The Rust core does the bytes and the per-call hot path: `PbDecoder` turns each received chunk
+into event tuples, and itself runs plain calls and resolves plain answers (its fast path, with
+this broker's tables); `Sender` makes each outgoing call in one crossing and gathers the bytes
+written in one loop iteration; `PbEncoder` encodes replies and commands. The counts of our
+objects the peer holds live in a `RefTable` (Rust); the objects themselves live here, by luid.
+Everything else — errors, coroutine results, references, flow control — is handled here.
 """
 
 from __future__ import annotations
