@@ -3,11 +3,22 @@
 Layers, bottom up: ``pbfast._core`` (Rust: banana, jelly, framing, PB envelopes, reference
 counts; never imported by users), ``pbfast.errors``, ``pbfast.banana`` (raw tokens),
 ``pbfast.serialization`` (jelly + banana), ``pbfast.referenceable`` (objects by reference),
-``pbfast.endpoints`` (Twisted-style endpoint strings), ``pbfast.pb`` (serve, connect, run).
+``pbfast.copyable`` and ``pbfast.cacheable`` (objects by copy), ``pbfast.cred`` (logins),
+``pbfast.endpoints`` (Twisted-style endpoint strings), ``pbfast.pb`` (serve, connect, login,
+run).
 Nothing starts at import time and no event-loop policy is installed.
 """
 
 from . import banana, endpoints
+from .cacheable import Cacheable, RemoteCache, RemoteCacheObserver
+from .copyable import (
+    Copyable,
+    RemoteCopy,
+    setUnjellyableFactoryForClass,
+    setUnjellyableForClass,
+    setUnjellyableForClassTree,
+)
+from .cred import Anonymous, InMemoryUsernamePasswordDatabase, Portal, UsernamePassword
 from .errors import (
     BananaError,
     DeadReferenceError,
@@ -20,37 +31,55 @@ from .errors import (
     PbfastError,
     ProtocolError,
     RemoteError,
+    UnauthorizedLogin,
 )
-from .pb import Server, connect, run, serve
-from .referenceable import Referenceable, RemoteReference, Root
+from .pb import Server, connect, login, run, serve
+from .referenceable import Avatar, Referenceable, RemoteReference, Root, Viewable, ViewPoint
 from .serialization import Unpersistable, dumps, jelly, loads, unjelly
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Anonymous",
+    "Avatar",
     "BananaError",
+    "Cacheable",
+    "Copyable",
     "DeadReferenceError",
     "Error",
+    "InMemoryUsernamePasswordDatabase",
     "InsecureJelly",
     "JellyError",
     "NegotiationError",
     "NoSuchMethod",
     "PBConnectionLost",
     "PbfastError",
+    "Portal",
     "ProtocolError",
     "Referenceable",
+    "RemoteCache",
+    "RemoteCacheObserver",
+    "RemoteCopy",
     "RemoteError",
     "RemoteReference",
     "Root",
     "Server",
+    "UnauthorizedLogin",
     "Unpersistable",
+    "UsernamePassword",
+    "ViewPoint",
+    "Viewable",
     "banana",
     "connect",
     "dumps",
     "endpoints",
     "jelly",
     "loads",
+    "login",
     "run",
     "serve",
+    "setUnjellyableFactoryForClass",
+    "setUnjellyableForClass",
+    "setUnjellyableForClassTree",
     "unjelly",
 ]

@@ -38,16 +38,19 @@ from ._core import (
     EV_UNKNOWN,
 )
 from ._failure import FAILURE_TAG, CopyableFailure, qualified_name, remote_error
+from .cacheable import Cacheable, RemoteCache, RemoteCacheObserver
+from .copyable import Copyable, make_copy, unjellyableFor
 from .errors import (
     DeadReferenceError,
     Error,
+    InsecureJelly,
     JellyError,
     NoSuchMethod,
     PBConnectionLost,
     PbfastError,
     RemoteError,
 )
-from .referenceable import Referenceable, RemoteReference
+from .referenceable import Referenceable, RemoteReference, Viewable, ViewPoint
 
 __all__ = ["Broker", "BrokerOptions"]
 
@@ -68,6 +71,8 @@ class BrokerOptions:
         unsafeTracebacks: send the full traceback of a failing remote method to the caller
             (off by default: tracebacks reveal server internals).
         max_refs: how many of our objects the peer may hold references to at once.
+        max_proxies: how many of the peer's objects (references and cached copies) it may
+            make us hold at once.
         backlog: calls kept waiting while the peer is not reading our replies; past it we stop
             reading from the peer.
         max_element_size, max_message_size, max_depth, max_header_length: receive limits
@@ -76,6 +81,7 @@ class BrokerOptions:
 
     unsafeTracebacks: bool = False
     max_refs: int = 1 << 16
+    max_proxies: int = 1 << 16
     backlog: int = 1024
     limits: dict[str, int] = field(default_factory=dict)
 
@@ -142,11 +148,21 @@ class Broker:
         )
         self.call = self._sender.call
         self.call_only = self._sender.call_only
-        # The peer's objects we hold: luid -> proxy.
+        # Our Cacheables the peer holds copies of: luid -> (cacheable, observer); counts in `_refs`.
+        self._caches: dict[int, tuple[Cacheable, RemoteCacheObserver]] = {}
+        # ViewPoints while the peer holds them, by (id(perspective), id(viewable)).
+        self._viewpoints: dict[tuple[int, int], ViewPoint] = {}
+        # Callbacks for when the peer lets go of an object (avatars' logouts), by id(object).
+        self._logouts: dict[int, Callable[[], object]] = {}
+        # The perspective results are being jellied for (see `_answer`).
+        self._perspective: Any = None
+        # The peer's objects we hold: luid -> proxy, and its Cacheables' copies: luid -> copy.
         self._proxies: weakref.WeakValueDictionary[int | bytes, RemoteReference] = (
             weakref.WeakValueDictionary()
         )
-        self._decrefs: list[tuple[int | bytes, int]] = []
+        self._remote_caches: weakref.WeakValueDictionary[int, RemoteCache] = weakref.WeakValueDictionary()
+        # Queued decrefs and decaches: (command, luid, count).
+        self._decrefs: list[tuple[bytes, int | bytes, int]] = []
         # Calls received while the peer is not reading our replies (flow control).
         self._backlog: collections.deque[tuple] = collections.deque()
         self._writing_paused = False
@@ -173,8 +189,8 @@ class Broker:
             EV_BAD_CALL: self._on_bad_call,
             EV_BAD_REPLY: self._on_bad_reply,
             EV_DECREF: self._on_decref,
-            EV_DECACHE: self._on_unsupported,
-            EV_UNCACHE: self._on_unsupported,
+            EV_DECACHE: self._on_decache,
+            EV_UNCACHE: self._on_uncache,
             EV_READY: self._on_ready,
             EV_UNKNOWN: self._on_unknown,
             EV_DID_NOT_UNDERSTAND: self._on_did_not_understand,
@@ -229,6 +245,8 @@ class Broker:
         return {
             "objects": len(self._refs),
             "proxies": sum(1 for luid in self._proxies.keys() if luid != ROOT),
+            "caches": len(self._caches),
+            "cached": len(self._remote_caches),
             "pending": len(self._pending),
             "backlog": len(self._backlog),
             "buffered": self._buffered,
@@ -425,13 +443,14 @@ class Broker:
             return
         try:
             result = target.remoteMessageReceived(self, method, args, kwargs)
+            perspective = target.serializingPerspective()
         except Exception as exc:
             self._fail(request_id, answer, exc, method)
             return
         if hasattr(type(result), "__await__"):
-            self._start(request_id, answer, method, result)
+            self._start(request_id, answer, method, result, perspective)
         elif answer:
-            self._answer(request_id, result, method)
+            self._answer(request_id, result, method, perspective)
 
     def _on_raised(self, event: tuple) -> None:
         _, request_id, answer, method, exc = event
@@ -444,19 +463,35 @@ class Broker:
     def _on_flush(self, event: tuple) -> None:
         self._flush()
 
-    def _start(self, request_id: int, answer: bool, method: str, awaitable: Any) -> None:
+    def _start(
+        self, request_id: int, answer: bool, method: str, awaitable: Any, perspective: Any = None
+    ) -> None:
         """Await a remote method's awaitable result in a task, then reply."""
-        task = self._loop.create_task(self._finish(request_id, answer, method, awaitable))
+        task = self._loop.create_task(self._finish(request_id, answer, method, awaitable, perspective))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         if len(self._tasks) >= self.options.backlog:
             self._held = True
 
     def _on_cachemessage(self, event: tuple) -> None:
-        _, request_id, _, method, answer, _, _ = event
-        self._fail(request_id, answer, Error("pbfast does not hold remote caches on this connection"), method)
+        _, request_id, luid, method, answer, args, kwargs = event
+        cache = self._remote_caches.get(luid) if type(luid) is int else None
+        if cache is None:
+            self._fail(request_id, answer, Error(f"no cached object {luid!r}"), method, ran=False)
+            return
+        try:
+            result = cache.remoteMessageReceived(self, method, args, kwargs)
+        except Exception as exc:
+            self._fail(request_id, answer, exc, method)
+            return
+        if hasattr(type(result), "__await__"):
+            self._start(request_id, answer, method, result)
+        elif answer:
+            self._answer(request_id, result, method)
 
-    async def _finish(self, request_id: int, answer: bool, method: str, awaitable: Any) -> None:
+    async def _finish(
+        self, request_id: int, answer: bool, method: str, awaitable: Any, perspective: Any
+    ) -> None:
         try:
             result = await awaitable
         except asyncio.CancelledError as exc:
@@ -471,17 +506,21 @@ class Broker:
             self._fail(request_id, answer, exc, method)
             return
         if answer:
-            self._answer(request_id, result, method)
+            self._answer(request_id, result, method, perspective)
 
-    def _answer(self, request_id: int, result: Any, method: str) -> None:
+    def _answer(self, request_id: int, result: Any, method: str, perspective: Any = None) -> None:
+        """Send the answer, jellied for `perspective` (what Copyables and Viewables in it see)."""
         if self.disconnected:
             return
+        outer, self._perspective = self._perspective, perspective
         try:
             data = self._encode(self._encoder.answer, request_id, result)
         except Exception as exc:
             exc.add_note(f"while sending the result of remote_{method}")
             self._fail(request_id, True, exc, method)
             return
+        finally:
+            self._perspective = outer
         self._write(data)
 
     def _fail(self, request_id: int, answer: bool, exc: BaseException, method: str, ran: bool = True) -> None:
@@ -556,11 +595,27 @@ class Broker:
                 "%r: the peer sent a decref for %s, which it does not hold; ignored", self, _short(luid)
             )
             return
+        if luid in self._caches:
+            log.warning("%r: the peer sent a decref for cached object %s; ignored", self, luid)
+            return
         if self._refs.decref(luid):
-            del self._objects[luid]
+            self._forget(luid)
 
-    def _on_unsupported(self, event: tuple) -> None:
-        log.warning("%r: ignoring %s: no cached objects are shared on this connection", self, _short(event))
+    def _on_decache(self, event: tuple) -> None:
+        luid = event[1]
+        if type(luid) is not int or luid not in self._caches:
+            log.warning(
+                "%r: the peer sent a decache for %s, which it does not hold; ignored", self, _short(luid)
+            )
+            return
+        if self._refs.decref(luid):
+            self._forget(luid)
+
+    def _on_uncache(self, event: tuple) -> None:
+        luid = event[1]
+        cache = self._remote_caches.pop(luid, None) if type(luid) is int else None
+        if cache is not None:
+            cache._pb_cache = None  # the owner forgot it: nothing to decache any more
 
     def _on_unknown(self, event: tuple) -> None:
         command = event[1]
@@ -588,26 +643,80 @@ class Broker:
             return (b"local", obj.luid), False
         if isinstance(obj, CopyableFailure):
             return (FAILURE_TAG, obj.state), True
+        if isinstance(obj, Cacheable):
+            return self._jelly_cacheable(obj)
+        if isinstance(obj, Copyable):
+            perspective = self._perspective
+            tag = _tag_bytes(obj.getTypeToCopyFor(perspective))
+            return (tag, obj.getStateToCopyFor(perspective)), True
+        if isinstance(obj, Viewable):
+            return self._jelly(self._viewpoint(obj))
+        if isinstance(obj, RemoteCache):
+            cache = obj._pb_cache
+            if cache is None or cache[0] is not self:
+                raise Error(f"cannot send {obj!r} over another connection")
+            return (b"lcache", cache[1]), False
         return None
+
+    def _jelly_cacheable(self, obj: Cacheable) -> tuple[tuple, bool]:
+        """The first sending on this connection carries the state; later ones name the luid."""
+        luid, new = self._refs.send(id(obj))
+        self._sent.append(luid)
+        if not new:
+            return (b"cached", luid), True
+        perspective = self._perspective
+        observer = RemoteCacheObserver(self, obj, perspective, luid)
+        self._caches[luid] = (obj, observer)
+        tag = _tag_bytes(obj.getTypeToCopyFor(perspective))
+        return (tag, luid, obj.getStateToCacheAndObserveFor(perspective, observer)), True
+
+    def _viewpoint(self, viewable: Viewable) -> ViewPoint:
+        """The one ViewPoint of `viewable` for the current perspective, while the peer holds it."""
+        key = (id(self._perspective), id(viewable))
+        point = self._viewpoints.get(key)
+        if point is None or point.viewable is not viewable:
+            point = self._viewpoints[key] = ViewPoint(self._perspective, viewable)
+        return point
 
     def _undo_sends(self, mark: int) -> None:
         """An encode failed: take back the counts it added (the peer never saw them)."""
         sent = self._sent
         for luid in sent[mark:]:
             if self._refs.decref(luid):
-                del self._objects[luid]
+                self._forget(luid, uncache=False)
         del sent[mark:]
 
     def _unpin(self, luids: list[int]) -> None:
         for luid in self._refs.unpin(luids):
-            del self._objects[luid]
+            self._forget(luid)
+
+    def _forget(self, luid: int, *, uncache: bool = True) -> None:
+        """The peer holds `luid` no more: drop the object and run what waits for that."""
+        obj = self._objects.pop(luid, None)
+        if obj is not None:
+            if isinstance(obj, ViewPoint):
+                self._viewpoints.pop((id(obj.perspective), id(obj.viewable)), None)
+            logout = self._logouts.pop(id(obj), None)
+            if logout is not None:
+                _run_callback(logout)
+            return
+        cacheable, observer = self._caches.pop(luid)
+        _run_callback(cacheable.stoppedObserving, observer.perspective, observer)
+        if uncache and not self.disconnected:
+            self._write(self._encoder.command(b"uncache", luid))
+
+    def call_when_released(self, obj: Referenceable, callback: Callable[[], object]) -> None:
+        """Run ``callback()`` once, when the peer lets go of `obj` or the connection ends (an
+        avatar's logout)."""
+        self._logouts[id(obj)] = callback
 
     def _unjelly(self, tag: bytes, items: list) -> Any:
-        """Decoder hook: build the values of the PB jelly tags."""
+        """Decoder hook: build the values of the PB jelly tags, copies and caches."""
         if tag == b"remote":
             luid = _luid(tag, items)
             proxy = self._proxies.get(luid)
             if proxy is None:
+                self._check_held(b"decref", luid)
                 proxy = self._proxies[luid] = RemoteReference(self, luid)
             proxy._count += 1
             return proxy
@@ -617,16 +726,67 @@ class Broker:
                 return self._objects[luid]
             except KeyError:
                 raise JellyError(f"the peer sent back our object {luid!r}, which it does not hold") from None
+        if tag == b"cached":
+            luid = _luid(tag, items)
+            cache = self._remote_caches.get(luid)
+            if cache is None:
+                raise JellyError(f"the peer named its cached object {luid!r}, which we do not hold")
+            cache._pb_count += 1
+            return cache
+        if tag == b"lcache":
+            luid = _luid(tag, items)
+            entry = self._caches.get(luid)
+            if entry is None:
+                raise JellyError(f"the peer sent back our cached object {luid!r}, which it does not hold")
+            return entry[0]
         if tag == FAILURE_TAG and len(items) == 1:
             return remote_error(items[0])
-        return NotImplemented
+        registered = unjellyableFor(tag)
+        if registered is None:
+            return NotImplemented
+        if len(items) == 1:
+            return make_copy(tag, items[0])
+        if len(items) == 2 and type(items[0]) is int:
+            return self._new_cache(tag, registered, items[0], items[1])
+        raise JellyError(f"a copy of {tag.decode('utf-8', 'replace')} takes a state (or a luid and a state)")
+
+    def _new_cache(self, tag: bytes, registered: tuple[str, Any], luid: int, state: Any) -> RemoteCache:
+        if luid in self._remote_caches:
+            raise JellyError(f"the peer sent cached object {luid} again in full")
+        self._check_held(b"decache", luid)
+        cache = registered[1]()
+        if not isinstance(cache, RemoteCache):
+            # The owner counts this sending: give it back, as the copy is refused.
+            self.release_cache(luid, 1)
+            raise InsecureJelly(
+                f"{tag.decode('utf-8', 'replace')} is registered to a class that is not a RemoteCache"
+            )
+        # Registered first, so that if setCopyableState fails the owner still hears decache.
+        cache._pb_cache = (self, luid)
+        cache._pb_count = 1
+        self._remote_caches[luid] = cache
+        cache.setCopyableState(state)
+        return cache
+
+    def _check_held(self, command: bytes, luid: int) -> None:
+        """Refuse a new proxy or cache past `max_proxies` (giving its reference back)."""
+        if len(self._proxies) + len(self._remote_caches) >= self.options.max_proxies:
+            self._queue_release(command, luid, 1)
+            raise Error(f"the peer sent more than max_proxies={self.options.max_proxies} objects")
 
     def release(self, luid: int | bytes, count: int) -> None:
         """A proxy died: tell the owner (``decref`` ×count). Runs in finalizers, possibly in
         another thread or in the middle of other work, so it only queues."""
+        self._queue_release(b"decref", luid, count)
+
+    def release_cache(self, luid: int, count: int) -> None:
+        """A RemoteCache died: tell the owner (``decache`` ×count), as `release` does."""
+        self._queue_release(b"decache", luid, count)
+
+    def _queue_release(self, command: bytes, luid: int | bytes, count: int) -> None:
         if self.disconnected:
             return
-        self._decrefs.append((luid, count))
+        self._decrefs.append((command, luid, count))
         if len(self._decrefs) == 1:
             try:
                 self._loop.call_soon_threadsafe(self._send_decrefs)
@@ -642,8 +802,8 @@ class Broker:
         decrefs, self._decrefs = self._decrefs, []
         if self.disconnected or self._encoder is None:
             return
-        for luid, count in decrefs:
-            self._write(self._encoder.command(b"decref", luid, count))
+        for command, luid, count in decrefs:
+            self._write(self._encoder.command(command, luid, count))
 
     def watch(self, ref: RemoteReference) -> None:
         self._watched[id(ref)] = ref
@@ -681,7 +841,14 @@ class Broker:
         callbacks, self._disconnect_callbacks = self._disconnect_callbacks, []
         for callback in callbacks:
             _run_callback(callback)
+        caches, self._caches = self._caches, {}
+        for cacheable, observer in caches.values():
+            _run_callback(cacheable.stoppedObserving, observer.perspective, observer)
+        logouts, self._logouts = self._logouts, {}
+        for logout in logouts.values():
+            _run_callback(logout)
         self._objects.clear()
+        self._viewpoints.clear()
         self._refs.clear()
         self._backlog.clear()
         self._sender.close()
@@ -690,6 +857,10 @@ class Broker:
             self._writable = None
         if not self.closed.done():
             self.closed.set_result(None)
+
+
+def _tag_bytes(tag: str | bytes) -> bytes:
+    return tag.encode("utf-8") if isinstance(tag, str) else tag
 
 
 def _luid(tag: bytes, items: list) -> int | bytes:

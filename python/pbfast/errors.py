@@ -14,6 +14,7 @@ The Rust core raises these classes too, so ``isinstance`` checks, docs and pickl
       RemoteError            the remote method raised; the caller gets this
       DeadReferenceError     (also ConnectionError) a call on a connection that is gone
       PBConnectionLost       (also ConnectionError) the connection ended while a call waited
+      UnauthorizedLogin      a login was refused
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "PbfastError",
     "ProtocolError",
     "RemoteError",
+    "UnauthorizedLogin",
 ]
 
 
@@ -38,6 +40,7 @@ __all__ = [
 TWISTED_EQUIVALENTS = {
     "pbfast.errors.Error": "twisted.spread.pb.Error",
     "pbfast.errors.NoSuchMethod": "twisted.spread.flavors.NoSuchMethod",
+    "pbfast.errors.UnauthorizedLogin": "twisted.cred.error.UnauthorizedLogin",
 }
 
 
@@ -151,3 +154,7 @@ class DeadReferenceError(PbfastError, ConnectionError):
 
 class PBConnectionLost(PbfastError, ConnectionError):
     """The connection ended while the call waited for its reply."""
+
+
+class UnauthorizedLogin(PbfastError):
+    """A login was refused: unknown user, wrong password, or no checker for the credentials."""

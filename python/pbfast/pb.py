@@ -11,9 +11,10 @@ from typing import Any, TypeVar
 from . import endpoints
 from ._broker import Broker, BrokerOptions
 from ._protocol import PBProtocol
+from .cred import Portal, PortalRoot, login_over
 from .referenceable import Referenceable, RemoteReference, Root
 
-__all__ = ["Server", "connect", "run", "serve"]
+__all__ = ["Server", "connect", "login", "run", "serve"]
 
 T = TypeVar("T")
 
@@ -60,9 +61,10 @@ class Server:
         await self.wait_closed()
 
 
-async def serve(root: Root | Referenceable, endpoint: str, **options: Any) -> Server:
+async def serve(root: Root | Referenceable | Portal, endpoint: str, **options: Any) -> Server:
     """Serve `root` on `endpoint` (Twisted's endpoint syntax, e.g. ``"tcp:8800"`` or
     ``"tcp:port=0:interface=127.0.0.1"``); every connection gets ``root.rootObject(broker)``.
+    A `Portal` is served for cred logins (`login`), as Twisted's ``PBServerFactory(portal)``.
 
     Options: ``unsafeTracebacks`` (send tracebacks to callers), ``max_refs``, ``backlog`` and the
     receive limits ``max_element_size``, ``max_message_size``, ``max_depth``,
@@ -73,10 +75,8 @@ async def serve(root: Root | Referenceable, endpoint: str, **options: Any) -> Se
         TypeError: an unknown option, or a root that is not a Referenceable.
         OSError: the address cannot be bound (e.g. the port is in use).
     """
-    if not isinstance(root, Referenceable):
-        raise TypeError(f"the root must be a pbfast.Referenceable, not {type(root).__name__}")
     settings = BrokerOptions.from_keywords(options)
-    root_for = getattr(root, "rootObject", None) or (lambda broker: root)
+    root_for = _root_factory(root)
     brokers: set[Broker] = set()
 
     def protocol() -> PBProtocol:
@@ -86,6 +86,15 @@ async def serve(root: Root | Referenceable, endpoint: str, **options: Any) -> Se
 
     listener = await endpoints.listen(endpoint, protocol)
     return Server(listener, brokers)
+
+
+def _root_factory(root: Root | Referenceable | Portal) -> Any:
+    """A connection's root, given its broker."""
+    if isinstance(root, Portal):
+        return lambda broker: PortalRoot(root, broker)
+    if not isinstance(root, Referenceable):
+        raise TypeError(f"the root must be a pbfast.Referenceable or Portal, not {type(root).__name__}")
+    return getattr(root, "rootObject", None) or (lambda broker: root)
 
 
 class connect:  # noqa: N801 (used like a function: `await connect(...)`, `async with connect(...)`)
@@ -136,6 +145,41 @@ class connect:  # noqa: N801 (used like a function: `await connect(...)`, `async
         if self._root is not None:
             root, self._root = self._root, None
             await root.broker.close()
+
+
+class login(connect):  # noqa: N801 (used like a function, as `connect` is)
+    """Log in to a PB server serving a portal, with Twisted's challenge/response.
+
+    ``await pbfast.login(endpoint, pbfast.UsernamePassword(user, password), mind=None)``
+    gives the avatar's `RemoteReference`; ``async with`` also closes the connection on exit.
+    `credentials` None (or `pbfast.Anonymous()`) logs in anonymously. `mind` (any jellyable
+    value, often a Referenceable the server may call back) goes to the realm.
+
+    Raises:
+        UnauthorizedLogin: the server refused the credentials (the connection is closed).
+        and what `connect` raises.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        credentials: Any = None,
+        mind: Any = None,
+        *,
+        timeout: float = CONNECT_TIMEOUT,
+        **options: Any,
+    ) -> None:
+        super().__init__(endpoint, timeout=timeout, **options)
+        self._credentials = credentials
+        self._mind = mind
+
+    async def _open(self) -> RemoteReference:
+        root = await super()._open()
+        try:
+            return await login_over(root, self._credentials, self._mind)
+        except BaseException:
+            await root.broker.close()
+            raise
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

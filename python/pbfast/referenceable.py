@@ -12,7 +12,7 @@ from .errors import NoSuchMethod
 if TYPE_CHECKING:
     from ._broker import Broker
 
-__all__ = ["Referenceable", "Root", "RemoteReference"]
+__all__ = ["Avatar", "Referenceable", "RemoteReference", "Root", "ViewPoint", "Viewable"]
 
 
 class Referenceable:
@@ -35,6 +35,10 @@ class Referenceable:
             raise NoSuchMethod(f"No such method: remote_{message}")
         return method(*args, **kw)
 
+    def serializingPerspective(self) -> Any:
+        """The perspective this object's results are sent for (see `Avatar`, `ViewPoint`)."""
+        return None
+
 
 class Root(Referenceable):
     """A `Referenceable` that can be served as a connection's root object (named ``"root"``)."""
@@ -44,6 +48,65 @@ class Root(Referenceable):
     def rootObject(self, broker: Broker) -> Referenceable:
         """The root for one new connection; override to give each connection its own."""
         return self
+
+
+class Avatar(Referenceable):
+    """What a cred login gives the client: its ``perspective_<name>`` methods are called
+    remotely. Results are sent for this avatar (it is the perspective a `Viewable` or a
+    `Copyable` sees)."""
+
+    __slots__ = ()
+
+    def remoteMessageReceived(self, broker: Broker, message: str, args: tuple, kw: dict) -> Any:
+        return self.perspectiveMessageReceived(broker, message, args, kw)
+
+    def perspectiveMessageReceived(self, broker: Broker, message: str, args: tuple, kw: dict) -> Any:
+        """Run ``perspective_<message>(*args, **kw)``.
+
+        Raises:
+            AttributeError: there is no such method.
+        """
+        method = getattr(self, "perspective_" + message, None)
+        if method is None:
+            raise AttributeError(f"{type(self).__name__} has no method perspective_{message}")
+        return method(*args, **kw)
+
+    def serializingPerspective(self) -> Any:
+        return self
+
+
+class Viewable:
+    """An object that is never sent itself: the peer gets a reference to a `ViewPoint` of it
+    for the perspective it was sent for, and calls to it run ``view_<name>(perspective, ...)``."""
+
+    __slots__ = ()
+
+    def viewMessageReceived(self, perspective: Any, message: str, args: tuple, kw: dict) -> Any:
+        """Run ``view_<message>(perspective, *args, **kw)``.
+
+        Raises:
+            AttributeError: there is no such method.
+        """
+        method = getattr(self, "view_" + message, None)
+        if method is None:
+            raise AttributeError(f"{type(self).__name__} has no method view_{message}")
+        return method(perspective, *args, **kw)
+
+
+class ViewPoint(Referenceable):
+    """A `Viewable` as seen by one perspective (what travels for it)."""
+
+    __slots__ = ("perspective", "viewable")
+
+    def __init__(self, perspective: Any, viewable: Viewable) -> None:
+        self.perspective = perspective
+        self.viewable = viewable
+
+    def remoteMessageReceived(self, broker: Broker, message: str, args: tuple, kw: dict) -> Any:
+        return self.viewable.viewMessageReceived(self.perspective, message, args, kw)
+
+    def serializingPerspective(self) -> Any:
+        return self.perspective
 
 
 class RemoteReference:

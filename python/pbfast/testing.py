@@ -14,6 +14,7 @@ from typing import Any
 
 from ._broker import Broker, BrokerOptions
 from ._protocol import PBProtocol
+from .pb import _root_factory
 from .referenceable import Referenceable, RemoteReference
 
 __all__ = ["MemoryTransport", "connected_pair"]
@@ -93,7 +94,7 @@ async def connected_pair(server_root: Referenceable, **options: Any) -> tuple[Re
     """
     loop = asyncio.get_running_loop()
     settings = BrokerOptions.from_keywords(options)
-    root_for = getattr(server_root, "rootObject", None) or (lambda broker: server_root)
+    root_for = _root_factory(server_root)
     server = PBProtocol(server=True, root=root_for, options=settings)
     client = PBProtocol(server=False, options=settings)
     server_end = MemoryTransport(loop, server, "memory:server")

@@ -102,8 +102,10 @@ impl SenderPy {
         self.out.lock().expect("sender lock").clear();
     }
 
-    /// `callRemote`: a future for the answer to `method(*args, **kwargs)` on `object_id`.
-    /// Failures to send (dead connection, unsendable arguments) come back in the future.
+    /// `callRemote`: a future for the answer to `method(*args, **kwargs)` on `object_id` (with
+    /// `cache`, an `observe_*` call on the peer's copy of our Cacheable `object_id`). Failures
+    /// to send (dead connection, unsendable arguments) come back in the future.
+    #[pyo3(signature = (object_id, method, args, kwargs, cache=false))]
     fn call<'py>(
         &self,
         py: Python<'py>,
@@ -111,12 +113,13 @@ impl SenderPy {
         method: &str,
         args: &Bound<'py, PyTuple>,
         kwargs: &Bound<'py, PyDict>,
+        cache: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let future = self.create_future.bind(py).call0()?;
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let sent = self.sent.bind(py);
         let mark = sent.len();
-        let data = match self.encode(py, request_id, object_id, method, true, args, kwargs) {
+        let data = match self.encode(py, request_id, object_id, method, true, args, kwargs, cache) {
             Ok(data) => data,
             Err(e) => {
                 future.call_method1(pyo3::intern!(py, "set_exception"), (e.into_value(py),))?;
@@ -150,7 +153,7 @@ impl SenderPy {
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let sent = self.sent.bind(py);
         let mark = sent.len();
-        let data = self.encode(py, request_id, object_id, method, false, args, kwargs)?;
+        let data = self.encode(py, request_id, object_id, method, false, args, kwargs, false)?;
         if sent.len() > mark {
             sent.del_slice(mark, sent.len())?;
         }
@@ -197,6 +200,7 @@ impl SenderPy {
         answer: bool,
         args: &Bound<'py, PyTuple>,
         kwargs: &Bound<'py, PyDict>,
+        cache: bool,
     ) -> PyResult<Vec<u8>> {
         let encoder = match self.encoder.get() {
             Some(e) if !self.closed.load(Ordering::Relaxed) => e.get(),
@@ -204,7 +208,7 @@ impl SenderPy {
         };
         let mark = self.sent.bind(py).len();
         let mut data = Vec::new();
-        match encoder.encode_message(py, request_id, object_id, method, answer, args, Some(kwargs), false, &mut data) {
+        match encoder.encode_message(py, request_id, object_id, method, answer, args, Some(kwargs), cache, &mut data) {
             Ok(()) => Ok(data),
             Err(e) => {
                 self.undo.bind(py).call1((mark,))?;

@@ -41,7 +41,15 @@ UNAVAILABLE = "Traceback unavailable\n"
 OFFER_HEX = "02800282706204826e6f6e65"  # banana ["pb", "none"]: the dialects a PB server offers
 PB_ERROR = "twisted.spread.pb.Error"
 TWISTED_NO_SUCH_METHOD = "twisted.spread.flavors.NoSuchMethod"
-EMPTY_STATISTICS = {"objects": 0, "proxies": 0, "pending": 0, "backlog": 0, "buffered": 0}
+EMPTY_STATISTICS = {
+    "objects": 0,
+    "proxies": 0,
+    "caches": 0,
+    "cached": 0,
+    "pending": 0,
+    "backlog": 0,
+    "buffered": 0,
+}
 
 
 def qual(cls: type) -> str:

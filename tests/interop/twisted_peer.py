@@ -210,9 +210,7 @@ class PeerRoot(pb.Referenceable):
         return len(self.kept)
 
     def remote_call_kept(self, name, *args):
-        return defer.gatherResults(
-            [ref.callRemote(name, *args) for ref in self.kept], consumeErrors=True
-        )
+        return defer.gatherResults([ref.callRemote(name, *args) for ref in self.kept], consumeErrors=True)
 
     def remote_types(self):
         return sample_values() + [self_referencing_list()]
@@ -455,12 +453,8 @@ def scenario_slow_parallel(root):
     """Many calls in flight at once (``echo``), then calls answered in reverse order
     (``slow(x, seconds)``, which the server must answer with ``x`` after ``seconds``)."""
     count = 50
-    results = yield defer.DeferredList(
-        [root.callRemote("echo", i) for i in range(count)], consumeErrors=True
-    )
-    values = [
-        value if ok else {"failure": failure_info(value)} for ok, value in results
-    ]
+    results = yield defer.DeferredList([root.callRemote("echo", i) for i in range(count)], consumeErrors=True)
+    values = [value if ok else {"failure": failure_info(value)} for ok, value in results]
     # Calls answered in another order than they were made: the first call
     # sleeps longest, so the answers come back last-call-first and each must
     # still reach its own Deferred.
@@ -472,15 +466,10 @@ def scenario_slow_parallel(root):
         return value
 
     slow_results = yield defer.DeferredList(
-        [
-            root.callRemote("slow", i, 0.03 * (slow_count - i)).addCallback(record)
-            for i in range(slow_count)
-        ],
+        [root.callRemote("slow", i, 0.03 * (slow_count - i)).addCallback(record) for i in range(slow_count)],
         consumeErrors=True,
     )
-    slow_values = [
-        value if ok else {"failure": failure_info(value)} for ok, value in slow_results
-    ]
+    slow_values = [value if ok else {"failure": failure_info(value)} for ok, value in slow_results]
     return {
         "results": to_json(values),
         "all_ok": all(ok for ok, _ in results),
@@ -636,9 +625,7 @@ def _configure_logging():
         observers = [textFileLogObserver(sys.stderr)]
     else:
         observers = [lambda event: None]
-    globalLogBeginner.beginLoggingTo(
-        observers, discardBuffer=True, redirectStandardIO=False
-    )
+    globalLogBeginner.beginLoggingTo(observers, discardBuffer=True, redirectStandardIO=False)
 
 
 def main(argv):
