@@ -238,8 +238,10 @@ class Broker:
             raise DeadReferenceError("the connection is closed")
 
     def statistics(self) -> dict[str, int]:
-        """Table sizes, for monitoring and tests: ``objects`` (ours the peer holds, root
-        excluded), ``proxies`` (the peer's we hold), ``pending`` (our calls awaiting replies),
+        """Table sizes, for monitoring and tests: ``objects`` (ours the peer holds references
+        or cached copies of, root excluded), ``proxies`` (references to the peer's objects we
+        hold), ``caches`` (our Cacheables the peer holds copies of), ``cached`` (copies of the
+        peer's Cacheables we hold), ``pending`` (our calls awaiting replies),
         ``backlog`` (received calls waiting for the peer to read), ``buffered`` (bytes held for
         an incomplete message)."""
         return {

@@ -10,11 +10,11 @@ The Rust core raises these classes too, so ``isinstance`` checks, docs and pickl
         InsecureJelly        jelly the receiver's policy refuses
       Error                  raise it in a remote method: an expected error, sent without a
                              traceback in the server's log
+        UnauthorizedLogin    a login was refused
       NoSuchMethod           (also AttributeError) the object has no such remote method
       RemoteError            the remote method raised; the caller gets this
       DeadReferenceError     (also ConnectionError) a call on a connection that is gone
       PBConnectionLost       (also ConnectionError) the connection ended while a call waited
-      UnauthorizedLogin      a login was refused
 """
 
 from __future__ import annotations
@@ -156,5 +156,6 @@ class PBConnectionLost(PbfastError, ConnectionError):
     """The connection ended while the call waited for its reply."""
 
 
-class UnauthorizedLogin(PbfastError):
-    """A login was refused: unknown user, wrong password, or no checker for the credentials."""
+class UnauthorizedLogin(Error):
+    """A login was refused: unknown user, wrong password, or no checker for the credentials.
+    (An `Error`: the server does not log a traceback for it.)"""
