@@ -66,9 +66,9 @@ async def serve(root: Root | Referenceable | Portal, endpoint: str, **options: A
     ``"tcp:port=0:interface=127.0.0.1"``); every connection gets ``root.rootObject(broker)``.
     A `Portal` is served for cred logins (`login`), as Twisted's ``PBServerFactory(portal)``.
 
-    Options: ``unsafeTracebacks`` (send tracebacks to callers), ``max_refs``, ``backlog`` and the
-    receive limits ``max_element_size``, ``max_message_size``, ``max_depth``,
-    ``max_header_length`` (see `BrokerOptions`).
+    Options: ``unsafeTracebacks`` (send tracebacks to callers), ``max_refs``, ``max_proxies``,
+    ``backlog`` and the receive limits ``max_element_size``, ``max_message_size``,
+    ``max_depth``, ``max_header_length`` (see `BrokerOptions`).
 
     Raises:
         ValueError: a malformed endpoint string.
