@@ -41,6 +41,7 @@ TWISTED_EQUIVALENTS = {
     "pbfast.errors.Error": "twisted.spread.pb.Error",
     "pbfast.errors.NoSuchMethod": "twisted.spread.flavors.NoSuchMethod",
     "pbfast.errors.UnauthorizedLogin": "twisted.cred.error.UnauthorizedLogin",
+    "pbfast.errors.InsecureJelly": "twisted.spread.jelly.InsecureJelly",
 }
 
 
