@@ -18,7 +18,7 @@ from .copyable import (
     setUnjellyableForClass,
     setUnjellyableForClassTree,
 )
-from .cred import Anonymous, InMemoryUsernamePasswordDatabase, Portal, UsernamePassword
+from .cred import AllowAnonymousAccess, Anonymous, InMemoryUsernamePasswordDatabase, Portal, UsernamePassword
 from .errors import (
     BananaError,
     DeadReferenceError,
@@ -40,6 +40,7 @@ from .serialization import Unpersistable, dumps, jelly, loads, unjelly
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllowAnonymousAccess",
     "Anonymous",
     "Avatar",
     "BananaError",

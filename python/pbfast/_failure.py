@@ -58,8 +58,7 @@ def _parents(cls: type) -> list[str]:
     names = []
     for c in cls.__mro__:
         names.append(qualified_name(c))
-        if names[-1] in TWISTED_EQUIVALENTS:
-            names.append(TWISTED_EQUIVALENTS[names[-1]])
+        names.extend(TWISTED_EQUIVALENTS.get(names[-1], ()))
     return names
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANONYMOUS",
+    "AllowAnonymousAccess",
     "Anonymous",
     "InMemoryUsernamePasswordDatabase",
     "Portal",
@@ -81,6 +82,16 @@ class Checker(Protocol):
     def requestAvatarId(self, credentials: Any) -> Any: ...
 
 
+class AllowAnonymousAccess:
+    """A checker that admits anonymous logins (as `ANONYMOUS`); a portal without one refuses
+    them, as Twisted's does."""
+
+    def requestAvatarId(self, credentials: Any) -> Any:
+        if isinstance(credentials, Anonymous):
+            return ANONYMOUS
+        raise UnauthorizedLogin("only anonymous logins are accepted here")
+
+
 class InMemoryUsernamePasswordDatabase:
     """A checker for username/password credentials held in memory:
     ``InMemoryUsernamePasswordDatabase(alice="secret")``."""
@@ -132,19 +143,16 @@ class Portal:
         Raises:
             UnauthorizedLogin: no checker admits the credentials.
         """
-        if isinstance(credentials, Anonymous):
-            avatar_id: Any = ANONYMOUS
+        avatar_id: Any = None
+        failure: UnauthorizedLogin | None = None
+        for checker in self.checkers:
+            try:
+                avatar_id = await _maybe_await(checker.requestAvatarId(credentials))
+                break
+            except UnauthorizedLogin as e:
+                failure = e
         else:
-            avatar_id = None
-            failure: UnauthorizedLogin | None = None
-            for checker in self.checkers:
-                try:
-                    avatar_id = await _maybe_await(checker.requestAvatarId(credentials))
-                    break
-                except UnauthorizedLogin as e:
-                    failure = e
-            else:
-                raise failure or UnauthorizedLogin("no checker accepts these credentials")
+            raise failure or UnauthorizedLogin("no checker accepts these credentials")
         result = await _maybe_await(self.realm.requestAvatar(avatar_id, mind))
         if isinstance(result, tuple):
             if len(result) == 3:  # Twisted's (interface, avatar, logout)
@@ -216,8 +224,9 @@ async def login_over(root: RemoteReference, credentials: Any, mind: Any) -> Remo
         challenge, challenger = await root.callRemote("login", credentials.username)
         return await challenger.callRemote("respond", respond(challenge, credentials.password), mind)
     except RemoteError as e:
-        if e.check(UnauthorizedLogin):
-            raise UnauthorizedLogin(str(e.remoteValue)) from e
+        # Twisted refuses with UnauthorizedLogin, or UnhandledCredentials: both LoginFailed.
+        if e.check(UnauthorizedLogin, "twisted.cred.error.LoginFailed"):
+            raise UnauthorizedLogin(str(e.remoteValue) or e.remoteType) from e
         raise
 
 

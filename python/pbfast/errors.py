@@ -35,13 +35,18 @@ __all__ = [
 ]
 
 
-# pbfast classes that play a Twisted class's part. A failure we send names both (so a Twisted
-# caller's ``trap(pb.Error)`` matches), and `RemoteError.check` accepts either.
-TWISTED_EQUIVALENTS = {
-    "pbfast.errors.Error": "twisted.spread.pb.Error",
-    "pbfast.errors.NoSuchMethod": "twisted.spread.flavors.NoSuchMethod",
-    "pbfast.errors.UnauthorizedLogin": "twisted.cred.error.UnauthorizedLogin",
-    "pbfast.errors.InsecureJelly": "twisted.spread.jelly.InsecureJelly",
+# pbfast classes that play a Twisted class's part, with that class's Twisted-only ancestors. A
+# failure we send names them too (so a Twisted caller's ``trap(pb.Error)`` matches), and
+# `RemoteError.check` accepts the Twisted class for ours.
+TWISTED_EQUIVALENTS: dict[str, tuple[str, ...]] = {
+    "pbfast.errors.Error": ("twisted.spread.pb.Error",),
+    "pbfast.errors.NoSuchMethod": ("twisted.spread.flavors.NoSuchMethod",),
+    "pbfast.errors.UnauthorizedLogin": (
+        "twisted.cred.error.UnauthorizedLogin",
+        "twisted.cred.error.LoginFailed",
+        "twisted.cred.error.Unauthorized",
+    ),
+    "pbfast.errors.InsecureJelly": ("twisted.spread.jelly.InsecureJelly",),
 }
 
 
@@ -138,7 +143,7 @@ class RemoteError(PbfastError):
         instance of, by name, or None; like Twisted's ``Failure.check``."""
         for kind in kinds:
             name = kind if isinstance(kind, str) else f"{kind.__module__}.{kind.__name__}"
-            if name in self.parents or TWISTED_EQUIVALENTS.get(name, name) in self.parents:
+            if name in self.parents or TWISTED_EQUIVALENTS.get(name, (name,))[0] in self.parents:
                 return kind
         return None
 
