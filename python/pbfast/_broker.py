@@ -153,7 +153,7 @@ class Broker:
         # ViewPoints while the peer holds them, by (id(perspective), id(viewable)).
         self._viewpoints: dict[tuple[int, int], ViewPoint] = {}
         # Callbacks for when the peer lets go of an object (avatars' logouts), by id(object).
-        self._logouts: dict[int, Callable[[], object]] = {}
+        self._logouts: dict[int, list[Callable[[], object]]] = {}
         # The perspective results are being jellied for (see `_answer`).
         self._perspective: Any = None
         # The peer's objects we hold: luid -> proxy, and its Cacheables' copies: luid -> copy.
@@ -161,6 +161,8 @@ class Broker:
             weakref.WeakValueDictionary()
         )
         self._remote_caches: weakref.WeakValueDictionary[int, RemoteCache] = weakref.WeakValueDictionary()
+        # Copies we let go of, until the owner's uncache: luid -> (class, state).
+        self._dying_caches: dict[int, tuple[type, dict]] = {}
         # Queued decrefs and decaches: (command, luid, count).
         self._decrefs: list[tuple[bytes, int | bytes, int]] = []
         # Calls received while the peer is not reading our replies (flow control).
@@ -431,7 +433,7 @@ class Broker:
             self._sender,
             self._sent,
             self._undo_sends,
-            Referenceable.remoteMessageReceived,
+            _is_plain,
         )
         self._write(reply)
         if not self.ready.done():
@@ -479,12 +481,14 @@ class Broker:
         _, request_id, luid, method, answer, args, kwargs = event
         cache = self._remote_caches.get(luid) if type(luid) is int else None
         if cache is None:
-            self._fail(request_id, answer, Error(f"no cached object {luid!r}"), method, ran=False)
+            self._fail(
+                request_id, answer, Error(f"no cached object {luid!r}"), method, ran=False, prefix="observe_"
+            )
             return
         try:
             result = cache.remoteMessageReceived(self, method, args, kwargs)
         except Exception as exc:
-            self._fail(request_id, answer, exc, method)
+            self._fail(request_id, answer, exc, method, prefix="observe_")
             return
         if hasattr(type(result), "__await__"):
             self._start(request_id, answer, method, result)
@@ -525,16 +529,26 @@ class Broker:
             self._perspective = outer
         self._write(data)
 
-    def _fail(self, request_id: int, answer: bool, exc: BaseException, method: str, ran: bool = True) -> None:
+    def _fail(
+        self,
+        request_id: int,
+        answer: bool,
+        exc: BaseException,
+        method: str,
+        ran: bool = True,
+        prefix: str = "remote_",
+    ) -> None:
         """Report a failed remote call: an `error` reply (if one is wanted) and a log record —
         a traceback for an unexpected exception in a method that ran, one line for a call that
         could not run (a peer can send those at will), nothing for a `pbfast.Error`."""
         if isinstance(exc, Error):
             pass
         elif not ran or isinstance(exc, NoSuchMethod):
-            log.warning("%r: remote_%s (request %d) refused: %s", self, method[:200], request_id, _short(exc))
+            log.warning(
+                "%r: %s%s (request %d) refused: %s", self, prefix, method[:200], request_id, _short(exc)
+            )
         else:
-            log.error("%r: remote_%s (request %d) raised", self, method, request_id, exc_info=exc)
+            log.error("%r: %s%s (request %d) raised", self, prefix, method, request_id, exc_info=exc)
         if not answer or self.disconnected:
             return
         try:
@@ -615,7 +629,10 @@ class Broker:
 
     def _on_uncache(self, event: tuple) -> None:
         luid = event[1]
-        cache = self._remote_caches.pop(luid, None) if type(luid) is int else None
+        if type(luid) is not int:
+            return
+        self._dying_caches.pop(luid, None)
+        cache = self._remote_caches.pop(luid, None)
         if cache is not None:
             cache._pb_cache = None  # the owner forgot it: nothing to decache any more
 
@@ -698,8 +715,7 @@ class Broker:
         if obj is not None:
             if isinstance(obj, ViewPoint):
                 self._viewpoints.pop((id(obj.perspective), id(obj.viewable)), None)
-            logout = self._logouts.pop(id(obj), None)
-            if logout is not None:
+            for logout in self._logouts.pop(id(obj), ()):
                 _run_callback(logout)
             return
         cacheable, observer = self._caches.pop(luid)
@@ -710,7 +726,7 @@ class Broker:
     def call_when_released(self, obj: Referenceable, callback: Callable[[], object]) -> None:
         """Run ``callback()`` once, when the peer lets go of `obj` or the connection ends (an
         avatar's logout)."""
-        self._logouts[id(obj)] = callback
+        self._logouts.setdefault(id(obj), []).append(callback)
 
     def _unjelly(self, tag: bytes, items: list) -> Any:
         """Decoder hook: build the values of the PB jelly tags, copies and caches."""
@@ -732,7 +748,7 @@ class Broker:
             luid = _luid(tag, items)
             cache = self._remote_caches.get(luid)
             if cache is None:
-                raise JellyError(f"the peer named its cached object {luid!r}, which we do not hold")
+                cache = self._revive_cache(luid)
             cache._pb_count += 1
             return cache
         if tag == b"lcache":
@@ -745,6 +761,9 @@ class Broker:
             return remote_error(items[0])
         registered = unjellyableFor(tag)
         if registered is None:
+            if len(items) == 2 and type(items[0]) is int:
+                # A Cacheable's first sending, refused: its owner counted it.
+                self.release_cache(items[0], 1)
             return NotImplemented
         if len(items) == 1:
             return make_copy(tag, items[0])
@@ -770,9 +789,24 @@ class Broker:
         cache.setCopyableState(state)
         return cache
 
+    def _revive_cache(self, luid: int) -> RemoteCache:
+        """The owner named a copy we let go of before its ``uncache`` came back (it sent this
+        before our ``decache`` arrived): make the copy again from the state it had."""
+        dying = self._dying_caches.get(luid)
+        if dying is None:
+            raise JellyError(f"the peer named its cached object {luid!r}, which we do not hold")
+        cls, state = dying
+        cache = cls.__new__(cls)
+        cache.__dict__.update(state)
+        cache._pb_cache = (self, luid)
+        cache._pb_count = 0
+        self._remote_caches[luid] = cache
+        return cache
+
     def _check_held(self, command: bytes, luid: int) -> None:
         """Refuse a new proxy or cache past `max_proxies` (giving its reference back)."""
-        if len(self._proxies) + len(self._remote_caches) >= self.options.max_proxies:
+        held = len(self._proxies) - (ROOT in self._proxies) + len(self._remote_caches)
+        if held >= self.options.max_proxies:
             self._queue_release(command, luid, 1)
             raise Error(f"the peer sent more than max_proxies={self.options.max_proxies} objects")
 
@@ -781,8 +815,11 @@ class Broker:
         another thread or in the middle of other work, so it only queues."""
         self._queue_release(b"decref", luid, count)
 
-    def release_cache(self, luid: int, count: int) -> None:
-        """A RemoteCache died: tell the owner (``decache`` ×count), as `release` does."""
+    def release_cache(self, luid: int, count: int, cache: RemoteCache | None = None) -> None:
+        """A RemoteCache died: tell the owner (``decache`` ×count), as `release` does, and keep
+        its state until the owner's ``uncache`` in case the owner names it again meanwhile."""
+        if cache is not None and not self.disconnected:
+            self._dying_caches[luid] = (type(cache), dict(cache.__dict__))
         self._queue_release(b"decache", luid, count)
 
     def _queue_release(self, command: bytes, luid: int | bytes, count: int) -> None:
@@ -795,10 +832,11 @@ class Broker:
             except RuntimeError:  # the loop is closed: so is the connection
                 pass
 
-    def _give_back(self, luids: list[int]) -> None:
-        """Decref the references of a refused message that never became proxies."""
-        for luid, count in collections.Counter(luids).items():
-            self._write(self._encoder.command(b"decref", luid, count))
+    def _give_back(self, unclaimed: list[tuple[bytes, int]]) -> None:
+        """Give back the references of a refused message that never became proxies or copies
+        (``decref``/``decache`` pairs from the decoder)."""
+        for (command, luid), count in collections.Counter(unclaimed).items():
+            self._write(self._encoder.command(command, luid, count))
 
     def _send_decrefs(self) -> None:
         decrefs, self._decrefs = self._decrefs, []
@@ -847,10 +885,12 @@ class Broker:
         for cacheable, observer in caches.values():
             _run_callback(cacheable.stoppedObserving, observer.perspective, observer)
         logouts, self._logouts = self._logouts, {}
-        for logout in logouts.values():
-            _run_callback(logout)
+        for callbacks in logouts.values():
+            for logout in callbacks:
+                _run_callback(logout)
         self._objects.clear()
         self._viewpoints.clear()
+        self._dying_caches.clear()
         self._refs.clear()
         self._backlog.clear()
         self._sender.close()
@@ -859,6 +899,16 @@ class Broker:
             self._writable = None
         if not self.closed.done():
             self.closed.set_result(None)
+
+
+def _is_plain(cls: type) -> bool:
+    """Whether the decoder may run calls on objects of `cls` itself: Referenceables that keep
+    the default dispatch and send their results for no particular perspective."""
+    return (
+        issubclass(cls, Referenceable)
+        and cls.remoteMessageReceived is Referenceable.remoteMessageReceived
+        and cls.serializingPerspective is Referenceable.serializingPerspective
+    )
 
 
 def _tag_bytes(tag: str | bytes) -> bytes:

@@ -90,7 +90,7 @@ class PbDecoder:
         sender: Sender,
         sent: list[int],
         undo: Callable[[int], None],
-        default_dispatch: Callable[..., Any],
+        is_plain: Callable[[type], bool],
     ) -> None: ...
     fast: bool
     def feed(self, data: _Buffer) -> list[tuple[Any, ...]]: ...

@@ -55,7 +55,7 @@ class RemoteCache(RemoteCopy):
     def __del__(self) -> None:
         cache = self._pb_cache
         if cache is not None and self._pb_count:
-            cache[0].release_cache(cache[1], self._pb_count)
+            cache[0].release_cache(cache[1], self._pb_count, self)
 
 
 class RemoteCacheObserver:

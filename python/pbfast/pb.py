@@ -102,8 +102,8 @@ class connect:  # noqa: N801 (used like a function: `await connect(...)`, `async
 
     ``await pbfast.connect(...)`` gives the server's root `RemoteReference`;
     ``async with pbfast.connect(...) as root:`` also closes the connection on exit.
-    Options as for `serve`, plus ``timeout`` (seconds for connecting and the handshake,
-    default 30).
+    Options as for `serve`, plus ``timeout`` (seconds for connecting and the handshake — and
+    for `login`, the login too; default 30).
 
     Raises:
         ValueError: a malformed endpoint string.
@@ -174,9 +174,12 @@ class login(connect):  # noqa: N801 (used like a function, as `connect` is)
         self._mind = mind
 
     async def _open(self) -> RemoteReference:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
         root = await super()._open()
         try:
-            return await login_over(root, self._credentials, self._mind)
+            async with asyncio.timeout_at(deadline):
+                return await login_over(root, self._credentials, self._mind)
         except BaseException:
             await root.broker.close()
             raise

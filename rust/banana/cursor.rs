@@ -43,6 +43,7 @@ impl Item<'_> {
     }
 }
 
+#[derive(Clone)]
 pub struct Cursor<'a> {
     data: &'a [u8],
     pos: usize,

@@ -1,17 +1,28 @@
-//! Finding the `["remote", luid]` references in jelly bytes without building anything.
+//! Finding the references to the sender's objects in jelly bytes, without building anything.
 //!
 //! When a receiver refuses a message part-way through, the references after the refusal never
-//! become proxies, so nothing would ever send their `decref`s and the sender would keep those
-//! objects for the life of the connection. The broker uses this walk to give them back.
+//! become proxies or cached copies, so nothing would ever send their `decref`s or `decache`s and
+//! the sender would keep those objects for the life of the connection. The broker uses this
+//! walk to give them back.
 
 use crate::banana::cursor::{Cursor, Item};
 use crate::banana::{Dialect, Limits};
 
-use super::tag;
+use super::{tag, Tag};
 
-/// Every `["remote", luid]` in the jelly values from `from` to the end of `expr` (an expression
-/// the framer has validated), as `(offset of its list, luid)`, in order.
-pub fn remote_references(expr: &[u8], dialect: Dialect, limits: Limits, from: usize) -> Vec<(usize, i64)> {
+/// A reference to one of the sender's objects, as it appears in jelly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// `["remote", luid]`: given back with `decref`.
+    Remote(i64),
+    /// A Cacheable's first sending `[type_tag, luid, state]` or a later `["cached", luid]`:
+    /// given back with `decache`.
+    Cache(i64),
+}
+
+/// Every reference in the jelly values from `from` to the end of `expr` (an expression the
+/// framer has validated), in order.
+pub fn references(expr: &[u8], dialect: Dialect, limits: Limits, from: usize) -> Vec<Claim> {
     let mut cur = Cursor::new(expr, dialect, limits);
     cur.skip_to(from);
     let mut found = Vec::new();
@@ -24,8 +35,7 @@ pub fn remote_references(expr: &[u8], dialect: Dialect, limits: Limits, from: us
 }
 
 /// Walk one jelly value; None if the bytes end early or are not banana.
-fn value(cur: &mut Cursor<'_>, found: &mut Vec<(usize, i64)>) -> Option<()> {
-    let at = cur.pos();
+fn value(cur: &mut Cursor<'_>, found: &mut Vec<Claim>) -> Option<()> {
     let Item::List(n) = cur.next_item()? else { return Some(()) };
     if n == 0 {
         return Some(());
@@ -33,9 +43,14 @@ fn value(cur: &mut Cursor<'_>, found: &mut Vec<(usize, i64)>) -> Option<()> {
     let first = cur.next_item()?;
     let items = n - 1;
     match first {
-        Item::Bytes(t) if t == b"remote" && items == 1 => {
+        Item::Bytes(b"remote") if items == 1 => {
             if let Item::Int(luid) = cur.next_item()? {
-                found.push((at, luid));
+                found.push(Claim::Remote(luid));
+            }
+        }
+        Item::Bytes(b"cached") if items == 1 => {
+            if let Item::Int(luid) = cur.next_item()? {
+                found.push(Claim::Cache(luid));
             }
         }
         // Dictionary items are bare `[key, value]` pairs, not tagged lists.
@@ -46,6 +61,18 @@ fn value(cur: &mut Cursor<'_>, found: &mut Vec<(usize, i64)>) -> Option<()> {
                     Item::BigInt { .. } | Item::Int(_) | Item::Bytes(_) | Item::Float(_) => {}
                 }
             }
+        }
+        // `[type_tag, luid, state]` under a tag that is not jelly's own: a Cacheable's first
+        // sending.
+        Item::Bytes(t) if items == 2 && Tag::classify(t) == Tag::Other => {
+            let mut ahead = cur.clone();
+            if let Item::Int(luid) = ahead.next_item()? {
+                found.push(Claim::Cache(luid));
+                *cur = ahead;
+            } else {
+                value(cur, found)?;
+            }
+            value(cur, found)?;
         }
         Item::List(k) => {
             // Not jelly (a list where a tag belongs); its items are still walked.
@@ -62,50 +89,59 @@ mod tests {
     use super::*;
     use crate::banana::Encoder;
 
-    fn remote(enc: &mut Encoder, luid: i64) {
+    fn tagged(enc: &mut Encoder, t: &[u8], luid: i64) {
         enc.list(2).unwrap();
-        enc.bytes(b"remote").unwrap();
+        enc.bytes(t).unwrap();
         enc.int(luid);
     }
 
     #[test]
-    fn finds_references_in_order_but_not_dictionary_keys() {
+    fn finds_references_and_caches_in_order_but_not_dictionary_keys() {
         let mut enc = Encoder::new(Dialect::Pb);
-        // ["tuple", ["remote", 3], ["dictionary", [b"remote", 9], [["remote", 4], ["list", ["remote", 5]]]]]
-        enc.list(3).unwrap();
+        // ["tuple", ["remote", 3], ["dictionary", [b"remote", 9], [["remote", 4], ["list", ["remote", 5]]]],
+        //  ["my.Cache", 6, ["list", ["cached", 7]]], ["decimal", 1, 2], ["reference", 1, ["list"]]]
+        enc.list(6).unwrap();
         enc.bytes(b"tuple").unwrap();
-        remote(&mut enc, 3);
+        tagged(&mut enc, b"remote", 3);
         enc.list(3).unwrap();
         enc.bytes(b"dictionary").unwrap();
+        tagged(&mut enc, b"remote", 9);
         enc.list(2).unwrap();
-        enc.bytes(b"remote").unwrap();
-        enc.int(9);
-        enc.list(2).unwrap();
-        remote(&mut enc, 4);
+        tagged(&mut enc, b"remote", 4);
         enc.list(2).unwrap();
         enc.bytes(b"list").unwrap();
-        remote(&mut enc, 5);
-        let kwargs_at = enc.out.len();
+        tagged(&mut enc, b"remote", 5);
+        enc.list(3).unwrap();
+        enc.bytes(b"my.Cache").unwrap();
+        enc.int(6);
+        enc.list(2).unwrap();
+        enc.bytes(b"list").unwrap();
+        tagged(&mut enc, b"cached", 7);
+        enc.list(3).unwrap();
+        enc.bytes(b"decimal").unwrap();
+        enc.int(1);
+        enc.int(2);
+        enc.list(3).unwrap();
+        enc.bytes(b"reference").unwrap();
+        enc.int(1);
         enc.list(1).unwrap();
-        enc.bytes(b"dictionary").unwrap();
-        let found = remote_references(&enc.out, Dialect::Pb, Limits::twisted(), 0);
-        assert_eq!(found.iter().map(|f| f.1).collect::<Vec<_>>(), vec![3, 4, 5]);
-        assert!(found.iter().all(|&(at, _)| at < kwargs_at));
-        // Starting part-way finds only what follows.
-        let after_first = found[1].0;
-        let later = remote_references(&enc.out, Dialect::Pb, Limits::twisted(), after_first);
-        assert_eq!(later.iter().map(|f| f.1).collect::<Vec<_>>(), vec![4, 5]);
+        enc.bytes(b"list").unwrap();
+        let found = references(&enc.out, Dialect::Pb, Limits::twisted(), 0);
+        use Claim::*;
+        assert_eq!(found, vec![Remote(3), Remote(4), Remote(5), Cache(6), Cache(7)]);
     }
 
     #[test]
-    fn stops_quietly_on_truncated_input() {
+    fn starts_part_way_and_stops_quietly_on_truncated_input() {
         let mut enc = Encoder::new(Dialect::Pb);
         enc.list(3).unwrap();
         enc.bytes(b"list").unwrap();
-        remote(&mut enc, 1);
-        remote(&mut enc, 2);
+        tagged(&mut enc, b"remote", 1);
+        let second = enc.out.len();
+        tagged(&mut enc, b"remote", 2);
+        let later = references(&enc.out, Dialect::Pb, Limits::twisted(), second);
+        assert_eq!(later, vec![Claim::Remote(2)]);
         let cut = &enc.out[..enc.out.len() - 1];
-        let found = remote_references(cut, Dialect::Pb, Limits::twisted(), 0);
-        assert_eq!(found.iter().map(|f| f.1).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(references(cut, Dialect::Pb, Limits::twisted(), 0), vec![Claim::Remote(1)]);
     }
 }

@@ -3,9 +3,9 @@
 //!
 //! - an `answer` to one of our calls resolves its future directly (unless the call pinned
 //!   objects, which the broker must release);
-//! - a `message` to a plain `Referenceable` (one that keeps the default `remoteMessageReceived`)
-//!   runs `remote_<name>(*args, **kwargs)` and, if the result is not awaitable, encodes the
-//!   answer into the chunk's reply bytes.
+//! - a `message` to a plain `Referenceable` (one whose type keeps the default dispatch: the
+//!   broker's `is_plain` decides) runs `remote_<name>(*args, **kwargs)` and, if the result is not
+//!   awaitable, encodes the answer.
 //!
 //! Answers go to the connection's `Sender`. Anything else — a missing object or method, an
 //! exception, an awaitable result, a reply that cannot be encoded — becomes an event for the
@@ -41,8 +41,9 @@ pub struct FastPath {
     /// encode that failed added above `mark`.
     sent: Py<PyList>,
     undo: Py<PyAny>,
-    /// `Referenceable.remoteMessageReceived`: types that keep it dispatch here.
-    default_dispatch: Py<PyAny>,
+    /// `is_plain(type) -> bool`: whether calls on objects of a type may run here (asked once
+    /// per type).
+    is_plain: Py<PyAny>,
     /// Type -> whether it dispatches with the default; the type is kept so its address is not
     /// reused while it is a key.
     types: PtrMap<(Py<PyType>, bool)>,
@@ -70,7 +71,7 @@ impl FastPath {
         sender: Py<SenderPy>,
         sent: Py<PyList>,
         undo: Py<PyAny>,
-        default_dispatch: Py<PyAny>,
+        is_plain: Py<PyAny>,
     ) -> FastPath {
         FastPath {
             objects,
@@ -79,7 +80,7 @@ impl FastPath {
             sender,
             sent,
             undo,
-            default_dispatch,
+            is_plain,
             types: PtrMap::default(),
             names: PtrMap::default(),
             enabled: true,
@@ -179,17 +180,14 @@ impl FastPath {
         Ok(if flush { Some((EV_FLUSH,).into_pyobject(py)?.into_any()) } else { None })
     }
 
-    /// Whether `target` is a Referenceable that dispatches with the default method.
+    /// Whether calls on `target` may run here (the broker's `is_plain`, cached per type).
     fn plain(&mut self, py: Python<'_>, target: &Bound<'_, PyAny>) -> PyResult<bool> {
         let cls = target.get_type();
         let key = cls.as_ptr() as usize;
         if let Some((_, plain)) = self.types.get(&key) {
             return Ok(*plain);
         }
-        let plain = match cls.getattr(intern!(py, "remoteMessageReceived")) {
-            Ok(f) => f.is(self.default_dispatch.bind(py)),
-            Err(_) => false,
-        };
+        let plain = self.is_plain.bind(py).call1((&cls,))?.is_truthy()?;
         // The type is kept alive, so its address cannot be reused by another type.
         self.types.insert(key, (cls.unbind(), plain));
         Ok(plain)
@@ -215,7 +213,7 @@ impl FastPath {
         visit.call(&self.sender)?;
         visit.call(&self.sent)?;
         visit.call(&self.undo)?;
-        visit.call(&self.default_dispatch)?;
+        visit.call(&self.is_plain)?;
         Ok(())
     }
 }

@@ -26,8 +26,9 @@
 //! With the fast path attached (see `fast.rs`), plain calls and answers are handled during
 //! `feed`: their answers go straight to the connection's `Sender`.
 //!
-//! `unclaimed` lists the luids of the `remote` references the refused value held after the point
-//! of refusal: they never became proxies, so the broker sends their `decref`s itself.
+//! `unclaimed` lists `(b"decref" or b"decache", luid)` for the references the refused value held
+//! after the point of refusal: they never became proxies or copies, so the broker gives them
+//! back itself.
 //!
 //! Anything that breaks the stream or the envelope (bad banana, a non-list command, wrong field
 //! types, a version mismatch) raises instead: the connection cannot continue.
@@ -44,7 +45,7 @@ use crate::banana::cursor::{Cursor, Item};
 use crate::banana::{BananaError, Dialect, Encoder, Framer, Limits};
 use crate::jelly::decode::{JellyDecoder, StrCache};
 use crate::jelly::encode::JellyEncoder;
-use crate::jelly::scan::remote_references;
+use crate::jelly::scan::{references, Claim};
 
 pyo3::import_exception!(pbfast.errors, ProtocolError);
 pyo3::import_exception!(pbfast.errors, NegotiationError);
@@ -119,8 +120,8 @@ impl PbDecoderPy {
 
     /// Handle plain calls and answers during `feed` (see `fast.rs`), with the broker's
     /// tables: `objects` (luid -> object), `pending` (request id -> (future, pins)), the
-    /// `encoder`, the `sender`, the `sent` stack and `undo(mark)`, and
-    /// `Referenceable.remoteMessageReceived`.
+    /// `encoder`, the `sender`, the `sent` stack and `undo(mark)`, and `is_plain(type)`: whether
+    /// objects of a type dispatch calls the default way (asked once per type).
     #[allow(clippy::too_many_arguments)]
     fn attach(
         &mut self,
@@ -130,9 +131,9 @@ impl PbDecoderPy {
         sender: Py<SenderPy>,
         sent: Py<PyList>,
         undo: Py<PyAny>,
-        default_dispatch: Py<PyAny>,
+        is_plain: Py<PyAny>,
     ) {
-        self.fast = Some(FastPath::new(objects, pending, encoder, sender, sent, undo, default_dispatch));
+        self.fast = Some(FastPath::new(objects, pending, encoder, sender, sent, undo, is_plain));
     }
 
     /// Whether the fast path runs (the broker turns it off while it holds calls back).
@@ -497,11 +498,17 @@ impl<'py> Envelope<'py, '_> {
         value
     }
 
-    /// The luids of the `remote` references from the cursor to the end of the command: after a
-    /// refusal, the ones that never became proxies (the broker gives them back).
+    /// `(command, luid)` for each reference from the cursor to the end of the command: after a
+    /// refusal, the ones that never became proxies or copies (the broker gives them back).
     fn unclaimed(&self, cur: &Cursor<'_>) -> PyResult<Bound<'py, PyList>> {
-        let found = remote_references(self.expr, self.dialect, self.limits, cur.pos());
-        PyList::new(self.py, found.into_iter().map(|(_, luid)| luid))
+        let found = references(self.expr, self.dialect, self.limits, cur.pos());
+        PyList::new(
+            self.py,
+            found.into_iter().map(|claim| match claim {
+                Claim::Remote(luid) => (&b"decref"[..], luid),
+                Claim::Cache(luid) => (&b"decache"[..], luid),
+            }),
+        )
     }
 
     fn broken(&self, what: &str, at: usize) -> PyErr {
