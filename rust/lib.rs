@@ -20,6 +20,7 @@ pub mod jelly;
 #[cfg(feature = "python")]
 mod py;
 pub mod refs;
+pub mod tubid;
 
 /// The extension module `pbfast._core`.
 #[cfg(feature = "python")]
@@ -35,6 +36,8 @@ mod _core {
     use crate::py::refs::RefTablePy;
     #[pymodule_export]
     use crate::py::sender::SenderPy;
+    #[pymodule_export]
+    use crate::py::tubid::{base32, format_furl, parse_furl, parse_hint, tub_id};
     #[pymodule_export]
     use crate::py::{banana_decode, banana_encode, dumps, encode_tokens, loads, DecoderPy, TokenizerPy};
 

@@ -1,11 +1,11 @@
 """pbfast: fast, safe Perspective Broker and foolscap RPC for asyncio.
 
 Layers, bottom up: ``pbfast._core`` (Rust: banana, jelly, framing, PB envelopes, reference
-counts; never imported by users), ``pbfast.errors``, ``pbfast.banana`` (raw tokens),
-``pbfast.serialization`` (jelly + banana), ``pbfast.referenceable`` (objects by reference),
-``pbfast.copyable`` and ``pbfast.cacheable`` (objects by copy), ``pbfast.cred`` (logins),
-``pbfast.endpoints`` (Twisted-style endpoint strings), ``pbfast.pb`` (serve, connect, login,
-run).
+counts, TubIDs and FURLs; never imported by users), ``pbfast.errors``, ``pbfast.banana`` (raw
+tokens), ``pbfast.serialization`` (jelly + banana), ``pbfast.referenceable`` (objects by
+reference), ``pbfast.copyable`` and ``pbfast.cacheable`` (objects by copy), ``pbfast.cred``
+(logins), ``pbfast.furl`` (foolscap TubIDs and FURLs), ``pbfast.endpoints`` (Twisted-style
+endpoint strings), ``pbfast.pb`` (serve, connect, login, run).
 Nothing starts at import time and no event-loop policy is installed.
 """
 
@@ -20,6 +20,7 @@ from .copyable import (
 )
 from .cred import AllowAnonymousAccess, Anonymous, InMemoryUsernamePasswordDatabase, Portal, UsernamePassword
 from .errors import (
+    BadFURLError,
     BananaError,
     DeadReferenceError,
     Error,
@@ -43,6 +44,7 @@ __all__ = [
     "AllowAnonymousAccess",
     "Anonymous",
     "Avatar",
+    "BadFURLError",
     "BananaError",
     "Cacheable",
     "Copyable",

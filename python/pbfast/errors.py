@@ -15,11 +15,13 @@ The Rust core raises these classes too, so ``isinstance`` checks, docs and pickl
       RemoteError            the remote method raised; the caller gets this
       DeadReferenceError     (also ConnectionError) a call on a connection that is gone
       PBConnectionLost       (also ConnectionError) the connection ended while a call waited
+      BadFURLError           (also ValueError) a malformed FURL or connection hint
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BadFURLError",
     "BananaError",
     "DeadReferenceError",
     "Error",
@@ -165,3 +167,8 @@ class PBConnectionLost(PbfastError, ConnectionError):
 class UnauthorizedLogin(Error):
     """A login was refused: unknown user, wrong password, or no checker for the credentials.
     (An `Error`: the server does not log a traceback for it.)"""
+
+
+class BadFURLError(PbfastError, ValueError):
+    """A FURL (``pb://TUBID@HINTS/NAME``) or connection hint is malformed; the message says
+    which part."""
