@@ -1,0 +1,101 @@
+"""A Tub's identity: its certificate and private key, and the TubID they give.
+
+Made with `cryptography` as foolscap makes them (RSA 2048, SHA-256, self-signed,
+``CN=newpb_thingy``, serial 1) and stored as foolscap stores them: one PEM text holding the
+``CERTIFICATE`` block and then the ``PRIVATE KEY`` (PKCS#8) block, so a pbfast Tub and a stock
+foolscap Tub can use each other's files. The TubID is computed in Rust (`pbfast.furl.tub_id`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from .furl import tub_id
+
+__all__ = ["TubIdentity"]
+
+COMMON_NAME = "newpb_thingy"
+
+
+class TubIdentity:
+    """A certificate and its private key. ``tubID`` is the hash of the certificate."""
+
+    __slots__ = ("certificate", "private_key", "tubID")
+
+    def __init__(self, certificate: x509.Certificate, private_key: object) -> None:
+        self.certificate = certificate
+        self.private_key = private_key
+        self.tubID = tub_id(certificate.public_bytes(serialization.Encoding.DER))
+
+    @classmethod
+    def generate(cls) -> TubIdentity:
+        """A new self-signed identity, as foolscap makes them."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, COMMON_NAME)])
+        now = datetime.datetime.now(datetime.UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(1)
+            .not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=365))
+            .sign(key, hashes.SHA256())
+        )
+        return cls(certificate, key)
+
+    @classmethod
+    def from_pem(cls, data: str | bytes) -> TubIdentity:
+        """Load foolscap's PEM layout: a certificate and its private key, in either order.
+
+        Raises:
+            ValueError: the text lacks one of the two, or they do not belong together.
+        """
+        raw = data.encode("ascii") if isinstance(data, str) else data
+        try:
+            certificate = x509.load_pem_x509_certificate(raw)
+        except ValueError as e:
+            raise ValueError(f"no certificate in the Tub's PEM data: {e}") from None
+        try:
+            key = serialization.load_pem_private_key(raw, password=None)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"no unencrypted private key in the Tub's PEM data: {e}") from None
+        public = serialization.PublicFormat.SubjectPublicKeyInfo
+        der = serialization.Encoding.DER
+        if key.public_key().public_bytes(der, public) != certificate.public_key().public_bytes(der, public):
+            raise ValueError("the private key in the Tub's PEM data does not match its certificate")
+        return cls(certificate, key)
+
+    @classmethod
+    def load_or_create(cls, certFile: str | os.PathLike[str]) -> TubIdentity:
+        """The identity stored in `certFile`; if the file does not exist, a new one, written
+        there (readable by its owner only) so the Tub keeps its TubID across restarts."""
+        path = Path(certFile)
+        try:
+            return cls.from_pem(path.read_bytes())
+        except FileNotFoundError:
+            pass
+        identity = cls.generate()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(identity.to_pem())
+        return identity
+
+    def to_pem(self) -> bytes:
+        """The certificate, then the private key (PKCS#8), as foolscap stores them."""
+        certificate = self.certificate.public_bytes(serialization.Encoding.PEM)
+        key = self.private_key.private_bytes(  # type: ignore[attr-defined]
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return certificate + key
+
+    def __repr__(self) -> str:
+        return f"<TubIdentity {self.tubID}>"
