@@ -7,7 +7,6 @@ import warnings
 
 import pytest
 from foolscap import crypto as fs_crypto
-
 from pbfast.identity import TubIdentity
 
 
