@@ -31,9 +31,9 @@ def test_foolscap_loads_ours_and_agrees_on_the_tubid(identity: TubIdentity) -> N
 
 def test_we_load_foolscaps_and_agree_on_the_tubid() -> None:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # foolscap's pyOpenSSL key generation
+        warnings.simplefilter("ignore", DeprecationWarning)  # foolscap's use of old pyOpenSSL APIs
         cert = fs_crypto.createCertificate()
-    pem = cert.dumpPEM()
+        pem = cert.dumpPEM()
     ours = TubIdentity.from_pem(pem)
     assert ours.tubID == fs_crypto.digest32(cert.digest("sha1"))
     assert TubIdentity.from_pem(ours.to_pem()).tubID == ours.tubID
