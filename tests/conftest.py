@@ -1,8 +1,10 @@
 """pytest configuration for pbfast's tests.
 
-The shared helpers live in ``tests/helpers.py``; because ``tests/`` has no ``__init__.py``,
-pytest's default ("prepend") import mode puts ``tests/`` on ``sys.path`` before collecting, so
-test modules import them with a plain ``from helpers import ...``. Only files inside the
+The shared helpers live in ``tests/helpers.py``, and the connection scaffolding of the
+end-to-end PB tests in ``tests/connections.py`` (the ``transport`` and ``socket_kind`` fixtures
+below are built on it). Because ``tests/`` has no ``__init__.py``, pytest's default ("prepend")
+import mode puts ``tests/`` on ``sys.path`` before collecting, so test modules import them with
+a plain ``from helpers import ...`` or ``from connections import ...``. Only files inside the
 repository are read (the vectors under ``tests/vectors/``).
 """
 
@@ -10,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Coroutine
+import shutil
+import tempfile
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from connections import TRANSPORTS, Connect, _make_connector
 from helpers import (  # noqa: F401 (re-exported for convenience)
     assert_deep_equal,
     deep_equal,
@@ -101,6 +106,30 @@ def run(loop_name: str):
         return result
 
     return run_coroutine
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> Iterator[Connect]:
+    """``async with transport(root, client_options={...}, **server_options) as conn`` gives a
+    connected `connections.Conn`, over the in-memory pair, TCP on 127.0.0.1 or a unix socket."""
+    kind = request.param
+    tmpdir = tempfile.mkdtemp(dir="/tmp") if kind == "unix" else None
+    try:
+        yield _make_connector(kind, tmpdir)
+    finally:
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+@pytest.fixture(params=("tcp", "unix"))
+def socket_kind(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """A real-socket transport kind and a temporary directory for unix sockets: pass both to
+    `connections._endpoints`."""
+    tmpdir = tempfile.mkdtemp(dir="/tmp")
+    try:
+        yield request.param, tmpdir
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

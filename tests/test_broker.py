@@ -1,14 +1,14 @@
 """PB connections end to end: calls, errors, references and connection lifecycle.
 
-Most tests run over three transports (the ``transport`` fixture): the in-memory pair of
-``pbfast.testing``, real TCP on 127.0.0.1, and a unix socket in a short temporary directory.
-Every test that runs a loop uses conftest's ``run`` fixture, so it honours ``--loop``.
+Most tests run over three transports (conftest's ``transport`` fixture, built on
+``connections.py``): the in-memory pair of ``pbfast.testing``, real TCP on 127.0.0.1, and a unix
+socket in a short temporary directory. Every test that runs a loop uses conftest's ``run``
+fixture, so it honours ``--loop``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import decimal
 import gc
@@ -16,16 +16,13 @@ import logging
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pbfast
 import pbfast.testing
 import pytest
+from connections import _endpoints, eventually, pbfast_records, settle
 from helpers import assert_deep_equal
-
-TRANSPORTS = ("memory", "tcp", "unix")
 
 # --------------------------------------------------------------------------------------------
 # Helper objects
@@ -167,113 +164,18 @@ def remote_module_level_function() -> None:  # a value jelly cannot send
 
 
 # --------------------------------------------------------------------------------------------
-# Transports
+# Transports (the `transport` and `socket_kind` fixtures are conftest's; see connections.py)
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Conn:
-    kind: str
-    root: pbfast.RemoteReference
-    server_broker: Any
-    server: pbfast.Server | None
-
-    @property
-    def client_broker(self) -> Any:
-        return self.root.broker
-
-
-Connect = Callable[..., contextlib.AbstractAsyncContextManager[Conn]]
-
-
-def _endpoints(kind: str, tmpdir: str | None) -> tuple[str, Callable[[pbfast.Server], str]]:
-    if kind == "tcp":
-        return "tcp:port=0:interface=127.0.0.1", lambda server: f"tcp:host=127.0.0.1:port={server.port}"
-    assert tmpdir is not None
-    path = f"{tmpdir}/pb.sock"
-    return f"unix:address={path}", lambda server: f"unix:path={path}"
 
 
 @pytest.fixture
 def sockdir() -> Any:
+    """A short temporary directory for unix socket paths (test_endpoints.py has its own)."""
     path = tempfile.mkdtemp(dir="/tmp")
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _make_connector(kind: str, tmpdir: str | None) -> Connect:
-    @contextlib.asynccontextmanager
-    async def connection(root: pbfast.Referenceable, **options: Any) -> AsyncIterator[Conn]:
-        if kind == "memory":
-            client_root, server_broker = await pbfast.testing.connected_pair(root, **options)
-            try:
-                yield Conn(kind, client_root, server_broker, None)
-            finally:
-                await client_root.broker.close()
-                await server_broker.close()
-            return
-        listen_on, connect_to = _endpoints(kind, tmpdir)
-        server = await pbfast.serve(root, listen_on, **options)
-        try:
-            client_root = await pbfast.connect(connect_to(server), timeout=5)
-            try:
-                (server_broker,) = server.brokers
-                await asyncio.wait_for(asyncio.shield(server_broker.ready), 5)
-                yield Conn(kind, client_root, server_broker, server)
-            finally:
-                await client_root.broker.close()
-        finally:
-            server.close()
-            await asyncio.wait_for(server.wait_closed(), 5)
-
-    return connection
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest) -> Any:
-    """``async with transport(root, **server_options) as conn`` gives a connected `Conn`."""
-    kind = request.param
-    tmpdir = tempfile.mkdtemp(dir="/tmp") if kind == "unix" else None
-    try:
-        yield _make_connector(kind, tmpdir)
-    finally:
-        if tmpdir is not None:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-@pytest.fixture(params=("tcp", "unix"))
-def socket_kind(request: pytest.FixtureRequest) -> Any:
-    """A real-socket transport kind and a temporary directory for unix sockets."""
-    tmpdir = tempfile.mkdtemp(dir="/tmp")
-    try:
-        yield request.param, tmpdir
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 1.0) -> None:
-    """Poll `predicate` (collecting garbage) until it holds, or fail after `timeout` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        gc.collect()
-        if predicate():
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"condition {predicate} still false after {timeout} s")
-        await asyncio.sleep(0.005)
-
-
-async def settle(rounds: int = 3) -> None:
-    """Let in-flight bytes (decrefs, late answers) travel."""
-    for _ in range(rounds):
-        await asyncio.sleep(0.01)
-
-
-def pbfast_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name.startswith("pbfast") and r.levelno >= level]
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,115 +2,57 @@
 challenge/response, anonymous logins, realms, logouts and minds.
 
 `pbfast.login` takes an endpoint, so most tests run over TCP and a unix socket (the ``listen``
-fixture); the tests that drive the exchange by hand also run over the in-memory pair.
+fixture, on conftest's ``socket_kind``); the tests that drive the exchange by hand also run over
+the in-memory pair (``root_of``, on conftest's ``transport``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import hashlib
 import logging
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pbfast
 import pbfast.cred
-import pbfast.testing
 import pytest
+from connections import Connect, _endpoints, eventually, pbfast_records, settle
 
 # --------------------------------------------------------------------------------------------
 # Transports
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=("tcp", "unix"))
-def listen(request: pytest.FixtureRequest) -> Any:
+@pytest.fixture
+def listen(socket_kind: tuple[str, str]) -> Any:
     """``async with listen(root, **options) as (server, endpoint)``: a server, and the
     endpoint string a client connects to."""
-    kind = request.param
-    tmpdir = tempfile.mkdtemp(dir="/tmp")
+    listen_on, connect_to = _endpoints(*socket_kind)
 
     @contextlib.asynccontextmanager
     async def serving(root: Any, **options: Any) -> AsyncIterator[tuple[pbfast.Server, str]]:
-        if kind == "tcp":
-            server = await pbfast.serve(root, "tcp:port=0:interface=127.0.0.1", **options)
-            endpoint = f"tcp:host=127.0.0.1:port={server.port}"
-        else:
-            server = await pbfast.serve(root, f"unix:address={tmpdir}/pb.sock", **options)
-            endpoint = f"unix:path={tmpdir}/pb.sock"
+        server = await pbfast.serve(root, listen_on, **options)
         try:
-            yield server, endpoint
+            yield server, connect_to(server)
         finally:
             server.close()
             await asyncio.wait_for(server.wait_closed(), 5)
 
-    try:
-        yield serving
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+    return serving
 
 
-@pytest.fixture(params=("memory", "tcp", "unix"))
-def root_of(request: pytest.FixtureRequest) -> Any:
+@pytest.fixture
+def root_of(transport: Connect) -> Any:
     """``async with root_of(portal) as root``: a plain connection's root reference to a portal."""
-    kind = request.param
-    tmpdir = tempfile.mkdtemp(dir="/tmp")
 
     @contextlib.asynccontextmanager
     async def connection(root: Any) -> AsyncIterator[pbfast.RemoteReference]:
-        if kind == "memory":
-            client_root, server_broker = await pbfast.testing.connected_pair(root)
-            try:
-                yield client_root
-            finally:
-                await client_root.broker.close()
-                await server_broker.close()
-            return
-        if kind == "tcp":
-            server = await pbfast.serve(root, "tcp:port=0:interface=127.0.0.1")
-            endpoint = f"tcp:host=127.0.0.1:port={server.port}"
-        else:
-            server = await pbfast.serve(root, f"unix:address={tmpdir}/pb.sock")
-            endpoint = f"unix:path={tmpdir}/pb.sock"
-        try:
-            async with pbfast.connect(endpoint, timeout=5) as client_root:
-                yield client_root
-        finally:
-            server.close()
-            await asyncio.wait_for(server.wait_closed(), 5)
+        async with transport(root) as conn:
+            yield conn.root
 
-    try:
-        yield connection
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Poll `predicate` (collecting garbage) until it holds, or fail after `timeout` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        gc.collect()
-        if predicate():
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"condition {predicate} still false after {timeout} s")
-        await asyncio.sleep(0.005)
-
-
-async def settle(rounds: int = 4) -> None:
-    """Let in-flight bytes (decrefs, late answers) travel."""
-    for _ in range(rounds):
-        gc.collect()
-        await asyncio.sleep(0.01)
-
-
-def pbfast_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name.startswith("pbfast") and r.levelno >= level]
+    return connection
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,139 +1,29 @@
 """PB's object flavors end to end: Copyable/RemoteCopy, Cacheable/RemoteCache, Viewable, and
 the receive limits (``max_proxies`` and the banana limits).
 
-Most tests run over three transports (the ``transport`` fixture, as in test_broker.py): the
-in-memory pair of ``pbfast.testing``, TCP on 127.0.0.1 and a unix socket. Copy registrations
-are process-global, so every class here has a name starting with ``Fl`` and is registered at
-module level.
+Most tests run over three transports (conftest's ``transport`` fixture, built on
+``connections.py``): the in-memory pair of ``pbfast.testing``, TCP on 127.0.0.1 and a unix
+socket. Copy registrations are process-global, so every class here has a name starting with
+``Fl`` and is registered at module level.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
-import shutil
 import sys
-import tempfile
 import types
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pbfast
 import pbfast.cred
-import pbfast.testing
 import pytest
-
-TRANSPORTS = ("memory", "tcp", "unix")
+from connections import eventually, pbfast_records, settle
 
 # --------------------------------------------------------------------------------------------
-# Transports (the pattern of test_broker.py)
+# Helpers (the `transport` fixture is conftest's; see connections.py)
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Conn:
-    kind: str
-    root: pbfast.RemoteReference
-    server_broker: Any
-    server: pbfast.Server | None
-    # Opens one more client connection to the same server: (its root, its server-side broker).
-    another: Callable[..., Any]
-
-    @property
-    def client_broker(self) -> Any:
-        return self.root.broker
-
-
-def _make_connector(kind: str, tmpdir: str | None) -> Callable[..., Any]:
-    @contextlib.asynccontextmanager
-    async def connection(
-        root: Any, client_options: dict[str, Any] | None = None, **options: Any
-    ) -> AsyncIterator[Conn]:
-        client_options = client_options or {}
-        opened: list[Any] = []  # brokers to close at the end
-        if kind == "memory":
-            # The in-memory pair takes one set of options for both ends.
-            both = {**options, **client_options}
-
-            async def another() -> tuple[pbfast.RemoteReference, Any]:
-                client_root, server_broker = await pbfast.testing.connected_pair(root, **both)
-                opened.extend((client_root.broker, server_broker))
-                return client_root, server_broker
-
-            client_root, server_broker = await another()
-            try:
-                yield Conn(kind, client_root, server_broker, None, another)
-            finally:
-                for broker in opened:
-                    await broker.close()
-            return
-        if kind == "tcp":
-            listen_on = "tcp:port=0:interface=127.0.0.1"
-        else:
-            listen_on = f"unix:address={tmpdir}/pb.sock"
-        server = await pbfast.serve(root, listen_on, **options)
-        connect_to = (
-            f"tcp:host=127.0.0.1:port={server.port}" if kind == "tcp" else f"unix:path={tmpdir}/pb.sock"
-        )
-
-        async def another() -> tuple[pbfast.RemoteReference, Any]:
-            before = set(server.brokers)
-            client_root = await pbfast.connect(connect_to, timeout=5, **client_options)
-            opened.append(client_root.broker)
-            await eventually(lambda: len(server.brokers - before) == 1)
-            (server_broker,) = server.brokers - before
-            await asyncio.wait_for(asyncio.shield(server_broker.ready), 5)
-            return client_root, server_broker
-
-        try:
-            client_root, server_broker = await another()
-            yield Conn(kind, client_root, server_broker, server, another)
-        finally:
-            for broker in opened:
-                await broker.close()
-            server.close()
-            await asyncio.wait_for(server.wait_closed(), 5)
-
-    return connection
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest) -> Any:
-    """``async with transport(root, client_options={...}, **server_options) as conn``."""
-    kind = request.param
-    tmpdir = tempfile.mkdtemp(dir="/tmp") if kind == "unix" else None
-    try:
-        yield _make_connector(kind, tmpdir)
-    finally:
-        if tmpdir is not None:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Poll `predicate` (collecting garbage) until it holds, or fail after `timeout` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        gc.collect()
-        if predicate():
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"condition {predicate} still false after {timeout} s")
-        await asyncio.sleep(0.005)
-
-
-async def settle(rounds: int = 4) -> None:
-    """Let in-flight bytes (decrefs, decaches, late answers) travel."""
-    for _ in range(rounds):
-        gc.collect()
-        await asyncio.sleep(0.01)
-
-
-def pbfast_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name.startswith("pbfast") and r.levelno >= level]
 
 
 async def log_in(root: pbfast.RemoteReference, username: bytes, password: str, mind: Any = None) -> Any:

@@ -1,6 +1,7 @@
 """Interop of PB's flavors and cred with stock Twisted over real TCP on 127.0.0.1, both ways.
 
-Stock Twisted runs in a subprocess (``twisted_flavors_peer.py``; its docstring gives its modes).
+Stock Twisted runs in a subprocess (``twisted_flavors_peer.py``; its docstring gives its modes;
+started and stopped with the helpers of ``peers.py``).
 Both sides register their copy classes under the same tags, whatever their modules are called:
 ``interop.Pond`` (a Copyable) and ``interop.DuckPond`` (a Cacheable).
 
@@ -17,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
-import sys
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -27,26 +26,17 @@ from typing import Any
 
 import pbfast
 import pytest
+from peers import EMPTY_STATISTICS, HOST, peer_client, peer_server
 
 pytestmark = pytest.mark.interop
 
 PEER = Path(__file__).resolve().with_name("twisted_flavors_peer.py")
-HOST = "127.0.0.1"
 POND_TAG = "interop.Pond"
 DUCKPOND_TAG = "interop.DuckPond"
 CARD_TAG = "interop.Card"
 CREDENTIALS = pbfast.UsernamePassword("alice", "secret")
 TWISTED_UNAUTHORIZED = "twisted.cred.error.UnauthorizedLogin"
 TWISTED_INSECURE_JELLY = "twisted.spread.jelly.InsecureJelly"
-EMPTY_STATISTICS = {
-    "objects": 0,
-    "proxies": 0,
-    "caches": 0,
-    "cached": 0,
-    "pending": 0,
-    "backlog": 0,
-    "buffered": 0,
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,65 +178,16 @@ class Mind(pbfast.Referenceable):
 # --------------------------------------------------------------------------------------------
 
 
-async def _finish(proc: asyncio.subprocess.Process) -> None:
-    """Stop `proc` (EOF on its stdin, then a kill if it lingers), reap it, close its pipes."""
-    if proc.stdin is not None and not proc.stdin.is_closing():
-        proc.stdin.close()
-    try:
-        await asyncio.wait_for(proc.stdout.read(), 10)
-        await asyncio.wait_for(proc.wait(), 10)
-    except TimeoutError:
-        proc.kill()
-        await proc.stdout.read()
-        await proc.wait()
-    if proc.stdin is not None:
-        with contextlib.suppress(ConnectionError):
-            await proc.stdin.wait_closed()
-
-
 @contextlib.asynccontextmanager
 async def twisted_portal() -> AsyncIterator[str]:
     """A stock Twisted PB portal server in a subprocess: yields our endpoint string for it."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(PEER),
-        "server",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 20)
-        assert line.startswith(b"PORT "), f"twisted_flavors_peer.py server printed {line!r}"
-        yield f"tcp:host={HOST}:port={int(line.split()[1])}"
-    finally:
-        await _finish(proc)
+    async with peer_server(PEER) as (_, port):
+        yield f"tcp:host={HOST}:port={port}"
 
 
 async def twisted_client(port: int, scenario: str) -> dict[str, Any]:
     """Run one client scenario of twisted_flavors_peer.py against 127.0.0.1:`port`; its RESULT."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(PEER),
-        "client",
-        str(port),
-        scenario,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        out = await asyncio.wait_for(proc.stdout.read(), 25)  # the peer gives up after 30 s
-        await asyncio.wait_for(proc.wait(), 10)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.stdout.read()
-            await proc.wait()
-    text = out.decode("utf-8", "replace")
-    lines = [line for line in text.splitlines() if line.startswith(("RESULT ", "ERROR "))]
-    assert proc.returncode == 0 and len(lines) == 1 and lines[0].startswith("RESULT "), (
-        f"twisted_flavors_peer.py client {scenario} exited {proc.returncode}:\n{text}"
-    )
-    return json.loads(lines[0][len("RESULT ") :])
+    return await peer_client(PEER, port, scenario)
 
 
 async def poll(fetch: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 5.0) -> Any:

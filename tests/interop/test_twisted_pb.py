@@ -1,6 +1,7 @@
 """Interop with stock Twisted Perspective Broker over real TCP on 127.0.0.1, both ways.
 
-Stock Twisted runs in a subprocess (``twisted_peer.py``, see README.md next to it):
+Stock Twisted runs in a subprocess (``twisted_peer.py``, see README.md next to it; started and
+stopped with the helpers of ``peers.py``):
 
 * pbfast client -> Twisted ``PBServerFactory`` (``twisted_peer.py server``): every jelly type as
   arguments and results, keyword arguments, errors, references both ways with identity kept on
@@ -21,9 +22,7 @@ import contextlib
 import datetime
 import decimal
 import gc
-import json
 import logging
-import sys
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,24 +31,15 @@ from typing import Any
 import pbfast
 import pytest
 from helpers import assert_deep_equal
+from peers import EMPTY_STATISTICS, HOST, peer_client, peer_server
 
 pytestmark = pytest.mark.interop
 
 PEER = Path(__file__).resolve().with_name("twisted_peer.py")
-HOST = "127.0.0.1"
 UNAVAILABLE = "Traceback unavailable\n"
 OFFER_HEX = "02800282706204826e6f6e65"  # banana ["pb", "none"]: the dialects a PB server offers
 PB_ERROR = "twisted.spread.pb.Error"
 TWISTED_NO_SUCH_METHOD = "twisted.spread.flavors.NoSuchMethod"
-EMPTY_STATISTICS = {
-    "objects": 0,
-    "proxies": 0,
-    "caches": 0,
-    "cached": 0,
-    "pending": 0,
-    "backlog": 0,
-    "buffered": 0,
-}
 
 
 def qual(cls: type) -> str:
@@ -176,40 +166,11 @@ PEER_SAMPLE_COUNT = len(peer_sample_values()) - 1  # the client's `basic` scenar
 # --------------------------------------------------------------------------------------------
 
 
-async def _finish(proc: asyncio.subprocess.Process) -> bytes:
-    """Stop `proc` (EOF on its stdin, then a kill if it lingers), reap it and close its pipes;
-    returns what was left on its stdout."""
-    if proc.stdin is not None and not proc.stdin.is_closing():
-        proc.stdin.close()
-    try:
-        rest = await asyncio.wait_for(proc.stdout.read(), 10)
-        await asyncio.wait_for(proc.wait(), 10)
-    except TimeoutError:
-        proc.kill()
-        rest = await proc.stdout.read()
-        await proc.wait()
-    if proc.stdin is not None:
-        with contextlib.suppress(ConnectionError):
-            await proc.stdin.wait_closed()
-    return rest
-
-
 @contextlib.asynccontextmanager
 async def twisted_server() -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
     """A stock Twisted PB server in a subprocess: yields ``(process, port)``."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(PEER),
-        "server",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 20)
-        assert line.startswith(b"PORT "), f"twisted_peer.py server printed {line!r}"
-        yield proc, int(line.split()[1])
-    finally:
-        await _finish(proc)
+    async with peer_server(PEER) as (proc, port):
+        yield proc, port
 
 
 @contextlib.asynccontextmanager
@@ -222,29 +183,7 @@ async def twisted_root() -> AsyncIterator[tuple[asyncio.subprocess.Process, pbfa
 
 async def twisted_client(port: int, scenario: str) -> dict[str, Any]:
     """Run one client scenario of twisted_peer.py against 127.0.0.1:`port`; its RESULT."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(PEER),
-        "client",
-        str(port),
-        scenario,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        out = await asyncio.wait_for(proc.stdout.read(), 25)  # the peer gives up after 30 s
-        await asyncio.wait_for(proc.wait(), 10)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.stdout.read()
-            await proc.wait()
-    text = out.decode("utf-8", "replace")
-    lines = [line for line in text.splitlines() if line.startswith(("RESULT ", "ERROR "))]
-    assert proc.returncode == 0 and len(lines) == 1 and lines[0].startswith("RESULT "), (
-        f"twisted_peer.py client {scenario} exited {proc.returncode}:\n{text}"
-    )
-    return json.loads(lines[0][len("RESULT ") :])
+    return await peer_client(PEER, port, scenario)
 
 
 async def settle(root: pbfast.RemoteReference) -> None:
