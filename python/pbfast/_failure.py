@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import traceback
 
+from .copyable import qualified_name
 from .errors import TWISTED_EQUIVALENTS, RemoteError
 
 FAILURE_TAG = b"twisted.spread.pb.CopyableFailure"
@@ -19,10 +20,6 @@ UNAVAILABLE = "Traceback unavailable\n"
 
 # Twisted numbers every Failure it makes; peers never look at the number.
 _counter = itertools.count(1)
-
-
-def qualified_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__name__}"
 
 
 class CopyableFailure:

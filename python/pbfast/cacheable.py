@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .copyable import Copyable, RemoteCopy
 from .errors import DeadReferenceError
+from .referenceable import prefixed_method
 
 if TYPE_CHECKING:
     from ._broker import Broker
@@ -47,10 +48,7 @@ class RemoteCache(RemoteCopy):
     _pb_count = 0
 
     def remoteMessageReceived(self, broker: Broker, message: str, args: tuple, kw: dict) -> Any:
-        method = getattr(self, "observe_" + message, None)
-        if method is None:
-            raise AttributeError(f"{type(self).__name__} has no method observe_{message}")
-        return method(*args, **kw)
+        return prefixed_method(self, "observe_", message)(*args, **kw)
 
     def __del__(self) -> None:
         cache = self._pb_cache

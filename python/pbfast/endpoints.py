@@ -284,15 +284,7 @@ def parse_server(description: str) -> ServerEndpoint:
         ValueError: malformed description; the message names the bad part (the type, key,
             value or missing parameter).
     """
-    name, kwargs, args = _split(description)
-    factory = _SERVER_TYPES.get(name)
-    if factory is None:
-        known = ", ".join(sorted(_SERVER_TYPES))
-        raise ValueError(f"unknown server endpoint type {name!r} in {description!r}; known types: {known}")
-    try:
-        return factory(kwargs, args)
-    except ValueError as e:
-        raise ValueError(f"bad server endpoint {description!r}: {e}") from None
+    return _parse(description, _SERVER_TYPES, "server")
 
 
 def parse_client(description: str) -> ClientEndpoint:
@@ -304,15 +296,19 @@ def parse_client(description: str) -> ClientEndpoint:
     Raises:
         ValueError: malformed description; the message names the bad part.
     """
+    return _parse(description, _CLIENT_TYPES, "client")
+
+
+def _parse(description: str, types: dict[str, Any], role: str) -> Any:
     name, kwargs, args = _split(description)
-    factory = _CLIENT_TYPES.get(name)
+    factory = types.get(name)
     if factory is None:
-        known = ", ".join(sorted(_CLIENT_TYPES))
-        raise ValueError(f"unknown client endpoint type {name!r} in {description!r}; known types: {known}")
+        known = ", ".join(sorted(types))
+        raise ValueError(f"unknown {role} endpoint type {name!r} in {description!r}; known types: {known}")
     try:
         return factory(kwargs, args)
     except ValueError as e:
-        raise ValueError(f"bad client endpoint {description!r}: {e}") from None
+        raise ValueError(f"bad {role} endpoint {description!r}: {e}") from None
 
 
 def _bind(

@@ -15,6 +15,20 @@ if TYPE_CHECKING:
 __all__ = ["Avatar", "Referenceable", "RemoteReference", "Root", "ViewPoint", "Viewable"]
 
 
+def prefixed_method(obj: Any, prefix: str, message: str) -> Callable[..., Any]:
+    """``obj.<prefix><message>``: the method a remote call names.
+
+    Raises:
+        NoSuchMethod: for ``remote_`` (Twisted's wording); AttributeError for other prefixes.
+    """
+    method = getattr(obj, prefix + message, None)
+    if method is None:
+        if prefix == "remote_":
+            raise NoSuchMethod(f"No such method: remote_{message}")
+        raise AttributeError(f"{type(obj).__name__} has no method {prefix}{message}")
+    return method
+
+
 class Referenceable:
     """An object the peer can call: ``remote_<name>`` methods, plain or ``async``.
 
@@ -30,10 +44,7 @@ class Referenceable:
         Raises:
             NoSuchMethod: there is no such method.
         """
-        method = getattr(self, "remote_" + message, None)
-        if method is None:
-            raise NoSuchMethod(f"No such method: remote_{message}")
-        return method(*args, **kw)
+        return prefixed_method(self, "remote_", message)(*args, **kw)
 
     def serializingPerspective(self) -> Any:
         """The perspective this object's results are sent for (see `Avatar`, `ViewPoint`)."""
@@ -66,10 +77,7 @@ class Avatar(Referenceable):
         Raises:
             AttributeError: there is no such method.
         """
-        method = getattr(self, "perspective_" + message, None)
-        if method is None:
-            raise AttributeError(f"{type(self).__name__} has no method perspective_{message}")
-        return method(*args, **kw)
+        return prefixed_method(self, "perspective_", message)(*args, **kw)
 
     def serializingPerspective(self) -> Any:
         return self
@@ -87,10 +95,7 @@ class Viewable:
         Raises:
             AttributeError: there is no such method.
         """
-        method = getattr(self, "view_" + message, None)
-        if method is None:
-            raise AttributeError(f"{type(self).__name__} has no method view_{message}")
-        return method(perspective, *args, **kw)
+        return prefixed_method(self, "view_", message)(perspective, *args, **kw)
 
 
 class ViewPoint(Referenceable):

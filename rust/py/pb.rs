@@ -677,13 +677,9 @@ impl PbEncoderPy {
         request_id: i64,
         value: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let mut enc = self.jelly_encoder(py);
-        let raw = enc.raw();
-        raw.list(3).map_err(PyErr::from)?;
-        raw.bytes(command).map_err(PyErr::from)?;
-        raw.int(request_id);
-        enc.jelly(value)?;
-        Ok(enc.finish(|bytes| PyBytes::new(py, bytes)))
+        let mut out = Vec::new();
+        self.encode_reply(py, command, request_id, value, &mut out)?;
+        Ok(PyBytes::new(py, &out))
     }
 
     /// `[command, request_id, value]` appended to `out`.
