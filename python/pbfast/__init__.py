@@ -33,10 +33,12 @@ from .errors import (
     ProtocolError,
     RemoteError,
     UnauthorizedLogin,
+    Violation,
 )
 from .pb import Server, connect, login, run, serve
 from .referenceable import Avatar, Referenceable, RemoteReference, Root, Viewable, ViewPoint
 from .serialization import Unpersistable, dumps, jelly, loads, unjelly
+from .tub import Reconnector, Tub, TubReference
 
 __version__ = "0.1.0"
 
@@ -68,6 +70,10 @@ __all__ = [
     "Root",
     "Server",
     "UnauthorizedLogin",
+    "Violation",
+    "Tub",
+    "Reconnector",
+    "TubReference",
     "Unpersistable",
     "UsernamePassword",
     "ViewPoint",

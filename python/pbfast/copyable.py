@@ -31,7 +31,10 @@ def qualified_name(cls: type) -> str:
 
 class Copyable:
     """An object sent by copy. Override `getStateToCopy` (or `getStateToCopyFor`, which is told
-    the perspective it is sent for) and `getTypeToCopy` (or `getTypeToCopyFor`)."""
+    the perspective it is sent for) and `getTypeToCopy` (or `getTypeToCopyFor`), or just set
+    `typeToCopy`: the name receivers register (foolscap's convention is a URL-like unique name)."""
+
+    typeToCopy: str | None = None
 
     def getStateToCopy(self) -> Any:
         """The state to send; by default the instance's ``__dict__``."""
@@ -41,15 +44,24 @@ class Copyable:
         return self.getStateToCopy()
 
     def getTypeToCopy(self) -> str | bytes:
-        """The type tag the receiver registers; by default the qualified class name."""
-        return qualified_name(type(self))
+        """The type tag the receiver registers: `typeToCopy`, or else the qualified class name."""
+        return self.typeToCopy or qualified_name(type(self))
 
     def getTypeToCopyFor(self, perspective: Any) -> str | bytes:
         return self.getTypeToCopy()
 
 
 class RemoteCopy:
-    """The receiving side of a copy: made with no arguments, then given the sender's state."""
+    """The receiving side of a copy: made with no arguments, then given the sender's state.
+
+    A subclass that sets `copytype` is registered for that type tag (as foolscap does)."""
+
+    copytype: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("copytype"):
+            setUnjellyableForClass(cls.copytype, cls)
 
     def setCopyableState(self, state: Any) -> None:
         """Take the received state; by default, a dict of it becomes the instance's attributes

@@ -5,7 +5,10 @@ The Rust core raises these classes too, so ``isinstance`` checks, docs and pickl
     PbfastError
       ProtocolError          the peer broke the wire protocol: the connection ends
         BananaError          malformed or over-limit banana bytes (.offset, .limit)
-        NegotiationError     no common dialect, or a different PB version
+        NegotiationError     no common dialect, or a different PB version; a refused Tub
+                             connection
+      Violation              a foolscap message the receiver could not accept (that call
+                             fails, the connection stays)
       JellyError             malformed jelly, or a value jelly cannot express (.offset)
         InsecureJelly        jelly the receiver's policy refuses
       Error                  raise it in a remote method: an expected error, sent without a
@@ -34,6 +37,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "UnauthorizedLogin",
+    "Violation",
 ]
 
 
@@ -49,6 +53,7 @@ TWISTED_EQUIVALENTS: dict[str, tuple[str, ...]] = {
         "twisted.cred.error.Unauthorized",
     ),
     "pbfast.errors.InsecureJelly": ("twisted.spread.jelly.InsecureJelly",),
+    "pbfast.errors.Violation": ("foolscap.tokens.Violation",),
 }
 
 
@@ -101,6 +106,12 @@ class InsecureJelly(JellyError):
 
 class NegotiationError(ProtocolError):
     """The peers share no dialect, or speak different PB protocol versions."""
+
+
+class Violation(PbfastError):
+    """A foolscap message the receiver refused (an unregistered copyable type, an unknown
+    object, a malformed sequence): only that call fails. Remote callers see foolscap's
+    ``Violation``."""
 
 
 class Error(PbfastError):

@@ -1,0 +1,603 @@
+"""`Tub`: a TLS identity that publishes objects as FURLs and calls other Tubs' FURLs, speaking
+foolscap's wire protocol (so stock foolscap Tubs are peers too).
+
+A Tub keeps at most one connection per remote Tub, shared by every reference into it; the side
+with the greater TubID settles which of two crossing connections survives, as foolscap does.
+`Reconnector` keeps a FURL connected, with exponential back-off between attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
+import os
+import random
+import socket
+import tempfile
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+from . import endpoints
+from ._negotiate import Hello
+from ._tub_broker import TubBroker, TubReference
+from ._tub_connection import TubConnection
+from .errors import DeadReferenceError, NegotiationError
+from .furl import FURL, new_swissnum, parse_hint
+from .identity import TubIdentity
+
+__all__ = ["Reconnector", "Tub", "TubReference", "backoff"]
+
+log = logging.getLogger("pbfast.tub")
+
+_OPTIONS: dict[str, Any] = {
+    # Send a PING after this many seconds without data from the peer (None: never).
+    "keepaliveTimeout": 240.0,
+    # Drop a connection after this many seconds without data from the peer (None: never).
+    "disconnectTimeout": None,
+    # From TCP connect to the end of negotiation.
+    "negotiationTimeout": 60.0,
+    # Connecting to a FURL, all of its hints at once.
+    "connectTimeout": 60.0,
+    # Send remote callers full tracebacks of our failures (foolscap's default is on; they show
+    # file paths, so ours is off).
+    "unsafeTracebacks": False,
+    "logLocalFailures": False,
+    "logRemoteFailures": False,
+    "acceptGifts": True,
+    "reconnectInitialDelay": 1.0,
+    "reconnectFactor": 2.0,
+    "reconnectMaxDelay": 300.0,
+    "reconnectJitter": 0.1,
+}
+# Receive limits handed to the decoder (see `pbfast._core.FoolscapDecoder`).
+_LIMITS = ("max_element_size", "max_depth", "max_header_length")
+
+
+class Tub:
+    """A Tub: ``Tub(certFile=None, certData=None, **options)``.
+
+    The identity comes from `certData` (PEM as foolscap stores it), else from `certFile`
+    (created, readable by its owner only, if missing), else is made afresh. Options (also
+    settable with `setOption`): ``keepaliveTimeout`` (240 s), ``disconnectTimeout`` (off),
+    ``negotiationTimeout`` (60 s), ``connectTimeout`` (60 s), ``unsafeTracebacks`` (False),
+    ``logLocalFailures``, ``logRemoteFailures``, ``acceptGifts`` (True), the reconnection
+    back-off ``reconnectInitialDelay``/``reconnectFactor``/``reconnectMaxDelay``/
+    ``reconnectJitter``, and the decoder limits ``max_element_size``/``max_depth``.
+    """
+
+    def __init__(
+        self,
+        certFile: str | os.PathLike[str] | None = None,
+        certData: str | bytes | None = None,
+        **options: Any,
+    ):
+        if certData is not None:
+            identity = TubIdentity.from_pem(certData)
+        elif certFile is not None:
+            identity = TubIdentity.load_or_create(certFile)
+        else:
+            identity = TubIdentity.generate()
+        self.identity = identity
+        self.tubID: str = identity.tubID
+        self.incarnation = os.urandom(8).hex()
+        self._tls_identity = (
+            identity.certificate.public_bytes(serialization.Encoding.DER),
+            identity.private_key.private_bytes(  # type: ignore[attr-defined]
+                serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+        )
+        for name, value in _OPTIONS.items():
+            setattr(self, name, value)
+        self._limits: dict[str, int] = {}
+        for name, value in options.items():
+            self.setOption(name, value)
+        self._location: list[str] | None = None
+        self._names: dict[str, Any] = {}
+        self._name_of: dict[int, str] = {}
+        self._auto_names: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+        self._auto_name_of: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self._lookup_handlers: list[Callable[[str], Any]] = []
+        self._listeners: list[endpoints.Listener] = []
+        self._brokers: dict[str, TubBroker] = {}
+        self._connecting: dict[str, asyncio.Task[TubBroker]] = {}
+        self._connections: set[TubConnection] = set()
+        self._seqnums: dict[str, int] = {}
+        self._last_connection: dict[str, tuple[str, int]] = {}
+        self._loopback: TubBroker | None = None
+        self._reconnectors: set[Reconnector] = set()
+        self.running = True
+
+    def __repr__(self) -> str:
+        return f"<Tub {self.tubID}>"
+
+    def setOption(self, name: str, value: Any) -> None:
+        """Set one of the options the constructor takes.
+
+        Raises:
+            TypeError: an unknown option.
+        """
+        if name in _LIMITS:
+            self._limits[name] = value
+        elif name in _OPTIONS:
+            setattr(self, name, value)
+        else:
+            raise TypeError(f"unknown Tub option {name!r}")
+
+    async def __aenter__(self) -> Tub:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stopService()
+
+    # ------------------------------------------------------------------ where we are
+
+    async def listenOn(self, endpoint: str) -> endpoints.Listener:
+        """Accept Tub connections on a server endpoint, e.g. ``"tcp:0:interface=127.0.0.1"``
+        (the listener's ``port`` is the one bound)."""
+        self._check_running()
+        listener = await endpoints.listen(endpoint, lambda: TubConnection(self))
+        self._listeners.append(listener)
+        return listener
+
+    def setLocation(self, *hints: str) -> None:
+        """The connection hints FURLs carry, e.g. ``"tcp:example.org:8800"``.
+
+        Raises:
+            BadFURLError: a malformed hint.
+        """
+        for hint in hints:
+            parse_hint(hint)
+        self._location = list(hints)
+
+    async def setLocationAutomatically(self) -> list[str]:
+        """Use this host's addresses with each TCP port the Tub listens on; the hints set.
+
+        Raises:
+            RuntimeError: the Tub listens on no TCP port yet.
+        """
+        ports = [listener.port for listener in self._listeners if listener.port]
+        if not ports:
+            raise RuntimeError("setLocationAutomatically needs listenOn() on a TCP port first")
+        loop = asyncio.get_running_loop()
+        addresses = await loop.run_in_executor(None, _local_addresses)
+        self._location = [f"tcp:{address}:{port}" for port in ports for address in addresses]
+        return list(self._location)
+
+    def getLocationHints(self) -> list[str]:
+        return list(self._location or ())
+
+    # ------------------------------------------------------------------ what we offer
+
+    def registerReference(
+        self, obj: Any, name: str | None = None, furlFile: str | os.PathLike[str] | None = None
+    ) -> str:
+        """Publish `obj` (held strongly until `unregisterReference`); its FURL.
+
+        The name is `name`, else the one in `furlFile` (if that file holds a FURL of this Tub),
+        else 160 random bits; the FURL is then written to `furlFile`.
+
+        Raises:
+            RuntimeError: the Tub has no location yet (`setLocation`).
+        """
+        if self._location is None:
+            raise RuntimeError("call setLocation() or setLocationAutomatically() before registerReference()")
+        if furlFile is not None and name is None:
+            name = _name_in_furl_file(Path(furlFile), self.tubID)
+        if name is None:
+            name = self._name_of.get(id(obj)) or new_swissnum()
+        elif self._names.get(name, obj) is not obj:
+            raise KeyError(f"the name {name[:2]}... is already registered for another object")
+        self._names[name] = obj
+        self._name_of[id(obj)] = name
+        furl = self._furl(name)
+        if furlFile is not None:
+            _write_private(Path(furlFile), furl + "\n")
+        return furl
+
+    def unregisterReference(self, obj: Any) -> None:
+        """Stop publishing `obj` (its FURL no longer resolves; live references keep working).
+
+        Raises:
+            KeyError: `obj` is not registered.
+        """
+        name = self._name_of.pop(id(obj), None)
+        if name is None:
+            raise KeyError(f"{obj!r} is not registered with this Tub")
+        del self._names[name]
+
+    def unregisterURL(self, furl: str) -> None:
+        """Stop publishing the object at `furl`.
+
+        Raises:
+            KeyError: nothing of this Tub is registered there.
+        """
+        name = FURL.parse(furl).name
+        obj = self._names.pop(name)
+        self._name_of.pop(id(obj), None)
+
+    def registerNameLookupHandler(self, lookup: Callable[[str], Any]) -> None:
+        """Ask ``lookup(name)`` for names not registered here (it returns the object or None)."""
+        self._lookup_handlers.append(lookup)
+
+    def _furl(self, name: str) -> str:
+        return str(FURL(self.tubID, tuple(self._location or ()), name))
+
+    def _furl_for_export(self, obj: Any) -> str | None:
+        """The FURL sent with a reference the first time it crosses a connection, so the
+        receiver can give it to a third Tub. Unregistered objects get a name held weakly."""
+        if self._location is None:
+            return None
+        name = self._name_of.get(id(obj))
+        if name is None:
+            try:
+                name = self._auto_name_of.get(obj)
+                if name is None:
+                    name = new_swissnum()
+                    self._auto_names[name] = obj
+                    self._auto_name_of[obj] = name
+            except TypeError:  # neither weakly referenceable nor hashable: no FURL
+                return None
+        return self._furl(name)
+
+    def _lookup(self, name: str) -> Any:
+        obj = self._names.get(name)
+        if obj is None:
+            obj = self._auto_names.get(name)
+        for lookup in self._lookup_handlers:
+            if obj is not None:
+                break
+            obj = lookup(name)
+        if obj is None:
+            raise KeyError(f"unable to find reference for name starting with {name[:2]!r}")
+        return obj
+
+    # ------------------------------------------------------------------ what we call
+
+    async def getReference(self, furl: str | FURL) -> TubReference:
+        """A reference to the object at `furl`, over this Tub's connection to its Tub (made if
+        there is none).
+
+        Raises:
+            BadFURLError: a malformed FURL.
+            NegotiationError: the Tub there refused us, or is not the one the FURL names.
+            ConnectionError: none of its hints could be reached.
+            RemoteError: that Tub has no object under the FURL's name.
+        """
+        self._check_running()
+        parsed = furl if isinstance(furl, FURL) else FURL.parse(furl)
+        broker = await self._broker_for(parsed)
+        return await broker.root(parsed.name)
+
+    def connectTo(
+        self, furl: str | FURL, callback: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Reconnector:
+        """Keep `furl` connected: ``callback(ref, *args, **kwargs)`` runs on each new connection
+        (awaited if it is a coroutine); failed attempts are retried with growing delays."""
+        self._check_running()
+        reconnector = Reconnector(
+            self, furl if isinstance(furl, FURL) else FURL.parse(furl), callback, args, kwargs
+        )
+        self._reconnectors.add(reconnector)
+        return reconnector
+
+    async def _broker_for(self, furl: FURL) -> TubBroker:
+        if furl.tubID == self.tubID:
+            return self._loopback_broker()
+        broker = self._brokers.get(furl.tubID)
+        if broker is not None and not broker.disconnected:
+            return broker
+        task = self._connecting.get(furl.tubID)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._connect(furl))
+            self._connecting[furl.tubID] = task
+            task.add_done_callback(lambda t, tub_id=furl.tubID: self._connected(tub_id, t))
+        return await asyncio.shield(task)
+
+    def _connected(self, tub_id: str, task: asyncio.Task[TubBroker]) -> None:
+        if self._connecting.get(tub_id) is task:
+            del self._connecting[tub_id]
+        if not task.cancelled():
+            task.exception()  # retrieved by every waiter; none may be left
+
+    async def _connect(self, furl: FURL) -> TubBroker:
+        """Try every TCP hint at once; the first connection to finish negotiating wins."""
+        targets = []
+        for hint in furl.locationHints:
+            with contextlib.suppress(ValueError):
+                parsed = parse_hint(hint)
+                if parsed[0] == "tcp":
+                    targets.append(parsed[1:])
+        if not targets:
+            raise ConnectionError(
+                f"no usable location hints in the FURL of Tub {furl.tubID}: {furl.locationHints}"
+            )
+        attempts = [asyncio.ensure_future(self._dial(furl.tubID, host, port)) for host, port in targets]
+        errors: list[BaseException] = []
+        try:
+            async with asyncio.timeout(self.connectTimeout):
+                for next_done in asyncio.as_completed(attempts):
+                    try:
+                        return await next_done
+                    except (OSError, NegotiationError) as e:
+                        errors.append(e)
+        except TimeoutError:
+            errors.append(TimeoutError(f"timed out after {self.connectTimeout} s"))
+        finally:
+            # Others still negotiating lose; one that also finished was refused as a duplicate.
+            for attempt in attempts:
+                attempt.cancel()
+        # A crossing connection from that Tub may have won the duplicate decision.
+        broker = self._brokers.get(furl.tubID)
+        if broker is not None and not broker.disconnected:
+            return broker
+        refusals = [e for e in errors if isinstance(e, NegotiationError)]
+        if refusals:
+            raise refusals[0]
+        why = "; ".join(str(e) for e in errors)
+        raise ConnectionError(f"cannot connect to Tub {furl.tubID} at {', '.join(furl.locationHints)}: {why}")
+
+    async def _dial(self, tub_id: str, host: str, port: int) -> TubBroker:
+        loop = asyncio.get_running_loop()
+        connection: TubConnection | None = None
+        try:
+            _, connection = await loop.create_connection(
+                lambda: TubConnection(self, target=tub_id, host=host), host, port
+            )
+            return await connection.ready
+        except asyncio.CancelledError:
+            if connection is not None:
+                connection.close(DeadReferenceError("connection attempt cancelled"))
+            raise
+
+    def _loopback_broker(self) -> TubBroker:
+        """Calls to our own FURLs go through a pair of brokers joined in memory (so arguments
+        are copied exactly as they would be over the network)."""
+        if self._loopback is None or self._loopback.disconnected:
+            near, far = _MemoryLink(), _MemoryLink()
+            near.peer, far.peer = far, near
+            near.broker = TubBroker(self, near, self.tubID)
+            far.broker = TubBroker(self, far, self.tubID)
+            self._loopback = near.broker
+        return self._loopback
+
+    # ------------------------------------------------------------------ connection bookkeeping
+
+    def _hello(self, target: str | None, *, client: bool) -> Hello:
+        last = self._last_connection.get(target) if target else None
+        return Hello(tub_id=self.tubID, incarnation=self.incarnation, last_connection=last, client=client)
+
+    def _master_decide(self, theirs: Hello) -> int:
+        """As master, accept an offer from `theirs` (its seqnum) or refuse it as a duplicate of
+        the connection we already have (foolscap's rules)."""
+        existing = self._brokers.get(theirs.tub_id)
+        if existing is not None and not existing.disconnected:
+            if not theirs.incarnation or not theirs.client:
+                accept = False
+            elif theirs.incarnation != existing.peer_incarnation:
+                accept = True  # the peer restarted
+            elif theirs.last_connection is None:
+                accept = False  # probably a parallel attempt through another hint
+            elif theirs.last_connection[0] != self.incarnation:
+                accept = True  # the peer last talked to an earlier life of ours
+            else:
+                accept = theirs.last_connection[1] == existing.seqnum  # it knows ours is stale
+            if not accept:
+                raise NegotiationError("Duplicate connection")
+        seqnum = self._seqnums.get(theirs.tub_id, 0) + 1
+        self._seqnums[theirs.tub_id] = seqnum
+        return seqnum
+
+    def _attach(self, broker: TubBroker, master_connection: tuple[str, int] | None) -> None:
+        if master_connection is not None:
+            self._last_connection[broker.peer_tub_id] = master_connection
+        old = self._brokers.get(broker.peer_tub_id)
+        self._brokers[broker.peer_tub_id] = broker
+        if old is not None and old is not broker:
+            old.fail(DeadReferenceError("replaced by a new connection"), notify=False)
+
+    def _broker_lost(self, broker: TubBroker) -> None:
+        if self._brokers.get(broker.peer_tub_id) is broker:
+            del self._brokers[broker.peer_tub_id]
+
+    def statistics(self) -> dict[str, int]:
+        """Sizes of the Tub's tables, summed over its connections."""
+        totals = {"connections": 0, "exported": 0, "imported": 0, "gifts": 0, "pending": 0}
+        brokers = list(self._brokers.values())
+        if self._loopback is not None and not self._loopback.disconnected:
+            brokers += [self._loopback, self._loopback._link.peer.broker]
+        for broker in brokers:
+            totals["connections"] += 1
+            for key, value in broker.statistics().items():
+                totals[key] += value
+        totals["registered"] = len(self._names)
+        return totals
+
+    # ------------------------------------------------------------------ the end
+
+    def _check_running(self) -> None:
+        if not self.running:
+            raise RuntimeError("the Tub has been stopped")
+
+    async def stopService(self) -> None:
+        """Stop listening, stop reconnecting and close every connection."""
+        if not self.running:
+            return
+        self.running = False
+        for reconnector in list(self._reconnectors):
+            reconnector.stopConnecting()
+        for listener in self._listeners:
+            listener.close()
+        for task in list(self._connecting.values()):
+            task.cancel()
+        reason = DeadReferenceError(f"Tub {self.tubID} stopped")
+        brokers = list(self._brokers.values())
+        if self._loopback is not None:
+            brokers.append(self._loopback)
+        for broker in brokers:
+            broker.fail(reason, notify=False)
+        for connection in list(self._connections):
+            connection.close(reason)
+        for listener in self._listeners:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(listener.wait_closed(), 5)
+        self._listeners.clear()
+        await asyncio.sleep(0)
+
+
+class _MemoryLink:
+    """One end of the in-memory connection a Tub uses to call itself."""
+
+    def __init__(self) -> None:
+        self.peer: _MemoryLink
+        self.broker: TubBroker
+        self._out: list[bytes] = []
+        self._closed = False
+
+    def send(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._out.append(data)
+        if len(self._out) == 1:
+            asyncio.get_running_loop().call_soon(self._deliver)
+
+    def _deliver(self) -> None:
+        data, self._out = b"".join(self._out), []
+        if data and not self.peer._closed:
+            self.peer.broker.feed(data)
+
+    def close(self, reason: BaseException | None = None) -> None:
+        for end in (self, self.peer):
+            if not end._closed:
+                end._closed = True
+                end.broker.connection_lost(reason)
+
+
+class Reconnector:
+    """Keeps a FURL connected (made by `Tub.connectTo`): after each failed attempt it waits
+    `backoff`'s next delay; after each success it calls the callback and, once that connection
+    is lost, starts again from the shortest delay."""
+
+    def __init__(self, tub: Tub, furl: FURL, callback: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+        self.tub = tub
+        self.furl = furl
+        self._callback = callback
+        self._args = args
+        self._kwargs = kwargs
+        self.attempts = 0
+        self.connections = 0
+        self._last_failure: BaseException | None = None
+        self._next_attempt: float | None = None
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _delays(self) -> Iterator[float]:
+        tub = self.tub
+        return backoff(
+            tub.reconnectInitialDelay, tub.reconnectFactor, tub.reconnectMaxDelay, tub.reconnectJitter
+        )
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        delays = self._delays()
+        while True:
+            self.attempts += 1
+            try:
+                ref = await self.tub.getReference(self.furl)
+            except Exception as e:
+                self._last_failure = e
+                delay = next(delays)
+                self._next_attempt = loop.time() + delay
+                log.info("connecting to %s failed (%s); next try in %.1f s", self.furl.tubID, e, delay)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                self._next_attempt = None
+                continue
+            delays = self._delays()
+            self._last_failure = None
+            self.connections += 1
+            lost = loop.create_future()
+            ref.notifyOnDisconnect(lambda _ref, lost=lost: lost.done() or lost.set_result(None))
+            try:
+                result = self._callback(ref, *self._args, **self._kwargs)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("connectTo callback %r failed", self._callback)
+            del ref
+            await lost
+
+    def stopConnecting(self) -> None:
+        """Stop: no more attempts, and no more callbacks (a live connection stays open)."""
+        self._task.cancel()
+        self.tub._reconnectors.discard(self)
+
+    def reset(self) -> None:
+        """Try again now instead of waiting out the current delay."""
+        self._wake.set()
+
+    def getDelayUntilNextAttempt(self) -> float | None:
+        """Seconds until the next attempt, or None if not waiting."""
+        if self._next_attempt is None:
+            return None
+        return max(0.0, self._next_attempt - asyncio.get_running_loop().time())
+
+    def getLastFailure(self) -> BaseException | None:
+        """Why the last attempt failed (None after a success)."""
+        return self._last_failure
+
+
+def backoff(
+    initial: float, factor: float, maximum: float, jitter: float, rng: random.Random | None = None
+) -> Iterator[float]:
+    """Reconnection delays: `initial`, then each `factor` times the last, capped at `maximum`;
+    each spread by up to ±`jitter` (a fraction) so many clients do not retry in step."""
+    uniform = (rng or random).uniform
+    for step in itertools.count():
+        delay = min(maximum, initial * factor**step)
+        yield min(maximum, delay * uniform(1 - jitter, 1 + jitter))
+        if delay >= maximum:
+            break
+    while True:
+        yield min(maximum, maximum * uniform(1 - jitter, 1 + jitter))
+
+
+def _local_addresses() -> list[str]:
+    """This host's IPv4 addresses, the outward-facing one first and loopback last."""
+    found: list[str] = []
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # a UDP connect sends nothing; it only picks a route
+        found.append(probe.getsockname()[0])
+    with contextlib.suppress(OSError):
+        found.extend(socket.gethostbyname_ex(socket.gethostname())[2])
+    ordered = [a for a in dict.fromkeys(found) if not a.startswith("127.") and a != "0.0.0.0"]
+    return ordered + ["127.0.0.1"]
+
+
+def _name_in_furl_file(path: Path, tub_id: str) -> str | None:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    furl = FURL.parse(text)
+    return furl.name if furl.tubID == tub_id else None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write atomically, readable by the owner only (a FURL is a capability)."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise

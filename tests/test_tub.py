@@ -1,0 +1,546 @@
+"""Tubs talking to Tubs: pbfast on both ends, over TLS on 127.0.0.1 (or in memory for a Tub
+calling itself). Stock foolscap on the other end is in ``tests/interop/test_foolscap.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import decimal
+import gc
+import random
+
+import pbfast
+import pytest
+from pbfast.furl import FURL
+from pbfast.tub import backoff
+
+LISTEN = "tcp:0:interface=127.0.0.1"
+
+
+class Point(pbfast.Copyable):
+    typeToCopy = "example.pbfast/Point"
+
+    def __init__(self, x: int = 0, y: int = 0) -> None:
+        self.x, self.y = x, y
+
+
+class RemotePoint(pbfast.RemoteCopy):
+    pass
+
+
+pbfast.setUnjellyableForClass("example.pbfast/Point", RemotePoint)
+
+
+class Child(pbfast.Referenceable):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def remote_name(self) -> str:
+        return self.name
+
+
+class Echo(pbfast.Referenceable):
+    def __init__(self) -> None:
+        self.received: list = []
+        self.kept: list = []
+
+    def remote_echo(self, value):
+        return value
+
+    def remote_add(self, a, b=0):
+        return a + b
+
+    async def remote_slow(self, value, delay=0.01):
+        await asyncio.sleep(delay)
+        return value
+
+    def remote_fail(self, message):
+        raise ValueError(message)
+
+    def remote_fail_pb(self):
+        raise pbfast.Error("expected")
+
+    def remote_child(self, name):
+        return Child(name)
+
+    def remote_same(self, ref):
+        return ref
+
+    async def remote_call_back(self, ref, method, *args):
+        return await ref.callRemote(method, *args)
+
+    def remote_keep(self, value):
+        self.kept.append(value)
+
+    def remote_forget(self):
+        self.kept.clear()
+
+    def remote_point(self, x, y):
+        return Point(x, y)
+
+    def remote_take_point(self, p):
+        return (type(p).__name__, p.x, p.y)
+
+    def remote_note(self, value):
+        self.received.append(value)
+
+    async def remote_take_gift(self, ref):
+        return await ref.callRemote("name")
+
+
+@contextlib.asynccontextmanager
+async def serving(obj=None, name=None, **options):
+    """A listening Tub serving `obj`; yields ``(tub, furl)``."""
+    async with pbfast.Tub(**options) as tub:
+        listener = await tub.listenOn(LISTEN)
+        tub.setLocation(f"tcp:127.0.0.1:{listener.port}")
+        furl = tub.registerReference(obj if obj is not None else Echo(), name)
+        yield tub, furl
+
+
+async def settle(*tubs, key="exported", value=0):
+    """Wait (briefly) until each Tub's `key` statistic is `value`; the statistics then."""
+    for _ in range(200):
+        gc.collect()
+        await asyncio.sleep(0.005)
+        if all(tub.statistics()[key] == value for tub in tubs):
+            break
+    return [tub.statistics() for tub in tubs]
+
+
+VALUES = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    2**31 - 1,
+    2**31,
+    -(2**31),
+    -(2**31) - 1,
+    2**64,
+    -(2**70),
+    1.5,
+    float("inf"),
+    b"",
+    b"bytes \x00\xff",
+    b"list",  # a vocabulary word
+    "",
+    "unicod\u00e9 \U0001f600",
+    [],
+    [1, [2, [3]]],
+    (1, "two", b"three"),
+    {"a": 1, "b": [2]},
+    {b"k": b"v", b"j": None},
+    {1, 2, 3},
+    frozenset({b"x", b"y"}),
+    decimal.Decimal("3.14159"),
+    {"nested": [(1, {2: frozenset({3})})]},
+]
+
+
+def test_api_example(run, tmp_path):
+    async def main():
+        cert = tmp_path / "server.pem"
+        async with pbfast.Tub(certFile=str(cert)) as server_tub:
+            listener = await server_tub.listenOn(LISTEN)
+            server_tub.setLocation(f"tcp:127.0.0.1:{listener.port}")
+            furl = server_tub.registerReference(Echo(), "echo")
+            assert furl == f"pb://{server_tub.tubID}@tcp:127.0.0.1:{listener.port}/echo"
+            async with pbfast.Tub() as client_tub:
+                ref = await client_tub.getReference(furl)
+                assert await ref.callRemote("echo", 7) == 7
+                assert ref.getRemoteTubID() == server_tub.tubID
+                assert ref.getSturdyRef() == furl
+        assert cert.stat().st_mode & 0o777 == 0o600
+        assert pbfast.Tub(certFile=str(cert)).tubID == server_tub.tubID
+
+    run(main())
+
+
+@pytest.mark.parametrize("value", VALUES, ids=repr)
+def test_values_round_trip(run, value):
+    async def main():
+        async with serving() as (_, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            result = await ref.callRemote("echo", value)
+            assert result == value and type(result) is type(value)
+
+    run(main())
+
+
+def test_shared_and_cyclic_structures(run):
+    async def main():
+        async with serving() as (_, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            inner = [1]
+            result = await ref.callRemote("echo", [inner, inner])
+            assert result == [[1], [1]] and result[0] is result[1]
+            cycle: list = []
+            cycle.append(cycle)
+            back = await ref.callRemote("echo", cycle)
+            assert back[0] is back
+
+    run(main())
+
+
+def test_kwargs_async_and_pipelined_calls(run):
+    async def main():
+        async with serving() as (_, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            assert await ref.callRemote("add", a=-5, b=2**40) == 2**40 - 5
+            results = await asyncio.gather(
+                *(ref.callRemote("slow", i, delay=0.001 * (i % 3)) for i in range(50))
+            )
+            assert results == list(range(50))
+
+    run(main())
+
+
+def test_remote_errors(run):
+    async def main():
+        async with serving() as (_, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            with pytest.raises(pbfast.RemoteError) as info:
+                await ref.callRemote("fail", "boom")
+            assert info.value.remoteType == "builtins.ValueError"
+            assert info.value.remoteValue == "boom"
+            assert info.value.check(ValueError) is ValueError
+            assert info.value.remoteTraceback == "Traceback unavailable\n"
+            with pytest.raises(pbfast.RemoteError) as info:
+                await ref.callRemote("nonesuch")
+            assert info.value.check(AttributeError)
+            with pytest.raises(pbfast.RemoteError) as info:
+                await ref.callRemote("fail_pb")
+            assert info.value.check(pbfast.Error)
+            assert await ref.callRemote("echo", 1) == 1  # the connection is fine
+
+    run(main())
+
+
+def test_unsafe_tracebacks_option(run):
+    async def main():
+        async with serving(unsafeTracebacks=True) as (_, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            with pytest.raises(pbfast.RemoteError) as info:
+                await ref.callRemote("fail", "boom")
+            assert "remote_fail" in info.value.remoteTraceback
+
+    run(main())
+
+
+def test_unsendable_argument_fails_only_that_call(run):
+    async def main():
+        async with serving() as (_, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            with pytest.raises(TypeError):
+                await ref.callRemote("echo", object())
+            with pytest.raises(TypeError):
+                await ref.callRemote("echo", {b"k": 1, "u": 2})  # keys that cannot be sorted
+            assert await ref.callRemote("echo", 2) == 2
+
+    run(main())
+
+
+def test_references_both_ways_keep_identity(run):
+    async def main():
+        echo = Echo()
+        async with serving(echo) as (server, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            child = await ref.callRemote("child", "kid")
+            assert await child.callRemote("name") == "kid"
+            assert await ref.callRemote("same", child) is child
+            mine = Child("mine")
+            assert await ref.callRemote("call_back", mine, "name") == "mine"
+            await ref.callRemote("keep", mine)
+            assert echo.kept[0].getRemoteTubID() == client.tubID
+            assert await ref.callRemote("same", mine) is mine
+
+    run(main())
+
+
+def test_decref_empties_the_exporting_tables(run):
+    async def main():
+        echo = Echo()
+        async with serving(echo) as (server, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            children = [await ref.callRemote("child", str(i)) for i in range(5)]
+            again = await ref.callRemote("child", "x")
+            await ref.callRemote("keep", Child("held"))
+            assert server.statistics()["exported"] == 7  # root and six children
+            assert client.statistics()["exported"] == 1
+            del children, again
+            stats = await settle(server, value=1)
+            assert stats[0]["exported"] == 1
+            await ref.callRemote("forget")
+            await settle(client)
+            assert client.statistics()["exported"] == 0
+            del ref
+            await settle(server)
+            assert server.statistics()["exported"] == 0
+            assert client.statistics()["imported"] == 0
+
+    run(main())
+
+
+def test_copyables_by_type_name(run):
+    async def main():
+        async with serving() as (_, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            point = await ref.callRemote("point", 3, -4)
+            assert isinstance(point, RemotePoint) and (point.x, point.y) == (3, -4)
+            assert await ref.callRemote("take_point", Point(1, 2)) == ("RemotePoint", 1, 2)
+
+    run(main())
+
+
+def test_unregistered_copyable_is_a_violation(run):
+    class Secret(pbfast.Copyable):
+        typeToCopy = "example.pbfast/Unregistered"
+
+    async def main():
+        async with serving() as (_, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            with pytest.raises(pbfast.RemoteError) as info:
+                await ref.callRemote("echo", Secret())
+            assert info.value.check(pbfast.Violation)
+            assert await ref.callRemote("echo", 5) == 5
+
+    run(main())
+
+
+def test_call_remote_only(run):
+    async def main():
+        echo = Echo()
+        async with serving(echo) as (_, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            ref.callRemoteOnly("note", 1)
+            ref.callRemoteOnly("fail", "nobody hears this")
+            ref.callRemoteOnly("note", 2)
+            assert await ref.callRemote("echo", 0) == 0
+            assert echo.received == [1, 2]
+
+    run(main())
+
+
+def test_one_connection_per_remote_tub(run):
+    async def main():
+        async with serving() as (server, furl), pbfast.Tub() as client:
+            refs = await asyncio.gather(*(client.getReference(furl) for _ in range(5)))
+            assert len({id(r.broker) for r in refs}) == 1
+            other = server.registerReference(Echo())
+            assert (await client.getReference(other)).broker is refs[0].broker
+            assert client.statistics()["connections"] == 1
+
+    run(main())
+
+
+def test_tub_calls_its_own_furl(run):
+    async def main():
+        async with serving() as (tub, furl):
+            ref = await tub.getReference(furl)
+            assert await ref.callRemote("echo", [1, b"2"]) == [1, b"2"]
+            child = await ref.callRemote("child", "me")
+            assert await child.callRemote("name") == "me"
+            assert await ref.callRemote("same", child) is child
+
+    run(main())
+
+
+def test_wrong_tubid_is_refused(run):
+    async def main():
+        async with serving() as (_, furl), pbfast.Tub() as client:
+            parsed = FURL.parse(furl)
+            other = pbfast.Tub().tubID
+            wrong = str(FURL(other, parsed.locationHints, parsed.name))
+            with pytest.raises(pbfast.NegotiationError, match="unknown TubID"):
+                await client.getReference(wrong)
+            assert await (await client.getReference(furl)).callRemote("echo", 1) == 1
+
+    run(main())
+
+
+def test_unknown_name_and_unregister(run):
+    async def main():
+        echo = Echo()
+        async with serving(echo) as (server, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            server.unregisterReference(echo)
+            assert await ref.callRemote("echo", 1) == 1  # live references keep working
+            with pytest.raises(pbfast.RemoteError) as info:
+                await client.getReference(furl)
+            assert info.value.check(KeyError)
+            assert FURL.parse(furl).name not in str(info.value)  # the secret is not echoed
+            with pytest.raises(KeyError):
+                server.unregisterReference(echo)
+
+    run(main())
+
+
+def test_name_lookup_handler(run):
+    async def main():
+        async with serving() as (server, furl), pbfast.Tub() as client:
+            server.registerNameLookupHandler(lambda name: Child(name) if name.startswith("kid-") else None)
+            base = FURL.parse(furl)
+            ref = await client.getReference(str(FURL(base.tubID, base.locationHints, "kid-7")))
+            assert await ref.callRemote("name") == "kid-7"
+            with pytest.raises(pbfast.RemoteError):
+                await client.getReference(str(FURL(base.tubID, base.locationHints, "other")))
+
+    run(main())
+
+
+def test_furl_file_keeps_the_furl(run, tmp_path):
+    async def main():
+        cert, furl_file = tmp_path / "tub.pem", tmp_path / "echo.furl"
+        async with pbfast.Tub(certFile=str(cert)) as tub:
+            tub.setLocation("tcp:127.0.0.1:1")
+            first = tub.registerReference(Echo(), furlFile=furl_file)
+        assert furl_file.read_text().strip() == first
+        assert furl_file.stat().st_mode & 0o777 == 0o600
+        async with pbfast.Tub(certFile=str(cert)) as tub:
+            tub.setLocation("tcp:127.0.0.1:1")
+            assert tub.registerReference(Echo(), furlFile=furl_file) == first
+
+    run(main())
+
+
+def test_register_needs_a_location():
+    tub = pbfast.Tub()
+    with pytest.raises(RuntimeError, match="setLocation"):
+        tub.registerReference(Echo())
+    with pytest.raises(pbfast.BadFURLError):
+        tub.setLocation("tcp:host:notaport")
+    with pytest.raises(TypeError, match="unknown Tub option"):
+        pbfast.Tub(noSuchOption=1)
+
+
+def test_set_location_automatically(run):
+    async def main():
+        async with pbfast.Tub() as tub:
+            with pytest.raises(RuntimeError):
+                await tub.setLocationAutomatically()
+            listener = await tub.listenOn("tcp:0")
+            hints = await tub.setLocationAutomatically()
+            assert hints[-1] == f"tcp:127.0.0.1:{listener.port}"
+            furl = tub.registerReference(Echo())
+            async with pbfast.Tub() as client:
+                assert await (await client.getReference(furl)).callRemote("echo", 3) == 3
+
+    run(main())
+
+
+def test_gift_across_three_tubs(run):
+    async def main():
+        async with (
+            serving(Echo()) as (a, furl_a),
+            serving(Child("in C")) as (c, furl_c),
+            pbfast.Tub() as b,
+        ):
+            b.setLocation("tcp:127.0.0.1:1")  # B exports nothing here, but has a location
+            at_a = await b.getReference(furl_a)
+            at_c = await b.getReference(furl_c)
+            assert await at_a.callRemote("take_gift", at_c) == "in C"
+            assert a.statistics()["connections"] == 2  # A connected to C itself
+            stats = await settle(b, key="gifts")
+            assert stats[0]["gifts"] == 0
+
+    run(main())
+
+
+def test_keepalives_keep_an_idle_connection(run):
+    async def main():
+        async with (
+            serving() as (_, furl),
+            pbfast.Tub(keepaliveTimeout=0.05, disconnectTimeout=0.3) as client,
+        ):
+            ref = await client.getReference(furl)
+            await asyncio.sleep(0.6)
+            assert await ref.callRemote("echo", 1) == 1
+
+    run(main())
+
+
+def test_disconnect_timeout_drops_a_silent_peer(run):
+    async def main():
+        async with (
+            serving(keepaliveTimeout=None) as (_, furl),
+            pbfast.Tub(keepaliveTimeout=None, disconnectTimeout=0.1) as client,
+        ):
+            ref = await client.getReference(furl)
+            lost = asyncio.get_running_loop().create_future()
+            ref.notifyOnDisconnect(lambda r: lost.set_result(True))
+            assert await asyncio.wait_for(lost, 5)
+            with pytest.raises(pbfast.DeadReferenceError):
+                await ref.callRemote("echo", 1)
+
+    run(main())
+
+
+def test_connection_loss_fails_pending_calls(run):
+    async def main():
+        async with serving() as (server, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            call = ref.callRemote("slow", 1, delay=5)
+            await asyncio.sleep(0.05)
+            await server.stopService()
+            with pytest.raises(pbfast.DeadReferenceError):
+                await call
+
+    run(main())
+
+
+def test_crossing_connections_settle_on_one(run):
+    async def main():
+        async with serving() as (a, furl_a), serving() as (b, furl_b):
+            ref_b, ref_a = await asyncio.gather(a.getReference(furl_b), b.getReference(furl_a))
+            await asyncio.sleep(0.05)
+            assert a.statistics()["connections"] == 1 and b.statistics()["connections"] == 1
+            for ref in (await a.getReference(furl_b), await b.getReference(furl_a)):
+                assert await ref.callRemote("echo", 1) == 1
+
+    run(main())
+
+
+def test_backoff_grows_and_is_capped():
+    delays = backoff(1.0, 2.0, 30.0, 0.1, random.Random(7))
+    seen = [next(delays) for _ in range(12)]
+    for i, delay in enumerate(seen[:5]):
+        assert 0.9 * 2**i <= delay <= 1.1 * 2**i
+    assert all(delay <= 30.0 for delay in seen)
+    assert all(27.0 <= delay for delay in seen[6:])
+    assert len(set(seen)) == len(seen)  # jittered
+
+
+def test_reconnector_follows_a_restarting_server(run):
+    async def main():
+        identity = pbfast.Tub().identity.to_pem()
+        connected: list = []
+        again = asyncio.Event()
+
+        async def start(port=0):
+            tub = pbfast.Tub(certData=identity)
+            listener = await tub.listenOn(f"tcp:{port}:interface=127.0.0.1")
+            tub.setLocation(f"tcp:127.0.0.1:{listener.port}")
+            return tub, tub.registerReference(Echo(), "echo"), listener.port
+
+        server, furl, port = await start()
+        async with pbfast.Tub(reconnectInitialDelay=0.05, reconnectMaxDelay=0.2) as client:
+
+            async def on_connect(ref, tag):
+                connected.append((tag, await ref.callRemote("echo", len(connected))))
+                again.set()
+
+            reconnector = client.connectTo(furl, on_connect, "hello")
+            await asyncio.wait_for(again.wait(), 5)
+            again.clear()
+            await server.stopService()
+            await asyncio.sleep(0.3)
+            assert reconnector.getLastFailure() is not None
+            server, _, _ = await start(port)
+            await asyncio.wait_for(again.wait(), 5)
+            assert connected == [("hello", 0), ("hello", 1)]
+            reconnector.stopConnecting()
+        await server.stopService()
+
+    run(main())
