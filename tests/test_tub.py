@@ -544,3 +544,70 @@ def test_reconnector_follows_a_restarting_server(run):
         await server.stopService()
 
     run(main())
+
+
+class Counter(pbfast.Cacheable):
+    def __init__(self) -> None:
+        self.value = 0
+        self.observers: list = []
+        self.stopped = 0
+
+    def getStateToCacheAndObserveFor(self, perspective, observer):
+        self.observers.append(observer)
+        return {"value": self.value}
+
+    def stoppedObserving(self, perspective, observer):
+        self.observers.remove(observer)
+        self.stopped += 1
+
+    def bump(self) -> list:
+        self.value += 1
+        return [o.callRemote("set", self.value) for o in self.observers]
+
+
+class CounterCopy(pbfast.RemoteCache):
+    copytype = "example.pbfast/Counter"
+
+    def observe_set(self, value):
+        self.value = value
+
+
+Counter.typeToCopy = "example.pbfast/Counter"
+
+
+class CounterHolder(pbfast.Referenceable):
+    def __init__(self) -> None:
+        self.counter = Counter()
+
+    def remote_counter(self):
+        return self.counter
+
+    def remote_bump(self):
+        return len(self.counter.bump())
+
+
+def test_cacheable_between_pbfast_tubs(run):
+    async def main():
+        holder = CounterHolder()
+        async with serving(holder) as (server, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            copy = await ref.callRemote("counter")
+            assert isinstance(copy, CounterCopy) and copy.value == 0
+            assert await ref.callRemote("counter") is copy  # one copy per holder
+            assert await ref.callRemote("bump") == 1
+            for _ in range(100):
+                if copy.value == 1:
+                    break
+                await asyncio.sleep(0.005)
+            assert copy.value == 1
+            del copy
+            for _ in range(200):
+                gc.collect()
+                await asyncio.sleep(0.005)
+                if holder.counter.stopped:
+                    break
+            assert holder.counter.stopped == 1 and holder.counter.observers == []
+            copy = await ref.callRemote("counter")  # sent afresh, with its current state
+            assert copy.value == 1
+
+    run(main())

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._failure import _parents, remote_error
-from .cacheable import Cacheable
+from .cacheable import Cacheable, RemoteCache, RemoteCacheObserver
 from .copyable import Copyable, make_copy, qualified_name, unjellyableFor
 from .errors import BananaError, DeadReferenceError, NoSuchMethod, RemoteError, Violation
 from .furl import FURL
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("pbfast.tub")
 
 FAILURE_TYPE = "twisted.python.failure.Failure"
+# The copyable type of a Cacheable between two pbfast Tubs (only sent to peers that announced
+# the "cacheable" extension): its state names the owner's `_CacheHandle` and the cache's own
+# state (omitted when the holder already has the copy).
+CACHE_TYPE = "pbfast.cacheable"
 UNAVAILABLE = "Traceback unavailable\n"
 # foolscap's receive limits on a failure's fields; longer ones are cut when sending.
 _TYPE_LIMIT, _VALUE_LIMIT, _PARENT_LIMIT = 200, 1000, 200
@@ -97,6 +101,12 @@ class TubBroker:
         self._gifts: dict[int, list[Any]] = {}
         self._gift_ids: dict[int, int] = {}
         self._next_gift_id = 1
+        # Cacheables: ours sent to the peer, id(cacheable) -> handle; the peer's we hold, handle
+        # clid -> our copy, and the last state of copies that died while the owner may still
+        # name them again.
+        self._cache_handles: dict[int, _CacheHandle] = {}
+        self._caches: dict[int, weakref.ref[RemoteCache]] = {}
+        self._dying_caches: dict[int, tuple[type, dict[str, Any]]] = {}
         # Gifts met while decoding the current message.
         self._unresolved: list[_Gift] = []
         # Calls waiting behind one whose gifts are being fetched.
@@ -317,6 +327,8 @@ class TubBroker:
         if entry[1] <= 0:
             del self._exports[clid]
             self._clids.pop(id(entry[0]), None)
+            if isinstance(entry[0], _CacheHandle):
+                entry[0].stop()
 
     def _broker_decgift(self, giftID: int, count: int) -> None:
         entry = self._gifts.get(giftID)
@@ -340,10 +352,9 @@ class TubBroker:
         if isinstance(obj, RemoteError):
             return ("copyable", FAILURE_TYPE, _copied_failure_state(obj))
         if isinstance(obj, Cacheable):
-            raise TypeError("a Cacheable cannot travel between Tubs")
+            return self._send_cacheable(obj)
         if isinstance(obj, Copyable):
-            tag = obj.getTypeToCopy()
-            return ("copyable", tag.decode() if isinstance(tag, bytes) else tag, obj.getStateToCopy())
+            return ("copyable", _tag_text(obj.getTypeToCopy()), obj.getStateToCopy())
         if callable(obj) and not isinstance(obj, type):
             return self._export(obj, callable_=True)
         return None
@@ -395,6 +406,8 @@ class TubBroker:
             typename, state = payload
             if typename == FAILURE_TYPE:
                 return remote_error(state)
+            if typename == CACHE_TYPE and "cacheable" in self.peer_extensions:
+                return self._receive_cacheable(state)
             if unjellyableFor(typename.encode()) is None:
                 return NotImplemented
             return make_copy(typename.encode(), state)
@@ -450,6 +463,58 @@ class TubBroker:
             future.exception()  # a lost connection is no news here
         if clid not in self._proxies:
             self._import_info.pop(clid, None)
+            self._dying_caches.pop(clid, None)
+
+    # ------------------------------------------------------------------ Cacheables (pbfast peers)
+
+    def _send_cacheable(self, obj: Cacheable) -> tuple[Any, ...]:
+        if "cacheable" not in self.peer_extensions:
+            raise TypeError(f"Tub {self.peer_tub_id} does not take Cacheables (it is not a pbfast Tub)")
+        handle = self._cache_handles.get(id(obj))
+        state: dict[str, Any] = {"type": _tag_text(obj.getTypeToCopy())}
+        if handle is None:
+            handle = self._cache_handles[id(obj)] = _CacheHandle(self, obj)
+            state["state"] = obj.getStateToCacheAndObserveFor(None, handle.observer)
+        elif id(handle) not in self._clids:  # the holder let go: it needs the state again
+            state["state"] = obj.getStateToCacheAndObserveFor(None, handle.observer)
+        state["handle"] = handle
+        return ("copyable", CACHE_TYPE, state)
+
+    def _receive_cacheable(self, state: dict[str, Any]) -> Any:
+        handle = state.get("handle")
+        if not isinstance(handle, TubReference) or handle.broker is not self:
+            raise Violation("a cacheable without its handle")
+        weak = self._caches.get(handle.luid)
+        cache = weak() if weak is not None else None
+        if cache is not None:
+            return cache
+        tag = str(state.get("type", "")).encode()
+        registered = unjellyableFor(tag)
+        if registered is None:
+            return NotImplemented
+        if "state" in state:
+            cache = make_copy(tag, state["state"])
+        elif handle.luid in self._dying_caches:
+            cls, attributes = self._dying_caches.pop(handle.luid)
+            cache = cls.__new__(cls)
+            cache.__dict__.update(attributes)
+        else:
+            raise Violation(f"no cached copy {handle.luid} to update")
+        if not isinstance(cache, RemoteCache):
+            raise Violation(
+                f"{qualified_name(type(cache))} is registered for a cacheable but is not a RemoteCache"
+            )
+        cache._tub_link = _CacheLink(self, handle)
+        self._caches[handle.luid] = weakref.ref(cache)
+        self._loop.call_soon(handle.callRemoteOnly, "subscribe", _CacheEndpoint(cache))
+        return cache
+
+    def cache_died(self, clid: int, cache: RemoteCache) -> None:
+        """Keep a dying copy's state until the owner acknowledges the release (it may name the
+        copy again meanwhile, without its state)."""
+        if not self.disconnected:
+            attributes = {k: v for k, v in cache.__dict__.items() if k != "_tub_link"}
+            self._dying_caches[clid] = (type(cache), attributes)
 
     def watch(self, ref: RemoteReference) -> None:
         self._watched[id(ref)] = ref
@@ -515,6 +580,9 @@ class TubBroker:
                 lost = DeadReferenceError(f"the connection to Tub {self.peer_tub_id} was lost{why}")
                 lost.__cause__ = reason
                 future.set_exception(lost)
+        handles, self._cache_handles = list(self._cache_handles.values()), {}
+        for handle in handles:
+            handle.stop()
         self._exports.clear()
         self._clids.clear()
         self._gifts.clear()
@@ -531,6 +599,101 @@ class TubBroker:
         if not self.closed.done():
             self.closed.set_result(reason)
         self.tub._broker_lost(self)
+
+
+class _CacheHandle(Referenceable):
+    """The owner's end of one holder's copy of a Cacheable: the holder subscribes an endpoint
+    to it, and `observer` (what the Cacheable keeps) sends updates there. Updates made before
+    the subscription arrives wait for it, in order."""
+
+    def __init__(self, broker: TubBroker, cacheable: Cacheable) -> None:
+        self.broker = broker
+        self.cacheable = cacheable
+        self.observer = RemoteCacheObserver(self, cacheable, None, 0)  # type: ignore[arg-type]
+        self._endpoint: RemoteReference | None = None
+        self._waiting: list[tuple[str, tuple, dict, asyncio.Future[Any]]] = []
+        self._stopped = False
+
+    def remote_subscribe(self, endpoint: RemoteReference) -> None:
+        self._endpoint = endpoint
+        waiting, self._waiting = self._waiting, []
+        for name, args, kwargs, future in waiting:
+            _forward(endpoint.callRemote("observe", name, args, kwargs), future)
+
+    def call(
+        self, _luid: int, name: str, args: tuple, kwargs: dict, cache: bool = True
+    ) -> asyncio.Future[Any]:
+        """What `observer.callRemote` runs."""
+        if self._stopped:
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(DeadReferenceError("the holder of this copy has let go of it"))
+            return future
+        if self._endpoint is not None:
+            return self._endpoint.callRemote("observe", name, args, kwargs)
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((name, args, kwargs, future))
+        return future
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._endpoint = None
+        self.broker._cache_handles.pop(id(self.cacheable), None)
+        for *_, future in self._waiting:
+            if not future.done():
+                future.set_exception(DeadReferenceError("the holder of this copy has let go of it"))
+        self._waiting.clear()
+        try:
+            self.cacheable.stoppedObserving(None, self.observer)
+        except Exception:
+            log.exception("stoppedObserving of %r failed", self.cacheable)
+
+
+class _CacheEndpoint(Referenceable):
+    """The holder's end: runs the owner's updates as ``observe_*`` on the copy (held weakly,
+    so the copy can go when its holder drops it)."""
+
+    def __init__(self, cache: RemoteCache) -> None:
+        self._cache = weakref.ref(cache)
+
+    def remote_observe(self, name: str, args: tuple, kwargs: dict) -> Any:
+        cache = self._cache()
+        if cache is None:
+            raise DeadReferenceError("the copy is gone")
+        return cache.remoteMessageReceived(None, name, tuple(args), kwargs)  # type: ignore[arg-type]
+
+
+class _CacheLink:
+    """Kept on a copy: holds the owner's handle (so the owner keeps sending updates while the
+    copy lives) and reports the copy's death to the broker."""
+
+    __slots__ = ("broker", "handle")
+
+    def __init__(self, broker: TubBroker, handle: TubReference) -> None:
+        self.broker = broker
+        self.handle = handle
+
+
+def _forward(source: asyncio.Future[Any], destination: asyncio.Future[Any]) -> None:
+    """Settle `destination` as `source` settles."""
+
+    def settle(done: asyncio.Future[Any]) -> None:
+        error = None if done.cancelled() else done.exception()
+        if destination.done():
+            return
+        if done.cancelled():
+            destination.cancel()
+        elif error is not None:
+            destination.set_exception(error)
+        else:
+            destination.set_result(done.result())
+
+    source.add_done_callback(settle)
+
+
+def _tag_text(tag: str | bytes) -> str:
+    return tag.decode() if isinstance(tag, bytes) else tag
 
 
 async def _awaited(awaitable: Any) -> Any:

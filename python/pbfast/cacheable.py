@@ -54,6 +54,9 @@ class RemoteCache(RemoteCopy):
         cache = self._pb_cache
         if cache is not None and self._pb_count:
             cache[0].release_cache(cache[1], self._pb_count, self)
+        link = self.__dict__.get("_tub_link")
+        if link is not None:  # a copy held from another Tub
+            link.broker.cache_died(link.handle.luid, self)
 
 
 class RemoteCacheObserver:
