@@ -36,6 +36,7 @@ FAILURE_TYPE = "twisted.python.failure.Failure"
 # state (omitted when the holder already has the copy).
 CACHE_TYPE = "pbfast.cacheable"
 UNAVAILABLE = "Traceback unavailable\n"
+VIOLATION_TYPE = "foolscap.tokens.Violation"
 # foolscap's receive limits on a failure's fields; longer ones are cut when sending.
 _TYPE_LIMIT, _VALUE_LIMIT, _PARENT_LIMIT = 200, 1000, 200
 
@@ -258,6 +259,9 @@ class TubBroker:
         target = entry[0]
         if clid < 0:
             return target(*args, **kwargs)
+        if type(target).remoteMessageReceived is Referenceable.remoteMessageReceived:
+            # foolscap reports a missing method as the AttributeError itself.
+            return getattr(target, "remote_" + method)(*args, **kwargs)
         return target.remoteMessageReceived(self, method, args, kwargs)
 
     def _finished(self, reqid: int, task: asyncio.Task[Any]) -> None:
@@ -714,6 +718,16 @@ def failure_state(exc: BaseException, unsafe_tracebacks: bool) -> list[tuple[str
     cls = type(exc)
     if isinstance(exc, RemoteError):  # passing on a remote failure keeps its remote type
         return _copied_failure_state(exc)
+    if isinstance(exc, Violation):  # foolscap's own class, so its callers can trap it
+        parents = [VIOLATION_TYPE, *(qualified_name(c) for c in Exception.__mro__)]
+        return _state(exc, VIOLATION_TYPE, parents, unsafe_tracebacks)
+    return _state(exc, qualified_name(cls), _parents(cls), unsafe_tracebacks)
+
+
+def _state(
+    exc: BaseException, type_name: str, parents: list[str], unsafe_tracebacks: bool
+) -> list[tuple[str, Any]]:
+    cls = type(exc)
     try:
         value = str(exc)
     except Exception as e:  # a broken __str__ must not become a second failure
@@ -723,9 +737,9 @@ def failure_state(exc: BaseException, unsafe_tracebacks: bool) -> list[tuple[str
         text = text[:700] + "\n\n-- TRACEBACK ELIDED --\n\n" + text[-1200:]
     return [
         ("value", _cut(value, _VALUE_LIMIT)),
-        ("type", _cut(qualified_name(cls), _TYPE_LIMIT)),
+        ("type", _cut(type_name, _TYPE_LIMIT)),
         ("traceback", text.encode("utf-8", "replace")),
-        ("parents", [_cut(name, _PARENT_LIMIT) for name in _parents(cls)]),
+        ("parents", [_cut(name, _PARENT_LIMIT) for name in parents]),
     ]
 
 

@@ -1,0 +1,410 @@
+"""pbfast Tubs against stock foolscap 24.9 (``foolscap_peer.py`` in a subprocess), both ways.
+
+* A stock foolscap client runs each scenario of ``foolscap_peer.py`` against a pbfast Tub
+  serving `PbfastRoot` (the same method contract as the peer's own root), judged by the same
+  ``foolscap_expect`` checks as the peer's self-test.
+* A pbfast Tub calls a stock foolscap Tub's FURL: values, errors, references with identity and
+  decref, copies, a gift across three Tubs, keepalives, and refusals of wrong TubIDs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import decimal
+import gc
+import math
+from pathlib import Path
+
+import pbfast
+import pytest
+from foolscap_expect import (
+    POINT_TYPE,
+    check_bad_tubid,
+    check_basic,
+    check_copyables,
+    check_errors,
+    check_gift,
+    check_keepalive,
+    check_liar,
+    check_parallel,
+    check_references,
+)
+from pbfast.furl import FURL
+from peers import peer_result, peer_tub
+
+pytestmark = pytest.mark.interop
+
+PEER = Path(__file__).resolve().with_name("foolscap_peer.py")
+LISTEN = "tcp:0:interface=127.0.0.1"
+
+
+class PeerError(Exception):
+    __module__ = "interop"
+
+
+class Point(pbfast.Copyable):
+    typeToCopy = POINT_TYPE
+
+    def __init__(self, **state):
+        self.__dict__.update(state)
+
+
+class RemotePoint(pbfast.RemoteCopy):
+    copytype = POINT_TYPE
+
+
+class Child(pbfast.Referenceable):
+    def __init__(self, name):
+        self.name = name
+
+    def remote_name(self):
+        return self.name
+
+    def remote_echo(self, x):
+        return x
+
+
+class PbfastRoot(pbfast.Referenceable):
+    """The contract of ``foolscap_peer.PeerRoot``, served by a pbfast Tub."""
+
+    def __init__(self, tub):
+        self.tub = tub
+        self.kept = []
+
+    def remote_echo(self, x):
+        return x
+
+    def remote_add(self, a, b):
+        return a + b
+
+    def remote_hello(self, name):
+        return f"hello {name}"
+
+    async def remote_fail(self, kind, message="boom"):
+        if kind == "value":
+            raise ValueError(message)
+        if kind == "custom":
+            raise PeerError(message)
+        if kind == "violation":
+            raise pbfast.Violation(message)
+        if kind == "key":
+            raise KeyError(message)
+        if kind == "later":
+            await asyncio.sleep(0.01)
+            raise ValueError(message)
+        raise ValueError(f"unknown failure kind {kind!r}")
+
+    def remote_child(self, name):
+        return Child(name)
+
+    def remote_same(self, ref):
+        return ref
+
+    def remote_identical(self, a, b):
+        return a is b
+
+    def remote_keep(self, ref):
+        self.kept.append(ref)
+        return len(self.kept)
+
+    def remote_release(self):
+        count = len(self.kept)
+        self.kept.clear()
+        return count
+
+    def remote_call_back(self, ref, method, *args, **kwargs):
+        return ref.callRemote(method, *args, **kwargs)
+
+    async def remote_take_gift(self, ref):
+        return {"hello": await ref.callRemote("hello", "gift"), "tubid": ref.getRemoteTubID()}
+
+    def remote_furl_of_new_object(self, name):
+        return self.tub.registerReference(Child(name))
+
+    def remote_make_copy(self, x, y):
+        return Point(x=x, y=y)
+
+    def remote_echo_copy(self, p):
+        if not isinstance(p, RemotePoint):
+            raise TypeError(f"expected a {POINT_TYPE}, got {type(p).__qualname__}")
+        return Point(**vars(p))
+
+    async def remote_sleep(self, seconds, value=None):
+        await asyncio.sleep(seconds)
+        return value
+
+    async def remote_collect(self):
+        await settle(self.tub)
+
+    def remote_table_sizes(self):
+        stats = self.tub.statistics()
+        return {
+            "exported": stats["exported"],
+            "imported": stats["imported"],
+            "gifts": stats["gifts"],
+            "brokers": stats["connections"],
+            "registered": stats["registered"],
+        }
+
+
+async def settle(tub):
+    """Collect garbage until every decref this Tub sent has been answered."""
+    for _ in range(250):
+        gc.collect()
+        await asyncio.sleep(0.02)
+        if tub.statistics()["pending"] == 0:
+            return
+
+
+async def pbfast_server(**options):
+    tub = pbfast.Tub(**options)
+    listener = await tub.listenOn(LISTEN)
+    tub.setLocation(f"tcp:127.0.0.1:{listener.port}")
+    furl = tub.registerReference(PbfastRoot(tub), "root")
+    return tub, furl
+
+
+async def scenario(furl: str, name: str, *args: str) -> dict:
+    return await peer_result(PEER, "client", furl, name, *args)
+
+
+# ------------------------------------------------------------------ stock foolscap calls pbfast
+
+
+@pytest.mark.parametrize(
+    "name,check",
+    [
+        ("basic", check_basic),
+        ("references", check_references),
+        ("parallel", check_parallel),
+        ("bad_tubid", check_bad_tubid),
+    ],
+)
+def test_foolscap_client_scenarios(run, name, check):
+    async def main():
+        tub, furl = await pbfast_server()
+        async with tub:
+            check(await scenario(furl, name))
+
+    run(main())
+
+
+def test_foolscap_client_errors(run):
+    async def main():
+        tub, furl = await pbfast_server()
+        async with tub:
+            loose = check_errors(await scenario(furl, "errors"), traceback="unavailable")
+        assert loose["violation"]["value"] == "not allowed"
+        assert (
+            loose["missing_method"]["value"] == "'PbfastRoot' object has no attribute 'remote_no_such_method'"
+        )
+
+    run(main())
+
+
+def test_foolscap_client_copyables(run):
+    async def main():
+        tub, furl = await pbfast_server()
+        async with tub:
+            unknown = check_copyables(await scenario(furl, "copyables"))
+        assert "unknown copyable type 'example.pbfast/Unknown'" in unknown["value"]
+
+    run(main())
+
+
+def test_foolscap_client_keepalive(run):
+    async def main():
+        tub, furl = await pbfast_server(keepaliveTimeout=1, disconnectTimeout=2)
+        async with tub:
+            check_keepalive(await scenario(furl, "keepalive"))
+
+    run(main())
+
+
+@pytest.mark.parametrize("third", ["pbfast", "foolscap"])
+def test_foolscap_client_gives_a_gift(run, third):
+    """A stock client passes the pbfast root a reference into a third Tub."""
+
+    async def main():
+        tub, furl = await pbfast_server()
+        async with tub:
+            if third == "pbfast":
+                other, third_furl = await pbfast_server()
+                async with other:
+                    check_gift(await scenario(furl, "gift", "--third", third_furl))
+            else:
+                async with peer_tub(PEER) as (_, third_furl):
+                    check_gift(await scenario(furl, "gift", "--third", third_furl))
+
+    run(main())
+
+
+def test_lying_client_is_refused(run):
+    async def main():
+        tub, furl = await pbfast_server()
+        async with tub:
+            result = await peer_result(PEER, "liar", furl)
+            check_liar(result, tub.tubID)
+            assert result["error"].startswith("TubID mismatch")
+            no_cert = await peer_result(PEER, "liar", furl, "--no-cert")
+            assert no_cert["error"] == "you must use a certificate to claim a TubID", no_cert
+            assert no_cert["closed"] is True
+            # Other clients are unaffected.
+            check_parallel(await scenario(furl, "parallel"))
+
+    run(main())
+
+
+# ------------------------------------------------------------------ pbfast calls stock foolscap
+
+VALUES = [
+    None,
+    True,
+    0,
+    -5,
+    2**31,
+    -(2**31) - 1,
+    2**64,
+    -(2**70),
+    1.5,
+    b"bytes\x00",
+    b"list",
+    "unicod\u00e9",
+    [1, [2]],
+    (1, b"x", "y"),
+    {"a": 1, "k": [2]},
+    {b"k": b"v"},
+    {1, 2},
+    frozenset({b"x"}),
+    decimal.Decimal("1.25"),
+]
+
+
+def test_pbfast_calls_foolscap(run):
+    async def main():
+        async with peer_tub(PEER) as (_, furl), pbfast.Tub() as tub:
+            root = await tub.getReference(furl)
+            assert root.getRemoteTubID() == FURL.parse(furl).tubID
+            for value in VALUES:
+                result = await root.callRemote("echo", value)
+                assert result == value and type(result) is type(value), value
+            assert math.isnan(await root.callRemote("echo", float("nan")))
+            shared = [1]
+            back = await root.callRemote("echo", [shared, shared])
+            assert back[0] is back[1]
+            assert await root.callRemote("add", a=2, b=3) == 5
+            results = await asyncio.gather(*(root.callRemote("sleep", 0.01 * (i % 3), i) for i in range(30)))
+            assert results == list(range(30))
+
+    run(main())
+
+
+def test_pbfast_gets_foolscap_errors(run):
+    async def main():
+        async with peer_tub(PEER) as (_, furl), pbfast.Tub() as tub:
+            root = await tub.getReference(furl)
+            with pytest.raises(pbfast.RemoteError) as info:
+                await root.callRemote("fail", "value", "bad")
+            assert info.value.remoteType == "builtins.ValueError" and info.value.remoteValue == "bad"
+            assert info.value.check(ValueError)
+            assert "Traceback" in info.value.remoteTraceback  # foolscap sends them by default
+            with pytest.raises(pbfast.RemoteError) as info:
+                await root.callRemote("fail", "violation", "nope")
+            assert info.value.check(pbfast.Violation)
+            with pytest.raises(pbfast.RemoteError) as info:
+                await root.callRemote("no_such_method")
+            assert info.value.check(AttributeError)
+            with pytest.raises(pbfast.RemoteError) as info:
+                await root.callRemote("echo_copy", Point(x=1))  # Point has no y: their TypeError
+            assert await root.callRemote("echo", 1) == 1
+
+    run(main())
+
+
+def test_pbfast_references_with_foolscap(run):
+    async def main():
+        async with peer_tub(PEER) as (_, furl), pbfast.Tub() as tub:
+            root = await tub.getReference(furl)
+            child = await root.callRemote("child", "kid")
+            assert await child.callRemote("name") == "kid"
+            assert await root.callRemote("same", child) is child
+            mine = Child("mine")
+            assert await root.callRemote("same", mine) is mine
+            assert await root.callRemote("identical", mine, mine) is True
+            assert await root.callRemote("call_back", mine, "echo", [1]) == [1]
+            assert await root.callRemote("keep", mine) == 1
+            fresh = await tub.getReference(await root.callRemote("furl_of_new_object", "fresh"))
+            assert await fresh.callRemote("name") == "fresh"
+            before = await root.callRemote("table_sizes")
+            assert (before["exported"], before["imported"]) == (3, 1), before
+            assert await root.callRemote("release") == 1
+            del child, fresh
+            await root.callRemote("collect")
+            await settle(tub)
+            after = await root.callRemote("table_sizes")
+            assert (after["exported"], after["imported"]) == (1, 0), after
+            assert tub.statistics()["exported"] == 0
+
+    run(main())
+
+
+def test_pbfast_copies_with_foolscap(run):
+    async def main():
+        async with peer_tub(PEER) as (_, furl), pbfast.Tub() as tub:
+            root = await tub.getReference(furl)
+            point = await root.callRemote("make_copy", 3, -4)
+            assert isinstance(point, RemotePoint) and (point.x, point.y) == (3, -4)
+            back = await root.callRemote("echo_copy", Point(x=5, y="six"))
+            assert (back.x, back.y) == (5, "six")
+
+    run(main())
+
+
+def test_gift_from_pbfast_to_foolscap(run):
+    """pbfast (B) passes stock foolscap (A) a reference into a third Tub C (foolscap or pbfast);
+    A connects to C itself, and B's gift table empties once A has it."""
+
+    async def main():
+        async with peer_tub(PEER) as (_, furl_a), peer_tub(PEER) as (_, furl_c), pbfast.Tub() as b:
+            b.setLocation("tcp:127.0.0.1:1")
+            at_a = await b.getReference(furl_a)
+            at_c = await b.getReference(furl_c)
+            result = await at_a.callRemote("take_gift", at_c)
+            assert result == {"hello": "hello gift", "tubid": FURL.parse(furl_c).tubID}
+            for _ in range(100):
+                if b.statistics()["gifts"] == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert b.statistics()["gifts"] == 0
+            server, furl_s = await pbfast_server()
+            async with server:
+                ours = await b.getReference(furl_s)
+                result = await at_a.callRemote("take_gift", ours)
+                assert result == {"hello": "hello gift", "tubid": server.tubID}
+
+    run(main())
+
+
+def test_pbfast_keepalive_with_foolscap(run):
+    async def main():
+        async with (
+            peer_tub(PEER, "--disconnect", "1") as (_, furl),
+            pbfast.Tub(keepaliveTimeout=0.3) as tub,
+        ):
+            root = await tub.getReference(furl)
+            await asyncio.sleep(2)
+            assert await root.callRemote("echo", "awake") == "awake"
+
+    run(main())
+
+
+def test_wrong_tubid_in_furl_is_refused(run):
+    async def main():
+        async with peer_tub(PEER) as (_, furl), pbfast.Tub() as tub:
+            parsed = FURL.parse(furl)
+            wrong = str(FURL(pbfast.Tub().tubID, parsed.locationHints, parsed.name))
+            with pytest.raises(pbfast.NegotiationError, match="unknown TubID"):
+                await tub.getReference(wrong)
+            assert await (await tub.getReference(furl)).callRemote("echo", 1) == 1
+
+    run(main())
