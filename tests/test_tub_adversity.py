@@ -1,0 +1,273 @@
+"""Tubs facing bad peers: garbage before and after the upgrade, oversized and malformed
+negotiation blocks, stalled handshakes, lying certificates, malformed banana. Each is refused
+with a clear error, and a client that was already connected keeps working."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+from test_tub import Echo, serving
+
+import pbfast
+from pbfast import _core, _negotiate
+from pbfast.furl import FURL
+from pbfast.identity import TubIdentity
+
+HOST = "127.0.0.1"
+
+
+def address(furl: str) -> tuple[str, int]:
+    _, host, port = pbfast.furl.parse_hint(FURL.parse(furl).locationHints[0])
+    return host, port
+
+
+async def read_all(reader: asyncio.StreamReader, timeout: float = 5.0) -> bytes:
+    """Everything until the server closes (fails if it does not close in time)."""
+    return await asyncio.wait_for(reader.read(), timeout)
+
+
+@contextlib.asynccontextmanager
+async def watched(**options):
+    """A serving Tub and a client already connected to it; on the way out the client must still
+    get answers."""
+    async with serving(**options) as (server, furl), pbfast.Tub() as client:
+        ref = await client.getReference(furl)
+        yield server, furl
+        assert await ref.callRemote("echo", "still here") == "still here"
+
+
+class RawTLS:
+    """A hand-driven foolscap client: plaintext upgrade, then our TLS session over a stream."""
+
+    def __init__(self, reader, writer, identity: TubIdentity):
+        self.reader, self.writer = reader, writer
+        self.tls = _core.TlsSession(False, identity.certificate_der, identity.private_key_der)
+        self.plain = b""
+
+    @classmethod
+    async def open(cls, furl: str, identity: TubIdentity | None = None) -> RawTLS:
+        reader, writer = await asyncio.open_connection(*address(furl))
+        writer.write(_negotiate.upgrade_request(FURL.parse(furl).tubID, HOST))
+        reply = await reader.readuntil(b"\r\n\r\n")
+        assert reply == _negotiate.UPGRADE_REPLY
+        return cls(reader, writer, identity or TubIdentity.generate())
+
+    def send(self, plain: bytes) -> None:
+        self.tls.write(plain)
+        self.writer.write(self.tls.take())
+
+    async def receive(self, timeout: float = 5.0) -> bytes:
+        """Plaintext until the server closes."""
+        while True:
+            self.writer.write(self.tls.take())
+            chunk = await asyncio.wait_for(self.reader.read(65536), timeout)
+            if not chunk:
+                return self.plain
+            self.plain += self.tls.feed(chunk)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def test_garbage_before_the_upgrade(run):
+    async def main():
+        async with watched() as (_, furl):
+            reader, writer = await asyncio.open_connection(*address(furl))
+            writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+            assert (
+                await read_all(reader)
+                == b"HTTP/1.1 500 Internal Server Error: internal server error, see logs\r\n\r\n"
+            )
+            writer.close()
+
+    run(main())
+
+
+def test_oversized_upgrade_request(run):
+    async def main():
+        async with watched() as (_, furl):
+            reader, writer = await asyncio.open_connection(*address(furl))
+            writer.write(b"GET /id/" + b"a" * 5000)
+            reply = await read_all(reader)
+            assert reply.startswith(
+                b"HTTP/1.1 500 Internal Server Error: negotiation header longer than 4096"
+            )
+            writer.close()
+
+    run(main())
+
+
+def test_request_for_another_tub_and_plain_http(run):
+    async def main():
+        async with watched() as (_, furl):
+            other = pbfast.Tub().tubID
+            for request, reason in [
+                (_negotiate.upgrade_request(other, HOST), f"unknown TubID {other}".encode()),
+                (b"GET /id/ HTTP/1.1\r\n\r\n", b"secure Tubs require encryption"),
+                (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"internal server error, see logs"),
+            ]:
+                reader, writer = await asyncio.open_connection(*address(furl))
+                writer.write(request)
+                assert (
+                    await read_all(reader) == b"HTTP/1.1 500 Internal Server Error: " + reason + b"\r\n\r\n"
+                )
+                writer.close()
+
+    run(main())
+
+
+def test_garbage_after_the_upgrade(run):
+    async def main():
+        async with watched() as (_, furl):
+            reader, writer = await asyncio.open_connection(*address(furl))
+            writer.write(_negotiate.upgrade_request(FURL.parse(furl).tubID, HOST))
+            assert await reader.readuntil(b"\r\n\r\n") == _negotiate.UPGRADE_REPLY
+            writer.write(b"this is not a TLS record at all\r\n" * 4)
+            await read_all(reader)  # an alert, then the close
+            writer.close()
+
+    run(main())
+
+
+def test_stalled_tls_handshake_times_out(run):
+    async def main():
+        async with watched(negotiationTimeout=0.3) as (_, furl):
+            reader, writer = await asyncio.open_connection(*address(furl))
+            writer.write(_negotiate.upgrade_request(FURL.parse(furl).tubID, HOST))
+            assert await reader.readuntil(b"\r\n\r\n") == _negotiate.UPGRADE_REPLY
+            await read_all(reader, timeout=5)  # the server gives up and closes
+            writer.close()
+
+    run(main())
+
+
+def _blocks(plain: bytes) -> list[dict[str, str]]:
+    """The negotiation blocks in `plain` (error blocks included) as dicts."""
+    return [
+        dict(line.decode().split(": ", 1) for line in block.split(b"\r\n"))
+        for block in plain.split(b"\r\n\r\n")
+        if block
+    ]
+
+
+def test_oversized_hello_block(run):
+    async def main():
+        async with watched() as (server, furl):
+            raw = await RawTLS.open(furl)
+            raw.send(b"x-padding: " + b"y" * 5000 + b"\r\n")
+            blocks = _blocks(await raw.receive())
+            assert blocks[0]["my-tub-id"] == server.tubID
+            assert blocks[-1]["error"] == "negotiation header longer than 4096 bytes"
+            raw.close()
+
+    run(main())
+
+
+def test_malformed_hello_block(run):
+    async def main():
+        async with watched() as (_, furl):
+            raw = await RawTLS.open(furl)
+            raw.send(b"no colon on this line\r\n\r\n")
+            blocks = _blocks(await raw.receive())
+            assert "malformed negotiation line" in blocks[-1]["error"]
+            raw.close()
+
+    run(main())
+
+
+def test_lying_client_certificate(run):
+    async def main():
+        async with watched() as (_, furl):
+            raw = await RawTLS.open(furl)
+            liar = pbfast.Tub().tubID
+            hello = _negotiate.Hello(tub_id=liar, incarnation="0" * 16, client=True)
+            raw.send(_negotiate.encode_block(hello.block()))
+            blocks = _blocks(await raw.receive())
+            assert blocks[-1]["error"].startswith(f"TubID mismatch: the peer claims {liar}")
+            raw.close()
+
+    run(main())
+
+
+def test_lying_server_certificate(run):
+    """A server that answers for any TubID, with a certificate of its own: our client refuses it
+    because the certificate does not hash to the FURL's TubID."""
+
+    async def main():
+        impostor = TubIdentity.generate()
+
+        async def handle(reader, writer):
+            request = await reader.readuntil(b"\r\n\r\n")
+            claimed = _negotiate.parse_request(request)
+            writer.write(_negotiate.UPGRADE_REPLY)
+            tls = _core.TlsSession(True, impostor.certificate_der, impostor.private_key_der)
+            hello = _negotiate.Hello(tub_id=claimed, incarnation="1" * 16)
+            tls.write(_negotiate.encode_block(hello.block()))
+            while chunk := await reader.read(65536):
+                tls.feed(chunk)
+                writer.write(tls.take())
+            writer.close()
+
+        server = await asyncio.start_server(handle, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server, pbfast.Tub() as client:
+            victim = pbfast.Tub().tubID
+            with pytest.raises(pbfast.NegotiationError, match="TubID mismatch"):
+                await client.getReference(f"pb://{victim}@tcp:{HOST}:{port}/name")
+
+    run(main())
+
+
+def test_connection_refused_is_a_clear_error(run):
+    async def main():
+        async with pbfast.Tub() as client:
+            probe = await asyncio.start_server(lambda r, w: None, HOST, 0)
+            port = probe.sockets[0].getsockname()[1]
+            probe.close()
+            await probe.wait_closed()
+            with pytest.raises(ConnectionError, match="cannot connect to Tub"):
+                await client.getReference(f"pb://{pbfast.Tub().tubID}@tcp:{HOST}:{port}/x")
+            with pytest.raises(ConnectionError, match="no usable location hints"):
+                await client.getReference(f"pb://{pbfast.Tub().tubID}@tor:example.onion:80/x")
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    "tokens,why",
+    [
+        ([("STRING", b"no-such-type")], "unknown"),
+        ([("STRING", b"call"), ("INT", 1), ("INT", 999), ("STRING", b"echo")], "unknown clid"),
+    ],
+)
+def test_bad_sequences_fail_only_themselves(run, tokens, why):
+    """Sequences a Tub cannot use are refused one by one; the connection stays up."""
+
+    async def main():
+        echo = Echo()
+        async with serving(echo) as (_, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            broker = ref.broker
+            opened = broker._encoder.next_open_id
+            raw = [("OPEN", opened), *tokens, ("CLOSE", opened)]
+            broker._link.send(_core.encode_tokens(raw, "foolscap"))
+            broker._encoder.next_open_id = opened + 1
+            assert await ref.callRemote("echo", 1) == 1
+
+    run(main())
+
+
+def test_protocol_error_ends_only_that_connection(run):
+    async def main():
+        async with watched() as (_, furl), pbfast.Tub() as other:
+            ref = await other.getReference(furl)
+            lost = asyncio.get_running_loop().create_future()
+            ref.notifyOnDisconnect(lambda r: lost.set_result(True))
+            ref.broker._link.send(_core.encode_tokens([("INT", 5)], "foolscap"))  # a bare top-level INT
+            assert await asyncio.wait_for(lost, 5)
+            with pytest.raises(pbfast.DeadReferenceError):
+                await ref.callRemote("echo", 1)
+
+    run(main())
