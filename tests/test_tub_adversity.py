@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import pytest
-from test_tub import Echo, serving
-
 import pbfast
+import pytest
 from pbfast import _core, _negotiate
 from pbfast.furl import FURL
 from pbfast.identity import TubIdentity
+from test_tub import Echo, serving
 
 HOST = "127.0.0.1"
 
