@@ -42,6 +42,8 @@ mod _core {
     #[pymodule_export]
     use crate::py::sender::SenderPy;
     #[pymodule_export]
+    use crate::py::tls::TlsSessionPy;
+    #[pymodule_export]
     use crate::py::tubid::{base32, format_furl, parse_furl, parse_hint, tub_id};
     #[pymodule_export]
     use crate::py::{banana_decode, banana_encode, dumps, encode_tokens, loads, DecoderPy, TokenizerPy};
@@ -75,6 +77,8 @@ mod _core {
         ] {
             m.add(name, kind)?;
         }
+        // The class lives in pbfast.errors (as TLSError); this is the name the core raises it under.
+        m.add("TlsError", m.py().get_type::<crate::py::errors::TLSError>())?;
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         m.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
         Ok(())

@@ -32,6 +32,7 @@ from .errors import (
     PbfastError,
     ProtocolError,
     RemoteError,
+    TLSError,
     UnauthorizedLogin,
 )
 from .pb import Server, connect, login, run, serve
@@ -67,6 +68,7 @@ __all__ = [
     "RemoteReference",
     "Root",
     "Server",
+    "TLSError",
     "UnauthorizedLogin",
     "Unpersistable",
     "UsernamePassword",

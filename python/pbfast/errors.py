@@ -6,6 +6,7 @@ The Rust core raises these classes too, so ``isinstance`` checks, docs and pickl
       ProtocolError          the peer broke the wire protocol: the connection ends
         BananaError          malformed or over-limit banana bytes (.offset, .limit)
         NegotiationError     no common dialect, or a different PB version
+        TLSError             a TLS handshake or record failed (bad signature, alert, garbage)
       JellyError             malformed jelly, or a value jelly cannot express (.offset)
         InsecureJelly        jelly the receiver's policy refuses
       Error                  raise it in a remote method: an expected error, sent without a
@@ -33,6 +34,7 @@ __all__ = [
     "PbfastError",
     "ProtocolError",
     "RemoteError",
+    "TLSError",
     "UnauthorizedLogin",
 ]
 
@@ -101,6 +103,16 @@ class InsecureJelly(JellyError):
 
 class NegotiationError(ProtocolError):
     """The peers share no dialect, or speak different PB protocol versions."""
+
+
+class TLSError(ProtocolError):
+    """The TLS layer of a foolscap connection failed: a malformed record, an alert from the peer,
+    or a handshake signature that the peer's certificate does not vouch for (also: writing to a
+    session after closing it). The message says which. The connection cannot go on; any alert
+    for the peer is still to be sent.
+
+    ``pbfast._core.TlsError`` is this class.
+    """
 
 
 class Error(PbfastError):
