@@ -67,6 +67,10 @@ fn provider() -> &'static Arc<CryptoProvider> {
 
 const ALL_VERSIONS: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
 
+/// How much of a drained buffer's allocation to keep for the next batch: a burst of large
+/// writes should not pin that much memory for the rest of the connection.
+pub const KEPT_BUFFER: usize = 256 * 1024;
+
 /// A certificate and the private key that signs for it.
 #[derive(Clone)]
 pub struct Identity {
@@ -258,6 +262,7 @@ impl TlsSession {
         }
         let result = f(&self.outgoing);
         self.outgoing.clear();
+        self.outgoing.shrink_to(KEPT_BUFFER);
         result
     }
 

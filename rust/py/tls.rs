@@ -5,7 +5,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::with_bytes;
-use crate::tls::{Identity, TlsSession};
+use crate::tls::{Identity, TlsSession, KEPT_BUFFER};
 
 /// TlsSession(server, certificate, private_key): TLS for one foolscap connection, without I/O.
 ///
@@ -42,7 +42,10 @@ impl TlsSessionPy {
         plaintext.clear();
         // Handshake signatures and bulk decryption need no Python: let other threads run.
         with_bytes(data, |bytes| Ok(py.detach(|| session.feed(bytes, plaintext))?))?;
-        Ok(PyBytes::new(py, plaintext))
+        let received = PyBytes::new(py, plaintext);
+        plaintext.clear();
+        plaintext.shrink_to(KEPT_BUFFER);
+        Ok(received)
     }
 
     /// Queue application data; before the handshake completes it is held until it can be sent.
