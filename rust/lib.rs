@@ -1,7 +1,7 @@
 //! pbfast's core: a sans-IO implementation of Twisted PB's banana and jelly and foolscap's banana
 //! token layer.
 //!
-//! Nothing here touches sockets, timers, TLS or the clock. Bytes go in, values or events come out:
+//! Nothing here touches sockets, timers or the clock. Bytes go in, values or events come out:
 //!
 //! 1. A [`banana::Framer`] is fed each received chunk and hands back every complete top-level
 //!    expression as one slice (limits are enforced while scanning, before anything is buffered).
@@ -12,6 +12,10 @@
 //!    of the objects the peer holds.
 //! 4. Outgoing values are encoded with a [`banana::Encoder`] into one buffer per message.
 //!
+//! On foolscap connections a [`tls::TlsSession`] sits below all of this: it turns received
+//! ciphertext into plaintext for the framer and outgoing messages into records, and exposes the
+//! peer's certificate so its TubID can be checked.
+//!
 //! The `python` feature adds the PyO3 module `pbfast._core`; without it the crate is plain Rust
 //! and `cargo test` needs no interpreter.
 
@@ -20,6 +24,7 @@ pub mod jelly;
 #[cfg(feature = "python")]
 mod py;
 pub mod refs;
+pub mod tls;
 pub mod tubid;
 
 /// The extension module `pbfast._core`.
@@ -36,6 +41,8 @@ mod _core {
     use crate::py::refs::RefTablePy;
     #[pymodule_export]
     use crate::py::sender::SenderPy;
+    #[pymodule_export]
+    use crate::py::tls::TlsSessionPy;
     #[pymodule_export]
     use crate::py::tubid::{base32, format_furl, parse_furl, parse_hint, tub_id};
     #[pymodule_export]
@@ -70,6 +77,8 @@ mod _core {
         ] {
             m.add(name, kind)?;
         }
+        // The class lives in pbfast.errors (as TLSError); this is the name the core raises it under.
+        m.add("TlsError", m.py().get_type::<crate::py::errors::TLSError>())?;
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         m.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
         Ok(())

@@ -6,7 +6,9 @@ import os
 import warnings
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from foolscap import crypto as fs_crypto
+from pbfast.furl import tub_id
 from pbfast.identity import TubIdentity
 
 
@@ -60,3 +62,12 @@ def test_bad_pem_data_is_refused_clearly(identity: TubIdentity) -> None:
     other = TubIdentity.generate()
     with pytest.raises(ValueError, match="does not match"):
         TubIdentity.from_pem(cert_only + other.to_pem()[other.to_pem().index(b"-----BEGIN PRIVATE KEY") :])
+
+
+def test_der_accessors_give_the_certificate_and_a_pkcs8_key(identity: TubIdentity) -> None:
+    assert tub_id(identity.certificate_der) == identity.tubID
+    assert identity.certificate_der == identity.certificate.public_bytes(serialization.Encoding.DER)
+    key = serialization.load_der_private_key(identity.private_key_der, password=None)
+    assert key.private_numbers() == identity.private_key.private_numbers()
+    # PKCS#8 names the key's algorithm (rsaEncryption) in its header; PKCS#1 has no OID.
+    assert bytes.fromhex("2a864886f70d010101") in identity.private_key_der[:30]

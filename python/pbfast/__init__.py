@@ -32,6 +32,7 @@ from .errors import (
     PbfastError,
     ProtocolError,
     RemoteError,
+    TLSError,
     UnauthorizedLogin,
     Violation,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "RemoteReference",
     "Root",
     "Server",
+    "TLSError",
     "UnauthorizedLogin",
     "Violation",
     "Tub",

@@ -7,6 +7,7 @@ The Rust core raises these classes too, so ``isinstance`` checks, docs and pickl
         BananaError          malformed or over-limit banana bytes (.offset, .limit)
         NegotiationError     no common dialect, or a different PB version; a refused Tub
                              connection
+        TLSError             a TLS handshake or record failed (bad signature, alert, garbage)
       Violation              a foolscap message the receiver could not accept (that call
                              fails, the connection stays)
       JellyError             malformed jelly, or a value jelly cannot express (.offset)
@@ -36,6 +37,7 @@ __all__ = [
     "PbfastError",
     "ProtocolError",
     "RemoteError",
+    "TLSError",
     "UnauthorizedLogin",
     "Violation",
 ]
@@ -112,6 +114,16 @@ class Violation(PbfastError):
     """A foolscap message the receiver refused (an unregistered copyable type, an unknown
     object, a malformed sequence): only that call fails. Remote callers see foolscap's
     ``Violation``."""
+
+
+class TLSError(ProtocolError):
+    """The TLS layer of a foolscap connection failed: a malformed record, an alert from the peer,
+    or a handshake signature that the peer's certificate does not vouch for (also: writing to a
+    session after closing it). The message says which. The connection cannot go on; any alert
+    for the peer is still to be sent.
+
+    ``pbfast._core.TlsError`` is this class.
+    """
 
 
 class Error(PbfastError):

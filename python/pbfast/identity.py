@@ -32,7 +32,7 @@ class TubIdentity:
     def __init__(self, certificate: x509.Certificate, private_key: object) -> None:
         self.certificate = certificate
         self.private_key = private_key
-        self.tubID = tub_id(certificate.public_bytes(serialization.Encoding.DER))
+        self.tubID = tub_id(self.certificate_der)
 
     @classmethod
     def generate(cls) -> TubIdentity:
@@ -88,6 +88,18 @@ class TubIdentity:
         with os.fdopen(fd, "wb") as f:
             f.write(identity.to_pem())
         return identity
+
+    @property
+    def certificate_der(self) -> bytes:
+        """The certificate in DER, the bytes the TubID hashes and TLS sends."""
+        return self.certificate.public_bytes(serialization.Encoding.DER)
+
+    @property
+    def private_key_der(self) -> bytes:
+        """The private key as unencrypted PKCS#8 DER, as `pbfast._core.TlsSession` takes it."""
+        return self.private_key.private_bytes(  # type: ignore[attr-defined]
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     def to_pem(self) -> bytes:
         """The certificate, then the private key (PKCS#8), as foolscap stores them."""

@@ -22,8 +22,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-
 from . import endpoints
 from ._negotiate import Hello
 from ._tub_broker import TubBroker, TubReference
@@ -87,12 +85,7 @@ class Tub:
         self.identity = identity
         self.tubID: str = identity.tubID
         self.incarnation = os.urandom(8).hex()
-        self._tls_identity = (
-            identity.certificate.public_bytes(serialization.Encoding.DER),
-            identity.private_key.private_bytes(  # type: ignore[attr-defined]
-                serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            ),
-        )
+        self._tls_identity = (identity.certificate_der, identity.private_key_der)
         for name, value in _OPTIONS.items():
             setattr(self, name, value)
         self._limits: dict[str, int] = {}

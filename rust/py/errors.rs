@@ -5,9 +5,11 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
 use crate::banana::BananaError;
+use crate::tls::TlsError;
 
 pyo3::import_exception!(pbfast.errors, JellyError);
 pyo3::import_exception!(pbfast.errors, InsecureJelly);
+pyo3::import_exception!(pbfast.errors, TLSError);
 
 /// Wraps a core [`BananaError`] so `?` turns it into `pbfast.errors.BananaError(message, offset,
 /// limit)`.
@@ -34,6 +36,17 @@ impl From<PyBananaError> for PyErr {
 impl From<BananaError> for PyErr {
     fn from(e: BananaError) -> PyErr {
         PyBananaError(e).into()
+    }
+}
+
+/// Our own certificate or key is a bad argument (`ValueError`); a failed TLS exchange is a
+/// `pbfast.errors.TLSError`.
+impl From<TlsError> for PyErr {
+    fn from(e: TlsError) -> PyErr {
+        match e {
+            TlsError::Identity(message) => pyo3::exceptions::PyValueError::new_err(message),
+            TlsError::Session(message) => TLSError::new_err(message),
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub mod fast;
 pub mod pb;
 pub mod refs;
 pub mod sender;
+pub mod tls;
 pub mod tubid;
 
 use std::collections::HashMap;

@@ -1,0 +1,931 @@
+//! TLS for foolscap connections, without I/O: a [`TlsSession`] is fed the ciphertext that
+//! arrived and hands back the plaintext it carried; plaintext written to it comes back out of
+//! [`TlsSession::take`] as ciphertext to send. No sockets, threads or clocks.
+//!
+//! foolscap authenticates by hash pinning, not by certificate chains: each side presents a
+//! self-signed certificate and the layer above compares the SHA-1 of its DER (the TubID) with the
+//! one the peer claims. So the verifiers here accept any end-entity certificate (no issuer, expiry
+//! or name checks) but still check the handshake signatures against the certificate's key, which
+//! is what proves the peer holds the private key of the TubID it claims.
+//!
+//! Stock foolscap makes X.509 **version 1** certificates, which webpki (rustls' usual parser)
+//! refuses, so the public key is taken out of the certificate by [`public_key_info`], a small DER
+//! walk, and the signatures are checked with the crypto provider's algorithms directly.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, OnceLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::Resumption;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::NoServerSessionStorage;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{
+    AlertDescription, CertificateError, ClientConfig, ClientConnection, Connection, DigitallySignedStruct,
+    DistinguishedName, ProtocolVersion, ServerConfig, ServerConnection, SignatureScheme, SupportedProtocolVersion,
+};
+
+use crate::tubid;
+
+/// Why a session could not be made or went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsError {
+    /// Our own certificate or private key is unusable; found before any byte is sent.
+    Identity(String),
+    /// The TLS exchange failed (bad record, alert, failed verification) or the session was
+    /// misused; the message says which. The session is dead, but an alert for the peer may
+    /// still be waiting in [`TlsSession::take`].
+    Session(String),
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsError::Identity(message) | TlsError::Session(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+/// Which end of the connection a session is: the TCP initiator is the TLS client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+/// ring rather than aws-lc-rs: it builds without cmake or a C++ toolchain.
+fn provider() -> &'static Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+}
+
+const ALL_VERSIONS: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// How much of a drained buffer's allocation to keep for the next batch: a burst of large
+/// writes should not pin that much memory for the rest of the connection.
+pub const KEPT_BUFFER: usize = 256 * 1024;
+
+/// A certificate and the private key that signs for it.
+#[derive(Clone)]
+pub struct Identity {
+    key: Arc<CertifiedKey>,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Identity({})", tubid::tub_id(self.certificate_der()))
+    }
+}
+
+impl Identity {
+    /// A DER certificate (any X.509 version) and its private key as PKCS#8, PKCS#1 (RSA) or
+    /// SEC1 (EC) DER. RSA (2048 bits or more), ECDSA P-256/P-384 and Ed25519 keys work.
+    pub fn from_der(certificate: &[u8], private_key: &[u8]) -> Result<Identity, TlsError> {
+        let bad = |what: String| TlsError::Identity(what);
+        let info = public_key_info(certificate)
+            .map_err(|why| bad(format!("the certificate is not a DER X.509 certificate: {why}")))?;
+        let key_der = PrivateKeyDer::try_from(private_key.to_vec())
+            .map_err(|why| bad(format!("the private key is not PKCS#8, PKCS#1 or SEC1 DER: {why}")))?;
+        let signing_key = provider()
+            .key_provider
+            .load_private_key(key_der)
+            .map_err(|why| bad(format!("the private key cannot be used: {why}")))?;
+        // A mismatch would only show as the peer refusing our handshake signature.
+        if let Some(public) = signing_key.public_key() {
+            if public.as_ref() != info.der {
+                return Err(bad("the private key does not belong to the certificate".into()));
+            }
+        }
+        Ok(Identity::unchecked(certificate, signing_key))
+    }
+
+    fn unchecked(certificate: &[u8], signing_key: Arc<dyn rustls::sign::SigningKey>) -> Identity {
+        let chain = vec![CertificateDer::from(certificate.to_vec())];
+        Identity { key: Arc::new(CertifiedKey::new(chain, signing_key)) }
+    }
+
+    pub fn certificate_der(&self) -> &[u8] {
+        self.key.cert[0].as_ref()
+    }
+
+    /// The foolscap TubID of the certificate.
+    pub fn tub_id(&self) -> String {
+        tubid::tub_id(self.certificate_der())
+    }
+}
+
+/// One TLS connection's state: handshake, record protection and close, bytes in and out.
+pub struct TlsSession {
+    conn: Connection,
+    role: Role,
+    /// Ciphertext drained from rustls, kept so its allocation is reused across [`Self::take`]s.
+    outgoing: Vec<u8>,
+    failure: Option<TlsError>,
+    peer_closed: bool,
+    closing: bool,
+}
+
+impl fmt::Debug for TlsSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSession")
+            .field("role", &self.role)
+            .field("handshaking", &self.is_handshaking())
+            .field("peer_tub_id", &self.peer_tub_id())
+            .field("failure", &self.failure)
+            .finish()
+    }
+}
+
+impl TlsSession {
+    /// A TLS client, presenting `identity` when the server asks for a certificate (foolscap
+    /// servers refuse a client that claims a TubID without one).
+    pub fn client(identity: Option<&Identity>) -> Result<TlsSession, TlsError> {
+        TlsSession::with_versions(Role::Client, identity, ALL_VERSIONS)
+    }
+
+    /// A TLS server: it asks the client for a certificate but goes on without one.
+    pub fn server(identity: &Identity) -> Result<TlsSession, TlsError> {
+        TlsSession::with_versions(Role::Server, Some(identity), ALL_VERSIONS)
+    }
+
+    fn with_versions(
+        role: Role,
+        identity: Option<&Identity>,
+        versions: &[&'static SupportedProtocolVersion],
+    ) -> Result<TlsSession, TlsError> {
+        let verifier = Arc::new(AnyCertificate { algorithms: provider().signature_verification_algorithms });
+        let builder_failed = |e: rustls::Error| TlsError::Session(format!("cannot set up TLS: {e}"));
+        let mut conn: Connection = match role {
+            Role::Client => {
+                let builder = ClientConfig::builder_with_provider(provider().clone())
+                    .with_protocol_versions(versions)
+                    .map_err(builder_failed)?
+                    .dangerous()
+                    .with_custom_certificate_verifier(verifier);
+                let mut config = match identity {
+                    Some(identity) => {
+                        builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(identity.key.clone())))
+                    }
+                    None => builder.with_no_client_auth(),
+                };
+                // foolscap sends no SNI; each session has its own config, so a resumption cache
+                // would never be used.
+                config.enable_sni = false;
+                config.resumption = Resumption::disabled();
+                // The name is neither sent nor checked, only required by the API.
+                let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into());
+                ClientConnection::new(Arc::new(config), name).map_err(builder_failed)?.into()
+            }
+            Role::Server => {
+                let identity =
+                    identity.ok_or_else(|| TlsError::Identity("a TLS server needs a certificate and key".into()))?;
+                let mut config = ServerConfig::builder_with_provider(provider().clone())
+                    .with_protocol_versions(versions)
+                    .map_err(builder_failed)?
+                    .with_client_cert_verifier(verifier)
+                    .with_cert_resolver(Arc::new(SingleCertAndKey::from(identity.key.clone())));
+                config.session_storage = Arc::new(NoServerSessionStorage {});
+                config.send_tls13_tickets = 0;
+                ServerConnection::new(Arc::new(config)).map_err(builder_failed)?.into()
+            }
+        };
+        // The caller applies backpressure on the transport; rustls must not refuse a write.
+        conn.set_buffer_limit(None);
+        Ok(TlsSession { conn, role, outgoing: Vec::new(), failure: None, peer_closed: false, closing: false })
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Process received ciphertext and append the plaintext it completes to `plaintext`.
+    ///
+    /// On a failure the session is dead: this and later calls return the same error, and the
+    /// alert telling the peer why (if any) is waiting in [`Self::take`]. Plaintext that arrived
+    /// in the same call before the failure is dropped with the connection.
+    pub fn feed(&mut self, mut data: &[u8], plaintext: &mut Vec<u8>) -> Result<(), TlsError> {
+        self.check_alive()?;
+        while !data.is_empty() {
+            let read = match self.conn.read_tls(&mut data) {
+                Ok(read) => read,
+                Err(e) => return Err(self.fail(format!("{}: {e}", self.failure_prefix()))),
+            };
+            let state = match self.conn.process_new_packets() {
+                Ok(state) => state,
+                Err(e) => {
+                    let message = self.describe(&e);
+                    return Err(self.fail(message));
+                }
+            };
+            let ready = state.plaintext_bytes_to_read();
+            if ready > 0 {
+                let start = plaintext.len();
+                plaintext.resize(start + ready, 0);
+                if let Err(e) = self.conn.reader().read_exact(&mut plaintext[start..]) {
+                    plaintext.truncate(start);
+                    return Err(self.fail(format!("reading decrypted data failed: {e}")));
+                }
+            }
+            self.peer_closed |= state.peer_has_closed();
+            // rustls reads nothing after the peer's close_notify: the rest is discarded.
+            if read == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queue application data. Before the handshake completes it is held and sent as soon as
+    /// the keys allow.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), TlsError> {
+        self.check_alive()?;
+        if self.closing {
+            return Err(TlsError::Session("cannot write to a TLS session after close()".into()));
+        }
+        // With no buffer limit rustls takes everything.
+        self.conn.writer().write_all(data).map_err(|e| self.fail(format!("encrypting data failed: {e}")))
+    }
+
+    /// Run `f` on all the ciphertext to send now (possibly none), then forget it.
+    pub fn take_with<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> R {
+        while self.conn.wants_write() {
+            // Writing into a Vec cannot fail.
+            if self.conn.write_tls(&mut self.outgoing).is_err() {
+                break;
+            }
+        }
+        let result = f(&self.outgoing);
+        self.outgoing.clear();
+        self.outgoing.shrink_to(KEPT_BUFFER);
+        result
+    }
+
+    /// All the ciphertext to send now (possibly none).
+    pub fn take(&mut self) -> Vec<u8> {
+        self.take_with(<[u8]>::to_vec)
+    }
+
+    /// Queue a close_notify alert; nothing may be written after it.
+    pub fn close(&mut self) {
+        if !self.closing {
+            self.closing = true;
+            self.conn.send_close_notify();
+        }
+    }
+
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// The peer's end-entity certificate (DER), once the handshake has checked its signature.
+    /// None for a client that sent no certificate.
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        self.conn.peer_certificates().and_then(|chain| chain.first()).map(|cert| cert.as_ref())
+    }
+
+    /// The foolscap TubID of [`Self::peer_certificate`].
+    pub fn peer_tub_id(&self) -> Option<String> {
+        self.peer_certificate().map(tubid::tub_id)
+    }
+
+    /// Whether the peer sent close_notify.
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+
+    /// The failure that ended the session, if one did.
+    pub fn failure(&self) -> Option<&TlsError> {
+        self.failure.as_ref()
+    }
+
+    /// `"TLSv1_3"` or `"TLSv1_2"`, once negotiated.
+    pub fn protocol_version(&self) -> Option<&'static str> {
+        self.conn.protocol_version().and_then(|v| v.as_str())
+    }
+
+    /// The negotiated cipher suite's IANA-style name, e.g. `"TLS13_AES_256_GCM_SHA384"`.
+    pub fn cipher_suite(&self) -> Option<&'static str> {
+        self.conn.negotiated_cipher_suite().and_then(|suite| suite.suite().as_str())
+    }
+
+    fn check_alive(&self) -> Result<(), TlsError> {
+        match &self.failure {
+            Some(failure) => Err(failure.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, message: String) -> TlsError {
+        let error = TlsError::Session(message);
+        self.failure = Some(error.clone());
+        error
+    }
+
+    fn failure_prefix(&self) -> &'static str {
+        if self.conn.is_handshaking() {
+            "TLS handshake failed"
+        } else {
+            "TLS connection failed"
+        }
+    }
+
+    /// A rustls error in words, naming the handshake message whose signature failed.
+    fn describe(&self, error: &rustls::Error) -> String {
+        use rustls::Error as E;
+        let prefix = self.failure_prefix();
+        match error {
+            E::InvalidCertificate(CertificateError::BadSignature) => {
+                // In TLS 1.2 a server signs its key exchange; otherwise CertificateVerify is signed.
+                let tls12 = self.conn.protocol_version() == Some(ProtocolVersion::TLSv1_2);
+                let message =
+                    if self.role == Role::Client && tls12 { "ServerKeyExchange" } else { "CertificateVerify" };
+                format!("{prefix}: the peer's {message} signature is invalid for its certificate's key")
+            }
+            E::InvalidCertificate(CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. }) => {
+                format!("{prefix}: the peer signed with a scheme that does not fit its certificate's key")
+            }
+            E::InvalidCertificate(CertificateError::BadEncoding) => {
+                format!("{prefix}: the peer's certificate is not a DER X.509 certificate")
+            }
+            E::AlertReceived(alert) => format!("{prefix}: the peer sent the alert {}", alert_name(*alert)),
+            E::InvalidMessage(kind) => format!("{prefix}: the peer sent malformed TLS data ({kind:?})"),
+            other => format!("{prefix}: {other}"),
+        }
+    }
+}
+
+/// An alert as RFC 8446 names it, e.g. `decrypt_error`.
+fn alert_name(alert: AlertDescription) -> String {
+    let Some(camel) = alert.as_str() else {
+        return format!("{}", u8::from(alert));
+    };
+    let mut name = String::with_capacity(camel.len() + 4);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_lowercase());
+    }
+    name
+}
+
+/// The verifier for both ends: any certificate is acceptable, but the handshake signature must
+/// be made by its key.
+#[derive(Debug)]
+struct AnyCertificate {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl AnyCertificate {
+    fn check_parses(certificate: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        public_key_info(certificate.as_ref()).map(drop).map_err(|_| CertificateError::BadEncoding.into())
+    }
+
+    /// TLS 1.2 does not tie a signature scheme to one algorithm (ECDSA's curve is the key's), so
+    /// every algorithm the scheme maps to and that fits the key is tried.
+    fn verify_tls12(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let info = public_key_info(certificate.as_ref()).map_err(|_| CertificateError::BadEncoding)?;
+        let candidates = self
+            .algorithms
+            .mapping
+            .iter()
+            .find(|(scheme, _)| *scheme == dss.scheme)
+            .map(|(_, algorithms)| *algorithms)
+            .ok_or(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme)?;
+        let mut fitting = candidates.iter().filter(|alg| alg.public_key_alg_id().as_ref() == info.algorithm).peekable();
+        if fitting.peek().is_none() {
+            return Err(CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext {
+                signature_algorithm_id: candidates
+                    .first()
+                    .map(|a| a.signature_alg_id().as_ref().to_vec())
+                    .unwrap_or_default(),
+                public_key_algorithm_id: info.algorithm.to_vec(),
+            }
+            .into());
+        }
+        if fitting.any(|alg| alg.verify_signature(info.key, message, dss.signature()).is_ok()) {
+            Ok(HandshakeSignatureValid::assertion())
+        } else {
+            Err(CertificateError::BadSignature.into())
+        }
+    }
+
+    fn verify_tls13(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let info = public_key_info(certificate.as_ref()).map_err(|_| CertificateError::BadEncoding)?;
+        let spki = SubjectPublicKeyInfoDer::from(info.der);
+        rustls::crypto::verify_tls13_signature_with_raw_key(message, &spki, dss, &self.algorithms)
+    }
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        AnyCertificate::check_parses(end_entity).map(|()| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verify_tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verify_tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+impl ClientCertVerifier for AnyCertificate {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    /// The layer above refuses a client that claims a TubID without a certificate, with a
+    /// clearer message than a TLS alert.
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        AnyCertificate::check_parses(end_entity).map(|()| ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verify_tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verify_tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// A certificate's SubjectPublicKeyInfo, in the pieces signature checks need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublicKeyInfo<'a> {
+    /// The whole SubjectPublicKeyInfo element.
+    pub der: &'a [u8],
+    /// The contents of its AlgorithmIdentifier: the algorithm OID and its parameters.
+    pub algorithm: &'a [u8],
+    /// The subjectPublicKey bits.
+    pub key: &'a [u8],
+}
+
+const SEQUENCE: u8 = 0x30;
+const INTEGER: u8 = 0x02;
+const BIT_STRING: u8 = 0x03;
+/// `[0] EXPLICIT Version`: present in v2 and v3 certificates, absent in v1.
+const VERSION_TAG: u8 = 0xa0;
+
+/// The SubjectPublicKeyInfo of a DER X.509 certificate of any version. Only the structure up to
+/// the key is checked: nothing here trusts the certificate, the handshake signature does.
+pub fn public_key_info(certificate: &[u8]) -> Result<PublicKeyInfo<'_>, &'static str> {
+    let mut outer = Der(certificate);
+    let (certificate, _) = outer.expect(SEQUENCE, "the certificate is not a SEQUENCE")?;
+    if !outer.0.is_empty() {
+        return Err("bytes follow the certificate");
+    }
+    let (tbs, _) = Der(certificate).expect(SEQUENCE, "no tbsCertificate")?;
+    let mut tbs = Der(tbs);
+    if tbs.0.first() == Some(&VERSION_TAG) {
+        tbs.element()?;
+    }
+    tbs.expect(INTEGER, "no serial number")?;
+    tbs.expect(SEQUENCE, "no signature algorithm")?;
+    tbs.expect(SEQUENCE, "no issuer")?;
+    tbs.expect(SEQUENCE, "no validity")?;
+    tbs.expect(SEQUENCE, "no subject")?;
+    let (spki, der) = tbs.expect(SEQUENCE, "no subject public key info")?;
+    let mut spki = Der(spki);
+    let (algorithm, _) = spki.expect(SEQUENCE, "no public key algorithm")?;
+    let (bits, _) = spki.expect(BIT_STRING, "no public key")?;
+    if !spki.0.is_empty() {
+        return Err("bytes follow the public key");
+    }
+    match bits {
+        [0, key @ ..] => Ok(PublicKeyInfo { der, algorithm, key }),
+        _ => Err("the public key is not a whole number of bytes"),
+    }
+}
+
+/// A cursor over DER elements (single-byte tags, definite lengths).
+struct Der<'a>(&'a [u8]);
+
+impl<'a> Der<'a> {
+    /// The next element: its tag, contents and whole encoding.
+    fn element(&mut self) -> Result<(u8, &'a [u8], &'a [u8]), &'static str> {
+        const TRUNCATED: &str = "truncated DER";
+        let input = self.0;
+        let (&tag, rest) = input.split_first().ok_or(TRUNCATED)?;
+        if tag & 0x1f == 0x1f {
+            return Err("multi-byte DER tags do not occur in certificates");
+        }
+        let (&first, rest) = rest.split_first().ok_or(TRUNCATED)?;
+        let (length, rest) = match first {
+            0..=0x7f => (usize::from(first), rest),
+            0x81..=0x84 => {
+                let count = usize::from(first & 0x7f);
+                let (digits, rest) = (rest.get(..count).ok_or(TRUNCATED)?, &rest[count..]);
+                (digits.iter().fold(0usize, |acc, &d| (acc << 8) | usize::from(d)), rest)
+            }
+            _ => return Err("unsupported DER length"),
+        };
+        let contents = rest.get(..length).ok_or(TRUNCATED)?;
+        let header = input.len() - rest.len();
+        self.0 = &rest[length..];
+        Ok((tag, contents, &input[..header + length]))
+    }
+
+    /// The next element's contents and whole encoding, if it has tag `tag`.
+    fn expect(&mut self, tag: u8, missing: &'static str) -> Result<(&'a [u8], &'a [u8]), &'static str> {
+        match self.element() {
+            Ok((found, contents, whole)) if found == tag => Ok((contents, whole)),
+            Ok(_) => Err(missing),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::pem::PemObject;
+
+    const FOOLSCAP: &str = "foolscap_v1.pem";
+    const FOOLSCAP_OTHER: &str = "foolscap_v1_other.pem";
+    const EC_P256: &str = "ec_p256.pem";
+    const ED25519: &str = "ed25519.pem";
+    const TLS12_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12];
+
+    /// A checked-in identity: `tests/vectors/tls/generate.py` made them, the foolscap ones with
+    /// stock foolscap's `createCertificate()` (X.509 v1, RSA 2048) and `dumpPEM()`.
+    fn pem(file: &str) -> Vec<u8> {
+        let path = format!("{}/tests/vectors/tls/{file}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+    }
+
+    fn certificate_der(file: &str) -> Vec<u8> {
+        CertificateDer::from_pem_slice(&pem(file)).unwrap().to_vec()
+    }
+
+    fn key_der(file: &str) -> Vec<u8> {
+        PrivateKeyDer::from_pem_slice(&pem(file)).unwrap().secret_der().to_vec()
+    }
+
+    fn identity(file: &str) -> Identity {
+        Identity::from_der(&certificate_der(file), &key_der(file)).unwrap()
+    }
+
+    /// The certificate of `certificate_file` with the key of `key_file`, skipping the check
+    /// that they match: a peer that cannot sign for the certificate it shows.
+    fn impostor(certificate_file: &str, key_file: &str) -> Identity {
+        let key = PrivateKeyDer::try_from(key_der(key_file)).unwrap();
+        Identity::unchecked(&certificate_der(certificate_file), provider().key_provider.load_private_key(key).unwrap())
+    }
+
+    /// The TubID foolscap computed for a checked-in identity.
+    fn foolscap_tub_id(file: &str) -> String {
+        let path = format!("{}/tests/vectors/tls/identities.json", env!("CARGO_MANIFEST_DIR"));
+        let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let record = doc["identities"].as_array().unwrap().iter().find(|r| r["file"] == file).unwrap();
+        record["tub_id"].as_str().unwrap().to_owned()
+    }
+
+    #[derive(Default)]
+    struct Received {
+        client: Vec<u8>,
+        server: Vec<u8>,
+    }
+
+    /// Move bytes both ways until neither side has anything to send.
+    fn pump(client: &mut TlsSession, server: &mut TlsSession) -> Result<Received, (Role, TlsError)> {
+        let mut received = Received::default();
+        loop {
+            let to_server = client.take();
+            let to_client = server.take();
+            if to_server.is_empty() && to_client.is_empty() {
+                return Ok(received);
+            }
+            server.feed(&to_server, &mut received.server).map_err(|e| (Role::Server, e))?;
+            client.feed(&to_client, &mut received.client).map_err(|e| (Role::Client, e))?;
+        }
+    }
+
+    fn session_pair(
+        client: Option<&Identity>,
+        server: &Identity,
+        versions: &[&'static SupportedProtocolVersion],
+    ) -> (TlsSession, TlsSession) {
+        (
+            TlsSession::with_versions(Role::Client, client, versions).unwrap(),
+            TlsSession::with_versions(Role::Server, Some(server), versions).unwrap(),
+        )
+    }
+
+    #[test]
+    fn foolscap_v1_identities_handshake_and_carry_data_both_ways() {
+        for (versions, expected) in [(ALL_VERSIONS, "TLSv1_3"), (TLS12_ONLY, "TLSv1_2")] {
+            let (client_id, server_id) = (identity(FOOLSCAP), identity(FOOLSCAP_OTHER));
+            let (mut client, mut server) = session_pair(Some(&client_id), &server_id, versions);
+            assert!(client.is_handshaking() && server.is_handshaking());
+            assert_eq!(client.peer_certificate(), None);
+            pump(&mut client, &mut server).unwrap();
+            assert!(!client.is_handshaking() && !server.is_handshaking());
+            assert_eq!((client.protocol_version(), server.protocol_version()), (Some(expected), Some(expected)));
+            assert!(client.cipher_suite().is_some() && client.cipher_suite() == server.cipher_suite());
+
+            assert_eq!(client.peer_certificate(), Some(&certificate_der(FOOLSCAP_OTHER)[..]));
+            assert_eq!(server.peer_certificate(), Some(&certificate_der(FOOLSCAP)[..]));
+            assert_eq!(client.peer_tub_id(), Some(foolscap_tub_id(FOOLSCAP_OTHER)));
+            assert_eq!(server.peer_tub_id(), Some(foolscap_tub_id(FOOLSCAP)));
+            assert_eq!(client_id.tub_id(), foolscap_tub_id(FOOLSCAP));
+
+            client.write(b"hello from the client").unwrap();
+            server.write(b"hello from the server").unwrap();
+            let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+            client.write(&big).unwrap();
+            let received = pump(&mut client, &mut server).unwrap();
+            assert_eq!(received.client, b"hello from the server");
+            assert_eq!(&received.server[..21], b"hello from the client");
+            assert_eq!(&received.server[21..], &big[..]);
+        }
+    }
+
+    #[test]
+    fn v3_ec_and_ed25519_identities_work_in_both_versions() {
+        for versions in [ALL_VERSIONS, TLS12_ONLY] {
+            for (client_file, server_file) in [(EC_P256, ED25519), (ED25519, FOOLSCAP), (FOOLSCAP, EC_P256)] {
+                let (mut client, mut server) =
+                    session_pair(Some(&identity(client_file)), &identity(server_file), versions);
+                pump(&mut client, &mut server).unwrap_or_else(|e| panic!("{client_file} -> {server_file}: {e:?}"));
+                assert_eq!(server.peer_tub_id(), Some(foolscap_tub_id(client_file)));
+                assert_eq!(client.peer_tub_id(), Some(foolscap_tub_id(server_file)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_server_whose_key_does_not_match_its_certificate_is_refused() {
+        for (versions, signed) in [(ALL_VERSIONS, "CertificateVerify"), (TLS12_ONLY, "ServerKeyExchange")] {
+            let (mut client, mut server) =
+                session_pair(Some(&identity(FOOLSCAP)), &impostor(FOOLSCAP_OTHER, FOOLSCAP), versions);
+            let (side, error) = pump(&mut client, &mut server).err().expect("the handshake must fail");
+            assert_eq!(side, Role::Client);
+            let expected = format!("TLS handshake failed: the peer's {signed} signature is invalid");
+            assert!(error.to_string().starts_with(&expected), "{error}");
+            assert_eq!(client.peer_certificate(), None);
+            // The alert is still there to send, and tells the server why.
+            let alert = client.take();
+            assert!(!alert.is_empty());
+            let err = server.feed(&alert, &mut Vec::new()).unwrap_err();
+            assert_eq!(err.to_string(), "TLS handshake failed: the peer sent the alert decrypt_error");
+            // A dead session keeps failing the same way.
+            assert_eq!(client.feed(b"more", &mut Vec::new()), Err(error.clone()));
+            assert_eq!(client.write(b"x"), Err(error));
+        }
+    }
+
+    #[test]
+    fn a_client_whose_key_does_not_match_its_certificate_is_refused() {
+        let cases = [
+            (FOOLSCAP_OTHER, "the peer's CertificateVerify signature is invalid"),
+            // An Ed25519 signature cannot come from the certificate's RSA key at all.
+            (ED25519, "the peer signed with a scheme that does not fit its certificate's key"),
+        ];
+        for versions in [ALL_VERSIONS, TLS12_ONLY] {
+            for (key_file, expected) in cases {
+                let (mut client, mut server) =
+                    session_pair(Some(&impostor(FOOLSCAP, key_file)), &identity(FOOLSCAP_OTHER), versions);
+                let (side, error) = pump(&mut client, &mut server).err().expect("the handshake must fail");
+                assert_eq!(side, Role::Server);
+                assert!(error.to_string().contains(expected), "{error}");
+                assert_eq!(server.peer_tub_id(), None);
+            }
+        }
+    }
+
+    #[test]
+    fn a_certificate_swapped_on_the_wire_is_caught_by_the_signature_check() {
+        // TLS 1.2 sends certificates in the clear: put another Tub's certificate (same length)
+        // in place of the real one, as an attacker claiming that TubID would.
+        let (real, claimed) = (certificate_der(FOOLSCAP), certificate_der(FOOLSCAP_OTHER));
+        assert_eq!(real.len(), claimed.len());
+        let (mut client, mut server) = session_pair(Some(&identity(ED25519)), &identity(FOOLSCAP), TLS12_ONLY);
+        let hello = client.take();
+        server.feed(&hello, &mut Vec::new()).unwrap();
+        let mut flight = server.take();
+        let at = flight.windows(real.len()).position(|w| w == real).expect("the certificate is sent in the clear");
+        flight[at..at + real.len()].copy_from_slice(&claimed);
+        let error = client.feed(&flight, &mut Vec::new()).unwrap_err();
+        assert!(error.to_string().contains("ServerKeyExchange signature is invalid"), "{error}");
+        assert_eq!(client.peer_tub_id(), None);
+    }
+
+    #[test]
+    fn a_client_without_a_certificate_is_let_in_anonymously() {
+        for versions in [ALL_VERSIONS, TLS12_ONLY] {
+            let (mut client, mut server) = session_pair(None, &identity(FOOLSCAP), versions);
+            client.write(b"anonymous").unwrap();
+            let received = pump(&mut client, &mut server).unwrap();
+            assert!(!server.is_handshaking());
+            assert_eq!(server.peer_certificate(), None);
+            assert_eq!(server.peer_tub_id(), None);
+            assert_eq!(client.peer_tub_id(), Some(foolscap_tub_id(FOOLSCAP)));
+            assert_eq!(received.server, b"anonymous");
+        }
+    }
+
+    #[test]
+    fn writes_before_the_handshake_are_sent_after_it() {
+        let (mut client, mut server) = session_pair(Some(&identity(FOOLSCAP)), &identity(EC_P256), ALL_VERSIONS);
+        client.write(b"early ").unwrap();
+        server.write(b"eager ").unwrap();
+        client.write(b"words").unwrap();
+        let received = pump(&mut client, &mut server).unwrap();
+        assert_eq!(received.server, b"early words");
+        assert_eq!(received.client, b"eager ");
+    }
+
+    #[test]
+    fn byte_at_a_time_delivery_works() {
+        let (mut client, mut server) = session_pair(Some(&identity(ED25519)), &identity(FOOLSCAP), ALL_VERSIONS);
+        client.write(b"trickle").unwrap();
+        let mut received = Vec::new();
+        for _ in 0..10 {
+            for byte in client.take() {
+                server.feed(&[byte], &mut received).unwrap();
+            }
+            for byte in server.take() {
+                client.feed(&[byte], &mut Vec::new()).unwrap();
+            }
+        }
+        assert!(!server.is_handshaking());
+        assert_eq!(received, b"trickle");
+    }
+
+    #[test]
+    fn close_notify_reaches_the_peer_after_the_data() {
+        let (mut client, mut server) = session_pair(Some(&identity(FOOLSCAP)), &identity(FOOLSCAP_OTHER), ALL_VERSIONS);
+        pump(&mut client, &mut server).unwrap();
+        client.write(b"last words").unwrap();
+        client.close();
+        client.close();
+        assert!(client.write(b"too late").unwrap_err().to_string().contains("after close()"));
+        let mut received = Vec::new();
+        server.feed(&client.take(), &mut received).unwrap();
+        assert_eq!(received, b"last words");
+        assert!(server.peer_closed());
+        assert!(!client.peer_closed());
+        // Bytes after close_notify are ignored.
+        server.feed(b"ignored", &mut received).unwrap();
+        assert_eq!(received, b"last words");
+        server.close();
+        client.feed(&server.take(), &mut Vec::new()).unwrap();
+        assert!(client.peer_closed());
+    }
+
+    #[test]
+    fn garbage_fails_cleanly_with_an_alert() {
+        for garbage in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[0x16, 0x03, 0x01, 0xff, 0xff, 0, 0, 0], &[0u8; 64]] {
+            let mut server = TlsSession::server(&identity(FOOLSCAP)).unwrap();
+            let error = server.feed(garbage, &mut Vec::new()).unwrap_err();
+            assert!(error.to_string().starts_with("TLS handshake failed: "), "{error}");
+            assert_eq!(server.failure(), Some(&error));
+            let _alert = server.take();
+            assert_eq!(server.feed(b"", &mut Vec::new()), Err(error));
+        }
+        // Garbage after the handshake: a record that does not decrypt.
+        let (mut client, mut server) = session_pair(Some(&identity(FOOLSCAP)), &identity(EC_P256), ALL_VERSIONS);
+        pump(&mut client, &mut server).unwrap();
+        let error = server
+            .feed(
+                &[
+                    0x17, 0x03, 0x03, 0x00, 0x20, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
+                    20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32,
+                ],
+                &mut Vec::new(),
+            )
+            .unwrap_err();
+        assert!(error.to_string().starts_with("TLS connection failed: "), "{error}");
+        assert!(!server.take().is_empty(), "a bad_record_mac alert is queued");
+    }
+
+    #[test]
+    fn identities_are_checked_when_made() {
+        let err = |cert: &[u8], key: &[u8]| Identity::from_der(cert, key).unwrap_err().to_string();
+        let (cert, key) = (certificate_der(FOOLSCAP), key_der(FOOLSCAP));
+        assert!(err(&cert, &key_der(FOOLSCAP_OTHER)).contains("does not belong to the certificate"));
+        assert!(err(&cert, &key_der(EC_P256)).contains("does not belong to the certificate"));
+        assert!(err(&cert[..100], &key).contains("not a DER X.509 certificate"));
+        assert!(err(&cert, b"not a key").contains("not PKCS#8, PKCS#1 or SEC1 DER"));
+        assert!(matches!(TlsSession::with_versions(Role::Server, None, ALL_VERSIONS), Err(TlsError::Identity(_))));
+    }
+
+    #[test]
+    fn public_key_info_of_v1_and_v3_certificates() {
+        for (file, version_present) in [(FOOLSCAP, false), (EC_P256, true), (ED25519, true)] {
+            let cert = certificate_der(file);
+            // The tbsCertificate starts with [0] EXPLICIT version only in v2 and v3.
+            let (tbs, _) = Der(Der(&cert).expect(SEQUENCE, "").unwrap().0).expect(SEQUENCE, "").unwrap();
+            assert_eq!(tbs[0] == VERSION_TAG, version_present, "{file}");
+            let info = public_key_info(&cert).unwrap();
+            let key = PrivateKeyDer::try_from(key_der(file)).unwrap();
+            let signing_key = provider().key_provider.load_private_key(key).unwrap();
+            assert_eq!(signing_key.public_key().unwrap().as_ref(), info.der, "{file}");
+            assert!(info.der.ends_with(info.key));
+        }
+        let ed25519 = certificate_der(ED25519);
+        let ed = public_key_info(&ed25519).unwrap();
+        assert_eq!((ed.algorithm, ed.key.len()), (&[0x06, 0x03, 0x2b, 0x65, 0x70][..], 32));
+    }
+
+    #[test]
+    fn public_key_info_refuses_every_truncation_and_trailing_bytes() {
+        let cert = certificate_der(FOOLSCAP);
+        for len in 0..cert.len() {
+            assert!(public_key_info(&cert[..len]).is_err(), "{len}");
+        }
+        let mut longer = cert.clone();
+        longer.push(0);
+        assert_eq!(public_key_info(&longer), Err("bytes follow the certificate"));
+        assert_eq!(public_key_info(&[0x30, 0x80]), Err("unsupported DER length"));
+        assert_eq!(public_key_info(&[0x1f, 0x00]), Err("multi-byte DER tags do not occur in certificates"));
+    }
+
+    #[test]
+    fn alert_names_follow_the_rfc() {
+        assert_eq!(alert_name(AlertDescription::DecryptError), "decrypt_error");
+        assert_eq!(alert_name(AlertDescription::BadRecordMac), "bad_record_mac");
+        assert_eq!(alert_name(AlertDescription::from(0xfe)), "254");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_input_never_panics(chunks in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 1..4)) {
+            let mut server = TlsSession::server(&identity(ED25519)).unwrap();
+            let mut client = TlsSession::client(None).unwrap();
+            for chunk in &chunks {
+                let _ = server.feed(chunk, &mut Vec::new());
+                let _ = client.feed(chunk, &mut Vec::new());
+                server.take();
+                client.take();
+            }
+            let _ = public_key_info(&chunks[0]);
+        }
+    }
+}
