@@ -563,6 +563,13 @@ class TubBroker:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def cancel_tasks(self) -> list[asyncio.Task[Any]]:
+        """Cancel the remote methods still running (the Tub is stopping); the tasks."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        return tasks
+
     def fail(self, reason: BaseException, *, notify: bool = True) -> None:
         """End the connection for `reason` (telling the peer, if `notify`, with an ERROR token)."""
         if self.disconnected:

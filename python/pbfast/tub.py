@@ -433,14 +433,17 @@ class Tub:
         brokers = list(self._brokers.values())
         if self._loopback is not None:
             brokers.append(self._loopback)
+        tasks = []
         for broker in brokers:
             broker.fail(reason, notify=False)
+            tasks += broker.cancel_tasks()
         for connection in list(self._connections):
             connection.close(reason)
         for listener in self._listeners:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listener.wait_closed(), 5)
         self._listeners.clear()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.sleep(0)
 
 
