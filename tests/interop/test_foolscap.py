@@ -53,6 +53,10 @@ class RemotePoint(pbfast.RemoteCopy):
     copytype = POINT_TYPE
 
 
+class Unregistered(pbfast.Copyable):
+    typeToCopy = "example.pbfast/Unknown"
+
+
 class Child(pbfast.Referenceable):
     def __init__(self, name):
         self.name = name
@@ -315,7 +319,9 @@ def test_pbfast_gets_foolscap_errors(run):
                 await root.callRemote("no_such_method")
             assert info.value.check(AttributeError)
             with pytest.raises(pbfast.RemoteError) as info:
-                await root.callRemote("echo_copy", Point(x=1))  # Point has no y: their TypeError
+                await root.callRemote("echo", Unregistered())
+            assert info.value.check(pbfast.Violation)
+            assert "example.pbfast/Unknown" in info.value.remoteValue
             assert await root.callRemote("echo", 1) == 1
 
     run(main())
