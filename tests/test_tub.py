@@ -18,7 +18,7 @@ LISTEN = "tcp:0:interface=127.0.0.1"
 
 
 class Point(pbfast.Copyable):
-    typeToCopy = "example.pbfast/Point"
+    typeToCopy = "example.pbfast/tub-test/Point"
 
     def __init__(self, x: int = 0, y: int = 0) -> None:
         self.x, self.y = x, y
@@ -28,7 +28,7 @@ class RemotePoint(pbfast.RemoteCopy):
     pass
 
 
-pbfast.setUnjellyableForClass("example.pbfast/Point", RemotePoint)
+pbfast.setUnjellyableForClass("example.pbfast/tub-test/Point", RemotePoint)
 
 
 class Child(pbfast.Referenceable):

@@ -188,6 +188,7 @@ class TlsSession:
     def protocol_version(self) -> str | None: ...
     @property
     def cipher_suite(self) -> str | None: ...
+
 # --- foolscap PB messages (rust/foolscap/, rust/py/foolscap.rs) ---
 
 # Decoder hook: hook("copyable", typename, state), hook("my-reference", clid, iface, furl),
