@@ -30,6 +30,6 @@ def test_all_is_exported_and_complete():
         assert hasattr(pbfast, name), name
     public = {n for n in vars(pbfast) if not n.startswith("_")}
     modules = {"errors", "serialization", "banana", "referenceable", "pb", "testing"}
-    modules |= {"copyable", "cacheable", "cred", "furl", "identity"}
+    modules |= {"copyable", "cacheable", "cred", "furl", "identity", "tub"}
     assert public - set(pbfast.__all__) <= modules
     assert (STUB.parent / "py.typed").exists()
