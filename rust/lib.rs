@@ -1,5 +1,5 @@
-//! pbfast's core: a sans-IO implementation of Twisted PB's banana and jelly and foolscap's banana
-//! token layer.
+//! pbfast's core: a sans-IO implementation of Twisted PB's banana and jelly, and of foolscap's
+//! banana and PB messages.
 //!
 //! Nothing here touches sockets, timers or the clock. Bytes go in, values or events come out:
 //!
@@ -12,14 +12,17 @@
 //!    of the objects the peer holds.
 //! 4. Outgoing values are encoded with a [`banana::Encoder`] into one buffer per message.
 //!
-//! On foolscap connections a [`tls::TlsSession`] sits below all of this: it turns received
-//! ciphertext into plaintext for the framer and outgoing messages into records, and exposes the
+//! foolscap connections use [`foolscap`] instead of steps 1-3: a [`foolscap::MessageFramer`]
+//! splits the stream into top-level sequences, and [`foolscap::decode`] reads each as a call,
+//! answer or error; [`foolscap::encode::Writer`] writes them. Below that a [`tls::TlsSession`]
+//! turns received ciphertext into plaintext and outgoing messages into records, and exposes the
 //! peer's certificate so its TubID can be checked.
 //!
 //! The `python` feature adds the PyO3 module `pbfast._core`; without it the crate is plain Rust
 //! and `cargo test` needs no interpreter.
 
 pub mod banana;
+pub mod foolscap;
 pub mod jelly;
 #[cfg(feature = "python")]
 mod py;
@@ -35,6 +38,8 @@ mod _core {
 
     #[pymodule_export]
     use crate::jelly::decode::UnresolvedReference;
+    #[pymodule_export]
+    use crate::py::foolscap::{FoolscapDecoderPy, FoolscapEncoderPy};
     #[pymodule_export]
     use crate::py::pb::{PbDecoderPy, PbEncoderPy};
     #[pymodule_export]
@@ -79,6 +84,19 @@ mod _core {
         }
         // The class lives in pbfast.errors (as TLSError); this is the name the core raises it under.
         m.add("TlsError", m.py().get_type::<crate::py::errors::TLSError>())?;
+        use crate::py::foolscap as fs;
+        for (name, kind) in [
+            ("FS_CALL", fs::FS_CALL),
+            ("FS_ANSWER", fs::FS_ANSWER),
+            ("FS_ERROR", fs::FS_ERROR),
+            ("FS_PING", fs::FS_PING),
+            ("FS_PONG", fs::FS_PONG),
+            ("FS_VIOLATION", fs::FS_VIOLATION),
+            ("FS_CALL_ABORTED", fs::FS_CALL_ABORTED),
+            ("FS_PEER_ERROR", fs::FS_PEER_ERROR),
+        ] {
+            m.add(name, kind)?;
+        }
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         m.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
         Ok(())

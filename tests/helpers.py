@@ -125,13 +125,19 @@ class _Comparer:
     ``a`` holds the same list twice, ``b`` must hold one list twice (not two equal lists), and a
     cycle in ``a`` must be the same cycle in ``b``. Empty tuples and frozensets are exempt from
     the pairing, since CPython may share those behind anybody's back.
+
+    ``ordered_dicts=False`` pairs dict items by key instead of by position (foolscap sends keys
+    sorted); ``shared_frozensets=False`` exempts all frozensets from the pairing (foolscap sends
+    each one in full).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ordered_dicts: bool = True, shared_frozensets: bool = True) -> None:
         self.a2b: dict[int, Any] = {}
         self.b2a: dict[int, Any] = {}
         self.path: list[str] = []
         self.why = ""
+        self.ordered_dicts = ordered_dicts
+        self.shared_frozensets = shared_frozensets
 
     def fail(self, why: str) -> bool:
         if not self.why:
@@ -164,6 +170,7 @@ class _Comparer:
 
     def container(self, a: Any, b: Any) -> bool:
         exempt = type(a) in (tuple, frozenset) and len(a) == 0 and len(b) == 0
+        exempt = exempt or (type(a) is frozenset and not self.shared_frozensets)
         if not exempt:
             pa, pb = self.a2b.get(id(a)), self.b2a.get(id(b))
             if pa is not None or pb is not None:
@@ -182,6 +189,8 @@ class _Comparer:
                 if not ok:
                     return False
             return True
+        if type(a) is dict and not self.ordered_dicts:
+            return self.unordered_items(a, b)
         if type(a) is dict:
             # Jelly keeps insertion order, so items are compared in order.
             for i, ((ka, va), (kb, vb)) in enumerate(zip(a.items(), b.items(), strict=True)):
@@ -197,6 +206,29 @@ class _Comparer:
                     return False
             return True
         return self.unordered(a, b)
+
+    def unordered_items(self, a: dict, b: dict) -> bool:
+        """Dict items in any order: pair each key of ``a`` with a distinct deep-equal key of ``b``
+        and compare their values."""
+        remaining = list(b.items())
+        used = [False] * len(remaining)
+        for ka, va in a.items():
+            for j, (kb, vb) in enumerate(remaining):
+                if used[j]:
+                    continue
+                snapshot = (dict(self.a2b), dict(self.b2a), self.why)
+                if self.eq(ka, kb):
+                    used[j] = True
+                    self.path.append(f"[{short_repr(ka)}]")
+                    ok = self.eq(va, vb)
+                    self.path.pop()
+                    if not ok:
+                        return False
+                    break
+                self.a2b, self.b2a, self.why = snapshot
+            else:
+                return self.fail(f"key {short_repr(ka)} has no deep-equal counterpart")
+        return True
 
     def unordered(self, a: Any, b: Any) -> bool:
         """Set members: pair each member of ``a`` with a distinct deep-equal member of ``b``."""
@@ -222,31 +254,32 @@ class _Comparer:
         return True
 
 
-def _compare(a: Any, b: Any) -> tuple[bool, str]:
+def _compare(a: Any, b: Any, **options: bool) -> tuple[bool, str]:
     # Values may be nested ~1000 deep (the banana depth limit); the comparison recurses in
     # Python frames only, which CPython 3.11+ does not run on the C stack.
     old = sys.getrecursionlimit()
     sys.setrecursionlimit(max(old, 20_000))
     try:
-        c = _Comparer()
+        c = _Comparer(**options)
         ok = c.eq(a, b)
         return ok, ("" if ok else c.why or "values differ")
     finally:
         sys.setrecursionlimit(old)
 
 
-def deep_equal(a: Any, b: Any) -> bool:
-    """Type-exact structural equality with NaN == NaN, -0.0 != 0.0 and the same sharing."""
-    return _compare(a, b)[0]
+def deep_equal(a: Any, b: Any, **options: bool) -> bool:
+    """Type-exact structural equality with NaN == NaN, -0.0 != 0.0 and the same sharing
+    (options: see :class:`_Comparer`)."""
+    return _compare(a, b, **options)[0]
 
 
-def explain_difference(a: Any, b: Any) -> str:
+def explain_difference(a: Any, b: Any, **options: bool) -> str:
     """Why :func:`deep_equal` is false (empty string if it is true)."""
-    return _compare(a, b)[1]
+    return _compare(a, b, **options)[1]
 
 
-def assert_deep_equal(a: Any, b: Any) -> None:
-    ok, why = _compare(a, b)
+def assert_deep_equal(a: Any, b: Any, **options: bool) -> None:
+    ok, why = _compare(a, b, **options)
     if not ok:
         raise AssertionError(f"values differ {why}\n  left:  {short_repr(a)}\n  right: {short_repr(b)}")
 

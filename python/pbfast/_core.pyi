@@ -188,3 +188,57 @@ class TlsSession:
     def protocol_version(self) -> str | None: ...
     @property
     def cipher_suite(self) -> str | None: ...
+# --- foolscap PB messages (rust/foolscap/, rust/py/foolscap.rs) ---
+
+# Decoder hook: hook("copyable", typename, state), hook("my-reference", clid, iface, furl),
+# hook("your-reference", clid), hook("their-reference", giftid, furl). It returns the value,
+# or NotImplemented to refuse (the message becomes an FS_VIOLATION, as does an exception).
+_FoolscapDecodeHook = Callable[..., Any]
+# Encoder hook: hook(obj) for anything that is not a builtin value. It returns None (a builtin
+# subclass then goes as its base type; anything else is a TypeError) or one of
+# ("my-reference", clid), ("my-reference", clid, iface | None, furl | None),
+# ("your-reference", clid), ("their-reference", giftid, furl),
+# ("copyable", typename, state) with state a dict or (name, value) pairs.
+_FoolscapEncodeHook = Callable[[Any], tuple[Any, ...] | None]
+
+FS_CALL: Final[int]  # (FS_CALL, reqid, clid, method: str, args: tuple, kwargs: dict)
+FS_ANSWER: Final[int]  # (FS_ANSWER, reqid, value)
+FS_ERROR: Final[int]  # (FS_ERROR, reqid, failure)
+FS_PING: Final[int]  # (FS_PING, n): answer with FoolscapEncoder.pong(n)
+FS_PONG: Final[int]  # (FS_PONG, n)
+FS_VIOLATION: Final[int]  # (FS_VIOLATION, what, reqid | None, message): a message discarded
+FS_CALL_ABORTED: Final[int]  # (FS_CALL_ABORTED, reqid | None): the peer gave up; no reply is due
+FS_PEER_ERROR: Final[int]  # (FS_PEER_ERROR, message: str): the peer hangs up; nothing more is read
+
+class FoolscapDecoder:
+    def __init__(self, hook: _FoolscapDecodeHook | None = None, **limits: int) -> None: ...
+    def feed(self, data: _Buffer) -> list[tuple[Any, ...]]: ...
+    @property
+    def buffered(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def next_open_id(self) -> int: ...
+    @next_open_id.setter
+    def next_open_id(self, value: int) -> None: ...
+
+class FoolscapEncoder:
+    def __init__(
+        self, hook: _FoolscapEncodeHook | None = None, *, next_open_id: int = 0, max_depth: int = 500
+    ) -> None: ...
+    def call(
+        self,
+        reqid: int,
+        clid: int,
+        method: str,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> bytes: ...
+    def answer(self, reqid: int, value: Any) -> bytes: ...
+    def error(self, reqid: int, state: dict[str, Any] | Iterable[tuple[str, Any]]) -> bytes: ...
+    def ping(self, n: int = 0) -> bytes: ...
+    def pong(self, n: int = 0) -> bytes: ...
+    @property
+    def next_open_id(self) -> int: ...
+    @next_open_id.setter
+    def next_open_id(self, value: int) -> None: ...

@@ -187,6 +187,8 @@ class TubBroker:
             elif kind == _core.FS_VIOLATION:
                 self._unresolved = []
                 self._violation(*event[1:])
+            elif kind == _core.FS_CALL_ABORTED:  # the caller gave up sending it: no reply
+                self._unresolved = []
             elif kind == _core.FS_PEER_ERROR:
                 self.fail(
                     BananaError(f"Tub {self.peer_tub_id} reported a protocol error: {event[1]}"), notify=False

@@ -31,6 +31,25 @@ pub enum Token<'a> {
     Pong(u64),
 }
 
+impl Token<'_> {
+    /// The type byte this token was read from.
+    pub fn type_byte(&self) -> u8 {
+        match self {
+            Token::List(_) => tb::LIST,
+            Token::Int { type_byte, .. } => *type_byte,
+            Token::String(_) => tb::STRING,
+            Token::Float(_) => tb::FLOAT,
+            Token::Vocab { .. } => tb::VOCAB,
+            Token::Open(_) => tb::OPEN,
+            Token::Close(_) => tb::CLOSE,
+            Token::Abort(_) => tb::ABORT,
+            Token::Error(_) => tb::ERROR,
+            Token::Ping(_) => tb::PING,
+            Token::Pong(_) => tb::PONG,
+        }
+    }
+}
+
 /// The result of asking for the next token.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step<'a> {
@@ -66,7 +85,7 @@ impl<'a> TokenReader<'a> {
     }
 
     /// Decode the token that starts at `pos`.
-    #[inline]
+    #[inline(always)]
     pub fn step(&self, pos: usize) -> Result<Step<'a>, BananaError> {
         // Fast path: most tokens have a header of at most one byte and are lists, small ints,
         // short strings or vocabulary words.
@@ -92,6 +111,11 @@ impl<'a> TokenReader<'a> {
             tb::VOCAB if self.dialect == Dialect::Pb && (1..=31).contains(&value) => {
                 Token::Vocab { index: value, word: super::vocab::PB_VOCAB[value as usize] }
             }
+            tb::VOCAB if self.dialect == Dialect::Foolscap && value < super::vocab::FOOLSCAP_VOCAB.len() as u64 => {
+                Token::Vocab { index: value, word: super::vocab::FOOLSCAP_VOCAB[value as usize] }
+            }
+            tb::OPEN if self.dialect == Dialect::Foolscap => Token::Open(value),
+            tb::CLOSE if self.dialect == Dialect::Foolscap => Token::Close(value),
             _ => return self.step_general(pos),
         };
         Ok(Step::Token(token, body))

@@ -37,6 +37,27 @@ pub mod tb {
     pub const ERROR: u8 = 0x8D;
     pub const PING: u8 = 0x8E;
     pub const PONG: u8 = 0x8F;
+
+    /// The name of a type byte, for messages.
+    pub fn name(type_byte: u8) -> &'static str {
+        match type_byte {
+            LIST => "LIST",
+            INT => "INT",
+            STRING => "STRING",
+            NEG => "NEG",
+            FLOAT => "FLOAT",
+            LONGINT => "LONGINT",
+            LONGNEG => "LONGNEG",
+            VOCAB => "VOCAB",
+            OPEN => "OPEN",
+            CLOSE => "CLOSE",
+            ABORT => "ABORT",
+            ERROR => "ERROR",
+            PING => "PING",
+            PONG => "PONG",
+            _ => "?",
+        }
+    }
 }
 
 /// Twisted's `SIZE_LIMIT`: the longest list or string either side sends or accepts (640 KiB).
@@ -189,6 +210,8 @@ pub enum ErrorKind {
     ListInFoolscap,
     /// A foolscap CLOSE whose id is not the innermost open sequence.
     CloseMismatch { expected: Option<u64>, got: u64 },
+    /// A foolscap token other than OPEN, PING, PONG or ERROR outside every sequence.
+    NotAtTopLevel(u8),
     /// The input ended inside an expression (one-shot decoding only).
     Truncated,
     /// Bytes were left after the one expression of a one-shot decode.
@@ -253,6 +276,9 @@ impl std::fmt::Display for BananaError {
                 write!(f, "CLOSE({got}) does not match the innermost OPEN({e})")?
             }
             ErrorKind::CloseMismatch { expected: None, got } => write!(f, "CLOSE({got}) with no open sequence")?,
+            ErrorKind::NotAtTopLevel(b) => {
+                write!(f, "{} token at the top level (only OPEN, PING, PONG and ERROR may be there)", tb::name(*b))?
+            }
             ErrorKind::Truncated => write!(f, "input ends inside an expression")?,
             ErrorKind::TrailingData => write!(f, "trailing bytes after the expression")?,
             ErrorKind::IntTooLarge => write!(f, "int is too large to send (limit is ±(2**448 - 1))")?,
@@ -269,3 +295,11 @@ impl std::fmt::Display for BananaError {
 }
 
 impl std::error::Error for BananaError {}
+
+/// A byte string (a type tag, a name) for messages: its text when printable, else its repr.
+pub fn show(t: &[u8]) -> String {
+    match std::str::from_utf8(t) {
+        Ok(s) if s.chars().all(|c| !c.is_control()) => format!("'{s}'"),
+        _ => format!("{:?}", String::from_utf8_lossy(t)),
+    }
+}

@@ -73,7 +73,14 @@ impl Tokenizer {
     }
 }
 
-fn check_nesting(open: &mut Vec<u64>, token: &Token<'_>, offset: u64, limits: Limits) -> Result<(), BananaError> {
+/// Apply one token to the stack of open foolscap sequences: OPEN pushes (within `max_depth`),
+/// CLOSE pops and ABORT stays, both naming the innermost sequence.
+pub(crate) fn check_nesting(
+    open: &mut Vec<u64>,
+    token: &Token<'_>,
+    offset: u64,
+    limits: Limits,
+) -> Result<(), BananaError> {
     match *token {
         Token::Open(id) => {
             if open.len() >= limits.max_depth {

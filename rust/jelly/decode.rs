@@ -22,6 +22,8 @@ use crate::banana::cursor::{Cursor, Item};
 use crate::banana::{Dialect, Integer, Limits};
 use crate::py::errors::{insecure_jelly, jelly_error, unpersistable};
 
+pub use crate::banana::show;
+
 /// Marks the spot of a reference to an object that is not built yet.
 #[pyclass(module = "pbfast._core", name = "UnresolvedReference", frozen)]
 pub struct UnresolvedReference {
@@ -634,7 +636,7 @@ fn key_of(b: &[u8]) -> [u64; 3] {
 }
 
 /// One pass: Python validates and decodes.
-fn decode_utf8<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
+pub(crate) fn decode_utf8<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
     // SAFETY: the pointer and length describe `bytes`; PyUnicode_DecodeUTF8 copies them and
     // returns a new reference or NULL with an exception set.
     unsafe {
@@ -644,10 +646,10 @@ fn decode_utf8<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyStri
 }
 
 /// Pauses the cyclic garbage collector for its lifetime, if it was running.
-struct GcPause(bool);
+pub(crate) struct GcPause(bool);
 
 impl GcPause {
-    fn new() -> GcPause {
+    pub(crate) fn new() -> GcPause {
         // SAFETY: called with the GIL held (we are building Python objects).
         GcPause(unsafe { ffi::PyGC_Disable() } != 0)
     }
@@ -668,13 +670,5 @@ pub fn unregistered(t: &[u8]) -> String {
     match text.rsplit_once('.') {
         Some((module, _)) => format!("no class is registered for type {} (module {module} is not allowed)", show(t)),
         None => format!("jelly type {} is not allowed", show(t)),
-    }
-}
-
-/// A type tag for messages: its text when printable, else its repr.
-pub fn show(t: &[u8]) -> String {
-    match std::str::from_utf8(t) {
-        Ok(s) if s.chars().all(|c| !c.is_control()) => format!("'{s}'"),
-        _ => format!("{:?}", String::from_utf8_lossy(t)),
     }
 }

@@ -475,7 +475,7 @@ impl Scratch {
 /// The UTF-8 bytes of a str, read in place for compact ASCII strings (the common case) and
 /// through `PyUnicode_AsUTF8AndSize` otherwise; None if it holds lone surrogates.
 #[inline]
-fn utf8_of<'a>(s: &'a Bound<'_, PyString>) -> Option<&'a [u8]> {
+pub(crate) fn utf8_of<'a>(s: &'a Bound<'_, PyString>) -> Option<&'a [u8]> {
     let ptr = s.as_ptr();
     // SAFETY: `ptr` is a live str for the lifetime of `s`. A compact ASCII string keeps its
     // characters, one byte each, right after the object header, and never moves them.
@@ -494,7 +494,7 @@ fn utf8_of<'a>(s: &'a Bound<'_, PyString>) -> Option<&'a [u8]> {
 /// not declare `gil_used = false`), so no other thread changes the count meanwhile; immortal
 /// objects have huge counts and are simply tracked.
 #[inline]
-fn maybe_shared(obj: &Bound<'_, PyAny>) -> bool {
+pub(crate) fn maybe_shared(obj: &Bound<'_, PyAny>) -> bool {
     obj.get_refcnt() > 2
 }
 

@@ -3,6 +3,7 @@
 
 pub mod errors;
 pub mod fast;
+pub mod foolscap;
 pub mod pb;
 pub mod refs;
 pub mod sender;
@@ -59,22 +60,37 @@ fn dialect(name: &str, allow_foolscap: bool) -> PyResult<Dialect> {
 /// Decoder limits from `**limits` keyword arguments; missing ones keep Twisted's defaults.
 fn limits(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Limits> {
     let mut limits = Limits::twisted();
+    for (name, value) in limit_args(kwargs)? {
+        set_limit(&mut limits, &name, value)?;
+    }
+    Ok(limits)
+}
+
+/// The `**limits` keyword arguments as (name, value) pairs; only `max_element_size` may be 0.
+pub(crate) fn limit_args(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(String, usize)>> {
+    let mut out = Vec::new();
     for (key, value) in kwargs.into_iter().flatten() {
         let name: String = key.extract()?;
         let value: usize = value.extract()?;
-        let field = match name.as_str() {
-            "max_element_size" => &mut limits.max_element_size,
-            "max_message_size" => &mut limits.max_message_size,
-            "max_depth" => &mut limits.max_depth,
-            "max_header_length" => &mut limits.max_header_length,
-            _ => return Err(PyTypeError::new_err(format!("unknown decoder limit {name:?}"))),
-        };
         if value == 0 && name != "max_element_size" {
             return Err(PyValueError::new_err(format!("{name} must be positive")));
         }
-        *field = value;
+        out.push((name, value));
     }
-    Ok(limits)
+    Ok(out)
+}
+
+/// Set one of the banana limits by name.
+pub(crate) fn set_limit(limits: &mut Limits, name: &str, value: usize) -> PyResult<()> {
+    let field = match name {
+        "max_element_size" => &mut limits.max_element_size,
+        "max_message_size" => &mut limits.max_message_size,
+        "max_depth" => &mut limits.max_depth,
+        "max_header_length" => &mut limits.max_header_length,
+        _ => return Err(PyTypeError::new_err(format!("unknown decoder limit {name:?}"))),
+    };
+    *field = value;
+    Ok(())
 }
 
 /// Run `f` on the bytes of a `bytes`, `bytearray` or `memoryview` (copying only the latter two).
@@ -114,7 +130,7 @@ fn raw_value<'py>(py: Python<'py>, cursor: &mut Cursor<'_>) -> PyResult<Bound<'p
     })
 }
 
-fn integer(py: Python<'_>, value: Integer) -> PyResult<Bound<'_, PyAny>> {
+pub(crate) fn integer(py: Python<'_>, value: Integer) -> PyResult<Bound<'_, PyAny>> {
     Ok(match value {
         Integer::Small(v) => v.into_pyobject(py)?.into_any(),
         Integer::Big(v) => v.into_pyobject(py)?.into_any(),
@@ -300,32 +316,11 @@ impl DecoderPy {
     }
 }
 
-const TOKEN_NAMES: [(u8, &str); 14] = [
-    (tb::LIST, "LIST"),
-    (tb::INT, "INT"),
-    (tb::STRING, "STRING"),
-    (tb::NEG, "NEG"),
-    (tb::FLOAT, "FLOAT"),
-    (tb::LONGINT, "LONGINT"),
-    (tb::LONGNEG, "LONGNEG"),
-    (tb::VOCAB, "VOCAB"),
-    (tb::OPEN, "OPEN"),
-    (tb::CLOSE, "CLOSE"),
-    (tb::ABORT, "ABORT"),
-    (tb::ERROR, "ERROR"),
-    (tb::PING, "PING"),
-    (tb::PONG, "PONG"),
-];
-
-fn token_name(type_byte: u8) -> &'static str {
-    TOKEN_NAMES.iter().find(|(b, _)| *b == type_byte).map_or("?", |(_, n)| n)
-}
-
 /// One token as `(offset, kind, value)`; VOCAB's value is `(index, word)`.
 fn token_tuple<'py>(py: Python<'py>, token: Token<'_>, offset: u64) -> PyResult<Bound<'py, PyTuple>> {
     let (kind, value): (&str, Bound<'py, PyAny>) = match token {
         Token::List(n) => ("LIST", n.into_pyobject(py)?.into_any()),
-        Token::Int { type_byte, value } => (token_name(type_byte), integer(py, value)?),
+        Token::Int { type_byte, value } => (tb::name(type_byte), integer(py, value)?),
         Token::String(s) => ("STRING", PyBytes::new(py, s).into_any()),
         Token::Float(f) => ("FLOAT", PyFloat::new(py, f).into_any()),
         Token::Vocab { index, word } => ("VOCAB", (index, PyBytes::new(py, word)).into_pyobject(py)?.into_any()),

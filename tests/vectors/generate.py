@@ -12,6 +12,9 @@ their real encoders/decoders and rewrites, next to itself:
 * ``foolscap_tokens.json``     -- foolscap's banana token layer
 * ``twisted_pb_sessions.json`` -- whole PB exchanges between two stock
   Twisted brokers connected in memory
+* ``foolscap_messages.json``   -- foolscap PB messages (call / answer /
+  error) with their values: captured streams between stock foolscap Tubs,
+  and messages sliced by foolscap's own slicers
 
 The output is deterministic: no timestamps, no random values, fixed case
 order.  The script re-executes itself with ``PYTHONHASHSEED=0`` so that any
@@ -31,20 +34,27 @@ if os.environ.get("PYTHONHASHSEED") != "0":
     _script = os.path.abspath(__file__)
     os.execve(sys.executable, [sys.executable, _script] + sys.argv[1:], _env)
 
+import collections
 import datetime
 import decimal
 import gc
 import hashlib
 import json
+import math
 import platform
 import struct
 
 import foolscap
 import twisted
 from foolscap import banana as fbanana
+from foolscap import broker as fbroker
+from foolscap import call as fcall
+from foolscap import copyable as fcopyable
+from foolscap import referenceable as freferenceable
 from foolscap import vocab as fvocab
 from twisted.internet import defer as tdefer
 from twisted.internet.testing import StringTransport
+from twisted.python import failure as tfailure
 from twisted.spread import banana as tbanana
 from twisted.spread import jelly as tjelly
 from twisted.spread import pb as tpb
@@ -1346,6 +1356,1001 @@ def build_foolscap():
 
 
 # ---------------------------------------------------------------------------
+# foolscap_messages.json
+#
+# PB messages (call / answer / error) with Python values, in both directions:
+#
+# * "streams": the plaintext banana bytes stock foolscap 24.9.0 Tubs wrote to each other,
+#   captured on 127.0.0.1 (one entry per connection and sending side, one step per scenario
+#   step). Every step is decoded by a stock foolscap Broker and must give the messages listed
+#   for it, and every call, answer and error is encoded again by stock foolscap's slicers
+#   (from the same open-ID) and must give the captured bytes.
+# * "generated": messages sliced by stock foolscap's CallSlicer / AnswerSlicer / ErrorSlicer on
+#   a real Broker, then decoded by another stock Broker, which must give the value back.
+#
+# Values are Python expressions (see fs_namespace()): references and copyables are the
+# namedtuples below, which the consumers' hooks make and read.
+
+MyRef = collections.namedtuple("MyRef", "clid iface furl")
+YourRef = collections.namedtuple("YourRef", "clid")
+TheirRef = collections.namedtuple("TheirRef", "giftid furl")
+Copy = collections.namedtuple("Copy", "typename state")
+
+FS_FAILURE = "twisted.python.failure.Failure"
+
+
+def fs_namespace():
+    return {"decimal": decimal, "MyRef": MyRef, "YourRef": YourRef, "TheirRef": TheirRef, "Copy": Copy}
+
+
+def fs_eval(src):
+    return eval(src, fs_namespace())
+
+
+def fs_arguments(message):
+    """A call's (args, kwargs): `args` is evaluated first, in the namespace `kwargs` then sees
+    (so the two can share objects through an assignment expression)."""
+    namespace = fs_namespace()
+    args = eval(message["args"], namespace)
+    return args, eval(message["kwargs"], namespace)
+
+
+# -- stock foolscap, sending -------------------------------------------------
+
+
+class _Exported(freferenceable.Referenceable):
+    """A Referenceable that slices as (my-reference clid [iface [furl]])."""
+
+    def __init__(self, ref):
+        self.ref = ref
+        self.first = ref.iface is not None or ref.furl is not None
+
+    def getInterfaceName(self):
+        return self.ref.iface
+
+
+class _ExportTracker:
+    def __init__(self, exported):
+        self.exported = exported
+        self.clid = exported.ref.clid
+
+    def send(self):
+        return self.exported.first
+
+    def getURL(self):
+        return self.exported.ref.furl
+
+
+class _RemoteTracker:
+    def __init__(self, broker, clid, url):
+        self.broker, self.clid, self.url = broker, clid, url
+
+    def getURL(self):
+        return self.url
+
+
+class _Copyable(fcopyable.Copyable):
+    def __init__(self, copy):
+        self.typeToCopy = copy.typename
+        self.state = dict(copy.state)
+
+    def getStateToCopy(self):
+        return self.state
+
+
+class _SentFailure(tfailure.Failure):
+    """A Failure that FailureSlicer turns into exactly the given state."""
+
+    def __init__(self, state):
+        state = dict(state)
+        module, _, name = state["type"].decode().rpartition(".")
+        self.type = type(name, (Exception,), {"__module__": module})
+        self.value = state["value"].decode()
+        self.parents = [p.decode() for p in state["parents"]]
+        self._traceback = state["traceback"].decode()
+
+    def getTraceback(self, *args, **kwargs):
+        return self._traceback
+
+
+class FsSendBroker(fbroker.Broker):
+    """A real Broker writing to a StringTransport; references slice as the markers say."""
+
+    def __init__(self, first_open_id=0, unsafe_tracebacks=True):
+        fbroker.Broker.__init__(self, None, {"initial-vocab-table-index": 1})
+        self.unsafeTracebacks = unsafe_tracebacks
+        self.makeConnection(StringTransport())
+        self.openCount = first_open_id
+
+    def getTrackerForMyReference(self, puid, obj):
+        return _ExportTracker(obj)
+
+    def makeGift(self, rref):
+        return rref.giftid
+
+    def take(self):
+        data = self.transport.value()
+        self.transport.clear()
+        return data
+
+
+def fs_sendable(value, broker, memo=None):
+    """`value` with its markers turned into what stock foolscap slices (sharing kept)."""
+    memo = {} if memo is None else memo
+    if id(value) in memo:
+        return memo[id(value)]
+    if isinstance(value, MyRef):
+        out = _Exported(value)
+    elif isinstance(value, YourRef):
+        out = freferenceable.RemoteReference(_RemoteTracker(broker, value.clid, None))
+    elif isinstance(value, TheirRef):
+        out = freferenceable.RemoteReference(_RemoteTracker(object(), 0, value.furl))
+        out.giftid = value.giftid
+    elif isinstance(value, Copy):
+        out = _Copyable(Copy(value.typename, fs_sendable(value.state, broker, memo)))
+    elif type(value) is list:
+        out = memo[id(value)] = []
+        out.extend(fs_sendable(v, broker, memo) for v in value)
+    elif type(value) is dict:
+        out = memo[id(value)] = {}
+        for k, v in value.items():
+            out[fs_sendable(k, broker, memo)] = fs_sendable(v, broker, memo)
+    elif type(value) is tuple:
+        out = tuple(fs_sendable(v, broker, memo) for v in value)
+    elif type(value) is set:
+        out = {fs_sendable(v, broker, memo) for v in value}
+    elif type(value) is frozenset:
+        out = frozenset(fs_sendable(v, broker, memo) for v in value)
+    else:
+        out = value
+    memo[id(value)] = out
+    return out
+
+
+def fs_send_message(message, first_open_id, unsafe_tracebacks=True):
+    """The bytes stock foolscap writes for one message (a dict as in the JSON)."""
+    broker = FsSendBroker(first_open_id, unsafe_tracebacks)
+    kind = message["kind"]
+    if kind == "call":
+        args, kwargs = fs_sendable(fs_arguments(message), broker)
+        broker.send(fcall.CallSlicer(message["reqid"], message["clid"], message["method"], args, kwargs))
+    elif kind == "answer":
+        broker.send(fcall.AnswerSlicer(message["reqid"], fs_sendable(fs_eval(message["value"]), broker)))
+    elif kind == "error":
+        failure = fs_eval(message["failure"])
+        assert failure.typename == FS_FAILURE
+        broker.send(fcall.ErrorSlicer(message["reqid"], _SentFailure(failure.state)))
+    elif kind == "ping":
+        broker.sendPING(message["n"])
+    elif kind == "pong":
+        broker.sendPONG(message["n"])
+    else:
+        raise ValueError(kind)
+    return broker.take(), broker.openCount
+
+
+# -- stock foolscap, receiving -----------------------------------------------
+
+
+class _Local(YourRef):
+    """What the receiving broker finds for a clid: the call's target, or a your-reference."""
+
+    def getInterface(self):
+        return None
+
+
+class _YourTracker:
+    def __init__(self, ref):
+        self.ref = ref
+
+    def getRef(self):
+        return self.ref
+
+
+class _Tub:
+    accept_gifts = True
+
+    def getReference(self, url):
+        # The gift's ID does not reach getReference; the giftID is checked by re-encoding.
+        return tdefer.succeed(TheirRef(None, url))
+
+
+class _Request:
+    constraint = None
+
+    def __init__(self, broker, reqid):
+        self.broker, self.reqid = broker, reqid
+
+    def complete(self, result):
+        self.broker.got.append({"kind": "answer", "reqid": self.reqid, "value": result})
+
+    def fail(self, failure):
+        self.broker.got.append({"kind": "error", "reqid": self.reqid, "failure": failure})
+
+
+_fs_violations = []
+_stock_report_violation = fcall.CallUnslicer.reportViolation
+
+
+def _recording_report_violation(self, f):
+    # foolscap answers an aborted call with nothing; record that it saw the ABORT.
+    _fs_violations.append((self.reqID, f.value.args[0]))
+    return _stock_report_violation(self, f)
+
+
+fcall.CallUnslicer.reportViolation = _recording_report_violation
+
+
+class FsRecvBroker(fbroker.Broker):
+    """A real Broker fed the bytes; what its unslicers deliver is recorded in .got."""
+
+    def __init__(self, first_open_id=0):
+        fbroker.Broker.__init__(self, None, {"initial-vocab-table-index": 1})
+        self.makeConnection(StringTransport())
+        self.objectCounter = first_open_id
+        self.tub = _Tub()
+        self.got = []
+
+    def getMyReferenceByCLID(self, clid):
+        return _Local(clid)
+
+    def getTrackerForYourReference(self, clid, interfaceName=None, url=None):
+        return _YourTracker(MyRef(clid, interfaceName, url))
+
+    def scheduleCall(self, delivery, ready_deferred):
+        self.got.append(
+            {
+                "kind": "call",
+                "reqid": delivery.reqID,
+                "clid": delivery.obj.clid,
+                "method": delivery.methodname,
+                "args": tuple(delivery.allargs.args),
+                "kwargs": dict(delivery.allargs.kwargs),
+            }
+        )
+
+    def callFailed(self, f, reqID, delivery=None):
+        raise AssertionError(f"stock foolscap refused call {reqID}: {f}")
+
+    def getRequest(self, reqID):
+        return _Request(self, reqID)
+
+    def sendPONG(self, number):
+        self.got.append({"kind": "ping", "n": number})
+
+
+def _fs_copy_factory(typename):
+    return lambda state: Copy(typename, tuple(state.items()))
+
+
+def fs_register_copyables(names):
+    for name in names:
+        if name not in fcopyable.CopyableRegistry:
+            fcopyable.registerRemoteCopyFactory(name, _fs_copy_factory(name))
+
+
+def fs_receive(data, first_open_id=0, chunked=False):
+    broker = FsRecvBroker(first_open_id)
+    if chunked:
+        for i in range(len(data)):
+            broker.handleData(data[i : i + 1])
+    else:
+        broker.handleData(data)
+    return broker.got
+
+
+def fs_same(a, b, memo=None):
+    """a and b are equal, type for type, with the same sharing (NaN equals NaN, -0.0 is not
+    0.0; a stock foolscap CopiedFailure equals the Copy of its state)."""
+    memo = {} if memo is None else memo
+    if isinstance(b, fcall.CopiedFailure):
+        state = {k: v.decode() if isinstance(v, bytes) else v for k, v in dict(a.state).items()}
+        return (
+            isinstance(a, Copy)
+            and a.typename == FS_FAILURE
+            and [state["type"], state["value"], state["traceback"]]
+            == [b.type.__module__ + "." + b.type.__name__, b.value, b.traceback]
+            and [p.decode() for p in state["parents"]] == b.parents
+        )
+    if isinstance(a, TheirRef) and isinstance(b, TheirRef):
+        return b.giftid is None and a.furl == b.furl
+    if isinstance(b, _Local):
+        b = YourRef(*b)
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b))
+    if isinstance(a, decimal.Decimal):
+        return str(a) == str(b)
+    if isinstance(a, frozenset):
+        return a == b  # never shared: foolscap sends each one in full
+    if isinstance(a, (list, dict, set, tuple)):
+        if id(a) in memo:
+            return memo[id(a)] is b
+        memo[id(a)] = b
+        if len(a) != len(b):
+            return False
+        if isinstance(a, (list, tuple)):
+            return all(fs_same(x, y, memo) for x, y in zip(a, b, strict=True))
+        if isinstance(a, dict):
+            return all(k in b and fs_same(v, b[k], memo) for k, v in a.items())
+        return a == b
+    return a == b
+
+
+def fs_same_message(expected, got):
+    if expected["kind"] != got["kind"]:
+        return False
+    if expected["kind"] == "call":
+        return (
+            [expected["reqid"], expected["clid"]] == [got["reqid"], got["clid"]]
+            and (got["method"] == expected["method"] or (expected["clid"] < 0 and got["method"] is None))
+            and fs_same(fs_arguments(expected), (got["args"], got["kwargs"]))
+        )
+    if expected["kind"] == "answer":
+        return expected["reqid"] == got["reqid"] and fs_same(fs_eval(expected["value"]), got["value"])
+    if expected["kind"] == "error":
+        return expected["reqid"] == got["reqid"] and fs_same(fs_eval(expected["failure"]), got["failure"])
+    return expected == got
+
+
+# -- the captured streams ------------------------------------------------------
+
+FS_FURL_A = "pb://p3n3laqzc6zqyn7t6mxkckhqjq4whutl@tcp:127.0.0.1:51953/"
+FS_FURL_C = "pb://dcy4rl2p2fe72tjqyd34oprw4tfrj7rb@tcp:127.0.0.1:54457/7tzjpg3a33p26unpkhs4gfadioyp4j3j"
+FS_VALUE_MIX = (
+    "[None, True, False, 0, 127, 128, -1, -2147483649, 2**64, 1.5, b'bytes', 'unicod\\xe9', (1, 2),"
+    " {b'a': 2, b'k': 1}, {'u': [1]}, {3}, frozenset({4})]"
+)
+
+
+def fs_call(reqid, clid, method, args="()", kwargs="{}"):
+    return {"kind": "call", "reqid": reqid, "clid": clid, "method": method, "args": args, "kwargs": kwargs}
+
+
+def fs_answer(reqid, value):
+    return {"kind": "answer", "reqid": reqid, "value": value}
+
+
+def fs_error(reqid):
+    # The failure's state is what stock foolscap decoded (filled in by build_fs_streams).
+    return {"kind": "error", "reqid": reqid, "failure": None}
+
+
+PINGS = [{"kind": "ping", "n": 0}] * 3
+PONGS = [{"kind": "pong", "n": 0}] * 3
+
+# What each captured step holds, in the order of the captures.
+FS_STREAM_MESSAGES = {
+    "n420090 B(client)": (
+        "B to A: B's calls to A's Tub",
+        [
+            [fs_call(1, 0, "getReferenceByName", kwargs="{'name': b'server-swissnum'}")],
+            [fs_call(2, 1, "add", "(1, 2)")],
+            [fs_call(3, 1, "add", kwargs="{'a': -5, 'b': 2**40}")],
+            [fs_call(4, 1, "echo", f"({FS_VALUE_MIX},)")],
+            [fs_call(5, 1, "echo", "((lambda l: [l, l])([1]),)")],
+            [fs_call(6, 1, "fail")],
+            [fs_call(7, 1, "make_child")],
+            [fs_call(8, 1, "get_child_again")],
+            [fs_call(9, 2, "ping", "(41,)")],
+            [fs_call(10, 1, "is_my_child", "(YourRef(2),)")],
+            [{"kind": "call_aborted", "reqid": 11}],
+            [fs_call(12, 1, "get_point")],
+            [fs_call(0, 1, "oneway", "(7,)")],
+            [fs_call(13, 1, "get_sized")],
+            [fs_call(14, 3, "sized", "(b'short',)")],
+            [fs_call(16, 3, "sized", "(b'x' * 50,)")],
+            [fs_call(17, 1, "take_gift", f"(TheirRef(1, {FS_FURL_C!r}),)")],
+            [fs_call(18, 0, "decref", kwargs="{'clid': 2, 'count': 2}")],
+            PINGS,
+        ],
+    ),
+    "nf9b050 A(server)": (
+        "A to B: A's answers to B",
+        [
+            [fs_answer(1, f"MyRef(1, None, {FS_FURL_A + 'server-swissnum'!r})")],
+            [fs_answer(2, "3")],
+            [fs_answer(3, "1099511627771")],
+            [fs_answer(4, FS_VALUE_MIX)],
+            [fs_answer(5, "(lambda l: [l, l])([1])")],
+            [fs_error(6)],
+            [fs_answer(7, f"MyRef(2, None, {FS_FURL_A + '645ty4eg7utjbjaayrv55s7wmauezhoa'!r})")],
+            [fs_answer(8, "MyRef(2, None, None)")],
+            [fs_answer(9, "42")],
+            [fs_answer(10, "True")],
+            [fs_answer(12, "Copy('example.pbfast/Point', (('x', 3), ('y', -4)))")],
+            [
+                fs_answer(
+                    13,
+                    "MyRef(3, 'RISized.pbfast-capture.example', "
+                    f"{FS_FURL_A + 'wnb7kr25qfawxkrsv2uunjlwuyv7avzo'!r})",
+                )
+            ],
+            [fs_answer(14, "5")],
+            [fs_error(16)],
+            [fs_call(0, 0, "decgift", kwargs="{'count': 1, 'giftID': 1}"), fs_answer(17, "'hello from-A'")],
+            [fs_answer(18, "None")],
+            PONGS,
+        ],
+    ),
+    "n67b310 B(client)": (
+        "B to C: B fetches C's object",
+        [
+            [fs_call(1, 0, "getReferenceByName", kwargs="{'name': b'7tzjpg3a33p26unpkhs4gfadioyp4j3j'}")],
+            [{"kind": "ping", "n": 0}],
+            PINGS,
+        ],
+    ),
+    "n6d9e90 C(server)": (
+        "C to B: C's answers to B",
+        [
+            [fs_answer(1, f"MyRef(1, None, {FS_FURL_C!r})")],
+            [{"kind": "pong", "n": 0}],
+            PONGS,
+        ],
+    ),
+    "n6f1a10 A(client)": (
+        "A to C: A redeems the gift and calls it",
+        [
+            [
+                fs_call(1, 0, "getReferenceByName", kwargs="{'name': b'7tzjpg3a33p26unpkhs4gfadioyp4j3j'}"),
+                fs_call(2, 1, "hello", "('from-A',)"),
+            ],
+            [fs_call(3, 0, "decref", kwargs="{'clid': 1, 'count': 1}")],
+        ],
+    ),
+    "n6f1d10 C(server)": (
+        "C to A: C's answers to A",
+        [
+            [fs_answer(1, f"MyRef(1, None, {FS_FURL_C!r})"), fs_answer(2, "'hello from-A'")],
+            [fs_answer(3, "None")],
+        ],
+    ),
+}
+
+FS_STREAMS = [
+    (
+        "n420090" + " " + "B(client)",
+        [
+            (
+                "getReference(A furl)",
+                (
+                    "00880b870181008112826765745265666572656e636542794e616d6501880c87008104826e616d650f82736572766572"
+                    "2d73776973736e756d01890089"
+                ),
+            ),
+            (
+                "add(1,2)",
+                "02880b8702810181038261646403880c8702810181028103890289",
+            ),
+            (
+                "add(a=-5, b=2**40) kwargs + LONGINT",
+                "04880b8703810181038261646405880c8700810182610583018262068501000000000005890489",
+            ),
+            (
+                "echo(value mix)",
+                (
+                    "06880b870481018104826563686f07880c870181088804870988008709890a88018701810a890b88018700810b890081"
+                    "7f8100018101830486800000010985010000000000000000843ff8000000000000058262797465730c8808870882756e"
+                    "69636f64c3a90c890d880587018102810d890e880387018261028101826b01810e890f88038710880887018275108911"
+                    "880487018111890f8912880687038112891388078704811389088907890689"
+                ),
+            ),
+            (
+                "echo(shared list reference)",
+                "14880b870581018104826563686f15880c8701811688048717880487018117891888028717811889168915891489",
+            ),
+            (
+                "fail() -> error",
+                "19880b870681018104826661696c1a880c8700811a891989",
+            ),
+            (
+                "make_child() -> my-reference",
+                "1b880b87078101810a826d616b655f6368696c641c880c8700811c891b89",
+            ),
+            (
+                "get_child_again() -> my-reference (2nd send: clid only)",
+                "1d880b87088101810f826765745f6368696c645f616761696e1e880c8700811e891d89",
+            ),
+            (
+                "child.ping(41)",
+                "1f880b8709810281048270696e6720880c870181298120891f89",
+            ),
+            (
+                "is_my_child(child) -> your-reference",
+                "21880b870a8101810b8269735f6d795f6368696c6422880c870181238810870281238922892189",
+            ),
+            (
+                "echo([1, object()]) -> sender Violation mid-stream -> ABORT",
+                "24880b870b81018104826563686f25880c870181268804870181278804870281278a2789268a2689258a2589248a2489",
+            ),
+            (
+                "get_point() -> copyable",
+                "28880b870c81018109826765745f706f696e7429880c87008129892889",
+            ),
+            (
+                "callRemoteOnly oneway (reqID 0)",
+                "2a880b870081018106826f6e657761792b880c87018107812b892a89",
+            ),
+            (
+                "get_sized() -> my-reference with interface name",
+                "2c880b870d81018109826765745f73697a65642d880c8700812d892c89",
+            ),
+            (
+                "sized('short') ok",
+                "2e880b870e810381058273697a65642f880c870181058273686f72742f892e89",
+            ),
+            (
+                "sized via _useSchema=False -> remote Violation",
+                (
+                    "30880b8710810381058273697a656431880c870181328278787878787878787878787878787878787878787878787878"
+                    "7878787878787878787878787878787878787878787878787831893089"
+                ),
+            ),
+            (
+                "gift: B gets C ref, passes to A",
+                (
+                    "32880b8711810181098274616b655f6769667433880c8701813488118701815a8270623a2f2f64637934726c32703266"
+                    "653732746a71796433346f707277347466726a377262407463703a3132372e302e302e313a35343435372f37747a6a70"
+                    "6733613333703236756e706b68733467666164696f7970346a336a348933893289"
+                ),
+            ),
+            (
+                "drop child rref -> decref",
+                "35880b8712810081068264656372656636880c8700810482636c696402810582636f756e74028136893589",
+            ),
+            (
+                "end",
+                "8e8e8e",
+            ),
+        ],
+    ),
+    (
+        "nf9b050" + " " + "A(server)",
+        [
+            (
+                "getReference(A furl)",
+                (
+                    "00880d87018101880f8701810082498270623a2f2f70336e336c61717a63367a71796e3774366d786b636b68716a7134"
+                    "776875746c407463703a3132372e302e302e313a35313935332f7365727665722d73776973736e756d01890089"
+                ),
+            ),
+            (
+                "add(1,2)",
+                "02880d87028103810289",
+            ),
+            (
+                "add(a=-5, b=2**40) kwargs + LONGINT",
+                "03880d8703810585fffffffffb0389",
+            ),
+            (
+                "echo(value mix)",
+                (
+                    "04880d870481058804870688008706890788018701810789088801870081088900817f81000181018304868000000109"
+                    "85010000000000000000843ff800000000000005826279746573098808870882756e69636f64c3a909890a8805870181"
+                    "02810a890b880387018261028101826b01810b890c8803870d8808870182750d890e88048701810e890c890f88068703"
+                    "810f89108807870481108905890489"
+                ),
+            ),
+            (
+                "echo(shared list reference)",
+                "11880d870581128804871388048701811389148802871381148912891189",
+            ),
+            (
+                "fail() -> error",
+                (
+                    "15880e870681168812871e82747769737465642e707974686f6e2e6661696c7572652e4661696c757265058276616c75"
+                    "650482626f6f6d04827479706513826275696c74696e732e56616c75654572726f72098274726163656261636b380482"
+                    "54726163656261636b20286d6f737420726563656e742063616c6c206c617374293a0a202046696c6520223c70617468"
+                    "3e2f64656665722e7079222c206c696e6520313038322c20696e205f72756e43616c6c6261636b730a20202020637572"
+                    "72656e742e726573756c74203d2063616c6c6261636b2820202320747970653a2069676e6f72655b6f70657261746f72"
+                    "5d0a202046696c6520223c706174683e2f62726f6b65722e7079222c206c696e65203538342c20696e203c6c616d6264"
+                    "613e0a20202020642e61646443616c6c6261636b286c616d626461207265733a2073656c662e5f646f43616c6c286465"
+                    "6c697665727929290a202046696c6520223c706174683e2f62726f6b65722e7079222c206c696e65203631392c20696e"
+                    "205f646f43616c6c0a2020202072657475726e206f626a2e646f52656d6f746543616c6c2864656c69766572792e6d65"
+                    "74686f646e616d652c20617267732c206b7761726773290a202046696c6520223c706174683e2f7265666572656e6365"
+                    "61626c652e7079222c206c696e652036312c20696e20646f52656d6f746543616c6c0a20202020726573203d206d6574"
+                    "68282a617267732c202a2a6b7761726773290a202046696c6520223c706174683e2f666f6f6c736361705f6361707475"
+                    "72652e7079222c206c696e65203433302c20696e2072656d6f74655f6661696c0a2020202072616973652056616c7565"
+                    "4572726f722822626f6f6d22290a6275696c74696e732e56616c75654572726f723a20626f6f6d0a0782706172656e74"
+                    "731788048713826275696c74696e732e56616c75654572726f7212826275696c74696e732e457863657074696f6e1682"
+                    "6275696c74696e732e42617365457863657074696f6e0f826275696c74696e732e6f626a656374178916891589"
+                ),
+            ),
+            (
+                "make_child() -> my-reference",
+                (
+                    "18880d87078119880f87028100825a8270623a2f2f70336e336c61717a63367a71796e3774366d786b636b68716a7134"
+                    "776875746c407463703a3132372e302e302e313a35313935332f36343574793465673775746a626a6161797276353573"
+                    "37776d6175657a686f6119891889"
+                ),
+            ),
+            (
+                "get_child_again() -> my-reference (2nd send: clid only)",
+                "1a880d8708811b880f8702811b891a89",
+            ),
+            (
+                "child.ping(41)",
+                "1c880d8709812a811c89",
+            ),
+            (
+                "is_my_child(child) -> your-reference",
+                "1d880d870a811e88018701811e891d89",
+            ),
+            (
+                "get_point() -> copyable",
+                "1f880d870c812088128714826578616d706c652e7062666173742f506f696e740182780381018279048320891f89",
+            ),
+            (
+                "get_sized() -> my-reference with interface name",
+                (
+                    "21880d870d8122880f8703811e82524953697a65642e7062666173742d636170747572652e6578616d706c655a827062"
+                    "3a2f2f70336e336c61717a63367a71796e3774366d786b636b68716a7134776875746c407463703a3132372e302e302e"
+                    "313a35313935332f776e62376b72323571666177786b7273763275756e6a6c777579763761767a6f22892189"
+                ),
+            ),
+            (
+                "sized('short') ok",
+                "23880d870e8105812389",
+            ),
+            (
+                "sized via _useSchema=False -> remote Violation",
+                (
+                    "24880e871081258812871e82747769737465642e707974686f6e2e6661696c7572652e4661696c757265058276616c75"
+                    "654b018256696f6c6174696f6e20283c526f6f74556e736c696365723e2e3c6d6574686f6463616c6c2072657149443d"
+                    "3136206f626a3d3c5f5f6d61696e5f5f2e53697a6564206f626a6563742061742030783766616562323637623431303e"
+                    "2069666163653d524953697a65642e7062666173742d636170747572652e6578616d706c65206d6574686f646e616d65"
+                    "3d73697a65643e2e3c617267756d656e7473206172675b305d3e293a202827535452494e4720746f6b656e20746f6f20"
+                    "6c617267653a2035303e3130272c290482747970651982666f6f6c736361702e746f6b656e732e56696f6c6174696f6e"
+                    "098274726163656261636b2e048254726163656261636b20286d6f737420726563656e742063616c6c206c617374293a"
+                    "0a202046696c6520223c706174683e2f62616e616e612e7079222c206c696e65203739352c20696e2068616e646c6544"
+                    "6174610a20202020746f702e636865636b546f6b656e2874797065627974652c20686561646572290a202046696c6520"
+                    "223c706174683e2f63616c6c2e7079222c206c696e65203235312c20696e20636865636b546f6b656e0a202020207365"
+                    "6c662e617267436f6e73747261696e742e636865636b546f6b656e2874797065627974652c2073697a65290a20204669"
+                    "6c6520223c706174683e2f636f6e73747261696e742e7079222c206c696e65203131312c20696e20636865636b546f6b"
+                    "656e0a2020202072616973652056696f6c6174696f6e2822257320746f6b656e20746f6f206c617267653a2025643e25"
+                    "642220250a666f6f6c736361702e746f6b656e732e56696f6c6174696f6e3a2056696f6c6174696f6e20283c526f6f74"
+                    "556e736c696365723e2e3c6d6574686f6463616c6c2072657149443d3136206f626a3d3c5f5f6d61696e5f5f2e53697a"
+                    "6564206f626a6563742061742030783766616562323637623431303e2069666163653d524953697a65642e7062666173"
+                    "742d636170747572652e6578616d706c65206d6574686f646e616d653d73697a65643e2e3c617267756d656e74732061"
+                    "72675b305d3e293a202827535452494e4720746f6b656e20746f6f206c617267653a2035303e3130272c290a07827061"
+                    "72656e7473268804871982666f6f6c736361702e746f6b656e732e56696f6c6174696f6e12826275696c74696e732e45"
+                    "7863657074696f6e16826275696c74696e732e42617365457863657074696f6e0f826275696c74696e732e6f626a6563"
+                    "74268925892489"
+                ),
+            ),
+            (
+                "gift: B gets C ref, passes to A",
+                (
+                    "27880b870081008107826465636769667428880c8700810582636f756e74018106826769667449440181288927892988"
+                    "0d8711812a8808870c8268656c6c6f2066726f6d2d412a892989"
+                ),
+            ),
+            (
+                "drop child rref -> decref",
+                "2b880d8712812c8800872c892b89",
+            ),
+            (
+                "end",
+                "8f8f8f",
+            ),
+        ],
+    ),
+    (
+        "n67b310" + " " + "B(client)",
+        [
+            (
+                "gift: B gets C ref, passes to A",
+                (
+                    "00880b870181008112826765745265666572656e636542794e616d6501880c87008104826e616d65208237747a6a7067"
+                    "33613333703236756e706b68733467666164696f7970346a336a01890089"
+                ),
+            ),
+            (
+                "idle 1.5s -> PING/PONG (B keepaliveTimeout=1)",
+                "8e",
+            ),
+            (
+                "end",
+                "8e8e8e",
+            ),
+        ],
+    ),
+    (
+        "n6d9e90" + " " + "C(server)",
+        [
+            (
+                "gift: B gets C ref, passes to A",
+                (
+                    "00880d87018101880f87018100825a8270623a2f2f64637934726c32703266653732746a71796433346f707277347466"
+                    "726a377262407463703a3132372e302e302e313a35343435372f37747a6a706733613333703236756e706b6873346766"
+                    "6164696f7970346a336a01890089"
+                ),
+            ),
+            (
+                "idle 1.5s -> PING/PONG (B keepaliveTimeout=1)",
+                "8f",
+            ),
+            (
+                "end",
+                "8f8f8f",
+            ),
+        ],
+    ),
+    (
+        "n6f1a10" + " " + "A(client)",
+        [
+            (
+                "gift: B gets C ref, passes to A",
+                (
+                    "00880b870181008112826765745265666572656e636542794e616d6501880c87008104826e616d65208237747a6a7067"
+                    "33613333703236756e706b68733467666164696f7970346a336a0189008902880b8702810181058268656c6c6f03880c"
+                    "87018104880887068266726f6d2d41048903890289"
+                ),
+            ),
+            (
+                "drop child rref -> decref",
+                "05880b8703810081068264656372656606880c8700810482636c696401810582636f756e74018106890589",
+            ),
+        ],
+    ),
+    (
+        "n6f1d10" + " " + "C(server)",
+        [
+            (
+                "gift: B gets C ref, passes to A",
+                (
+                    "00880d87018101880f87018100825a8270623a2f2f64637934726c32703266653732746a71796433346f707277347466"
+                    "726a377262407463703a3132372e302e302e313a35343435372f37747a6a706733613333703236756e706b6873346766"
+                    "6164696f7970346a336a0189008902880d870281038808870c8268656c6c6f2066726f6d2d4103890289"
+                ),
+            ),
+            (
+                "drop child rref -> decref",
+                "04880d8703810588008705890489",
+            ),
+        ],
+    ),
+]
+
+
+def fs_failure_src(failure):
+    """A Copy expression for the state FailureSlicer sends (in its order) for `failure`, a
+    stock foolscap CopiedFailure."""
+    state = (
+        ("value", failure.value.encode()),
+        ("type", (failure.type.__module__ + "." + failure.type.__name__).encode()),
+        ("traceback", failure.traceback.encode()),
+        ("parents", [p.encode() for p in failure.parents]),
+    )
+    return repr(Copy(FS_FAILURE, state))
+
+
+def fs_opens(data):
+    return sum(1 for kind, _ in fs_tokenize(data) if kind == "OPEN")
+
+
+def build_fs_streams():
+    fs_register_copyables(["example.pbfast/Point"])
+    streams = []
+    for name, steps in FS_STREAMS:
+        title, expected_steps = FS_STREAM_MESSAGES[name]
+        assert len(steps) == len(expected_steps), name
+        whole = b"".join(bytes.fromhex("".join(h) if isinstance(h, tuple) else h) for _, h in steps)
+        # foolscap decodes the whole stream (whole and a byte at a time) into these messages
+        by_byte = [(m["kind"], m.get("reqid")) for m in fs_receive(whole, chunked=True)]
+        del _fs_violations[:]
+        got = fs_receive(whole)
+        assert by_byte == [(m["kind"], m.get("reqid")) for m in got], name
+        aborted = [reqid for reqid, why in _fs_violations if why == "ABORT received"]
+        out_steps = []
+        offset = 0
+        opens = 0
+        got_iter = iter(got)
+        for (step, hexdata), expected in zip(steps, expected_steps, strict=True):
+            data = bytes.fromhex("".join(hexdata) if isinstance(hexdata, tuple) else hexdata)
+            messages = []
+            for message in expected:
+                message = dict(message)
+                if message["kind"] == "call_aborted":
+                    assert aborted == [message["reqid"]], (name, step, aborted)
+                elif message["kind"] == "pong":
+                    pass  # stock foolscap ignores PONGs; the tokenizer below sees them
+                else:
+                    seen = next(got_iter)
+                    if message["kind"] == "error":
+                        message["failure"] = fs_failure_src(seen["failure"])
+                    assert fs_same_message(message, seen), (name, step, message, seen)
+                messages.append(message)
+            # foolscap's slicers write the same bytes again, from the same open-ID
+            if all(m["kind"] != "call_aborted" for m in messages):
+                written, next_open = b"", opens
+                for message in messages:
+                    part, next_open = fs_send_message(message, next_open)
+                    written += part
+                assert written == data, (name, step, written.hex(), data.hex())
+            out_steps.append(
+                {
+                    "step": step,
+                    "offset": offset,
+                    "first_open_id": opens,
+                    "hex": data.hex(),
+                    "messages": messages,
+                }
+            )
+            offset += len(data)
+            opens += fs_opens(data)
+        assert next(got_iter, None) is None, name
+        streams.append({"capture": name, "name": title, "steps": out_steps})
+    return streams
+
+
+# -- generated messages ----------------------------------------------------------
+
+FS_FURL_X = "pb://aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa@tcp:127.0.0.1:1234/swiss"
+
+FS_GENERATED = [
+    ("call with no arguments", 0, fs_call(1, 1, "ping")),
+    (
+        "call with positional and keyword arguments (keywords sorted by name)",
+        0,
+        fs_call(2, 5, "go", "(1, b'x', 'y')", "{'zeta': 1, 'alpha': 2, 'mid': [3], 'Beta': None}"),
+    ),
+    ("call on a bound method: negative clid, empty method name", 0, fs_call(3, -2, "", "(1,)")),
+    ("fire-and-forget call: reqID 0", 0, fs_call(0, 1, "note", "('text',)")),
+    (
+        "names and strings that are vocabulary words go as VOCAB",
+        0,
+        fs_call(4, 1, "list", "(b'none', 'unicode', b'copyable')", "{'dict': b'set', 'tuple': 'call'}"),
+    ),
+    (
+        "integers at every boundary",
+        0,
+        fs_answer(
+            1,
+            "[0, 1, 127, 128, 2**31 - 1, 2**31, -1, -2**31, -2**31 - 1, 2**63 - 1, 2**63, -2**63,"
+            " -2**63 - 1, 2**64, 2**448, -(2**1000)]",
+        ),
+    ),
+    (
+        "floats",
+        0,
+        fs_answer(
+            2,
+            "[0.0, -0.0, 1.5, -2.25, float('inf'), float('-inf'), float('nan'), 5e-324,"
+            " 1.7976931348623157e308]",
+        ),
+    ),
+    (
+        "byte strings and text",
+        0,
+        fs_answer(
+            3,
+            "[b'', b'list', 'list', '', 'h\\xe9llo \\u2603', '\\U0001f600', b'\\x00\\xff', b'none', 'none']",
+        ),
+    ),
+    (
+        "decimals",
+        0,
+        fs_answer(
+            4,
+            "[decimal.Decimal('1.5'), decimal.Decimal('-0'), decimal.Decimal('1E+3'), decimal.Decimal('NaN'),"
+            " decimal.Decimal('-Infinity'), decimal.Decimal('123456789012345678901234567890.000001')]",
+        ),
+    ),
+    ("booleans and None", 0, fs_answer(5, "[True, False, None]")),
+    ("empty containers", 0, fs_answer(6, "[[], (), {}, set(), frozenset()]")),
+    (
+        "nested containers",
+        0,
+        fs_answer(7, "{'a': [1, (2, {3})], 'b': frozenset({(1, 2)}), 'c': {}, 'd': [], 'e': ()}"),
+    ),
+    ("dict with int keys, sent sorted", 0, fs_answer(8, "{3: 'c', 1: 'a', 2: 'b', -5: None}")),
+    ("dict with tuple and bytes keys", 0, fs_answer(9, "[{(2, 1): 1, (1, 2): 2}, {b'b': 1, b'a': 2}]")),
+    (
+        "a list shared between the arguments and the keyword arguments",
+        0,
+        fs_call(5, 1, "share", "([shared := [1, 2]], shared)", "{'again': shared}"),
+    ),
+    (
+        "a dict, a tuple and a set, each sent twice",
+        0,
+        fs_answer(10, "(lambda d, t, s: [d, d, t, t, s, s])({1: 2}, (1, 2), {5})"),
+    ),
+    ("a list that holds itself", 0, fs_answer(11, "(lambda l: (l.append(l), l)[1])([])")),
+    ("a dict that holds itself", 0, fs_answer(12, "(lambda d: (d.__setitem__('self', d), d)[1])({})")),
+    ("a cycle through a tuple inside a list", 0, fs_answer(13, "(lambda l: (l.append((1, l)), l)[1])([])")),
+    ("frozensets are not shared", 0, fs_answer(14, "(lambda f: [f, f])(frozenset({1}))")),
+    (
+        "a copyable whose attribute names are vocabulary words",
+        0,
+        fs_answer(15, "Copy('example.pbfast/Thing', (('list', [1]), ('name', 'x'), ('none', None)))"),
+    ),
+    (
+        "my-reference, first send with an interface name and a FURL",
+        0,
+        fs_answer(16, f"MyRef(7, 'RIThing.example', {FS_FURL_X!r})"),
+    ),
+    (
+        "my-reference, first send without an interface name",
+        0,
+        fs_answer(17, f"MyRef(8, None, {FS_FURL_X!r})"),
+    ),
+    ("my-reference, sent again", 0, fs_answer(18, "MyRef(7, None, None)")),
+    ("your-reference", 0, fs_call(6, 2, "take", "(YourRef(3),)")),
+    ("their-reference", 0, fs_call(7, 2, "take", f"(TheirRef(4, {FS_FURL_X!r}),)")),
+    (
+        "error: a failure with tracebacks off",
+        0,
+        {
+            "kind": "error",
+            "reqid": 19,
+            "failure": repr(
+                Copy(
+                    FS_FAILURE,
+                    (
+                        ("value", b"boom"),
+                        ("type", b"builtins.ValueError"),
+                        ("traceback", b"Traceback unavailable\n"),
+                        (
+                            "parents",
+                            [
+                                b"builtins.ValueError",
+                                b"builtins.Exception",
+                                b"builtins.BaseException",
+                                b"builtins.object",
+                            ],
+                        ),
+                    ),
+                )
+            ),
+        },
+    ),
+    ("open-IDs past 127 take two header bytes", 300, fs_answer(20, "(lambda l: [l, [l], 'x'])([1])")),
+    ("PING", 0, {"kind": "ping", "n": 0}),
+    ("PING with a number", 0, {"kind": "ping", "n": 5}),
+    ("PONG", 0, {"kind": "pong", "n": 0}),
+    ("PONG with a number", 0, {"kind": "pong", "n": 300}),
+]
+
+
+def build_fs_generated():
+    fs_register_copyables(["example.pbfast/Thing"])
+    out = []
+    for name, first_open_id, message in FS_GENERATED:
+        if message["kind"] == "error":
+            # the stock slicer of a real failure, with tracebacks off, sends this state
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                real = tfailure.Failure()
+            broker = FsSendBroker(first_open_id, unsafe_tracebacks=False)
+            broker.send(fcall.ErrorSlicer(message["reqid"], real))
+            assert broker.take() == fs_send_message(message, first_open_id)[0], name
+        data, _ = fs_send_message(message, first_open_id)
+        for chunked in (False, True):
+            got = fs_receive(data, first_open_id, chunked)
+            if message["kind"] == "pong":
+                assert got == [], name
+            else:
+                assert len(got) == 1 and fs_same_message(message, got[0]), (name, got)
+        out.append({"name": name, "first_open_id": first_open_id, "hex": data.hex(), "message": message})
+    return out
+
+
+def build_fs_messages():
+    return {
+        "generator": GENERATOR,
+        "foolscap_version": foolscap.__version__,
+        "twisted_version": twisted.__version__,
+        "python_version": platform.python_version(),
+        "streams": build_fs_streams(),
+        "generated": build_fs_generated(),
+    }
+
+
+# ---------------------------------------------------------------------------
 
 
 def write_json(filename, obj):
@@ -1360,6 +2365,7 @@ def main():
     write_json("twisted_pb.json", build_twisted())
     write_json("foolscap_tokens.json", build_foolscap())
     write_json("twisted_pb_sessions.json", build_sessions())
+    write_json("foolscap_messages.json", build_fs_messages())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,294 @@
+//! Writing foolscap sequences, byte for byte as foolscap's slicers write them.
+//!
+//! Every byte string (index words, names, `unicode` and `decimal` bodies, plain bytes) goes out
+//! through the vocabulary, as foolscap's `sendToken` does: `b"list"` is `04 87` wherever it is.
+//! The writer owns the per-direction OPEN counter; a message that fails part-way is dropped by
+//! not taking its writer's counter and bytes (see [`Writer::finish`]).
+
+use num_bigint::BigInt;
+
+use crate::banana::{tb, Dialect, Encoder};
+
+/// A value nested deeper than the limit (foolscap's sender asserts at 10000 slicers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooDeep {
+    pub limit: usize,
+}
+
+impl std::fmt::Display for TooDeep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "value nested deeper than max_depth={} sequences; it cannot be sent", self.limit)
+    }
+}
+
+impl std::error::Error for TooDeep {}
+
+pub struct Writer {
+    enc: Encoder,
+    next_open: u64,
+    depth: usize,
+    max_depth: usize,
+}
+
+impl Writer {
+    /// Append to `out`; the next OPEN gets id `next_open`.
+    pub fn new(out: Vec<u8>, next_open: u64, max_depth: usize) -> Writer {
+        Writer { enc: Encoder { out, dialect: Dialect::Foolscap }, next_open, depth: 0, max_depth }
+    }
+
+    /// The id the next OPEN will get.
+    pub fn next_open_id(&self) -> u64 {
+        self.next_open
+    }
+
+    /// The bytes written and the counter after them (the caller keeps both only if the message
+    /// was written whole).
+    pub fn finish(self) -> (Vec<u8>, u64) {
+        (self.enc.out, self.next_open)
+    }
+
+    /// OPEN and the type word; returns the sequence's id (its object number for `reference`).
+    #[inline]
+    pub fn open(&mut self, word: &[u8]) -> Result<u64, TooDeep> {
+        if self.depth >= self.max_depth {
+            return Err(TooDeep { limit: self.max_depth });
+        }
+        self.depth += 1;
+        let id = self.next_open;
+        self.next_open += 1;
+        self.enc.numbered(tb::OPEN, id);
+        self.bytes(word);
+        Ok(id)
+    }
+
+    #[inline]
+    pub fn close(&mut self, id: u64) {
+        self.depth -= 1;
+        self.enc.numbered(tb::CLOSE, id);
+    }
+
+    /// A byte string: VOCAB for a word of the table, else STRING (foolscap has no size limit).
+    #[inline]
+    pub fn bytes(&mut self, b: &[u8]) {
+        self.enc.bytes(b).expect("foolscap strings have no size limit");
+    }
+
+    #[inline]
+    pub fn int(&mut self, v: i64) {
+        self.enc.int(v);
+    }
+
+    pub fn big_int(&mut self, v: &BigInt) {
+        self.enc.big_int(v).expect("foolscap integers have no size limit");
+    }
+
+    #[inline]
+    pub fn float(&mut self, f: f64) {
+        self.enc.float(f);
+    }
+
+    /// `(none)`.
+    pub fn none(&mut self) -> Result<(), TooDeep> {
+        let id = self.open(b"none")?;
+        self.close(id);
+        Ok(())
+    }
+
+    /// `(boolean 0|1)`.
+    pub fn boolean(&mut self, b: bool) -> Result<(), TooDeep> {
+        let id = self.open(b"boolean")?;
+        self.int(i64::from(b));
+        self.close(id);
+        Ok(())
+    }
+
+    /// `(unicode UTF8)`.
+    #[inline]
+    pub fn unicode(&mut self, utf8: &[u8]) -> Result<(), TooDeep> {
+        let id = self.open(b"unicode")?;
+        self.bytes(utf8);
+        self.close(id);
+        Ok(())
+    }
+
+    /// `(decimal TEXT)`, TEXT being `str()` of the decimal.
+    pub fn decimal(&mut self, text: &[u8]) -> Result<(), TooDeep> {
+        let id = self.open(b"decimal")?;
+        self.bytes(text);
+        self.close(id);
+        Ok(())
+    }
+
+    /// `(reference N)`: the object opened as N earlier in the same message.
+    pub fn reference(&mut self, n: u64) -> Result<(), TooDeep> {
+        let id = self.open(b"reference")?;
+        match i64::try_from(n) {
+            Ok(n) => self.int(n),
+            Err(_) => self.big_int(&BigInt::from(n)),
+        }
+        self.close(id);
+        Ok(())
+    }
+
+    /// `(my-reference clid)`, or on the first send over a connection `(my-reference clid IFACE
+    /// [FURL])`, IFACE being the remote interface name or empty.
+    pub fn my_reference(&mut self, clid: i64, first_send: Option<(&[u8], Option<&[u8]>)>) -> Result<(), TooDeep> {
+        let id = self.open(b"my-reference")?;
+        self.int(clid);
+        if let Some((iface, furl)) = first_send {
+            self.bytes(iface);
+            if let Some(furl) = furl {
+                self.bytes(furl);
+            }
+        }
+        self.close(id);
+        Ok(())
+    }
+
+    /// `(your-reference clid)`: one of the receiver's own objects.
+    pub fn your_reference(&mut self, clid: i64) -> Result<(), TooDeep> {
+        let id = self.open(b"your-reference")?;
+        self.int(clid);
+        self.close(id);
+        Ok(())
+    }
+
+    /// `(their-reference giftID FURL)`: an object in a third Tub.
+    pub fn their_reference(&mut self, giftid: i64, furl: &[u8]) -> Result<(), TooDeep> {
+        let id = self.open(b"their-reference")?;
+        self.int(giftid);
+        self.bytes(furl);
+        self.close(id);
+        Ok(())
+    }
+
+    /// PING (foolscap writes 0 with no header).
+    pub fn ping(&mut self, n: u64) {
+        self.enc.numbered(tb::PING, n);
+    }
+
+    /// PONG, echoing a PING's number.
+    pub fn pong(&mut self, n: u64) {
+        self.enc.numbered(tb::PONG, n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    /// `f` writes into a writer whose next OPEN is `first`; returns the bytes.
+    fn written(first: u64, f: impl FnOnce(&mut Writer) -> Result<(), TooDeep>) -> Vec<u8> {
+        let mut w = Writer::new(Vec::new(), first, 500);
+        f(&mut w).unwrap();
+        w.finish().0
+    }
+
+    #[test]
+    fn captured_calls() {
+        // B -> A: add(1, 2), then add(a=-5, b=2**40), from a capture between stock foolscap Tubs.
+        let add = written(2, |w| {
+            let c = w.open(b"call")?;
+            w.int(2);
+            w.int(1);
+            w.bytes(b"add");
+            let a = w.open(b"arguments")?;
+            w.int(2);
+            w.int(1);
+            w.int(2);
+            w.close(a);
+            w.close(c);
+            Ok(())
+        });
+        assert_eq!(add, hex("02880b8702810181038261646403880c8702810181028103890289"));
+        let kwargs = written(4, |w| {
+            let c = w.open(b"call")?;
+            w.int(3);
+            w.int(1);
+            w.bytes(b"add");
+            let a = w.open(b"arguments")?;
+            w.int(0);
+            w.bytes(b"a");
+            w.int(-5);
+            w.bytes(b"b");
+            w.int(1 << 40);
+            w.close(a);
+            w.close(c);
+            Ok(())
+        });
+        assert_eq!(kwargs, hex("04880b8703810181038261646405880c8700810182610583018262068501000000000005890489"));
+    }
+
+    #[test]
+    fn captured_answers() {
+        let none = written(0x2b, |w| {
+            let a = w.open(b"answer")?;
+            w.int(18);
+            w.none()?;
+            w.close(a);
+            Ok(())
+        });
+        assert_eq!(none, hex("2b880d8712812c8800872c892b89"));
+        // (answer 13 (my-reference 3 "RISized..." FURL)): the interface name before the FURL.
+        let furl = b"pb://p3n3laqzc6zqyn7t6mxkckhqjq4whutl@tcp:127.0.0.1:51953/wnb7kr25qfawxkrsv2uunjlwuyv7avzo";
+        let reference = written(0x21, |w| {
+            let a = w.open(b"answer")?;
+            w.int(13);
+            w.my_reference(3, Some((b"RISized.pbfast-capture.example", Some(furl))))?;
+            w.close(a);
+            Ok(())
+        });
+        let mut expect = hex("21880d870d8122880f8703811e82");
+        expect.extend_from_slice(b"RISized.pbfast-capture.example");
+        expect.extend(hex("5a82"));
+        expect.extend_from_slice(furl);
+        expect.extend(hex("22892189"));
+        assert_eq!(reference, expect);
+        let again = written(0x1a, |w| {
+            let a = w.open(b"answer")?;
+            w.int(8);
+            w.my_reference(2, None)?;
+            w.close(a);
+            Ok(())
+        });
+        assert_eq!(again, hex("1a880d8708811b880f8702811b891a89"));
+        let shared = written(0x11, |w| {
+            let a = w.open(b"answer")?;
+            w.int(5);
+            let outer = w.open(b"list")?;
+            let inner = w.open(b"list")?;
+            w.int(1);
+            w.close(inner);
+            w.reference(inner)?;
+            w.close(outer);
+            w.close(a);
+            Ok(())
+        });
+        assert_eq!(shared, hex("11880d870581128804871388048701811389148802871381148912891189"));
+    }
+
+    #[test]
+    fn vocabulary_words_everywhere_and_pings() {
+        // A unicode "list" has its body sent as VOCAB 4, as foolscap's sendToken does.
+        assert_eq!(written(0, |w| w.unicode(b"list")), hex("0088088704870089"));
+        let mut w = Writer::new(Vec::new(), 7, 500);
+        w.ping(0);
+        w.pong(0);
+        w.pong(300);
+        assert_eq!(w.finish(), (hex("8e8f2c028f"), 7));
+    }
+
+    #[test]
+    fn depth_is_bounded() {
+        let mut w = Writer::new(Vec::new(), 0, 3);
+        w.open(b"list").unwrap();
+        w.open(b"list").unwrap();
+        w.open(b"list").unwrap();
+        assert_eq!(w.open(b"list"), Err(TooDeep { limit: 3 }));
+        assert_eq!(w.none(), Err(TooDeep { limit: 3 }));
+    }
+}

@@ -1,0 +1,61 @@
+//! foolscap's PB messages on top of the banana token layer: `call`, `answer` and `error`
+//! sequences and the values inside them.
+//!
+//! 1. A [`MessageFramer`] is fed each received chunk and hands back every complete top-level
+//!    sequence as one slice, plus the PING, PONG and ERROR tokens between (and inside) them.
+//!    Everything that breaks the stream is found here: bad tokens, a CLOSE that loses sync, a
+//!    top-level token that is not OPEN, the limits.
+//! 2. [`decode::read_message`] walks one framed sequence and builds its values through a
+//!    [`decode::Build`] (Python objects in the `python` feature). Anything wrong inside a message
+//!    (an unknown sequence type, a duplicate dict key, a reference to nothing, an ABORT) only
+//!    discards that message, as foolscap's Violations do; the stream goes on.
+//! 3. An [`encode::Writer`] writes outgoing sequences with foolscap's sender rules and owns the
+//!    per-direction OPEN counter.
+
+pub mod decode;
+pub mod encode;
+pub mod framer;
+
+pub use framer::{Frame, MessageFramer};
+
+use crate::banana;
+
+/// Receive-side limits of a foolscap connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Token and nesting limits. foolscap itself bounds only headers (64 bytes); pbfast bounds
+    /// strings, messages and nesting too, so one peer cannot take unbounded memory or stack.
+    /// Values are read and written recursively, at roughly half a KiB of stack per level in a
+    /// release build (several in a debug build): a `max_depth` far above the default needs a
+    /// thread with a stack to match.
+    pub banana: banana::Limits,
+    /// Longest first index token of a sequence: foolscap's `maxIndexLength`, the longest type
+    /// word it knows (`their-reference`, 15 bytes).
+    pub max_index_length: usize,
+    /// Longest copyable type name. foolscap uses the longest name in its copyable registry (30
+    /// bytes in a stock Tub, `twisted.python.failure.Failure`); the registry here is the hook's,
+    /// so the bound is a setting.
+    pub max_copyable_name: usize,
+}
+
+impl Limits {
+    /// The defaults: 16 MiB strings, 64 MiB messages, 500 nested sequences, 64-byte headers.
+    pub const fn foolscap() -> Limits {
+        Limits {
+            banana: banana::Limits {
+                max_element_size: 16 << 20,
+                max_message_size: 64 << 20,
+                max_depth: 500,
+                max_header_length: banana::PREFIX_LIMIT,
+            },
+            max_index_length: 15,
+            max_copyable_name: 200,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits::foolscap()
+    }
+}

@@ -1,0 +1,814 @@
+//! foolscap's PB messages for Python: [`FoolscapDecoderPy`] turns received chunks into event
+//! tuples, one `feed` per chunk; [`FoolscapEncoderPy`] turns one outgoing message into bytes, one
+//! call per message. Values are built and read directly as Python objects; Python code runs only
+//! in the hook, for what is not a builtin value (references, copyables).
+//!
+//! Events (the first item is the kind, exported as `FS_*`):
+//!
+//! | kind | tuple |
+//! |---|---|
+//! | `FS_CALL` | `(kind, reqid, clid, method, args, kwargs)` |
+//! | `FS_ANSWER` | `(kind, reqid, value)` |
+//! | `FS_ERROR` | `(kind, reqid, failure)`: what the hook made of the failure copyable |
+//! | `FS_PING` / `FS_PONG` | `(kind, number)`: a PING is answered with `encoder.pong(number)` |
+//! | `FS_VIOLATION` | `(kind, what, reqid, message)`: a message discarded; `what` is `call`, `answer`, `error` or `unknown`, `reqid` None if not read yet |
+//! | `FS_CALL_ABORTED` | `(kind, reqid)`: the peer gave up sending a call (ABORT); foolscap sends no reply to it |
+//! | `FS_PEER_ERROR` | `(kind, message)`: the peer's ERROR; it hangs up, and nothing after it is read |
+//!
+//! A stream that cannot continue (bad tokens, lost sync, a limit) raises `BananaError` with the
+//! stream offset; the events completed before it are on the exception as `.events`.
+
+use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString, PyTuple};
+
+use super::{integer, limit_args, set_limit, with_bytes, PtrMap};
+use crate::banana::Integer;
+use crate::foolscap::decode::{read_message, Build, Built, Fault, Message};
+use crate::foolscap::encode::{TooDeep, Writer};
+use crate::foolscap::{Frame, Limits, MessageFramer};
+use crate::jelly::decode::{decode_utf8, GcPause, StrCache};
+use crate::jelly::encode::{decimal_type, maybe_shared, qualified_name, utf8_of};
+
+pub const FS_CALL: u8 = 0;
+pub const FS_ANSWER: u8 = 1;
+pub const FS_ERROR: u8 = 2;
+pub const FS_PING: u8 = 3;
+pub const FS_PONG: u8 = 4;
+pub const FS_VIOLATION: u8 = 5;
+pub const FS_CALL_ABORTED: u8 = 6;
+pub const FS_PEER_ERROR: u8 = 7;
+
+/// The type name a failure travels as.
+const FAILURE: &[u8] = b"twisted.python.failure.Failure";
+
+/// Incremental decoder for the receiving direction of a foolscap connection.
+#[pyclass(module = "pbfast._core", name = "FoolscapDecoder")]
+pub struct FoolscapDecoderPy {
+    framer: MessageFramer,
+    limits: Limits,
+    /// `hook("copyable", typename, state)`, `hook("my-reference", clid, iface, furl)`,
+    /// `hook("your-reference", clid)`, `hook("their-reference", giftid, furl)`.
+    hook: Option<Py<PyAny>>,
+    strings: StrCache,
+}
+
+#[pymethods]
+impl FoolscapDecoderPy {
+    /// `limits`: `max_element_size` (16 MiB), `max_message_size` (64 MiB), `max_depth` (500),
+    /// `max_header_length` (64), `max_index_length` (15), `max_copyable_name` (200).
+    #[new]
+    #[pyo3(signature = (hook=None, **limits))]
+    fn new(hook: Option<Py<PyAny>>, limits: Option<&Bound<'_, PyDict>>) -> PyResult<FoolscapDecoderPy> {
+        let mut all = Limits::foolscap();
+        for (name, value) in limit_args(limits)? {
+            match name.as_str() {
+                "max_index_length" => all.max_index_length = value,
+                "max_copyable_name" => all.max_copyable_name = value,
+                _ => set_limit(&mut all.banana, &name, value)?,
+            }
+        }
+        Ok(FoolscapDecoderPy { framer: MessageFramer::new(all.banana), limits: all, hook, strings: StrCache::new() })
+    }
+
+    /// Feed a chunk; returns the events it completed (an empty list means "need more").
+    fn feed<'py>(&mut self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+        let events = PyList::empty(py);
+        let hook = self.hook.as_ref().map(|h| h.bind(py).clone());
+        let (limits, strings, framer) = (&self.limits, &mut self.strings, &mut self.framer);
+        let result = with_bytes(data, |bytes| {
+            // Nothing cyclic becomes garbage while values are built; collections triggered by
+            // the containers being made would only walk them again and again.
+            let _gc = GcPause::new();
+            framer.feed(bytes, |frame: Frame<'_>| -> PyResult<()> {
+                let event = match frame {
+                    Frame::Message { bytes, offset, first_object } => {
+                        let mut build = PyBuild { py, hook: hook.as_ref(), strings: &mut *strings };
+                        let message = read_message(bytes, offset, first_object, limits, &mut build)?;
+                        event(py, message)?
+                    }
+                    Frame::Ping(n) => (FS_PING, n).into_pyobject(py)?.into_any(),
+                    Frame::Pong(n) => (FS_PONG, n).into_pyobject(py)?.into_any(),
+                    Frame::PeerError(message) => {
+                        (FS_PEER_ERROR, String::from_utf8_lossy(message)).into_pyobject(py)?.into_any()
+                    }
+                };
+                events.append(event)
+            })
+        });
+        match result {
+            Ok(()) => Ok(events),
+            Err(e) => {
+                e.value(py).setattr("events", events)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Bytes held for an incomplete message.
+    #[getter]
+    fn buffered(&self) -> usize {
+        self.framer.buffered()
+    }
+
+    /// Stream offset of the next byte to be fed.
+    #[getter]
+    fn offset(&self) -> u64 {
+        self.framer.offset()
+    }
+
+    /// The object number the next OPEN received gets (`reference` sequences name objects by
+    /// it). Set it to continue a stream begun elsewhere; only between messages.
+    #[getter]
+    fn get_next_open_id(&self) -> u64 {
+        self.framer.objects()
+    }
+
+    #[setter]
+    fn set_next_open_id(&mut self, value: u64) -> PyResult<()> {
+        self.framer
+            .set_objects(value)
+            .map_err(|_| PyValueError::new_err("next_open_id can only be set between messages"))
+    }
+
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        if let Some(h) = &self.hook {
+            visit.call(h)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.hook = None;
+    }
+}
+
+fn event<'py>(py: Python<'py>, message: Message<PyBuild<'py, '_>>) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match message {
+        Message::Call { reqid, clid, method, args, kwargs } => {
+            let args = PyTuple::new(py, args)?;
+            let dict = PyDict::new(py);
+            for (name, value) in kwargs {
+                dict.set_item(name, value)?;
+            }
+            (FS_CALL, reqid, clid, method, args, dict).into_pyobject(py)?.into_any()
+        }
+        Message::Answer { reqid, value } => (FS_ANSWER, reqid, value).into_pyobject(py)?.into_any(),
+        Message::Error { reqid, failure } => (FS_ERROR, reqid, failure).into_pyobject(py)?.into_any(),
+        Message::CallAborted { reqid } => (FS_CALL_ABORTED, reqid).into_pyobject(py)?.into_any(),
+        Message::Violation { what, reqid, message } => {
+            (FS_VIOLATION, what, reqid, message).into_pyobject(py)?.into_any()
+        }
+    })
+}
+
+/// Builds received values as Python objects.
+struct PyBuild<'py, 'a> {
+    py: Python<'py>,
+    hook: Option<&'a Bound<'py, PyAny>>,
+    strings: &'a mut StrCache,
+}
+
+type PyBuilt<'py, T> = Built<T, PyErr>;
+
+impl<'py> PyBuild<'py, '_> {
+    /// A Python exception from building: a Violation, unless it is not an `Exception` at all
+    /// (KeyboardInterrupt, SystemExit), which stops decoding.
+    fn fault(&self, e: PyErr) -> Fault<PyErr> {
+        if e.is_instance_of::<PyException>(self.py) {
+            Fault::Violation(e.to_string())
+        } else {
+            Fault::Hard(e)
+        }
+    }
+
+    fn checked<T>(&self, result: PyResult<T>) -> PyBuilt<'py, T> {
+        result.map_err(|e| self.fault(e))
+    }
+
+    /// Ask the hook for a special value; `what` names it in messages.
+    fn hooked(&self, what: &str, args: Bound<'py, PyTuple>) -> PyBuilt<'py, Bound<'py, PyAny>> {
+        let Some(hook) = self.hook else {
+            return Err(Fault::Violation(format!("{what} is not accepted here (no hook)")));
+        };
+        let value = hook.call1(args).map_err(|e| self.fault(e))?;
+        if value.is(self.py.NotImplemented()) {
+            return Err(Fault::Violation(format!("{what} is not accepted here (the hook refuses it)")));
+        }
+        Ok(value)
+    }
+}
+
+impl<'py> Build for PyBuild<'py, '_> {
+    type Value = Bound<'py, PyAny>;
+    type Name = Bound<'py, PyString>;
+    type Error = PyErr;
+
+    fn name(&mut self, raw: &[u8]) -> PyBuilt<'py, Self::Name> {
+        let name = self.strings.get(self.py, raw);
+        self.checked(name)
+    }
+
+    fn int(&mut self, value: Integer) -> PyBuilt<'py, Self::Value> {
+        self.checked(integer(self.py, value))
+    }
+
+    fn float(&mut self, value: f64) -> PyBuilt<'py, Self::Value> {
+        Ok(PyFloat::new(self.py, value).into_any())
+    }
+
+    fn bytes(&mut self, value: &[u8]) -> PyBuilt<'py, Self::Value> {
+        Ok(PyBytes::new(self.py, value).into_any())
+    }
+
+    fn text(&mut self, utf8: &[u8]) -> PyBuilt<'py, Self::Value> {
+        self.checked(decode_utf8(self.py, utf8).map(Bound::into_any))
+    }
+
+    fn decimal(&mut self, text: &str) -> PyBuilt<'py, Self::Value> {
+        let decimal = decimal_type(self.py).and_then(|d| d.call1((text,)));
+        self.checked(decimal)
+    }
+
+    fn none(&mut self) -> PyBuilt<'py, Self::Value> {
+        Ok(self.py.None().into_bound(self.py))
+    }
+
+    fn boolean(&mut self, value: bool) -> PyBuilt<'py, Self::Value> {
+        Ok(PyBool::new(self.py, value).to_owned().into_any())
+    }
+
+    fn new_list(&mut self) -> PyBuilt<'py, Self::Value> {
+        Ok(PyList::empty(self.py).into_any())
+    }
+
+    fn list_push(&mut self, list: &Self::Value, item: Self::Value) -> PyBuilt<'py, ()> {
+        // SAFETY: `list` is a list this builder made (see `new_list`).
+        let list = unsafe { list.cast_unchecked::<PyList>() };
+        self.checked(list.append(item))
+    }
+
+    fn tuple(&mut self, items: Vec<Self::Value>) -> PyBuilt<'py, Self::Value> {
+        self.checked(PyTuple::new(self.py, items).map(Bound::into_any))
+    }
+
+    fn new_set(&mut self) -> PyBuilt<'py, Self::Value> {
+        self.checked(PySet::empty(self.py).map(Bound::into_any))
+    }
+
+    fn set_add(&mut self, set: &Self::Value, item: Self::Value) -> PyBuilt<'py, ()> {
+        // SAFETY: `set` is a set this builder made (see `new_set`).
+        let set = unsafe { set.cast_unchecked::<PySet>() };
+        self.checked(set.add(item))
+    }
+
+    fn frozenset(&mut self, items: Vec<Self::Value>) -> PyBuilt<'py, Self::Value> {
+        self.checked(PyFrozenSet::new(self.py, &items).map(Bound::into_any))
+    }
+
+    fn new_dict(&mut self) -> PyBuilt<'py, Self::Value> {
+        Ok(PyDict::new(self.py).into_any())
+    }
+
+    fn dict_insert(&mut self, dict: &Self::Value, key: Self::Value, value: Self::Value) -> PyBuilt<'py, ()> {
+        // SAFETY: `dict` is a dict this builder made (see `new_dict`).
+        let dict = unsafe { dict.cast_unchecked::<PyDict>() };
+        match dict.contains(&key) {
+            Ok(false) => self.checked(dict.set_item(key, value)),
+            Ok(true) => Err(Fault::Violation(format!("duplicate key {}", short_repr(&key)))),
+            Err(e) => Err(self.fault(e)),
+        }
+    }
+
+    fn copyable(&mut self, typename: &str, state: Vec<(Self::Name, Self::Value)>) -> PyBuilt<'py, Self::Value> {
+        let py = self.py;
+        let dict = PyDict::new(py);
+        for (name, value) in state {
+            self.checked(dict.set_item(name, value))?;
+        }
+        let Some(hook) = self.hook else {
+            return Err(Fault::Violation(format!("unknown copyable type '{typename}' (no hook)")));
+        };
+        let value = hook.call1((intern!(py, "copyable"), typename, dict)).map_err(|e| match self.fault(e) {
+            Fault::Violation(why) => Fault::Violation(format!("copyable '{typename}': {why}")),
+            other => other,
+        })?;
+        if value.is(py.NotImplemented()) {
+            return Err(Fault::Violation(format!("unknown copyable type '{typename}'")));
+        }
+        Ok(value)
+    }
+
+    fn my_reference(&mut self, clid: i64, iface: Option<&str>, furl: Option<&str>) -> PyBuilt<'py, Self::Value> {
+        let args = self.checked((intern!(self.py, "my-reference"), clid, iface, furl).into_pyobject(self.py))?;
+        self.hooked("my-reference", args)
+    }
+
+    fn your_reference(&mut self, clid: i64) -> PyBuilt<'py, Self::Value> {
+        let args = self.checked((intern!(self.py, "your-reference"), clid).into_pyobject(self.py))?;
+        self.hooked("your-reference", args)
+    }
+
+    fn their_reference(&mut self, giftid: i64, furl: &str) -> PyBuilt<'py, Self::Value> {
+        let args = self.checked((intern!(self.py, "their-reference"), giftid, furl).into_pyobject(self.py))?;
+        self.hooked("their-reference", args)
+    }
+}
+
+/// `repr(obj)`, cut short for messages.
+fn short_repr(obj: &Bound<'_, PyAny>) -> String {
+    let text = obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<unprintable>".into());
+    match text.char_indices().nth(80) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
+}
+
+impl From<TooDeep> for PyErr {
+    fn from(e: TooDeep) -> PyErr {
+        PyValueError::new_err(e.to_string())
+    }
+}
+
+/// Encoder of the sending direction of a foolscap connection. It owns the OPEN counter, which
+/// foolscap never resets: every message is numbered after the ones before it, and a message that
+/// cannot be encoded leaves nothing behind (no bytes, the counter where it was).
+#[pyclass(module = "pbfast._core", name = "FoolscapEncoder")]
+pub struct FoolscapEncoderPy {
+    /// `hook(obj)` for anything that is not a builtin value: None, or a tuple saying how to send
+    /// it (see `_core.pyi`).
+    hook: Option<Py<PyAny>>,
+    next_open_id: u64,
+    max_depth: usize,
+    /// Kept between messages so a steady stream does not allocate afresh each time.
+    scratch: Vec<u8>,
+    seen: PtrMap<u64>,
+}
+
+#[pymethods]
+impl FoolscapEncoderPy {
+    #[new]
+    #[pyo3(signature = (hook=None, *, next_open_id=0, max_depth=Limits::foolscap().banana.max_depth))]
+    fn new(hook: Option<Py<PyAny>>, next_open_id: u64, max_depth: usize) -> FoolscapEncoderPy {
+        FoolscapEncoderPy { hook, next_open_id, max_depth, scratch: Vec::new(), seen: PtrMap::default() }
+    }
+
+    /// `(call reqid clid method (arguments n_pos args... name value ...))`, keyword arguments
+    /// sorted by name.
+    #[pyo3(signature = (reqid, clid, method, args=None, kwargs=None))]
+    fn call<'py>(
+        &mut self,
+        py: Python<'py>,
+        reqid: i64,
+        clid: i64,
+        method: &Bound<'py, PyString>,
+        args: Option<&Bound<'py, PyAny>>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        request_id(reqid)?;
+        wire_id("clid", clid, true)?;
+        let args = match args {
+            None => PyTuple::empty(py),
+            Some(a) => match a.cast::<PyTuple>() {
+                Ok(t) => t.clone(),
+                Err(_) => a.cast::<PyList>().map(|l| l.to_tuple()).map_err(|_| {
+                    PyTypeError::new_err(format!("call arguments must be a tuple or list, not {}", type_name(a)))
+                })?,
+            },
+        };
+        let mut named = Vec::new();
+        for (name, value) in kwargs.into_iter().flatten() {
+            let name = name
+                .cast_into::<PyString>()
+                .map_err(|_| PyTypeError::new_err("keyword argument names must be str".to_string()))?;
+            name.to_str()?;
+            named.push((name, value));
+        }
+        // By name, as foolscap sorts them (UTF-8 byte order is code point order).
+        named.sort_by(|(a, _), (b, _)| a.to_str().unwrap_or_default().cmp(b.to_str().unwrap_or_default()));
+        self.encode(py, |m| {
+            let call = m.w.open(b"call")?;
+            m.w.int(reqid);
+            m.w.int(clid);
+            m.w.bytes(method.to_str()?.as_bytes());
+            let arguments = m.w.open(b"arguments")?;
+            m.w.int(args.len() as i64);
+            for arg in args.iter() {
+                m.value(&arg, true)?;
+            }
+            for (name, value) in &named {
+                m.w.bytes(name.to_str()?.as_bytes());
+                m.value(value, true)?;
+            }
+            m.w.close(arguments);
+            m.w.close(call);
+            Ok(())
+        })
+    }
+
+    /// `(answer reqid value)`.
+    fn answer<'py>(&mut self, py: Python<'py>, reqid: i64, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+        request_id(reqid)?;
+        self.encode(py, |m| {
+            let answer = m.w.open(b"answer")?;
+            m.w.int(reqid);
+            m.value(value, true)?;
+            m.w.close(answer);
+            Ok(())
+        })
+    }
+
+    /// `(error reqid (copyable "twisted.python.failure.Failure" name value ...))`, the state (a
+    /// dict or (name, value) pairs) in the order given.
+    fn error<'py>(&mut self, py: Python<'py>, reqid: i64, state: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+        request_id(reqid)?;
+        self.encode(py, |m| {
+            let error = m.w.open(b"error")?;
+            m.w.int(reqid);
+            m.copyable(FAILURE, state)?;
+            m.w.close(error);
+            Ok(())
+        })
+    }
+
+    /// A PING (foolscap sends number 0, as the single byte 8e).
+    #[pyo3(signature = (n=0))]
+    fn ping<'py>(&self, py: Python<'py>, n: u64) -> Bound<'py, PyBytes> {
+        let mut w = Writer::new(Vec::new(), 0, 0);
+        w.ping(n);
+        PyBytes::new(py, &w.finish().0)
+    }
+
+    /// The PONG answering PING `n`.
+    #[pyo3(signature = (n=0))]
+    fn pong<'py>(&self, py: Python<'py>, n: u64) -> Bound<'py, PyBytes> {
+        let mut w = Writer::new(Vec::new(), 0, 0);
+        w.pong(n);
+        PyBytes::new(py, &w.finish().0)
+    }
+
+    /// The id the next OPEN will get (set it to continue a stream begun elsewhere).
+    #[getter]
+    fn get_next_open_id(&self) -> u64 {
+        self.next_open_id
+    }
+
+    #[setter]
+    fn set_next_open_id(&mut self, value: u64) {
+        self.next_open_id = value;
+    }
+
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        if let Some(h) = &self.hook {
+            visit.call(h)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.hook = None;
+    }
+}
+
+impl FoolscapEncoderPy {
+    /// Run `write` on a fresh message; keep its bytes and counter only if it succeeds.
+    fn encode<'py>(
+        &mut self,
+        py: Python<'py>,
+        write: impl FnOnce(&mut MessageWriter<'py, '_>) -> PyResult<()>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let out = std::mem::take(&mut self.scratch);
+        let mut m = MessageWriter {
+            py,
+            w: Writer::new(out, self.next_open_id, self.max_depth),
+            seen: &mut self.seen,
+            keep: Vec::new(),
+            hook: self.hook.as_ref().map(|h| h.bind(py).clone()),
+        };
+        let result = write(&mut m);
+        let MessageWriter { w, keep, .. } = m;
+        self.seen.clear();
+        drop(keep);
+        let (mut out, next_open_id) = w.finish();
+        let bytes = result.map(|()| {
+            self.next_open_id = next_open_id;
+            PyBytes::new(py, &out)
+        });
+        if out.capacity() <= 1 << 20 {
+            out.clear();
+            self.scratch = out;
+        }
+        bytes
+    }
+}
+
+/// Request IDs, clids and gift IDs travel as INT (or NEG), which foolscap writes only for
+/// -2**31 <= v < 2**31 and requires on receipt: anything larger would go as LONGINT, and a stock
+/// peer would drop the connection.
+fn wire_id(what: &str, v: i64, negative: bool) -> PyResult<i64> {
+    let low = if negative { -(1 << 31) } else { 0 };
+    if v < low || v >= 1 << 31 {
+        let range = if negative { "-2**31 <= n < 2**31" } else { "0 <= n < 2**31" };
+        return Err(PyValueError::new_err(format!("a {what} must be an INT on the wire ({range}), not {v}")));
+    }
+    Ok(v)
+}
+
+fn request_id(reqid: i64) -> PyResult<()> {
+    wire_id("request ID", reqid, false).map(drop)
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    qualified_name(&obj.get_type()).unwrap_or_else(|_| "?".into())
+}
+
+/// One outgoing message: its writer and its scope of shared containers.
+struct MessageWriter<'py, 'a> {
+    py: Python<'py>,
+    w: Writer,
+    /// Address of each list, tuple, dict and set met in this message -> its open-ID.
+    seen: &'a mut PtrMap<u64>,
+    /// Keeps what `seen` names (and what the hook made) alive, so an address is not reused by
+    /// another object within the message.
+    keep: Vec<Bound<'py, PyAny>>,
+    hook: Option<Bound<'py, PyAny>>,
+}
+
+impl<'py> MessageWriter<'py, '_> {
+    /// Write `obj`. `maybe_shared` false promises nothing else in this message can reach it.
+    fn value(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
+        if obj.is_exact_instance_of::<PyInt>() {
+            return self.int(obj);
+        }
+        if let Ok(s) = obj.cast_exact::<PyString>() {
+            return self.text(s);
+        }
+        if let Ok(b) = obj.cast_exact::<PyBytes>() {
+            self.w.bytes(b.as_bytes());
+            return Ok(());
+        }
+        if let Ok(f) = obj.cast_exact::<PyFloat>() {
+            self.w.float(f.value());
+            return Ok(());
+        }
+        if obj.is_none() {
+            return Ok(self.w.none()?);
+        }
+        if let Ok(b) = obj.cast_exact::<PyBool>() {
+            return Ok(self.w.boolean(b.is_true())?);
+        }
+        if let Ok(list) = obj.cast_exact::<PyList>() {
+            return self.list(obj, list, maybe_shared);
+        }
+        if let Ok(tuple) = obj.cast_exact::<PyTuple>() {
+            return self.tuple(obj, tuple, maybe_shared);
+        }
+        if let Ok(dict) = obj.cast_exact::<PyDict>() {
+            return self.dict(obj, dict, maybe_shared);
+        }
+        if obj.is_exact_instance_of::<PySet>() {
+            return self.set(obj, b"set", maybe_shared);
+        }
+        if obj.is_exact_instance_of::<PyFrozenSet>() {
+            // foolscap does not track frozensets for sharing.
+            return self.set(obj, b"immutable-set", false);
+        }
+        if obj.get_type().is(decimal_type(self.py)?) {
+            return self.decimal(obj);
+        }
+        self.special(obj)
+    }
+
+    fn int(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
+        let mut overflow = 0;
+        // SAFETY: obj is an int (or subclass); PyLong_AsLongLongAndOverflow reports overflow
+        // without raising, and cannot fail otherwise for an int.
+        let v = unsafe { ffi::PyLong_AsLongLongAndOverflow(obj.as_ptr(), &mut overflow) };
+        if overflow == 0 {
+            self.w.int(v);
+        } else {
+            self.w.big_int(&obj.extract()?);
+        }
+        Ok(())
+    }
+
+    fn text(&mut self, s: &Bound<'py, PyString>) -> PyResult<()> {
+        match utf8_of(s) {
+            Some(utf8) => Ok(self.w.unicode(utf8)?),
+            // Lone surrogates: Python's own UnicodeEncodeError, as foolscap's `encode("UTF-8")`.
+            None => Err(s.to_str().expect_err("not UTF-8")),
+        }
+    }
+
+    fn decimal(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
+        let text = obj.str()?;
+        Ok(self.w.decimal(text.to_str()?.as_bytes())?)
+    }
+
+    /// A tracked container seen before in this message: write `(reference N)` and return true.
+    /// Otherwise remember it (unless it cannot be met again) under the id its OPEN will get.
+    fn seen_again(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<bool> {
+        if !maybe_shared {
+            return Ok(false);
+        }
+        let key = obj.as_ptr() as usize;
+        if let Some(&id) = self.seen.get(&key) {
+            self.w.reference(id)?;
+            return Ok(true);
+        }
+        self.seen.insert(key, self.w.next_open_id());
+        self.keep.push(obj.clone());
+        Ok(false)
+    }
+
+    fn list(&mut self, obj: &Bound<'py, PyAny>, list: &Bound<'py, PyList>, track: bool) -> PyResult<()> {
+        if self.seen_again(obj, track)? {
+            return Ok(());
+        }
+        let id = self.w.open(b"list")?;
+        let mut i = 0;
+        // The hook may change the list under us: read it afresh at each step, as foolscap's
+        // iterator does.
+        while i < list.len() {
+            let item = list.get_item(i)?;
+            self.value(&item, maybe_shared(&item))?;
+            i += 1;
+        }
+        self.w.close(id);
+        Ok(())
+    }
+
+    fn tuple(&mut self, obj: &Bound<'py, PyAny>, tuple: &Bound<'py, PyTuple>, track: bool) -> PyResult<()> {
+        if self.seen_again(obj, track)? {
+            return Ok(());
+        }
+        let id = self.w.open(b"tuple")?;
+        for item in tuple.iter() {
+            self.value(&item, maybe_shared(&item))?;
+        }
+        self.w.close(id);
+        Ok(())
+    }
+
+    /// A dict, keys sorted with Python's sort as foolscap does (keys that cannot be compared
+    /// raise its TypeError, and nothing is sent).
+    fn dict(&mut self, obj: &Bound<'py, PyAny>, dict: &Bound<'py, PyDict>, track: bool) -> PyResult<()> {
+        if self.seen_again(obj, track)? {
+            return Ok(());
+        }
+        let id = self.w.open(b"dict")?;
+        let keys = dict.keys();
+        if keys.len() > 1 {
+            keys.sort()?;
+        }
+        for key in keys.iter() {
+            let value = dict.get_item(&key)?.ok_or_else(|| {
+                pyo3::exceptions::PyRuntimeError::new_err("dict changed size while it was being sent")
+            })?;
+            self.value(&key, true)?;
+            self.value(&value, maybe_shared(&value))?;
+        }
+        self.w.close(id);
+        Ok(())
+    }
+
+    fn set(&mut self, obj: &Bound<'py, PyAny>, word: &[u8], track: bool) -> PyResult<()> {
+        if self.seen_again(obj, track)? {
+            return Ok(());
+        }
+        let id = self.w.open(word)?;
+        for item in obj.try_iter()? {
+            let item = item?;
+            self.value(&item, maybe_shared(&item))?;
+        }
+        self.w.close(id);
+        Ok(())
+    }
+
+    /// Not a builtin value: the hook's form, or a builtin subclass as its base type.
+    fn special(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
+        if let Some(hook) = self.hook.clone() {
+            let form = hook.call1((obj,))?;
+            if !form.is_none() {
+                let written = self.hooked(obj, &form);
+                self.keep.push(form);
+                return written;
+            }
+        }
+        if obj.is_instance_of::<PyInt>() {
+            return self.int(obj);
+        }
+        if let Ok(s) = obj.cast::<PyString>() {
+            return self.text(s);
+        }
+        if let Ok(b) = obj.cast::<PyBytes>() {
+            self.w.bytes(b.as_bytes());
+            return Ok(());
+        }
+        if let Ok(f) = obj.cast::<PyFloat>() {
+            self.w.float(f.value());
+            return Ok(());
+        }
+        if let Ok(list) = obj.cast::<PyList>() {
+            return self.list(obj, list, true);
+        }
+        if let Ok(tuple) = obj.cast::<PyTuple>() {
+            return self.tuple(obj, tuple, true);
+        }
+        if let Ok(dict) = obj.cast::<PyDict>() {
+            return self.dict(obj, dict, true);
+        }
+        if obj.is_instance_of::<PySet>() {
+            return self.set(obj, b"set", true);
+        }
+        if obj.is_instance_of::<PyFrozenSet>() {
+            return self.set(obj, b"immutable-set", false);
+        }
+        if obj.is_instance(decimal_type(self.py)?)? {
+            return self.decimal(obj);
+        }
+        Err(PyTypeError::new_err(format!(
+            "cannot send {} objects over foolscap (the encoder hook gives no form for them)",
+            type_name(obj)
+        )))
+    }
+
+    /// Write the form the hook gave for `obj`.
+    fn hooked(&mut self, obj: &Bound<'py, PyAny>, form: &Bound<'py, PyAny>) -> PyResult<()> {
+        let bad = || {
+            PyTypeError::new_err(format!(
+                "the foolscap encoder hook gave {} for a {} object; expected None, ('my-reference', clid), \
+                 ('my-reference', clid, iface, furl), ('your-reference', clid), ('their-reference', giftid, furl) \
+                 or ('copyable', typename, state)",
+                short_repr(form),
+                type_name(obj)
+            ))
+        };
+        let form = form.cast::<PyTuple>().map_err(|_| bad())?;
+        let tag = match form.get_item(0) {
+            Ok(tag) => tag.extract::<String>().map_err(|_| bad())?,
+            Err(_) => return Err(bad()),
+        };
+        match (tag.as_str(), form.len()) {
+            ("my-reference", 2) => {
+                let clid = wire_id("clid", form.get_item(1)?.extract()?, true)?;
+                Ok(self.w.my_reference(clid, None)?)
+            }
+            ("my-reference", 4) => {
+                let clid = wire_id("clid", form.get_item(1)?.extract()?, true)?;
+                let iface: Option<String> = form.get_item(2)?.extract()?;
+                let furl: Option<String> = form.get_item(3)?.extract()?;
+                let iface = iface.as_deref().unwrap_or("").as_bytes();
+                Ok(self.w.my_reference(clid, Some((iface, furl.as_deref().map(str::as_bytes))))?)
+            }
+            ("your-reference", 2) => {
+                let clid = wire_id("your-reference clid", form.get_item(1)?.extract()?, false)?;
+                Ok(self.w.your_reference(clid)?)
+            }
+            ("their-reference", 3) => {
+                let giftid = wire_id("gift ID", form.get_item(1)?.extract()?, false)?;
+                let furl: String = form.get_item(2)?.extract()?;
+                Ok(self.w.their_reference(giftid, furl.as_bytes())?)
+            }
+            ("copyable", 3) => {
+                let typename: String = form.get_item(1)?.extract()?;
+                self.copyable(typename.as_bytes(), &form.get_item(2)?)
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// `(copyable TYPENAME name value ...)` from a dict (in its order) or (name, value) pairs.
+    fn copyable(&mut self, typename: &[u8], state: &Bound<'py, PyAny>) -> PyResult<()> {
+        let pairs = match state.cast::<PyDict>() {
+            Ok(dict) => dict.items().into_any(),
+            Err(_) => state.clone(),
+        };
+        let bad_state = || {
+            PyTypeError::new_err(format!(
+                "a copyable's state is a dict or (name, value) pairs, not {}",
+                type_name(state)
+            ))
+        };
+        let id = self.w.open(b"copyable")?;
+        self.w.bytes(typename);
+        for pair in pairs.try_iter().map_err(|_| bad_state())? {
+            let (name, value): (Bound<'py, PyAny>, Bound<'py, PyAny>) = pair?.extract().map_err(|_| bad_state())?;
+            if let Ok(name) = name.cast::<PyString>() {
+                self.w.bytes(name.to_str()?.as_bytes());
+            } else if let Ok(name) = name.cast::<PyBytes>() {
+                self.w.bytes(name.as_bytes());
+            } else {
+                return Err(PyTypeError::new_err(format!(
+                    "copyable attribute names are str, not {}",
+                    type_name(&name)
+                )));
+            }
+            self.value(&value, true)?;
+        }
+        self.w.close(id);
+        Ok(())
+    }
+}
