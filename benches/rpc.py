@@ -375,22 +375,22 @@ def client_raw(args: argparse.Namespace) -> dict[str, Any]:
     return run_uvloop(main())
 
 
-def client_twisted(args: argparse.Namespace) -> dict[str, Any]:
-    """Twisted's own client on Twisted's default reactor, with the same measurement written with
-    Deferred callbacks: the pipelined loop reissues a call from each call's callback."""
+def measure_twisted(root: Any, expected: Any, args: argparse.Namespace) -> Any:
+    """The measurement of `measure_asyncio`, written with Deferred callbacks for any Twisted
+    remote reference `root` (PB or foolscap) on the running reactor: the pipelined loop reissues
+    a call from each call's callback. Returns a Deferred that fires with the same dict."""
     from twisted.internet import defer, reactor
-    from twisted.spread import pb
 
     clock = CpuClock(args.server_pid)
-    outcome: dict[str, Any] = {}
+    outcome: dict[str, Any] = {"bad_replies": 0}
 
-    def pipelined(root: Any) -> defer.Deferred:
+    def pipelined() -> defer.Deferred:
         state = {"completed": 0, "bad": 0, "running": True, "in_flight": args.outstanding}
         snaps: list[tuple[tuple, int]] = []
         drained = defer.Deferred()
 
         def on_reply(value: Any) -> None:
-            if value != 1:
+            if value != expected:
                 state["bad"] += 1
             state["completed"] += 1
             if state["running"]:
@@ -402,7 +402,7 @@ def client_twisted(args: argparse.Namespace) -> dict[str, Any]:
 
         def on_error(failure: Any) -> None:
             state["bad"] += 1
-            on_reply(1)
+            on_reply(expected)
 
         def snap() -> None:
             snaps.append((clock.snapshot(), state["completed"]))
@@ -419,11 +419,11 @@ def client_twisted(args: argparse.Namespace) -> dict[str, Any]:
         def done(_: Any) -> None:
             (start, n0), (end, n1) = snaps
             outcome["pipelined"] = window(start, end, n1 - n0)
-            outcome["bad_replies"] = state["bad"]
+            outcome["bad_replies"] += state["bad"]
 
         return drained.addCallback(done)
 
-    def sequential(root: Any, count: int | None) -> defer.Deferred:
+    def sequential(count: int | None) -> defer.Deferred:
         """`count` untimed calls one after another, or (count None) timed calls for --seconds."""
         samples: list[int] = []
         now = time.perf_counter_ns
@@ -440,7 +440,7 @@ def client_twisted(args: argparse.Namespace) -> dict[str, Any]:
         def on_reply(value: Any) -> None:
             t1 = now()
             samples.append(t1 - t0)
-            if value != 1:
+            if value != expected:
                 outcome["bad_replies"] += 1
             if (count is None and t1 < deadline) or (count is not None and len(samples) < count):
                 issue()  # the new call's Deferred is unfired, so this does not recurse
@@ -456,30 +456,55 @@ def client_twisted(args: argparse.Namespace) -> dict[str, Any]:
         return finished
 
     @defer.inlineCallbacks
-    def main() -> Any:
-        factory = pb.PBClientFactory()
-        reactor.connectTCP(HOST, args.port, factory)
-        root = yield factory.getRootObject()
+    def run() -> Any:
         for _ in range(3):
             value = yield root.callRemote("echo", 1)
-            if value != 1:
-                raise AssertionError(f"twisted: echo returned {value!r}, expected 1")
-        yield pipelined(root)
-        yield sequential(root, 200)
-        yield sequential(root, None)
+            if value != expected:
+                raise AssertionError(f"{args.client}: echo returned {value!r}, expected {expected!r}")
+        yield pipelined()
+        yield sequential(200)
+        yield sequential(None)
         outcome["runtime"] = f"{type(reactor).__module__}.{type(reactor).__name__}"
-        root.broker.transport.loseConnection()
+        return outcome
+
+    return run()
+
+
+def run_reactor(main: Callable[[], Any]) -> Any:
+    """Run Twisted's default reactor until the Deferred `main()` fires; its result (or raise)."""
+    from twisted.internet import reactor
+
+    outcome: dict[str, Any] = {}
 
     def finish(result: Any) -> None:
-        if isinstance(result, Exception) or hasattr(result, "getTraceback"):
-            outcome["error"] = result.getTraceback() if hasattr(result, "getTraceback") else repr(result)
+        if hasattr(result, "getTraceback"):
+            outcome["error"] = result.getTraceback()
+        else:
+            outcome["result"] = result
         reactor.stop()
 
     reactor.callWhenRunning(lambda: main().addBoth(finish))
     reactor.run()
     if "error" in outcome:
         raise RuntimeError(outcome["error"])
-    return outcome
+    return outcome.get("result")
+
+
+def client_twisted(args: argparse.Namespace) -> dict[str, Any]:
+    """Twisted's own client on Twisted's default reactor."""
+    from twisted.internet import defer, reactor
+    from twisted.spread import pb
+
+    @defer.inlineCallbacks
+    def main() -> Any:
+        factory = pb.PBClientFactory()
+        reactor.connectTCP(HOST, args.port, factory)
+        root = yield factory.getRootObject()
+        outcome = yield measure_twisted(root, 1, args)
+        root.broker.transport.loseConnection()
+        return outcome
+
+    return run_reactor(main)
 
 
 CLIENTS = {PBFAST: client_pbfast, TWISTED: client_twisted, RAW: client_raw}

@@ -1,0 +1,708 @@
+"""Tub-to-Tub RPC over TLS: two pbfast Tubs against two stock foolscap Tubs.
+
+    python benches/tub.py [--seconds 2] [--rounds 3] [--connections 20] [--only pbfast,foolscap]
+                          [--pin same|split|none] [--json [PATH]]
+
+For each system, a server Tub runs in its own process and publishes an object with a FURL; a
+client Tub in another process gets a reference to it and measures the sequential latency of
+``echo(1)`` (one call at a time: median and p99), the pipelined throughput with exactly 100 calls
+outstanding (calls per second), and then the connection setup of fresh client Tubs: from
+``getReference(furl)`` on a new connection to the first ``echo`` answer. Prints a Markdown report
+with the ratios pbfast/foolscap and the targets; see benches/README.md for what each number means.
+
+The measurement loops are the ones of ``rpc.py`` (imported from it), so the figures here and there
+are comparable. Only the standard library and the systems measured are used; foolscap is optional.
+
+The same file is also the servers and clients it starts (internal):
+
+    python benches/tub.py --serve SYSTEM                   # prints "FURL f", stops on stdin EOF
+    python benches/tub.py --client SYSTEM --furl F ...     # one JSON object (to --out)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+# `python benches/tub.py` puts benches/ on sys.path already; importing this file from elsewhere
+# (a test) needs it too.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from rpc import (  # noqa: E402
+    BUSY_WARNING,
+    CpuClock,
+    Result,
+    add_cpu,
+    busy_note,
+    busy_percent,
+    debug_warning,
+    describe_pin,
+    exit_on_stdin_eof,
+    fmt_rate,
+    fmt_ratio,
+    fmt_us,
+    measure_asyncio,
+    measure_twisted,
+    per_call_us,
+    pin_args,
+    placement,
+    run_reactor,
+    stop_server,
+)
+
+PBFAST, FOOLSCAP = "pbfast", "foolscap"
+SYSTEMS = (PBFAST, FOOLSCAP)
+TITLES = {PBFAST: "pbfast Tub", FOOLSCAP: "foolscap Tub"}
+OUTSTANDING = 100
+CONNECTIONS = 20
+HOST = "127.0.0.1"
+
+# (label, key in the JSON, measure, comparison, target): pbfast's figure over foolscap's.
+TARGETS = (
+    ("pbfast / foolscap, pipelined calls/s", "pbfast/foolscap throughput", "throughput", ">=", 10.0),
+    ("pbfast / foolscap, sequential median latency", "pbfast/foolscap median latency", "median", "<=", 1 / 3),
+    ("pbfast / foolscap, connection setup median", "pbfast/foolscap connection setup", "setup", None, None),
+)
+
+
+# ============================================================================================
+# Servers (each in its own process: `--serve SYSTEM`)
+
+
+def announce(furl: str) -> None:
+    print(f"FURL {furl}", flush=True)
+
+
+def serve_pbfast() -> None:
+    import pbfast
+
+    class Echo(pbfast.Referenceable):
+        def remote_echo(self, x: Any) -> Any:
+            return x
+
+    async def main() -> None:
+        async with pbfast.Tub() as tub:
+            listener = await tub.listenOn(f"tcp:0:interface={HOST}")
+            tub.setLocation(f"tcp:{HOST}:{listener.port}")
+            announce(tub.registerReference(Echo()))
+            await asyncio.Event().wait()
+
+    exit_on_stdin_eof()
+    pbfast.run(main())
+
+
+def serve_foolscap() -> None:
+    from foolscap.api import Referenceable, Tub
+    from twisted.internet import defer, endpoints, reactor
+
+    class Echo(Referenceable):
+        def remote_echo(self, x: Any) -> Any:
+            return x
+
+    class PortRecorder:
+        """A server endpoint that tells the port it bound (foolscap's `Listener.getPortnum` is
+        deprecated, and a pre-allocated port could be taken before we listen)."""
+
+        def __init__(self) -> None:
+            self._endpoint = endpoints.serverFromString(reactor, f"tcp:0:interface={HOST}")
+            self.port = defer.Deferred()
+
+        def listen(self, factory: Any) -> defer.Deferred:
+            def listening(listening_port: Any) -> Any:
+                self.port.callback(listening_port.getHost().port)
+                return listening_port
+
+            return self._endpoint.listen(factory).addCallback(listening)
+
+    from twisted.internet.interfaces import IStreamServerEndpoint
+    from zope.interface import classImplements
+
+    classImplements(PortRecorder, IStreamServerEndpoint)
+
+    @defer.inlineCallbacks
+    def main() -> Any:
+        tub = Tub()
+        tub.startService()
+        recorder = PortRecorder()
+        tub.listenOn(recorder)
+        port = yield recorder.port
+        tub.setLocation(f"tcp:{HOST}:{port}")
+        announce(tub.registerReference(Echo()))
+
+    def failed(failure: Any) -> None:
+        print(failure.getTraceback(), file=sys.stderr, flush=True)
+        os._exit(1)
+
+    exit_on_stdin_eof()
+    reactor.callWhenRunning(lambda: main().addErrback(failed))
+    reactor.run()
+
+
+SERVERS = {PBFAST: serve_pbfast, FOOLSCAP: serve_foolscap}
+
+
+# ============================================================================================
+# Clients (each in its own process: `--client SYSTEM --furl F ...`)
+
+
+class SetupTimer:
+    """Times each fresh connection and adds up the CPU both processes spent in the timed parts
+    only (the untimed identity generation between them is left out)."""
+
+    def __init__(self, clock: CpuClock) -> None:
+        self._clock = clock
+        self.samples_ns: list[int] = []
+        self.client_cpu_s = 0.0
+        self.server_cpu_s: float | None = 0.0
+        self.bad = 0
+        self._start: tuple | None = None
+
+    def start(self) -> None:
+        self._start = self._clock.snapshot()
+
+    def stop(self, value: Any) -> None:
+        end, start = self._clock.snapshot(), self._start
+        self.samples_ns.append(end[0] - start[0])
+        self.client_cpu_s += end[1] - start[1]
+        if self.server_cpu_s is None or start[2] is None or end[2] is None:
+            self.server_cpu_s = None
+        else:
+            self.server_cpu_s += end[2] - start[2]
+        if value != 1:
+            self.bad += 1
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "samples_ns": self.samples_ns,
+            "calls": len(self.samples_ns),
+            "client_cpu_s": self.client_cpu_s,
+            "server_cpu_s": self.server_cpu_s,
+        }
+
+
+def client_pbfast(args: argparse.Namespace) -> dict[str, Any]:
+    import pbfast
+
+    async def main() -> dict[str, Any]:
+        async with pbfast.Tub() as tub:
+            ref = await tub.getReference(args.furl)
+            outcome = await measure_asyncio(functools.partial(ref.callRemote, "echo", 1), 1, args)
+            outcome["tls"] = tls_pbfast(ref)
+
+        timer = SetupTimer(CpuClock(args.server_pid))
+        for _ in range(args.connections):
+            fresh = pbfast.Tub()  # its RSA key is made here, before the timer starts
+            timer.start()
+            ref = await fresh.getReference(args.furl)
+            value = await ref.callRemote("echo", 1)
+            timer.stop(value)
+            del ref
+            await fresh.stopService()
+        outcome["setup"] = timer.result()
+        outcome["bad_replies"] += timer.bad
+        return outcome
+
+    return pbfast.run(main())
+
+
+def tls_pbfast(ref: Any) -> str | None:
+    """The negotiated TLS version and cipher suite, for the report (private attributes: only
+    what a bench may peek at)."""
+    try:
+        session = ref.broker._link._tls
+        return f"{session.protocol_version} {session.cipher_suite}"
+    except AttributeError:
+        return None
+
+
+def client_foolscap(args: argparse.Namespace) -> dict[str, Any]:
+    """Stock foolscap on Twisted's default reactor, measured with rpc.py's Deferred loops."""
+    from foolscap.api import Tub
+    from twisted.internet import defer
+
+    @defer.inlineCallbacks
+    def main() -> Any:
+        tub = Tub()
+        tub.startService()
+        ref = yield tub.getReference(args.furl)
+        outcome = yield measure_twisted(ref, 1, args)
+        outcome["tls"] = tls_foolscap(ref)
+        del ref
+        yield tub.stopService()
+
+        timer = SetupTimer(CpuClock(args.server_pid))
+        for _ in range(args.connections):
+            fresh = Tub()  # its RSA key is made here, before the timer starts
+            fresh.startService()
+            timer.start()
+            ref = yield fresh.getReference(args.furl)
+            value = yield ref.callRemote("echo", 1)
+            timer.stop(value)
+            del ref
+            yield fresh.stopService()
+        outcome["setup"] = timer.result()
+        outcome["bad_replies"] += timer.bad
+        return outcome
+
+    return run_reactor(main)
+
+
+def tls_foolscap(ref: Any) -> str | None:
+    try:
+        connection = ref.tracker.broker.transport.getHandle()
+        return f"{connection.get_protocol_version_name()} {connection.get_cipher_name()}"
+    except AttributeError:
+        return None
+
+
+CLIENTS = {PBFAST: client_pbfast, FOOLSCAP: client_foolscap}
+
+
+# ============================================================================================
+# The bench: start the processes, collect the results
+
+
+@dataclass
+class TubResult(Result):
+    tls: str | None = None
+    setup_ns: list[int] = field(default_factory=list)
+    # summed over rounds: [client CPU s, server CPU s (None if unknown), setups]
+    setup_cpu: list[Any] = field(default_factory=lambda: [0.0, 0.0, 0])
+
+    @property
+    def ok(self) -> bool:
+        return super().ok and bool(self.setup_ns)
+
+    def setup_ms(self) -> float | None:
+        return statistics.median(self.setup_ns) / 1e6 if self.setup_ns else None
+
+    def measure(self, name: str) -> float | None:
+        return self.setup_ms() if name == "setup" else super().measure(name)
+
+
+def versions() -> dict[str, str | None]:
+    import pbfast
+
+    out: dict[str, str | None] = {PBFAST: pbfast.__version__}
+    try:
+        import foolscap
+
+        out[FOOLSCAP] = foolscap.__version__
+    except ImportError:
+        out[FOOLSCAP] = None
+    return out
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of what the two systems stand on (None: not installed)."""
+    out: dict[str, str | None] = {}
+    for name, module, attribute in (
+        ("uvloop", "uvloop", "__version__"),
+        ("twisted", "twisted", "__version__"),
+        ("pyopenssl", "OpenSSL", "__version__"),
+        ("cryptography", "cryptography", "__version__"),
+    ):
+        try:
+            out[name] = getattr(__import__(module), attribute)
+        except ImportError:
+            out[name] = None
+    try:
+        from OpenSSL import SSL
+
+        out["openssl"] = SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode()
+    except ImportError:
+        out["openssl"] = None
+    return out
+
+
+def start_server(system: str, cpu: int | None) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--serve", system, *pin_args(cpu)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    if not line.startswith("FURL "):
+        stop_server(proc)
+        raise RuntimeError(f"the {system} server did not start (it printed {line!r})")
+    return proc, line.split()[1]
+
+
+def run_client(
+    system: str,
+    furl: str,
+    server_pid: int,
+    budget: float,
+    connections: int,
+    args: argparse.Namespace,
+    cpu: int | None,
+) -> dict:
+    command = [
+        sys.executable, os.path.abspath(__file__), "--client", system, "--furl", furl,
+        "--seconds", repr(budget), "--warmup", repr(args.warmup), "--outstanding", str(args.outstanding),
+        "--connections", str(connections), "--server-pid", str(server_pid), *pin_args(cpu),
+    ]  # fmt: skip
+    # Generous: an RSA-2048 key per fresh Tub takes up to a few hundred ms on a slow machine.
+    timeout = 60 + 10 * (2 * budget + args.warmup) + 5 * connections
+    with tempfile.TemporaryDirectory(prefix="pbfast-tub-") as tmp:
+        out = os.path.join(tmp, "result.json")
+        done = subprocess.run([*command, "--out", out], stdin=subprocess.DEVNULL, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"the {system} client failed (exit status {done.returncode})")
+        with open(out, encoding="utf-8") as f:
+            return json.load(f)
+
+
+def split_connections(total: int, rounds: int) -> list[int]:
+    """`total` fresh connections spread over the rounds, at least one per round."""
+    return [max(1, total // rounds + (r < total % rounds)) for r in range(rounds)]
+
+
+def measure(results: list[TubResult], args: argparse.Namespace) -> None:
+    """`--rounds` rounds; in each, every system in turn gets a fresh server and client process,
+    --seconds/--rounds of each measurement and its share of the fresh connections, the starting
+    system rotating between rounds."""
+    budget = args.seconds / args.rounds
+    per_round = split_connections(args.connections, args.rounds)
+    runnable = [r for r in results if r.unavailable is None]
+    server_cpu, client_cpu = placement(args.pin)
+    for rnd in range(args.rounds):
+        order = runnable[rnd % len(runnable) :] + runnable[: rnd % len(runnable)]
+        for res in order:
+            proc, furl = start_server(res.system, server_cpu)
+            try:
+                out = run_client(res.system, furl, proc.pid, budget, per_round[rnd], args, client_cpu)
+            finally:
+                stop_server(proc)
+            pipe, seq, setup = out["pipelined"], out["sequential"], out["setup"]
+            res.runtime, res.tls = out["runtime"], out["tls"]
+            res.bad_replies += out["bad_replies"]
+            res.rates.append(pipe["calls"] / pipe["elapsed_s"])
+            res.pipe_calls += pipe["calls"]
+            res.samples_ns.extend(seq["samples_ns"])
+            res.seq_calls += seq["calls"]
+            res.setup_ns.extend(setup["samples_ns"])
+            add_cpu(res.pipe_cpu, pipe)
+            add_cpu(res.seq_cpu, seq)
+            add_cpu(res.setup_cpu, setup)
+            print(
+                f"  round {rnd + 1}/{args.rounds} {TITLES[res.system]:<13} "
+                f"{res.rates[-1]:>9,.0f} calls/s pipelined, "
+                f"median {statistics.median(seq['samples_ns']) / 1e3:.1f} µs sequential, "
+                f"setup median {statistics.median(setup['samples_ns']) / 1e6:.2f} ms",
+                file=sys.stderr,
+            )
+    for res in runnable:
+        if res.bad_replies:
+            raise AssertionError(f"{res.system}: {res.bad_replies} calls did not echo their argument")
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def fmt_ms(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def per_setup_ms(total: list[Any], index: int) -> float | None:
+    us = per_call_us(total, index)
+    return None if us is None else us / 1e3
+
+
+def fmt_target(comparison: str | None, target: float | None) -> str:
+    if comparison is None:
+        return "–"
+    return f"{comparison.replace('>=', '≥').replace('<=', '≤')} {target:.3g}×"
+
+
+def ratios(results: list[TubResult]) -> list[dict[str, Any]]:
+    by_name = {r.system: r for r in results}
+    a, b = by_name.get(PBFAST), by_name.get(FOOLSCAP)
+    out = []
+    for label, key, measure_name, comparison, target in TARGETS:
+        ratio = None
+        if a and b and a.ok and b.ok:
+            x, y = a.measure(measure_name), b.measure(measure_name)
+            ratio = x / y if x is not None and y else None
+        verdict = None
+        if ratio is not None and comparison is not None:
+            passed = ratio >= target if comparison == ">=" else ratio <= target
+            verdict = "PASS" if passed else "MISS"
+        out.append(
+            {
+                "label": label,
+                "key": key,
+                "ratio": ratio,
+                "comparison": comparison,
+                "target": target,
+                "verdict": verdict,
+            }
+        )
+    return out
+
+
+def environment() -> dict[str, Any]:
+    import pbfast
+    import pbfast._core
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = None
+    return {
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "pbfast_version": pbfast.__version__,
+        "pbfast_build_profile": pbfast._core.build_profile,
+        "foolscap_version": versions()[FOOLSCAP],
+        "libraries": library_versions(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+    }
+
+
+def report(results: list[TubResult], env: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = ["# Tub benchmark", ""]
+    if env["pbfast_build_profile"] != "release":
+        lines += [debug_warning(), ""]
+    libs = env["libraries"]
+    cpus = f"{env['cpu_count']}" + (
+        f" ({env['cpus_usable']} usable)" if env["cpus_usable"] not in (None, env["cpu_count"]) else ""
+    )
+    runtimes = ", ".join(f"{TITLES[r.system]} on `{r.runtime}`" for r in results if r.ok)
+    tls = ", ".join(f"{TITLES[r.system]} `{r.tls}`" for r in results if r.ok and r.tls)
+    setups = sum(split_connections(args.connections, args.rounds))
+    lines += [
+        f"- Python {env['python']} ({env['python_implementation']})",
+        f"- pbfast {env['pbfast_version']}, `pbfast._core.build_profile` = `{env['pbfast_build_profile']}`; "
+        f"uvloop {libs['uvloop'] or 'not installed'}, cryptography {libs['cryptography'] or 'not installed'}",
+        f"- foolscap {env['foolscap_version'] or 'not installed'}, "
+        f"Twisted {libs['twisted'] or 'not installed'}, "
+        f"pyOpenSSL {libs['pyopenssl'] or 'not installed'} ({libs['openssl'] or 'no OpenSSL'})",
+        f"- Event loops: {runtimes}",
+        f"- TLS negotiated: {tls or '–'}",
+        f"- CPUs: {cpus}{busy_note(env.get('cpu_busy_before_percent'))}",
+        f"- Platform: {env['platform']}",
+        f"- Call: `echo(1)` on an object published with `registerReference`, Tub to Tub over TLS on "
+        f"{HOST}, server and client Tubs in separate processes",
+        f"- Timing: {args.seconds:g} s per system per measurement in {args.rounds} alternating rounds "
+        f"(a fresh server and client each round); warm-up {args.warmup:g} s; "
+        f"pipelined with {args.outstanding} calls outstanding",
+        f"- Connection setup: {setups} fresh client Tubs per system, each timed from `getReference(furl)` "
+        "to the first `echo` answer; their RSA-2048 identities are made before the timer starts",
+        f"- CPU placement (`--pin {args.pin}`): {describe_pin(args.pin)}",
+        "",
+        "| system | version | seq median µs | seq p99 µs | pipelined calls/s | throughput spread "
+        "| setup median ms | setup min–max ms | seq calls | pipelined calls | setups |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in results:
+        if not r.ok:
+            lines.append(f"| {TITLES[r.system]} | {r.unavailable or 'not run'} |" + " – |" * 9)
+            continue
+        lo, hi = min(r.setup_ns) / 1e6, max(r.setup_ns) / 1e6
+        lines.append(
+            f"| {TITLES[r.system]} | {r.version} | {fmt_us(r.median_us())} | {fmt_us(r.p99_us())} | "
+            f"{fmt_rate(r.throughput())} | ±{r.spread():.0f}% | {fmt_ms(r.setup_ms())} | "
+            f"{fmt_ms(lo)}–{fmt_ms(hi)} | {r.seq_calls:,} | {r.pipe_calls:,} | {len(r.setup_ns)} |"
+        )
+    lines += ["", "| ratio | value | target | result |", "|---|--:|--:|---|"]
+    for t in ratios(results):
+        lines.append(
+            f"| {t['label']} | {fmt_ratio(t['ratio'])} | {fmt_target(t['comparison'], t['target'])} "
+            f"| {t['verdict'] or '–'} |"
+        )
+    lines += [
+        "",
+        "CPU time of the client and the server process, per call (µs) and per connection setup (ms):",
+        "",
+        "| system | pipelined client µs | pipelined server µs | sequential client µs | sequential server µs "
+        "| setup client ms | setup server ms |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in results:
+        if r.ok:
+            calls = [per_call_us(r.pipe_cpu, 0), per_call_us(r.pipe_cpu, 1)]
+            calls += [per_call_us(r.seq_cpu, 0), per_call_us(r.seq_cpu, 1)]
+            setup = [per_setup_ms(r.setup_cpu, 0), per_setup_ms(r.setup_cpu, 1)]
+            cells = [fmt_us(c) for c in calls] + [fmt_ms(c) for c in setup]
+            lines.append(f"| {TITLES[r.system]} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def results_json(results: list[TubResult], env: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "benchmark": "tub",
+        "call": "echo(1)",
+        "environment": env,
+        "settings": {
+            "seconds": args.seconds,
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "outstanding": args.outstanding,
+            "connections": sum(split_connections(args.connections, args.rounds)),
+            "pin": args.pin,
+            "placement": describe_pin(args.pin),
+        },
+        "systems": {},
+        "ratios": {},
+    }
+    for r in results:
+        if not r.ok:
+            out["systems"][r.system] = {"unavailable": r.unavailable or "not run"}
+            continue
+        out["systems"][r.system] = {
+            "version": r.version,
+            "runtime": r.runtime,
+            "tls": r.tls,
+            "sequential": {
+                "median_us": r.median_us(),
+                "p99_us": r.p99_us(),
+                "calls": r.seq_calls,
+                "client_cpu_us_per_call": per_call_us(r.seq_cpu, 0),
+                "server_cpu_us_per_call": per_call_us(r.seq_cpu, 1),
+            },
+            "pipelined": {
+                "calls_per_second_median": r.throughput(),
+                "calls_per_second_rounds": r.rates,
+                "calls": r.pipe_calls,
+                "client_cpu_us_per_call": per_call_us(r.pipe_cpu, 0),
+                "server_cpu_us_per_call": per_call_us(r.pipe_cpu, 1),
+            },
+            "setup": {
+                "median_ms": r.setup_ms(),
+                "samples_ms": [ns / 1e6 for ns in r.setup_ns],
+                "connections": len(r.setup_ns),
+                "client_cpu_ms_per_setup": per_setup_ms(r.setup_cpu, 0),
+                "server_cpu_ms_per_setup": per_setup_ms(r.setup_cpu, 1),
+            },
+        }
+    for t in ratios(results):
+        out["ratios"][t["key"]] = {k: t[k] for k in ("ratio", "comparison", "target", "verdict")}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--seconds", type=float, default=2.0, help="seconds per system per measurement (default: 2)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default: 3)")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=CONNECTIONS,
+        help=f"fresh client Tubs per system for the connection setup, spread over the rounds "
+        f"(at least one per round; default: {CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0.3,
+        help="untimed pipelined seconds per client process (default: 0.3)",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(SYSTEMS),
+        help=f"systems to run, comma-separated (default: {','.join(SYSTEMS)})",
+    )
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="PATH",
+        help="print one JSON object instead of the report; with PATH, print the report and also "
+        "write the JSON to PATH",
+    )
+    parser.add_argument(
+        "--pin",
+        choices=("same", "split", "none"),
+        default="same",
+        help="CPU placement of each server and its client: both on one CPU (default), one CPU each, "
+        "or left to the OS",
+    )
+    parser.add_argument("--outstanding", type=int, default=OUTSTANDING, help=argparse.SUPPRESS)
+    # Internal: the server and client processes.
+    parser.add_argument("--serve", choices=SYSTEMS, help=argparse.SUPPRESS)
+    parser.add_argument("--client", choices=SYSTEMS, help=argparse.SUPPRESS)
+    parser.add_argument("--furl", help=argparse.SUPPRESS)
+    parser.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if min(args.rounds, args.outstanding, args.connections) < 1 or args.seconds <= 0 or args.warmup < 0:
+        parser.error("--seconds must be > 0, --rounds >= 1, --warmup >= 0, --connections >= 1")
+
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    if args.serve:
+        SERVERS[args.serve]()
+        return 0
+    if args.client:
+        line = json.dumps(CLIENTS[args.client](args))
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as f:
+                f.write(line + "\n")
+        else:
+            print(line, flush=True)
+        return 0
+
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    if set(only) - set(SYSTEMS) or not only:
+        parser.error(f"--only takes a comma-separated subset of {','.join(SYSTEMS)}")
+
+    env = environment()
+    if env["pbfast_build_profile"] != "release":
+        banner = "!" * 78
+        print(f"{banner}\n{debug_warning()}\n{banner}", file=sys.stderr)
+
+    busy = env["cpu_busy_before_percent"] = busy_percent()
+    if busy is not None and busy > BUSY_WARNING:
+        print(
+            f"warning: the CPUs were {busy:.0f}% busy with other work just before the run; "
+            "expect noisy numbers",
+            file=sys.stderr,
+        )
+    have = versions()
+    results = []
+    for system in SYSTEMS:
+        if system in only:
+            version = have[system]
+            results.append(TubResult(system, version or "", unavailable=None if version else "not installed"))
+    started = time.monotonic()
+    measure(results, args)
+    print(f"  done in {time.monotonic() - started:.0f} s", file=sys.stderr)
+
+    data = results_json(results, env, args)
+    if args.json == "-":
+        print(json.dumps(data, indent=2))
+    else:
+        print(report(results, env, args), end="")
+    if args.json and args.json != "-":
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        print(f"results written to {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
