@@ -903,8 +903,9 @@ def results_json(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def common_parser(systems: tuple[str, ...], doc: str) -> argparse.ArgumentParser:
+    """The options rpc.py and tub.py share, including their internal server/client modes."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument(
         "--seconds", type=float, default=2.0, help="seconds per system per measurement (default: 2)"
     )
@@ -917,8 +918,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        default=",".join(SYSTEMS),
-        help=f"systems to run, comma-separated (default: {','.join(SYSTEMS)})",
+        default=",".join(systems),
+        help=f"systems to run, comma-separated (default: {','.join(systems)})",
     )
     parser.add_argument(
         "--json",
@@ -937,35 +938,52 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--outstanding", type=int, default=OUTSTANDING, help=argparse.SUPPRESS)
     # Internal: the server and client processes.
-    parser.add_argument("--serve", choices=SYSTEMS, help=argparse.SUPPRESS)
-    parser.add_argument("--client", choices=SYSTEMS, help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=systems, help=argparse.SUPPRESS)
+    parser.add_argument("--client", choices=systems, help=argparse.SUPPRESS)
     parser.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def check_common(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, systems: tuple[str, ...]
+) -> list[str]:
+    """Validate the shared options; the systems chosen with --only."""
     if args.seconds <= 0 or args.rounds < 1 or args.warmup < 0 or args.outstanding < 1:
         parser.error("--seconds must be > 0, --rounds >= 1, --warmup >= 0")
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    if set(only) - set(systems) or not only:
+        parser.error(f"--only takes a comma-separated subset of {','.join(systems)}")
+    return only
 
+
+def run_internal(args: argparse.Namespace, servers: dict[str, Any], clients: dict[str, Any]) -> bool:
+    """Run this process as a server or client if asked to (``--serve``/``--client``)."""
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     if args.serve:
-        SERVERS[args.serve]()
-        return 0
+        servers[args.serve]()
+        return True
     if args.client:
-        line = json.dumps(CLIENTS[args.client](args))
+        line = json.dumps(clients[args.client](args))
         if args.out:
             with open(args.out, "w", encoding="utf-8") as f:
                 f.write(line + "\n")
         else:
             print(line, flush=True)
-        return 0
+        return True
+    return False
 
-    only = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = set(only) - set(SYSTEMS)
-    if unknown or not only:
-        parser.error(f"--only takes a comma-separated subset of {','.join(SYSTEMS)}")
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common_parser(SYSTEMS, __doc__)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    only = check_common(parser, args, SYSTEMS)
+    if run_internal(args, SERVERS, CLIENTS):
+        return 0
 
     env = environment()
     if env["pbfast_build_profile"] != "release":

@@ -46,6 +46,8 @@ from rpc import (  # noqa: E402
     add_cpu,
     busy_note,
     busy_percent,
+    check_common,
+    common_parser,
     debug_warning,
     describe_pin,
     exit_on_stdin_eof,
@@ -57,6 +59,7 @@ from rpc import (  # noqa: E402
     per_call_us,
     pin_args,
     placement,
+    run_internal,
     run_reactor,
     stop_server,
 )
@@ -64,7 +67,6 @@ from rpc import (  # noqa: E402
 PBFAST, FOOLSCAP = "pbfast", "foolscap"
 SYSTEMS = (PBFAST, FOOLSCAP)
 TITLES = {PBFAST: "pbfast Tub", FOOLSCAP: "foolscap Tub"}
-OUTSTANDING = 100
 CONNECTIONS = 20
 HOST = "127.0.0.1"
 
@@ -600,11 +602,7 @@ def results_json(results: list[TubResult], env: dict[str, Any], args: argparse.N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--seconds", type=float, default=2.0, help="seconds per system per measurement (default: 2)"
-    )
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default: 3)")
+    parser = common_parser(SYSTEMS, __doc__)
     parser.add_argument(
         "--connections",
         type=int,
@@ -612,61 +610,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"fresh client Tubs per system for the connection setup, spread over the rounds "
         f"(at least one per round; default: {CONNECTIONS})",
     )
-    parser.add_argument(
-        "--warmup",
-        type=float,
-        default=0.3,
-        help="untimed pipelined seconds per client process (default: 0.3)",
-    )
-    parser.add_argument(
-        "--only",
-        default=",".join(SYSTEMS),
-        help=f"systems to run, comma-separated (default: {','.join(SYSTEMS)})",
-    )
-    parser.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        metavar="PATH",
-        help="print one JSON object instead of the report; with PATH, print the report and also "
-        "write the JSON to PATH",
-    )
-    parser.add_argument(
-        "--pin",
-        choices=("same", "split", "none"),
-        default="same",
-        help="CPU placement of each server and its client: both on one CPU (default), one CPU each, "
-        "or left to the OS",
-    )
-    parser.add_argument("--outstanding", type=int, default=OUTSTANDING, help=argparse.SUPPRESS)
-    # Internal: the server and client processes.
-    parser.add_argument("--serve", choices=SYSTEMS, help=argparse.SUPPRESS)
-    parser.add_argument("--client", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--furl", help=argparse.SUPPRESS)
-    parser.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if min(args.rounds, args.outstanding, args.connections) < 1 or args.seconds <= 0 or args.warmup < 0:
-        parser.error("--seconds must be > 0, --rounds >= 1, --warmup >= 0, --connections >= 1")
-
-    if args.cpu is not None:
-        os.sched_setaffinity(0, {args.cpu})
-    if args.serve:
-        SERVERS[args.serve]()
+    only = check_common(parser, args, SYSTEMS)
+    if args.connections < 1:
+        parser.error("--connections must be >= 1")
+    if run_internal(args, SERVERS, CLIENTS):
         return 0
-    if args.client:
-        line = json.dumps(CLIENTS[args.client](args))
-        if args.out:
-            with open(args.out, "w", encoding="utf-8") as f:
-                f.write(line + "\n")
-        else:
-            print(line, flush=True)
-        return 0
-
-    only = [s.strip() for s in args.only.split(",") if s.strip()]
-    if set(only) - set(SYSTEMS) or not only:
-        parser.error(f"--only takes a comma-separated subset of {','.join(SYSTEMS)}")
 
     env = environment()
     if env["pbfast_build_profile"] != "release":

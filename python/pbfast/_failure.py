@@ -44,14 +44,14 @@ class CopyableFailure:
             "captureVars": False,
             "tb": None,
             "unsafeTracebacks": unsafe_tracebacks,
-            "parents": _parents(cls),
+            "parents": parents_of(cls),
             "frames": [],
             "stack": [],
             "traceback": text,
         }
 
 
-def _parents(cls: type) -> list[str]:
+def parents_of(cls: type) -> list[str]:
     names = []
     for c in cls.__mro__:
         names.append(qualified_name(c))

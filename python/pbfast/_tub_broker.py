@@ -18,7 +18,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from . import _core
-from ._failure import _parents, remote_error
+from ._failure import UNAVAILABLE, parents_of, remote_error
 from .cacheable import Cacheable, RemoteCache, RemoteCacheObserver
 from .copyable import Copyable, make_copy, qualified_name, unjellyableFor
 from .errors import BananaError, DeadReferenceError, NoSuchMethod, RemoteError, Violation
@@ -35,7 +35,6 @@ FAILURE_TYPE = "twisted.python.failure.Failure"
 # the "cacheable" extension): its state names the owner's `_CacheHandle` and the cache's own
 # state (omitted when the holder already has the copy).
 CACHE_TYPE = "pbfast.cacheable"
-UNAVAILABLE = "Traceback unavailable\n"
 VIOLATION_TYPE = "foolscap.tokens.Violation"
 # foolscap's receive limits on a failure's fields; longer ones are cut when sending.
 _TYPE_LIMIT, _VALUE_LIMIT, _PARENT_LIMIT = 200, 1000, 200
@@ -730,7 +729,7 @@ def failure_state(exc: BaseException, unsafe_tracebacks: bool) -> list[tuple[str
     if isinstance(exc, Violation):  # foolscap's own class, so its callers can trap it
         parents = [VIOLATION_TYPE, *(qualified_name(c) for c in Exception.__mro__)]
         return _state(exc, VIOLATION_TYPE, parents, unsafe_tracebacks)
-    return _state(exc, qualified_name(cls), _parents(cls), unsafe_tracebacks)
+    return _state(exc, qualified_name(cls), parents_of(cls), unsafe_tracebacks)
 
 
 def _state(

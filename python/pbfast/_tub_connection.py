@@ -81,9 +81,6 @@ class TubConnection(asyncio.Protocol):
             self._abort(NegotiationError(f"TLS with {self._peer_name()} failed: {e}"))
         self._flush()
 
-    def eof_received(self) -> bool:
-        return False
-
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self.tub._connections.discard(self)
