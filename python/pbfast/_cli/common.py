@@ -1,0 +1,197 @@
+"""What the subcommands share: errors and exit codes, durations, argument literals, targets."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import importlib
+import re
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from ..errors import BadFURLError, PbfastError
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_USAGE",
+    "EXIT_THRESHOLD",
+    "EXPECTED_ERRORS",
+    "CommandError",
+    "describe",
+    "parse_duration",
+    "format_duration",
+    "parse_arguments",
+    "load_object",
+    "is_furl",
+    "open_references",
+]
+
+#: Exit codes: a failure while running, a bad command line, a `bench --fail-if` threshold crossed.
+EXIT_ERROR, EXIT_USAGE, EXIT_THRESHOLD = 1, 2, 3
+
+#: What a user can cause without a bug in pbfast: reported in one line, not as a traceback.
+EXPECTED_ERRORS = (PbfastError, OSError, ValueError, TimeoutError, EOFError)
+
+
+class CommandError(Exception):
+    """A failure to report as one line, with the exit code to leave with."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line: its message, with its type where the message alone is unclear."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = " ".join(exc.strerror.split())  # without the "[Errno N]" prefix
+    else:
+        text = " ".join(str(exc).split())
+    if not text:
+        return type(exc).__name__
+    if isinstance(exc, (PbfastError, OSError, TimeoutError, EOFError)) or type(exc) is ValueError:
+        return text
+    return f"{type(exc).__name__}: {text}"
+
+
+# ---------------------------------------------------------------------------------- durations
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zµ]*)\s*")
+
+
+def parse_duration(text: str, *, default_unit: str = "s") -> float:
+    """``"250ms"``, ``"1.5s"``, ``"2m"`` or a bare number in `default_unit`, as seconds.
+
+    Raises:
+        ValueError: anything else, or a negative duration.
+    """
+    m = _DURATION.fullmatch(text)
+    unit = (m and m[2]) or default_unit
+    if m is None or unit not in _UNITS:
+        raise ValueError(f"{text!r} is not a duration (like 500us, 250ms, 10s, 2m)")
+    return float(m[1]) * _UNITS[unit]
+
+
+def format_duration(seconds: float) -> str:
+    """A latency for people: three significant digits in the unit that suits it."""
+    if seconds >= 1:
+        return f"{seconds:.3g} s" if seconds < 100 else f"{seconds:,.0f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3g} ms"
+    if seconds >= 1e-6:
+        return f"{seconds * 1e6:.3g} µs"
+    return f"{seconds * 1e9:.0f} ns"
+
+
+# ---------------------------------------------------------------------------------- arguments
+
+_KEYWORD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", re.S)
+
+
+def parse_arguments(texts: Sequence[str]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Call arguments from the command line: each a Python literal (``1``, ``'text'``,
+    ``[1, 2]``, ``{'a': b'x'}``), or ``name=literal`` for a keyword argument.
+
+    Raises:
+        CommandError: (usage) an argument that is not a literal, or a keyword given twice.
+    """
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for position, text in enumerate(texts, 1):
+        keyword = _KEYWORD.fullmatch(text)
+        if keyword is not None:
+            if keyword[1] in kwargs:
+                raise CommandError(f"keyword argument {keyword[1]!r} given twice", EXIT_USAGE)
+            kwargs[keyword[1]] = _literal(keyword[2], f"argument {position} ({keyword[1]}=)")
+        else:
+            args.append(_literal(text, f"argument {position}"))
+    return tuple(args), kwargs
+
+
+def _literal(text: str, where: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
+        reason = e.msg if isinstance(e, SyntaxError) else " ".join(str(e).split())
+        hint = " (quote strings, as in \"'text'\")" if text.isidentifier() else ""
+        raise CommandError(f"{where} {text!r} is not a Python literal: {reason}{hint}", EXIT_USAGE) from None
+
+
+def load_object(spec: str) -> Any:
+    """The object named by ``module:attribute`` (a dotted attribute path); a class or a function
+    found there is called with no arguments to make it.
+
+    Raises:
+        CommandError: (usage) a malformed name, or one that cannot be imported or found.
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise CommandError(
+            f"{spec!r}: name an object as module:attribute (like myapp.service:Root)", EXIT_USAGE
+        )
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise CommandError(f"cannot import {module_name!r}: {describe(e)}", EXIT_USAGE) from None
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CommandError(
+                f"{spec!r}: {module_name} has no attribute {attribute!r}", EXIT_USAGE
+            ) from None
+    if isinstance(obj, type) or (callable(obj) and not hasattr(obj, "remoteMessageReceived")):
+        obj = obj()
+    return obj
+
+
+# ---------------------------------------------------------------------------------- targets
+
+
+def is_furl(target: str) -> bool:
+    """A FURL (served by a Tub, foolscap's wire) rather than an endpoint (Twisted PB's wire)."""
+    return target.startswith(("pb:", "pbu:"))
+
+
+@contextlib.asynccontextmanager
+async def open_references(
+    target: str, *, connections: int = 1, timeout: float = 30.0
+) -> AsyncIterator[list[Any]]:
+    """`connections` references to `target`, each over its own connection, closed on exit: the
+    root object of a PB server at an endpoint string, or the object a FURL names (one client
+    Tub per connection, as one Tub keeps one connection to another).
+
+    Raises:
+        CommandError: (usage) a malformed FURL or endpoint string; the connection failed or
+            took longer than `timeout` seconds.
+    """
+    from ..endpoints import parse_client
+    from ..furl import FURL
+    from ..pb import connect
+    from ..tub import Tub
+
+    furl = is_furl(target)
+    try:
+        FURL.parse(target) if furl else parse_client(target)
+    except ValueError as e:
+        raise CommandError(f"bad {'FURL' if furl else 'endpoint'}: {describe(e)}", EXIT_USAGE) from None
+    async with contextlib.AsyncExitStack() as stack:
+        refs = []
+        try:
+            for _ in range(connections):
+                if furl:
+                    tub = await stack.enter_async_context(Tub())
+                    async with asyncio.timeout(timeout):
+                        refs.append(await tub.getReference(target))
+                else:
+                    refs.append(await stack.enter_async_context(connect(target, timeout=timeout)))
+        except TimeoutError:
+            raise CommandError(f"cannot connect to {target}: no answer within {timeout:g} s") from None
+        except (OSError, PbfastError) as e:
+            message = describe(e)
+            if "cannot connect" not in message:
+                message = f"cannot connect to {target}: {message}"
+            raise CommandError(message) from None
+        yield refs

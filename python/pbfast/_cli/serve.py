@@ -1,0 +1,156 @@
+"""``pbfast serve``: serve an object on the PB wire or in a Tub until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..referenceable import Referenceable
+from .common import EXIT_USAGE, CommandError, load_object
+from .service import TestService
+
+__all__ = ["add_parser", "run", "DEFAULT_ENDPOINT"]
+
+#: Twisted PB's customary port, on loopback only unless asked otherwise.
+DEFAULT_ENDPOINT = "tcp:port=8787:interface=127.0.0.1"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="serve an object on the PB wire (an endpoint) or in a Tub (a FURL)",
+        description="Serve an object until interrupted (Ctrl-C or SIGTERM). Without --tub, on "
+        "Twisted PB's wire: every connection gets the object as its root, and the client endpoint "
+        "to call it is printed. With --tub, in a Tub (foolscap's wire, over TLS): the object's "
+        "FURL is printed. The default object is a test service with echo(value), "
+        "sleep(seconds, value), payload(size) and fail(message).",
+    )
+    parser.add_argument(
+        "endpoint",
+        metavar="ENDPOINT",
+        nargs="?",
+        default=DEFAULT_ENDPOINT,
+        help=f"where to listen, in Twisted's endpoint syntax (default {DEFAULT_ENDPOINT}; "
+        "port=0 picks a free port)",
+    )
+    parser.add_argument(
+        "--object",
+        metavar="MODULE:ATTR",
+        help="the object to serve: a pbfast.Referenceable (or pbfast.Portal), or a class or "
+        "function that makes one when called with no arguments (default: the test service)",
+    )
+    parser.add_argument("--tub", action="store_true", help="serve in a Tub and print a FURL")
+    parser.add_argument(
+        "--cert-file",
+        metavar="FILE",
+        type=Path,
+        help="(--tub) the Tub's certificate, created if missing, so the TubID survives restarts",
+    )
+    parser.add_argument(
+        "--location",
+        metavar="HINTS",
+        help="(--tub) connection hints for the FURL, comma-separated, like tcp:example.org:8787 "
+        "(default: the listening address, or every address of this host if it listens on all)",
+    )
+    parser.add_argument("--name", help="(--tub) the object's name in its FURL (default: 160 random bits)")
+    parser.add_argument(
+        "--furl-file",
+        metavar="FILE",
+        type=Path,
+        help="(--tub) write the FURL there (and reuse the name a FURL already there has)",
+    )
+    parser.add_argument(
+        "--unsafe-tracebacks",
+        action="store_true",
+        help="send tracebacks of failed calls to callers (they show file paths and code)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    tub_only = [flag for flag in ("cert_file", "location", "name", "furl_file") if getattr(args, flag)]
+    if tub_only and not args.tub:
+        raise CommandError(f"--{tub_only[0].replace('_', '-')} needs --tub", EXIT_USAGE)
+    obj = load_object(args.object) if args.object else TestService()
+    if not isinstance(obj, Referenceable) and not _is_portal(obj):
+        raise CommandError(f"{args.object} is a {type(obj).__name__}, not a pbfast.Referenceable", EXIT_USAGE)
+    from ..pb import run as run_loop
+
+    return run_loop(_serve_tub(obj, args) if args.tub else _serve_pb(obj, args))
+
+
+def _is_portal(obj: Any) -> bool:
+    from ..cred import Portal
+
+    return isinstance(obj, Portal)
+
+
+async def _serve_pb(obj: Any, args: argparse.Namespace) -> int:
+    from ..pb import serve
+
+    options = {"unsafeTracebacks": True} if args.unsafe_tracebacks else {}
+    async with await serve(obj, args.endpoint, **options) as server:
+        print(f"serving {obj!r} on the PB wire", flush=True)
+        print(f"call it at: {_client_endpoint(server.address)}", flush=True)
+        await _until_stopped()
+    return 0
+
+
+async def _serve_tub(obj: Any, args: argparse.Namespace) -> int:
+    from ..tub import Tub
+
+    if _is_portal(obj):
+        raise CommandError("a Portal serves PB logins; a Tub cannot serve it", EXIT_USAGE)
+    tub = Tub(certFile=str(args.cert_file) if args.cert_file else None)
+    if args.unsafe_tracebacks:
+        tub.setOption("unsafeTracebacks", True)
+    async with tub:
+        listener = await tub.listenOn(args.endpoint)
+        if args.location:
+            tub.setLocation(*(hint.strip() for hint in args.location.split(",") if hint.strip()))
+        elif isinstance(listener.address, tuple) and listener.address[0] not in ("0.0.0.0", "::"):
+            tub.setLocation(f"tcp:{_host_hint(listener.address[0])}:{listener.port}")
+        else:
+            await tub.setLocationAutomatically()
+        furl = tub.registerReference(obj, args.name, furlFile=args.furl_file)
+        print(f"serving {obj!r} in Tub {tub.tubID}", flush=True)
+        print(furl, flush=True)
+        await _until_stopped()
+    return 0
+
+
+def _client_endpoint(address: Any) -> str:
+    if isinstance(address, tuple):
+        host = address[0]
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+        kind = "tcp6" if ":" in host else "tcp"
+        host = host.replace(":", "\\:")
+        return f"{kind}:host={host}:port={address[1]}"
+    return f"unix:path={address}"
+
+
+def _host_hint(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def _until_stopped() -> None:
+    """Wait for SIGINT or SIGTERM (or Ctrl-C where signals cannot be handled by the loop)."""
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    handled = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stopped.set)
+            handled.append(sig)
+    try:
+        await stopped.wait()
+        print("stopping", file=sys.stderr, flush=True)
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
