@@ -15,7 +15,7 @@ from ..pb import connect, run, serve
 from ..referenceable import Referenceable, Root
 from ..serialization import dumps, jelly, loads
 
-__all__ = ["add_parser", "run_demo"]
+__all__ = ["add_parser"]
 
 
 def _demo(args: argparse.Namespace) -> int:
