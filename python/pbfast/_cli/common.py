@@ -10,7 +10,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from ..errors import BadFURLError, PbfastError
+from ..errors import PbfastError
 
 __all__ = [
     "EXIT_ERROR",
