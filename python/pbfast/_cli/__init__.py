@@ -9,6 +9,7 @@ in :data:`common.EXPECTED_ERRORS`; :func:`main` prints those as one line on stde
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import bench, call, create_tub, decode, demo, serve
@@ -35,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
+    except BrokenPipeError:
+        # The reader went away (`pbfast ... | head`): nothing more to say, and nowhere to say it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

@@ -289,27 +289,27 @@ async def _bench(target: str, plan: LoadPlan, connections: int, live: bool) -> L
 
 
 def _progress_printer(plan: LoadPlan, out: TextIO) -> Callable[[Snapshot], None]:
-    previous = [0, 0.0]
+    last = Snapshot(warming_up=True, elapsed=0.0, completed=0, errors=0, in_flight=0, p99=0)
 
     def show(snapshot: Snapshot) -> None:
-        completed, elapsed = previous
+        nonlocal last
         if snapshot.warming_up:
-            line = f"warming up: {snapshot.completed:,} calls"
+            line = f"warming up for {plan.warmup:g} s, {snapshot.in_flight:,} calls in flight"
         else:
-            if elapsed > snapshot.elapsed:  # the warm-up just ended
-                completed, elapsed = 0, 0.0
-            rate = (snapshot.completed - completed) / max(snapshot.elapsed - elapsed, 1e-9)
-            total = (
+            if last.warming_up:
+                last = Snapshot(False, 0.0, 0, 0, 0, 0)
+            rate = (snapshot.completed - last.completed) / max(snapshot.elapsed - last.elapsed, 1e-9)
+            done = (
                 f" / {plan.duration:g}s"
                 if plan.duration
                 else f", {snapshot.completed:,}/{plan.calls:,} calls"
             )
             p99 = format_duration(snapshot.p99 / 1e9)
             line = (
-                f"{snapshot.elapsed:5.1f}s{total}  {rate:,.0f} calls/s  p99 {p99}"
+                f"{snapshot.elapsed:5.1f}s{done}  {rate:,.0f} calls/s  p99 {p99}"
                 f"  errors {snapshot.errors:,}  in flight {snapshot.in_flight:,}"
             )
-        previous[:] = [snapshot.completed, snapshot.elapsed]
+        last = snapshot
         out.write("\r\x1b[K" + line)
         out.flush()
 

@@ -1,119 +1,203 @@
-"""``pbfast demo``: a server and a client on loopback in one process, showing what pbfast does."""
+"""``pbfast demo``: a server and a client on loopback in this one process, showing remote calls,
+references both ways, a copy, a kept-up-to-date cache, a remote error, the same over a Tub, and
+a short load run."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import decimal
 import sys
-import time
+from typing import Any, TextIO
 
-from .. import _core, banana
+from ..cacheable import Cacheable, RemoteCache
+from ..copyable import Copyable, RemoteCopy, setUnjellyableForClass
 from ..errors import Error, RemoteError
-from ..pb import connect, run, serve
+from ..pb import connect, serve
+from ..pb import run as run_loop
 from ..referenceable import Referenceable, Root
-from ..serialization import dumps, jelly, loads
+from ..tub import Tub
+from .bench import report
+from .loadgen import LoadPlan, run_load
 
 __all__ = ["add_parser"]
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """Show what pbfast puts on the wire, and how fast it gets there."""
-    out = args.out
-    value = {
-        "id": 7,
-        "name": "Ada",
-        "tags": ("a", "b"),
-        "joined": datetime.date(2024, 5, 17),
-        "balance": decimal.Decimal("12.50"),
-        "flags": {1, 2, 3},
-        "note": None,
-    }
-    shared = [1, 2]
-    value["twice"] = [shared, shared]
-
-    wire = dumps(value)
-    print("pbfast demo: jelly + banana, byte-identical to stock Twisted PB", file=out)
-    print(f"  value        {value!r}", file=out)
-    print(f"  s-expression {jelly({'twice': value['twice']})!r}  (shared list sent once)", file=out)
-    print(f"  wire         {len(wire)} bytes: {wire[:32].hex(' ')} ...", file=out)
-    back = loads(wire)
-    assert back == value and back["twice"][0] is back["twice"][1]
-    print("  decoded      equal, and the shared list is one object again", file=out)
-
-    decoder = banana.Decoder(jelly=True)
-    got = [v for byte in (wire[i : i + 1] for i in range(len(wire))) for v in decoder.feed(byte)]
-    print(f"  streaming    fed one byte at a time: {len(got)} value, equal: {got == [value]}", file=out)
-
-    data = [{"id": i, "name": f"user{i}", "tags": ["a", "b", "c"], "score": i * 1.5} for i in range(1000)]
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < args.seconds:
-        loads(dumps(data))
-        n += 1
-    rate = n / (time.perf_counter() - start)
-    print(
-        f"  speed        {rate:,.0f} round trips/s of a 1000-record list ({_core.build_profile} build)",
-        file=out,
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "demo",
+        help="a server and a client in this process: calls, references, copies, caches, errors, load",
+        description="Start a PB server and a client on 127.0.0.1 in this process and show a remote "
+        "call, a reference returned and passed back, a Copyable, a Cacheable kept up to date, a "
+        "remote error, the same object called by FURL through a Tub (TLS), and a short load run.",
     )
-    print(file=out)
-    return run(_rpc_demo(args))
+    parser.add_argument(
+        "--seconds", type=float, default=3.0, metavar="S", help="length of the load run (default 3)"
+    )
+    parser.set_defaults(run=run)
 
 
-class _Counter(Referenceable):
+def run(args: argparse.Namespace) -> int:
+    if not args.seconds > 0:
+        raise ValueError("--seconds must be more than 0")
+    return run_loop(_demo(args.seconds, sys.stdout))
+
+
+# ---------------------------------------------------------------------------------- the objects
+
+
+class Counter(Referenceable):
+    """Travels by reference: the client gets a RemoteReference to this very object."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.count = 0
+
+    def remote_increment(self) -> int:
+        self.count += 1
+        return self.count
+
+
+class Pond(Copyable):
+    """Travels by copy: its state (its __dict__) is sent, and a LocalPond built from it."""
+
+    def __init__(self, color: str, frogs: int) -> None:
+        self.color = color
+        self.frogs = frogs
+
+
+class LocalPond(RemoteCopy):
+    def __repr__(self) -> str:
+        return f"LocalPond(color={self.color!r}, frogs={self.frogs})"
+
+
+class Scoreboard(Cacheable):
+    """Travels as a cache: the holder's copy is told of every change."""
+
     def __init__(self) -> None:
-        self.n = 0
+        self.scores = {"home": 0, "away": 0}
+        self.observers: list[Any] = []
 
-    def remote_inc(self) -> int:
-        self.n += 1
-        return self.n
+    def getStateToCacheAndObserveFor(self, perspective: Any, observer: Any) -> dict[str, int]:
+        self.observers.append(observer)
+        return dict(self.scores)
+
+    def stoppedObserving(self, perspective: Any, observer: Any) -> None:
+        self.observers.remove(observer)
+
+    def goal(self, team: str) -> None:
+        self.scores[team] += 1
+        for observer in self.observers:
+            observer.callRemote("goal", team)
 
 
-class _DemoRoot(Root):
-    def remote_echo(self, x: object) -> object:
-        return x
+class LocalScoreboard(RemoteCache):
+    def setCopyableState(self, state: dict[str, int]) -> None:
+        self.scores = state
 
-    async def remote_slow_echo(self, x: object) -> object:
+    def observe_goal(self, team: str) -> None:
+        self.scores[team] += 1
+
+
+setUnjellyableForClass(Pond, LocalPond)
+setUnjellyableForClass(Scoreboard, LocalScoreboard)
+
+
+class DemoRoot(Root):
+    def __init__(self) -> None:
+        self.scoreboard = Scoreboard()
+
+    def remote_echo(self, value: Any) -> Any:
+        return value
+
+    async def remote_slow_echo(self, value: Any) -> Any:
         await asyncio.sleep(0.01)
-        return x
+        return value
 
-    def remote_counter(self) -> _Counter:
-        return _Counter()
+    def remote_counter(self, name: str) -> Counter:
+        return Counter(name)
+
+    def remote_inspect(self, counter: Any) -> str:
+        # A reference sent back to its owner arrives as the original object.
+        if not isinstance(counter, Counter):
+            raise Error(f"that is a {type(counter).__name__}, not one of my counters")
+        return f"my own Counter {counter.name!r}, at {counter.count}"
+
+    def remote_pond(self) -> Pond:
+        return Pond("green", 7)
+
+    def remote_scoreboard(self) -> Scoreboard:
+        return self.scoreboard
+
+    def remote_goal(self, team: str) -> None:
+        # The observers hear of it before this call's answer goes, on the same connection.
+        self.scoreboard.goal(team)
 
     def remote_withdraw(self, amount: int) -> int:
         # A pbfast.Error is an expected failure: the caller gets it, the server logs nothing.
         raise Error(f"cannot withdraw {amount}: the balance is 0")
 
 
-async def _rpc_demo(args: argparse.Namespace) -> int:
-    """A PB server and a client over TCP on 127.0.0.1, in this process."""
-    out = args.out
-    async with await serve(_DemoRoot(), "tcp:port=0:interface=127.0.0.1") as server:
-        print(f"pbfast demo: a PB server on 127.0.0.1:{server.port}, and a client calling it", file=out)
-        async with connect(f"tcp:host=127.0.0.1:port={server.port}") as root:
-            print(f"  echo         {await root.callRemote('echo', [1, 'two', 3.0])!r}", file=out)
-            print(f"  async method {await root.callRemote('slow_echo', 'awaited')!r}", file=out)
-            counter = await root.callRemote("counter")
-            counts = [await counter.callRemote("inc") for _ in range(3)]
-            print(f"  reference    {counter!r} counted {counts}", file=out)
+# ---------------------------------------------------------------------------------- the show
+
+
+async def _demo(seconds: float, out: TextIO) -> int:
+    def show(label: str, text: str) -> None:
+        print(f"  {label:<12}{text}", file=out)
+
+    root_object = DemoRoot()
+    async with await serve(root_object, "tcp:port=0:interface=127.0.0.1") as server:
+        endpoint = f"tcp:host=127.0.0.1:port={server.port}"
+        print(f"pbfast demo: a server on Twisted PB's wire at {endpoint}, and a client", file=out)
+        async with connect(endpoint) as root:
+            show("call", f"echo([1, 'two', 3.0]) -> {await root.callRemote('echo', [1, 'two', 3.0])!r}")
+            show("async", f"slow_echo('awaited') -> {await root.callRemote('slow_echo', 'awaited')!r}")
+
+            counter = await root.callRemote("counter", "clicks")
+            counts = [await counter.callRemote("increment") for _ in range(3)]
+            show("reference", f"counter('clicks') -> a {type(counter).__name__}; increment() x3 -> {counts}")
+            show("passed back", f"inspect(counter) -> {await root.callRemote('inspect', counter)!r}")
+
+            show("copy", f"pond() -> {await root.callRemote('pond')!r}")
+
+            board = await root.callRemote("scoreboard")
+            before = dict(board.scores)
+            await root.callRemote("goal", "home")
+            show(
+                "cache",
+                f"scoreboard() -> {type(board).__name__} {before}; after goal('home'): {board.scores}",
+            )
+
             try:
                 await root.callRemote("withdraw", 10)
             except RemoteError as e:
-                print(f"  remote error {e.remoteType}: {e.remoteValue}", file=out)
-            del counter
-            n, start = 0, time.perf_counter()
-            while time.perf_counter() - start < args.seconds:
-                await asyncio.gather(*[root.callRemote("echo", i) for i in range(100)])
-                n += 100
-            rate = n / (time.perf_counter() - start)
+                show("error", f"withdraw(10) raised {e.remoteType}: {e.remoteValue}")
+            del counter, board
+
+            print(file=out)
+            await _tub_demo(root_object, show, out)
+
+            print(file=out)
             print(
-                f"  speed        {rate:,.0f} echo calls/s, 100 in flight, client and server in one process",
-                file=out,
+                f"pbfast demo: {seconds:g} s of load on the same connection (pbfast bench's engine)", file=out
             )
+            plan = LoadPlan(method="echo", args=(1,), concurrency=64, duration=seconds, warmup=0.5)
+            result = await run_load([root], plan)
+        print(file=out)
+        report(result, endpoint, [], out)
+        print(file=out)
+        print("Client and server shared one process (and so one CPU) here; `pbfast serve` and", file=out)
+        print("`pbfast bench` in two processes measure them apart.", file=out)
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="show pbfast's serialization and remote calls, and their speed")
-    demo.add_argument("--seconds", type=float, default=1.0, help="length of the speed run (default 1)")
-    demo.set_defaults(run=_demo, out=sys.stdout)
+async def _tub_demo(obj: Root, show: Any, out: TextIO) -> None:
+    async with Tub() as server_tub, Tub() as client_tub:
+        listener = await server_tub.listenOn("tcp:port=0:interface=127.0.0.1")
+        server_tub.setLocation(f"tcp:127.0.0.1:{listener.port}")
+        furl = server_tub.registerReference(obj)
+        print("pbfast demo: the same object in a Tub (foolscap's wire, over TLS), called by FURL", file=out)
+        show("FURL", furl)
+        ref = await client_tub.getReference(furl)
+        show("call", f"echo('over TLS') -> {await ref.callRemote('echo', 'over TLS')!r}")
+        show("copy", f"pond() -> {await ref.callRemote('pond')!r}")
+        show("TubIDs", f"client {client_tub.tubID[:8]}... checked server {ref.getRemoteTubID()[:8]}...")
