@@ -16,7 +16,8 @@ _SUB_BITS = 11
 _HALF = 1 << (_SUB_BITS - 1)
 #: One hour in nanoseconds: larger values are counted in the top bucket (`max` stays exact).
 _HIGHEST = 3600 * 10**9
-_SIZE = max(_HIGHEST.bit_length() - _SUB_BITS, 0) * _HALF + (1 << _SUB_BITS)
+# Buckets up to _HIGHEST, and one more for everything above it.
+_SIZE = (_HIGHEST.bit_length() - _SUB_BITS) * _HALF + (1 << _SUB_BITS) + 1
 
 
 def _index(value: int) -> int:
@@ -27,7 +28,9 @@ def _index(value: int) -> int:
 
 
 def _bounds(index: int) -> tuple[int, int]:
-    """The lowest and highest value of a bucket."""
+    """The lowest and highest value of a bucket (the top one holds everything above)."""
+    if index == _SIZE - 1:
+        return _bounds(index - 1)[1] + 1, 1 << 64
     if index < 2 * _HALF:
         return index, index
     shift = index // _HALF - 1
