@@ -507,3 +507,19 @@ def test_create_tub(tmp_path: Path) -> None:
 def test_create_tub_in_a_missing_directory(tmp_path: Path) -> None:
     result = pbfast("create-tub", str(tmp_path / "no" / "such" / "dir.pem"))
     assert_one_line_error(result, 1, "cannot create")
+
+
+def test_bench_interrupted_reports_what_it_measured(pb_server: Server) -> None:
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "pbfast", "bench", pb_server.address, "echo", "1", "-d", "60s", "--warmup", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2)
+    bench.send_signal(signal.SIGINT)
+    stdout, stderr = bench.communicate(timeout=30)
+    assert bench.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "stopped early: interrupted" in stdout
+    assert re.search(r"throughput +[\d,]+ calls/s", stdout)
