@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from . import _core
 from ._failure import UNAVAILABLE, parents_of, remote_error
 from .cacheable import Cacheable, RemoteCache, RemoteCacheObserver
-from .copyable import Copyable, make_copy, qualified_name, unjellyableFor
-from .errors import BananaError, DeadReferenceError, NoSuchMethod, RemoteError, Violation
+from .copyable import Copyable, make_copy, unjellyableFor
+from .errors import BananaError, DeadReferenceError, NoSuchMethod, RemoteError, Violation, qualified_name
 from .furl import FURL
 from .referenceable import Referenceable, RemoteReference, prefixed_method
 
