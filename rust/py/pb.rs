@@ -676,7 +676,8 @@ impl PbEncoderPy {
         Ok(PyBytes::new(py, &out))
     }
 
-    /// `[command, request_id, value]` appended to `out`.
+    /// `[command, request_id, value]` appended to `out`: every reply's encoding, the fast
+    /// path's answers (`fast.rs`) and the broker's answers and errors (`answer`, `error`) alike.
     pub fn encode_reply<'py>(
         &self,
         py: Python<'py>,
