@@ -404,27 +404,13 @@ impl FoolscapEncoderPy {
 
     /// `(answer reqid value)`.
     fn answer<'py>(&mut self, py: Python<'py>, reqid: i64, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        request_id(reqid)?;
-        self.encode(py, |m| {
-            let answer = m.w.open(b"answer")?;
-            m.w.int(reqid);
-            m.value(value, true)?;
-            m.w.close(answer);
-            Ok(())
-        })
+        self.reply(py, b"answer", reqid, |m| m.value(value, true))
     }
 
     /// `(error reqid (copyable "twisted.python.failure.Failure" name value ...))`, the state (a
     /// dict or (name, value) pairs) in the order given.
     fn error<'py>(&mut self, py: Python<'py>, reqid: i64, state: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        request_id(reqid)?;
-        self.encode(py, |m| {
-            let error = m.w.open(b"error")?;
-            m.w.int(reqid);
-            m.copyable(FAILURE, state)?;
-            m.w.close(error);
-            Ok(())
-        })
+        self.reply(py, b"error", reqid, |m| m.copyable(FAILURE, state))
     }
 
     /// A PING (foolscap sends number 0, as the single byte 8e).
@@ -467,6 +453,24 @@ impl FoolscapEncoderPy {
 }
 
 impl FoolscapEncoderPy {
+    /// `(word reqid body)`: an answer or an error.
+    fn reply<'py>(
+        &mut self,
+        py: Python<'py>,
+        word: &[u8],
+        reqid: i64,
+        body: impl FnOnce(&mut MessageWriter<'py, '_>) -> PyResult<()>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        request_id(reqid)?;
+        self.encode(py, |m| {
+            let reply = m.w.open(word)?;
+            m.w.int(reqid);
+            body(m)?;
+            m.w.close(reply);
+            Ok(())
+        })
+    }
+
     /// Run `write` on a fresh message; keep its bytes and counter only if it succeeds.
     fn encode<'py>(
         &mut self,
