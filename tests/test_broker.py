@@ -1035,6 +1035,35 @@ def test_remote_methods_may_use_the_broker_while_it_decodes(run, transport) -> N
     run(main())
 
 
+class BothPaths(pbfast.Root):
+    def remote_plain(self, x: Any) -> Any:  # answered inside the decoder's feed
+        return x
+
+    async def remote_later(self, x: Any) -> Any:  # answered by the broker, after the await
+        return x
+
+
+def test_fast_and_broker_answers_are_the_same_bytes(run) -> None:
+    """Both paths encode answers with one function: the bytes match ``PbEncoder.answer``."""
+
+    async def main() -> None:
+        root, server = await pbfast.testing.connected_pair(BothPaths())
+        written: list[bytes] = []
+        write = server.transport.write
+        server.transport.write = lambda data: (written.append(bytes(data)), write(data))  # type: ignore[method-assign]
+        value = {"a": [1, 2.5, "x", b"y", None, (True, -(2**70))]}
+        try:
+            for request_id, method in enumerate(["plain", "later"], start=1):
+                written.clear()
+                assert await root.callRemote(method, value) == value
+                assert b"".join(written) == server._encoder.answer(request_id, value), method
+        finally:
+            await root.broker.close()
+            await server.close()
+
+    run(main())
+
+
 def test_calls_over_tls(run, tmp_path) -> None:
     cert, key = pbfast.endpoints.self_signed_certificate("localhost")
     (tmp_path / "cert.pem").write_bytes(cert)

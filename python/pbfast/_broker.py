@@ -37,7 +37,7 @@ from ._core import (
     EV_UNCACHE,
     EV_UNKNOWN,
 )
-from ._failure import FAILURE_TAG, CopyableFailure, qualified_name, remote_error
+from ._failure import FAILURE_TAG, CopyableFailure, remote_error
 from .cacheable import Cacheable, RemoteCache, RemoteCacheObserver
 from .copyable import Copyable, make_copy, unjellyableFor
 from .errors import (
@@ -49,6 +49,7 @@ from .errors import (
     PBConnectionLost,
     PbfastError,
     RemoteError,
+    qualified_name,
 )
 from .referenceable import Referenceable, RemoteReference, Viewable, ViewPoint
 

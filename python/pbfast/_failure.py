@@ -12,8 +12,7 @@ from __future__ import annotations
 import itertools
 import traceback
 
-from .copyable import qualified_name
-from .errors import TWISTED_EQUIVALENTS, RemoteError
+from .errors import TWISTED_EQUIVALENTS, RemoteError, qualified_name
 
 FAILURE_TAG = b"twisted.spread.pb.CopyableFailure"
 UNAVAILABLE = "Traceback unavailable\n"

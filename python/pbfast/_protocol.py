@@ -4,10 +4,10 @@ decoder) in one call per chunk; flow-control signals go to the broker too. No pa
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 
 from ._broker import DEFAULT_OPTIONS, Broker, BrokerOptions
+from .endpoints import _set_nodelay
 from .referenceable import Referenceable
 
 
@@ -39,13 +39,7 @@ class PBProtocol(asyncio.Protocol):
         self._on_close = on_close
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Small request/answer messages must not wait for Nagle's algorithm.
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        _set_nodelay(transport)
         self.broker = Broker(transport, server=self._server, options=self._options)
         if self._root is not None:
             self.broker.serve_root(self._root(self.broker))

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 from . import _core
 from ._failure import UNAVAILABLE, parents_of, remote_error
 from .cacheable import Cacheable, RemoteCache, RemoteCacheObserver
-from .copyable import Copyable, make_copy, qualified_name, unjellyableFor
-from .errors import BananaError, DeadReferenceError, NoSuchMethod, RemoteError, Violation
+from .copyable import Copyable, make_copy, unjellyableFor
+from .errors import BananaError, DeadReferenceError, NoSuchMethod, RemoteError, Violation, qualified_name
 from .furl import FURL
-from .referenceable import Referenceable, RemoteReference
+from .referenceable import Referenceable, RemoteReference, prefixed_method
 
 if TYPE_CHECKING:
     from .tub import Tub
@@ -261,8 +261,7 @@ class TubBroker:
         if clid < 0:
             return target(*args, **kwargs)
         if type(target).remoteMessageReceived is Referenceable.remoteMessageReceived:
-            # foolscap reports a missing method as the AttributeError itself.
-            return getattr(target, "remote_" + method)(*args, **kwargs)
+            return prefixed_method(target, "remote_", method, foolscap=True)(*args, **kwargs)
         return target.remoteMessageReceived(self, method, args, kwargs)
 
     def _finished(self, reqid: int, task: asyncio.Task[Any]) -> None:

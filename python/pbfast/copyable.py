@@ -14,6 +14,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from .errors import qualified_name
+
 __all__ = [
     "Copyable",
     "RemoteCopy",
@@ -22,11 +24,6 @@ __all__ = [
     "setUnjellyableForClassTree",
     "unjellyableFor",
 ]
-
-
-def qualified_name(cls: type) -> str:
-    """Twisted's name for a class: ``module.Name``."""
-    return f"{cls.__module__}.{cls.__name__}"
 
 
 class Copyable:

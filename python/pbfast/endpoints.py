@@ -182,9 +182,12 @@ _SERVER_TYPES: dict[str, _ServerFactory] = {}
 _CLIENT_TYPES: dict[str, _ClientFactory] = {}
 
 
-def _check_type_name(name: str) -> None:
+def _register(types: dict[str, Any], name: str, factory: Callable[..., Any]) -> None:
     if not isinstance(name, str) or not name or any(c in name for c in ":=\\"):
         raise ValueError(f"endpoint type name must be a non-empty string without ':', '=' or '\\': {name!r}")
+    if not callable(factory):
+        raise TypeError(f"factory for {name!r} must be callable, got {factory!r}")
+    types[name] = factory
 
 
 def register_server(name: str, factory: _ServerFactory) -> None:
@@ -200,10 +203,7 @@ def register_server(name: str, factory: _ServerFactory) -> None:
         ValueError: ``name`` is empty or contains ``:``, ``=`` or a backslash.
         TypeError: ``factory`` is not callable.
     """
-    _check_type_name(name)
-    if not callable(factory):
-        raise TypeError(f"factory for {name!r} must be callable, got {factory!r}")
-    _SERVER_TYPES[name] = factory
+    _register(_SERVER_TYPES, name, factory)
 
 
 def register_client(name: str, factory: _ClientFactory) -> None:
@@ -218,10 +218,7 @@ def register_client(name: str, factory: _ClientFactory) -> None:
         ValueError: ``name`` is empty or contains ``:``, ``=`` or a backslash.
         TypeError: ``factory`` is not callable.
     """
-    _check_type_name(name)
-    if not callable(factory):
-        raise TypeError(f"factory for {name!r} must be callable, got {factory!r}")
-    _CLIENT_TYPES[name] = factory
+    _register(_CLIENT_TYPES, name, factory)
 
 
 # -- parsing -------------------------------------------------------------------------------------
@@ -499,6 +496,17 @@ def _client_context(
     return ctx
 
 
+def _set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """Turn Nagle's algorithm off on a TCP transport (no-op for other kinds): small
+    request/answer messages must not wait for it."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
 # -- server endpoints ----------------------------------------------------------------------------
 
 
@@ -657,15 +665,19 @@ class _SystemdServerEndpoint(ServerEndpoint):
         return Listener(server)
 
 
+def _tcp_server_fields(p: dict[str, str], default_interface: str) -> dict[str, Any]:
+    """The parameters every TCP server type takes, as `_TCPServerEndpoint` fields."""
+    return {
+        "port": _int("port", p["port"], 0, 65535),
+        "interface": p.get("interface") or default_interface,
+        "backlog": _int("backlog", p.get("backlog", "50"), 0, 2**31 - 1),
+    }
+
+
 def _tcp_server(family: socket.AddressFamily, default_interface: str, kind: str) -> _ServerFactory:
     def factory(kwargs: dict[str, str], args: list[str]) -> ServerEndpoint:
         p = _bind(kind, kwargs, args, ("port", "interface", "backlog"), required=("port",))
-        return _TCPServerEndpoint(
-            port=_int("port", p["port"], 0, 65535),
-            interface=p.get("interface") or default_interface,
-            backlog=_int("backlog", p.get("backlog", "50"), 0, 2**31 - 1),
-            family=family,
-        )
+        return _TCPServerEndpoint(**_tcp_server_fields(p, default_interface), family=family)
 
     return factory
 
@@ -688,9 +700,7 @@ def _ssl_server(kwargs: dict[str, str], args: list[str]) -> ServerEndpoint:
             "the same file holds the certificate)"
         )
     return _SSLServerEndpoint(
-        port=_int("port", p["port"], 0, 65535),
-        interface=p.get("interface") or "0.0.0.0",
-        backlog=_int("backlog", p.get("backlog", "50"), 0, 2**31 - 1),
+        **_tcp_server_fields(p, "0.0.0.0"),
         private_key=key or cert or "",
         cert_key=cert or key or "",
         extra_cert_chain=_path("extraCertChain", p.get("extraCertChain")),
@@ -760,13 +770,7 @@ class _TCPClientEndpoint(ClientEndpoint):
                 server_hostname=server_hostname,
                 local_addr=(self.bind_address, 0) if self.bind_address is not None else None,
             )
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                # Small request/response messages: never wait for Nagle's algorithm.
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        _set_nodelay(transport)
         return transport, protocol  # type: ignore[return-value]
 
 
@@ -782,16 +786,20 @@ class _UNIXClientEndpoint(ClientEndpoint):
         return transport, protocol  # type: ignore[return-value]
 
 
+def _tcp_client_fields(p: dict[str, str]) -> dict[str, Any]:
+    """The parameters every TCP client type takes, as `_TCPClientEndpoint` fields."""
+    return {
+        "host": p["host"],
+        "port": _int("port", p["port"], 1, 65535),
+        "timeout": _timeout(p.get("timeout", "30")),
+        "bind_address": _path("bindAddress", p.get("bindAddress")),
+    }
+
+
 def _tcp_client(family: socket.AddressFamily, kind: str) -> _ClientFactory:
     def factory(kwargs: dict[str, str], args: list[str]) -> ClientEndpoint:
         p = _bind(kind, kwargs, args, ("host", "port"), ("timeout", "bindAddress"), required=("host", "port"))
-        return _TCPClientEndpoint(
-            host=p["host"],
-            port=_int("port", p["port"], 1, 65535),
-            timeout=_timeout(p.get("timeout", "30")),
-            bind_address=_path("bindAddress", p.get("bindAddress")),
-            family=family,
-        )
+        return _TCPClientEndpoint(**_tcp_client_fields(p), family=family)
 
     return factory
 
@@ -806,10 +814,7 @@ def _ssl_client(kwargs: dict[str, str], args: list[str]) -> ClientEndpoint:
         required=("host", "port"),
     )
     return _TCPClientEndpoint(
-        host=p["host"],
-        port=_int("port", p["port"], 1, 65535),
-        timeout=_timeout(p.get("timeout", "30")),
-        bind_address=_path("bindAddress", p.get("bindAddress")),
+        **_tcp_client_fields(p),
         tls=_TLSClientOptions(
             ca_file=_path("caCerts", p.get("caCerts")),
             ca_dir=_path("caCertsDir", p.get("caCertsDir")),
@@ -832,10 +837,7 @@ def _tls_client(kwargs: dict[str, str], args: list[str]) -> ClientEndpoint:
     roots = _path("trustRoots", p.get("trustRoots"))
     is_dir = roots is not None and os.path.isdir(roots)
     return _TCPClientEndpoint(
-        host=p["host"],
-        port=_int("port", p["port"], 1, 65535),
-        timeout=_timeout(p.get("timeout", "30")),
-        bind_address=_path("bindAddress", p.get("bindAddress")),
+        **_tcp_client_fields(p),
         tls=_TLSClientOptions(
             ca_file=None if is_dir else roots,
             ca_dir=roots if is_dir else None,

@@ -59,6 +59,13 @@ TWISTED_EQUIVALENTS: dict[str, tuple[str, ...]] = {
 }
 
 
+def qualified_name(cls: type) -> str:
+    """Twisted's name for a class: ``module.Name`` (``reflect.qual``: ``__name__``, not
+    ``__qualname__``). It lives here, in the module every other one imports, so failures, copy
+    type tags and `RemoteError.check` all name classes alike."""
+    return f"{cls.__module__}.{cls.__name__}"
+
+
 class PbfastError(Exception):
     """Base class of every exception pbfast raises on purpose."""
 
@@ -167,7 +174,7 @@ class RemoteError(PbfastError):
         """The first of `kinds` (classes or qualified names) the remote exception was an
         instance of, by name, or None; like Twisted's ``Failure.check``."""
         for kind in kinds:
-            name = kind if isinstance(kind, str) else f"{kind.__module__}.{kind.__name__}"
+            name = kind if isinstance(kind, str) else qualified_name(kind)
             if name in self.parents or TWISTED_EQUIVALENTS.get(name, (name,))[0] in self.parents:
                 return kind
         return None

@@ -15,12 +15,16 @@ if TYPE_CHECKING:
 __all__ = ["Avatar", "Referenceable", "RemoteReference", "Root", "ViewPoint", "Viewable"]
 
 
-def prefixed_method(obj: Any, prefix: str, message: str) -> Callable[..., Any]:
-    """``obj.<prefix><message>``: the method a remote call names.
+def prefixed_method(obj: Any, prefix: str, message: str, *, foolscap: bool = False) -> Callable[..., Any]:
+    """``obj.<prefix><message>``: the method a remote call names (every ``remote_``,
+    ``perspective_``, ``view_`` and ``observe_`` dispatch looks it up here).
 
     Raises:
-        NoSuchMethod: for ``remote_`` (Twisted's wording); AttributeError for other prefixes.
+        NoSuchMethod: for ``remote_`` (Twisted's wording); AttributeError for other prefixes,
+            and with `foolscap` the lookup's own AttributeError, which is what foolscap reports.
     """
+    if foolscap:
+        return getattr(obj, prefix + message)
     method = getattr(obj, prefix + message, None)
     if method is None:
         if prefix == "remote_":

@@ -16,53 +16,41 @@ use super::{BananaError, Dialect, ErrorKind, Limits};
 pub struct Framer {
     dialect: Dialect,
     limits: Limits,
-    /// The start of the current partial expression; `buf[0]` is at stream offset `consumed`.
-    buf: Vec<u8>,
+    /// The start of the current partial expression.
+    held: Held,
     scan: ScanState,
+}
+
+/// The bytes of a stream a framer has not finished with, and its failure: the part both
+/// framers (this one and foolscap's) share. A chunk is scanned straight from the caller's
+/// buffer when nothing is held, else appended to what is; the scanner says how many bytes it
+/// finished with, and the rest is kept.
+#[derive(Default)]
+pub(crate) struct Held {
+    /// `buf[0]` is at stream offset `consumed`.
+    buf: Vec<u8>,
     consumed: u64,
     failed: Option<BananaError>,
 }
 
-/// Where scanning of the partial expression stands, relative to its first byte.
-#[derive(Default)]
-struct ScanState {
-    /// Remaining element counts of the open lists, innermost last.
-    stack: Vec<u64>,
-    /// Offset of the next token to read.
-    pos: usize,
-    /// Do not rescan until the partial expression is at least this long (0: unknown).
-    need: usize,
+/// Why a scan stopped: the stream is broken, or the caller's callback failed.
+pub(crate) enum ScanError<E> {
+    Banana(BananaError),
+    Callback(E),
 }
 
-impl Framer {
-    pub fn new(dialect: Dialect, limits: Limits) -> Framer {
-        assert!(dialect != Dialect::Foolscap, "the framer splits Twisted banana streams");
-        Framer { dialect, limits, buf: Vec::new(), scan: ScanState::default(), consumed: 0, failed: None }
+impl<E: From<BananaError>> ScanError<E> {
+    fn into_inner(self) -> E {
+        match self {
+            ScanError::Banana(b) => b.into(),
+            ScanError::Callback(e) => e,
+        }
     }
+}
 
-    pub fn dialect(&self) -> Dialect {
-        self.dialect
-    }
-
-    /// Switch dialect between expressions (Twisted selects the dialect after the first one).
-    pub fn set_dialect(&mut self, dialect: Dialect) {
-        assert!(dialect != Dialect::Foolscap);
-        self.dialect = dialect;
-    }
-
-    /// Continue a stream whose first `offset` bytes were read elsewhere (error offsets count
-    /// from the stream's start). Only before anything is fed.
-    pub fn start_at(&mut self, offset: u64) {
-        assert!(self.buf.is_empty() && self.consumed == 0);
-        self.consumed = offset;
-    }
-
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
-    /// Bytes held for an incomplete expression.
-    pub fn buffered(&self) -> usize {
+impl Held {
+    /// Bytes held.
+    pub fn len(&self) -> usize {
         self.buf.len()
     }
 
@@ -71,19 +59,31 @@ impl Framer {
         self.consumed + self.buf.len() as u64
     }
 
-    /// Feed a chunk; `on_expression(bytes, stream_offset)` is called for each complete top-level
-    /// expression, in order. After an error the framer stays failed and returns that error again.
+    /// Count the stream from `offset` (its first bytes were read elsewhere). Only before
+    /// anything is fed.
+    pub fn start_at(&mut self, offset: u64) {
+        assert!(self.buf.is_empty() && self.consumed == 0);
+        self.consumed = offset;
+    }
+
+    /// Let go of the buffer: nothing more will be read.
+    pub fn release(&mut self) {
+        self.buf = Vec::new();
+    }
+
+    /// `scan(bytes, stream_offset_of_bytes)` over what is held followed by `data`; it returns
+    /// how many bytes it finished with. After an error every later feed returns that error.
     pub fn feed<E: From<BananaError>>(
         &mut self,
         data: &[u8],
-        mut on_expression: impl FnMut(&[u8], u64) -> Result<(), E>,
+        scan: impl FnOnce(&[u8], u64) -> Result<usize, ScanError<E>>,
     ) -> Result<(), E> {
         if let Some(e) = &self.failed {
             return Err(e.clone().into());
         }
         let result = if self.buf.is_empty() {
             // Fast path: scan the caller's chunk in place and keep only the incomplete tail.
-            let r = scan(self.dialect, self.limits, &mut self.scan, data, self.consumed, &mut on_expression);
+            let r = scan(data, self.consumed);
             if let Ok(done) = r {
                 self.buf.extend_from_slice(&data[done..]);
                 self.consumed += done as u64;
@@ -91,7 +91,7 @@ impl Framer {
             r
         } else {
             self.buf.extend_from_slice(data);
-            let r = scan(self.dialect, self.limits, &mut self.scan, &self.buf, self.consumed, &mut on_expression);
+            let r = scan(&self.buf, self.consumed);
             if let Ok(done) = r {
                 self.buf.drain(..done);
                 self.consumed += done as u64;
@@ -109,17 +109,62 @@ impl Framer {
     }
 }
 
-enum ScanError<E> {
-    Banana(BananaError),
-    Callback(E),
+/// Where scanning of the partial expression stands, relative to its first byte.
+#[derive(Default)]
+struct ScanState {
+    /// Remaining element counts of the open lists, innermost last.
+    stack: Vec<u64>,
+    /// Offset of the next token to read.
+    pos: usize,
+    /// Do not rescan until the partial expression is at least this long (0: unknown).
+    need: usize,
 }
 
-impl<E: From<BananaError>> ScanError<E> {
-    fn into_inner(self) -> E {
-        match self {
-            ScanError::Banana(b) => b.into(),
-            ScanError::Callback(e) => e,
-        }
+impl Framer {
+    pub fn new(dialect: Dialect, limits: Limits) -> Framer {
+        assert!(dialect != Dialect::Foolscap, "the framer splits Twisted banana streams");
+        Framer { dialect, limits, held: Held::default(), scan: ScanState::default() }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Switch dialect between expressions (Twisted selects the dialect after the first one).
+    pub fn set_dialect(&mut self, dialect: Dialect) {
+        assert!(dialect != Dialect::Foolscap);
+        self.dialect = dialect;
+    }
+
+    /// Continue a stream whose first `offset` bytes were read elsewhere (error offsets count
+    /// from the stream's start). Only before anything is fed.
+    pub fn start_at(&mut self, offset: u64) {
+        self.held.start_at(offset);
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Bytes held for an incomplete expression.
+    pub fn buffered(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Stream offset of the next byte to be fed.
+    pub fn offset(&self) -> u64 {
+        self.held.offset()
+    }
+
+    /// Feed a chunk; `on_expression(bytes, stream_offset)` is called for each complete top-level
+    /// expression, in order. After an error the framer stays failed and returns that error again.
+    pub fn feed<E: From<BananaError>>(
+        &mut self,
+        data: &[u8],
+        mut on_expression: impl FnMut(&[u8], u64) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let (dialect, limits, state) = (self.dialect, self.limits, &mut self.scan);
+        self.held.feed(data, |bytes, base| scan(dialect, limits, state, bytes, base, &mut on_expression))
     }
 }
 

@@ -166,6 +166,8 @@ struct Walker<'a, 'b, B: Build> {
 }
 
 type Walked<T, B> = Built<T, <B as Build>::Error>;
+/// Named values in the order received: a copyable's state, a call's keyword arguments.
+type Pairs<B> = Vec<(<B as Build>::Name, <B as Build>::Value)>;
 
 impl<'a, B: Build> Walker<'a, '_, B> {
     /// The next token that is not a PING or PONG, and where it starts.
@@ -503,28 +505,34 @@ impl<'a, B: Build> Walker<'a, '_, B> {
             return Err(self.violation("copyable type name is not UTF-8", at));
         };
         self.objects[index] = Slot::Incomplete("copyable");
-        let mut state = Vec::new();
-        let mut names = Names::default();
-        loop {
-            let (attr, attr_at) = match self.next()? {
-                (Token::Close(_), _) => break,
-                (Token::String(s) | Token::Vocab { word: s, .. }, attr_at) => (s, attr_at),
-                (Token::Abort(_), _) => return Err(Fault::Aborted),
-                (other, attr_at) => {
-                    let why = format_args!("copyable attribute names must be STRINGs, not {}", kind(&other));
-                    return Err(self.violation(why, attr_at));
-                }
-            };
-            if !names.insert(attr) {
-                return Err(self.violation(format_args!("duplicate attribute name {}", show(attr)), attr_at));
-            }
-            let name = self.name(attr, "copyable attribute name", attr_at)?;
-            let value = self.required(format_args!("copyable {}", show(typename.as_bytes())), at)?;
-            state.push((name, value));
-        }
+        let state = self.named(&ATTRIBUTES, format_args!("copyable {}", show(typename.as_bytes())), at)?;
         // The builder names the copyable in its messages.
         let built = self.build.copyable(typename, state);
         self.at_byte(built, at)
+    }
+
+    /// `name value ...` up to the CLOSE, each name once: a copyable's state, a call's keyword
+    /// arguments. `within` names the sequence (opened at `open_at`) if a value is missing.
+    fn named(&mut self, what: &Named, within: impl Display, open_at: usize) -> Walked<Pairs<B>, B> {
+        let mut pairs = Vec::new();
+        let mut names = Names::default();
+        loop {
+            let (raw, at) = match self.next()? {
+                (Token::Close(_), _) => return Ok(pairs),
+                (Token::String(s) | Token::Vocab { word: s, .. }, at) => (s, at),
+                (Token::Abort(_), _) => return Err(Fault::Aborted),
+                (other, at) => {
+                    let why = format_args!("{} must be STRINGs, not {}", what.names, kind(&other));
+                    return Err(self.violation(why, at));
+                }
+            };
+            if !names.insert(raw) {
+                return Err(self.violation(format_args!("duplicate {} {}", what.duplicate, show(raw)), at));
+            }
+            let name = self.name(raw, what.name, at)?;
+            let value = self.required(&within, open_at)?;
+            pairs.push((name, value));
+        }
     }
 
     /// The object `(reference number)` names.
@@ -578,25 +586,7 @@ impl<'a, B: Build> Walker<'a, '_, B> {
         for _ in 0..positional {
             args.push(self.required("arguments", args_at)?);
         }
-        let mut kwargs = Vec::new();
-        let mut names = Names::default();
-        loop {
-            let (raw, at) = match self.next()? {
-                (Token::Close(_), _) => break,
-                (Token::String(s) | Token::Vocab { word: s, .. }, at) => (s, at),
-                (Token::Abort(_), _) => return Err(Fault::Aborted),
-                (other, at) => {
-                    let why = format_args!("keyword argument names must be STRINGs, not {}", kind(&other));
-                    return Err(self.violation(why, at));
-                }
-            };
-            if !names.insert(raw) {
-                return Err(self.violation(format_args!("duplicate keyword argument {}", show(raw)), at));
-            }
-            let name = self.name(raw, "keyword argument name", at)?;
-            let value = self.required("arguments", args_at)?;
-            kwargs.push((name, value));
-        }
+        let kwargs = self.named(&KEYWORDS, "arguments", args_at)?;
         self.end("call")?;
         Ok(Message::Call { reqid: id, clid, method, args, kwargs })
     }
@@ -610,6 +600,21 @@ impl<'a, B: Build> Walker<'a, '_, B> {
         Ok((id, value))
     }
 }
+
+/// How `Walker::named` words its violations for one kind of pairs.
+struct Named {
+    /// What the names must be, in the plural.
+    names: &'static str,
+    /// What a name given twice is.
+    duplicate: &'static str,
+    /// What one name is, for the builder's refusal.
+    name: &'static str,
+}
+
+const ATTRIBUTES: Named =
+    Named { names: "copyable attribute names", duplicate: "attribute name", name: "copyable attribute name" };
+const KEYWORDS: Named =
+    Named { names: "keyword argument names", duplicate: "keyword argument", name: "keyword argument name" };
 
 /// Names already used in one sequence: a short list, a set once there are many.
 #[derive(Default)]

@@ -8,6 +8,7 @@
 //! partial message is held, messages are delivered straight from the caller's chunk.
 
 use crate::banana::decode::{Step, Token, TokenReader};
+use crate::banana::framer::{Held, ScanError};
 use crate::banana::tokenizer::check_nesting;
 use crate::banana::{tb, BananaError, Dialect, ErrorKind, Limits};
 
@@ -33,11 +34,9 @@ pub enum Frame<'a> {
 /// Incremental state for one direction of one connection.
 pub struct MessageFramer {
     limits: Limits,
-    /// The partial message (or token) being received; `buf[0]` is at stream offset `consumed`.
-    buf: Vec<u8>,
-    consumed: u64,
+    /// The partial message (or token) being received.
+    held: Held,
     scan: ScanState,
-    failed: Option<BananaError>,
 }
 
 #[derive(Default)]
@@ -58,7 +57,7 @@ struct ScanState {
 
 impl MessageFramer {
     pub fn new(limits: Limits) -> MessageFramer {
-        MessageFramer { limits, buf: Vec::new(), consumed: 0, scan: ScanState::default(), failed: None }
+        MessageFramer { limits, held: Held::default(), scan: ScanState::default() }
     }
 
     pub fn limits(&self) -> Limits {
@@ -67,12 +66,12 @@ impl MessageFramer {
 
     /// Bytes held for an incomplete message.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.held.len()
     }
 
     /// Stream offset of the next byte to be fed.
     pub fn offset(&self) -> u64 {
-        self.consumed + self.buf.len() as u64
+        self.held.offset()
     }
 
     /// OPEN tokens read so far (the object number the next OPEN will get).
@@ -102,49 +101,17 @@ impl MessageFramer {
         data: &[u8],
         mut on_frame: impl FnMut(Frame<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
-        if let Some(e) = &self.failed {
-            return Err(e.clone().into());
-        }
         if self.scan.stopped {
             return Ok(());
         }
-        let result = if self.buf.is_empty() {
-            let r = scan(self.limits, &mut self.scan, data, self.consumed, &mut on_frame);
-            if let Ok(done) = r {
-                if !self.scan.stopped {
-                    self.buf.extend_from_slice(&data[done..]);
-                }
-                self.consumed += done as u64;
-            }
-            r
-        } else {
-            self.buf.extend_from_slice(data);
-            let r = scan(self.limits, &mut self.scan, &self.buf, self.consumed, &mut on_frame);
-            if let Ok(done) = r {
-                self.buf.drain(..done);
-                self.consumed += done as u64;
-                if self.scan.stopped {
-                    self.buf = Vec::new();
-                }
-            }
-            r
-        };
-        result.map(|_| ()).map_err(|e| {
-            self.failed = Some(match &e {
-                ScanError::Banana(b) => b.clone(),
-                ScanError::Callback(_) => BananaError::at(self.offset(), ErrorKind::Stopped),
-            });
-            match e {
-                ScanError::Banana(b) => b.into(),
-                ScanError::Callback(e) => e,
-            }
-        })
+        let (limits, state) = (self.limits, &mut self.scan);
+        let result = self.held.feed(data, |bytes, base| scan(limits, state, bytes, base, &mut on_frame));
+        if self.scan.stopped {
+            // The scan finished with every byte up to the peer's ERROR, and nothing more is read.
+            self.held.release();
+        }
+        result
     }
-}
-
-enum ScanError<E> {
-    Banana(BananaError),
-    Callback(E),
 }
 
 /// Scan `data` (which starts at a message boundary, stream offset `base`) from `state.pos`.

@@ -20,9 +20,9 @@ use pyo3::types::{
 use pyo3::types::{PyDateAccess, PyDeltaAccess, PyTimeAccess, PyTzInfoAccess};
 
 use super::{format_fields, tag};
-use crate::banana::{tb, Dialect, Encoder, Limits};
+use crate::banana::{tb, Dialect, Encoder, Integer, Limits};
 use crate::py::errors::{jelly_error, PyBananaError};
-use crate::py::PtrMap;
+use crate::py::{int_value, PtrMap};
 
 /// Twisted's `qual()`: `__module__` and `__name__` of a class (not `__qualname__`: a nested
 /// class is named as if it were at module level, and the wire must say what Twisted says).
@@ -180,16 +180,13 @@ impl<'py> JellyEncoder<'py> {
     }
 
     fn int(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
-        let mut overflow = 0;
-        // SAFETY: obj is an exact int; PyLong_AsLongLongAndOverflow reports overflow without
-        // raising, and cannot fail otherwise for an int.
-        let v = unsafe { ffi::PyLong_AsLongLongAndOverflow(obj.as_ptr(), &mut overflow) };
-        if overflow == 0 {
-            self.enc.int(v);
-            return Ok(());
+        match int_value(obj)? {
+            Integer::Small(v) => {
+                self.enc.int(v);
+                Ok(())
+            }
+            Integer::Big(big) => self.enc.big_int(&big).map_err(|e| PyBananaError::from(e).into()),
         }
-        let big: BigInt = obj.extract()?;
-        self.enc.big_int(&big).map_err(|e| PyBananaError::from(e).into())
     }
 
     /// A tracked object seen before: write its dereference and return true. Otherwise remember

@@ -130,7 +130,8 @@ impl FastPath {
         };
         let result = match called {
             Ok(result) => result,
-            // No such method: the broker reports it (the method never ran).
+            // No such method: the broker reports it (the method never ran), through
+            // `prefixed_method`, so the error is worded in one place.
             Err(e) if e.is_instance_of::<PyAttributeError>(py) && !target.hasattr(&attribute)? => {
                 return Ok(Outcome::Declined)
             }
@@ -193,7 +194,8 @@ impl FastPath {
         Ok(plain)
     }
 
-    /// `"remote_" + name`, made once per distinct name.
+    /// `"remote_" + name`, made once per distinct name. This is `prefixed_method`'s lookup
+    /// without a Python frame per call; a miss is declined, so only the broker reports it.
     fn attribute_name<'py>(&mut self, py: Python<'py>, name: &Bound<'py, PyString>) -> Bound<'py, PyString> {
         let key = name.as_ptr() as usize;
         if let Some((_, attribute)) = self.names.get(&key) {

@@ -19,12 +19,12 @@
 //! stream offset; the events completed before it are on the exception as `.events`.
 
 use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
-use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString, PyTuple};
+use pyo3::PyTypeInfo;
 
-use super::{integer, limit_args, set_limit, with_bytes, PtrMap};
+use super::{int_value, integer, limit_args, set_limit, with_bytes, with_events, PtrMap};
 use crate::banana::Integer;
 use crate::foolscap::decode::{read_message, Build, Built, Fault, Message};
 use crate::foolscap::encode::{TooDeep, Writer};
@@ -98,13 +98,7 @@ impl FoolscapDecoderPy {
                 events.append(event)
             })
         });
-        match result {
-            Ok(()) => Ok(events),
-            Err(e) => {
-                e.value(py).setattr("events", events)?;
-                Err(e)
-            }
-        }
+        with_events(py, events, result)
     }
 
     /// Bytes held for an incomplete message.
@@ -410,27 +404,13 @@ impl FoolscapEncoderPy {
 
     /// `(answer reqid value)`.
     fn answer<'py>(&mut self, py: Python<'py>, reqid: i64, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        request_id(reqid)?;
-        self.encode(py, |m| {
-            let answer = m.w.open(b"answer")?;
-            m.w.int(reqid);
-            m.value(value, true)?;
-            m.w.close(answer);
-            Ok(())
-        })
+        self.reply(py, b"answer", reqid, |m| m.value(value, true))
     }
 
     /// `(error reqid (copyable "twisted.python.failure.Failure" name value ...))`, the state (a
     /// dict or (name, value) pairs) in the order given.
     fn error<'py>(&mut self, py: Python<'py>, reqid: i64, state: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        request_id(reqid)?;
-        self.encode(py, |m| {
-            let error = m.w.open(b"error")?;
-            m.w.int(reqid);
-            m.copyable(FAILURE, state)?;
-            m.w.close(error);
-            Ok(())
-        })
+        self.reply(py, b"error", reqid, |m| m.copyable(FAILURE, state))
     }
 
     /// A PING (foolscap sends number 0, as the single byte 8e).
@@ -473,6 +453,24 @@ impl FoolscapEncoderPy {
 }
 
 impl FoolscapEncoderPy {
+    /// `(word reqid body)`: an answer or an error.
+    fn reply<'py>(
+        &mut self,
+        py: Python<'py>,
+        word: &[u8],
+        reqid: i64,
+        body: impl FnOnce(&mut MessageWriter<'py, '_>) -> PyResult<()>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        request_id(reqid)?;
+        self.encode(py, |m| {
+            let reply = m.w.open(word)?;
+            m.w.int(reqid);
+            body(m)?;
+            m.w.close(reply);
+            Ok(())
+        })
+    }
+
     /// Run `write` on a fresh message; keep its bytes and counter only if it succeeds.
     fn encode<'py>(
         &mut self,
@@ -520,6 +518,16 @@ fn request_id(reqid: i64) -> PyResult<()> {
     wire_id("request ID", reqid, false).map(drop)
 }
 
+/// `obj` as a `T`: of exactly that type, or (not `EXACT`) of a subclass too.
+#[inline(always)]
+fn cast<'a, 'py, T: PyTypeInfo, const EXACT: bool>(obj: &'a Bound<'py, PyAny>) -> Option<&'a Bound<'py, T>> {
+    if EXACT {
+        obj.cast_exact::<T>().ok()
+    } else {
+        obj.cast::<T>().ok()
+    }
+}
+
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
     qualified_name(&obj.get_type()).unwrap_or_else(|_| "?".into())
 }
@@ -539,57 +547,57 @@ struct MessageWriter<'py, 'a> {
 impl<'py> MessageWriter<'py, '_> {
     /// Write `obj`. `maybe_shared` false promises nothing else in this message can reach it.
     fn value(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
-        if obj.is_exact_instance_of::<PyInt>() {
-            return self.int(obj);
-        }
-        if let Ok(s) = obj.cast_exact::<PyString>() {
-            return self.text(s);
-        }
-        if let Ok(b) = obj.cast_exact::<PyBytes>() {
-            self.w.bytes(b.as_bytes());
+        if self.builtin::<true>(obj, maybe_shared)? {
             return Ok(());
-        }
-        if let Ok(f) = obj.cast_exact::<PyFloat>() {
-            self.w.float(f.value());
-            return Ok(());
-        }
-        if obj.is_none() {
-            return Ok(self.w.none()?);
-        }
-        if let Ok(b) = obj.cast_exact::<PyBool>() {
-            return Ok(self.w.boolean(b.is_true())?);
-        }
-        if let Ok(list) = obj.cast_exact::<PyList>() {
-            return self.list(obj, list, maybe_shared);
-        }
-        if let Ok(tuple) = obj.cast_exact::<PyTuple>() {
-            return self.tuple(obj, tuple, maybe_shared);
-        }
-        if let Ok(dict) = obj.cast_exact::<PyDict>() {
-            return self.dict(obj, dict, maybe_shared);
-        }
-        if obj.is_exact_instance_of::<PySet>() {
-            return self.set(obj, b"set", maybe_shared);
-        }
-        if obj.is_exact_instance_of::<PyFrozenSet>() {
-            // foolscap does not track frozensets for sharing.
-            return self.set(obj, b"immutable-set", false);
-        }
-        if obj.get_type().is(decimal_type(self.py)?) {
-            return self.decimal(obj);
         }
         self.special(obj)
     }
 
-    fn int(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
-        let mut overflow = 0;
-        // SAFETY: obj is an int (or subclass); PyLong_AsLongLongAndOverflow reports overflow
-        // without raising, and cannot fail otherwise for an int.
-        let v = unsafe { ffi::PyLong_AsLongLongAndOverflow(obj.as_ptr(), &mut overflow) };
-        if overflow == 0 {
-            self.w.int(v);
+    /// Write `obj` if it is of a type foolscap sends as itself, exactly that type (`EXACT`: the
+    /// common case, tried before the hook) or a subclass (after it); false if it is not.
+    #[inline(always)]
+    fn builtin<const EXACT: bool>(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<bool> {
+        // bool is an int subclass, but an exact bool never gets as far as the subclass pass.
+        if cast::<PyInt, EXACT>(obj).is_some() {
+            self.int(obj)?;
+        } else if let Some(s) = cast::<PyString, EXACT>(obj) {
+            self.text(s)?;
+        } else if let Some(b) = cast::<PyBytes, EXACT>(obj) {
+            self.w.bytes(b.as_bytes());
+        } else if let Some(f) = cast::<PyFloat, EXACT>(obj) {
+            self.w.float(f.value());
+        } else if obj.is_none() {
+            self.w.none()?;
+        } else if let Some(b) = cast::<PyBool, EXACT>(obj) {
+            self.w.boolean(b.is_true())?;
+        } else if let Some(list) = cast::<PyList, EXACT>(obj) {
+            self.list(obj, list, maybe_shared)?;
+        } else if let Some(tuple) = cast::<PyTuple, EXACT>(obj) {
+            self.tuple(obj, tuple, maybe_shared)?;
+        } else if let Some(dict) = cast::<PyDict, EXACT>(obj) {
+            self.dict(obj, dict, maybe_shared)?;
+        } else if cast::<PySet, EXACT>(obj).is_some() {
+            self.set(obj, b"set", maybe_shared)?;
+        } else if cast::<PyFrozenSet, EXACT>(obj).is_some() {
+            // foolscap does not track frozensets for sharing.
+            self.set(obj, b"immutable-set", false)?;
+        } else if self.is_decimal::<EXACT>(obj)? {
+            self.decimal(obj)?;
         } else {
-            self.w.big_int(&obj.extract()?);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn is_decimal<const EXACT: bool>(&self, obj: &Bound<'py, PyAny>) -> PyResult<bool> {
+        let decimal = decimal_type(self.py)?;
+        Ok(if EXACT { obj.get_type().is(decimal) } else { obj.is_instance(decimal)? })
+    }
+
+    fn int(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
+        match int_value(obj)? {
+            Integer::Small(v) => self.w.int(v),
+            Integer::Big(big) => self.w.big_int(&big),
         }
         Ok(())
     }
@@ -697,37 +705,8 @@ impl<'py> MessageWriter<'py, '_> {
                 return written;
             }
         }
-        if obj.is_instance_of::<PyInt>() {
-            return self.int(obj);
-        }
-        if let Ok(s) = obj.cast::<PyString>() {
-            return self.text(s);
-        }
-        if let Ok(b) = obj.cast::<PyBytes>() {
-            self.w.bytes(b.as_bytes());
+        if self.builtin::<false>(obj, true)? {
             return Ok(());
-        }
-        if let Ok(f) = obj.cast::<PyFloat>() {
-            self.w.float(f.value());
-            return Ok(());
-        }
-        if let Ok(list) = obj.cast::<PyList>() {
-            return self.list(obj, list, true);
-        }
-        if let Ok(tuple) = obj.cast::<PyTuple>() {
-            return self.tuple(obj, tuple, true);
-        }
-        if let Ok(dict) = obj.cast::<PyDict>() {
-            return self.dict(obj, dict, true);
-        }
-        if obj.is_instance_of::<PySet>() {
-            return self.set(obj, b"set", true);
-        }
-        if obj.is_instance_of::<PyFrozenSet>() {
-            return self.set(obj, b"immutable-set", false);
-        }
-        if obj.is_instance(decimal_type(self.py)?)? {
-            return self.decimal(obj);
         }
         Err(PyTypeError::new_err(format!(
             "cannot send {} objects over foolscap (the encoder hook gives no form for them)",

@@ -130,6 +130,29 @@ fn raw_value<'py>(py: Python<'py>, cursor: &mut Cursor<'_>) -> PyResult<Bound<'p
     })
 }
 
+/// What a decoder's `feed` returns: the events, or the error that broke the stream carrying the
+/// events completed before it as `.events` (what a peer sent before breaking it still counts).
+fn with_events<'py>(py: Python<'py>, events: Bound<'py, PyList>, result: PyResult<()>) -> PyResult<Bound<'py, PyList>> {
+    match result {
+        Ok(()) => Ok(events),
+        Err(e) => {
+            e.value(py).setattr("events", events)?;
+            Err(e)
+        }
+    }
+}
+
+/// An int's value (`obj` is an int or a subclass): `Small` without allocating or raising when
+/// it fits an `i64`, which it almost always does.
+#[inline]
+pub(crate) fn int_value(obj: &Bound<'_, PyAny>) -> PyResult<Integer> {
+    let mut overflow = 0;
+    // SAFETY: obj is an int; PyLong_AsLongLongAndOverflow reports overflow without raising, and
+    // cannot fail otherwise for an int.
+    let v = unsafe { pyo3::ffi::PyLong_AsLongLongAndOverflow(obj.as_ptr(), &mut overflow) };
+    Ok(if overflow == 0 { Integer::Small(v) } else { Integer::Big(obj.extract()?) })
+}
+
 pub(crate) fn integer(py: Python<'_>, value: Integer) -> PyResult<Bound<'_, PyAny>> {
     Ok(match value {
         Integer::Small(v) => v.into_pyobject(py)?.into_any(),

@@ -40,7 +40,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use super::errors::jelly_error;
 use super::fast::{FastPath, Outcome, REPLY_FLUSH};
 use super::sender::SenderPy;
-use super::{dialect, limits, raw_value, with_bytes};
+use super::{dialect, limits, raw_value, with_bytes, with_events};
 use crate::banana::cursor::{Cursor, Item};
 use crate::banana::{BananaError, Dialect, Encoder, Framer, Limits};
 use crate::jelly::decode::{JellyDecoder, StrCache};
@@ -215,13 +215,7 @@ impl PbDecoderPy {
             }
             fed
         });
-        match result {
-            Ok(()) => Ok(events),
-            Err(e) => {
-                e.value(py).setattr("events", events)?;
-                Err(e)
-            }
-        }
+        with_events(py, events, result)
     }
 
     /// The negotiated dialect ("pb" or "none"), or None before negotiation ends.
@@ -682,7 +676,8 @@ impl PbEncoderPy {
         Ok(PyBytes::new(py, &out))
     }
 
-    /// `[command, request_id, value]` appended to `out`.
+    /// `[command, request_id, value]` appended to `out`: every reply's encoding, the fast
+    /// path's answers (`fast.rs`) and the broker's answers and errors (`answer`, `error`) alike.
     pub fn encode_reply<'py>(
         &self,
         py: Python<'py>,
