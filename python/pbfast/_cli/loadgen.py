@@ -229,7 +229,7 @@ class _Load:
         if wait < _TIMER_RESOLUTION:
             self.loop.call_soon(self._tick)
         else:
-            self.loop.call_later(wait / _NS, self._tick)
+            self.loop.call_later((wait - _TIMER_RESOLUTION) / _NS, self._tick)
 
     # ------------------------------------------------------------------ phases
 
