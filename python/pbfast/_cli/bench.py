@@ -352,6 +352,7 @@ def report(result: LoadResult, target: str, thresholds: list[Threshold], out: Te
         file=out,
     )
     print(f"  throughput  {result.throughput:,.0f} calls/s", file=out)
+    print(f"  generator   {_generator_load(result)}", file=out)
     if plan.rate is not None:
         print(
             f"  schedule    {result.late:,} of {result.sent:,} calls sent late (more than "
@@ -380,6 +381,18 @@ def report(result: LoadResult, target: str, thresholds: list[Threshold], out: Te
             verdict = "CROSSED" if threshold.crossed(result) else "ok"
             value = threshold.show(threshold.measure(result))
             print(f"    {verdict:<8} {threshold.text}  ({threshold.metric} = {value})", file=out)
+
+
+def _generator_load(result: LoadResult) -> str:
+    """How busy this process was: near 100 % in the closed model, it may be what limits the run."""
+    share = result.cpu / result.elapsed if result.elapsed else 0.0
+    per_call = f", {result.cpu / result.completed * 1e6:.1f} µs a call" if result.completed else ""
+    text = f"{result.cpu:.2f} s of CPU ({share:.0%} of one core){per_call}"
+    if result.plan.rate is not None:
+        return text + "; it goes round the loop while a call is due within a millisecond"
+    if share > 0.9:
+        return text + "; busy throughout, so it may be what limits this run"
+    return text
 
 
 def _latency_lines(label: str, histogram: Histogram, out: TextIO) -> None:
@@ -464,6 +477,7 @@ def to_json(result: LoadResult, target: str, thresholds: list[Threshold]) -> dic
         "late_sends": result.late if plan.rate is not None else None,
         "late_after_us": LATE_AFTER * 1e6 if plan.rate is not None else None,
         "max_send_lag_us": result.max_lag * 1e6 if plan.rate is not None else None,
+        "generator_cpu_s": result.cpu,
         "histogram_us": [[low / 1e3, high / 1e3, count] for low, high, count in result.latency.buckets()],
         "stopped_early": result.stopped_early,
         "thresholds": [

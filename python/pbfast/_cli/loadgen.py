@@ -78,6 +78,8 @@ class LoadResult:
     #: Open model: calls sent more than LATE_AFTER after their intended start, and the worst lag.
     late: int = 0
     max_lag: float = 0.0
+    #: CPU time this process used from the end of the warm-up to the last answer, in seconds.
+    cpu: float = 0.0
     #: Why the run ended before its plan did (all connections lost, interrupted, ...), if it did.
     stopped_early: str | None = None
 
@@ -297,6 +299,7 @@ async def run_load(
         else:
             measure_start = load.begin_measuring()
             load.begin()
+        cpu_start = time.process_time()
         await _wait_any(load.all_sent, interrupted, timeout=plan.duration)
         if interrupted.is_set():
             load.stop("interrupted")
@@ -307,6 +310,7 @@ async def run_load(
                 await load.drained.wait()
         except TimeoutError:
             load.errors[f"no answer within {plan.timeout:g} s"] += load.in_flight
+        cpu = time.process_time() - cpu_start
     finally:
         if reporter is not None:
             reporter.cancel()
@@ -321,6 +325,7 @@ async def run_load(
         uncorrected=load.uncorrected,
         late=load.late,
         max_lag=load.max_lag / _NS,
+        cpu=cpu,
         stopped_early=load.stopped_early,
     )
 
