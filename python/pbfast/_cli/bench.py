@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from .. import __version__, _core
+from ..pb import run as run_loop
 from .call import ARGS_HELP, TARGET_HELP
 from .common import (
     EXIT_THRESHOLD,
@@ -250,7 +251,6 @@ def run(args: argparse.Namespace) -> int:
             EXIT_USAGE,
         )
     live = sys.stdout.isatty() and not args.json
-    from ..pb import run as run_loop
 
     result = run_loop(_bench(args.target, plan, args.connections, live))
     if live:

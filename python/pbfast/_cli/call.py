@@ -7,6 +7,7 @@ import asyncio
 import pprint
 
 from ..errors import RemoteError
+from ..pb import run as run_loop
 from .common import CommandError, open_references, parse_arguments, parse_duration
 
 __all__ = ["add_parser", "run", "TARGET_HELP", "ARGS_HELP"]
@@ -40,7 +41,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     call_args, call_kwargs = parse_arguments(args.arguments)
-    from ..pb import run as run_loop
 
     result = run_loop(_call(args.target, args.method, call_args, call_kwargs, args.timeout))
     print(pprint.pformat(result, width=100, sort_dicts=False))

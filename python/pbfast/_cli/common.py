@@ -10,7 +10,11 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from ..endpoints import parse_client
 from ..errors import PbfastError
+from ..furl import FURL
+from ..pb import connect
+from ..tub import Tub
 
 __all__ = [
     "EXIT_ERROR",
@@ -167,11 +171,6 @@ async def open_references(
         CommandError: (usage) a malformed FURL or endpoint string; the connection failed or
             took longer than `timeout` seconds.
     """
-    from ..endpoints import parse_client
-    from ..furl import FURL
-    from ..pb import connect
-    from ..tub import Tub
-
     furl = is_furl(target)
     try:
         FURL.parse(target) if furl else parse_client(target)
@@ -191,7 +190,7 @@ async def open_references(
             raise CommandError(f"cannot connect to {target}: no answer within {timeout:g} s") from None
         except (OSError, PbfastError) as e:
             message = describe(e)
-            if "cannot connect" not in message:
+            if "cannot connect" not in message:  # the endpoints' errors say it already
                 message = f"cannot connect to {target}: {message}"
             raise CommandError(message) from None
         yield refs

@@ -10,7 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cred import Portal
+from ..pb import run as run_loop
+from ..pb import serve
 from ..referenceable import Referenceable
+from ..tub import Tub
 from .common import EXIT_USAGE, CommandError, load_object
 from .service import TestService
 
@@ -77,22 +81,12 @@ def run(args: argparse.Namespace) -> int:
     if tub_only and not args.tub:
         raise CommandError(f"--{tub_only[0].replace('_', '-')} needs --tub", EXIT_USAGE)
     obj = load_object(args.object) if args.object else TestService()
-    if not isinstance(obj, Referenceable) and not _is_portal(obj):
+    if not isinstance(obj, Referenceable | Portal):
         raise CommandError(f"{args.object} is a {type(obj).__name__}, not a pbfast.Referenceable", EXIT_USAGE)
-    from ..pb import run as run_loop
-
     return run_loop(_serve_tub(obj, args) if args.tub else _serve_pb(obj, args))
 
 
-def _is_portal(obj: Any) -> bool:
-    from ..cred import Portal
-
-    return isinstance(obj, Portal)
-
-
 async def _serve_pb(obj: Any, args: argparse.Namespace) -> int:
-    from ..pb import serve
-
     options = {"unsafeTracebacks": True} if args.unsafe_tracebacks else {}
     async with await serve(obj, args.endpoint, **options) as server:
         print(f"serving {obj!r} on the PB wire", flush=True)
@@ -102,9 +96,7 @@ async def _serve_pb(obj: Any, args: argparse.Namespace) -> int:
 
 
 async def _serve_tub(obj: Any, args: argparse.Namespace) -> int:
-    from ..tub import Tub
-
-    if _is_portal(obj):
+    if isinstance(obj, Portal):
         raise CommandError("a Portal serves PB logins; a Tub cannot serve it", EXIT_USAGE)
     tub = Tub(certFile=str(args.cert_file) if args.cert_file else None)
     if args.unsafe_tracebacks:
