@@ -320,6 +320,12 @@ def test_serve_on_a_busy_port() -> None:
 # ---------------------------------------------------------------------------------- bench
 
 
+def start_bench(address: str, *args: str) -> subprocess.Popen[str]:
+    """`pbfast bench ADDRESS echo 1 ARGS` running, without a warm-up."""
+    command = [sys.executable, "-m", "pbfast", "bench", address, "echo", "1", "--warmup", "0", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def bench_json(*args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
     result = pbfast("bench", *args, "--json")
     assert "Traceback" not in result.stderr, result.stderr
@@ -430,12 +436,7 @@ def test_bench_bad_furl() -> None:
 
 def test_bench_server_going_away(tmp_path: Path) -> None:
     server = Server("tcp:port=0:interface=127.0.0.1")
-    bench = subprocess.Popen(
-        [sys.executable, "-m", "pbfast", "bench", server.address, "echo", "1", "-d", "30s", "--warmup", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    bench = start_bench(server.address, "-d", "30s")
     time.sleep(1.5)
     server.stop(signal.SIGKILL)
     stdout, stderr = bench.communicate(timeout=30)
@@ -510,12 +511,7 @@ def test_create_tub_in_a_missing_directory(tmp_path: Path) -> None:
 
 
 def test_bench_interrupted_reports_what_it_measured(pb_server: Server) -> None:
-    bench = subprocess.Popen(
-        [sys.executable, "-m", "pbfast", "bench", pb_server.address, "echo", "1", "-d", "60s", "--warmup", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    bench = start_bench(pb_server.address, "-d", "60s")
     time.sleep(2)
     bench.send_signal(signal.SIGINT)
     stdout, stderr = bench.communicate(timeout=30)
