@@ -903,9 +903,8 @@ def results_json(
     return out
 
 
-def common_parser(systems: tuple[str, ...], doc: str) -> argparse.ArgumentParser:
-    """The options rpc.py and tub.py share, including their internal server/client modes."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+def add_timing_options(parser: argparse.ArgumentParser) -> None:
+    """How long and where the systems are measured: the options rpc.py, tub.py and compare.py share."""
     parser.add_argument(
         "--seconds", type=float, default=2.0, help="seconds per system per measurement (default: 2)"
     )
@@ -916,6 +915,25 @@ def common_parser(systems: tuple[str, ...], doc: str) -> argparse.ArgumentParser
         default=0.3,
         help="untimed pipelined seconds per client process (default: 0.3)",
     )
+    parser.add_argument(
+        "--pin",
+        choices=("same", "split", "none"),
+        default="same",
+        help="CPU placement of each server and its client: both on one CPU (default), one CPU each, "
+        "or left to the OS",
+    )
+    parser.add_argument("--outstanding", type=int, default=OUTSTANDING, help=argparse.SUPPRESS)
+
+
+def check_timing_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.seconds <= 0 or args.rounds < 1 or args.warmup < 0 or args.outstanding < 1:
+        parser.error("--seconds must be > 0, --rounds >= 1, --warmup >= 0")
+
+
+def common_parser(systems: tuple[str, ...], doc: str) -> argparse.ArgumentParser:
+    """The options rpc.py and tub.py share, including their internal server/client modes."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    add_timing_options(parser)
     parser.add_argument(
         "--only",
         default=",".join(systems),
@@ -929,14 +947,6 @@ def common_parser(systems: tuple[str, ...], doc: str) -> argparse.ArgumentParser
         help="print one JSON object instead of the report; with PATH, print the report and also "
         "write the JSON to PATH",
     )
-    parser.add_argument(
-        "--pin",
-        choices=("same", "split", "none"),
-        default="same",
-        help="CPU placement of each server and its client: both on one CPU (default), one CPU each, "
-        "or left to the OS",
-    )
-    parser.add_argument("--outstanding", type=int, default=OUTSTANDING, help=argparse.SUPPRESS)
     # Internal: the server and client processes.
     parser.add_argument("--serve", choices=systems, help=argparse.SUPPRESS)
     parser.add_argument("--client", choices=systems, help=argparse.SUPPRESS)
@@ -950,8 +960,7 @@ def check_common(
     parser: argparse.ArgumentParser, args: argparse.Namespace, systems: tuple[str, ...]
 ) -> list[str]:
     """Validate the shared options; the systems chosen with --only."""
-    if args.seconds <= 0 or args.rounds < 1 or args.warmup < 0 or args.outstanding < 1:
-        parser.error("--seconds must be > 0, --rounds >= 1, --warmup >= 0")
+    check_timing_options(parser, args)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     if set(only) - set(systems) or not only:
         parser.error(f"--only takes a comma-separated subset of {','.join(systems)}")
@@ -976,20 +985,12 @@ def run_internal(args: argparse.Namespace, servers: dict[str, Any], clients: dic
     return False
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = common_parser(SYSTEMS, __doc__)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    only = check_common(parser, args, SYSTEMS)
-    if run_internal(args, SERVERS, CLIENTS):
-        return 0
-
-    env = environment()
+def preflight(env: dict[str, Any]) -> None:
+    """Warn on stderr about what makes the numbers meaningless (a debug build) or noisy (a busy
+    machine); records how busy the machine was in `env`."""
     if env["pbfast_build_profile"] != "release":
         banner = "!" * 78
         print(f"{banner}\n{debug_warning()}\n{banner}", file=sys.stderr)
-
     busy = env["cpu_busy_before_percent"] = busy_percent()
     if busy is not None and busy > BUSY_WARNING:
         print(
@@ -997,6 +998,13 @@ def main(argv: list[str] | None = None) -> int:
             "expect noisy numbers",
             file=sys.stderr,
         )
+
+
+def run(args: argparse.Namespace, only: list[str]) -> tuple[list[Result], dict[str, Any], int]:
+    """Measure the systems in `only` (those not installed are kept, marked unavailable): the
+    results, the environment and the request size, for `report` and `results_json`."""
+    env = environment()
+    preflight(env)
     size = request_size()
     have = versions()
     results = []
@@ -1006,18 +1014,34 @@ def main(argv: list[str] | None = None) -> int:
         version = have[system]
         results.append(Result(system, version or "", unavailable=None if version else "not installed"))
     measure(results, args, size)
+    return results, env, size
 
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    print(f"results written to {path}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common_parser(SYSTEMS, __doc__)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    only = check_common(parser, args, SYSTEMS)
+    if run_internal(args, SERVERS, CLIENTS):
+        return 0
+
+    results, env, size = run(args, only)
     data = results_json(results, env, args, size)
     if args.json == "-":
         print(json.dumps(data, indent=2))
     else:
         print(report(results, env, args, size), end="")
     if args.json and args.json != "-":
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        print(f"results written to {args.json}", file=sys.stderr)
+        write_json(args.json, data)
     return 0
 
 

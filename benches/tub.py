@@ -40,12 +40,10 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from rpc import (  # noqa: E402
-    BUSY_WARNING,
     CpuClock,
     Result,
     add_cpu,
     busy_note,
-    busy_percent,
     check_common,
     common_parser,
     debug_warning,
@@ -59,9 +57,11 @@ from rpc import (  # noqa: E402
     per_call_us,
     pin_args,
     placement,
+    preflight,
     run_internal,
     run_reactor,
     stop_server,
+    write_json,
 )
 
 PBFAST, FOOLSCAP = "pbfast", "foolscap"
@@ -601,6 +601,23 @@ def results_json(results: list[TubResult], env: dict[str, Any], args: argparse.N
     return out
 
 
+def run(args: argparse.Namespace, only: list[str]) -> tuple[list[TubResult], dict[str, Any]]:
+    """Measure the systems in `only` (those not installed are kept, marked unavailable): the
+    results and the environment, for `report` and `results_json`."""
+    env = environment()
+    preflight(env)
+    have = versions()
+    results = []
+    for system in SYSTEMS:
+        if system in only:
+            version = have[system]
+            results.append(TubResult(system, version or "", unavailable=None if version else "not installed"))
+    started = time.monotonic()
+    measure(results, args)
+    print(f"  done in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return results, env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = common_parser(SYSTEMS, __doc__)
     parser.add_argument(
@@ -618,39 +635,14 @@ def main(argv: list[str] | None = None) -> int:
     if run_internal(args, SERVERS, CLIENTS):
         return 0
 
-    env = environment()
-    if env["pbfast_build_profile"] != "release":
-        banner = "!" * 78
-        print(f"{banner}\n{debug_warning()}\n{banner}", file=sys.stderr)
-
-    busy = env["cpu_busy_before_percent"] = busy_percent()
-    if busy is not None and busy > BUSY_WARNING:
-        print(
-            f"warning: the CPUs were {busy:.0f}% busy with other work just before the run; "
-            "expect noisy numbers",
-            file=sys.stderr,
-        )
-    have = versions()
-    results = []
-    for system in SYSTEMS:
-        if system in only:
-            version = have[system]
-            results.append(TubResult(system, version or "", unavailable=None if version else "not installed"))
-    started = time.monotonic()
-    measure(results, args)
-    print(f"  done in {time.monotonic() - started:.0f} s", file=sys.stderr)
-
+    results, env = run(args, only)
     data = results_json(results, env, args)
     if args.json == "-":
         print(json.dumps(data, indent=2))
     else:
         print(report(results, env, args), end="")
     if args.json and args.json != "-":
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        print(f"results written to {args.json}", file=sys.stderr)
+        write_json(args.json, data)
     return 0
 
 
