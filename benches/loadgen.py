@@ -1,7 +1,7 @@
 """How fast ``pbfast bench`` can drive a server: the load generator against ``pbfast serve``'s
 built-in echo, each in its own process on 127.0.0.1, as a user would run them.
 
-    python benches/loadgen.py [--seconds 10] [--json PATH]
+    python benches/loadgen.py [--seconds 10] [--warmup 1] [--json PATH]
 
 Runs the closed model at a few concurrencies and the open model at a few rates, on Twisted PB's
 wire (an endpoint) and in a Tub (a FURL), and prints a Markdown table: calls/s, latency
@@ -45,9 +45,9 @@ def start_server(kind: str, workdir: Path) -> tuple[subprocess.Popen[str], str]:
     raise SystemExit(f"pbfast serve ({kind}) did not start: exit {server.wait()}")
 
 
-def bench(target: str, args: list[str], seconds: float) -> dict:
+def bench(target: str, args: list[str], seconds: float, warmup: float) -> dict:
     command = [sys.executable, "-m", "pbfast", "bench", target, "echo", "1", *args]
-    command += ["--duration", f"{seconds}s", "--json"]
+    command += ["--duration", f"{seconds}s", "--warmup", f"{warmup}s", "--json"]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"pbfast bench failed: {result.stderr.strip()}")
@@ -57,6 +57,7 @@ def bench(target: str, args: list[str], seconds: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each run (default 10)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before each run (default 1)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     options = parser.parse_args()
 
@@ -69,12 +70,22 @@ def main() -> None:
             try:
                 for run_kind, model, args in RUNS:
                     if run_kind == kind:
-                        rows.append((kind, model, " ".join(args), bench(target, args, options.seconds)))
+                        rows.append(
+                            (
+                                kind,
+                                model,
+                                " ".join(args),
+                                bench(target, args, options.seconds, options.warmup),
+                            )
+                        )
             finally:
                 server.terminate()
                 server.wait()
 
-    print(f"pbfast bench against `pbfast serve`'s echo(1), {options.seconds:g} s a run after a 1 s warm-up")
+    print(
+        f"pbfast bench against `pbfast serve`'s echo(1), {options.seconds:g} s a run "
+        f"after a {options.warmup:g} s warm-up"
+    )
     print(
         f"({os.cpu_count()} CPUs, Python {platform.python_version()}, {pbfast._core.build_profile} build, "
         f"{time.strftime('%Y-%m-%d')})"
