@@ -98,10 +98,6 @@ class LocalScoreboard(RemoteCache):
         self.scores[team] += 1
 
 
-setUnjellyableForClass(Pond, LocalPond)
-setUnjellyableForClass(Scoreboard, LocalScoreboard)
-
-
 class DemoRoot(Root):
     def __init__(self) -> None:
         self.scoreboard = Scoreboard()
@@ -141,6 +137,11 @@ class DemoRoot(Root):
 
 
 async def _demo(seconds: float, out: TextIO) -> int:
+    # Registered here, not on import: other subcommands serve other objects, and should not
+    # accept these copies.
+    setUnjellyableForClass(Pond, LocalPond)
+    setUnjellyableForClass(Scoreboard, LocalScoreboard)
+
     def show(label: str, text: str) -> None:
         print(f"  {label:<12}{text}", file=out)
 
