@@ -704,17 +704,18 @@ def per_call_us(total: list[Any], index: int) -> float | None:
     return None if cpu is None or not calls else cpu / calls * 1e6
 
 
-def ratios(results: list[Result]) -> list[dict[str, Any]]:
+def ratios(results: list[Any], targets: tuple = TARGETS) -> list[dict[str, Any]]:
+    """Each target's ratio and verdict (None where a side did not run, or nothing is aimed at)."""
     by_name = {r.system: r for r in results}
     out = []
-    for label, key, num, den, measure_name, comparison, target in TARGETS:
+    for label, key, num, den, measure_name, comparison, target in targets:
         a, b = by_name.get(num), by_name.get(den)
         ratio = None
         if a and b and a.ok and b.ok:
             x, y = a.measure(measure_name), b.measure(measure_name)
             ratio = x / y if x is not None and y else None
         verdict = None
-        if ratio is not None:
+        if ratio is not None and comparison is not None:
             passed = ratio >= target if comparison == ">=" else ratio <= target
             verdict = "PASS" if passed else "MISS"
         out.append(

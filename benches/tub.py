@@ -63,6 +63,7 @@ from rpc import (  # noqa: E402
     stop_server,
     write_json,
 )
+from rpc import ratios as rpc_ratios  # noqa: E402
 
 PBFAST, FOOLSCAP = "pbfast", "foolscap"
 SYSTEMS = (PBFAST, FOOLSCAP)
@@ -71,10 +72,35 @@ CONNECTIONS = 20
 HOST = "127.0.0.1"
 
 # (label, key in the JSON, measure, comparison, target): pbfast's figure over foolscap's.
+# (label, key in the JSON, numerator, denominator, measure, comparison, target), as in rpc.py.
 TARGETS = (
-    ("pbfast / foolscap, pipelined calls/s", "pbfast/foolscap throughput", "throughput", ">=", 10.0),
-    ("pbfast / foolscap, sequential median latency", "pbfast/foolscap median latency", "median", "<=", 1 / 3),
-    ("pbfast / foolscap, connection setup median", "pbfast/foolscap connection setup", "setup", None, None),
+    (
+        "pbfast / foolscap, pipelined calls/s",
+        "pbfast/foolscap throughput",
+        PBFAST,
+        FOOLSCAP,
+        "throughput",
+        ">=",
+        10.0,
+    ),
+    (
+        "pbfast / foolscap, sequential median latency",
+        "pbfast/foolscap median latency",
+        PBFAST,
+        FOOLSCAP,
+        "median",
+        "<=",
+        1 / 3,
+    ),
+    (
+        "pbfast / foolscap, connection setup median",
+        "pbfast/foolscap connection setup",
+        PBFAST,
+        FOOLSCAP,
+        "setup",
+        None,
+        None,
+    ),
 )
 
 
@@ -433,29 +459,7 @@ def fmt_target(comparison: str | None, target: float | None) -> str:
 
 
 def ratios(results: list[TubResult]) -> list[dict[str, Any]]:
-    by_name = {r.system: r for r in results}
-    a, b = by_name.get(PBFAST), by_name.get(FOOLSCAP)
-    out = []
-    for label, key, measure_name, comparison, target in TARGETS:
-        ratio = None
-        if a and b and a.ok and b.ok:
-            x, y = a.measure(measure_name), b.measure(measure_name)
-            ratio = x / y if x is not None and y else None
-        verdict = None
-        if ratio is not None and comparison is not None:
-            passed = ratio >= target if comparison == ">=" else ratio <= target
-            verdict = "PASS" if passed else "MISS"
-        out.append(
-            {
-                "label": label,
-                "key": key,
-                "ratio": ratio,
-                "comparison": comparison,
-                "target": target,
-                "verdict": verdict,
-            }
-        )
-    return out
+    return rpc_ratios(results, TARGETS)
 
 
 def environment() -> dict[str, Any]:
