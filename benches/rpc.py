@@ -731,7 +731,8 @@ def ratios(results: list[Any], targets: tuple = TARGETS) -> list[dict[str, Any]]
     return out
 
 
-def environment() -> dict[str, Any]:
+def machine_environment() -> dict[str, Any]:
+    """Python, pbfast and the machine: what every benchmark's results record."""
     import pbfast
     import pbfast._core
 
@@ -739,18 +740,24 @@ def environment() -> dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = None
-    v = versions()
     return {
         "python": sys.version.split()[0],
         "python_implementation": platform.python_implementation(),
         "pbfast_version": pbfast.__version__,
         "pbfast_build_profile": pbfast._core.build_profile,
-        "uvloop_version": v[RAW].split()[1] if v[RAW] else None,
-        "twisted_version": v[TWISTED],
         "cpu_count": os.cpu_count(),
         "cpus_usable": usable,
         "platform": platform.platform(),
         "machine": platform.machine(),
+    }
+
+
+def environment() -> dict[str, Any]:
+    v = versions()
+    return {
+        **machine_environment(),
+        "uvloop_version": v[RAW].split()[1] if v[RAW] else None,
+        "twisted_version": v[TWISTED],
     }
 
 

@@ -26,7 +26,6 @@ import asyncio
 import functools
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from rpc import (  # noqa: E402
     fmt_rate,
     fmt_ratio,
     fmt_us,
+    machine_environment,
     measure_asyncio,
     measure_twisted,
     per_call_us,
@@ -463,24 +463,10 @@ def ratios(results: list[TubResult]) -> list[dict[str, Any]]:
 
 
 def environment() -> dict[str, Any]:
-    import pbfast
-    import pbfast._core
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = None
     return {
-        "python": sys.version.split()[0],
-        "python_implementation": platform.python_implementation(),
-        "pbfast_version": pbfast.__version__,
-        "pbfast_build_profile": pbfast._core.build_profile,
+        **machine_environment(),
         "foolscap_version": versions()[FOOLSCAP],
         "libraries": library_versions(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
     }
 
 
