@@ -75,15 +75,85 @@ impl<'py> Built<'py> {
 
 /// Unjelly one expression. `hook(tag, items)` builds values for tags jelly itself does not know
 /// (returning `NotImplemented` for tags it does not know either).
+///
+/// The walk keeps the containers being built on a heap stack (`stack`) instead of recursing, so
+/// no nesting depth the limits allow can exhaust the native stack of any thread.
 pub struct JellyDecoder<'py, 'a> {
+    rd: Reader<'py, 'a>,
+    refs: HashMap<i64, Slot<'py>>,
+    /// The containers being built, innermost last.
+    stack: Vec<Frame<'py, 'a>>,
+}
+
+/// The cursor and what reading items needs (apart from the stack, so both can be borrowed).
+struct Reader<'py, 'a> {
     py: Python<'py>,
     cur: Cursor<'a>,
     base: u64,
-    refs: HashMap<i64, Slot<'py>>,
     hook: Option<&'a Bound<'py, PyAny>>,
     strings: &'a mut StrCache,
+    /// Banana lists entered and not yet left (counted as the framer counts them).
     depth: usize,
     max_depth: usize,
+}
+
+/// A container being built: where the walk goes on once the item being read is complete.
+enum Frame<'py, 'a> {
+    /// `["list", ...]`, `next` items in. A list registered as a reference before its items
+    /// grows by appending (no one may see empty slots); any other is made at full size.
+    List {
+        list: Bound<'py, PyList>,
+        len: usize,
+        next: usize,
+        append: bool,
+    },
+    Tuple {
+        items: Vec<Built<'py>>,
+        len: usize,
+    },
+    /// `["dictionary", [key, value], ...]`: `key` is the key of the pair (at `pair_at`) whose
+    /// value is being read.
+    Dict {
+        dict: Bound<'py, PyDict>,
+        pairs: usize,
+        key: Option<Bound<'py, PyAny>>,
+        pair_at: usize,
+    },
+    /// A set or frozenset, `member_at` where the member being read starts.
+    Set {
+        set: Bound<'py, PySet>,
+        members: usize,
+        member_at: usize,
+    },
+    Frozenset {
+        members: Vec<Bound<'py, PyAny>>,
+        len: usize,
+        member_at: usize,
+    },
+    /// `["reference", id, X]` (at `at`) while X is read.
+    Reference {
+        id: i64,
+        at: usize,
+    },
+    /// `["persistent", X]` while X is read (and then dropped).
+    Persistent,
+    /// A tag for the hook (the list at `at`) while its items are read.
+    Hooked {
+        hook: &'a Bound<'py, PyAny>,
+        tag: &'a [u8],
+        items: Vec<Bound<'py, PyAny>>,
+        len: usize,
+        at: usize,
+        item_at: usize,
+    },
+}
+
+/// What the walk does next.
+enum Next<'py> {
+    /// Read the value at the cursor.
+    Read,
+    /// Give this finished value to the innermost container (or return it, if none is open).
+    Give(Built<'py>),
 }
 
 impl<'py, 'a> JellyDecoder<'py, 'a> {
@@ -98,8 +168,8 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         strings: &'a mut StrCache,
     ) -> JellyDecoder<'py, 'a> {
         let cur = Cursor::new(expr, dialect, limits);
-        let max_depth = limits.max_depth;
-        JellyDecoder { py, cur, base, refs: HashMap::new(), hook, strings, depth: 0, max_depth }
+        let rd = Reader { py, cur, base, hook, strings, depth: 0, max_depth: limits.max_depth };
+        JellyDecoder { rd, refs: HashMap::new(), stack: Vec::new() }
     }
 
     /// Build the expression. With `whole`, bytes left after it are an error.
@@ -109,25 +179,426 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         let _gc = GcPause::new();
         let pos = 0;
         let built = self.value()?;
-        if whole && !self.cur.at_end() {
-            return Err(self.error("bytes after the expression".into(), self.cur.pos()));
+        if whole && !self.rd.cur.at_end() {
+            return Err(self.rd.error("bytes after the expression".into(), self.rd.cur.pos()));
         }
         for (id, slot) in &self.refs {
             if !matches!(slot, Slot::Ready(_)) {
-                return Err(self.error(format!("dereference to reference id {id}, which is never defined"), pos));
+                return Err(self.rd.error(format!("dereference to reference id {id}, which is never defined"), pos));
             }
         }
         if built.placeholder.is_some() {
-            return Err(self.error("the value is a reference to itself".into(), pos));
+            return Err(self.rd.error("the value is a reference to itself".into(), pos));
         }
         Ok(built.obj)
     }
 
     /// Bytes of the expression read so far (after [`JellyDecoder::build`], the value's length).
     pub fn consumed(&self) -> usize {
-        self.cur.pos()
+        self.rd.cur.pos()
     }
 
+    /// The value at the cursor: read items, open containers, hand each finished value to the
+    /// container it is in, until the outermost is finished.
+    fn value(&mut self) -> PyResult<Built<'py>> {
+        let mut next = self.open()?;
+        loop {
+            next = match next {
+                Next::Read => self.open()?,
+                Next::Give(built) if self.stack.is_empty() => return Ok(built),
+                Next::Give(built) => self.step(Some(built))?,
+            };
+        }
+    }
+
+    /// Start the value at the cursor: an atom or a leaf form is finished at once, a container
+    /// is pushed.
+    #[inline(always)]
+    fn open(&mut self) -> PyResult<Next<'py>> {
+        let rd = &mut self.rd;
+        // The most common jelly form by far is a str: ["unicode", STRING].
+        let at = rd.cur.pos();
+        if let Some(s) = rd.cur.unicode() {
+            return match decode_utf8(rd.py, s) {
+                Ok(s) => Ok(Next::Give(Built::done(s.into_any()))),
+                Err(e) => Err(rd.error(format!("unicode is not valid UTF-8 ({e})"), at)),
+            };
+        }
+        let (item, at) = rd.next()?;
+        let py = rd.py;
+        let obj = match item {
+            Item::Int(v) => v.into_pyobject(py)?.into_any(),
+            Item::Float(f) => PyFloat::new(py, f).into_any(),
+            Item::Bytes(s) => PyBytes::new(py, s).into_any(),
+            Item::List(n) => {
+                rd.enter(at)?;
+                return self.open_tagged(n, at, None);
+            }
+            big @ Item::BigInt { .. } => match big.integer() {
+                Some(Integer::Big(v)) => v.into_pyobject(py)?.into_any(),
+                Some(Integer::Small(v)) => v.into_pyobject(py)?.into_any(),
+                None => return Err(rd.error("bad integer".into(), at)),
+            },
+        };
+        Ok(Next::Give(Built::done(obj)))
+    }
+
+    /// A jelly list of `n` banana elements at `at`, already entered. `register` is the
+    /// reference id this value defines, for containers that can be registered before their
+    /// items exist.
+    fn open_tagged(&mut self, mut n: usize, mut at: usize, mut register: Option<i64>) -> PyResult<Next<'py>> {
+        // `["reference", id, X]` opens X in turn, with X's id: a loop, however long the chain.
+        loop {
+            let rd = &mut self.rd;
+            let t = rd.tag(n, at)?;
+            let items = n - 1;
+            let py = rd.py;
+            let frame = match Tag::classify(t) {
+                Tag::List => match register {
+                    Some(id) => {
+                        let list = PyList::empty(py);
+                        let pos = rd.cur.pos();
+                        self.define(id, list.clone().into_any(), pos)?;
+                        Frame::List { list, len: items, next: 0, append: true }
+                    }
+                    None => {
+                        // SAFETY: PyList_New returns a new list with `items` NULL slots, each
+                        // filled exactly once by PyList_SET_ITEM (in `step`) before the list is
+                        // handed out; on an early error the partly filled list is dropped, and
+                        // list deallocation skips NULL slots.
+                        let list =
+                            unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyList_New(items as ffi::Py_ssize_t))? };
+                        Frame::List { list: list.cast_into::<PyList>()?, len: items, next: 0, append: false }
+                    }
+                },
+                Tag::Dictionary => {
+                    let dict = PyDict::new(py);
+                    if let Some(id) = register {
+                        let pos = rd.cur.pos();
+                        self.define(id, dict.clone().into_any(), pos)?;
+                    }
+                    Frame::Dict { dict, pairs: items, key: None, pair_at: 0 }
+                }
+                Tag::Set => {
+                    let set = PySet::empty(py)?;
+                    if let Some(id) = register {
+                        let pos = rd.cur.pos();
+                        self.define(id, set.clone().into_any(), pos)?;
+                    }
+                    Frame::Set { set, members: items, member_at: 0 }
+                }
+                Tag::Tuple => Frame::Tuple { items: Vec::with_capacity(items), len: items },
+                Tag::Frozenset => Frame::Frozenset { members: Vec::with_capacity(items), len: items, member_at: 0 },
+                Tag::Reference => {
+                    rd.arity(tag::REFERENCE, items, 2, at)?;
+                    let id = rd.ref_id()?;
+                    match self.refs.get(&id) {
+                        None | Some(Slot::Pending { .. }) => {}
+                        Some(_) => return Err(rd.error(format!("reference id {id} is defined twice"), at)),
+                    }
+                    self.refs.entry(id).or_insert(Slot::Building);
+                    let value_at = rd.cur.pos();
+                    let (inner, inner_at) = match rd.next()? {
+                        (Item::List(inner), inner_at) => (inner, inner_at),
+                        _ => return Err(rd.error("a reference must wrap a jelly list".into(), value_at)),
+                    };
+                    rd.enter(inner_at)?;
+                    self.stack.push(Frame::Reference { id, at });
+                    (n, at, register) = (inner, inner_at, Some(id));
+                    continue;
+                }
+                Tag::Persistent => {
+                    rd.arity(t, items, 1, at)?;
+                    Frame::Persistent
+                }
+                Tag::Other => {
+                    let Some(hook) = rd.hook else {
+                        return Err(insecure_jelly(unregistered(t), Some(rd.base + at as u64)));
+                    };
+                    Frame::Hooked { hook, tag: t, items: Vec::with_capacity(items), len: items, at, item_at: 0 }
+                }
+                leaf => {
+                    let built = self.leaf(leaf, t, items, at)?;
+                    self.rd.depth -= 1;
+                    return Ok(Next::Give(built));
+                }
+            };
+            self.stack.push(frame);
+            return self.step(None);
+        }
+    }
+
+    /// The innermost container takes `child` (None: it was just opened) and says what comes
+    /// next: another item, or (once complete, and popped) itself, finished.
+    fn step(&mut self, mut child: Option<Built<'py>>) -> PyResult<Next<'py>> {
+        let rd = &mut self.rd;
+        let Some(frame) = self.stack.last_mut() else {
+            unreachable!("step() is only called with a container open");
+        };
+        match frame {
+            Frame::List { list, len, next, append } => {
+                if let Some(item) = child.take() {
+                    if let Some(pid) = item.placeholder {
+                        add_site(&mut self.refs, pid, Site::ListItem(list.clone(), *next));
+                    }
+                    if *append {
+                        list.append(&item.obj)?;
+                    } else {
+                        // SAFETY: see `open_tagged`; `next` < `len`, and each slot is set once.
+                        unsafe { ffi::PyList_SET_ITEM(list.as_ptr(), *next as ffi::Py_ssize_t, item.obj.into_ptr()) };
+                    }
+                    *next += 1;
+                }
+                if *next < *len {
+                    return Ok(Next::Read);
+                }
+            }
+            Frame::Tuple { items, len } => {
+                items.extend(child.take());
+                if items.len() < *len {
+                    return Ok(Next::Read);
+                }
+            }
+            Frame::Dict { dict, pairs, key, pair_at } => {
+                if let Some(built) = child.take() {
+                    let Some(k) = key.take() else {
+                        if built.unhashable_yet() {
+                            let msg = "a dictionary key refers to an object that is not built yet";
+                            return Err(rd.error(msg.into(), *pair_at));
+                        }
+                        *key = Some(built.obj);
+                        return Ok(Next::Read);
+                    };
+                    dict.set_item(&k, &built.obj)
+                        .map_err(|e| rd.error(format!("bad dictionary key: {e}"), *pair_at))?;
+                    if let Some(pid) = built.placeholder {
+                        add_site(&mut self.refs, pid, Site::DictValue(dict.clone(), k));
+                    }
+                    rd.depth -= 1;
+                    *pairs -= 1;
+                }
+                if *pairs > 0 {
+                    let at = rd.cur.pos();
+                    match rd.next()? {
+                        (Item::List(2), _) => rd.enter(at)?,
+                        _ => return Err(rd.error("dictionary items must be [key, value] pairs".into(), at)),
+                    }
+                    *pair_at = at;
+                    // Keys repeat from one dict to the next, so str keys come from the cache:
+                    // one object, hashed once, instead of a new string per dict.
+                    let key_at = rd.cur.pos();
+                    if let Some(s) = rd.cur.unicode() {
+                        match rd.strings.get(rd.py, s) {
+                            Ok(s) => *key = Some(s.into_any()),
+                            Err(e) => return Err(rd.error(format!("unicode is not valid UTF-8 ({e})"), key_at)),
+                        }
+                    }
+                    return Ok(Next::Read);
+                }
+            }
+            Frame::Set { set, members, member_at } => {
+                if let Some(item) = child.take() {
+                    set.add(rd.member(item, *member_at)?)?;
+                    *members -= 1;
+                }
+                if *members > 0 {
+                    *member_at = rd.cur.pos();
+                    return Ok(Next::Read);
+                }
+            }
+            Frame::Frozenset { members, len, member_at } => {
+                if let Some(item) = child.take() {
+                    members.push(rd.member(item, *member_at)?);
+                }
+                if members.len() < *len {
+                    *member_at = rd.cur.pos();
+                    return Ok(Next::Read);
+                }
+            }
+            Frame::Reference { .. } => {}
+            Frame::Persistent => {
+                if child.is_none() {
+                    return Ok(Next::Read);
+                }
+            }
+            Frame::Hooked { tag, items, len, item_at, .. } => {
+                if let Some(item) = child.take() {
+                    if item.placeholder.is_some() {
+                        let msg = format!("an item of {} refers to an object not built yet", show(tag));
+                        return Err(rd.error(msg, *item_at));
+                    }
+                    items.push(item.obj);
+                }
+                if items.len() < *len {
+                    *item_at = rd.cur.pos();
+                    return Ok(Next::Read);
+                }
+            }
+        }
+        let Some(frame) = self.stack.pop() else { unreachable!("the frame matched above") };
+        self.rd.depth -= 1;
+        self.finish(frame, child).map(Next::Give)
+    }
+
+    /// A complete container's value. `child` is a reference's value.
+    fn finish(&mut self, frame: Frame<'py, 'a>, child: Option<Built<'py>>) -> PyResult<Built<'py>> {
+        let py = self.rd.py;
+        Ok(match frame {
+            Frame::List { list, .. } => Built::done(list.into_any()),
+            Frame::Dict { dict, .. } => Built::done(dict.into_any()),
+            Frame::Set { set, .. } => Built::done(set.into_any()),
+            Frame::Tuple { items, .. } => {
+                let tuple = PyTuple::new(py, items.iter().map(|b| &b.obj))?;
+                let mut holds_placeholder = false;
+                for (i, item) in items.iter().enumerate() {
+                    holds_placeholder |= item.unhashable_yet();
+                    if let Some(pid) = item.placeholder {
+                        add_site(&mut self.refs, pid, Site::TupleItem(tuple.clone(), i));
+                    }
+                }
+                Built { obj: tuple.into_any(), placeholder: None, holds_placeholder }
+            }
+            Frame::Frozenset { members, .. } => Built::done(PyFrozenSet::new(py, &members)?.into_any()),
+            Frame::Reference { id, at } => {
+                let Some(built) = child else { unreachable!("a reference is finished by its value") };
+                if built.placeholder == Some(id) {
+                    return Err(self.rd.error(format!("reference {id} refers only to itself"), at));
+                }
+                if !matches!(self.refs.get(&id), Some(Slot::Ready(_))) {
+                    self.define(id, built.obj.clone(), at)?;
+                }
+                built
+            }
+            Frame::Persistent => Built::done(unpersistable(py, "persistent reference, and no persistent loader here")?),
+            Frame::Hooked { hook, tag, items, at, .. } => {
+                let items = PyList::new(py, items)?;
+                let obj = hook.call1((PyBytes::new(py, tag), items))?;
+                // NotImplemented: the hook does not know the tag either.
+                if obj.is(py.NotImplemented()) {
+                    return Err(insecure_jelly(unregistered(tag), Some(self.rd.base + at as u64)));
+                }
+                Built::done(obj)
+            }
+        })
+    }
+
+    /// The forms that hold no other jelly values, after their tag (`t`, of the list at `at`
+    /// with `items` more elements).
+    fn leaf(&mut self, kind: Tag, t: &[u8], items: usize, at: usize) -> PyResult<Built<'py>> {
+        let rd = &mut self.rd;
+        let py = rd.py;
+        let obj = match kind {
+            Tag::Unicode => {
+                rd.arity(t, items, 1, at)?;
+                let s = rd.atom(t)?;
+                match decode_utf8(py, s) {
+                    Ok(s) => s.into_any(),
+                    Err(e) => return Err(rd.error(format!("unicode is not valid UTF-8 ({e})"), at)),
+                }
+            }
+            Tag::None => {
+                rd.arity(t, items, 0, at)?;
+                py.None().into_bound(py)
+            }
+            Tag::Boolean => {
+                rd.arity(t, items, 1, at)?;
+                match rd.atom(t)? {
+                    tag::TRUE => PyBool::new(py, true).to_owned().into_any(),
+                    tag::FALSE => PyBool::new(py, false).to_owned().into_any(),
+                    other => return Err(rd.error(format!("boolean must be true or false, not {}", show(other)), at)),
+                }
+            }
+            Tag::Dereference => {
+                rd.arity(t, items, 1, at)?;
+                let id = rd.ref_id()?;
+                return self.dereference(id);
+            }
+            Tag::Datetime | Tag::Date | Tag::Time | Tag::Timedelta => {
+                rd.arity(t, items, 1, at)?;
+                let text = rd.atom(t)?;
+                rd.date_like(t, text).map_err(|e| rd.error(e, at))?
+            }
+            Tag::Decimal => {
+                rd.arity(t, items, 2, at)?;
+                let value = rd.int("decimal value")?;
+                let exponent = rd.int("decimal exponent")?;
+                rd.decimal(value, exponent).map_err(|e| rd.error(e, at))?
+            }
+            Tag::Unpersistable => {
+                rd.arity(t, items, 1, at)?;
+                let reason = rd.atom(t)?;
+                unpersistable(py, &String::from_utf8_lossy(reason))?
+            }
+            Tag::Refused => {
+                let msg = format!("jelly type {} is not allowed (it names code to import)", show(t));
+                return Err(insecure_jelly(msg, Some(rd.base + at as u64)));
+            }
+            // The containers are opened by `open_tagged`.
+            Tag::List
+            | Tag::Tuple
+            | Tag::Dictionary
+            | Tag::Set
+            | Tag::Frozenset
+            | Tag::Reference
+            | Tag::Persistent
+            | Tag::Other => unreachable!("containers are not leaves"),
+        };
+        Ok(Built::done(obj))
+    }
+
+    fn dereference(&mut self, id: i64) -> PyResult<Built<'py>> {
+        match self.refs.get(&id) {
+            Some(Slot::Ready(obj)) => return Ok(Built::done(obj.clone())),
+            Some(Slot::Pending { placeholder, .. }) => {
+                return Ok(Built { obj: placeholder.clone(), placeholder: Some(id), holds_placeholder: false });
+            }
+            _ => {}
+        }
+        let placeholder = Bound::new(self.rd.py, UnresolvedReference { id })?.into_any();
+        self.refs.insert(id, Slot::Pending { placeholder: placeholder.clone(), sites: Vec::new() });
+        Ok(Built { obj: placeholder, placeholder: Some(id), holds_placeholder: false })
+    }
+
+    /// `id` now names `obj` (defined by the list at `at`): patch every place a placeholder for it
+    /// went.
+    fn define(&mut self, id: i64, obj: Bound<'py, PyAny>, at: usize) -> PyResult<()> {
+        if let Some(Slot::Pending { sites, .. }) = self.refs.insert(id, Slot::Ready(obj.clone())) {
+            let contains_itself = |site: &Site<'py>| matches!(site, Site::TupleItem(t, _) if t.is(&obj));
+            if sites.iter().any(contains_itself) {
+                // Only bytes can say this: no Python value is a tuple that holds itself.
+                return Err(self.rd.error(format!("reference {id} is a tuple that contains itself"), at));
+            }
+            for site in sites {
+                match site {
+                    Site::ListItem(list, i) => list.set_item(i, &obj)?,
+                    Site::DictValue(dict, key) => dict.set_item(key, &obj)?,
+                    Site::TupleItem(tuple, i) => {
+                        // SAFETY: the tuple was made by this decoder and holds a placeholder at
+                        // `i`; it has not been hashed (pending tuples are refused as keys and
+                        // set members). PyTuple_SET_ITEM steals the new reference; the old item
+                        // reference is released after the slot no longer points to it.
+                        unsafe {
+                            let slot = (*tuple.as_ptr().cast::<ffi::PyTupleObject>()).ob_item.as_mut_ptr().add(i);
+                            let old = *slot;
+                            *slot = obj.clone().into_ptr();
+                            ffi::Py_DECREF(old);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Remember that a placeholder for reference `id` went to `site`.
+fn add_site<'py>(refs: &mut HashMap<i64, Slot<'py>>, id: i64, site: Site<'py>) {
+    if let Some(Slot::Pending { sites, .. }) = refs.get_mut(&id) {
+        sites.push(site);
+    }
+}
+
+impl<'py, 'a> Reader<'py, 'a> {
     #[inline(always)]
     fn next(&mut self) -> PyResult<(Item<'a>, usize)> {
         let at = self.cur.pos();
@@ -143,43 +614,13 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
     fn enter(&mut self, at: usize) -> PyResult<()> {
         self.depth += 1;
         if self.depth > self.max_depth {
-            return Err(self.error("too deep".into(), at));
+            return Err(self.error(format!("lists nested deeper than max_depth={}", self.max_depth), at));
         }
         Ok(())
     }
 
     fn error(&self, msg: String, at: usize) -> PyErr {
         jelly_error(msg, Some(self.base + at as u64))
-    }
-
-    fn value(&mut self) -> PyResult<Built<'py>> {
-        // The most common jelly form by far is a str: ["unicode", STRING].
-        let at = self.cur.pos();
-        if let Some(s) = self.cur.unicode() {
-            return match decode_utf8(self.py, s) {
-                Ok(s) => Ok(Built::done(s.into_any())),
-                Err(e) => Err(self.error(format!("unicode is not valid UTF-8 ({e})"), at)),
-            };
-        }
-        let (token, at) = self.next()?;
-        let py = self.py;
-        let obj = match token {
-            Item::Int(v) => v.into_pyobject(py)?.into_any(),
-            Item::Float(f) => PyFloat::new(py, f).into_any(),
-            Item::Bytes(s) => PyBytes::new(py, s).into_any(),
-            Item::List(n) => {
-                self.enter(at)?;
-                let built = self.tagged(n, at, None);
-                self.depth -= 1;
-                return built;
-            }
-            big @ Item::BigInt { .. } => match big.integer() {
-                Some(Integer::Big(v)) => v.into_pyobject(py)?.into_any(),
-                Some(Integer::Small(v)) => v.into_pyobject(py)?.into_any(),
-                None => return Err(self.error("bad integer".into(), at)),
-            },
-        };
-        Ok(Built::done(obj))
     }
 
     /// The type tag of a jelly list.
@@ -209,200 +650,6 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         }
     }
 
-    fn arity(&self, t: &[u8], got: usize, want: usize, at: usize) -> PyResult<()> {
-        if got != want {
-            return Err(self.error(format!("{} takes {want} item(s), got {got}", show(t)), at));
-        }
-        Ok(())
-    }
-
-    /// A jelly list of `n` banana elements at `at`. `register` is the reference id this value
-    /// defines, for containers that can be registered before their items exist.
-    fn tagged(&mut self, n: usize, at: usize, register: Option<i64>) -> PyResult<Built<'py>> {
-        let t = self.tag(n, at)?;
-        let items = n - 1;
-        let py = self.py;
-        let obj = match Tag::classify(t) {
-            Tag::List => return self.list(items, register),
-            Tag::Dictionary => return self.dict(items, register),
-            Tag::Set => return self.set(items, register),
-            Tag::Tuple => return self.tuple(items),
-            Tag::Frozenset => return self.frozenset(items),
-            Tag::Unicode => {
-                self.arity(t, items, 1, at)?;
-                let s = self.atom(t)?;
-                match decode_utf8(py, s) {
-                    Ok(s) => s.into_any(),
-                    Err(e) => return Err(self.error(format!("unicode is not valid UTF-8 ({e})"), at)),
-                }
-            }
-            Tag::None => {
-                self.arity(t, items, 0, at)?;
-                py.None().into_bound(py)
-            }
-            Tag::Boolean => {
-                self.arity(t, items, 1, at)?;
-                match self.atom(t)? {
-                    tag::TRUE => PyBool::new(py, true).to_owned().into_any(),
-                    tag::FALSE => PyBool::new(py, false).to_owned().into_any(),
-                    other => return Err(self.error(format!("boolean must be true or false, not {}", show(other)), at)),
-                }
-            }
-            Tag::Reference => return self.reference(items, at),
-            Tag::Dereference => {
-                self.arity(t, items, 1, at)?;
-                let id = self.ref_id()?;
-                return self.dereference(id);
-            }
-            Tag::Datetime | Tag::Date | Tag::Time | Tag::Timedelta => {
-                self.arity(t, items, 1, at)?;
-                let text = self.atom(t)?;
-                self.date_like(t, text).map_err(|e| self.error(e, at))?
-            }
-            Tag::Decimal => {
-                self.arity(t, items, 2, at)?;
-                let value = self.int("decimal value")?;
-                let exponent = self.int("decimal exponent")?;
-                self.decimal(value, exponent).map_err(|e| self.error(e, at))?
-            }
-            Tag::Unpersistable => {
-                self.arity(t, items, 1, at)?;
-                let reason = self.atom(t)?;
-                unpersistable(py, &String::from_utf8_lossy(reason))?
-            }
-            Tag::Persistent => {
-                self.arity(t, items, 1, at)?;
-                self.value()?;
-                unpersistable(py, "persistent reference, and no persistent loader here")?
-            }
-            Tag::Refused => {
-                let msg = format!("jelly type {} is not allowed (it names code to import)", show(t));
-                return Err(insecure_jelly(msg, Some(self.base + at as u64)));
-            }
-            Tag::Other => return self.hooked(t, items, at),
-        };
-        Ok(Built::done(obj))
-    }
-
-    fn list(&mut self, items: usize, register: Option<i64>) -> PyResult<Built<'py>> {
-        let py = self.py;
-        if let Some(id) = register {
-            // Registered before its items: build by appending so no one sees empty slots.
-            let list = PyList::empty(py);
-            self.define(id, list.clone().into_any(), self.cur.pos())?;
-            for i in 0..items {
-                let item = self.value()?;
-                list.append(&item.obj)?;
-                if let Some(pid) = item.placeholder {
-                    self.add_site(pid, Site::ListItem(list.clone(), i));
-                }
-            }
-            return Ok(Built::done(list.into_any()));
-        }
-        // SAFETY: PyList_New returns a new list with `items` NULL slots, each filled exactly once
-        // by PyList_SET_ITEM (which steals the reference) before the list is handed out; on an
-        // early error the partly filled list is dropped, and list deallocation skips NULL slots.
-        let list = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyList_New(items as ffi::Py_ssize_t))? };
-        let list = list.cast_into::<PyList>()?;
-        for i in 0..items {
-            let item = self.value()?;
-            if let Some(pid) = item.placeholder {
-                self.add_site(pid, Site::ListItem(list.clone(), i));
-            }
-            // SAFETY: see above; `i` < `items`, and each slot is set once.
-            unsafe { ffi::PyList_SET_ITEM(list.as_ptr(), i as ffi::Py_ssize_t, item.obj.into_ptr()) };
-        }
-        Ok(Built::done(list.into_any()))
-    }
-
-    fn tuple(&mut self, items: usize) -> PyResult<Built<'py>> {
-        let py = self.py;
-        let mut values = Vec::with_capacity(items);
-        let mut holds_placeholder = false;
-        for _ in 0..items {
-            let item = self.value()?;
-            holds_placeholder |= item.unhashable_yet();
-            values.push(item);
-        }
-        let tuple = PyTuple::new(py, values.iter().map(|b| &b.obj))?;
-        for (i, item) in values.iter().enumerate() {
-            if let Some(pid) = item.placeholder {
-                self.add_site(pid, Site::TupleItem(tuple.clone(), i));
-            }
-        }
-        Ok(Built { obj: tuple.into_any(), placeholder: None, holds_placeholder })
-    }
-
-    fn dict(&mut self, items: usize, register: Option<i64>) -> PyResult<Built<'py>> {
-        let dict = PyDict::new(self.py);
-        if let Some(id) = register {
-            self.define(id, dict.clone().into_any(), self.cur.pos())?;
-        }
-        for _ in 0..items {
-            let at = self.cur.pos();
-            match self.next()? {
-                (Item::List(2), _) => self.enter(at)?,
-                _ => return Err(self.error("dictionary items must be [key, value] pairs".into(), at)),
-            }
-            let key = self.key()?;
-            if key.unhashable_yet() {
-                return Err(self.error("a dictionary key refers to an object that is not built yet".into(), at));
-            }
-            let value = self.value()?;
-            dict.set_item(&key.obj, &value.obj).map_err(|e| self.error(format!("bad dictionary key: {e}"), at))?;
-            if let Some(pid) = value.placeholder {
-                self.add_site(pid, Site::DictValue(dict.clone(), key.obj));
-            }
-            self.depth -= 1;
-        }
-        Ok(Built::done(dict.into_any()))
-    }
-
-    /// A dictionary key. Keys repeat from one dict to the next, so str keys come from the cache:
-    /// one object, hashed once, instead of a new string per dict.
-    #[inline]
-    fn key(&mut self) -> PyResult<Built<'py>> {
-        let at = self.cur.pos();
-        match self.cur.unicode() {
-            Some(s) => match self.strings.get(self.py, s) {
-                Ok(s) => Ok(Built::done(s.into_any())),
-                Err(e) => Err(self.error(format!("unicode is not valid UTF-8 ({e})"), at)),
-            },
-            None => self.value(),
-        }
-    }
-
-    fn set(&mut self, items: usize, register: Option<i64>) -> PyResult<Built<'py>> {
-        let set = PySet::empty(self.py)?;
-        if let Some(id) = register {
-            self.define(id, set.clone().into_any(), self.cur.pos())?;
-        }
-        for _ in 0..items {
-            let item = self.member()?;
-            set.add(item)?;
-        }
-        Ok(Built::done(set.into_any()))
-    }
-
-    fn frozenset(&mut self, items: usize) -> PyResult<Built<'py>> {
-        let mut members = Vec::with_capacity(items);
-        for _ in 0..items {
-            members.push(self.member()?);
-        }
-        Ok(Built::done(PyFrozenSet::new(self.py, &members)?.into_any()))
-    }
-
-    fn member(&mut self) -> PyResult<Bound<'py, PyAny>> {
-        let at = self.cur.pos();
-        let item = self.value()?;
-        if item.unhashable_yet() {
-            return Err(self.error("a set member refers to an object that is not built yet".into(), at));
-        }
-        // Check hashability here so the error names the offset.
-        item.obj.hash().map_err(|e| self.error(format!("bad set member: {e}"), at))?;
-        Ok(item.obj)
-    }
-
     fn ref_id(&mut self) -> PyResult<i64> {
         match self.int("reference id")? {
             Integer::Small(id) => Ok(id),
@@ -410,81 +657,21 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         }
     }
 
-    fn reference(&mut self, items: usize, at: usize) -> PyResult<Built<'py>> {
-        self.arity(tag::REFERENCE, items, 2, at)?;
-        let id = self.ref_id()?;
-        match self.refs.get(&id) {
-            None | Some(Slot::Pending { .. }) => {}
-            Some(_) => return Err(self.error(format!("reference id {id} is defined twice"), at)),
-        }
-        self.refs.entry(id).or_insert(Slot::Building);
-        let value_at = self.cur.pos();
-        let built = match self.next()? {
-            (Item::List(n), list_at) => {
-                self.enter(list_at)?;
-                let built = self.tagged(n, list_at, Some(id))?;
-                self.depth -= 1;
-                built
-            }
-            _ => return Err(self.error("a reference must wrap a jelly list".into(), value_at)),
-        };
-        if built.placeholder == Some(id) {
-            return Err(self.error(format!("reference {id} refers only to itself"), at));
-        }
-        if !matches!(self.refs.get(&id), Some(Slot::Ready(_))) {
-            self.define(id, built.obj.clone(), at)?;
-        }
-        Ok(built)
-    }
-
-    fn dereference(&mut self, id: i64) -> PyResult<Built<'py>> {
-        match self.refs.get(&id) {
-            Some(Slot::Ready(obj)) => return Ok(Built::done(obj.clone())),
-            Some(Slot::Pending { placeholder, .. }) => {
-                return Ok(Built { obj: placeholder.clone(), placeholder: Some(id), holds_placeholder: false });
-            }
-            _ => {}
-        }
-        let placeholder = Bound::new(self.py, UnresolvedReference { id })?.into_any();
-        self.refs.insert(id, Slot::Pending { placeholder: placeholder.clone(), sites: Vec::new() });
-        Ok(Built { obj: placeholder, placeholder: Some(id), holds_placeholder: false })
-    }
-
-    /// `id` now names `obj` (defined by the list at `at`): patch every place a placeholder for it
-    /// went.
-    fn define(&mut self, id: i64, obj: Bound<'py, PyAny>, at: usize) -> PyResult<()> {
-        if let Some(Slot::Pending { sites, .. }) = self.refs.insert(id, Slot::Ready(obj.clone())) {
-            let contains_itself = |site: &Site<'py>| matches!(site, Site::TupleItem(t, _) if t.is(&obj));
-            if sites.iter().any(contains_itself) {
-                // Only bytes can say this: no Python value is a tuple that holds itself.
-                return Err(self.error(format!("reference {id} is a tuple that contains itself"), at));
-            }
-            for site in sites {
-                match site {
-                    Site::ListItem(list, i) => list.set_item(i, &obj)?,
-                    Site::DictValue(dict, key) => dict.set_item(key, &obj)?,
-                    Site::TupleItem(tuple, i) => {
-                        // SAFETY: the tuple was made by this decoder and holds a placeholder at
-                        // `i`; it has not been hashed (pending tuples are refused as keys and
-                        // set members). PyTuple_SET_ITEM steals the new reference; the old item
-                        // reference is released after the slot no longer points to it.
-                        unsafe {
-                            let slot = (*tuple.as_ptr().cast::<ffi::PyTupleObject>()).ob_item.as_mut_ptr().add(i);
-                            let old = *slot;
-                            *slot = obj.clone().into_ptr();
-                            ffi::Py_DECREF(old);
-                        }
-                    }
-                }
-            }
+    fn arity(&self, t: &[u8], got: usize, want: usize, at: usize) -> PyResult<()> {
+        if got != want {
+            return Err(self.error(format!("{} takes {want} item(s), got {got}", show(t)), at));
         }
         Ok(())
     }
 
-    fn add_site(&mut self, id: i64, site: Site<'py>) {
-        if let Some(Slot::Pending { sites, .. }) = self.refs.get_mut(&id) {
-            sites.push(site);
+    /// A set or frozenset member read at `at`: hashable, and built.
+    fn member(&self, item: Built<'py>, at: usize) -> PyResult<Bound<'py, PyAny>> {
+        if item.unhashable_yet() {
+            return Err(self.error("a set member refers to an object that is not built yet".into(), at));
         }
+        // Check hashability here so the error names the offset.
+        item.obj.hash().map_err(|e| self.error(format!("bad set member: {e}"), at))?;
+        Ok(item.obj)
     }
 
     fn date_like(&self, t: &[u8], text: &[u8]) -> Result<Bound<'py, PyAny>, String> {
@@ -541,29 +728,6 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         let decimal = super::encode::decimal_type(py).map_err(|e| e.to_string())?;
         let digits = PyTuple::new(py, digits).map_err(|e| e.to_string())?;
         decimal.call1(((sign, digits, exponent),)).map_err(|e| format!("bad decimal: {e}"))
-    }
-
-    /// Tags jelly does not know itself: the hook decides, with the items already unjellied.
-    fn hooked(&mut self, t: &'a [u8], items: usize, at: usize) -> PyResult<Built<'py>> {
-        let Some(hook) = self.hook else {
-            return Err(insecure_jelly(unregistered(t), Some(self.base + at as u64)));
-        };
-        let mut values = Vec::with_capacity(items);
-        for _ in 0..items {
-            let item_at = self.cur.pos();
-            let item = self.value()?;
-            if item.placeholder.is_some() {
-                return Err(self.error(format!("an item of {} refers to an object not built yet", show(t)), item_at));
-            }
-            values.push(item.obj);
-        }
-        let values = PyList::new(self.py, values)?;
-        let obj = hook.call1((PyBytes::new(self.py, t), values))?;
-        // NotImplemented: the hook does not know the tag either.
-        if obj.is(self.py.NotImplemented()) {
-            return Err(insecure_jelly(unregistered(t), Some(self.base + at as u64)));
-        }
-        Ok(Built::done(obj))
     }
 }
 
