@@ -14,8 +14,8 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
-    PyBool, PyBytes, PyDate, PyDateTime, PyDelta, PyDict, PyFloat, PyFrozenSet, PyList, PySet, PyString, PyTime,
-    PyTuple, PyType,
+    PyBool, PyBytes, PyDate, PyDateTime, PyDelta, PyDict, PyFloat, PyFrozenSet, PyIterator, PyList, PySet, PyString,
+    PyTime, PyTuple, PyType,
 };
 use pyo3::types::{PyDateAccess, PyDeltaAccess, PyTimeAccess, PyTzInfoAccess};
 
@@ -48,6 +48,45 @@ pub struct JellyEncoder<'py> {
     hook: Option<Bound<'py, PyAny>>,
     depth: usize,
     max_depth: usize,
+    /// The containers being written, innermost last: the walk keeps its place here rather than
+    /// on the native stack, so no nesting depth can exhaust that.
+    stack: Vec<Walk<'py>>,
+}
+
+/// A container being written: where the walk goes on once the item being written is done.
+enum Walk<'py> {
+    /// A list of `len` items, `next` of them written. A hook may change the list under us, so
+    /// its size is checked at each step.
+    List {
+        list: Bound<'py, PyList>,
+        len: usize,
+        next: usize,
+    },
+    Tuple {
+        tuple: Bound<'py, PyTuple>,
+        next: usize,
+    },
+    /// A dict of `len` items walked by `PyDict_Next` position. `value` is the value of the pair
+    /// whose key is being written; `in_pair`: that pair's list is open.
+    Dict {
+        dict: Bound<'py, PyDict>,
+        len: usize,
+        pos: ffi::Py_ssize_t,
+        written: usize,
+        value: Option<Bound<'py, PyAny>>,
+        in_pair: bool,
+    },
+    /// A set or frozenset of `len` members.
+    Set {
+        members: Bound<'py, PyIterator>,
+        len: usize,
+        written: usize,
+    },
+    /// The items a hook gave for an object.
+    Items {
+        items: Bound<'py, PyTuple>,
+        next: usize,
+    },
 }
 
 impl<'py> JellyEncoder<'py> {
@@ -63,6 +102,7 @@ impl<'py> JellyEncoder<'py> {
             hook,
             depth: 0,
             max_depth: Limits::twisted().max_depth,
+            stack: Vec::new(),
         }
     }
 
@@ -91,14 +131,27 @@ impl<'py> JellyEncoder<'py> {
         result
     }
 
-    /// A container's item, held by one owned reference of ours.
-    #[inline]
-    fn item(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
-        self.value(obj, maybe_shared(obj))
+    /// Jelly `obj`: write it, and then the items of each container it opens, innermost first.
+    fn value(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
+        let floor = self.stack.len();
+        let mut written = self.write(obj, maybe_shared);
+        while written.is_ok() && self.stack.len() > floor {
+            written = match self.next_item() {
+                Ok(Some((item, maybe_shared))) => self.write(&item, maybe_shared),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        if written.is_err() {
+            self.stack.truncate(floor);
+        }
+        written
     }
 
-    /// Jelly `obj`. `maybe_shared` false promises that nothing else in this walk can reach it.
-    fn value(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
+    /// Write `obj`, or open it if it is a container (its items follow, from [`Self::next_item`]).
+    /// `maybe_shared` false promises that nothing else in this walk can reach it.
+    #[inline(always)]
+    fn write(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
         if let Ok(s) = obj.cast_exact::<PyString>() {
             if self.depth >= self.max_depth {
                 return Err(self.too_deep());
@@ -227,23 +280,10 @@ impl<'py> JellyEncoder<'py> {
         if self.seen_again(obj, maybe_shared)? {
             return Ok(());
         }
-        let n = list.len();
-        self.open(n + 1)?;
+        let len = list.len();
+        self.open(len + 1)?;
         self.enc.bytes(tag::LIST).map_err(PyBananaError::from)?;
-        for i in 0..n {
-            // Hook code may run below and shrink the list under us: check the size each time, and
-            // hold each item by an owned reference while it is serialized.
-            if list.len() != n {
-                return Err(changed_size("list"));
-            }
-            // SAFETY: `i < n == len(list)` was just checked, with the GIL held.
-            let item = unsafe { list.get_item_unchecked(i) };
-            self.item(&item)?;
-        }
-        if list.len() != n {
-            return Err(changed_size("list"));
-        }
-        self.close();
+        self.stack.push(Walk::List { list: list.clone(), len, next: 0 });
         Ok(())
     }
 
@@ -253,10 +293,7 @@ impl<'py> JellyEncoder<'py> {
         }
         self.open(tuple.len() + 1)?;
         self.enc.bytes(tag::TUPLE).map_err(PyBananaError::from)?;
-        for item in tuple.iter() {
-            self.item(&item)?;
-        }
-        self.close();
+        self.stack.push(Walk::Tuple { tuple: tuple.clone(), next: 0 });
         Ok(())
     }
 
@@ -264,35 +301,10 @@ impl<'py> JellyEncoder<'py> {
         if self.seen_again(obj, maybe_shared)? {
             return Ok(());
         }
-        let n = dict.len();
-        self.open(n + 1)?;
+        let len = dict.len();
+        self.open(len + 1)?;
         self.enc.bytes(tag::DICTIONARY).map_err(PyBananaError::from)?;
-        let mut pos: ffi::Py_ssize_t = 0;
-        let mut written = 0;
-        loop {
-            let mut key = std::ptr::null_mut();
-            let mut value = std::ptr::null_mut();
-            // SAFETY: PyDict_Next hands out borrowed pointers; both are turned into owned
-            // references before any Python code (a hook) can run and mutate the dict.
-            let (key, value) = unsafe {
-                if ffi::PyDict_Next(dict.as_ptr(), &mut pos, &mut key, &mut value) == 0 {
-                    break;
-                }
-                (Bound::from_borrowed_ptr(self.py, key), Bound::from_borrowed_ptr(self.py, value))
-            };
-            written += 1;
-            if written > n {
-                return Err(changed_size("dict"));
-            }
-            self.open(2)?;
-            self.item(&key)?;
-            self.item(&value)?;
-            self.close();
-        }
-        if written != n || dict.len() != n {
-            return Err(changed_size("dict"));
-        }
-        self.close();
+        self.stack.push(Walk::Dict { dict: dict.clone(), len, pos: 0, written: 0, value: None, in_pair: false });
         Ok(())
     }
 
@@ -300,23 +312,101 @@ impl<'py> JellyEncoder<'py> {
         if self.seen_again(obj, maybe_shared)? {
             return Ok(());
         }
-        let n = obj.len()?;
+        let len = obj.len()?;
         let atom = if obj.is_exact_instance_of::<PySet>() { tag::SET } else { tag::FROZENSET };
-        self.open(n + 1)?;
+        self.open(len + 1)?;
         self.enc.bytes(atom).map_err(PyBananaError::from)?;
-        let mut written = 0;
-        for item in obj.try_iter()? {
-            written += 1;
-            if written > n {
-                return Err(changed_size("set"));
-            }
-            self.item(&item?)?;
-        }
-        if written != n {
-            return Err(changed_size("set"));
-        }
-        self.close();
+        self.stack.push(Walk::Set { members: obj.try_iter()?, len, written: 0 });
         Ok(())
+    }
+
+    /// The next item of the innermost open container, and whether something else may hold it
+    /// (see [`maybe_shared`]); None when that container is complete (it is then closed and
+    /// popped).
+    fn next_item(&mut self) -> PyResult<Option<(Bound<'py, PyAny>, bool)>> {
+        let Some(top) = self.stack.last_mut() else { return Ok(None) };
+        let item = match top {
+            Walk::List { list, len, next } => {
+                // Hook code may run while an item is written and shrink the list under us: check
+                // the size each time, and hold each item by an owned reference while it is
+                // serialized.
+                if list.len() != *len {
+                    return Err(changed_size("list"));
+                }
+                if *next < *len {
+                    // SAFETY: `next < len == len(list)` was just checked, with the GIL held.
+                    let item = unsafe { list.get_item_unchecked(*next) };
+                    *next += 1;
+                    Some(shareable(item))
+                } else {
+                    None
+                }
+            }
+            Walk::Tuple { tuple, next } => {
+                if *next < tuple.len() {
+                    *next += 1;
+                    Some(shareable(tuple.get_item(*next - 1)?))
+                } else {
+                    None
+                }
+            }
+            Walk::Dict { dict, len, pos, written, value, in_pair } => {
+                if let Some(value) = value.take() {
+                    return Ok(Some(shareable(value)));
+                }
+                if *in_pair {
+                    *in_pair = false;
+                    self.depth -= 1;
+                }
+                let mut key = std::ptr::null_mut();
+                let mut item = std::ptr::null_mut();
+                // SAFETY: PyDict_Next hands out borrowed pointers; both are turned into owned
+                // references before any Python code (a hook) can run and mutate the dict.
+                let pair = unsafe {
+                    (ffi::PyDict_Next(dict.as_ptr(), pos, &mut key, &mut item) != 0)
+                        .then(|| (Bound::from_borrowed_ptr(self.py, key), Bound::from_borrowed_ptr(self.py, item)))
+                };
+                match pair {
+                    Some((key, item)) => {
+                        *written += 1;
+                        if *written > *len {
+                            return Err(changed_size("dict"));
+                        }
+                        open_list(&mut self.enc, &mut self.depth, self.max_depth, 2)?;
+                        *in_pair = true;
+                        *value = Some(item);
+                        Some(shareable(key))
+                    }
+                    None if *written != *len || dict.len() != *len => return Err(changed_size("dict")),
+                    None => None,
+                }
+            }
+            Walk::Set { members, len, written } => match members.next() {
+                Some(member) => {
+                    *written += 1;
+                    if *written > *len {
+                        return Err(changed_size("set"));
+                    }
+                    Some(shareable(member?))
+                }
+                None if *written != *len => return Err(changed_size("set")),
+                None => None,
+            },
+            // A hook's items are always tracked.
+            Walk::Items { items, next } => {
+                if *next < items.len() {
+                    *next += 1;
+                    Some((items.get_item(*next - 1)?, true))
+                } else {
+                    None
+                }
+            }
+        };
+        if item.is_none() {
+            self.stack.pop();
+            self.close();
+        }
+        Ok(item)
     }
 
     fn decimal(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
@@ -363,10 +453,7 @@ impl<'py> JellyEncoder<'py> {
                 })?;
                 self.keep.push(items.clone().into_any());
                 self.open(items.len())?;
-                for item in items.iter() {
-                    self.value(&item, true)?;
-                }
-                self.close();
+                self.stack.push(Walk::Items { items, next: 0 });
                 return Ok(());
             }
         }
@@ -401,16 +488,12 @@ impl<'py> JellyEncoder<'py> {
 
     #[inline]
     fn open(&mut self, len: usize) -> PyResult<()> {
-        self.depth += 1;
-        if self.depth > self.max_depth {
-            return Err(self.too_deep());
-        }
-        self.enc.list(len).map_err(|e| PyBananaError::from(e).into())
+        open_list(&mut self.enc, &mut self.depth, self.max_depth, len)
     }
 
     #[cold]
     fn too_deep(&self) -> PyErr {
-        jelly_error(format!("cannot send values nested deeper than max_depth={}", self.max_depth), None)
+        too_deep(self.max_depth)
     }
 
     #[inline]
@@ -437,6 +520,21 @@ impl<'py> JellyEncoder<'py> {
         out.out.extend_from_slice(&old[copied..]);
         self.enc.out = out.out;
     }
+}
+
+/// A list header one level deeper, within `max_depth`.
+#[inline]
+fn open_list(enc: &mut Encoder, depth: &mut usize, max_depth: usize, len: usize) -> PyResult<()> {
+    *depth += 1;
+    if *depth > max_depth {
+        return Err(too_deep(max_depth));
+    }
+    enc.list(len).map_err(|e| PyBananaError::from(e).into())
+}
+
+#[cold]
+fn too_deep(max_depth: usize) -> PyErr {
+    jelly_error(format!("cannot send values nested deeper than max_depth={max_depth}"), None)
 }
 
 /// Buffers kept per thread between calls, so a steady stream of large messages does not
@@ -483,6 +581,13 @@ pub(crate) fn utf8_of<'a>(s: &'a Bound<'_, PyString>) -> Option<&'a [u8]> {
         }
     }
     s.to_str().ok().map(str::as_bytes)
+}
+
+/// `item` of a container we hold, with whether it [`maybe_shared`].
+#[inline]
+fn shareable(item: Bound<'_, PyAny>) -> (Bound<'_, PyAny>, bool) {
+    let shared = maybe_shared(&item);
+    (item, shared)
 }
 
 /// Whether anything but its parent container (and our one owned reference to it, taken while

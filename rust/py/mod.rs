@@ -110,24 +110,38 @@ fn banana_fault(bytes: &[u8], dialect: Dialect, limits: Limits) -> Option<PyErr>
     framer::exactly_one(bytes, dialect, limits).err().map(PyErr::from)
 }
 
-/// A raw banana value from an expression the framer validated.
+/// A raw banana value from an expression the framer validated. The lists being filled are kept
+/// on a heap stack, so no nesting depth can exhaust the native one.
 fn raw_value<'py>(py: Python<'py>, cursor: &mut Cursor<'_>) -> PyResult<Bound<'py, PyAny>> {
-    let at = cursor.pos();
-    let Some(item) = cursor.next_item() else {
-        return Err(PyValueError::new_err(format!("internal error: unvalidated expression at byte {at}")));
-    };
-    Ok(match item {
-        Item::List(n) => {
-            let list = PyList::empty(py);
-            for _ in 0..n {
-                list.append(raw_value(py, cursor)?)?;
+    // Each list being filled, with how many of its items are still to come.
+    let mut open: Vec<(Bound<'py, PyList>, usize)> = Vec::new();
+    loop {
+        let at = cursor.pos();
+        let Some(item) = cursor.next_item() else {
+            return Err(PyValueError::new_err(format!("internal error: unvalidated expression at byte {at}")));
+        };
+        let mut value = match item {
+            Item::List(n) if n > 0 => {
+                open.push((PyList::empty(py), n));
+                continue;
             }
-            list.into_any()
+            Item::List(_) => PyList::empty(py).into_any(),
+            Item::Bytes(s) => PyBytes::new(py, s).into_any(),
+            Item::Float(f) => PyFloat::new(py, f).into_any(),
+            int => integer(py, int.integer().expect("an integer item"))?,
+        };
+        // Append the finished value, and each list it completes, to the list that holds it.
+        loop {
+            let Some((list, remaining)) = open.last_mut() else { return Ok(value) };
+            list.append(value)?;
+            *remaining -= 1;
+            if *remaining > 0 {
+                break;
+            }
+            let Some((full, _)) = open.pop() else { unreachable!("the list appended to above") };
+            value = full.into_any();
         }
-        Item::Bytes(s) => PyBytes::new(py, s).into_any(),
-        Item::Float(f) => PyFloat::new(py, f).into_any(),
-        int => integer(py, int.integer().expect("an integer item"))?,
-    })
+    }
 }
 
 /// What a decoder's `feed` returns: the events, or the error that broke the stream carrying the
@@ -160,34 +174,58 @@ pub(crate) fn integer(py: Python<'_>, value: Integer) -> PyResult<Bound<'_, PyAn
     })
 }
 
-/// Encode a raw banana value: lists/tuples, ints, floats and bytes (and their subclasses).
-fn raw_encode(enc: &mut Encoder, value: &Bound<'_, PyAny>, depth: usize) -> PyResult<()> {
-    if depth > Limits::twisted().max_depth {
-        return Err(PyValueError::new_err("banana value nested too deeply to send"));
-    }
-    if let Ok(b) = value.cast::<PyBytes>() {
-        enc.bytes(b.as_bytes()).map_err(PyBananaError::from)?;
-    } else if let Ok(list) = value.cast::<PyList>() {
-        enc.list(list.len()).map_err(PyBananaError::from)?;
-        let n = list.len();
-        for i in 0..n {
-            raw_encode(enc, &list.get_item(i)?, depth + 1)?;
+/// Encode a raw banana value: lists/tuples, ints, floats and bytes (and their subclasses). Lists
+/// nested deeper than a decoder accepts by default are refused; the lists and tuples being
+/// written are kept on a heap stack, not the native one.
+fn raw_encode(enc: &mut Encoder, value: &Bound<'_, PyAny>) -> PyResult<()> {
+    let max_depth = Limits::twisted().max_depth;
+    // Each list or tuple being written, with its length and the index of its next item.
+    let mut open: Vec<(Bound<'_, PyAny>, usize, usize)> = Vec::new();
+    let mut value = value.clone();
+    loop {
+        let len = if let Ok(b) = value.cast::<PyBytes>() {
+            enc.bytes(b.as_bytes()).map_err(PyBananaError::from)?;
+            0
+        } else if let Ok(list) = value.cast::<PyList>() {
+            enc.list(list.len()).map_err(PyBananaError::from)?;
+            list.len()
+        } else if let Ok(tuple) = value.cast::<PyTuple>() {
+            enc.list(tuple.len()).map_err(PyBananaError::from)?;
+            tuple.len()
+        } else if value.is_instance_of::<PyInt>() {
+            enc.big_int(&value.extract()?).map_err(PyBananaError::from)?;
+            0
+        } else if let Ok(f) = value.cast::<PyFloat>() {
+            enc.float(f.value());
+            0
+        } else {
+            let name = crate::jelly::encode::qualified_name(&value.get_type())?;
+            let msg = format!("banana cannot send {name} objects (only lists, tuples, ints, floats and bytes)");
+            let kind = crate::banana::ErrorKind::Unsendable(msg);
+            return Err(PyBananaError(crate::banana::BananaError::local(kind)).into());
+        };
+        if len > 0 {
+            if open.len() >= max_depth {
+                let msg = format!("banana value nested deeper than max_depth={max_depth}; it cannot be sent");
+                return Err(PyValueError::new_err(msg));
+            }
+            open.push((value, len, 0));
         }
-    } else if let Ok(tuple) = value.cast::<PyTuple>() {
-        enc.list(tuple.len()).map_err(PyBananaError::from)?;
-        for item in tuple.iter() {
-            raw_encode(enc, &item, depth + 1)?;
-        }
-    } else if value.is_instance_of::<PyInt>() {
-        enc.big_int(&value.extract()?).map_err(PyBananaError::from)?;
-    } else if let Ok(f) = value.cast::<PyFloat>() {
-        enc.float(f.value());
-    } else {
-        let name = crate::jelly::encode::qualified_name(&value.get_type())?;
-        let msg = format!("banana cannot send {name} objects (only lists, tuples, ints, floats and bytes)");
-        return Err(PyBananaError(crate::banana::BananaError::local(crate::banana::ErrorKind::Unsendable(msg))).into());
+        // The next item of the innermost list or tuple that has one left.
+        value = loop {
+            let Some((seq, len, next)) = open.last_mut() else { return Ok(()) };
+            if *next == *len {
+                open.pop();
+                continue;
+            }
+            let item = match seq.cast::<PyList>() {
+                Ok(list) => list.get_item(*next)?,
+                Err(_) => seq.cast::<PyTuple>()?.get_item(*next)?,
+            };
+            *next += 1;
+            break item;
+        };
     }
-    Ok(())
 }
 
 /// dumps(obj, /, *, dialect="pb", hook=None) -> bytes
@@ -239,7 +277,7 @@ pub fn loads<'py>(
 #[pyo3(signature = (value, /, dialect="pb"))]
 pub fn banana_encode<'py>(py: Python<'py>, value: &Bound<'py, PyAny>, dialect: &str) -> PyResult<Bound<'py, PyBytes>> {
     let mut enc = Encoder::new(self::dialect(dialect, false)?);
-    raw_encode(&mut enc, value, 0)?;
+    raw_encode(&mut enc, value)?;
     Ok(PyBytes::new(py, &enc.out))
 }
 

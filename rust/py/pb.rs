@@ -604,7 +604,7 @@ impl PbEncoderPy {
         let mut one = Encoder::new(self.dialect);
         one.list(2).map_err(PyErr::from)?;
         one.bytes(command).map_err(PyErr::from)?;
-        super::raw_encode(&mut one, item, 0)?;
+        super::raw_encode(&mut one, item)?;
         Ok(PyBytes::new(py, &one.out.repeat(count)))
     }
 
