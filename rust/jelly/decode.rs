@@ -150,10 +150,16 @@ enum Frame<'py, 'a> {
 
 /// What the walk does next.
 enum Next<'py> {
-    /// Read the value at the cursor.
-    Read,
+    /// Open the jelly list of this many elements at this offset, whose header was just read.
+    Open(usize, usize),
     /// Give this finished value to the innermost container (or return it, if none is open).
     Give(Built<'py>),
+}
+
+/// What is at the cursor: a finished value, or the header of a jelly list (as [`Next::Open`]).
+enum Read<'py> {
+    Value(Built<'py>),
+    List(usize, usize),
 }
 
 impl<'py, 'a> JellyDecoder<'py, 'a> {
@@ -201,46 +207,20 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
     /// The value at the cursor: read items, open containers, hand each finished value to the
     /// container it is in, until the outermost is finished.
     fn value(&mut self) -> PyResult<Built<'py>> {
-        let mut next = self.open()?;
+        let mut next = match self.rd.item()? {
+            Read::Value(built) => return Ok(built),
+            Read::List(n, at) => Next::Open(n, at),
+        };
         loop {
             next = match next {
-                Next::Read => self.open()?,
+                Next::Open(n, at) => {
+                    self.rd.enter(at)?;
+                    self.open_tagged(n, at, None)?
+                }
                 Next::Give(built) if self.stack.is_empty() => return Ok(built),
                 Next::Give(built) => self.step(Some(built))?,
             };
         }
-    }
-
-    /// Start the value at the cursor: an atom or a leaf form is finished at once, a container
-    /// is pushed.
-    #[inline(always)]
-    fn open(&mut self) -> PyResult<Next<'py>> {
-        let rd = &mut self.rd;
-        // The most common jelly form by far is a str: ["unicode", STRING].
-        let at = rd.cur.pos();
-        if let Some(s) = rd.cur.unicode() {
-            return match decode_utf8(rd.py, s) {
-                Ok(s) => Ok(Next::Give(Built::done(s.into_any()))),
-                Err(e) => Err(rd.error(format!("unicode is not valid UTF-8 ({e})"), at)),
-            };
-        }
-        let (item, at) = rd.next()?;
-        let py = rd.py;
-        let obj = match item {
-            Item::Int(v) => v.into_pyobject(py)?.into_any(),
-            Item::Float(f) => PyFloat::new(py, f).into_any(),
-            Item::Bytes(s) => PyBytes::new(py, s).into_any(),
-            Item::List(n) => {
-                rd.enter(at)?;
-                return self.open_tagged(n, at, None);
-            }
-            big @ Item::BigInt { .. } => match big.integer() {
-                Some(Integer::Big(v)) => v.into_pyobject(py)?.into_any(),
-                Some(Integer::Small(v)) => v.into_pyobject(py)?.into_any(),
-                None => return Err(rd.error("bad integer".into(), at)),
-            },
-        };
-        Ok(Next::Give(Built::done(obj)))
     }
 
     /// A jelly list of `n` banana elements at `at`, already entered. `register` is the
@@ -328,15 +308,26 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         }
     }
 
-    /// The innermost container takes `child` (None: it was just opened) and says what comes
-    /// next: another item, or (once complete, and popped) itself, finished.
+    /// The innermost container takes `child` (None: it was just opened) and the items after it,
+    /// up to one that opens a list of its own ([`Next::Open`]) or the container's end (it is
+    /// then popped and given as finished).
     fn step(&mut self, mut child: Option<Built<'py>>) -> PyResult<Next<'py>> {
         let rd = &mut self.rd;
         let Some(frame) = self.stack.last_mut() else {
             unreachable!("step() is only called with a container open");
         };
+        // The next item, for a container that wants one: a value it takes in the loop's next
+        // round, or a list to open first.
+        macro_rules! read {
+            () => {
+                match rd.item()? {
+                    Read::Value(built) => child = Some(built),
+                    Read::List(n, at) => return Ok(Next::Open(n, at)),
+                }
+            };
+        }
         match frame {
-            Frame::List { list, len, next, append } => {
+            Frame::List { list, len, next, append } => loop {
                 if let Some(item) = child.take() {
                     if let Some(pid) = item.placeholder {
                         add_site(&mut self.refs, pid, Site::ListItem(list.clone(), *next));
@@ -349,35 +340,41 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                     }
                     *next += 1;
                 }
-                if *next < *len {
-                    return Ok(Next::Read);
+                if *next == *len {
+                    break;
                 }
-            }
-            Frame::Tuple { items, len } => {
+                read!();
+            },
+            Frame::Tuple { items, len } => loop {
                 items.extend(child.take());
-                if items.len() < *len {
-                    return Ok(Next::Read);
+                if items.len() == *len {
+                    break;
                 }
-            }
-            Frame::Dict { dict, pairs, key, pair_at } => {
+                read!();
+            },
+            Frame::Dict { dict, pairs, key, pair_at } => loop {
                 if let Some(built) = child.take() {
-                    let Some(k) = key.take() else {
-                        if built.unhashable_yet() {
+                    match key.take() {
+                        None if built.unhashable_yet() => {
                             let msg = "a dictionary key refers to an object that is not built yet";
                             return Err(rd.error(msg.into(), *pair_at));
                         }
-                        *key = Some(built.obj);
-                        return Ok(Next::Read);
-                    };
-                    dict.set_item(&k, &built.obj)
-                        .map_err(|e| rd.error(format!("bad dictionary key: {e}"), *pair_at))?;
-                    if let Some(pid) = built.placeholder {
-                        add_site(&mut self.refs, pid, Site::DictValue(dict.clone(), k));
+                        None => *key = Some(built.obj),
+                        Some(k) => {
+                            let set = dict.set_item(&k, &built.obj);
+                            set.map_err(|e| rd.error(format!("bad dictionary key: {e}"), *pair_at))?;
+                            if let Some(pid) = built.placeholder {
+                                add_site(&mut self.refs, pid, Site::DictValue(dict.clone(), k));
+                            }
+                            rd.depth -= 1;
+                            *pairs -= 1;
+                        }
                     }
-                    rd.depth -= 1;
-                    *pairs -= 1;
                 }
-                if *pairs > 0 {
+                if key.is_none() {
+                    if *pairs == 0 {
+                        break;
+                    }
                     let at = rd.cur.pos();
                     match rd.next()? {
                         (Item::List(2), _) => rd.enter(at)?,
@@ -387,41 +384,47 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                     // Keys repeat from one dict to the next, so str keys come from the cache:
                     // one object, hashed once, instead of a new string per dict.
                     let key_at = rd.cur.pos();
-                    if let Some(s) = rd.cur.unicode() {
-                        match rd.strings.get(rd.py, s) {
+                    match rd.cur.unicode() {
+                        Some(s) => match rd.strings.get(rd.py, s) {
                             Ok(s) => *key = Some(s.into_any()),
                             Err(e) => return Err(rd.error(format!("unicode is not valid UTF-8 ({e})"), key_at)),
+                        },
+                        None => {
+                            read!();
+                            continue;
                         }
                     }
-                    return Ok(Next::Read);
                 }
-            }
-            Frame::Set { set, members, member_at } => {
+                read!();
+            },
+            Frame::Set { set, members, member_at } => loop {
                 if let Some(item) = child.take() {
                     set.add(rd.member(item, *member_at)?)?;
                     *members -= 1;
                 }
-                if *members > 0 {
-                    *member_at = rd.cur.pos();
-                    return Ok(Next::Read);
+                if *members == 0 {
+                    break;
                 }
-            }
-            Frame::Frozenset { members, len, member_at } => {
+                *member_at = rd.cur.pos();
+                read!();
+            },
+            Frame::Frozenset { members, len, member_at } => loop {
                 if let Some(item) = child.take() {
                     members.push(rd.member(item, *member_at)?);
                 }
-                if members.len() < *len {
-                    *member_at = rd.cur.pos();
-                    return Ok(Next::Read);
+                if members.len() == *len {
+                    break;
                 }
-            }
+                *member_at = rd.cur.pos();
+                read!();
+            },
             Frame::Reference { .. } => {}
             Frame::Persistent => {
                 if child.is_none() {
-                    return Ok(Next::Read);
+                    read!();
                 }
             }
-            Frame::Hooked { tag, items, len, item_at, .. } => {
+            Frame::Hooked { tag, items, len, item_at, .. } => loop {
                 if let Some(item) = child.take() {
                     if item.placeholder.is_some() {
                         let msg = format!("an item of {} refers to an object not built yet", show(tag));
@@ -429,11 +432,12 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                     }
                     items.push(item.obj);
                 }
-                if items.len() < *len {
-                    *item_at = rd.cur.pos();
-                    return Ok(Next::Read);
+                if items.len() == *len {
+                    break;
                 }
-            }
+                *item_at = rd.cur.pos();
+                read!();
+            },
         }
         let Some(frame) = self.stack.pop() else { unreachable!("the frame matched above") };
         self.rd.depth -= 1;
@@ -599,6 +603,33 @@ fn add_site<'py>(refs: &mut HashMap<i64, Slot<'py>>, id: i64, site: Site<'py>) {
 }
 
 impl<'py, 'a> Reader<'py, 'a> {
+    /// The value at the cursor if it is an atom (or a str), else the header of a jelly list.
+    #[inline(always)]
+    fn item(&mut self) -> PyResult<Read<'py>> {
+        // The most common jelly form by far is a str: ["unicode", STRING].
+        let at = self.cur.pos();
+        if let Some(s) = self.cur.unicode() {
+            return match decode_utf8(self.py, s) {
+                Ok(s) => Ok(Read::Value(Built::done(s.into_any()))),
+                Err(e) => Err(self.error(format!("unicode is not valid UTF-8 ({e})"), at)),
+            };
+        }
+        let (item, at) = self.next()?;
+        let py = self.py;
+        let obj = match item {
+            Item::Int(v) => v.into_pyobject(py)?.into_any(),
+            Item::Float(f) => PyFloat::new(py, f).into_any(),
+            Item::Bytes(s) => PyBytes::new(py, s).into_any(),
+            Item::List(n) => return Ok(Read::List(n, at)),
+            big @ Item::BigInt { .. } => match big.integer() {
+                Some(Integer::Big(v)) => v.into_pyobject(py)?.into_any(),
+                Some(Integer::Small(v)) => v.into_pyobject(py)?.into_any(),
+                None => return Err(self.error("bad integer".into(), at)),
+            },
+        };
+        Ok(Read::Value(Built::done(obj)))
+    }
+
     #[inline(always)]
     fn next(&mut self) -> PyResult<(Item<'a>, usize)> {
         let at = self.cur.pos();

@@ -14,8 +14,8 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
-    PyBool, PyBytes, PyDate, PyDateTime, PyDelta, PyDict, PyFloat, PyFrozenSet, PyIterator, PyList, PySet, PyString,
-    PyTime, PyTuple, PyType,
+    PyBool, PyBytes, PyDate, PyDateTime, PyDelta, PyDict, PyFloat, PyFrozenSet, PyInt, PyIterator, PyList, PySet,
+    PyString, PyTime, PyTuple, PyType,
 };
 use pyo3::types::{PyDateAccess, PyDeltaAccess, PyTimeAccess, PyTzInfoAccess};
 
@@ -38,7 +38,7 @@ struct Seen {
 /// One jelly call: one id space for shared references.
 pub struct JellyEncoder<'py> {
     py: Python<'py>,
-    enc: Encoder,
+    out: Out,
     seen: PtrMap<Seen>,
     /// (byte offset of a first sighting, reference id) to wrap at the end.
     wraps: Vec<(usize, u32)>,
@@ -46,11 +46,16 @@ pub struct JellyEncoder<'py> {
     /// Objects the hook made up; kept alive so their addresses stay unique while tracked.
     keep: Vec<Bound<'py, PyAny>>,
     hook: Option<Bound<'py, PyAny>>,
-    depth: usize,
-    max_depth: usize,
     /// The containers being written, innermost last: the walk keeps its place here rather than
     /// on the native stack, so no nesting depth can exhaust that.
     stack: Vec<Walk<'py>>,
+}
+
+/// The bytes and the list nesting they are at (apart from the stack, so both can be borrowed).
+struct Out {
+    enc: Encoder,
+    depth: usize,
+    max_depth: usize,
 }
 
 /// A container being written: where the walk goes on once the item being written is done.
@@ -94,22 +99,20 @@ impl<'py> JellyEncoder<'py> {
         let (out, seen) = Scratch::take();
         JellyEncoder {
             py,
-            enc: Encoder { out, dialect },
+            out: Out { enc: Encoder { out, dialect }, depth: 0, max_depth: Limits::twisted().max_depth },
             seen,
             wraps: Vec::new(),
             next_ref: 1,
             keep: Vec::new(),
             hook,
-            depth: 0,
-            max_depth: Limits::twisted().max_depth,
             stack: Vec::new(),
         }
     }
 
     /// Jelly one value. Each call is its own id space, as each of Twisted's `jelly()` calls is.
     pub fn jelly(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
-        let start = self.enc.out.len();
-        self.value(obj, true)?;
+        let start = self.out.enc.out.len();
+        self.value(obj)?;
         if !self.wraps.is_empty() {
             self.splice_references(start);
         }
@@ -121,66 +124,47 @@ impl<'py> JellyEncoder<'py> {
 
     /// The underlying banana encoder, for envelope items written around jelly values.
     pub fn raw(&mut self) -> &mut Encoder {
-        &mut self.enc
+        &mut self.out.enc
     }
 
     /// The encoded bytes, handed to `f`; the buffers go back to this thread's scratch.
     pub fn finish<R>(mut self, f: impl FnOnce(&[u8]) -> R) -> R {
-        let result = f(&self.enc.out);
-        Scratch::give_back(std::mem::take(&mut self.enc.out), std::mem::take(&mut self.seen));
+        let result = f(&self.out.enc.out);
+        Scratch::give_back(std::mem::take(&mut self.out.enc.out), std::mem::take(&mut self.seen));
         result
     }
 
-    /// Jelly `obj`: write it, and then the items of each container it opens, innermost first.
-    fn value(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
-        let floor = self.stack.len();
-        let mut written = self.write(obj, maybe_shared);
-        while written.is_ok() && self.stack.len() > floor {
-            written = match self.next_item() {
-                Ok(Some((item, maybe_shared))) => self.write(&item, maybe_shared),
+    /// Jelly `obj`: write it, then the items of each container it opens, innermost first.
+    fn value(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
+        let mut written = self.write(obj.clone(), true);
+        while written.is_ok() && !self.stack.is_empty() {
+            written = match self.step() {
+                Ok(Some((item, maybe_shared))) => self.write(item, maybe_shared),
                 Ok(None) => Ok(()),
                 Err(e) => Err(e),
             };
         }
-        if written.is_err() {
-            self.stack.truncate(floor);
-        }
+        self.stack.clear();
         written
     }
 
-    /// Write `obj`, or open it if it is a container (its items follow, from [`Self::next_item`]).
-    /// `maybe_shared` false promises that nothing else in this walk can reach it.
-    #[inline(always)]
-    fn write(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
-        if let Ok(s) = obj.cast_exact::<PyString>() {
-            if self.depth >= self.max_depth {
-                return Err(self.too_deep());
-            }
-            // ["unicode", utf8]: "unicode" is no vocabulary word, so the prefix is fixed.
-            self.enc.out.extend_from_slice(b"\x02\x80\x07\x82unicode");
-            return match utf8_of(s) {
-                Some(text) => self.enc.bytes(text).map_err(|e| PyBananaError::from(e).into()),
-                None => Err(jelly_error("cannot send a str that is not valid Unicode (a lone surrogate)".into(), None)),
-            };
-        }
-        if obj.is_exact_instance_of::<pyo3::types::PyInt>() {
-            return self.int(obj);
-        }
-        if let Ok(f) = obj.cast_exact::<PyFloat>() {
-            self.enc.float(f.value());
+    /// Write `obj`, or open it if it is a container (its items are then written by
+    /// [`Self::step`]). `maybe_shared` false promises that nothing else in this walk can reach it.
+    fn write(&mut self, obj: Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
+        if self.out.scalar(&obj)? {
             return Ok(());
         }
-        if let Ok(b) = obj.cast_exact::<PyBytes>() {
-            return self.enc.bytes(b.as_bytes()).map_err(|e| PyBananaError::from(e).into());
+        if obj.is_exact_instance_of::<PyList>() {
+            // SAFETY: the type was just checked.
+            return self.list(unsafe { obj.cast_into_unchecked() }, maybe_shared);
         }
-        if let Ok(l) = obj.cast_exact::<PyList>() {
-            return self.list(obj, l, maybe_shared);
+        if obj.is_exact_instance_of::<PyDict>() {
+            // SAFETY: the type was just checked.
+            return self.dict(unsafe { obj.cast_into_unchecked() }, maybe_shared);
         }
-        if let Ok(d) = obj.cast_exact::<PyDict>() {
-            return self.dict(obj, d, maybe_shared);
-        }
-        if let Ok(t) = obj.cast_exact::<PyTuple>() {
-            return self.tuple(obj, t, maybe_shared);
+        if obj.is_exact_instance_of::<PyTuple>() {
+            // SAFETY: the type was just checked.
+            return self.tuple(unsafe { obj.cast_into_unchecked() }, maybe_shared);
         }
         if obj.is_none() {
             return self.tagged(&[tag::NONE]);
@@ -223,23 +207,13 @@ impl<'py> JellyEncoder<'py> {
             return self.tagged(&[tag::TIMEDELTA, format_fields(&fields).as_bytes()]);
         }
         if obj.get_type().is(decimal_type(self.py)?) {
-            return self.decimal(obj);
+            return self.decimal(&obj);
         }
         if let Ok(cls) = obj.cast::<PyType>() {
             let name = qualified_name(cls)?;
             return self.tagged(&[tag::CLASS, name.as_bytes()]);
         }
-        self.instance(obj)
-    }
-
-    fn int(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
-        match int_value(obj)? {
-            Integer::Small(v) => {
-                self.enc.int(v);
-                Ok(())
-            }
-            Integer::Big(big) => self.enc.big_int(&big).map_err(|e| PyBananaError::from(e).into()),
-        }
+        self.instance(&obj)
     }
 
     /// A tracked object seen before: write its dereference and return true. Otherwise remember
@@ -253,7 +227,7 @@ impl<'py> JellyEncoder<'py> {
     }
 
     fn track(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<bool> {
-        let start = self.enc.out.len();
+        let start = self.out.enc.out.len();
         match self.seen.entry(obj.as_ptr() as usize) {
             Entry::Vacant(v) => {
                 v.insert(Seen { start, ref_id: 0 });
@@ -267,96 +241,102 @@ impl<'py> JellyEncoder<'py> {
                     self.wraps.push((seen.start, seen.ref_id));
                 }
                 let id = seen.ref_id;
-                self.open(2)?;
-                self.enc.bytes(tag::DEREFERENCE).map_err(PyBananaError::from)?;
-                self.enc.int(i64::from(id));
-                self.close();
+                self.out.open(2)?;
+                self.out.enc.bytes(tag::DEREFERENCE).map_err(PyBananaError::from)?;
+                self.out.enc.int(i64::from(id));
+                self.out.close();
                 Ok(true)
             }
         }
     }
 
-    fn list(&mut self, obj: &Bound<'py, PyAny>, list: &Bound<'py, PyList>, maybe_shared: bool) -> PyResult<()> {
-        if self.seen_again(obj, maybe_shared)? {
+    fn list(&mut self, list: Bound<'py, PyList>, maybe_shared: bool) -> PyResult<()> {
+        if self.seen_again(list.as_any(), maybe_shared)? {
             return Ok(());
         }
         let len = list.len();
-        self.open(len + 1)?;
-        self.enc.bytes(tag::LIST).map_err(PyBananaError::from)?;
-        self.stack.push(Walk::List { list: list.clone(), len, next: 0 });
+        self.out.open(len + 1)?;
+        self.out.enc.bytes(tag::LIST).map_err(PyBananaError::from)?;
+        self.stack.push(Walk::List { list, len, next: 0 });
         Ok(())
     }
 
-    fn tuple(&mut self, obj: &Bound<'py, PyAny>, tuple: &Bound<'py, PyTuple>, maybe_shared: bool) -> PyResult<()> {
-        if self.seen_again(obj, maybe_shared)? {
+    fn tuple(&mut self, tuple: Bound<'py, PyTuple>, maybe_shared: bool) -> PyResult<()> {
+        if self.seen_again(tuple.as_any(), maybe_shared)? {
             return Ok(());
         }
-        self.open(tuple.len() + 1)?;
-        self.enc.bytes(tag::TUPLE).map_err(PyBananaError::from)?;
-        self.stack.push(Walk::Tuple { tuple: tuple.clone(), next: 0 });
+        self.out.open(tuple.len() + 1)?;
+        self.out.enc.bytes(tag::TUPLE).map_err(PyBananaError::from)?;
+        self.stack.push(Walk::Tuple { tuple, next: 0 });
         Ok(())
     }
 
-    fn dict(&mut self, obj: &Bound<'py, PyAny>, dict: &Bound<'py, PyDict>, maybe_shared: bool) -> PyResult<()> {
-        if self.seen_again(obj, maybe_shared)? {
+    fn dict(&mut self, dict: Bound<'py, PyDict>, maybe_shared: bool) -> PyResult<()> {
+        if self.seen_again(dict.as_any(), maybe_shared)? {
             return Ok(());
         }
         let len = dict.len();
-        self.open(len + 1)?;
-        self.enc.bytes(tag::DICTIONARY).map_err(PyBananaError::from)?;
-        self.stack.push(Walk::Dict { dict: dict.clone(), len, pos: 0, written: 0, value: None, in_pair: false });
+        self.out.open(len + 1)?;
+        self.out.enc.bytes(tag::DICTIONARY).map_err(PyBananaError::from)?;
+        self.stack.push(Walk::Dict { dict, len, pos: 0, written: 0, value: None, in_pair: false });
         Ok(())
     }
 
-    fn set(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
-        if self.seen_again(obj, maybe_shared)? {
+    fn set(&mut self, obj: Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
+        if self.seen_again(&obj, maybe_shared)? {
             return Ok(());
         }
         let len = obj.len()?;
         let atom = if obj.is_exact_instance_of::<PySet>() { tag::SET } else { tag::FROZENSET };
-        self.open(len + 1)?;
-        self.enc.bytes(atom).map_err(PyBananaError::from)?;
+        self.out.open(len + 1)?;
+        self.out.enc.bytes(atom).map_err(PyBananaError::from)?;
         self.stack.push(Walk::Set { members: obj.try_iter()?, len, written: 0 });
         Ok(())
     }
 
-    /// The next item of the innermost open container, and whether something else may hold it
-    /// (see [`maybe_shared`]); None when that container is complete (it is then closed and
+    /// Write the items of the innermost open container as far as they are scalars; return the
+    /// first that is not (for [`Self::write`]) with whether something else may hold it (see
+    /// [`maybe_shared`]), or None once the container is complete (it is then closed and
     /// popped).
-    fn next_item(&mut self) -> PyResult<Option<(Bound<'py, PyAny>, bool)>> {
+    fn step(&mut self) -> PyResult<Option<(Bound<'py, PyAny>, bool)>> {
+        let out = &mut self.out;
         let Some(top) = self.stack.last_mut() else { return Ok(None) };
-        let item = match top {
-            Walk::List { list, len, next } => {
+        match top {
+            Walk::List { list, len, next } => loop {
                 // Hook code may run while an item is written and shrink the list under us: check
                 // the size each time, and hold each item by an owned reference while it is
                 // serialized.
                 if list.len() != *len {
                     return Err(changed_size("list"));
                 }
-                if *next < *len {
-                    // SAFETY: `next < len == len(list)` was just checked, with the GIL held.
-                    let item = unsafe { list.get_item_unchecked(*next) };
-                    *next += 1;
-                    Some(shareable(item))
-                } else {
-                    None
+                if *next == *len {
+                    break;
                 }
-            }
+                // SAFETY: `next < len == len(list)` was just checked, with the GIL held.
+                let item = unsafe { list.get_item_unchecked(*next) };
+                *next += 1;
+                if !out.scalar(&item)? {
+                    return Ok(Some(shareable(item)));
+                }
+            },
             Walk::Tuple { tuple, next } => {
-                if *next < tuple.len() {
+                while *next < tuple.len() {
+                    let item = tuple.get_item(*next)?;
                     *next += 1;
-                    Some(shareable(tuple.get_item(*next - 1)?))
-                } else {
-                    None
+                    if !out.scalar(&item)? {
+                        return Ok(Some(shareable(item)));
+                    }
                 }
             }
-            Walk::Dict { dict, len, pos, written, value, in_pair } => {
+            Walk::Dict { dict, len, pos, written, value, in_pair } => loop {
                 if let Some(value) = value.take() {
-                    return Ok(Some(shareable(value)));
+                    if !out.scalar(&value)? {
+                        return Ok(Some(shareable(value)));
+                    }
                 }
                 if *in_pair {
                     *in_pair = false;
-                    self.depth -= 1;
+                    out.close();
                 }
                 let mut key = std::ptr::null_mut();
                 let mut item = std::ptr::null_mut();
@@ -366,47 +346,52 @@ impl<'py> JellyEncoder<'py> {
                     (ffi::PyDict_Next(dict.as_ptr(), pos, &mut key, &mut item) != 0)
                         .then(|| (Bound::from_borrowed_ptr(self.py, key), Bound::from_borrowed_ptr(self.py, item)))
                 };
-                match pair {
-                    Some((key, item)) => {
-                        *written += 1;
-                        if *written > *len {
-                            return Err(changed_size("dict"));
-                        }
-                        open_list(&mut self.enc, &mut self.depth, self.max_depth, 2)?;
-                        *in_pair = true;
-                        *value = Some(item);
-                        Some(shareable(key))
+                let Some((key, item)) = pair else {
+                    if *written != *len || dict.len() != *len {
+                        return Err(changed_size("dict"));
                     }
-                    None if *written != *len || dict.len() != *len => return Err(changed_size("dict")),
-                    None => None,
+                    break;
+                };
+                *written += 1;
+                if *written > *len {
+                    return Err(changed_size("dict"));
                 }
-            }
-            Walk::Set { members, len, written } => match members.next() {
-                Some(member) => {
+                out.open(2)?;
+                *in_pair = true;
+                *value = Some(item);
+                if !out.scalar(&key)? {
+                    return Ok(Some(shareable(key)));
+                }
+            },
+            Walk::Set { members, len, written } => {
+                for member in members.by_ref() {
                     *written += 1;
                     if *written > *len {
                         return Err(changed_size("set"));
                     }
-                    Some(shareable(member?))
+                    let member = member?;
+                    if !out.scalar(&member)? {
+                        return Ok(Some(shareable(member)));
+                    }
                 }
-                None if *written != *len => return Err(changed_size("set")),
-                None => None,
-            },
-            // A hook's items are always tracked.
-            Walk::Items { items, next } => {
-                if *next < items.len() {
-                    *next += 1;
-                    Some((items.get_item(*next - 1)?, true))
-                } else {
-                    None
+                if *written != *len {
+                    return Err(changed_size("set"));
                 }
             }
-        };
-        if item.is_none() {
-            self.stack.pop();
-            self.close();
+            // A hook's items are always tracked.
+            Walk::Items { items, next } => {
+                while *next < items.len() {
+                    let item = items.get_item(*next)?;
+                    *next += 1;
+                    if !out.scalar(&item)? {
+                        return Ok(Some((item, true)));
+                    }
+                }
+            }
         }
-        Ok(item)
+        self.stack.pop();
+        self.out.close();
+        Ok(None)
     }
 
     fn decimal(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
@@ -421,11 +406,11 @@ impl<'py> JellyEncoder<'py> {
         if sign == 1 {
             coefficient = -coefficient;
         }
-        self.open(3)?;
-        self.enc.bytes(tag::DECIMAL).map_err(PyBananaError::from)?;
-        self.enc.big_int(&coefficient).map_err(PyBananaError::from)?;
-        self.enc.int(exponent);
-        self.close();
+        self.out.open(3)?;
+        self.out.enc.bytes(tag::DECIMAL).map_err(PyBananaError::from)?;
+        self.out.enc.big_int(&coefficient).map_err(PyBananaError::from)?;
+        self.out.enc.int(exponent);
+        self.out.close();
         Ok(())
     }
 
@@ -452,7 +437,7 @@ impl<'py> JellyEncoder<'py> {
                     })
                 })?;
                 self.keep.push(items.clone().into_any());
-                self.open(items.len())?;
+                self.out.open(items.len())?;
                 self.stack.push(Walk::Items { items, next: 0 });
                 return Ok(());
             }
@@ -478,35 +463,20 @@ impl<'py> JellyEncoder<'py> {
 
     /// `[atom, atom, ...]` of byte strings.
     fn tagged(&mut self, atoms: &[&[u8]]) -> PyResult<()> {
-        self.open(atoms.len())?;
+        self.out.open(atoms.len())?;
         for atom in atoms {
-            self.enc.bytes(atom).map_err(PyBananaError::from)?;
+            self.out.enc.bytes(atom).map_err(PyBananaError::from)?;
         }
-        self.close();
+        self.out.close();
         Ok(())
-    }
-
-    #[inline]
-    fn open(&mut self, len: usize) -> PyResult<()> {
-        open_list(&mut self.enc, &mut self.depth, self.max_depth, len)
-    }
-
-    #[cold]
-    fn too_deep(&self) -> PyErr {
-        too_deep(self.max_depth)
-    }
-
-    #[inline]
-    fn close(&mut self) {
-        self.depth -= 1;
     }
 
     /// Wrap each first sighting that was referenced again in `["reference", id, ...]`.
     fn splice_references(&mut self, from: usize) {
         let mut wraps = std::mem::take(&mut self.wraps);
         wraps.sort_unstable();
-        let old = std::mem::take(&mut self.enc.out);
-        let mut out = Encoder::with_capacity(self.enc.dialect, old.len() + wraps.len() * 20);
+        let old = std::mem::take(&mut self.out.enc.out);
+        let mut out = Encoder::with_capacity(self.out.enc.dialect, old.len() + wraps.len() * 20);
         out.out.extend_from_slice(&old[..from]);
         let mut copied = from;
         for (offset, id) in wraps {
@@ -518,23 +488,60 @@ impl<'py> JellyEncoder<'py> {
             copied = offset;
         }
         out.out.extend_from_slice(&old[copied..]);
-        self.enc.out = out.out;
+        self.out.enc.out = out.out;
     }
 }
 
-/// A list header one level deeper, within `max_depth`.
-#[inline]
-fn open_list(enc: &mut Encoder, depth: &mut usize, max_depth: usize, len: usize) -> PyResult<()> {
-    *depth += 1;
-    if *depth > max_depth {
-        return Err(too_deep(max_depth));
+impl Out {
+    /// Write `obj` if it is an exact str, int, float or bytes (the common items, written without
+    /// leaving the container they are in); false if it is not one of those.
+    #[inline(always)]
+    fn scalar(&mut self, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+        if let Ok(s) = obj.cast_exact::<PyString>() {
+            if self.depth >= self.max_depth {
+                return Err(self.too_deep());
+            }
+            // ["unicode", utf8]: "unicode" is no vocabulary word, so the prefix is fixed.
+            self.enc.out.extend_from_slice(b"\x02\x80\x07\x82unicode");
+            return match utf8_of(s) {
+                Some(text) => self.enc.bytes(text).map(|()| true).map_err(|e| PyBananaError::from(e).into()),
+                None => Err(jelly_error("cannot send a str that is not valid Unicode (a lone surrogate)".into(), None)),
+            };
+        }
+        if obj.is_exact_instance_of::<PyInt>() {
+            match int_value(obj)? {
+                Integer::Small(v) => self.enc.int(v),
+                Integer::Big(big) => self.enc.big_int(&big).map_err(PyBananaError::from)?,
+            }
+        } else if let Ok(f) = obj.cast_exact::<PyFloat>() {
+            self.enc.float(f.value());
+        } else if let Ok(b) = obj.cast_exact::<PyBytes>() {
+            self.enc.bytes(b.as_bytes()).map_err(PyBananaError::from)?;
+        } else {
+            return Ok(false);
+        }
+        Ok(true)
     }
-    enc.list(len).map_err(|e| PyBananaError::from(e).into())
-}
 
-#[cold]
-fn too_deep(max_depth: usize) -> PyErr {
-    jelly_error(format!("cannot send values nested deeper than max_depth={max_depth}"), None)
+    /// A list header one level deeper, within `max_depth`.
+    #[inline]
+    fn open(&mut self, len: usize) -> PyResult<()> {
+        self.depth += 1;
+        if self.depth > self.max_depth {
+            return Err(self.too_deep());
+        }
+        self.enc.list(len).map_err(|e| PyBananaError::from(e).into())
+    }
+
+    #[inline]
+    fn close(&mut self) {
+        self.depth -= 1;
+    }
+
+    #[cold]
+    fn too_deep(&self) -> PyErr {
+        jelly_error(format!("cannot send values nested deeper than max_depth={}", self.max_depth), None)
+    }
 }
 
 /// Buffers kept per thread between calls, so a steady stream of large messages does not
