@@ -8,6 +8,7 @@
 //! values and tuples can be patched; a placeholder used as a dict key or set member cannot
 //! (its hash would change) and is refused.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 
 use pyo3::ffi;
@@ -17,7 +18,7 @@ use pyo3::types::{
     PyTuple,
 };
 
-use super::{parse_fields, tag, Tag};
+use super::{parse_fields, recycle, tag, Tag};
 use crate::banana::cursor::{Cursor, Item};
 use crate::banana::{Dialect, Integer, Limits};
 use crate::py::errors::{insecure_jelly, jelly_error, unpersistable};
@@ -175,7 +176,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
     ) -> JellyDecoder<'py, 'a> {
         let cur = Cursor::new(expr, dialect, limits);
         let rd = Reader { py, cur, base, hook, strings, depth: 0, max_depth: limits.max_depth };
-        JellyDecoder { rd, refs: HashMap::new(), stack: Vec::new() }
+        JellyDecoder { rd, refs: HashMap::new(), stack: recycle(SPARE_FRAMES.with(Cell::take)) }
     }
 
     /// Build the expression. With `whole`, bytes left after it are an error.
@@ -592,6 +593,21 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
             }
         }
         Ok(())
+    }
+}
+
+thread_local! {
+    /// The stack of this thread's last walk, empty, for its next (see [`recycle`]).
+    static SPARE_FRAMES: Cell<Vec<Frame<'static, 'static>>> = const { Cell::new(Vec::new()) };
+}
+
+impl Drop for JellyDecoder<'_, '_> {
+    fn drop(&mut self) {
+        // Keep a stack of ordinary size; one that a deeply nested message grew goes.
+        let stack = std::mem::take(&mut self.stack);
+        if stack.capacity() <= 1 << 10 {
+            SPARE_FRAMES.with(|spare| spare.set(recycle(stack)));
+        }
     }
 }
 

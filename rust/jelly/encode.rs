@@ -19,7 +19,7 @@ use pyo3::types::{
 };
 use pyo3::types::{PyDateAccess, PyDeltaAccess, PyTimeAccess, PyTzInfoAccess};
 
-use super::{format_fields, tag};
+use super::{format_fields, recycle, tag};
 use crate::banana::{tb, Dialect, Encoder, Integer, Limits};
 use crate::py::errors::{jelly_error, PyBananaError};
 use crate::py::{int_value, PtrMap};
@@ -96,7 +96,7 @@ enum Walk<'py> {
 
 impl<'py> JellyEncoder<'py> {
     pub fn new(py: Python<'py>, dialect: Dialect, hook: Option<Bound<'py, PyAny>>) -> JellyEncoder<'py> {
-        let (out, seen) = Scratch::take();
+        let (out, seen, stack) = Scratch::take();
         JellyEncoder {
             py,
             out: Out { enc: Encoder { out, dialect }, depth: 0, max_depth: Limits::twisted().max_depth },
@@ -105,7 +105,7 @@ impl<'py> JellyEncoder<'py> {
             next_ref: 1,
             keep: Vec::new(),
             hook,
-            stack: Vec::new(),
+            stack: recycle(stack),
         }
     }
 
@@ -130,30 +130,33 @@ impl<'py> JellyEncoder<'py> {
     /// The encoded bytes, handed to `f`; the buffers go back to this thread's scratch.
     pub fn finish<R>(mut self, f: impl FnOnce(&[u8]) -> R) -> R {
         let result = f(&self.out.enc.out);
-        Scratch::give_back(std::mem::take(&mut self.out.enc.out), std::mem::take(&mut self.seen));
+        let stack = recycle(std::mem::take(&mut self.stack));
+        Scratch::give_back(std::mem::take(&mut self.out.enc.out), std::mem::take(&mut self.seen), stack);
         result
     }
 
     /// Jelly `obj`: write it, then the items of each container it opens, innermost first.
     fn value(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
-        let mut written = self.write(obj.clone(), true);
-        while written.is_ok() && !self.stack.is_empty() {
-            written = match self.step() {
-                Ok(Some((item, maybe_shared))) => self.write(item, maybe_shared),
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            };
-        }
+        let written = self.walk(obj);
         self.stack.clear();
         written
     }
 
-    /// Write `obj`, or open it if it is a container (its items are then written by
-    /// [`Self::step`]). `maybe_shared` false promises that nothing else in this walk can reach it.
-    fn write(&mut self, obj: Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
-        if self.out.scalar(&obj)? {
-            return Ok(());
+    fn walk(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
+        if !self.out.scalar(obj)? {
+            self.write(obj.clone(), true)?;
         }
+        while let Some((item, maybe_shared)) = self.step()? {
+            self.write(item, maybe_shared)?;
+        }
+        Ok(())
+    }
+
+    /// Write `obj`, which is not a scalar (see [`Out::scalar`]), or open it if it is a container
+    /// (its items are then written by [`Self::step`]). `maybe_shared` false promises that
+    /// nothing else in this walk can reach it.
+    #[inline(always)]
+    fn write(&mut self, obj: Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
         if obj.is_exact_instance_of::<PyList>() {
             // SAFETY: the type was just checked.
             return self.list(unsafe { obj.cast_into_unchecked() }, maybe_shared);
@@ -166,12 +169,12 @@ impl<'py> JellyEncoder<'py> {
             // SAFETY: the type was just checked.
             return self.tuple(unsafe { obj.cast_into_unchecked() }, maybe_shared);
         }
-        if obj.is_none() {
-            return self.tagged(&[tag::NONE]);
-        }
-        if let Ok(b) = obj.cast_exact::<PyBool>() {
-            return self.tagged(&[tag::BOOLEAN, if b.is_true() { tag::TRUE } else { tag::FALSE }]);
-        }
+        self.write_other(obj, maybe_shared)
+    }
+
+    /// [`Self::write`] for the less common types.
+    #[inline(never)]
+    fn write_other(&mut self, obj: Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
         if obj.is_exact_instance_of::<PySet>() || obj.is_exact_instance_of::<PyFrozenSet>() {
             return self.set(obj, maybe_shared);
         }
@@ -186,11 +189,11 @@ impl<'py> JellyEncoder<'py> {
                 i64::from(dt.get_second()),
                 i64::from(dt.get_microsecond()),
             ];
-            return self.tagged(&[tag::DATETIME, format_fields(&fields).as_bytes()]);
+            return self.out.tagged(&[tag::DATETIME, format_fields(&fields).as_bytes()]);
         }
         if let Ok(d) = obj.cast_exact::<PyDate>() {
             let fields = [i64::from(d.get_year()), i64::from(d.get_month()), i64::from(d.get_day())];
-            return self.tagged(&[tag::DATE, format_fields(&fields).as_bytes()]);
+            return self.out.tagged(&[tag::DATE, format_fields(&fields).as_bytes()]);
         }
         if let Ok(t) = obj.cast_exact::<PyTime>() {
             refuse_tz(t.get_tzinfo().is_some(), "time")?;
@@ -200,18 +203,18 @@ impl<'py> JellyEncoder<'py> {
                 i64::from(t.get_second()),
                 i64::from(t.get_microsecond()),
             ];
-            return self.tagged(&[tag::TIME, format_fields(&fields).as_bytes()]);
+            return self.out.tagged(&[tag::TIME, format_fields(&fields).as_bytes()]);
         }
         if let Ok(td) = obj.cast_exact::<PyDelta>() {
             let fields = [i64::from(td.get_days()), i64::from(td.get_seconds()), i64::from(td.get_microseconds())];
-            return self.tagged(&[tag::TIMEDELTA, format_fields(&fields).as_bytes()]);
+            return self.out.tagged(&[tag::TIMEDELTA, format_fields(&fields).as_bytes()]);
         }
         if obj.get_type().is(decimal_type(self.py)?) {
             return self.decimal(&obj);
         }
         if let Ok(cls) = obj.cast::<PyType>() {
             let name = qualified_name(cls)?;
-            return self.tagged(&[tag::CLASS, name.as_bytes()]);
+            return self.out.tagged(&[tag::CLASS, name.as_bytes()]);
         }
         self.instance(&obj)
     }
@@ -250,6 +253,7 @@ impl<'py> JellyEncoder<'py> {
         }
     }
 
+    #[inline(always)]
     fn list(&mut self, list: Bound<'py, PyList>, maybe_shared: bool) -> PyResult<()> {
         if self.seen_again(list.as_any(), maybe_shared)? {
             return Ok(());
@@ -261,6 +265,7 @@ impl<'py> JellyEncoder<'py> {
         Ok(())
     }
 
+    #[inline(always)]
     fn tuple(&mut self, tuple: Bound<'py, PyTuple>, maybe_shared: bool) -> PyResult<()> {
         if self.seen_again(tuple.as_any(), maybe_shared)? {
             return Ok(());
@@ -271,6 +276,7 @@ impl<'py> JellyEncoder<'py> {
         Ok(())
     }
 
+    #[inline(always)]
     fn dict(&mut self, dict: Bound<'py, PyDict>, maybe_shared: bool) -> PyResult<()> {
         if self.seen_again(dict.as_any(), maybe_shared)? {
             return Ok(());
@@ -294,104 +300,106 @@ impl<'py> JellyEncoder<'py> {
         Ok(())
     }
 
-    /// Write the items of the innermost open container as far as they are scalars; return the
-    /// first that is not (for [`Self::write`]) with whether something else may hold it (see
-    /// [`maybe_shared`]), or None once the container is complete (it is then closed and
-    /// popped).
+    /// Write the items of the open containers, innermost first, as far as they are scalars
+    /// (closing each container as it completes); return the first item that is not one (for
+    /// [`Self::write`]) with whether something else may hold it (see [`maybe_shared`]), or None
+    /// once every container is complete.
+    #[inline(always)]
     fn step(&mut self) -> PyResult<Option<(Bound<'py, PyAny>, bool)>> {
-        let out = &mut self.out;
-        let Some(top) = self.stack.last_mut() else { return Ok(None) };
-        match top {
-            Walk::List { list, len, next } => loop {
-                // Hook code may run while an item is written and shrink the list under us: check
-                // the size each time, and hold each item by an owned reference while it is
-                // serialized.
-                if list.len() != *len {
-                    return Err(changed_size("list"));
-                }
-                if *next == *len {
-                    break;
-                }
-                // SAFETY: `next < len == len(list)` was just checked, with the GIL held.
-                let item = unsafe { list.get_item_unchecked(*next) };
-                *next += 1;
-                if !out.scalar(&item)? {
-                    return Ok(Some(shareable(item)));
-                }
-            },
-            Walk::Tuple { tuple, next } => {
-                while *next < tuple.len() {
-                    let item = tuple.get_item(*next)?;
+        loop {
+            let out = &mut self.out;
+            let Some(top) = self.stack.last_mut() else { return Ok(None) };
+            match top {
+                Walk::List { list, len, next } => loop {
+                    // Hook code may run while an item is written and shrink the list under us: check
+                    // the size each time, and hold each item by an owned reference while it is
+                    // serialized.
+                    if list.len() != *len {
+                        return Err(changed_size("list"));
+                    }
+                    if *next == *len {
+                        break;
+                    }
+                    // SAFETY: `next < len == len(list)` was just checked, with the GIL held.
+                    let item = unsafe { list.get_item_unchecked(*next) };
                     *next += 1;
                     if !out.scalar(&item)? {
                         return Ok(Some(shareable(item)));
                     }
-                }
-            }
-            Walk::Dict { dict, len, pos, written, value, in_pair } => loop {
-                if let Some(value) = value.take() {
-                    if !out.scalar(&value)? {
-                        return Ok(Some(shareable(value)));
+                },
+                Walk::Tuple { tuple, next } => {
+                    while *next < tuple.len() {
+                        let item = tuple.get_item(*next)?;
+                        *next += 1;
+                        if !out.scalar(&item)? {
+                            return Ok(Some(shareable(item)));
+                        }
                     }
                 }
-                if *in_pair {
-                    *in_pair = false;
-                    out.close();
-                }
-                let mut key = std::ptr::null_mut();
-                let mut item = std::ptr::null_mut();
-                // SAFETY: PyDict_Next hands out borrowed pointers; both are turned into owned
-                // references before any Python code (a hook) can run and mutate the dict.
-                let pair = unsafe {
-                    (ffi::PyDict_Next(dict.as_ptr(), pos, &mut key, &mut item) != 0)
-                        .then(|| (Bound::from_borrowed_ptr(self.py, key), Bound::from_borrowed_ptr(self.py, item)))
-                };
-                let Some((key, item)) = pair else {
-                    if *written != *len || dict.len() != *len {
-                        return Err(changed_size("dict"));
+                Walk::Dict { dict, len, pos, written, value, in_pair } => loop {
+                    if let Some(value) = value.take() {
+                        if !out.scalar(&value)? {
+                            return Ok(Some(shareable(value)));
+                        }
                     }
-                    break;
-                };
-                *written += 1;
-                if *written > *len {
-                    return Err(changed_size("dict"));
-                }
-                out.open(2)?;
-                *in_pair = true;
-                *value = Some(item);
-                if !out.scalar(&key)? {
-                    return Ok(Some(shareable(key)));
-                }
-            },
-            Walk::Set { members, len, written } => {
-                for member in members.by_ref() {
+                    if *in_pair {
+                        *in_pair = false;
+                        out.close();
+                    }
+                    let mut key = std::ptr::null_mut();
+                    let mut item = std::ptr::null_mut();
+                    // SAFETY: PyDict_Next hands out borrowed pointers; both are turned into owned
+                    // references before any Python code (a hook) can run and mutate the dict.
+                    let pair = unsafe {
+                        (ffi::PyDict_Next(dict.as_ptr(), pos, &mut key, &mut item) != 0)
+                            .then(|| (Bound::from_borrowed_ptr(self.py, key), Bound::from_borrowed_ptr(self.py, item)))
+                    };
+                    let Some((key, item)) = pair else {
+                        if *written != *len || dict.len() != *len {
+                            return Err(changed_size("dict"));
+                        }
+                        break;
+                    };
                     *written += 1;
                     if *written > *len {
+                        return Err(changed_size("dict"));
+                    }
+                    out.open(2)?;
+                    *in_pair = true;
+                    *value = Some(item);
+                    if !out.scalar(&key)? {
+                        return Ok(Some(shareable(key)));
+                    }
+                },
+                Walk::Set { members, len, written } => {
+                    for member in members.by_ref() {
+                        *written += 1;
+                        if *written > *len {
+                            return Err(changed_size("set"));
+                        }
+                        let member = member?;
+                        if !out.scalar(&member)? {
+                            return Ok(Some(shareable(member)));
+                        }
+                    }
+                    if *written != *len {
                         return Err(changed_size("set"));
                     }
-                    let member = member?;
-                    if !out.scalar(&member)? {
-                        return Ok(Some(shareable(member)));
-                    }
                 }
-                if *written != *len {
-                    return Err(changed_size("set"));
-                }
-            }
-            // A hook's items are always tracked.
-            Walk::Items { items, next } => {
-                while *next < items.len() {
-                    let item = items.get_item(*next)?;
-                    *next += 1;
-                    if !out.scalar(&item)? {
-                        return Ok(Some((item, true)));
+                // A hook's items are always tracked.
+                Walk::Items { items, next } => {
+                    while *next < items.len() {
+                        let item = items.get_item(*next)?;
+                        *next += 1;
+                        if !out.scalar(&item)? {
+                            return Ok(Some((item, true)));
+                        }
                     }
                 }
             }
+            self.stack.pop();
+            self.out.close();
         }
-        self.stack.pop();
-        self.out.close();
-        Ok(None)
     }
 
     fn decimal(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
@@ -458,17 +466,7 @@ impl<'py> JellyEncoder<'py> {
             return Ok(());
         }
         let reason = format!("instance of class {} deemed insecure", qualified_name(&obj.get_type())?);
-        self.tagged(&[tag::UNPERSISTABLE, reason.as_bytes()])
-    }
-
-    /// `[atom, atom, ...]` of byte strings.
-    fn tagged(&mut self, atoms: &[&[u8]]) -> PyResult<()> {
-        self.out.open(atoms.len())?;
-        for atom in atoms {
-            self.out.enc.bytes(atom).map_err(PyBananaError::from)?;
-        }
-        self.out.close();
-        Ok(())
+        self.out.tagged(&[tag::UNPERSISTABLE, reason.as_bytes()])
     }
 
     /// Wrap each first sighting that was referenced again in `["reference", id, ...]`.
@@ -493,8 +491,8 @@ impl<'py> JellyEncoder<'py> {
 }
 
 impl Out {
-    /// Write `obj` if it is an exact str, int, float or bytes (the common items, written without
-    /// leaving the container they are in); false if it is not one of those.
+    /// Write `obj` if it is an exact str, int, float or bytes, None or a bool (the common items,
+    /// written without leaving the container they are in); false if it is not one of those.
     #[inline(always)]
     fn scalar(&mut self, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
         if let Ok(s) = obj.cast_exact::<PyString>() {
@@ -517,14 +515,28 @@ impl Out {
             self.enc.float(f.value());
         } else if let Ok(b) = obj.cast_exact::<PyBytes>() {
             self.enc.bytes(b.as_bytes()).map_err(PyBananaError::from)?;
+        } else if obj.is_none() {
+            self.tagged(&[tag::NONE])?;
+        } else if let Ok(b) = obj.cast_exact::<PyBool>() {
+            self.tagged(&[tag::BOOLEAN, if b.is_true() { tag::TRUE } else { tag::FALSE }])?;
         } else {
             return Ok(false);
         }
         Ok(true)
     }
 
+    /// `[atom, atom, ...]` of byte strings.
+    fn tagged(&mut self, atoms: &[&[u8]]) -> PyResult<()> {
+        self.open(atoms.len())?;
+        for atom in atoms {
+            self.enc.bytes(atom).map_err(PyBananaError::from)?;
+        }
+        self.close();
+        Ok(())
+    }
+
     /// A list header one level deeper, within `max_depth`.
-    #[inline]
+    #[inline(always)]
     fn open(&mut self, len: usize) -> PyResult<()> {
         self.depth += 1;
         if self.depth > self.max_depth {
@@ -549,28 +561,36 @@ impl Out {
 struct Scratch;
 
 thread_local! {
-    static SCRATCH: std::cell::RefCell<Option<(Vec<u8>, PtrMap<Seen>)>> = const { std::cell::RefCell::new(None) };
+    static SCRATCH: std::cell::RefCell<Option<ScratchBuffers>> = const { std::cell::RefCell::new(None) };
 }
+
+/// The output buffer, the map of objects seen and the walk's stack (its frames' lifetimes end
+/// with each call; see [`recycle`]).
+type ScratchBuffers = (Vec<u8>, PtrMap<Seen>, Vec<Walk<'static>>);
 
 impl Scratch {
     /// Keep at most this much between calls.
     const MAX_BYTES: usize = 4 << 20;
     const MAX_ENTRIES: usize = 1 << 16;
+    const MAX_FRAMES: usize = 1 << 10;
 
-    fn take() -> (Vec<u8>, PtrMap<Seen>) {
+    fn take() -> ScratchBuffers {
         // A nested call (a hook that serializes) finds the slot empty and starts afresh.
-        SCRATCH
-            .with(|s| s.borrow_mut().take())
-            .unwrap_or_else(|| (Vec::with_capacity(1024), PtrMap::with_capacity_and_hasher(64, Default::default())))
+        SCRATCH.with(|s| s.borrow_mut().take()).unwrap_or_else(|| {
+            (Vec::with_capacity(1024), PtrMap::with_capacity_and_hasher(64, Default::default()), Vec::new())
+        })
     }
 
-    fn give_back(mut out: Vec<u8>, mut seen: PtrMap<Seen>) {
-        if out.capacity() > Self::MAX_BYTES || seen.capacity() > Self::MAX_ENTRIES {
+    fn give_back(mut out: Vec<u8>, mut seen: PtrMap<Seen>, stack: Vec<Walk<'static>>) {
+        if out.capacity() > Self::MAX_BYTES
+            || seen.capacity() > Self::MAX_ENTRIES
+            || stack.capacity() > Self::MAX_FRAMES
+        {
             return;
         }
         out.clear();
         seen.clear();
-        SCRATCH.with(|s| *s.borrow_mut() = Some((out, seen)));
+        SCRATCH.with(|s| *s.borrow_mut() = Some((out, seen, stack)));
     }
 }
 

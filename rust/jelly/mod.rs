@@ -116,6 +116,14 @@ impl Tag {
     }
 }
 
+/// `v`'s allocation, emptied, as a `Vec` of another element type of the same layout: a walk's
+/// stack, kept between calls (where the lifetimes its frames borrow for have ended) so that a
+/// small message costs no allocation. std collects a `Vec` in place when the layouts match.
+pub(crate) fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("the vec is empty")).collect()
+}
+
 /// Parse the space-separated decimal fields of a `datetime`/`date`/`time`/`timedelta` body,
 /// accepting between `min` and `max` fields (as many as Python's constructor takes).
 pub fn parse_fields(text: &[u8], min: usize, max: usize) -> Result<Vec<i64>, String> {
@@ -171,6 +179,18 @@ mod tests {
         for word in [&b"remote"[..], b"lists", b"", b"mod.Class", b"Set"] {
             assert_eq!(Tag::classify(word), Tag::Other);
         }
+    }
+
+    #[test]
+    fn recycling_keeps_the_allocation() {
+        let v: Vec<&'static str> = Vec::with_capacity(10);
+        let ptr = v.as_ptr() as usize;
+        let local = String::from("x");
+        let mut w: Vec<&str> = recycle(v);
+        assert_eq!((w.as_ptr() as usize, w.capacity()), (ptr, 10));
+        w.push(&local);
+        let back: Vec<&'static str> = recycle(w);
+        assert_eq!((back.as_ptr() as usize, back.len()), (ptr, 0));
     }
 
     #[test]
