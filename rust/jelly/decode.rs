@@ -8,7 +8,6 @@
 //! values and tuples can be patched; a placeholder used as a dict key or set member cannot
 //! (its hash would change) and is refused.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 
 use pyo3::ffi;
@@ -18,7 +17,7 @@ use pyo3::types::{
     PyTuple,
 };
 
-use super::{parse_fields, recycle, tag, Tag};
+use super::{parse_fields, tag, Tag};
 use crate::banana::cursor::{Cursor, Item};
 use crate::banana::{Dialect, Integer, Limits};
 use crate::py::errors::{insecure_jelly, jelly_error, unpersistable};
@@ -81,16 +80,17 @@ impl<'py> Built<'py> {
 /// no nesting depth the limits allow can exhaust the native stack of any thread.
 pub struct JellyDecoder<'py, 'a> {
     rd: Reader<'py, 'a>,
-    refs: HashMap<i64, Slot<'py>>,
     /// The containers being built, innermost last.
     stack: Vec<Frame<'py, 'a>>,
 }
 
-/// The cursor and what reading items needs (apart from the stack, so both can be borrowed).
+/// The cursor, the references and what reading items needs: everything but the stack, so both
+/// can be borrowed at once.
 struct Reader<'py, 'a> {
     py: Python<'py>,
     cur: Cursor<'a>,
     base: u64,
+    refs: HashMap<i64, Slot<'py>>,
     hook: Option<&'a Bound<'py, PyAny>>,
     strings: &'a mut StrCache,
     /// Banana lists entered and not yet left (counted as the framer counts them).
@@ -138,29 +138,43 @@ enum Frame<'py, 'a> {
     },
     /// `["persistent", X]` while X is read (and then dropped).
     Persistent,
-    /// A tag for the hook (the list at `at`) while its items are read.
-    Hooked {
-        hook: &'a Bound<'py, PyAny>,
-        tag: &'a [u8],
-        items: Vec<Bound<'py, PyAny>>,
-        len: usize,
-        at: usize,
-        item_at: usize,
-    },
+    /// A tag for the hook while its items are read (boxed: rare, and the largest).
+    Hooked(Box<Hooked<'py, 'a>>),
+}
+
+/// The list at `at` with a tag for the hook, `item_at` where the item being read starts.
+struct Hooked<'py, 'a> {
+    hook: &'a Bound<'py, PyAny>,
+    tag: &'a [u8],
+    items: Vec<Bound<'py, PyAny>>,
+    len: usize,
+    at: usize,
+    item_at: usize,
+}
+
+/// A jelly list whose header and tag have been read (and which has been entered): one of the
+/// forms that hold other values.
+struct Open<'a> {
+    kind: Tag,
+    tag: &'a [u8],
+    /// Elements after the tag.
+    items: usize,
+    at: usize,
+}
+
+/// What is at the cursor: a finished value (an atom, or a jelly form that holds no values), or
+/// a form that holds values, to open.
+enum Read<'py, 'a> {
+    Value(Built<'py>),
+    Open(Open<'a>),
 }
 
 /// What the walk does next.
-enum Next<'py> {
-    /// Open the jelly list of this many elements at this offset, whose header was just read.
-    Open(usize, usize),
+enum Next<'py, 'a> {
+    /// Open this form (the innermost container read its header).
+    Open(Open<'a>),
     /// Give this finished value to the innermost container (or return it, if none is open).
     Give(Built<'py>),
-}
-
-/// What is at the cursor: a finished value, or the header of a jelly list (as [`Next::Open`]).
-enum Read<'py> {
-    Value(Built<'py>),
-    List(usize, usize),
 }
 
 impl<'py, 'a> JellyDecoder<'py, 'a> {
@@ -175,8 +189,9 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         strings: &'a mut StrCache,
     ) -> JellyDecoder<'py, 'a> {
         let cur = Cursor::new(expr, dialect, limits);
-        let rd = Reader { py, cur, base, hook, strings, depth: 0, max_depth: limits.max_depth };
-        JellyDecoder { rd, refs: HashMap::new(), stack: recycle(SPARE_FRAMES.with(Cell::take)) }
+        let refs = HashMap::new();
+        let rd = Reader { py, cur, base, refs, hook, strings, depth: 0, max_depth: limits.max_depth };
+        JellyDecoder { rd, stack: Vec::new() }
     }
 
     /// Build the expression. With `whole`, bytes left after it are an error.
@@ -186,16 +201,17 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         let _gc = GcPause::new();
         let pos = 0;
         let built = self.value()?;
-        if whole && !self.rd.cur.at_end() {
-            return Err(self.rd.error("bytes after the expression".into(), self.rd.cur.pos()));
+        let rd = &self.rd;
+        if whole && !rd.cur.at_end() {
+            return Err(rd.error("bytes after the expression".into(), rd.cur.pos()));
         }
-        for (id, slot) in &self.refs {
+        for (id, slot) in &rd.refs {
             if !matches!(slot, Slot::Ready(_)) {
-                return Err(self.rd.error(format!("dereference to reference id {id}, which is never defined"), pos));
+                return Err(rd.error(format!("dereference to reference id {id}, which is never defined"), pos));
             }
         }
         if built.placeholder.is_some() {
-            return Err(self.rd.error("the value is a reference to itself".into(), pos));
+            return Err(rd.error("the value is a reference to itself".into(), pos));
         }
         Ok(built.obj)
     }
@@ -205,41 +221,49 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         self.rd.cur.pos()
     }
 
-    /// The value at the cursor: read items, open containers, hand each finished value to the
+    /// The value at the cursor: open containers, fill them, hand each finished one to the
     /// container it is in, until the outermost is finished.
     fn value(&mut self) -> PyResult<Built<'py>> {
-        let mut next = match self.rd.item()? {
+        let mut open = match self.rd.item()? {
             Read::Value(built) => return Ok(built),
-            Read::List(n, at) => Next::Open(n, at),
+            Read::Open(open) => open,
         };
         loop {
-            next = match next {
-                Next::Open(n, at) => {
-                    self.rd.enter(at)?;
-                    self.open_tagged(n, at, None)?
+            let mut child = self.open(open, None)?;
+            // Fill containers, innermost first, until one meets another form to open.
+            loop {
+                if self.stack.is_empty() {
+                    let Some(built) = child else { unreachable!("a finished value when no container is open") };
+                    return Ok(built);
                 }
-                Next::Give(built) if self.stack.is_empty() => return Ok(built),
-                Next::Give(built) => self.step(Some(built))?,
-            };
+                match self.step(child)? {
+                    Next::Open(inner) => {
+                        open = inner;
+                        break;
+                    }
+                    Next::Give(built) => child = Some(built),
+                }
+            }
         }
     }
 
-    /// A jelly list of `n` banana elements at `at`, already entered. `register` is the
-    /// reference id this value defines, for containers that can be registered before their
-    /// items exist.
-    fn open_tagged(&mut self, mut n: usize, mut at: usize, mut register: Option<i64>) -> PyResult<Next<'py>> {
+    /// Push the container for `open`, to be filled by [`Self::step`]; for a reference, its
+    /// value's too. `register` is the reference id this value defines, for containers that can
+    /// be registered before their items exist. A reference to a form that holds no values gives
+    /// that value, to the reference.
+    #[inline(always)]
+    fn open(&mut self, mut open: Open<'a>, mut register: Option<i64>) -> PyResult<Option<Built<'py>>> {
         // `["reference", id, X]` opens X in turn, with X's id: a loop, however long the chain.
         loop {
             let rd = &mut self.rd;
-            let t = rd.tag(n, at)?;
-            let items = n - 1;
+            let Open { kind, tag: t, items, at } = open;
             let py = rd.py;
-            let frame = match Tag::classify(t) {
+            let frame = match kind {
                 Tag::List => match register {
                     Some(id) => {
                         let list = PyList::empty(py);
                         let pos = rd.cur.pos();
-                        self.define(id, list.clone().into_any(), pos)?;
+                        rd.define(id, list.clone().into_any(), pos)?;
                         Frame::List { list, len: items, next: 0, append: true }
                     }
                     None => {
@@ -256,7 +280,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                     let dict = PyDict::new(py);
                     if let Some(id) = register {
                         let pos = rd.cur.pos();
-                        self.define(id, dict.clone().into_any(), pos)?;
+                        rd.define(id, dict.clone().into_any(), pos)?;
                     }
                     Frame::Dict { dict, pairs: items, key: None, pair_at: 0 }
                 }
@@ -264,7 +288,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                     let set = PySet::empty(py)?;
                     if let Some(id) = register {
                         let pos = rd.cur.pos();
-                        self.define(id, set.clone().into_any(), pos)?;
+                        rd.define(id, set.clone().into_any(), pos)?;
                     }
                     Frame::Set { set, members: items, member_at: 0 }
                 }
@@ -273,19 +297,21 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                 Tag::Reference => {
                     rd.arity(tag::REFERENCE, items, 2, at)?;
                     let id = rd.ref_id()?;
-                    match self.refs.get(&id) {
+                    match rd.refs.get(&id) {
                         None | Some(Slot::Pending { .. }) => {}
                         Some(_) => return Err(rd.error(format!("reference id {id} is defined twice"), at)),
                     }
-                    self.refs.entry(id).or_insert(Slot::Building);
+                    rd.refs.entry(id).or_insert(Slot::Building);
                     let value_at = rd.cur.pos();
-                    let (inner, inner_at) = match rd.next()? {
-                        (Item::List(inner), inner_at) => (inner, inner_at),
+                    let (n, list_at) = match rd.next()? {
+                        (Item::List(n), list_at) => (n, list_at),
                         _ => return Err(rd.error("a reference must wrap a jelly list".into(), value_at)),
                     };
-                    rd.enter(inner_at)?;
+                    rd.enter(list_at)?;
+                    let t = rd.tag(n, list_at)?;
                     self.stack.push(Frame::Reference { id, at });
-                    (n, at, register) = (inner, inner_at, Some(id));
+                    open = Open { kind: Tag::classify(t), tag: t, items: n - 1, at: list_at };
+                    register = Some(id);
                     continue;
                 }
                 Tag::Persistent => {
@@ -296,34 +322,36 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                     let Some(hook) = rd.hook else {
                         return Err(insecure_jelly(unregistered(t), Some(rd.base + at as u64)));
                     };
-                    Frame::Hooked { hook, tag: t, items: Vec::with_capacity(items), len: items, at, item_at: 0 }
+                    let hooked = Hooked { hook, tag: t, items: Vec::with_capacity(items), len: items, at, item_at: 0 };
+                    Frame::Hooked(Box::new(hooked))
                 }
                 leaf => {
-                    let built = self.leaf(leaf, t, items, at)?;
-                    self.rd.depth -= 1;
-                    return Ok(Next::Give(built));
+                    let built = rd.leaf(leaf, t, items, at)?;
+                    rd.depth -= 1;
+                    return Ok(Some(built));
                 }
             };
             self.stack.push(frame);
-            return self.step(None);
+            return Ok(None);
         }
     }
 
     /// The innermost container takes `child` (None: it was just opened) and the items after it,
-    /// up to one that opens a list of its own ([`Next::Open`]) or the container's end (it is
-    /// then popped and given as finished).
-    fn step(&mut self, mut child: Option<Built<'py>>) -> PyResult<Next<'py>> {
+    /// up to one that is a form to open ([`Next::Open`]) or the container's end (it is then
+    /// popped and given as finished).
+    #[inline(always)]
+    fn step(&mut self, mut child: Option<Built<'py>>) -> PyResult<Next<'py, 'a>> {
         let rd = &mut self.rd;
         let Some(frame) = self.stack.last_mut() else {
             unreachable!("step() is only called with a container open");
         };
         // The next item, for a container that wants one: a value it takes in the loop's next
-        // round, or a list to open first.
+        // round, or a form to open first.
         macro_rules! read {
             () => {
                 match rd.item()? {
                     Read::Value(built) => child = Some(built),
-                    Read::List(n, at) => return Ok(Next::Open(n, at)),
+                    Read::Open(open) => return Ok(Next::Open(open)),
                 }
             };
         }
@@ -331,12 +359,12 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
             Frame::List { list, len, next, append } => loop {
                 if let Some(item) = child.take() {
                     if let Some(pid) = item.placeholder {
-                        add_site(&mut self.refs, pid, Site::ListItem(list.clone(), *next));
+                        rd.add_site(pid, Site::ListItem(list.clone(), *next));
                     }
                     if *append {
                         list.append(&item.obj)?;
                     } else {
-                        // SAFETY: see `open_tagged`; `next` < `len`, and each slot is set once.
+                        // SAFETY: see `open`; `next` < `len`, and each slot is set once.
                         unsafe { ffi::PyList_SET_ITEM(list.as_ptr(), *next as ffi::Py_ssize_t, item.obj.into_ptr()) };
                     }
                     *next += 1;
@@ -365,7 +393,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                             let set = dict.set_item(&k, &built.obj);
                             set.map_err(|e| rd.error(format!("bad dictionary key: {e}"), *pair_at))?;
                             if let Some(pid) = built.placeholder {
-                                add_site(&mut self.refs, pid, Site::DictValue(dict.clone(), k));
+                                rd.add_site(pid, Site::DictValue(dict.clone(), k));
                             }
                             rd.depth -= 1;
                             *pairs -= 1;
@@ -425,7 +453,8 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                     read!();
                 }
             }
-            Frame::Hooked { tag, items, len, item_at, .. } => loop {
+            Frame::Hooked(h) => loop {
+                let Hooked { tag, items, len, item_at, .. } = &mut **h;
                 if let Some(item) = child.take() {
                     if item.placeholder.is_some() {
                         let msg = format!("an item of {} refers to an object not built yet", show(tag));
@@ -447,7 +476,8 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
 
     /// A complete container's value. `child` is a reference's value.
     fn finish(&mut self, frame: Frame<'py, 'a>, child: Option<Built<'py>>) -> PyResult<Built<'py>> {
-        let py = self.rd.py;
+        let rd = &mut self.rd;
+        let py = rd.py;
         Ok(match frame {
             Frame::List { list, .. } => Built::done(list.into_any()),
             Frame::Dict { dict, .. } => Built::done(dict.into_any()),
@@ -458,7 +488,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                 for (i, item) in items.iter().enumerate() {
                     holds_placeholder |= item.unhashable_yet();
                     if let Some(pid) = item.placeholder {
-                        add_site(&mut self.refs, pid, Site::TupleItem(tuple.clone(), i));
+                        rd.add_site(pid, Site::TupleItem(tuple.clone(), i));
                     }
                 }
                 Built { obj: tuple.into_any(), placeholder: None, holds_placeholder }
@@ -467,78 +497,116 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
             Frame::Reference { id, at } => {
                 let Some(built) = child else { unreachable!("a reference is finished by its value") };
                 if built.placeholder == Some(id) {
-                    return Err(self.rd.error(format!("reference {id} refers only to itself"), at));
+                    return Err(rd.error(format!("reference {id} refers only to itself"), at));
                 }
-                if !matches!(self.refs.get(&id), Some(Slot::Ready(_))) {
-                    self.define(id, built.obj.clone(), at)?;
+                if !matches!(rd.refs.get(&id), Some(Slot::Ready(_))) {
+                    rd.define(id, built.obj.clone(), at)?;
                 }
                 built
             }
             Frame::Persistent => Built::done(unpersistable(py, "persistent reference, and no persistent loader here")?),
-            Frame::Hooked { hook, tag, items, at, .. } => {
+            Frame::Hooked(h) => {
+                let Hooked { hook, tag, items, at, .. } = *h;
                 let items = PyList::new(py, items)?;
                 let obj = hook.call1((PyBytes::new(py, tag), items))?;
                 // NotImplemented: the hook does not know the tag either.
                 if obj.is(py.NotImplemented()) {
-                    return Err(insecure_jelly(unregistered(tag), Some(self.rd.base + at as u64)));
+                    return Err(insecure_jelly(unregistered(tag), Some(rd.base + at as u64)));
                 }
                 Built::done(obj)
             }
         })
     }
+}
+
+impl<'py, 'a> Reader<'py, 'a> {
+    /// What is at the cursor. A list is entered and its tag read.
+    #[inline(always)]
+    fn item(&mut self) -> PyResult<Read<'py, 'a>> {
+        // The most common jelly form by far is a str: ["unicode", STRING].
+        let at = self.cur.pos();
+        if let Some(s) = self.cur.unicode() {
+            return match decode_utf8(self.py, s) {
+                Ok(s) => Ok(Read::Value(Built::done(s.into_any()))),
+                Err(e) => Err(self.error(format!("unicode is not valid UTF-8 ({e})"), at)),
+            };
+        }
+        let (item, at) = self.next()?;
+        let py = self.py;
+        let obj = match item {
+            Item::Int(v) => v.into_pyobject(py)?.into_any(),
+            Item::Float(f) => PyFloat::new(py, f).into_any(),
+            Item::Bytes(s) => PyBytes::new(py, s).into_any(),
+            Item::List(n) => {
+                self.enter(at)?;
+                let t = self.tag(n, at)?;
+                let open = Open { kind: Tag::classify(t), tag: t, items: n - 1, at };
+                if open.kind.holds_values() {
+                    return Ok(Read::Open(open));
+                }
+                let built = self.leaf(open.kind, t, open.items, at)?;
+                self.depth -= 1;
+                return Ok(Read::Value(built));
+            }
+            big @ Item::BigInt { .. } => match big.integer() {
+                Some(Integer::Big(v)) => v.into_pyobject(py)?.into_any(),
+                Some(Integer::Small(v)) => v.into_pyobject(py)?.into_any(),
+                None => return Err(self.error("bad integer".into(), at)),
+            },
+        };
+        Ok(Read::Value(Built::done(obj)))
+    }
 
     /// The forms that hold no other jelly values, after their tag (`t`, of the list at `at`
     /// with `items` more elements).
     fn leaf(&mut self, kind: Tag, t: &[u8], items: usize, at: usize) -> PyResult<Built<'py>> {
-        let rd = &mut self.rd;
-        let py = rd.py;
+        let py = self.py;
         let obj = match kind {
             Tag::Unicode => {
-                rd.arity(t, items, 1, at)?;
-                let s = rd.atom(t)?;
+                self.arity(t, items, 1, at)?;
+                let s = self.atom(t)?;
                 match decode_utf8(py, s) {
                     Ok(s) => s.into_any(),
-                    Err(e) => return Err(rd.error(format!("unicode is not valid UTF-8 ({e})"), at)),
+                    Err(e) => return Err(self.error(format!("unicode is not valid UTF-8 ({e})"), at)),
                 }
             }
             Tag::None => {
-                rd.arity(t, items, 0, at)?;
+                self.arity(t, items, 0, at)?;
                 py.None().into_bound(py)
             }
             Tag::Boolean => {
-                rd.arity(t, items, 1, at)?;
-                match rd.atom(t)? {
+                self.arity(t, items, 1, at)?;
+                match self.atom(t)? {
                     tag::TRUE => PyBool::new(py, true).to_owned().into_any(),
                     tag::FALSE => PyBool::new(py, false).to_owned().into_any(),
-                    other => return Err(rd.error(format!("boolean must be true or false, not {}", show(other)), at)),
+                    other => return Err(self.error(format!("boolean must be true or false, not {}", show(other)), at)),
                 }
             }
             Tag::Dereference => {
-                rd.arity(t, items, 1, at)?;
-                let id = rd.ref_id()?;
+                self.arity(t, items, 1, at)?;
+                let id = self.ref_id()?;
                 return self.dereference(id);
             }
             Tag::Datetime | Tag::Date | Tag::Time | Tag::Timedelta => {
-                rd.arity(t, items, 1, at)?;
-                let text = rd.atom(t)?;
-                rd.date_like(t, text).map_err(|e| rd.error(e, at))?
+                self.arity(t, items, 1, at)?;
+                let text = self.atom(t)?;
+                self.date_like(t, text).map_err(|e| self.error(e, at))?
             }
             Tag::Decimal => {
-                rd.arity(t, items, 2, at)?;
-                let value = rd.int("decimal value")?;
-                let exponent = rd.int("decimal exponent")?;
-                rd.decimal(value, exponent).map_err(|e| rd.error(e, at))?
+                self.arity(t, items, 2, at)?;
+                let value = self.int("decimal value")?;
+                let exponent = self.int("decimal exponent")?;
+                self.decimal(value, exponent).map_err(|e| self.error(e, at))?
             }
             Tag::Unpersistable => {
-                rd.arity(t, items, 1, at)?;
-                let reason = rd.atom(t)?;
+                self.arity(t, items, 1, at)?;
+                let reason = self.atom(t)?;
                 unpersistable(py, &String::from_utf8_lossy(reason))?
             }
             Tag::Refused => {
                 let msg = format!("jelly type {} is not allowed (it names code to import)", show(t));
-                return Err(insecure_jelly(msg, Some(rd.base + at as u64)));
+                return Err(insecure_jelly(msg, Some(self.base + at as u64)));
             }
-            // The containers are opened by `open_tagged`.
             Tag::List
             | Tag::Tuple
             | Tag::Dictionary
@@ -546,7 +614,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
             | Tag::Frozenset
             | Tag::Reference
             | Tag::Persistent
-            | Tag::Other => unreachable!("containers are not leaves"),
+            | Tag::Other => unreachable!("forms that hold values are opened, not read as leaves"),
         };
         Ok(Built::done(obj))
     }
@@ -559,7 +627,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
             }
             _ => {}
         }
-        let placeholder = Bound::new(self.rd.py, UnresolvedReference { id })?.into_any();
+        let placeholder = Bound::new(self.py, UnresolvedReference { id })?.into_any();
         self.refs.insert(id, Slot::Pending { placeholder: placeholder.clone(), sites: Vec::new() });
         Ok(Built { obj: placeholder, placeholder: Some(id), holds_placeholder: false })
     }
@@ -571,7 +639,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
             let contains_itself = |site: &Site<'py>| matches!(site, Site::TupleItem(t, _) if t.is(&obj));
             if sites.iter().any(contains_itself) {
                 // Only bytes can say this: no Python value is a tuple that holds itself.
-                return Err(self.rd.error(format!("reference {id} is a tuple that contains itself"), at));
+                return Err(self.error(format!("reference {id} is a tuple that contains itself"), at));
             }
             for site in sites {
                 match site {
@@ -594,56 +662,12 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         }
         Ok(())
     }
-}
 
-thread_local! {
-    /// The stack of this thread's last walk, empty, for its next (see [`recycle`]).
-    static SPARE_FRAMES: Cell<Vec<Frame<'static, 'static>>> = const { Cell::new(Vec::new()) };
-}
-
-impl Drop for JellyDecoder<'_, '_> {
-    fn drop(&mut self) {
-        // Keep a stack of ordinary size; one that a deeply nested message grew goes.
-        let stack = std::mem::take(&mut self.stack);
-        if stack.capacity() <= 1 << 10 {
-            SPARE_FRAMES.with(|spare| spare.set(recycle(stack)));
+    /// Remember that a placeholder for reference `id` went to `site`.
+    fn add_site(&mut self, id: i64, site: Site<'py>) {
+        if let Some(Slot::Pending { sites, .. }) = self.refs.get_mut(&id) {
+            sites.push(site);
         }
-    }
-}
-
-/// Remember that a placeholder for reference `id` went to `site`.
-fn add_site<'py>(refs: &mut HashMap<i64, Slot<'py>>, id: i64, site: Site<'py>) {
-    if let Some(Slot::Pending { sites, .. }) = refs.get_mut(&id) {
-        sites.push(site);
-    }
-}
-
-impl<'py, 'a> Reader<'py, 'a> {
-    /// The value at the cursor if it is an atom (or a str), else the header of a jelly list.
-    #[inline(always)]
-    fn item(&mut self) -> PyResult<Read<'py>> {
-        // The most common jelly form by far is a str: ["unicode", STRING].
-        let at = self.cur.pos();
-        if let Some(s) = self.cur.unicode() {
-            return match decode_utf8(self.py, s) {
-                Ok(s) => Ok(Read::Value(Built::done(s.into_any()))),
-                Err(e) => Err(self.error(format!("unicode is not valid UTF-8 ({e})"), at)),
-            };
-        }
-        let (item, at) = self.next()?;
-        let py = self.py;
-        let obj = match item {
-            Item::Int(v) => v.into_pyobject(py)?.into_any(),
-            Item::Float(f) => PyFloat::new(py, f).into_any(),
-            Item::Bytes(s) => PyBytes::new(py, s).into_any(),
-            Item::List(n) => return Ok(Read::List(n, at)),
-            big @ Item::BigInt { .. } => match big.integer() {
-                Some(Integer::Big(v)) => v.into_pyobject(py)?.into_any(),
-                Some(Integer::Small(v)) => v.into_pyobject(py)?.into_any(),
-                None => return Err(self.error("bad integer".into(), at)),
-            },
-        };
-        Ok(Read::Value(Built::done(obj)))
     }
 
     #[inline(always)]

@@ -66,6 +66,22 @@ pub enum Tag {
 }
 
 impl Tag {
+    /// Whether the form holds other jelly values (or, `Other`, may: the hook's items).
+    #[inline]
+    pub fn holds_values(self) -> bool {
+        matches!(
+            self,
+            Tag::List
+                | Tag::Tuple
+                | Tag::Dictionary
+                | Tag::Set
+                | Tag::Frozenset
+                | Tag::Reference
+                | Tag::Persistent
+                | Tag::Other
+        )
+    }
+
     #[inline]
     pub fn classify(t: &[u8]) -> Tag {
         let is = |word: &[u8], tag: Tag| if t == word { tag } else { Tag::Other };
