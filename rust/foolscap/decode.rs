@@ -117,6 +117,7 @@ pub fn read_message<B: Build>(
         objects: Vec::new(),
         limits,
         build,
+        stack: Vec::new(),
     };
     let mut reqid = None;
     let (what, result) = match walker.top_level() {
@@ -163,6 +164,53 @@ struct Walker<'a, 'b, B: Build> {
     objects: Vec<Slot<B::Value>>,
     limits: &'b Limits,
     build: &'b mut B,
+    /// The sequences of the value being read, innermost last.
+    stack: Vec<Seq<'a, B>>,
+}
+
+/// A sequence being read: where the walk goes on once the value being read is complete.
+enum Seq<'a, B: Build> {
+    List(B::Value),
+    /// A dict opened at `at`; `key` is a key (read at `key_at`) whose value is still to come.
+    Dict {
+        dict: B::Value,
+        at: usize,
+        key: Option<B::Value>,
+        key_at: usize,
+    },
+    /// A set, `item_at` where the item being read starts.
+    Set {
+        set: B::Value,
+        item_at: usize,
+    },
+    /// A tuple, or with `frozen` an immutable-set, opened at `at` as object number `index`.
+    Tuple {
+        items: Vec<B::Value>,
+        frozen: bool,
+        at: usize,
+        index: usize,
+    },
+    /// Boxed: rare, and the largest.
+    Copyable(Box<Copyable<'a, B>>),
+}
+
+/// `(copyable TYPENAME name value ...)` opened at `at` as object number `index`: its state so
+/// far, and the name whose value is being read.
+struct Copyable<'a, B: Build> {
+    typename: &'a str,
+    at: usize,
+    index: usize,
+    state: Pairs<B>,
+    names: Names<'a>,
+    name: Option<B::Name>,
+}
+
+/// What the walk does next.
+enum Next<V> {
+    /// Read the sequence whose OPEN was just read at this offset.
+    Open(usize),
+    /// Give this finished value to the innermost sequence (or return it, if none is open).
+    Give(V),
 }
 
 type Walked<T, B> = Built<T, <B as Build>::Error>;
@@ -261,14 +309,38 @@ impl<'a, B: Build> Walker<'a, '_, B> {
         }
     }
 
-    /// The value of `token` (read at `at`).
+    /// The value that starts with `token` (read at `at`). The sequences it holds are kept on a
+    /// heap stack while they are read, not on the native one, so no nesting depth can exhaust
+    /// that.
     fn value(&mut self, token: Token<'a>, at: usize) -> Walked<B::Value, B> {
+        let Token::Open(_) = token else { return self.atom_value(token, at) };
+        let mut open_at = at;
+        loop {
+            let mut child = self.sequence(open_at)?;
+            // Fill sequences, innermost first, until one meets another OPEN.
+            loop {
+                if self.stack.is_empty() {
+                    let Some(value) = child else { unreachable!("a finished value when no sequence is open") };
+                    return Ok(value);
+                }
+                match self.step(child)? {
+                    Next::Open(at) => {
+                        open_at = at;
+                        break;
+                    }
+                    Next::Give(value) => child = Some(value),
+                }
+            }
+        }
+    }
+
+    /// The value of a token that is not an OPEN.
+    fn atom_value(&mut self, token: Token<'a>, at: usize) -> Walked<B::Value, B> {
         match token {
             Token::Int { value, .. } => self.build.int(value),
             Token::String(s) => self.build.bytes(s),
             Token::Vocab { word, .. } => self.build.bytes(word),
             Token::Float(f) => self.build.float(f),
-            Token::Open(_) => self.sequence(at),
             Token::Abort(_) => Err(Fault::Aborted),
             other => Err(self.violation(format_args!("unexpected {} token", kind(&other)), at)),
         }
@@ -341,74 +413,156 @@ impl<'a, B: Build> Walker<'a, '_, B> {
         self.located(name, what, at)
     }
 
-    /// A sequence whose OPEN was read at `at`.
-    ///
-    /// This is on the recursion path (value -> sequence -> container -> child -> value), so it
-    /// and the container readers stay small: the other sequence types are read in functions of
-    /// their own, whose locals are not on the stack once per level of nesting.
-    fn sequence(&mut self, at: usize) -> Walked<B::Value, B> {
+    /// A sequence whose OPEN was read at `at`: its value if it holds no other values, else None
+    /// (it is pushed, to be filled by [`Self::step`]).
+    fn sequence(&mut self, at: usize) -> Walked<Option<B::Value>, B> {
         let index = self.objects.len();
         self.objects.push(Slot::Unreferenceable);
         let word = self.index_token(at, self.limits.max_index_length, "first index token")?;
-        let value = match word {
-            b"list" => return self.list(index),
-            b"dict" => return self.dict(index, at),
-            b"set" => return self.set(index),
-            b"tuple" => self.tuple(index, false, at)?,
-            b"immutable-set" => self.tuple(index, true, at)?,
-            b"copyable" => self.copyable(index, at)?,
-            other => return self.leaf(other, at),
+        let seq = match word {
+            // Lists, dicts and sets can be referred to while they are being filled.
+            b"list" => {
+                let list = self.build.new_list()?;
+                self.objects[index] = Slot::Ready(list.clone());
+                Seq::List(list)
+            }
+            b"dict" => {
+                let dict = self.build.new_dict()?;
+                self.objects[index] = Slot::Ready(dict.clone());
+                Seq::Dict { dict, at, key: None, key_at: 0 }
+            }
+            b"set" => {
+                let set = self.build.new_set()?;
+                self.objects[index] = Slot::Ready(set.clone());
+                Seq::Set { set, item_at: 0 }
+            }
+            b"tuple" | b"immutable-set" => {
+                let frozen = word == b"immutable-set";
+                self.objects[index] = Slot::Incomplete(if frozen { "immutable-set" } else { "tuple" });
+                Seq::Tuple { items: Vec::new(), frozen, at, index }
+            }
+            b"copyable" => {
+                let typename = self.index_token(at, self.limits.max_copyable_name, "copyable type name")?;
+                let Ok(typename) = std::str::from_utf8(typename) else {
+                    return Err(self.violation("copyable type name is not UTF-8", at));
+                };
+                self.objects[index] = Slot::Incomplete("copyable");
+                let copyable = Copyable { typename, at, index, state: Vec::new(), names: Names::default(), name: None };
+                Seq::Copyable(Box::new(copyable))
+            }
+            other => return self.leaf(other, at).map(Some),
         };
-        self.objects[index] = Slot::Ready(value.clone());
-        Ok(value)
+        self.stack.push(seq);
+        Ok(None)
     }
 
-    fn list(&mut self, index: usize) -> Walked<B::Value, B> {
-        let list = self.build.new_list()?;
-        self.objects[index] = Slot::Ready(list.clone());
-        while let Some(item) = self.child()? {
-            self.build.list_push(&list, item)?;
-        }
-        Ok(list)
-    }
-
-    fn dict(&mut self, index: usize, at: usize) -> Walked<B::Value, B> {
-        let dict = self.build.new_dict()?;
-        self.objects[index] = Slot::Ready(dict.clone());
-        loop {
-            let key_at = self.pos;
-            let Some(key) = self.child()? else { break };
-            let Some(value) = self.child()? else {
-                return Err(self.violation("dict ended after a key", at));
+    /// The innermost sequence takes `child` (None: it was just opened) and the tokens after it,
+    /// up to the OPEN of a sequence in it ([`Next::Open`]; it goes back on the stack meanwhile)
+    /// or its own CLOSE (it is then given as finished).
+    fn step(&mut self, mut child: Option<B::Value>) -> Walked<Next<B::Value>, B> {
+        let Some(mut seq) = self.stack.pop() else { unreachable!("step() is only called with a sequence open") };
+        // A child token of the sequence: an OPEN ends the loop, any other is a value it takes in
+        // the loop's next round.
+        macro_rules! take {
+            ($found:expr) => {
+                match $found {
+                    (Token::Open(_), at) => break Some(at),
+                    (token, at) => child = Some(self.atom_value(token, at)?),
+                }
             };
-            let inserted = self.build.dict_insert(&dict, key, value);
-            self.located(inserted, "dict", key_at)?;
         }
-        Ok(dict)
+        let opened = match &mut seq {
+            Seq::List(list) => loop {
+                if let Some(item) = child.take() {
+                    self.build.list_push(list, item)?;
+                }
+                match self.next()? {
+                    (Token::Close(_), _) => break None,
+                    found => take!(found),
+                }
+            },
+            Seq::Dict { dict, at, key, key_at } => loop {
+                if let Some(value) = child.take() {
+                    match key.take() {
+                        None => *key = Some(value),
+                        Some(k) => {
+                            let inserted = self.build.dict_insert(dict, k, value);
+                            self.located(inserted, "dict", *key_at)?;
+                        }
+                    }
+                }
+                if key.is_none() {
+                    *key_at = self.pos;
+                }
+                match self.next()? {
+                    (Token::Close(_), _) if key.is_none() => break None,
+                    (Token::Close(_), _) => return Err(self.violation("dict ended after a key", *at)),
+                    found => take!(found),
+                }
+            },
+            Seq::Set { set, item_at } => loop {
+                if let Some(item) = child.take() {
+                    let added = self.build.set_add(set, item);
+                    self.located(added, "set", *item_at)?;
+                }
+                *item_at = self.pos;
+                match self.next()? {
+                    (Token::Close(_), _) => break None,
+                    found => take!(found),
+                }
+            },
+            Seq::Tuple { items, .. } => loop {
+                items.extend(child.take());
+                match self.next()? {
+                    (Token::Close(_), _) => break None,
+                    found => take!(found),
+                }
+            },
+            Seq::Copyable(c) => loop {
+                if let Some(value) = child.take() {
+                    let Some(name) = c.name.take() else { unreachable!("a copyable's value follows its name") };
+                    c.state.push((name, value));
+                }
+                let Some((raw, at)) = self.next_name(&mut c.names, &ATTRIBUTES)? else { break None };
+                c.name = Some(self.name(raw, ATTRIBUTES.name, at)?);
+                match self.next()? {
+                    (Token::Close(_), _) => {
+                        let what = format_args!("copyable {} ended too early", show(c.typename.as_bytes()));
+                        return Err(self.violation(what, c.at));
+                    }
+                    found => take!(found),
+                }
+            },
+        };
+        if let Some(at) = opened {
+            self.stack.push(seq);
+            return Ok(Next::Open(at));
+        }
+        self.finish(seq).map(Next::Give)
     }
 
-    fn set(&mut self, index: usize) -> Walked<B::Value, B> {
-        let set = self.build.new_set()?;
-        self.objects[index] = Slot::Ready(set.clone());
-        loop {
-            let item_at = self.pos;
-            let Some(item) = self.child()? else { break };
-            let added = self.build.set_add(&set, item);
-            self.located(added, "set", item_at)?;
+    /// The value of a sequence whose CLOSE has been read.
+    fn finish(&mut self, seq: Seq<'a, B>) -> Walked<B::Value, B> {
+        match seq {
+            Seq::List(list) => Ok(list),
+            Seq::Dict { dict, .. } => Ok(dict),
+            Seq::Set { set, .. } => Ok(set),
+            // Referable only once complete.
+            Seq::Tuple { items, frozen, at, index } => {
+                let built = if frozen { self.build.frozenset(items) } else { self.build.tuple(items) };
+                let value = self.located(built, if frozen { "immutable-set" } else { "tuple" }, at)?;
+                self.objects[index] = Slot::Ready(value.clone());
+                Ok(value)
+            }
+            Seq::Copyable(c) => {
+                let Copyable { typename, at, index, state, .. } = *c;
+                // The builder names the copyable in its messages.
+                let built = self.build.copyable(typename, state);
+                let value = self.at_byte(built, at)?;
+                self.objects[index] = Slot::Ready(value.clone());
+                Ok(value)
+            }
         }
-        Ok(set)
-    }
-
-    /// A tuple, or with `frozen` an immutable-set: referable only once complete.
-    fn tuple(&mut self, index: usize, frozen: bool, at: usize) -> Walked<B::Value, B> {
-        let what = if frozen { "immutable-set" } else { "tuple" };
-        self.objects[index] = Slot::Incomplete(what);
-        let mut items = Vec::new();
-        while let Some(item) = self.child()? {
-            items.push(item);
-        }
-        let built = if frozen { self.build.frozenset(items) } else { self.build.tuple(items) };
-        self.located(built, what, at)
     }
 
     /// The sequence types that hold no other sequences.
@@ -497,42 +651,22 @@ impl<'a, B: Build> Walker<'a, '_, B> {
         }
     }
 
-    /// `(copyable TYPENAME name value ...)`, from its type name on.
-    #[inline(never)]
-    fn copyable(&mut self, index: usize, at: usize) -> Walked<B::Value, B> {
-        let typename = self.index_token(at, self.limits.max_copyable_name, "copyable type name")?;
-        let Ok(typename) = std::str::from_utf8(typename) else {
-            return Err(self.violation("copyable type name is not UTF-8", at));
-        };
-        self.objects[index] = Slot::Incomplete("copyable");
-        let state = self.named(&ATTRIBUTES, format_args!("copyable {}", show(typename.as_bytes())), at)?;
-        // The builder names the copyable in its messages.
-        let built = self.build.copyable(typename, state);
-        self.at_byte(built, at)
-    }
-
-    /// `name value ...` up to the CLOSE, each name once: a copyable's state, a call's keyword
-    /// arguments. `within` names the sequence (opened at `open_at`) if a value is missing.
-    fn named(&mut self, what: &Named, within: impl Display, open_at: usize) -> Walked<Pairs<B>, B> {
-        let mut pairs = Vec::new();
-        let mut names = Names::default();
-        loop {
-            let (raw, at) = match self.next()? {
-                (Token::Close(_), _) => return Ok(pairs),
-                (Token::String(s) | Token::Vocab { word: s, .. }, at) => (s, at),
-                (Token::Abort(_), _) => return Err(Fault::Aborted),
-                (other, at) => {
-                    let why = format_args!("{} must be STRINGs, not {}", what.names, kind(&other));
-                    return Err(self.violation(why, at));
-                }
-            };
-            if !names.insert(raw) {
-                return Err(self.violation(format_args!("duplicate {} {}", what.duplicate, show(raw)), at));
+    /// The next name of `name value ...` pairs (a copyable's state, a call's keyword arguments),
+    /// and where it is; None at the sequence's CLOSE. Each name may come once.
+    fn next_name(&mut self, names: &mut Names<'a>, what: &Named) -> Walked<Option<(&'a [u8], usize)>, B> {
+        let (raw, at) = match self.next()? {
+            (Token::Close(_), _) => return Ok(None),
+            (Token::String(s) | Token::Vocab { word: s, .. }, at) => (s, at),
+            (Token::Abort(_), _) => return Err(Fault::Aborted),
+            (other, at) => {
+                let why = format_args!("{} must be STRINGs, not {}", what.names, kind(&other));
+                return Err(self.violation(why, at));
             }
-            let name = self.name(raw, what.name, at)?;
-            let value = self.required(&within, open_at)?;
-            pairs.push((name, value));
+        };
+        if !names.insert(raw) {
+            return Err(self.violation(format_args!("duplicate {} {}", what.duplicate, show(raw)), at));
         }
+        Ok(Some((raw, at)))
     }
 
     /// The object `(reference number)` names.
@@ -586,7 +720,12 @@ impl<'a, B: Build> Walker<'a, '_, B> {
         for _ in 0..positional {
             args.push(self.required("arguments", args_at)?);
         }
-        let kwargs = self.named(&KEYWORDS, "arguments", args_at)?;
+        let mut kwargs = Vec::new();
+        let mut names = Names::default();
+        while let Some((raw, at)) = self.next_name(&mut names, &KEYWORDS)? {
+            let name = self.name(raw, KEYWORDS.name, at)?;
+            kwargs.push((name, self.required("arguments", args_at)?));
+        }
         self.end("call")?;
         Ok(Message::Call { reqid: id, clid, method, args, kwargs })
     }
