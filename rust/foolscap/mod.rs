@@ -24,10 +24,9 @@ use crate::banana;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Token and nesting limits. foolscap itself bounds only headers (64 bytes); pbfast bounds
-    /// strings, messages and nesting too, so one peer cannot take unbounded memory or stack.
-    /// Values are read and written recursively, at roughly half a KiB of stack per level in a
-    /// release build (several in a debug build): a `max_depth` far above the default needs a
-    /// thread with a stack to match.
+    /// strings, messages and nesting too, so one peer cannot take unbounded memory. Values are
+    /// read and written with a heap stack of the sequences open, not by recursion, so no
+    /// `max_depth` can exhaust a thread's native stack.
     pub banana: banana::Limits,
     /// Longest first index token of a sequence: foolscap's `maxIndexLength`, the longest type
     /// word it knows (`their-reference`, 15 bytes).

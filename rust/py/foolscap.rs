@@ -21,7 +21,7 @@
 use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyIterator, PyList, PySet, PyString, PyTuple};
 use pyo3::PyTypeInfo;
 
 use super::{int_value, integer, limit_args, set_limit, with_bytes, with_events, PtrMap};
@@ -410,7 +410,10 @@ impl FoolscapEncoderPy {
     /// `(error reqid (copyable "twisted.python.failure.Failure" name value ...))`, the state (a
     /// dict or (name, value) pairs) in the order given.
     fn error<'py>(&mut self, py: Python<'py>, reqid: i64, state: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        self.reply(py, b"error", reqid, |m| m.copyable(FAILURE, state))
+        self.reply(py, b"error", reqid, |m| {
+            m.copyable(FAILURE, state)?;
+            m.finish_sequences()
+        })
     }
 
     /// A PING (foolscap sends number 0, as the single byte 8e).
@@ -484,6 +487,7 @@ impl FoolscapEncoderPy {
             seen: &mut self.seen,
             keep: Vec::new(),
             hook: self.hook.as_ref().map(|h| h.bind(py).clone()),
+            stack: Vec::new(),
         };
         let result = write(&mut m);
         let MessageWriter { w, keep, .. } = m;
@@ -542,40 +546,105 @@ struct MessageWriter<'py, 'a> {
     /// another object within the message.
     keep: Vec<Bound<'py, PyAny>>,
     hook: Option<Bound<'py, PyAny>>,
+    /// The sequences being written, innermost last: the walk keeps its place here rather than
+    /// on the native stack, so no nesting depth can exhaust that.
+    stack: Vec<Walk<'py>>,
+}
+
+/// A sequence being written (opened as `id`): where the walk goes on once the item being
+/// written is done.
+enum Walk<'py> {
+    /// A list, read afresh at each step as foolscap's iterator does: the hook may change it.
+    List {
+        list: Bound<'py, PyList>,
+        next: usize,
+        id: u64,
+    },
+    Tuple {
+        tuple: Bound<'py, PyTuple>,
+        next: usize,
+        id: u64,
+    },
+    /// A dict by its sorted `keys`; `value` is the value of the key being written.
+    Dict {
+        dict: Bound<'py, PyDict>,
+        keys: Bound<'py, PyList>,
+        next: usize,
+        value: Option<Bound<'py, PyAny>>,
+        id: u64,
+    },
+    Set {
+        members: Bound<'py, PyIterator>,
+        id: u64,
+    },
+    /// A copyable's `(name, value)` pairs, from `state`.
+    Copyable {
+        pairs: Bound<'py, PyIterator>,
+        state: Bound<'py, PyAny>,
+        id: u64,
+    },
 }
 
 impl<'py> MessageWriter<'py, '_> {
-    /// Write `obj`. `maybe_shared` false promises nothing else in this message can reach it.
+    /// Write `obj`, a whole value. `maybe_shared` false promises nothing else in this message
+    /// can reach it.
     fn value(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
-        if self.builtin::<true>(obj, maybe_shared)? {
+        if !scalar::<true>(&mut self.w, obj)? {
+            self.write(obj.clone(), maybe_shared)?;
+            self.finish_sequences()?;
+        }
+        Ok(())
+    }
+
+    /// Write the items of the open sequences, innermost first, closing each as it completes.
+    fn finish_sequences(&mut self) -> PyResult<()> {
+        while let Some((item, maybe_shared)) = self.step()? {
+            self.write(item, maybe_shared)?;
+        }
+        Ok(())
+    }
+
+    /// Write `obj`, which is not an exact scalar (see [`scalar`]), or open it if it is a sequence
+    /// (its items are then written by [`Self::step`]).
+    fn write(&mut self, obj: Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
+        if self.sequence::<true>(&obj, maybe_shared)? {
             return Ok(());
         }
-        self.special(obj)
+        self.special(&obj)
     }
 
     /// Write `obj` if it is of a type foolscap sends as itself, exactly that type (`EXACT`: the
     /// common case, tried before the hook) or a subclass (after it); false if it is not.
     #[inline(always)]
     fn builtin<const EXACT: bool>(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<bool> {
-        // bool is an int subclass, but an exact bool never gets as far as the subclass pass.
-        if cast::<PyInt, EXACT>(obj).is_some() {
-            self.int(obj)?;
-        } else if let Some(s) = cast::<PyString, EXACT>(obj) {
-            self.text(s)?;
-        } else if let Some(b) = cast::<PyBytes, EXACT>(obj) {
-            self.w.bytes(b.as_bytes());
-        } else if let Some(f) = cast::<PyFloat, EXACT>(obj) {
-            self.w.float(f.value());
-        } else if obj.is_none() {
-            self.w.none()?;
-        } else if let Some(b) = cast::<PyBool, EXACT>(obj) {
-            self.w.boolean(b.is_true())?;
-        } else if let Some(list) = cast::<PyList, EXACT>(obj) {
-            self.list(obj, list, maybe_shared)?;
+        Ok(scalar::<EXACT>(&mut self.w, obj)? || self.sequence::<EXACT>(obj, maybe_shared)?)
+    }
+
+    /// Open `obj` if it is a list, tuple, dict, set or frozenset (or write it, if it is a
+    /// decimal), as [`Self::builtin`]; false if it is not one of those.
+    #[inline(always)]
+    fn sequence<const EXACT: bool>(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<bool> {
+        if let Some(list) = cast::<PyList, EXACT>(obj) {
+            if !self.seen_again(obj, maybe_shared)? {
+                let id = self.w.open(b"list")?;
+                self.stack.push(Walk::List { list: list.clone(), next: 0, id });
+            }
         } else if let Some(tuple) = cast::<PyTuple, EXACT>(obj) {
-            self.tuple(obj, tuple, maybe_shared)?;
+            if !self.seen_again(obj, maybe_shared)? {
+                let id = self.w.open(b"tuple")?;
+                self.stack.push(Walk::Tuple { tuple: tuple.clone(), next: 0, id });
+            }
         } else if let Some(dict) = cast::<PyDict, EXACT>(obj) {
-            self.dict(obj, dict, maybe_shared)?;
+            // Keys sorted with Python's sort as foolscap does (keys that cannot be compared
+            // raise its TypeError, and nothing is sent).
+            if !self.seen_again(obj, maybe_shared)? {
+                let id = self.w.open(b"dict")?;
+                let keys = dict.keys();
+                if keys.len() > 1 {
+                    keys.sort()?;
+                }
+                self.stack.push(Walk::Dict { dict: dict.clone(), keys, next: 0, value: None, id });
+            }
         } else if cast::<PySet, EXACT>(obj).is_some() {
             self.set(obj, b"set", maybe_shared)?;
         } else if cast::<PyFrozenSet, EXACT>(obj).is_some() {
@@ -589,25 +658,99 @@ impl<'py> MessageWriter<'py, '_> {
         Ok(true)
     }
 
-    fn is_decimal<const EXACT: bool>(&self, obj: &Bound<'py, PyAny>) -> PyResult<bool> {
-        let decimal = decimal_type(self.py)?;
-        Ok(if EXACT { obj.get_type().is(decimal) } else { obj.is_instance(decimal)? })
-    }
-
-    fn int(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
-        match int_value(obj)? {
-            Integer::Small(v) => self.w.int(v),
-            Integer::Big(big) => self.w.big_int(&big),
+    fn set(&mut self, obj: &Bound<'py, PyAny>, word: &[u8], track: bool) -> PyResult<()> {
+        if !self.seen_again(obj, track)? {
+            let id = self.w.open(word)?;
+            self.stack.push(Walk::Set { members: obj.try_iter()?, id });
         }
         Ok(())
     }
 
-    fn text(&mut self, s: &Bound<'py, PyString>) -> PyResult<()> {
-        match utf8_of(s) {
-            Some(utf8) => Ok(self.w.unicode(utf8)?),
-            // Lone surrogates: Python's own UnicodeEncodeError, as foolscap's `encode("UTF-8")`.
-            None => Err(s.to_str().expect_err("not UTF-8")),
+    /// Write the items of the open sequences, innermost first, as far as they are exact
+    /// scalars (closing each sequence as it completes); return the first item that is not one
+    /// (for [`Self::write`]) with whether something else may hold it (see [`maybe_shared`]), or
+    /// None once every sequence is complete.
+    fn step(&mut self) -> PyResult<Option<(Bound<'py, PyAny>, bool)>> {
+        loop {
+            let w = &mut self.w;
+            let Some(top) = self.stack.last_mut() else { return Ok(None) };
+            let id = match top {
+                Walk::List { list, next, id } => {
+                    while *next < list.len() {
+                        let item = list.get_item(*next)?;
+                        *next += 1;
+                        if !scalar::<true>(w, &item)? {
+                            return Ok(Some(shareable(item)));
+                        }
+                    }
+                    *id
+                }
+                Walk::Tuple { tuple, next, id } => {
+                    while *next < tuple.len() {
+                        let item = tuple.get_item(*next)?;
+                        *next += 1;
+                        if !scalar::<true>(w, &item)? {
+                            return Ok(Some(shareable(item)));
+                        }
+                    }
+                    *id
+                }
+                Walk::Dict { dict, keys, next, value, id } => loop {
+                    if let Some(value) = value.take() {
+                        if !scalar::<true>(w, &value)? {
+                            return Ok(Some(shareable(value)));
+                        }
+                    }
+                    if *next == keys.len() {
+                        break *id;
+                    }
+                    let key = keys.get_item(*next)?;
+                    *next += 1;
+                    *value = Some(dict.get_item(&key)?.ok_or_else(|| {
+                        pyo3::exceptions::PyRuntimeError::new_err("dict changed size while it was being sent")
+                    })?);
+                    if !scalar::<true>(w, &key)? {
+                        return Ok(Some((key, true)));
+                    }
+                },
+                Walk::Set { members, id } => {
+                    for member in members.by_ref() {
+                        let member = member?;
+                        if !scalar::<true>(w, &member)? {
+                            return Ok(Some(shareable(member)));
+                        }
+                    }
+                    *id
+                }
+                Walk::Copyable { pairs, state, id } => {
+                    for pair in pairs.by_ref() {
+                        let (name, value): (Bound<'py, PyAny>, Bound<'py, PyAny>) =
+                            pair?.extract().map_err(|_| bad_state(state))?;
+                        if let Ok(name) = name.cast::<PyString>() {
+                            w.bytes(name.to_str()?.as_bytes());
+                        } else if let Ok(name) = name.cast::<PyBytes>() {
+                            w.bytes(name.as_bytes());
+                        } else {
+                            return Err(PyTypeError::new_err(format!(
+                                "copyable attribute names are str, not {}",
+                                type_name(&name)
+                            )));
+                        }
+                        if !scalar::<true>(w, &value)? {
+                            return Ok(Some((value, true)));
+                        }
+                    }
+                    *id
+                }
+            };
+            self.stack.pop();
+            self.w.close(id);
         }
+    }
+
+    fn is_decimal<const EXACT: bool>(&self, obj: &Bound<'py, PyAny>) -> PyResult<bool> {
+        let decimal = decimal_type(self.py)?;
+        Ok(if EXACT { obj.get_type().is(decimal) } else { obj.is_instance(decimal)? })
     }
 
     fn decimal(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
@@ -629,70 +772,6 @@ impl<'py> MessageWriter<'py, '_> {
         self.seen.insert(key, self.w.next_open_id());
         self.keep.push(obj.clone());
         Ok(false)
-    }
-
-    fn list(&mut self, obj: &Bound<'py, PyAny>, list: &Bound<'py, PyList>, track: bool) -> PyResult<()> {
-        if self.seen_again(obj, track)? {
-            return Ok(());
-        }
-        let id = self.w.open(b"list")?;
-        let mut i = 0;
-        // The hook may change the list under us: read it afresh at each step, as foolscap's
-        // iterator does.
-        while i < list.len() {
-            let item = list.get_item(i)?;
-            self.value(&item, maybe_shared(&item))?;
-            i += 1;
-        }
-        self.w.close(id);
-        Ok(())
-    }
-
-    fn tuple(&mut self, obj: &Bound<'py, PyAny>, tuple: &Bound<'py, PyTuple>, track: bool) -> PyResult<()> {
-        if self.seen_again(obj, track)? {
-            return Ok(());
-        }
-        let id = self.w.open(b"tuple")?;
-        for item in tuple.iter() {
-            self.value(&item, maybe_shared(&item))?;
-        }
-        self.w.close(id);
-        Ok(())
-    }
-
-    /// A dict, keys sorted with Python's sort as foolscap does (keys that cannot be compared
-    /// raise its TypeError, and nothing is sent).
-    fn dict(&mut self, obj: &Bound<'py, PyAny>, dict: &Bound<'py, PyDict>, track: bool) -> PyResult<()> {
-        if self.seen_again(obj, track)? {
-            return Ok(());
-        }
-        let id = self.w.open(b"dict")?;
-        let keys = dict.keys();
-        if keys.len() > 1 {
-            keys.sort()?;
-        }
-        for key in keys.iter() {
-            let value = dict.get_item(&key)?.ok_or_else(|| {
-                pyo3::exceptions::PyRuntimeError::new_err("dict changed size while it was being sent")
-            })?;
-            self.value(&key, true)?;
-            self.value(&value, maybe_shared(&value))?;
-        }
-        self.w.close(id);
-        Ok(())
-    }
-
-    fn set(&mut self, obj: &Bound<'py, PyAny>, word: &[u8], track: bool) -> PyResult<()> {
-        if self.seen_again(obj, track)? {
-            return Ok(());
-        }
-        let id = self.w.open(word)?;
-        for item in obj.try_iter()? {
-            let item = item?;
-            self.value(&item, maybe_shared(&item))?;
-        }
-        self.w.close(id);
-        Ok(())
     }
 
     /// Not a builtin value: the hook's form, or a builtin subclass as its base type.
@@ -759,35 +838,59 @@ impl<'py> MessageWriter<'py, '_> {
         }
     }
 
-    /// `(copyable TYPENAME name value ...)` from a dict (in its order) or (name, value) pairs.
+    /// Open `(copyable TYPENAME name value ...)` from a dict (in its order) or (name, value)
+    /// pairs; its items are written by [`Self::step`].
     fn copyable(&mut self, typename: &[u8], state: &Bound<'py, PyAny>) -> PyResult<()> {
         let pairs = match state.cast::<PyDict>() {
             Ok(dict) => dict.items().into_any(),
             Err(_) => state.clone(),
         };
-        let bad_state = || {
-            PyTypeError::new_err(format!(
-                "a copyable's state is a dict or (name, value) pairs, not {}",
-                type_name(state)
-            ))
-        };
         let id = self.w.open(b"copyable")?;
         self.w.bytes(typename);
-        for pair in pairs.try_iter().map_err(|_| bad_state())? {
-            let (name, value): (Bound<'py, PyAny>, Bound<'py, PyAny>) = pair?.extract().map_err(|_| bad_state())?;
-            if let Ok(name) = name.cast::<PyString>() {
-                self.w.bytes(name.to_str()?.as_bytes());
-            } else if let Ok(name) = name.cast::<PyBytes>() {
-                self.w.bytes(name.as_bytes());
-            } else {
-                return Err(PyTypeError::new_err(format!(
-                    "copyable attribute names are str, not {}",
-                    type_name(&name)
-                )));
-            }
-            self.value(&value, true)?;
-        }
-        self.w.close(id);
+        let pairs = pairs.try_iter().map_err(|_| bad_state(state))?;
+        self.stack.push(Walk::Copyable { pairs, state: state.clone(), id });
         Ok(())
     }
+}
+
+/// Write `obj` if it is an int, str, bytes, float, None or bool, exactly that type (`EXACT`) or
+/// a subclass: the values foolscap writes without sequences of their own to walk. False if it
+/// is not.
+#[inline(always)]
+fn scalar<const EXACT: bool>(w: &mut Writer, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    // bool is an int subclass, but an exact bool never gets as far as the subclass pass.
+    if cast::<PyInt, EXACT>(obj).is_some() {
+        match int_value(obj)? {
+            Integer::Small(v) => w.int(v),
+            Integer::Big(big) => w.big_int(&big),
+        }
+    } else if let Some(s) = cast::<PyString, EXACT>(obj) {
+        match utf8_of(s) {
+            Some(utf8) => w.unicode(utf8)?,
+            // Lone surrogates: Python's own UnicodeEncodeError, as foolscap's `encode("UTF-8")`.
+            None => return Err(s.to_str().expect_err("not UTF-8")),
+        }
+    } else if let Some(b) = cast::<PyBytes, EXACT>(obj) {
+        w.bytes(b.as_bytes());
+    } else if let Some(f) = cast::<PyFloat, EXACT>(obj) {
+        w.float(f.value());
+    } else if obj.is_none() {
+        w.none()?;
+    } else if let Some(b) = cast::<PyBool, EXACT>(obj) {
+        w.boolean(b.is_true())?;
+    } else {
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// An item of a sequence we hold, with whether it [`maybe_shared`].
+#[inline]
+fn shareable(item: Bound<'_, PyAny>) -> (Bound<'_, PyAny>, bool) {
+    let shared = maybe_shared(&item);
+    (item, shared)
+}
+
+fn bad_state(state: &Bound<'_, PyAny>) -> PyErr {
+    PyTypeError::new_err(format!("a copyable's state is a dict or (name, value) pairs, not {}", type_name(state)))
 }
