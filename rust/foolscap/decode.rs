@@ -164,7 +164,7 @@ struct Walker<'a, 'b, B: Build> {
     objects: Vec<Slot<B::Value>>,
     limits: &'b Limits,
     build: &'b mut B,
-    /// The sequences of the value being read, innermost last.
+    /// The sequences open around the one being read, innermost last.
     stack: Vec<Seq<'a, B>>,
 }
 
@@ -205,12 +205,10 @@ struct Copyable<'a, B: Build> {
     name: Option<B::Name>,
 }
 
-/// What the walk does next.
-enum Next<V> {
-    /// Read the sequence whose OPEN was just read at this offset.
-    Open(usize),
-    /// Give this finished value to the innermost sequence (or return it, if none is open).
-    Give(V),
+/// What an OPEN starts: a value (a sequence that holds no other values), or a sequence to fill.
+enum Opened<'a, B: Build> {
+    Value(B::Value),
+    Seq(Seq<'a, B>),
 }
 
 type Walked<T, B> = Built<T, <B as Build>::Error>;
@@ -219,7 +217,7 @@ type Pairs<B> = Vec<(<B as Build>::Name, <B as Build>::Value)>;
 
 impl<'a, B: Build> Walker<'a, '_, B> {
     /// The next token that is not a PING or PONG, and where it starts.
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Walked<(Token<'a>, usize), B> {
         // The common tokens (a header of at most one byte, no body but a short string) are read
         // here; the frame was checked by the framer, so no limit can be exceeded.
@@ -309,26 +307,32 @@ impl<'a, B: Build> Walker<'a, '_, B> {
         }
     }
 
-    /// The value that starts with `token` (read at `at`). The sequences it holds are kept on a
-    /// heap stack while they are read, not on the native one, so no nesting depth can exhaust
-    /// that.
+    /// The value that starts with `token` (read at `at`). The sequences it holds are read with
+    /// a heap stack of the ones open around the one being read, not by recursion, so no nesting
+    /// depth can exhaust the native stack.
     fn value(&mut self, token: Token<'a>, at: usize) -> Walked<B::Value, B> {
         let Token::Open(_) = token else { return self.atom_value(token, at) };
-        let mut open_at = at;
+        let mut seq = match self.sequence(at)? {
+            Opened::Value(value) => return Ok(value),
+            Opened::Seq(seq) => seq,
+        };
+        let mut child = None;
         loop {
-            let mut child = self.sequence(open_at)?;
-            // Fill sequences, innermost first, until one meets another OPEN.
-            loop {
-                if self.stack.is_empty() {
-                    let Some(value) = child else { unreachable!("a finished value when no sequence is open") };
-                    return Ok(value);
+            match self.step(&mut seq, child)? {
+                // A sequence in this one: read it first.
+                Some(inner) => {
+                    self.stack.push(std::mem::replace(&mut seq, inner));
+                    child = None;
                 }
-                match self.step(child)? {
-                    Next::Open(at) => {
-                        open_at = at;
-                        break;
+                None => {
+                    let value = self.finish(seq)?;
+                    match self.stack.pop() {
+                        Some(outer) => {
+                            seq = outer;
+                            child = Some(value);
+                        }
+                        None => return Ok(value),
                     }
-                    Next::Give(value) => child = Some(value),
                 }
             }
         }
@@ -413,9 +417,9 @@ impl<'a, B: Build> Walker<'a, '_, B> {
         self.located(name, what, at)
     }
 
-    /// A sequence whose OPEN was read at `at`: its value if it holds no other values, else None
-    /// (it is pushed, to be filled by [`Self::step`]).
-    fn sequence(&mut self, at: usize) -> Walked<Option<B::Value>, B> {
+    /// A sequence whose OPEN was read at `at`: its value if it holds no other values, else the
+    /// sequence to fill.
+    fn sequence(&mut self, at: usize) -> Walked<Opened<'a, B>, B> {
         let index = self.objects.len();
         self.objects.push(Slot::Unreferenceable);
         let word = self.index_token(at, self.limits.max_index_length, "first index token")?;
@@ -450,28 +454,28 @@ impl<'a, B: Build> Walker<'a, '_, B> {
                 let copyable = Copyable { typename, at, index, state: Vec::new(), names: Names::default(), name: None };
                 Seq::Copyable(Box::new(copyable))
             }
-            other => return self.leaf(other, at).map(Some),
+            other => return self.leaf(other, at).map(Opened::Value),
         };
-        self.stack.push(seq);
-        Ok(None)
+        Ok(Opened::Seq(seq))
     }
 
-    /// The innermost sequence takes `child` (None: it was just opened) and the tokens after it,
-    /// up to the OPEN of a sequence in it ([`Next::Open`]; it goes back on the stack meanwhile)
-    /// or its own CLOSE (it is then given as finished).
-    fn step(&mut self, mut child: Option<B::Value>) -> Walked<Next<B::Value>, B> {
-        let Some(mut seq) = self.stack.pop() else { unreachable!("step() is only called with a sequence open") };
-        // A child token of the sequence: an OPEN ends the loop, any other is a value it takes in
-        // the loop's next round.
+    /// `seq` takes `child` (None: it was just opened) and the tokens after it, up to a sequence
+    /// in it that holds values (returned, to be read first) or its own CLOSE (None).
+    fn step(&mut self, seq: &mut Seq<'a, B>, mut child: Option<B::Value>) -> Walked<Option<Seq<'a, B>>, B> {
+        // A child token of the sequence: a value it takes in the loop's next round, or a
+        // sequence to read first.
         macro_rules! take {
             ($found:expr) => {
                 match $found {
-                    (Token::Open(_), at) => break Some(at),
+                    (Token::Open(_), at) => match self.sequence(at)? {
+                        Opened::Value(value) => child = Some(value),
+                        Opened::Seq(inner) => break Some(inner),
+                    },
                     (token, at) => child = Some(self.atom_value(token, at)?),
                 }
             };
         }
-        let opened = match &mut seq {
+        Ok(match seq {
             Seq::List(list) => loop {
                 if let Some(item) = child.take() {
                     self.build.list_push(list, item)?;
@@ -533,12 +537,7 @@ impl<'a, B: Build> Walker<'a, '_, B> {
                     found => take!(found),
                 }
             },
-        };
-        if let Some(at) = opened {
-            self.stack.push(seq);
-            return Ok(Next::Open(at));
-        }
-        self.finish(seq).map(Next::Give)
+        })
     }
 
     /// The value of a sequence whose CLOSE has been read.
