@@ -108,9 +108,13 @@ enum Frame<'py, 'a> {
         next: usize,
         append: bool,
     },
+    /// A tuple made at full size and filled in place, like a list; `holds_placeholder`: an
+    /// item is (or holds) a placeholder, so the tuple must not be hashed until patched.
     Tuple {
-        items: Vec<Built<'py>>,
+        tuple: Bound<'py, PyTuple>,
         len: usize,
+        next: usize,
+        holds_placeholder: bool,
     },
     /// `["dictionary", [key, value], ...]`: `key` is the key of the pair (at `pair_at`) whose
     /// value is being read.
@@ -292,7 +296,13 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                     }
                     Frame::Set { set, members: items, member_at: 0 }
                 }
-                Tag::Tuple => Frame::Tuple { items: Vec::with_capacity(items), len: items },
+                Tag::Tuple => {
+                    // SAFETY: as for the list above, with PyTuple_New and PyTuple_SET_ITEM; tuple
+                    // deallocation skips NULL slots too.
+                    let tuple =
+                        unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyTuple_New(items as ffi::Py_ssize_t))? };
+                    Frame::Tuple { tuple: tuple.cast_into::<PyTuple>()?, len: items, next: 0, holds_placeholder: false }
+                }
                 Tag::Frozenset => Frame::Frozenset { members: Vec::with_capacity(items), len: items, member_at: 0 },
                 Tag::Reference => {
                     rd.arity(tag::REFERENCE, items, 2, at)?;
@@ -374,9 +384,17 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                 }
                 read!();
             },
-            Frame::Tuple { items, len } => loop {
-                items.extend(child.take());
-                if items.len() == *len {
+            Frame::Tuple { tuple, len, next, holds_placeholder } => loop {
+                if let Some(item) = child.take() {
+                    *holds_placeholder |= item.unhashable_yet();
+                    if let Some(pid) = item.placeholder {
+                        rd.add_site(pid, Site::TupleItem(tuple.clone(), *next));
+                    }
+                    // SAFETY: see `open`; `next` < `len`, and each slot is set once.
+                    unsafe { ffi::PyTuple_SET_ITEM(tuple.as_ptr(), *next as ffi::Py_ssize_t, item.obj.into_ptr()) };
+                    *next += 1;
+                }
+                if *next == *len {
                     break;
                 }
                 read!();
@@ -482,15 +500,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
             Frame::List { list, .. } => Built::done(list.into_any()),
             Frame::Dict { dict, .. } => Built::done(dict.into_any()),
             Frame::Set { set, .. } => Built::done(set.into_any()),
-            Frame::Tuple { items, .. } => {
-                let tuple = PyTuple::new(py, items.iter().map(|b| &b.obj))?;
-                let mut holds_placeholder = false;
-                for (i, item) in items.iter().enumerate() {
-                    holds_placeholder |= item.unhashable_yet();
-                    if let Some(pid) = item.placeholder {
-                        rd.add_site(pid, Site::TupleItem(tuple.clone(), i));
-                    }
-                }
+            Frame::Tuple { tuple, holds_placeholder, .. } => {
                 Built { obj: tuple.into_any(), placeholder: None, holds_placeholder }
             }
             Frame::Frozenset { members, .. } => Built::done(PyFrozenSet::new(py, &members)?.into_any()),
