@@ -348,7 +348,7 @@ fn banana_invalid_is_refused_with_an_offset() {
 /// `-(A**B)`, `[0] * N` and `b'x' * N`.
 fn python_value(src: &str) -> Option<Value> {
     if let Some(inner) = src.strip_prefix("-(").and_then(|s| s.strip_suffix(')')) {
-        let Value::Int(v) = python_value(inner)? else {
+        let Value::Int(v) = &python_value(inner)? else {
             return None;
         };
         return Some(Value::Int(Integer::from_big(-v.to_big())));

@@ -1,5 +1,9 @@
 //! A plain Rust value tree for Twisted banana, for tests, fuzzing and tools that run without
 //! Python. The Python bindings build Python objects directly instead.
+//!
+//! Building, encoding, comparing and dropping walk nested lists with a heap stack, so a value
+//! nested as deep as the limits allow cannot exhaust the native stack (`Clone` and `Debug` are
+//! derived, and recursive).
 
 use super::cursor::{Cursor, Item};
 use super::{framer, BananaError, Dialect, Encoder, Integer, Limits};
@@ -15,12 +19,45 @@ pub enum Value {
 impl PartialEq for Value {
     /// Floats compare by bit pattern, so NaN equals itself and -0.0 differs from 0.0.
     fn eq(&self, other: &Value) -> bool {
-        match (self, other) {
-            (Value::Int(a), Value::Int(b)) => a == b,
-            (Value::Float(a), Value::Float(b)) => a.to_bits() == b.to_bits(),
-            (Value::Bytes(a), Value::Bytes(b)) => a == b,
-            (Value::List(a), Value::List(b)) => a == b,
-            _ => false,
+        // Pairs of lists still to compare, item by item.
+        let mut pending: Vec<(&[Value], &[Value])> = vec![(std::slice::from_ref(self), std::slice::from_ref(other))];
+        while let Some((a, b)) = pending.pop() {
+            if a.len() != b.len() {
+                return false;
+            }
+            for (a, b) in a.iter().zip(b) {
+                let same = match (a, b) {
+                    (Value::Int(a), Value::Int(b)) => a == b,
+                    (Value::Float(a), Value::Float(b)) => a.to_bits() == b.to_bits(),
+                    (Value::Bytes(a), Value::Bytes(b)) => a == b,
+                    (Value::List(a), Value::List(b)) => {
+                        pending.push((a, b));
+                        true
+                    }
+                    _ => false,
+                };
+                if !same {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+impl Drop for Value {
+    fn drop(&mut self) {
+        // Lists that hold lists are taken apart here, so that dropping never recurses deeper
+        // than one level.
+        let Value::List(items) = self else { return };
+        if !items.iter().any(|v| matches!(v, Value::List(_))) {
+            return;
+        }
+        let mut pending = std::mem::take(items);
+        while let Some(mut value) = pending.pop() {
+            if let Value::List(inner) = &mut value {
+                pending.append(inner);
+            }
         }
     }
 }
@@ -28,15 +65,21 @@ impl PartialEq for Value {
 impl Value {
     /// Append this value's tokens.
     pub fn encode(&self, enc: &mut Encoder) -> Result<(), BananaError> {
-        match self {
-            Value::Int(Integer::Small(v)) => enc.int(*v),
-            Value::Int(Integer::Big(v)) => enc.big_int(v)?,
-            Value::Float(f) => enc.float(*f),
-            Value::Bytes(b) => enc.bytes(b)?,
-            Value::List(items) => {
-                enc.list(items.len())?;
-                for item in items {
-                    item.encode(enc)?;
+        // The items still to write of each list being written.
+        let mut pending = vec![std::slice::from_ref(self).iter()];
+        while let Some(items) = pending.last_mut() {
+            let Some(value) = items.next() else {
+                pending.pop();
+                continue;
+            };
+            match value {
+                Value::Int(Integer::Small(v)) => enc.int(*v),
+                Value::Int(Integer::Big(v)) => enc.big_int(v)?,
+                Value::Float(f) => enc.float(*f),
+                Value::Bytes(b) => enc.bytes(b)?,
+                Value::List(items) => {
+                    enc.list(items.len())?;
+                    pending.push(items.iter());
                 }
             }
         }
@@ -58,12 +101,30 @@ impl Value {
 
 /// Build one value from an expression the framer has already validated.
 pub(crate) fn build(cursor: &mut Cursor<'_>) -> Option<Value> {
-    Some(match cursor.next_item()? {
-        Item::List(n) => Value::List((0..n).map(|_| build(cursor)).collect::<Option<_>>()?),
-        item @ (Item::Int(_) | Item::BigInt { .. }) => Value::Int(item.integer()?),
-        Item::Bytes(s) => Value::Bytes(s.to_vec()),
-        Item::Float(f) => Value::Float(f),
-    })
+    // Each list being filled, with how many of its items are still to come.
+    let mut open: Vec<(Vec<Value>, usize)> = Vec::new();
+    loop {
+        let mut value = match cursor.next_item()? {
+            Item::List(n) if n > 0 => {
+                open.push((Vec::with_capacity(n), n));
+                continue;
+            }
+            Item::List(_) => Value::List(Vec::new()),
+            item @ (Item::Int(_) | Item::BigInt { .. }) => Value::Int(item.integer()?),
+            Item::Bytes(s) => Value::Bytes(s.to_vec()),
+            Item::Float(f) => Value::Float(f),
+        };
+        // Add the finished value, and each list it completes, to the list that holds it.
+        loop {
+            let Some((items, remaining)) = open.last_mut() else { return Some(value) };
+            items.push(value);
+            *remaining -= 1;
+            if *remaining > 0 {
+                break;
+            }
+            value = Value::List(open.pop()?.0);
+        }
+    }
 }
 
 /// Decode every complete expression of a stream fed in `chunks`.

@@ -26,16 +26,48 @@ pub fn references(expr: &[u8], dialect: Dialect, limits: Limits, from: usize) ->
     let mut cur = Cursor::new(expr, dialect, limits);
     cur.skip_to(from);
     let mut found = Vec::new();
+    // What is left to walk, innermost last (a heap stack: no nesting can exhaust the native one).
+    let mut pending = Vec::new();
     while !cur.at_end() {
-        if value(&mut cur, &mut found).is_none() {
+        pending.push((Walk::Values, 1));
+        if walk(&mut cur, &mut pending, &mut found).is_none() {
             break;
         }
     }
     found
 }
 
-/// Walk one jelly value; None if the bytes end early or are not banana.
-fn value(cur: &mut Cursor<'_>, found: &mut Vec<Claim>) -> Option<()> {
+/// What a count on the walk's stack counts.
+#[derive(Clone, Copy)]
+enum Walk {
+    /// Jelly values.
+    Values,
+    /// The bare `[key, value]` items of a dictionary.
+    DictItems,
+}
+
+/// Walk everything `pending` holds; None if the bytes end early or are not banana.
+fn walk(cur: &mut Cursor<'_>, pending: &mut Vec<(Walk, usize)>, found: &mut Vec<Claim>) -> Option<()> {
+    while let Some((walk, count)) = pending.last_mut() {
+        if *count == 0 {
+            pending.pop();
+            continue;
+        }
+        *count -= 1;
+        match *walk {
+            Walk::Values => value(cur, pending, found)?,
+            Walk::DictItems => {
+                if let Item::List(k) = cur.next_item()? {
+                    pending.push((Walk::Values, k));
+                }
+            }
+        }
+    }
+    Some(())
+}
+
+/// Read the start of one jelly value, noting a reference; what else it holds goes on `pending`.
+fn value(cur: &mut Cursor<'_>, pending: &mut Vec<(Walk, usize)>, found: &mut Vec<Claim>) -> Option<()> {
     let Item::List(n) = cur.next_item()? else { return Some(()) };
     if n == 0 {
         return Some(());
@@ -53,15 +85,7 @@ fn value(cur: &mut Cursor<'_>, found: &mut Vec<Claim>) -> Option<()> {
                 found.push(Claim::Cache(luid));
             }
         }
-        // Dictionary items are bare `[key, value]` pairs, not tagged lists.
-        Item::Bytes(t) if t == tag::DICTIONARY => {
-            for _ in 0..items {
-                match cur.next_item()? {
-                    Item::List(k) => (0..k).try_for_each(|_| value(cur, found))?,
-                    Item::BigInt { .. } | Item::Int(_) | Item::Bytes(_) | Item::Float(_) => {}
-                }
-            }
-        }
+        Item::Bytes(t) if t == tag::DICTIONARY => pending.push((Walk::DictItems, items)),
         // `[type_tag, luid, state]` under a tag that is not jelly's own: a Cacheable's first
         // sending.
         Item::Bytes(t) if items == 2 && Tag::classify(t) == Tag::Other => {
@@ -69,17 +93,17 @@ fn value(cur: &mut Cursor<'_>, found: &mut Vec<Claim>) -> Option<()> {
             if let Item::Int(luid) = ahead.next_item()? {
                 found.push(Claim::Cache(luid));
                 *cur = ahead;
+                pending.push((Walk::Values, 1));
             } else {
-                value(cur, found)?;
+                pending.push((Walk::Values, 2));
             }
-            value(cur, found)?;
         }
         Item::List(k) => {
-            // Not jelly (a list where a tag belongs); its items are still walked.
-            (0..k).try_for_each(|_| value(cur, found))?;
-            (0..items).try_for_each(|_| value(cur, found))?;
+            // Not jelly (a list where a tag belongs); its items are still walked, then the rest.
+            pending.push((Walk::Values, items));
+            pending.push((Walk::Values, k));
         }
-        _ => (0..items).try_for_each(|_| value(cur, found))?,
+        _ => pending.push((Walk::Values, items)),
     }
     Some(())
 }
@@ -129,6 +153,22 @@ mod tests {
         let found = references(&enc.out, Dialect::Pb, Limits::twisted(), 0);
         use Claim::*;
         assert_eq!(found, vec![Remote(3), Remote(4), Remote(5), Cache(6), Cache(7)]);
+    }
+
+    #[test]
+    fn deep_nesting_is_walked_without_recursion() {
+        // ["list", ["list", ... ["remote", 7] ...]] 100_000 deep, and as many bare lists.
+        let depth = 100_000;
+        let mut enc = Encoder::new(Dialect::Pb);
+        for _ in 0..depth {
+            enc.list(2).unwrap();
+            enc.bytes(b"list").unwrap();
+        }
+        tagged(&mut enc, b"remote", 7);
+        let limits = Limits { max_depth: usize::MAX, ..Limits::twisted() };
+        assert_eq!(references(&enc.out, Dialect::Pb, limits, 0), vec![Claim::Remote(7)]);
+        let bare = [[1, crate::banana::tb::LIST]].repeat(depth).concat();
+        assert_eq!(references(&bare, Dialect::Pb, limits, 0), vec![]);
     }
 
     #[test]
