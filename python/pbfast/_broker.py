@@ -923,7 +923,10 @@ def _luid(tag: bytes, items: list) -> int | bytes:
 
 
 def _short(value: object, limit: int = 200) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:  # a received value nested deeper than repr() goes
+        text = f"<{type(value).__name__} nested too deeply to show>"
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 

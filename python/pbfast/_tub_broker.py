@@ -86,7 +86,9 @@ class TubBroker:
         self.seqnum = 0
         self._link = link
         self._loop = asyncio.get_running_loop()
-        self._encoder = _core.FoolscapEncoder(self._slice)
+        # A Tub's max_depth bounds what it sends as well as what it accepts.
+        depth = {"max_depth": tub._limits["max_depth"]} if "max_depth" in tub._limits else {}
+        self._encoder = _core.FoolscapEncoder(self._slice, **depth)
         self._decoder = _core.FoolscapDecoder(self._unslice, **tub._limits)
         self._next_reqid = 1
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -761,21 +763,47 @@ def _copied_failure_state(error: RemoteError) -> list[tuple[str, Any]]:
 
 def _substitute(value: Any) -> Any:
     """`value` with each resolved `_Gift` replaced by its reference (gifts are rare, so this
-    walk only runs for messages that carried one)."""
-    if isinstance(value, _Gift):
-        return value.reference
-    if isinstance(value, list):
-        value[:] = [_substitute(v) for v in value]
-        return value
-    if isinstance(value, tuple):
-        return tuple(_substitute(v) for v in value)
-    if isinstance(value, dict):
-        for key in list(value):
-            value[key] = _substitute(value[key])
-        return value
-    if isinstance(value, (set, frozenset)):
-        return type(value)(_substitute(v) for v in value)
-    if hasattr(value, "__dict__") and not isinstance(value, type) and hasattr(value, "setCopyableState"):
-        for key, item in vars(value).items():
-            setattr(value, key, _substitute(item))
-    return value
+    walk only runs for messages that carried one). Lists, dicts and copies are changed in place,
+    tuples and sets rebuilt. The walk keeps its own stack rather than recursing, so no nesting
+    depth can exhaust Python's, and each container is walked once (shared or cyclic ones too)."""
+
+    def is_copy(obj: Any) -> bool:
+        return hasattr(obj, "__dict__") and not isinstance(obj, type) and hasattr(obj, "setCopyableState")
+
+    def items(obj: Any) -> list[Any]:
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            return list(obj)
+        if isinstance(obj, dict):
+            return list(obj.values())
+        return list(vars(obj).values()) if is_copy(obj) else []
+
+    done: dict[int, Any] = {}  # id of each container walked -> what replaces it
+
+    def new(obj: Any) -> Any:
+        return obj.reference if isinstance(obj, _Gift) else done.get(id(obj), obj)
+
+    entered: list[Any] = []  # keeps what `done` names alive, so ids stay unique
+    seen: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        obj, items_done = stack.pop()
+        if not items_done:
+            if isinstance(obj, _Gift) or id(obj) in seen or not (items(obj) or is_copy(obj)):
+                continue
+            seen.add(id(obj))
+            entered.append(obj)
+            stack.append((obj, True))
+            stack.extend((item, False) for item in items(obj))
+        elif isinstance(obj, list):
+            obj[:] = [new(v) for v in obj]
+        elif isinstance(obj, tuple):
+            done[id(obj)] = tuple(new(v) for v in obj)
+        elif isinstance(obj, dict):
+            for key in list(obj):
+                obj[key] = new(obj[key])
+        elif isinstance(obj, (set, frozenset)):
+            done[id(obj)] = type(obj)(new(v) for v in obj)
+        else:
+            for key, item in list(vars(obj).items()):
+                setattr(obj, key, new(item))
+    return new(value)

@@ -67,7 +67,8 @@ class Tub:
     ``negotiationTimeout`` (60 s), ``connectTimeout`` (60 s), ``unsafeTracebacks`` (False),
     ``logLocalFailures``, ``logRemoteFailures``, ``acceptGifts`` (True), the reconnection
     back-off ``reconnectInitialDelay``/``reconnectFactor``/``reconnectMaxDelay``/
-    ``reconnectJitter``, and the decoder limits ``max_element_size``/``max_depth``.
+    ``reconnectJitter``, and the decoder limits ``max_element_size``/``max_depth`` (``max_depth``
+    bounds the nesting of what the Tub sends too).
     """
 
     def __init__(
