@@ -135,6 +135,7 @@ impl Tag {
 /// `v`'s allocation, emptied, as a `Vec` of another element type of the same layout: a walk's
 /// stack, kept between calls (where the lifetimes its frames borrow for have ended) so that a
 /// small message costs no allocation. std collects a `Vec` in place when the layouts match.
+#[cfg_attr(not(feature = "python"), allow(dead_code))]
 pub(crate) fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
     v.clear();
     v.into_iter().map(|_| unreachable!("the vec is empty")).collect()
