@@ -48,7 +48,7 @@ impl Encoder {
     }
 
     /// A Twisted LIST header for `len` elements.
-    #[inline]
+    #[inline(always)]
     pub fn list(&mut self, len: usize) -> Result<(), BananaError> {
         if len > SIZE_LIMIT {
             return Err(BananaError::local(ErrorKind::TooLongToSend { what: "list/tuple", len }));

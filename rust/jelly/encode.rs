@@ -329,7 +329,8 @@ impl<'py> JellyEncoder<'py> {
                 },
                 Walk::Tuple { tuple, next } => {
                     while *next < tuple.len() {
-                        let item = tuple.get_item(*next)?;
+                        // SAFETY: `next < len(tuple)`, just checked (a tuple's length is fixed).
+                        let item = unsafe { tuple.get_item_unchecked(*next) };
                         *next += 1;
                         if !out.scalar(&item)? {
                             return Ok(Some(shareable(item)));

@@ -134,11 +134,17 @@ impl Tag {
 
 /// `v`'s allocation, emptied, as a `Vec` of another element type of the same layout: a walk's
 /// stack, kept between calls (where the lifetimes its frames borrow for have ended) so that a
-/// small message costs no allocation. std collects a `Vec` in place when the layouts match.
+/// small message costs no allocation.
 #[cfg_attr(not(feature = "python"), allow(dead_code))]
+#[inline]
 pub(crate) fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
+    const { assert!(size_of::<T>() == size_of::<U>() && align_of::<T>() == align_of::<U>()) };
     v.clear();
-    v.into_iter().map(|_| unreachable!("the vec is empty")).collect()
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: the allocation was made for `capacity` elements of `T`, which is the same layout as
+    // `capacity` elements of `U` (same size and alignment, checked above); the length is 0, so no
+    // element is read as a `U`.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<U>(), 0, v.capacity()) }
 }
 
 /// Parse the space-separated decimal fields of a `datetime`/`date`/`time`/`timedelta` body,

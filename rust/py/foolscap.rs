@@ -687,7 +687,8 @@ impl<'py> MessageWriter<'py, '_> {
                 }
                 Walk::Tuple { tuple, next, id } => {
                     while *next < tuple.len() {
-                        let item = tuple.get_item(*next)?;
+                        // SAFETY: `next < len(tuple)`, just checked (a tuple's length is fixed).
+                        let item = unsafe { tuple.get_item_unchecked(*next) };
                         *next += 1;
                         if !scalar::<true>(w, &item)? {
                             return Ok(Some(shareable(item)));
