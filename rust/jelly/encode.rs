@@ -14,8 +14,8 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
-    PyBool, PyBytes, PyDate, PyDateTime, PyDelta, PyDict, PyFloat, PyFrozenSet, PyInt, PyIterator, PyList, PySet,
-    PyString, PyTime, PyTuple, PyType,
+    PyBool, PyBytes, PyDate, PyDateTime, PyDelta, PyDict, PyFloat, PyFrozenSet, PyIterator, PyList, PySet, PyString,
+    PyTime, PyTuple, PyType,
 };
 use pyo3::types::{PyDateAccess, PyDeltaAccess, PyTimeAccess, PyTzInfoAccess};
 
@@ -57,6 +57,9 @@ struct Out {
     depth: usize,
     max_depth: usize,
 }
+
+/// An item to write, and whether something else may hold it (see [`maybe_shared`]).
+type Item<'py> = (Bound<'py, PyAny>, bool);
 
 /// A container being written: where the walk goes on once the item being written is done.
 enum Walk<'py> {
@@ -143,20 +146,24 @@ impl<'py> JellyEncoder<'py> {
     }
 
     fn walk(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
-        if !self.out.scalar(obj)? {
-            self.write(obj.clone(), true)?;
+        let mut next = if self.out.scalar(obj)? { None } else { self.write(obj.clone(), true)? };
+        loop {
+            while let Some((item, maybe_shared)) = next {
+                next = self.write(item, maybe_shared)?;
+            }
+            match self.step()? {
+                Some(item) => next = Some(item),
+                None => return Ok(()),
+            }
         }
-        while let Some((item, maybe_shared)) = self.step()? {
-            self.write(item, maybe_shared)?;
-        }
-        Ok(())
     }
 
-    /// Write `obj`, which is not a scalar (see [`Out::scalar`]), or open it if it is a container
-    /// (its items are then written by [`Self::step`]). `maybe_shared` false promises that
-    /// nothing else in this walk can reach it.
+    /// Write `obj`, which is not a scalar (see [`Out::scalar`]), or open it if it is a container:
+    /// as [`Self::open_walk`], an item of it may come back, to be written next (the rest are
+    /// written by [`Self::step`]). `maybe_shared` false promises that nothing else in this walk
+    /// can reach it.
     #[inline(always)]
-    fn write(&mut self, obj: Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
+    fn write(&mut self, obj: Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<Option<Item<'py>>> {
         if obj.is_exact_instance_of::<PyList>() {
             // SAFETY: the type was just checked.
             return self.list(unsafe { obj.cast_into_unchecked() }, maybe_shared);
@@ -169,7 +176,7 @@ impl<'py> JellyEncoder<'py> {
             // SAFETY: the type was just checked.
             return self.tuple(unsafe { obj.cast_into_unchecked() }, maybe_shared);
         }
-        self.write_other(obj, maybe_shared)
+        self.write_other(obj, maybe_shared).map(|()| None)
     }
 
     /// [`Self::write`] for the less common types.
@@ -254,38 +261,35 @@ impl<'py> JellyEncoder<'py> {
     }
 
     #[inline(always)]
-    fn list(&mut self, list: Bound<'py, PyList>, maybe_shared: bool) -> PyResult<()> {
+    fn list(&mut self, list: Bound<'py, PyList>, maybe_shared: bool) -> PyResult<Option<Item<'py>>> {
         if self.seen_again(list.as_any(), maybe_shared)? {
-            return Ok(());
+            return Ok(None);
         }
         let len = list.len();
         self.out.open(len + 1)?;
         self.out.enc.bytes(tag::LIST).map_err(PyBananaError::from)?;
-        self.stack.push(Walk::List { list, len, next: 0 });
-        Ok(())
+        self.open_walk(Walk::List { list, len, next: 0 })
     }
 
     #[inline(always)]
-    fn tuple(&mut self, tuple: Bound<'py, PyTuple>, maybe_shared: bool) -> PyResult<()> {
+    fn tuple(&mut self, tuple: Bound<'py, PyTuple>, maybe_shared: bool) -> PyResult<Option<Item<'py>>> {
         if self.seen_again(tuple.as_any(), maybe_shared)? {
-            return Ok(());
+            return Ok(None);
         }
         self.out.open(tuple.len() + 1)?;
         self.out.enc.bytes(tag::TUPLE).map_err(PyBananaError::from)?;
-        self.stack.push(Walk::Tuple { tuple, next: 0 });
-        Ok(())
+        self.open_walk(Walk::Tuple { tuple, next: 0 })
     }
 
     #[inline(always)]
-    fn dict(&mut self, dict: Bound<'py, PyDict>, maybe_shared: bool) -> PyResult<()> {
+    fn dict(&mut self, dict: Bound<'py, PyDict>, maybe_shared: bool) -> PyResult<Option<Item<'py>>> {
         if self.seen_again(dict.as_any(), maybe_shared)? {
-            return Ok(());
+            return Ok(None);
         }
         let len = dict.len();
         self.out.open(len + 1)?;
         self.out.enc.bytes(tag::DICTIONARY).map_err(PyBananaError::from)?;
-        self.stack.push(Walk::Dict { dict, len, pos: 0, written: 0, value: None, in_pair: false });
-        Ok(())
+        self.open_walk(Walk::Dict { dict, len, pos: 0, written: 0, value: None, in_pair: false })
     }
 
     fn set(&mut self, obj: Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
@@ -300,107 +304,31 @@ impl<'py> JellyEncoder<'py> {
         Ok(())
     }
 
-    /// Write the items of the open containers, innermost first, as far as they are scalars
-    /// (closing each container as it completes); return the first item that is not one (for
-    /// [`Self::write`]) with whether something else may hold it (see [`maybe_shared`]), or None
-    /// once every container is complete.
+    /// Write the items of the open containers, innermost first (closing each as it completes),
+    /// up to the first that is not a scalar: returned, for [`Self::write`]; None once every
+    /// container is complete.
     #[inline(always)]
-    fn step(&mut self) -> PyResult<Option<(Bound<'py, PyAny>, bool)>> {
-        loop {
-            let out = &mut self.out;
-            let Some(top) = self.stack.last_mut() else { return Ok(None) };
-            match top {
-                Walk::List { list, len, next } => loop {
-                    // Hook code may run while an item is written and shrink the list under us: check
-                    // the size each time, and hold each item by an owned reference while it is
-                    // serialized.
-                    if list.len() != *len {
-                        return Err(changed_size("list"));
-                    }
-                    if *next == *len {
-                        break;
-                    }
-                    // SAFETY: `next < len == len(list)` was just checked, with the GIL held.
-                    let item = unsafe { list.get_item_unchecked(*next) };
-                    *next += 1;
-                    if !out.scalar(&item)? {
-                        return Ok(Some(shareable(item)));
-                    }
-                },
-                Walk::Tuple { tuple, next } => {
-                    while *next < tuple.len() {
-                        // SAFETY: `next < len(tuple)`, just checked (a tuple's length is fixed).
-                        let item = unsafe { tuple.get_item_unchecked(*next) };
-                        *next += 1;
-                        if !out.scalar(&item)? {
-                            return Ok(Some(shareable(item)));
-                        }
-                    }
-                }
-                Walk::Dict { dict, len, pos, written, value, in_pair } => loop {
-                    if let Some(value) = value.take() {
-                        if !out.scalar(&value)? {
-                            return Ok(Some(shareable(value)));
-                        }
-                    }
-                    if *in_pair {
-                        *in_pair = false;
-                        out.close();
-                    }
-                    let mut key = std::ptr::null_mut();
-                    let mut item = std::ptr::null_mut();
-                    // SAFETY: PyDict_Next hands out borrowed pointers; both are turned into owned
-                    // references before any Python code (a hook) can run and mutate the dict.
-                    let pair = unsafe {
-                        (ffi::PyDict_Next(dict.as_ptr(), pos, &mut key, &mut item) != 0)
-                            .then(|| (Bound::from_borrowed_ptr(self.py, key), Bound::from_borrowed_ptr(self.py, item)))
-                    };
-                    let Some((key, item)) = pair else {
-                        if *written != *len || dict.len() != *len {
-                            return Err(changed_size("dict"));
-                        }
-                        break;
-                    };
-                    *written += 1;
-                    if *written > *len {
-                        return Err(changed_size("dict"));
-                    }
-                    out.open(2)?;
-                    *in_pair = true;
-                    *value = Some(item);
-                    if !out.scalar(&key)? {
-                        return Ok(Some(shareable(key)));
-                    }
-                },
-                Walk::Set { members, len, written } => {
-                    for member in members.by_ref() {
-                        *written += 1;
-                        if *written > *len {
-                            return Err(changed_size("set"));
-                        }
-                        let member = member?;
-                        if !out.scalar(&member)? {
-                            return Ok(Some(shareable(member)));
-                        }
-                    }
-                    if *written != *len {
-                        return Err(changed_size("set"));
-                    }
-                }
-                // A hook's items are always tracked.
-                Walk::Items { items, next } => {
-                    while *next < items.len() {
-                        let item = items.get_item(*next)?;
-                        *next += 1;
-                        if !out.scalar(&item)? {
-                            return Ok(Some((item, true)));
-                        }
-                    }
-                }
+    fn step(&mut self) -> PyResult<Option<Item<'py>>> {
+        while let Some(top) = self.stack.last_mut() {
+            if let Some(item) = self.out.items(top)? {
+                return Ok(Some(item));
             }
             self.stack.pop();
             self.out.close();
         }
+        Ok(None)
+    }
+
+    /// Open `walk`, a container whose header was just written: write its items as far as they
+    /// are scalars; if one is not, the container goes on the stack and that item is returned.
+    #[inline(always)]
+    fn open_walk(&mut self, mut walk: Walk<'py>) -> PyResult<Option<Item<'py>>> {
+        let item = self.out.items(&mut walk)?;
+        match item {
+            Some(_) => self.stack.push(walk),
+            None => self.out.close(),
+        }
+        Ok(item)
     }
 
     fn decimal(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
@@ -496,32 +424,40 @@ impl Out {
     /// written without leaving the container they are in); false if it is not one of those.
     #[inline(always)]
     fn scalar(&mut self, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
-        if let Ok(s) = obj.cast_exact::<PyString>() {
-            if self.depth >= self.max_depth {
-                return Err(self.too_deep());
+        let ty = obj.get_type_ptr();
+        // SAFETY: only the addresses of CPython's static type objects are taken; each cast
+        // below follows the check of its exact type.
+        unsafe {
+            if ty == &raw mut ffi::PyUnicode_Type {
+                if self.depth >= self.max_depth {
+                    return Err(self.too_deep());
+                }
+                // ["unicode", utf8]: "unicode" is no vocabulary word, so the prefix is fixed.
+                self.enc.out.extend_from_slice(b"\x02\x80\x07\x82unicode");
+                return match utf8_of(obj.cast_unchecked::<PyString>()) {
+                    Some(text) => self.enc.bytes(text).map(|()| true).map_err(|e| PyBananaError::from(e).into()),
+                    None => {
+                        Err(jelly_error("cannot send a str that is not valid Unicode (a lone surrogate)".into(), None))
+                    }
+                };
             }
-            // ["unicode", utf8]: "unicode" is no vocabulary word, so the prefix is fixed.
-            self.enc.out.extend_from_slice(b"\x02\x80\x07\x82unicode");
-            return match utf8_of(s) {
-                Some(text) => self.enc.bytes(text).map(|()| true).map_err(|e| PyBananaError::from(e).into()),
-                None => Err(jelly_error("cannot send a str that is not valid Unicode (a lone surrogate)".into(), None)),
-            };
-        }
-        if obj.is_exact_instance_of::<PyInt>() {
-            match int_value(obj)? {
-                Integer::Small(v) => self.enc.int(v),
-                Integer::Big(big) => self.enc.big_int(&big).map_err(PyBananaError::from)?,
+            if ty == &raw mut ffi::PyLong_Type {
+                match int_value(obj)? {
+                    Integer::Small(v) => self.enc.int(v),
+                    Integer::Big(big) => self.enc.big_int(&big).map_err(PyBananaError::from)?,
+                }
+            } else if ty == &raw mut ffi::PyFloat_Type {
+                self.enc.float(obj.cast_unchecked::<PyFloat>().value());
+            } else if ty == &raw mut ffi::PyBytes_Type {
+                self.enc.bytes(obj.cast_unchecked::<PyBytes>().as_bytes()).map_err(PyBananaError::from)?;
+            } else if obj.is_none() {
+                self.tagged(&[tag::NONE])?;
+            } else if ty == &raw mut ffi::PyBool_Type {
+                let atom = if obj.cast_unchecked::<PyBool>().is_true() { tag::TRUE } else { tag::FALSE };
+                self.tagged(&[tag::BOOLEAN, atom])?;
+            } else {
+                return Ok(false);
             }
-        } else if let Ok(f) = obj.cast_exact::<PyFloat>() {
-            self.enc.float(f.value());
-        } else if let Ok(b) = obj.cast_exact::<PyBytes>() {
-            self.enc.bytes(b.as_bytes()).map_err(PyBananaError::from)?;
-        } else if obj.is_none() {
-            self.tagged(&[tag::NONE])?;
-        } else if let Ok(b) = obj.cast_exact::<PyBool>() {
-            self.tagged(&[tag::BOOLEAN, if b.is_true() { tag::TRUE } else { tag::FALSE }])?;
-        } else {
-            return Ok(false);
         }
         Ok(true)
     }
@@ -534,6 +470,103 @@ impl Out {
         }
         self.close();
         Ok(())
+    }
+
+    /// Write the items of `walk` as far as they are scalars; return the first that is not one,
+    /// with whether something else may hold it (see [`maybe_shared`]), or None once all are
+    /// written.
+    #[inline(always)]
+    fn items<'py>(&mut self, walk: &mut Walk<'py>) -> PyResult<Option<Item<'py>>> {
+        match walk {
+            Walk::List { list, len, next } => loop {
+                // Hook code may run while an item is written and shrink the list under us: check
+                // the size each time, and hold each item by an owned reference while it is
+                // serialized.
+                if list.len() != *len {
+                    return Err(changed_size("list"));
+                }
+                if *next == *len {
+                    break;
+                }
+                // SAFETY: `next < len == len(list)` was just checked, with the GIL held.
+                let item = unsafe { list.get_item_unchecked(*next) };
+                *next += 1;
+                if !self.scalar(&item)? {
+                    return Ok(Some(shareable(item)));
+                }
+            },
+            Walk::Tuple { tuple, next } => {
+                while *next < tuple.len() {
+                    // SAFETY: `next < len(tuple)`, just checked (a tuple's length is fixed).
+                    let item = unsafe { tuple.get_item_unchecked(*next) };
+                    *next += 1;
+                    if !self.scalar(&item)? {
+                        return Ok(Some(shareable(item)));
+                    }
+                }
+            }
+            Walk::Dict { dict, len, pos, written, value, in_pair } => loop {
+                if let Some(value) = value.take() {
+                    if !self.scalar(&value)? {
+                        return Ok(Some(shareable(value)));
+                    }
+                }
+                if *in_pair {
+                    *in_pair = false;
+                    self.close();
+                }
+                let mut key = std::ptr::null_mut();
+                let mut item = std::ptr::null_mut();
+                // SAFETY: PyDict_Next hands out borrowed pointers; both are turned into owned
+                // references before any Python code (a hook) can run and mutate the dict.
+                let pair = unsafe {
+                    (ffi::PyDict_Next(dict.as_ptr(), pos, &mut key, &mut item) != 0)
+                        .then(|| (Bound::from_borrowed_ptr(dict.py(), key), Bound::from_borrowed_ptr(dict.py(), item)))
+                };
+                let Some((key, item)) = pair else {
+                    if *written != *len || dict.len() != *len {
+                        return Err(changed_size("dict"));
+                    }
+                    break;
+                };
+                *written += 1;
+                if *written > *len {
+                    return Err(changed_size("dict"));
+                }
+                self.open(2)?;
+                *in_pair = true;
+                *value = Some(item);
+                if !self.scalar(&key)? {
+                    return Ok(Some(shareable(key)));
+                }
+            },
+            Walk::Set { members, len, written } => {
+                for member in members.by_ref() {
+                    *written += 1;
+                    if *written > *len {
+                        return Err(changed_size("set"));
+                    }
+                    let member = member?;
+                    if !self.scalar(&member)? {
+                        return Ok(Some(shareable(member)));
+                    }
+                }
+                if *written != *len {
+                    return Err(changed_size("set"));
+                }
+            }
+            // A hook's items are always tracked.
+            Walk::Items { items, next } => {
+                while *next < items.len() {
+                    let item = items.get_item(*next)?;
+                    *next += 1;
+                    if !self.scalar(&item)? {
+                        return Ok(Some((item, true)));
+                    }
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// A list header one level deeper, within `max_depth`.
