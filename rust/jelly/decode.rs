@@ -17,7 +17,7 @@ use pyo3::types::{
     PyTuple,
 };
 
-use super::{parse_fields, tag, Tag};
+use super::{parse_fields, recycle, tag, Tag};
 use crate::banana::cursor::{Cursor, Item};
 use crate::banana::{Dialect, Integer, Limits};
 use crate::py::errors::{insecure_jelly, jelly_error, unpersistable};
@@ -194,8 +194,9 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
     ) -> JellyDecoder<'py, 'a> {
         let cur = Cursor::new(expr, dialect, limits);
         let refs = HashMap::new();
+        let stack = recycle(std::mem::take(&mut strings.frames.0));
         let rd = Reader { py, cur, base, refs, hook, strings, depth: 0, max_depth: limits.max_depth };
-        JellyDecoder { rd, stack: Vec::new() }
+        JellyDecoder { rd, stack }
     }
 
     /// Build the expression. With `whole`, bytes left after it are an error.
@@ -204,7 +205,13 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         // the half-built value again and again; nothing cyclic becomes garbage during a build.
         let _gc = GcPause::new();
         let pos = 0;
-        let built = self.value()?;
+        let built = self.value();
+        // Keep a stack of ordinary size for the next walk; one a deeply nested value grew goes.
+        let stack = std::mem::take(&mut self.stack);
+        if stack.capacity() <= 1 << 10 {
+            self.rd.strings.frames.0 = recycle(stack);
+        }
+        let built = built?;
         let rd = &self.rd;
         if whole && !rd.cur.at_end() {
             return Err(rd.error("bytes after the expression".into(), rd.cur.pos()));
@@ -813,10 +820,21 @@ impl<'py, 'a> Reader<'py, 'a> {
 }
 
 /// Recently decoded short dict keys, so a key that repeats is one object, created and hashed once
-/// (a decoder keeps its cache across messages).
+/// (a decoder keeps its cache across messages); and the allocation of the last walk's stack, so
+/// that the next message costs none.
 pub struct StrCache {
     slots: Vec<Option<CachedStr>>,
+    frames: SpareFrames,
 }
+
+/// An empty stack of frames (see [`recycle`]).
+#[derive(Default)]
+struct SpareFrames(Vec<Frame<'static, 'static>>);
+
+// SAFETY: the vec is always empty (it is recycled empty on the way in), so it holds no Python
+// references and may go to and be shared with other threads like any empty allocation.
+unsafe impl Send for SpareFrames {}
+unsafe impl Sync for SpareFrames {}
 
 /// A cached string, keyed by its length and [`key_of`] its bytes.
 struct CachedStr {
@@ -836,7 +854,7 @@ impl StrCache {
     const SLOTS: usize = 512;
 
     pub fn new() -> StrCache {
-        StrCache { slots: Vec::new() }
+        StrCache { slots: Vec::new(), frames: SpareFrames::default() }
     }
 
     /// The `str` for UTF-8 `bytes`; a `UnicodeDecodeError` if they are not UTF-8.
