@@ -327,7 +327,7 @@ fn deep_foolscap_in_a_small_stack() {
         let data = w.finish().0;
         let base = FoolscapLimits::foolscap();
         let limits = FoolscapLimits { banana: Limits { max_depth: DEEP + 1, ..base.banana }, ..base };
-        assert_eq!(foolscap_messages(&[data.clone()], &limits), Ok(1));
+        assert_eq!(foolscap_messages(std::slice::from_ref(&data), &limits), Ok(1));
         let shallow = FoolscapLimits { banana: Limits { max_depth: DEEP, ..base.banana }, ..base };
         let e = foolscap_messages(&[data], &shallow).unwrap_err();
         assert_eq!(e.kind, ErrorKind::TooDeep { limit: DEEP });
