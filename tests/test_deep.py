@@ -276,6 +276,23 @@ async def main():
 asyncio.run(main())
 """
 
+PB_CLIENT = """
+import asyncio
+
+
+async def main(port):
+    root = await pbfast.connect(f"tcp:host=127.0.0.1:port={port}", timeout=30)
+    call = lambda *args: asyncio.wait_for(root.callRemote(*args), 60)
+    # Arguments and answers at the default max_depth: the call's tuple, 997 lists and a None.
+    assert await call("depth", nested(997)) == 997
+    assert depth(await call("echo", nested(997))) == 997
+    await root.broker.close()
+
+
+# The whole client, its event loop, encoder (Sender) and decoder, in a 256 KiB thread.
+in_small_thread(lambda: asyncio.run(main(int(sys.argv[1]))))
+"""
+
 TUB_SERVER = """
 import asyncio
 
@@ -401,9 +418,13 @@ def test_a_pb_server_survives_a_deeply_nested_call() -> None:
         assert replies[1][0] == EV_ANSWER and replies[1][2] == DEEP - 1, replies[1]
         assert replies[2][0] != EV_ANSWER, replies[2]
         assert replies[3][0] == EV_ANSWER and replies[3][2] == 2, replies[3]
-        # And a new connection is served as well.
+        # And new connections are served as well, one from a pbfast client in a small thread.
         replies = pb_exchange(port, [(1, PbEncoder("pb").message(1, b"root", "depth", True, ([1],), {}))])
         assert replies[1][0] == EV_ANSWER and replies[1][2] == 1
+        client = PRELUDE + textwrap.dedent(PB_CLIENT) + "\nprint('OK')\n"
+        command = [sys.executable, "-c", client, str(port)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout + done.stderr
         assert server.alive()
     finally:
         err = server.stop()
