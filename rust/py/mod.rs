@@ -265,18 +265,14 @@ pub fn loads<'py>(
             return Err(crate::banana::BananaError::at(0, kind).into());
         }
         // One pass that builds and checks; the framer's validator only names a banana fault.
-        // Beyond a few bytes, the cache is this thread's, kept between calls as a decoder keeps
-        // its own (a nested call, from a hook, finds none and starts afresh).
-        let keep = bytes.len() > 64;
-        let mut strings = if keep { LOADS_CACHE.with(Cell::take).unwrap_or_default() } else { StrCache::new() };
+        // The cache is this thread's, kept between calls as a decoder keeps its own (a nested
+        // call, from a hook, finds none and starts afresh).
+        let mut strings = LOADS_CACHE.with(Cell::take).unwrap_or_default();
         let mut decoder = JellyDecoder::new(py, bytes, dialect, limits, 0, hook.as_ref(), &mut strings);
         // A banana fault anywhere outranks a jelly error met before it, as when a framer
         // validates a stream first.
         let value = decoder.build(true).map_err(|e| banana_fault(bytes, dialect, limits).unwrap_or(e));
-        drop(decoder);
-        if keep {
-            LOADS_CACHE.with(|cache| cache.set(Some(strings)));
-        }
+        LOADS_CACHE.with(|cache| cache.set(Some(strings)));
         value
     })
 }
