@@ -525,11 +525,10 @@ fn request_id(reqid: i64) -> PyResult<()> {
 /// `obj` as a `T`: of exactly that type, or (not `EXACT`) of a subclass too.
 #[inline(always)]
 fn cast<'a, 'py, T: PyTypeInfo, const EXACT: bool>(obj: &'a Bound<'py, PyAny>) -> Option<&'a Bound<'py, T>> {
-    if EXACT {
-        obj.cast_exact::<T>().ok()
-    } else {
-        obj.cast::<T>().ok()
-    }
+    // A check of the type and an unchecked cast: no error is made for the many misses.
+    let is = if EXACT { obj.is_exact_instance_of::<T>() } else { obj.is_instance_of::<T>() };
+    // SAFETY: `obj` was just found to be a `T`.
+    is.then(|| unsafe { obj.cast_unchecked::<T>() })
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
