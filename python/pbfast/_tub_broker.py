@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._failure import UNAVAILABLE, parents_of, remote_error
-from .cacheable import Cacheable, RemoteCache, RemoteCacheObserver
+from .cacheable import Cacheable, CacheLink, RemoteCache, RemoteCacheObserver
 from .copyable import Copyable, make_copy, unjellyableFor
 from .errors import BananaError, DeadReferenceError, NoSuchMethod, RemoteError, Violation, qualified_name
 from .furl import FURL
@@ -508,17 +508,17 @@ class TubBroker:
             raise Violation(
                 f"{qualified_name(type(cache))} is registered for a cacheable but is not a RemoteCache"
             )
-        cache._tub_link = _CacheLink(self, handle)
+        cache._cache_link = CacheLink(self, handle.luid, 0, handle)
         self._caches[handle.luid] = weakref.ref(cache)
         self._loop.call_soon(handle.callRemoteOnly, "subscribe", _CacheEndpoint(cache))
         return cache
 
-    def cache_died(self, clid: int, cache: RemoteCache) -> None:
+    def cache_died(self, link: CacheLink, cache: RemoteCache) -> None:
         """Keep a dying copy's state until the owner acknowledges the release (it may name the
         copy again meanwhile, without its state)."""
         if not self.disconnected:
-            attributes = {k: v for k, v in cache.__dict__.items() if k != "_tub_link"}
-            self._dying_caches[clid] = (type(cache), attributes)
+            attributes = {k: v for k, v in cache.__dict__.items() if k != "_cache_link"}
+            self._dying_caches[link.luid] = (type(cache), attributes)
 
     def watch(self, ref: RemoteReference) -> None:
         self._watched[id(ref)] = ref
@@ -673,17 +673,6 @@ class _CacheEndpoint(Referenceable):
         if cache is None:
             raise DeadReferenceError("the copy is gone")
         return cache.remoteMessageReceived(None, name, tuple(args), kwargs)  # type: ignore[arg-type]
-
-
-class _CacheLink:
-    """Kept on a copy: holds the owner's handle (so the owner keeps sending updates while the
-    copy lives) and reports the copy's death to the broker."""
-
-    __slots__ = ("broker", "handle")
-
-    def __init__(self, broker: TubBroker, handle: TubReference) -> None:
-        self.broker = broker
-        self.handle = handle
 
 
 def _forward(source: asyncio.Future[Any], destination: asyncio.Future[Any]) -> None:
