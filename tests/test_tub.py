@@ -98,7 +98,7 @@ async def serving(obj=None, name=None, **options):
         yield tub, furl
 
 
-async def settle(*tubs, key="exported", value=0):
+async def settle(*tubs, key="objects", value=0):
     """Wait (briefly) until each Tub's `key` statistic is `value`; the statistics then."""
     for _ in range(200):
         gc.collect()
@@ -267,18 +267,18 @@ def test_decref_empties_the_exporting_tables(run):
             children = [await ref.callRemote("child", str(i)) for i in range(5)]
             again = await ref.callRemote("child", "x")
             await ref.callRemote("keep", Child("held"))
-            assert server.statistics()["exported"] == 7  # root and six children
-            assert client.statistics()["exported"] == 1
+            assert server.statistics()["objects"] == 7  # root and six children
+            assert client.statistics()["objects"] == 1
             del children, again
             stats = await settle(server, value=1)
-            assert stats[0]["exported"] == 1
+            assert stats[0]["objects"] == 1
             await ref.callRemote("forget")
             await settle(client)
-            assert client.statistics()["exported"] == 0
+            assert client.statistics()["objects"] == 0
             del ref
             await settle(server)
-            assert server.statistics()["exported"] == 0
-            assert client.statistics()["imported"] == 0
+            assert server.statistics()["objects"] == 0
+            assert client.statistics()["proxies"] == 0
 
     run(main())
 
@@ -483,9 +483,11 @@ def test_connection_loss_fails_pending_calls(run):
             ref = await client.getReference(furl)
             call = ref.callRemote("slow", 1, delay=5)
             await asyncio.sleep(0.05)
-            await server.stopService()
-            with pytest.raises(pbfast.DeadReferenceError):
+            await server.stopService(grace=0)
+            with pytest.raises(pbfast.PBConnectionLost):
                 await call
+            with pytest.raises(pbfast.DeadReferenceError):
+                await ref.callRemote("slow", 1)
 
     run(main())
 

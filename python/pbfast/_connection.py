@@ -351,11 +351,14 @@ class Connection(asyncio.Protocol, abc.ABC):
         self.close_nowait()
         await asyncio.shield(self.closed)
 
-    def close_nowait(self) -> None:
-        """Start closing (see `close`). The peer's calls still running go on (as in Twisted);
-        their replies go nowhere."""
+    def close_nowait(self, reason: BaseException | None = None) -> None:
+        """Start closing (see `close`); `reason` is what our calls still waiting for replies
+        fail with (as the cause of a `PBConnectionLost`). The peer's calls still running go on
+        (as in Twisted); their replies go nowhere."""
         if self._closing:
             return
+        if reason is not None and self._reason is None:
+            self._reason = reason
         self._flush()
         self._closing = True
         self._finish_output()

@@ -143,8 +143,8 @@ class PbfastRoot(pbfast.Referenceable):
     def remote_table_sizes(self):
         stats = self.tub.statistics()
         return {
-            "exported": stats["exported"],
-            "imported": stats["imported"],
+            "exported": stats["objects"],
+            "imported": stats["proxies"],
             "gifts": stats["gifts"],
             "brokers": stats["connections"],
             "registered": stats["registered"],
@@ -349,7 +349,7 @@ def test_pbfast_references_with_foolscap(run):
             await settle(tub)
             after = await root.callRemote("table_sizes")
             assert (after["exported"], after["imported"]) == (1, 0), after
-            assert tub.statistics()["exported"] == 0
+            assert tub.statistics()["objects"] == 0
 
     run(main())
 
