@@ -15,7 +15,7 @@ import hmac
 import inspect
 import ipaddress
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._throttle import LoginQueue, LoginThrottle
@@ -191,7 +191,7 @@ class PortalRoot(Referenceable):
         self.broker = broker
         self._queue = LoginQueue()  # this connection's attempts waiting for the throttle
         if portal._throttle is not None:
-            _when_connection_lost(broker, self._queue.close)
+            broker.notifyOnDisconnect(self._queue.close)
 
     def remote_login(self, username: bytes | str) -> tuple[bytes, Challenger]:
         challenge = os.urandom(16)
@@ -280,11 +280,6 @@ def _source_address(broker: Broker) -> str:
     if peer:
         return peer if isinstance(peer, str) else repr(peer)
     return "local"
-
-
-def _when_connection_lost(broker: Broker, callback: Callable[[], object]) -> None:
-    """Run ``callback()`` when `broker`'s connection ends."""
-    broker.notifyOnDisconnect(callback)
 
 
 def _bytes(value: str | bytes) -> bytes:
