@@ -28,7 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "serve",
         help="serve an object on the PB wire (an endpoint) or in a Tub (a FURL)",
-        description="Serve an object until interrupted (Ctrl-C or SIGTERM). Without --tub, on "
+        description="Serve an object until interrupted (Ctrl-C or SIGTERM: new calls are refused, "
+        "running ones get --grace seconds to finish and send their replies, then the rest are cut "
+        "off and the command exits with status 0). Without --tub, on "
         "Twisted PB's wire: every connection gets the object as its root, and the client endpoint "
         "to call it is printed. With --tub, in a Tub (foolscap's wire, over TLS): the object's "
         "FURL is printed. The default object is a test service with echo(value), "
@@ -69,6 +71,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="(--tub) write the FURL there (and reuse the name a FURL already there has)",
     )
     parser.add_argument(
+        "--grace",
+        metavar="SECONDS",
+        type=_seconds,
+        default=10.0,
+        help="on SIGTERM or SIGINT, how long running calls may take to finish (default 10)",
+    )
+    parser.add_argument(
         "--unsafe-tracebacks",
         action="store_true",
         help="send tracebacks of failed calls to callers (they show file paths and code)",
@@ -88,10 +97,13 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve_pb(obj: Any, args: argparse.Namespace) -> int:
     options = {"unsafeTracebacks": True} if args.unsafe_tracebacks else {}
-    async with await serve(obj, args.endpoint, **options) as server:
+    server = await serve(obj, args.endpoint, **options)
+    try:
         print(f"serving {obj!r} on the PB wire", flush=True)
         print(f"call it at: {_client_endpoint(server.address)}", flush=True)
         await _until_stopped()
+    finally:
+        await server.shutdown(args.grace)
     return 0
 
 
@@ -101,7 +113,7 @@ async def _serve_tub(obj: Any, args: argparse.Namespace) -> int:
     tub = Tub(certFile=str(args.cert_file) if args.cert_file else None)
     if args.unsafe_tracebacks:
         tub.setOption("unsafeTracebacks", True)
-    async with tub:
+    try:
         listener = await tub.listenOn(args.endpoint)
         if args.location:
             tub.setLocation(*(hint.strip() for hint in args.location.split(",") if hint.strip()))
@@ -113,7 +125,19 @@ async def _serve_tub(obj: Any, args: argparse.Namespace) -> int:
         print(f"serving {obj!r} in Tub {tub.tubID}", flush=True)
         print(furl, flush=True)
         await _until_stopped()
+    finally:
+        await tub.stopService(args.grace)
     return 0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text!r}")
+    return value
 
 
 def _client_endpoint(address: Any) -> str:
@@ -132,17 +156,13 @@ def _host_hint(host: str) -> str:
 
 
 async def _until_stopped() -> None:
-    """Wait for SIGINT or SIGTERM (or Ctrl-C where signals cannot be handled by the loop)."""
+    """Wait for SIGINT or SIGTERM (or Ctrl-C where signals cannot be handled by the loop). The
+    handlers stay: a second signal during the shutdown's grace period does not interrupt it
+    (the grace period bounds it)."""
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
-    handled = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stopped.set)
-            handled.append(sig)
-    try:
-        await stopped.wait()
-        print("stopping", file=sys.stderr, flush=True)
-    finally:
-        for sig in handled:
-            loop.remove_signal_handler(sig)
+    await stopped.wait()
+    print("stopping", file=sys.stderr, flush=True)
