@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +21,7 @@ import pbfast.testing
 import pytest
 from connections import eventually, pbfast_records, settle
 from pbfast._throttle import LoginQueue, LoginThrottle
+from servers import ServeProcess
 from throttle_portal import portal as make_portal
 
 ADDRESS = "192.0.2.1"
@@ -421,34 +418,10 @@ def test_guessing_over_several_connections_is_throttled(run, caplog) -> None:
 
 
 def test_guessing_against_a_server_process(run) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pbfast", "serve", "--object", "throttle_portal:portal", LISTEN],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert process.stdout is not None
-        endpoint = None
-        for _ in range(10):
-            line = process.stdout.readline()
-            if not line or line.startswith("call it at: "):
-                endpoint = line.strip().removeprefix("call it at: ")
-                break
-        assert endpoint, f"pbfast serve printed no address (exit {process.poll()})"
-        figures = run(under_attack(endpoint))
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=15)
-        assert process.returncode == 0, stderr
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    with ServeProcess("--object", "throttle_portal:portal", LISTEN) as server:
+        figures = run(under_attack(server.address))
+        code, stderr = server.stop()
+    assert code == 0, stderr
     check_figures(figures, "pbfast serve process")
     assert "Traceback" not in stderr
     warnings = [line for line in stderr.splitlines() if "throttled" in line]

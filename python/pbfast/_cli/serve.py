@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import endpoints
 from ..cred import Portal
 from ..pb import run as run_loop
 from ..pb import serve
 from ..referenceable import Referenceable
 from ..tub import Tub
-from .common import EXIT_USAGE, CommandError, load_object
+from .common import EXIT_USAGE, CommandError, load_object, parse_arguments
 from .service import TestService
 
 __all__ = ["add_parser", "run", "DEFAULT_ENDPOINT"]
@@ -71,6 +72,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="(--tub) write the FURL there (and reuse the name a FURL already there has)",
     )
     parser.add_argument(
+        "-o",
+        "--option",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="a connection option, as a Python literal, e.g. max_in_flight=256, "
+        "handshake_timeout=5.0 or (--tub) negotiationTimeout=20 (repeat for more; see the "
+        "README's limits)",
+    )
+    parser.add_argument(
         "--grace",
         metavar="SECONDS",
         type=_seconds,
@@ -89,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     tub_only = [flag for flag in ("cert_file", "location", "name", "furl_file") if getattr(args, flag)]
     if tub_only and not args.tub:
         raise CommandError(f"--{tub_only[0].replace('_', '-')} needs --tub", EXIT_USAGE)
+    args.options = _options(args.option)
     obj = load_object(args.object) if args.object else TestService()
     if not isinstance(obj, Referenceable | Portal):
         raise CommandError(f"{args.object} is a {type(obj).__name__}, not a pbfast.Referenceable", EXIT_USAGE)
@@ -96,8 +108,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve_pb(obj: Any, args: argparse.Namespace) -> int:
-    options = {"unsafeTracebacks": True} if args.unsafe_tracebacks else {}
-    server = await serve(obj, args.endpoint, **options)
+    options = dict(args.options)
+    if args.unsafe_tracebacks:
+        options["unsafeTracebacks"] = True
+    endpoints.parse_server(args.endpoint)  # a bad endpoint is not a bad option
+    try:
+        server = await serve(obj, args.endpoint, **options)
+    except (TypeError, ValueError) as e:
+        raise CommandError(str(e), EXIT_USAGE) from None
     try:
         print(f"serving {obj!r} on the PB wire", flush=True)
         print(f"call it at: {_client_endpoint(server.address)}", flush=True)
@@ -113,6 +131,11 @@ async def _serve_tub(obj: Any, args: argparse.Namespace) -> int:
     tub = Tub(certFile=str(args.cert_file) if args.cert_file else None)
     if args.unsafe_tracebacks:
         tub.setOption("unsafeTracebacks", True)
+    for name, value in args.options.items():
+        try:
+            tub.setOption(name, value)
+        except (TypeError, ValueError) as e:
+            raise CommandError(str(e), EXIT_USAGE) from None
     try:
         listener = await tub.listenOn(args.endpoint)
         if args.location:
@@ -128,6 +151,14 @@ async def _serve_tub(obj: Any, args: argparse.Namespace) -> int:
     finally:
         await tub.stopService(args.grace)
     return 0
+
+
+def _options(texts: list[str]) -> dict[str, Any]:
+    """``--option`` values: ``NAME=literal`` each."""
+    args, options = parse_arguments(texts)
+    if args:
+        raise CommandError(f"--option takes NAME=VALUE, not {args[0]!r}", EXIT_USAGE)
+    return options
 
 
 def _seconds(text: str) -> float:
