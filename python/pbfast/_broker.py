@@ -174,13 +174,17 @@ class Broker(Connection):
             broken = None
         except Exception as exc:
             # The stream is broken at some point; the commands complete before it still count,
-            # but a handshake it breaks has failed.
+            # but a handshake it breaks has failed. (Its traceback would only lead back here.)
             events = getattr(exc, "events", None) or []
-            broken = exc
+            broken = exc.with_traceback(None)
             if not self.ready.done():
-                self.ready.set_exception(exc)
+                self.ready.set_exception(broken)
                 self.ready.exception()
         self._handle(events)
+        # The events may hold exceptions whose tracebacks lead back to this frame (a remote
+        # method run by the fast path raised): this frame must not keep them, or the two would
+        # make a cycle holding the connection until a garbage collection.
+        events = None
         if broken is not None and not self.disconnected:
             self._abort(broken, f"{broken}; closing the connection")
 
@@ -319,8 +323,8 @@ class Broker(Connection):
         try:
             result = await awaitable
         except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            # (No local for the task: this frame, kept by the error's traceback, would hold it.)
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
                 raise  # cancelled by us: the connection is ending (see `_cancel_calls`)
             # Something the method awaited was cancelled: the caller still gets a reply.
             self._fail(request_id, answer, exc, method)
@@ -362,10 +366,10 @@ class Broker(Connection):
             pass
         elif not ran or isinstance(exc, NoSuchMethod):
             log.warning(
-                "%r: %s%s (request %d) refused: %s", self, prefix, method[:200], request_id, short(exc)
+                "%s: %s%s (request %d) refused: %s", repr(self), prefix, method[:200], request_id, short(exc)
             )
         else:
-            log.error("%r: %s%s (request %d) raised", self, prefix, method, request_id, exc_info=exc)
+            log.error("%s: %s%s (request %d) raised", repr(self), prefix, method, request_id, exc_info=exc)
         if not answer or self._closing:
             return
         try:
@@ -373,7 +377,7 @@ class Broker(Connection):
             data = self._encode(self._encoder.error, request_id, failure)
         except Exception as again:
             # The failure itself did not encode (a value too large?): send a plain one.
-            log.error("%r: could not send the failure of request %d", self, request_id, exc_info=again)
+            log.error("%s: could not send the failure of request %d", repr(self), request_id, exc_info=again)
             data = self._encoder.error(
                 request_id, CopyableFailure(Error(f"{qualified_name(type(exc))} (unsendable)"))
             )
@@ -412,7 +416,7 @@ class Broker(Connection):
     def _on_decref(self, event: tuple) -> None:
         luid = event[1]
         if type(luid) is int and luid in self._caches:
-            log.warning("%r: the peer sent a decref for cached object %s; ignored", self, luid)
+            log.warning("%s: the peer sent a decref for cached object %s; ignored", repr(self), luid)
             return
         self._released_by_peer(luid, 1)
 
@@ -420,7 +424,7 @@ class Broker(Connection):
         luid = event[1]
         if type(luid) is not int or luid not in self._caches:
             log.warning(
-                "%r: the peer sent a decache for %s, which it does not hold; ignored", self, short(luid)
+                "%s: the peer sent a decache for %s, which it does not hold; ignored", repr(self), short(luid)
             )
             return
         self._released_by_peer(luid, 1, "decache")
@@ -437,12 +441,12 @@ class Broker(Connection):
     def _on_unknown(self, event: tuple) -> None:
         command = event[1]
         log.warning(
-            "%r: the peer sent an unknown command %s; answering didNotUnderstand", self, short(command)
+            "%s: the peer sent an unknown command %s; answering didNotUnderstand", repr(self), short(command)
         )
         self._write(self._encoder.command(b"didNotUnderstand", command))
 
     def _on_did_not_understand(self, event: tuple) -> None:
-        log.warning("%r: the peer did not understand our command %s", self, short(event[1]))
+        log.warning("%s: the peer did not understand our command %s", repr(self), short(event[1]))
 
     _HANDLERS = {
         EV_MESSAGE: _on_message,

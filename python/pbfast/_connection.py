@@ -340,6 +340,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         # Drop the decoder, encoder and the rest now: they refer back to this object, and the
         # buffers they hold must go with the connection, not with a later garbage collection.
         self._release()
+        self._reason = None  # its traceback may lead back here
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -438,7 +439,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         """End the connection now, dropping what is queued; running calls are cancelled."""
         if self.disconnected:
             return
-        log.debug("%r: cut off: %s", self, why)
+        log.debug("%s: cut off: %s", repr(self), why)
         self._closing = True
         if self._reason is None:
             self._reason = PBConnectionLost(why)
@@ -454,7 +455,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         DEBUG: this is no error."""
         if not self._tasks:
             return
-        log.debug("%r: cancelling %d running call(s): %s", self, len(self._tasks), why)
+        log.debug("%s: cancelling %d running call(s): %s", repr(self), len(self._tasks), why)
         for task in list(self._tasks):
             task.cancel(why)
 
@@ -572,7 +573,7 @@ class Connection(asyncio.Protocol, abc.ABC):
     def _internal_error(self, exc: Exception, event: tuple | None) -> None:
         # An exception escaping a handler is a bug here or in a hook; the connection's state
         # is unknown, so it ends (other connections are unaffected).
-        log.error("%r: internal error while handling %s", self, short(event), exc_info=exc)
+        log.error("%s: internal error while handling %s", repr(self), short(event), exc_info=exc)
         self._abort(exc, "internal error; closing the connection")
 
     # ------------------------------------------------------------------ limits and timers
@@ -652,7 +653,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         """End the connection at once for `reason` (logged at WARNING with `message`)."""
         if not self.disconnected and self._reason is None:
             if not logged:
-                log.warning("%r: %s", self, message)
+                log.warning("%s: %s", repr(self), message)
             self._reason = reason
         self._closing = True
         self._discard_output()
@@ -707,7 +708,10 @@ class Connection(asyncio.Protocol, abc.ABC):
         """The peer let go of `count` references to our object `luid`."""
         if type(luid) is not int or not 0 < luid < 1 << 64 or luid not in self._refs:
             log.warning(
-                "%r: the peer sent a %s for %s, which it does not hold; ignored", self, what, short(luid)
+                "%s: the peer sent a %s for %s, which it does not hold; ignored",
+                repr(self),
+                what,
+                short(luid),
             )
             return
         if self._refs.decref(luid, count):
@@ -722,7 +726,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         entry = self._pending.pop(request_id, None)
         if entry is None:
             log.warning(
-                "%r: the peer replied to request %r, which is not waiting for a reply", self, request_id
+                "%s: the peer replied to request %r, which is not waiting for a reply", repr(self), request_id
             )
             return None
         future, pins = entry

@@ -128,8 +128,9 @@ class TubBroker(Connection):
         # Set by negotiation, for the Tub's duplicate-connection decisions.
         self.peer_incarnation = ""
         self.seqnum = 0
-        self.ready: asyncio.Future[TubBroker] = self._loop.create_future()
-        """Resolves to this broker once negotiation is over."""
+        self.ready: asyncio.Future[None] = self._loop.create_future()
+        """Resolves once negotiation is over (to None: a result of this broker would be a
+        reference cycle)."""
         # Negotiation: the phase ("upgrade", "hello", "decision", then "banana"), the header
         # being read, our hello and the peer's, and the TLS session (from the upgrade on).
         self._phase = "banana" if loopback else "upgrade"
@@ -156,7 +157,7 @@ class TubBroker(Connection):
         self._queue: deque[tuple[int, int, str, tuple, dict, list[_Gift]]] = deque()
         self._queue_busy = False
         if loopback:
-            self.ready.set_result(self)
+            self.ready.set_result(None)
 
     def __repr__(self) -> str:
         role = f"client to {self.target}" if self.target else "server"
@@ -230,7 +231,7 @@ class TubBroker(Connection):
                 self._reason = PBConnectionLost(f"{self._peer_label()} closed the connection")
                 self.close_nowait()
         except NegotiationError as e:
-            self._refuse(e)
+            self._refuse(e.with_traceback(None))  # kept in `ready`: no cycle through its frames
         except TLSError as e:
             # The session is broken: nothing more goes through it but its alert.
             self._plain.clear()
@@ -397,7 +398,7 @@ class TubBroker(Connection):
         self._handshake_done()
         self.seqnum = seqnum
         self.tub._attach(self, master_connection)
-        self.ready.set_result(self)
+        self.ready.set_result(None)
 
     def _refuse(self, error: NegotiationError, *, tell: bool = True, logged: bool = False) -> None:
         """Tell the peer why, in the current phase's form, and close. A failure after
@@ -440,7 +441,7 @@ class TubBroker(Connection):
         and close."""
         if self._closing:
             return
-        log.warning("%r: %s; closing the connection", self, exc)
+        log.warning("%s: %s; closing the connection", repr(self), exc)
         if tell:
             self._send(_core.encode_tokens([("ERROR", str(exc).encode("utf-8", "replace"))], "foolscap"))
         self._reason = exc
@@ -499,7 +500,7 @@ class TubBroker(Connection):
 
     def _on_violation(self, event: tuple) -> None:
         _, what, reqid, message = event
-        log.warning("%r: refused a %s from Tub %s: %s", self, what, self.peer_tub_id, message)
+        log.warning("%s: refused a %s from Tub %s: %s", repr(self), what, self.peer_tub_id, message)
         if what == "call" and reqid:
             self._send_error(reqid, Violation(message))
         elif what in ("answer", "error") and reqid is not None:
@@ -567,8 +568,8 @@ class TubBroker(Connection):
         try:
             result = await awaitable
         except asyncio.CancelledError as e:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            # (No local for the task: this frame, kept by the error's traceback, would hold it.)
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
                 raise  # cancelled by us: the connection is ending (see `_cancel_calls`)
             self._send_error(reqid, e)
         except Exception as e:

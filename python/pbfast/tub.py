@@ -355,7 +355,8 @@ class Tub:
             _, broker = await loop.create_connection(
                 lambda: TubBroker(self, target=tub_id, host=host), host, port
             )
-            return await broker.ready
+            await broker.ready
+            return broker
         except asyncio.CancelledError:
             if broker is not None:
                 broker.close_nowait(PBConnectionLost("connection attempt cancelled"))
