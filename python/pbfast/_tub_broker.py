@@ -21,7 +21,15 @@ from . import _core
 from ._failure import UNAVAILABLE, parents_of, remote_error
 from .cacheable import Cacheable, RemoteCache, RemoteCacheObserver
 from .copyable import Copyable, make_copy, unjellyableFor
-from .errors import BananaError, DeadReferenceError, NoSuchMethod, RemoteError, Violation, qualified_name
+from .errors import (
+    BananaError,
+    DeadReferenceError,
+    NoSuchMethod,
+    PBConnectionLost,
+    RemoteError,
+    Violation,
+    qualified_name,
+)
 from .furl import FURL
 from .referenceable import Referenceable, RemoteReference, prefixed_method
 
@@ -588,7 +596,7 @@ class TubBroker:
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
-                lost = DeadReferenceError(f"the connection to Tub {self.peer_tub_id} was lost{why}")
+                lost = PBConnectionLost(f"the connection to Tub {self.peer_tub_id} was lost{why}")
                 lost.__cause__ = reason
                 future.set_exception(lost)
         handles, self._cache_handles = list(self._cache_handles.values()), {}

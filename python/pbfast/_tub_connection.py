@@ -4,7 +4,8 @@ Phases, for either role: the plaintext upgrade (the client asks ``GET /id/<tubid
 answers ``101``), TLS on the same socket (the Rust `TlsSession`, fed each chunk), each side's
 hello block, the master's decision block, and then banana for the `TubBroker`. Whoever sees a
 problem tells the peer in the current phase's own form (a ``500`` line, an error block, or a
-banana ERROR token) and closes.
+banana ERROR token) and closes. A peer that hangs up (TLS close_notify, or a TCP close) ends the
+connection at once: see `TubConnection._peer_hung_up`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from . import _core, _negotiate
 from ._negotiate import HeaderReader, Hello
 from ._tub_broker import TubBroker
-from .errors import NegotiationError, TLSError
+from .errors import NegotiationError, PBConnectionLost, TLSError
 
 if TYPE_CHECKING:
     from .tub import Tub
@@ -39,6 +40,8 @@ class TubConnection(asyncio.Protocol):
         self.client = target is not None
         self.broker: TubBroker | None = None
         self.ready: asyncio.Future[TubBroker] = asyncio.get_running_loop().create_future()
+        # Done once the socket is closed (after our close_notify has been written out).
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self._reader = HeaderReader()
         self._tls: Any = None
@@ -79,7 +82,14 @@ class TubConnection(asyncio.Protocol):
             self._refuse(e)
         except TLSError as e:
             self._abort(NegotiationError(f"TLS with {self._peer_name()} failed: {e}"))
+        if self._tls is not None and self._tls.closed and not self._closing:
+            self._peer_hung_up("sent TLS close_notify")
         self._flush()
+
+    def eof_received(self) -> bool:
+        if not self._closing:
+            self._peer_hung_up("closed the TCP connection without TLS close_notify")
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -96,6 +106,8 @@ class TubConnection(asyncio.Protocol):
             self.ready.exception()  # nobody may be waiting (a server connection)
         if self.broker is not None:
             self.broker.connection_lost(exc)
+        if not self.lost.done():
+            self.lost.set_result(None)
 
     # ------------------------------------------------------------------ the link the broker writes to
 
@@ -215,6 +227,22 @@ class TubConnection(asyncio.Protocol):
         self.broker = broker
         self.tub._attach(broker, master_connection)
         self.ready.set_result(broker)
+
+    # ------------------------------------------------------------------ the peer hangs up
+
+    def _peer_hung_up(self, how: str) -> None:
+        """The peer sent TLS close_notify or closed TCP: end the connection now, in any phase.
+
+        A Twisted peer (stock foolscap) that ends a connection sends close_notify and keeps its
+        socket open until our close_notify or TCP close arrives, so waiting for its TCP close
+        would leave both sides waiting forever. Answer with our close_notify (`close` writes it
+        after whatever is still queued), close the socket, and end the broker at once: its
+        pending calls fail with `PBConnectionLost` and the notifyOnDisconnect callbacks run.
+        """
+        if self.broker is None:
+            self._fail(NegotiationError(f"{self._peer_name()} {how} during negotiation"))
+        else:
+            self.close(PBConnectionLost(f"Tub {self.broker.peer_tub_id} {how}"))
 
     # ------------------------------------------------------------------ failures
 

@@ -56,6 +56,8 @@ _OPTIONS: dict[str, Any] = {
 }
 # Receive limits handed to the decoder (see `pbfast._core.FoolscapDecoder`).
 _LIMITS = ("max_element_size", "max_depth", "max_header_length")
+# How long `Tub.stopService` lets each socket write out its close_notify before dropping it.
+_CLOSE_GRACE = 2.0
 
 
 class Tub:
@@ -419,7 +421,8 @@ class Tub:
             raise RuntimeError("the Tub has been stopped")
 
     async def stopService(self) -> None:
-        """Stop listening, stop reconnecting and close every connection."""
+        """Stop listening, stop reconnecting and close every connection: each peer is sent TLS
+        close_notify, then its socket is closed (dropped if it has not drained within 2 s)."""
         if not self.running:
             return
         self.running = False
@@ -433,12 +436,21 @@ class Tub:
         brokers = list(self._brokers.values())
         if self._loopback is not None:
             brokers.append(self._loopback)
+        connections = list(self._connections)
         tasks = []
         for broker in brokers:
             broker.fail(reason, notify=False)
             tasks += broker.cancel_tasks()
-        for connection in list(self._connections):
+        for connection in connections:
             connection.close(reason)
+        # A peer that waits for our close_notify (as Twisted's TLS does) must get it: let the
+        # sockets drain and close, but not for longer than _CLOSE_GRACE.
+        closing = [connection.lost for connection in connections if not connection.lost.done()]
+        if closing:
+            await asyncio.wait(closing, timeout=_CLOSE_GRACE)
+        for connection in connections:
+            if not connection.lost.done() and connection.transport is not None:
+                connection.transport.abort()
         for listener in self._listeners:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listener.wait_closed(), 5)
