@@ -242,7 +242,7 @@ class TubConnection(asyncio.Protocol):
         if self.broker is None:
             self._fail(NegotiationError(f"{self._peer_name()} {how} during negotiation"))
         else:
-            self.close(PBConnectionLost(f"Tub {self.broker.peer_tub_id} {how}"))
+            self.close(PBConnectionLost(f"the peer {how}"))
 
     # ------------------------------------------------------------------ failures
 

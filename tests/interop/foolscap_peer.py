@@ -27,8 +27,9 @@ Usage::
 ``client FURL SCENARIO``
     A client-only Tub (no listener; ``--cert`` chooses its identity) gets FURL, runs SCENARIO (one
     of :data:`SCENARIOS`, see the ``scenario_*`` functions for what each reports), prints one line
-    ``RESULT <json>`` and exits 0; on any unexpected failure, or after 30 s, it prints ``ERROR
-    <json string>`` and exits 1. The object behind FURL must offer the methods of
+    ``RESULT <json>`` and exits 0; on any unexpected failure, or after 30 s, or when its Tub's
+    ``stopService`` afterwards takes over 5 s (the peer did not close its end), it prints
+    ``ERROR <json string>`` and exits 1. The object behind FURL must offer the methods of
     :class:`PeerRoot`. Values are reported with :func:`tag`: ``{"type": "bytes", "hex": ...}``,
     ``{"type": "int", "value": "-5"}``, ... so a test can compare them exactly.
     ``gift`` needs ``--third FURL2``, the root of another server (the third Tub). ``hangup``
@@ -779,6 +780,19 @@ def scenario_bad_tubid(tub, opts):
 
 
 @defer.inlineCallbacks
+def _stop_tub(tub, limit):
+    """Stop `tub`, giving up after `limit` seconds: how long it took, or None if it did not end
+    in time. (It is timed: a timeout cancels the DeferredList inside ``stopService``, which
+    then succeeds all the same.)"""
+    started = time.monotonic()
+    stopping = tub.stopService()
+    stopping.addTimeout(limit, reactor)
+    yield stopping.addErrback(lambda _: None)
+    seconds = time.monotonic() - started
+    return seconds if seconds < limit else None
+
+
+@defer.inlineCallbacks
 def scenario_hangup(tub, root, opts):
     """The other side stops its Tub on our cue. With ``sleep(30)`` pending we call
     ``hello("hangup")`` (the cue) and wait up to HANGUP_WAIT s for the disconnect: ``noticed``
@@ -803,11 +817,8 @@ def scenario_hangup(tub, root, opts):
         "connected": root.isConnected(),
         "after": (yield outcome(root.callRemote("echo", 1))),
     }
-    started = time.monotonic()
-    stopping = tub.stopService()
-    stopping.addTimeout(HANGUP_WAIT, reactor)
-    kind, _ = yield capture(stopping)
-    report["stop"] = {"completed": kind == "ok", "seconds": time.monotonic() - started}
+    seconds = yield _stop_tub(tub, HANGUP_WAIT)
+    report["stop"] = {"completed": seconds is not None, "seconds": seconds}
     return report
 
 
@@ -884,14 +895,16 @@ def run_client(opts):
             tub.setOption("disconnectTimeout", 2)
         tub.startService()
         try:
-            return (yield _run_scenario(tub, opts))
+            result = yield _run_scenario(tub, opts)
         finally:
-            # Hang up properly (TLS close) rather than by process exit, but the result matters
-            # more than a slow goodbye.
+            # Hang up properly (TLS close) rather than by process exit. stopService waits for
+            # each connection to close, which needs the peer to answer our close_notify.
+            hung_up = True
             if tub.running:
-                stopping = tub.stopService()
-                stopping.addTimeout(STOP_WAIT, reactor)
-                yield stopping.addErrback(lambda _: None)
+                hung_up = (yield _stop_tub(tub, STOP_WAIT)) is not None
+        if not hung_up:
+            raise RuntimeError(f"stopService took over {STOP_WAIT} s: the peer kept the connection open")
+        return result
 
     return _run_with_timeout(work)
 

@@ -489,8 +489,8 @@ def test_stock_tub_notices_pbfast_stopping(run):
             await asyncio.gather(client, return_exceptions=True)
             await tub.stopService()
         print(
-            f"pbfast stop {stopped:.3f} s; the stock Tub noticed after {result['noticed']:.3f} s, "
-            f"its stop took {result['stop']['seconds']:.3f} s; its process ended {exited:.3f} s after ours"
+            f"pbfast stop {stopped:.3f} s; the stock Tub noticed after {result['noticed']} s, its stop "
+            f"{result['stop']}; its process ended {exited:.3f} s after our stop began"
         )
         assert stopped < 1, stopped
         assert result["noticed"] is not None and result["noticed"] < 1, result
