@@ -340,7 +340,8 @@ class Connection(asyncio.Protocol, abc.ABC):
         # Drop the decoder, encoder and the rest now: they refer back to this object, and the
         # buffers they hold must go with the connection, not with a later garbage collection.
         self._release()
-        self._reason = None  # its traceback may lead back here
+        # Kept for diagnosis, without its traceback: that would lead back to this connection.
+        _drop_tracebacks(self._reason)
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -557,7 +558,7 @@ class Connection(asyncio.Protocol, abc.ABC):
             self.close_nowait()
 
     def _update_held(self) -> None:
-        self._held = self._writing_paused or len(self._tasks) >= self.options.max_in_flight
+        self._held = self._writing_paused or len(self._tasks) >= self.options.max_in_flight or self._holding()
 
     def _pause_reading(self, limit: str, detail: str) -> None:
         if not self._reading_paused and not self._closing:
@@ -833,6 +834,10 @@ class Connection(asyncio.Protocol, abc.ABC):
         """The peer holds our object `luid` no more."""
         self._objects.pop(luid, None)
 
+    def _holding(self) -> bool:
+        """Whether the wire itself holds calls back for now (besides back-pressure)."""
+        return False
+
     def _handshake_limit(self) -> tuple[str, Any]:
         """The name and value of the handshake timeout, as this wire's users know it."""
         return "handshake_timeout", self.options.handshake_timeout
@@ -952,6 +957,15 @@ def memory_pair(client: asyncio.Protocol, server: asyncio.Protocol) -> None:
     server_end.peer, client_end.peer = client_end, server_end
     client.connection_made(client_end)
     server.connection_made(server_end)
+
+
+def _drop_tracebacks(exc: BaseException | None) -> None:
+    """Clear the tracebacks of `exc` and the exceptions it was raised from or during."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
 
 
 def peer_name(transport: asyncio.BaseTransport) -> str:

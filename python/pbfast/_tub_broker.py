@@ -22,7 +22,6 @@ import asyncio
 import inspect
 import logging
 import weakref
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from . import _core, _negotiate
@@ -153,9 +152,8 @@ class TubBroker(Connection):
         self._cache_handles: dict[int, _CacheHandle] = {}
         # Gifts met while decoding the current chunk, until its events claim them.
         self._unresolved: list[_Gift] = []
-        # Calls waiting behind one whose gifts are being fetched.
-        self._queue: deque[tuple[int, int, str, tuple, dict, list[_Gift]]] = deque()
-        self._queue_busy = False
+        # A call's gifts are being fetched: later calls wait (held, in order) until it runs.
+        self._fetching_gifts = False
         if loopback:
             self.ready.set_result(None)
 
@@ -285,6 +283,9 @@ class TubBroker(Connection):
     def _idle_limit(self) -> str:
         return "disconnectTimeout"
 
+    def _holding(self) -> bool:
+        return self._fetching_gifts
+
     def _keepalive_interval(self) -> float | None:
         return self.tub.keepaliveTimeout
 
@@ -312,7 +313,6 @@ class TubBroker(Connection):
             handle.stop()
         self._gifts.clear()
         self._gift_ids.clear()
-        self._queue.clear()
         self._unresolved.clear()
         if self._phase == "banana":
             self.tub._broker_lost(self)
@@ -464,9 +464,9 @@ class TubBroker(Connection):
 
     def _on_call(self, event: tuple) -> None:
         _, reqid, clid, method, args, kwargs, *gifts = event
-        if gifts or self._queue_busy:
-            self._queue.append((reqid, clid, method, args, kwargs, gifts[0] if gifts else []))
-            self._drain_queue()
+        if gifts:
+            self._fetching_gifts = self._held = True
+            self._start_call(self._deliver_with_gifts(reqid, clid, method, args, kwargs, gifts[0]))
         else:
             self._deliver(reqid, clid, method, args, kwargs)
 
@@ -594,25 +594,17 @@ class TubBroker(Connection):
             return
         self._send(self._encoder.error(reqid, failure_state(exc, self.options.unsafeTracebacks)))
 
-    def _drain_queue(self) -> None:
-        if not self._queue_busy and self._queue:
-            self._queue_busy = True
-            self._start_call(self._run_queue())
-
-    async def _run_queue(self) -> None:
+    async def _deliver_with_gifts(
+        self, reqid: int, clid: int, method: str, args: tuple, kwargs: dict, gifts: list[_Gift]
+    ) -> None:
         try:
-            while self._queue and not self._closing:
-                reqid, clid, method, args, kwargs, gifts = self._queue.popleft()
-                if gifts:
-                    try:
-                        await self._resolve(gifts)
-                    except Exception as e:
-                        self._send_error(reqid, e)
-                        continue
-                    args, kwargs = _substitute(args), _substitute(kwargs)
-                self._deliver(reqid, clid, method, args, kwargs)
+            await self._resolve(gifts)
+        except Exception as e:
+            self._send_error(reqid, e)
+        else:
+            self._deliver(reqid, clid, method, _substitute(args), _substitute(kwargs))
         finally:
-            self._queue_busy = False
+            self._fetching_gifts = False  # the calls held meanwhile run once this task is done
 
     async def _resolve(self, gifts: list[_Gift]) -> None:
         """Connect to each gift's Tub, then tell the giver it may let go."""
