@@ -186,6 +186,7 @@ class Broker(Connection):
         # make a cycle holding the connection until a garbage collection.
         events = None
         if broken is not None and not self.disconnected:
+            self._flush()  # the replies to what came before the break still go out
             self._abort(broken, f"{broken}; closing the connection")
 
     def _buffered(self) -> int:

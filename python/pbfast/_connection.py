@@ -241,6 +241,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         self._budget_share = 0
         self._limits_logged: set[str] = set()
         self._last_received = self._loop.time()
+        self._idle_watched = False  # whether `_last_received` is kept (a clock read per chunk)
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
@@ -269,7 +270,8 @@ class Connection(asyncio.Protocol, abc.ABC):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        self._last_received = self._loop.time()
+        if self._idle_watched:
+            self._last_received = self._loop.time()
         self._receiving = True
         try:
             self._receive(data)
@@ -479,7 +481,7 @@ class Connection(asyncio.Protocol, abc.ABC):
 
     def _handle(self, events: list[tuple]) -> None:
         """Dispatch received events in order; calls are held back (`_defer`) while we cannot
-        take more."""
+        take more. What they write goes out at the end of the chunk (`data_received`)."""
         handlers = self._HANDLERS
         calls = self._CALL_KINDS
         event = None
@@ -496,7 +498,6 @@ class Connection(asyncio.Protocol, abc.ABC):
             self._internal_error(exc, event)
         finally:
             self._receiving = False
-            self._flush()
 
     def _defer(self, event: tuple) -> None:
         """Hold a received call until we can take it; past `backlog` held calls stop reading,
@@ -623,6 +624,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         """Wake when the peer will have been silent for the idle timeout or the keepalive
         interval, whichever comes first."""
         intervals = [t for t in (self.options.idle_timeout, self._keepalive_interval()) if t]
+        self._idle_watched = bool(intervals)
         if intervals and not self.disconnected:
             due = self._last_received + min(intervals)
             self._idle_timer = self._loop.call_at(max(due, self._loop.time() + 0.001), self._check_idle)
