@@ -16,7 +16,7 @@ from ..pb import run as run_loop
 from ..pb import serve
 from ..referenceable import Referenceable
 from ..tub import Tub
-from .common import EXIT_USAGE, CommandError, load_object, parse_arguments
+from .common import EXIT_USAGE, CommandError, load_object, parse_arguments, parse_duration
 from .service import TestService
 
 __all__ = ["add_parser", "run", "DEFAULT_ENDPOINT"]
@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="serve an object on the PB wire (an endpoint) or in a Tub (a FURL)",
         description="Serve an object until interrupted (Ctrl-C or SIGTERM: new calls are refused, "
-        "running ones get --grace seconds to finish and send their replies, then the rest are cut "
+        "running ones get --grace to finish and send their replies, then the rest are cut "
         "off and the command exits with status 0). Without --tub, on "
         "Twisted PB's wire: every connection gets the object as its root, and the client endpoint "
         "to call it is printed. With --tub, in a Tub (foolscap's wire, over TLS): the object's "
@@ -83,10 +83,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--grace",
-        metavar="SECONDS",
-        type=_seconds,
+        metavar="DURATION",
+        type=parse_duration,
         default=10.0,
-        help="on SIGTERM or SIGINT, how long running calls may take to finish (default 10)",
+        help="on SIGTERM or SIGINT, how long running calls may take to finish, like 10s or 500ms "
+        "(default 10s)",
     )
     parser.add_argument(
         "--unsafe-tracebacks",
@@ -159,16 +160,6 @@ def _options(texts: list[str]) -> dict[str, Any]:
     if args:
         raise CommandError(f"--option takes NAME=VALUE, not {args[0]!r}", EXIT_USAGE)
     return options
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text!r}")
-    return value
 
 
 def _client_endpoint(address: Any) -> str:
