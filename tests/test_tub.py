@@ -679,3 +679,27 @@ def test_cacheable_between_pbfast_tubs(run):
             assert copy.value == 1
 
     run(main())
+
+
+def test_statistics_share_the_names_of_pb_connections(run):
+    shared = ("objects", "proxies", "cached", "pending", "in_flight", "backlog", "buffered")
+
+    async def main():
+        async with pbfast.Tub() as idle:
+            assert idle.statistics() == {
+                "connections": 0,
+                **dict.fromkeys(shared, 0),
+                "gifts": 0,
+                "caches": 0,
+                "registered": 0,
+            }
+        async with serving() as (server, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            assert await ref.callRemote("echo", 1) == 1
+            pb_root, pb_server = await pbfast.testing.connected_pair(pbfast.Root())
+            assert set(ref.broker.statistics()) == {*pb_server.statistics(), "gifts"}
+            assert set(pb_server.statistics()) == {*shared, "caches"}
+            assert client.statistics()["connections"] == 1 and client.statistics()["proxies"] == 1
+            await pb_root.broker.close()
+
+    run(main())

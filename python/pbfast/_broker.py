@@ -74,6 +74,7 @@ class Broker(Connection):
     """
 
     _CALL_KINDS = frozenset({EV_MESSAGE, EV_CACHEMESSAGE, EV_BAD_CALL, EV_UNKNOWN, EV_AWAITING})
+    STATISTICS = (*Connection.STATISTICS, "caches")
 
     def __init__(
         self,

@@ -191,6 +191,16 @@ class Connection(asyncio.Protocol, abc.ABC):
     # The kinds of release `release` and `cache_died` queue for `_write_release`.
     _DECREF: ClassVar[bytes] = b"decref"
     _DECACHE: ClassVar[bytes] = b"decache"
+    # The keys of `statistics()` (a wire adds its own).
+    STATISTICS: ClassVar[tuple[str, ...]] = (
+        "objects",
+        "proxies",
+        "cached",
+        "pending",
+        "in_flight",
+        "backlog",
+        "buffered",
+    )
 
     def __init__(
         self, options: ConnectionOptions, *, server: bool, group: set[Connection] | None = None

@@ -113,6 +113,7 @@ class TubBroker(Connection):
     """
 
     _CALL_KINDS = frozenset({FS_CALL})
+    STATISTICS = (*Connection.STATISTICS, "gifts", "caches")
 
     def __init__(
         self, tub: Tub, *, target: str | None = None, host: str = "", loopback: bool = False

@@ -416,13 +416,13 @@ class Tub:
         """`Connection.statistics` summed over the Tub's connections (the two ends of its
         connection to itself included), with ``connections`` (those counted) and
         ``registered`` (objects registered by name)."""
-        totals = {"connections": 0}
+        totals = {"connections": 0, **dict.fromkeys(TubBroker.STATISTICS, 0)}
         for broker in list(self._connections):
             if not isinstance(broker, TubBroker) or broker._phase != "banana":
                 continue
             totals["connections"] += 1
             for key, value in broker.statistics().items():
-                totals[key] = totals.get(key, 0) + value
+                totals[key] += value
         totals["registered"] = len(self._names)
         return totals
 
