@@ -22,7 +22,7 @@ import asyncio
 import inspect
 import logging
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _core, _negotiate
 from ._connection import Connection, ConnectionOptions, run_callback
@@ -53,9 +53,6 @@ from .errors import (
 )
 from .furl import FURL
 from .referenceable import Referenceable, RemoteReference, prefixed_method
-
-if TYPE_CHECKING:
-    from .tub import Tub
 
 __all__ = ["TubBroker", "TubReference"]
 
@@ -106,7 +103,7 @@ class TubBroker(Connection):
     """One connection of a Tub, to the Tub `peer_tub_id` (known once negotiation is over).
 
     Args:
-        tub: the Tub the connection belongs to.
+        tub: the `pbfast.Tub` the connection belongs to.
         target: (client) the TubID dialled.
         host: (client) the host name dialled, for the upgrade request.
         loopback: one end of a Tub's in-memory connection to itself: no negotiation, no TLS.
@@ -116,7 +113,7 @@ class TubBroker(Connection):
     STATISTICS = (*Connection.STATISTICS, "gifts", "caches")
 
     def __init__(
-        self, tub: Tub, *, target: str | None = None, host: str = "", loopback: bool = False
+        self, tub: Any, *, target: str | None = None, host: str = "", loopback: bool = False
     ) -> None:
         options: ConnectionOptions = tub.options
         super().__init__(options, server=target is None, group=tub._connections)

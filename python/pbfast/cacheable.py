@@ -19,7 +19,7 @@ from .errors import DeadReferenceError
 from .referenceable import prefixed_method
 
 if TYPE_CHECKING:
-    from ._broker import Broker
+    from ._connection import Connection
 
 __all__ = ["CacheLink", "Cacheable", "RemoteCache", "RemoteCacheObserver"]
 
@@ -79,7 +79,7 @@ class RemoteCacheObserver:
 
     __slots__ = ("broker", "cacheable", "perspective", "luid")
 
-    def __init__(self, broker: Broker, cacheable: Cacheable, perspective: Any, luid: int) -> None:
+    def __init__(self, broker: Connection, cacheable: Cacheable, perspective: Any, luid: int) -> None:
         self.broker = broker
         self.cacheable = cacheable
         self.perspective = perspective

@@ -23,7 +23,7 @@ from .errors import RemoteError, UnauthorizedLogin
 from .referenceable import Referenceable, RemoteReference
 
 if TYPE_CHECKING:
-    from ._broker import Broker
+    from ._connection import Connection
 
 __all__ = [
     "ANONYMOUS",
@@ -186,7 +186,7 @@ class Portal:
 class PortalRoot(Referenceable):
     """The root a portal's connection serves: ``login`` and ``loginAnonymous``."""
 
-    def __init__(self, portal: Portal, broker: Broker) -> None:
+    def __init__(self, portal: Portal, broker: Connection) -> None:
         self.portal = portal
         self.broker = broker
         self._queue = LoginQueue()  # this connection's attempts waiting for the throttle
@@ -263,7 +263,7 @@ async def login_over(root: RemoteReference, credentials: Any, mind: Any) -> Remo
         raise
 
 
-def _source_address(broker: Broker) -> str:
+def _source_address(broker: Connection) -> str:
     """The address logins over `broker`'s connection are throttled by: the peer's IP address
     (an IPv4-mapped IPv6 address as IPv4), else the peer name its transport gives, else one
     key shared by every such connection."""
