@@ -281,6 +281,14 @@ class TubBroker(Connection):
     def _idle_limit(self) -> str:
         return "disconnectTimeout"
 
+    def _limit_value(self, limit: str) -> Any:
+        # The two timeouts go by foolscap's names here; their values are the options' fields.
+        if limit == "negotiationTimeout":
+            return self.options.handshake_timeout
+        if limit == "disconnectTimeout":
+            return self.options.idle_timeout
+        return super()._limit_value(limit)
+
     def _holding(self) -> bool:
         return self._fetching_gifts
 
