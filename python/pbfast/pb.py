@@ -47,6 +47,7 @@ class Server:
         self._listener.close()
         for broker in list(self.brokers):
             broker.close_nowait()
+            broker._cancel_calls("the server is closing")
 
     async def wait_closed(self) -> None:
         """Wait until the listener and every connection are closed."""
