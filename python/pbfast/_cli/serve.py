@@ -84,8 +84,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--grace",
         metavar="DURATION",
-        type=parse_duration,
-        default=10.0,
+        default="10s",
         help="on SIGTERM or SIGINT, how long running calls may take to finish, like 10s or 500ms "
         "(default 10s)",
     )
@@ -101,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     tub_only = [flag for flag in ("cert_file", "location", "name", "furl_file") if getattr(args, flag)]
     if tub_only and not args.tub:
         raise CommandError(f"--{tub_only[0].replace('_', '-')} needs --tub", EXIT_USAGE)
+    args.grace = _grace(args.grace)
     args.options = _options(args.option)
     obj = load_object(args.object) if args.object else TestService()
     if not isinstance(obj, Referenceable | Portal):
@@ -156,10 +156,20 @@ async def _serve_tub(obj: Any, args: argparse.Namespace) -> int:
 
 def _options(texts: list[str]) -> dict[str, Any]:
     """``--option`` values: ``NAME=literal`` each."""
-    args, options = parse_arguments(texts)
-    if args:
-        raise CommandError(f"--option takes NAME=VALUE, not {args[0]!r}", EXIT_USAGE)
+    for text in texts:
+        name, sep, _ = text.partition("=")
+        if not sep or not name.isidentifier():
+            raise CommandError(f"--option takes NAME=VALUE, not {text!r}", EXIT_USAGE)
+    _, options = parse_arguments(texts)
     return options
+
+
+def _grace(text: str) -> float:
+    """``--grace``, checked here rather than by argparse (whose errors come with the usage)."""
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise CommandError(f"--grace: {e}", EXIT_USAGE) from None
 
 
 def _client_endpoint(address: Any) -> str:
