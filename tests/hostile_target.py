@@ -2,21 +2,29 @@
 ``pbfast serve --object hostile_target:Target`` (with ``tests/`` on PYTHONPATH).
 
 With ``PBFAST_TEST_NO_GC=1`` in the environment the server runs with the cyclic garbage
-collector off, so what a closed connection leaves behind shows in its memory at once.
+collector off, so what a closed connection leaves behind shows in its memory at once. With
+``PBFAST_TEST_LOOP=asyncio`` it runs on asyncio's own event loop even where uvloop is installed
+(``pbfast serve`` imports this module before it starts its loop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import os
+import sys
 import weakref
 from typing import Any
 
 import pbfast
+from pbfast._connection import Connection
 
 if os.environ.get("PBFAST_TEST_NO_GC") == "1":
     gc.disable()
+
+if os.environ.get("PBFAST_TEST_LOOP") == "asyncio":
+    sys.modules["uvloop"] = None  # type: ignore[assignment]  # `import uvloop` now fails
 
 
 class Child(pbfast.Referenceable):
@@ -25,15 +33,18 @@ class Child(pbfast.Referenceable):
 
 
 class Target(pbfast.Root):
-    """echo, slow, payload, new_ref, children, running and rss, for the hostile tests."""
+    """echo, slow, payload, new_ref, children, running, served, connections, rss, collect and
+    garbage, for the hostile tests."""
 
     def __init__(self) -> None:
         self._children: weakref.WeakSet[Child] = weakref.WeakSet()
         self.running = 0
         self.most_running = 0
         self.finished = 0
+        self.served: collections.Counter[str] = collections.Counter()
 
     def remote_echo(self, value: Any = None) -> Any:
+        self.served["echo"] += 1
         return value
 
     async def remote_slow(self, seconds: float, value: Any = None) -> Any:
@@ -48,9 +59,11 @@ class Target(pbfast.Root):
         return value
 
     def remote_payload(self, size: int) -> bytes:
+        self.served["payload"] += 1
         return b"x" * size
 
     def remote_new_ref(self) -> Child:
+        self.served["new_ref"] += 1
         child = Child()
         self._children.add(child)
         return child
@@ -62,6 +75,20 @@ class Target(pbfast.Root):
     def remote_running(self) -> dict[str, int]:
         return {"running": self.running, "most": self.most_running, "finished": self.finished}
 
+    def remote_served(self) -> dict[str, int]:
+        """How many calls of echo, payload and new_ref have run (over all connections)."""
+        return dict(self.served)
+
+    def remote_connections(self) -> dict[str, dict[str, Any]]:
+        """The open connections of this process, by their peer's address (``host:port``): for
+        each, whether it is reading from its peer and its ``statistics()``. (Found among the
+        objects the garbage collector tracks, which does not run a collection.)"""
+        found = {}
+        for obj in gc.get_objects():
+            if isinstance(obj, Connection) and not obj.disconnected and obj.transport is not None:
+                found[obj.peer] = {"reading": obj.transport.is_reading(), **obj.statistics()}
+        return found
+
     def remote_rss(self) -> int:
         """This process's resident memory, in bytes."""
         return rss(os.getpid())
@@ -70,6 +97,19 @@ class Target(pbfast.Root):
         """Run the cyclic garbage collector: how many unreachable objects it found (a server
         whose connections leave no cycles behind finds next to none)."""
         return gc.collect()
+
+    def remote_garbage(self) -> dict[str, int]:
+        """Run the cyclic garbage collector and say what it found unreachable: how many objects
+        of each type (``module.qualname``)."""
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            gc.collect()
+        finally:
+            gc.set_debug(0)
+        found = collections.Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage)
+        gc.garbage.clear()
+        gc.collect()  # what was kept for the count goes now
+        return dict(found)
 
 
 def rss(pid: int) -> int:

@@ -5,6 +5,9 @@
 (``address``: a client endpoint or a FURL), and stops it with a signal. Use it as a context
 manager, or call `stop` (and `kill` in a ``finally``): a test must never leave one running.
 
+Its stderr goes to a temporary file, not a pipe, so a server that logs a lot never blocks on a
+full pipe; `stderr` reads what it has written so far, at any time.
+
 ``tests/`` has no ``__init__.py``: test modules import this with ``from servers import ...``.
 """
 
@@ -14,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -32,10 +36,11 @@ class ServeProcess:
     FURL), `lines` everything it printed up to that."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 30) -> None:
+        self._stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pbfast", "serve", *args],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._stderr,
             text=True,
             env=env if env is not None else tests_env(),
         )
@@ -47,9 +52,7 @@ class ServeProcess:
             while time.monotonic() < deadline:
                 line = self.process.stdout.readline()
                 if not line:
-                    raise AssertionError(
-                        f"pbfast serve ended: {self.process.wait()} {self.process.stderr.read()}"
-                    )
+                    raise AssertionError(f"pbfast serve ended: {self.process.wait()} {self.stderr()}")
                 self.lines.append(line.rstrip("\n"))
                 if line.startswith(("pb://", "call it at: ")):
                     self.address = line.strip().removeprefix("call it at: ")
@@ -63,17 +66,32 @@ class ServeProcess:
         """Send `sig` and wait for the process to end: its exit code and stderr."""
         self.process.send_signal(sig)
         try:
-            _, stderr = self.process.communicate(timeout=timeout)
+            self.process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise
-        return self.process.returncode, stderr
+        self._keep_stderr()
+        return self.process.returncode, self.stderr()
 
     def kill(self) -> None:
         """End the process now, if it is still running."""
         if self.process.poll() is None:
             self.process.kill()
         self.process.communicate()
+        self._keep_stderr()
+
+    def _keep_stderr(self) -> None:
+        """The process has ended: keep what it wrote to stderr, and close the file."""
+        if not self._stderr.closed:
+            self._stderr_text = self.stderr()
+            self._stderr.close()
+
+    def stderr(self) -> str:
+        """What the process has written to stderr so far (all of it once it has ended)."""
+        if self._stderr.closed:
+            return self._stderr_text
+        fd = self._stderr.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
 
     def rss(self) -> int:
         """The process's resident memory (Linux), in bytes."""
