@@ -42,7 +42,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import pbfast
@@ -124,41 +123,11 @@ async def stops_reading(transport: asyncio.BaseTransport, *, at_least: int = 32 
     raise AssertionError(f"the peer never filled our receive buffer ({last} bytes unread)")
 
 
-class Drain:
-    """Reads a `ServeProcess`'s stderr in a thread, so that a server logging a line per
-    connection cannot fill the pipe and block; `lines` is what it printed. `stop` signals the
-    process and times its exit; leaving the ``with`` block kills it if it still runs."""
-
-    def __init__(self, server: ServeProcess) -> None:
-        self.process = server.process
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 15.0) -> tuple[int, float]:
-        """Send `sig`; the exit status and the seconds from the signal to the exit."""
-        started = time.monotonic()
-        self.process.send_signal(sig)
-        code = self.process.wait(timeout)
-        elapsed = time.monotonic() - started
-        self._thread.join(5)
-        return code, elapsed
-
-    def __enter__(self) -> Drain:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._thread.join(5)
+def timed_stop(server: ServeProcess, sig: signal.Signals, timeout: float) -> tuple[int, float]:
+    """Send `sig`; the exit status and the seconds from the signal to the exit."""
+    started = time.monotonic()
+    code, _ = server.stop(sig, timeout)
+    return code, time.monotonic() - started
 
 
 class IdleFlood:
@@ -339,7 +308,7 @@ def test_idle_flood_is_closed_by_the_handshake_timeout(run, wire: str) -> None:
     args = [LISTEN, "--object", "hostile_target:Target", "-o", f"{limit}={timeout}"]
     if wire == "tub":
         args.insert(0, "--tub")
-    with fd_limit(2 * count + 200), ServeProcess(*args) as server, Drain(server) as drain:
+    with fd_limit(2 * count + 200), ServeProcess(*args) as server:
         port = port_of(server.address)
 
         async def main() -> dict[str, Any]:
@@ -383,7 +352,7 @@ def test_idle_flood_is_closed_by_the_handshake_timeout(run, wire: str) -> None:
             }
 
         got = run(main(), timeout=90)
-        code, _ = drain.stop(signal.SIGTERM)
+        code, stderr = server.stop(signal.SIGTERM)
 
     assert got["error"] is None, got["error"]
     assert got["closed"] == count, f"{count - got['closed']} connections were never closed"
@@ -403,11 +372,12 @@ def test_idle_flood_is_closed_by_the_handshake_timeout(run, wire: str) -> None:
     assert got["own_fds"][1] <= got["own_fds"][0] + 5, got["own_fds"]
     assert code == 0
     pattern = re.compile(rf"peer {re.escape(HOST)}:(\d+) reached {limit}={timeout}\b")
-    warned = collections.Counter(int(m[1]) for line in drain.lines if (m := pattern.search(line)))
+    lines = stderr.splitlines()
+    warned = collections.Counter(int(m[1]) for line in lines if (m := pattern.search(line)))
     # One WARNING for each connection of the flood, and for no other.
-    assert set(warned) == got["ports"], (len(warned), len(got["ports"]), drain.lines[:3])
+    assert set(warned) == got["ports"], (len(warned), len(got["ports"]), lines[:3])
     assert set(warned.values()) == {1}, warned.most_common(3)
-    assert not any("Traceback" in line for line in drain.lines)
+    assert not any("Traceback" in line for line in lines)
     print(
         f"\n{wire}: {count} idle connections closed after {min(times):.2f}-{max(times):.2f} s "
         f"(median {statistics.median(times):.2f}); {len(latencies)} calls meanwhile, p99 "
@@ -549,7 +519,7 @@ def test_signal_with_a_peer_that_does_not_read(run, wire: str, sig: signal.Signa
     args = [LISTEN, "--object", "shutdown_target:Target", "--grace", str(grace)]
     if wire == "tub":
         args.insert(0, "--tub")
-    with ServeProcess(*args) as server, Drain(server) as drain:
+    with ServeProcess(*args) as server:
 
         async def main() -> dict[str, Any]:
             good = await open_client(wire, server.address)
@@ -567,7 +537,7 @@ def test_signal_with_a_peer_that_does_not_read(run, wire: str, sig: signal.Signa
                 else:
                     raise AssertionError("the slow calls never started")
                 signalled = time.monotonic()
-                stopping = asyncio.ensure_future(asyncio.to_thread(drain.stop, sig, grace + 10))
+                stopping = asyncio.ensure_future(asyncio.to_thread(timed_stop, server, sig, grace + 10))
                 assert await asyncio.wait_for(answer, grace) == "in time"
                 answered_after = time.monotonic() - signalled
                 code, elapsed = await stopping
@@ -588,7 +558,7 @@ def test_signal_with_a_peer_that_does_not_read(run, wire: str, sig: signal.Signa
 
         got = run(main(), timeout=60)
 
-    lines = drain.lines
+    lines = server.stderr().splitlines()
     assert got["code"] == 0, lines
     # The peer that does not read kept the server for the grace period, and no longer.
     assert grace - 0.5 <= got["elapsed"] <= grace + 2, got["elapsed"]
