@@ -193,6 +193,9 @@ class Broker(Connection):
     def _buffered(self) -> int:
         return self._decoder.buffered
 
+    def _drop_input(self) -> None:
+        self._decoder = None
+
     def _take_output(self) -> bytes | None:
         sender = self._sender
         return sender.take() if sender is not None else None

@@ -118,21 +118,19 @@ class ConnectionOptions:
         return cls(**plain, limits=limits)
 
 
-def check_option(name: str, value: Any) -> None:
-    """Raise ValueError unless `value` suits the connection option `name`."""
-    if name == "unsafeTracebacks":
+def check_option(field: str, value: Any, name: str | None = None) -> None:
+    """Raise ValueError unless `value` suits the connection option `field` (called `name` in
+    the error, where its users know it by another name)."""
+    name = name or field
+    if field == "unsafeTracebacks":
         return
-    if name in ("handshake_timeout", "idle_timeout"):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
-        ):
+    if field in ("handshake_timeout", "idle_timeout"):
+        seconds = isinstance(value, int | float) and not isinstance(value, bool)
+        if value is not None and not (seconds and value > 0):
             raise ValueError(f"{name} must be a positive number of seconds or None, not {value!r}")
         return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or value < (0 if name == "max_element_size" else 1)
-    ):
+    count = isinstance(value, int) and not isinstance(value, bool)
+    if not (count and value >= (0 if field == "max_element_size" else 1)):
         raise ValueError(f"{name} must be a positive integer, not {value!r}")
 
 
@@ -191,6 +189,8 @@ class Connection(asyncio.Protocol, abc.ABC):
     # The kinds of release `release` and `cache_died` queue for `_write_release`.
     _DECREF: ClassVar[bytes] = b"decref"
     _DECACHE: ClassVar[bytes] = b"decache"
+    # The wire's own names for option fields, where its users know them by others.
+    _OPTION_NAMES: ClassVar[dict[str, str]] = {}
     # The keys of `statistics()` (a wire adds its own).
     STATISTICS: ClassVar[tuple[str, ...]] = (
         "objects",
@@ -287,13 +287,14 @@ class Connection(asyncio.Protocol, abc.ABC):
             self._receive(data)
         finally:
             self._receiving = False
-        held = self._buffered()
-        if held != self._budget_share and not self._closing:
-            self._account(held)
-        if self._backlog and not self._closing:
-            self._backlog_bytes += len(data)
-            if self._backlog_bytes >= BACKLOG_BYTES:
-                self._pause_reading("backlog", f"{self._backlog_bytes} bytes of calls are waiting")
+        if not self._closing:
+            held = self._buffered()
+            if held != self._budget_share:
+                self._account(held)
+            if self._backlog:
+                self._backlog_bytes += len(data)
+                if self._backlog_bytes >= BACKLOG_BYTES:
+                    self._pause_reading("backlog", f"{self._backlog_bytes} bytes of calls are waiting")
         self._flush()
 
     def eof_received(self) -> bool:
@@ -591,15 +592,14 @@ class Connection(asyncio.Protocol, abc.ABC):
     # ------------------------------------------------------------------ limits and timers
 
     def _limit_reached(self, limit: str, detail: str) -> None:
-        """Log, once per connection and limit, that the peer reached `limit`."""
+        """Log, once per connection and limit, that the peer reached `limit` (an option field,
+        or ``memory_budget``), under the name this wire's users know it by."""
         if limit in self._limits_logged:
             return
         self._limits_logged.add(limit)
-        value = _budget.limit if limit == "memory_budget" else self._limit_value(limit)
-        log.warning("peer %s reached %s=%s: %s", self.peer, limit, value, detail)
-
-    def _limit_value(self, limit: str) -> Any:
-        return getattr(self.options, limit, None)
+        value = _budget.limit if limit == "memory_budget" else getattr(self.options, limit)
+        name = self._OPTION_NAMES.get(limit, limit)
+        log.warning("peer %s reached %s=%s: %s", self.peer, name, value, detail)
 
     def _account(self, held: int) -> None:
         """Count what the decoder now holds against the memory budget; the connection that
@@ -620,10 +620,11 @@ class Connection(asyncio.Protocol, abc.ABC):
 
     def _handshake_timed_out(self) -> None:
         self._handshake_timer = None
-        limit, value = self._handshake_limit()
-        message = f"no handshake within {limit}={value} s; closing"
-        self._limit_reached(limit, message)
-        self._timed_out(LimitExceeded(message, limit))
+        timeout = self.options.handshake_timeout
+        name = self._OPTION_NAMES.get("handshake_timeout", "handshake_timeout")
+        message = f"no handshake within {name}={timeout} s; closing"
+        self._limit_reached("handshake_timeout", message)
+        self._timed_out(LimitExceeded(message, name))
 
     def _handshake_done(self) -> None:
         if self._handshake_timer is not None:
@@ -646,10 +647,10 @@ class Connection(asyncio.Protocol, abc.ABC):
         idle = self._loop.time() - self._last_received
         timeout = self.options.idle_timeout
         if timeout and idle >= timeout:
-            limit = self._idle_limit()
-            message = f"no data for {idle:.1f} s, past {limit}={timeout}; closing"
-            self._limit_reached(limit, message)
-            self._timed_out(LimitExceeded(message, limit))
+            name = self._OPTION_NAMES.get("idle_timeout", "idle_timeout")
+            message = f"no data for {idle:.1f} s, past {name}={timeout}; closing"
+            self._limit_reached("idle_timeout", message)
+            self._timed_out(LimitExceeded(message, name))
             return
         keepalive = self._keepalive_interval()
         if keepalive and idle >= keepalive:
@@ -670,6 +671,7 @@ class Connection(asyncio.Protocol, abc.ABC):
             self._reason = reason
         self._closing = True
         self._discard_output()
+        self._drop_input()  # what it holds of an incomplete message goes now, not at the close
         if self.transport is not None:
             self.transport.abort()
 
@@ -831,6 +833,10 @@ class Connection(asyncio.Protocol, abc.ABC):
         """Drop what is waiting to be written (the connection is being cut off)."""
         self._take_output()
 
+    def _drop_input(self) -> None:
+        """Drop the bytes held for an incomplete message (the connection is being cut off and
+        will read nothing more)."""
+
     def _finish_output(self) -> None:
         """Write what ends the stream in an orderly way (a TLS close_notify), if anything."""
 
@@ -849,13 +855,6 @@ class Connection(asyncio.Protocol, abc.ABC):
     def _holding(self) -> bool:
         """Whether the wire itself holds calls back for now (besides back-pressure)."""
         return False
-
-    def _handshake_limit(self) -> tuple[str, Any]:
-        """The name and value of the handshake timeout, as this wire's users know it."""
-        return "handshake_timeout", self.options.handshake_timeout
-
-    def _idle_limit(self) -> str:
-        return "idle_timeout"
 
     def _keepalive_interval(self) -> float | None:
         return None

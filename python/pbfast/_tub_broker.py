@@ -110,6 +110,8 @@ class TubBroker(Connection):
     """
 
     _CALL_KINDS = frozenset({FS_CALL})
+    # foolscap's names for two of the options.
+    _OPTION_NAMES = {"handshake_timeout": "negotiationTimeout", "idle_timeout": "disconnectTimeout"}
     STATISTICS = (*Connection.STATISTICS, "gifts", "caches")
 
     def __init__(
@@ -237,6 +239,9 @@ class TubBroker(Connection):
     def _buffered(self) -> int:
         return self._decoder.buffered
 
+    def _drop_input(self) -> None:
+        self._decoder = None
+
     def _take_output(self) -> bytes | None:
         if self._plain:
             data = b"".join(self._plain) if len(self._plain) > 1 else self._plain[0]
@@ -274,20 +279,6 @@ class TubBroker(Connection):
             obj = self._objects.pop(-luid, None)  # a callable
         if isinstance(obj, _CacheHandle):
             obj.stop()
-
-    def _handshake_limit(self) -> tuple[str, Any]:
-        return "negotiationTimeout", self.options.handshake_timeout
-
-    def _idle_limit(self) -> str:
-        return "disconnectTimeout"
-
-    def _limit_value(self, limit: str) -> Any:
-        # The two timeouts go by foolscap's names here; their values are the options' fields.
-        if limit == "negotiationTimeout":
-            return self.options.handshake_timeout
-        if limit == "disconnectTimeout":
-            return self.options.idle_timeout
-        return super()._limit_value(limit)
 
     def _holding(self) -> bool:
         return self._fetching_gifts

@@ -50,7 +50,7 @@ _OPTIONS: dict[str, Any] = {
 }
 # foolscap's names for two of the connection options: from TCP connect to the end of
 # negotiation (60 s), and the silence after which a connection is dropped (None: never).
-_FOOLSCAP_NAMES = {"negotiationTimeout": "handshake_timeout", "disconnectTimeout": "idle_timeout"}
+_FOOLSCAP_NAMES = {name: field for field, name in TubBroker._OPTION_NAMES.items()}
 # The connection options a Tub takes under their own names (send remote callers full
 # tracebacks: foolscap's default is on, but they show file paths, so ours is off).
 _SHARED = ("unsafeTracebacks", "max_in_flight", "backlog", "max_refs", "max_proxies", *RECEIVE_LIMITS)
@@ -129,7 +129,7 @@ class Tub:
             field = name
         else:
             raise TypeError(f"unknown Tub option {name!r}")
-        check_option(field, value)
+        check_option(field, value, name)
         if field in RECEIVE_LIMITS:
             self.options = dataclasses.replace(self.options, limits={**self.options.limits, field: value})
         else:
