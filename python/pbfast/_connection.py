@@ -366,10 +366,10 @@ class Connection(asyncio.Protocol, abc.ABC):
         self.close_nowait()
         await asyncio.shield(self.closed)
 
-    def close_nowait(self, reason: BaseException | None = None) -> None:
+    def close_nowait(self, reason: BaseException | None = None, *, cancel: bool = False) -> None:
         """Start closing (see `close`); `reason` is what our calls still waiting for replies
         fail with (as the cause of a `PBConnectionLost`). The peer's calls still running go on
-        (as in Twisted); their replies go nowhere."""
+        (as in Twisted; their replies go nowhere), or with `cancel` are cancelled."""
         if self._closing:
             return
         if reason is not None and self._reason is None:
@@ -377,6 +377,8 @@ class Connection(asyncio.Protocol, abc.ABC):
         self._flush()
         self._closing = True
         self._finish_output()
+        if cancel:
+            self._cancel_calls(f"the connection to {self.peer} is closing")
         self.transport.close()
         if self.transport.get_write_buffer_size() and not self.disconnected:
             self._abort_timer = self._loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
@@ -454,12 +456,8 @@ class Connection(asyncio.Protocol, abc.ABC):
         if self.disconnected:
             return
         log.debug("%s: cut off: %s", repr(self), why)
-        self._closing = True
-        if self._reason is None:
-            self._reason = PBConnectionLost(why)
         self._cancel_calls(why)
-        self._discard_output()
-        self.transport.abort()
+        self._abort(PBConnectionLost(why), why, logged=True)
 
     def _side(self) -> str:
         return "the server" if self.server else "the client"

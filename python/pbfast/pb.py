@@ -46,8 +46,7 @@ class Server:
         not read is cut off after `pbfast._connection.CLOSE_TIMEOUT` seconds."""
         self._listener.close()
         for broker in list(self.brokers):
-            broker.close_nowait()
-            broker._cancel_calls("the server is closing")
+            broker.close_nowait(cancel=True)
 
     async def wait_closed(self) -> None:
         """Wait until the listener and every connection are closed."""
