@@ -102,6 +102,7 @@ class Broker(Connection):
         # one crossing. Once the connection is gone, the class's own methods answer instead.
         self.call = self._sender.call
         self.call_only = self._sender.call_only
+        self._take_output = self._sender.take
         # Our Cacheables the peer holds copies of: luid -> (cacheable, observer); counts in `_refs`.
         self._caches: dict[int, tuple[Cacheable, RemoteCacheObserver]] = {}
         # ViewPoints while the peer holds them, by (id(perspective), id(viewable)).
@@ -181,7 +182,8 @@ class Broker(Connection):
             if not self.ready.done():
                 self.ready.set_exception(broken)
                 self.ready.exception()
-        self._handle(events)
+        if events:
+            self._handle(events)
         # The events may hold exceptions whose tracebacks lead back to this frame (a remote
         # method run by the fast path raised): this frame must not keep them, or the two would
         # make a cycle holding the connection until a garbage collection.
@@ -190,15 +192,11 @@ class Broker(Connection):
             self._flush()  # the replies to what came before the break still go out
             self._abort(broken, f"{broken}; closing the connection")
 
-    def _buffered(self) -> int:
-        return self._decoder.buffered
-
     def _drop_input(self) -> None:
         self._decoder = None
 
     def _take_output(self) -> bytes | None:
-        sender = self._sender
-        return sender.take() if sender is not None else None
+        return None  # the connection is gone (while open, the sender's `take` stands here)
 
     def _output_size(self) -> int:
         return self._sender.size
@@ -245,7 +243,7 @@ class Broker(Connection):
     def _release(self) -> None:
         self._sender.close()
         self._decoder = self._encoder = self._sender = None
-        del self.call, self.call_only
+        del self.call, self.call_only, self._take_output
 
     def _write(self, data: bytes) -> None:
         self._sender.write(data)

@@ -247,6 +247,8 @@ class Connection(asyncio.Protocol, abc.ABC):
         self._writing_paused = False
         self._reading_paused = False
         self._writable: asyncio.Future[None] | None = None
+        # The wire's decoder: `buffered` is what it holds of incomplete messages.
+        self._decoder: Any = None
         # Limits and timers.
         self._budget_share = 0
         self._limits_logged: set[str] = set()
@@ -288,7 +290,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         finally:
             self._receiving = False
         if not self._closing:
-            held = self._buffered()
+            held = self._decoder.buffered
             if held != self._budget_share:
                 self._account(held)
             if self._backlog:
@@ -815,13 +817,10 @@ class Connection(asyncio.Protocol, abc.ABC):
     def _receive(self, data: bytes) -> None:
         """Decode received bytes and handle the events (usually through `_handle`)."""
 
-    def _buffered(self) -> int:
-        """Bytes held for incoming messages not yet complete."""
-        return 0
-
     @abc.abstractmethod
     def _take_output(self) -> bytes | None:
-        """The bytes to write now, if any."""
+        """The bytes to write now, if any. (Called once per chunk received: a wire may set it
+        to a method of its Rust sender, which costs no Python frame.)"""
 
     def _output_size(self) -> int:
         """Bytes waiting to be written."""

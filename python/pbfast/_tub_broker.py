@@ -236,9 +236,6 @@ class TubBroker(Connection):
             self._plain_size = 0
             self._refuse(NegotiationError(f"TLS with {self._peer_label()} failed: {e}"), tell=False)
 
-    def _buffered(self) -> int:
-        return self._decoder.buffered
-
     def _drop_input(self) -> None:
         self._decoder = None
 
