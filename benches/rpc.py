@@ -591,9 +591,11 @@ def pin_args(cpu: int | None) -> list[str]:
     return [] if cpu is None else ["--cpu", str(cpu)]
 
 
-def start_server(system: str, cpu: int | None) -> tuple[subprocess.Popen[str], int]:
+def start_server(
+    system: str, cpu: int | None, python: str = sys.executable
+) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve", system, *pin_args(cpu)],
+        [python, os.path.abspath(__file__), "--serve", system, *pin_args(cpu)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -623,9 +625,10 @@ def run_client(
     args: argparse.Namespace,
     size: int,
     cpu: int | None,
+    python: str = sys.executable,
 ) -> dict:
     command = [
-        sys.executable, os.path.abspath(__file__), "--client", system, "--port", str(port),
+        python, os.path.abspath(__file__), "--client", system, "--port", str(port),
         "--seconds", repr(budget), "--warmup", repr(args.warmup), "--outstanding", str(args.outstanding),
         "--server-pid", str(server_pid), "--size", str(size), *pin_args(cpu),
     ]  # fmt: skip
@@ -645,18 +648,31 @@ def add_cpu(total: list[Any], part: dict[str, Any]) -> None:
     total[2] += part["calls"]
 
 
-def measure(results: list[Result], args: argparse.Namespace, size: int) -> None:
+def same_build(system: str) -> tuple[str, str]:
+    """How a result's processes run: this interpreter, as that system."""
+    return sys.executable, system
+
+
+def measure(
+    results: list[Result],
+    args: argparse.Namespace,
+    size: int,
+    launch: Callable[[str], tuple[str, str]] = same_build,
+) -> None:
     """`--rounds` rounds; in each, every system in turn gets a fresh server and client process
-    and --seconds/--rounds of each measurement, the starting system rotating between rounds."""
+    and --seconds/--rounds of each measurement, the starting system rotating between rounds.
+    `launch(result's system)` gives the interpreter its processes run with and the system they
+    run as (another interpreter measures another build of pbfast)."""
     budget = args.seconds / args.rounds
     runnable = [r for r in results if r.unavailable is None]
     server_cpu, client_cpu = placement(args.pin)
     for rnd in range(args.rounds):
         order = runnable[rnd % len(runnable) :] + runnable[: rnd % len(runnable)]
         for res in order:
-            proc, port = start_server(res.system, server_cpu)
+            python, system = launch(res.system)
+            proc, port = start_server(system, server_cpu, python)
             try:
-                out = run_client(res.system, port, proc.pid, budget, args, size, client_cpu)
+                out = run_client(system, port, proc.pid, budget, args, size, client_cpu, python)
             finally:
                 stop_server(proc)
             pipe, seq = out["pipelined"], out["sequential"]
@@ -669,7 +685,7 @@ def measure(results: list[Result], args: argparse.Namespace, size: int) -> None:
             add_cpu(res.pipe_cpu, pipe)
             add_cpu(res.seq_cpu, seq)
             print(
-                f"  round {rnd + 1}/{args.rounds} {TITLES[res.system]:<16} "
+                f"  round {rnd + 1}/{args.rounds} {TITLES.get(res.system, res.system):<16} "
                 f"{res.rates[-1]:>10,.0f} calls/s pipelined, "
                 f"median {statistics.median(seq['samples_ns']) / 1e3:.1f} µs sequential",
                 file=sys.stderr,

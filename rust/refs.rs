@@ -25,7 +25,9 @@ pub enum RefError {
 impl fmt::Display for RefError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RefError::Full { limit } => write!(f, "Maximum PB reference count exceeded ({limit} objects)"),
+            RefError::Full { limit } => {
+                write!(f, "Maximum PB reference count exceeded: the peer already holds max_refs={limit} of our objects")
+            }
             RefError::Unknown { luid } => write!(f, "no object with luid {luid} is referenced by the peer"),
         }
     }

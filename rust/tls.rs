@@ -840,6 +840,51 @@ mod tests {
     }
 
     #[test]
+    fn close_notify_is_seen_however_it_arrives() {
+        for versions in [ALL_VERSIONS, TLS12_ONLY] {
+            // With the last data in one chunk, or one byte at a time, from either side.
+            for byte_at_a_time in [false, true] {
+                for client_closes in [true, false] {
+                    let (mut client, mut server) =
+                        session_pair(Some(&identity(FOOLSCAP)), &identity(EC_P256), versions);
+                    pump(&mut client, &mut server).unwrap();
+                    let (closer, other) =
+                        if client_closes { (&mut client, &mut server) } else { (&mut server, &mut client) };
+                    closer.write(b"bye").unwrap();
+                    closer.close();
+                    let flight = closer.take();
+                    let mut received = Vec::new();
+                    if byte_at_a_time {
+                        for byte in &flight {
+                            assert!(!other.peer_closed());
+                            other.feed(&[*byte], &mut received).unwrap();
+                        }
+                    } else {
+                        other.feed(&flight, &mut received).unwrap();
+                    }
+                    assert_eq!(received, b"bye", "{versions:?} {byte_at_a_time} {client_closes}");
+                    assert!(other.peer_closed() && !closer.peer_closed());
+                    // The answer: whatever is still queued, then our own close_notify.
+                    other.write(b"late answer").unwrap();
+                    other.close();
+                    let mut answer = Vec::new();
+                    closer.feed(&other.take(), &mut answer).unwrap();
+                    assert_eq!(answer, b"late answer");
+                    assert!(closer.peer_closed());
+                    assert!(closer.take().is_empty() && other.take().is_empty());
+                }
+            }
+            // Both sides close at once: each sees the other's close_notify.
+            let (mut client, mut server) = session_pair(Some(&identity(ED25519)), &identity(FOOLSCAP), versions);
+            pump(&mut client, &mut server).unwrap();
+            client.close();
+            server.close();
+            pump(&mut client, &mut server).unwrap();
+            assert!(client.peer_closed() && server.peer_closed());
+        }
+    }
+
+    #[test]
     fn garbage_fails_cleanly_with_an_alert() {
         for garbage in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[0x16, 0x03, 0x01, 0xff, 0xff, 0, 0, 0], &[0u8; 64]] {
             let mut server = TlsSession::server(&identity(FOOLSCAP)).unwrap();

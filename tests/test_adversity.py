@@ -1272,14 +1272,13 @@ def test_small_calls_with_large_answers_respect_back_pressure(run, method) -> No
     wait in `_out` until the chunk is done), so `pause_writing` cannot defer the rest: 32 kB
     of calls to a method returning 50 kB make the server buffer 50 MB for a client that reads
     nothing (a 256 kB read could carry ~8000 such calls). With an async method every call of
-    the chunk is started at once and each answers later, whatever the transport says: calls
-    in progress do not count towards ``backlog``. (With backlog=16 the server should hold
-    about 16 answers at most.)"""
+    the chunk is started at once and each answers later, whatever the transport says. (With
+    max_in_flight=16 and backlog=16 the server should hold about 32 answers at most.)"""
     calls, size = 1000, 50_000
 
     async def main() -> None:
         tasks_before = asyncio.all_tasks()
-        async with scene(backlog=16) as s:
+        async with scene(backlog=16, max_in_flight=16) as s:
             peer = await s.raw()
             small_socket_buffers(s, peer)
             data = b"".join(call(i, method, size) for i in range(1, calls + 1))

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from servers import ServeProcess as Server
 
 ROOT = Path(__file__).resolve().parent.parent
 TUBID = re.compile(r"[a-z2-7]{32}")
@@ -42,42 +43,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
-
-
-class Server:
-    """A `pbfast serve` subprocess; `address` is what it printed for clients (endpoint or FURL)."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pbfast", "serve", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self.lines: list[str] = []
-        deadline = time.monotonic() + 30
-        assert self.process.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                raise AssertionError(
-                    f"pbfast serve ended: {self.process.wait()} {self.process.stderr.read()}"
-                )
-            self.lines.append(line.rstrip("\n"))
-            if line.startswith(("pb://", "call it at: ")):
-                self.address = line.strip().removeprefix("call it at: ")
-                return
-        raise AssertionError(f"pbfast serve printed no address: {self.lines}")
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> tuple[int, str]:
-        self.process.send_signal(sig)
-        try:
-            _, stderr = self.process.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
-        return self.process.returncode, stderr
 
 
 @pytest.fixture(scope="module")

@@ -187,7 +187,7 @@ def ipv6_loopback() -> bool:
 def test_parse_tcp_server_positional_and_defaults() -> None:
     ep = parse_server("tcp:8800")
     assert isinstance(ep, ServerEndpoint)
-    assert (ep.port, ep.interface, ep.backlog) == (8800, "0.0.0.0", 50)  # type: ignore[attr-defined]
+    assert (ep.port, ep.interface, ep.backlog) == (8800, "0.0.0.0", 1024)  # type: ignore[attr-defined]
     ep = parse_server("tcp:0:127.0.0.1:7")
     assert (ep.port, ep.interface, ep.backlog) == (0, "127.0.0.1", 7)  # type: ignore[attr-defined]
 
@@ -215,7 +215,7 @@ def test_parse_escapes_and_equals_in_values() -> None:
 
 def test_parse_unix_server() -> None:
     ep = parse_server("unix:/run/app.sock")
-    assert (ep.path, ep.mode, ep.backlog, ep.lockfile) == ("/run/app.sock", 0o666, 50, True)  # type: ignore[attr-defined]
+    assert (ep.path, ep.mode, ep.backlog, ep.lockfile) == ("/run/app.sock", 0o666, 1024, True)  # type: ignore[attr-defined]
     ep = parse_server("unix:address=/run/app.sock:mode=0o600:backlog=3:lockfile=0")
     assert (ep.path, ep.mode, ep.backlog, ep.lockfile) == ("/run/app.sock", 0o600, 3, False)  # type: ignore[attr-defined]
     assert parse_server("unix:/x:660").mode == 0o660  # type: ignore[attr-defined]

@@ -8,6 +8,8 @@ import contextlib
 import decimal
 import gc
 import random
+import socket
+import struct
 
 import pbfast
 import pytest
@@ -98,7 +100,7 @@ async def serving(obj=None, name=None, **options):
         yield tub, furl
 
 
-async def settle(*tubs, key="exported", value=0):
+async def settle(*tubs, key="objects", value=0):
     """Wait (briefly) until each Tub's `key` statistic is `value`; the statistics then."""
     for _ in range(200):
         gc.collect()
@@ -267,18 +269,18 @@ def test_decref_empties_the_exporting_tables(run):
             children = [await ref.callRemote("child", str(i)) for i in range(5)]
             again = await ref.callRemote("child", "x")
             await ref.callRemote("keep", Child("held"))
-            assert server.statistics()["exported"] == 7  # root and six children
-            assert client.statistics()["exported"] == 1
+            assert server.statistics()["objects"] == 7  # root and six children
+            assert client.statistics()["objects"] == 1
             del children, again
             stats = await settle(server, value=1)
-            assert stats[0]["exported"] == 1
+            assert stats[0]["objects"] == 1
             await ref.callRemote("forget")
             await settle(client)
-            assert client.statistics()["exported"] == 0
+            assert client.statistics()["objects"] == 0
             del ref
             await settle(server)
-            assert server.statistics()["exported"] == 0
-            assert client.statistics()["imported"] == 0
+            assert server.statistics()["objects"] == 0
+            assert client.statistics()["proxies"] == 0
 
     run(main())
 
@@ -477,15 +479,81 @@ def test_disconnect_timeout_drops_a_silent_peer(run):
     run(main())
 
 
-def test_connection_loss_fails_pending_calls(run):
+@pytest.mark.parametrize("stopping", ["server", "client"])
+def test_a_stopping_peer_is_noticed_at_once(run, stopping):
+    """Either Tub stops (close_notify, then TCP close) with calls pending both ways: the other
+    side's calls fail with PBConnectionLost, its references go dead and its notifyOnDisconnect
+    callbacks run at once; later calls raise DeadReferenceError. The stopping side's own pending
+    calls fail the same way."""
+
     async def main():
+        loop = asyncio.get_running_loop()
+        server_root = Echo()
+        async with serving(server_root) as (server, furl), pbfast.Tub() as client:
+            at_server = await client.getReference(furl)
+            await at_server.callRemote("keep", Echo())
+            at_client = server_root.kept[0]
+            assert isinstance(at_client, pbfast.TubReference)
+            if stopping == "server":
+                stopper, ref, back = server, at_server, at_client
+            else:
+                stopper, ref, back = client, at_client, at_server
+            lost = loop.create_future()
+            ref.notifyOnDisconnect(lambda r: lost.done() or lost.set_result(loop.time()))
+            pending = ref.callRemote("slow", 1, delay=30)
+            # Runs on the side that stays (a lost connection does not cancel it): short.
+            own = back.callRemote("slow", 2, delay=0.5)
+            await asyncio.sleep(0.05)
+            started = loop.time()
+            await asyncio.wait_for(stopper.stopService(grace=0), 5)
+            stopped = loop.time() - started
+            noticed = await asyncio.wait_for(lost, 5) - started
+            with pytest.raises(pbfast.PBConnectionLost):
+                await asyncio.wait_for(pending, 1)
+            with pytest.raises(pbfast.PBConnectionLost):
+                await asyncio.wait_for(own, 1)
+            assert not ref.isConnected() and not back.isConnected()
+            with pytest.raises(pbfast.DeadReferenceError):
+                await ref.callRemote("echo", 1)
+            assert stopped < 1 and noticed < 1, (stopped, noticed)
+            await asyncio.sleep(0.6)  # the remote method behind `own` ends; its answer is dropped
+
+    run(main())
+
+
+@pytest.mark.parametrize("how", ["eof", "reset"])
+def test_a_tcp_close_without_close_notify_is_noticed_at_once(run, how):
+    """The peer's socket ends without TLS close_notify (a half-close, or a reset): the
+    connection ends at once, with the same outcome as a close_notify."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
         async with serving() as (server, furl), pbfast.Tub() as client:
             ref = await client.getReference(furl)
-            call = ref.callRemote("slow", 1, delay=5)
+            lost = loop.create_future()
+            ref.notifyOnDisconnect(lambda r: lost.done() or lost.set_result(loop.time()))
+            pending = ref.callRemote("slow", 1, delay=0.5)  # goes on running on the server
             await asyncio.sleep(0.05)
-            await server.stopService()
+            (connection,) = server._connections
+            started = loop.time()
+            sock = connection.transport.get_extra_info("socket")
+            if how == "eof":
+                # Behind the transport's back (through a duplicate descriptor): it still reads.
+                with socket.fromfd(sock.fileno(), socket.AF_INET, socket.SOCK_STREAM) as dup:
+                    dup.shutdown(socket.SHUT_WR)
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                connection.transport.abort()
+            noticed = await asyncio.wait_for(lost, 5) - started
+            with pytest.raises(pbfast.PBConnectionLost):
+                await asyncio.wait_for(pending, 1)
+            assert not ref.isConnected() and noticed < 1, noticed
             with pytest.raises(pbfast.DeadReferenceError):
-                await call
+                await ref.callRemote("echo", 1)
+            # The half-closed server side hears our close_notify and ends too.
+            await asyncio.wait_for(connection.closed, 5)
+            assert server.statistics()["connections"] == 0
+            await asyncio.sleep(0.5)
 
     run(main())
 
@@ -609,5 +677,29 @@ def test_cacheable_between_pbfast_tubs(run):
             assert holder.counter.stopped == 1 and holder.counter.observers == []
             copy = await ref.callRemote("counter")  # sent afresh, with its current state
             assert copy.value == 1
+
+    run(main())
+
+
+def test_statistics_share_the_names_of_pb_connections(run):
+    shared = ("objects", "proxies", "cached", "pending", "in_flight", "backlog", "buffered")
+
+    async def main():
+        async with pbfast.Tub() as idle:
+            assert idle.statistics() == {
+                "connections": 0,
+                **dict.fromkeys(shared, 0),
+                "gifts": 0,
+                "caches": 0,
+                "registered": 0,
+            }
+        async with serving() as (server, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            assert await ref.callRemote("echo", 1) == 1
+            pb_root, pb_server = await pbfast.testing.connected_pair(pbfast.Root())
+            assert set(ref.broker.statistics()) == {*pb_server.statistics(), "gifts"}
+            assert set(pb_server.statistics()) == {*shared, "caches"}
+            assert client.statistics()["connections"] == 1 and client.statistics()["proxies"] == 1
+            await pb_root.broker.close()
 
     run(main())

@@ -251,7 +251,7 @@ def test_bad_sequences_fail_only_themselves(run, tokens, why):
             broker = ref.broker
             opened = broker._encoder.next_open_id
             raw = [("OPEN", opened), *tokens, ("CLOSE", opened)]
-            broker._link.send(_core.encode_tokens(raw, "foolscap"))
+            broker._send(_core.encode_tokens(raw, "foolscap"))
             broker._encoder.next_open_id = opened + 1
             assert await ref.callRemote("echo", 1) == 1
 
@@ -264,7 +264,7 @@ def test_protocol_error_ends_only_that_connection(run):
             ref = await other.getReference(furl)
             lost = asyncio.get_running_loop().create_future()
             ref.notifyOnDisconnect(lambda r: lost.set_result(True))
-            ref.broker._link.send(_core.encode_tokens([("INT", 5)], "foolscap"))  # a bare top-level INT
+            ref.broker._send(_core.encode_tokens([("INT", 5)], "foolscap"))  # a bare top-level INT
             assert await asyncio.wait_for(lost, 5)
             with pytest.raises(pbfast.DeadReferenceError):
                 await ref.callRemote("echo", 1)

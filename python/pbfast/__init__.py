@@ -5,11 +5,14 @@ counts, TubIDs and FURLs; never imported by users), ``pbfast.errors``, ``pbfast.
 tokens), ``pbfast.serialization`` (jelly + banana), ``pbfast.referenceable`` (objects by
 reference), ``pbfast.copyable`` and ``pbfast.cacheable`` (objects by copy), ``pbfast.cred``
 (logins), ``pbfast.furl`` (foolscap TubIDs and FURLs), ``pbfast.endpoints`` (Twisted-style
-endpoint strings), ``pbfast.pb`` (serve, connect, login, run).
+endpoint strings), ``pbfast._connection`` (what every connection of either wire shares:
+back-pressure, limits, timeouts, shutdown; `configure`), ``pbfast.pb`` (serve, connect, login,
+run) and ``pbfast.tub`` (Tubs).
 Nothing starts at import time and no event-loop policy is installed.
 """
 
 from . import banana, endpoints
+from ._connection import configure
 from .cacheable import Cacheable, RemoteCache, RemoteCacheObserver
 from .copyable import (
     Copyable,
@@ -26,6 +29,7 @@ from .errors import (
     Error,
     InsecureJelly,
     JellyError,
+    LimitExceeded,
     NegotiationError,
     NoSuchMethod,
     PBConnectionLost,
@@ -56,6 +60,7 @@ __all__ = [
     "InMemoryUsernamePasswordDatabase",
     "InsecureJelly",
     "JellyError",
+    "LimitExceeded",
     "NegotiationError",
     "NoSuchMethod",
     "PBConnectionLost",
@@ -81,6 +86,7 @@ __all__ = [
     "ViewPoint",
     "Viewable",
     "banana",
+    "configure",
     "connect",
     "dumps",
     "endpoints",

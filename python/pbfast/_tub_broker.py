@@ -1,10 +1,19 @@
-"""One Tub connection's PB layer, as foolscap speaks it: calls, answers and errors, the objects
-each side exports (clids) and imports, gifts, and keepalives.
+"""foolscap's dialect of a connection: the `TubBroker`.
 
-The Rust codec turns received bytes into message events and messages into bytes; this module
-keeps the per-connection tables and runs the calls. It writes through a *link*: an object with
-``send(data)`` (queue bytes; they go out at the end of the current loop iteration) and
-``close(reason)``, which is the TLS connection or, for a Tub calling itself, an in-memory one.
+The shared machinery (bytes, back-pressure, limits, timeouts, the end, and the object tables)
+is `pbfast._connection.Connection`'s. What is foolscap's:
+
+- negotiation, for either role: the plaintext upgrade (the client asks ``GET /id/<tubid>``, the
+  server answers ``101``), TLS on the same socket (the Rust `TlsSession`, fed each chunk), each
+  side's hello block, the master's decision block, and then banana. Whoever sees a problem tells
+  the peer in the current phase's own form (a ``500`` line, an error block, or a banana ERROR
+  token) and closes. A TLS close_notify from the peer ends the connection at once; closing sends
+  ours.
+- messages: calls, answers and errors through the Rust codec, the objects each side exports
+  (clids; callables as negative ones) and imports, gifts (references into third Tubs), the
+  Tub's own methods (clid 0), keepalives, and Cacheables between two pbfast Tubs.
+
+A Tub calling itself uses a pair of brokers joined in memory, which start at banana.
 """
 
 from __future__ import annotations
@@ -12,32 +21,51 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import traceback
 import weakref
-from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import _core
-from ._failure import UNAVAILABLE, parents_of, remote_error
-from .cacheable import Cacheable, RemoteCache, RemoteCacheObserver
+from . import _core, _negotiate
+from ._connection import Connection, ConnectionOptions, run_callback
+from ._core import (
+    FS_ANSWER,
+    FS_CALL,
+    FS_CALL_ABORTED,
+    FS_ERROR,
+    FS_PEER_ERROR,
+    FS_PING,
+    FS_PONG,
+    FS_VIOLATION,
+)
+from ._failure import FOOLSCAP_FAILURE_TYPE, UNAVAILABLE, failure_state, remote_error
+from ._negotiate import HeaderReader, Hello
+from .cacheable import Cacheable, CacheLink, RemoteCache, RemoteCacheObserver
 from .copyable import Copyable, make_copy, unjellyableFor
-from .errors import BananaError, DeadReferenceError, NoSuchMethod, RemoteError, Violation, qualified_name
+from .errors import (
+    BananaError,
+    DeadReferenceError,
+    NegotiationError,
+    NoSuchMethod,
+    PBConnectionLost,
+    RemoteError,
+    TLSError,
+    Violation,
+    qualified_name,
+)
 from .furl import FURL
 from .referenceable import Referenceable, RemoteReference, prefixed_method
 
-if TYPE_CHECKING:
-    from .tub import Tub
+__all__ = ["TubBroker", "TubReference"]
 
 log = logging.getLogger("pbfast.tub")
 
-FAILURE_TYPE = "twisted.python.failure.Failure"
 # The copyable type of a Cacheable between two pbfast Tubs (only sent to peers that announced
 # the "cacheable" extension): its state names the owner's `_CacheHandle` and the cache's own
 # state (omitted when the holder already has the copy).
 CACHE_TYPE = "pbfast.cacheable"
-VIOLATION_TYPE = "foolscap.tokens.Violation"
-# foolscap's receive limits on a failure's fields; longer ones are cut when sending.
-_TYPE_LIMIT, _VALUE_LIMIT, _PARENT_LIMIT = 200, 1000, 200
+# Hello-block key through which pbfast Tubs tell each other what they add to foolscap; stock
+# foolscap ignores keys it does not know.
+EXTENSIONS_KEY = "pbfast-extensions"
+EXTENSIONS = frozenset({"cacheable"})
 
 
 class TubReference(RemoteReference):
@@ -71,148 +99,428 @@ class _Gift:
         self.reference: RemoteReference | None = None
 
 
-class TubBroker:
-    """The PB layer of one connection to the Tub `peer_tub_id`."""
+class TubBroker(Connection):
+    """One connection of a Tub, to the Tub `peer_tub_id` (known once negotiation is over).
+
+    Args:
+        tub: the `pbfast.Tub` the connection belongs to.
+        target: (client) the TubID dialled.
+        host: (client) the host name dialled, for the upgrade request.
+        loopback: one end of a Tub's in-memory connection to itself: no negotiation, no TLS.
+    """
+
+    _CALL_KINDS = frozenset({FS_CALL})
+    # foolscap's names for two of the options.
+    _OPTION_NAMES = {"handshake_timeout": "negotiationTimeout", "idle_timeout": "disconnectTimeout"}
+    STATISTICS = (*Connection.STATISTICS, "gifts", "caches")
 
     def __init__(
-        self, tub: Tub, link: Any, peer_tub_id: str, *, peer_extensions: frozenset[str] = frozenset()
-    ):
+        self, tub: Any, *, target: str | None = None, host: str = "", loopback: bool = False
+    ) -> None:
+        options: ConnectionOptions = tub.options
+        super().__init__(options, server=target is None, group=tub._connections)
         self.tub = tub
-        self.peer_tub_id = peer_tub_id
-        self.peer_extensions = peer_extensions
-        self.disconnected = False
-        # Set by the Tub for duplicate-connection decisions.
+        self.target = target
+        self.host = host
+        self.peer_tub_id = tub.tubID if loopback else target or ""
+        self.peer_extensions: frozenset[str] = EXTENSIONS if loopback else frozenset()
+        # Set by negotiation, for the Tub's duplicate-connection decisions.
         self.peer_incarnation = ""
         self.seqnum = 0
-        self._link = link
-        self._loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = self._loop.create_future()
+        """Resolves once negotiation is over (to None: a result of this broker would be a
+        reference cycle)."""
+        # Negotiation: the phase ("upgrade", "hello", "decision", then "banana"), the header
+        # being read, our hello and the peer's, and the TLS session (from the upgrade on).
+        self._phase = "banana" if loopback else "upgrade"
+        self._reader = HeaderReader()
+        self._hello: Hello | None = None
+        self._tls: Any = None
+        # Plaintext waiting to be written (encrypted together, once per loop iteration).
+        self._plain: list[bytes] = []
+        self._plain_size = 0
         # A Tub's max_depth bounds what it sends as well as what it accepts.
-        depth = {"max_depth": tub._limits["max_depth"]} if "max_depth" in tub._limits else {}
-        self._encoder = _core.FoolscapEncoder(self._slice, **depth)
-        self._decoder = _core.FoolscapDecoder(self._unslice, **tub._limits)
+        depth = {"max_depth": options.limits["max_depth"]} if "max_depth" in options.limits else {}
+        self._encoder: Any = _core.FoolscapEncoder(self._slice, **depth)
+        self._decoder: Any = _core.FoolscapDecoder(self._unslice, **options.limits)
         self._next_reqid = 1
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        # Objects the peer may call: clid -> [object, sends not yet decref'd]; and back.
-        self._exports: dict[int, list[Any]] = {}
-        self._clids: dict[int, int] = {}
-        self._next_clid = 1
-        # The peer's objects: clid -> live proxy; (interface, FURL) it told us per clid.
-        self._proxies: dict[int, weakref.ref[TubReference]] = {}
+        # The interface and FURL the peer told us per clid of its objects.
         self._import_info: dict[int, tuple[str | None, str | None]] = {}
         # References into third Tubs we sent the peer, held until it has fetched them.
         self._gifts: dict[int, list[Any]] = {}
         self._gift_ids: dict[int, int] = {}
         self._next_gift_id = 1
-        # Cacheables: ours sent to the peer, id(cacheable) -> handle; the peer's we hold, handle
-        # clid -> our copy, and the last state of copies that died while the owner may still
-        # name them again.
+        # Our Cacheables sent to the peer: id(cacheable) -> handle.
         self._cache_handles: dict[int, _CacheHandle] = {}
-        self._caches: dict[int, weakref.ref[RemoteCache]] = {}
-        self._dying_caches: dict[int, tuple[type, dict[str, Any]]] = {}
-        # Gifts met while decoding the current message.
+        # Gifts met while decoding the current chunk, until its events claim them.
         self._unresolved: list[_Gift] = []
-        # Calls waiting behind one whose gifts are being fetched.
-        self._queue: deque[tuple[int, int, str, tuple, dict, list[_Gift]]] = deque()
-        self._queue_busy = False
-        self._releases: list[tuple[int, int]] = []
-        self._watched: dict[int, RemoteReference] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._last_received = self._loop.time()
-        self._keepalive: asyncio.TimerHandle | None = None
-        self._schedule_keepalive()
-        self.closed: asyncio.Future[BaseException | None] = self._loop.create_future()
+        # A call's gifts are being fetched: later calls wait (held, in order) until it runs.
+        self._fetching_gifts = False
+        if loopback:
+            self.ready.set_result(None)
 
     def __repr__(self) -> str:
-        return f"<TubBroker to {self.peer_tub_id}>"
+        role = f"client to {self.target}" if self.target else "server"
+        state = "closed" if self.disconnected else self._phase
+        return f"<TubBroker {role} {state} peer={self.peer}>"
 
     # ------------------------------------------------------------------ outgoing calls
 
-    def call(self, clid: int, method: str, args: tuple, kwargs: dict) -> asyncio.Future[Any]:
+    def call(
+        self, clid: int, method: str, args: tuple, kwargs: dict, cache: bool = False
+    ) -> asyncio.Future[Any]:
+        """Call `method` on the peer's object `clid` (0: the peer's Tub); the future of its
+        answer."""
         future = self._loop.create_future()
-        if self.disconnected:
-            future.set_exception(DeadReferenceError(f"the connection to Tub {self.peer_tub_id} is gone"))
+        if self._closing or self._phase != "banana":
+            future.set_exception(self._dead())
             return future
         reqid = self._next_reqid
         self._next_reqid += 1
         try:
-            data = self._encoder.call(reqid, clid, method, args, kwargs)
+            data = self._encode(self._encoder.call, reqid, clid, method, args, kwargs)
         except Exception as e:
             future.set_exception(e)
             return future
-        self._pending[reqid] = future
-        self._link.send(data)
+        self._pending[reqid] = (future, None)
+        self._send(data)
         return future
 
     def call_only(self, clid: int, method: str, args: tuple, kwargs: dict) -> None:
-        if self.disconnected:
-            raise DeadReferenceError(f"the connection to Tub {self.peer_tub_id} is gone")
-        self._link.send(self._encoder.call(0, clid, method, args, kwargs))
+        if self._closing or self._phase != "banana":
+            raise self._dead()
+        self._send(self._encode(self._encoder.call, 0, clid, method, args, kwargs))
 
     def root(self, name: str) -> asyncio.Future[Any]:
         """Ask the peer's Tub for the object it registered as `name`."""
         return self.call(0, "getReferenceByName", (), {"name": name.encode()})
 
+    def _dead(self) -> DeadReferenceError:
+        if self._phase != "banana":
+            return DeadReferenceError(f"the connection to {self.peer} has not finished negotiating")
+        return DeadReferenceError(f"the connection to Tub {self.peer_tub_id} is gone")
+
+    def _send(self, data: bytes) -> None:
+        """Queue plaintext; it goes out once per loop iteration (one TLS record for many
+        messages)."""
+        self._plain.append(data)
+        self._plain_size += len(data)
+        self._wake()
+
+    # ------------------------------------------------------------------ the connection's hooks
+
+    def _opened(self) -> None:
+        if self.target is not None:
+            self.transport.write(_negotiate.upgrade_request(self.target, self.host))
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            tls = self._tls
+            if tls is None:
+                if self._phase == "banana":
+                    self._banana(data)  # a loopback connection
+                else:
+                    self._upgrade(data)
+                return
+            plain = tls.feed(data)
+            if plain:
+                self._secure(plain)
+            if tls.closed and not self._closing:
+                # The peer's close_notify: it is done. Answer with ours and end at once (a stock
+                # Tub waits for that before it lets go of the connection).
+                self._reason = PBConnectionLost(f"{self._peer_label()} closed the connection")
+                self.close_nowait()
+        except NegotiationError as e:
+            self._refuse(e.with_traceback(None))  # kept in `ready`: no cycle through its frames
+        except TLSError as e:
+            # The session is broken: nothing more goes through it but its alert.
+            self._plain.clear()
+            self._plain_size = 0
+            self._refuse(NegotiationError(f"TLS with {self._peer_label()} failed: {e}"), tell=False)
+
+    def _drop_input(self) -> None:
+        self._decoder = None
+
+    def _take_output(self) -> bytes | None:
+        if self._plain:
+            data = b"".join(self._plain) if len(self._plain) > 1 else self._plain[0]
+            self._plain.clear()
+            self._plain_size = 0
+            if self._tls is None:
+                return data
+            self._tls.write(data)
+        if self._tls is None:
+            return None
+        return self._tls.take() or None
+
+    def _output_size(self) -> int:
+        return self._plain_size
+
+    def _finish_output(self) -> None:
+        if self._tls is not None:
+            self._tls.close()
+            out = self._tls.take()
+            if out:
+                self.transport.write(out)
+
+    def _refuse_call(self, event: tuple, exc: BaseException) -> None:
+        self._send_error(event[1], exc)
+
+    def _write_release(self, kind: bytes, luid: Any, count: int) -> None:
+        if self._phase == "banana":
+            self.call(0, "decref", (), {"clid": luid, "count": count}).add_done_callback(
+                lambda f, clid=luid: self._released(clid, f)
+            )
+
+    def _forget(self, luid: int, *, uncache: bool = True) -> None:
+        obj = self._objects.pop(luid, None)
+        if obj is None:
+            obj = self._objects.pop(-luid, None)  # a callable
+        if isinstance(obj, _CacheHandle):
+            obj.stop()
+
+    def _holding(self) -> bool:
+        return self._fetching_gifts
+
+    def _keepalive_interval(self) -> float | None:
+        return self.tub.keepaliveTimeout
+
+    def _send_keepalive(self) -> None:
+        if self._phase == "banana":
+            self._send(self._encoder.ping(0))
+
+    def _timed_out(self, reason: Any) -> None:
+        if self._phase == "banana":
+            super()._timed_out(reason)
+        else:
+            self._refuse(NegotiationError(str(reason)), logged=True)
+
+    def _lost(self, reason: BaseException | None) -> None:
+        if not self.ready.done():
+            failure = reason or ConnectionResetError(
+                f"{self._peer_label()} closed the connection during negotiation"
+            )
+            if not isinstance(failure, NegotiationError):
+                failure = NegotiationError(f"negotiation with {self._peer_label()} failed: {failure}")
+            self.ready.set_exception(failure)
+            self.ready.exception()  # nobody may be waiting (a server connection)
+        handles, self._cache_handles = list(self._cache_handles.values()), {}
+        for handle in handles:
+            handle.stop()
+        self._gifts.clear()
+        self._gift_ids.clear()
+        self._unresolved.clear()
+        if self._phase == "banana":
+            self.tub._broker_lost(self)
+
+    def _release(self) -> None:
+        self._decoder = self._encoder = self._tls = None
+        self._plain.clear()
+
+    # ------------------------------------------------------------------ negotiation
+
+    def _upgrade(self, data: bytes) -> None:
+        """The plaintext phase: the upgrade request (server) or its reply (client)."""
+        got = self._reader.feed(data)
+        if got is None:
+            return
+        header, rest = got
+        if self.target is not None:
+            _negotiate.check_upgrade_reply(header)
+        else:
+            wanted = _negotiate.parse_request(header)
+            if wanted != self.tub.tubID:
+                raise NegotiationError(f"unknown TubID {wanted}")
+            self.transport.write(_negotiate.UPGRADE_REPLY)
+        self._tls = _core.TlsSession(self.server, *self.tub._tls_identity)
+        self._phase = "hello"
+        self._hello = self.tub._hello(self.target, client=not self.server)
+        block = self._hello.block()
+        block[EXTENSIONS_KEY] = " ".join(sorted(EXTENSIONS))
+        self._tls.write(_negotiate.encode_block(block))
+        if rest:
+            self._receive(rest)
+
+    def _secure(self, plain: bytes) -> None:
+        """Plaintext from TLS: a negotiation block, or banana."""
+        if self._phase == "banana":
+            self._banana(plain)
+            return
+        got = self._reader.feed(plain)
+        if got is None:
+            return
+        header, rest = got
+        block = _negotiate.decode_block(header)
+        if self._phase == "hello":
+            self._hello_received(block)
+        else:
+            _negotiate.accept_decision(block)
+            incarnation, _, text = block.get("current-connection", "").partition(" ")
+            seqnum = int(text) if text.isdigit() else 0
+            self._start(seqnum, (incarnation, seqnum) if incarnation else None)
+        if rest:
+            self._secure(rest)
+
+    def _hello_received(self, block: dict[str, str]) -> None:
+        theirs = Hello.parse(block)
+        certified = self._tls.peer_tub_id
+        if certified is None:
+            raise NegotiationError("you must use a certificate to claim a TubID")
+        if certified != theirs.tub_id:
+            raise NegotiationError(
+                f"TubID mismatch: the peer claims {theirs.tub_id} but its certificate is {certified}"
+            )
+        if self.target is not None and theirs.tub_id != self.target:
+            raise NegotiationError(
+                f"connected to the wrong Tub: wanted {self.target}, reached {theirs.tub_id}"
+            )
+        if theirs.tub_id == self.tub.tubID:
+            raise NegotiationError("a Tub cannot connect to itself over the network")
+        self.peer_tub_id = theirs.tub_id
+        self.peer_incarnation = theirs.incarnation
+        self.peer_extensions = frozenset(block.get(EXTENSIONS_KEY, "").split()) & EXTENSIONS
+        if _negotiate.is_master(self.tub.tubID, theirs.tub_id):
+            seqnum = self.tub._master_decide(theirs)
+            decision, _table = _negotiate.decide(self._hello, theirs, seqnum)
+            self._tls.write(_negotiate.encode_block(decision))
+            self._start(seqnum, None)
+        else:
+            self._phase = "decision"
+
+    def _start(self, seqnum: int, master_connection: tuple[str, int] | None) -> None:
+        """Negotiation is over: banana from here on."""
+        self._phase = "banana"
+        self._hello = None
+        self._handshake_done()
+        self.seqnum = seqnum
+        self.tub._attach(self, master_connection)
+        self.ready.set_result(None)
+
+    def _refuse(self, error: NegotiationError, *, tell: bool = True, logged: bool = False) -> None:
+        """Tell the peer why, in the current phase's form, and close. A failure after
+        negotiation is the peer breaking the protocol."""
+        if self._closing:
+            return
+        if self._phase == "banana":
+            self._protocol_error(error, tell=tell)
+            return
+        if not logged:
+            log.info("refused a Tub connection with %s: %s", self._peer_label(), error)
+        if tell:
+            if self._tls is None:
+                if self.server:
+                    self.transport.write(_negotiate.refusal(str(error)))
+            else:
+                self._tls.write(_negotiate.error_block(str(error)))
+        if not self.ready.done():
+            self.ready.set_exception(error)
+            self.ready.exception()
+        self._reason = error
+        self.close_nowait()
+
+    def _peer_label(self) -> str:
+        return f"Tub {self.target}" if self.target is not None else self.peer
+
     # ------------------------------------------------------------------ incoming bytes
 
-    def feed(self, data: bytes) -> None:
-        self._last_received = self._loop.time()
+    def _banana(self, data: bytes) -> None:
         try:
             events = self._decoder.feed(data)
         except BananaError as e:
-            self._handle(getattr(e, "events", ()))
-            self.fail(e)
+            self._handle(self._claim_gifts(getattr(e, "events", None) or []))
+            self._protocol_error(e)
             return
-        self._handle(events)
+        self._handle(self._claim_gifts(events) if self._unresolved else events)
 
-    def _handle(self, events: Any) -> None:
+    def _protocol_error(self, exc: BaseException, *, tell: bool = True) -> None:
+        """The peer broke the protocol: say so (an ERROR token, unless it is the one that did)
+        and close."""
+        if self._closing:
+            return
+        log.warning("%s: %s; closing the connection", repr(self), exc)
+        if tell:
+            self._send(_core.encode_tokens([("ERROR", str(exc).encode("utf-8", "replace"))], "foolscap"))
+        self._reason = exc
+        self.close_nowait()
+
+    def _claim_gifts(self, events: list[tuple]) -> list[tuple]:
+        """Give each call and answer the gifts met while decoding it, as an extra item (gifts are
+        rare: this walk only runs for chunks that carried one)."""
+        unresolved, self._unresolved = self._unresolved, []
+        if not unresolved:
+            return events
+        claimed = []
         for event in events:
-            kind = event[0]
-            if kind == _core.FS_CALL:
-                _, reqid, clid, method, args, kwargs = event
-                gifts, self._unresolved = self._unresolved, []
-                if gifts or self._queue_busy:
-                    self._queue.append((reqid, clid, method, args, kwargs, gifts))
-                    self._drain_queue()
-                else:
-                    self._deliver(reqid, clid, method, args, kwargs)
-            elif kind == _core.FS_ANSWER:
-                gifts, self._unresolved = self._unresolved, []
-                self._answered(event[1], event[2], gifts)
-            elif kind == _core.FS_ERROR:
-                self._unresolved = []
-                self._failed(event[1], event[2])
-            elif kind == _core.FS_PING:
-                self._link.send(self._encoder.pong(event[1]))
-            elif kind == _core.FS_PONG:
-                pass
-            elif kind == _core.FS_VIOLATION:
-                self._unresolved = []
-                self._violation(*event[1:])
-            elif kind == _core.FS_CALL_ABORTED:  # the caller gave up sending it: no reply
-                self._unresolved = []
-            elif kind == _core.FS_PEER_ERROR:
-                self.fail(
-                    BananaError(f"Tub {self.peer_tub_id} reported a protocol error: {event[1]}"), notify=False
-                )
+            if event[0] in (FS_CALL, FS_ANSWER):
+                gifts = _gifts_in(event[-2:] if event[0] == FS_CALL else event[2:])
+                if gifts:
+                    event = (*event, gifts)
+            claimed.append(event)
+        return claimed
 
-    def _violation(self, what: str, reqid: int | None, message: str) -> None:
-        log.warning("refused a %s from Tub %s: %s", what, self.peer_tub_id, message)
+    def _on_call(self, event: tuple) -> None:
+        _, reqid, clid, method, args, kwargs, *gifts = event
+        if gifts:
+            self._fetching_gifts = self._held = True
+            self._start_call(self._deliver_with_gifts(reqid, clid, method, args, kwargs, gifts[0]))
+        else:
+            self._deliver(reqid, clid, method, args, kwargs)
+
+    def _on_answer(self, event: tuple) -> None:
+        _, reqid, value, *gifts = event
+        future = self._settle(reqid)
+        if future is None:
+            return
+        if gifts:
+            self._start_call(self._answer_with_gifts(future, value, gifts[0]))
+        elif not future.done():
+            future.set_result(value)
+
+    def _on_error(self, event: tuple) -> None:
+        _, reqid, failure = event
+        future = self._settle(reqid)
+        if future is None:
+            return
+        if not isinstance(failure, RemoteError):
+            failure = RemoteError("builtins.object", repr(failure), UNAVAILABLE)
+        if self.tub.logRemoteFailures:
+            log.info("call to Tub %s failed remotely: %s", self.peer_tub_id, failure)
+        if not future.done():
+            future.set_exception(failure)
+
+    def _on_ping(self, event: tuple) -> None:
+        self._send(self._encoder.pong(event[1]))
+
+    def _on_pong(self, event: tuple) -> None:
+        pass
+
+    def _on_violation(self, event: tuple) -> None:
+        _, what, reqid, message = event
+        log.warning("%s: refused a %s from Tub %s: %s", repr(self), what, self.peer_tub_id, message)
         if what == "call" and reqid:
             self._send_error(reqid, Violation(message))
         elif what in ("answer", "error") and reqid is not None:
-            future = self._pending.pop(reqid, None)
-            if future is not None and not future.done():
-                future.set_exception(Violation(f"the reply could not be accepted: {message}"))
+            entry = self._pending.pop(reqid, None)
+            if entry is not None and not entry[0].done():
+                entry[0].set_exception(Violation(f"the reply could not be accepted: {message}"))
 
-    def _answered(self, reqid: int, value: Any, gifts: list[_Gift]) -> None:
-        future = self._pending.pop(reqid, None)
-        if future is None:
-            log.warning("Tub %s answered unknown request %d", self.peer_tub_id, reqid)
-            return
-        if gifts:
-            self._spawn(self._answer_with_gifts(future, value, gifts))
-        elif not future.done():
-            future.set_result(value)
+    def _on_call_aborted(self, event: tuple) -> None:
+        pass  # the caller gave up sending it: foolscap sends no reply
+
+    def _on_peer_error(self, event: tuple) -> None:
+        error = BananaError(f"Tub {self.peer_tub_id} reported a protocol error: {event[1]}")
+        self._protocol_error(error, tell=False)
+
+    _HANDLERS = {
+        FS_CALL: _on_call,
+        FS_ANSWER: _on_answer,
+        FS_ERROR: _on_error,
+        FS_PING: _on_ping,
+        FS_PONG: _on_pong,
+        FS_VIOLATION: _on_violation,
+        FS_CALL_ABORTED: _on_call_aborted,
+        FS_PEER_ERROR: _on_peer_error,
+    }
 
     async def _answer_with_gifts(self, future: asyncio.Future[Any], value: Any, gifts: list[_Gift]) -> None:
         try:
@@ -224,18 +532,6 @@ class TubBroker:
         if not future.done():
             future.set_result(_substitute(value))
 
-    def _failed(self, reqid: int, failure: Any) -> None:
-        future = self._pending.pop(reqid, None)
-        if future is None:
-            log.warning("Tub %s sent an error for unknown request %d", self.peer_tub_id, reqid)
-            return
-        if not isinstance(failure, RemoteError):
-            failure = RemoteError("builtins.object", repr(failure), UNAVAILABLE)
-        if self.tub.logRemoteFailures:
-            log.info("call to Tub %s failed remotely: %s", self.peer_tub_id, failure)
-        if not future.done():
-            future.set_exception(failure)
-
     # ------------------------------------------------------------------ incoming calls
 
     def _deliver(self, reqid: int, clid: int, method: str, args: tuple, kwargs: dict) -> None:
@@ -245,8 +541,7 @@ class TubBroker:
             self._send_error(reqid, e)
             return
         if inspect.isawaitable(result):
-            task = self._spawn(_awaited(result))
-            task.add_done_callback(lambda t, reqid=reqid: self._finished(reqid, t))
+            self._start_call(self._finish(reqid, result))
         else:
             self._send_answer(reqid, result)
 
@@ -256,67 +551,63 @@ class TubBroker:
             if handler is None:
                 raise NoSuchMethod(f"the Tub has no method {method!r}")
             return handler(*args, **kwargs)
-        entry = self._exports.get(clid)
-        if entry is None:
+        target = self._objects.get(clid)
+        if target is None:
             raise Violation(f"unknown clid {clid}")
-        target = entry[0]
         if clid < 0:
             return target(*args, **kwargs)
         if type(target).remoteMessageReceived is Referenceable.remoteMessageReceived:
             return prefixed_method(target, "remote_", method, foolscap=True)(*args, **kwargs)
         return target.remoteMessageReceived(self, method, args, kwargs)
 
-    def _finished(self, reqid: int, task: asyncio.Task[Any]) -> None:
-        if task.cancelled():
-            self._send_error(reqid, asyncio.CancelledError("the remote method was cancelled"))
-        elif task.exception() is not None:
-            self._send_error(reqid, task.exception())
+    async def _finish(self, reqid: int, awaitable: Any) -> None:
+        try:
+            result = await awaitable
+        except asyncio.CancelledError as e:
+            # (No local for the task: this frame, kept by the error's traceback, would hold it.)
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise  # cancelled by us: the connection is ending (see `_cancel_calls`)
+            self._send_error(reqid, e)
+        except Exception as e:
+            self._send_error(reqid, e)
         else:
-            self._send_answer(reqid, task.result())
+            self._send_answer(reqid, result)
 
     def _send_answer(self, reqid: int, result: Any) -> None:
-        if not reqid or self.disconnected:
+        if not reqid or self._closing:
             return
         try:
-            data = self._encoder.answer(reqid, result)
+            data = self._encode(self._encoder.answer, reqid, result)
         except Exception as e:
             self._send_error(reqid, e)
             return
-        self._link.send(data)
+        self._send(data)
 
     def _send_error(self, reqid: int, exc: BaseException) -> None:
         if self.tub.logLocalFailures:
             log.error("remote call from Tub %s failed", self.peer_tub_id, exc_info=exc)
-        if not reqid or self.disconnected:
+        if not reqid or self._closing:
             return
-        self._link.send(self._encoder.error(reqid, failure_state(exc, self.tub.unsafeTracebacks)))
+        self._send(self._encoder.error(reqid, failure_state(exc, self.options.unsafeTracebacks)))
 
-    def _drain_queue(self) -> None:
-        if not self._queue_busy and self._queue:
-            self._queue_busy = True
-            self._spawn(self._run_queue())
-
-    async def _run_queue(self) -> None:
+    async def _deliver_with_gifts(
+        self, reqid: int, clid: int, method: str, args: tuple, kwargs: dict, gifts: list[_Gift]
+    ) -> None:
         try:
-            while self._queue and not self.disconnected:
-                reqid, clid, method, args, kwargs, gifts = self._queue.popleft()
-                if gifts:
-                    try:
-                        await self._resolve(gifts)
-                    except Exception as e:
-                        self._send_error(reqid, e)
-                        continue
-                    args, kwargs = _substitute(args), _substitute(kwargs)
-                self._deliver(reqid, clid, method, args, kwargs)
+            await self._resolve(gifts)
+        except Exception as e:
+            self._send_error(reqid, e)
+        else:
+            self._deliver(reqid, clid, method, _substitute(args), _substitute(kwargs))
         finally:
-            self._queue_busy = False
+            self._fetching_gifts = False  # the calls held meanwhile run once this task is done
 
     async def _resolve(self, gifts: list[_Gift]) -> None:
         """Connect to each gift's Tub, then tell the giver it may let go."""
         for gift in gifts:
             gift.reference = await self.tub.getReference(gift.furl)
-            if gift.gift_id and not self.disconnected:
-                self._link.send(self._encoder.call(0, 0, "decgift", (), {"giftID": gift.gift_id, "count": 1}))
+            if gift.gift_id and not self._closing:
+                self._send(self._encoder.call(0, 0, "decgift", (), {"giftID": gift.gift_id, "count": 1}))
 
     # The methods of the Tub itself (clid 0), as foolscap's RIBroker names them.
 
@@ -325,16 +616,7 @@ class TubBroker:
         return self.tub._lookup(text)
 
     def _broker_decref(self, clid: int, count: int) -> None:
-        entry = self._exports.get(clid)
-        if entry is None:
-            log.warning("Tub %s released unknown clid %d", self.peer_tub_id, clid)
-            return
-        entry[1] -= count
-        if entry[1] <= 0:
-            del self._exports[clid]
-            self._clids.pop(id(entry[0]), None)
-            if isinstance(entry[0], _CacheHandle):
-                entry[0].stop()
+        self._released_by_peer(abs(clid) if type(clid) is int else clid, count)
 
     def _broker_decgift(self, giftID: int, count: int) -> None:
         entry = self._gifts.get(giftID)
@@ -350,32 +632,29 @@ class TubBroker:
     def _slice(self, obj: Any) -> tuple[Any, ...] | None:
         """How the encoder sends an object it does not know."""
         if isinstance(obj, Referenceable):
-            return self._export(obj)
+            return self._export_clid(obj, callable_=False)
         if isinstance(obj, RemoteReference):
             if obj.broker is self:
                 return ("your-reference", obj.luid)
             return self._give(obj)
         if isinstance(obj, RemoteError):
-            return ("copyable", FAILURE_TYPE, _copied_failure_state(obj))
+            return ("copyable", FOOLSCAP_FAILURE_TYPE, failure_state(obj, False))
         if isinstance(obj, Cacheable):
             return self._send_cacheable(obj)
         if isinstance(obj, Copyable):
             return ("copyable", _tag_text(obj.getTypeToCopy()), obj.getStateToCopy())
         if callable(obj) and not isinstance(obj, type):
-            return self._export(obj, callable_=True)
+            return self._export_clid(obj, callable_=True)
         return None
 
-    def _export(self, obj: Any, callable_: bool = False) -> tuple[Any, ...]:
-        clid = self._clids.get(id(obj))
-        if clid is not None:
-            self._exports[clid][1] += 1
+    def _export_clid(self, obj: Any, *, callable_: bool) -> tuple[Any, ...]:
+        """A ``my-reference`` to our object `obj` (a callable's clid is negative); its first
+        sending carries its interface and FURL."""
+        luid, new = self._send_ref(obj)
+        clid = -luid if callable_ else luid
+        if not new:
             return ("my-reference", clid)
-        clid = self._next_clid
-        self._next_clid += 1
-        if callable_:
-            clid = -clid
-        self._exports[clid] = [obj, 1]
-        self._clids[id(obj)] = clid
+        self._objects[clid] = obj
         furl = None if callable_ else self.tub._furl_for_export(obj)
         return ("my-reference", clid, _interface_name(obj), furl)
 
@@ -397,10 +676,10 @@ class TubBroker:
         if kind == "my-reference":
             return self._import(*payload)
         if kind == "your-reference":
-            entry = self._exports.get(payload[0])
-            if entry is None:
+            target = self._objects.get(payload[0])
+            if target is None:
                 raise Violation(f"your-reference to unknown clid {payload[0]}")
-            return entry[0]
+            return target
         if kind == "their-reference":
             if not self.tub.acceptGifts:
                 raise Violation("this Tub does not accept gifts")
@@ -410,7 +689,7 @@ class TubBroker:
             return gift
         if kind == "copyable":
             typename, state = payload
-            if typename == FAILURE_TYPE:
+            if typename == FOOLSCAP_FAILURE_TYPE:
                 return remote_error(state)
             if typename == CACHE_TYPE and "cacheable" in self.peer_extensions:
                 return self._receive_cacheable(state)
@@ -424,13 +703,12 @@ class TubBroker:
             owner = FURL.parse(furl).tubID
             if owner != self.peer_tub_id:
                 raise Violation(f"Tub {self.peer_tub_id} sent a reference with a FURL of Tub {owner}")
+        ref = self._proxies.get(clid)
+        if ref is None:
+            self._admit_proxy(clid, self._DECREF)
+            ref = self._proxies[clid] = TubReference(self, clid)
         if interface is not None or furl is not None:
             self._import_info[clid] = (interface, furl)
-        weak = self._proxies.get(clid)
-        ref = weak() if weak is not None else None
-        if ref is None:
-            ref = TubReference(self, clid)
-            self._proxies[clid] = weakref.ref(ref)
         ref._count += 1
         return ref
 
@@ -438,33 +716,8 @@ class TubBroker:
         info = self._import_info.get(clid)
         return info[1] if info else None
 
-    # ------------------------------------------------------------------ reference counts
-
-    def release(self, clid: int, count: int) -> None:
-        """A proxy died: tell the owner. Runs in finalizers (any thread, any moment), so it only
-        queues."""
-        if self.disconnected:
-            return
-        self._releases.append((clid, count))
-        if len(self._releases) == 1:
-            try:
-                self._loop.call_soon_threadsafe(self._send_releases)
-            except RuntimeError:  # the loop is closed: so is the connection
-                pass
-
-    def _send_releases(self) -> None:
-        releases, self._releases = self._releases, []
-        for clid, count in releases:
-            weak = self._proxies.get(clid)
-            if weak is not None and weak() is None:
-                del self._proxies[clid]
-            if self.disconnected:
-                continue
-            self.call(0, "decref", (), {"clid": clid, "count": count}).add_done_callback(
-                lambda f, clid=clid: self._released(clid, f)
-            )
-
     def _released(self, clid: int, future: asyncio.Future[Any]) -> None:
+        """The owner acknowledged our release of `clid`."""
         if not future.cancelled():
             future.exception()  # a lost connection is no news here
         if clid not in self._proxies:
@@ -481,7 +734,7 @@ class TubBroker:
         if handle is None:
             handle = self._cache_handles[id(obj)] = _CacheHandle(self, obj)
             state["state"] = obj.getStateToCacheAndObserveFor(None, handle.observer)
-        elif id(handle) not in self._clids:  # the holder let go: it needs the state again
+        elif self._refs.luid_of(id(handle)) is None:  # the holder let go: it needs the state again
             state["state"] = obj.getStateToCacheAndObserveFor(None, handle.observer)
         state["handle"] = handle
         return ("copyable", CACHE_TYPE, state)
@@ -490,8 +743,7 @@ class TubBroker:
         handle = state.get("handle")
         if not isinstance(handle, TubReference) or handle.broker is not self:
             raise Violation("a cacheable without its handle")
-        weak = self._caches.get(handle.luid)
-        cache = weak() if weak is not None else None
+        cache = self._remote_caches.get(handle.luid)
         if cache is not None:
             return cache
         tag = str(state.get("type", "")).encode()
@@ -500,118 +752,27 @@ class TubBroker:
             return NotImplemented
         if "state" in state:
             cache = make_copy(tag, state["state"])
-        elif handle.luid in self._dying_caches:
-            cls, attributes = self._dying_caches.pop(handle.luid)
-            cache = cls.__new__(cls)
-            cache.__dict__.update(attributes)
         else:
-            raise Violation(f"no cached copy {handle.luid} to update")
+            cache = self._revive_cache(handle.luid)
+            if cache is None:
+                raise Violation(f"no cached copy {handle.luid} to update")
         if not isinstance(cache, RemoteCache):
             raise Violation(
                 f"{qualified_name(type(cache))} is registered for a cacheable but is not a RemoteCache"
             )
-        cache._tub_link = _CacheLink(self, handle)
-        self._caches[handle.luid] = weakref.ref(cache)
+        # The copy keeps the owner's handle (so the owner keeps sending updates while it lives).
+        cache._cache_link = CacheLink(self, handle.luid, 0, handle)
+        self._remote_caches[handle.luid] = cache
         self._loop.call_soon(handle.callRemoteOnly, "subscribe", _CacheEndpoint(cache))
         return cache
 
-    def cache_died(self, clid: int, cache: RemoteCache) -> None:
-        """Keep a dying copy's state until the owner acknowledges the release (it may name the
-        copy again meanwhile, without its state)."""
-        if not self.disconnected:
-            attributes = {k: v for k, v in cache.__dict__.items() if k != "_tub_link"}
-            self._dying_caches[clid] = (type(cache), attributes)
-
-    def watch(self, ref: RemoteReference) -> None:
-        self._watched[id(ref)] = ref
-
-    def unwatch(self, ref: RemoteReference) -> None:
-        self._watched.pop(id(ref), None)
-
     def statistics(self) -> dict[str, int]:
-        """Sizes of this connection's tables (for tests, monitoring and leak hunts)."""
-        return {
-            "exported": len(self._exports),
-            "imported": sum(1 for w in self._proxies.values() if w() is not None),
-            "gifts": len(self._gifts),
-            "pending": len(self._pending),
-        }
-
-    # ------------------------------------------------------------------ keepalives and the end
-
-    def _schedule_keepalive(self) -> None:
-        intervals = [t for t in (self.tub.keepaliveTimeout, self.tub.disconnectTimeout) if t]
-        if intervals:
-            self._keepalive = self._loop.call_later(min(intervals), self._check_idle)
-
-    def _check_idle(self) -> None:
-        if self.disconnected:
-            return
-        idle = self._loop.time() - self._last_received
-        if self.tub.disconnectTimeout and idle >= self.tub.disconnectTimeout:
-            self.fail(
-                DeadReferenceError(f"no data from Tub {self.peer_tub_id} for {idle:.0f} s"), notify=False
-            )
-            return
-        if self.tub.keepaliveTimeout and idle >= self.tub.keepaliveTimeout:
-            self._link.send(self._encoder.ping(0))
-        self._schedule_keepalive()
-
-    def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
-        task = self._loop.create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    def cancel_tasks(self) -> list[asyncio.Task[Any]]:
-        """Cancel the remote methods still running (the Tub is stopping); the tasks."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        return tasks
-
-    def fail(self, reason: BaseException, *, notify: bool = True) -> None:
-        """End the connection for `reason` (telling the peer, if `notify`, with an ERROR token)."""
-        if self.disconnected:
-            return
-        if notify:
-            self._link.send(
-                _core.encode_tokens([("ERROR", str(reason).encode("utf-8", "replace"))], "foolscap")
-            )
-        self._link.close(reason)
-
-    def connection_lost(self, reason: BaseException | None) -> None:
-        if self.disconnected:
-            return
-        self.disconnected = True
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-        why = f": {reason}" if reason else ""
-        pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                lost = DeadReferenceError(f"the connection to Tub {self.peer_tub_id} was lost{why}")
-                lost.__cause__ = reason
-                future.set_exception(lost)
-        handles, self._cache_handles = list(self._cache_handles.values()), {}
-        for handle in handles:
-            handle.stop()
-        self._exports.clear()
-        self._clids.clear()
-        self._gifts.clear()
-        self._gift_ids.clear()
-        self._queue.clear()
-        watched, self._watched = self._watched, {}
-        for ref in watched.values():
-            for callback in ref._disconnect_callbacks or ():
-                try:
-                    callback(ref)
-                except Exception:
-                    log.exception("notifyOnDisconnect callback %r failed", callback)
-            ref._disconnect_callbacks = None
-        if not self.closed.done():
-            self.closed.set_result(reason)
-        self.tub._broker_lost(self)
+        """`Connection.statistics`, and ``gifts`` (references into third Tubs the peer has not
+        fetched yet) and ``caches`` (our Cacheables the peer holds copies of)."""
+        stats = super().statistics()
+        stats["gifts"] = len(self._gifts)
+        stats["caches"] = len(self._cache_handles)
+        return stats
 
 
 class _CacheHandle(Referenceable):
@@ -657,10 +818,7 @@ class _CacheHandle(Referenceable):
             if not future.done():
                 future.set_exception(DeadReferenceError("the holder of this copy has let go of it"))
         self._waiting.clear()
-        try:
-            self.cacheable.stoppedObserving(None, self.observer)
-        except Exception:
-            log.exception("stoppedObserving of %r failed", self.cacheable)
+        run_callback(self.cacheable.stoppedObserving, None, self.observer)
 
 
 class _CacheEndpoint(Referenceable):
@@ -675,17 +833,6 @@ class _CacheEndpoint(Referenceable):
         if cache is None:
             raise DeadReferenceError("the copy is gone")
         return cache.remoteMessageReceived(None, name, tuple(args), kwargs)  # type: ignore[arg-type]
-
-
-class _CacheLink:
-    """Kept on a copy: holds the owner's handle (so the owner keeps sending updates while the
-    copy lives) and reports the copy's death to the broker."""
-
-    __slots__ = ("broker", "handle")
-
-    def __init__(self, broker: TubBroker, handle: TubReference) -> None:
-        self.broker = broker
-        self.handle = handle
 
 
 def _forward(source: asyncio.Future[Any], destination: asyncio.Future[Any]) -> None:
@@ -709,56 +856,32 @@ def _tag_text(tag: str | bytes) -> str:
     return tag.decode() if isinstance(tag, bytes) else tag
 
 
-async def _awaited(awaitable: Any) -> Any:
-    return await awaitable
-
-
 def _interface_name(obj: Any) -> str | None:
     name = getattr(obj, "remote_interface_name", None)
     return name if isinstance(name, str) else None
 
 
-def _cut(text: str, limit: int) -> bytes:
-    return text.encode("utf-8", "replace")[:limit]
-
-
-def failure_state(exc: BaseException, unsafe_tracebacks: bool) -> list[tuple[str, Any]]:
-    """The attributes of foolscap's failure copyable for `exc`, cut to foolscap's limits."""
-    cls = type(exc)
-    if isinstance(exc, RemoteError):  # passing on a remote failure keeps its remote type
-        return _copied_failure_state(exc)
-    if isinstance(exc, Violation):  # foolscap's own class, so its callers can trap it
-        parents = [VIOLATION_TYPE, *(qualified_name(c) for c in Exception.__mro__)]
-        return _state(exc, VIOLATION_TYPE, parents, unsafe_tracebacks)
-    return _state(exc, qualified_name(cls), parents_of(cls), unsafe_tracebacks)
-
-
-def _state(
-    exc: BaseException, type_name: str, parents: list[str], unsafe_tracebacks: bool
-) -> list[tuple[str, Any]]:
-    cls = type(exc)
-    try:
-        value = str(exc)
-    except Exception as e:  # a broken __str__ must not become a second failure
-        value = f"<str() of {qualified_name(cls)} failed: {e!r}>"
-    text = "".join(traceback.format_exception(exc)) if unsafe_tracebacks else UNAVAILABLE
-    if len(text) > 1900:
-        text = text[:700] + "\n\n-- TRACEBACK ELIDED --\n\n" + text[-1200:]
-    return [
-        ("value", _cut(value, _VALUE_LIMIT)),
-        ("type", _cut(type_name, _TYPE_LIMIT)),
-        ("traceback", text.encode("utf-8", "replace")),
-        ("parents", [_cut(name, _PARENT_LIMIT) for name in parents]),
-    ]
-
-
-def _copied_failure_state(error: RemoteError) -> list[tuple[str, Any]]:
-    return [
-        ("value", _cut(str(error.remoteValue), _VALUE_LIMIT)),
-        ("type", _cut(error.remoteType, _TYPE_LIMIT)),
-        ("traceback", _cut(error.remoteTraceback or UNAVAILABLE, 2000)),
-        ("parents", [_cut(name, _PARENT_LIMIT) for name in error.parents]),
-    ]
+def _gifts_in(value: Any) -> list[_Gift]:
+    """The gifts inside `value`, found without recursion."""
+    found: list[_Gift] = []
+    stack = [value]
+    seen: set[int] = set()
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Gift):
+            found.append(item)
+        elif isinstance(item, list | tuple | set | frozenset):
+            if id(item) not in seen:
+                seen.add(id(item))
+                stack.extend(item)
+        elif isinstance(item, dict):
+            if id(item) not in seen:
+                seen.add(id(item))
+                stack.extend(item.values())
+        elif hasattr(item, "setCopyableState") and not isinstance(item, type) and id(item) not in seen:
+            seen.add(id(item))
+            stack.extend(vars(item).values())
+    return found
 
 
 def _substitute(value: Any) -> Any:

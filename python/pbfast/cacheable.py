@@ -19,9 +19,9 @@ from .errors import DeadReferenceError
 from .referenceable import prefixed_method
 
 if TYPE_CHECKING:
-    from ._broker import Broker
+    from ._connection import Connection
 
-__all__ = ["Cacheable", "RemoteCache", "RemoteCacheObserver"]
+__all__ = ["CacheLink", "Cacheable", "RemoteCache", "RemoteCacheObserver"]
 
 log = logging.getLogger("pbfast")
 
@@ -42,21 +42,35 @@ class RemoteCache(RemoteCopy):
     """The holder's copy of a `Cacheable`: ``setCopyableState`` receives the state, and the
     owner's ``observer.callRemote(name, ...)`` runs ``observe_<name>(...)`` here."""
 
-    # Set when the copy is registered with a connection: (broker, luid), and how many times
-    # the owner has sent it (one decache each when it goes).
-    _pb_cache: tuple[Broker, int] | None = None
-    _pb_count = 0
+    # Set by the connection that made the copy: whom to tell when it goes.
+    _cache_link: CacheLink | None = None
 
-    def remoteMessageReceived(self, broker: Broker, message: str, args: tuple, kw: dict) -> Any:
+    def remoteMessageReceived(self, broker: Any, message: str, args: tuple, kw: dict) -> Any:
         return prefixed_method(self, "observe_", message)(*args, **kw)
 
     def __del__(self) -> None:
-        cache = self._pb_cache
-        if cache is not None and self._pb_count:
-            cache[0].release_cache(cache[1], self._pb_count, self)
-        link = self.__dict__.get("_tub_link")
-        if link is not None:  # a copy held from another Tub
-            link.broker.cache_died(link.handle.luid, self)
+        link = self._cache_link
+        if link is not None:
+            link.connection.cache_died(link, self)
+
+
+class CacheLink:
+    """Ties a `RemoteCache` to the connection it came over.
+
+    Attributes:
+        connection: the connection (its ``cache_died(link, cache)`` runs when the copy goes).
+        luid: the owner's number for the Cacheable.
+        count: how many times the owner sent it (each to be given back when the copy goes).
+        handle: what else the copy keeps alive while it lives, or None.
+    """
+
+    __slots__ = ("connection", "luid", "count", "handle")
+
+    def __init__(self, connection: Any, luid: int, count: int, handle: Any = None) -> None:
+        self.connection = connection
+        self.luid = luid
+        self.count = count
+        self.handle = handle
 
 
 class RemoteCacheObserver:
@@ -65,7 +79,7 @@ class RemoteCacheObserver:
 
     __slots__ = ("broker", "cacheable", "perspective", "luid")
 
-    def __init__(self, broker: Broker, cacheable: Cacheable, perspective: Any, luid: int) -> None:
+    def __init__(self, broker: Connection, cacheable: Cacheable, perspective: Any, luid: int) -> None:
         self.broker = broker
         self.cacheable = cacheable
         self.perspective = perspective

@@ -4,7 +4,8 @@
 The exchange: the client calls ``root.login(username)`` and gets a challenge and a challenger;
 it answers ``challenger.respond(MD5(MD5(password) + challenge), mind)`` and gets its avatar.
 pbfast's challenges are 16 bytes from the operating system's random source, and each accepts
-one response: a wrong answer cannot be retried against the same challenge.
+one response: a wrong answer cannot be retried against the same challenge. Failed logins are
+throttled per source address (`Portal`'s ``throttle``; see ``_throttle.py``).
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import inspect
+import ipaddress
 import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._throttle import LoginQueue, LoginThrottle
 from .errors import RemoteError, UnauthorizedLogin
 from .referenceable import Referenceable, RemoteReference
 
 if TYPE_CHECKING:
-    from ._broker import Broker
+    from ._connection import Connection
 
 __all__ = [
     "ANONYMOUS",
@@ -128,11 +131,26 @@ class Portal:
     other `Referenceable`), or ``(avatar, logout)``, or Twisted's ``(interface, avatar,
     logout)``, or a coroutine of any of these. ``logout()`` runs once the client lets go of
     the avatar or disconnects.
+
+    Failed logins are throttled per source address: after a few failures (5) every further
+    attempt from that address, right or wrong, waits its turn before it is checked, so that
+    its attempts are checked at no more than 5 a second however many connections they come
+    over. A right password still logs in (nothing is locked out), connections take turns
+    (one waiting on a new connection is checked after at most one attempt from each of the
+    others), and an address that stops failing is soon back to no wait. Waiting delays nothing
+    else. When an address is first throttled a warning is logged on the ``pbfast`` logger.
+
+    Args:
+        realm: gives the avatar for an avatar id and a mind (``requestAvatar``).
+        checkers: turn credentials into an avatar id (``requestAvatarId``), tried in turn.
+        throttle: throttle failed logins per source address (the default); False to check
+            every attempt at once.
     """
 
-    def __init__(self, realm: Any, checkers: Iterable[Checker] = ()) -> None:
+    def __init__(self, realm: Any, checkers: Iterable[Checker] = (), throttle: bool = True) -> None:
         self.realm = realm
         self.checkers = list(checkers)
+        self._throttle = LoginThrottle() if throttle else None
 
     def registerChecker(self, checker: Checker) -> None:
         self.checkers.append(checker)
@@ -168,9 +186,12 @@ class Portal:
 class PortalRoot(Referenceable):
     """The root a portal's connection serves: ``login`` and ``loginAnonymous``."""
 
-    def __init__(self, portal: Portal, broker: Broker) -> None:
+    def __init__(self, portal: Portal, broker: Connection) -> None:
         self.portal = portal
         self.broker = broker
+        self._queue = LoginQueue()  # this connection's attempts waiting for the throttle
+        if portal._throttle is not None:
+            broker.notifyOnDisconnect(self._queue.close)
 
     def remote_login(self, username: bytes | str) -> tuple[bytes, Challenger]:
         challenge = os.urandom(16)
@@ -180,7 +201,19 @@ class PortalRoot(Referenceable):
         return await self._admit(Anonymous(), mind)
 
     async def _admit(self, credentials: Any, mind: Any) -> Any:
-        avatar, logout = await self.portal.login(credentials, mind)
+        """The avatar for `credentials`, checked in the turn the portal's throttle gives.
+
+        Raises:
+            UnauthorizedLogin: the credentials were refused, or too many attempts are waiting.
+        """
+        portal, throttle = self.portal, self.portal._throttle
+        if throttle is None:
+            avatar, logout = await portal.login(credentials, mind)
+        else:
+            address = _source_address(self.broker)
+            avatar, logout = await throttle.attempt(
+                address, self._queue, lambda: portal.login(credentials, mind)
+            )
         if logout is not None:
             self.broker.call_when_released(avatar, logout)
         return avatar
@@ -228,6 +261,25 @@ async def login_over(root: RemoteReference, credentials: Any, mind: Any) -> Remo
         if e.check(UnauthorizedLogin, "twisted.cred.error.LoginFailed"):
             raise UnauthorizedLogin(str(e.remoteValue) or e.remoteType) from e
         raise
+
+
+def _source_address(broker: Connection) -> str:
+    """The address logins over `broker`'s connection are throttled by: the peer's IP address
+    (an IPv4-mapped IPv6 address as IPv4), else the peer name its transport gives, else one
+    key shared by every such connection."""
+    transport = getattr(broker, "transport", None)
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(peer, tuple) and peer:  # (host, port), or (host, port, flowinfo, scope_id)
+        host = str(peer[0])
+        try:
+            ip = ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return host
+        mapped = getattr(ip, "ipv4_mapped", None)
+        return str(mapped or ip)
+    if peer:
+        return peer if isinstance(peer, str) else repr(peer)
+    return "local"
 
 
 def _bytes(value: str | bytes) -> bytes:

@@ -11,7 +11,8 @@ may contain ``=``). Positional fields fill the type's positional parameters in o
 
 Server types::
 
-    tcp:PORT  tcp:port=P:interface=ADDR:backlog=N          (interface default 0.0.0.0)
+    tcp:PORT  tcp:port=P:interface=ADDR:backlog=N          (interface default 0.0.0.0,
+                                                           backlog default 1024)
     tcp6:port=P:interface=ADDR:backlog=N                   (interface default ::)
     unix:PATH  unix:address=PATH:mode=666:backlog=N:lockfile=0|1
     ssl:port=P:privateKey=KEY.pem:certKey=CERT.pem:extraCertChain=CHAIN.pem:interface=ADDR:backlog=N
@@ -63,6 +64,10 @@ __all__ = [
 
 #: First file descriptor of sockets passed by systemd socket activation (sd_listen_fds(3)).
 SD_LISTEN_FDS_START = 3
+#: Connections the kernel may queue before we accept them, unless ``backlog=`` says otherwise
+#: (Twisted's 50 makes a burst of connections wait for SYN retransmissions; the kernel caps
+#: the figure at ``net.core.somaxconn``).
+LISTEN_BACKLOG = 1024
 
 _ProtocolFactory = Callable[[], asyncio.Protocol]
 _Connection = tuple[asyncio.Transport, asyncio.Protocol]
@@ -575,7 +580,7 @@ def _clear_stale_socket(path: str) -> None:
 class _UNIXServerEndpoint(ServerEndpoint):
     path: str
     mode: int = 0o666
-    backlog: int = 50
+    backlog: int = LISTEN_BACKLOG
     lockfile: bool = True
 
     async def listen(self, protocol_factory: _ProtocolFactory) -> Listener:
@@ -670,7 +675,7 @@ def _tcp_server_fields(p: dict[str, str], default_interface: str) -> dict[str, A
     return {
         "port": _int("port", p["port"], 0, 65535),
         "interface": p.get("interface") or default_interface,
-        "backlog": _int("backlog", p.get("backlog", "50"), 0, 2**31 - 1),
+        "backlog": _int("backlog", p.get("backlog", str(LISTEN_BACKLOG)), 0, 2**31 - 1),
     }
 
 
@@ -718,7 +723,7 @@ def _unix_server(kwargs: dict[str, str], args: list[str]) -> ServerEndpoint:
     return _UNIXServerEndpoint(
         path=p["address"],
         mode=_mode(p.get("mode", "666")),
-        backlog=_int("backlog", p.get("backlog", "50"), 0, 2**31 - 1),
+        backlog=_int("backlog", p.get("backlog", str(LISTEN_BACKLOG)), 0, 2**31 - 1),
         lockfile=_flag("lockfile", p.get("lockfile", "1")),
     )
 

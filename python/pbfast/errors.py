@@ -15,6 +15,7 @@ The Rust core raises these classes too, so ``isinstance`` checks, docs and pickl
       Error                  raise it in a remote method: an expected error, sent without a
                              traceback in the server's log
         UnauthorizedLogin    a login was refused
+        LimitExceeded        a connection limit was reached (.limit names it)
       NoSuchMethod           (also AttributeError) the object has no such remote method
       RemoteError            the remote method raised; the caller gets this
       DeadReferenceError     (also ConnectionError) a call on a connection that is gone
@@ -31,6 +32,7 @@ __all__ = [
     "Error",
     "InsecureJelly",
     "JellyError",
+    "LimitExceeded",
     "NegotiationError",
     "NoSuchMethod",
     "PBConnectionLost",
@@ -139,6 +141,22 @@ class Error(PbfastError):
     The caller gets it as a `RemoteError`; the server does not log a traceback for it, as it
     does for any other exception escaping a remote method.
     """
+
+
+class LimitExceeded(Error):
+    """A connection limit was reached (see the limits in the README): the call that would have
+    gone past it fails with this, or the connection closes for it.
+
+    Attributes:
+        limit: the limit's option name (``"max_refs"``, ``"memory_budget"``, ...).
+    """
+
+    def __init__(self, message: str, limit: str | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.limit))
 
 
 class NoSuchMethod(PbfastError, AttributeError):

@@ -9,8 +9,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import endpoints
-from ._broker import Broker, BrokerOptions
-from ._protocol import PBProtocol
+from ._broker import Broker
+from ._connection import Connection, ConnectionOptions, shutdown
 from .cred import Portal, PortalRoot, login_over
 from .referenceable import Referenceable, RemoteReference, Root
 
@@ -23,9 +23,9 @@ CONNECT_TIMEOUT = 30.0
 
 class Server:
     """A listening PB server (from `serve`): ``.port``, ``.close()``, ``await .wait_closed()``,
-    and ``async with`` closes it on exit. Closing stops listening and closes every connection."""
+    ``await .shutdown(grace)``, and ``async with`` closes it on exit."""
 
-    def __init__(self, listener: endpoints.Listener, brokers: set[Broker]) -> None:
+    def __init__(self, listener: endpoints.Listener, brokers: set[Connection]) -> None:
         self._listener = listener
         self.brokers = brokers
         """The open connections' brokers."""
@@ -41,10 +41,12 @@ class Server:
         return self._listener.address
 
     def close(self) -> None:
-        """Stop listening and close every open connection."""
+        """Stop listening and close every open connection: what is queued is still written,
+        the clients' calls still running are cancelled (logged at DEBUG). A client that does
+        not read is cut off after `pbfast._connection.CLOSE_TIMEOUT` seconds."""
         self._listener.close()
         for broker in list(self.brokers):
-            broker.transport.close()
+            broker.close_nowait(cancel=True)
 
     async def wait_closed(self) -> None:
         """Wait until the listener and every connection are closed."""
@@ -52,6 +54,14 @@ class Server:
         closing = [broker.closed for broker in list(self.brokers)]
         if closing:
             await asyncio.gather(*closing)
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Stop gracefully: stop listening, refuse new calls (the callers get an error), let
+        running calls finish and their replies go out for up to `grace` seconds, then cut off
+        the connections still open (their calls cancelled, logged at DEBUG)."""
+        self._listener.close()
+        await shutdown(list(self.brokers), grace)
+        await self.wait_closed()
 
     async def __aenter__(self) -> Server:
         return self
@@ -66,23 +76,23 @@ async def serve(root: Root | Referenceable | Portal, endpoint: str, **options: A
     ``"tcp:port=0:interface=127.0.0.1"``); every connection gets ``root.rootObject(broker)``.
     A `Portal` is served for cred logins (`login`), as Twisted's ``PBServerFactory(portal)``.
 
-    Options: ``unsafeTracebacks`` (send tracebacks to callers), ``max_refs``, ``max_proxies``,
-    ``backlog`` and the receive limits ``max_element_size``, ``max_message_size``,
-    ``max_depth``, ``max_header_length`` (see `BrokerOptions`).
+    Options (see `pbfast._connection.ConnectionOptions`): ``unsafeTracebacks`` (send
+    tracebacks to callers), ``max_in_flight``, ``backlog``, ``max_refs``, ``max_proxies``,
+    ``handshake_timeout``, ``idle_timeout`` and the receive limits ``max_element_size``,
+    ``max_message_size``, ``max_depth``, ``max_header_length``.
 
     Raises:
         ValueError: a malformed endpoint string.
         TypeError: an unknown option, or a root that is not a Referenceable.
+        ValueError: an option value out of range.
         OSError: the address cannot be bound (e.g. the port is in use).
     """
-    settings = BrokerOptions.from_keywords(options)
+    settings = ConnectionOptions.from_keywords(options)
     root_for = _root_factory(root)
-    brokers: set[Broker] = set()
+    brokers: set[Connection] = set()
 
-    def protocol() -> PBProtocol:
-        return PBProtocol(
-            server=True, root=root_for, options=settings, on_open=brokers.add, on_close=brokers.discard
-        )
+    def protocol() -> Broker:
+        return Broker(settings, server=True, root=root_for, group=brokers)
 
     listener = await endpoints.listen(endpoint, protocol)
     return Server(listener, brokers)
@@ -116,15 +126,12 @@ class connect:  # noqa: N801 (used like a function: `await connect(...)`, `async
     def __init__(self, endpoint: str, *, timeout: float = CONNECT_TIMEOUT, **options: Any) -> None:
         self._endpoint = endpoint
         self._timeout = timeout
-        self._options = BrokerOptions.from_keywords(options)
+        self._options = ConnectionOptions.from_keywords(options)
         self._root: RemoteReference | None = None
 
     async def _open(self) -> RemoteReference:
         async with asyncio.timeout(self._timeout):
-            _, protocol = await endpoints.connect(
-                self._endpoint, lambda: PBProtocol(server=False, options=self._options)
-            )
-            broker = protocol.broker
+            _, broker = await endpoints.connect(self._endpoint, lambda: Broker(self._options, server=False))
             try:
                 await asyncio.shield(broker.ready)
             except BaseException:

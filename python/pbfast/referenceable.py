@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import NoSuchMethod
 
 if TYPE_CHECKING:
-    from ._broker import Broker
+    from ._connection import Connection
 
 __all__ = ["Avatar", "Referenceable", "RemoteReference", "Root", "ViewPoint", "Viewable"]
 
@@ -42,7 +42,7 @@ class Referenceable:
 
     __slots__ = ()
 
-    def remoteMessageReceived(self, broker: Broker, message: str, args: tuple, kw: dict) -> Any:
+    def remoteMessageReceived(self, broker: Connection, message: str, args: tuple, kw: dict) -> Any:
         """Run ``remote_<message>(*args, **kw)``; its result (awaited if awaitable) is the answer.
 
         Raises:
@@ -60,7 +60,7 @@ class Root(Referenceable):
 
     __slots__ = ()
 
-    def rootObject(self, broker: Broker) -> Referenceable:
+    def rootObject(self, broker: Connection) -> Referenceable:
         """The root for one new connection; override to give each connection its own."""
         return self
 
@@ -72,10 +72,10 @@ class Avatar(Referenceable):
 
     __slots__ = ()
 
-    def remoteMessageReceived(self, broker: Broker, message: str, args: tuple, kw: dict) -> Any:
+    def remoteMessageReceived(self, broker: Connection, message: str, args: tuple, kw: dict) -> Any:
         return self.perspectiveMessageReceived(broker, message, args, kw)
 
-    def perspectiveMessageReceived(self, broker: Broker, message: str, args: tuple, kw: dict) -> Any:
+    def perspectiveMessageReceived(self, broker: Connection, message: str, args: tuple, kw: dict) -> Any:
         """Run ``perspective_<message>(*args, **kw)``.
 
         Raises:
@@ -111,7 +111,7 @@ class ViewPoint(Referenceable):
         self.perspective = perspective
         self.viewable = viewable
 
-    def remoteMessageReceived(self, broker: Broker, message: str, args: tuple, kw: dict) -> Any:
+    def remoteMessageReceived(self, broker: Connection, message: str, args: tuple, kw: dict) -> Any:
         return self.viewable.viewMessageReceived(self.perspective, message, args, kw)
 
     def serializingPerspective(self) -> Any:
@@ -127,7 +127,7 @@ class RemoteReference:
 
     __slots__ = ("broker", "luid", "_count", "_disconnect_callbacks", "__weakref__")
 
-    def __init__(self, broker: Broker, luid: int | bytes) -> None:
+    def __init__(self, broker: Connection, luid: int | bytes) -> None:
         self.broker = broker
         self.luid = luid
         # `remote` occurrences received and not yet decref'd (0 for the unreferenced root).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import itertools
 import logging
@@ -23,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from . import endpoints
+from ._connection import RECEIVE_LIMITS, Connection, ConnectionOptions, check_option, memory_pair, shutdown
 from ._negotiate import Hello
 from ._tub_broker import TubBroker, TubReference
-from ._tub_connection import TubConnection
-from .errors import DeadReferenceError, NegotiationError
+from .errors import NegotiationError, PBConnectionLost
 from .furl import FURL, new_swissnum, parse_hint
 from .identity import TubIdentity
 
@@ -37,15 +38,8 @@ log = logging.getLogger("pbfast.tub")
 _OPTIONS: dict[str, Any] = {
     # Send a PING after this many seconds without data from the peer (None: never).
     "keepaliveTimeout": 240.0,
-    # Drop a connection after this many seconds without data from the peer (None: never).
-    "disconnectTimeout": None,
-    # From TCP connect to the end of negotiation.
-    "negotiationTimeout": 60.0,
     # Connecting to a FURL, all of its hints at once.
     "connectTimeout": 60.0,
-    # Send remote callers full tracebacks of our failures (foolscap's default is on; they show
-    # file paths, so ours is off).
-    "unsafeTracebacks": False,
     "logLocalFailures": False,
     "logRemoteFailures": False,
     "acceptGifts": True,
@@ -54,8 +48,12 @@ _OPTIONS: dict[str, Any] = {
     "reconnectMaxDelay": 300.0,
     "reconnectJitter": 0.1,
 }
-# Receive limits handed to the decoder (see `pbfast._core.FoolscapDecoder`).
-_LIMITS = ("max_element_size", "max_depth", "max_header_length")
+# foolscap's names for two of the connection options: from TCP connect to the end of
+# negotiation (60 s), and the silence after which a connection is dropped (None: never).
+_FOOLSCAP_NAMES = {name: field for field, name in TubBroker._OPTION_NAMES.items()}
+# The connection options a Tub takes under their own names (send remote callers full
+# tracebacks: foolscap's default is on, but they show file paths, so ours is off).
+_SHARED = ("unsafeTracebacks", "max_in_flight", "backlog", "max_refs", "max_proxies", *RECEIVE_LIMITS)
 
 
 class Tub:
@@ -63,12 +61,15 @@ class Tub:
 
     The identity comes from `certData` (PEM as foolscap stores it), else from `certFile`
     (created, readable by its owner only, if missing), else is made afresh. Options (also
-    settable with `setOption`): ``keepaliveTimeout`` (240 s), ``disconnectTimeout`` (off),
-    ``negotiationTimeout`` (60 s), ``connectTimeout`` (60 s), ``unsafeTracebacks`` (False),
+    settable with `setOption`, for connections made afterwards): ``keepaliveTimeout`` (240 s),
+    ``disconnectTimeout`` (off), ``negotiationTimeout`` (60 s), ``connectTimeout`` (60 s),
     ``logLocalFailures``, ``logRemoteFailures``, ``acceptGifts`` (True), the reconnection
     back-off ``reconnectInitialDelay``/``reconnectFactor``/``reconnectMaxDelay``/
-    ``reconnectJitter``, and the decoder limits ``max_element_size``/``max_depth`` (``max_depth``
-    bounds the nesting of what the Tub sends too).
+    ``reconnectJitter``, and the connection options PB's `pbfast.serve` takes under the same
+    names: ``unsafeTracebacks`` (False), ``max_in_flight``, ``backlog``, ``max_refs``,
+    ``max_proxies`` and the receive limits ``max_element_size``, ``max_message_size``,
+    ``max_depth``, ``max_header_length`` (see `pbfast._connection.ConnectionOptions`);
+    ``max_depth`` bounds the nesting of what the Tub sends too.
     """
 
     def __init__(
@@ -89,7 +90,8 @@ class Tub:
         self._tls_identity = (identity.certificate_der, identity.private_key_der)
         for name, value in _OPTIONS.items():
             setattr(self, name, value)
-        self._limits: dict[str, int] = {}
+        self.options = ConnectionOptions(handshake_timeout=60.0)
+        """The options of the Tub's connections (`setOption` replaces it)."""
         for name, value in options.items():
             self.setOption(name, value)
         self._location: list[str] | None = None
@@ -101,7 +103,8 @@ class Tub:
         self._listeners: list[endpoints.Listener] = []
         self._brokers: dict[str, TubBroker] = {}
         self._connecting: dict[str, asyncio.Task[TubBroker]] = {}
-        self._connections: set[TubConnection] = set()
+        # Every open connection, negotiating or not (the loopback pair too).
+        self._connections: set[Connection] = set()
         self._seqnums: dict[str, int] = {}
         self._last_connection: dict[str, tuple[str, int]] = {}
         self._loopback: TubBroker | None = None
@@ -116,13 +119,22 @@ class Tub:
 
         Raises:
             TypeError: an unknown option.
+            ValueError: a value out of range for a connection option.
         """
-        if name in _LIMITS:
-            self._limits[name] = value
-        elif name in _OPTIONS:
+        if name in _OPTIONS:
             setattr(self, name, value)
+            return
+        if name in _FOOLSCAP_NAMES:
+            field = _FOOLSCAP_NAMES[name]
+        elif name in _SHARED:
+            field = name
         else:
             raise TypeError(f"unknown Tub option {name!r}")
+        check_option(field, value, name)
+        if field in RECEIVE_LIMITS:
+            self.options = dataclasses.replace(self.options, limits={**self.options.limits, field: value})
+        else:
+            self.options = dataclasses.replace(self.options, **{field: value})
 
     async def __aenter__(self) -> Tub:
         return self
@@ -136,7 +148,7 @@ class Tub:
         """Accept Tub connections on a server endpoint, e.g. ``"tcp:0:interface=127.0.0.1"``
         (the listener's ``port`` is the one bound)."""
         self._check_running()
-        listener = await endpoints.listen(endpoint, lambda: TubConnection(self))
+        listener = await endpoints.listen(endpoint, lambda: TubBroker(self))
         self._listeners.append(listener)
         return listener
 
@@ -339,26 +351,25 @@ class Tub:
 
     async def _dial(self, tub_id: str, host: str, port: int) -> TubBroker:
         loop = asyncio.get_running_loop()
-        connection: TubConnection | None = None
+        broker: TubBroker | None = None
         try:
-            _, connection = await loop.create_connection(
-                lambda: TubConnection(self, target=tub_id, host=host), host, port
+            _, broker = await loop.create_connection(
+                lambda: TubBroker(self, target=tub_id, host=host), host, port
             )
-            return await connection.ready
+            await broker.ready
+            return broker
         except asyncio.CancelledError:
-            if connection is not None:
-                connection.close(DeadReferenceError("connection attempt cancelled"))
+            if broker is not None:
+                broker.close_nowait(PBConnectionLost("connection attempt cancelled"))
             raise
 
     def _loopback_broker(self) -> TubBroker:
         """Calls to our own FURLs go through a pair of brokers joined in memory (so arguments
         are copied exactly as they would be over the network)."""
         if self._loopback is None or self._loopback.disconnected:
-            near, far = _MemoryLink(), _MemoryLink()
-            near.peer, far.peer = far, near
-            near.broker = TubBroker(self, near, self.tubID)
-            far.broker = TubBroker(self, far, self.tubID)
-            self._loopback = near.broker
+            near, far = TubBroker(self, loopback=True), TubBroker(self, loopback=True)
+            memory_pair(near, far)
+            self._loopback = near
         return self._loopback
 
     # ------------------------------------------------------------------ connection bookkeeping
@@ -394,19 +405,22 @@ class Tub:
         old = self._brokers.get(broker.peer_tub_id)
         self._brokers[broker.peer_tub_id] = broker
         if old is not None and old is not broker:
-            old.fail(DeadReferenceError("replaced by a new connection"), notify=False)
+            old.close_nowait(
+                PBConnectionLost(f"the connection to Tub {old.peer_tub_id} was replaced by a new one")
+            )
 
     def _broker_lost(self, broker: TubBroker) -> None:
         if self._brokers.get(broker.peer_tub_id) is broker:
             del self._brokers[broker.peer_tub_id]
 
     def statistics(self) -> dict[str, int]:
-        """Sizes of the Tub's tables, summed over its connections."""
-        totals = {"connections": 0, "exported": 0, "imported": 0, "gifts": 0, "pending": 0}
-        brokers = list(self._brokers.values())
-        if self._loopback is not None and not self._loopback.disconnected:
-            brokers += [self._loopback, self._loopback._link.peer.broker]
-        for broker in brokers:
+        """`Connection.statistics` summed over the Tub's connections (the two ends of its
+        connection to itself included), with ``connections`` (those counted) and
+        ``registered`` (objects registered by name)."""
+        totals = {"connections": 0, **dict.fromkeys(TubBroker.STATISTICS, 0)}
+        for broker in list(self._connections):
+            if not isinstance(broker, TubBroker) or broker._phase != "banana":
+                continue
             totals["connections"] += 1
             for key, value in broker.statistics().items():
                 totals[key] += value
@@ -419,8 +433,11 @@ class Tub:
         if not self.running:
             raise RuntimeError("the Tub has been stopped")
 
-    async def stopService(self) -> None:
-        """Stop listening, stop reconnecting and close every connection."""
+    async def stopService(self, grace: float = 10.0) -> None:
+        """Stop: stop listening and reconnecting, refuse new calls, let running calls finish
+        and their replies go out for up to `grace` seconds, then cut off the connections still
+        open (their calls cancelled, logged at DEBUG). Each connection ends with a TLS
+        close_notify, so stock foolscap peers see a clean close."""
         if not self.running:
             return
         self.running = False
@@ -430,50 +447,12 @@ class Tub:
             listener.close()
         for task in list(self._connecting.values()):
             task.cancel()
-        reason = DeadReferenceError(f"Tub {self.tubID} stopped")
-        brokers = list(self._brokers.values())
-        if self._loopback is not None:
-            brokers.append(self._loopback)
-        tasks = []
-        for broker in brokers:
-            broker.fail(reason, notify=False)
-            tasks += broker.cancel_tasks()
-        for connection in list(self._connections):
-            connection.close(reason)
+        await shutdown(list(self._connections), grace)
         for listener in self._listeners:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listener.wait_closed(), 5)
         self._listeners.clear()
-        await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.sleep(0)
-
-
-class _MemoryLink:
-    """One end of the in-memory connection a Tub uses to call itself."""
-
-    def __init__(self) -> None:
-        self.peer: _MemoryLink
-        self.broker: TubBroker
-        self._out: list[bytes] = []
-        self._closed = False
-
-    def send(self, data: bytes) -> None:
-        if self._closed:
-            return
-        self._out.append(data)
-        if len(self._out) == 1:
-            asyncio.get_running_loop().call_soon(self._deliver)
-
-    def _deliver(self) -> None:
-        data, self._out = b"".join(self._out), []
-        if data and not self.peer._closed:
-            self.peer.broker.feed(data)
-
-    def close(self, reason: BaseException | None = None) -> None:
-        for end in (self, self.peer):
-            if not end._closed:
-                end._closed = True
-                end.broker.connection_lost(reason)
 
 
 class Reconnector:

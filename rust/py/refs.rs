@@ -4,14 +4,14 @@ use pyo3::prelude::*;
 
 use crate::refs::{RefError, RefTable};
 
-pyo3::import_exception!(pbfast.errors, Error);
+pyo3::import_exception!(pbfast.errors, LimitExceeded);
 pyo3::import_exception!(pbfast.errors, ProtocolError);
 
 impl From<RefError> for PyErr {
     fn from(e: RefError) -> PyErr {
         match e {
             // Raised while sending: the call that tried fails, as in Twisted.
-            RefError::Full { .. } => Error::new_err(e.to_string()),
+            RefError::Full { .. } => LimitExceeded::new_err((e.to_string(), "max_refs")),
             // Only the peer names luids: it broke the protocol.
             RefError::Unknown { .. } => ProtocolError::new_err(e.to_string()),
         }
@@ -30,8 +30,8 @@ impl RefTablePy {
         RefTablePy(RefTable::new(limit))
     }
 
-    /// Count one more `remote` of object `key`: `(luid, is_new)`. Raises `pbfast.Error` when
-    /// the table is full.
+    /// Count one more `remote` of object `key`: `(luid, is_new)`. Raises `pbfast.LimitExceeded`
+    /// (`max_refs`) when the table is full.
     fn send(&mut self, key: u64) -> PyResult<(u64, bool)> {
         Ok(self.0.send(key)?)
     }

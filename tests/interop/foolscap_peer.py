@@ -17,18 +17,24 @@ Usage::
     Starts a Tub (its certificate read from FILE, or created and written there if FILE does not
     exist; a fresh one if no ``--cert``), listens on an ephemeral port of 127.0.0.1, registers a
     :class:`PeerRoot` under the name ``root``, prints exactly one line ``FURL <furl>`` and serves
-    until its stdin reaches EOF. ``--keepalive S`` sets the Tub's ``keepaliveTimeout`` (PING after
-    S idle seconds), ``--disconnect S`` its ``disconnectTimeout`` (drop a connection after S
-    seconds without inbound data). One root serves every connection.
+    until its stdin reaches EOF. A line ``stop`` on stdin stops the Tub first (``stopService``:
+    every connection is hung up with TLS close_notify) and prints ``STOPPED <seconds>`` once that
+    has completed; the process still exits at EOF. ``--keepalive S`` sets the Tub's
+    ``keepaliveTimeout`` (PING after S idle seconds), ``--disconnect S`` its
+    ``disconnectTimeout`` (drop a connection after S seconds without inbound data). One root
+    serves every connection.
 
 ``client FURL SCENARIO``
     A client-only Tub (no listener; ``--cert`` chooses its identity) gets FURL, runs SCENARIO (one
     of :data:`SCENARIOS`, see the ``scenario_*`` functions for what each reports), prints one line
-    ``RESULT <json>`` and exits 0; on any unexpected failure, or after 30 s, it prints ``ERROR
-    <json string>`` and exits 1. The object behind FURL must offer the methods of
+    ``RESULT <json>`` and exits 0; on any unexpected failure, or after 30 s, or when its Tub's
+    ``stopService`` afterwards takes over 5 s (the peer did not close its end), it prints
+    ``ERROR <json string>`` and exits 1. The object behind FURL must offer the methods of
     :class:`PeerRoot`. Values are reported with :func:`tag`: ``{"type": "bytes", "hex": ...}``,
     ``{"type": "int", "value": "-5"}``, ... so a test can compare them exactly.
-    ``gift`` needs ``--third FURL2``, the root of another server (the third Tub).
+    ``gift`` needs ``--third FURL2``, the root of another server (the third Tub). ``hangup``
+    calls ``hello("hangup")`` as the cue for the other side to stop its Tub, and reports how the
+    disconnect and its own ``stopService`` went (see :func:`scenario_hangup`).
 
 ``liar FURL``
     Raw Twisted TLS instead of a Tub: sends the plaintext upgrade request for FURL's TubID,
@@ -88,6 +94,7 @@ import os
 import re
 import sys
 import threading
+import time
 
 from foolscap import crypto
 from foolscap.api import Copyable, Referenceable, RemoteCopy, Tub, Violation, fireEventually
@@ -107,6 +114,7 @@ KEEPALIVE_IDLE = 3.5  # seconds the keepalive scenario stays silent
 LIAR_QUIET = 1.0  # seconds without news after which the liar stops waiting for more
 COLLECT_WAIT = 5.0  # seconds collect() waits at most for its decrefs to be acknowledged
 STOP_WAIT = 5.0  # seconds a client waits at most for its Tub to hang up
+HANGUP_WAIT = 10.0  # seconds the hangup scenario waits at most for the other side to hang up
 FURL_RE = re.compile(r"^pb://([^@]+)@([^/]*)/(.+)$")  # foolscap's own FURL pattern
 # The names every failure in the errors scenario is checked against with Failure.check().
 CHECK_NAMES = (
@@ -398,13 +406,24 @@ class _PortRecorder:
         return d.addCallback(listening)
 
 
-def _stop_on_stdin_eof():
+def _stop_on_stdin_eof(tub):
+    """Until stdin's EOF: a line ``stop`` stops `tub` (``STOPPED <seconds>`` when done)."""
     try:
-        while sys.stdin.buffer.read(65536):
-            pass
+        for line in sys.stdin.buffer:
+            if line.strip() == b"stop":
+                reactor.callFromThread(_stop_and_report, tub)
     except Exception:
         pass
     reactor.callFromThread(reactor.stop)
+
+
+def _stop_and_report(tub):
+    if not tub.running:
+        return
+    started = time.monotonic()
+    d = tub.stopService()
+    d.addCallback(lambda _: sys.stdout.write(f"STOPPED {time.monotonic() - started:.3f}\n"))
+    d.addCallback(lambda _: sys.stdout.flush())
 
 
 @defer.inlineCallbacks
@@ -422,7 +441,7 @@ def _start_server(opts):
     furl = tub.registerReference(PeerRoot(tub), ROOT_NAME)
     sys.stdout.write(f"FURL {furl}\n")
     sys.stdout.flush()
-    threading.Thread(target=_stop_on_stdin_eof, name="stdin-watch", daemon=True).start()
+    threading.Thread(target=_stop_on_stdin_eof, args=(tub,), name="stdin-watch", daemon=True).start()
 
 
 def run_server(opts):
@@ -760,6 +779,49 @@ def scenario_bad_tubid(tub, opts):
     }
 
 
+@defer.inlineCallbacks
+def _stop_tub(tub, limit):
+    """Stop `tub`, giving up after `limit` seconds: how long it took, or None if it did not end
+    in time. (It is timed: a timeout cancels the DeferredList inside ``stopService``, which
+    then succeeds all the same.)"""
+    started = time.monotonic()
+    stopping = tub.stopService()
+    stopping.addTimeout(limit, reactor)
+    yield stopping.addErrback(lambda _: None)
+    seconds = time.monotonic() - started
+    return seconds if seconds < limit else None
+
+
+@defer.inlineCallbacks
+def scenario_hangup(tub, root, opts):
+    """The other side stops its Tub on our cue. With ``sleep(30)`` pending we call
+    ``hello("hangup")`` (the cue) and wait up to HANGUP_WAIT s for the disconnect: ``noticed``
+    (seconds from the hello's answer to our notifyOnDisconnect callback; None if it never
+    came), ``pending`` (that call's outcome), ``connected`` (isConnected() then), ``after`` (a
+    call made then), and ``stop``: our own ``stopService`` afterwards, ``{"completed",
+    "seconds"}`` (it waits for each connection to close, so a peer that ignores our TLS
+    close_notify holds it up)."""
+    lost = defer.Deferred()
+    root.notifyOnDisconnect(lambda: lost.called or lost.callback(time.monotonic()))
+    pending = outcome(root.callRemote("sleep", 30, "too late"))
+    yield root.callRemote("hello", "hangup")
+    cued = time.monotonic()
+    lost.addTimeout(HANGUP_WAIT, reactor)
+    kind, when = yield capture(lost)
+    noticed = when - cued if kind == "ok" else None
+    pending.addTimeout(1, reactor)
+    pending_outcome = yield capture(pending)
+    report = {
+        "noticed": noticed,
+        "pending": pending_outcome[1] if pending_outcome[0] == "ok" else "still waiting",
+        "connected": root.isConnected(),
+        "after": (yield outcome(root.callRemote("echo", 1))),
+    }
+    seconds = yield _stop_tub(tub, HANGUP_WAIT)
+    report["stop"] = {"completed": seconds is not None, "seconds": seconds}
+    return report
+
+
 SCENARIOS = {
     "basic": scenario_basic,
     "errors": scenario_errors,
@@ -769,6 +831,7 @@ SCENARIOS = {
     "keepalive": scenario_keepalive,
     "parallel": scenario_parallel,
     "bad_tubid": scenario_bad_tubid,  # no root: the connection itself must fail
+    "hangup": scenario_hangup,  # stops the Tub itself
 }
 
 
@@ -832,13 +895,16 @@ def run_client(opts):
             tub.setOption("disconnectTimeout", 2)
         tub.startService()
         try:
-            return (yield _run_scenario(tub, opts))
+            result = yield _run_scenario(tub, opts)
         finally:
-            # Hang up properly (TLS close) rather than by process exit, but the result matters
-            # more than a slow goodbye.
-            stopping = tub.stopService()
-            stopping.addTimeout(STOP_WAIT, reactor)
-            yield stopping.addErrback(lambda _: None)
+            # Hang up properly (TLS close) rather than by process exit. stopService waits for
+            # each connection to close, which needs the peer to answer our close_notify.
+            hung_up = True
+            if tub.running:
+                hung_up = (yield _stop_tub(tub, STOP_WAIT)) is not None
+        if not hung_up:
+            raise RuntimeError(f"stopService took over {STOP_WAIT} s: the peer kept the connection open")
+        return result
 
     return _run_with_timeout(work)
 

@@ -34,6 +34,7 @@ EMPTY_STATISTICS = {
     "caches": 0,
     "cached": 0,
     "pending": 0,
+    "in_flight": 0,
     "backlog": 0,
     "buffered": 0,
 }

@@ -143,8 +143,8 @@ class PbfastRoot(pbfast.Referenceable):
     def remote_table_sizes(self):
         stats = self.tub.statistics()
         return {
-            "exported": stats["exported"],
-            "imported": stats["imported"],
+            "exported": stats["objects"],
+            "imported": stats["proxies"],
             "gifts": stats["gifts"],
             "brokers": stats["connections"],
             "registered": stats["registered"],
@@ -349,7 +349,7 @@ def test_pbfast_references_with_foolscap(run):
             await settle(tub)
             after = await root.callRemote("table_sizes")
             assert (after["exported"], after["imported"]) == (1, 0), after
-            assert tub.statistics()["exported"] == 0
+            assert tub.statistics()["objects"] == 0
 
     run(main())
 
@@ -412,5 +412,91 @@ def test_wrong_tubid_in_furl_is_refused(run):
             with pytest.raises(pbfast.NegotiationError, match="unknown TubID"):
                 await tub.getReference(wrong)
             assert await (await tub.getReference(furl)).callRemote("echo", 1) == 1
+
+    run(main())
+
+
+# ------------------------------------------------------------------ hanging up, both ways
+
+
+def test_pbfast_notices_a_stock_tub_stopping(run):
+    """The stock Tub's stopService sends TLS close_notify and waits for ours: pbfast answers at
+    once, so its calls fail, its reference dies and its disconnect callbacks run, all within
+    1 s; and the stock stopService completes."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        async with peer_tub(PEER) as (proc, furl), pbfast.Tub() as tub:
+            root = await tub.getReference(furl)
+            lost = loop.create_future()
+            root.notifyOnDisconnect(lambda ref: lost.done() or lost.set_result(loop.time()))
+            pending = root.callRemote("sleep", 30, "too late")
+            assert await root.callRemote("echo", 1) == 1  # so the sleep call has arrived
+            started = loop.time()
+            proc.stdin.write(b"stop\n")
+            await proc.stdin.drain()
+            noticed = await asyncio.wait_for(lost, 5) - started
+            with pytest.raises(pbfast.PBConnectionLost):
+                await asyncio.wait_for(pending, 1)
+            assert not root.isConnected()
+            with pytest.raises(pbfast.DeadReferenceError):
+                await root.callRemote("echo", 2)
+            line = await asyncio.wait_for(proc.stdout.readline(), 5)
+            assert line.startswith(b"STOPPED "), line
+            stock_stop = float(line.split()[1])
+            print(f"pbfast noticed the stock Tub stop after {noticed:.3f} s; that stop: {stock_stop:.3f} s")
+            assert noticed < 1 and stock_stop < 1, (noticed, stock_stop)
+            assert tub.statistics()["connections"] == 0
+
+    run(main())
+
+
+class CuedRoot(PbfastRoot):
+    """`PbfastRoot` that tells the test when a client says ``hello("hangup")``."""
+
+    def __init__(self, tub):
+        super().__init__(tub)
+        self.cued = asyncio.Event()
+
+    def remote_hello(self, name):
+        if name == "hangup":
+            self.cued.set()
+        return super().remote_hello(name)
+
+
+def test_stock_tub_notices_pbfast_stopping(run):
+    """A pbfast Tub stops with a stock client connected (and a call of its pending): the stock
+    side sees the disconnect at once, its own stopService completes (it waits for the
+    connection to close), and the stock process exits by itself."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tub = pbfast.Tub()
+        listener = await tub.listenOn(LISTEN)
+        tub.setLocation(f"tcp:127.0.0.1:{listener.port}")
+        root = CuedRoot(tub)
+        furl = tub.registerReference(root, "root")
+        client = asyncio.ensure_future(scenario(furl, "hangup"))
+        try:
+            await asyncio.wait_for(root.cued.wait(), 20)
+            started = loop.time()
+            await asyncio.wait_for(tub.stopService(grace=0), 5)
+            stopped = loop.time() - started
+            result = await asyncio.wait_for(client, 15)
+            exited = loop.time() - started
+        finally:
+            client.cancel()
+            await asyncio.gather(client, return_exceptions=True)
+            await tub.stopService()
+        print(
+            f"pbfast stop {stopped:.3f} s; the stock Tub noticed after {result['noticed']} s, its stop "
+            f"{result['stop']}; its process ended {exited:.3f} s after our stop began"
+        )
+        assert stopped < 1, stopped
+        assert result["noticed"] is not None and result["noticed"] < 1, result
+        assert result["pending"]["failed"] is True, result
+        assert result["connected"] is False
+        assert result["after"]["type"] == "foolscap.ipb.DeadReferenceError", result
+        assert result["stop"]["completed"] is True and result["stop"]["seconds"] < 1, result
 
     run(main())

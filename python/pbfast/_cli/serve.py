@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import endpoints
 from ..cred import Portal
 from ..pb import run as run_loop
 from ..pb import serve
 from ..referenceable import Referenceable
 from ..tub import Tub
-from .common import EXIT_USAGE, CommandError, load_object
+from .common import EXIT_USAGE, CommandError, load_object, parse_arguments, parse_duration
 from .service import TestService
 
 __all__ = ["add_parser", "run", "DEFAULT_ENDPOINT"]
@@ -28,7 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "serve",
         help="serve an object on the PB wire (an endpoint) or in a Tub (a FURL)",
-        description="Serve an object until interrupted (Ctrl-C or SIGTERM). Without --tub, on "
+        description="Serve an object until interrupted (Ctrl-C or SIGTERM: new calls are refused, "
+        "running ones get --grace to finish and send their replies, then the rest are cut "
+        "off and the command exits with status 0). Without --tub, on "
         "Twisted PB's wire: every connection gets the object as its root, and the client endpoint "
         "to call it is printed. With --tub, in a Tub (foolscap's wire, over TLS): the object's "
         "FURL is printed. The default object is a test service with echo(value), "
@@ -69,6 +72,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="(--tub) write the FURL there (and reuse the name a FURL already there has)",
     )
     parser.add_argument(
+        "-o",
+        "--option",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="a connection option, as a Python literal, e.g. max_in_flight=256, "
+        "handshake_timeout=5.0 or (--tub) negotiationTimeout=20 (repeat for more; see the "
+        "README's limits)",
+    )
+    parser.add_argument(
+        "--grace",
+        metavar="DURATION",
+        default="10s",
+        help="on SIGTERM or SIGINT, how long running calls may take to finish, like 10s or 500ms "
+        "(default 10s)",
+    )
+    parser.add_argument(
         "--unsafe-tracebacks",
         action="store_true",
         help="send tracebacks of failed calls to callers (they show file paths and code)",
@@ -80,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     tub_only = [flag for flag in ("cert_file", "location", "name", "furl_file") if getattr(args, flag)]
     if tub_only and not args.tub:
         raise CommandError(f"--{tub_only[0].replace('_', '-')} needs --tub", EXIT_USAGE)
+    args.grace = _grace(args.grace)
+    args.options = _options(args.option)
     obj = load_object(args.object) if args.object else TestService()
     if not isinstance(obj, Referenceable | Portal):
         raise CommandError(f"{args.object} is a {type(obj).__name__}, not a pbfast.Referenceable", EXIT_USAGE)
@@ -87,11 +109,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve_pb(obj: Any, args: argparse.Namespace) -> int:
-    options = {"unsafeTracebacks": True} if args.unsafe_tracebacks else {}
-    async with await serve(obj, args.endpoint, **options) as server:
+    options = dict(args.options)
+    if args.unsafe_tracebacks:
+        options["unsafeTracebacks"] = True
+    endpoints.parse_server(args.endpoint)  # a bad endpoint is not a bad option
+    try:
+        server = await serve(obj, args.endpoint, **options)
+    except (TypeError, ValueError) as e:
+        raise CommandError(str(e), EXIT_USAGE) from None
+    try:
         print(f"serving {obj!r} on the PB wire", flush=True)
         print(f"call it at: {_client_endpoint(server.address)}", flush=True)
         await _until_stopped()
+    finally:
+        await server.shutdown(args.grace)
     return 0
 
 
@@ -101,7 +132,12 @@ async def _serve_tub(obj: Any, args: argparse.Namespace) -> int:
     tub = Tub(certFile=str(args.cert_file) if args.cert_file else None)
     if args.unsafe_tracebacks:
         tub.setOption("unsafeTracebacks", True)
-    async with tub:
+    for name, value in args.options.items():
+        try:
+            tub.setOption(name, value)
+        except (TypeError, ValueError) as e:
+            raise CommandError(str(e), EXIT_USAGE) from None
+    try:
         listener = await tub.listenOn(args.endpoint)
         if args.location:
             tub.setLocation(*(hint.strip() for hint in args.location.split(",") if hint.strip()))
@@ -113,7 +149,27 @@ async def _serve_tub(obj: Any, args: argparse.Namespace) -> int:
         print(f"serving {obj!r} in Tub {tub.tubID}", flush=True)
         print(furl, flush=True)
         await _until_stopped()
+    finally:
+        await tub.stopService(args.grace)
     return 0
+
+
+def _options(texts: list[str]) -> dict[str, Any]:
+    """``--option`` values: ``NAME=literal`` each."""
+    for text in texts:
+        name, sep, _ = text.partition("=")
+        if not sep or not name.isidentifier():
+            raise CommandError(f"--option takes NAME=VALUE, not {text!r}", EXIT_USAGE)
+    _, options = parse_arguments(texts)
+    return options
+
+
+def _grace(text: str) -> float:
+    """``--grace``, checked here rather than by argparse (whose errors come with the usage)."""
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise CommandError(f"--grace: {e}", EXIT_USAGE) from None
 
 
 def _client_endpoint(address: Any) -> str:
@@ -132,17 +188,13 @@ def _host_hint(host: str) -> str:
 
 
 async def _until_stopped() -> None:
-    """Wait for SIGINT or SIGTERM (or Ctrl-C where signals cannot be handled by the loop)."""
+    """Wait for SIGINT or SIGTERM (or Ctrl-C where signals cannot be handled by the loop). The
+    handlers stay: a second signal during the shutdown's grace period does not interrupt it
+    (the grace period bounds it)."""
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
-    handled = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stopped.set)
-            handled.append(sig)
-    try:
-        await stopped.wait()
-        print("stopping", file=sys.stderr, flush=True)
-    finally:
-        for sig in handled:
-            loop.remove_signal_handler(sig)
+    await stopped.wait()
+    print("stopping", file=sys.stderr, flush=True)

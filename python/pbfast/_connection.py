@@ -1,0 +1,1003 @@
+"""The connection layer both wires share.
+
+A `Connection` is the asyncio protocol of one connection, Twisted PB's or a Tub's. It owns what
+every connection needs whatever its wire:
+
+- bytes: outgoing bytes gathered and written once per loop iteration; back-pressure both ways
+  (calls held while the peer does not read our replies or `max_in_flight` of its calls run,
+  reading paused past `backlog` held calls);
+- limits: the tables a peer can grow (`max_refs`, `max_proxies`), the receive limits handed to
+  the wire's decoder, and the process-wide `memory_budget` for incomplete incoming messages;
+- time: `handshake_timeout`, `idle_timeout` and keepalives;
+- the end: closing, cutting off, shutting down with a grace period, and freeing everything the
+  moment the connection is lost (no reference cycle keeps a closed connection's buffers);
+- the object tables of a broker: our calls awaiting replies, our objects the peer holds
+  (counted in the Rust `RefTable`), the peer's objects we hold (proxies and cached copies),
+  reference releases, the state of dying copies, and disconnect watchers.
+
+A wire subclasses it and adds only its dialect: `pbfast._broker.Broker` (Twisted PB) and
+`pbfast._tub_broker.TubBroker` (foolscap) decode, encode, negotiate and give meaning to
+messages through the hooks at the end of the class.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import collections
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from . import _core
+from .endpoints import _set_nodelay
+from .errors import DeadReferenceError, Error, LimitExceeded, PBConnectionLost, qualified_name
+
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "Connection",
+    "ConnectionOptions",
+    "DEFAULT_MEMORY_BUDGET",
+    "MemoryTransport",
+    "configure",
+    "memory_pair",
+    "run_callback",
+    "shutdown",
+    "short",
+]
+
+log = logging.getLogger("pbfast")
+
+RECEIVE_LIMITS = ("max_element_size", "max_message_size", "max_depth", "max_header_length")
+DEFAULT_MEMORY_BUDGET = 256 << 20
+# Replies queued while handling one chunk go out once this many bytes are waiting.
+FLUSH_AT = 1 << 16
+# Bytes received while calls are held back, after which we stop reading: with `backlog` this
+# bounds what held calls can pin, however large each one is.
+BACKLOG_BYTES = 4 << 20
+# Seconds a closing connection may take to write what is queued before it is cut off.
+CLOSE_TIMEOUT = 10.0
+# Held calls handled per turn of the loop while draining the backlog.
+_DRAIN_BATCH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOptions:
+    """Options of one connection, the same names on both wires (given as keywords to
+    `pbfast.serve`, `pbfast.connect`, `pbfast.login` and `pbfast.Tub`).
+
+    Attributes:
+        unsafeTracebacks: send the full traceback of a failing remote method to the caller
+            (off by default: tracebacks reveal server internals).
+        max_in_flight: the peer's calls running at once; later ones wait (held, not dropped)
+            until some finish.
+        backlog: calls held back (the peer is not reading our replies, or `max_in_flight` are
+            running); past this many we stop reading from the peer.
+        max_refs: how many of our objects the peer may hold references to at once; the call
+            that would go past it fails.
+        max_proxies: how many of the peer's objects (references and cached copies) it may make
+            us hold at once.
+        handshake_timeout: seconds from connecting until the handshake is over (PB's dialect
+            and version exchange; a Tub's negotiation, as its ``negotiationTimeout``).
+        idle_timeout: close after this many seconds without data from the peer (None: never;
+            a Tub's ``disconnectTimeout``).
+        limits: the receive limits ``max_element_size``, ``max_message_size``, ``max_depth``
+            and ``max_header_length`` given (the decoder's defaults for the others).
+    """
+
+    unsafeTracebacks: bool = False
+    max_in_flight: int = 1024
+    backlog: int = 1024
+    max_refs: int = 1 << 16
+    max_proxies: int = 1 << 16
+    handshake_timeout: float | None = 30.0
+    idle_timeout: float | None = None
+    limits: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_keywords(cls, options: dict[str, Any]) -> ConnectionOptions:
+        """Build from ``**options``.
+
+        Raises:
+            TypeError: an unknown option name.
+            ValueError: a value out of range (counts and sizes must be positive integers,
+                timeouts positive numbers or None).
+        """
+        known = {f.name for f in fields(cls)} - {"limits"}
+        unknown = set(options) - known - set(RECEIVE_LIMITS)
+        if unknown:
+            names = ", ".join(sorted(known | set(RECEIVE_LIMITS)))
+            raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))} (known: {names})")
+        for name, value in options.items():
+            check_option(name, value)
+        plain = {k: v for k, v in options.items() if k in known}
+        limits = {k: v for k, v in options.items() if k in RECEIVE_LIMITS}
+        return cls(**plain, limits=limits)
+
+
+def check_option(field: str, value: Any, name: str | None = None) -> None:
+    """Raise ValueError unless `value` suits the connection option `field` (called `name` in
+    the error, where its users know it by another name)."""
+    name = name or field
+    if field == "unsafeTracebacks":
+        return
+    if field in ("handshake_timeout", "idle_timeout"):
+        seconds = isinstance(value, int | float) and not isinstance(value, bool)
+        if value is not None and not (seconds and value > 0):
+            raise ValueError(f"{name} must be a positive number of seconds or None, not {value!r}")
+        return
+    count = isinstance(value, int) and not isinstance(value, bool)
+    if not (count and value >= (0 if field == "max_element_size" else 1)):
+        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+
+
+class _MemoryBudget:
+    """Bytes held for incoming messages not yet complete, over every connection of the process
+    (connections may run on loops in several threads, hence the lock)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def change(self, delta: int) -> int:
+        """Add `delta` to the bytes held; the new total."""
+        with self._lock:
+            self.held += delta
+            return self.held
+
+
+_budget = _MemoryBudget(DEFAULT_MEMORY_BUDGET)
+
+
+def configure(*, memory_budget: int | None = None) -> dict[str, int]:
+    """Process-wide settings; returns those in effect (all of them, changed or not).
+
+    Args:
+        memory_budget: the most bytes held, over all connections of both wires, for incoming
+            messages not yet complete (default 256 MiB). The connection whose bytes would push
+            the total past it is closed. Counted as data arrives, so lowering it affects the
+            next bytes received.
+
+    Raises:
+        ValueError: `memory_budget` is not a positive integer.
+    """
+    if memory_budget is not None:
+        check_option("memory_budget", memory_budget)
+        _budget.limit = memory_budget
+    return {"memory_budget": _budget.limit}
+
+
+class Connection(asyncio.Protocol, abc.ABC):
+    """One connection of either wire (see the module docstring); users meet it as
+    ``ref.broker``.
+
+    Args:
+        options: the connection's options.
+        server: True on the side that accepted the connection.
+        group: a set the connection belongs to while it is open (a server's or a Tub's).
+    """
+
+    # -- what each wire sets
+    # Event kinds that ask us to run a call (held back while we cannot take more).
+    _CALL_KINDS: ClassVar[frozenset[int]] = frozenset()
+    # Event kind -> handler (an unbound method: a table of bound ones would be a cycle).
+    _HANDLERS: ClassVar[dict[int, Callable[[Any, tuple], None]]] = {}
+    # The kinds of release `release` and `cache_died` queue for `_write_release`.
+    _DECREF: ClassVar[bytes] = b"decref"
+    _DECACHE: ClassVar[bytes] = b"decache"
+    # The wire's own names for option fields, where its users know them by others.
+    _OPTION_NAMES: ClassVar[dict[str, str]] = {}
+    # The keys of `statistics()` (a wire adds its own).
+    STATISTICS: ClassVar[tuple[str, ...]] = (
+        "objects",
+        "proxies",
+        "cached",
+        "pending",
+        "in_flight",
+        "backlog",
+        "buffered",
+    )
+
+    def __init__(
+        self, options: ConnectionOptions, *, server: bool, group: set[Connection] | None = None
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.options = options
+        self.server = server
+        self._group = group
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.peer = "(not connected)"
+        """The peer's address, for logs: ``host:port``, a socket path, or a memory link's name."""
+        self.disconnected = False
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+        """Resolves once the connection is gone."""
+        self._closing = False
+        self._reason: BaseException | None = None
+        # Calls we made: request id -> (future, luids its arguments pinned, or None).
+        self._pending: dict[int, tuple[asyncio.Future[Any], list[int] | None]] = {}
+        # Our objects the peer may name: luid (or a name) -> object; their counts in `_refs`.
+        self._refs = _core.RefTable(options.max_refs)
+        self._objects: dict[int | bytes, Any] = {}
+        # Luids given out while encoding, as a stack: an encode notes the length before it
+        # starts and takes (or, if it fails, takes back) what was added after it.
+        self._sent: list[int] = []
+        # The peer's objects we hold: luid -> proxy, and its cached objects: luid -> copy.
+        self._proxies: weakref.WeakValueDictionary[int | bytes, Any] = weakref.WeakValueDictionary()
+        self._remote_caches: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        # Copies we let go of, until the owner acknowledges: luid -> (class, attributes).
+        self._dying_caches: dict[int, tuple[type, dict[str, Any]]] = {}
+        # Releases (kind, luid, count) queued by finalizers, sent on the loop.
+        self._releases: list[tuple[bytes, Any, int]] = []
+        # References with disconnect callbacks, and callbacks on the connection itself.
+        self._watched: dict[int, Any] = {}
+        self._disconnect_callbacks: list[Callable[[], object]] = []
+        # The peer's calls: running (tasks) and held back (events).
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._backlog: collections.deque[tuple] = collections.deque()
+        self._backlog_bytes = 0
+        self._held = False  # calls wait in the backlog (writes paused, or max_in_flight running)
+        self._draining = False  # shutting down: no new calls
+        # Bytes.
+        self._receiving = False  # writes made meanwhile go out once, at the end of the chunk
+        self._flush_scheduled = False
+        self._writing_paused = False
+        self._reading_paused = False
+        self._writable: asyncio.Future[None] | None = None
+        # The wire's decoder: `buffered` is what it holds of incomplete messages.
+        self._decoder: Any = None
+        # Limits and timers.
+        self._budget_share = 0
+        self._limits_logged: set[str] = set()
+        self._last_received = self._loop.time()
+        self._idle_watched = False  # whether `_last_received` is kept (a clock read per chunk)
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        role = "server" if self.server else "client"
+        state = "closed" if self.disconnected else "open"
+        return f"<{type(self).__name__} {role} {state} peer={self.peer}>"
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = peer_name(transport)
+        _set_nodelay(transport)
+        if self._group is not None:
+            self._group.add(self)
+        if self.options.handshake_timeout:
+            self._handshake_timer = self._loop.call_later(
+                self.options.handshake_timeout, self._handshake_timed_out
+            )
+        self._last_received = self._loop.time()
+        self._schedule_idle_check()
+        self._opened()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self._idle_watched:
+            self._last_received = self._loop.time()
+        self._receiving = True
+        try:
+            self._receive(data)
+        finally:
+            self._receiving = False
+        if not self._closing:
+            held = self._decoder.buffered
+            if held != self._budget_share:
+                self._account(held)
+            if self._backlog:
+                self._backlog_bytes += len(data)
+                if self._backlog_bytes >= BACKLOG_BYTES:
+                    self._pause_reading("backlog", f"{self._backlog_bytes} bytes of calls are waiting")
+        self._flush()
+
+    def eof_received(self) -> bool:
+        return False  # the peer is done: close our side too
+
+    def pause_writing(self) -> None:
+        self._writing_paused = self._held = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_held()
+        if self._writable is not None:
+            self._writable.set_result(None)
+            self._writable = None
+        self._drain_backlog()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.disconnected:
+            return
+        self.disconnected = self._closing = True
+        for timer in (self._handshake_timer, self._idle_timer, self._abort_timer):
+            if timer is not None:
+                timer.cancel()
+        self._handshake_timer = self._idle_timer = self._abort_timer = None
+        if self._budget_share:
+            _budget.change(-self._budget_share)
+            self._budget_share = 0
+        if self._group is not None:
+            self._group.discard(self)
+        reason = self._reason or exc
+        why = f": {reason}" if reason else ""
+        pending, self._pending = self._pending, {}
+        for future, _ in pending.values():
+            if future is not None and not future.done():
+                lost = PBConnectionLost(f"the connection to {self.peer} was lost before the reply came{why}")
+                lost.__cause__ = reason
+                future.set_exception(lost)
+        self._lost(reason)
+        watched, self._watched = self._watched, {}
+        for ref in watched.values():
+            for callback in ref._disconnect_callbacks or ():
+                run_callback(callback, ref)
+            ref._disconnect_callbacks = None
+        callbacks, self._disconnect_callbacks = self._disconnect_callbacks, []
+        for callback in callbacks:
+            run_callback(callback)
+        self._objects.clear()
+        self._refs.clear()
+        self._sent.clear()
+        self._backlog.clear()
+        self._dying_caches.clear()
+        self._releases.clear()
+        if self._writable is not None:
+            self._writable.set_result(None)
+            self._writable = None
+        # Drop the decoder, encoder and the rest now: they refer back to this object, and the
+        # buffers they hold must go with the connection, not with a later garbage collection.
+        self._release()
+        # Kept for diagnosis, without its traceback: that would lead back to this connection.
+        _drop_tracebacks(self._reason)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # ------------------------------------------------------------------ public
+
+    async def close(self) -> None:
+        """Close the connection (after writing what is queued) and wait until it is gone. A
+        peer that does not read what is queued is cut off after `CLOSE_TIMEOUT` seconds."""
+        self.close_nowait()
+        await asyncio.shield(self.closed)
+
+    def close_nowait(self, reason: BaseException | None = None, *, cancel: bool = False) -> None:
+        """Start closing (see `close`); `reason` is what our calls still waiting for replies
+        fail with (as the cause of a `PBConnectionLost`). The peer's calls still running go on
+        (as in Twisted; their replies go nowhere), or with `cancel` are cancelled."""
+        if self._closing:
+            return
+        if reason is not None and self._reason is None:
+            self._reason = reason
+        self._flush()
+        self._closing = True
+        self._finish_output()
+        if cancel:
+            self._cancel_calls(f"the connection to {self.peer} is closing")
+        self.transport.close()
+        if self.transport.get_write_buffer_size() and not self.disconnected:
+            self._abort_timer = self._loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
+
+    def notifyOnDisconnect(self, callback: Callable[[], object]) -> None:
+        """Run ``callback()`` when the connection ends."""
+        self._disconnect_callbacks.append(callback)
+
+    def dontNotifyOnDisconnect(self, callback: Callable[[], object]) -> None:
+        """Undo `notifyOnDisconnect` (ValueError if `callback` was not registered)."""
+        self._disconnect_callbacks.remove(callback)
+
+    async def wait_writable(self) -> None:
+        """Wait until the transport accepts writes again (the peer is reading); returns at once
+        when it is not paused.
+
+        Raises:
+            DeadReferenceError: the connection is gone.
+        """
+        while self._writing_paused and not self.disconnected:
+            if self._writable is None:
+                self._writable = self._loop.create_future()
+            await asyncio.shield(self._writable)
+        if self.disconnected:
+            raise DeadReferenceError(f"the connection to {self.peer} is closed")
+
+    def statistics(self) -> dict[str, int]:
+        """Table sizes and queues, for monitoring and tests: ``objects`` (ours the peer holds,
+        a root excluded), ``proxies`` (references to the peer's objects we hold), ``cached``
+        (copies of the peer's Cacheables we hold), ``pending`` (our calls awaiting replies),
+        ``in_flight`` (the peer's calls running), ``backlog`` (the peer's calls held back),
+        ``buffered`` (bytes held for incoming messages not yet complete, as of the last chunk
+        received)."""
+        return {
+            "objects": len(self._refs),
+            "proxies": len(self._proxies),
+            "cached": len(self._remote_caches),
+            "pending": len(self._pending),
+            "in_flight": len(self._tasks),
+            "backlog": len(self._backlog),
+            "buffered": self._budget_share,
+        }
+
+    def watch(self, ref: Any) -> None:
+        """Run `ref`'s disconnect callbacks when the connection ends."""
+        self._watched[id(ref)] = ref
+
+    def unwatch(self, ref: Any) -> None:
+        self._watched.pop(id(ref), None)
+
+    # ------------------------------------------------------------------ shutting down
+
+    def begin_shutdown(self) -> None:
+        """Stop starting the peer's calls: those held back and those still to come are refused
+        with an error; once the running ones have finished (and their replies are written) the
+        connection closes. `shutdown` gives it a grace period."""
+        if self._draining or self._closing:
+            return
+        self._draining = True
+        refused = Error(f"{self._side()} is shutting down: the call was not run")
+        backlog, self._backlog = self._backlog, collections.deque()
+        self._receiving = True
+        try:
+            for event in backlog:
+                self._refuse_call(event, refused)
+        finally:
+            self._receiving = False
+        self._resume_reading()
+        self._flush()
+        if not self._tasks:
+            self.close_nowait()
+
+    def cut_off(self, why: str) -> None:
+        """End the connection now, dropping what is queued; running calls are cancelled."""
+        if self.disconnected:
+            return
+        log.debug("%s: cut off: %s", repr(self), why)
+        self._cancel_calls(why)
+        self._abort(PBConnectionLost(why), why, logged=True)
+
+    def _side(self) -> str:
+        return "the server" if self.server else "the client"
+
+    def _cancel_calls(self, why: str) -> None:
+        """Cancel the peer's calls still running (a shutdown's grace period is over). Logged at
+        DEBUG: this is no error."""
+        if not self._tasks:
+            return
+        log.debug("%s: cancelling %d running call(s): %s", repr(self), len(self._tasks), why)
+        for task in list(self._tasks):
+            task.cancel(why)
+
+    # ------------------------------------------------------------------ bytes out
+
+    def _wake(self) -> None:
+        """Bytes are waiting: write them at the end of this loop iteration (or of the chunk
+        being handled), together with whatever else is sent meanwhile."""
+        if not self._receiving and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        data = self._take_output()
+        if data and not self._closing:
+            self.transport.write(data)
+
+    # ------------------------------------------------------------------ calls in
+
+    def _handle(self, events: list[tuple]) -> None:
+        """Dispatch received events in order; calls are held back (`_defer`) while we cannot
+        take more. What they write goes out at the end of the chunk (`data_received`)."""
+        handlers = self._HANDLERS
+        calls = self._CALL_KINDS
+        event = None
+        self._receiving = True
+        try:
+            for event in events:
+                if event[0] in calls and (self._held or self._backlog or self._draining):
+                    self._defer(event)
+                    continue
+                handlers[event[0]](self, event)
+                if self._output_size() >= FLUSH_AT:
+                    self._flush()  # may pause writing: later calls then wait
+        except Exception as exc:
+            self._internal_error(exc, event)
+        finally:
+            self._receiving = False
+
+    def _defer(self, event: tuple) -> None:
+        """Hold a received call until we can take it; past `backlog` held calls stop reading,
+        so a peer cannot make us hold without bound. Shutting down, refuse it."""
+        if self._draining:
+            self._refuse_call(event, Error(f"{self._side()} is shutting down: the call was not run"))
+            return
+        self._backlog.append(event)
+        if len(self._backlog) >= self.options.backlog:
+            self._pause_reading("backlog", f"{len(self._backlog)} of its calls are waiting")
+
+    def _drain_backlog(self) -> None:
+        """Run held calls while we can, a batch per turn of the loop."""
+        backlog = self._backlog
+        handlers = self._HANDLERS
+        event = None
+        self._receiving = True
+        try:
+            for _ in range(_DRAIN_BATCH):
+                if not backlog or self._held or self._closing:
+                    break
+                event = backlog.popleft()
+                handlers[event[0]](self, event)
+                if self._output_size() >= FLUSH_AT:
+                    self._flush()
+        except Exception as exc:
+            self._internal_error(exc, event)
+        finally:
+            self._receiving = False
+            self._flush()
+        if self._closing:
+            return
+        if backlog:
+            if not self._held:
+                self._loop.call_soon(self._drain_backlog)
+        else:
+            self._backlog_bytes = 0
+            self._resume_reading()
+
+    def _start_call(self, coroutine: Any) -> asyncio.Task[Any]:
+        """Run the rest of one of the peer's calls (`coroutine`) as a task, counted against
+        `max_in_flight`."""
+        task = self._loop.create_task(coroutine)
+        tasks = self._tasks
+        tasks.add(task)
+        task.add_done_callback(self._call_done)
+        if len(tasks) >= self.options.max_in_flight and not self._held:
+            self._held = True
+            self._limit_reached("max_in_flight", f"{len(tasks)} of its calls are running; later ones wait")
+        return task
+
+    def _call_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if self._held and not self._closing:
+            self._update_held()
+            if not self._held:
+                self._drain_backlog()
+        if self._draining and not self._tasks:
+            self.close_nowait()
+
+    def _update_held(self) -> None:
+        self._held = self._writing_paused or len(self._tasks) >= self.options.max_in_flight or self._holding()
+
+    def _pause_reading(self, limit: str, detail: str) -> None:
+        if not self._reading_paused and not self._closing:
+            self._reading_paused = True
+            self._limit_reached(limit, f"{detail}; reading from it paused")
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and not self._closing:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def _internal_error(self, exc: Exception, event: tuple | None) -> None:
+        # An exception escaping a handler is a bug here or in a hook; the connection's state
+        # is unknown, so it ends (other connections are unaffected).
+        log.error("%s: internal error while handling %s", repr(self), short(event), exc_info=exc)
+        self._abort(exc, "internal error; closing the connection")
+
+    # ------------------------------------------------------------------ limits and timers
+
+    def _limit_reached(self, limit: str, detail: str) -> None:
+        """Log, once per connection and limit, that the peer reached `limit` (an option field,
+        or ``memory_budget``), under the name this wire's users know it by."""
+        if limit in self._limits_logged:
+            return
+        self._limits_logged.add(limit)
+        value = _budget.limit if limit == "memory_budget" else getattr(self.options, limit)
+        name = self._OPTION_NAMES.get(limit, limit)
+        log.warning("peer %s reached %s=%s: %s", self.peer, name, value, detail)
+
+    def _account(self, held: int) -> None:
+        """Count what the decoder now holds against the memory budget; the connection that
+        would push the total past it closes."""
+        delta = held - self._budget_share
+        self._budget_share = held
+        total = _budget.change(delta)
+        if delta > 0 and total > _budget.limit:
+            message = (
+                f"incoming messages not yet complete would hold {total} bytes over all connections, "
+                f"past memory_budget={_budget.limit} ({held} bytes for this one); closing it"
+            )
+            self._limit_reached("memory_budget", message)
+            # Give the share back now, so the other connections do not pay for this one.
+            _budget.change(-held)
+            self._budget_share = 0
+            self._abort(LimitExceeded(message, "memory_budget"), message, logged=True)
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        timeout = self.options.handshake_timeout
+        name = self._OPTION_NAMES.get("handshake_timeout", "handshake_timeout")
+        message = f"no handshake within {name}={timeout} s; closing"
+        self._limit_reached("handshake_timeout", message)
+        self._timed_out(LimitExceeded(message, name))
+
+    def _handshake_done(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+
+    def _schedule_idle_check(self) -> None:
+        """Wake when the peer will have been silent for the idle timeout or the keepalive
+        interval, whichever comes first."""
+        intervals = [t for t in (self.options.idle_timeout, self._keepalive_interval()) if t]
+        self._idle_watched = bool(intervals)
+        if intervals and not self.disconnected:
+            due = self._last_received + min(intervals)
+            self._idle_timer = self._loop.call_at(max(due, self._loop.time() + 0.001), self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        if self._closing:
+            return
+        idle = self._loop.time() - self._last_received
+        timeout = self.options.idle_timeout
+        if timeout and idle >= timeout:
+            name = self._OPTION_NAMES.get("idle_timeout", "idle_timeout")
+            message = f"no data for {idle:.1f} s, past {name}={timeout}; closing"
+            self._limit_reached("idle_timeout", message)
+            self._timed_out(LimitExceeded(message, name))
+            return
+        keepalive = self._keepalive_interval()
+        if keepalive and idle >= keepalive:
+            self._send_keepalive()
+            # Pinged: the next check is when the peer is silent for the idle timeout.
+            intervals = [t for t in (timeout, keepalive) if t]
+            self._idle_timer = self._loop.call_later(min(intervals), self._check_idle)
+            return
+        self._schedule_idle_check()
+
+    # ------------------------------------------------------------------ the end
+
+    def _abort(self, reason: BaseException, message: str, *, logged: bool = False) -> None:
+        """End the connection at once for `reason` (logged at WARNING with `message`)."""
+        if not self.disconnected and self._reason is None:
+            if not logged:
+                log.warning("%s: %s", repr(self), message)
+            self._reason = reason
+        self._closing = True
+        self._discard_output()
+        self._drop_input()  # what it holds of an incomplete message goes now, not at the close
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ------------------------------------------------------------------ objects
+
+    def _encode(self, encode: Callable[..., bytes], *args: Any) -> bytes:
+        """``encode(*args)``, taking back the references it gave out if it fails."""
+        sent = self._sent
+        mark = len(sent)
+        try:
+            data = encode(*args)
+        except BaseException:
+            self._undo_sends(mark)
+            raise
+        del sent[mark:]
+        return data
+
+    def _send_ref(self, obj: Any) -> tuple[int, bool]:
+        """Count one more sending of our object `obj`: its luid, and whether the peer holds it
+        for the first time (the caller then files it).
+
+        Raises:
+            LimitExceeded: the peer would hold more than `max_refs` of our objects.
+        """
+        try:
+            luid, new = self._refs.send(id(obj))
+        except LimitExceeded as exc:
+            self._limit_reached("max_refs", f"{exc}; the call sending one more fails")
+            raise
+        self._sent.append(luid)
+        return luid, new
+
+    def _export(self, obj: Any) -> int:
+        """`_send_ref` for an object the peer may call; its luid."""
+        luid, new = self._send_ref(obj)
+        if new:
+            self._objects[luid] = obj
+        return luid
+
+    def _undo_sends(self, mark: int) -> None:
+        """An encode failed: take back the counts it added (the peer never saw them)."""
+        sent = self._sent
+        for luid in sent[mark:]:
+            if self._refs.decref(luid):
+                self._forget(luid, uncache=False)
+        del sent[mark:]
+
+    def _released_by_peer(self, luid: Any, count: int, what: str = "decref") -> None:
+        """The peer let go of `count` references to our object `luid`."""
+        if type(luid) is not int or not 0 < luid < 1 << 64 or luid not in self._refs:
+            log.warning(
+                "%s: the peer sent a %s for %s, which it does not hold; ignored",
+                repr(self),
+                what,
+                short(luid),
+            )
+            return
+        if self._refs.decref(luid, count):
+            self._forget(luid)
+
+    def _unpin(self, luids: list[int]) -> None:
+        for luid in self._refs.unpin(luids):
+            self._forget(luid)
+
+    def _settle(self, request_id: int) -> asyncio.Future[Any] | None:
+        """The future of our call `request_id`, which a reply has now answered."""
+        entry = self._pending.pop(request_id, None)
+        if entry is None:
+            log.warning(
+                "%s: the peer replied to request %r, which is not waiting for a reply", repr(self), request_id
+            )
+            return None
+        future, pins = entry
+        if pins:
+            self._unpin(pins)
+        return future
+
+    def _proxy_count(self) -> int:
+        return len(self._proxies) + len(self._remote_caches)
+
+    def _admit_proxy(self, luid: Any, kind: bytes) -> None:
+        """Refuse one more proxy or copy past `max_proxies`, giving its reference back.
+
+        Raises:
+            LimitExceeded: we already hold `max_proxies` of the peer's objects.
+        """
+        if self._proxy_count() >= self.options.max_proxies:
+            self._queue_release(kind, luid, 1)
+            message = f"the peer sent more than max_proxies={self.options.max_proxies} objects"
+            self._limit_reached("max_proxies", f"{message}; the message carrying one more fails")
+            raise LimitExceeded(message, "max_proxies")
+
+    def release(self, luid: int | bytes, count: int) -> None:
+        """A proxy died: tell the owner (``count`` references). Runs in finalizers, possibly in
+        another thread or in the middle of other work, so it only queues."""
+        self._queue_release(self._DECREF, luid, count)
+
+    def cache_died(self, link: Any, cache: Any) -> None:
+        """A copy of the peer's Cacheable died (`link` is its `cacheable.CacheLink`): keep its
+        state until the owner acknowledges, since it may name the copy again meanwhile, and let
+        the owner know. Runs in finalizers, like `release`."""
+        if self.disconnected:
+            return
+        state = {k: v for k, v in cache.__dict__.items() if k != "_cache_link"}
+        self._dying_caches[link.luid] = (type(cache), state)
+        if link.count:
+            self._queue_release(self._DECACHE, link.luid, link.count)
+
+    def _revive_cache(self, luid: int) -> Any | None:
+        """The copy `luid` we let go of, made again from its last state (the owner named it
+        before our release reached it), or None."""
+        dying = self._dying_caches.pop(luid, None)
+        if dying is None:
+            return None
+        cls, state = dying
+        cache = cls.__new__(cls)
+        cache.__dict__.update(state)
+        return cache
+
+    def _queue_release(self, kind: bytes, luid: Any, count: int) -> None:
+        if self.disconnected:
+            return
+        self._releases.append((kind, luid, count))
+        if len(self._releases) == 1:
+            try:
+                self._loop.call_soon_threadsafe(self._send_releases)
+            except RuntimeError:  # the loop is closed: so is the connection
+                pass
+
+    def _send_releases(self) -> None:
+        releases, self._releases = self._releases, []
+        if self._closing:
+            return
+        for kind, luid, count in releases:
+            self._write_release(kind, luid, count)
+
+    # ------------------------------------------------------------------ what each wire adds
+
+    def _opened(self) -> None:
+        """The transport is connected: start the handshake."""
+
+    @abc.abstractmethod
+    def _receive(self, data: bytes) -> None:
+        """Decode received bytes and handle the events (usually through `_handle`)."""
+
+    @abc.abstractmethod
+    def _take_output(self) -> bytes | None:
+        """The bytes to write now, if any. (Called once per chunk received: a wire may set it
+        to a method of its Rust sender, which costs no Python frame.)"""
+
+    def _output_size(self) -> int:
+        """Bytes waiting to be written."""
+        return 0
+
+    def _discard_output(self) -> None:
+        """Drop what is waiting to be written (the connection is being cut off)."""
+        self._take_output()
+
+    def _drop_input(self) -> None:
+        """Drop the bytes held for an incomplete message (the connection is being cut off and
+        will read nothing more)."""
+
+    def _finish_output(self) -> None:
+        """Write what ends the stream in an orderly way (a TLS close_notify), if anything."""
+
+    @abc.abstractmethod
+    def _refuse_call(self, event: tuple, exc: BaseException) -> None:
+        """Answer a held call that will not run with `exc`."""
+
+    @abc.abstractmethod
+    def _write_release(self, kind: bytes, luid: Any, count: int) -> None:
+        """Tell the peer we let go of `count` references to its object `luid`."""
+
+    def _forget(self, luid: int, *, uncache: bool = True) -> None:
+        """The peer holds our object `luid` no more."""
+        self._objects.pop(luid, None)
+
+    def _holding(self) -> bool:
+        """Whether the wire itself holds calls back for now (besides back-pressure)."""
+        return False
+
+    def _keepalive_interval(self) -> float | None:
+        return None
+
+    def _send_keepalive(self) -> None:
+        """The peer has been silent for the keepalive interval: prompt it."""
+
+    def _timed_out(self, reason: LimitExceeded) -> None:
+        """A timeout ran out: end the connection (logged already)."""
+        self._abort(reason, str(reason), logged=True)
+
+    def _lost(self, reason: BaseException | None) -> None:
+        """The connection is gone: settle what the wire keeps (futures, caches, ...)."""
+
+    def _release(self) -> None:
+        """Drop the decoder, encoder and other wire objects (they refer back to this one)."""
+
+
+async def shutdown(connections: Iterable[Connection], grace: float) -> None:
+    """Shut `connections` down together: each stops starting calls and closes once its running
+    calls have finished and their replies are written; after `grace` seconds those still open
+    are cut off (their running calls cancelled), so a peer that does not read cannot hold us."""
+    connections = [c for c in connections if not c.disconnected]
+    for connection in connections:
+        connection.begin_shutdown()
+    waiting = [c.closed for c in connections if not c.closed.done()]
+    if waiting and grace > 0:
+        await asyncio.wait(waiting, timeout=grace)
+    for connection in connections:
+        if not connection.disconnected:
+            connection.cut_off(f"still busy after the {grace} s grace period of a shutdown")
+    waiting = [c.closed for c in connections if not c.closed.done()]
+    if waiting:
+        await asyncio.wait(waiting, timeout=CLOSE_TIMEOUT)
+
+
+class MemoryTransport(asyncio.Transport):
+    """One end of an in-memory link (see `memory_pair`). `written` counts the bytes sent
+    through it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, protocol: asyncio.Protocol, name: str) -> None:
+        super().__init__()
+        self._loop = loop
+        self._protocol = protocol
+        self._name = name
+        self.peer: MemoryTransport | None = None
+        self.written = 0
+        self._closing = False
+        self._reading = True
+        self._held: list[bytes] = []
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": self._name}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or self.peer is None:
+            return
+        data = bytes(data)
+        self.written += len(data)
+        self._loop.call_soon(self.peer._deliver, data)
+
+    def _deliver(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if not self._reading:
+            self._held.append(data)
+            return
+        self._protocol.data_received(data)
+
+    def pause_reading(self) -> None:
+        self._reading = False
+
+    def resume_reading(self) -> None:
+        self._reading = True
+        held, self._held = self._held, []
+        for data in held:
+            self._protocol.data_received(data)
+
+    def is_reading(self) -> bool:
+        return self._reading
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self._lose(None)
+
+    def abort(self) -> None:
+        self._lose(None)
+
+    def _lose(self, exc: Exception | None) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        # Both ends see the loss after bytes already in flight have been delivered.
+        self._loop.call_soon(self._protocol.connection_lost, exc)
+        if self.peer is not None:
+            self._loop.call_soon(self.peer._lose, ConnectionResetError("the in-memory peer closed"))
+
+
+def memory_pair(client: asyncio.Protocol, server: asyncio.Protocol) -> None:
+    """Join two protocols by an in-memory link (bytes written on one side arrive on the other
+    on a later loop iteration, as a socket would deliver them; closing either end loses the
+    connection on both) and start them."""
+    loop = asyncio.get_running_loop()
+    server_end = MemoryTransport(loop, server, "memory:server")
+    client_end = MemoryTransport(loop, client, "memory:client")
+    server_end.peer, client_end.peer = client_end, server_end
+    client.connection_made(client_end)
+    server.connection_made(server_end)
+
+
+def _drop_tracebacks(exc: BaseException | None) -> None:
+    """Clear the tracebacks of `exc` and the exceptions it was raised from or during."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
+
+
+def peer_name(transport: asyncio.BaseTransport) -> str:
+    """The peer's address as logs show it: ``host:port``, ``[v6]:port`` or a socket path."""
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = f"[{peer[0]}]" if ":" in str(peer[0]) else peer[0]
+        return f"{host}:{peer[1]}"
+    if isinstance(peer, bytes):
+        peer = peer.decode("utf-8", "replace")
+    return str(peer) if peer else "(unix socket)"
+
+
+def short(value: object, limit: int = 200) -> str:
+    """``repr(value)``, cut to `limit` characters (values the peer sent can be huge)."""
+    try:
+        text = repr(value)
+    except Exception as e:  # a value nested too deep, or a broken __repr__
+        text = f"<{qualified_name(type(value))}: repr() failed: {e!r}>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def run_callback(callback: Callable[..., object], *args: Any) -> None:
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("callback %r raised", callback)
