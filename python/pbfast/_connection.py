@@ -598,8 +598,11 @@ class Connection(asyncio.Protocol, abc.ABC):
             return
         self._limits_logged.add(limit)
         value = _budget.limit if limit == "memory_budget" else getattr(self.options, limit)
-        name = self._OPTION_NAMES.get(limit, limit)
-        log.warning("peer %s reached %s=%s: %s", self.peer, name, value, detail)
+        log.warning("peer %s reached %s=%s: %s", self.peer, self._option_name(limit), value, detail)
+
+    def _option_name(self, field: str) -> str:
+        """What this wire's users call the option `field`."""
+        return self._OPTION_NAMES.get(field, field)
 
     def _account(self, held: int) -> None:
         """Count what the decoder now holds against the memory budget; the connection that
@@ -620,9 +623,8 @@ class Connection(asyncio.Protocol, abc.ABC):
 
     def _handshake_timed_out(self) -> None:
         self._handshake_timer = None
-        timeout = self.options.handshake_timeout
-        name = self._OPTION_NAMES.get("handshake_timeout", "handshake_timeout")
-        message = f"no handshake within {name}={timeout} s; closing"
+        name = self._option_name("handshake_timeout")
+        message = f"no handshake within {name}={self.options.handshake_timeout} s; closing"
         self._limit_reached("handshake_timeout", message)
         self._timed_out(LimitExceeded(message, name))
 
@@ -647,7 +649,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         idle = self._loop.time() - self._last_received
         timeout = self.options.idle_timeout
         if timeout and idle >= timeout:
-            name = self._OPTION_NAMES.get("idle_timeout", "idle_timeout")
+            name = self._option_name("idle_timeout")
             message = f"no data for {idle:.1f} s, past {name}={timeout}; closing"
             self._limit_reached("idle_timeout", message)
             self._timed_out(LimitExceeded(message, name))
@@ -655,7 +657,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         keepalive = self._keepalive_interval()
         if keepalive and idle >= keepalive:
             self._send_keepalive()
-            # Pinged: the next check is when the peer is silent for the idle timeout.
+            # Pinged: look again after the shorter interval (ping again, or close).
             intervals = [t for t in (timeout, keepalive) if t]
             self._idle_timer = self._loop.call_later(min(intervals), self._check_idle)
             return
