@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _core
-from ._connection import Connection, ConnectionOptions, run_callback, short
+from ._connection import FLUSH_AT, Connection, ConnectionOptions, run_callback, short
 from ._core import (
     EV_ANSWER,
     EV_AWAITING,
@@ -198,9 +198,6 @@ class Broker(Connection):
     def _take_output(self) -> bytes | None:
         return None  # the connection is gone (while open, the sender's `take` stands here)
 
-    def _output_size(self) -> int:
-        return self._sender.size
-
     def _refuse_call(self, event: tuple, exc: BaseException) -> None:
         kind = event[0]
         if kind in (EV_MESSAGE, EV_CACHEMESSAGE):
@@ -246,7 +243,8 @@ class Broker(Connection):
         del self.call, self.call_only, self._take_output
 
     def _write(self, data: bytes) -> None:
-        self._sender.write(data)
+        if self._sender.write(data) >= FLUSH_AT:
+            self._flush()
 
     # ------------------------------------------------------------------ events
 

@@ -53,7 +53,8 @@ log = logging.getLogger("pbfast")
 
 RECEIVE_LIMITS = ("max_element_size", "max_message_size", "max_depth", "max_header_length")
 DEFAULT_MEMORY_BUDGET = 256 << 20
-# Replies queued while handling one chunk go out once this many bytes are waiting.
+# Replies queued while handling one chunk go out once this many bytes are waiting (a wire's
+# writes check): writing them may pause writing, and later calls then wait.
 FLUSH_AT = 1 << 16
 # Bytes received while calls are held back, after which we stop reading: with `backlog` this
 # bounds what held calls can pin, however large each one is.
@@ -503,8 +504,6 @@ class Connection(asyncio.Protocol, abc.ABC):
                     self._defer(event)
                     continue
                 handlers[event[0]](self, event)
-                if self._output_size() >= FLUSH_AT:
-                    self._flush()  # may pause writing: later calls then wait
         except Exception as exc:
             self._internal_error(exc, event)
         finally:
@@ -532,8 +531,6 @@ class Connection(asyncio.Protocol, abc.ABC):
                     break
                 event = backlog.popleft()
                 handlers[event[0]](self, event)
-                if self._output_size() >= FLUSH_AT:
-                    self._flush()
         except Exception as exc:
             self._internal_error(exc, event)
         finally:
@@ -823,10 +820,6 @@ class Connection(asyncio.Protocol, abc.ABC):
     def _take_output(self) -> bytes | None:
         """The bytes to write now, if any. (Called once per chunk received: a wire may set it
         to a method of its Rust sender, which costs no Python frame.)"""
-
-    def _output_size(self) -> int:
-        """Bytes waiting to be written."""
-        return 0
 
     def _discard_output(self) -> None:
         """Drop what is waiting to be written (the connection is being cut off)."""

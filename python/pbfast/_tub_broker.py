@@ -19,13 +19,12 @@ A Tub calling itself uses a pair of brokers joined in memory, which start at ban
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import weakref
 from typing import Any
 
 from . import _core, _negotiate
-from ._connection import Connection, ConnectionOptions, run_callback
+from ._connection import FLUSH_AT, Connection, ConnectionOptions, run_callback
 from ._core import (
     FS_ANSWER,
     FS_CALL,
@@ -177,11 +176,16 @@ class TubBroker(Connection):
             return future
         reqid = self._next_reqid
         self._next_reqid += 1
+        sent = self._sent
+        mark = len(sent)
         try:
-            data = self._encode(self._encoder.call, reqid, clid, method, args, kwargs)
+            data = self._encoder.call(reqid, clid, method, args, kwargs)
         except Exception as e:
+            self._undo_sends(mark)
             future.set_exception(e)
             return future
+        if len(sent) > mark:
+            del sent[mark:]
         self._pending[reqid] = (future, None)
         self._send(data)
         return future
@@ -201,11 +205,15 @@ class TubBroker(Connection):
         return DeadReferenceError(f"the connection to Tub {self.peer_tub_id} is gone")
 
     def _send(self, data: bytes) -> None:
-        """Queue plaintext; it goes out once per loop iteration (one TLS record for many
-        messages)."""
+        """Queue plaintext; it goes out at the end of the loop iteration or of the chunk being
+        handled (one TLS record for many messages), or at once past `FLUSH_AT` bytes."""
         self._plain.append(data)
         self._plain_size += len(data)
-        self._wake()
+        if self._plain_size >= FLUSH_AT:
+            self._flush()
+        elif not self._receiving and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     # ------------------------------------------------------------------ the connection's hooks
 
@@ -252,9 +260,6 @@ class TubBroker(Connection):
         if self._tls is None:
             return None
         return self._tls.take() or None
-
-    def _output_size(self) -> int:
-        return self._plain_size
 
     def _finish_output(self) -> None:
         if self._tls is not None:
@@ -462,15 +467,25 @@ class TubBroker(Connection):
         _, reqid, clid, method, args, kwargs, *gifts = event
         if gifts:
             self._fetching_gifts = self._held = True
-            self._start_call(self._deliver_with_gifts(reqid, clid, method, args, kwargs, gifts[0]))
+            self._start_call(self._call_with_gifts(event[:6], gifts[0]))
+            return
+        try:
+            result = self._invoke(clid, method, args, kwargs)
+        except Exception as e:
+            self._send_error(reqid, e)
+            return
+        if hasattr(type(result), "__await__"):
+            self._start_call(self._finish(reqid, result))
         else:
-            self._deliver(reqid, clid, method, args, kwargs)
+            self._send_answer(reqid, result)
 
     def _on_answer(self, event: tuple) -> None:
         _, reqid, value, *gifts = event
-        future = self._settle(reqid)
-        if future is None:
+        entry = self._pending.pop(reqid, None)  # (`_settle`, inline: no pins on this wire)
+        if entry is None:
+            log.warning("%s: the peer answered request %r, which is not waiting for one", repr(self), reqid)
             return
+        future = entry[0]
         if gifts:
             self._start_call(self._answer_with_gifts(future, value, gifts[0]))
         elif not future.done():
@@ -534,17 +549,6 @@ class TubBroker(Connection):
 
     # ------------------------------------------------------------------ incoming calls
 
-    def _deliver(self, reqid: int, clid: int, method: str, args: tuple, kwargs: dict) -> None:
-        try:
-            result = self._invoke(clid, method, args, kwargs)
-        except Exception as e:
-            self._send_error(reqid, e)
-            return
-        if inspect.isawaitable(result):
-            self._start_call(self._finish(reqid, result))
-        else:
-            self._send_answer(reqid, result)
-
     def _invoke(self, clid: int, method: str, args: tuple, kwargs: dict) -> Any:
         if clid == 0:
             handler = getattr(self, "_broker_" + method, None)
@@ -576,11 +580,16 @@ class TubBroker(Connection):
     def _send_answer(self, reqid: int, result: Any) -> None:
         if not reqid or self._closing:
             return
+        sent = self._sent
+        mark = len(sent)
         try:
-            data = self._encode(self._encoder.answer, reqid, result)
+            data = self._encoder.answer(reqid, result)
         except Exception as e:
+            self._undo_sends(mark)
             self._send_error(reqid, e)
             return
+        if len(sent) > mark:
+            del sent[mark:]
         self._send(data)
 
     def _send_error(self, reqid: int, exc: BaseException) -> None:
@@ -590,15 +599,15 @@ class TubBroker(Connection):
             return
         self._send(self._encoder.error(reqid, failure_state(exc, self.options.unsafeTracebacks)))
 
-    async def _deliver_with_gifts(
-        self, reqid: int, clid: int, method: str, args: tuple, kwargs: dict, gifts: list[_Gift]
-    ) -> None:
+    async def _call_with_gifts(self, call: tuple, gifts: list[_Gift]) -> None:
+        """Run `call` (an `FS_CALL` event) once its gifts are fetched."""
+        kind, reqid, clid, method, args, kwargs = call
         try:
             await self._resolve(gifts)
         except Exception as e:
             self._send_error(reqid, e)
         else:
-            self._deliver(reqid, clid, method, _substitute(args), _substitute(kwargs))
+            self._on_call((kind, reqid, clid, method, _substitute(args), _substitute(kwargs)))
         finally:
             self._fetching_gifts = False  # the calls held meanwhile run once this task is done
 
