@@ -184,8 +184,7 @@ class TubBroker(Connection):
             self._undo_sends(mark)
             future.set_exception(e)
             return future
-        if len(sent) > mark:
-            del sent[mark:]
+        del sent[mark:]
         self._pending[reqid] = (future, None)
         self._send(data)
         return future
@@ -206,12 +205,14 @@ class TubBroker(Connection):
 
     def _send(self, data: bytes) -> None:
         """Queue plaintext; it goes out at the end of the loop iteration or of the chunk being
-        handled (one TLS record for many messages), or at once past `FLUSH_AT` bytes."""
+        handled (one TLS record for many messages), or at once once a chunk's replies pass
+        `FLUSH_AT` bytes."""
         self._plain.append(data)
-        self._plain_size += len(data)
-        if self._plain_size >= FLUSH_AT:
-            self._flush()
-        elif not self._receiving and not self._flush_scheduled:
+        if self._receiving:
+            self._plain_size += len(data)
+            if self._plain_size >= FLUSH_AT:
+                self._flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
@@ -464,11 +465,11 @@ class TubBroker(Connection):
         return claimed
 
     def _on_call(self, event: tuple) -> None:
-        _, reqid, clid, method, args, kwargs, *gifts = event
-        if gifts:
+        if len(event) > 6:  # it carries gifts (see `_claim_gifts`)
             self._fetching_gifts = self._held = True
-            self._start_call(self._call_with_gifts(event[:6], gifts[0]))
+            self._start_call(self._call_with_gifts(event[:6], event[6]))
             return
+        _, reqid, clid, method, args, kwargs = event
         try:
             result = self._invoke(clid, method, args, kwargs)
         except Exception as e:
@@ -480,14 +481,14 @@ class TubBroker(Connection):
             self._send_answer(reqid, result)
 
     def _on_answer(self, event: tuple) -> None:
-        _, reqid, value, *gifts = event
+        reqid, value = event[1], event[2]
         entry = self._pending.pop(reqid, None)  # (`_settle`, inline: no pins on this wire)
         if entry is None:
             log.warning("%s: the peer answered request %r, which is not waiting for one", repr(self), reqid)
             return
         future = entry[0]
-        if gifts:
-            self._start_call(self._answer_with_gifts(future, value, gifts[0]))
+        if len(event) > 3:  # it carries gifts
+            self._start_call(self._answer_with_gifts(future, value, event[3]))
         elif not future.done():
             future.set_result(value)
 
@@ -588,8 +589,7 @@ class TubBroker(Connection):
             self._undo_sends(mark)
             self._send_error(reqid, e)
             return
-        if len(sent) > mark:
-            del sent[mark:]
+        del sent[mark:]
         self._send(data)
 
     def _send_error(self, reqid: int, exc: BaseException) -> None:
