@@ -23,6 +23,7 @@
 
 pub mod banana;
 pub mod foolscap;
+pub mod ids;
 pub mod jelly;
 #[cfg(feature = "python")]
 mod py;
@@ -37,9 +38,9 @@ mod _core {
     use pyo3::prelude::*;
 
     #[pymodule_export]
-    use crate::jelly::decode::UnresolvedReference;
-    #[pymodule_export]
     use crate::py::foolscap::{FoolscapDecoderPy, FoolscapEncoderPy};
+    #[pymodule_export]
+    use crate::py::jelly::UnresolvedReference;
     #[pymodule_export]
     use crate::py::pb::{PbDecoderPy, PbEncoderPy};
     #[pymodule_export]

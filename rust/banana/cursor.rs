@@ -98,6 +98,22 @@ impl<'a> Cursor<'a> {
         Some(s)
     }
 
+    /// If a PB vocabulary word with a one-byte header starts here, consume it and return its
+    /// index and word: the shape of most jelly type tags (`list`, `dictionary`, `tuple`, ...).
+    #[inline(always)]
+    pub fn vocab(&mut self) -> Option<(u8, &'static [u8])> {
+        if self.dialect != Dialect::Pb {
+            return None;
+        }
+        let (&index, &type_byte) = (self.data.get(self.pos)?, self.data.get(self.pos + 1)?);
+        if type_byte != tb::VOCAB {
+            return None;
+        }
+        let word = vocab::pb_word(u64::from(index))?;
+        self.pos += 2;
+        Some((index, word))
+    }
+
     #[inline(always)]
     pub fn next_item(&mut self) -> Option<Item<'a>> {
         let data = self.data;
@@ -119,6 +135,7 @@ impl<'a> Cursor<'a> {
         let small = match header.len() {
             0 => Some(0),
             1 => Some(u64::from(header[0])),
+            2 => Some(u64::from(header[0]) | u64::from(header[1]) << 7),
             _ => match header_value(header) {
                 HeaderValue::Small(v) => Some(v),
                 HeaderValue::Big(_) => None,
@@ -170,6 +187,19 @@ mod tests {
     }
 
     #[test]
+    fn vocab_fast_path() {
+        let data = [8, tb::VOCAB, 0, tb::VOCAB, 1, 8, tb::VOCAB];
+        let mut c = Cursor::new(&data, Dialect::Pb, Limits::twisted());
+        assert_eq!(c.vocab(), Some((8, &b"list"[..])));
+        // Index 0 is no word; a longer header is not the fast shape.
+        assert_eq!(c.vocab(), None);
+        assert_eq!(c.pos(), 2);
+        c.skip_to(4);
+        assert_eq!(c.vocab(), None);
+        assert_eq!(Cursor::new(&data, Dialect::NoVocab, Limits::twisted()).vocab(), None);
+    }
+
+    #[test]
     fn reads_items() {
         let data = [2, tb::LIST, 8, tb::VOCAB, 0x7f, 0x7f, 0x7f, 0x7f, 0x07, tb::NEG, tb::INT];
         let mut c = Cursor::new(&data, Dialect::Pb, Limits::twisted());
@@ -178,6 +208,11 @@ mod tests {
         assert_eq!(c.next_item(), Some(Item::Int(-((1 << 31) - 1))));
         assert_eq!(c.next_item(), Some(Item::Int(0)));
         assert_eq!(c.next_item(), None);
+        // Two-byte headers, least significant group first.
+        let two = [0x68, 0x07, tb::INT, 0x7f, 0x7f, tb::NEG];
+        let mut c = Cursor::new(&two, Dialect::Pb, Limits::twisted());
+        assert_eq!(c.next_item(), Some(Item::Int(1000)));
+        assert_eq!(c.next_item(), Some(Item::Int(-16383)));
         let mut h = vec![0u8; 10];
         h.push(1);
         h.push(tb::LONGNEG);

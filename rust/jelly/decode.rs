@@ -1,137 +1,273 @@
-//! Banana bytes -> jelly -> Python objects, in one walk over an expression the framer has
-//! already validated (so token errors cannot happen here; jelly errors can).
+//! Banana bytes -> jelly -> values, in one walk over an expression, the values made by a [`Build`].
 //!
-//! `["reference", id, X]`: a list, dict or set X is created empty and registered before its
-//! items are built, so cycles through it resolve directly. A `dereference` to an object that is
-//! still being built (only possible for tuples, frozensets and hook-made objects) yields a
-//! placeholder whose position is remembered and patched once the object exists — lists, dict
-//! values and tuples can be patched; a placeholder used as a dict key or set member cannot
-//! (its hash would change) and is refused.
+//! The expression is one the framer has validated, or one the caller validates once this walk has
+//! failed: bytes that are not banana come back as "malformed banana" for the framer's validator to
+//! name. Jelly errors carry the stream offset of the list they are in.
+//!
+//! `["reference", id, X]`: a list, dict or set X is created empty and registered before its items
+//! are built, so cycles through it resolve directly. A `dereference` to an object that is still
+//! being built (only possible for tuples, frozensets and hook-made objects) yields a placeholder
+//! whose position is remembered and patched once the object exists: list items, dict values and
+//! tuple items can be patched; a placeholder used as a dict key or set member cannot (its hash
+//! would change) and is refused.
+//!
+//! A tuple is patched in place, so nothing but this walk may have seen it: while it holds a
+//! placeholder it is refused as a dict key, a set member and an item for the hook, and once the
+//! hook has run (it may have kept anything it was given, and so whatever is later put into that)
+//! a tuple still waiting for a placeholder is refused instead of patched.
 
 use std::collections::HashMap;
+use std::ptr::NonNull;
 
-use pyo3::ffi;
-use pyo3::prelude::*;
-use pyo3::types::{
-    PyBool, PyBytes, PyDate, PyDateTime, PyDelta, PyDict, PyFloat, PyFrozenSet, PyList, PySet, PyString, PyTime,
-    PyTuple,
-};
+use num_bigint::{BigInt, Sign};
 
-use super::{parse_fields, recycle, tag, Tag};
+use super::{parse_fields, recycle, tag, Error, Tag};
 use crate::banana::cursor::{Cursor, Item};
 use crate::banana::{Dialect, Integer, Limits};
-use crate::py::errors::{insecure_jelly, jelly_error, unpersistable};
 
 pub use crate::banana::show;
 
-/// Marks the spot of a reference to an object that is not built yet.
-#[pyclass(module = "pbfast._core", name = "UnresolvedReference", frozen)]
-pub struct UnresolvedReference {
-    #[pyo3(get)]
-    id: i64,
+/// Why a builder could not make or place a value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault<E> {
+    /// The value is unacceptable (an unhashable key, a date out of range, text that is not
+    /// UTF-8): the decoder says in what, and where.
+    Bad(String),
+    /// Anything else, passed on as it is.
+    Hard(E),
 }
 
-#[pymethods]
-impl UnresolvedReference {
-    fn __repr__(&self) -> String {
-        format!("<unresolved jelly reference {}>", self.id)
-    }
+/// The fields of a date, time, datetime or timedelta, each narrowed to its type's width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    DateTime { year: i32, month: u8, day: u8, hour: u8, minute: u8, second: u8, microsecond: u32 },
+    Date { year: i32, month: u8, day: u8 },
+    Time { hour: u8, minute: u8, second: u8, microsecond: u32 },
+    Delta { days: i32, seconds: i32, microseconds: i32 },
 }
 
-enum Site<'py> {
-    ListItem(Bound<'py, PyList>, usize),
-    TupleItem(Bound<'py, PyTuple>, usize),
-    DictValue(Bound<'py, PyDict>, Bound<'py, PyAny>),
+/// Makes the values of a jelly expression. Containers are made first and filled as their items
+/// are read; the decoder keeps every rule of the format, the builder only makes and places values.
+pub trait Build {
+    /// A handle on a value; cloning it makes another handle on the same value.
+    type Value: Clone;
+    type Error;
+
+    fn int(&mut self, value: i64) -> Result<Self::Value, Self::Error>;
+    /// An integer beyond `i64`.
+    fn big_int(&mut self, value: &BigInt) -> Result<Self::Value, Self::Error>;
+    fn float(&mut self, value: f64) -> Result<Self::Value, Self::Error>;
+    fn bytes(&mut self, value: &[u8]) -> Result<Self::Value, Self::Error>;
+    /// `["unicode", utf8]`: [`Fault::Bad`] if the bytes are not UTF-8.
+    fn text(&mut self, utf8: &[u8]) -> Result<Self::Value, Fault<Self::Error>>;
+    /// A dictionary key written as `["unicode", utf8]`: as [`Build::text`], but keys repeat from
+    /// one dict to the next, so a builder may hand out one value for all of them.
+    fn key(&mut self, utf8: &[u8]) -> Result<Self::Value, Fault<Self::Error>>;
+    fn none(&mut self) -> Result<Self::Value, Self::Error>;
+    fn boolean(&mut self, value: bool) -> Result<Self::Value, Self::Error>;
+    /// [`Fault::Bad`] if a field is out of its range (a month of 13).
+    fn when(&mut self, value: When) -> Result<Self::Value, Fault<Self::Error>>;
+    /// `(-1)**negative * digits * 10**exponent`, `digits` (each 0-9) most significant first.
+    fn decimal(&mut self, negative: bool, digits: &[u8], exponent: i64) -> Result<Self::Value, Fault<Self::Error>>;
+    /// Stands for something the sender could not send; `reason` says what.
+    fn unpersistable(&mut self, reason: &str) -> Result<Self::Value, Self::Error>;
+    /// Stands for reference `id` until the object it names is built.
+    fn placeholder(&mut self, id: i64) -> Result<Self::Value, Self::Error>;
+    /// Whether `a` and `b` are the same object.
+    fn same(&self, a: &Self::Value, b: &Self::Value) -> bool;
+
+    /// A list with `len` empty slots.
+    ///
+    /// # Safety
+    ///
+    /// Until every slot is filled by [`Build::fill_list`] the list goes nowhere else (into
+    /// another value, to the hook, out of the decoder); it may be dropped unfilled.
+    unsafe fn list(&mut self, len: usize) -> Result<Self::Value, Self::Error>;
+    /// # Safety
+    ///
+    /// `list` was made by [`Build::list`] with more than `index` slots, and slot `index` is empty.
+    unsafe fn fill_list(&mut self, list: &Self::Value, index: usize, item: Self::Value);
+    /// An empty list that grows by [`Build::push`]: one registered as a reference before its
+    /// items exist, which anything may see while it grows.
+    fn empty_list(&mut self) -> Result<Self::Value, Self::Error>;
+    fn push(&mut self, list: &Self::Value, item: Self::Value) -> Result<(), Self::Error>;
+    /// Put `value` at `index` of `list`, where a placeholder is.
+    fn patch_list(&mut self, list: &Self::Value, index: usize, value: &Self::Value) -> Result<(), Self::Error>;
+    /// A tuple with `len` empty slots.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Build::list`], with [`Build::fill_tuple`].
+    unsafe fn tuple(&mut self, len: usize) -> Result<Self::Value, Self::Error>;
+    /// # Safety
+    ///
+    /// `tuple` was made by [`Build::tuple`] with more than `index` slots, and slot `index` is empty.
+    unsafe fn fill_tuple(&mut self, tuple: &Self::Value, index: usize, item: Self::Value);
+    /// Put `value` at `index` of `tuple`, where a placeholder is.
+    ///
+    /// # Safety
+    ///
+    /// `tuple` was made and filled by this builder, and nothing but the decoder can have seen it:
+    /// it was not hashed, given to the hook, put into anything the hook was given, or returned.
+    unsafe fn patch_tuple(&mut self, tuple: &Self::Value, index: usize, value: &Self::Value);
+    fn dict(&mut self) -> Result<Self::Value, Self::Error>;
+    /// `dict[key] = value`: [`Fault::Bad`] if `key` cannot be a key (it is unhashable).
+    fn set_item(
+        &mut self,
+        dict: &Self::Value,
+        key: &Self::Value,
+        value: &Self::Value,
+    ) -> Result<(), Fault<Self::Error>>;
+    fn set(&mut self) -> Result<Self::Value, Self::Error>;
+    /// [`Fault::Bad`] if `member` is unhashable.
+    fn add(&mut self, set: &Self::Value, member: Self::Value) -> Result<(), Fault<Self::Error>>;
+    /// [`Fault::Bad`] if `value` is unhashable (a frozenset's member, checked as it is read).
+    fn hashable(&mut self, value: &Self::Value) -> Result<(), Fault<Self::Error>>;
+    fn frozenset(&mut self, members: Vec<Self::Value>) -> Result<Self::Value, Self::Error>;
+    /// Whether there is a hook for the tags jelly itself does not know.
+    fn has_hook(&self) -> bool;
+    /// The hook's value for `[tag, items...]`; None if it does not know the tag either.
+    fn hook(&mut self, tag: &[u8], items: Vec<Self::Value>) -> Result<Option<Self::Value>, Self::Error>;
 }
 
-enum Slot<'py> {
-    /// `["reference", id, ...]` has started and nothing has asked for it yet.
-    Building,
-    Ready(Bound<'py, PyAny>),
-    Pending {
-        placeholder: Bound<'py, PyAny>,
-        sites: Vec<Site<'py>>,
-    },
-}
+type Res<T, B> = Result<T, Error<<B as Build>::Error>>;
 
-/// A built value. `placeholder`: it stands for reference `id`, to be patched where it is put.
-/// `holds_placeholder`: it is a tuple with a placeholder somewhere inside, so it must not be
-/// hashed until patched.
-struct Built<'py> {
-    obj: Bound<'py, PyAny>,
-    placeholder: Option<i64>,
-    holds_placeholder: bool,
-}
-
-impl<'py> Built<'py> {
-    fn done(obj: Bound<'py, PyAny>) -> Built<'py> {
-        Built { obj, placeholder: None, holds_placeholder: false }
-    }
-
-    fn unhashable_yet(&self) -> bool {
-        self.placeholder.is_some() || self.holds_placeholder
-    }
-}
-
-/// Unjelly one expression. `hook(tag, items)` builds values for tags jelly itself does not know
-/// (returning `NotImplemented` for tags it does not know either).
+/// Decode one jelly value from `expr`, whose first byte is at stream offset `base`. With `whole`,
+/// bytes left after the value are an error. Returns the value, and how many bytes were read (on
+/// an error, where reading stopped).
 ///
-/// The walk keeps the containers being built on a heap stack (`stack`) instead of recursing, so
-/// no nesting depth the limits allow can exhaust the native stack of any thread.
-pub struct JellyDecoder<'py, 'a> {
-    rd: Reader<'py, 'a>,
-    /// The containers being built, innermost last.
-    stack: Vec<Frame<'py, 'a>>,
+/// The walk keeps the containers being built on a heap stack instead of recursing, so no nesting
+/// depth the limits allow can exhaust the native stack of any thread.
+pub fn decode<B: Build>(
+    expr: &[u8],
+    dialect: Dialect,
+    limits: Limits,
+    base: u64,
+    build: &mut B,
+    scratch: &mut Scratch,
+    whole: bool,
+) -> (Res<B::Value, B>, usize) {
+    let rd = Reader {
+        b: build,
+        cur: Cursor::new(expr, dialect, limits),
+        base,
+        refs: HashMap::new(),
+        waiting: 0,
+        hook_ran: false,
+        depth: 0,
+        max_depth: limits.max_depth,
+    };
+    let mut decoder = Decoder { rd, stack: recycle(std::mem::take(&mut scratch.0)) };
+    let value = decoder.value().and_then(|built| decoder.check(built, whole));
+    let Decoder { rd, mut stack } = decoder;
+    // Keep a stack of ordinary size for the next walk; one a deeply nested value grew goes.
+    if stack.capacity() <= 1 << 10 {
+        stack.clear();
+        scratch.0 = recycle(stack);
+    }
+    (value, rd.cur.pos())
 }
 
-/// The cursor, the references and what reading items needs: everything but the stack, so both
-/// can be borrowed at once.
-struct Reader<'py, 'a> {
-    py: Python<'py>,
+/// The allocation of the last walk's stack, kept so that the next walk costs none.
+#[derive(Default)]
+pub struct Scratch(Vec<Frame<'static, NonNull<()>>>);
+
+// SAFETY: the vec is always empty (it is emptied before it is kept), so it holds no values and may
+// go to and be shared with other threads like any empty allocation.
+unsafe impl Send for Scratch {}
+unsafe impl Sync for Scratch {}
+
+struct Decoder<'a, 'b, B: Build> {
+    rd: Reader<'a, 'b, B>,
+    /// The containers being built, innermost last.
+    stack: Vec<Frame<'a, B::Value>>,
+}
+
+/// The cursor, the references and the builder: everything but the stack, so both can be
+/// borrowed at once.
+struct Reader<'a, 'b, B: Build> {
+    b: &'b mut B,
     cur: Cursor<'a>,
     base: u64,
-    refs: HashMap<i64, Slot<'py>>,
-    hook: Option<&'a Bound<'py, PyAny>>,
-    strings: &'a mut StrCache,
+    refs: HashMap<i64, Slot<B::Value>>,
+    /// References dereferenced before they were built, not yet patched.
+    waiting: usize,
+    /// The hook has run: no tuple may be patched from now on.
+    hook_ran: bool,
     /// Banana lists entered and not yet left (counted as the framer counts them).
     depth: usize,
     max_depth: usize,
 }
 
+/// Where a placeholder was put.
+enum Site<V> {
+    ListItem(V, usize),
+    TupleItem(V, usize),
+    DictValue(V, V),
+}
+
+enum Slot<V> {
+    /// `["reference", id, ...]` has started and nothing has asked for it yet.
+    Building,
+    /// Built; `pending`: it is or holds a tuple that still holds a placeholder.
+    Ready { obj: V, pending: bool },
+    /// Asked for before it was built: where its placeholder went.
+    Waiting { placeholder: V, sites: Vec<Site<V>> },
+}
+
+/// A built value. `placeholder`: it stands for reference `id`, to be patched where it is put.
+/// `pending`: it is a tuple with a placeholder somewhere inside, so it must not be hashed or seen
+/// by the hook until patched.
+struct Built<V> {
+    obj: V,
+    placeholder: Option<i64>,
+    pending: bool,
+}
+
+impl<V> Built<V> {
+    fn done(obj: V) -> Built<V> {
+        Built { obj, placeholder: None, pending: false }
+    }
+
+    fn incomplete(&self) -> bool {
+        self.placeholder.is_some() || self.pending
+    }
+}
+
 /// A container being built: where the walk goes on once the item being read is complete.
-enum Frame<'py, 'a> {
-    /// `["list", ...]`, `next` items in. A list registered as a reference before its items
-    /// grows by appending (no one may see empty slots); any other is made at full size.
+enum Frame<'a, V> {
+    /// `["list", ...]`, `next` items in. A list registered as a reference before its items grows
+    /// by appending (anything may see it); any other is made at full size.
     List {
-        list: Bound<'py, PyList>,
+        list: V,
         len: usize,
         next: usize,
         append: bool,
     },
-    /// A tuple made at full size and filled in place, like a list; `holds_placeholder`: an
-    /// item is (or holds) a placeholder, so the tuple must not be hashed until patched.
+    /// A tuple made at full size and filled in place, like a list; `pending`: an item is (or
+    /// holds) a placeholder.
     Tuple {
-        tuple: Bound<'py, PyTuple>,
+        tuple: V,
         len: usize,
         next: usize,
-        holds_placeholder: bool,
+        pending: bool,
     },
-    /// `["dictionary", [key, value], ...]`: `key` is the key of the pair (at `pair_at`) whose
-    /// value is being read.
+    /// `["dictionary", [key, value], ...]`: `key` is the key of the pair (at `pair_at`) whose value
+    /// is being read.
     Dict {
-        dict: Bound<'py, PyDict>,
+        dict: V,
         pairs: usize,
-        key: Option<Bound<'py, PyAny>>,
+        key: Option<V>,
         pair_at: usize,
     },
-    /// A set or frozenset, `member_at` where the member being read starts.
+    /// A set, `member_at` where the member being read starts.
     Set {
-        set: Bound<'py, PySet>,
+        set: V,
         members: usize,
         member_at: usize,
     },
     Frozenset {
-        members: Vec<Bound<'py, PyAny>>,
+        members: Vec<V>,
         len: usize,
         member_at: usize,
     },
@@ -143,14 +279,13 @@ enum Frame<'py, 'a> {
     /// `["persistent", X]` while X is read (and then dropped).
     Persistent,
     /// A tag for the hook while its items are read (boxed: rare, and the largest).
-    Hooked(Box<Hooked<'py, 'a>>),
+    Hooked(Box<Hooked<'a, V>>),
 }
 
 /// The list at `at` with a tag for the hook, `item_at` where the item being read starts.
-struct Hooked<'py, 'a> {
-    hook: &'a Bound<'py, PyAny>,
+struct Hooked<'a, V> {
     tag: &'a [u8],
-    items: Vec<Bound<'py, PyAny>>,
+    items: Vec<V>,
     len: usize,
     at: usize,
     item_at: usize,
@@ -166,81 +301,48 @@ struct Open<'a> {
     at: usize,
 }
 
-/// What is at the cursor: a finished value (an atom, or a jelly form that holds no values), or
-/// a form that holds values, to open.
-enum Read<'py, 'a> {
-    Value(Built<'py>),
+/// What is at the cursor: a finished value (an atom, or a jelly form that holds no values), or a
+/// form that holds values, to open.
+enum Read<'a, V> {
+    Value(Built<V>),
     Open(Open<'a>),
 }
 
 /// What the walk does next.
-enum Next<'py, 'a> {
+enum Next<'a, V> {
     /// Open this form (the innermost container read its header).
     Open(Open<'a>),
     /// Give this finished value to the innermost container (or return it, if none is open).
-    Give(Built<'py>),
+    Give(Built<V>),
 }
 
-impl<'py, 'a> JellyDecoder<'py, 'a> {
-    /// `expr` holds one expression whose first byte is at stream offset `base`.
-    pub fn new(
-        py: Python<'py>,
-        expr: &'a [u8],
-        dialect: Dialect,
-        limits: Limits,
-        base: u64,
-        hook: Option<&'a Bound<'py, PyAny>>,
-        strings: &'a mut StrCache,
-    ) -> JellyDecoder<'py, 'a> {
-        let cur = Cursor::new(expr, dialect, limits);
-        let refs = HashMap::new();
-        let stack = recycle(std::mem::take(&mut strings.frames.0));
-        let rd = Reader { py, cur, base, refs, hook, strings, depth: 0, max_depth: limits.max_depth };
-        JellyDecoder { rd, stack }
-    }
-
-    /// Build the expression. With `whole`, bytes left after it are an error.
-    pub fn build(&mut self, whole: bool) -> PyResult<Bound<'py, PyAny>> {
-        // Collections triggered while thousands of containers are being created would traverse
-        // the half-built value again and again; nothing cyclic becomes garbage during a build.
-        let _gc = GcPause::new();
-        let pos = 0;
-        let built = self.value();
-        // Keep a stack of ordinary size for the next walk; one a deeply nested value grew goes.
-        let stack = std::mem::take(&mut self.stack);
-        if stack.capacity() <= 1 << 10 {
-            self.rd.strings.frames.0 = recycle(stack);
-        }
-        let built = built?;
+impl<'a, B: Build> Decoder<'a, '_, B> {
+    /// The checks that need the whole value: what follows it, and references never defined.
+    fn check(&self, built: Built<B::Value>, whole: bool) -> Res<B::Value, B> {
         let rd = &self.rd;
         if whole && !rd.cur.at_end() {
             return Err(rd.error("bytes after the expression".into(), rd.cur.pos()));
         }
         for (id, slot) in &rd.refs {
-            if !matches!(slot, Slot::Ready(_)) {
-                return Err(rd.error(format!("dereference to reference id {id}, which is never defined"), pos));
+            if !matches!(slot, Slot::Ready { .. }) {
+                return Err(rd.error(format!("dereference to reference id {id}, which is never defined"), 0));
             }
         }
         if built.placeholder.is_some() {
-            return Err(rd.error("the value is a reference to itself".into(), pos));
+            return Err(rd.error("the value is a reference to itself".into(), 0));
         }
         Ok(built.obj)
     }
 
-    /// Bytes of the expression read so far (after [`JellyDecoder::build`], the value's length).
-    pub fn consumed(&self) -> usize {
-        self.rd.cur.pos()
-    }
-
     /// The value at the cursor: open containers, fill them, hand each finished one to the
     /// container it is in, until the outermost is finished.
-    fn value(&mut self) -> PyResult<Built<'py>> {
+    fn value(&mut self) -> Res<Built<B::Value>, B> {
         let mut open = match self.rd.item()? {
             Read::Value(built) => return Ok(built),
             Read::Open(open) => open,
         };
         loop {
-            let mut child = self.open(open, None)?;
+            let mut child = self.open(open)?;
             // Fill containers, innermost first, until one meets another form to open.
             loop {
                 if self.stack.is_empty() {
@@ -258,64 +360,56 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
         }
     }
 
-    /// Push the container for `open`, to be filled by [`Self::step`]; for a reference, its
-    /// value's too. `register` is the reference id this value defines, for containers that can
-    /// be registered before their items exist. A reference to a form that holds no values gives
-    /// that value, to the reference.
+    /// Push the container for `open`, to be filled by [`Self::step`]; for a reference, its value's
+    /// too. A reference to a form that holds no values gives that value, to the reference.
     #[inline(always)]
-    fn open(&mut self, mut open: Open<'a>, mut register: Option<i64>) -> PyResult<Option<Built<'py>>> {
-        // `["reference", id, X]` opens X in turn, with X's id: a loop, however long the chain.
+    fn open(&mut self, mut open: Open<'a>) -> Res<Option<Built<B::Value>>, B> {
+        // The reference id this value defines, for containers that can be registered before their
+        // items exist. `["reference", id, X]` opens X in turn: a loop, however long the chain.
+        let mut register = None;
         loop {
             let rd = &mut self.rd;
             let Open { kind, tag: t, items, at } = open;
-            let py = rd.py;
+            let other = |e| Error::Other(e);
             let frame = match kind {
                 Tag::List => match register {
                     Some(id) => {
-                        let list = PyList::empty(py);
-                        let pos = rd.cur.pos();
-                        rd.define(id, list.clone().into_any(), pos)?;
+                        let list = rd.b.empty_list().map_err(other)?;
+                        rd.define(id, &list, false, rd.cur.pos())?;
                         Frame::List { list, len: items, next: 0, append: true }
                     }
                     None => {
-                        // SAFETY: PyList_New returns a new list with `items` NULL slots, each
-                        // filled exactly once by PyList_SET_ITEM (in `step`) before the list is
-                        // handed out; on an early error the partly filled list is dropped, and
-                        // list deallocation skips NULL slots.
-                        let list =
-                            unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyList_New(items as ffi::Py_ssize_t))? };
-                        Frame::List { list: list.cast_into::<PyList>()?, len: items, next: 0, append: false }
+                        // SAFETY: `step` fills each slot once, in order, before the frame is
+                        // finished and the list given anywhere; on an error the frame is dropped.
+                        let list = unsafe { rd.b.list(items) }.map_err(other)?;
+                        Frame::List { list, len: items, next: 0, append: false }
                     }
                 },
                 Tag::Dictionary => {
-                    let dict = PyDict::new(py);
+                    let dict = rd.b.dict().map_err(other)?;
                     if let Some(id) = register {
-                        let pos = rd.cur.pos();
-                        rd.define(id, dict.clone().into_any(), pos)?;
+                        rd.define(id, &dict, false, rd.cur.pos())?;
                     }
                     Frame::Dict { dict, pairs: items, key: None, pair_at: 0 }
                 }
                 Tag::Set => {
-                    let set = PySet::empty(py)?;
+                    let set = rd.b.set().map_err(other)?;
                     if let Some(id) = register {
-                        let pos = rd.cur.pos();
-                        rd.define(id, set.clone().into_any(), pos)?;
+                        rd.define(id, &set, false, rd.cur.pos())?;
                     }
                     Frame::Set { set, members: items, member_at: 0 }
                 }
                 Tag::Tuple => {
-                    // SAFETY: as for the list above, with PyTuple_New and PyTuple_SET_ITEM; tuple
-                    // deallocation skips NULL slots too.
-                    let tuple =
-                        unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyTuple_New(items as ffi::Py_ssize_t))? };
-                    Frame::Tuple { tuple: tuple.cast_into::<PyTuple>()?, len: items, next: 0, holds_placeholder: false }
+                    // SAFETY: as for the list above.
+                    let tuple = unsafe { rd.b.tuple(items) }.map_err(other)?;
+                    Frame::Tuple { tuple, len: items, next: 0, pending: false }
                 }
                 Tag::Frozenset => Frame::Frozenset { members: Vec::with_capacity(items), len: items, member_at: 0 },
                 Tag::Reference => {
                     rd.arity(tag::REFERENCE, items, 2, at)?;
                     let id = rd.ref_id()?;
                     match rd.refs.get(&id) {
-                        None | Some(Slot::Pending { .. }) => {}
+                        None | Some(Slot::Waiting { .. }) => {}
                         Some(_) => return Err(rd.error(format!("reference id {id} is defined twice"), at)),
                     }
                     rd.refs.entry(id).or_insert(Slot::Building);
@@ -325,9 +419,9 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                         _ => return Err(rd.error("a reference must wrap a jelly list".into(), value_at)),
                     };
                     rd.enter(list_at)?;
-                    let t = rd.tag(n, list_at)?;
+                    let (kind, t) = rd.tag(n, list_at)?;
                     self.stack.push(Frame::Reference { id, at });
-                    open = Open { kind: Tag::classify(t), tag: t, items: n - 1, at: list_at };
+                    open = Open { kind, tag: t, items: n - 1, at: list_at };
                     register = Some(id);
                     continue;
                 }
@@ -336,11 +430,16 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                     Frame::Persistent
                 }
                 Tag::Other => {
-                    let Some(hook) = rd.hook else {
-                        return Err(insecure_jelly(unregistered(t), Some(rd.base + at as u64)));
-                    };
-                    let hooked = Hooked { hook, tag: t, items: Vec::with_capacity(items), len: items, at, item_at: 0 };
-                    Frame::Hooked(Box::new(hooked))
+                    if !rd.b.has_hook() {
+                        return Err(rd.insecure(unregistered(t), at));
+                    }
+                    Frame::Hooked(Box::new(Hooked {
+                        tag: t,
+                        items: Vec::with_capacity(items),
+                        len: items,
+                        at,
+                        item_at: 0,
+                    }))
                 }
                 leaf => {
                     let built = rd.leaf(leaf, t, items, at)?;
@@ -354,10 +453,10 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
     }
 
     /// The innermost container takes `child` (None: it was just opened) and the items after it,
-    /// up to one that is a form to open ([`Next::Open`]) or the container's end (it is then
-    /// popped and given as finished).
+    /// up to one that is a form to open ([`Next::Open`]) or the container's end (it is then popped
+    /// and given as finished).
     #[inline(always)]
-    fn step(&mut self, mut child: Option<Built<'py>>) -> PyResult<Next<'py, 'a>> {
+    fn step(&mut self, mut child: Option<Built<B::Value>>) -> Res<Next<'a, B::Value>, B> {
         let rd = &mut self.rd;
         let Some(frame) = self.stack.last_mut() else {
             unreachable!("step() is only called with a container open");
@@ -379,10 +478,10 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                         rd.add_site(pid, Site::ListItem(list.clone(), *next));
                     }
                     if *append {
-                        list.append(&item.obj)?;
+                        rd.b.push(list, item.obj).map_err(Error::Other)?;
                     } else {
-                        // SAFETY: see `open`; `next` < `len`, and each slot is set once.
-                        unsafe { ffi::PyList_SET_ITEM(list.as_ptr(), *next as ffi::Py_ssize_t, item.obj.into_ptr()) };
+                        // SAFETY: `next < len`, and each slot is filled once, in order.
+                        unsafe { rd.b.fill_list(list, *next, item.obj) };
                     }
                     *next += 1;
                 }
@@ -391,14 +490,14 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                 }
                 read!();
             },
-            Frame::Tuple { tuple, len, next, holds_placeholder } => loop {
+            Frame::Tuple { tuple, len, next, pending } => loop {
                 if let Some(item) = child.take() {
-                    *holds_placeholder |= item.unhashable_yet();
+                    *pending |= item.incomplete();
                     if let Some(pid) = item.placeholder {
                         rd.add_site(pid, Site::TupleItem(tuple.clone(), *next));
                     }
-                    // SAFETY: see `open`; `next` < `len`, and each slot is set once.
-                    unsafe { ffi::PyTuple_SET_ITEM(tuple.as_ptr(), *next as ffi::Py_ssize_t, item.obj.into_ptr()) };
+                    // SAFETY: `next < len`, and each slot is filled once, in order.
+                    unsafe { rd.b.fill_tuple(tuple, *next, item.obj) };
                     *next += 1;
                 }
                 if *next == *len {
@@ -409,14 +508,15 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
             Frame::Dict { dict, pairs, key, pair_at } => loop {
                 if let Some(built) = child.take() {
                     match key.take() {
-                        None if built.unhashable_yet() => {
+                        None if built.incomplete() => {
                             let msg = "a dictionary key refers to an object that is not built yet";
                             return Err(rd.error(msg.into(), *pair_at));
                         }
                         None => *key = Some(built.obj),
                         Some(k) => {
-                            let set = dict.set_item(&k, &built.obj);
-                            set.map_err(|e| rd.error(format!("bad dictionary key: {e}"), *pair_at))?;
+                            let at = *pair_at;
+                            rd.b.set_item(dict, &k, &built.obj)
+                                .map_err(|f| rd.fault(f, at, |why| format!("bad dictionary key: {why}")))?;
                             if let Some(pid) = built.placeholder {
                                 rd.add_site(pid, Site::DictValue(dict.clone(), k));
                             }
@@ -435,14 +535,10 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
                         _ => return Err(rd.error("dictionary items must be [key, value] pairs".into(), at)),
                     }
                     *pair_at = at;
-                    // Keys repeat from one dict to the next, so str keys come from the cache:
-                    // one object, hashed once, instead of a new string per dict.
+                    // Keys repeat from one dict to the next: str keys go to the builder as keys.
                     let key_at = rd.cur.pos();
                     match rd.cur.unicode() {
-                        Some(s) => match rd.strings.get(rd.py, s) {
-                            Ok(s) => *key = Some(s.into_any()),
-                            Err(e) => return Err(rd.error(format!("unicode is not valid UTF-8 ({e})"), key_at)),
-                        },
+                        Some(s) => *key = Some(rd.b.key(s).map_err(|f| rd.fault(f, key_at, not_utf8))?),
                         None => {
                             read!();
                             continue;
@@ -453,7 +549,11 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
             },
             Frame::Set { set, members, member_at } => loop {
                 if let Some(item) = child.take() {
-                    set.add(rd.member(item, *member_at)?)?;
+                    let at = *member_at;
+                    if item.incomplete() {
+                        return Err(rd.error(UNBUILT_MEMBER.into(), at));
+                    }
+                    rd.b.add(set, item.obj).map_err(|f| rd.fault(f, at, |why| format!("bad set member: {why}")))?;
                     *members -= 1;
                 }
                 if *members == 0 {
@@ -464,7 +564,12 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
             },
             Frame::Frozenset { members, len, member_at } => loop {
                 if let Some(item) = child.take() {
-                    members.push(rd.member(item, *member_at)?);
+                    let at = *member_at;
+                    if item.incomplete() {
+                        return Err(rd.error(UNBUILT_MEMBER.into(), at));
+                    }
+                    rd.b.hashable(&item.obj).map_err(|f| rd.fault(f, at, |why| format!("bad set member: {why}")))?;
+                    members.push(item.obj);
                 }
                 if members.len() == *len {
                     break;
@@ -481,7 +586,7 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
             Frame::Hooked(h) => loop {
                 let Hooked { tag, items, len, item_at, .. } = &mut **h;
                 if let Some(item) = child.take() {
-                    if item.placeholder.is_some() {
+                    if item.incomplete() {
                         let msg = format!("an item of {} refers to an object not built yet", show(tag));
                         return Err(rd.error(msg, *item_at));
                     }
@@ -500,103 +605,100 @@ impl<'py, 'a> JellyDecoder<'py, 'a> {
     }
 
     /// A complete container's value. `child` is a reference's value.
-    fn finish(&mut self, frame: Frame<'py, 'a>, child: Option<Built<'py>>) -> PyResult<Built<'py>> {
+    fn finish(&mut self, frame: Frame<'a, B::Value>, child: Option<Built<B::Value>>) -> Res<Built<B::Value>, B> {
         let rd = &mut self.rd;
-        let py = rd.py;
         Ok(match frame {
-            Frame::List { list, .. } => Built::done(list.into_any()),
-            Frame::Dict { dict, .. } => Built::done(dict.into_any()),
-            Frame::Set { set, .. } => Built::done(set.into_any()),
-            Frame::Tuple { tuple, holds_placeholder, .. } => {
-                Built { obj: tuple.into_any(), placeholder: None, holds_placeholder }
-            }
-            Frame::Frozenset { members, .. } => Built::done(PyFrozenSet::new(py, &members)?.into_any()),
+            Frame::List { list, .. } => Built::done(list),
+            Frame::Dict { dict, .. } => Built::done(dict),
+            Frame::Set { set, .. } => Built::done(set),
+            Frame::Tuple { tuple, pending, .. } => Built { obj: tuple, placeholder: None, pending },
+            Frame::Frozenset { members, .. } => Built::done(rd.b.frozenset(members).map_err(Error::Other)?),
             Frame::Reference { id, at } => {
                 let Some(built) = child else { unreachable!("a reference is finished by its value") };
                 if built.placeholder == Some(id) {
                     return Err(rd.error(format!("reference {id} refers only to itself"), at));
                 }
-                if !matches!(rd.refs.get(&id), Some(Slot::Ready(_))) {
-                    rd.define(id, built.obj.clone(), at)?;
+                if !matches!(rd.refs.get(&id), Some(Slot::Ready { .. })) {
+                    rd.define(id, &built.obj, built.pending, at)?;
                 }
                 built
             }
-            Frame::Persistent => Built::done(unpersistable(py, "persistent reference, and no persistent loader here")?),
+            Frame::Persistent => {
+                let reason = "persistent reference, and no persistent loader here";
+                Built::done(rd.b.unpersistable(reason).map_err(Error::Other)?)
+            }
             Frame::Hooked(h) => {
-                let Hooked { hook, tag, items, at, .. } = *h;
-                let items = PyList::new(py, items)?;
-                let obj = hook.call1((PyBytes::new(py, tag), items))?;
-                // NotImplemented: the hook does not know the tag either.
-                if obj.is(py.NotImplemented()) {
-                    return Err(insecure_jelly(unregistered(tag), Some(rd.base + at as u64)));
+                let Hooked { tag, items, at, .. } = *h;
+                rd.hook_ran = true;
+                match rd.b.hook(tag, items).map_err(Error::Other)? {
+                    Some(obj) => Built::done(obj),
+                    None => return Err(rd.insecure(unregistered(tag), at)),
                 }
-                Built::done(obj)
             }
         })
     }
 }
 
-impl<'py, 'a> Reader<'py, 'a> {
+fn not_utf8(why: String) -> String {
+    format!("unicode is not valid UTF-8 ({why})")
+}
+
+const UNBUILT_MEMBER: &str = "a set member refers to an object that is not built yet";
+
+impl<'a, B: Build> Reader<'a, '_, B> {
     /// What is at the cursor. A list is entered and its tag read.
     #[inline(always)]
-    fn item(&mut self) -> PyResult<Read<'py, 'a>> {
+    fn item(&mut self) -> Res<Read<'a, B::Value>, B> {
         // The most common jelly form by far is a str: ["unicode", STRING].
         let at = self.cur.pos();
         if let Some(s) = self.cur.unicode() {
-            return match decode_utf8(self.py, s) {
-                Ok(s) => Ok(Read::Value(Built::done(s.into_any()))),
-                Err(e) => Err(self.error(format!("unicode is not valid UTF-8 ({e})"), at)),
-            };
+            return Ok(Read::Value(Built::done(self.b.text(s).map_err(|f| self.fault(f, at, not_utf8))?)));
         }
         let (item, at) = self.next()?;
-        let py = self.py;
+        let other = |e| Error::Other(e);
         let obj = match item {
-            Item::Int(v) => v.into_pyobject(py)?.into_any(),
-            Item::Float(f) => PyFloat::new(py, f).into_any(),
-            Item::Bytes(s) => PyBytes::new(py, s).into_any(),
+            Item::Int(v) => self.b.int(v).map_err(other)?,
+            Item::Float(f) => self.b.float(f).map_err(other)?,
+            Item::Bytes(s) => self.b.bytes(s).map_err(other)?,
             Item::List(n) => {
                 self.enter(at)?;
-                let t = self.tag(n, at)?;
-                let open = Open { kind: Tag::classify(t), tag: t, items: n - 1, at };
-                if open.kind.holds_values() {
-                    return Ok(Read::Open(open));
+                let (kind, t) = self.tag(n, at)?;
+                if kind.holds_values() {
+                    return Ok(Read::Open(Open { kind, tag: t, items: n - 1, at }));
                 }
-                let built = self.leaf(open.kind, t, open.items, at)?;
+                let built = self.leaf(kind, t, n - 1, at)?;
                 self.depth -= 1;
                 return Ok(Read::Value(built));
             }
             big @ Item::BigInt { .. } => match big.integer() {
-                Some(Integer::Big(v)) => v.into_pyobject(py)?.into_any(),
-                Some(Integer::Small(v)) => v.into_pyobject(py)?.into_any(),
+                Some(Integer::Big(v)) => self.b.big_int(&v).map_err(other)?,
+                Some(Integer::Small(v)) => self.b.int(v).map_err(other)?,
                 None => return Err(self.error("bad integer".into(), at)),
             },
         };
         Ok(Read::Value(Built::done(obj)))
     }
 
-    /// The forms that hold no other jelly values, after their tag (`t`, of the list at `at`
-    /// with `items` more elements).
-    fn leaf(&mut self, kind: Tag, t: &[u8], items: usize, at: usize) -> PyResult<Built<'py>> {
-        let py = self.py;
+    /// The forms that hold no other jelly values, after their tag (`t`, of the list at `at` with
+    /// `items` more elements).
+    fn leaf(&mut self, kind: Tag, t: &[u8], items: usize, at: usize) -> Res<Built<B::Value>, B> {
+        let other = |e| Error::Other(e);
         let obj = match kind {
             Tag::Unicode => {
                 self.arity(t, items, 1, at)?;
                 let s = self.atom(t)?;
-                match decode_utf8(py, s) {
-                    Ok(s) => s.into_any(),
-                    Err(e) => return Err(self.error(format!("unicode is not valid UTF-8 ({e})"), at)),
-                }
+                self.b.text(s).map_err(|f| self.fault(f, at, not_utf8))?
             }
             Tag::None => {
                 self.arity(t, items, 0, at)?;
-                py.None().into_bound(py)
+                self.b.none().map_err(other)?
             }
             Tag::Boolean => {
                 self.arity(t, items, 1, at)?;
                 match self.atom(t)? {
-                    tag::TRUE => PyBool::new(py, true).to_owned().into_any(),
-                    tag::FALSE => PyBool::new(py, false).to_owned().into_any(),
-                    other => return Err(self.error(format!("boolean must be true or false, not {}", show(other)), at)),
+                    tag::TRUE => self.b.boolean(true).map_err(other)?,
+                    tag::FALSE => self.b.boolean(false).map_err(other)?,
+                    v => return Err(self.error(format!("boolean must be true or false, not {}", show(v)), at)),
                 }
             }
             Tag::Dereference => {
@@ -607,22 +709,31 @@ impl<'py, 'a> Reader<'py, 'a> {
             Tag::Datetime | Tag::Date | Tag::Time | Tag::Timedelta => {
                 self.arity(t, items, 1, at)?;
                 let text = self.atom(t)?;
-                self.date_like(t, text).map_err(|e| self.error(e, at))?
+                let when = when(t, text).map_err(|e| self.error(e, at))?;
+                self.b.when(when).map_err(|f| self.fault(f, at, |why| format!("bad {}: {why}", show(t))))?
             }
             Tag::Decimal => {
                 self.arity(t, items, 2, at)?;
                 let value = self.int("decimal value")?;
-                let exponent = self.int("decimal exponent")?;
-                self.decimal(value, exponent).map_err(|e| self.error(e, at))?
+                let Integer::Small(exponent) = self.int("decimal exponent")? else {
+                    return Err(self.error("decimal exponent out of range".into(), at));
+                };
+                let value = value.to_big();
+                let digits: Vec<u8> = value.magnitude().to_str_radix(10).bytes().map(|d| d - b'0').collect();
+                let negative = value.sign() == Sign::Minus;
+                self.b
+                    .decimal(negative, &digits, exponent)
+                    .map_err(|f| self.fault(f, at, |why| format!("bad decimal: {why}")))?
             }
             Tag::Unpersistable => {
                 self.arity(t, items, 1, at)?;
                 let reason = self.atom(t)?;
-                unpersistable(py, &String::from_utf8_lossy(reason))?
+                self.b.unpersistable(&String::from_utf8_lossy(reason)).map_err(other)?
             }
             Tag::Refused => {
-                let msg = format!("jelly type {} is not allowed (it names code to import)", show(t));
-                return Err(insecure_jelly(msg, Some(self.base + at as u64)));
+                return Err(
+                    self.insecure(format!("jelly type {} is not allowed (it names code to import)", show(t)), at)
+                );
             }
             Tag::List
             | Tag::Tuple
@@ -636,59 +747,71 @@ impl<'py, 'a> Reader<'py, 'a> {
         Ok(Built::done(obj))
     }
 
-    fn dereference(&mut self, id: i64) -> PyResult<Built<'py>> {
+    fn dereference(&mut self, id: i64) -> Res<Built<B::Value>, B> {
         match self.refs.get(&id) {
-            Some(Slot::Ready(obj)) => return Ok(Built::done(obj.clone())),
-            Some(Slot::Pending { placeholder, .. }) => {
-                return Ok(Built { obj: placeholder.clone(), placeholder: Some(id), holds_placeholder: false });
+            Some(Slot::Ready { obj, pending }) => {
+                // A tuple that held a placeholder when it was defined holds none once every
+                // dereference made too early has been patched.
+                let pending = *pending && self.waiting > 0;
+                return Ok(Built { obj: obj.clone(), placeholder: None, pending });
+            }
+            Some(Slot::Waiting { placeholder, .. }) => {
+                return Ok(Built { obj: placeholder.clone(), placeholder: Some(id), pending: false });
             }
             _ => {}
         }
-        let placeholder = Bound::new(self.py, UnresolvedReference { id })?.into_any();
-        self.refs.insert(id, Slot::Pending { placeholder: placeholder.clone(), sites: Vec::new() });
-        Ok(Built { obj: placeholder, placeholder: Some(id), holds_placeholder: false })
+        let placeholder = self.b.placeholder(id).map_err(Error::Other)?;
+        let slot = Slot::Waiting { placeholder: placeholder.clone(), sites: Vec::new() };
+        self.refs.insert(id, slot);
+        self.waiting += 1;
+        Ok(Built { obj: placeholder, placeholder: Some(id), pending: false })
     }
 
     /// `id` now names `obj` (defined by the list at `at`): patch every place a placeholder for it
     /// went.
-    fn define(&mut self, id: i64, obj: Bound<'py, PyAny>, at: usize) -> PyResult<()> {
-        if let Some(Slot::Pending { sites, .. }) = self.refs.insert(id, Slot::Ready(obj.clone())) {
-            let contains_itself = |site: &Site<'py>| matches!(site, Site::TupleItem(t, _) if t.is(&obj));
-            if sites.iter().any(contains_itself) {
-                // Only bytes can say this: no Python value is a tuple that holds itself.
-                return Err(self.error(format!("reference {id} is a tuple that contains itself"), at));
-            }
-            for site in sites {
-                match site {
-                    Site::ListItem(list, i) => list.set_item(i, &obj)?,
-                    Site::DictValue(dict, key) => dict.set_item(key, &obj)?,
-                    Site::TupleItem(tuple, i) => {
-                        // SAFETY: the tuple was made by this decoder and holds a placeholder at
-                        // `i`; it has not been hashed (pending tuples are refused as keys and
-                        // set members). PyTuple_SET_ITEM steals the new reference; the old item
-                        // reference is released after the slot no longer points to it.
-                        unsafe {
-                            let slot = (*tuple.as_ptr().cast::<ffi::PyTupleObject>()).ob_item.as_mut_ptr().add(i);
-                            let old = *slot;
-                            *slot = obj.clone().into_ptr();
-                            ffi::Py_DECREF(old);
-                        }
-                    }
+    fn define(&mut self, id: i64, obj: &B::Value, pending: bool, at: usize) -> Res<(), B> {
+        let Some(Slot::Waiting { sites, .. }) = self.refs.insert(id, Slot::Ready { obj: obj.clone(), pending }) else {
+            return Ok(());
+        };
+        self.waiting -= 1;
+        for site in &sites {
+            if let Site::TupleItem(tuple, _) = site {
+                if self.b.same(tuple, obj) {
+                    // Only bytes can say this: no Python value is a tuple that holds itself.
+                    return Err(self.error(format!("reference {id} is a tuple that contains itself"), at));
                 }
+                if self.hook_ran {
+                    let msg = format!("a tuple refers to reference {id}, which is only built after the hook has run");
+                    return Err(self.error(msg, at));
+                }
+            }
+        }
+        for site in sites {
+            match site {
+                Site::ListItem(list, i) => self.b.patch_list(&list, i, obj).map_err(Error::Other)?,
+                Site::DictValue(dict, key) => self
+                    .b
+                    .set_item(&dict, &key, obj)
+                    .map_err(|f| self.fault(f, at, |why| format!("bad dictionary key: {why}")))?,
+                // SAFETY: the tuple was made by this decoder and holds a placeholder at `i`. It has
+                // not been hashed or given to the hook (values that hold placeholders are refused
+                // as keys, members and hook items), the hook has not run (checked above) and the
+                // value is not returned yet: nothing else can have seen it.
+                Site::TupleItem(tuple, i) => unsafe { self.b.patch_tuple(&tuple, i, obj) },
             }
         }
         Ok(())
     }
 
     /// Remember that a placeholder for reference `id` went to `site`.
-    fn add_site(&mut self, id: i64, site: Site<'py>) {
-        if let Some(Slot::Pending { sites, .. }) = self.refs.get_mut(&id) {
+    fn add_site(&mut self, id: i64, site: Site<B::Value>) {
+        if let Some(Slot::Waiting { sites, .. }) = self.refs.get_mut(&id) {
             sites.push(site);
         }
     }
 
     #[inline(always)]
-    fn next(&mut self) -> PyResult<(Item<'a>, usize)> {
+    fn next(&mut self) -> Res<(Item<'a>, usize), B> {
         let at = self.cur.pos();
         match self.cur.next_item() {
             Some(item) => Ok((item, at)),
@@ -699,37 +822,53 @@ impl<'py, 'a> Reader<'py, 'a> {
 
     /// One more level of list nesting (counted like the framer counts it).
     #[inline]
-    fn enter(&mut self, at: usize) -> PyResult<()> {
+    fn enter(&mut self, at: usize) -> Res<(), B> {
         self.depth += 1;
         if self.depth > self.max_depth {
-            return Err(self.error(format!("lists nested deeper than max_depth={}", self.max_depth), at));
+            return Err(Error::TooDeep { limit: self.max_depth, offset: self.base + at as u64 });
         }
         Ok(())
     }
 
-    fn error(&self, msg: String, at: usize) -> PyErr {
-        jelly_error(msg, Some(self.base + at as u64))
+    fn error(&self, message: String, at: usize) -> Error<B::Error> {
+        Error::invalid(message, self.base + at as u64)
     }
 
-    /// The type tag of a jelly list.
-    fn tag(&mut self, n: usize, at: usize) -> PyResult<&'a [u8]> {
+    fn insecure(&self, message: String, at: usize) -> Error<B::Error> {
+        Error::Insecure { message, offset: Some(self.base + at as u64) }
+    }
+
+    /// A builder's fault at `at`: a Bad value as a jelly error whose message `say` makes.
+    fn fault(&self, fault: Fault<B::Error>, at: usize, say: impl FnOnce(String) -> String) -> Error<B::Error> {
+        match fault {
+            Fault::Bad(why) => self.error(say(why), at),
+            Fault::Hard(e) => Error::Other(e),
+        }
+    }
+
+    /// The type tag of a jelly list, and what it is.
+    #[inline(always)]
+    fn tag(&mut self, n: usize, at: usize) -> Res<(Tag, &'a [u8]), B> {
         if n == 0 {
             return Err(self.error("empty list is not jelly (a type tag must come first)".into(), at));
         }
+        if let Some((index, word)) = self.cur.vocab() {
+            return Ok((Tag::of_vocab(index), word));
+        }
         match self.next()? {
-            (Item::Bytes(s), _) => Ok(s),
+            (Item::Bytes(s), _) => Ok((Tag::classify(s), s)),
             (_, at) => Err(self.error("jelly list does not start with a byte-string type tag".into(), at)),
         }
     }
 
-    fn atom(&mut self, what: &[u8]) -> PyResult<&'a [u8]> {
+    fn atom(&mut self, what: &[u8]) -> Res<&'a [u8], B> {
         match self.next()? {
             (Item::Bytes(s), _) => Ok(s),
             (_, at) => Err(self.error(format!("{} expects a byte string", show(what)), at)),
         }
     }
 
-    fn int(&mut self, what: &str) -> PyResult<Integer> {
+    fn int(&mut self, what: &str) -> Res<Integer, B> {
         match self.next()? {
             (item @ (Item::Int(_) | Item::BigInt { .. }), at) => {
                 item.integer().ok_or_else(|| self.error(format!("bad {what}"), at))
@@ -738,193 +877,60 @@ impl<'py, 'a> Reader<'py, 'a> {
         }
     }
 
-    fn ref_id(&mut self) -> PyResult<i64> {
+    fn ref_id(&mut self) -> Res<i64, B> {
         match self.int("reference id")? {
             Integer::Small(id) => Ok(id),
             Integer::Big(_) => Err(self.error("reference id out of range".into(), self.cur.pos())),
         }
     }
 
-    fn arity(&self, t: &[u8], got: usize, want: usize, at: usize) -> PyResult<()> {
+    fn arity(&self, t: &[u8], got: usize, want: usize, at: usize) -> Res<(), B> {
         if got != want {
             return Err(self.error(format!("{} takes {want} item(s), got {got}", show(t)), at));
         }
         Ok(())
     }
-
-    /// A set or frozenset member read at `at`: hashable, and built.
-    fn member(&self, item: Built<'py>, at: usize) -> PyResult<Bound<'py, PyAny>> {
-        if item.unhashable_yet() {
-            return Err(self.error("a set member refers to an object that is not built yet".into(), at));
-        }
-        // Check hashability here so the error names the offset.
-        item.obj.hash().map_err(|e| self.error(format!("bad set member: {e}"), at))?;
-        Ok(item.obj)
-    }
-
-    fn date_like(&self, t: &[u8], text: &[u8]) -> Result<Bound<'py, PyAny>, String> {
-        let py = self.py;
-        let bad = |e: PyErr| format!("bad {}: {e}", show(t));
-        let narrow = |v: i64| u8::try_from(v).map_err(|_| format!("bad {}: field {v} out of range", show(t)));
-        Ok(match t {
-            tag::DATETIME => {
-                let f = parse_fields(text, 3, 7)?;
-                let g = |i: usize| f.get(i).copied().unwrap_or(0);
-                let year = i32::try_from(g(0)).map_err(|_| "year out of range".to_owned())?;
-                let us = u32::try_from(g(6)).map_err(|_| "microsecond out of range".to_owned())?;
-                PyDateTime::new(
-                    py,
-                    year,
-                    narrow(g(1))?,
-                    narrow(g(2))?,
-                    narrow(g(3))?,
-                    narrow(g(4))?,
-                    narrow(g(5))?,
-                    us,
-                    None,
-                )
-                .map_err(bad)?
-                .into_any()
-            }
-            tag::DATE => {
-                let f = parse_fields(text, 3, 3)?;
-                let year = i32::try_from(f[0]).map_err(|_| "year out of range".to_owned())?;
-                PyDate::new(py, year, narrow(f[1])?, narrow(f[2])?).map_err(bad)?.into_any()
-            }
-            tag::TIME => {
-                let f = parse_fields(text, 0, 4)?;
-                let g = |i: usize| f.get(i).copied().unwrap_or(0);
-                let us = u32::try_from(g(3)).map_err(|_| "microsecond out of range".to_owned())?;
-                PyTime::new(py, narrow(g(0))?, narrow(g(1))?, narrow(g(2))?, us, None).map_err(bad)?.into_any()
-            }
-            _ => {
-                let f = parse_fields(text, 3, 3)?;
-                let fit = |v: i64| i32::try_from(v).map_err(|_| format!("timedelta field {v} out of range"));
-                PyDelta::new(py, fit(f[0])?, fit(f[1])?, fit(f[2])?, true).map_err(bad)?.into_any()
-            }
-        })
-    }
-
-    fn decimal(&self, value: Integer, exponent: Integer) -> Result<Bound<'py, PyAny>, String> {
-        let py = self.py;
-        let Integer::Small(exponent) = exponent else {
-            return Err("decimal exponent out of range".into());
-        };
-        let value = value.to_big();
-        let sign = u8::from(value.sign() == num_bigint::Sign::Minus);
-        let digits: Vec<u8> = value.magnitude().to_str_radix(10).bytes().map(|d| d - b'0').collect();
-        let decimal = super::encode::decimal_type(py).map_err(|e| e.to_string())?;
-        let digits = PyTuple::new(py, digits).map_err(|e| e.to_string())?;
-        decimal.call1(((sign, digits, exponent),)).map_err(|e| format!("bad decimal: {e}"))
-    }
 }
 
-/// Recently decoded short dict keys, so a key that repeats is one object, created and hashed once
-/// (a decoder keeps its cache across messages); and the allocation of the last walk's stack, so
-/// that the next message costs none.
-pub struct StrCache {
-    slots: Vec<Option<CachedStr>>,
-    frames: SpareFrames,
-}
-
-/// An empty stack of frames (see [`recycle`]).
-#[derive(Default)]
-struct SpareFrames(Vec<Frame<'static, 'static>>);
-
-// SAFETY: the vec is always empty (it is recycled empty on the way in), so it holds no Python
-// references and may go to and be shared with other threads like any empty allocation.
-unsafe impl Send for SpareFrames {}
-unsafe impl Sync for SpareFrames {}
-
-/// A cached string, keyed by its length and [`key_of`] its bytes.
-struct CachedStr {
-    len: usize,
-    key: [u64; 3],
-    string: Py<PyString>,
-}
-
-impl Default for StrCache {
-    fn default() -> Self {
-        StrCache::new()
-    }
-}
-
-impl StrCache {
-    const MAX_LEN: usize = 24;
-    const SLOTS: usize = 512;
-
-    pub fn new() -> StrCache {
-        StrCache { slots: Vec::new(), frames: SpareFrames::default() }
-    }
-
-    /// The `str` for UTF-8 `bytes`; a `UnicodeDecodeError` if they are not UTF-8.
-    #[inline]
-    pub fn get<'py>(&mut self, py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
-        let len = bytes.len();
-        if len > Self::MAX_LEN {
-            return decode_utf8(py, bytes);
-        }
-        if self.slots.is_empty() {
-            self.slots.resize_with(Self::SLOTS, || None);
-        }
-        let key = key_of(bytes);
-        let h =
-            (key[0] ^ key[1].rotate_left(21) ^ key[2].rotate_left(42) ^ len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let slot = &mut self.slots[(h >> (64 - Self::SLOTS.trailing_zeros())) as usize];
-        if let Some(c) = slot {
-            if c.len == len && c.key == key {
-                return Ok(c.string.bind(py).clone());
+/// The fields of a `datetime`, `date`, `time` or `timedelta` body, narrowed to their widths.
+fn when(t: &[u8], text: &[u8]) -> Result<When, String> {
+    let narrow = |v: i64| u8::try_from(v).map_err(|_| format!("bad {}: field {v} out of range", show(t)));
+    let microsecond = |v: i64| u32::try_from(v).map_err(|_| "microsecond out of range".to_owned());
+    let year = |v: i64| i32::try_from(v).map_err(|_| "year out of range".to_owned());
+    Ok(match t {
+        tag::DATETIME => {
+            let f = parse_fields(text, 3, 7)?;
+            let g = |i: usize| f.get(i).copied().unwrap_or(0);
+            When::DateTime {
+                year: year(g(0))?,
+                month: narrow(g(1))?,
+                day: narrow(g(2))?,
+                hour: narrow(g(3))?,
+                minute: narrow(g(4))?,
+                second: narrow(g(5))?,
+                microsecond: microsecond(g(6))?,
             }
         }
-        let string = decode_utf8(py, bytes)?;
-        *slot = Some(CachedStr { len, key, string: string.clone().unbind() });
-        Ok(string)
-    }
-}
-
-/// Up to 24 bytes as three words, by overlapping loads: for a given length every byte lands in
-/// some word, so equal (length, key) means equal bytes.
-#[inline(always)]
-fn key_of(b: &[u8]) -> [u64; 3] {
-    let n = b.len();
-    let w8 = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-    let w4 = |i: usize| u64::from(u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes")));
-    match n {
-        0 => [0, 0, 0],
-        1..=3 => [u64::from(b[0]) | u64::from(b[n / 2]) << 8 | u64::from(b[n - 1]) << 16, 0, 0],
-        4..=8 => [w4(0) | w4(n - 4) << 32, 0, 0],
-        9..=16 => [w8(0), w8(n - 8), 0],
-        _ => [w8(0), w8(8), w8(n - 8)],
-    }
-}
-
-/// One pass: Python validates and decodes.
-pub(crate) fn decode_utf8<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
-    // SAFETY: the pointer and length describe `bytes`; PyUnicode_DecodeUTF8 copies them and
-    // returns a new reference or NULL with an exception set.
-    unsafe {
-        let ptr = ffi::PyUnicode_DecodeUTF8(bytes.as_ptr().cast(), bytes.len() as ffi::Py_ssize_t, c"strict".as_ptr());
-        Ok(Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked())
-    }
-}
-
-/// Pauses the cyclic garbage collector for its lifetime, if it was running.
-pub(crate) struct GcPause(bool);
-
-impl GcPause {
-    pub(crate) fn new() -> GcPause {
-        // SAFETY: called with the GIL held (we are building Python objects).
-        GcPause(unsafe { ffi::PyGC_Disable() } != 0)
-    }
-}
-
-impl Drop for GcPause {
-    fn drop(&mut self) {
-        if self.0 {
-            // SAFETY: as above; restores the state found in `new`.
-            unsafe { ffi::PyGC_Enable() };
+        tag::DATE => {
+            let f = parse_fields(text, 3, 3)?;
+            When::Date { year: year(f[0])?, month: narrow(f[1])?, day: narrow(f[2])? }
         }
-    }
+        tag::TIME => {
+            let f = parse_fields(text, 0, 4)?;
+            let g = |i: usize| f.get(i).copied().unwrap_or(0);
+            When::Time {
+                hour: narrow(g(0))?,
+                minute: narrow(g(1))?,
+                second: narrow(g(2))?,
+                microsecond: microsecond(g(3))?,
+            }
+        }
+        _ => {
+            let f = parse_fields(text, 3, 3)?;
+            let fit = |v: i64| i32::try_from(v).map_err(|_| format!("timedelta field {v} out of range"));
+            When::Delta { days: fit(f[0])?, seconds: fit(f[1])?, microseconds: fit(f[2])? }
+        }
+    })
 }
 
 /// The message for a type tag nothing is registered for.

@@ -5,15 +5,20 @@
 //! cyclic containers are written once as `["reference", id, value]` and then `["dereference", id]`,
 //! ids numbered in the order of their second sighting.
 //!
-//! This module holds the rules that need no Python (tags, the text forms of dates); `encode` and
-//! `decode` walk and build Python objects directly, in one pass over the bytes, with a hook for
-//! the classes the broker layer adds (Referenceable, Copyable, Cacheable, ...).
+//! Nothing here knows Python. [`decode`] reads jelly bytes in one pass and makes the values
+//! through a [`decode::Build`]; [`encode`] writes jelly with a [`encode::Writer`], walking the
+//! values through a [`encode::Walk`]. The `python` feature implements both for Python objects,
+//! with a hook for the classes the broker layer adds (Referenceable, Copyable, Cacheable, ...).
+//! Both walks keep their place on a heap stack, so no nesting depth can exhaust a thread's
+//! native stack.
 
-#[cfg(feature = "python")]
 pub mod decode;
-#[cfg(feature = "python")]
 pub mod encode;
 pub mod scan;
+#[cfg(test)]
+mod testing;
+
+use crate::banana::BananaError;
 
 /// Type tags, as they appear on the wire.
 pub mod tag {
@@ -82,6 +87,23 @@ impl Tag {
         )
     }
 
+    /// The tag a PB vocabulary word stands for, by its index (as [`Tag::classify`] would find it).
+    #[inline]
+    pub fn of_vocab(index: u8) -> Tag {
+        match index {
+            1 => Tag::None,
+            2 | 6 | 7 | 9 => Tag::Refused,
+            3 => Tag::Dereference,
+            4 => Tag::Reference,
+            5 => Tag::Dictionary,
+            8 => Tag::List,
+            10 => Tag::Persistent,
+            11 => Tag::Tuple,
+            12 => Tag::Unpersistable,
+            _ => Tag::Other,
+        }
+    }
+
     #[inline]
     pub fn classify(t: &[u8]) -> Tag {
         let is = |word: &[u8], tag: Tag| if t == word { tag } else { Tag::Other };
@@ -132,13 +154,78 @@ impl Tag {
     }
 }
 
-/// `v`'s allocation, emptied, as a `Vec` of another element type of the same layout: a walk's
-/// stack, kept between calls (where the lifetimes its frames borrow for have ended) so that a
-/// small message costs no allocation.
-#[cfg_attr(not(feature = "python"), allow(dead_code))]
+/// Why jelly could not be read or written. `E` is the builder's or the walker's own error (a
+/// Python exception in the bindings), passed on untouched.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error<E> {
+    /// Malformed jelly, or a value jelly has no form for; `offset` is the stream offset of the
+    /// offending list, when there is one.
+    Invalid { message: String, offset: Option<u64> },
+    /// Jelly the receiver's policy refuses: a tag that names code, or one nothing is registered for.
+    Insecure { message: String, offset: Option<u64> },
+    /// Received lists nested deeper than `limit` (`max_depth`).
+    TooDeep { limit: usize, offset: u64 },
+    /// A value to send nested deeper than `limit`: a receiver with the same limit would refuse it.
+    TooDeepToSend { limit: usize },
+    /// A value banana cannot carry (a string or list over [`crate::banana::SIZE_LIMIT`], an int too large).
+    Banana(BananaError),
+    /// From the builder or the walker.
+    Other(E),
+}
+
+impl<E> Error<E> {
+    /// Malformed jelly at stream offset `offset`.
+    pub fn invalid(message: String, offset: u64) -> Error<E> {
+        Error::Invalid { message, offset: Some(offset) }
+    }
+
+    /// A value that cannot be sent as jelly.
+    pub fn unsendable(message: String) -> Error<E> {
+        Error::Invalid { message, offset: None }
+    }
+
+    /// The stream offset the error names, if any.
+    pub fn offset(&self) -> Option<u64> {
+        match self {
+            Error::Invalid { offset, .. } | Error::Insecure { offset, .. } => *offset,
+            Error::TooDeep { offset, .. } => Some(*offset),
+            Error::Banana(e) => e.offset,
+            Error::TooDeepToSend { .. } | Error::Other(_) => None,
+        }
+    }
+}
+
+impl<E> From<BananaError> for Error<E> {
+    fn from(e: BananaError) -> Error<E> {
+        Error::Banana(e)
+    }
+}
+
+/// The message, with " at byte N" when the error has an offset (as Python's classes show it).
+impl<E: std::fmt::Display> std::fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Invalid { message, .. } | Error::Insecure { message, .. } => f.write_str(message)?,
+            Error::TooDeep { limit, .. } => write!(f, "lists nested deeper than max_depth={limit}")?,
+            Error::TooDeepToSend { limit } => write!(f, "cannot send values nested deeper than max_depth={limit}")?,
+            Error::Banana(e) => return e.fmt(f),
+            Error::Other(e) => return e.fmt(f),
+        }
+        match self.offset() {
+            Some(o) => write!(f, " at byte {o}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `v`'s allocation, emptied, as a `Vec` of another element type of the same layout (or a new,
+/// empty `Vec` if the layouts differ): a walk's stack, kept between calls (where the lifetimes its
+/// frames borrow for have ended) so that a small message costs no allocation.
 #[inline]
 pub(crate) fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
-    const { assert!(size_of::<T>() == size_of::<U>() && align_of::<T>() == align_of::<U>()) };
+    if size_of::<T>() != size_of::<U>() || align_of::<T>() != align_of::<U>() {
+        return Vec::new();
+    }
     v.clear();
     let mut v = std::mem::ManuallyDrop::new(v);
     // SAFETY: the allocation was made for `capacity` elements of `T`, which is the same layout as
@@ -171,6 +258,7 @@ pub fn format_fields(fields: &[i64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::banana::show;
 
     #[test]
     fn classify_every_tag() {
@@ -202,6 +290,26 @@ mod tests {
         for word in [&b"remote"[..], b"lists", b"", b"mod.Class", b"Set"] {
             assert_eq!(Tag::classify(word), Tag::Other);
         }
+    }
+
+    #[test]
+    fn vocabulary_tags_classify_alike() {
+        for (i, word) in crate::banana::vocab::PB_VOCAB.iter().enumerate().skip(1) {
+            assert_eq!(Tag::of_vocab(i as u8), Tag::classify(word), "{}", show(word));
+        }
+    }
+
+    #[test]
+    fn errors_show_their_offset() {
+        let e: Error<String> = Error::invalid("bad".into(), 7);
+        assert_eq!((e.to_string(), e.offset()), ("bad at byte 7".into(), Some(7)));
+        let e: Error<String> = Error::TooDeepToSend { limit: 3 };
+        assert_eq!((e.to_string(), e.offset()), ("cannot send values nested deeper than max_depth=3".into(), None));
+        assert_eq!(
+            Error::<String>::TooDeep { limit: 3, offset: 1 }.to_string(),
+            "lists nested deeper than max_depth=3 at byte 1"
+        );
+        assert_eq!(Error::Other("x".to_string()).to_string(), "x");
     }
 
     #[test]

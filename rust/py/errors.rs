@@ -5,6 +5,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
 use crate::banana::BananaError;
+use crate::jelly;
 use crate::tls::TlsError;
 
 pyo3::import_exception!(pbfast.errors, JellyError);
@@ -50,21 +51,31 @@ impl From<TlsError> for PyErr {
     }
 }
 
+/// A jelly error as its Python class: `InsecureJelly` for what policy refuses, `BananaError` for
+/// what banana cannot carry, `JellyError` for the rest (all with the message and offset the core
+/// gives); a Python exception from the builder or walker as it is.
+impl From<jelly::Error<PyErr>> for PyErr {
+    fn from(e: jelly::Error<PyErr>) -> PyErr {
+        let offset = e.offset();
+        match e {
+            jelly::Error::Other(e) => e,
+            jelly::Error::Banana(e) => PyBananaError(e).into(),
+            jelly::Error::Insecure { .. } => InsecureJelly::new_err((e.to_string(), offset)),
+            _ => JellyError::new_err((e.to_string(), offset)),
+        }
+    }
+}
+
+/// A Python exception met while building or walking values, passed on as it is.
+impl From<PyErr> for jelly::Error<PyErr> {
+    fn from(e: PyErr) -> jelly::Error<PyErr> {
+        jelly::Error::Other(e)
+    }
+}
+
 /// Malformed jelly (or a value jelly cannot express), with the stream offset when known.
 pub fn jelly_error(message: String, offset: Option<u64>) -> PyErr {
-    JellyError::new_err((with_offset(message, offset), offset))
-}
-
-/// Jelly the receiver's policy refuses.
-pub fn insecure_jelly(message: String, offset: Option<u64>) -> PyErr {
-    InsecureJelly::new_err((with_offset(message, offset), offset))
-}
-
-fn with_offset(message: String, offset: Option<u64>) -> String {
-    match offset {
-        Some(o) => format!("{message} at byte {o}"),
-        None => message,
-    }
+    jelly::Error::Invalid { message, offset }.into()
 }
 
 /// A `pbfast.serialization.Unpersistable` standing in for something the sender could not send.

@@ -24,13 +24,12 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyIterator, PyList, PySet, PyString, PyTuple};
 use pyo3::PyTypeInfo;
 
+use super::objects::{decimal_type, decode_utf8, qualified_name, utf8_of, GcPause, StrCache};
 use super::{int_value, integer, limit_args, set_limit, with_bytes, with_events, PtrMap};
 use crate::banana::Integer;
 use crate::foolscap::decode::{read_message, Build, Built, Fault, Message};
 use crate::foolscap::encode::{TooDeep, Writer};
 use crate::foolscap::{Frame, Limits, MessageFramer};
-use crate::jelly::decode::{decode_utf8, GcPause, StrCache};
-use crate::jelly::encode::{decimal_type, maybe_shared, qualified_name, utf8_of};
 
 pub const FS_CALL: u8 = 0;
 pub const FS_ANSWER: u8 = 1;
@@ -390,11 +389,11 @@ impl FoolscapEncoderPy {
             let arguments = m.w.open(b"arguments")?;
             m.w.int(args.len() as i64);
             for arg in args.iter() {
-                m.value(&arg, true)?;
+                m.value(&arg)?;
             }
             for (name, value) in &named {
                 m.w.bytes(name.to_str()?.as_bytes());
-                m.value(value, true)?;
+                m.value(value)?;
             }
             m.w.close(arguments);
             m.w.close(call);
@@ -404,7 +403,7 @@ impl FoolscapEncoderPy {
 
     /// `(answer reqid value)`.
     fn answer<'py>(&mut self, py: Python<'py>, reqid: i64, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        self.reply(py, b"answer", reqid, |m| m.value(value, true))
+        self.reply(py, b"answer", reqid, |m| m.value(value))
     }
 
     /// `(error reqid (copyable "twisted.python.failure.Failure" name value ...))`, the state (a
@@ -585,11 +584,10 @@ enum Walk<'py> {
 }
 
 impl<'py> MessageWriter<'py, '_> {
-    /// Write `obj`, a whole value. `maybe_shared` false promises nothing else in this message
-    /// can reach it.
-    fn value(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
+    /// Write `obj`, a whole value.
+    fn value(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
         if !scalar::<true>(&mut self.w, obj)? {
-            self.write(obj.clone(), maybe_shared)?;
+            self.write(obj.clone())?;
             self.finish_sequences()?;
         }
         Ok(())
@@ -597,16 +595,16 @@ impl<'py> MessageWriter<'py, '_> {
 
     /// Write the items of the open sequences, innermost first, closing each as it completes.
     fn finish_sequences(&mut self) -> PyResult<()> {
-        while let Some((item, maybe_shared)) = self.step()? {
-            self.write(item, maybe_shared)?;
+        while let Some(item) = self.step()? {
+            self.write(item)?;
         }
         Ok(())
     }
 
     /// Write `obj`, which is not an exact scalar (see [`scalar`]), or open it if it is a sequence
     /// (its items are then written by [`Self::step`]).
-    fn write(&mut self, obj: Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<()> {
-        if self.sequence::<true>(&obj, maybe_shared)? {
+    fn write(&mut self, obj: Bound<'py, PyAny>) -> PyResult<()> {
+        if self.sequence::<true>(&obj)? {
             return Ok(());
         }
         self.special(&obj)
@@ -615,28 +613,28 @@ impl<'py> MessageWriter<'py, '_> {
     /// Write `obj` if it is of a type foolscap sends as itself, exactly that type (`EXACT`: the
     /// common case, tried before the hook) or a subclass (after it); false if it is not.
     #[inline(always)]
-    fn builtin<const EXACT: bool>(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<bool> {
-        Ok(scalar::<EXACT>(&mut self.w, obj)? || self.sequence::<EXACT>(obj, maybe_shared)?)
+    fn builtin<const EXACT: bool>(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<bool> {
+        Ok(scalar::<EXACT>(&mut self.w, obj)? || self.sequence::<EXACT>(obj)?)
     }
 
     /// Open `obj` if it is a list, tuple, dict, set or frozenset (or write it, if it is a
     /// decimal), as [`Self::builtin`]; false if it is not one of those.
     #[inline(always)]
-    fn sequence<const EXACT: bool>(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<bool> {
+    fn sequence<const EXACT: bool>(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<bool> {
         if let Some(list) = cast::<PyList, EXACT>(obj) {
-            if !self.seen_again(obj, maybe_shared)? {
+            if !self.seen_again(obj)? {
                 let id = self.w.open(b"list")?;
                 self.stack.push(Walk::List { list: list.clone(), next: 0, id });
             }
         } else if let Some(tuple) = cast::<PyTuple, EXACT>(obj) {
-            if !self.seen_again(obj, maybe_shared)? {
+            if !self.seen_again(obj)? {
                 let id = self.w.open(b"tuple")?;
                 self.stack.push(Walk::Tuple { tuple: tuple.clone(), next: 0, id });
             }
         } else if let Some(dict) = cast::<PyDict, EXACT>(obj) {
             // Keys sorted with Python's sort as foolscap does (keys that cannot be compared
             // raise its TypeError, and nothing is sent).
-            if !self.seen_again(obj, maybe_shared)? {
+            if !self.seen_again(obj)? {
                 let id = self.w.open(b"dict")?;
                 let keys = dict.keys();
                 if keys.len() > 1 {
@@ -645,7 +643,7 @@ impl<'py> MessageWriter<'py, '_> {
                 self.stack.push(Walk::Dict { dict: dict.clone(), keys, next: 0, value: None, id });
             }
         } else if cast::<PySet, EXACT>(obj).is_some() {
-            self.set(obj, b"set", maybe_shared)?;
+            self.set(obj, b"set", true)?;
         } else if cast::<PyFrozenSet, EXACT>(obj).is_some() {
             // foolscap does not track frozensets for sharing.
             self.set(obj, b"immutable-set", false)?;
@@ -657,8 +655,9 @@ impl<'py> MessageWriter<'py, '_> {
         Ok(true)
     }
 
+    /// A set (or, not `track`ed, a frozenset).
     fn set(&mut self, obj: &Bound<'py, PyAny>, word: &[u8], track: bool) -> PyResult<()> {
-        if !self.seen_again(obj, track)? {
+        if !(track && self.seen_again(obj)?) {
             let id = self.w.open(word)?;
             self.stack.push(Walk::Set { members: obj.try_iter()?, id });
         }
@@ -667,9 +666,9 @@ impl<'py> MessageWriter<'py, '_> {
 
     /// Write the items of the open sequences, innermost first, as far as they are exact
     /// scalars (closing each sequence as it completes); return the first item that is not one
-    /// (for [`Self::write`]) with whether something else may hold it (see [`maybe_shared`]), or
+    /// (for [`Self::write`]), or
     /// None once every sequence is complete.
-    fn step(&mut self) -> PyResult<Option<(Bound<'py, PyAny>, bool)>> {
+    fn step(&mut self) -> PyResult<Option<Bound<'py, PyAny>>> {
         loop {
             let w = &mut self.w;
             let Some(top) = self.stack.last_mut() else { return Ok(None) };
@@ -679,7 +678,7 @@ impl<'py> MessageWriter<'py, '_> {
                         let item = list.get_item(*next)?;
                         *next += 1;
                         if !scalar::<true>(w, &item)? {
-                            return Ok(Some(shareable(item)));
+                            return Ok(Some(item));
                         }
                     }
                     *id
@@ -690,7 +689,7 @@ impl<'py> MessageWriter<'py, '_> {
                         let item = unsafe { tuple.get_item_unchecked(*next) };
                         *next += 1;
                         if !scalar::<true>(w, &item)? {
-                            return Ok(Some(shareable(item)));
+                            return Ok(Some(item));
                         }
                     }
                     *id
@@ -698,7 +697,7 @@ impl<'py> MessageWriter<'py, '_> {
                 Walk::Dict { dict, keys, next, value, id } => loop {
                     if let Some(value) = value.take() {
                         if !scalar::<true>(w, &value)? {
-                            return Ok(Some(shareable(value)));
+                            return Ok(Some(value));
                         }
                     }
                     if *next == keys.len() {
@@ -710,14 +709,14 @@ impl<'py> MessageWriter<'py, '_> {
                         pyo3::exceptions::PyRuntimeError::new_err("dict changed size while it was being sent")
                     })?);
                     if !scalar::<true>(w, &key)? {
-                        return Ok(Some((key, true)));
+                        return Ok(Some(key));
                     }
                 },
                 Walk::Set { members, id } => {
                     for member in members.by_ref() {
                         let member = member?;
                         if !scalar::<true>(w, &member)? {
-                            return Ok(Some(shareable(member)));
+                            return Ok(Some(member));
                         }
                     }
                     *id
@@ -737,7 +736,7 @@ impl<'py> MessageWriter<'py, '_> {
                             )));
                         }
                         if !scalar::<true>(w, &value)? {
-                            return Ok(Some((value, true)));
+                            return Ok(Some(value));
                         }
                     }
                     *id
@@ -759,11 +758,9 @@ impl<'py> MessageWriter<'py, '_> {
     }
 
     /// A tracked container seen before in this message: write `(reference N)` and return true.
-    /// Otherwise remember it (unless it cannot be met again) under the id its OPEN will get.
-    fn seen_again(&mut self, obj: &Bound<'py, PyAny>, maybe_shared: bool) -> PyResult<bool> {
-        if !maybe_shared {
-            return Ok(false);
-        }
+    /// Otherwise remember it under the id its OPEN will get, and keep it alive until the message
+    /// is written, so that no other object takes its address meanwhile.
+    fn seen_again(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<bool> {
         let key = obj.as_ptr() as usize;
         if let Some(&id) = self.seen.get(&key) {
             self.w.reference(id)?;
@@ -784,7 +781,7 @@ impl<'py> MessageWriter<'py, '_> {
                 return written;
             }
         }
-        if self.builtin::<false>(obj, true)? {
+        if self.builtin::<false>(obj)? {
             return Ok(());
         }
         Err(PyTypeError::new_err(format!(
@@ -882,13 +879,6 @@ fn scalar<const EXACT: bool>(w: &mut Writer, obj: &Bound<'_, PyAny>) -> PyResult
         return Ok(false);
     }
     Ok(true)
-}
-
-/// An item of a sequence we hold, with whether it [`maybe_shared`].
-#[inline]
-fn shareable(item: Bound<'_, PyAny>) -> (Bound<'_, PyAny>, bool) {
-    let shared = maybe_shared(&item);
-    (item, shared)
 }
 
 fn bad_state(state: &Bound<'_, PyAny>) -> PyErr {

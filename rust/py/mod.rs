@@ -4,6 +4,8 @@
 pub mod errors;
 pub mod fast;
 pub mod foolscap;
+pub mod jelly;
+pub mod objects;
 pub mod pb;
 pub mod refs;
 pub mod sender;
@@ -11,8 +13,6 @@ pub mod tls;
 pub mod tubid;
 
 use std::cell::Cell;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -22,31 +22,10 @@ use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt, PyList, PyTuple};
 use crate::banana::cursor::{Cursor, Item};
 use crate::banana::decode::Token;
 use crate::banana::{framer, tb, Dialect, Encoder, Framer, Integer, Limits, Tokenizer};
-use crate::jelly::decode::{JellyDecoder, StrCache};
-use crate::jelly::encode::JellyEncoder;
+pub use crate::ids::PtrMap;
 use errors::PyBananaError;
-
-/// Hasher for object addresses: they are distinct and 16-byte aligned, so one multiply spreads
-/// them well enough, at a fraction of SipHash's cost.
-#[derive(Default)]
-pub struct PtrHasher(u64);
-
-impl Hasher for PtrHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.0 = (n as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-/// Map keyed by object address.
-pub type PtrMap<V> = HashMap<usize, V, BuildHasherDefault<PtrHasher>>;
+use jelly::{JellyDecoder, JellyEncoder};
+use objects::StrCache;
 
 fn dialect(name: &str, allow_foolscap: bool) -> PyResult<Dialect> {
     match Dialect::from_name(name) {
@@ -200,7 +179,7 @@ fn raw_encode(enc: &mut Encoder, value: &Bound<'_, PyAny>) -> PyResult<()> {
             enc.float(f.value());
             0
         } else {
-            let name = crate::jelly::encode::qualified_name(&value.get_type())?;
+            let name = objects::qualified_name(&value.get_type())?;
             let msg = format!("banana cannot send {name} objects (only lists, tuples, ints, floats and bytes)");
             let kind = crate::banana::ErrorKind::Unsendable(msg);
             return Err(PyBananaError(crate::banana::BananaError::local(kind)).into());

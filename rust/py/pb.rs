@@ -39,12 +39,12 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::errors::jelly_error;
 use super::fast::{FastPath, Outcome, REPLY_FLUSH};
+use super::jelly::{JellyDecoder, JellyEncoder};
+use super::objects::StrCache;
 use super::sender::SenderPy;
 use super::{dialect, limits, raw_value, with_bytes, with_events};
 use crate::banana::cursor::{Cursor, Item};
 use crate::banana::{BananaError, Dialect, Encoder, Framer, Limits};
-use crate::jelly::decode::{JellyDecoder, StrCache};
-use crate::jelly::encode::JellyEncoder;
 use crate::jelly::scan::{references, Claim};
 
 pyo3::import_exception!(pbfast.errors, ProtocolError);

@@ -1,0 +1,751 @@
+//! Jelly for Python objects: the [`Build`] that makes them from jelly bytes and the [`Walk`] that
+//! writes them, around the pure codec in `crate::jelly`, with a hook for the classes the broker
+//! layer adds (Referenceable, Copyable, Cacheable, ...).
+
+use num_bigint::BigInt;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{
+    PyBool, PyBytes, PyDate, PyDateAccess, PyDateTime, PyDelta, PyDeltaAccess, PyDict, PyFloat, PyFrozenSet,
+    PyIterator, PyList, PySet, PyString, PyTime, PyTimeAccess, PyTuple, PyType, PyTzInfoAccess,
+};
+
+use super::errors::unpersistable;
+use super::int_value;
+use super::objects::{decimal_type, decode_utf8, qualified_name, utf8_of, GcPause, StrCache};
+use crate::banana::{Dialect, Encoder, Integer, Limits};
+use crate::jelly::decode::{decode, Build, Fault, When};
+use crate::jelly::encode::{Buffers, Walk, Writer};
+use crate::jelly::{recycle, tag, Error};
+
+type Failed<E = PyErr> = Error<E>;
+
+/// Marks the spot of a reference to an object that is not built yet.
+#[pyclass(module = "pbfast._core", name = "UnresolvedReference", frozen)]
+pub struct UnresolvedReference {
+    #[pyo3(get)]
+    id: i64,
+}
+
+#[pymethods]
+impl UnresolvedReference {
+    fn __repr__(&self) -> String {
+        format!("<unresolved jelly reference {}>", self.id)
+    }
+}
+
+/// Unjelly one expression into Python objects. `hook(tag, items)` builds values for tags jelly
+/// itself does not know (returning `NotImplemented` for tags it does not know either).
+pub struct JellyDecoder<'py, 'a> {
+    build: PyBuild<'py, 'a>,
+    expr: &'a [u8],
+    dialect: Dialect,
+    limits: Limits,
+    base: u64,
+    consumed: usize,
+}
+
+impl<'py, 'a> JellyDecoder<'py, 'a> {
+    /// `expr` holds one expression whose first byte is at stream offset `base`.
+    pub fn new(
+        py: Python<'py>,
+        expr: &'a [u8],
+        dialect: Dialect,
+        limits: Limits,
+        base: u64,
+        hook: Option<&'a Bound<'py, PyAny>>,
+        strings: &'a mut StrCache,
+    ) -> JellyDecoder<'py, 'a> {
+        JellyDecoder { build: PyBuild { py, hook, strings }, expr, dialect, limits, base, consumed: 0 }
+    }
+
+    /// Build the expression. With `whole`, bytes left after it are an error.
+    pub fn build(&mut self, whole: bool) -> PyResult<Bound<'py, PyAny>> {
+        let _gc = GcPause::new();
+        let mut scratch = std::mem::take(&mut self.build.strings.scratch);
+        let (value, consumed) =
+            decode(self.expr, self.dialect, self.limits, self.base, &mut self.build, &mut scratch, whole);
+        self.build.strings.scratch = scratch;
+        self.consumed = consumed;
+        Ok(value?)
+    }
+
+    /// Bytes of the expression read so far (after [`JellyDecoder::build`], the value's length).
+    pub fn consumed(&self) -> usize {
+        self.consumed
+    }
+}
+
+/// Makes Python objects for the decoder.
+struct PyBuild<'py, 'a> {
+    py: Python<'py>,
+    hook: Option<&'a Bound<'py, PyAny>>,
+    /// Dictionary keys, which repeat from one dict to the next.
+    strings: &'a mut StrCache,
+}
+
+/// A new reference from the C API, or its exception.
+#[inline(always)]
+fn owned<'py>(py: Python<'py>, ptr: *mut ffi::PyObject) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: every caller passes what a C API function returned: a new reference, or NULL with
+    // an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(py, ptr) }
+}
+
+/// A failed placement or construction, as the value's fault: the decoder says what and where.
+fn bad(e: PyErr) -> Fault<PyErr> {
+    Fault::Bad(e.to_string())
+}
+
+/// The exception a failed C API call (returning -1) left.
+fn raised(py: Python<'_>) -> PyErr {
+    PyErr::fetch(py)
+}
+
+impl<'py> Build for PyBuild<'py, '_> {
+    type Value = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    #[inline]
+    fn int(&mut self, value: i64) -> PyResult<Self::Value> {
+        // SAFETY: a C API constructor (see `owned`).
+        owned(self.py, unsafe { ffi::PyLong_FromLongLong(value) })
+    }
+
+    fn big_int(&mut self, value: &BigInt) -> PyResult<Self::Value> {
+        Ok(value.into_pyobject(self.py)?.into_any())
+    }
+
+    #[inline]
+    fn float(&mut self, value: f64) -> PyResult<Self::Value> {
+        // SAFETY: a C API constructor (see `owned`).
+        owned(self.py, unsafe { ffi::PyFloat_FromDouble(value) })
+    }
+
+    fn bytes(&mut self, value: &[u8]) -> PyResult<Self::Value> {
+        // SAFETY: a C API constructor (see `owned`) copying `value`, whose pointer and length it gets.
+        owned(self.py, unsafe { ffi::PyBytes_FromStringAndSize(value.as_ptr().cast(), value.len() as ffi::Py_ssize_t) })
+    }
+
+    #[inline]
+    fn text(&mut self, utf8: &[u8]) -> Result<Self::Value, Fault<PyErr>> {
+        decode_utf8(self.py, utf8).map(Bound::into_any).map_err(bad)
+    }
+
+    #[inline]
+    fn key(&mut self, utf8: &[u8]) -> Result<Self::Value, Fault<PyErr>> {
+        self.strings.get(self.py, utf8).map(Bound::into_any).map_err(bad)
+    }
+
+    fn none(&mut self) -> PyResult<Self::Value> {
+        Ok(self.py.None().into_bound(self.py))
+    }
+
+    fn boolean(&mut self, value: bool) -> PyResult<Self::Value> {
+        Ok(PyBool::new(self.py, value).to_owned().into_any())
+    }
+
+    fn when(&mut self, value: When) -> Result<Self::Value, Fault<PyErr>> {
+        let py = self.py;
+        let made = match value {
+            When::DateTime { year, month, day, hour, minute, second, microsecond } => {
+                PyDateTime::new(py, year, month, day, hour, minute, second, microsecond, None).map(Bound::into_any)
+            }
+            When::Date { year, month, day } => PyDate::new(py, year, month, day).map(Bound::into_any),
+            When::Time { hour, minute, second, microsecond } => {
+                PyTime::new(py, hour, minute, second, microsecond, None).map(Bound::into_any)
+            }
+            When::Delta { days, seconds, microseconds } => {
+                PyDelta::new(py, days, seconds, microseconds, true).map(Bound::into_any)
+            }
+        };
+        made.map_err(bad)
+    }
+
+    fn decimal(&mut self, negative: bool, digits: &[u8], exponent: i64) -> Result<Self::Value, Fault<PyErr>> {
+        let py = self.py;
+        let digits = PyTuple::new(py, digits).map_err(bad)?;
+        decimal_type(py).and_then(|d| d.call1(((u8::from(negative), digits, exponent),))).map_err(bad)
+    }
+
+    fn unpersistable(&mut self, reason: &str) -> PyResult<Self::Value> {
+        unpersistable(self.py, reason)
+    }
+
+    fn placeholder(&mut self, id: i64) -> PyResult<Self::Value> {
+        Ok(Bound::new(self.py, UnresolvedReference { id })?.into_any())
+    }
+
+    fn same(&self, a: &Self::Value, b: &Self::Value) -> bool {
+        a.is(b)
+    }
+
+    unsafe fn list(&mut self, len: usize) -> PyResult<Self::Value> {
+        // SAFETY: a C API constructor (see `owned`): a list of `len` NULL slots, which the caller
+        // fills before the list goes anywhere (list deallocation skips NULL slots, so it may be
+        // dropped unfilled).
+        owned(self.py, unsafe { ffi::PyList_New(len as ffi::Py_ssize_t) })
+    }
+
+    #[inline]
+    unsafe fn fill_list(&mut self, list: &Self::Value, index: usize, item: Self::Value) {
+        // SAFETY: `list` is a list from `Self::list` with an empty slot `index` (the caller's
+        // contract); PyList_SET_ITEM takes over the new reference.
+        unsafe { ffi::PyList_SET_ITEM(list.as_ptr(), index as ffi::Py_ssize_t, item.into_ptr()) };
+    }
+
+    fn empty_list(&mut self) -> PyResult<Self::Value> {
+        Ok(PyList::empty(self.py).into_any())
+    }
+
+    #[inline]
+    fn push(&mut self, list: &Self::Value, item: Self::Value) -> PyResult<()> {
+        // SAFETY: `list` is a list from `empty_list`; PyList_Append takes its own reference.
+        match unsafe { ffi::PyList_Append(list.as_ptr(), item.as_ptr()) } {
+            0 => Ok(()),
+            _ => Err(raised(self.py)),
+        }
+    }
+
+    fn patch_list(&mut self, list: &Self::Value, index: usize, value: &Self::Value) -> PyResult<()> {
+        list.cast::<PyList>()?.set_item(index, value)
+    }
+
+    unsafe fn tuple(&mut self, len: usize) -> PyResult<Self::Value> {
+        // SAFETY: as `list`, with PyTuple_New (tuple deallocation skips NULL slots too).
+        owned(self.py, unsafe { ffi::PyTuple_New(len as ffi::Py_ssize_t) })
+    }
+
+    #[inline]
+    unsafe fn fill_tuple(&mut self, tuple: &Self::Value, index: usize, item: Self::Value) {
+        // SAFETY: `tuple` is a tuple from `Self::tuple` with an empty slot `index`, that no one
+        // else has seen yet (the caller's contract): filling it is still creating it.
+        // PyTuple_SET_ITEM takes over the new reference.
+        unsafe { ffi::PyTuple_SET_ITEM(tuple.as_ptr(), index as ffi::Py_ssize_t, item.into_ptr()) };
+    }
+
+    unsafe fn patch_tuple(&mut self, tuple: &Self::Value, index: usize, value: &Self::Value) {
+        // SAFETY: `tuple` is a complete tuple from `Self::tuple` with a placeholder at `index`, seen
+        // by nothing but the decoder (the caller's contract), so changing it is still part of
+        // creating it. The slot takes a new reference to `value`; the placeholder's reference is
+        // released once the slot no longer points to it.
+        unsafe {
+            let slot = (*tuple.as_ptr().cast::<ffi::PyTupleObject>()).ob_item.as_mut_ptr().add(index);
+            let old = std::mem::replace(&mut *slot, value.clone().into_ptr());
+            ffi::Py_DECREF(old);
+            // A collection (one a hook asked for) may have stopped tracking the tuple while it held
+            // only the placeholder; with `value` it may be part of a cycle the collector must see.
+            if ffi::PyObject_GC_IsTracked(tuple.as_ptr()) == 0 {
+                ffi::PyObject_GC_Track(tuple.as_ptr().cast());
+            }
+        }
+    }
+
+    fn dict(&mut self) -> PyResult<Self::Value> {
+        // SAFETY: a C API constructor (see `owned`).
+        owned(self.py, unsafe { ffi::PyDict_New() })
+    }
+
+    #[inline]
+    fn set_item(&mut self, dict: &Self::Value, key: &Self::Value, value: &Self::Value) -> Result<(), Fault<PyErr>> {
+        // SAFETY: `dict` is a dict from `Self::dict`; PyDict_SetItem takes its own references.
+        match unsafe { ffi::PyDict_SetItem(dict.as_ptr(), key.as_ptr(), value.as_ptr()) } {
+            0 => Ok(()),
+            _ => Err(bad(raised(self.py))),
+        }
+    }
+
+    fn set(&mut self) -> PyResult<Self::Value> {
+        Ok(PySet::empty(self.py)?.into_any())
+    }
+
+    fn add(&mut self, set: &Self::Value, member: Self::Value) -> Result<(), Fault<PyErr>> {
+        // SAFETY: `set` is a set from `Self::set`; PySet_Add takes its own reference.
+        match unsafe { ffi::PySet_Add(set.as_ptr(), member.as_ptr()) } {
+            0 => Ok(()),
+            _ => Err(bad(raised(self.py))),
+        }
+    }
+
+    fn hashable(&mut self, value: &Self::Value) -> Result<(), Fault<PyErr>> {
+        value.hash().map(drop).map_err(bad)
+    }
+
+    fn frozenset(&mut self, members: Vec<Self::Value>) -> PyResult<Self::Value> {
+        Ok(PyFrozenSet::new(self.py, &members)?.into_any())
+    }
+
+    fn has_hook(&self) -> bool {
+        self.hook.is_some()
+    }
+
+    fn hook(&mut self, tag: &[u8], items: Vec<Self::Value>) -> PyResult<Option<Self::Value>> {
+        let (py, Some(hook)) = (self.py, self.hook) else { return Ok(None) };
+        let value = hook.call1((PyBytes::new(py, tag), PyList::new(py, items)?))?;
+        // NotImplemented: the hook does not know the tag either.
+        Ok((!value.is(py.NotImplemented())).then_some(value))
+    }
+}
+
+/// Jelly Python values into one buffer: the values of one message, each in its own id space.
+pub struct JellyEncoder<'py> {
+    w: Writer,
+    walk: PyWalk<'py>,
+    stack: Vec<Frame<'py>>,
+}
+
+impl<'py> JellyEncoder<'py> {
+    pub fn new(py: Python<'py>, dialect: Dialect, hook: Option<Bound<'py, PyAny>>) -> JellyEncoder<'py> {
+        let Spare { buffers, stack, keep } = Spare::take();
+        let walk = PyWalk { py, hook, keep: recycle(keep) };
+        JellyEncoder { w: Writer::new(dialect, buffers), walk, stack: recycle(stack) }
+    }
+
+    /// Jelly one value. Each call is its own id space, as each of Twisted's `jelly()` calls is.
+    pub fn jelly(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
+        let written = self.w.value(&mut self.walk, &mut self.stack, obj.clone());
+        // The objects tracked for this value can go now: the next value is its own id space.
+        self.walk.keep.clear();
+        Ok(written?)
+    }
+
+    /// The underlying banana encoder, for envelope items written around jelly values.
+    pub fn raw(&mut self) -> &mut Encoder {
+        self.w.raw()
+    }
+
+    /// The encoded bytes, handed to `f`; the buffers go back to this thread's spares.
+    pub fn finish<R>(self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(self.w.output())
+    }
+}
+
+impl Drop for JellyEncoder<'_> {
+    fn drop(&mut self) {
+        // An empty writer takes the place of this one: it allocates nothing.
+        let w = std::mem::replace(&mut self.w, Writer::new(Dialect::Pb, Buffers::default()));
+        let (stack, keep) = (std::mem::take(&mut self.stack), std::mem::take(&mut self.walk.keep));
+        Spare::give_back(w.into_buffers(), recycle(stack), recycle(keep));
+    }
+}
+
+/// A writer's buffers, the walk's stack and its list of objects kept alive, kept per thread between
+/// calls (empty, with the lifetimes of their elements ended; see [`recycle`]).
+struct Spare {
+    buffers: Buffers,
+    stack: Vec<Frame<'static>>,
+    keep: Vec<Bound<'static, PyAny>>,
+}
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Option<Spare>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Spare {
+    fn take() -> Spare {
+        // A nested call (a hook that serializes) finds the slot empty and starts afresh.
+        SPARE.with(|s| s.borrow_mut().take()).unwrap_or_else(|| Spare {
+            buffers: Buffers::default(),
+            stack: Vec::new(),
+            keep: Vec::new(),
+        })
+    }
+
+    fn give_back(buffers: Buffers, stack: Vec<Frame<'static>>, keep: Vec<Bound<'static, PyAny>>) {
+        if buffers.worth_keeping() && stack.capacity() <= 1 << 10 && keep.capacity() <= 1 << 16 {
+            SPARE.with(|s| *s.borrow_mut() = Some(Spare { buffers, stack, keep }));
+        }
+    }
+}
+
+/// Says what Python values are, for the writer.
+struct PyWalk<'py> {
+    py: Python<'py>,
+    hook: Option<Bound<'py, PyAny>>,
+    /// Every tracked object of the value being written, kept alive until it is written so that
+    /// no other object takes its address meanwhile (hook code may drop what it held).
+    keep: Vec<Bound<'py, PyAny>>,
+}
+
+/// A container being written: where the walk goes on once the item being written is done.
+enum Frame<'py> {
+    /// A list of `len` items, `next` of them written. Hook code may change the list under us, so
+    /// its size is checked at each step.
+    List {
+        list: Bound<'py, PyList>,
+        len: usize,
+        next: usize,
+    },
+    Tuple {
+        tuple: Bound<'py, PyTuple>,
+        next: usize,
+    },
+    /// A dict of `len` items walked by `PyDict_Next` position. `value` is the value of the pair
+    /// whose key is being written; `in_pair`: that pair's list is open.
+    Dict {
+        dict: Bound<'py, PyDict>,
+        len: usize,
+        pos: ffi::Py_ssize_t,
+        written: usize,
+        value: Option<Bound<'py, PyAny>>,
+        in_pair: bool,
+    },
+    /// A set or frozenset of `len` members.
+    Set {
+        members: Bound<'py, PyIterator>,
+        len: usize,
+        written: usize,
+    },
+    /// The items a hook gave for an object.
+    Items {
+        items: Bound<'py, PyTuple>,
+        next: usize,
+    },
+}
+
+impl<'py> Walk for PyWalk<'py> {
+    type Item = Bound<'py, PyAny>;
+    type Frame = Frame<'py>;
+    type Error = PyErr;
+
+    #[inline(always)]
+    fn write(&mut self, w: &mut Writer, obj: Bound<'py, PyAny>) -> Result<Option<Frame<'py>>, Failed> {
+        if scalar(w, &obj)? {
+            return Ok(None);
+        }
+        if obj.is_exact_instance_of::<PyList>() {
+            if !self.first_sighting(w, &obj)? {
+                return Ok(None);
+            }
+            // SAFETY: the type was just checked.
+            let list = unsafe { obj.cast_into_unchecked::<PyList>() };
+            let len = list.len();
+            w.open(tag::LIST, len)?;
+            return Ok(Some(Frame::List { list, len, next: 0 }));
+        }
+        if obj.is_exact_instance_of::<PyDict>() {
+            if !self.first_sighting(w, &obj)? {
+                return Ok(None);
+            }
+            // SAFETY: the type was just checked.
+            let dict = unsafe { obj.cast_into_unchecked::<PyDict>() };
+            let len = dict.len();
+            w.open(tag::DICTIONARY, len)?;
+            return Ok(Some(Frame::Dict { dict, len, pos: 0, written: 0, value: None, in_pair: false }));
+        }
+        if obj.is_exact_instance_of::<PyTuple>() {
+            if !self.first_sighting(w, &obj)? {
+                return Ok(None);
+            }
+            // SAFETY: the type was just checked.
+            let tuple = unsafe { obj.cast_into_unchecked::<PyTuple>() };
+            w.open(tag::TUPLE, tuple.len())?;
+            return Ok(Some(Frame::Tuple { tuple, next: 0 }));
+        }
+        self.write_other(w, obj)
+    }
+
+    #[inline(always)]
+    fn next(&mut self, w: &mut Writer, frame: &mut Frame<'py>) -> Result<Option<Bound<'py, PyAny>>, Failed> {
+        match frame {
+            Frame::List { list, len, next } => loop {
+                // Hook code may run while an item is written and shrink the list under us: check
+                // the size each time, and hold each item by an owned reference while it is written.
+                if list.len() != *len {
+                    return Err(changed_size("list"));
+                }
+                if *next == *len {
+                    break;
+                }
+                let item = list_item(list, *next)?;
+                *next += 1;
+                if !scalar(w, &item)? {
+                    return Ok(Some(item));
+                }
+            },
+            Frame::Tuple { tuple, next } => {
+                while *next < tuple.len() {
+                    // SAFETY: `next < len(tuple)`, just checked (a tuple's length is fixed).
+                    let item = unsafe { tuple.get_item_unchecked(*next) };
+                    *next += 1;
+                    if !scalar(w, &item)? {
+                        return Ok(Some(item));
+                    }
+                }
+            }
+            Frame::Dict { dict, len, pos, written, value, in_pair } => loop {
+                if let Some(value) = value.take() {
+                    if !scalar(w, &value)? {
+                        return Ok(Some(value));
+                    }
+                }
+                if *in_pair {
+                    *in_pair = false;
+                    w.close();
+                }
+                let Some((key, item)) = dict_next(dict, pos) else {
+                    if *written != *len || dict.len() != *len {
+                        return Err(changed_size("dict"));
+                    }
+                    break;
+                };
+                *written += 1;
+                if *written > *len {
+                    return Err(changed_size("dict"));
+                }
+                w.open_list(2)?;
+                *in_pair = true;
+                *value = Some(item);
+                if !scalar(w, &key)? {
+                    return Ok(Some(key));
+                }
+            },
+            Frame::Set { members, len, written } => {
+                for member in members.by_ref() {
+                    *written += 1;
+                    if *written > *len {
+                        return Err(changed_size("set"));
+                    }
+                    let member = member?;
+                    if !scalar(w, &member)? {
+                        return Ok(Some(member));
+                    }
+                }
+                if *written != *len {
+                    return Err(changed_size("set"));
+                }
+            }
+            Frame::Items { items, next } => {
+                while *next < items.len() {
+                    let item = items.get_item(*next)?;
+                    *next += 1;
+                    if !scalar(w, &item)? {
+                        return Ok(Some(item));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl<'py> PyWalk<'py> {
+    /// A tracked object's first sighting in this value (it is then kept alive until the value is
+    /// written); false if it was met before, and its dereference written.
+    #[inline(always)]
+    fn first_sighting(&mut self, w: &mut Writer, obj: &Bound<'py, PyAny>) -> Result<bool, Failed> {
+        if w.seen(obj.as_ptr() as usize)? {
+            return Ok(false);
+        }
+        self.keep.push(obj.clone());
+        Ok(true)
+    }
+
+    /// [`Walk::write`] for the less common types.
+    #[inline(never)]
+    fn write_other(&mut self, w: &mut Writer, obj: Bound<'py, PyAny>) -> Result<Option<Frame<'py>>, Failed> {
+        if obj.is_exact_instance_of::<PySet>() || obj.is_exact_instance_of::<PyFrozenSet>() {
+            if !self.first_sighting(w, &obj)? {
+                return Ok(None);
+            }
+            let len = obj.len()?;
+            let atom = if obj.is_exact_instance_of::<PySet>() { tag::SET } else { tag::FROZENSET };
+            w.open(atom, len)?;
+            return Ok(Some(Frame::Set { members: obj.try_iter()?, len, written: 0 }));
+        }
+        if let Ok(dt) = obj.cast_exact::<PyDateTime>() {
+            refuse_tz(dt.get_tzinfo().is_some(), "datetime")?;
+            let fields = [
+                i64::from(dt.get_year()),
+                i64::from(dt.get_month()),
+                i64::from(dt.get_day()),
+                i64::from(dt.get_hour()),
+                i64::from(dt.get_minute()),
+                i64::from(dt.get_second()),
+                i64::from(dt.get_microsecond()),
+            ];
+            w.when(tag::DATETIME, &fields)?;
+        } else if let Ok(d) = obj.cast_exact::<PyDate>() {
+            w.when(tag::DATE, &[i64::from(d.get_year()), i64::from(d.get_month()), i64::from(d.get_day())])?;
+        } else if let Ok(t) = obj.cast_exact::<PyTime>() {
+            refuse_tz(t.get_tzinfo().is_some(), "time")?;
+            let fields = [
+                i64::from(t.get_hour()),
+                i64::from(t.get_minute()),
+                i64::from(t.get_second()),
+                i64::from(t.get_microsecond()),
+            ];
+            w.when(tag::TIME, &fields)?;
+        } else if let Ok(td) = obj.cast_exact::<PyDelta>() {
+            let fields = [i64::from(td.get_days()), i64::from(td.get_seconds()), i64::from(td.get_microseconds())];
+            w.when(tag::TIMEDELTA, &fields)?;
+        } else if obj.get_type().is(decimal_type(self.py)?) {
+            decimal(w, &obj)?;
+        } else if let Ok(cls) = obj.cast::<PyType>() {
+            w.class(&qualified_name(cls)?)?;
+        } else {
+            return self.instance(w, &obj);
+        }
+        Ok(None)
+    }
+
+    /// Anything that is not a builtin jelly type: ask the hook, else Twisted's defaults.
+    fn instance(&mut self, w: &mut Writer, obj: &Bound<'py, PyAny>) -> Result<Option<Frame<'py>>, Failed> {
+        if let Some(hook) = self.hook.clone() {
+            if w.was_seen(obj.as_ptr() as usize) {
+                w.seen(obj.as_ptr() as usize)?;
+                return Ok(None);
+            }
+            let result = hook.call1((obj,))?;
+            if !result.is_none() {
+                let (items, track): (Bound<'py, PyAny>, bool) = result
+                    .extract()
+                    .map_err(|_| PyTypeError::new_err("a jelly hook must return None or (items, track)"))?;
+                if track {
+                    self.first_sighting(w, obj)?;
+                }
+                let items = items.cast_into::<PyTuple>().or_else(|e| {
+                    let any = e.into_inner();
+                    any.cast::<PyList>()
+                        .map(|l| l.to_tuple())
+                        .map_err(|_| PyTypeError::new_err("a jelly hook's items must be a tuple or list"))
+                })?;
+                w.open_list(items.len())?;
+                return Ok(Some(Frame::Items { items, next: 0 }));
+            }
+        }
+        self.default_instance(w, obj).map(|()| None)
+    }
+
+    /// Twisted's behaviour for objects without a jelly form of their own: functions, methods and
+    /// modules cannot be sent; anything else goes as `unpersistable` (tracked like a container).
+    fn default_instance(&mut self, w: &mut Writer, obj: &Bound<'py, PyAny>) -> Result<(), Failed> {
+        let kinds = code_types(self.py)?;
+        for (kind, what) in kinds.iter().zip(["function", "bound method", "module"]) {
+            if obj.is_instance(kind)? {
+                return Err(Error::unsendable(format!("cannot send a {what} ({})", obj.repr()?)));
+            }
+        }
+        if !self.first_sighting(w, obj)? {
+            return Ok(());
+        }
+        let reason = format!("instance of class {} deemed insecure", qualified_name(&obj.get_type())?);
+        Ok(w.unpersistable(&reason)?)
+    }
+}
+
+/// Write `obj` if it is an exact str, int, float or bytes, None or a bool (the common items,
+/// written without leaving the container they are in); false if it is not one of those.
+#[inline(always)]
+fn scalar(w: &mut Writer, obj: &Bound<'_, PyAny>) -> Result<bool, Failed> {
+    let ty = obj.get_type_ptr();
+    // SAFETY: only the addresses of CPython's static type objects are taken; each cast below
+    // follows the check of its exact type.
+    unsafe {
+        if ty == &raw mut ffi::PyUnicode_Type {
+            return match utf8_of(obj.cast_unchecked::<PyString>()) {
+                Some(text) => w.text(text).map(|()| true).map_err(Error::from),
+                None => Err(Error::unsendable("cannot send a str that is not valid Unicode (a lone surrogate)".into())),
+            };
+        }
+        if ty == &raw mut ffi::PyLong_Type {
+            match int_value(obj)? {
+                Integer::Small(v) => w.int(v),
+                Integer::Big(big) => w.big_int(&big)?,
+            }
+        } else if ty == &raw mut ffi::PyFloat_Type {
+            w.float(obj.cast_unchecked::<PyFloat>().value());
+        } else if ty == &raw mut ffi::PyBytes_Type {
+            w.bytes(obj.cast_unchecked::<PyBytes>().as_bytes())?;
+        } else if obj.is_none() {
+            w.none()?;
+        } else if ty == &raw mut ffi::PyBool_Type {
+            w.boolean(obj.cast_unchecked::<PyBool>().is_true())?;
+        } else {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Item `index` of `list`, which has more than `index` items, as a new reference.
+#[inline(always)]
+fn list_item<'py>(list: &Bound<'py, PyList>, index: usize) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: `index < len(list)` (the caller's check), and with the GIL held no other thread can
+    // change the list before the item is read and its reference taken.
+    #[cfg(not(Py_GIL_DISABLED))]
+    return Ok(unsafe { list.get_item_unchecked(index) });
+    // Free-threaded, another thread may change the list at any time: PyList_GetItemRef reads
+    // the item and takes its reference under the list's lock.
+    #[cfg(Py_GIL_DISABLED)]
+    list.get_item(index)
+}
+
+/// The next (key, value) of `dict` from position `pos`, as new references; None at its end.
+#[inline(always)]
+fn dict_next<'py>(
+    dict: &Bound<'py, PyDict>,
+    pos: &mut ffi::Py_ssize_t,
+) -> Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    // With the GIL held no other thread can change the dict meanwhile; free-threaded, its lock is
+    // held while the entry is read and its references taken.
+    #[cfg(not(Py_GIL_DISABLED))]
+    return dict_entry(dict, pos);
+    #[cfg(Py_GIL_DISABLED)]
+    pyo3::sync::with_critical_section(dict, || dict_entry(dict, pos))
+}
+
+#[inline(always)]
+fn dict_entry<'py>(
+    dict: &Bound<'py, PyDict>,
+    pos: &mut ffi::Py_ssize_t,
+) -> Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    let (mut key, mut value) = (std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: PyDict_Next hands out borrowed pointers to the dict's current entry; both are made
+    // owned references before anything can change the dict (no Python code runs in between, and
+    // see `dict_next`).
+    unsafe {
+        (ffi::PyDict_Next(dict.as_ptr(), pos, &mut key, &mut value) != 0)
+            .then(|| (Bound::from_borrowed_ptr(dict.py(), key), Bound::from_borrowed_ptr(dict.py(), value)))
+    }
+}
+
+fn decimal(w: &mut Writer, obj: &Bound<'_, PyAny>) -> Result<(), Failed> {
+    let (sign, digits, exponent): (u8, Vec<u8>, Bound<'_, PyAny>) = obj.call_method0("as_tuple")?.extract()?;
+    let Ok(exponent) = exponent.extract::<i64>() else {
+        return Err(Error::unsendable(format!("cannot jelly the non-finite Decimal {}", obj.str()?)));
+    };
+    let mut coefficient = BigInt::from(0);
+    for d in digits {
+        coefficient = coefficient * 10 + d;
+    }
+    if sign == 1 {
+        coefficient = -coefficient;
+    }
+    Ok(w.decimal(&coefficient, exponent)?)
+}
+
+fn refuse_tz(has_tz: bool, what: &str) -> Result<(), Failed> {
+    if has_tz {
+        return Err(Error::unsendable(format!("cannot jelly a {what} with a tzinfo (Twisted has no form for it)")));
+    }
+    Ok(())
+}
+
+fn changed_size(what: &str) -> Failed {
+    Error::Other(PyRuntimeError::new_err(format!("{what} changed size while it was being serialized")))
+}
+
+/// `types.FunctionType`, `types.MethodType`, `types.ModuleType`.
+fn code_types(py: Python<'_>) -> PyResult<[&Bound<'_, PyType>; 3]> {
+    static FUNCTION: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    static METHOD: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    static MODULE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    Ok([
+        FUNCTION.import(py, "types", "FunctionType")?,
+        METHOD.import(py, "types", "MethodType")?,
+        MODULE.import(py, "types", "ModuleType")?,
+    ])
+}

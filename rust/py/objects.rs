@@ -1,0 +1,159 @@
+//! Helpers on Python objects that both codecs use: str from and to UTF-8, the cache of decoded
+//! strings, the garbage collector's pause, `Decimal`, class names.
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyString, PyType};
+
+use crate::jelly::decode::Scratch;
+
+/// Recently decoded short strings (dict keys, method names), so a string that repeats is one
+/// object, created and hashed once (a decoder keeps its cache across messages); and the allocation
+/// of the last jelly walk's stack, so that the next message costs none.
+pub struct StrCache {
+    slots: Vec<Option<CachedStr>>,
+    pub(crate) scratch: Scratch,
+}
+
+/// A cached string, keyed by its length and [`key_of`] its bytes.
+struct CachedStr {
+    len: usize,
+    key: [u64; 3],
+    string: Py<PyString>,
+}
+
+impl Default for StrCache {
+    fn default() -> Self {
+        StrCache::new()
+    }
+}
+
+impl StrCache {
+    const MAX_LEN: usize = 24;
+    const SLOTS: usize = 512;
+
+    pub fn new() -> StrCache {
+        StrCache { slots: Vec::new(), scratch: Scratch::default() }
+    }
+
+    /// The `str` for UTF-8 `bytes`; a `UnicodeDecodeError` if they are not UTF-8.
+    #[inline]
+    pub fn get<'py>(&mut self, py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
+        let len = bytes.len();
+        if len > Self::MAX_LEN {
+            return decode_utf8(py, bytes);
+        }
+        if self.slots.is_empty() {
+            self.slots.resize_with(Self::SLOTS, || None);
+        }
+        let key = key_of(bytes);
+        let h =
+            (key[0] ^ key[1].rotate_left(21) ^ key[2].rotate_left(42) ^ len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let slot = &mut self.slots[(h >> (64 - Self::SLOTS.trailing_zeros())) as usize];
+        if let Some(c) = slot {
+            if c.len == len && c.key == key {
+                return Ok(c.string.bind(py).clone());
+            }
+        }
+        let string = decode_utf8(py, bytes)?;
+        *slot = Some(CachedStr { len, key, string: string.clone().unbind() });
+        Ok(string)
+    }
+}
+
+/// Up to 24 bytes as three words, by overlapping loads: for a given length every byte lands in
+/// some word, so equal (length, key) means equal bytes.
+#[inline(always)]
+fn key_of(b: &[u8]) -> [u64; 3] {
+    let n = b.len();
+    let w8 = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    let w4 = |i: usize| u64::from(u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes")));
+    match n {
+        0 => [0, 0, 0],
+        1..=3 => [u64::from(b[0]) | u64::from(b[n / 2]) << 8 | u64::from(b[n - 1]) << 16, 0, 0],
+        4..=8 => [w4(0) | w4(n - 4) << 32, 0, 0],
+        9..=16 => [w8(0), w8(n - 8), 0],
+        _ => [w8(0), w8(8), w8(n - 8)],
+    }
+}
+
+/// A `str` from UTF-8 bytes (a `UnicodeDecodeError` if they are not), in one pass.
+#[inline]
+pub(crate) fn decode_utf8<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
+    // ASCII, the common case, is copied into a new compact string; one character goes through
+    // Python, which hands out its cached one-character strings.
+    if bytes.len() > 1 && bytes.is_ascii() {
+        // SAFETY: PyUnicode_New(n, 127) returns a new compact ASCII string with room for n
+        // characters of one byte each (and its terminating NUL) or NULL with an exception set;
+        // the n ASCII bytes are copied into that room before anyone else sees the string.
+        unsafe {
+            let s = Bound::from_owned_ptr_or_err(py, ffi::PyUnicode_New(bytes.len() as ffi::Py_ssize_t, 127))?;
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), ffi::PyUnicode_DATA(s.as_ptr()).cast::<u8>(), bytes.len());
+            return Ok(s.cast_into_unchecked());
+        }
+    }
+    // SAFETY: the pointer and length describe `bytes`; PyUnicode_DecodeUTF8 copies them and
+    // returns a new reference or NULL with an exception set.
+    unsafe {
+        let ptr = ffi::PyUnicode_DecodeUTF8(bytes.as_ptr().cast(), bytes.len() as ffi::Py_ssize_t, c"strict".as_ptr());
+        Ok(Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked())
+    }
+}
+
+/// The UTF-8 bytes of a str, read in place for compact ASCII strings (the common case) and
+/// through `PyUnicode_AsUTF8AndSize` otherwise; None if it holds lone surrogates.
+#[inline]
+pub(crate) fn utf8_of<'a>(s: &'a Bound<'_, PyString>) -> Option<&'a [u8]> {
+    let ptr = s.as_ptr();
+    // SAFETY: `ptr` is a live str for the lifetime of `s`. A compact ASCII string keeps its
+    // characters, one byte each, right after the object header, and never moves or changes them.
+    unsafe {
+        if ffi::PyUnicode_IS_COMPACT_ASCII(ptr) != 0 {
+            let data = ffi::PyUnicode_DATA(ptr).cast::<u8>();
+            return Some(std::slice::from_raw_parts(data, ffi::PyUnicode_GET_LENGTH(ptr) as usize));
+        }
+    }
+    s.to_str().ok().map(str::as_bytes)
+}
+
+/// Pauses the cyclic garbage collector for its lifetime, if it was running: collections
+/// triggered while thousands of containers are being created would traverse the half-built value
+/// again and again, and nothing cyclic becomes garbage meanwhile.
+///
+/// The switch is the interpreter's, shared by every thread; with the GIL only one thread builds
+/// at a time (a hook that releases it lets others build with collections paused, which is only
+/// later collecting). Free-threaded, builders run side by side and would turn it off and on
+/// under each other, so there it is left alone.
+pub(crate) struct GcPause(bool);
+
+impl GcPause {
+    pub(crate) fn new() -> GcPause {
+        #[cfg(not(Py_GIL_DISABLED))]
+        // SAFETY: called with the GIL held (we are building Python objects).
+        return GcPause(unsafe { ffi::PyGC_Disable() } != 0);
+        #[cfg(Py_GIL_DISABLED)]
+        GcPause(false)
+    }
+}
+
+impl Drop for GcPause {
+    fn drop(&mut self) {
+        if self.0 {
+            // SAFETY: as above; restores the state found in `new`.
+            unsafe { ffi::PyGC_Enable() };
+        }
+    }
+}
+
+/// Twisted's `qual()`: `__module__` and `__name__` of a class (not `__qualname__`: a nested class
+/// is named as if it were at module level, and the wire must say what Twisted says).
+pub fn qualified_name(cls: &Bound<'_, PyType>) -> PyResult<String> {
+    Ok(format!("{}.{}", cls.module()?, cls.name()?))
+}
+
+/// `decimal.Decimal`.
+pub fn decimal_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static DECIMAL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    DECIMAL.import(py, "decimal", "Decimal")
+}
