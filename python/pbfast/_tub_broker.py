@@ -31,6 +31,7 @@ from ._core import (
     FS_CALL,
     FS_CALL_ABORTED,
     FS_ERROR,
+    FS_FLUSH,
     FS_PEER_ERROR,
     FS_PING,
     FS_PONG,
@@ -236,9 +237,12 @@ class TubBroker(Connection):
                 else:
                     self._upgrade(data)
                 return
-            plain = tls.feed(data)
-            if plain:
-                self._secure(plain)
+            if self._phase == "banana":
+                self._banana(data, tls)
+            else:
+                plain = tls.feed(data)
+                if plain:
+                    self._secure(plain)
             if tls.closed and not self._closing:
                 # The peer's close_notify: it is done. Answer with ours and end at once (a stock
                 # Tub waits for that before it lets go of the connection).
@@ -443,14 +447,16 @@ class TubBroker(Connection):
             self._objects, self._pending, self._encoder, self._sent, self._undo_sends, default_dispatch
         )
 
-    def _banana(self, data: bytes) -> None:
+    def _banana(self, data: bytes, tls: Any = None) -> None:
+        """Banana bytes in: plaintext, or ciphertext for `tls` (decrypted, and the replies of the
+        calls run there encrypted, by the decoder)."""
         decoder = self._decoder
         # The decoder runs plain calls itself unless we are holding calls back.
         fast = not (self._held or self._backlog or self._draining)
         if fast is not self._fast:
             decoder.fast = self._fast = fast
         try:
-            events = decoder.feed(data)
+            events = decoder.feed(data) if tls is None else decoder.feed_secure(tls, data)
         except BananaError as e:
             self._handle(self._claim_gifts(getattr(e, "events", None) or []))
             self._protocol_error(e)
@@ -535,6 +541,9 @@ class TubBroker(Connection):
     def _on_replies(self, event: tuple) -> None:
         self._send(event[1])
 
+    def _on_flush(self, event: tuple) -> None:
+        self._flush()
+
     def _on_ping(self, event: tuple) -> None:
         self._send(self._encoder.pong(event[1]))
 
@@ -570,6 +579,7 @@ class TubBroker(Connection):
         FS_AWAITING: _on_awaiting,
         FS_RAISED: _on_raised,
         FS_REPLIES: _on_replies,
+        FS_FLUSH: _on_flush,
     }
 
     async def _answer_with_gifts(self, future: asyncio.Future[Any], value: Any, gifts: list[_Gift]) -> None:

@@ -26,6 +26,7 @@ use pyo3::PyTypeInfo;
 
 use super::dispatch::{encode_sending, resolve, Called, Dispatch};
 use super::fast::REPLY_FLUSH;
+use super::tls::TlsSessionPy;
 use super::{int_value, integer, limit_args, set_limit, with_bytes, with_events, PtrMap};
 use crate::banana::Integer;
 use crate::foolscap::decode::{read_message, Build, Built, Fault, Message};
@@ -45,6 +46,7 @@ pub const FS_PEER_ERROR: u8 = 7;
 pub const FS_AWAITING: u8 = 8;
 pub const FS_RAISED: u8 = 9;
 pub const FS_REPLIES: u8 = 10;
+pub const FS_FLUSH: u8 = 11;
 
 /// The type name a failure travels as.
 const FAILURE: &[u8] = b"twisted.python.failure.Failure";
@@ -119,52 +121,23 @@ impl FoolscapDecoderPy {
     /// `FS_REPLIES` event, ahead of any later event that needs the broker (the path stops for
     /// the rest of the chunk at the first such message, so the calls still run in order).
     fn feed<'py>(&mut self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
-        let events = PyList::empty(py);
-        let hook = self.hook.as_ref().map(|h| h.bind(py).clone());
-        let (limits, strings, framer) = (&self.limits, &mut self.strings, &mut self.framer);
-        let mut fast = self.fast.as_mut().filter(|f| f.enabled);
-        let mut replies = Vec::new();
-        let result = with_bytes(data, |bytes| {
-            // Nothing cyclic becomes garbage while values are built; collections triggered by
-            // the containers being made would only walk them again and again.
-            let _gc = GcPause::new();
-            framer.feed(bytes, |frame: Frame<'_>| -> PyResult<()> {
-                let event = match frame {
-                    Frame::Message { bytes, offset, first_object } => {
-                        let mut build = PyBuild { py, hook: hook.as_ref(), strings: &mut *strings, gifts: false };
-                        let message = read_message(bytes, offset, first_object, limits, &mut build)?;
-                        // A message with gifts waits for them to be fetched: the broker's.
-                        match fast.as_deref_mut().filter(|_| !build.gifts) {
-                            None => event(py, message)?,
-                            Some(f) => match f.handle(py, message, &mut replies)? {
-                                Handled::Done if replies.len() < REPLY_FLUSH => return Ok(()),
-                                // Let the broker write these (and apply back-pressure) first.
-                                Handled::Done => {
-                                    fast = None;
-                                    return replies_event(py, &events, &mut replies);
-                                }
-                                Handled::Ran(event) => event,
-                                Handled::Declined(event) => {
-                                    fast = None;
-                                    replies_event(py, &events, &mut replies)?;
-                                    event
-                                }
-                            },
-                        }
-                    }
-                    Frame::Ping(n) => (FS_PING, n).into_pyobject(py)?.into_any(),
-                    Frame::Pong(n) => (FS_PONG, n).into_pyobject(py)?.into_any(),
-                    Frame::PeerError(message) => {
-                        (FS_PEER_ERROR, String::from_utf8_lossy(message)).into_pyobject(py)?.into_any()
-                    }
-                };
-                events.append(event)
-            })
-        });
-        replies_event(py, &events, &mut replies)?;
-        with_events(py, events, result)
+        with_bytes(data, |bytes| self.decode(py, bytes, None))
     }
 
+    /// `feed` for a connection inside TLS: decrypt `data` with `tls` first, and encrypt the fast
+    /// path's replies there at once (an `FS_FLUSH` event asks for them to be written before the
+    /// rest of a chunk whose replies have grown large). One crossing per chunk received.
+    fn feed_secure<'py>(
+        &mut self,
+        py: Python<'py>,
+        tls: &Bound<'py, TlsSessionPy>,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let plaintext = with_bytes(data, |bytes| tls.try_borrow_mut()?.decrypt(py, bytes))?;
+        let events = self.decode(py, &plaintext, Some(tls));
+        tls.try_borrow_mut()?.give_back(plaintext);
+        events
+    }
     /// Bytes held for an incomplete message.
     #[getter]
     fn buffered(&self) -> usize {
@@ -207,14 +180,87 @@ impl FoolscapDecoderPy {
     }
 }
 
-/// Append `(FS_REPLIES, bytes)` for the replies gathered so far, if any.
-fn replies_event(py: Python<'_>, events: &Bound<'_, PyList>, replies: &mut Vec<u8>) -> PyResult<()> {
-    if replies.is_empty() {
-        return Ok(());
+impl FoolscapDecoderPy {
+    /// The events of `bytes` (plaintext). The fast path's replies go to `tls` when there is one,
+    /// else into `FS_REPLIES` events.
+    fn decode<'py>(
+        &mut self,
+        py: Python<'py>,
+        bytes: &[u8],
+        tls: Option<&Bound<'py, TlsSessionPy>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let events = PyList::empty(py);
+        let hook = self.hook.as_ref().map(|h| h.bind(py).clone());
+        let (limits, strings, framer) = (&self.limits, &mut self.strings, &mut self.framer);
+        let mut fast = self.fast.as_mut().filter(|f| f.enabled);
+        let mut replies = Replies { tls, out: Vec::new() };
+        // Nothing cyclic becomes garbage while values are built; collections triggered by the
+        // containers being made would only walk them again and again.
+        let gc = GcPause::new();
+        let result = framer.feed(bytes, |frame: Frame<'_>| -> PyResult<()> {
+            let event = match frame {
+                Frame::Message { bytes, offset, first_object } => {
+                    let mut build = PyBuild { py, hook: hook.as_ref(), strings: &mut *strings, gifts: false };
+                    let message = read_message(bytes, offset, first_object, limits, &mut build)?;
+                    // A message with gifts waits for them to be fetched: the broker's.
+                    match fast.as_deref_mut().filter(|_| !build.gifts) {
+                        None => event(py, message)?,
+                        Some(f) => match f.handle(py, message, &mut replies.out)? {
+                            Handled::Done if replies.out.len() < REPLY_FLUSH => return Ok(()),
+                            // Let the broker write these (and apply back-pressure) first.
+                            Handled::Done => {
+                                fast = None;
+                                return replies.send(py, &events, true);
+                            }
+                            Handled::Ran(event) => event,
+                            Handled::Declined(event) => {
+                                fast = None;
+                                replies.send(py, &events, false)?;
+                                event
+                            }
+                        },
+                    }
+                }
+                Frame::Ping(n) => (FS_PING, n).into_pyobject(py)?.into_any(),
+                Frame::Pong(n) => (FS_PONG, n).into_pyobject(py)?.into_any(),
+                Frame::PeerError(message) => {
+                    (FS_PEER_ERROR, String::from_utf8_lossy(message)).into_pyobject(py)?.into_any()
+                }
+            };
+            events.append(event)
+        });
+        drop(gc);
+        replies.send(py, &events, false)?;
+        with_events(py, events, result)
     }
-    events.append((FS_REPLIES, PyBytes::new(py, replies)))?;
-    replies.clear();
-    Ok(())
+}
+
+/// The fast path's replies of one chunk, on their way out.
+struct Replies<'a, 'py> {
+    /// Where they go: encrypted at once, or (None) handed to the broker in `FS_REPLIES` events.
+    tls: Option<&'a Bound<'py, TlsSessionPy>>,
+    out: Vec<u8>,
+}
+
+impl Replies<'_, '_> {
+    /// Send the replies so far, ahead of the next event; with `flush`, ask the broker to write
+    /// them now.
+    fn send<'py>(&mut self, py: Python<'py>, events: &Bound<'py, PyList>, flush: bool) -> PyResult<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        match self.tls {
+            None => events.append((FS_REPLIES, PyBytes::new(py, &self.out)))?,
+            Some(tls) => {
+                tls.try_borrow_mut()?.encrypt(&self.out)?;
+                if flush {
+                    events.append((FS_FLUSH,))?;
+                }
+            }
+        }
+        self.out.clear();
+        Ok(())
+    }
 }
 
 /// The Tub's hot path (PB's is `fast.rs`): a call on a plain `Referenceable` runs inside `feed`
