@@ -1,15 +1,25 @@
-"""All five systems in one run: a Markdown table and a PNG chart of their RPC latency and throughput.
+"""pbfast's speed in one report: its RPC against stock Twisted PB, stock foolscap and two raw uvloop
+echoes, its codec against pickle, and the project's targets. A Markdown table and a PNG chart.
 
     python benches/compare.py [--seconds 2] [--rounds 3] [--connections 20] [--pin same|split|none]
                               [--out DIR] [--json PATH]
 
-Runs ``rpc.py``'s measurement (pbfast on the PB wire, stock Twisted PB, the raw uvloop echo) and
-then ``tub.py``'s (pbfast Tub and stock foolscap Tub over TLS), with the same settings, through
-their ``run`` functions. Writes ``DIR/comparison.md`` (one table: sequential median and p99
-latency and pipelined calls/s per system, the ratios that matter, the machine, the command and the
-date) and ``DIR/comparison.png`` (throughput and latency, one bar per system), and prints the
-Markdown. DIR defaults to ``benches/results``. A system that is not installed, or whose benchmark
-fails, is reported as not run. The chart needs matplotlib (``pip install -e '.[bench]'``).
+Measures, with the same settings and through the other scripts' own functions:
+
+* ``serialization.py``'s round trip of the 1,000 small dicts, ``pbfast.dumps`` + ``pbfast.loads``
+  and pickle's (in this process, first);
+* ``rpc.py``'s ``echo(1)``: pbfast on the PB wire, stock Twisted PB, the raw uvloop client with
+  futures and batched writes, and the raw callback floor;
+* ``tub.py``'s ``echo(1)`` and connection setup: a pbfast Tub and a stock foolscap Tub over TLS;
+* ``rpc.py --dicts`` and ``tub.py --dicts``: pbfast PB and the pbfast Tub echoing the 1,000 dicts.
+
+The four RPC measurements take their rounds in turn (round 1 of each, then round 2 of each, ...),
+so that figures compared with each other are measured close together in time. Writes
+``DIR/comparison.md`` (the systems' figures, the ratios of ``targets.py`` with PASS or MISS, the
+machine, the command and the date) and ``DIR/comparison.png`` (throughput and latency, one bar per
+system), and prints the Markdown. DIR defaults to ``benches/results``. A system that is not
+installed, or whose benchmark fails, is reported as not run. The chart needs matplotlib; without
+it, the table is still written.
 """
 
 from __future__ import annotations
@@ -17,10 +27,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shlex
 import sys
 import traceback
+from dataclasses import dataclass, field
 from typing import Any
 
 # `python benches/compare.py` puts benches/ on sys.path already; importing this file from elsewhere
@@ -28,54 +38,116 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import rpc  # noqa: E402
+import serialization  # noqa: E402
 import tub  # noqa: E402
+from targets import TARGETS, fmt_target, verdict  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+CHART_HINT = "pip install matplotlib (or pip install -e '.[bench]')"
 
-# (key, title, wire, benchmark module, that module's system name), in the table's order.
-SYSTEMS = (
-    ("pbfast", "pbfast", "PB over TCP", rpc, rpc.PBFAST),
-    ("twisted", "Twisted PB", "PB over TCP", rpc, rpc.TWISTED),
-    ("pbfast-tub", "pbfast Tub", "foolscap over TLS", tub, tub.PBFAST),
-    ("foolscap", "foolscap Tub", "foolscap over TLS", tub, tub.FOOLSCAP),
-    ("raw", "raw uvloop echo", "length-prefixed frames over TCP", rpc, rpc.RAW),
+# The RPC measurements: (name in the JSON, as named in the report, script, with --dicts).
+PARTS = (
+    ("rpc", "rpc.py", rpc, False),
+    ("tub", "tub.py", tub, False),
+    ("rpc_dicts", "rpc.py --dicts", rpc, True),
+    ("tub_dicts", "tub.py --dicts", tub, True),
 )
-PBFAST_KEYS = {"pbfast", "pbfast-tub"}
+# The systems' rows, in the table's order: (key in targets.py, title, wire, measurement, its name
+# of the system). The pbfast rows also take their 1,000-dict figure from DICTS.
+SYSTEMS = (
+    ("pb", "pbfast PB", "PB over TCP", "rpc", rpc.PBFAST),
+    ("tub", "pbfast Tub", "foolscap over TLS", "tub", tub.PBFAST),
+    ("twisted", "Twisted PB", "PB over TCP", "rpc", rpc.TWISTED),
+    ("foolscap", "foolscap Tub", "foolscap over TLS", "tub", tub.FOOLSCAP),
+    ("raw", "raw uvloop, futures", "length-prefixed frames over TCP", "rpc", rpc.RAW),
+    ("floor", "raw uvloop, callback floor", "length-prefixed frames over TCP", "rpc", rpc.FLOOR),
+)
+PART_TITLES = {name: title for name, title, _, _ in PARTS}
+DICTS = {"pb": ("rpc_dicts", rpc.PBFAST), "tub": ("tub_dicts", tub.PBFAST)}
+# The codec rows: (key in targets.py, title, serialization.py's system).
+CODECS = (
+    ("codec", "pbfast (`pbfast.dumps` + `pbfast.loads`)", serialization.PBFAST),
+    ("pickle", "pickle (protocol 5)", serialization.PICKLE),
+)
+PBFAST_KEYS = {"pb", "tub"}
+RAW_KEYS = {"raw", "floor"}
 
 
 # ============================================================================================
-# Running the two benchmarks
+# Measuring
 
 
-def run_bench(module: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """One benchmark's `results_json` and its ratios with their labels; on failure, the error
-    instead, so that the other benchmark still runs and the table still says what happened."""
-    name = module.__name__
-    print(f"{name}.py:", file=sys.stderr)
+@dataclass
+class Part:
+    """One of the RPC measurements: a script's results, filled in round by round."""
+
+    name: str
+    title: str
+    module: Any
+    args: argparse.Namespace
+    results: list[Any] = field(default_factory=list)
+    error: str | None = None
+
+    def failed(self, e: BaseException) -> None:
+        traceback.print_exc()
+        print(f"{self.title} failed; its systems are reported as not run", file=sys.stderr)
+        self.error = f"{type(e).__name__}: {e}".splitlines()[0]
+
+    def prepare(self) -> None:
+        try:
+            self.results = self.module.prepare(self.args, list(self.module.SYSTEMS))
+        except Exception as e:
+            self.failed(e)
+
+    def measure_round(self, rnd: int, size: int) -> None:
+        if self.error is not None:
+            return
+        print(f"{self.title}:", file=sys.stderr)
+        try:
+            if self.module is rpc:
+                rpc.measure(self.results, self.args, size, rounds=[rnd])
+            else:
+                tub.measure(self.results, self.args, rounds=[rnd])
+        except Exception as e:
+            self.failed(e)
+
+    def json(self, env: dict[str, Any], size: int) -> dict[str, Any]:
+        if self.error is not None:
+            return {"error": self.error}
+        if self.module is rpc:
+            return rpc.results_json(self.results, env, self.args, size)
+        return tub.results_json(self.results, env, self.args)
+
+
+def measure_codec(args: argparse.Namespace) -> dict[str, Any]:
+    """serialization.py's round trip of its 1,000 dicts, pbfast's codec and pickle: its JSON, or
+    the error."""
+    print("serialization.py (round trip only):", file=sys.stderr)
     try:
-        if module is rpc:
-            results, env, size = rpc.run(args, list(rpc.SYSTEMS))
-            data = rpc.results_json(results, env, args, size)
-        else:
-            results, env = tub.run(args, list(tub.SYSTEMS))
-            data = tub.results_json(results, env, args)
+        data = serialization.make_data()
+        systems = [serialization.pbfast_system(), serialization.pickle_system()]
+        for system in systems:
+            serialization.check(system, data)
+        serialization.measure(systems, data, args.seconds, args.rounds, args.warmup, modes=("roundtrip",))
+        settings = argparse.Namespace(
+            seconds=args.seconds, rounds=args.rounds, warmup=args.warmup, no_gc=False
+        )
+        return serialization.results_json(systems, serialization.environment(), settings)
     except Exception as e:
         traceback.print_exc()
-        print(f"{name}.py failed; its systems are reported as not run", file=sys.stderr)
+        print("serialization.py failed; the codec rows are reported as not run", file=sys.stderr)
         return {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
-    data["ratio_rows"] = module.ratios(results)
-    return data
 
 
 def rows(benches: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per system, in the table's order: its figures, or why it did not run."""
     out = []
-    for key, title, wire, module, system in SYSTEMS:
+    for key, title, wire, part, system in SYSTEMS:
         row: dict[str, Any] = {"key": key, "title": title, "wire": wire}
-        data = benches[module.__name__]
+        data = benches[part]
         figures = data.get("systems", {}).get(system)
         if "error" in data:
-            row["not_run"] = f"not run: {module.__name__}.py failed"
+            row["not_run"] = f"not run: {PART_TITLES[part]} failed"
         elif figures is None or "unavailable" in figures:
             row["not_run"] = f"not run: {figures['unavailable'] if figures else 'not measured'}"
         else:
@@ -83,33 +155,68 @@ def rows(benches: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             row["median_us"] = figures["sequential"]["median_us"]
             row["p99_us"] = figures["sequential"]["p99_us"]
             row["calls_per_second"] = figures["pipelined"]["calls_per_second_median"]
-            if "setup" in figures:
+            if figures.get("setup"):
                 row["setup_median_ms"] = figures["setup"]["median_ms"]
+        if key in DICTS:
+            part, system = DICTS[key]
+            figures = benches[part].get("systems", {}).get(system) or {}
+            row["dicts_calls_per_second"] = figures.get("pipelined", {}).get("calls_per_second_median")
         out.append(row)
     return out
 
 
-def machine() -> dict[str, Any]:
-    import pbfast
-    import pbfast._core
+def codec_rows(codec: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for key, title, system in CODECS:
+        row: dict[str, Any] = {"key": key, "title": title}
+        figures = codec.get("systems", {}).get(system)
+        if "error" in codec:
+            row["not_run"] = "not run: serialization.py failed"
+        elif figures is None or "unavailable" in figures:
+            row["not_run"] = f"not run: {figures['unavailable'] if figures else 'not measured'}"
+        else:
+            row["version"] = figures["version"]
+            row["round_trips_per_second"] = figures["roundtrip"]["ops_per_second_median"]
+            row["payload_bytes"] = figures["payload_bytes"]
+        out.append(row)
+    return out
 
-    libraries = tub.library_versions()
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = None
+
+def ratios(all_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every target of targets.py: its ratio (None where a side did not run) and verdict."""
+    by_key = {row["key"]: row for row in all_rows}
+    out = []
+    for t in TARGETS:
+        x = by_key.get(t.numerator, {}).get(t.figure)
+        y = by_key.get(t.denominator, {}).get(t.figure)
+        ratio = x / y if x is not None and y else None
+        out.append(
+            {
+                "label": t.label,
+                "key": t.key,
+                "ratio": ratio,
+                "comparison": t.comparison,
+                "target": t.target,
+                "verdict": verdict(ratio, t.comparison, t.target),
+            }
+        )
+    return out
+
+
+def machine(rpc_env: dict[str, Any], tub_env: dict[str, Any]) -> dict[str, Any]:
     return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "machine": platform.machine(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "python_implementation": platform.python_implementation(),
-        "pbfast_version": pbfast.__version__,
-        "pbfast_build_profile": pbfast._core.build_profile,
-        "uvloop_version": libraries["uvloop"],
-        "twisted_version": libraries["twisted"],
-        "foolscap_version": tub.versions()[tub.FOOLSCAP],
+        "cpu_count": rpc_env["cpu_count"],
+        "cpus_usable": rpc_env["cpus_usable"],
+        "machine": rpc_env["machine"],
+        "platform": rpc_env["platform"],
+        "python": rpc_env["python"],
+        "python_implementation": rpc_env["python_implementation"],
+        "pbfast_version": rpc_env["pbfast_version"],
+        "pbfast_build_profile": rpc_env["pbfast_build_profile"],
+        "uvloop_version": rpc_env["uvloop_version"],
+        "twisted_version": rpc_env["twisted_version"],
+        "foolscap_version": tub_env["foolscap_version"],
+        "cpu_busy_before_percent": rpc_env.get("cpu_busy_before_percent"),
     }
 
 
@@ -125,34 +232,51 @@ def settings_text(args: argparse.Namespace) -> str:
     connections = sum(tub.split_connections(args.connections, args.rounds))
     return (
         f"{args.seconds:g} s per system per measurement in {plural(args.rounds, 'alternating round')}, "
-        f"warm-up {args.warmup:g} s, {args.outstanding} calls outstanding, "
+        f"warm-up {args.warmup:g} s, {args.outstanding} calls outstanding "
+        f"({rpc.DICT_OUTSTANDING} with the 1,000 dicts), "
         f"{plural(connections, 'fresh client Tub')} per Tub system; "
         f"CPU placement `--pin {args.pin}`: {rpc.describe_pin(args.pin)}"
     )
 
 
+def cell(row: dict[str, Any], name: str, fmt: Any) -> str:
+    value = row.get(name)
+    return "–" if value is None else fmt(value)
+
+
 def markdown(data: dict[str, Any]) -> str:
     env, args = data["machine"], data["args"]
-    lines = ["# pbfast against Twisted PB, foolscap and a raw echo", ""]
+    lines = ["# pbfast against Twisted PB, foolscap, raw uvloop and pickle", ""]
     if env["pbfast_build_profile"] != "release":
         lines += [rpc.debug_warning(), ""]
     lines += [
-        "| system | wire | version | seq median µs | seq p99 µs | pipelined calls/s |",
-        "|---|---|---|--:|--:|--:|",
+        "| system | wire | version | seq median µs | seq p99 µs | pipelined calls/s "
+        "| 1,000-dict echo calls/s |",
+        "|---|---|---|--:|--:|--:|--:|",
     ]
     for row in data["rows"]:
+        dicts = cell(row, "dicts_calls_per_second", rpc.fmt_rate)
         if "not_run" in row:
-            lines.append(f"| {row['title']} | {row['wire']} | {row['not_run']} | – | – | – |")
+            lines.append(f"| {row['title']} | {row['wire']} | {row['not_run']} | – | – | – | {dicts} |")
             continue
         lines.append(
-            f"| {row['title']} | {row['wire']} | {row['version']} | {rpc.fmt_us(row['median_us'])} | "
-            f"{rpc.fmt_us(row['p99_us'])} | {rpc.fmt_rate(row['calls_per_second'])} |"
+            f"| {row['title']} | {row['wire']} | {row['version']} | {cell(row, 'median_us', rpc.fmt_us)} | "
+            f"{cell(row, 'p99_us', rpc.fmt_us)} | {cell(row, 'calls_per_second', rpc.fmt_rate)} | {dicts} |"
+        )
+    lines += ["", "| codec | version | dumps+loads/s, 1,000 dicts | payload bytes |", "|---|---|--:|--:|"]
+    for row in data["codec_rows"]:
+        if "not_run" in row:
+            lines.append(f"| {row['title']} | {row['not_run']} | – | – |")
+            continue
+        lines.append(
+            f"| {row['title']} | {row['version']} | "
+            f"{serialization.fmt_rate(row['round_trips_per_second'])} | {row['payload_bytes']:,} |"
         )
     lines += ["", "| ratio | value | target | result |", "|---|--:|--:|---|"]
     for ratio in data["ratios"]:
         lines.append(
             f"| {ratio['label']} | {rpc.fmt_ratio(ratio['ratio'])} | "
-            f"{tub.fmt_target(ratio['comparison'], ratio['target'])} | {ratio['verdict'] or '–'} |"
+            f"{fmt_target(ratio['comparison'], ratio['target'])} | {ratio['verdict'] or '–'} |"
         )
     setups = [r for r in data["rows"] if r.get("setup_median_ms") is not None]
     if setups:
@@ -162,16 +286,20 @@ def markdown(data: dict[str, Any]) -> str:
     cpus = f"{env['cpu_count']}" + (
         f" ({env['cpus_usable']} usable)" if env["cpus_usable"] not in (None, env["cpu_count"]) else ""
     )
-    busy = ""
-    for name, bench in data["benches"].items():
-        percent = bench.get("environment", {}).get("cpu_busy_before_percent")
-        if percent is not None and percent > rpc.BUSY_WARNING:
-            busy += f"; **{percent:.0f}% busy with other work just before {name}.py: expect noisy numbers**"
     lines += [
         "",
-        "- Call: `echo(1)` on 127.0.0.1, each system's server and client in their own processes; "
-        f"sequential: one call at a time, each timed; pipelined: {args.outstanding} calls outstanding",
-        f"- Machine: {cpus} CPUs, {env['machine']}, {env['platform']}{busy}",
+        "- RPC: each system's server and client in their own processes on 127.0.0.1, a fresh pair per "
+        "round; sequential: `echo(1)`, one call at a time, each timed; pipelined: `echo(1)`, "
+        f"{args.outstanding} calls outstanding, each completion starting the next call",
+        "- raw uvloop: one echo server of length-prefixed frames as long as pbfast's `echo(1)` request. "
+        "*futures*: a request id and a future per call, the writes of one loop iteration batched (what "
+        "pbfast's client does, without serialization); *callback floor*: no futures, each read's replies "
+        "answered by as many requests in one write",
+        "- 1,000-dict echo: `echo(data)`, `data` the 1,000 small dicts below (jelly on PB, foolscap "
+        f"values on the Tub), {rpc.DICT_OUTSTANDING} calls outstanding, every reply compared with `data`",
+        f"- Codec: `{serialization.DATA_SOURCE}`, dumps then loads, in process, garbage collector on",
+        f"- Machine: {cpus} CPUs, {env['machine']}, {env['platform']}"
+        f"{rpc.busy_note(env.get('cpu_busy_before_percent'))}",
         f"- Python {env['python']} ({env['python_implementation']}); pbfast {env['pbfast_version']}, "
         f"`pbfast._core.build_profile` = `{env['pbfast_build_profile']}`; "
         f"uvloop {env['uvloop_version'] or 'not installed'}; "
@@ -210,11 +338,11 @@ def chart(data: dict[str, Any], path: str) -> None:
     rows_ = data["rows"]
     labels = [f"{r['title']}\n{r['wire']}" for r in rows_]
     colours = [
-        PBFAST_COLOUR if r["key"] in PBFAST_KEYS else RAW_COLOUR if r["key"] == "raw" else STOCK_COLOUR
+        PBFAST_COLOUR if r["key"] in PBFAST_KEYS else RAW_COLOUR if r["key"] in RAW_KEYS else STOCK_COLOUR
         for r in rows_
     ]
     ys = range(len(rows_))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4.6), sharey=True, layout="constrained")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 5.2), sharey=True, layout="constrained")
 
     def values(name: str) -> list[float]:
         return [r.get(name) or 0 for r in rows_]
@@ -278,12 +406,24 @@ def chart(data: dict[str, Any], path: str) -> None:
     env = data["machine"]
     profile = "" if env["pbfast_build_profile"] == "release" else f", {env['pbfast_build_profile']} build!"
     fig.suptitle(
-        f"echo(1) on 127.0.0.1, server and client in separate processes ({env['cpu_count']} CPUs, "
-        f"Python {env['python']}, {data['date'][:10]}{profile})",
+        f"echo(1) on 127.0.0.1, server and client in separate processes, --pin {data['args'].pin} "
+        f"({env['cpu_count']} CPUs, Python {env['python']}, {data['date'][:10]}{profile})",
         fontsize=10,
     )
     fig.savefig(path, dpi=150)
     plt.close(fig)
+
+
+def write_chart(data: dict[str, Any], out: str) -> str:
+    """Draw the chart into `out` if matplotlib is there: one line saying where it went, or how to
+    get it."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return f"no chart: matplotlib is not installed; for the chart, {CHART_HINT}"
+    path = os.path.join(out, "comparison.png")
+    chart(data, path)
+    return f"chart written to {path}"
 
 
 # ============================================================================================
@@ -307,15 +447,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.connections < 1:
         parser.error("--connections must be >= 1")
 
-    benches = {"rpc": run_bench(rpc, args), "tub": run_bench(tub, args)}
+    rpc_env = rpc.environment()
+    rpc.preflight(rpc_env)  # one sample of how busy the machine is, before anything runs
+    tub_env = {**tub.environment(), "cpu_busy_before_percent": rpc_env["cpu_busy_before_percent"]}
+    size = rpc.request_size()
+
+    codec = measure_codec(args)
+    dict_args = argparse.Namespace(**{**vars(args), "dicts": True, "outstanding": rpc.DICT_OUTSTANDING})
+    parts = [Part(name, title, module, dict_args if dicts else args) for name, title, module, dicts in PARTS]
+    for part in parts:
+        part.prepare()
+    for rnd in range(args.rounds):
+        for part in parts[rnd % len(parts) :] + parts[: rnd % len(parts)]:
+            part.measure_round(rnd, size)
+
+    benches: dict[str, dict[str, Any]] = {
+        part.name: part.json(rpc_env if part.module is rpc else tub_env, size) for part in parts
+    }
+    benches["serialization"] = codec
+    system_rows, codec_rows_ = rows(benches), codec_rows(codec)
     data: dict[str, Any] = {
         "benchmark": "compare",
         "command": shlex.join(["python", "benches/compare.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
+        "machine": machine(rpc_env, tub_env),
         "args": args,
-        "rows": rows(benches),
-        "ratios": [r for bench in benches.values() for r in bench.pop("ratio_rows", [])],
+        "rows": system_rows,
+        "codec_rows": codec_rows_,
+        "ratios": ratios(system_rows + codec_rows_),
         "benches": benches,
     }
 
@@ -327,19 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text, end="")
     print(f"table written to {md_path}", file=sys.stderr)
     if args.json:
-        data["args"] = vars(args)
-        rpc.write_json(args.json, data)
-
-    status = 1 if any("error" in bench for bench in benches.values()) else 0
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        print("error: no chart: matplotlib is not installed; pip install -e '.[bench]'", file=sys.stderr)
-        return 1
-    png_path = os.path.join(args.out, "comparison.png")
-    chart(data, png_path)
-    print(f"chart written to {png_path}", file=sys.stderr)
-    return status
+        rpc.write_json(args.json, {**data, "args": vars(args)})
+    print(write_chart(data, args.out), file=sys.stderr)
+    return 1 if any("error" in bench for bench in benches.values()) else 0
 
 
 if __name__ == "__main__":

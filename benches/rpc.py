@@ -1,15 +1,24 @@
-"""RPC latency and throughput: pbfast against stock Twisted PB and a raw uvloop echo (the ceiling).
+"""RPC latency and throughput: pbfast against stock Twisted PB and two raw uvloop echoes.
 
-    python benches/rpc.py [--seconds 2] [--rounds 3] [--only pbfast,twisted,raw]
-                          [--pin same|split|none] [--json [PATH]]
+    python benches/rpc.py [--seconds 2] [--rounds 3] [--only pbfast,twisted,raw,floor]
+                          [--pin same|split|none] [--dicts] [--json [PATH]]
 
 For each system, its server runs in its own process and its client in another, both on
 127.0.0.1. The client measures the sequential latency of ``echo(1)`` (one call at a time: median
 and p99) and the pipelined throughput with exactly 100 calls outstanding (calls per second).
-Prints a Markdown report with the ratios pbfast/raw and pbfast/Twisted and the targets; see
-benches/README.md for what each number means.
+Prints a Markdown report with the ratios between these systems and their targets (from
+``targets.py``); see benches/README.md for what each number means.
 
-Only the standard library and the systems measured are used. Twisted is optional.
+The two raw echoes are the same length-prefixed frame echo server with two clients: ``raw``, a
+future and a request id per call and the writes of one loop iteration batched (the least an
+asyncio RPC client does: the ceiling for pbfast), and ``floor``, no futures and no request ids,
+each read's replies answered by as many new requests in one write (the callback floor).
+
+With ``--dicts``, pbfast alone echoes the 1,000 small dicts of ``serialization.py`` instead of
+``1``, pipelined with 8 calls outstanding; there is no sequential measurement then.
+
+Only the standard library, the systems measured and the other scripts here are used. Twisted is
+optional.
 
 The same file is also the servers and clients it starts (internal):
 
@@ -34,38 +43,31 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-PBFAST, TWISTED, RAW = "pbfast", "twisted", "raw"
-SYSTEMS = (PBFAST, TWISTED, RAW)
-TITLES = {PBFAST: "pbfast", TWISTED: "Twisted PB", RAW: "raw uvloop echo"}
+# `python benches/rpc.py` puts benches/ on sys.path already; importing this file from elsewhere
+# needs it too.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from targets import fmt_target, for_script, verdict  # noqa: E402
+
+PBFAST, TWISTED, RAW, FLOOR = "pbfast", "twisted", "raw", "floor"
+SYSTEMS = (PBFAST, TWISTED, RAW, FLOOR)
+TITLES = {
+    PBFAST: "pbfast",
+    TWISTED: "Twisted PB",
+    RAW: "raw uvloop, futures",
+    FLOOR: "raw uvloop, callback floor",
+}
 OUTSTANDING = 100
+DICT_OUTSTANDING = 8  # with --dicts: each call carries ~157 KB each way
 HOST = "127.0.0.1"
 
-# (label, key in the JSON, numerator, denominator, measure, comparison, target)
-TARGETS = (
-    ("pbfast / raw, pipelined calls/s", "pbfast/raw throughput", PBFAST, RAW, "throughput", ">=", 0.7),
-    (
-        "pbfast / Twisted, pipelined calls/s",
-        "pbfast/twisted throughput",
-        PBFAST,
-        TWISTED,
-        "throughput",
-        ">=",
-        7.0,
-    ),
-    (
-        "pbfast / raw, sequential median latency",
-        "pbfast/raw median latency",
-        PBFAST,
-        RAW,
-        "median",
-        "<=",
-        1.25,
-    ),
-)
+# (label, key in the JSON, numerator, denominator, measure, comparison, target): the project's
+# targets (benches/targets.py) between two of these systems.
+TARGETS = for_script({"pb": PBFAST, "twisted": TWISTED, "raw": RAW, "floor": FLOOR})
 
 
 def request_size() -> int:
@@ -74,6 +76,21 @@ def request_size() -> int:
     import pbfast._core
 
     return len(pbfast._core.PbEncoder("pb").message(1, b"root", "echo", True, (1,), {}))
+
+
+def echo_argument(args: argparse.Namespace) -> Any:
+    """What the clients echo: ``1``, or with --dicts the serialization benchmark's 1,000 dicts."""
+    if not args.dicts:
+        return 1
+    from serialization import make_data  # benches/ is on sys.path: this file's own directory
+
+    return make_data()
+
+
+def describe_call(args: argparse.Namespace) -> str:
+    if args.dicts:
+        return "`echo(data)` with `data` the 1,000 small dicts of `serialization.py` (~157 KB each way)"
+    return "`echo(1)`"
 
 
 # ============================================================================================
@@ -170,7 +187,7 @@ def serve_raw() -> None:
     run_uvloop(main())
 
 
-SERVERS = {PBFAST: serve_pbfast, TWISTED: serve_twisted, RAW: serve_raw}
+SERVERS = {PBFAST: serve_pbfast, TWISTED: serve_twisted, RAW: serve_raw, FLOOR: serve_raw}
 
 
 # ============================================================================================
@@ -321,6 +338,14 @@ async def measure_asyncio(
     await drained
     (start, n0), (end, n1) = snaps
     pipelined = window(start, end, n1 - n0)
+    outcome = {
+        "runtime": f"{type(loop).__module__}.{type(loop).__name__}",
+        "bad_replies": bad,
+        "pipelined": pipelined,
+        "sequential": None,
+    }
+    if args.dicts:
+        return outcome
 
     # Sequential: one call at a time, each timed.
     for _ in range(200):
@@ -340,21 +365,19 @@ async def measure_asyncio(
             break
     sequential = window(start, clock.snapshot(), len(samples))
     sequential["samples_ns"] = samples
-    return {
-        "runtime": f"{type(loop).__module__}.{type(loop).__name__}",
-        "bad_replies": bad,
-        "pipelined": pipelined,
-        "sequential": sequential,
-    }
+    outcome["bad_replies"] = bad
+    outcome["sequential"] = sequential
+    return outcome
 
 
 def client_pbfast(args: argparse.Namespace) -> dict[str, Any]:
     import pbfast
 
     async def main() -> dict[str, Any]:
+        value = echo_argument(args)
         root = await pbfast.connect(f"tcp:host={HOST}:port={args.port}")
         try:
-            return await measure_asyncio(functools.partial(root.callRemote, "echo", 1), 1, args)
+            return await measure_asyncio(functools.partial(root.callRemote, "echo", value), value, args)
         finally:
             await root.broker.close()
 
@@ -369,6 +392,137 @@ def client_raw(args: argparse.Namespace) -> dict[str, Any]:
         await protocol.connected
         try:
             return await measure_asyncio(protocol.call, protocol.body, args)
+        finally:
+            transport.close()
+
+    return run_uvloop(main())
+
+
+class FloorClient(asyncio.Protocol):
+    """The callback floor: no futures, no request ids, no dict of pending calls. Every request is
+    the same frame (4-byte length + as many bytes as pbfast's request). Each read's complete reply
+    frames are checked against the request and counted, and `on_replies(n)` is called once per
+    read: the measurement answers them from there, with one write."""
+
+    def __init__(self, size: int) -> None:
+        self.frame = _LENGTH.pack(size) + bytes(65 + i % 26 for i in range(size))
+        self.bad = 0
+        self.on_replies: Callable[[int], None] = lambda n: None
+        self._buf = b""
+        self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connected.set_result(None)
+
+    def send(self, n: int = 1) -> None:
+        """`n` requests, in one write."""
+        self._transport.write(self.frame if n == 1 else self.frame * n)
+
+    def data_received(self, data: bytes) -> None:
+        if self._buf:
+            data = self._buf + data
+        end, pos, n, frame, unpack = len(data), 0, 0, self.frame, _LENGTH.unpack_from
+        while end - pos >= 4:
+            frame_end = pos + 4 + unpack(data, pos)[0]
+            if frame_end > end:
+                break
+            if frame_end - pos != len(frame) or not data.startswith(frame, pos):
+                self.bad += 1
+            pos, n = frame_end, n + 1
+        self._buf = data[pos:]
+        if n:
+            self.on_replies(n)
+
+
+async def measure_floor(client: FloorClient, args: argparse.Namespace) -> dict[str, Any]:
+    """`measure_asyncio`'s measurement of the callback floor, with the same phases, windows and
+    result, but callbacks in place of futures: pipelined, `--outstanding` requests in flight and
+    each read's replies answered at once by as many new requests, in one write; sequential, each
+    request written from the previous reply's callback."""
+    loop = asyncio.get_running_loop()
+    clock = CpuClock(args.server_pid)
+    now = time.perf_counter_ns
+
+    def sequential(count: int | None, deadline: int = 0) -> asyncio.Future[list[int]]:
+        """`count` requests one after another, each timed, or (count None) until `deadline`."""
+        samples: list[int] = []
+        finished = loop.create_future()
+        t0 = 0
+
+        def on_replies(n: int) -> None:
+            nonlocal t0
+            t1 = now()
+            samples.append(t1 - t0)
+            if (len(samples) < count) if count is not None else (t1 < deadline):
+                t0 = now()
+                client.send()
+            else:
+                finished.set_result(samples)
+
+        client.on_replies = on_replies
+        t0 = now()
+        client.send()
+        return finished
+
+    await sequential(3)
+    if client.bad:
+        raise AssertionError(f"{args.client}: the echo did not return the request")
+
+    completed = 0
+    running = True
+    in_flight = args.outstanding
+    snaps: list[tuple[tuple, int]] = []
+    drained = loop.create_future()
+
+    def on_replies(n: int) -> None:
+        nonlocal completed, in_flight
+        completed += n
+        if running:
+            client.send(n)
+        else:
+            in_flight -= n
+            if not in_flight:
+                drained.set_result(None)
+
+    def snap() -> None:
+        snaps.append((clock.snapshot(), completed))
+
+    def stop() -> None:
+        nonlocal running
+        snap()
+        running = False
+
+    client.on_replies = on_replies
+    client.send(args.outstanding)
+    loop.call_later(args.warmup, snap)
+    loop.call_later(args.warmup + args.seconds, stop)
+    await drained
+    (start, n0), (end, n1) = snaps
+    pipelined = window(start, end, n1 - n0)
+
+    await sequential(200)
+    start = clock.snapshot()
+    samples = await sequential(None, start[0] + int(args.seconds * 1e9))
+    seq = window(start, clock.snapshot(), len(samples))
+    seq["samples_ns"] = samples
+    return {
+        "runtime": f"{type(loop).__module__}.{type(loop).__name__}",
+        "bad_replies": client.bad,
+        "pipelined": pipelined,
+        "sequential": seq,
+    }
+
+
+def client_floor(args: argparse.Namespace) -> dict[str, Any]:
+    async def main() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        size = args.size or request_size()
+        transport, protocol = await loop.create_connection(lambda: FloorClient(size), HOST, args.port)
+        await protocol.connected
+        try:
+            return await measure_floor(protocol, args)
         finally:
             transport.close()
 
@@ -507,7 +661,7 @@ def client_twisted(args: argparse.Namespace) -> dict[str, Any]:
     return run_reactor(main)
 
 
-CLIENTS = {PBFAST: client_pbfast, TWISTED: client_twisted, RAW: client_raw}
+CLIENTS = {PBFAST: client_pbfast, TWISTED: client_twisted, RAW: client_raw, FLOOR: client_floor}
 
 
 # ============================================================================================
@@ -571,6 +725,7 @@ def versions() -> dict[str, str | None]:
         out[RAW] = f"uvloop {uvloop.__version__}"
     except ImportError:
         out[RAW] = None
+    out[FLOOR] = out[RAW]
     return out
 
 
@@ -631,6 +786,7 @@ def run_client(
         python, os.path.abspath(__file__), "--client", system, "--port", str(port),
         "--seconds", repr(budget), "--warmup", repr(args.warmup), "--outstanding", str(args.outstanding),
         "--server-pid", str(server_pid), "--size", str(size), *pin_args(cpu),
+        *(["--dicts"] if args.dicts else []),
     ]  # fmt: skip
     timeout = 60 + 10 * (2 * budget + args.warmup)
     with tempfile.TemporaryDirectory(prefix="pbfast-rpc-") as tmp:
@@ -653,20 +809,32 @@ def same_build(system: str) -> tuple[str, str]:
     return sys.executable, system
 
 
+def round_line(rnd: int, args: argparse.Namespace, title: str, rate: float, seq: dict | None) -> str:
+    """One round of one system, for stderr."""
+    line = f"  round {rnd + 1}/{args.rounds} {title:<26} {rate:>10,.0f} calls/s pipelined"
+    if seq:
+        line += f", median {statistics.median(seq['samples_ns']) / 1e3:.1f} µs sequential"
+    return line
+
+
 def measure(
     results: list[Result],
     args: argparse.Namespace,
     size: int,
     launch: Callable[[str], tuple[str, str]] = same_build,
+    rounds: Iterable[int] | None = None,
 ) -> None:
     """`--rounds` rounds; in each, every system in turn gets a fresh server and client process
     and --seconds/--rounds of each measurement, the starting system rotating between rounds.
     `launch(result's system)` gives the interpreter its processes run with and the system they
-    run as (another interpreter measures another build of pbfast)."""
+    run as (another interpreter measures another build of pbfast). `rounds`: which of the rounds
+    to run now (default all; compare.py runs them one at a time, interleaved with others)."""
     budget = args.seconds / args.rounds
     runnable = [r for r in results if r.unavailable is None]
+    if not runnable:
+        return
     server_cpu, client_cpu = placement(args.pin)
-    for rnd in range(args.rounds):
+    for rnd in range(args.rounds) if rounds is None else rounds:
         order = runnable[rnd % len(runnable) :] + runnable[: rnd % len(runnable)]
         for res in order:
             python, system = launch(res.system)
@@ -680,16 +848,13 @@ def measure(
             res.bad_replies += out["bad_replies"]
             res.rates.append(pipe["calls"] / pipe["elapsed_s"])
             res.pipe_calls += pipe["calls"]
-            res.samples_ns.extend(seq["samples_ns"])
-            res.seq_calls += seq["calls"]
             add_cpu(res.pipe_cpu, pipe)
-            add_cpu(res.seq_cpu, seq)
-            print(
-                f"  round {rnd + 1}/{args.rounds} {TITLES.get(res.system, res.system):<16} "
-                f"{res.rates[-1]:>10,.0f} calls/s pipelined, "
-                f"median {statistics.median(seq['samples_ns']) / 1e3:.1f} µs sequential",
-                file=sys.stderr,
-            )
+            if seq is not None:
+                res.samples_ns.extend(seq["samples_ns"])
+                res.seq_calls += seq["calls"]
+                add_cpu(res.seq_cpu, seq)
+            title = TITLES.get(res.system, res.system) + (" (1,000 dicts)" if args.dicts else "")
+            print(round_line(rnd, args, title, res.rates[-1], seq), file=sys.stderr)
     for res in runnable:
         if res.bad_replies:
             raise AssertionError(f"{res.system}: {res.bad_replies} calls did not echo their argument")
@@ -730,10 +895,6 @@ def ratios(results: list[Any], targets: tuple = TARGETS) -> list[dict[str, Any]]
         if a and b and a.ok and b.ok:
             x, y = a.measure(measure_name), b.measure(measure_name)
             ratio = x / y if x is not None and y else None
-        verdict = None
-        if ratio is not None and comparison is not None:
-            passed = ratio >= target if comparison == ">=" else ratio <= target
-            verdict = "PASS" if passed else "MISS"
         out.append(
             {
                 "label": label,
@@ -741,7 +902,7 @@ def ratios(results: list[Any], targets: tuple = TARGETS) -> list[dict[str, Any]]
                 "ratio": ratio,
                 "comparison": comparison,
                 "target": target,
-                "verdict": verdict,
+                "verdict": verdict(ratio, comparison, target),
             }
         )
     return out
@@ -839,8 +1000,8 @@ def report(results: list[Result], env: dict[str, Any], args: argparse.Namespace,
         f"- Event loops: {runtimes}",
         f"- CPUs: {cpus}{busy_note(env.get('cpu_busy_before_percent'))}",
         f"- Platform: {env['platform']}",
-        f"- Call: `echo(1)` over TCP on {HOST}, server and client in separate processes; "
-        f"request {size} bytes (the raw echo's frames: 4-byte length + {size} bytes)",
+        f"- Call: {describe_call(args)} over TCP on {HOST}, server and client in separate processes; "
+        f"`echo(1)` request {size} bytes (the raw echoes' frames: 4-byte length + {size} bytes)",
         f"- Timing: {args.seconds:g} s per system per measurement in {args.rounds} alternating rounds "
         f"(a fresh server and client each round); warm-up {args.warmup:g} s; "
         f"pipelined with {args.outstanding} calls outstanding",
@@ -860,7 +1021,7 @@ def report(results: list[Result], env: dict[str, Any], args: argparse.Namespace,
         )
     lines += ["", "| ratio | value | target | result |", "|---|--:|--:|---|"]
     for t in ratios(results):
-        target = f"{t['comparison'].replace('>=', '≥').replace('<=', '≤')} {t['target']:g}×"
+        target = fmt_target(t["comparison"], t["target"])
         lines.append(f"| {t['label']} | {fmt_ratio(t['ratio'])} | {target} | {t['verdict'] or '–'} |")
     lines += [
         "",
@@ -886,7 +1047,7 @@ def results_json(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "benchmark": "rpc",
-        "call": "echo(1)",
+        "call": "echo(1,000 dicts)" if args.dicts else "echo(1)",
         "request_bytes": size,
         "environment": env,
         "settings": {
@@ -894,6 +1055,7 @@ def results_json(
             "rounds": args.rounds,
             "warmup": args.warmup,
             "outstanding": args.outstanding,
+            "dicts": args.dicts,
             "pin": args.pin,
             "placement": describe_pin(args.pin),
         },
@@ -946,10 +1108,14 @@ def add_timing_options(parser: argparse.ArgumentParser) -> None:
         help="CPU placement of each server and its client: both on one CPU (default), one CPU each, "
         "or left to the OS",
     )
-    parser.add_argument("--outstanding", type=int, default=OUTSTANDING, help=argparse.SUPPRESS)
+    # Calls in flight in the pipelined measurement: OUTSTANDING, or DICT_OUTSTANDING with --dicts.
+    parser.add_argument("--outstanding", type=int, help=argparse.SUPPRESS)
+    parser.set_defaults(dicts=False)  # rpc.py and tub.py have a --dicts option
 
 
 def check_timing_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.outstanding is None:
+        args.outstanding = DICT_OUTSTANDING if args.dicts else OUTSTANDING
     if args.seconds <= 0 or args.rounds < 1 or args.warmup < 0 or args.outstanding < 1:
         parser.error("--seconds must be > 0, --rounds >= 1, --warmup >= 0")
 
@@ -962,6 +1128,12 @@ def common_parser(systems: tuple[str, ...], doc: str) -> argparse.ArgumentParser
         "--only",
         default=",".join(systems),
         help=f"systems to run, comma-separated (default: {','.join(systems)})",
+    )
+    parser.add_argument(
+        "--dicts",
+        action="store_true",
+        help="pbfast only: echo the 1,000 small dicts of serialization.py instead of 1, pipelined with "
+        f"{DICT_OUTSTANDING} calls outstanding (no sequential measurement)",
     )
     parser.add_argument(
         "--json",
@@ -1024,19 +1196,28 @@ def preflight(env: dict[str, Any]) -> None:
         )
 
 
+def unavailable(system: str, version: str | None, args: argparse.Namespace) -> str | None:
+    """Why `system` cannot be measured here (None: it can)."""
+    if not version:
+        return "not installed"
+    if args.dicts and system != PBFAST:
+        return "not measured with --dicts"
+    return None
+
+
+def prepare(args: argparse.Namespace, only: list[str]) -> list[Result]:
+    """A result for each system in `only`; those that cannot run are kept, marked unavailable."""
+    have = versions()
+    return [Result(s, have[s] or "", unavailable=unavailable(s, have[s], args)) for s in SYSTEMS if s in only]
+
+
 def run(args: argparse.Namespace, only: list[str]) -> tuple[list[Result], dict[str, Any], int]:
-    """Measure the systems in `only` (those not installed are kept, marked unavailable): the
-    results, the environment and the request size, for `report` and `results_json`."""
+    """Measure the systems in `only`: the results, the environment and the request size, for
+    `report` and `results_json`."""
     env = environment()
     preflight(env)
     size = request_size()
-    have = versions()
-    results = []
-    for system in SYSTEMS:
-        if system not in only:
-            continue
-        version = have[system]
-        results.append(Result(system, version or "", unavailable=None if version else "not installed"))
+    results = prepare(args, only)
     measure(results, args, size)
     return results, env, size
 

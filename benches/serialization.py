@@ -186,13 +186,20 @@ def check(system: System, data: Any) -> None:
     system.payload = payload
 
 
-def measure(systems: list[System], data: Any, seconds: float, rounds: int, warmup: float) -> None:
+def measure(
+    systems: list[System],
+    data: Any,
+    seconds: float,
+    rounds: int,
+    warmup: float,
+    modes: tuple[str, ...] = MODES,
+) -> None:
     """For each mode, ``rounds`` rounds; in each round every system runs for seconds/rounds,
     the order rotating from round to round so that no system always goes first or last."""
     budget = seconds / rounds
     for system in systems:
         run_for(operation(system, "roundtrip", data), warmup)
-    for mode in MODES:
+    for mode in modes:
         for system in systems:
             system.rates[mode] = []
             system.iterations[mode] = 0
@@ -329,12 +336,15 @@ def results_json(systems: list[System], env: dict[str, Any], args: argparse.Name
                     "iterations": s.iterations[mode],
                 }
                 for mode in MODES
+                if mode in s.rates  # every mode, unless measure() was given fewer
             },
         }
     for _, key, other in RATIOS:
         o = by_name.get(other)
         if o and not o.unavailable:
-            out["ratios"][key] = {mode: pb.median(mode) / o.median(mode) for mode in MODES}
+            out["ratios"][key] = {
+                mode: pb.median(mode) / o.median(mode) for mode in MODES if mode in pb.rates
+            }
     return out
 
 

@@ -1,7 +1,7 @@
 """Tub-to-Tub RPC over TLS: two pbfast Tubs against two stock foolscap Tubs.
 
     python benches/tub.py [--seconds 2] [--rounds 3] [--connections 20] [--only pbfast,foolscap]
-                          [--pin same|split|none] [--json [PATH]]
+                          [--pin same|split|none] [--dicts] [--json [PATH]]
 
 For each system, a server Tub runs in its own process and publishes an object with a FURL; a
 client Tub in another process gets a reference to it and measures the sequential latency of
@@ -12,6 +12,10 @@ with the ratios pbfast/foolscap and the targets; see benches/README.md for what 
 
 The measurement loops are the ones of ``rpc.py`` (imported from it), so the figures here and there
 are comparable. Only the standard library and the systems measured are used; foolscap is optional.
+
+With ``--dicts``, as in ``rpc.py``, the pbfast Tub alone echoes the 1,000 small dicts of
+``serialization.py`` (as foolscap values) instead of ``1``, pipelined with 8 calls outstanding; no
+sequential and no connection setup measurement then.
 
 The same file is also the servers and clients it starts (internal):
 
@@ -31,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,10 +51,13 @@ from rpc import (  # noqa: E402
     check_common,
     common_parser,
     debug_warning,
+    describe_call,
     describe_pin,
+    echo_argument,
     exit_on_stdin_eof,
     fmt_rate,
     fmt_ratio,
+    fmt_target,
     fmt_us,
     machine_environment,
     measure_asyncio,
@@ -58,12 +66,15 @@ from rpc import (  # noqa: E402
     pin_args,
     placement,
     preflight,
+    round_line,
     run_internal,
     run_reactor,
     stop_server,
     write_json,
 )
 from rpc import ratios as rpc_ratios  # noqa: E402
+from rpc import unavailable as rpc_unavailable  # noqa: E402
+from targets import for_script  # noqa: E402
 
 PBFAST, FOOLSCAP = "pbfast", "foolscap"
 SYSTEMS = (PBFAST, FOOLSCAP)
@@ -71,37 +82,9 @@ TITLES = {PBFAST: "pbfast Tub", FOOLSCAP: "foolscap Tub"}
 CONNECTIONS = 20
 HOST = "127.0.0.1"
 
-# (label, key in the JSON, measure, comparison, target): pbfast's figure over foolscap's.
-# (label, key in the JSON, numerator, denominator, measure, comparison, target), as in rpc.py.
-TARGETS = (
-    (
-        "pbfast / foolscap, pipelined calls/s",
-        "pbfast/foolscap throughput",
-        PBFAST,
-        FOOLSCAP,
-        "throughput",
-        ">=",
-        10.0,
-    ),
-    (
-        "pbfast / foolscap, sequential median latency",
-        "pbfast/foolscap median latency",
-        PBFAST,
-        FOOLSCAP,
-        "median",
-        "<=",
-        1 / 3,
-    ),
-    (
-        "pbfast / foolscap, connection setup median",
-        "pbfast/foolscap connection setup",
-        PBFAST,
-        FOOLSCAP,
-        "setup",
-        None,
-        None,
-    ),
-)
+# (label, key in the JSON, numerator, denominator, measure, comparison, target), as in rpc.py:
+# the project's targets (benches/targets.py) between the two Tubs.
+TARGETS = for_script({"tub": PBFAST, "foolscap": FOOLSCAP})
 
 
 # ============================================================================================
@@ -223,10 +206,14 @@ def client_pbfast(args: argparse.Namespace) -> dict[str, Any]:
     import pbfast
 
     async def main() -> dict[str, Any]:
+        value = echo_argument(args)
         async with pbfast.Tub() as tub:
             ref = await tub.getReference(args.furl)
-            outcome = await measure_asyncio(functools.partial(ref.callRemote, "echo", 1), 1, args)
+            outcome = await measure_asyncio(functools.partial(ref.callRemote, "echo", value), value, args)
             outcome["tls"] = tls_pbfast(ref)
+        if args.dicts:
+            outcome["setup"] = None
+            return outcome
 
         timer = SetupTimer(CpuClock(args.server_pid))
         for _ in range(args.connections):
@@ -304,13 +291,14 @@ CLIENTS = {PBFAST: client_pbfast, FOOLSCAP: client_foolscap}
 @dataclass
 class TubResult(Result):
     tls: str | None = None
+    with_setup: bool = True  # False with --dicts: no connection setup measurement
     setup_ns: list[int] = field(default_factory=list)
     # summed over rounds: [client CPU s, server CPU s (None if unknown), setups]
     setup_cpu: list[Any] = field(default_factory=lambda: [0.0, 0.0, 0])
 
     @property
     def ok(self) -> bool:
-        return super().ok and bool(self.setup_ns)
+        return super().ok and (bool(self.setup_ns) or not self.with_setup)
 
     def setup_ms(self) -> float | None:
         return statistics.median(self.setup_ns) / 1e6 if self.setup_ns else None
@@ -381,6 +369,7 @@ def run_client(
         sys.executable, os.path.abspath(__file__), "--client", system, "--furl", furl,
         "--seconds", repr(budget), "--warmup", repr(args.warmup), "--outstanding", str(args.outstanding),
         "--connections", str(connections), "--server-pid", str(server_pid), *pin_args(cpu),
+        *(["--dicts"] if args.dicts else []),
     ]  # fmt: skip
     # Generous: an RSA-2048 key per fresh Tub takes up to a few hundred ms on a slow machine.
     timeout = 60 + 10 * (2 * budget + args.warmup) + 5 * connections
@@ -398,15 +387,17 @@ def split_connections(total: int, rounds: int) -> list[int]:
     return [max(1, total // rounds + (r < total % rounds)) for r in range(rounds)]
 
 
-def measure(results: list[TubResult], args: argparse.Namespace) -> None:
+def measure(results: list[TubResult], args: argparse.Namespace, rounds: Iterable[int] | None = None) -> None:
     """`--rounds` rounds; in each, every system in turn gets a fresh server and client process,
     --seconds/--rounds of each measurement and its share of the fresh connections, the starting
-    system rotating between rounds."""
+    system rotating between rounds. `rounds`: which of the rounds to run now (default all)."""
     budget = args.seconds / args.rounds
     per_round = split_connections(args.connections, args.rounds)
     runnable = [r for r in results if r.unavailable is None]
+    if not runnable:
+        return
     server_cpu, client_cpu = placement(args.pin)
-    for rnd in range(args.rounds):
+    for rnd in range(args.rounds) if rounds is None else rounds:
         order = runnable[rnd % len(runnable) :] + runnable[: rnd % len(runnable)]
         for res in order:
             proc, furl = start_server(res.system, server_cpu)
@@ -419,19 +410,19 @@ def measure(results: list[TubResult], args: argparse.Namespace) -> None:
             res.bad_replies += out["bad_replies"]
             res.rates.append(pipe["calls"] / pipe["elapsed_s"])
             res.pipe_calls += pipe["calls"]
-            res.samples_ns.extend(seq["samples_ns"])
-            res.seq_calls += seq["calls"]
-            res.setup_ns.extend(setup["samples_ns"])
             add_cpu(res.pipe_cpu, pipe)
-            add_cpu(res.seq_cpu, seq)
-            add_cpu(res.setup_cpu, setup)
-            print(
-                f"  round {rnd + 1}/{args.rounds} {TITLES[res.system]:<13} "
-                f"{res.rates[-1]:>9,.0f} calls/s pipelined, "
-                f"median {statistics.median(seq['samples_ns']) / 1e3:.1f} µs sequential, "
-                f"setup median {statistics.median(setup['samples_ns']) / 1e6:.2f} ms",
-                file=sys.stderr,
+            if seq is not None:
+                res.samples_ns.extend(seq["samples_ns"])
+                res.seq_calls += seq["calls"]
+                add_cpu(res.seq_cpu, seq)
+            line = round_line(
+                rnd, args, TITLES[res.system] + (" (1,000 dicts)" if args.dicts else ""), res.rates[-1], seq
             )
+            if setup is not None:
+                res.setup_ns.extend(setup["samples_ns"])
+                add_cpu(res.setup_cpu, setup)
+                line += f", setup median {statistics.median(setup['samples_ns']) / 1e6:.2f} ms"
+            print(line, file=sys.stderr)
     for res in runnable:
         if res.bad_replies:
             raise AssertionError(f"{res.system}: {res.bad_replies} calls did not echo their argument")
@@ -450,12 +441,6 @@ def fmt_ms(value: float | None) -> str:
 def per_setup_ms(total: list[Any], index: int) -> float | None:
     us = per_call_us(total, index)
     return None if us is None else us / 1e3
-
-
-def fmt_target(comparison: str | None, target: float | None) -> str:
-    if comparison is None:
-        return "–"
-    return f"{comparison.replace('>=', '≥').replace('<=', '≤')} {target:.3g}×"
 
 
 def ratios(results: list[TubResult]) -> list[dict[str, Any]]:
@@ -492,13 +477,16 @@ def report(results: list[TubResult], env: dict[str, Any], args: argparse.Namespa
         f"- TLS negotiated: {tls or '–'}",
         f"- CPUs: {cpus}{busy_note(env.get('cpu_busy_before_percent'))}",
         f"- Platform: {env['platform']}",
-        f"- Call: `echo(1)` on an object published with `registerReference`, Tub to Tub over TLS on "
-        f"{HOST}, server and client Tubs in separate processes",
+        f"- Call: {describe_call(args)} on an object published with `registerReference`, Tub to Tub "
+        f"over TLS on {HOST}, server and client Tubs in separate processes",
         f"- Timing: {args.seconds:g} s per system per measurement in {args.rounds} alternating rounds "
         f"(a fresh server and client each round); warm-up {args.warmup:g} s; "
         f"pipelined with {args.outstanding} calls outstanding",
-        f"- Connection setup: {setups} fresh client Tubs per system, each timed from `getReference(furl)` "
-        "to the first `echo` answer; their RSA-2048 identities are made before the timer starts",
+        "- Connection setup: not measured with --dicts"
+        if args.dicts
+        else f"- Connection setup: {setups} fresh client Tubs per system, each timed from "
+        "`getReference(furl)` to the first `echo` answer; their RSA-2048 identities are made before "
+        "the timer starts",
         f"- CPU placement (`--pin {args.pin}`): {describe_pin(args.pin)}",
         "",
         "| system | version | seq median µs | seq p99 µs | pipelined calls/s | throughput spread "
@@ -509,11 +497,13 @@ def report(results: list[TubResult], env: dict[str, Any], args: argparse.Namespa
         if not r.ok:
             lines.append(f"| {TITLES[r.system]} | {r.unavailable or 'not run'} |" + " – |" * 9)
             continue
-        lo, hi = min(r.setup_ns) / 1e6, max(r.setup_ns) / 1e6
+        setup_range = (
+            f"{fmt_ms(min(r.setup_ns) / 1e6)}–{fmt_ms(max(r.setup_ns) / 1e6)}" if r.setup_ns else "–"
+        )
         lines.append(
             f"| {TITLES[r.system]} | {r.version} | {fmt_us(r.median_us())} | {fmt_us(r.p99_us())} | "
             f"{fmt_rate(r.throughput())} | ±{r.spread():.0f}% | {fmt_ms(r.setup_ms())} | "
-            f"{fmt_ms(lo)}–{fmt_ms(hi)} | {r.seq_calls:,} | {r.pipe_calls:,} | {len(r.setup_ns)} |"
+            f"{setup_range} | {r.seq_calls:,} | {r.pipe_calls:,} | {len(r.setup_ns)} |"
         )
     lines += ["", "| ratio | value | target | result |", "|---|--:|--:|---|"]
     for t in ratios(results):
@@ -542,14 +532,15 @@ def report(results: list[TubResult], env: dict[str, Any], args: argparse.Namespa
 def results_json(results: list[TubResult], env: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "benchmark": "tub",
-        "call": "echo(1)",
+        "call": "echo(1,000 dicts)" if args.dicts else "echo(1)",
         "environment": env,
         "settings": {
             "seconds": args.seconds,
             "rounds": args.rounds,
             "warmup": args.warmup,
             "outstanding": args.outstanding,
-            "connections": sum(split_connections(args.connections, args.rounds)),
+            "connections": 0 if args.dicts else sum(split_connections(args.connections, args.rounds)),
+            "dicts": args.dicts,
             "pin": args.pin,
             "placement": describe_pin(args.pin),
         },
@@ -584,24 +575,31 @@ def results_json(results: list[TubResult], env: dict[str, Any], args: argparse.N
                 "connections": len(r.setup_ns),
                 "client_cpu_ms_per_setup": per_setup_ms(r.setup_cpu, 0),
                 "server_cpu_ms_per_setup": per_setup_ms(r.setup_cpu, 1),
-            },
+            }
+            if r.with_setup
+            else None,
         }
     for t in ratios(results):
         out["ratios"][t["key"]] = {k: t[k] for k in ("ratio", "comparison", "target", "verdict")}
     return out
 
 
+def prepare(args: argparse.Namespace, only: list[str]) -> list[TubResult]:
+    """A result for each system in `only`; those that cannot run are kept, marked unavailable."""
+    have = versions()
+    return [
+        TubResult(s, have[s] or "", unavailable=rpc_unavailable(s, have[s], args), with_setup=not args.dicts)
+        for s in SYSTEMS
+        if s in only
+    ]
+
+
 def run(args: argparse.Namespace, only: list[str]) -> tuple[list[TubResult], dict[str, Any]]:
-    """Measure the systems in `only` (those not installed are kept, marked unavailable): the
-    results and the environment, for `report` and `results_json`."""
+    """Measure the systems in `only`: the results and the environment, for `report` and
+    `results_json`."""
     env = environment()
     preflight(env)
-    have = versions()
-    results = []
-    for system in SYSTEMS:
-        if system in only:
-            version = have[system]
-            results.append(TubResult(system, version or "", unavailable=None if version else "not installed"))
+    results = prepare(args, only)
     started = time.monotonic()
     measure(results, args)
     print(f"  done in {time.monotonic() - started:.0f} s", file=sys.stderr)

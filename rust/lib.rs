@@ -95,6 +95,10 @@ mod _core {
             ("FS_VIOLATION", fs::FS_VIOLATION),
             ("FS_CALL_ABORTED", fs::FS_CALL_ABORTED),
             ("FS_PEER_ERROR", fs::FS_PEER_ERROR),
+            ("FS_AWAITING", fs::FS_AWAITING),
+            ("FS_RAISED", fs::FS_RAISED),
+            ("FS_REPLIES", fs::FS_REPLIES),
+            ("FS_FLUSH", fs::FS_FLUSH),
         ] {
             m.add(name, kind)?;
         }

@@ -1,6 +1,6 @@
-"""Smoke test of ``benches/compare.py``: every system runs for a moment, and the Markdown, the chart
-and the JSON are written. Nothing is timed or compared here; the figures of so short a run mean
-nothing."""
+"""Smoke test of ``benches/compare.py``: every system, the 1,000-dict echo and the codec run for a
+moment, and the Markdown, the chart and the JSON are written. Nothing is timed or compared here; the
+figures of so short a run mean nothing."""
 
 from __future__ import annotations
 
@@ -13,7 +13,23 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TITLES = ("pbfast", "Twisted PB", "pbfast Tub", "foolscap Tub", "raw uvloop echo")
+TITLES = (
+    "pbfast PB",
+    "pbfast Tub",
+    "Twisted PB",
+    "foolscap Tub",
+    "raw uvloop, futures",
+    "raw uvloop, callback floor",
+)
+CODECS = ("pbfast (`pbfast.dumps` + `pbfast.loads`)", "pickle (protocol 5)")
+
+
+def load_targets():
+    """benches/targets.py, the list of the project's targets."""
+    spec = importlib.util.spec_from_file_location("targets", ROOT / "benches" / "targets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.smoke
@@ -22,11 +38,8 @@ def test_compare_bench_runs(tmp_path: Path) -> None:
     dump = tmp_path / "c.json"
     command = [sys.executable, "benches/compare.py", "--out", str(tmp_path), "--json", str(dump)]
     command += ["--seconds", "0.1", "--rounds", "1", "--warmup", "0.05", "--connections", "1"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=90)
-    have_matplotlib = importlib.util.find_spec("matplotlib") is not None
-    assert result.returncode == (0 if have_matplotlib else 1), (
-        f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    )
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
     table = (tmp_path / "comparison.md").read_text(encoding="utf-8")
     assert result.stdout == table
@@ -34,18 +47,51 @@ def test_compare_bench_runs(tmp_path: Path) -> None:
     assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == list(TITLES)
     for title, row in zip(TITLES, rows, strict=True):
         # A stock system that is not installed is reported, not measured.
-        assert "not run" in row or row.split(" | ")[-1].rstrip(" |").replace(",", "").isdigit(), (title, row)
-    assert "pbfast / Twisted, pipelined calls/s" in table
-    assert "pbfast / foolscap, pipelined calls/s" in table
+        calls = row.split(" | ")[-2].replace(",", "")
+        assert "not run" in row or calls.isdigit(), (title, row)
+        dicts = row.split(" | ")[-1].rstrip(" |").replace(",", "")
+        assert dicts.isdigit() if title.startswith("pbfast") else dicts == "–", (title, row)
+    for codec in CODECS:
+        assert f"| {codec} | " in table
+
+    targets = load_targets()
+    for target in targets.TARGETS:
+        assert f"| {target.label} | " in table
     assert "`pbfast._core.build_profile`" in table
 
     data = json.loads(dump.read_text(encoding="utf-8"))
     assert [row["title"] for row in data["rows"]] == list(TITLES)
-    assert data["rows"][0]["calls_per_second"] > 0  # pbfast itself always runs
+    assert [row["title"] for row in data["codec_rows"]] == list(CODECS)
+    assert set(data["benches"]) == {"rpc", "tub", "rpc_dicts", "tub_dicts", "serialization"}
+    assert [r["key"] for r in data["ratios"]] == [t.key for t in targets.TARGETS]
+    pb, tub = data["rows"][0], data["rows"][1]  # pbfast itself always runs
+    assert pb["calls_per_second"] > 0 and pb["dicts_calls_per_second"] > 0
+    assert tub["calls_per_second"] > 0 and tub["dicts_calls_per_second"] > 0
+    assert data["rows"][-1]["calls_per_second"] > 0  # the callback floor needs only uvloop
+    assert all(row["round_trips_per_second"] > 0 for row in data["codec_rows"])
+    for key in ("tub/pb throughput", "tub/pb dicts throughput", "codec/pickle round trip"):
+        (ratio,) = [r for r in data["ratios"] if r["key"] == key]
+        assert ratio["ratio"] > 0 and ratio["verdict"] in ("PASS", "MISS")
 
     chart = tmp_path / "comparison.png"
-    if have_matplotlib:
+    if importlib.util.find_spec("matplotlib") is not None:
         assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     else:
         assert not chart.exists()
-        assert "pip install -e '.[bench]'" in result.stderr
+        assert "pip install matplotlib" in result.stderr
+
+
+@pytest.mark.smoke
+def test_compare_without_matplotlib(tmp_path: Path) -> None:
+    """Without matplotlib there is no chart, and one line says how to get it (no error)."""
+    script = (
+        "import sys; sys.modules['matplotlib'] = None; sys.path.insert(0, 'benches'); import compare; "
+        "print(compare.write_chart({}, sys.argv[1]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("no chart") and result.stdout.count("\n") == 1
+    assert "pip install matplotlib" in result.stdout and "pip install -e '.[bench]'" in result.stdout
+    assert not (tmp_path / "comparison.png").exists()

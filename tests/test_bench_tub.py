@@ -41,3 +41,20 @@ def test_tub_bench_runs(system: str) -> None:
         "pbfast/foolscap connection setup",
     }
     assert all(r["ratio"] is None for r in data["ratios"].values())
+
+
+@pytest.mark.smoke
+def test_tub_bench_dicts() -> None:
+    command = [sys.executable, "benches/tub.py", "--dicts", "--json"]
+    command += ["--seconds", "0.2", "--rounds", "1", "--warmup", "0.05"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+
+    data = json.loads(result.stdout)
+    assert data["call"] == "echo(1,000 dicts)"
+    assert data["settings"]["outstanding"] == 8 and data["settings"]["connections"] == 0
+    figures = data["systems"]["pbfast"]
+    assert figures["pipelined"]["calls_per_second_median"] > 0
+    assert figures["sequential"]["calls"] == 0 and figures["setup"] is None
+    if "foolscap" in data["systems"]:
+        assert data["systems"]["foolscap"]["unavailable"] in ("not installed", "not measured with --dicts")

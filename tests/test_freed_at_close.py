@@ -230,6 +230,8 @@ def test_tub_connection_is_freed(run, no_gc, how: str) -> None:
                 ref = await client.getReference(furl)
                 watched = [await tub_side(server, before), weakref.ref(ref.broker)]
                 assert await ref.callRemote("echo", 7) == 7
+                with pytest.raises(pbfast.RemoteError):
+                    await ref.callRemote("fail")
                 child = await ref.callRemote("child")
                 assert await child.callRemote("echo", 8) == 8
                 del ref, child

@@ -703,3 +703,89 @@ def test_statistics_share_the_names_of_pb_connections(run):
             await pb_root.broker.close()
 
     run(main())
+
+
+class Recorder(pbfast.Referenceable):
+    """Plain remote methods (run by the decoder itself) beside one that is not plain."""
+
+    def __init__(self, order: list) -> None:
+        self.order = order
+
+    def remote_plain(self, n):
+        self.order.append(("plain", n))
+        return n
+
+    def remote_later(self, n):
+        self.order.append(("later", n))  # when the call runs, not when its answer is awaited
+        return self._later(n)
+
+    async def _later(self, n):
+        await asyncio.sleep(0)
+        return n
+
+    def remote_raise(self, n):
+        self.order.append(("raise", n))
+        raise ValueError(n)
+
+
+class Custom(pbfast.Referenceable):
+    """A custom dispatch: the broker runs these calls, not the decoder."""
+
+    def __init__(self, order: list) -> None:
+        self.order = order
+
+    def remoteMessageReceived(self, broker, message, args, kw):
+        self.order.append(("custom", args[0]))
+        return args[0]
+
+
+def test_calls_run_in_order_on_both_paths(run, monkeypatch):
+    """Plain calls run inside the decoder (the broker's own dispatch never sees them), calls on
+    other objects through the broker; pipelined together, they still run in the order sent, and
+    each gets its own answer or error."""
+    from pbfast._tub_broker import TubBroker
+
+    broker_calls = []
+    original = TubBroker._on_call
+
+    def counting(self, event):
+        broker_calls.append(event[3])
+        return original(self, event)
+
+    monkeypatch.setitem(TubBroker._HANDLERS, pbfast._core.FS_CALL, counting)
+
+    async def main():
+        order: list = []
+        root = Echo()
+        async with serving(root) as (server, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            plain = await ref.callRemote("keep", Recorder(order))
+            custom = await ref.callRemote("keep", Custom(order))
+            del plain, custom
+            recorder, custom = root.kept
+            broker_calls.clear()
+            calls = []
+            for n in range(30):
+                if n % 10 == 7:
+                    calls.append(custom.callRemote("any", n))
+                elif n % 10 == 3:
+                    calls.append(recorder.callRemote("later", n))
+                elif n % 10 == 5:
+                    calls.append(recorder.callRemote("raise", n))
+                else:
+                    calls.append(recorder.callRemote("plain", n))
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            for n, result in enumerate(results):
+                if n % 10 == 5:
+                    assert isinstance(result, pbfast.RemoteError) and result.check(ValueError), result
+                else:
+                    assert result == n
+            assert [n for _, n in order] == list(range(30))
+            # Only the custom calls (and plain ones behind one in the same chunk) reached the
+            # broker's dispatch; most plain ones never did.
+            assert "any" in broker_calls and broker_calls.count("plain") < 18, broker_calls
+            recorder.callRemoteOnly("plain", 99)
+            assert await recorder.callRemote("plain", 100) == 100
+            assert order[-2:] == [("plain", 99), ("plain", 100)]
+
+    run(main())

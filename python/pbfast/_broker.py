@@ -52,7 +52,7 @@ from .errors import (
     RemoteError,
     qualified_name,
 )
-from .referenceable import Referenceable, RemoteReference, Viewable, ViewPoint
+from .referenceable import Referenceable, RemoteReference, Viewable, ViewPoint, default_dispatch
 
 __all__ = ["Broker", "ROOT"]
 
@@ -260,7 +260,7 @@ class Broker(Connection):
             self._sender,
             self._sent,
             self._undo_sends,
-            _is_plain,
+            default_dispatch,
         )
         self._write(reply)
         if not self.ready.done():
@@ -596,16 +596,6 @@ class Broker(Connection):
         (``decref``/``decache`` pairs from the decoder)."""
         for (command, luid), count in collections.Counter(unclaimed).items():
             self._write(self._encoder.command(command, luid, count))
-
-
-def _is_plain(cls: type) -> bool:
-    """Whether the decoder may run calls on objects of `cls` itself: Referenceables that keep
-    the default dispatch and send their results for no particular perspective."""
-    return (
-        issubclass(cls, Referenceable)
-        and cls.remoteMessageReceived is Referenceable.remoteMessageReceived
-        and cls.serializingPerspective is Referenceable.serializingPerspective
-    )
 
 
 def _tag_bytes(tag: str | bytes) -> bytes:

@@ -210,10 +210,26 @@ FS_PONG: Final[int]  # (FS_PONG, n)
 FS_VIOLATION: Final[int]  # (FS_VIOLATION, what, reqid | None, message): a message discarded
 FS_CALL_ABORTED: Final[int]  # (FS_CALL_ABORTED, reqid | None): the peer gave up; no reply is due
 FS_PEER_ERROR: Final[int]  # (FS_PEER_ERROR, message: str): the peer hangs up; nothing more is read
+# With the fast path attached:
+FS_AWAITING: Final[int]  # (FS_AWAITING, reqid, awaitable): a call ran and returned an awaitable
+FS_RAISED: Final[int]  # (FS_RAISED, reqid, exception): a call ran and raised (or its answer did not encode)
+FS_REPLIES: Final[int]  # (FS_REPLIES, data: bytes): the answers of the calls run so far, to write
+FS_FLUSH: Final[int]  # (FS_FLUSH,): (feed_secure) write what the TLS session holds before going on
 
 class FoolscapDecoder:
     def __init__(self, hook: _FoolscapDecodeHook | None = None, **limits: int) -> None: ...
+    def attach(
+        self,
+        objects: dict[int, Any],
+        pending: dict[int, tuple[Any, list[int] | None]],
+        encoder: FoolscapEncoder,
+        sent: list[int],
+        undo: Callable[[int], None],
+        is_plain: Callable[[type], bool],
+    ) -> None: ...
+    fast: bool
     def feed(self, data: _Buffer) -> list[tuple[Any, ...]]: ...
+    def feed_secure(self, tls: TlsSession, data: _Buffer) -> list[tuple[Any, ...]]: ...
     @property
     def buffered(self) -> int: ...
     @property

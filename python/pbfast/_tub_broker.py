@@ -27,12 +27,16 @@ from . import _core, _negotiate
 from ._connection import FLUSH_AT, Connection, ConnectionOptions, run_callback
 from ._core import (
     FS_ANSWER,
+    FS_AWAITING,
     FS_CALL,
     FS_CALL_ABORTED,
     FS_ERROR,
+    FS_FLUSH,
     FS_PEER_ERROR,
     FS_PING,
     FS_PONG,
+    FS_RAISED,
+    FS_REPLIES,
     FS_VIOLATION,
 )
 from ._failure import FOOLSCAP_FAILURE_TYPE, UNAVAILABLE, failure_state, remote_error
@@ -51,7 +55,7 @@ from .errors import (
     qualified_name,
 )
 from .furl import FURL
-from .referenceable import Referenceable, RemoteReference, prefixed_method
+from .referenceable import Referenceable, RemoteReference, default_dispatch, prefixed_method
 
 __all__ = ["TubBroker", "TubReference"]
 
@@ -108,7 +112,7 @@ class TubBroker(Connection):
         loopback: one end of a Tub's in-memory connection to itself: no negotiation, no TLS.
     """
 
-    _CALL_KINDS = frozenset({FS_CALL})
+    _CALL_KINDS = frozenset({FS_CALL, FS_AWAITING})
     # foolscap's names for two of the options.
     _OPTION_NAMES = {"handshake_timeout": "negotiationTimeout", "idle_timeout": "disconnectTimeout"}
     STATISTICS = (*Connection.STATISTICS, "gifts", "caches")
@@ -155,7 +159,9 @@ class TubBroker(Connection):
         self._unresolved: list[_Gift] = []
         # A call's gifts are being fetched: later calls wait (held, in order) until it runs.
         self._fetching_gifts = False
+        self._fast = True  # the decoder's fast path is on (see `_banana`)
         if loopback:
+            self._begin_banana()
             self.ready.set_result(None)
 
     def __repr__(self) -> str:
@@ -231,9 +237,12 @@ class TubBroker(Connection):
                 else:
                     self._upgrade(data)
                 return
-            plain = tls.feed(data)
-            if plain:
-                self._secure(plain)
+            if self._phase == "banana":
+                self._banana(data, tls)
+            else:
+                plain = tls.feed(data)
+                if plain:
+                    self._secure(plain)
             if tls.closed and not self._closing:
                 # The peer's close_notify: it is done. Answer with ours and end at once (a stock
                 # Tub waits for that before it lets go of the connection).
@@ -270,6 +279,8 @@ class TubBroker(Connection):
                 self.transport.write(out)
 
     def _refuse_call(self, event: tuple, exc: BaseException) -> None:
+        if event[0] == FS_AWAITING and hasattr(event[2], "close"):
+            event[2].close()  # a coroutine that will never be awaited
         self._send_error(event[1], exc)
 
     def _write_release(self, kind: bytes, luid: Any, count: int) -> None:
@@ -395,7 +406,7 @@ class TubBroker(Connection):
 
     def _start(self, seqnum: int, master_connection: tuple[str, int] | None) -> None:
         """Negotiation is over: banana from here on."""
-        self._phase = "banana"
+        self._begin_banana()
         self._hello = None
         self._handshake_done()
         self.seqnum = seqnum
@@ -429,14 +440,31 @@ class TubBroker(Connection):
 
     # ------------------------------------------------------------------ incoming bytes
 
-    def _banana(self, data: bytes) -> None:
+    def _begin_banana(self) -> None:
+        """Messages from here on: the decoder runs plain calls and answers itself."""
+        self._phase = "banana"
+        self._decoder.attach(
+            self._objects, self._pending, self._encoder, self._sent, self._undo_sends, default_dispatch
+        )
+
+    def _banana(self, data: bytes, tls: Any = None) -> None:
+        """Banana bytes in: plaintext, or ciphertext for `tls` (decrypted, and the replies of the
+        calls run there encrypted, by the decoder)."""
+        decoder = self._decoder
+        # The decoder runs plain calls itself unless we are holding calls back.
+        fast = not (self._held or self._backlog or self._draining)
+        if fast is not self._fast:
+            decoder.fast = self._fast = fast
         try:
-            events = self._decoder.feed(data)
+            events = decoder.feed(data) if tls is None else decoder.feed_secure(tls, data)
         except BananaError as e:
             self._handle(self._claim_gifts(getattr(e, "events", None) or []))
             self._protocol_error(e)
             return
         self._handle(self._claim_gifts(events) if self._unresolved else events)
+        # Exceptions in the events (a call the decoder ran raised) have tracebacks leading back
+        # to this frame: it must not keep them, or the two would make a cycle (see PB's).
+        events = None
 
     def _protocol_error(self, exc: BaseException, *, tell: bool = True) -> None:
         """The peer broke the protocol: say so (an ERROR token, unless it is the one that did)
@@ -504,6 +532,18 @@ class TubBroker(Connection):
         if not future.done():
             future.set_exception(failure)
 
+    def _on_awaiting(self, event: tuple) -> None:
+        self._start_call(self._finish(event[1], event[2]))
+
+    def _on_raised(self, event: tuple) -> None:
+        self._send_error(event[1], event[2])
+
+    def _on_replies(self, event: tuple) -> None:
+        self._send(event[1])
+
+    def _on_flush(self, event: tuple) -> None:
+        self._flush()
+
     def _on_ping(self, event: tuple) -> None:
         self._send(self._encoder.pong(event[1]))
 
@@ -536,6 +576,10 @@ class TubBroker(Connection):
         FS_VIOLATION: _on_violation,
         FS_CALL_ABORTED: _on_call_aborted,
         FS_PEER_ERROR: _on_peer_error,
+        FS_AWAITING: _on_awaiting,
+        FS_RAISED: _on_raised,
+        FS_REPLIES: _on_replies,
+        FS_FLUSH: _on_flush,
     }
 
     async def _answer_with_gifts(self, future: asyncio.Future[Any], value: Any, gifts: list[_Gift]) -> None:

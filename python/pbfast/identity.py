@@ -8,20 +8,16 @@ foolscap Tub can use each other's files. The TubID is computed in Rust (`pbfast.
 
 from __future__ import annotations
 
-import datetime
 import os
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
+from ._certificates import tub_certificate
 from .furl import tub_id
 
 __all__ = ["TubIdentity"]
-
-COMMON_NAME = "newpb_thingy"
 
 
 class TubIdentity:
@@ -37,20 +33,7 @@ class TubIdentity:
     @classmethod
     def generate(cls) -> TubIdentity:
         """A new self-signed identity, as foolscap makes them."""
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, COMMON_NAME)])
-        now = datetime.datetime.now(datetime.UTC)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(1)
-            .not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=365))
-            .sign(key, hashes.SHA256())
-        )
-        return cls(certificate, key)
+        return cls(*tub_certificate())
 
     @classmethod
     def from_pem(cls, data: str | bytes) -> TubIdentity:

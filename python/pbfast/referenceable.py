@@ -33,6 +33,17 @@ def prefixed_method(obj: Any, prefix: str, message: str, *, foolscap: bool = Fal
     return method
 
 
+def default_dispatch(cls: type) -> bool:
+    """Whether a call on a `cls` instance is ``remote_<name>(*args, **kwargs)`` with its result
+    sent for no particular perspective: a Referenceable that keeps the default dispatch. (The
+    connections run such calls without a Python frame of their own.)"""
+    return (
+        issubclass(cls, Referenceable)
+        and cls.remoteMessageReceived is Referenceable.remoteMessageReceived
+        and cls.serializingPerspective is Referenceable.serializingPerspective
+    )
+
+
 class Referenceable:
     """An object the peer can call: ``remote_<name>`` methods, plain or ``async``.
 

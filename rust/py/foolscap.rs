@@ -24,7 +24,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyIterator, PyList, PySet, PyString, PyTuple};
 use pyo3::PyTypeInfo;
 
+use super::dispatch::{encode_sending, resolve, Called, Dispatch};
+use super::fast::REPLY_FLUSH;
 use super::objects::{decimal_type, decode_utf8, qualified_name, utf8_of, GcPause, StrCache};
+use super::tls::TlsSessionPy;
 use super::{int_value, integer, limit_args, set_limit, with_bytes, with_events, PtrMap};
 use crate::banana::Integer;
 use crate::foolscap::decode::{read_message, Build, Built, Fault, Message};
@@ -39,6 +42,10 @@ pub const FS_PONG: u8 = 4;
 pub const FS_VIOLATION: u8 = 5;
 pub const FS_CALL_ABORTED: u8 = 6;
 pub const FS_PEER_ERROR: u8 = 7;
+pub const FS_AWAITING: u8 = 8;
+pub const FS_RAISED: u8 = 9;
+pub const FS_REPLIES: u8 = 10;
+pub const FS_FLUSH: u8 = 11;
 
 /// The type name a failure travels as.
 const FAILURE: &[u8] = b"twisted.python.failure.Failure";
@@ -52,6 +59,7 @@ pub struct FoolscapDecoderPy {
     /// `hook("your-reference", clid)`, `hook("their-reference", giftid, furl)`.
     hook: Option<Py<PyAny>>,
     strings: StrCache,
+    fast: Option<TubFast>,
 }
 
 #[pymethods]
@@ -69,37 +77,66 @@ impl FoolscapDecoderPy {
                 _ => set_limit(&mut all.banana, &name, value)?,
             }
         }
-        Ok(FoolscapDecoderPy { framer: MessageFramer::new(all.banana), limits: all, hook, strings: StrCache::new() })
+        Ok(FoolscapDecoderPy {
+            framer: MessageFramer::new(all.banana),
+            limits: all,
+            hook,
+            strings: StrCache::new(),
+            fast: None,
+        })
     }
 
-    /// Feed a chunk; returns the events it completed (an empty list means "need more").
+    /// Handle plain calls and answers during `feed` (as PB's decoder does), with the broker's
+    /// tables: `objects` (clid -> object), `pending` (request id -> (future, pins)), the
+    /// `encoder` for the answers, the `sent` stack and `undo(mark)`, and `is_plain(type)`.
+    fn attach(
+        &mut self,
+        objects: Py<PyDict>,
+        pending: Py<PyDict>,
+        encoder: Py<FoolscapEncoderPy>,
+        sent: Py<PyList>,
+        undo: Py<PyAny>,
+        is_plain: Py<PyAny>,
+    ) {
+        let dispatch = Dispatch::new(is_plain);
+        self.fast = Some(TubFast { objects, pending, encoder, sent, undo, dispatch, enabled: true });
+    }
+
+    /// Whether the fast path runs (the broker turns it off while it holds calls back).
+    #[getter]
+    fn get_fast(&self) -> bool {
+        self.fast.as_ref().is_some_and(|f| f.enabled)
+    }
+
+    #[setter]
+    fn set_fast(&mut self, on: bool) {
+        if let Some(f) = self.fast.as_mut() {
+            f.enabled = on;
+        }
+    }
+
+    /// Feed a chunk; returns the events it completed (an empty list means "need more"). With the
+    /// fast path on, plain calls run and plain answers resolve here; their replies come as one
+    /// `FS_REPLIES` event, ahead of any later event that needs the broker (the path stops for
+    /// the rest of the chunk at the first such message, so the calls still run in order).
     fn feed<'py>(&mut self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
-        let events = PyList::empty(py);
-        let hook = self.hook.as_ref().map(|h| h.bind(py).clone());
-        let (limits, strings, framer) = (&self.limits, &mut self.strings, &mut self.framer);
-        let result = with_bytes(data, |bytes| {
-            // Nothing cyclic becomes garbage while values are built; collections triggered by
-            // the containers being made would only walk them again and again.
-            let _gc = GcPause::new();
-            framer.feed(bytes, |frame: Frame<'_>| -> PyResult<()> {
-                let event = match frame {
-                    Frame::Message { bytes, offset, first_object } => {
-                        let mut build = PyBuild { py, hook: hook.as_ref(), strings: &mut *strings };
-                        let message = read_message(bytes, offset, first_object, limits, &mut build)?;
-                        event(py, message)?
-                    }
-                    Frame::Ping(n) => (FS_PING, n).into_pyobject(py)?.into_any(),
-                    Frame::Pong(n) => (FS_PONG, n).into_pyobject(py)?.into_any(),
-                    Frame::PeerError(message) => {
-                        (FS_PEER_ERROR, String::from_utf8_lossy(message)).into_pyobject(py)?.into_any()
-                    }
-                };
-                events.append(event)
-            })
-        });
-        with_events(py, events, result)
+        with_bytes(data, |bytes| self.decode(py, bytes, None))
     }
 
+    /// `feed` for a connection inside TLS: decrypt `data` with `tls` first, and encrypt the fast
+    /// path's replies there at once (an `FS_FLUSH` event asks for them to be written before the
+    /// rest of a chunk whose replies have grown large). One crossing per chunk received.
+    fn feed_secure<'py>(
+        &mut self,
+        py: Python<'py>,
+        tls: &Bound<'py, TlsSessionPy>,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let plaintext = with_bytes(data, |bytes| tls.try_borrow_mut()?.decrypt(py, bytes))?;
+        let events = self.decode(py, &plaintext, Some(tls));
+        tls.try_borrow_mut()?.give_back(plaintext);
+        events
+    }
     /// Bytes held for an incomplete message.
     #[getter]
     fn buffered(&self) -> usize {
@@ -130,11 +167,193 @@ impl FoolscapDecoderPy {
         if let Some(h) = &self.hook {
             visit.call(h)?;
         }
+        if let Some(f) = &self.fast {
+            f.traverse(&visit)?;
+        }
         Ok(())
     }
 
     fn __clear__(&mut self) {
         self.hook = None;
+        self.fast = None;
+    }
+}
+
+impl FoolscapDecoderPy {
+    /// The events of `bytes` (plaintext). The fast path's replies go to `tls` when there is one,
+    /// else into `FS_REPLIES` events.
+    fn decode<'py>(
+        &mut self,
+        py: Python<'py>,
+        bytes: &[u8],
+        tls: Option<&Bound<'py, TlsSessionPy>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let events = PyList::empty(py);
+        let hook = self.hook.as_ref().map(|h| h.bind(py).clone());
+        let (limits, strings, framer) = (&self.limits, &mut self.strings, &mut self.framer);
+        let mut fast = self.fast.as_mut().filter(|f| f.enabled);
+        let mut replies = Replies { tls, out: Vec::new() };
+        // Nothing cyclic becomes garbage while values are built; collections triggered by the
+        // containers being made would only walk them again and again.
+        let gc = GcPause::new();
+        let result = framer.feed(bytes, |frame: Frame<'_>| -> PyResult<()> {
+            let event = match frame {
+                Frame::Message { bytes, offset, first_object } => {
+                    let mut build = PyBuild { py, hook: hook.as_ref(), strings: &mut *strings, gifts: false };
+                    let message = read_message(bytes, offset, first_object, limits, &mut build)?;
+                    // A message with gifts waits for them to be fetched: the broker's.
+                    match fast.as_deref_mut().filter(|_| !build.gifts) {
+                        None => event(py, message)?,
+                        Some(f) => match f.handle(py, message, &mut replies.out)? {
+                            Handled::Done if replies.out.len() < REPLY_FLUSH => return Ok(()),
+                            // Let the broker write these (and apply back-pressure) first.
+                            Handled::Done => {
+                                fast = None;
+                                return replies.send(py, &events, true);
+                            }
+                            Handled::Ran(event) => event,
+                            Handled::Declined(event) => {
+                                fast = None;
+                                replies.send(py, &events, false)?;
+                                event
+                            }
+                        },
+                    }
+                }
+                Frame::Ping(n) => (FS_PING, n).into_pyobject(py)?.into_any(),
+                Frame::Pong(n) => (FS_PONG, n).into_pyobject(py)?.into_any(),
+                Frame::PeerError(message) => {
+                    (FS_PEER_ERROR, String::from_utf8_lossy(message)).into_pyobject(py)?.into_any()
+                }
+            };
+            events.append(event)
+        });
+        drop(gc);
+        replies.send(py, &events, false)?;
+        with_events(py, events, result)
+    }
+}
+
+/// The fast path's replies of one chunk, on their way out.
+struct Replies<'a, 'py> {
+    /// Where they go: encrypted at once, or (None) handed to the broker in `FS_REPLIES` events.
+    tls: Option<&'a Bound<'py, TlsSessionPy>>,
+    out: Vec<u8>,
+}
+
+impl Replies<'_, '_> {
+    /// Send the replies so far, ahead of the next event; with `flush`, ask the broker to write
+    /// them now.
+    fn send<'py>(&mut self, py: Python<'py>, events: &Bound<'py, PyList>, flush: bool) -> PyResult<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        match self.tls {
+            None => events.append((FS_REPLIES, PyBytes::new(py, &self.out)))?,
+            Some(tls) => {
+                tls.try_borrow_mut()?.encrypt(&self.out)?;
+                if flush {
+                    events.append((FS_FLUSH,))?;
+                }
+            }
+        }
+        self.out.clear();
+        Ok(())
+    }
+}
+
+/// The Tub's hot path (PB's is `fast.rs`): a call on a plain `Referenceable` runs inside `feed`
+/// and its answer is encoded at once; an answer to one of our calls resolves its future.
+/// Anything else is the broker's, as it would be without this path.
+struct TubFast {
+    /// The broker's objects, by clid.
+    objects: Py<PyDict>,
+    /// The broker's calls awaiting answers: request id -> (future, pins).
+    pending: Py<PyDict>,
+    encoder: Py<FoolscapEncoderPy>,
+    /// The broker's stack of clids given out while encoding, and `undo(mark)`.
+    sent: Py<PyList>,
+    undo: Py<PyAny>,
+    dispatch: Dispatch,
+    enabled: bool,
+}
+
+/// What the fast path did with a message.
+enum Handled<'py> {
+    /// Done: nothing for the broker.
+    Done,
+    /// A call that ran, with an event for the broker (its awaitable, or what it raised).
+    Ran(Bound<'py, PyAny>),
+    /// Not for this path: the message's ordinary event.
+    Declined(Bound<'py, PyAny>),
+}
+
+impl TubFast {
+    fn handle<'py>(
+        &mut self,
+        py: Python<'py>,
+        message: Message<PyBuild<'py, '_>>,
+        replies: &mut Vec<u8>,
+    ) -> PyResult<Handled<'py>> {
+        match message {
+            Message::Call { reqid, clid, method, args, kwargs } => {
+                let args = PyTuple::new(py, args)?;
+                let kwargs = if kwargs.is_empty() {
+                    None
+                } else {
+                    let dict = PyDict::new(py);
+                    for (name, value) in kwargs {
+                        dict.set_item(name, value)?;
+                    }
+                    Some(dict)
+                };
+                // Negative clids are callables, 0 the Tub itself: the broker's.
+                let target = if clid > 0 { self.objects.bind(py).get_item(clid)? } else { None };
+                let called = match &target {
+                    Some(target) => self.dispatch.call(py, target, &method, &args, kwargs.as_ref())?,
+                    None => Called::Declined,
+                };
+                let ran = |event: (u8, i64, Bound<'py, PyAny>)| -> PyResult<Handled<'py>> {
+                    Ok(Handled::Ran(event.into_pyobject(py)?.into_any()))
+                };
+                match called {
+                    Called::Returned(_) if reqid == 0 => Ok(Handled::Done), // callRemoteOnly
+                    Called::Returned(result) => {
+                        let mut encoder = self.encoder.bind(py).try_borrow_mut()?;
+                        let encoded = encode_sending(self.sent.bind(py), self.undo.bind(py), || {
+                            encoder.answer_into(py, reqid, &result, replies)
+                        })?;
+                        match encoded {
+                            Ok(()) => Ok(Handled::Done),
+                            Err(e) => ran((FS_RAISED, reqid, e.into_value(py).into_bound(py).into_any())),
+                        }
+                    }
+                    Called::Awaiting(awaitable) => ran((FS_AWAITING, reqid, awaitable)),
+                    Called::Raised(e) => ran((FS_RAISED, reqid, e.into_value(py).into_bound(py).into_any())),
+                    Called::Declined => {
+                        let kwargs = kwargs.unwrap_or_else(|| PyDict::new(py));
+                        let event = (FS_CALL, reqid, clid, method, args, kwargs).into_pyobject(py)?.into_any();
+                        Ok(Handled::Declined(event))
+                    }
+                }
+            }
+            Message::Answer { reqid, value } => {
+                if resolve(py, self.pending.bind(py), reqid, &value)? {
+                    return Ok(Handled::Done);
+                }
+                Ok(Handled::Declined((FS_ANSWER, reqid, value).into_pyobject(py)?.into_any()))
+            }
+            other => Ok(Handled::Declined(event(py, other)?)),
+        }
+    }
+
+    fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        visit.call(&self.objects)?;
+        visit.call(&self.pending)?;
+        visit.call(&self.encoder)?;
+        visit.call(&self.sent)?;
+        visit.call(&self.undo)?;
+        self.dispatch.traverse(visit)
     }
 }
 
@@ -162,6 +381,8 @@ struct PyBuild<'py, 'a> {
     py: Python<'py>,
     hook: Option<&'a Bound<'py, PyAny>>,
     strings: &'a mut StrCache,
+    /// The message holds a gift (a `their-reference`).
+    gifts: bool,
 }
 
 type PyBuilt<'py, T> = Built<T, PyErr>;
@@ -305,6 +526,7 @@ impl<'py> Build for PyBuild<'py, '_> {
     }
 
     fn their_reference(&mut self, giftid: i64, furl: &str) -> PyBuilt<'py, Self::Value> {
+        self.gifts = true;
         let args = self.checked((intern!(self.py, "their-reference"), giftid, furl).into_pyobject(self.py))?;
         self.hooked("their-reference", args)
     }
@@ -403,16 +625,22 @@ impl FoolscapEncoderPy {
 
     /// `(answer reqid value)`.
     fn answer<'py>(&mut self, py: Python<'py>, reqid: i64, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        self.reply(py, b"answer", reqid, |m| m.value(value))
+        self.reply(py, b"answer", reqid, |m| m.value(value), |bytes| PyBytes::new(py, bytes))
     }
 
     /// `(error reqid (copyable "twisted.python.failure.Failure" name value ...))`, the state (a
     /// dict or (name, value) pairs) in the order given.
     fn error<'py>(&mut self, py: Python<'py>, reqid: i64, state: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        self.reply(py, b"error", reqid, |m| {
-            m.copyable(FAILURE, state)?;
-            m.finish_sequences()
-        })
+        self.reply(
+            py,
+            b"error",
+            reqid,
+            |m| {
+                m.copyable(FAILURE, state)?;
+                m.finish_sequences()
+            },
+            |bytes| PyBytes::new(py, bytes),
+        )
     }
 
     /// A PING (foolscap sends number 0, as the single byte 8e).
@@ -455,22 +683,27 @@ impl FoolscapEncoderPy {
 }
 
 impl FoolscapEncoderPy {
-    /// `(word reqid body)`: an answer or an error.
-    fn reply<'py>(
+    /// `(word reqid body)`: an answer or an error, its bytes handed to `finish`.
+    fn reply<'py, R>(
         &mut self,
         py: Python<'py>,
         word: &[u8],
         reqid: i64,
         body: impl FnOnce(&mut MessageWriter<'py, '_>) -> PyResult<()>,
-    ) -> PyResult<Bound<'py, PyBytes>> {
+        finish: impl FnOnce(&[u8]) -> R,
+    ) -> PyResult<R> {
         request_id(reqid)?;
-        self.encode(py, |m| {
-            let reply = m.w.open(word)?;
-            m.w.int(reqid);
-            body(m)?;
-            m.w.close(reply);
-            Ok(())
-        })
+        self.encode_with(
+            py,
+            |m| {
+                let reply = m.w.open(word)?;
+                m.w.int(reqid);
+                body(m)?;
+                m.w.close(reply);
+                Ok(())
+            },
+            finish,
+        )
     }
 
     /// Run `write` on a fresh message; keep its bytes and counter only if it succeeds.
@@ -479,6 +712,28 @@ impl FoolscapEncoderPy {
         py: Python<'py>,
         write: impl FnOnce(&mut MessageWriter<'py, '_>) -> PyResult<()>,
     ) -> PyResult<Bound<'py, PyBytes>> {
+        self.encode_with(py, write, |bytes| PyBytes::new(py, bytes))
+    }
+
+    /// `(answer reqid value)`, appended to `out` (the fast path's replies).
+    pub(crate) fn answer_into(
+        &mut self,
+        py: Python<'_>,
+        reqid: i64,
+        value: &Bound<'_, PyAny>,
+        out: &mut Vec<u8>,
+    ) -> PyResult<()> {
+        self.reply(py, b"answer", reqid, |m| m.value(value), |bytes| out.extend_from_slice(bytes))
+    }
+
+    /// Run `write` on a fresh message and hand its bytes to `finish`; the counter moves on only
+    /// if it succeeds.
+    fn encode_with<'py, R>(
+        &mut self,
+        py: Python<'py>,
+        write: impl FnOnce(&mut MessageWriter<'py, '_>) -> PyResult<()>,
+        finish: impl FnOnce(&[u8]) -> R,
+    ) -> PyResult<R> {
         let out = std::mem::take(&mut self.scratch);
         let mut m = MessageWriter {
             py,
@@ -493,15 +748,15 @@ impl FoolscapEncoderPy {
         self.seen.clear();
         drop(keep);
         let (mut out, next_open_id) = w.finish();
-        let bytes = result.map(|()| {
+        let done = result.map(|()| {
             self.next_open_id = next_open_id;
-            PyBytes::new(py, &out)
+            finish(&out)
         });
         if out.capacity() <= 1 << 20 {
             out.clear();
             self.scratch = out;
         }
-        bytes
+        done
     }
 }
 

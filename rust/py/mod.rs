@@ -1,6 +1,7 @@
 //! Thin PyO3 adapters over the sans-IO core: functions and classes of `pbfast._core`.
 //! Each call crosses the boundary once per chunk or value, never per token.
 
+pub mod dispatch;
 pub mod errors;
 pub mod fast;
 pub mod foolscap;

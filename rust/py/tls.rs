@@ -18,6 +18,29 @@ pub struct TlsSessionPy {
     plaintext: Vec<u8>,
 }
 
+impl TlsSessionPy {
+    /// Decrypt `data`; the plaintext, in the session's own buffer (hand it back with
+    /// `give_back`, so a steady stream does not allocate afresh).
+    pub(crate) fn decrypt(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<Vec<u8>> {
+        let mut plaintext = std::mem::take(&mut self.plaintext);
+        plaintext.clear();
+        let session = &mut self.session;
+        py.detach(|| session.feed(data, &mut plaintext))?;
+        Ok(plaintext)
+    }
+
+    pub(crate) fn give_back(&mut self, mut plaintext: Vec<u8>) {
+        plaintext.clear();
+        plaintext.shrink_to(KEPT_BUFFER);
+        self.plaintext = plaintext;
+    }
+
+    /// Queue application data (see `write`).
+    pub(crate) fn encrypt(&mut self, data: &[u8]) -> PyResult<()> {
+        Ok(self.session.write(data)?)
+    }
+}
+
 #[pymethods]
 impl TlsSessionPy {
     #[new]

@@ -1,0 +1,196 @@
+//! Running a received call on a plain `Referenceable` without a Python frame of the broker's:
+//! the dispatch both wires' fast paths share (`fast.rs` for PB, `foolscap.rs` for a Tub).
+//!
+//! A type is plain when it keeps the default dispatch (the broker's `is_plain` decides, asked once
+//! per type): a call on it is ``remote_<name>(*args, **kwargs)``. Anything else — another type, a
+//! missing method — is declined, so the broker reports it, worded in one place.
+
+use pyo3::exceptions::{PyAttributeError, PyException};
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
+
+use super::PtrMap;
+
+/// Method names remembered per connection (a peer may send any number of distinct names).
+const MAX_NAMES: usize = 256;
+
+/// What running a call came to.
+pub enum Called<'py> {
+    /// The method returned this (not awaitable).
+    Returned(Bound<'py, PyAny>),
+    /// The method returned an awaitable: the broker awaits it and replies.
+    Awaiting(Bound<'py, PyAny>),
+    /// The method raised.
+    Raised(PyErr),
+    /// Not a call for this path (not a plain type, or no such method): the broker runs it.
+    Declined,
+}
+
+/// The per-connection caches of the dispatch.
+pub struct Dispatch {
+    /// `is_plain(type) -> bool`.
+    is_plain: Py<PyAny>,
+    /// Type -> whether it dispatches with the default; the type is kept so its address is not
+    /// reused while it is a key.
+    types: PtrMap<(Py<PyType>, bool)>,
+    /// Method name (the decoder's cached str, kept alive likewise) -> `"remote_<name>"`.
+    names: PtrMap<(Py<PyString>, Py<PyString>)>,
+}
+
+impl Dispatch {
+    pub fn new(is_plain: Py<PyAny>) -> Dispatch {
+        Dispatch { is_plain, types: PtrMap::default(), names: PtrMap::default() }
+    }
+
+    /// Run `method(*args, **kwargs)` on `target` if it is plain. Errors are only those that are
+    /// not the caller's business (KeyboardInterrupt, SystemExit, a failing `is_plain`).
+    pub fn call<'py>(
+        &mut self,
+        py: Python<'py>,
+        target: &Bound<'py, PyAny>,
+        method: &Bound<'py, PyString>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Called<'py>> {
+        if !self.plain(py, target)? {
+            return Ok(Called::Declined);
+        }
+        let attribute = self.attribute_name(py, method);
+        let called = match kwargs {
+            None => call_method(target, &attribute, args),
+            Some(kwargs) => match target.getattr(&attribute) {
+                Ok(method) => method.call(args, Some(kwargs)),
+                Err(_) => return Ok(Called::Declined),
+            },
+        };
+        Ok(match called {
+            Ok(result) if awaitable(&result) => Called::Awaiting(result),
+            Ok(result) => Called::Returned(result),
+            // No such method: the broker reports it (the method never ran).
+            Err(e) if e.is_instance_of::<PyAttributeError>(py) && !target.hasattr(&attribute)? => Called::Declined,
+            Err(e) if !e.is_instance_of::<PyException>(py) => return Err(e),
+            Err(e) => Called::Raised(e),
+        })
+    }
+
+    /// Whether calls on `target` may run here (`is_plain`, cached per type).
+    fn plain(&mut self, py: Python<'_>, target: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let cls = target.get_type();
+        let key = cls.as_ptr() as usize;
+        if let Some((_, plain)) = self.types.get(&key) {
+            return Ok(*plain);
+        }
+        let plain = self.is_plain.bind(py).call1((&cls,))?.is_truthy()?;
+        // The type is kept alive, so its address cannot be reused by another type.
+        self.types.insert(key, (cls.unbind(), plain));
+        Ok(plain)
+    }
+
+    /// `"remote_" + name`, made once per distinct name. This is `prefixed_method`'s lookup
+    /// without a Python frame per call; a miss is declined, so only the broker reports it.
+    fn attribute_name<'py>(&mut self, py: Python<'py>, name: &Bound<'py, PyString>) -> Bound<'py, PyString> {
+        let key = name.as_ptr() as usize;
+        if let Some((_, attribute)) = self.names.get(&key) {
+            return attribute.bind(py).clone();
+        }
+        let attribute = PyString::new(py, &format!("remote_{}", name.to_string_lossy()));
+        if self.names.len() < MAX_NAMES {
+            self.names.insert(key, (name.clone().unbind(), attribute.clone().unbind()));
+        }
+        attribute
+    }
+
+    pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        visit.call(&self.is_plain)
+    }
+}
+
+/// An answer to one of our calls: resolve its future from the broker's `pending` table (request id
+/// -> `(future, pins)`). False, leaving it to the broker, when the call is not waiting or pinned
+/// objects that the broker must release.
+pub fn resolve(
+    py: Python<'_>,
+    pending: &Bound<'_, PyDict>,
+    request_id: i64,
+    value: &Bound<'_, PyAny>,
+) -> PyResult<bool> {
+    let Some(entry) = pending.get_item(request_id)? else { return Ok(false) };
+    let Ok(entry) = entry.cast_into::<PyTuple>() else { return Ok(false) };
+    if entry.len() != 2 || !entry.get_item(1)?.is_none() {
+        return Ok(false);
+    }
+    pending.del_item(request_id)?;
+    let future = entry.get_item(0)?;
+    if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
+        future.call_method1(intern!(py, "set_result"), (value,))?;
+    }
+    Ok(true)
+}
+
+/// `encode()`, with the references it gives out recorded on the broker's `sent` stack: taken off
+/// again once the encoding is done, or taken back (`undo(mark)`) if it fails. The outer result
+/// fails only if that bookkeeping does.
+pub fn encode_sending<T>(
+    sent: &Bound<'_, PyList>,
+    undo: &Bound<'_, PyAny>,
+    encode: impl FnOnce() -> PyResult<T>,
+) -> PyResult<PyResult<T>> {
+    let mark = sent.len();
+    let result = encode();
+    if result.is_ok() {
+        if sent.len() > mark {
+            sent.del_slice(mark, sent.len())?;
+        }
+    } else {
+        undo.call1((mark,))?;
+    }
+    Ok(result)
+}
+
+/// `target.<name>(*args)` without making a bound method (CPython finds the function on the
+/// type and calls it with `target` first, unless the instance shadows it).
+fn call_method<'py>(
+    target: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+    args: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    const INLINE: usize = 8;
+    let n = args.len();
+    let mut inline = [std::ptr::null_mut::<ffi::PyObject>(); INLINE + 1];
+    let mut heap = Vec::new();
+    let argv: &mut [*mut ffi::PyObject] = if n < INLINE {
+        &mut inline[..=n]
+    } else {
+        heap.resize(n + 1, std::ptr::null_mut());
+        &mut heap
+    };
+    argv[0] = target.as_ptr();
+    for (slot, item) in argv[1..].iter_mut().zip(args.iter_borrowed()) {
+        *slot = item.as_ptr();
+    }
+    // SAFETY: every pointer in `argv` is borrowed from `target` or the `args` tuple, both alive
+    // for the call; CPython may use slot 0 as scratch only with PY_VECTORCALL_ARGUMENTS_OFFSET,
+    // which it clears when it passes `target` on as the first argument.
+    unsafe {
+        let result = ffi::PyObject_VectorcallMethod(
+            name.as_ptr(),
+            argv.as_ptr(),
+            (n + 1) | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
+            std::ptr::null_mut(),
+        );
+        Bound::from_owned_ptr_or_err(target.py(), result)
+    }
+}
+
+/// Whether `obj` can be awaited (its type fills the `am_await` slot: coroutines, futures,
+/// tasks and any class with `__await__`).
+fn awaitable(obj: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: `obj` is a live object; its type object outlives this read of two slots.
+    unsafe {
+        let ty = ffi::Py_TYPE(obj.as_ptr());
+        let methods = (*ty).tp_as_async;
+        !methods.is_null() && (*methods).am_await.is_some()
+    }
+}
