@@ -44,9 +44,9 @@ mod _core {
     #[pymodule_export]
     use crate::py::pb::{PbDecoderPy, PbEncoderPy};
     #[pymodule_export]
-    use crate::py::refs::RefTablePy;
-    #[pymodule_export]
     use crate::py::sender::SenderPy;
+    #[pymodule_export]
+    use crate::py::tables::Tables;
     #[pymodule_export]
     use crate::py::tls::TlsSessionPy;
     #[pymodule_export]

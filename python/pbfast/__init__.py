@@ -11,7 +11,7 @@ run) and ``pbfast.tub`` (Tubs).
 Nothing starts at import time and no event-loop policy is installed.
 """
 
-from . import banana, endpoints
+from . import _core, banana, endpoints
 from ._connection import configure
 from .cacheable import Cacheable, RemoteCache, RemoteCacheObserver
 from .copyable import (
@@ -46,8 +46,12 @@ from .serialization import Unpersistable, dumps, jelly, loads, unjelly
 from .tub import Reconnector, Tub, TubReference
 
 __version__ = "0.1.0"
+build_profile: str = _core.build_profile
+"""How the native extension was compiled: ``"release"``, or ``"debug"`` (far slower: benchmarks
+and load tests say so when they run on it)."""
 
 __all__ = [
+    "build_profile",
     "AllowAnonymousAccess",
     "Anonymous",
     "Avatar",

@@ -89,21 +89,13 @@ class Broker(Connection):
         self._decoder: Any = _core.PbDecoder(server, hook=self._unjelly, **options.limits)
         self._encoder: Any = None
         # Outgoing bytes (written together once per loop iteration) and calls out.
-        self._sender: Any = _core.Sender(
-            self._wake,
-            self._loop.create_future,
-            self._pending,
-            self._refs,
-            self._sent,
-            self._undo_sends,
-            self._dead,
-        )
+        self._sender: Any = _core.Sender(self._wake, self._loop.create_future, self._tables, self._dead)
         # `call(objid, method, args, kwargs) -> future` and `call_only(...)`: callRemote costs
         # one crossing. Once the connection is gone, the class's own methods answer instead.
         self.call = self._sender.call
         self.call_only = self._sender.call_only
         self._take_output = self._sender.take
-        # Our Cacheables the peer holds copies of: luid -> (cacheable, observer); counts in `_refs`.
+        # Our Cacheables the peer holds copies of: luid -> (cacheable, observer); counts in `_tables`.
         self._caches: dict[int, tuple[Cacheable, RemoteCacheObserver]] = {}
         # ViewPoints while the peer holds them, by (id(perspective), id(viewable)).
         self._viewpoints: dict[tuple[int, int], ViewPoint] = {}
@@ -128,7 +120,7 @@ class Broker(Connection):
 
     def serve_root(self, root: Referenceable) -> None:
         """Serve `root` under the name ``"root"`` on this connection."""
-        self._objects[ROOT] = root
+        self._tables.put(ROOT, root)
 
     def statistics(self) -> dict[str, int]:
         """`Connection.statistics`, and ``caches``: our Cacheables the peer holds copies of."""
@@ -253,22 +245,14 @@ class Broker(Connection):
         self._handshake_done()
         self._encoder = _core.PbEncoder(dialect, hook=self._jelly)
         self._sender.start(self._encoder)
-        self._decoder.attach(
-            self._objects,
-            self._pending,
-            self._encoder,
-            self._sender,
-            self._sent,
-            self._undo_sends,
-            default_dispatch,
-        )
+        self._decoder.attach(self._tables, self._encoder, self._sender, default_dispatch)
         self._write(reply)
         if not self.ready.done():
             self.ready.set_result(dialect)
 
     def _on_message(self, event: tuple) -> None:
         _, request_id, objid, method, answer, args, kwargs = event
-        target = self._objects.get(objid)
+        target = self._tables.get(objid)
         if target is None:
             self._fail(request_id, answer, Error("Invalid Object ID"), method)
             return
@@ -513,9 +497,9 @@ class Broker(Connection):
             point = self._viewpoints[key] = ViewPoint(self._perspective, viewable)
         return point
 
-    def _forget(self, luid: int, *, uncache: bool = True) -> None:
+    def _forget(self, luid: int, uncache: bool = True) -> None:
         """The peer holds `luid` no more: drop the object and run what waits for that."""
-        obj = self._objects.pop(luid, None)
+        obj = self._tables.pop(luid)
         if obj is not None:
             if isinstance(obj, ViewPoint):
                 self._viewpoints.pop((id(obj.perspective), id(obj.viewable)), None)
@@ -539,10 +523,10 @@ class Broker(Connection):
             return proxy
         if tag == b"local":
             luid = _luid(tag, items)
-            try:
-                return self._objects[luid]
-            except KeyError:
-                raise JellyError(f"the peer sent back our object {luid!r}, which it does not hold") from None
+            obj = self._tables.get(luid)
+            if obj is None:
+                raise JellyError(f"the peer sent back our object {luid!r}, which it does not hold")
+            return obj
         if tag == b"cached":
             luid = _luid(tag, items)
             cache = self._remote_caches.get(luid)

@@ -218,14 +218,9 @@ class Connection(asyncio.Protocol, abc.ABC):
         """Resolves once the connection is gone."""
         self._closing = False
         self._reason: BaseException | None = None
-        # Calls we made: request id -> (future, luids its arguments pinned, or None).
-        self._pending: dict[int, tuple[asyncio.Future[Any], list[int] | None]] = {}
-        # Our objects the peer may name: luid (or a name) -> object; their counts in `_refs`.
-        self._refs = _core.RefTable(options.max_refs)
-        self._objects: dict[int | bytes, Any] = {}
-        # Luids given out while encoding, as a stack: an encode notes the length before it
-        # starts and takes (or, if it fails, takes back) what was added after it.
-        self._sent: list[int] = []
+        # Our objects the peer may name (by luid, or a name) and the references it holds, and
+        # our calls awaiting replies: kept in Rust, shared with the wire's decoder and sender.
+        self._tables = _core.Tables(options.max_refs, self._forget)
         # The peer's objects we hold: luid -> proxy, and its cached objects: luid -> copy.
         self._proxies: weakref.WeakValueDictionary[int | bytes, Any] = weakref.WeakValueDictionary()
         self._remote_caches: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
@@ -329,9 +324,8 @@ class Connection(asyncio.Protocol, abc.ABC):
             self._group.discard(self)
         reason = self._reason or exc
         why = f": {reason}" if reason else ""
-        pending, self._pending = self._pending, {}
-        for future, _ in pending.values():
-            if future is not None and not future.done():
+        for future in self._tables.take_pending():
+            if not future.done():
                 lost = PBConnectionLost(f"the connection to {self.peer} was lost before the reply came{why}")
                 lost.__cause__ = reason
                 future.set_exception(lost)
@@ -344,9 +338,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         callbacks, self._disconnect_callbacks = self._disconnect_callbacks, []
         for callback in callbacks:
             run_callback(callback)
-        self._objects.clear()
-        self._refs.clear()
-        self._sent.clear()
+        self._tables.clear()
         self._backlog.clear()
         self._dying_caches.clear()
         self._releases.clear()
@@ -416,10 +408,10 @@ class Connection(asyncio.Protocol, abc.ABC):
         ``buffered`` (bytes held for incoming messages not yet complete, as of the last chunk
         received)."""
         return {
-            "objects": len(self._refs),
+            "objects": self._tables.held,
             "proxies": len(self._proxies),
             "cached": len(self._remote_caches),
-            "pending": len(self._pending),
+            "pending": self._tables.pending,
             "in_flight": len(self._tasks),
             "backlog": len(self._backlog),
             "buffered": self._budget_share,
@@ -678,14 +670,14 @@ class Connection(asyncio.Protocol, abc.ABC):
 
     def _encode(self, encode: Callable[..., bytes], *args: Any) -> bytes:
         """``encode(*args)``, taking back the references it gave out if it fails."""
-        sent = self._sent
-        mark = len(sent)
+        tables = self._tables
+        mark = tables.mark()
         try:
             data = encode(*args)
         except BaseException:
-            self._undo_sends(mark)
+            tables.undo(mark)
             raise
-        del sent[mark:]
+        tables.commit(mark)
         return data
 
     def _send_ref(self, obj: Any) -> tuple[int, bool]:
@@ -696,31 +688,22 @@ class Connection(asyncio.Protocol, abc.ABC):
             LimitExceeded: the peer would hold more than `max_refs` of our objects.
         """
         try:
-            luid, new = self._refs.send(id(obj))
+            return self._tables.send(obj)
         except LimitExceeded as exc:
             self._limit_reached("max_refs", f"{exc}; the call sending one more fails")
             raise
-        self._sent.append(luid)
-        return luid, new
 
     def _export(self, obj: Any) -> int:
-        """`_send_ref` for an object the peer may call; its luid."""
-        luid, new = self._send_ref(obj)
-        if new:
-            self._objects[luid] = obj
-        return luid
-
-    def _undo_sends(self, mark: int) -> None:
-        """An encode failed: take back the counts it added (the peer never saw them)."""
-        sent = self._sent
-        for luid in sent[mark:]:
-            if self._refs.decref(luid):
-                self._forget(luid, uncache=False)
-        del sent[mark:]
+        """`_send_ref` for an object the peer may call, filed under its luid; its luid."""
+        try:
+            return self._tables.export(obj)
+        except LimitExceeded as exc:
+            self._limit_reached("max_refs", f"{exc}; the call sending one more fails")
+            raise
 
     def _released_by_peer(self, luid: Any, count: int, what: str = "decref") -> None:
         """The peer let go of `count` references to our object `luid`."""
-        if type(luid) is not int or not 0 < luid < 1 << 64 or luid not in self._refs:
+        if type(luid) is not int or not 0 < luid < 1 << 64 or not self._tables.holds(luid):
             log.warning(
                 "%s: the peer sent a %s for %s, which it does not hold; ignored",
                 repr(self),
@@ -728,24 +711,16 @@ class Connection(asyncio.Protocol, abc.ABC):
                 short(luid),
             )
             return
-        if self._refs.decref(luid, count):
-            self._forget(luid)
-
-    def _unpin(self, luids: list[int]) -> None:
-        for luid in self._refs.unpin(luids):
+        if self._tables.decref(luid, count):
             self._forget(luid)
 
     def _settle(self, request_id: int) -> asyncio.Future[Any] | None:
         """The future of our call `request_id`, which a reply has now answered."""
-        entry = self._pending.pop(request_id, None)
-        if entry is None:
+        future = self._tables.settle(request_id)
+        if future is None:
             log.warning(
                 "%s: the peer replied to request %r, which is not waiting for a reply", repr(self), request_id
             )
-            return None
-        future, pins = entry
-        if pins:
-            self._unpin(pins)
         return future
 
     def _proxy_count(self) -> int:
@@ -840,9 +815,10 @@ class Connection(asyncio.Protocol, abc.ABC):
     def _write_release(self, kind: bytes, luid: Any, count: int) -> None:
         """Tell the peer we let go of `count` references to its object `luid`."""
 
-    def _forget(self, luid: int, *, uncache: bool = True) -> None:
-        """The peer holds our object `luid` no more."""
-        self._objects.pop(luid, None)
+    def _forget(self, luid: int, uncache: bool = True) -> None:
+        """The peer holds our object `luid` no more (`uncache` false: it never knew it, an
+        encode that named it failed)."""
+        self._tables.pop(luid)
 
     def _holding(self) -> bool:
         """Whether the wire itself holds calls back for now (besides back-pressure)."""

@@ -182,16 +182,16 @@ class TubBroker(Connection):
             return future
         reqid = self._next_reqid
         self._next_reqid += 1
-        sent = self._sent
-        mark = len(sent)
+        tables = self._tables
+        mark = tables.mark()
         try:
             data = self._encoder.call(reqid, clid, method, args, kwargs)
         except Exception as e:
-            self._undo_sends(mark)
+            tables.undo(mark)
             future.set_exception(e)
             return future
-        del sent[mark:]
-        self._pending[reqid] = (future, None)
+        tables.commit(mark)
+        tables.add_pending(reqid, future)
         self._send(data)
         return future
 
@@ -289,10 +289,10 @@ class TubBroker(Connection):
                 lambda f, clid=luid: self._released(clid, f)
             )
 
-    def _forget(self, luid: int, *, uncache: bool = True) -> None:
-        obj = self._objects.pop(luid, None)
+    def _forget(self, luid: int, uncache: bool = True) -> None:
+        obj = self._tables.pop(luid)
         if obj is None:
-            obj = self._objects.pop(-luid, None)  # a callable
+            obj = self._tables.pop(-luid)  # a callable
         if isinstance(obj, _CacheHandle):
             obj.stop()
 
@@ -443,9 +443,7 @@ class TubBroker(Connection):
     def _begin_banana(self) -> None:
         """Messages from here on: the decoder runs plain calls and answers itself."""
         self._phase = "banana"
-        self._decoder.attach(
-            self._objects, self._pending, self._encoder, self._sent, self._undo_sends, default_dispatch
-        )
+        self._decoder.attach(self._tables, self._encoder, default_dispatch)
 
     def _banana(self, data: bytes, tls: Any = None) -> None:
         """Banana bytes in: plaintext, or ciphertext for `tls` (decrypted, and the replies of the
@@ -510,11 +508,9 @@ class TubBroker(Connection):
 
     def _on_answer(self, event: tuple) -> None:
         reqid, value = event[1], event[2]
-        entry = self._pending.pop(reqid, None)  # (`_settle`, inline: no pins on this wire)
-        if entry is None:
-            log.warning("%s: the peer answered request %r, which is not waiting for one", repr(self), reqid)
+        future = self._settle(reqid)
+        if future is None:
             return
-        future = entry[0]
         if len(event) > 3:  # it carries gifts
             self._start_call(self._answer_with_gifts(future, value, event[3]))
         elif not future.done():
@@ -556,9 +552,9 @@ class TubBroker(Connection):
         if what == "call" and reqid:
             self._send_error(reqid, Violation(message))
         elif what in ("answer", "error") and reqid is not None:
-            entry = self._pending.pop(reqid, None)
-            if entry is not None and not entry[0].done():
-                entry[0].set_exception(Violation(f"the reply could not be accepted: {message}"))
+            future = self._tables.settle(reqid)
+            if future is not None and not future.done():
+                future.set_exception(Violation(f"the reply could not be accepted: {message}"))
 
     def _on_call_aborted(self, event: tuple) -> None:
         pass  # the caller gave up sending it: foolscap sends no reply
@@ -600,7 +596,7 @@ class TubBroker(Connection):
             if handler is None:
                 raise NoSuchMethod(f"the Tub has no method {method!r}")
             return handler(*args, **kwargs)
-        target = self._objects.get(clid)
+        target = self._tables.get(clid)
         if target is None:
             raise Violation(f"unknown clid {clid}")
         if clid < 0:
@@ -625,15 +621,15 @@ class TubBroker(Connection):
     def _send_answer(self, reqid: int, result: Any) -> None:
         if not reqid or self._closing:
             return
-        sent = self._sent
-        mark = len(sent)
+        tables = self._tables
+        mark = tables.mark()
         try:
             data = self._encoder.answer(reqid, result)
         except Exception as e:
-            self._undo_sends(mark)
+            tables.undo(mark)
             self._send_error(reqid, e)
             return
-        del sent[mark:]
+        tables.commit(mark)
         self._send(data)
 
     def _send_error(self, reqid: int, exc: BaseException) -> None:
@@ -707,7 +703,7 @@ class TubBroker(Connection):
         clid = -luid if callable_ else luid
         if not new:
             return ("my-reference", clid)
-        self._objects[clid] = obj
+        self._tables.put(clid, obj)
         furl = None if callable_ else self.tub._furl_for_export(obj)
         return ("my-reference", clid, _interface_name(obj), furl)
 
@@ -729,7 +725,7 @@ class TubBroker(Connection):
         if kind == "my-reference":
             return self._import(*payload)
         if kind == "your-reference":
-            target = self._objects.get(payload[0])
+            target = self._tables.get(payload[0])
             if target is None:
                 raise Violation(f"your-reference to unknown clid {payload[0]}")
             return target
@@ -787,7 +783,7 @@ class TubBroker(Connection):
         if handle is None:
             handle = self._cache_handles[id(obj)] = _CacheHandle(self, obj)
             state["state"] = obj.getStateToCacheAndObserveFor(None, handle.observer)
-        elif self._refs.luid_of(id(handle)) is None:  # the holder let go: it needs the state again
+        elif self._tables.luid_of(handle) is None:  # the holder let go: it needs the state again
             state["state"] = obj.getStateToCacheAndObserveFor(None, handle.observer)
         state["handle"] = handle
         return ("copyable", CACHE_TYPE, state)

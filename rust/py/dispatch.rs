@@ -7,9 +7,8 @@
 
 use pyo3::exceptions::{PyAttributeError, PyException};
 use pyo3::ffi;
-use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
+use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 
 use super::PtrMap;
 
@@ -105,48 +104,6 @@ impl Dispatch {
     pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         visit.call(&self.is_plain)
     }
-}
-
-/// An answer to one of our calls: resolve its future from the broker's `pending` table (request id
-/// -> `(future, pins)`). False, leaving it to the broker, when the call is not waiting or pinned
-/// objects that the broker must release.
-pub fn resolve(
-    py: Python<'_>,
-    pending: &Bound<'_, PyDict>,
-    request_id: i64,
-    value: &Bound<'_, PyAny>,
-) -> PyResult<bool> {
-    let Some(entry) = pending.get_item(request_id)? else { return Ok(false) };
-    let Ok(entry) = entry.cast_into::<PyTuple>() else { return Ok(false) };
-    if entry.len() != 2 || !entry.get_item(1)?.is_none() {
-        return Ok(false);
-    }
-    pending.del_item(request_id)?;
-    let future = entry.get_item(0)?;
-    if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
-        future.call_method1(intern!(py, "set_result"), (value,))?;
-    }
-    Ok(true)
-}
-
-/// `encode()`, with the references it gives out recorded on the broker's `sent` stack: taken off
-/// again once the encoding is done, or taken back (`undo(mark)`) if it fails. The outer result
-/// fails only if that bookkeeping does.
-pub fn encode_sending<T>(
-    sent: &Bound<'_, PyList>,
-    undo: &Bound<'_, PyAny>,
-    encode: impl FnOnce() -> PyResult<T>,
-) -> PyResult<PyResult<T>> {
-    let mark = sent.len();
-    let result = encode();
-    if result.is_ok() {
-        if sent.len() > mark {
-            sent.del_slice(mark, sent.len())?;
-        }
-    } else {
-        undo.call1((mark,))?;
-    }
-    Ok(result)
 }
 
 /// `target.<name>(*args)` without making a bound method (CPython finds the function on the

@@ -14,28 +14,23 @@
 //! reach `REPLY_FLUSH` bytes so the broker can write them and apply back-pressure to the rest.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple};
 
-use super::dispatch::{encode_sending, resolve, Called, Dispatch};
+use super::dispatch::{Called, Dispatch};
 use super::pb::{PbEncoderPy, EV_AWAITING, EV_FLUSH, EV_RAISED};
 use super::sender::SenderPy;
+use super::tables::Tables;
 
 /// Reply bytes after which the rest of a chunk goes through the broker (flow control).
 pub const REPLY_FLUSH: usize = 1 << 16;
 
-/// The broker's tables and encoder, shared with the decoder.
+/// The connection's tables and encoder, shared with the decoder.
 pub struct FastPath {
-    /// Our objects by luid or name (the broker's dict).
-    objects: Py<PyDict>,
-    /// Our calls awaiting replies: request id -> (future, pins or None) (the broker's dict).
-    pending: Py<PyDict>,
+    /// Our objects, our calls awaiting replies, the references sent.
+    tables: Py<Tables>,
     encoder: Py<PbEncoderPy>,
     /// Where the answers go.
     sender: Py<SenderPy>,
-    /// The broker's stack of luids given out while encoding; `undo(mark)` takes back what an
-    /// encode that failed added above `mark`.
-    sent: Py<PyList>,
-    undo: Py<PyAny>,
     dispatch: Dispatch,
     pub enabled: bool,
 }
@@ -50,22 +45,13 @@ pub enum Outcome<'py> {
 }
 
 impl FastPath {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        objects: Py<PyDict>,
-        pending: Py<PyDict>,
-        encoder: Py<PbEncoderPy>,
-        sender: Py<SenderPy>,
-        sent: Py<PyList>,
-        undo: Py<PyAny>,
-        is_plain: Py<PyAny>,
-    ) -> FastPath {
-        FastPath { objects, pending, encoder, sender, sent, undo, dispatch: Dispatch::new(is_plain), enabled: true }
+    pub fn new(tables: Py<Tables>, encoder: Py<PbEncoderPy>, sender: Py<SenderPy>, is_plain: Py<PyAny>) -> FastPath {
+        FastPath { tables, encoder, sender, dispatch: Dispatch::new(is_plain), enabled: true }
     }
 
     /// `["answer", request_id, value]`: resolve the call's future.
     pub fn answer<'py>(&self, py: Python<'py>, request_id: i64, value: &Bound<'py, PyAny>) -> PyResult<Outcome<'py>> {
-        Ok(if resolve(py, self.pending.bind(py), request_id, value)? { Outcome::Done } else { Outcome::Declined })
+        Ok(if self.tables.get().resolve(py, request_id, value)? { Outcome::Done } else { Outcome::Declined })
     }
 
     /// `["message", ...]`: run the method, encode a plain result into `replies`.
@@ -81,7 +67,7 @@ impl FastPath {
         kwargs: Option<&Bound<'py, PyDict>>,
         replies: &mut Vec<u8>,
     ) -> PyResult<Outcome<'py>> {
-        let Some(target) = self.objects.bind(py).get_item(object_id)? else { return Ok(Outcome::Declined) };
+        let Some(target) = self.tables.get().object(py, object_id) else { return Ok(Outcome::Declined) };
         let result = match self.dispatch.call(py, &target, method_name, args, kwargs)? {
             Called::Returned(result) => result,
             Called::Awaiting(awaitable) => {
@@ -98,9 +84,10 @@ impl FastPath {
             return Ok(Outcome::Done);
         }
         let encoder = self.encoder.get();
-        let encoded = encode_sending(self.sent.bind(py), self.undo.bind(py), || {
-            encoder.encode_reply(py, b"answer", request_id, &result, replies)
-        })?;
+        let encoded = self
+            .tables
+            .get()
+            .encode_sending(py, || encoder.encode_reply(py, b"answer", request_id, &result, replies))?;
         match encoded {
             Ok(()) => Ok(Outcome::Done),
             Err(e) => {
@@ -126,12 +113,9 @@ impl FastPath {
     }
 
     pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        visit.call(&self.objects)?;
-        visit.call(&self.pending)?;
+        visit.call(&self.tables)?;
         visit.call(&self.encoder)?;
         visit.call(&self.sender)?;
-        visit.call(&self.sent)?;
-        visit.call(&self.undo)?;
         self.dispatch.traverse(visit)
     }
 }

@@ -24,9 +24,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyIterator, PyList, PySet, PyString, PyTuple};
 use pyo3::PyTypeInfo;
 
-use super::dispatch::{encode_sending, resolve, Called, Dispatch};
+use super::dispatch::{Called, Dispatch};
 use super::fast::REPLY_FLUSH;
 use super::objects::{decimal_type, decode_utf8, qualified_name, utf8_of, GcPause, StrCache};
+use super::tables::Tables;
 use super::tls::TlsSessionPy;
 use super::{int_value, integer, limit_args, set_limit, with_bytes, with_events, PtrMap};
 use crate::banana::Integer;
@@ -86,20 +87,11 @@ impl FoolscapDecoderPy {
         })
     }
 
-    /// Handle plain calls and answers during `feed` (as PB's decoder does), with the broker's
-    /// tables: `objects` (clid -> object), `pending` (request id -> (future, pins)), the
-    /// `encoder` for the answers, the `sent` stack and `undo(mark)`, and `is_plain(type)`.
-    fn attach(
-        &mut self,
-        objects: Py<PyDict>,
-        pending: Py<PyDict>,
-        encoder: Py<FoolscapEncoderPy>,
-        sent: Py<PyList>,
-        undo: Py<PyAny>,
-        is_plain: Py<PyAny>,
-    ) {
+    /// Handle plain calls and answers during `feed` (as PB's decoder does), with the
+    /// connection's `tables`, the `encoder` for the answers, and `is_plain(type)`.
+    fn attach(&mut self, tables: Py<Tables>, encoder: Py<FoolscapEncoderPy>, is_plain: Py<PyAny>) {
         let dispatch = Dispatch::new(is_plain);
-        self.fast = Some(TubFast { objects, pending, encoder, sent, undo, dispatch, enabled: true });
+        self.fast = Some(TubFast { tables, encoder, dispatch, enabled: true });
     }
 
     /// Whether the fast path runs (the broker turns it off while it holds calls back).
@@ -266,14 +258,9 @@ impl Replies<'_, '_> {
 /// and its answer is encoded at once; an answer to one of our calls resolves its future.
 /// Anything else is the broker's, as it would be without this path.
 struct TubFast {
-    /// The broker's objects, by clid.
-    objects: Py<PyDict>,
-    /// The broker's calls awaiting answers: request id -> (future, pins).
-    pending: Py<PyDict>,
+    /// Our objects by clid, our calls awaiting answers, the references sent.
+    tables: Py<Tables>,
     encoder: Py<FoolscapEncoderPy>,
-    /// The broker's stack of clids given out while encoding, and `undo(mark)`.
-    sent: Py<PyList>,
-    undo: Py<PyAny>,
     dispatch: Dispatch,
     enabled: bool,
 }
@@ -308,7 +295,7 @@ impl TubFast {
                     Some(dict)
                 };
                 // Negative clids are callables, 0 the Tub itself: the broker's.
-                let target = if clid > 0 { self.objects.bind(py).get_item(clid)? } else { None };
+                let target = if clid > 0 { self.tables.get().object_at(py, clid) } else { None };
                 let called = match &target {
                     Some(target) => self.dispatch.call(py, target, &method, &args, kwargs.as_ref())?,
                     None => Called::Declined,
@@ -320,9 +307,10 @@ impl TubFast {
                     Called::Returned(_) if reqid == 0 => Ok(Handled::Done), // callRemoteOnly
                     Called::Returned(result) => {
                         let mut encoder = self.encoder.bind(py).try_borrow_mut()?;
-                        let encoded = encode_sending(self.sent.bind(py), self.undo.bind(py), || {
-                            encoder.answer_into(py, reqid, &result, replies)
-                        })?;
+                        let encoded = self
+                            .tables
+                            .get()
+                            .encode_sending(py, || encoder.answer_into(py, reqid, &result, replies))?;
                         match encoded {
                             Ok(()) => Ok(Handled::Done),
                             Err(e) => ran((FS_RAISED, reqid, e.into_value(py).into_bound(py).into_any())),
@@ -338,7 +326,7 @@ impl TubFast {
                 }
             }
             Message::Answer { reqid, value } => {
-                if resolve(py, self.pending.bind(py), reqid, &value)? {
+                if self.tables.get().resolve(py, reqid, &value)? {
                     return Ok(Handled::Done);
                 }
                 Ok(Handled::Declined((FS_ANSWER, reqid, value).into_pyobject(py)?.into_any()))
@@ -348,11 +336,8 @@ impl TubFast {
     }
 
     fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        visit.call(&self.objects)?;
-        visit.call(&self.pending)?;
+        visit.call(&self.tables)?;
         visit.call(&self.encoder)?;
-        visit.call(&self.sent)?;
-        visit.call(&self.undo)?;
         self.dispatch.traverse(visit)
     }
 }

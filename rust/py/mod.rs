@@ -8,8 +8,8 @@ pub mod foolscap;
 pub mod jelly;
 pub mod objects;
 pub mod pb;
-pub mod refs;
 pub mod sender;
+pub mod tables;
 pub mod tls;
 pub mod tubid;
 

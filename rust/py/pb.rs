@@ -42,6 +42,7 @@ use super::fast::{FastPath, Outcome, REPLY_FLUSH};
 use super::jelly::{JellyDecoder, JellyEncoder};
 use super::objects::StrCache;
 use super::sender::SenderPy;
+use super::tables::Tables;
 use super::{dialect, limits, raw_value, with_bytes, with_events};
 use crate::banana::cursor::{Cursor, Item};
 use crate::banana::{BananaError, Dialect, Encoder, Framer, Limits};
@@ -118,22 +119,11 @@ impl PbDecoderPy {
         })
     }
 
-    /// Handle plain calls and answers during `feed` (see `fast.rs`), with the broker's
-    /// tables: `objects` (luid -> object), `pending` (request id -> (future, pins)), the
-    /// `encoder`, the `sender`, the `sent` stack and `undo(mark)`, and `is_plain(type)`: whether
-    /// objects of a type dispatch calls the default way (asked once per type).
-    #[allow(clippy::too_many_arguments)]
-    fn attach(
-        &mut self,
-        objects: Py<PyDict>,
-        pending: Py<PyDict>,
-        encoder: Py<PbEncoderPy>,
-        sender: Py<SenderPy>,
-        sent: Py<PyList>,
-        undo: Py<PyAny>,
-        is_plain: Py<PyAny>,
-    ) {
-        self.fast = Some(FastPath::new(objects, pending, encoder, sender, sent, undo, is_plain));
+    /// Handle plain calls and answers during `feed` (see `fast.rs`), with the connection's
+    /// `tables`, the `encoder`, the `sender`, and `is_plain(type)`: whether objects of a type
+    /// dispatch calls the default way (asked once per type).
+    fn attach(&mut self, tables: Py<Tables>, encoder: Py<PbEncoderPy>, sender: Py<SenderPy>, is_plain: Py<PyAny>) {
+        self.fast = Some(FastPath::new(tables, encoder, sender, is_plain));
     }
 
     /// Whether the fast path runs (the broker turns it off while it holds calls back).

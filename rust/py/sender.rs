@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use super::pb::PbEncoderPy;
-use super::refs::RefTablePy;
+use super::tables::Tables;
 
 #[pyclass(module = "pbfast._core", name = "Sender", frozen)]
 pub struct SenderPy {
@@ -24,13 +24,8 @@ pub struct SenderPy {
     /// Called with no arguments when bytes start waiting: the broker schedules a flush.
     wake: Py<PyAny>,
     create_future: Py<PyAny>,
-    /// Request id -> (future, pinned luids or None).
-    pending: Py<PyDict>,
-    refs: Py<RefTablePy>,
-    /// The broker's stack of luids given out by the encoder hook; `undo(mark)` takes back what
-    /// a failed encode added above `mark`.
-    sent: Py<PyList>,
-    undo: Py<PyAny>,
+    /// The connection's tables: the calls awaiting replies, and the references the calls send.
+    tables: Py<Tables>,
     /// `dead()` is the exception for a call that cannot be made (closed, or not ready).
     dead: Py<PyAny>,
     encoder: OnceLock<Py<PbEncoderPy>>,
@@ -39,16 +34,7 @@ pub struct SenderPy {
 #[pymethods]
 impl SenderPy {
     #[new]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        wake: Py<PyAny>,
-        create_future: Py<PyAny>,
-        pending: Py<PyDict>,
-        refs: Py<RefTablePy>,
-        sent: Py<PyList>,
-        undo: Py<PyAny>,
-        dead: Py<PyAny>,
-    ) -> SenderPy {
+    fn new(wake: Py<PyAny>, create_future: Py<PyAny>, tables: Py<Tables>, dead: Py<PyAny>) -> SenderPy {
         SenderPy {
             out: Mutex::new(Vec::new()),
             scheduled: AtomicBool::new(false),
@@ -56,10 +42,7 @@ impl SenderPy {
             next_request: AtomicI64::new(1),
             wake,
             create_future,
-            pending,
-            refs,
-            sent,
-            undo,
+            tables,
             dead,
             encoder: OnceLock::new(),
         }
@@ -117,8 +100,8 @@ impl SenderPy {
     ) -> PyResult<Bound<'py, PyAny>> {
         let future = self.create_future.bind(py).call0()?;
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let sent = self.sent.bind(py);
-        let mark = sent.len();
+        let tables = self.tables.get();
+        let mark = tables.mark();
         let data = match self.encode(py, request_id, object_id, method, true, args, kwargs, cache) {
             Ok(data) => data,
             Err(e) => {
@@ -126,17 +109,9 @@ impl SenderPy {
                 return Ok(future);
             }
         };
-        let pins = if sent.len() > mark {
-            // The arguments carried objects of ours: they stay until the answer has been read,
-            // whatever decrefs the peer sends meanwhile (see RefTable).
-            let pins = sent.get_slice(mark, sent.len());
-            sent.del_slice(mark, sent.len())?;
-            self.refs.bind(py).borrow_mut().pin(pins.extract()?)?;
-            pins.into_any()
-        } else {
-            py.None().into_bound(py)
-        };
-        self.pending.bind(py).set_item(request_id, (&future, pins))?;
+        // Objects of ours that the arguments carried stay until the answer has been read,
+        // whatever decrefs the peer sends meanwhile (see RefTable).
+        tables.await_reply(request_id, future.clone().unbind(), mark)?;
         self.append(py, &data)?;
         Ok(future)
     }
@@ -151,12 +126,10 @@ impl SenderPy {
         kwargs: &Bound<'py, PyDict>,
     ) -> PyResult<()> {
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let sent = self.sent.bind(py);
-        let mark = sent.len();
+        let tables = self.tables.get();
+        let mark = tables.mark();
         let data = self.encode(py, request_id, object_id, method, false, args, kwargs, false)?;
-        if sent.len() > mark {
-            sent.del_slice(mark, sent.len())?;
-        }
+        tables.commit(mark);
         self.append(py, &data)?;
         Ok(())
     }
@@ -164,10 +137,7 @@ impl SenderPy {
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         visit.call(&self.wake)?;
         visit.call(&self.create_future)?;
-        visit.call(&self.pending)?;
-        visit.call(&self.refs)?;
-        visit.call(&self.sent)?;
-        visit.call(&self.undo)?;
+        visit.call(&self.tables)?;
         visit.call(&self.dead)?;
         if let Some(e) = self.encoder.get() {
             visit.call(e)?;
@@ -206,12 +176,13 @@ impl SenderPy {
             Some(e) if !self.closed.load(Ordering::Relaxed) => e.get(),
             _ => return Err(PyErr::from_value(self.dead.bind(py).call0()?)),
         };
-        let mark = self.sent.bind(py).len();
+        let tables = self.tables.get();
+        let mark = tables.mark();
         let mut data = Vec::new();
         match encoder.encode_message(py, request_id, object_id, method, answer, args, Some(kwargs), cache, &mut data) {
             Ok(()) => Ok(data),
             Err(e) => {
-                self.undo.bind(py).call1((mark,))?;
+                tables.undo(py, mark)?;
                 Err(e)
             }
         }

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from .. import __version__, _core
+from .. import __version__, build_profile
 from ..pb import run as run_loop
 from .call import ARGS_HELP, TARGET_HELP
 from .common import (
@@ -452,7 +452,7 @@ def to_json(result: LoadResult, target: str, thresholds: list[Threshold]) -> dic
 
     return {
         "pbfast": __version__,
-        "build": _core.build_profile,
+        "build": build_profile,
         "target": target,
         "method": plan.method,
         "args": [repr(a) for a in plan.args],
