@@ -97,7 +97,6 @@ mod _core {
             ("FS_PEER_ERROR", fs::FS_PEER_ERROR),
             ("FS_AWAITING", fs::FS_AWAITING),
             ("FS_RAISED", fs::FS_RAISED),
-            ("FS_REPLIES", fs::FS_REPLIES),
             ("FS_FLUSH", fs::FS_FLUSH),
         ] {
             m.add(name, kind)?;

@@ -36,7 +36,6 @@ from ._core import (
     FS_PING,
     FS_PONG,
     FS_RAISED,
-    FS_REPLIES,
     FS_VIOLATION,
 )
 from ._failure import FOOLSCAP_FAILURE_TYPE, UNAVAILABLE, failure_state, remote_error
@@ -139,14 +138,18 @@ class TubBroker(Connection):
         self._reader = HeaderReader()
         self._hello: Hello | None = None
         self._tls: Any = None
-        # Plaintext waiting to be written (encrypted together, once per loop iteration).
-        self._plain: list[bytes] = []
-        self._plain_size = 0
         # A Tub's max_depth bounds what it sends as well as what it accepts.
         depth = {"max_depth": options.limits["max_depth"]} if "max_depth" in options.limits else {}
         self._encoder: Any = _core.FoolscapEncoder(self._slice, **depth)
         self._decoder: Any = _core.FoolscapDecoder(self._unslice, **options.limits)
-        self._next_reqid = 1
+        # Messages waiting to be written, in the order they were encoded (encrypted together,
+        # once per loop iteration or chunk received), and calls out: `call(clid, method, args,
+        # kwargs) -> future` and `call_only(...)` cost one crossing. Calls fail until the
+        # banana phase starts the sender; once the connection is gone, the class's own methods
+        # answer instead.
+        self._sender: Any = _core.Sender(self._wake, self._loop.create_future, self._tables, self._dead)
+        self.call = self._sender.call
+        self.call_only = self._sender.call_only
         # The interface and FURL the peer told us per clid of its objects.
         self._import_info: dict[int, tuple[str | None, str | None]] = {}
         # References into third Tubs we sent the peer, held until it has fetched them.
@@ -174,31 +177,15 @@ class TubBroker(Connection):
     def call(
         self, clid: int, method: str, args: tuple, kwargs: dict, cache: bool = False
     ) -> asyncio.Future[Any]:
-        """Call `method` on the peer's object `clid` (0: the peer's Tub); the future of its
-        answer."""
+        """A call on a connection that is gone: a future failed with DeadReferenceError. (While
+        it is open, the sender's `call` stands here: `method` on the peer's object `clid`, 0
+        being the peer's Tub.)"""
         future = self._loop.create_future()
-        if self._closing or self._phase != "banana":
-            future.set_exception(self._dead())
-            return future
-        reqid = self._next_reqid
-        self._next_reqid += 1
-        tables = self._tables
-        mark = tables.mark()
-        try:
-            data = self._encoder.call(reqid, clid, method, args, kwargs)
-        except Exception as e:
-            tables.undo(mark)
-            future.set_exception(e)
-            return future
-        tables.commit(mark)
-        tables.add_pending(reqid, future)
-        self._send(data)
+        future.set_exception(self._dead())
         return future
 
     def call_only(self, clid: int, method: str, args: tuple, kwargs: dict) -> None:
-        if self._closing or self._phase != "banana":
-            raise self._dead()
-        self._send(self._encode(self._encoder.call, 0, clid, method, args, kwargs))
+        raise self._dead()
 
     def root(self, name: str) -> asyncio.Future[Any]:
         """Ask the peer's Tub for the object it registered as `name`."""
@@ -210,17 +197,10 @@ class TubBroker(Connection):
         return DeadReferenceError(f"the connection to Tub {self.peer_tub_id} is gone")
 
     def _send(self, data: bytes) -> None:
-        """Queue plaintext; it goes out at the end of the loop iteration or of the chunk being
-        handled (one TLS record for many messages), or at once once a chunk's replies pass
-        `FLUSH_AT` bytes."""
-        self._plain.append(data)
-        if self._receiving:
-            self._plain_size += len(data)
-            if self._plain_size >= FLUSH_AT:
-                self._flush()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        """Queue a message; it goes out at the end of the loop iteration or of the chunk being
+        handled (one TLS record for many messages), or at once once `FLUSH_AT` bytes wait."""
+        if self._sender.write(data) >= FLUSH_AT:
+            self._flush()
 
     # ------------------------------------------------------------------ the connection's hooks
 
@@ -252,24 +232,16 @@ class TubBroker(Connection):
             self._refuse(e.with_traceback(None))  # kept in `ready`: no cycle through its frames
         except TLSError as e:
             # The session is broken: nothing more goes through it but its alert.
-            self._plain.clear()
-            self._plain_size = 0
+            self._sender.take()
             self._refuse(NegotiationError(f"TLS with {self._peer_label()} failed: {e}"), tell=False)
 
     def _drop_input(self) -> None:
         self._decoder = None
 
     def _take_output(self) -> bytes | None:
-        if self._plain:
-            data = b"".join(self._plain) if len(self._plain) > 1 else self._plain[0]
-            self._plain.clear()
-            self._plain_size = 0
-            if self._tls is None:
-                return data
-            self._tls.write(data)
-        if self._tls is None:
-            return None
-        return self._tls.take() or None
+        if self._sender is None:
+            return None  # the connection is gone
+        return self._sender.take(self._tls)
 
     def _finish_output(self) -> None:
         if self._tls is not None:
@@ -331,8 +303,9 @@ class TubBroker(Connection):
             self.tub._broker_lost(self)
 
     def _release(self) -> None:
-        self._decoder = self._encoder = self._tls = None
-        self._plain.clear()
+        self._sender.close()
+        self._decoder = self._encoder = self._tls = self._sender = None
+        del self.call, self.call_only
 
     # ------------------------------------------------------------------ negotiation
 
@@ -443,11 +416,12 @@ class TubBroker(Connection):
     def _begin_banana(self) -> None:
         """Messages from here on: the decoder runs plain calls and answers itself."""
         self._phase = "banana"
-        self._decoder.attach(self._tables, self._encoder, default_dispatch)
+        self._sender.start(self._encoder)
+        self._decoder.attach(self._tables, self._encoder, self._sender, default_dispatch)
 
     def _banana(self, data: bytes, tls: Any = None) -> None:
-        """Banana bytes in: plaintext, or ciphertext for `tls` (decrypted, and the replies of the
-        calls run there encrypted, by the decoder)."""
+        """Banana bytes in: plaintext, or ciphertext for `tls` (decrypted by the decoder). The
+        replies of the calls the decoder runs wait in the sender with everything else."""
         decoder = self._decoder
         # The decoder runs plain calls itself unless we are holding calls back.
         fast = not (self._held or self._backlog or self._draining)
@@ -534,9 +508,6 @@ class TubBroker(Connection):
     def _on_raised(self, event: tuple) -> None:
         self._send_error(event[1], event[2])
 
-    def _on_replies(self, event: tuple) -> None:
-        self._send(event[1])
-
     def _on_flush(self, event: tuple) -> None:
         self._flush()
 
@@ -574,7 +545,6 @@ class TubBroker(Connection):
         FS_PEER_ERROR: _on_peer_error,
         FS_AWAITING: _on_awaiting,
         FS_RAISED: _on_raised,
-        FS_REPLIES: _on_replies,
         FS_FLUSH: _on_flush,
     }
 

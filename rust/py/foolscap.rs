@@ -27,6 +27,7 @@ use pyo3::PyTypeInfo;
 use super::dispatch::{Called, Dispatch};
 use super::fast::REPLY_FLUSH;
 use super::objects::{decimal_type, decode_utf8, qualified_name, utf8_of, GcPause, StrCache};
+use super::sender::SenderPy;
 use super::tables::Tables;
 use super::tls::TlsSessionPy;
 use super::{int_value, integer, limit_args, set_limit, with_bytes, with_events, PtrMap};
@@ -45,8 +46,7 @@ pub const FS_CALL_ABORTED: u8 = 6;
 pub const FS_PEER_ERROR: u8 = 7;
 pub const FS_AWAITING: u8 = 8;
 pub const FS_RAISED: u8 = 9;
-pub const FS_REPLIES: u8 = 10;
-pub const FS_FLUSH: u8 = 11;
+pub const FS_FLUSH: u8 = 10;
 
 /// The type name a failure travels as.
 const FAILURE: &[u8] = b"twisted.python.failure.Failure";
@@ -88,10 +88,17 @@ impl FoolscapDecoderPy {
     }
 
     /// Handle plain calls and answers during `feed` (as PB's decoder does), with the
-    /// connection's `tables`, the `encoder` for the answers, and `is_plain(type)`.
-    fn attach(&mut self, tables: Py<Tables>, encoder: Py<FoolscapEncoderPy>, is_plain: Py<PyAny>) {
+    /// connection's `tables`, the `encoder` for the answers, the `sender` they go to, and
+    /// `is_plain(type)`.
+    fn attach(
+        &mut self,
+        tables: Py<Tables>,
+        encoder: Py<FoolscapEncoderPy>,
+        sender: Py<SenderPy>,
+        is_plain: Py<PyAny>,
+    ) {
         let dispatch = Dispatch::new(is_plain);
-        self.fast = Some(TubFast { tables, encoder, dispatch, enabled: true });
+        self.fast = Some(TubFast { tables, encoder, sender, dispatch, enabled: true });
     }
 
     /// Whether the fast path runs (the broker turns it off while it holds calls back).
@@ -108,16 +115,17 @@ impl FoolscapDecoderPy {
     }
 
     /// Feed a chunk; returns the events it completed (an empty list means "need more"). With the
-    /// fast path on, plain calls run and plain answers resolve here; their replies come as one
-    /// `FS_REPLIES` event, ahead of any later event that needs the broker (the path stops for
-    /// the rest of the chunk at the first such message, so the calls still run in order).
+    /// fast path on, plain calls run and plain answers resolve here; their replies go to the
+    /// sender ahead of any later event that needs the broker (the path stops for the rest of the
+    /// chunk at the first such message, so the calls still run in order), and an `FS_FLUSH`
+    /// event asks for them to be written before the rest of a chunk whose replies have grown
+    /// large.
     fn feed<'py>(&mut self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
-        with_bytes(data, |bytes| self.decode(py, bytes, None))
+        with_bytes(data, |bytes| self.decode(py, bytes))
     }
 
-    /// `feed` for a connection inside TLS: decrypt `data` with `tls` first, and encrypt the fast
-    /// path's replies there at once (an `FS_FLUSH` event asks for them to be written before the
-    /// rest of a chunk whose replies have grown large). One crossing per chunk received.
+    /// `feed` for a connection inside TLS: decrypt `data` with `tls` first. One crossing per
+    /// chunk received.
     fn feed_secure<'py>(
         &mut self,
         py: Python<'py>,
@@ -125,7 +133,7 @@ impl FoolscapDecoderPy {
         data: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
         let plaintext = with_bytes(data, |bytes| tls.try_borrow_mut()?.decrypt(py, bytes))?;
-        let events = self.decode(py, &plaintext, Some(tls));
+        let events = self.decode(py, &plaintext);
         tls.try_borrow_mut()?.give_back(plaintext);
         events
     }
@@ -172,19 +180,14 @@ impl FoolscapDecoderPy {
 }
 
 impl FoolscapDecoderPy {
-    /// The events of `bytes` (plaintext). The fast path's replies go to `tls` when there is one,
-    /// else into `FS_REPLIES` events.
-    fn decode<'py>(
-        &mut self,
-        py: Python<'py>,
-        bytes: &[u8],
-        tls: Option<&Bound<'py, TlsSessionPy>>,
-    ) -> PyResult<Bound<'py, PyList>> {
+    /// The events of `bytes` (plaintext).
+    fn decode<'py>(&mut self, py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyList>> {
         let events = PyList::empty(py);
         let hook = self.hook.as_ref().map(|h| h.bind(py).clone());
         let (limits, strings, framer) = (&self.limits, &mut self.strings, &mut self.framer);
         let mut fast = self.fast.as_mut().filter(|f| f.enabled);
-        let mut replies = Replies { tls, out: Vec::new() };
+        let sender = fast.as_ref().map(|f| f.sender.bind(py).clone());
+        let mut replies = Replies { sender, out: Vec::new() };
         // Nothing cyclic becomes garbage while values are built; collections triggered by the
         // containers being made would only walk them again and again.
         let gc = GcPause::new();
@@ -227,29 +230,22 @@ impl FoolscapDecoderPy {
 }
 
 /// The fast path's replies of one chunk, on their way out.
-struct Replies<'a, 'py> {
-    /// Where they go: encrypted at once, or (None) handed to the broker in `FS_REPLIES` events.
-    tls: Option<&'a Bound<'py, TlsSessionPy>>,
+struct Replies<'py> {
+    /// Where they go (with the fast path on).
+    sender: Option<Bound<'py, SenderPy>>,
     out: Vec<u8>,
 }
 
-impl Replies<'_, '_> {
-    /// Send the replies so far, ahead of the next event; with `flush`, ask the broker to write
+impl<'py> Replies<'py> {
+    /// Queue the replies so far, ahead of the next event; with `flush`, ask the broker to write
     /// them now.
-    fn send<'py>(&mut self, py: Python<'py>, events: &Bound<'py, PyList>, flush: bool) -> PyResult<()> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        match self.tls {
-            None => events.append((FS_REPLIES, PyBytes::new(py, &self.out)))?,
-            Some(tls) => {
-                tls.try_borrow_mut()?.encrypt(&self.out)?;
-                if flush {
-                    events.append((FS_FLUSH,))?;
-                }
-            }
-        }
+    fn send(&mut self, py: Python<'py>, events: &Bound<'py, PyList>, flush: bool) -> PyResult<()> {
+        let Some(sender) = self.sender.as_ref().filter(|_| !self.out.is_empty()) else { return Ok(()) };
+        sender.get().append(py, &self.out)?;
         self.out.clear();
+        if flush {
+            events.append((FS_FLUSH,))?;
+        }
         Ok(())
     }
 }
@@ -261,6 +257,8 @@ struct TubFast {
     /// Our objects by clid, our calls awaiting answers, the references sent.
     tables: Py<Tables>,
     encoder: Py<FoolscapEncoderPy>,
+    /// Where the answers go.
+    sender: Py<SenderPy>,
     dispatch: Dispatch,
     enabled: bool,
 }
@@ -338,6 +336,7 @@ impl TubFast {
     fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         visit.call(&self.tables)?;
         visit.call(&self.encoder)?;
+        visit.call(&self.sender)?;
         self.dispatch.traverse(visit)
     }
 }
@@ -578,34 +577,8 @@ impl FoolscapEncoderPy {
                 })?,
             },
         };
-        let mut named = Vec::new();
-        for (name, value) in kwargs.into_iter().flatten() {
-            let name = name
-                .cast_into::<PyString>()
-                .map_err(|_| PyTypeError::new_err("keyword argument names must be str".to_string()))?;
-            name.to_str()?;
-            named.push((name, value));
-        }
-        // By name, as foolscap sorts them (UTF-8 byte order is code point order).
-        named.sort_by(|(a, _), (b, _)| a.to_str().unwrap_or_default().cmp(b.to_str().unwrap_or_default()));
-        self.encode(py, |m| {
-            let call = m.w.open(b"call")?;
-            m.w.int(reqid);
-            m.w.int(clid);
-            m.w.bytes(method.to_str()?.as_bytes());
-            let arguments = m.w.open(b"arguments")?;
-            m.w.int(args.len() as i64);
-            for arg in args.iter() {
-                m.value(&arg)?;
-            }
-            for (name, value) in &named {
-                m.w.bytes(name.to_str()?.as_bytes());
-                m.value(value)?;
-            }
-            m.w.close(arguments);
-            m.w.close(call);
-            Ok(())
-        })
+        let kwargs = kwargs.cloned().unwrap_or_else(|| PyDict::new(py));
+        self.call_with(py, reqid, clid, method.to_str()?, &args, &kwargs, |bytes| PyBytes::new(py, bytes))
     }
 
     /// `(answer reqid value)`.
@@ -691,13 +664,68 @@ impl FoolscapEncoderPy {
         )
     }
 
-    /// Run `write` on a fresh message; keep its bytes and counter only if it succeeds.
-    fn encode<'py>(
+    /// `call`, appended to `out` (the sender's calls).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn call_into(
+        &mut self,
+        py: Python<'_>,
+        reqid: i64,
+        clid: i64,
+        method: &str,
+        args: &Bound<'_, PyTuple>,
+        kwargs: &Bound<'_, PyDict>,
+        out: &mut Vec<u8>,
+    ) -> PyResult<()> {
+        request_id(reqid)?;
+        wire_id("clid", clid, true)?;
+        self.call_with(py, reqid, clid, method, args, kwargs, |bytes| out.extend_from_slice(bytes))
+    }
+
+    /// `(call reqid clid method (arguments n args... name value...))`, keyword arguments sorted
+    /// by name as foolscap sorts them.
+    #[allow(clippy::too_many_arguments)]
+    fn call_with<'py, R>(
         &mut self,
         py: Python<'py>,
-        write: impl FnOnce(&mut MessageWriter<'py, '_>) -> PyResult<()>,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        self.encode_with(py, write, |bytes| PyBytes::new(py, bytes))
+        reqid: i64,
+        clid: i64,
+        method: &str,
+        args: &Bound<'py, PyTuple>,
+        kwargs: &Bound<'py, PyDict>,
+        finish: impl FnOnce(&[u8]) -> R,
+    ) -> PyResult<R> {
+        let mut named = Vec::with_capacity(kwargs.len());
+        for (name, value) in kwargs.iter() {
+            let name = name
+                .cast_into::<PyString>()
+                .map_err(|_| PyTypeError::new_err("keyword argument names must be str".to_string()))?;
+            name.to_str()?;
+            named.push((name, value));
+        }
+        // UTF-8 byte order is code point order.
+        named.sort_by(|(a, _), (b, _)| a.to_str().unwrap_or_default().cmp(b.to_str().unwrap_or_default()));
+        self.encode_with(
+            py,
+            |m| {
+                let call = m.w.open(b"call")?;
+                m.w.int(reqid);
+                m.w.int(clid);
+                m.w.bytes(method.as_bytes());
+                let arguments = m.w.open(b"arguments")?;
+                m.w.int(args.len() as i64);
+                for arg in args.iter() {
+                    m.value(&arg)?;
+                }
+                for (name, value) in &named {
+                    m.w.bytes(name.to_str()?.as_bytes());
+                    m.value(value)?;
+                }
+                m.w.close(arguments);
+                m.w.close(call);
+                Ok(())
+            },
+            finish,
+        )
     }
 
     /// `(answer reqid value)`, appended to `out` (the fast path's replies).

@@ -1,9 +1,11 @@
-//! `pbfast._core.Sender`: the outgoing side of a PB connection — the bytes waiting to be written
-//! and the per-call work of `callRemote` (request id, future, encoding, pins, pending entry) in
-//! one crossing of the boundary.
+//! `pbfast._core.Sender`: the outgoing side of a connection, on either wire — the bytes waiting
+//! to be written (calls, the fast path's answers, the broker's messages, in the order they were
+//! encoded: a foolscap stream numbers its objects in that order) and the per-call work of
+//! `callRemote` (request id, future, encoding, pins, pending entry) in one crossing of the
+//! boundary. Inside TLS, `take(tls)` encrypts what waits in the same crossing.
 //!
-//! Frozen with small locks, never held while Python runs, so a jelly hook or a remote method may
-//! send while another send or a `feed` is under way.
+//! Frozen with small locks, never held while Python runs, so an encoder hook or a remote method
+//! may send while another send or a `feed` is under way.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -11,8 +13,16 @@ use std::sync::{Mutex, OnceLock};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
+use super::foolscap::FoolscapEncoderPy;
 use super::pb::PbEncoderPy;
 use super::tables::Tables;
+use super::tls::TlsSessionPy;
+
+/// The wire's encoder, known once the connection has negotiated.
+enum Encoding {
+    Pb(Py<PbEncoderPy>),
+    Foolscap(Py<FoolscapEncoderPy>),
+}
 
 #[pyclass(module = "pbfast._core", name = "Sender", frozen)]
 pub struct SenderPy {
@@ -28,7 +38,7 @@ pub struct SenderPy {
     tables: Py<Tables>,
     /// `dead()` is the exception for a call that cannot be made (closed, or not ready).
     dead: Py<PyAny>,
-    encoder: OnceLock<Py<PbEncoderPy>>,
+    encoder: OnceLock<Encoding>,
 }
 
 #[pymethods]
@@ -48,9 +58,15 @@ impl SenderPy {
         }
     }
 
-    /// Start encoding calls (once the dialect is known).
-    fn start(&self, encoder: Py<PbEncoderPy>) -> PyResult<()> {
-        self.encoder.set(encoder).map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("the sender has started"))
+    /// Start encoding calls with `encoder` (a `PbEncoder` or a `FoolscapEncoder`), once the
+    /// connection has negotiated.
+    fn start(&self, encoder: &Bound<'_, PyAny>) -> PyResult<()> {
+        let encoding = if let Ok(pb) = encoder.cast::<PbEncoderPy>() {
+            Encoding::Pb(pb.clone().unbind())
+        } else {
+            Encoding::Foolscap(encoder.cast::<FoolscapEncoderPy>()?.clone().unbind())
+        };
+        self.encoder.set(encoding).map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("the sender has started"))
     }
 
     /// Queue `data`; returns the bytes now waiting.
@@ -58,19 +74,32 @@ impl SenderPy {
         self.append(py, data)
     }
 
-    /// Everything waiting, or None.
-    fn take<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+    /// Everything waiting, or None; with `tls`, what waits is encrypted there first and the
+    /// bytes are the session's (records, and its handshake or alerts).
+    #[pyo3(signature = (tls=None))]
+    fn take<'py>(
+        &self,
+        py: Python<'py>,
+        tls: Option<&Bound<'py, TlsSessionPy>>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let mut out = self.out.lock().expect("sender lock");
         self.scheduled.store(false, Ordering::Relaxed);
-        if out.is_empty() {
-            return None;
-        }
-        let bytes = PyBytes::new(py, &out);
+        let taken = match tls {
+            None if out.is_empty() => None,
+            None => Some(PyBytes::new(py, &out)),
+            Some(tls) => {
+                let mut tls = tls.try_borrow_mut()?;
+                if !out.is_empty() {
+                    tls.encrypt(&out)?;
+                }
+                tls.take_some(py)
+            }
+        };
         out.clear();
         if out.capacity() > 1 << 20 {
             out.shrink_to(64 << 10);
         }
-        Some(bytes)
+        Ok(taken)
     }
 
     /// Bytes waiting to be written.
@@ -139,8 +168,10 @@ impl SenderPy {
         visit.call(&self.create_future)?;
         visit.call(&self.tables)?;
         visit.call(&self.dead)?;
-        if let Some(e) = self.encoder.get() {
-            visit.call(e)?;
+        match self.encoder.get() {
+            Some(Encoding::Pb(e)) => visit.call(e)?,
+            Some(Encoding::Foolscap(e)) => visit.call(e)?,
+            None => {}
         }
         Ok(())
     }
@@ -172,14 +203,32 @@ impl SenderPy {
         kwargs: &Bound<'py, PyDict>,
         cache: bool,
     ) -> PyResult<Vec<u8>> {
-        let encoder = match self.encoder.get() {
-            Some(e) if !self.closed.load(Ordering::Relaxed) => e.get(),
+        let encoding = match self.encoder.get() {
+            Some(e) if !self.closed.load(Ordering::Relaxed) => e,
             _ => return Err(PyErr::from_value(self.dead.bind(py).call0()?)),
         };
         let tables = self.tables.get();
         let mark = tables.mark();
         let mut data = Vec::new();
-        match encoder.encode_message(py, request_id, object_id, method, answer, args, Some(kwargs), cache, &mut data) {
+        let encoded = match encoding {
+            Encoding::Pb(encoder) => encoder.get().encode_message(
+                py,
+                request_id,
+                object_id,
+                method,
+                answer,
+                args,
+                Some(kwargs),
+                cache,
+                &mut data,
+            ),
+            // foolscap numbers a call that wants no answer 0.
+            Encoding::Foolscap(encoder) => encoder.bind(py).try_borrow_mut().map_err(PyErr::from).and_then(|mut e| {
+                let reqid = if answer { request_id } else { 0 };
+                e.call_into(py, reqid, object_id.extract()?, method, args, kwargs, &mut data)
+            }),
+        };
+        match encoded {
             Ok(()) => Ok(data),
             Err(e) => {
                 tables.undo(py, mark)?;

@@ -39,6 +39,11 @@ impl TlsSessionPy {
     pub(crate) fn encrypt(&mut self, data: &[u8]) -> PyResult<()> {
         Ok(self.session.write(data)?)
     }
+
+    /// The ciphertext to send now, or None.
+    pub(crate) fn take_some<'py>(&mut self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        Some(self.session.take_with(|bytes| PyBytes::new(py, bytes))).filter(|b| !b.as_bytes().is_empty())
+    }
 }
 
 #[pymethods]
