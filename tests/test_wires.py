@@ -684,8 +684,7 @@ def test_max_refs(run, wire) -> None:
                 await w.root.callRemote("child")
             assert "Maximum PB reference count" in info.value.remoteValue
             # Already-held objects can be sent again.
-            if two:
-                assert await w.root.callRemote("identity", two[0]) is two[0]
+            assert await w.root.callRemote("identity", two[0]) is two[0]
             del two
             await eventually(lambda: w.objects() == 0)
             assert await (await w.root.callRemote("child")).callRemote("inc") == 1
