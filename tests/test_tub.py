@@ -1,11 +1,12 @@
 """Tubs talking to Tubs: pbfast on both ends, over TLS on 127.0.0.1 (or in memory for a Tub
-calling itself). Stock foolscap on the other end is in ``tests/interop/test_foolscap.py``."""
+calling itself): what only the Tub has (FURLs, gifts, negotiation, keepalives, reconnection,
+Cacheables between Tubs). The broker behaviours it shares with PB run on both wires in
+``tests/test_wires.py``. Stock foolscap on the other end is in ``tests/interop/test_foolscap.py``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import decimal
 import gc
 import random
 import socket
@@ -110,37 +111,6 @@ async def settle(*tubs, key="objects", value=0):
     return [tub.statistics() for tub in tubs]
 
 
-VALUES = [
-    None,
-    True,
-    False,
-    0,
-    -1,
-    2**31 - 1,
-    2**31,
-    -(2**31),
-    -(2**31) - 1,
-    2**64,
-    -(2**70),
-    1.5,
-    float("inf"),
-    b"",
-    b"bytes \x00\xff",
-    b"list",  # a vocabulary word
-    "",
-    "unicod\u00e9 \U0001f600",
-    [],
-    [1, [2, [3]]],
-    (1, "two", b"three"),
-    {"a": 1, "b": [2]},
-    {b"k": b"v", b"j": None},
-    {1, 2, 3},
-    frozenset({b"x", b"y"}),
-    decimal.Decimal("3.14159"),
-    {"nested": [(1, {2: frozenset({3})})]},
-]
-
-
 def test_api_example(run, tmp_path):
     async def main():
         cert = tmp_path / "server.pem"
@@ -160,108 +130,25 @@ def test_api_example(run, tmp_path):
     run(main())
 
 
-@pytest.mark.parametrize("value", VALUES, ids=repr)
-def test_values_round_trip(run, value):
-    async def main():
-        async with serving() as (_, furl), pbfast.Tub() as client:
-            ref = await client.getReference(furl)
-            result = await ref.callRemote("echo", value)
-            assert result == value and type(result) is type(value)
+def test_references_name_their_tub(run):
+    """(Calls, references both ways and their identity run on both wires in test_wires.py.)"""
 
-    run(main())
-
-
-def test_shared_and_cyclic_structures(run):
-    async def main():
-        async with serving() as (_, furl), pbfast.Tub() as client:
-            ref = await client.getReference(furl)
-            inner = [1]
-            result = await ref.callRemote("echo", [inner, inner])
-            assert result == [[1], [1]] and result[0] is result[1]
-            cycle: list = []
-            cycle.append(cycle)
-            back = await ref.callRemote("echo", cycle)
-            assert back[0] is back
-
-    run(main())
-
-
-def test_kwargs_async_and_pipelined_calls(run):
-    async def main():
-        async with serving() as (_, furl), pbfast.Tub() as client:
-            ref = await client.getReference(furl)
-            assert await ref.callRemote("add", a=-5, b=2**40) == 2**40 - 5
-            results = await asyncio.gather(
-                *(ref.callRemote("slow", i, delay=0.001 * (i % 3)) for i in range(50))
-            )
-            assert results == list(range(50))
-
-    run(main())
-
-
-def test_remote_errors(run):
-    async def main():
-        async with serving() as (_, furl), pbfast.Tub() as client:
-            ref = await client.getReference(furl)
-            with pytest.raises(pbfast.RemoteError) as info:
-                await ref.callRemote("fail", "boom")
-            assert info.value.remoteType == "builtins.ValueError"
-            assert info.value.remoteValue == "boom"
-            assert info.value.check(ValueError) is ValueError
-            assert info.value.remoteTraceback == "Traceback unavailable\n"
-            with pytest.raises(pbfast.RemoteError) as info:
-                await ref.callRemote("nonesuch")
-            assert info.value.check(AttributeError)
-            with pytest.raises(pbfast.RemoteError) as info:
-                await ref.callRemote("fail_pb")
-            assert info.value.check(pbfast.Error)
-            assert await ref.callRemote("echo", 1) == 1  # the connection is fine
-
-    run(main())
-
-
-def test_unsafe_tracebacks_option(run):
-    async def main():
-        async with serving(unsafeTracebacks=True) as (_, furl), pbfast.Tub() as client:
-            ref = await client.getReference(furl)
-            with pytest.raises(pbfast.RemoteError) as info:
-                await ref.callRemote("fail", "boom")
-            assert "remote_fail" in info.value.remoteTraceback
-
-    run(main())
-
-
-def test_unsendable_argument_fails_only_that_call(run):
-    async def main():
-        async with serving() as (_, furl), pbfast.Tub() as client:
-            ref = await client.getReference(furl)
-            with pytest.raises(TypeError):
-                await ref.callRemote("echo", object())
-            with pytest.raises(TypeError):
-                await ref.callRemote("echo", {b"k": 1, "u": 2})  # keys that cannot be sorted
-            assert await ref.callRemote("echo", 2) == 2
-
-    run(main())
-
-
-def test_references_both_ways_keep_identity(run):
     async def main():
         echo = Echo()
         async with serving(echo) as (server, furl), pbfast.Tub() as client:
             ref = await client.getReference(furl)
-            child = await ref.callRemote("child", "kid")
-            assert await child.callRemote("name") == "kid"
-            assert await ref.callRemote("same", child) is child
-            mine = Child("mine")
-            assert await ref.callRemote("call_back", mine, "name") == "mine"
-            await ref.callRemote("keep", mine)
+            assert ref.getRemoteTubID() == server.tubID
+            await ref.callRemote("keep", Child("mine"))
+            assert isinstance(echo.kept[0], pbfast.TubReference)
             assert echo.kept[0].getRemoteTubID() == client.tubID
-            assert await ref.callRemote("same", mine) is mine
 
     run(main())
 
 
 def test_decref_empties_the_exporting_tables(run):
+    """The Tub's totals, down to the registered object itself, released with the last reference
+    to it (each connection's tables emptying runs on both wires in test_wires.py)."""
+
     async def main():
         echo = Echo()
         async with serving(echo) as (server, furl), pbfast.Tub() as client:
@@ -311,20 +198,6 @@ def test_unregistered_copyable_is_a_violation(run):
     run(main())
 
 
-def test_call_remote_only(run):
-    async def main():
-        echo = Echo()
-        async with serving(echo) as (_, furl), pbfast.Tub() as client:
-            ref = await client.getReference(furl)
-            ref.callRemoteOnly("note", 1)
-            ref.callRemoteOnly("fail", "nobody hears this")
-            ref.callRemoteOnly("note", 2)
-            assert await ref.callRemote("echo", 0) == 0
-            assert echo.received == [1, 2]
-
-    run(main())
-
-
 def test_one_connection_per_remote_tub(run):
     async def main():
         async with serving() as (server, furl), pbfast.Tub() as client:
@@ -333,18 +206,6 @@ def test_one_connection_per_remote_tub(run):
             other = server.registerReference(Echo())
             assert (await client.getReference(other)).broker is refs[0].broker
             assert client.statistics()["connections"] == 1
-
-    run(main())
-
-
-def test_tub_calls_its_own_furl(run):
-    async def main():
-        async with serving() as (tub, furl):
-            ref = await tub.getReference(furl)
-            assert await ref.callRemote("echo", [1, b"2"]) == [1, b"2"]
-            child = await ref.callRemote("child", "me")
-            assert await child.callRemote("name") == "me"
-            assert await ref.callRemote("same", child) is child
 
     run(main())
 
@@ -682,6 +543,7 @@ def test_cacheable_between_pbfast_tubs(run):
 
 
 def test_statistics_share_the_names_of_pb_connections(run):
+    """A Tub's totals (each connection's names, on both wires, are in test_wires.py)."""
     shared = ("objects", "proxies", "cached", "pending", "in_flight", "backlog", "buffered")
 
     async def main():
@@ -696,96 +558,7 @@ def test_statistics_share_the_names_of_pb_connections(run):
         async with serving() as (server, furl), pbfast.Tub() as client:
             ref = await client.getReference(furl)
             assert await ref.callRemote("echo", 1) == 1
-            pb_root, pb_server = await pbfast.testing.connected_pair(pbfast.Root())
-            assert set(ref.broker.statistics()) == {*pb_server.statistics(), "gifts"}
-            assert set(pb_server.statistics()) == {*shared, "caches"}
+            assert set(client.statistics()) == {"connections", *ref.broker.statistics(), "registered"}
             assert client.statistics()["connections"] == 1 and client.statistics()["proxies"] == 1
-            await pb_root.broker.close()
-
-    run(main())
-
-
-class Recorder(pbfast.Referenceable):
-    """Plain remote methods (run by the decoder itself) beside one that is not plain."""
-
-    def __init__(self, order: list) -> None:
-        self.order = order
-
-    def remote_plain(self, n):
-        self.order.append(("plain", n))
-        return n
-
-    def remote_later(self, n):
-        self.order.append(("later", n))  # when the call runs, not when its answer is awaited
-        return self._later(n)
-
-    async def _later(self, n):
-        await asyncio.sleep(0)
-        return n
-
-    def remote_raise(self, n):
-        self.order.append(("raise", n))
-        raise ValueError(n)
-
-
-class Custom(pbfast.Referenceable):
-    """A custom dispatch: the broker runs these calls, not the decoder."""
-
-    def __init__(self, order: list) -> None:
-        self.order = order
-
-    def remoteMessageReceived(self, broker, message, args, kw):
-        self.order.append(("custom", args[0]))
-        return args[0]
-
-
-def test_calls_run_in_order_on_both_paths(run, monkeypatch):
-    """Plain calls run inside the decoder (the broker's own dispatch never sees them), calls on
-    other objects through the broker; pipelined together, they still run in the order sent, and
-    each gets its own answer or error."""
-    from pbfast._tub_broker import TubBroker
-
-    broker_calls = []
-    original = TubBroker._on_call
-
-    def counting(self, event):
-        broker_calls.append(event[3])
-        return original(self, event)
-
-    monkeypatch.setitem(TubBroker._HANDLERS, pbfast._core.FS_CALL, counting)
-
-    async def main():
-        order: list = []
-        root = Echo()
-        async with serving(root) as (server, furl), pbfast.Tub() as client:
-            ref = await client.getReference(furl)
-            plain = await ref.callRemote("keep", Recorder(order))
-            custom = await ref.callRemote("keep", Custom(order))
-            del plain, custom
-            recorder, custom = root.kept
-            broker_calls.clear()
-            calls = []
-            for n in range(30):
-                if n % 10 == 7:
-                    calls.append(custom.callRemote("any", n))
-                elif n % 10 == 3:
-                    calls.append(recorder.callRemote("later", n))
-                elif n % 10 == 5:
-                    calls.append(recorder.callRemote("raise", n))
-                else:
-                    calls.append(recorder.callRemote("plain", n))
-            results = await asyncio.gather(*calls, return_exceptions=True)
-            for n, result in enumerate(results):
-                if n % 10 == 5:
-                    assert isinstance(result, pbfast.RemoteError) and result.check(ValueError), result
-                else:
-                    assert result == n
-            assert [n for _, n in order] == list(range(30))
-            # Only the custom calls (and plain ones behind one in the same chunk) reached the
-            # broker's dispatch; most plain ones never did.
-            assert "any" in broker_calls and broker_calls.count("plain") < 18, broker_calls
-            recorder.callRemoteOnly("plain", 99)
-            assert await recorder.callRemote("plain", 100) == 100
-            assert order[-2:] == [("plain", 99), ("plain", 100)]
 
     run(main())
