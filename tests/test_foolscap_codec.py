@@ -501,9 +501,9 @@ VIOLATIONS = [
         "too many items in my-reference",
     ),
     (
-        "your-reference with a NEG clid",
-        answer_of(*seq(1, b"your-reference", ("NEG", -1))),
-        "your-reference clid must be an INT (in 64 bits), not NEG",
+        "your-reference with a STRING clid",
+        answer_of(*seq(1, b"your-reference", ("STRING", b"1"))),
+        "your-reference clid must be an INT or NEG (in 64 bits), not STRING",
     ),
     ("their-reference without a FURL", answer_of(*seq(1, b"their-reference", ("INT", 1))), "ended too early"),
 ]

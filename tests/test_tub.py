@@ -172,6 +172,28 @@ def test_decref_empties_the_exporting_tables(run):
     run(main())
 
 
+def test_a_callable_comes_back_as_itself(run):
+    """A function travels as a callable reference (a negative clid, as foolscap numbers them);
+    the peer can call it, and sending it back names our function again."""
+
+    async def main():
+        heard = []
+
+        def note(value):
+            heard.append(value)
+            return value * 2
+
+        async with serving() as (_, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            assert await ref.callRemote("call_back", note, "__call__", 21) == 42
+            assert await ref.callRemote("same", note) is note
+            assert heard == [21]
+            del ref
+            await settle(client)
+
+    run(main())
+
+
 def test_copyables_by_type_name(run):
     async def main():
         async with serving() as (_, furl), pbfast.Tub() as client:

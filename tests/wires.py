@@ -58,11 +58,6 @@ class Expect:
     logs_failures: bool
     # The decoder event of an incoming call the broker dispatches (its method name at [3]).
     call_event: int
-    # Whether our object, sent to the peer which let go of it before its answer naming it
-    # back was written, still resolves: PB pins what a call sent until it is answered; a Tub,
-    # as foolscap, forgets an object once the peer's decref balances what it was sent, and
-    # refuses the late answer's your-reference.
-    pins_sent_objects: bool
     # The statistics a connection reports beyond the shared names.
     extra_statistics: frozenset[str]
 
@@ -79,7 +74,6 @@ PB = Expect(
     max_refs_value="Maximum PB reference count",
     logs_failures=True,
     call_event=pbfast._core.EV_MESSAGE,
-    pins_sent_objects=True,
     extra_statistics=frozenset({"caches"}),
 )
 TUB = Expect(
@@ -94,7 +88,6 @@ TUB = Expect(
     max_refs_value="Maximum PB reference count",
     logs_failures=False,
     call_event=pbfast._core.FS_CALL,
-    pins_sent_objects=False,
     extra_statistics=frozenset({"caches", "gifts"}),
 )
 

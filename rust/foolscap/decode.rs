@@ -615,7 +615,7 @@ impl<'a, B: Build> Walker<'a, '_, B> {
                 self.located(built, "my-reference", at)
             }
             b"your-reference" => {
-                let clid = self.int_field("your-reference clid", false, at)?;
+                let clid = self.int_field("your-reference clid", true, at)?;
                 self.end("your-reference")?;
                 let built = self.build.your_reference(clid);
                 self.located(built, "your-reference", at)

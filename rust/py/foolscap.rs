@@ -1087,7 +1087,7 @@ impl<'py> MessageWriter<'py, '_> {
                 Ok(self.w.my_reference(clid, Some((iface, furl.as_deref().map(str::as_bytes))))?)
             }
             ("your-reference", 2) => {
-                let clid = wire_id("your-reference clid", form.get_item(1)?.extract()?, false)?;
+                let clid = wire_id("your-reference clid", form.get_item(1)?.extract()?, true)?;
                 Ok(self.w.your_reference(clid)?)
             }
             ("their-reference", 3) => {
