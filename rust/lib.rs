@@ -1,7 +1,8 @@
 //! pbfast's core: a sans-IO implementation of Twisted PB's banana and jelly, and of foolscap's
 //! banana and PB messages.
 //!
-//! Nothing here touches sockets, timers or the clock. Bytes go in, values or events come out:
+//! Nothing here touches sockets, timers or the clock. Bytes (and the time) go in, values, events
+//! or decisions come out:
 //!
 //! 1. A [`banana::Framer`] is fed each received chunk and hands back every complete top-level
 //!    expression as one slice (limits are enforced while scanning, before anything is buffered).
@@ -18,6 +19,9 @@
 //! turns received ciphertext into plaintext and outgoing messages into records, and exposes the
 //! peer's certificate so its TubID can be checked.
 //!
+//! [`liveness::Liveness`] decides, from the times it is given, when a connection pings its peer
+//! or closes for a handshake or a silence that lasted too long.
+//!
 //! The `python` feature adds the PyO3 module `pbfast._core`; without it the crate is plain Rust
 //! and `cargo test` needs no interpreter.
 
@@ -25,6 +29,7 @@ pub mod banana;
 pub mod foolscap;
 pub mod ids;
 pub mod jelly;
+pub mod liveness;
 #[cfg(feature = "python")]
 mod py;
 pub mod refs;
@@ -41,6 +46,8 @@ mod _core {
     use crate::py::foolscap::{FoolscapDecoderPy, FoolscapEncoderPy};
     #[pymodule_export]
     use crate::py::jelly::UnresolvedReference;
+    #[pymodule_export]
+    use crate::py::liveness::LivenessPy;
     #[pymodule_export]
     use crate::py::pb::{PbDecoderPy, PbEncoderPy};
     #[pymodule_export]
@@ -100,6 +107,15 @@ mod _core {
             ("FS_FLUSH", fs::FS_FLUSH),
         ] {
             m.add(name, kind)?;
+        }
+        use crate::py::liveness as live;
+        for (name, what) in [
+            ("DUE_NOTHING", live::DUE_NOTHING),
+            ("DUE_PING", live::DUE_PING),
+            ("DUE_HANDSHAKE", live::DUE_HANDSHAKE),
+            ("DUE_IDLE", live::DUE_IDLE),
+        ] {
+            m.add(name, what)?;
         }
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         m.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;

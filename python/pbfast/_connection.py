@@ -248,10 +248,12 @@ class Connection(asyncio.Protocol, abc.ABC):
         # Limits and timers.
         self._budget_share = 0
         self._limits_logged: set[str] = set()
+        # The handshake and idle timeouts and the keepalive: the rules (in Rust) are given the
+        # time and say what to do and when to ask again; one timer asks.
+        self._liveness: Any = None
         self._last_received = self._loop.time()
         self._idle_watched = False  # whether `_last_received` is kept (a clock read per chunk)
-        self._handshake_timer: asyncio.TimerHandle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
@@ -267,12 +269,13 @@ class Connection(asyncio.Protocol, abc.ABC):
         _set_nodelay(transport)
         if self._group is not None:
             self._group.add(self)
-        if self.options.handshake_timeout:
-            self._handshake_timer = self._loop.call_later(
-                self.options.handshake_timeout, self._handshake_timed_out
-            )
-        self._last_received = self._loop.time()
-        self._schedule_idle_check()
+        now = self._last_received = self._loop.time()
+        options = self.options
+        self._liveness = _core.Liveness(
+            now, options.handshake_timeout, options.idle_timeout, self._keepalive_interval()
+        )
+        self._idle_watched = self._liveness.watches_silence
+        self._set_timer(self._liveness.next_poll(now))
         self._opened()
 
     def data_received(self, data: bytes) -> None:
@@ -313,10 +316,10 @@ class Connection(asyncio.Protocol, abc.ABC):
         if self.disconnected:
             return
         self.disconnected = self._closing = True
-        for timer in (self._handshake_timer, self._idle_timer, self._abort_timer):
+        for timer in (self._timer, self._abort_timer):
             if timer is not None:
                 timer.cancel()
-        self._handshake_timer = self._idle_timer = self._abort_timer = None
+        self._timer = self._abort_timer = None
         if self._budget_share:
             _budget.change(-self._budget_share)
             self._budget_share = 0
@@ -610,47 +613,33 @@ class Connection(asyncio.Protocol, abc.ABC):
             self._budget_share = 0
             self._abort(LimitExceeded(message, "memory_budget"), message, logged=True)
 
-    def _handshake_timed_out(self) -> None:
-        self._handshake_timer = None
-        name = self._option_name("handshake_timeout")
-        message = f"no handshake within {name}={self.options.handshake_timeout} s; closing"
-        self._limit_reached("handshake_timeout", message)
-        self._timed_out(LimitExceeded(message, name))
-
     def _handshake_done(self) -> None:
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
-            self._handshake_timer = None
+        if self._liveness is not None:
+            self._liveness.handshake_done()
 
-    def _schedule_idle_check(self) -> None:
-        """Wake when the peer will have been silent for the idle timeout or the keepalive
-        interval, whichever comes first."""
-        intervals = [t for t in (self.options.idle_timeout, self._keepalive_interval()) if t]
-        self._idle_watched = bool(intervals)
-        if intervals and not self.disconnected:
-            due = self._last_received + min(intervals)
-            self._idle_timer = self._loop.call_at(max(due, self._loop.time() + 0.001), self._check_idle)
+    def _set_timer(self, due: float | None) -> None:
+        if due is not None and not self.disconnected:
+            self._timer = self._loop.call_at(max(due, self._loop.time() + 0.001), self._on_timer)
 
-    def _check_idle(self) -> None:
-        self._idle_timer = None
+    def _on_timer(self) -> None:
+        self._timer = None
         if self._closing:
             return
-        idle = self._loop.time() - self._last_received
-        timeout = self.options.idle_timeout
-        if timeout and idle >= timeout:
+        what, idle, due = self._liveness.poll(self._loop.time(), self._last_received)
+        if what == _core.DUE_HANDSHAKE:
+            name = self._option_name("handshake_timeout")
+            message = f"no handshake within {name}={self.options.handshake_timeout} s; closing"
+            self._limit_reached("handshake_timeout", message)
+            self._timed_out(LimitExceeded(message, name))
+        elif what == _core.DUE_IDLE:
             name = self._option_name("idle_timeout")
-            message = f"no data for {idle:.1f} s, past {name}={timeout}; closing"
+            message = f"no data for {idle:.1f} s, past {name}={self.options.idle_timeout}; closing"
             self._limit_reached("idle_timeout", message)
             self._timed_out(LimitExceeded(message, name))
-            return
-        keepalive = self._keepalive_interval()
-        if keepalive and idle >= keepalive:
-            self._send_keepalive()
-            # Pinged: look again after the shorter interval (ping again, or close).
-            intervals = [t for t in (timeout, keepalive) if t]
-            self._idle_timer = self._loop.call_later(min(intervals), self._check_idle)
-            return
-        self._schedule_idle_check()
+        else:
+            if what == _core.DUE_PING:
+                self._send_keepalive()
+            self._set_timer(due)
 
     # ------------------------------------------------------------------ the end
 

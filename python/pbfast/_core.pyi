@@ -117,6 +117,27 @@ class PbEncoder:
     @property
     def dialect(self) -> str: ...
 
+DUE_NOTHING: Final[int]
+DUE_PING: Final[int]  # send a keepalive
+DUE_HANDSHAKE: Final[int]  # the handshake timeout has passed
+DUE_IDLE: Final[int]  # the idle timeout has passed
+
+class Liveness:
+    """When a connection pings its peer or closes on time alone; given the time, never reads it."""
+
+    def __init__(
+        self,
+        now: float,
+        handshake_timeout: float | None,
+        idle_timeout: float | None,
+        keepalive: float | None,
+    ) -> None: ...
+    def handshake_done(self) -> None: ...
+    @property
+    def watches_silence(self) -> bool: ...
+    def poll(self, now: float, last_received: float) -> tuple[int, float, float | None]: ...
+    def next_poll(self, last_received: float) -> float | None: ...
+
 class Tables:
     """One connection's objects (by luid or name), the references its peer holds, the luids
     the encode under way gives out, and its calls awaiting replies."""

@@ -566,8 +566,6 @@ impl FoolscapEncoderPy {
         args: Option<&Bound<'py, PyAny>>,
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        request_id(reqid)?;
-        wire_id("clid", clid, true)?;
         let args = match args {
             None => PyTuple::empty(py),
             Some(a) => match a.cast::<PyTuple>() {
@@ -676,8 +674,6 @@ impl FoolscapEncoderPy {
         kwargs: &Bound<'_, PyDict>,
         out: &mut Vec<u8>,
     ) -> PyResult<()> {
-        request_id(reqid)?;
-        wire_id("clid", clid, true)?;
         self.call_with(py, reqid, clid, method, args, kwargs, |bytes| out.extend_from_slice(bytes))
     }
 
@@ -694,6 +690,8 @@ impl FoolscapEncoderPy {
         kwargs: &Bound<'py, PyDict>,
         finish: impl FnOnce(&[u8]) -> R,
     ) -> PyResult<R> {
+        request_id(reqid)?;
+        wire_id("clid", clid, true)?;
         let mut named = Vec::with_capacity(kwargs.len());
         for (name, value) in kwargs.iter() {
             let name = name

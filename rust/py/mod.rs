@@ -6,6 +6,7 @@ pub mod errors;
 pub mod fast;
 pub mod foolscap;
 pub mod jelly;
+pub mod liveness;
 pub mod objects;
 pub mod pb;
 pub mod sender;
