@@ -8,9 +8,9 @@
 //!    expression as one slice (limits are enforced while scanning, before anything is buffered).
 //! 2. A builder turns an expression into values: [`banana::Value`] here, Python objects (with
 //!    jelly applied) in the `python` feature.
-//! 3. On a PB connection, `py::pb` reads each expression as a command envelope around jelly
-//!    values and hands Python one event tuple per command; [`refs::RefTable`] keeps the counts
-//!    of the objects the peer holds.
+//! 3. On a PB connection, a [`pb::Session`] negotiates the dialect and reads each expression as
+//!    a command envelope around jelly values (`py::pb` hands Python one event tuple per
+//!    command); [`refs::RefTable`] keeps the counts of the objects the peer holds.
 //! 4. Outgoing values are encoded with a [`banana::Encoder`] into one buffer per message.
 //!
 //! foolscap connections use [`foolscap`] instead of steps 1-3: a [`foolscap::MessageFramer`]
@@ -30,6 +30,7 @@ pub mod foolscap;
 pub mod ids;
 pub mod jelly;
 pub mod liveness;
+pub mod pb;
 #[cfg(feature = "python")]
 mod py;
 pub mod refs;
@@ -70,7 +71,7 @@ mod _core {
         m.add("PB_VOCAB", pyo3::types::PyTuple::new(m.py(), words(&vocab::PB_VOCAB))?)?;
         m.add("FOOLSCAP_VOCAB", pyo3::types::PyTuple::new(m.py(), words(&vocab::FOOLSCAP_VOCAB))?)?;
         use crate::py::pb;
-        m.add("PB_VERSION", pb::PB_VERSION)?;
+        m.add("PB_VERSION", crate::pb::PB_VERSION)?;
         for (name, kind) in [
             ("EV_MESSAGE", pb::EV_MESSAGE),
             ("EV_CACHEMESSAGE", pb::EV_CACHEMESSAGE),

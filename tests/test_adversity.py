@@ -326,7 +326,7 @@ def test_client_picks_a_dialect_not_offered(run, caplog) -> None:
             await s.dropped(peer)
 
     run(main())
-    assert "the client chose dialect b'foo', which was not offered" in logged(caplog), logged(caplog)
+    assert "the client chose dialect 'foo', which was not offered" in logged(caplog), logged(caplog)
 
 
 def test_client_speaks_version_5(run, caplog) -> None:

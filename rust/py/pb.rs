@@ -44,18 +44,16 @@ use super::objects::StrCache;
 use super::sender::SenderPy;
 use super::tables::Tables;
 use super::{dialect, limits, raw_value, with_bytes, with_events};
-use crate::banana::cursor::{Cursor, Item};
-use crate::banana::{BananaError, Dialect, Encoder, Framer, Limits};
+use crate::banana::cursor::Cursor;
+use crate::banana::{Dialect, Encoder};
 use crate::jelly::scan::{references, Claim};
+use crate::pb::{Command, Kind, ObjectId, PbError, Received, Release, Session};
 
 pyo3::import_exception!(pbfast.errors, ProtocolError);
 pyo3::import_exception!(pbfast.errors, NegotiationError);
 
 /// The root object's name, made once (its hash is then cached for the object-table lookups).
 static ROOT: pyo3::sync::PyOnceLock<Py<PyBytes>> = pyo3::sync::PyOnceLock::new();
-
-/// The PB protocol version Twisted has spoken since 2003.
-pub const PB_VERSION: i64 = 6;
 
 pub const EV_MESSAGE: u8 = 0;
 pub const EV_CACHEMESSAGE: u8 = 1;
@@ -73,28 +71,21 @@ pub const EV_RAISED: u8 = 12;
 pub const EV_AWAITING: u8 = 13;
 pub const EV_FLUSH: u8 = 14;
 
-/// Negotiation expressions are a few bytes; anything longer is not a PB peer.
-const HELLO_LIMIT: usize = 256;
-/// The server's offer, in preference order.
-const OFFER: [&[u8]; 2] = [b"pb", b"none"];
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    /// Client: waiting for the server's list of dialects.
-    AwaitOffer,
-    /// Server: waiting for the client's choice.
-    AwaitChoice,
-    Ready,
+impl From<PbError> for PyErr {
+    fn from(e: PbError) -> PyErr {
+        match e {
+            PbError::Banana(e) => e.into(),
+            PbError::Protocol(what) => ProtocolError::new_err(what),
+            PbError::Negotiation(what) => NegotiationError::new_err(what),
+        }
+    }
 }
 
-/// Incremental decoder for one direction of a PB connection.
+/// Incremental decoder for one direction of a PB connection: the sans-IO [`Session`] reads
+/// the stream, this makes Python events of what it reads.
 #[pyclass(module = "pbfast._core", name = "PbDecoder")]
 pub struct PbDecoderPy {
-    stage: Stage,
-    /// Reads the one negotiation expression, a byte at a time so the dialect can change right
-    /// after it, mid-chunk.
-    hello: Framer,
-    framer: Framer,
+    session: Session,
     hook: Option<Py<PyAny>>,
     strings: StrCache,
     fast: Option<FastPath>,
@@ -107,12 +98,8 @@ impl PbDecoderPy {
     #[new]
     #[pyo3(signature = (server, *, hook=None, **limits))]
     fn new(server: bool, hook: Option<Py<PyAny>>, limits: Option<&Bound<'_, PyDict>>) -> PyResult<PbDecoderPy> {
-        let limits = self::limits(limits)?;
-        let hello_limits = Limits { max_message_size: HELLO_LIMIT, max_depth: 2, ..limits };
         Ok(PbDecoderPy {
-            stage: if server { Stage::AwaitChoice } else { Stage::AwaitOffer },
-            hello: Framer::new(Dialect::NoVocab, hello_limits),
-            framer: Framer::new(Dialect::NoVocab, limits),
+            session: Session::new(server, self::limits(limits)?),
             hook,
             strings: StrCache::new(),
             fast: None,
@@ -141,13 +128,8 @@ impl PbDecoderPy {
 
     /// The server's first bytes: the dialects it offers.
     #[staticmethod]
-    fn offer(py: Python<'_>) -> PyResult<Bound<'_, PyBytes>> {
-        let mut enc = Encoder::new(Dialect::NoVocab);
-        enc.list(OFFER.len()).map_err(PyErr::from)?;
-        for word in OFFER {
-            enc.bytes(word).map_err(PyErr::from)?;
-        }
-        Ok(PyBytes::new(py, &enc.out))
+    fn offer(py: Python<'_>) -> Bound<'_, PyBytes> {
+        PyBytes::new(py, &Session::offer())
     }
 
     /// Feed a chunk; returns the events it completed (an empty list means "need more").
@@ -156,26 +138,21 @@ impl PbDecoderPy {
     /// a peer sent before breaking the stream still count, as they do in Twisted.
     fn feed<'py>(&mut self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
         let events = PyList::empty(py);
-        let result = with_bytes(data, |mut bytes| {
-            if self.stage != Stage::Ready {
-                let used = self.negotiate(py, bytes, &events)?;
-                bytes = &bytes[used..];
-                if self.stage != Stage::Ready {
-                    return Ok(());
-                }
-            }
-            let (dialect, limits) = (self.framer.dialect(), self.framer.limits());
+        let result = with_bytes(data, |bytes| {
             let hook = self.hook.as_ref().map(|h| h.bind(py).clone());
             let strings = &mut self.strings;
             let mut fast = self.fast.as_mut().filter(|f| f.enabled);
             let mut replies = Vec::new();
-            let fed = self.framer.feed(bytes, |expr: &[u8], offset| -> PyResult<()> {
+            let fed = self.session.feed(bytes, |received| -> PyResult<()> {
+                let command = match received {
+                    Received::Ready { dialect, send } => {
+                        return events.append((EV_READY, dialect.name(), PyBytes::new(py, &send)));
+                    }
+                    Received::Command(command) => command,
+                };
                 let mut reader = Envelope {
                     py,
-                    expr,
-                    offset,
-                    dialect,
-                    limits,
+                    command,
                     hook: hook.as_ref(),
                     strings: &mut *strings,
                     fast: fast.as_deref_mut(),
@@ -211,13 +188,13 @@ impl PbDecoderPy {
     /// The negotiated dialect ("pb" or "none"), or None before negotiation ends.
     #[getter]
     fn dialect(&self) -> Option<&'static str> {
-        (self.stage == Stage::Ready).then(|| self.framer.dialect().name())
+        self.session.dialect().map(Dialect::name)
     }
 
     /// Bytes held for an incomplete expression.
     #[getter]
     fn buffered(&self) -> usize {
-        self.hello.buffered() + self.framer.buffered()
+        self.session.buffered()
     }
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
@@ -236,81 +213,11 @@ impl PbDecoderPy {
     }
 }
 
-impl PbDecoderPy {
-    /// Read the negotiation expression from the front of `bytes`; returns how many bytes it used.
-    fn negotiate<'py>(&mut self, py: Python<'py>, bytes: &[u8], events: &Bound<'py, PyList>) -> PyResult<usize> {
-        for (i, byte) in bytes.iter().enumerate() {
-            let mut hello = None;
-            self.hello
-                .feed(std::slice::from_ref(byte), |expr: &[u8], _| -> Result<(), BananaError> {
-                    hello = Some(expr.to_vec());
-                    Ok(())
-                })
-                .map_err(|e| match e.limit_name() {
-                    Some("max_message_size" | "max_depth") => NegotiationError::new_err(format!(
-                        "the peer's dialect negotiation is over {HELLO_LIMIT} bytes or nested: not a PB peer"
-                    )),
-                    _ => PyErr::from(e),
-                })?;
-            let Some(expr) = hello else { continue };
-            let value = raw_value(py, &mut Cursor::new(&expr, Dialect::NoVocab, self.hello.limits()))?;
-            let chosen = match self.stage {
-                Stage::AwaitOffer => choose(&value)?,
-                _ => accept(&value)?,
-            };
-            let mut enc = Encoder::new(Dialect::NoVocab);
-            if self.stage == Stage::AwaitOffer {
-                enc.bytes(chosen.name().as_bytes()).map_err(PyErr::from)?;
-            }
-            enc.dialect = chosen;
-            enc.list(2).map_err(PyErr::from)?;
-            enc.bytes(b"version").map_err(PyErr::from)?;
-            enc.int(PB_VERSION);
-            self.stage = Stage::Ready;
-            self.framer.set_dialect(chosen);
-            self.framer.start_at(self.hello.offset());
-            let ready = (EV_READY, chosen.name(), PyBytes::new(py, &enc.out));
-            events.append(ready)?;
-            return Ok(i + 1);
-        }
-        Ok(bytes.len())
-    }
-}
-
-/// The client's pick from the server's offer: the first dialect we speak.
-fn choose(offer: &Bound<'_, PyAny>) -> PyResult<Dialect> {
-    let words: Vec<Vec<u8>> = offer.extract().map_err(|_| {
-        NegotiationError::new_err(format!("the server's dialect offer is not a list of names: {offer}"))
-    })?;
-    words.iter().find_map(|w| named_dialect(w)).ok_or_else(|| {
-        NegotiationError::new_err(format!("the server offers dialects {offer}, none of which pbfast speaks (pb, none)"))
-    })
-}
-
-/// The server's check of the client's choice.
-fn accept(choice: &Bound<'_, PyAny>) -> PyResult<Dialect> {
-    choice
-        .cast::<PyBytes>()
-        .ok()
-        .and_then(|b| named_dialect(b.as_bytes()))
-        .ok_or_else(|| NegotiationError::new_err(format!("the client chose dialect {choice}, which was not offered")))
-}
-
-fn named_dialect(name: &[u8]) -> Option<Dialect> {
-    match name {
-        b"pb" => Some(Dialect::Pb),
-        b"none" => Some(Dialect::NoVocab),
-        _ => None,
-    }
-}
-
-/// One received top-level expression, read as a PB command.
+/// One received command, its values made into Python objects (and plain calls and answers
+/// handled on the spot, with the fast path).
 struct Envelope<'py, 'a> {
     py: Python<'py>,
-    expr: &'a [u8],
-    offset: u64,
-    dialect: Dialect,
-    limits: Limits,
+    command: Command<'a>,
     hook: Option<&'a Bound<'py, PyAny>>,
     strings: &'a mut StrCache,
     fast: Option<&'a mut FastPath>,
@@ -320,33 +227,15 @@ struct Envelope<'py, 'a> {
 impl<'py> Envelope<'py, '_> {
     fn event(&mut self) -> PyResult<Option<Bound<'py, PyAny>>> {
         let py = self.py;
-        let mut cur = Cursor::new(self.expr, self.dialect, self.limits);
-        let Some(Item::List(n)) = cur.next_item() else {
-            return Err(self.broken("a PB command must be a list", 0));
-        };
-        let command = match cur.next_item() {
-            Some(Item::Bytes(name)) => name,
-            _ => return Err(self.broken("a PB command must start with its name as a byte string", 0)),
-        };
-        let arity = |want: usize| -> PyResult<()> {
-            if n == want {
-                Ok(())
-            } else {
-                let fields = |n: usize| if n == 1 { "1 field".to_string() } else { format!("{n} fields") };
-                Err(self
-                    .broken(&format!("{} takes {}, not {}", show(command), fields(want - 1), n.saturating_sub(1)), 0))
+        let Command { kind, expr, body, dialect, limits, .. } = self.command;
+        let mut cur = Cursor::new(expr, dialect, limits);
+        cur.skip_to(body);
+        let event = match kind {
+            Kind::Message { cache, request_id, object, method, answer } => {
+                return self.call(cache, request_id, object, method, answer, &mut cur);
             }
-        };
-        let event = match command {
-            b"message" | b"cachemessage" => {
-                arity(7)?;
-                let kind = if command == b"message" { EV_MESSAGE } else { EV_CACHEMESSAGE };
-                return self.call(kind, &mut cur);
-            }
-            b"answer" | b"error" => {
-                arity(3)?;
-                let request_id = self.int(&mut cur, "request id")?;
-                let kind = if command == b"answer" { EV_ANSWER } else { EV_ERROR };
+            Kind::Reply { error, request_id } => {
+                let kind = if error { EV_ERROR } else { EV_ANSWER };
                 match self.jelly(&mut cur) {
                     Ok(value) => {
                         if let (EV_ANSWER, Some(fast)) = (kind, self.fast.as_deref()) {
@@ -362,52 +251,42 @@ impl<'py> Envelope<'py, '_> {
                     }
                 }
             }
-            b"decref" | b"decache" | b"uncache" => {
-                arity(2)?;
-                let kind = match command {
-                    b"decref" => EV_DECREF,
-                    b"decache" => EV_DECACHE,
-                    _ => EV_UNCACHE,
+            Kind::Release(release) => {
+                let kind = match release {
+                    Release::Decref => EV_DECREF,
+                    Release::Decache => EV_DECACHE,
+                    Release::Uncache => EV_UNCACHE,
                 };
                 (kind, raw_value(py, &mut cur)?).into_pyobject(py)?.into_any()
             }
-            b"version" => {
-                arity(2)?;
-                let at = cur.pos();
-                match cur.next_item() {
-                    Some(Item::Int(PB_VERSION)) => return Ok(None),
-                    Some(Item::Int(v)) => {
-                        return Err(NegotiationError::new_err(format!(
-                            "Version Incompatibility: pbfast speaks PB protocol version {PB_VERSION}, the peer {v}"
-                        )))
-                    }
-                    _ => return Err(self.broken("the version must be an integer", at)),
-                }
-            }
-            b"didNotUnderstand" => {
-                arity(2)?;
-                (EV_DID_NOT_UNDERSTAND, raw_value(py, &mut cur)?).into_pyobject(py)?.into_any()
-            }
-            other => (EV_UNKNOWN, PyBytes::new(py, other)).into_pyobject(py)?.into_any(),
+            Kind::DidNotUnderstand => (EV_DID_NOT_UNDERSTAND, raw_value(py, &mut cur)?).into_pyobject(py)?.into_any(),
+            Kind::Unknown(name) => (EV_UNKNOWN, PyBytes::new(py, name)).into_pyobject(py)?.into_any(),
         };
         Ok(Some(event))
     }
 
-    /// `[message|cachemessage, request_id, object_id, method, answer_required, args, kwargs]`.
-    fn call(&mut self, kind: u8, cur: &mut Cursor<'_>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    /// A `message` or `cachemessage`: its arguments (the jelly after the envelope), then the
+    /// fast path or an event.
+    fn call(
+        &mut self,
+        cache: bool,
+        request_id: i64,
+        object: ObjectId<'_>,
+        method: &str,
+        answer: bool,
+        cur: &mut Cursor<'_>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let py = self.py;
-        let request_id = self.int(cur, "request id")?;
-        let at = cur.pos();
-        let object_id = match cur.next_item() {
-            Some(Item::Int(luid)) => luid.into_pyobject(py)?.into_any(),
-            Some(Item::Bytes(b"root")) => {
+        let kind = if cache { EV_CACHEMESSAGE } else { EV_MESSAGE };
+        let object_id = match object {
+            ObjectId::Luid(luid) => luid.into_pyobject(py)?.into_any(),
+            ObjectId::Name(b"root") => {
                 ROOT.get_or_init(py, || PyBytes::new(py, b"root").unbind()).bind(py).clone().into_any()
             }
-            Some(Item::Bytes(name)) => PyBytes::new(py, name).into_any(),
-            _ => return Err(self.broken("an object id must be an integer or a byte string", at)),
+            ObjectId::Name(name) => PyBytes::new(py, name).into_any(),
         };
-        let method = self.method(cur)?;
-        let answer = self.int(cur, "answerRequired")? != 0;
+        let method = self.strings.get(py, method.as_bytes())?;
+        let Command { expr, offset, dialect, .. } = self.command;
         let arguments = self.jelly(cur).and_then(|args| {
             let at = cur.pos();
             let args = match args.cast_into::<PyTuple>() {
@@ -416,14 +295,14 @@ impl<'py> Envelope<'py, '_> {
                     Ok(list) => list.to_tuple(),
                     Err(e) => {
                         let what = e.into_inner().get_type().name()?;
-                        let at = Some(self.offset + at as u64);
+                        let at = Some(offset + at as u64);
                         return Err(jelly_error(format!("call arguments must be a tuple or list, not {what}"), at));
                     }
                 },
             };
             // Most calls have no keyword arguments: skip making an empty dict for them.
-            if self.dialect.empty_dictionary() == &self.expr[cur.pos()..] {
-                cur.skip_to(self.expr.len());
+            if dialect.empty_dictionary() == &expr[cur.pos()..] {
+                cur.skip_to(expr.len());
                 return Ok((args, None));
             }
             let kwargs = self.jelly(cur)?;
@@ -449,34 +328,13 @@ impl<'py> Envelope<'py, '_> {
         }))
     }
 
-    /// A method name: bytes (UTF-8, as Twisted sends it) or a jellied `unicode`.
-    fn method(&mut self, cur: &mut Cursor<'_>) -> PyResult<Bound<'py, PyString>> {
-        let at = cur.pos();
-        let name = match cur.unicode() {
-            Some(name) => name,
-            None => match cur.next_item() {
-                Some(Item::Bytes(name)) => name,
-                _ => return Err(self.broken("a method name must be a byte string", at)),
-            },
-        };
-        self.strings.get(self.py, name).map_err(|_| self.broken("a method name must be UTF-8", at))
-    }
-
-    fn int(&self, cur: &mut Cursor<'_>, what: &str) -> PyResult<i64> {
-        let at = cur.pos();
-        match cur.next_item() {
-            Some(Item::Int(v)) => Ok(v),
-            _ => Err(self.broken(&format!("the {what} must be an integer"), at)),
-        }
-    }
-
     /// One jelly value at the cursor, in its own reference-id space. On failure the cursor is
     /// left where decoding stopped.
     fn jelly(&mut self, cur: &mut Cursor<'_>) -> PyResult<Bound<'py, PyAny>> {
+        let Command { expr, offset, dialect, limits, .. } = self.command;
         let start = cur.pos();
-        let rest = &self.expr[start..];
-        let base = self.offset + start as u64;
-        let mut decoder = JellyDecoder::new(self.py, rest, self.dialect, self.limits, base, self.hook, self.strings);
+        let mut decoder =
+            JellyDecoder::new(self.py, &expr[start..], dialect, limits, offset + start as u64, self.hook, self.strings);
         let value = decoder.build(false);
         cur.skip_to(start + decoder.consumed());
         value
@@ -485,7 +343,8 @@ impl<'py> Envelope<'py, '_> {
     /// `(command, luid)` for each reference from the cursor to the end of the command: after a
     /// refusal, the ones that never became proxies or copies (the broker gives them back).
     fn unclaimed(&self, cur: &Cursor<'_>) -> PyResult<Bound<'py, PyList>> {
-        let found = references(self.expr, self.dialect, self.limits, cur.pos());
+        let Command { expr, dialect, limits, .. } = self.command;
+        let found = references(expr, dialect, limits, cur.pos());
         PyList::new(
             self.py,
             found.into_iter().map(|claim| match claim {
@@ -493,10 +352,6 @@ impl<'py> Envelope<'py, '_> {
                 Claim::Cache(luid) => (&b"decache"[..], luid),
             }),
         )
-    }
-
-    fn broken(&self, what: &str, at: usize) -> PyErr {
-        ProtocolError::new_err(format!("{what} (at byte {})", self.offset + at as u64))
     }
 }
 
@@ -519,10 +374,6 @@ fn keywords(kwargs: Bound<'_, PyAny>) -> PyResult<Bound<'_, PyDict>> {
         fixed.set_item(key, value)?;
     }
     Ok(fixed)
-}
-
-fn show(command: &[u8]) -> String {
-    crate::jelly::decode::show(command)
 }
 
 /// Encoder of outgoing PB commands: one call per message, bytes out.
