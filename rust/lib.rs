@@ -88,6 +88,7 @@ mod _core {
             ("EV_RAISED", pb::EV_RAISED),
             ("EV_AWAITING", pb::EV_AWAITING),
             ("EV_FLUSH", pb::EV_FLUSH),
+            ("EV_RETURNED", pb::EV_RETURNED),
         ] {
             m.add(name, kind)?;
         }

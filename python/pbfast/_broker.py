@@ -35,6 +35,7 @@ from ._core import (
     EV_MESSAGE,
     EV_RAISED,
     EV_READY,
+    EV_RETURNED,
     EV_UNCACHE,
     EV_UNKNOWN,
 )
@@ -198,7 +199,7 @@ class Broker(Connection):
             _, request_id, answer, method, _exc, unclaimed = event
             self._give_back(unclaimed)
         elif kind == EV_AWAITING:
-            _, request_id, answer, method, awaitable = event
+            _, request_id, answer, method, awaitable, _perspective = event
             if hasattr(awaitable, "close"):
                 awaitable.close()  # a coroutine that will never be awaited
         else:
@@ -245,35 +246,28 @@ class Broker(Connection):
         self._handshake_done()
         self._encoder = _core.PbEncoder(dialect, hook=self._jelly)
         self._sender.start(self._encoder)
-        self._decoder.attach(self._tables, self._encoder, self._sender, default_dispatch)
+        self._decoder.attach(self._tables, self._encoder, self._sender, self, default_dispatch)
         self._write(reply)
         if not self.ready.done():
             self.ready.set_result(dialect)
 
     def _on_message(self, event: tuple) -> None:
-        _, request_id, objid, method, answer, args, kwargs = event
-        target = self._tables.get(objid)
-        if target is None:
-            self._fail(request_id, answer, Error("Invalid Object ID"), method)
-            return
-        try:
-            result = target.remoteMessageReceived(self, method, args, kwargs)
-            perspective = target.serializingPerspective()
-        except Exception as exc:
-            self._fail(request_id, answer, exc, method)
-            return
-        if hasattr(type(result), "__await__"):
-            self._start(request_id, answer, method, result, perspective)
-        elif answer:
-            self._answer(request_id, result, method, perspective)
+        # A call held back while the decoder's fast path was off: it runs there now all the same.
+        for outcome in self._decoder.run(*event[1:]):
+            self._HANDLERS[outcome[0]](self, outcome)
 
     def _on_raised(self, event: tuple) -> None:
         _, request_id, answer, method, exc = event
         self._fail(request_id, answer, exc, method)
 
     def _on_awaiting(self, event: tuple) -> None:
-        _, request_id, answer, method, awaitable = event
-        self._start(request_id, answer, method, awaitable)
+        _, request_id, answer, method, awaitable, perspective = event
+        self._start(request_id, answer, method, awaitable, perspective)
+
+    def _on_returned(self, event: tuple) -> None:
+        _, request_id, answer, method, result, perspective = event
+        if answer:
+            self._answer(request_id, result, method, perspective)
 
     def _on_flush(self, event: tuple) -> None:
         self._flush()
@@ -448,6 +442,7 @@ class Broker(Connection):
         EV_DID_NOT_UNDERSTAND: _on_did_not_understand,
         EV_RAISED: _on_raised,
         EV_AWAITING: _on_awaiting,
+        EV_RETURNED: _on_returned,
         EV_FLUSH: _on_flush,
     }
 

@@ -79,6 +79,7 @@ EV_DID_NOT_UNDERSTAND: Final[int]
 EV_RAISED: Final[int]
 EV_AWAITING: Final[int]
 EV_FLUSH: Final[int]
+EV_RETURNED: Final[int]
 
 class PbDecoder:
     def __init__(self, server: bool, *, hook: _DecodeHook | None = None, **limits: int) -> None: ...
@@ -89,10 +90,20 @@ class PbDecoder:
         tables: Tables,
         encoder: PbEncoder,
         sender: Sender,
+        broker: Any,
         is_plain: Callable[[type], bool],
     ) -> None: ...
     fast: bool
     def feed(self, data: _Buffer) -> list[tuple[Any, ...]]: ...
+    def run(
+        self,
+        request_id: int,
+        object_id: int | bytes,
+        method: str,
+        answer: bool,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> list[tuple[Any, ...]]: ...
     @property
     def dialect(self) -> str | None: ...
     @property

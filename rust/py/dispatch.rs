@@ -2,8 +2,10 @@
 //! the dispatch both wires' fast paths share (`fast.rs` for PB, `foolscap.rs` for a Tub).
 //!
 //! A type is plain when it keeps the default dispatch (the broker's `is_plain` decides, asked once
-//! per type): a call on it is ``remote_<name>(*args, **kwargs)``. Anything else — another type, a
-//! missing method — is declined, so the broker reports it, worded in one place.
+//! per type): a call on it is ``remote_<name>(*args, **kwargs)``. [`Dispatch::call`] declines
+//! anything else — another type, a missing method; [`Dispatch::call_any`] runs those the way
+//! the object asks (its `remoteMessageReceived`), so a PB call is dispatched here whatever its
+//! target.
 
 use pyo3::exceptions::{PyAttributeError, PyException};
 use pyo3::ffi;
@@ -25,6 +27,16 @@ pub enum Called<'py> {
     Raised(PyErr),
     /// Not a call for this path (not a plain type, or no such method): the broker runs it.
     Declined,
+}
+
+/// What running a call on any object came to (see [`Dispatch::call_any`]).
+pub enum Ran<'py> {
+    /// The result (not awaitable), and the perspective it is sent for, if not the default.
+    Returned(Bound<'py, PyAny>, Option<Bound<'py, PyAny>>),
+    /// An awaitable result, and the perspective its result is sent for.
+    Awaiting(Bound<'py, PyAny>, Option<Bound<'py, PyAny>>),
+    /// The method (or the lookup of it) raised.
+    Raised(PyErr),
 }
 
 /// The per-connection caches of the dispatch.
@@ -71,6 +83,50 @@ impl Dispatch {
             Err(e) if e.is_instance_of::<PyAttributeError>(py) && !target.hasattr(&attribute)? => Called::Declined,
             Err(e) if !e.is_instance_of::<PyException>(py) => return Err(e),
             Err(e) => Called::Raised(e),
+        })
+    }
+
+    /// Run a call on any object: plain ones as [`Dispatch::call`] does, the others through
+    /// `target.remoteMessageReceived(broker, method, args, kwargs)` (which reports a missing
+    /// method itself); the second item is then `target.serializingPerspective()`, the
+    /// perspective the result is sent for (None when it is the default).
+    #[allow(clippy::too_many_arguments)]
+    pub fn call_any<'py>(
+        &mut self,
+        py: Python<'py>,
+        broker: &Bound<'py, PyAny>,
+        target: &Bound<'py, PyAny>,
+        method: &Bound<'py, PyString>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Ran<'py>> {
+        match self.call(py, target, method, args, kwargs)? {
+            Called::Returned(result) => return Ok(Ran::Returned(result, None)),
+            Called::Awaiting(awaitable) => return Ok(Ran::Awaiting(awaitable, None)),
+            Called::Raised(e) => return Ok(Ran::Raised(e)),
+            Called::Declined => {}
+        }
+        let kwargs = match kwargs {
+            Some(kwargs) => kwargs.clone(),
+            None => PyDict::new(py),
+        };
+        let ran = target
+            .call_method1(pyo3::intern!(py, "remoteMessageReceived"), (broker, method, args, kwargs))
+            .and_then(|result| {
+                let perspective = target.call_method0(pyo3::intern!(py, "serializingPerspective"))?;
+                Ok((result, perspective))
+            });
+        Ok(match ran {
+            Ok((result, perspective)) => {
+                let perspective = (!perspective.is_none()).then_some(perspective);
+                if awaitable(&result) {
+                    Ran::Awaiting(result, perspective)
+                } else {
+                    Ran::Returned(result, perspective)
+                }
+            }
+            Err(e) if !e.is_instance_of::<PyException>(py) => return Err(e),
+            Err(e) => Ran::Raised(e),
         })
     }
 

@@ -3,21 +3,24 @@
 //!
 //! - an `answer` to one of our calls resolves its future directly (unless the call pinned
 //!   objects, which the broker must release);
-//! - a `message` to a plain `Referenceable` (one whose type keeps the default dispatch: the
-//!   broker's `is_plain` decides) runs `remote_<name>(*args, **kwargs)` and, if the result is not
-//!   awaitable, encodes the answer.
+//! - every `message` is dispatched here (`Dispatch::call_any`): a plain `Referenceable` runs
+//!   `remote_<name>(*args, **kwargs)`, any other object its `remoteMessageReceived`; a result
+//!   that is not awaitable and is sent for no particular perspective is encoded as the answer.
 //!
-//! Answers go to the connection's `Sender`. Anything else — a missing object or method, an
-//! exception, an awaitable result, a reply that cannot be encoded — becomes an event for the
-//! broker, which handles it as it would without this path. The broker switches the path off
-//! while it holds calls back (flow control), and the path stops itself once a chunk's replies
-//! reach `REPLY_FLUSH` bytes so the broker can write them and apply back-pressure to the rest.
+//! Answers go to the connection's `Sender`. The rest — a missing object, an exception, an
+//! awaitable result, a result for a perspective, a reply that cannot be encoded — becomes an
+//! event for the broker to finish. The broker switches the path off while it holds calls back
+//! (flow control) and later runs the held calls through `PbDecoder.run`, which is this same
+//! path; the path stops itself once a chunk's replies reach `REPLY_FLUSH` bytes so the broker
+//! can write them and apply back-pressure to the rest.
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
-use super::dispatch::{Called, Dispatch};
-use super::pb::{PbEncoderPy, EV_AWAITING, EV_FLUSH, EV_RAISED};
+pyo3::import_exception!(pbfast.errors, Error);
+
+use super::dispatch::{Dispatch, Ran};
+use super::pb::{PbEncoderPy, EV_AWAITING, EV_FLUSH, EV_RAISED, EV_RETURNED};
 use super::sender::SenderPy;
 use super::tables::Tables;
 
@@ -31,6 +34,8 @@ pub struct FastPath {
     encoder: Py<PbEncoderPy>,
     /// Where the answers go.
     sender: Py<SenderPy>,
+    /// What `remoteMessageReceived` is given as the broker.
+    broker: Py<PyAny>,
     dispatch: Dispatch,
     pub enabled: bool,
 }
@@ -40,13 +45,20 @@ pub enum Outcome<'py> {
     Done,
     /// An event for the broker instead.
     Event(Bound<'py, PyAny>),
-    /// Not for the fast path: the broker gets the ordinary event.
+    /// Not for the fast path (an answer the broker must settle): the broker gets the ordinary
+    /// event.
     Declined,
 }
 
 impl FastPath {
-    pub fn new(tables: Py<Tables>, encoder: Py<PbEncoderPy>, sender: Py<SenderPy>, is_plain: Py<PyAny>) -> FastPath {
-        FastPath { tables, encoder, sender, dispatch: Dispatch::new(is_plain), enabled: true }
+    pub fn new(
+        tables: Py<Tables>,
+        encoder: Py<PbEncoderPy>,
+        sender: Py<SenderPy>,
+        broker: Py<PyAny>,
+        is_plain: Py<PyAny>,
+    ) -> FastPath {
+        FastPath { tables, encoder, sender, broker, dispatch: Dispatch::new(is_plain), enabled: true }
     }
 
     /// `["answer", request_id, value]`: resolve the call's future.
@@ -54,7 +66,8 @@ impl FastPath {
         Ok(if self.tables.get().resolve(py, request_id, value)? { Outcome::Done } else { Outcome::Declined })
     }
 
-    /// `["message", ...]`: run the method, encode a plain result into `replies`.
+    /// `["message", ...]`: run the method; a result sent for no particular perspective is
+    /// encoded into `replies`, anything else becomes an event for the broker.
     #[allow(clippy::too_many_arguments)]
     pub fn message<'py>(
         &mut self,
@@ -67,18 +80,25 @@ impl FastPath {
         kwargs: Option<&Bound<'py, PyDict>>,
         replies: &mut Vec<u8>,
     ) -> PyResult<Outcome<'py>> {
-        let Some(target) = self.tables.get().object(py, object_id) else { return Ok(Outcome::Declined) };
-        let result = match self.dispatch.call(py, &target, method_name, args, kwargs)? {
-            Called::Returned(result) => result,
-            Called::Awaiting(awaitable) => {
-                let event = (EV_AWAITING, request_id, answer, method_name, awaitable);
+        let raised = |e: PyErr| -> PyResult<Outcome<'py>> {
+            let event = (EV_RAISED, request_id, answer, method_name, e.into_value(py));
+            Ok(Outcome::Event(event.into_pyobject(py)?.into_any()))
+        };
+        let Some(target) = self.tables.get().object(py, object_id) else {
+            return raised(Error::new_err("Invalid Object ID"));
+        };
+        let broker = self.broker.bind(py);
+        let result = match self.dispatch.call_any(py, broker, &target, method_name, args, kwargs)? {
+            Ran::Returned(result, None) => result,
+            Ran::Returned(result, perspective) => {
+                let event = (EV_RETURNED, request_id, answer, method_name, result, perspective);
                 return Ok(Outcome::Event(event.into_pyobject(py)?.into_any()));
             }
-            Called::Raised(e) => {
-                let event = (EV_RAISED, request_id, answer, method_name, e.into_value(py));
+            Ran::Awaiting(awaitable, perspective) => {
+                let event = (EV_AWAITING, request_id, answer, method_name, awaitable, perspective);
                 return Ok(Outcome::Event(event.into_pyobject(py)?.into_any()));
             }
-            Called::Declined => return Ok(Outcome::Declined),
+            Ran::Raised(e) => return raised(e),
         };
         if !answer {
             return Ok(Outcome::Done);
@@ -90,10 +110,7 @@ impl FastPath {
             .encode_sending(py, || encoder.encode_reply(py, b"answer", request_id, &result, replies))?;
         match encoded {
             Ok(()) => Ok(Outcome::Done),
-            Err(e) => {
-                let event = (EV_RAISED, request_id, answer, method_name, e.into_value(py));
-                Ok(Outcome::Event(event.into_pyobject(py)?.into_any()))
-            }
+            Err(e) => raised(e),
         }
     }
 
@@ -112,10 +129,19 @@ impl FastPath {
         Ok(if flush { Some((EV_FLUSH,).into_pyobject(py)?.into_any()) } else { None })
     }
 
+    /// Queue the answer of a held call; the flush event once the sender holds `REPLY_FLUSH`
+    /// bytes (the broker then writes, which may pause writing and hold the next calls).
+    pub fn send_held<'py>(&self, py: Python<'py>, replies: &mut Vec<u8>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let held = if replies.is_empty() { 0 } else { self.sender.get().append(py, replies)? };
+        replies.clear();
+        Ok(if held >= REPLY_FLUSH { Some((EV_FLUSH,).into_pyobject(py)?.into_any()) } else { None })
+    }
+
     pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         visit.call(&self.tables)?;
         visit.call(&self.encoder)?;
         visit.call(&self.sender)?;
+        visit.call(&self.broker)?;
         self.dispatch.traverse(visit)
     }
 }

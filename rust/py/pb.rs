@@ -20,11 +20,13 @@
 //! | `EV_UNKNOWN` | `(kind, command)`: a command PB does not have |
 //! | `EV_DID_NOT_UNDERSTAND` | `(kind, command)`: the peer did not know one of ours |
 //! | `EV_RAISED` | `(kind, request_id, answer_required, method, exception)`: (fast path) the method raised, or its result could not be sent |
-//! | `EV_AWAITING` | `(kind, request_id, answer_required, method, awaitable)`: (fast path) the method returned an awaitable |
+//! | `EV_AWAITING` | `(kind, request_id, answer_required, method, awaitable, perspective)`: (fast path) the method returned an awaitable |
+//! | `EV_RETURNED` | `(kind, request_id, answer_required, method, result, perspective)`: (fast path) a result to send for a perspective |
 //! | `EV_FLUSH` | `(kind,)`: (fast path) write what the sender holds before going on |
 //!
-//! With the fast path attached (see `fast.rs`), plain calls and answers are handled during
-//! `feed`: their answers go straight to the connection's `Sender`.
+//! With the fast path attached (see `fast.rs`), calls and plain answers are handled during
+//! `feed`: their answers go straight to the connection's `Sender`. A call the broker held back
+//! comes back through `run`, the same path.
 //!
 //! `unclaimed` lists `(b"decref" or b"decache", luid)` for the references the refused value held
 //! after the point of refusal: they never became proxies or copies, so the broker gives them
@@ -70,6 +72,7 @@ pub const EV_DID_NOT_UNDERSTAND: u8 = 11;
 pub const EV_RAISED: u8 = 12;
 pub const EV_AWAITING: u8 = 13;
 pub const EV_FLUSH: u8 = 14;
+pub const EV_RETURNED: u8 = 15;
 
 impl From<PbError> for PyErr {
     fn from(e: PbError) -> PyErr {
@@ -106,11 +109,50 @@ impl PbDecoderPy {
         })
     }
 
-    /// Handle plain calls and answers during `feed` (see `fast.rs`), with the connection's
-    /// `tables`, the `encoder`, the `sender`, and `is_plain(type)`: whether objects of a type
-    /// dispatch calls the default way (asked once per type).
-    fn attach(&mut self, tables: Py<Tables>, encoder: Py<PbEncoderPy>, sender: Py<SenderPy>, is_plain: Py<PyAny>) {
-        self.fast = Some(FastPath::new(tables, encoder, sender, is_plain));
+    /// Handle calls and plain answers during `feed` (see `fast.rs`), with the connection's
+    /// `tables`, the `encoder`, the `sender`, the `broker` (what `remoteMessageReceived` is
+    /// given) and `is_plain(type)`: whether objects of a type dispatch calls the default way
+    /// (asked once per type).
+    fn attach(
+        &mut self,
+        tables: Py<Tables>,
+        encoder: Py<PbEncoderPy>,
+        sender: Py<SenderPy>,
+        broker: Py<PyAny>,
+        is_plain: Py<PyAny>,
+    ) {
+        self.fast = Some(FastPath::new(tables, encoder, sender, broker, is_plain));
+    }
+
+    /// Run a `message` the broker held back, as `feed` would have run it: returns the events it
+    /// leads to (`EV_RAISED`, `EV_AWAITING`, `EV_RETURNED`, and `EV_FLUSH` once the sender holds
+    /// `REPLY_FLUSH` bytes); a plain answer goes to the sender.
+    #[allow(clippy::too_many_arguments)]
+    fn run<'py>(
+        &mut self,
+        py: Python<'py>,
+        request_id: i64,
+        object_id: &Bound<'py, PyAny>,
+        method: &Bound<'py, PyString>,
+        answer: bool,
+        args: &Bound<'py, PyTuple>,
+        kwargs: &Bound<'py, PyDict>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let events = PyList::empty(py);
+        let Some(fast) = self.fast.as_mut() else {
+            return Err(ProtocolError::new_err("a call arrived before the dialect was negotiated"));
+        };
+        let mut replies = Vec::new();
+        let kwargs = Some(kwargs).filter(|kw| !kw.is_empty());
+        if let Outcome::Event(event) =
+            fast.message(py, request_id, object_id, method, answer, args, kwargs, &mut replies)?
+        {
+            events.append(event)?;
+        }
+        if let Some(flush) = fast.send_held(py, &mut replies)? {
+            events.append(flush)?;
+        }
+        Ok(events)
     }
 
     /// Whether the fast path runs (the broker turns it off while it holds calls back).
