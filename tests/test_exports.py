@@ -2,6 +2,8 @@
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 import pbfast
 from pbfast import _core
@@ -33,3 +35,14 @@ def test_all_is_exported_and_complete():
     modules |= {"copyable", "cacheable", "cred", "furl", "identity", "tub"}
     assert public - set(pbfast.__all__) <= modules
     assert (STUB.parent / "py.typed").exists()
+
+
+def test_import_pbfast_leaves_the_heavy_dependencies_for_later() -> None:
+    """PB-only programs do not pay for cryptography (a Tub's identity imports it when first made
+    or loaded), nor for anything of Twisted or foolscap."""
+    code = (
+        "import sys, pbfast; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'cryptography', 'twisted', 'foolscap'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

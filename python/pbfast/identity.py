@@ -4,18 +4,21 @@ Made with `cryptography` as foolscap makes them (RSA 2048, SHA-256, self-signed,
 ``CN=newpb_thingy``, serial 1) and stored as foolscap stores them: one PEM text holding the
 ``CERTIFICATE`` block and then the ``PRIVATE KEY`` (PKCS#8) block, so a pbfast Tub and a stock
 foolscap Tub can use each other's files. The TubID is computed in Rust (`pbfast.furl.tub_id`).
+
+`cryptography` is imported when an identity is first made or loaded, not with `pbfast`: a program
+that only speaks PB never pays for it.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
-from ._certificates import tub_certificate
 from .furl import tub_id
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = ["TubIdentity"]
 
@@ -33,6 +36,8 @@ class TubIdentity:
     @classmethod
     def generate(cls) -> TubIdentity:
         """A new self-signed identity, as foolscap makes them."""
+        from ._certificates import tub_certificate
+
         return cls(*tub_certificate())
 
     @classmethod
@@ -42,6 +47,9 @@ class TubIdentity:
         Raises:
             ValueError: the text lacks one of the two, or they do not belong together.
         """
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
         raw = data.encode("ascii") if isinstance(data, str) else data
         try:
             certificate = x509.load_pem_x509_certificate(raw)
@@ -75,17 +83,23 @@ class TubIdentity:
     @property
     def certificate_der(self) -> bytes:
         """The certificate in DER, the bytes the TubID hashes and TLS sends."""
+        from cryptography.hazmat.primitives import serialization
+
         return self.certificate.public_bytes(serialization.Encoding.DER)
 
     @property
     def private_key_der(self) -> bytes:
         """The private key as unencrypted PKCS#8 DER, as `pbfast._core.TlsSession` takes it."""
+        from cryptography.hazmat.primitives import serialization
+
         return self.private_key.private_bytes(  # type: ignore[attr-defined]
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
 
     def to_pem(self) -> bytes:
         """The certificate, then the private key (PKCS#8), as foolscap stores them."""
+        from cryptography.hazmat.primitives import serialization
+
         certificate = self.certificate.public_bytes(serialization.Encoding.PEM)
         key = self.private_key.private_bytes(  # type: ignore[attr-defined]
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
