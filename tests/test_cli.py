@@ -181,10 +181,21 @@ def test_call_missing_method(pb_server: Server) -> None:
     assert_one_line_error(result, 1, "remote error", "NoSuchMethod", "no_such_method")
 
 
-@pytest.mark.parametrize("literal", ["foo(", "hello", "[1, 2", "os.system('x')", "1 +* 2"])
-def test_call_malformed_literal(pb_server: Server, literal: str) -> None:
+@pytest.mark.parametrize(
+    ("literal", "why"),
+    [
+        ("foo(", "was never closed"),
+        ("hello", "'hello' is a name (quote strings"),
+        ("[1, 2", "was never closed"),
+        ("os.system('x')", "\"os.system('x')\" is a call"),
+        ("[1, x.y]", "'x.y' is an attribute"),
+        ("1 +* 2", "invalid syntax"),
+    ],
+)
+def test_call_malformed_literal(pb_server: Server, literal: str, why: str) -> None:
     result = pbfast("call", pb_server.address, "echo", literal)
-    assert_one_line_error(result, 2, "argument 1", "is not a Python literal")
+    line = assert_one_line_error(result, 2, "argument 1", "is not a Python literal", why)
+    assert "<ast." not in line
 
 
 def test_call_unreachable_endpoint() -> None:
@@ -238,6 +249,32 @@ def test_serve_an_object_from_a_module(tmp_path: Path) -> None:
     assert code == 0, stderr
 
 
+def test_serve_finds_modules_in_the_current_directory(tmp_path: Path) -> None:
+    """As ``python -m`` does: the installed script, run from the directory holding a package."""
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (tmp_path / "myapp" / "service.py").write_text("import pbfast\nAnswer = 42\n")
+    script = Path(sysconfig.get_path("scripts")) / "pbfast"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [str(script), "serve", "--object", "myapp.service:Answer"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+    )
+    # Imported and found: refused only for what it is.
+    assert_one_line_error(result, 2, "'myapp.service:Answer' is an int, not a pbfast.Referenceable")
+
+
+def test_serve_a_factory_that_makes_the_wrong_thing(tmp_path: Path) -> None:
+    (tmp_path / "factory.py").write_text("def make():\n    return 'not an object'\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = pbfast("serve", "--object", "factory:make", env=env)
+    assert_one_line_error(result, 2, "'factory:make' made a str, not a pbfast.Referenceable or pbfast.Portal")
+
+
 def test_serve_in_a_tub_keeps_its_identity(tmp_path: Path) -> None:
     cert = tmp_path / "server.pem"
     created = pbfast("create-tub", str(cert))
@@ -263,7 +300,12 @@ def test_serve_in_a_tub_keeps_its_identity(tmp_path: Path) -> None:
         (["--object", "no_such_module_here:Thing"], ["cannot import", "no_such_module_here"]),
         (["--object", "json:no_such_attribute"], ["no attribute", "no_such_attribute"]),
         (["--object", "json"], ["module:attribute"]),
-        (["--object", "json:JSONDecoder"], ["not a pbfast.Referenceable"]),
+        (["--object", "json:JSONDecoder"], ["the class JSONDecoder, not a pbfast.Referenceable"]),
+        (["--object", "json:dumps"], ["'json:dumps': calling it with no arguments failed", "TypeError"]),
+        (["--object", "json:decoder"], ["is a module, not a pbfast.Referenceable or pbfast.Portal"]),
+        (["--object", "json:JSONDecoder.decode"], ["calling it with no arguments failed"]),
+        (["--object", "collections:OrderedDict"], ["the class OrderedDict"]),
+        (["--object", "string:capwords"], ["failed"]),
         (["--furl-file", "x.furl"], ["--furl-file needs --tub"]),
         (["tcp:port=nope"], ["port"]),
     ],

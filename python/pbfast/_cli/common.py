@@ -6,7 +6,9 @@ import ast
 import asyncio
 import contextlib
 import importlib
+import os
 import re
+import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -118,27 +120,61 @@ def _literal(text: str, where: str) -> Any:
     try:
         return ast.literal_eval(text)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
-        reason = e.msg if isinstance(e, SyntaxError) else " ".join(str(e).split())
+        reason = e.msg if isinstance(e, SyntaxError) else _not_literal(text)
         hint = " (quote strings, as in \"'text'\")" if text.isidentifier() else ""
         raise CommandError(f"{where} {text!r} is not a Python literal: {reason}{hint}", EXIT_USAGE) from None
 
 
-def load_object(spec: str) -> Any:
-    """The object named by ``module:attribute`` (a dotted attribute path); a class or a function
-    found there is called with no arguments to make it.
+# What ast.literal_eval refuses, in words (its own message shows the node's repr).
+_NODE_WORDS = {
+    ast.Name: "a name",
+    ast.Attribute: "an attribute",
+    ast.Call: "a call",
+    ast.Subscript: "a subscript",
+    ast.Lambda: "a lambda",
+    ast.Compare: "a comparison",
+    ast.BoolOp: "a boolean expression",
+}
+
+
+def _not_literal(text: str) -> str:
+    """Why `text`, which parses, is not a literal: the first part of it that is not one."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return "it does not parse"
+    for node in ast.walk(tree.body):
+        if isinstance(node, ast.Constant | ast.List | ast.Tuple | ast.Set | ast.Dict | ast.expr_context):
+            continue
+        if isinstance(node, ast.UnaryOp | ast.BinOp | ast.operator | ast.unaryop):
+            continue  # -1, 1+2j: allowed in their literal forms; literal_eval judges the rest
+        what = _NODE_WORDS.get(type(node), "an expression")
+        return f"{ast.get_source_segment(text.strip(), node) or text!r} is {what}"
+    return "only numbers, strings, bytes, None, True, False and their lists, tuples, sets and dicts"
+
+
+def load_object(spec: str, kinds: tuple[type, ...]) -> Any:
+    """The object named by ``module:attribute`` (a dotted attribute path), which must be one of
+    `kinds`; a class or a function found there is called with no arguments to make it. Modules
+    are found from the current directory first, as ``python -m`` finds them.
 
     Raises:
-        CommandError: (usage) a malformed name, or one that cannot be imported or found.
+        CommandError: (usage) a malformed name, one that cannot be imported or found, a factory
+            that fails, or an object of another kind.
     """
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise CommandError(
             f"{spec!r}: name an object as module:attribute (like myapp.service:Root)", EXIT_USAGE
         )
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as e:
         raise CommandError(f"cannot import {module_name!r}: {describe(e)}", EXIT_USAGE) from None
+    except Exception as e:
+        raise CommandError(f"importing {module_name!r} failed: {describe(e)}", EXIT_USAGE) from None
     for part in attribute.split("."):
         try:
             obj = getattr(obj, part)
@@ -146,9 +182,24 @@ def load_object(spec: str) -> Any:
             raise CommandError(
                 f"{spec!r}: {module_name} has no attribute {attribute!r}", EXIT_USAGE
             ) from None
-    if isinstance(obj, type) or (callable(obj) and not hasattr(obj, "remoteMessageReceived")):
-        obj = obj()
-    return obj
+    wanted = " or ".join(f"pbfast.{kind.__name__}" for kind in kinds)
+    if isinstance(obj, kinds):
+        return obj
+    if not callable(obj) or (isinstance(obj, type) and not issubclass(obj, kinds)):
+        what = f"the class {obj.__qualname__}" if isinstance(obj, type) else _a(type(obj).__name__)
+        raise CommandError(f"{spec!r} is {what}, not a {wanted} or a factory of one", EXIT_USAGE)
+    try:
+        made = obj()
+    except Exception as e:
+        message = f"{spec!r}: calling it with no arguments failed: {describe(e)}"
+        raise CommandError(message, EXIT_USAGE) from None
+    if not isinstance(made, kinds):
+        raise CommandError(f"{spec!r} made a {type(made).__name__}, not a {wanted}", EXIT_USAGE)
+    return made
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 # ---------------------------------------------------------------------------------- targets

@@ -102,9 +102,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--{tub_only[0].replace('_', '-')} needs --tub", EXIT_USAGE)
     args.grace = _grace(args.grace)
     args.options = _options(args.option)
-    obj = load_object(args.object) if args.object else TestService()
-    if not isinstance(obj, Referenceable | Portal):
-        raise CommandError(f"{args.object} is a {type(obj).__name__}, not a pbfast.Referenceable", EXIT_USAGE)
+    obj = load_object(args.object, (Referenceable, Portal)) if args.object else TestService()
     return run_loop(_serve_tub(obj, args) if args.tub else _serve_pb(obj, args))
 
 
