@@ -91,11 +91,11 @@ class Broker(Connection):
         self._encoder: Any = None
         # Outgoing bytes (written together once per loop iteration) and calls out.
         self._sender: Any = _core.Sender(self._wake, self._loop.create_future, self._tables, self._dead)
-        # `call(objid, method, args, kwargs) -> future` and `call_only(...)`: callRemote costs
-        # one crossing. Once the connection is gone, the class's own methods answer instead.
-        self.call = self._sender.call
-        self.call_only = self._sender.call_only
-        self._take_output = self._sender.take
+        # callRemote costs one crossing; once the connection is gone, `Connection`'s own
+        # methods answer instead (see `_release`).
+        self.call = self._sender.call  # type: ignore[method-assign]
+        self.call_only = self._sender.call_only  # type: ignore[method-assign]
+        self._take_output = self._sender.take  # type: ignore[method-assign]
         # Our Cacheables the peer holds copies of: luid -> (cacheable, observer); counts in `_tables`.
         self._caches: dict[int, tuple[Cacheable, RemoteCacheObserver]] = {}
         # ViewPoints while the peer holds them, by (id(perspective), id(viewable)).
@@ -128,17 +128,6 @@ class Broker(Connection):
         stats = super().statistics()
         stats["caches"] = len(self._caches)
         return stats
-
-    def call(
-        self, objid: Any, method: str, args: tuple, kwargs: dict, cache: bool = False
-    ) -> asyncio.Future[Any]:
-        """A call on a connection that is gone: a future failed with DeadReferenceError."""
-        future = self._loop.create_future()
-        future.set_exception(self._dead())
-        return future
-
-    def call_only(self, objid: Any, method: str, args: tuple, kwargs: dict) -> None:
-        raise self._dead()
 
     def call_when_released(self, obj: Referenceable, callback: Callable[[], object]) -> None:
         """Run ``callback()`` once, when the peer lets go of `obj` or the connection ends (an
@@ -191,7 +180,7 @@ class Broker(Connection):
     def _take_output(self) -> bytes | None:
         return None  # the connection is gone (while open, the sender's `take` stands here)
 
-    def _refuse_call(self, event: tuple, exc: BaseException) -> None:
+    def _refuse_call(self, event: tuple[Any, ...], exc: BaseException) -> None:
         kind = event[0]
         if kind in (EV_MESSAGE, EV_CACHEMESSAGE):
             _, request_id, _objid, method, answer, _args, _kwargs = event
@@ -241,7 +230,7 @@ class Broker(Connection):
 
     # ------------------------------------------------------------------ events
 
-    def _on_ready(self, event: tuple) -> None:
+    def _on_ready(self, event: tuple[Any, ...]) -> None:
         _, dialect, reply = event
         self._handshake_done()
         self._encoder = _core.PbEncoder(dialect, hook=self._jelly)
@@ -251,25 +240,25 @@ class Broker(Connection):
         if not self.ready.done():
             self.ready.set_result(dialect)
 
-    def _on_message(self, event: tuple) -> None:
+    def _on_message(self, event: tuple[Any, ...]) -> None:
         # A call held back while the decoder's fast path was off: it runs there now all the same.
         for outcome in self._decoder.run(*event[1:]):
             self._HANDLERS[outcome[0]](self, outcome)
 
-    def _on_raised(self, event: tuple) -> None:
+    def _on_raised(self, event: tuple[Any, ...]) -> None:
         _, request_id, answer, method, exc = event
         self._fail(request_id, answer, exc, method)
 
-    def _on_awaiting(self, event: tuple) -> None:
+    def _on_awaiting(self, event: tuple[Any, ...]) -> None:
         _, request_id, answer, method, awaitable, perspective = event
         self._start(request_id, answer, method, awaitable, perspective)
 
-    def _on_returned(self, event: tuple) -> None:
+    def _on_returned(self, event: tuple[Any, ...]) -> None:
         _, request_id, answer, method, result, perspective = event
         if answer:
             self._answer(request_id, result, method, perspective)
 
-    def _on_flush(self, event: tuple) -> None:
+    def _on_flush(self, event: tuple[Any, ...]) -> None:
         self._flush()
 
     def _start(
@@ -278,7 +267,7 @@ class Broker(Connection):
         """Await a remote method's awaitable result in a task, then reply."""
         self._start_call(self._finish(request_id, answer, method, awaitable, perspective))
 
-    def _on_cachemessage(self, event: tuple) -> None:
+    def _on_cachemessage(self, event: tuple[Any, ...]) -> None:
         _, request_id, luid, method, answer, args, kwargs = event
         cache = self._remote_caches.get(luid) if type(luid) is int else None
         if cache is None:
@@ -362,13 +351,13 @@ class Broker(Connection):
             )
         self._write(data)
 
-    def _on_answer(self, event: tuple) -> None:
+    def _on_answer(self, event: tuple[Any, ...]) -> None:
         _, request_id, value = event
         future = self._settle(request_id)
         if future is not None and not future.done():
             future.set_result(value)
 
-    def _on_error(self, event: tuple) -> None:
+    def _on_error(self, event: tuple[Any, ...]) -> None:
         _, request_id, value = event
         future = self._settle(request_id)
         if future is None or future.done():
@@ -378,7 +367,7 @@ class Broker(Connection):
             value = RemoteError(qualified_name(type(value)), value)
         future.set_exception(value)
 
-    def _on_bad_reply(self, event: tuple) -> None:
+    def _on_bad_reply(self, event: tuple[Any, ...]) -> None:
         _, request_id, exc, unclaimed = event
         self._give_back(unclaimed)
         future = self._settle(request_id)
@@ -386,20 +375,20 @@ class Broker(Connection):
             exc.add_note(f"while decoding the reply to request {request_id}")
             future.set_exception(exc)
 
-    def _on_bad_call(self, event: tuple) -> None:
+    def _on_bad_call(self, event: tuple[Any, ...]) -> None:
         _, request_id, answer, method, exc, unclaimed = event
         self._give_back(unclaimed)
         exc.add_note(f"while decoding the arguments of remote_{method} (request {request_id})")
         self._fail(request_id, answer, exc, method, ran=False)
 
-    def _on_decref(self, event: tuple) -> None:
+    def _on_decref(self, event: tuple[Any, ...]) -> None:
         luid = event[1]
         if type(luid) is int and luid in self._caches:
             log.warning("%s: the peer sent a decref for cached object %s; ignored", repr(self), luid)
             return
         self._released_by_peer(luid, 1)
 
-    def _on_decache(self, event: tuple) -> None:
+    def _on_decache(self, event: tuple[Any, ...]) -> None:
         luid = event[1]
         if type(luid) is not int or luid not in self._caches:
             log.warning(
@@ -408,7 +397,7 @@ class Broker(Connection):
             return
         self._released_by_peer(luid, 1, "decache")
 
-    def _on_uncache(self, event: tuple) -> None:
+    def _on_uncache(self, event: tuple[Any, ...]) -> None:
         luid = event[1]
         if type(luid) is not int:
             return
@@ -417,14 +406,14 @@ class Broker(Connection):
         if cache is not None:
             cache._cache_link = None  # the owner forgot it: nothing to decache any more
 
-    def _on_unknown(self, event: tuple) -> None:
+    def _on_unknown(self, event: tuple[Any, ...]) -> None:
         command = event[1]
         log.warning(
             "%s: the peer sent an unknown command %s; answering didNotUnderstand", repr(self), short(command)
         )
         self._write(self._encoder.command(b"didNotUnderstand", command))
 
-    def _on_did_not_understand(self, event: tuple) -> None:
+    def _on_did_not_understand(self, event: tuple[Any, ...]) -> None:
         log.warning("%s: the peer did not understand our command %s", repr(self), short(event[1]))
 
     _HANDLERS = {
@@ -448,7 +437,7 @@ class Broker(Connection):
 
     # ------------------------------------------------------------------ references
 
-    def _jelly(self, obj: Any) -> tuple[tuple, bool] | None:
+    def _jelly(self, obj: Any) -> tuple[tuple[Any, ...], bool] | None:
         """Encoder hook: the jelly form of objects jelly does not know itself."""
         if isinstance(obj, Referenceable):
             return (b"remote", self._export(obj)), False
@@ -473,7 +462,7 @@ class Broker(Connection):
             return (b"lcache", link.luid), False
         return None
 
-    def _jelly_cacheable(self, obj: Cacheable) -> tuple[tuple, bool]:
+    def _jelly_cacheable(self, obj: Cacheable) -> tuple[tuple[Any, ...], bool]:
         """The first sending on this connection carries the state; later ones name the luid."""
         luid, new = self._send_ref(obj)
         if not new:
@@ -506,7 +495,7 @@ class Broker(Connection):
         if uncache and not self._closing:
             self._write(self._encoder.command(b"uncache", luid))
 
-    def _unjelly(self, tag: bytes, items: list) -> Any:
+    def _unjelly(self, tag: bytes, items: list[Any]) -> Any:
         """Decoder hook: build the values of the PB jelly tags, copies and caches."""
         if tag == b"remote":
             luid = _luid(tag, items)
@@ -523,7 +512,7 @@ class Broker(Connection):
                 raise JellyError(f"the peer sent back our object {luid!r}, which it does not hold")
             return obj
         if tag == b"cached":
-            luid = _luid(tag, items)
+            luid = _cache_luid(tag, items)
             cache = self._remote_caches.get(luid)
             if cache is None:
                 cache = self._revive_cache(luid)
@@ -534,7 +523,7 @@ class Broker(Connection):
             cache._cache_link.count += 1
             return cache
         if tag == b"lcache":
-            luid = _luid(tag, items)
+            luid = _cache_luid(tag, items)
             entry = self._caches.get(luid)
             if entry is None:
                 raise JellyError(f"the peer sent back our cached object {luid!r}, which it does not hold")
@@ -581,7 +570,17 @@ def _tag_bytes(tag: str | bytes) -> bytes:
     return tag.encode("utf-8") if isinstance(tag, str) else tag
 
 
-def _luid(tag: bytes, items: list) -> int | bytes:
+def _luid(tag: bytes, items: list[Any]) -> int | bytes:
+    """The one luid `items` holds: a number, or a name (``b"root"``)."""
     if len(items) == 1 and isinstance(items[0], (int, bytes)) and not isinstance(items[0], bool):
-        return items[0]
-    raise JellyError(f"{tag.decode()} takes one integer luid, not {items!r}")
+        luid: int | bytes = items[0]
+        return luid
+    raise JellyError(f"{tag.decode()} takes one luid (an integer or a name), not {items!r}")
+
+
+def _cache_luid(tag: bytes, items: list[Any]) -> int:
+    """The one luid of a cached object: always a number."""
+    luid = _luid(tag, items)
+    if isinstance(luid, bytes):
+        raise JellyError(f"{tag.decode()} takes one integer luid, not {items!r}")
+    return luid

@@ -403,6 +403,25 @@ class Connection(asyncio.Protocol, abc.ABC):
         if self.disconnected:
             raise DeadReferenceError(f"the connection to {self.peer} is closed")
 
+    # Calls out. While the connection is up, each wire sets `call` and `call_only` on the
+    # instance to its sender's methods (callRemote is then one crossing); once it is gone,
+    # these answer instead.
+
+    def call(
+        self, object_id: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], cache: bool = False
+    ) -> asyncio.Future[Any]:
+        """``method(*args, **kwargs)`` on the peer's object `object_id` (with `cache`, an
+        ``observe_`` call on its copy of our Cacheable): a future for the answer. On a
+        connection that is gone, the future fails with `_dead()`'s DeadReferenceError."""
+        future = self._loop.create_future()
+        future.set_exception(self._dead())
+        return future
+
+    def call_only(self, object_id: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """`call` without asking for an answer. Raises DeadReferenceError once the connection is
+        gone."""
+        raise self._dead()
+
     def statistics(self) -> dict[str, int]:
         """Table sizes and queues, for monitoring and tests: ``objects`` (ours the peer holds,
         a root excluded), ``proxies`` (references to the peer's objects we hold), ``cached``
@@ -775,6 +794,10 @@ class Connection(asyncio.Protocol, abc.ABC):
 
     def _opened(self) -> None:
         """The transport is connected: start the handshake."""
+
+    @abc.abstractmethod
+    def _dead(self) -> DeadReferenceError:
+        """Why a call cannot be made now (not negotiated yet, or gone)."""
 
     @abc.abstractmethod
     def _receive(self, data: bytes) -> None:

@@ -1,10 +1,74 @@
 """Type stub for the Rust extension module ``pbfast._core`` (an implementation detail: use
 ``pbfast``, ``pbfast.banana`` and ``pbfast.serialization``)."""
 
+import asyncio
 from collections.abc import Callable, Iterable
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Self, TypeAlias, final
 
 from pbfast.errors import TLSError
+
+__all__ = [
+    "DUE_HANDSHAKE",
+    "DUE_IDLE",
+    "DUE_NOTHING",
+    "DUE_PING",
+    "Decoder",
+    "EV_ANSWER",
+    "EV_AWAITING",
+    "EV_BAD_CALL",
+    "EV_BAD_REPLY",
+    "EV_CACHEMESSAGE",
+    "EV_DECACHE",
+    "EV_DECREF",
+    "EV_DID_NOT_UNDERSTAND",
+    "EV_ERROR",
+    "EV_FLUSH",
+    "EV_MESSAGE",
+    "EV_RAISED",
+    "EV_READY",
+    "EV_RETURNED",
+    "EV_UNCACHE",
+    "EV_UNKNOWN",
+    "FOOLSCAP_VOCAB",
+    "FS_ANSWER",
+    "FS_AWAITING",
+    "FS_CALL",
+    "FS_CALL_ABORTED",
+    "FS_ERROR",
+    "FS_FLUSH",
+    "FS_PEER_ERROR",
+    "FS_PING",
+    "FS_PONG",
+    "FS_RAISED",
+    "FS_VIOLATION",
+    "FoolscapDecoder",
+    "FoolscapEncoder",
+    "Liveness",
+    "PB_VERSION",
+    "PB_VOCAB",
+    "PREFIX_LIMIT",
+    "PbDecoder",
+    "PbEncoder",
+    "SIZE_LIMIT",
+    "Sender",
+    "Tables",
+    "TlsError",
+    "TlsSession",
+    "Tokenizer",
+    "UnresolvedReference",
+    "__version__",
+    "banana_decode",
+    "banana_encode",
+    "base32",
+    "build_profile",
+    "dumps",
+    "encode_tokens",
+    "format_furl",
+    "loads",
+    "parse_furl",
+    "parse_hint",
+    "tub_id",
+]
 
 _Buffer = bytes | bytearray | memoryview
 _EncodeHook = Callable[[Any], tuple[tuple[Any, ...] | list[Any], bool] | None]
@@ -30,15 +94,16 @@ def banana_encode(value: Any, /, dialect: str = "pb") -> bytes: ...
 def banana_decode(data: _Buffer, /, dialect: str = "pb", **limits: int) -> Any: ...
 def encode_tokens(tokens: Iterable[tuple[str, Any]], /, dialect: str = "pb") -> bytes: ...
 
+@final
 class Decoder:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         dialect: str = "pb",
         *,
         jelly: bool = False,
         hook: _DecodeHook | None = None,
         **limits: int,
-    ) -> None: ...
+    ) -> Self: ...
     def feed(self, data: _Buffer) -> list[Any]: ...
     @property
     def buffered(self) -> int: ...
@@ -49,14 +114,16 @@ class Decoder:
     @dialect.setter
     def dialect(self, name: str) -> None: ...
 
+@final
 class Tokenizer:
-    def __init__(self, dialect: str = "pb", **limits: int) -> None: ...
+    def __new__(cls, dialect: str = "pb", **limits: int) -> Self: ...
     def feed(self, data: _Buffer) -> list[tuple[int, str, Any]]: ...
     @property
     def buffered(self) -> int: ...
     @property
     def open_sequences(self) -> list[int]: ...
 
+@final
 class UnresolvedReference:
     @property
     def id(self) -> int: ...
@@ -81,8 +148,9 @@ EV_AWAITING: Final[int]
 EV_FLUSH: Final[int]
 EV_RETURNED: Final[int]
 
+@final
 class PbDecoder:
-    def __init__(self, server: bool, *, hook: _DecodeHook | None = None, **limits: int) -> None: ...
+    def __new__(cls, server: bool, *, hook: _DecodeHook | None = None, **limits: int) -> Self: ...
     @staticmethod
     def offer() -> bytes: ...
     def attach(
@@ -109,8 +177,9 @@ class PbDecoder:
     @property
     def buffered(self) -> int: ...
 
+@final
 class PbEncoder:
-    def __init__(self, dialect: str = "pb", *, hook: _EncodeHook | None = None) -> None: ...
+    def __new__(cls, dialect: str = "pb", *, hook: _EncodeHook | None = None) -> Self: ...
     def message(
         self,
         request_id: int,
@@ -133,27 +202,29 @@ DUE_PING: Final[int]  # send a keepalive
 DUE_HANDSHAKE: Final[int]  # the handshake timeout has passed
 DUE_IDLE: Final[int]  # the idle timeout has passed
 
+@final
 class Liveness:
     """When a connection pings its peer or closes on time alone; given the time, never reads it."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         now: float,
         handshake_timeout: float | None,
         idle_timeout: float | None,
         keepalive: float | None,
-    ) -> None: ...
+    ) -> Self: ...
     def handshake_done(self) -> None: ...
     @property
     def watches_silence(self) -> bool: ...
     def poll(self, now: float, last_received: float) -> tuple[int, float, float | None]: ...
     def next_poll(self, last_received: float) -> float | None: ...
 
+@final
 class Tables:
     """One connection's objects (by luid or name), the references its peer holds, the luids
     the encode under way gives out, and its calls awaiting replies."""
 
-    def __init__(self, max_refs: int, forget: Callable[[int, bool], None]) -> None: ...
+    def __new__(cls, max_refs: int, forget: Callable[[int, bool], None]) -> Self: ...
     def put(self, key: int | bytes, obj: Any) -> None: ...
     def get(self, key: object) -> Any | None: ...
     def pop(self, key: object) -> Any | None: ...
@@ -172,21 +243,21 @@ class Tables:
     def held(self) -> int: ...
     @property
     def max_refs(self) -> int: ...
-    def add_pending(self, request_id: int, future: Any) -> None: ...
     def settle(self, request_id: int) -> Any | None: ...
     def take_pending(self) -> list[Any]: ...
     @property
     def pending(self) -> int: ...
     def clear(self) -> None: ...
 
+@final
 class Sender:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         wake: Callable[[], None],
         create_future: Callable[[], Any],
         tables: Tables,
         dead: Callable[[], BaseException],
-    ) -> None: ...
+    ) -> Self: ...
     def start(self, encoder: PbEncoder | FoolscapEncoder) -> None: ...
     def write(self, data: bytes) -> int: ...
     def take(self, tls: TlsSession | None = None) -> bytes | None: ...
@@ -194,10 +265,15 @@ class Sender:
     def size(self) -> int: ...
     def close(self) -> None: ...
     def call(
-        self, object_id: int | bytes, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any: ...
+        self,
+        object_id: Any,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        cache: bool = False,
+    ) -> asyncio.Future[Any]: ...
     def call_only(
-        self, object_id: int | bytes, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, object_id: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None: ...
 
 # --- foolscap identities (rust/tubid.rs, rust/py/tubid.rs) ---
@@ -212,8 +288,9 @@ def parse_hint(hint: str) -> tuple[str, str, int] | tuple[str, str]: ...
 
 TlsError: TypeAlias = TLSError
 
+@final
 class TlsSession:
-    def __init__(self, server: bool, certificate: bytes | None, private_key: bytes | None) -> None: ...
+    def __new__(cls, server: bool, certificate: bytes | None, private_key: bytes | None) -> Self: ...
     def feed(self, data: _Buffer) -> bytes: ...
     def write(self, data: _Buffer) -> None: ...
     def take(self) -> bytes: ...
@@ -257,8 +334,9 @@ FS_AWAITING: Final[int]  # (FS_AWAITING, reqid, awaitable): a call ran and retur
 FS_RAISED: Final[int]  # (FS_RAISED, reqid, exception): a call ran and raised (or its answer did not encode)
 FS_FLUSH: Final[int]  # (FS_FLUSH,): (feed_secure) write what the TLS session holds before going on
 
+@final
 class FoolscapDecoder:
-    def __init__(self, hook: _FoolscapDecodeHook | None = None, **limits: int) -> None: ...
+    def __new__(cls, hook: _FoolscapDecodeHook | None = None, **limits: int) -> Self: ...
     def attach(
         self,
         tables: Tables,
@@ -278,10 +356,11 @@ class FoolscapDecoder:
     @next_open_id.setter
     def next_open_id(self, value: int) -> None: ...
 
+@final
 class FoolscapEncoder:
-    def __init__(
-        self, hook: _FoolscapEncodeHook | None = None, *, next_open_id: int = 0, max_depth: int = 500
-    ) -> None: ...
+    def __new__(
+        cls, hook: _FoolscapEncodeHook | None = None, *, next_open_id: int = 0, max_depth: int = ...
+    ) -> Self: ...
     def call(
         self,
         reqid: int,

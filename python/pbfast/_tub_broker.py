@@ -148,8 +148,8 @@ class TubBroker(Connection):
         # banana phase starts the sender; once the connection is gone, the class's own methods
         # answer instead.
         self._sender: Any = _core.Sender(self._wake, self._loop.create_future, self._tables, self._dead)
-        self.call = self._sender.call
-        self.call_only = self._sender.call_only
+        self.call = self._sender.call  # type: ignore[method-assign]
+        self.call_only = self._sender.call_only  # type: ignore[method-assign]
         # The interface and FURL the peer told us per clid of its objects.
         self._import_info: dict[int, tuple[str | None, str | None]] = {}
         # References into third Tubs we sent the peer, held until it has fetched them.
@@ -173,19 +173,6 @@ class TubBroker(Connection):
         return f"<TubBroker {role} {state} peer={self.peer}>"
 
     # ------------------------------------------------------------------ outgoing calls
-
-    def call(
-        self, clid: int, method: str, args: tuple, kwargs: dict, cache: bool = False
-    ) -> asyncio.Future[Any]:
-        """A call on a connection that is gone: a future failed with DeadReferenceError. (While
-        it is open, the sender's `call` stands here: `method` on the peer's object `clid`, 0
-        being the peer's Tub.)"""
-        future = self._loop.create_future()
-        future.set_exception(self._dead())
-        return future
-
-    def call_only(self, clid: int, method: str, args: tuple, kwargs: dict) -> None:
-        raise self._dead()
 
     def root(self, name: str) -> asyncio.Future[Any]:
         """Ask the peer's Tub for the object it registered as `name`."""

@@ -45,7 +45,9 @@ class RemoteCache(RemoteCopy):
     # Set by the connection that made the copy: whom to tell when it goes.
     _cache_link: CacheLink | None = None
 
-    def remoteMessageReceived(self, broker: Any, message: str, args: tuple, kw: dict) -> Any:
+    def remoteMessageReceived(
+        self, broker: Any, message: str, args: tuple[Any, ...], kw: dict[str, Any]
+    ) -> Any:
         return prefixed_method(self, "observe_", message)(*args, **kw)
 
     def __del__(self) -> None:

@@ -57,8 +57,9 @@ class RemoteCopy:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.__dict__.get("copytype"):
-            setUnjellyableForClass(cls.copytype, cls)
+        copytype = cls.__dict__.get("copytype")
+        if copytype:
+            setUnjellyableForClass(copytype, cls)
 
     def setCopyableState(self, state: Any) -> None:
         """Take the received state; by default, a dict of it becomes the instance's attributes

@@ -23,6 +23,7 @@ from .errors import RemoteError, UnauthorizedLogin
 from .referenceable import Referenceable, RemoteReference
 
 if TYPE_CHECKING:
+    from ._broker import Broker
     from ._connection import Connection
 
 __all__ = [
@@ -118,7 +119,7 @@ class InMemoryUsernamePasswordDatabase:
         check = getattr(credentials, "checkPassword", None)
         # Check a password even for an unknown user, so both cost the same.
         ok = check(password if password is not None else b"\0" * 16) if check else False
-        if password is None or not ok:
+        if password is None or not ok or not isinstance(username, bytes):
             raise UnauthorizedLogin("wrong username or password")
         return username.decode("utf-8", "replace")
 
@@ -186,7 +187,7 @@ class Portal:
 class PortalRoot(Referenceable):
     """The root a portal's connection serves: ``login`` and ``loginAnonymous``."""
 
-    def __init__(self, portal: Portal, broker: Connection) -> None:
+    def __init__(self, portal: Portal, broker: Broker) -> None:
         self.portal = portal
         self.broker = broker
         self._queue = LoginQueue()  # this connection's attempts waiting for the throttle
@@ -249,13 +250,17 @@ async def login_over(root: RemoteReference, credentials: Any, mind: Any) -> Remo
     """
     try:
         if credentials is None or isinstance(credentials, Anonymous):
-            return await root.callRemote("loginAnonymous", mind)
+            anonymous: RemoteReference = await root.callRemote("loginAnonymous", mind)
+            return anonymous
         if not isinstance(credentials, UsernamePassword):
             raise TypeError(
                 f"PB logs in with UsernamePassword or Anonymous, not {type(credentials).__name__}"
             )
         challenge, challenger = await root.callRemote("login", credentials.username)
-        return await challenger.callRemote("respond", respond(challenge, credentials.password), mind)
+        avatar: RemoteReference = await challenger.callRemote(
+            "respond", respond(challenge, credentials.password), mind
+        )
+        return avatar
     except RemoteError as e:
         # Twisted refuses with UnauthorizedLogin, or UnhandledCredentials: both LoginFailed.
         if e.check(UnauthorizedLogin, "twisted.cred.error.LoginFailed"):

@@ -45,7 +45,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 __all__ = [
     "ClientEndpoint",
@@ -69,6 +69,7 @@ LISTEN_BACKLOG = 1024
 
 _ProtocolFactory = Callable[[], asyncio.Protocol]
 _Connection = tuple[asyncio.Transport, asyncio.Protocol]
+_P = TypeVar("_P", bound=asyncio.Protocol)
 
 
 class Listener:
@@ -284,7 +285,8 @@ def parse_server(description: str) -> ServerEndpoint:
         ValueError: malformed description; the message names the bad part (the type, key,
             value or missing parameter).
     """
-    return _parse(description, _SERVER_TYPES, "server")
+    endpoint: ServerEndpoint = _parse(description, _SERVER_TYPES, "server")
+    return endpoint
 
 
 def parse_client(description: str) -> ClientEndpoint:
@@ -296,7 +298,8 @@ def parse_client(description: str) -> ClientEndpoint:
     Raises:
         ValueError: malformed description; the message names the bad part.
     """
-    return _parse(description, _CLIENT_TYPES, "client")
+    endpoint: ClientEndpoint = _parse(description, _CLIENT_TYPES, "client")
+    return endpoint
 
 
 def _parse(description: str, types: dict[str, Any], role: str) -> Any:
@@ -419,7 +422,7 @@ async def listen(description: str, protocol_factory: _ProtocolFactory) -> Listen
         raise new from e
 
 
-async def connect(description: str, protocol_factory: _ProtocolFactory) -> _Connection:
+async def connect(description: str, protocol_factory: Callable[[], _P]) -> tuple[asyncio.Transport, _P]:
     """Connect to the endpoint ``description`` using the running event loop.
 
     Args:
@@ -437,7 +440,8 @@ async def connect(description: str, protocol_factory: _ProtocolFactory) -> _Conn
     """
     endpoint = parse_client(description)
     try:
-        return await endpoint.connect(protocol_factory)
+        transport, protocol = await endpoint.connect(protocol_factory)
+        return transport, cast(_P, protocol)  # the factory's protocol
     except TimeoutError as e:
         if e.errno is not None:  # the kernel's ETIMEDOUT: keep errno
             raise _reraise(e, "connect to", description) from e
@@ -774,7 +778,7 @@ class _TCPClientEndpoint(ClientEndpoint):
                 local_addr=(self.bind_address, 0) if self.bind_address is not None else None,
             )
         _set_nodelay(transport)
-        return transport, protocol  # type: ignore[return-value]
+        return transport, protocol
 
 
 @dataclass(frozen=True)
@@ -786,7 +790,7 @@ class _UNIXClientEndpoint(ClientEndpoint):
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.timeout):
             transport, protocol = await loop.create_unix_connection(protocol_factory, self.path)
-        return transport, protocol  # type: ignore[return-value]
+        return transport, protocol
 
 
 def _tcp_client_fields(p: dict[str, str]) -> dict[str, Any]:

@@ -25,6 +25,8 @@ The Rust core raises these classes too, so ``isinstance`` checks, docs and pickl
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BadFURLError",
     "BananaError",
@@ -91,7 +93,7 @@ class BananaError(ProtocolError):
         self.offset = offset
         self.limit = limit
 
-    def __reduce__(self):  # keep offset and limit through pickling
+    def __reduce__(self) -> tuple[Any, ...]:  # keep offset and limit through pickling
         return (type(self), (str(self), self.offset, self.limit))
 
 
@@ -106,7 +108,7 @@ class JellyError(PbfastError):
         super().__init__(message)
         self.offset = offset
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.offset))
 
 
@@ -155,7 +157,7 @@ class LimitExceeded(Error):
         super().__init__(message)
         self.limit = limit
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.limit))
 
 
@@ -200,7 +202,7 @@ class RemoteError(PbfastError):
     def __str__(self) -> str:
         return f"{self.remoteType}: {self.remoteValue}"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.remoteType, self.remoteValue, self.remoteTraceback, self.parents))
 
 

@@ -19,6 +19,7 @@ from .furl import tub_id
 
 if TYPE_CHECKING:
     from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 __all__ = ["TubIdentity"]
 
@@ -28,7 +29,7 @@ class TubIdentity:
 
     __slots__ = ("certificate", "private_key", "tubID")
 
-    def __init__(self, certificate: x509.Certificate, private_key: object) -> None:
+    def __init__(self, certificate: x509.Certificate, private_key: PrivateKeyTypes) -> None:
         self.certificate = certificate
         self.private_key = private_key
         self.tubID = tub_id(self.certificate_der)
@@ -92,7 +93,7 @@ class TubIdentity:
         """The private key as unencrypted PKCS#8 DER, as `pbfast._core.TlsSession` takes it."""
         from cryptography.hazmat.primitives import serialization
 
-        return self.private_key.private_bytes(  # type: ignore[attr-defined]
+        return self.private_key.private_bytes(
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
 
@@ -101,7 +102,7 @@ class TubIdentity:
         from cryptography.hazmat.primitives import serialization
 
         certificate = self.certificate.public_bytes(serialization.Encoding.PEM)
-        key = self.private_key.private_bytes(  # type: ignore[attr-defined]
+        key = self.private_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         return certificate + key

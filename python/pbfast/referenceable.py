@@ -24,8 +24,9 @@ def prefixed_method(obj: Any, prefix: str, message: str, *, foolscap: bool = Fal
             and with `foolscap` the lookup's own AttributeError, which is what foolscap reports.
     """
     if foolscap:
-        return getattr(obj, prefix + message)
-    method = getattr(obj, prefix + message, None)
+        found: Callable[..., Any] = getattr(obj, prefix + message)
+        return found
+    method: Callable[..., Any] | None = getattr(obj, prefix + message, None)
     if method is None:
         if prefix == "remote_":
             raise NoSuchMethod(f"No such method: remote_{message}")
@@ -53,7 +54,9 @@ class Referenceable:
 
     __slots__ = ()
 
-    def remoteMessageReceived(self, broker: Connection, message: str, args: tuple, kw: dict) -> Any:
+    def remoteMessageReceived(
+        self, broker: Connection, message: str, args: tuple[Any, ...], kw: dict[str, Any]
+    ) -> Any:
         """Run ``remote_<message>(*args, **kw)``; its result (awaited if awaitable) is the answer.
 
         Raises:
@@ -83,10 +86,14 @@ class Avatar(Referenceable):
 
     __slots__ = ()
 
-    def remoteMessageReceived(self, broker: Connection, message: str, args: tuple, kw: dict) -> Any:
+    def remoteMessageReceived(
+        self, broker: Connection, message: str, args: tuple[Any, ...], kw: dict[str, Any]
+    ) -> Any:
         return self.perspectiveMessageReceived(broker, message, args, kw)
 
-    def perspectiveMessageReceived(self, broker: Connection, message: str, args: tuple, kw: dict) -> Any:
+    def perspectiveMessageReceived(
+        self, broker: Connection, message: str, args: tuple[Any, ...], kw: dict[str, Any]
+    ) -> Any:
         """Run ``perspective_<message>(*args, **kw)``.
 
         Raises:
@@ -104,7 +111,9 @@ class Viewable:
 
     __slots__ = ()
 
-    def viewMessageReceived(self, perspective: Any, message: str, args: tuple, kw: dict) -> Any:
+    def viewMessageReceived(
+        self, perspective: Any, message: str, args: tuple[Any, ...], kw: dict[str, Any]
+    ) -> Any:
         """Run ``view_<message>(perspective, *args, **kw)``.
 
         Raises:
@@ -122,7 +131,9 @@ class ViewPoint(Referenceable):
         self.perspective = perspective
         self.viewable = viewable
 
-    def remoteMessageReceived(self, broker: Connection, message: str, args: tuple, kw: dict) -> Any:
+    def remoteMessageReceived(
+        self, broker: Connection, message: str, args: tuple[Any, ...], kw: dict[str, Any]
+    ) -> Any:
         return self.viewable.viewMessageReceived(self.perspective, message, args, kw)
 
     def serializingPerspective(self) -> Any:

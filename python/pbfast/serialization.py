@@ -63,7 +63,7 @@ def loads(data: bytes | bytearray | memoryview, *, dialect: str = "pb", **limits
             copyable types).
         JellyError: malformed jelly.
     """
-    return _core.loads(data, dialect=dialect, **limits)
+    return _core.loads(data, dialect=dialect, hook=None, **limits)
 
 
 def jelly(obj: Any) -> Any:

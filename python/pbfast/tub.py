@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import inspect
 import itertools
 import logging
@@ -71,6 +72,17 @@ class Tub:
     ``max_depth``, ``max_header_length`` (see `pbfast._connection.ConnectionOptions`);
     ``max_depth`` bounds the nesting of what the Tub sends too.
     """
+
+    # The Tub's own options (defaults in `_OPTIONS`; `setOption` sets them).
+    keepaliveTimeout: float | None
+    connectTimeout: float
+    logLocalFailures: bool
+    logRemoteFailures: bool
+    acceptGifts: bool
+    reconnectInitialDelay: float
+    reconnectFactor: float
+    reconnectMaxDelay: float
+    reconnectJitter: float
 
     def __init__(
         self,
@@ -279,7 +291,8 @@ class Tub:
         self._check_running()
         parsed = furl if isinstance(furl, FURL) else FURL.parse(furl)
         broker = await self._broker_for(parsed)
-        return await broker.root(parsed.name)
+        ref: TubReference = await broker.root(parsed.name)
+        return ref
 
     def connectTo(
         self, furl: str | FURL, callback: Callable[..., Any], *args: Any, **kwargs: Any
@@ -303,7 +316,7 @@ class Tub:
         if task is None:
             task = asyncio.get_running_loop().create_task(self._connect(furl))
             self._connecting[furl.tubID] = task
-            task.add_done_callback(lambda t, tub_id=furl.tubID: self._connected(tub_id, t))
+            task.add_done_callback(functools.partial(self._connected, furl.tubID))
         return await asyncio.shield(task)
 
     def _connected(self, tub_id: str, task: asyncio.Task[TubBroker]) -> None:
@@ -314,12 +327,12 @@ class Tub:
 
     async def _connect(self, furl: FURL) -> TubBroker:
         """Try every TCP hint at once; the first connection to finish negotiating wins."""
-        targets = []
+        targets: list[tuple[str, int]] = []
         for hint in furl.locationHints:
             with contextlib.suppress(ValueError):
                 parsed = parse_hint(hint)
-                if parsed[0] == "tcp":
-                    targets.append(parsed[1:])
+                if parsed[0] == "tcp" and len(parsed) == 3:
+                    targets.append((parsed[1], parsed[2]))
         if not targets:
             raise ConnectionError(
                 f"no usable location hints in the FURL of Tub {furl.tubID}: {furl.locationHints}"
@@ -460,7 +473,14 @@ class Reconnector:
     `backoff`'s next delay; after each success it calls the callback and, once that connection
     is lost, starts again from the shortest delay."""
 
-    def __init__(self, tub: Tub, furl: FURL, callback: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    def __init__(
+        self,
+        tub: Tub,
+        furl: FURL,
+        callback: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
         self.tub = tub
         self.furl = furl
         self._callback = callback
@@ -499,8 +519,13 @@ class Reconnector:
             delays = self._delays()
             self._last_failure = None
             self.connections += 1
-            lost = loop.create_future()
-            ref.notifyOnDisconnect(lambda _ref, lost=lost: lost.done() or lost.set_result(None))
+            lost: asyncio.Future[None] = loop.create_future()
+
+            def on_lost(_ref: Any, lost: asyncio.Future[None] = lost) -> None:
+                if not lost.done():
+                    lost.set_result(None)
+
+            ref.notifyOnDisconnect(on_lost)
             try:
                 result = self._callback(ref, *self._args, **self._kwargs)
                 if inspect.isawaitable(result):

@@ -205,29 +205,6 @@ impl Tables {
 
     // ------------------------------------------------------------------ calls
 
-    /// Our call `request_id` awaits its reply in `future`, with the luids its arguments carried
-    /// (from `mark`) pinned until then.
-    pub(crate) fn await_reply(&self, request_id: i64, future: Py<PyAny>, mark: usize) -> PyResult<()> {
-        let mut inner = self.lock();
-        let pins = if inner.sent.len() > mark {
-            let pins: Vec<u64> = inner.sent.drain(mark..).collect();
-            for &luid in &pins {
-                inner.refs.pin(luid)?;
-            }
-            Some(pins)
-        } else {
-            None
-        };
-        inner.pending.insert(request_id, Pending { future, pins });
-        Ok(())
-    }
-
-    /// `await_reply` without pins (the call carried none of our objects).
-    fn add_pending(&self, request_id: i64, future: Py<PyAny>) {
-        let old = self.lock().pending.insert(request_id, Pending { future, pins: None });
-        drop(old);
-    }
-
     /// A reply came for our call `request_id`: its future, or None if it is not waiting. The
     /// objects its arguments pinned are released; those the peer no longer holds are forgotten.
     fn settle<'py>(&self, py: Python<'py>, request_id: i64) -> PyResult<Option<Bound<'py, PyAny>>> {
@@ -290,6 +267,23 @@ impl Tables {
 }
 
 impl Tables {
+    /// Our call `request_id` awaits its reply in `future`, with the luids its arguments carried
+    /// (from `mark`) pinned until then.
+    pub(crate) fn await_reply(&self, request_id: i64, future: Py<PyAny>, mark: usize) -> PyResult<()> {
+        let mut inner = self.lock();
+        let pins = if inner.sent.len() > mark {
+            let pins: Vec<u64> = inner.sent.drain(mark..).collect();
+            for &luid in &pins {
+                inner.refs.pin(luid)?;
+            }
+            Some(pins)
+        } else {
+            None
+        };
+        inner.pending.insert(request_id, Pending { future, pins });
+        Ok(())
+    }
+
     /// Tell the broker that the peer holds each of `luids` no more.
     fn forget(&self, py: Python<'_>, luids: Vec<u64>, uncache: bool) -> PyResult<()> {
         if luids.is_empty() {

@@ -35,7 +35,7 @@ __all__ = ["add_parser", "run", "Threshold", "parse_threshold", "report", "PERCE
 PERCENTS = (50.0, 90.0, 99.0, 99.9)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "bench",
         help="load-test a remote method: latency percentiles, throughput, errors",

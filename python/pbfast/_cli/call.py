@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import pprint
+from typing import Any
 
 from ..errors import RemoteError
 from ..pb import run as run_loop
@@ -19,7 +20,7 @@ TARGET_HELP = (
 ARGS_HELP = "arguments as Python literals (1, 'text', [1, 2], {'a': b'x'}); name=literal for keywords"
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "call",
         help="call a remote method once and print its result",
@@ -47,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _call(target: str, method: str, args: tuple, kwargs: dict, timeout: float) -> object:
+async def _call(
+    target: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float
+) -> object:
     async with open_references(target, timeout=timeout) as (ref,):
         try:
             async with asyncio.timeout(timeout):

@@ -228,7 +228,7 @@ async def open_references(
     except ValueError as e:
         raise CommandError(f"bad {'FURL' if furl else 'endpoint'}: {describe(e)}", EXIT_USAGE) from None
     async with contextlib.AsyncExitStack() as stack:
-        refs = []
+        refs: list[Any] = []
         try:
             for _ in range(connections):
                 if furl:

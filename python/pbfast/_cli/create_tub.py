@@ -12,7 +12,7 @@ from .common import CommandError, describe
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "create-tub",
         help="make a Tub certificate file and print its TubID",

@@ -45,7 +45,7 @@ reported on stderr with exit code 1, as is a stream that ends inside a token or 
 """
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "decode",
         help="pretty-print a captured banana byte stream",

@@ -22,7 +22,7 @@ from .loadgen import LoadPlan, run_load
 __all__ = ["add_parser"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "demo",
         help="a server and a client in this process: calls, references, copies, caches, errors, load",
@@ -66,6 +66,9 @@ class Pond(Copyable):
 
 
 class LocalPond(RemoteCopy):
+    color: str
+    frogs: int
+
     def __repr__(self) -> str:
         return f"LocalPond(color={self.color!r}, frogs={self.frogs})"
 

@@ -25,7 +25,7 @@ __all__ = ["add_parser", "run", "DEFAULT_ENDPOINT"]
 DEFAULT_ENDPOINT = "tcp:port=8787:interface=127.0.0.1"
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "serve",
         help="serve an object on the PB wire (an endpoint) or in a Tub (a FURL)",
