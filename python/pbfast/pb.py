@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine, Generator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from . import endpoints
 from ._broker import Broker
 from ._connection import Connection, ConnectionOptions, shutdown
 from .cred import Portal, PortalRoot, login_over
+from .options import Options
 from .referenceable import Referenceable, RemoteReference, Root
 
 __all__ = ["Server", "connect", "login", "run", "serve"]
@@ -71,12 +72,12 @@ class Server:
         await self.wait_closed()
 
 
-async def serve(root: Root | Referenceable | Portal, endpoint: str, **options: Any) -> Server:
+async def serve(root: Root | Referenceable | Portal, endpoint: str, **options: Unpack[Options]) -> Server:
     """Serve `root` on `endpoint` (Twisted's endpoint syntax, e.g. ``"tcp:8800"`` or
     ``"tcp:port=0:interface=127.0.0.1"``); every connection gets ``root.rootObject(broker)``.
     A `Portal` is served for cred logins (`login`), as Twisted's ``PBServerFactory(portal)``.
 
-    Options (see `pbfast._connection.ConnectionOptions`): ``unsafeTracebacks`` (send
+    Options (`pbfast.options.Options`): ``unsafeTracebacks`` (send
     tracebacks to callers), ``max_in_flight``, ``backlog``, ``max_refs``, ``max_proxies``,
     ``handshake_timeout``, ``idle_timeout`` and the receive limits ``max_element_size``,
     ``max_message_size``, ``max_depth``, ``max_header_length``.
@@ -87,7 +88,7 @@ async def serve(root: Root | Referenceable | Portal, endpoint: str, **options: A
         ValueError: an option value out of range.
         OSError: the address cannot be bound (e.g. the port is in use).
     """
-    settings = ConnectionOptions.from_keywords(options)
+    settings = ConnectionOptions.from_keywords(dict(options))
     root_for = _root_factory(root)
     brokers: set[Connection] = set()
 
@@ -123,10 +124,12 @@ class connect:  # noqa: N801 (used like a function: `await connect(...)`, `async
         NegotiationError: the peer speaks no common dialect or another PB version.
     """
 
-    def __init__(self, endpoint: str, *, timeout: float = CONNECT_TIMEOUT, **options: Any) -> None:
+    def __init__(
+        self, endpoint: str, *, timeout: float = CONNECT_TIMEOUT, **options: Unpack[Options]
+    ) -> None:
         self._endpoint = endpoint
         self._timeout = timeout
-        self._options = ConnectionOptions.from_keywords(options)
+        self._options = ConnectionOptions.from_keywords(dict(options))
         self._root: RemoteReference | None = None
 
     async def _open(self) -> RemoteReference:
@@ -174,7 +177,7 @@ class login(connect):  # noqa: N801 (used like a function, as `connect` is)
         mind: Any = None,
         *,
         timeout: float = CONNECT_TIMEOUT,
-        **options: Any,
+        **options: Unpack[Options],
     ) -> None:
         super().__init__(endpoint, timeout=timeout, **options)
         self._credentials = credentials

@@ -22,7 +22,7 @@ import tempfile
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from . import endpoints
 from ._connection import RECEIVE_LIMITS, Connection, ConnectionOptions, check_option, memory_pair, shutdown
@@ -31,6 +31,7 @@ from ._tub_broker import TubBroker, TubReference
 from .errors import NegotiationError, PBConnectionLost
 from .furl import FURL, new_swissnum, parse_hint
 from .identity import TubIdentity
+from .options import TubOptions
 
 __all__ = ["Reconnector", "Tub", "TubReference", "backoff"]
 
@@ -88,8 +89,8 @@ class Tub:
         self,
         certFile: str | os.PathLike[str] | None = None,
         certData: str | bytes | None = None,
-        **options: Any,
-    ):
+        **options: Unpack[TubOptions],
+    ) -> None:
         if certData is not None:
             identity = TubIdentity.from_pem(certData)
         elif certFile is not None:
