@@ -32,7 +32,7 @@ def test_all_is_exported_and_complete():
         assert hasattr(pbfast, name), name
     public = {n for n in vars(pbfast) if not n.startswith("_")}
     modules = {"errors", "serialization", "banana", "referenceable", "pb", "testing"}
-    modules |= {"copyable", "cacheable", "cred", "furl", "identity", "tub"}
+    modules |= {"copyable", "cacheable", "cred", "furl", "identity", "tub", "options"}
     assert public - set(pbfast.__all__) <= modules
     assert (STUB.parent / "py.typed").exists()
 
