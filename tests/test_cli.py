@@ -4,6 +4,7 @@ must be one line on stderr, a non-zero exit, and no traceback."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import pty
@@ -16,10 +17,14 @@ import subprocess
 import sys
 import sysconfig
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
+from pbfast import __version__ as pbfast_version
+from pbfast import _core
 from servers import ServeProcess as Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,6 +123,18 @@ def test_no_command_is_a_usage_error() -> None:
     result = pbfast()
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def test_version() -> None:
+    """`pbfast --version` names the one version there is: Cargo.toml's, built into the extension
+    and written into the package metadata."""
+    cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]["version"]
+    assert pbfast_version == _core.__version__ == cargo
+    # The metadata spells a pre-release the Python way (Cargo's 1.0.0-beta.1 is 1.0.0b1).
+    assert Version(importlib.metadata.version("pbfast")) == Version(cargo)
+    result = pbfast("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"pbfast {cargo}\n"
 
 
 def test_console_script_is_installed() -> None:

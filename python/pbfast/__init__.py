@@ -45,7 +45,9 @@ from .referenceable import Avatar, Referenceable, RemoteReference, Root, Viewabl
 from .serialization import Unpersistable, dumps, jelly, loads, unjelly
 from .tub import Reconnector, Tub, TubReference
 
-__version__ = "0.1.0"
+__version__: str = _core.__version__
+"""The version, from Cargo.toml (one source: the extension is built with it and maturin writes it
+into the package metadata)."""
 build_profile: str = _core.build_profile
 """How the native extension was compiled: ``"release"``, or ``"debug"`` (far slower: benchmarks
 and load tests say so when they run on it)."""

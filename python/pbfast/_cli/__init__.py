@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from .. import __version__
 from . import bench, call, create_tub, decode, demo, serve
 from .common import EXIT_ERROR, EXPECTED_ERRORS, CommandError, describe
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Perspective Broker and foolscap RPC for asyncio: try it, serve objects, "
         "call them, load-test them, and look at what is on the wire.",
     )
+    parser.add_argument("--version", action="version", version=f"pbfast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in _COMMANDS:
         command.add_parser(sub)
