@@ -60,5 +60,5 @@ def decode(data: bytes | bytearray | memoryview, dialect: str = "pb", **limits: 
 
 
 def encode_tokens(tokens: Any, dialect: str = "pb") -> bytes:
-    """Encode ``(kind, value)`` token pairs as :class:`Tokenizer` produces them (without offsets)."""
+    """Encode ``(kind, value)`` token pairs as `Tokenizer` produces them (without offsets)."""
     return _core.encode_tokens(tokens, dialect)
