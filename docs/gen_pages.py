@@ -2,6 +2,7 @@
 
 - ``cli.md``: the command line reference, read from the argparse parser that ``pbfast`` runs;
 - ``changelog.md``: CHANGELOG.md;
+- ``benchmark-report.md``: benches/results/comparison.md;
 - ``benchmarks.md``: benches/README.md, its links to files of the repository shown as their
   paths (they are not pages of the site);
 - ``images/comparison.png``: the chart from benches/results/.
@@ -136,6 +137,20 @@ def benchmarks_page() -> str:
     return "<!-- benches/README.md, included when the site is built -->\n\n" + text
 
 
+def report_page() -> str:
+    text = (ROOT / "benches" / "results" / "comparison.md").read_text(encoding="utf-8")
+    title, _, body = text.partition("\n")
+    return (
+        "<!-- benches/results/comparison.md, included when the site is built -->\n\n"
+        "# The latest comparison report\n\n"
+        f"{title.lstrip('# ').strip()}: the report that `python benches/compare.py` wrote, as "
+        "committed in `benches/results/comparison.md` (the command, machine and date are at the "
+        "end).\n\n"
+        "![The chart of this report](images/comparison.png)\n"
+        + _local_links_as_text(body, "benches/results")
+    )
+
+
 def changelog_page() -> str:
     text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
     return "<!-- CHANGELOG.md, included when the site is built -->\n\n" + _local_links_as_text(text, ".")
@@ -148,6 +163,10 @@ mkdocs_gen_files.set_edit_path("cli.md", "../python/pbfast/_cli/__init__.py")
 with mkdocs_gen_files.open("benchmarks.md", "w") as f:
     f.write(benchmarks_page())
 mkdocs_gen_files.set_edit_path("benchmarks.md", "../benches/README.md")
+
+with mkdocs_gen_files.open("benchmark-report.md", "w") as f:
+    f.write(report_page())
+mkdocs_gen_files.set_edit_path("benchmark-report.md", "../benches/results/comparison.md")
 
 with mkdocs_gen_files.open("changelog.md", "w") as f:
     f.write(changelog_page())
