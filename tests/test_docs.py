@@ -65,7 +65,8 @@ def blocks(path: Path) -> list[Block]:
             body.append(lines[i])
             i += 1
         i += 1
-        found.append(Block(page, start + 1, language, mark.group(1) if mark else None, "\n".join(body) + "\n"))
+        code = "\n".join(body) + "\n"
+        found.append(Block(page, start + 1, language, mark.group(1) if mark else None, code))
     return found
 
 
@@ -88,7 +89,7 @@ def test_every_pbfast_block_is_marked() -> None:
         for block in all_blocks()
         if block.language == "python" and "pbfast" in block.code and block.mark is None
     ]
-    assert not unmarked, f"python blocks using pbfast with neither <!-- run --> nor <!-- fragment -->: {unmarked}"
+    assert not unmarked, f"pbfast blocks with neither <!-- run --> nor <!-- fragment -->: {unmarked}"
 
 
 def test_porting_guides_have_no_fragments() -> None:
