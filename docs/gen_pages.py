@@ -60,14 +60,15 @@ def _arguments_table(parser: argparse.ArgumentParser) -> list[str]:
         help_text = formatter._expand_help(action) if action.help else ""
         if action.choices and not action.option_strings or (action.choices and action.metavar is None):
             help_text = f"one of {', '.join(map(str, action.choices))}. {help_text}"
-        rows.append(f"| {_flags(action)} | {_default(action)} | {_cell(help_text)} |")
+        default = "" if "default" in help_text.lower() else _default(action)
+        rows.append(f"| {_flags(action)} | {default} | {_cell(help_text)} |")
     return rows
 
 
 def cli_page() -> str:
     from pbfast._cli import build_parser
 
-    os.environ["COLUMNS"] = "100"  # argparse wraps usage lines to this width
+    os.environ["COLUMNS"] = "80"  # argparse wraps usage lines to this width
     parser = build_parser()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     summaries = {choice.dest: choice.help for choice in sub._choices_actions}

@@ -9,6 +9,7 @@ foolscap's) are not run.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import re
@@ -100,6 +101,13 @@ def test_porting_guides_have_no_fragments() -> None:
 def test_marks_are_on_python_blocks() -> None:
     misplaced = [block.id for block in all_blocks() if block.mark and block.language != "python"]
     assert not misplaced
+
+
+def test_every_python_block_compiles() -> None:
+    """Twisted's and foolscap's blocks are not run, but they are Python."""
+    for block in all_blocks():
+        if block.language == "python":
+            compile(block.code, block.id, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
 
 
 # What asyncio or the interpreter print for a mistake that does not fail the program.
