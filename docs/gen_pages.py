@@ -147,8 +147,7 @@ def report_page() -> str:
         f"{title.lstrip('# ').strip()}: the report that `python benches/compare.py` wrote, as "
         "committed in `benches/results/comparison.md` (the command, machine and date are at the "
         "end).\n\n"
-        "![The chart of this report](images/comparison.png)\n"
-        + _local_links_as_text(body, "benches/results")
+        "![The chart of this report](images/comparison.png)\n" + _local_links_as_text(body, "benches/results")
     )
 
 
