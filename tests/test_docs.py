@@ -175,3 +175,11 @@ def test_site_builds_strict(tmp_path: Path) -> None:
     cli = (site / "cli" / "index.html").read_text(encoding="utf-8")
     assert "pbfast create-tub" in cli and "--fail-if" in cli
     assert "Twisted" in (site / "porting-twisted" / "index.html").read_text(encoding="utf-8")
+    # every public name has its entry in the API reference
+    import pbfast
+
+    documented = set()
+    for page in (site / "api").rglob("index.html"):
+        documented |= set(re.findall(r'id="pbfast\.(?:[\w.]+\.)?(\w+)"', page.read_text(encoding="utf-8")))
+    missing = sorted(set(pbfast.__all__) - documented)
+    assert not missing, f"public names missing from the API reference: {missing}"
