@@ -84,6 +84,7 @@ class TubReference(RemoteReference):
         return self.broker.furl_of(self.luid)
 
     def isConnected(self) -> bool:
+        """Whether the connection to the object's Tub is still open."""
         return not self.broker.disconnected
 
     def __repr__(self) -> str:

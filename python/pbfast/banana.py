@@ -23,21 +23,21 @@ __all__ = [
     "FOOLSCAP_VOCAB",
 ]
 
-#: The longest list or byte string Twisted sends or accepts (640 KiB).
 SIZE_LIMIT: int = _core.SIZE_LIMIT
-#: The longest header in bytes (so integers stay below 2**448).
+"""The longest list or byte string Twisted sends or accepts (640 KiB)."""
 PREFIX_LIMIT: int = _core.PREFIX_LIMIT
-#: Twisted's ``pb`` vocabulary; index 0 is unused.
+"""The longest header in bytes (so integers stay below 2**448)."""
 PB_VOCAB: tuple[bytes, ...] = _core.PB_VOCAB
-#: foolscap's vocabulary table 1.
+"""Twisted's ``pb`` vocabulary; index 0 is unused."""
 FOOLSCAP_VOCAB: tuple[bytes, ...] = _core.FOOLSCAP_VOCAB
+"""foolscap's vocabulary table 1."""
 
-#: Incremental decoder: ``Decoder(dialect="pb", *, jelly=False, **limits).feed(chunk)`` returns
-#: the list of values completed by ``chunk`` (unjellied ones with ``jelly=True``).
 Decoder = _core.Decoder
-#: Incremental token stream for any dialect: ``Tokenizer("foolscap").feed(chunk)`` returns
-#: ``(offset, kind, value)`` tuples.
+"""Incremental decoder: ``Decoder(dialect="pb", *, jelly=False, **limits).feed(chunk)`` returns
+the list of values completed by ``chunk`` (unjellied ones with ``jelly=True``)."""
 Tokenizer = _core.Tokenizer
+"""Incremental token stream for any dialect: ``Tokenizer("foolscap").feed(chunk)`` returns
+``(offset, kind, value)`` tuples."""
 
 
 def encode(value: Any, dialect: str = "pb") -> bytes:
@@ -60,5 +60,5 @@ def decode(data: bytes | bytearray | memoryview, dialect: str = "pb", **limits: 
 
 
 def encode_tokens(tokens: Any, dialect: str = "pb") -> bytes:
-    """Encode ``(kind, value)`` token pairs as :class:`Tokenizer` produces them (without offsets)."""
+    """Encode ``(kind, value)`` token pairs as `Tokenizer` produces them (without offsets)."""
     return _core.encode_tokens(tokens, dialect)

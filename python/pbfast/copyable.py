@@ -32,12 +32,15 @@ class Copyable:
     `typeToCopy`: the name receivers register (foolscap's convention is a URL-like unique name)."""
 
     typeToCopy: str | None = None
+    """The type tag to send instead of the qualified class name (None: the class name)."""
 
     def getStateToCopy(self) -> Any:
         """The state to send; by default the instance's ``__dict__``."""
         return self.__dict__
 
     def getStateToCopyFor(self, perspective: Any) -> Any:
+        """The state to send for `perspective` (the avatar it is sent for, or None); by default
+        `getStateToCopy`."""
         return self.getStateToCopy()
 
     def getTypeToCopy(self) -> str | bytes:
@@ -45,6 +48,7 @@ class Copyable:
         return self.typeToCopy or qualified_name(type(self))
 
     def getTypeToCopyFor(self, perspective: Any) -> str | bytes:
+        """The type tag to send for `perspective`; by default `getTypeToCopy`."""
         return self.getTypeToCopy()
 
 
@@ -54,6 +58,7 @@ class RemoteCopy:
     A subclass that sets `copytype` is registered for that type tag (as foolscap does)."""
 
     copytype: str | None = None
+    """The type tag this class is registered for when it is defined (None: not registered)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

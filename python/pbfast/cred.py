@@ -47,6 +47,7 @@ class UsernamePassword:
         self.password = _bytes(password)
 
     def checkPassword(self, password: str | bytes) -> bool:
+        """Whether `password` is this password (compared in constant time)."""
         return hmac.compare_digest(self.password, _bytes(password))
 
     def __repr__(self) -> str:
@@ -91,6 +92,11 @@ class AllowAnonymousAccess:
     them, as Twisted's does."""
 
     def requestAvatarId(self, credentials: Any) -> Any:
+        """`ANONYMOUS` for anonymous credentials.
+
+        Raises:
+            UnauthorizedLogin: any other credentials.
+        """
         if isinstance(credentials, Anonymous):
             return ANONYMOUS
         raise UnauthorizedLogin("only anonymous logins are accepted here")
@@ -106,6 +112,7 @@ class InMemoryUsernamePasswordDatabase:
             self.addUser(name, password)
 
     def addUser(self, username: str | bytes, password: str | bytes) -> None:
+        """Add a user, or change a user's password."""
         self._users[_bytes(username)] = _bytes(password)
 
     def requestAvatarId(self, credentials: Any) -> str:
@@ -154,6 +161,7 @@ class Portal:
         self._throttle = LoginThrottle() if throttle else None
 
     def registerChecker(self, checker: Checker) -> None:
+        """Add a checker, tried after the others."""
         self.checkers.append(checker)
 
     async def login(self, credentials: Any, mind: Any) -> tuple[Any, Any]:

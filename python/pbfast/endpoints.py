@@ -1,7 +1,7 @@
 """Twisted-style endpoint strings for asyncio.
 
 A description such as ``"tcp:8800"`` or ``"ssl:host=example.com:port=8800:caCerts=ca.pem"``
-names a transport and its parameters; :func:`listen` and :func:`connect` turn it into a listening
+names a transport and its parameters; `listen` and `connect` turn it into a listening
 server or a client connection on the running event loop (plain asyncio or uvloop).
 
 Syntax (Twisted's): fields are separated by ``:``; a backslash makes the next character literal
@@ -9,7 +9,7 @@ Syntax (Twisted's): fields are separated by ``:``; a backslash makes the next ch
 field is either positional or ``key=value`` (only the first unescaped ``=`` separates, so values
 may contain ``=``). Positional fields fill the type's positional parameters in order.
 
-Server types::
+Server types:
 
     tcp:PORT  tcp:port=P:interface=ADDR:backlog=N          (interface default 0.0.0.0,
                                                            backlog default 1024)
@@ -18,7 +18,7 @@ Server types::
     ssl:port=P:privateKey=KEY.pem:certKey=CERT.pem:extraCertChain=CHAIN.pem:interface=ADDR:backlog=N
     systemd:domain=INET|INET6|UNIX:index=N                 (a socket-activated listening socket)
 
-Client types::
+Client types:
 
     tcp:HOST:PORT  tcp:host=H:port=P:timeout=SECONDS:bindAddress=ADDR
     tcp6:host=H:port=P:timeout=SECONDS:bindAddress=ADDR
@@ -26,7 +26,7 @@ Client types::
     ssl:host=H:port=P:caCerts=CA.pem:caCertsDir=DIR:certKey=CERT.pem:privateKey=KEY.pem:hostname=NAME
     tls:HOST:PORT  tls:host=H:port=P:trustRoots=CA.pem|DIR:certificate=CERT.pem:privateKey=KEY.pem
 
-More types can be added with :func:`register_server` and :func:`register_client`; the built-in
+More types can be added with `register_server` and `register_client`; the built-in
 types are registered the same way.
 """
 
@@ -73,14 +73,14 @@ _P = TypeVar("_P", bound=asyncio.Protocol)
 
 
 class Listener:
-    """A listening server made by :func:`listen`.
+    """A listening server made by `listen`.
 
     Also an async context manager: ``async with await listen(...) as listener:`` closes the
-    server (and waits for :meth:`wait_closed`) on exit.
+    server (and waits for `wait_closed`) on exit.
 
     Args:
         server: the loop's server object (from ``loop.create_server`` and friends).
-        on_close: called once, after the server is closed by :meth:`close` (for example to
+        on_close: called once, after the server is closed by `close` (for example to
             remove a unix socket file).
     """
 
@@ -155,7 +155,7 @@ class Listener:
 
 
 class ServerEndpoint(abc.ABC):
-    """Something that can listen: the result of :func:`parse_server`."""
+    """Something that can listen: the result of `parse_server`."""
 
     @abc.abstractmethod
     async def listen(self, protocol_factory: _ProtocolFactory) -> Listener:
@@ -167,7 +167,7 @@ class ServerEndpoint(abc.ABC):
 
 
 class ClientEndpoint(abc.ABC):
-    """Something that can connect: the result of :func:`parse_client`."""
+    """Something that can connect: the result of `parse_client`."""
 
     @abc.abstractmethod
     async def connect(self, protocol_factory: _ProtocolFactory) -> _Connection:
@@ -175,7 +175,7 @@ class ClientEndpoint(abc.ABC):
 
         Raises:
             OSError: the connection failed (refused, unreachable, TLS verification failed as
-                :class:`ssl.SSLError`, timed out as :class:`TimeoutError`).
+                `ssl.SSLError`, timed out as `TimeoutError`).
         """
 
 
@@ -195,12 +195,12 @@ def _register(types: dict[str, Any], name: str, factory: Callable[..., Any]) -> 
 
 
 def register_server(name: str, factory: _ServerFactory) -> None:
-    """Make ``name:...`` descriptions usable with :func:`listen` (replacing any earlier ``name``).
+    """Make ``name:...`` descriptions usable with `listen` (replacing any earlier ``name``).
 
     Args:
         name: the endpoint type, the first field of a description.
         factory: called as ``factory(kwargs, args)`` with the ``key=value`` fields and the
-            positional fields (unescaped); returns a :class:`ServerEndpoint` or raises
+            positional fields (unescaped); returns a `ServerEndpoint` or raises
             ValueError naming the bad part.
 
     Raises:
@@ -211,11 +211,11 @@ def register_server(name: str, factory: _ServerFactory) -> None:
 
 
 def register_client(name: str, factory: _ClientFactory) -> None:
-    """Make ``name:...`` descriptions usable with :func:`connect` (replacing any earlier ``name``).
+    """Make ``name:...`` descriptions usable with `connect` (replacing any earlier ``name``).
 
     Args:
         name: the endpoint type, the first field of a description.
-        factory: called as ``factory(kwargs, args)``; returns a :class:`ClientEndpoint` or
+        factory: called as ``factory(kwargs, args)``; returns a `ClientEndpoint` or
             raises ValueError naming the bad part.
 
     Raises:
@@ -407,7 +407,7 @@ async def listen(description: str, protocol_factory: _ProtocolFactory) -> Listen
         protocol_factory: called once per accepted connection.
 
     Raises:
-        ValueError: malformed description (see :func:`parse_server`), or a systemd endpoint
+        ValueError: malformed description (see `parse_server`), or a systemd endpoint
             without a matching inherited socket.
         OSError: the address cannot be used (same errno as the loop's error, message naming
             ``description``).
@@ -433,9 +433,9 @@ async def connect(description: str, protocol_factory: Callable[[], _P]) -> tuple
         ``(transport, protocol)``.
 
     Raises:
-        ValueError: malformed description (see :func:`parse_client`).
+        ValueError: malformed description (see `parse_client`).
         TimeoutError: not connected within the endpoint's timeout.
-        ssl.SSLError: TLS failed (e.g. :class:`ssl.SSLCertVerificationError`).
+        ssl.SSLError: TLS failed (e.g. `ssl.SSLCertVerificationError`).
         OSError: the connection failed (message naming ``description``).
     """
     endpoint = parse_client(description)

@@ -1,6 +1,6 @@
 """The pbfast exception hierarchy.
 
-The Rust core raises these classes too, so ``isinstance`` checks, docs and pickling all live here::
+The Rust core raises these classes too, so ``isinstance`` checks, docs and pickling all live here:
 
     PbfastError
       ProtocolError          the peer broke the wire protocol: the connection ends

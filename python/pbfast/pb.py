@@ -167,7 +167,7 @@ class login(connect):  # noqa: N801 (used like a function, as `connect` is)
 
     Raises:
         UnauthorizedLogin: the server refused the credentials (the connection is closed).
-        and what `connect` raises.
+        ValueError, TypeError, OSError, TimeoutError, NegotiationError: as for `connect`.
     """
 
     def __init__(

@@ -69,7 +69,7 @@ def loads(data: bytes | bytearray | memoryview, *, dialect: str = "pb", **limits
 def jelly(obj: Any) -> Any:
     """Twisted's ``jelly(obj)``: the s-expression (nested lists of bytes/int/float) for ``obj``.
 
-    Raises what :func:`dumps` raises.
+    Raises what `dumps` raises.
     """
     return _banana_decode(_core.dumps(obj))
 

@@ -98,7 +98,9 @@ class Tub:
         else:
             identity = TubIdentity.generate()
         self.identity = identity
+        """The Tub's certificate and key (a `pbfast.identity.TubIdentity`)."""
         self.tubID: str = identity.tubID
+        """The Tub's TubID: the base32 SHA-1 of its certificate."""
         self.incarnation = os.urandom(8).hex()
         self._tls_identity = (identity.certificate_der, identity.private_key_der)
         for name, value in _OPTIONS.items():
@@ -190,6 +192,7 @@ class Tub:
         return list(self._location)
 
     def getLocationHints(self) -> list[str]:
+        """The connection hints FURLs carry (empty before `setLocation`)."""
         return list(self._location or ())
 
     # ------------------------------------------------------------------ what we offer
