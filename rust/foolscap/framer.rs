@@ -10,7 +10,9 @@
 use crate::banana::decode::{Step, Token, TokenReader};
 use crate::banana::framer::{Held, ScanError};
 use crate::banana::tokenizer::check_nesting;
-use crate::banana::{tb, BananaError, Dialect, ErrorKind, Limits};
+use crate::banana::{tb, vocab, BananaError, Dialect, ErrorKind, Limits};
+
+use super::quick_header;
 
 /// What the framer hands back.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +134,22 @@ fn scan<E>(
     let mut start = 0usize;
     let mut pos = state.pos;
     while pos < data.len() {
+        if let Some(end) = quick(limits, state, data, pos) {
+            if !state.open.is_empty() && end - start > limits.max_message_size {
+                return Err(fail(start, ErrorKind::MessageTooLarge { limit: limits.max_message_size }));
+            }
+            pos = end;
+            if state.open.is_empty() {
+                let message = Frame::Message {
+                    bytes: &data[start..end],
+                    offset: base + start as u64,
+                    first_object: state.first_object,
+                };
+                on_frame(message).map_err(ScanError::Callback)?;
+                start = pos;
+            }
+            continue;
+        }
         let (token, end) = match reader.step(pos).map_err(ScanError::Banana)? {
             Step::Token(token, end) => (token, end),
             Step::Incomplete { need } => {
@@ -196,6 +214,39 @@ fn scan<E>(
     state.pos = pos - start;
     state.need = 0;
     Ok(start)
+}
+
+/// Where the common token at `pos` inside a message ends (its OPEN or CLOSE counted in
+/// `state`), or None for the general path: a token of any other kind, one with a long or
+/// incomplete header or body, anything past a limit or out of place, and anything at the top
+/// level (where messages start).
+#[inline(always)]
+fn quick(limits: Limits, state: &mut ScanState, data: &[u8], pos: usize) -> Option<usize> {
+    if state.open.is_empty() {
+        return None;
+    }
+    let (type_byte, value, body) = quick_header(data, pos)?;
+    if body - pos - 1 > limits.max_header_length {
+        return None;
+    }
+    match type_byte {
+        tb::INT | tb::NEG => Some(body),
+        tb::VOCAB if value < vocab::FOOLSCAP_VOCAB.len() as u64 => Some(body),
+        tb::STRING if value <= limits.max_element_size as u64 => {
+            Some(body + value as usize).filter(|&end| end <= data.len())
+        }
+        tb::FLOAT => Some(body + 8).filter(|&end| end <= data.len()),
+        tb::OPEN if state.open.len() < limits.max_depth => {
+            state.open.push(value);
+            state.objects += 1;
+            Some(body)
+        }
+        tb::CLOSE if state.open.last() == Some(&value) => {
+            state.open.pop();
+            Some(body)
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

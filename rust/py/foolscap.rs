@@ -422,7 +422,9 @@ impl<'py> Build for PyBuild<'py, '_> {
     }
 
     fn text(&mut self, utf8: &[u8]) -> PyBuilt<'py, Self::Value> {
-        self.checked(decode_utf8(self.py, utf8).map(Bound::into_any))
+        // Through the cache: dict keys and other short strings repeat.
+        let text = self.strings.get(self.py, utf8);
+        self.checked(text.map(Bound::into_any))
     }
 
     fn decimal(&mut self, text: &str) -> PyBuilt<'py, Self::Value> {
