@@ -17,7 +17,7 @@ use std::fmt::Display;
 use crate::banana::decode::{Step, Token, TokenReader};
 use crate::banana::{show, tb, vocab, Dialect, Integer};
 
-use super::{quick_header, Limits};
+use super::{quick_header, Limits, UNICODE};
 
 /// Why a value could not be built.
 #[derive(Debug, Clone, PartialEq)]
@@ -774,9 +774,6 @@ impl<'a, B: Build> Walker<'a, '_, B> {
         Ok((id, value))
     }
 }
-
-/// The vocabulary index of `unicode`.
-const UNICODE: u8 = 8;
 
 /// How `Walker::named` words its violations for one kind of pairs.
 struct Named {

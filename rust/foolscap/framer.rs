@@ -12,7 +12,7 @@ use crate::banana::framer::{Held, ScanError};
 use crate::banana::tokenizer::check_nesting;
 use crate::banana::{tb, vocab, BananaError, Dialect, ErrorKind, Limits};
 
-use super::quick_header;
+use super::{quick_header, UNICODE};
 
 /// What the framer hands back.
 #[derive(Debug, Clone, PartialEq)]
@@ -237,13 +237,37 @@ fn quick(limits: Limits, state: &mut ScanState, data: &[u8], pos: usize) -> Opti
         }
         tb::FLOAT => Some(body + 8).filter(|&end| end <= data.len()),
         tb::OPEN if state.open.len() < limits.max_depth => {
-            state.open.push(value);
             state.objects += 1;
+            // `(unicode STRING)`, most of a typical message, is skipped in one go.
+            if let Some(end) = quick_unicode(limits, data, body, value) {
+                return Some(end);
+            }
+            state.open.push(value);
             Some(body)
         }
         tb::CLOSE if state.open.last() == Some(&value) => {
             state.open.pop();
             Some(body)
+        }
+        _ => None,
+    }
+}
+
+/// Where `(unicode STRING)`, opened as `id` with its type word at `at`, ends, if its tokens are
+/// the common ones (and within the limits); else None.
+#[inline(always)]
+fn quick_unicode(limits: Limits, data: &[u8], at: usize, id: u64) -> Option<usize> {
+    if data.get(at..at + 2)? != [UNICODE, tb::VOCAB] {
+        return None;
+    }
+    let (tb::STRING, len, body) = quick_header(data, at + 2)? else { return None };
+    if body - at - 3 > limits.max_header_length || len > limits.max_element_size as u64 {
+        return None;
+    }
+    let end = body + len as usize;
+    match quick_header(data, end)? {
+        (tb::CLOSE, close, close_end) if close == id && close_end - end - 1 <= limits.max_header_length => {
+            Some(close_end)
         }
         _ => None,
     }
@@ -285,6 +309,7 @@ mod tests {
     }
 
     fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
         (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
@@ -301,6 +326,25 @@ mod tests {
         assert_eq!(frames(&ones, limits()).unwrap(), expect);
         let threes: Vec<&[u8]> = data.chunks(3).collect();
         assert_eq!(frames(&threes, limits()).unwrap(), expect);
+    }
+
+    #[test]
+    fn text_in_any_chunking() {
+        // (answer 1 (unicode "hi")), the unicode opened as object 130 (a two-byte header).
+        let data = hex("0088 0d87 0181 02018808870282 6869 020189 0089");
+        let expect = vec![Got::Message(data.clone(), 0, 0)];
+        for size in [1, 2, 3, data.len()] {
+            let chunks: Vec<&[u8]> = data.chunks(size).collect();
+            assert_eq!(frames(&chunks, limits()).unwrap(), expect, "chunks of {size}");
+        }
+        // A CLOSE of another sequence, a string past the limit, nesting past the limit.
+        let wrong = hex("0088 0d87 0181 02018808870282 6869 030189 0089");
+        let e = frames(&[&wrong], limits()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::CloseMismatch { expected: Some(130), got: 131 });
+        let e = frames(&[&data], Limits { max_element_size: 1, ..limits() }).unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::StringTooLong { .. }));
+        let e = frames(&[&data], Limits { max_depth: 1, ..limits() }).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::TooDeep { limit: 1 });
     }
 
     #[test]

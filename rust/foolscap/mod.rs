@@ -53,6 +53,9 @@ impl Limits {
     }
 }
 
+/// The vocabulary index of `unicode` (the type word of text).
+pub(crate) const UNICODE: u8 = 8;
+
 /// The longest header [`quick_header`] reads: 56 bits, so every INT, NEG and length it gives fits
 /// in an `i64`, and far below any sensible `max_header_length`.
 const QUICK_HEADER: usize = 8;
