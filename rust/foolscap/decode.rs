@@ -46,6 +46,10 @@ pub trait Build {
     fn bytes(&mut self, value: &[u8]) -> Built<Self::Value, Self::Error>;
     /// `(unicode STRING)`; the bytes may not be UTF-8.
     fn text(&mut self, utf8: &[u8]) -> Built<Self::Value, Self::Error>;
+    /// [`Build::text`] for a dict key (the same keys tend to come again and again).
+    fn key(&mut self, utf8: &[u8]) -> Built<Self::Value, Self::Error> {
+        self.text(utf8)
+    }
     /// `(decimal STRING)`: the text form of a decimal.
     fn decimal(&mut self, text: &str) -> Built<Self::Value, Self::Error>;
     fn none(&mut self) -> Built<Self::Value, Self::Error>;
@@ -118,6 +122,7 @@ pub fn read_message<B: Build>(
         limits,
         build,
         stack: Vec::new(),
+        key: false,
     };
     let mut reqid = None;
     let (what, result) = match walker.top_level() {
@@ -166,6 +171,8 @@ struct Walker<'a, 'b, B: Build> {
     build: &'b mut B,
     /// The sequences open around the one being read, innermost last.
     stack: Vec<Seq<'a, B>>,
+    /// The value being read is a dict key.
+    key: bool,
 }
 
 /// A sequence being read: where the walk goes on once the value being read is complete.
@@ -491,7 +498,7 @@ impl<'a, B: Build> Walker<'a, '_, B> {
         let (tb::CLOSE, _, close_end) = quick_header(data, end)? else { return None };
         self.pos = close_end;
         self.last = end;
-        let text = self.build.text(utf8);
+        let text = if self.key { self.build.key(utf8) } else { self.build.text(utf8) };
         Some(self.located(text, "unicode", at + 2))
     }
 
@@ -511,6 +518,7 @@ impl<'a, B: Build> Walker<'a, '_, B> {
                 }
             };
         }
+        self.key = false;
         Ok(match seq {
             Seq::List(list) => loop {
                 if let Some(item) = child.take() {
@@ -534,6 +542,7 @@ impl<'a, B: Build> Walker<'a, '_, B> {
                 if key.is_none() {
                     *key_at = self.pos;
                 }
+                self.key = key.is_none();
                 match self.next()? {
                     (Token::Close(_), _) if key.is_none() => break None,
                     (Token::Close(_), _) => return Err(self.violation("dict ended after a key", *at)),

@@ -26,7 +26,7 @@ use pyo3::PyTypeInfo;
 
 use super::dispatch::{Called, Dispatch};
 use super::fast::REPLY_FLUSH;
-use super::objects::{decimal_type, qualified_name, utf8_of, GcPause, StrCache};
+use super::objects::{decimal_type, decode_utf8, qualified_name, utf8_of, GcPause, StrCache};
 use super::sender::SenderPy;
 use super::tables::Tables;
 use super::tls::TlsSessionPy;
@@ -422,9 +422,12 @@ impl<'py> Build for PyBuild<'py, '_> {
     }
 
     fn text(&mut self, utf8: &[u8]) -> PyBuilt<'py, Self::Value> {
-        // Through the cache: dict keys and other short strings repeat.
-        let text = self.strings.get(self.py, utf8);
-        self.checked(text.map(Bound::into_any))
+        self.checked(decode_utf8(self.py, utf8).map(Bound::into_any))
+    }
+
+    fn key(&mut self, utf8: &[u8]) -> PyBuilt<'py, Self::Value> {
+        let key = self.strings.get(self.py, utf8);
+        self.checked(key.map(Bound::into_any))
     }
 
     fn decimal(&mut self, text: &str) -> PyBuilt<'py, Self::Value> {
@@ -475,11 +478,14 @@ impl<'py> Build for PyBuild<'py, '_> {
     fn dict_insert(&mut self, dict: &Self::Value, key: Self::Value, value: Self::Value) -> PyBuilt<'py, ()> {
         // SAFETY: `dict` is a dict this builder made (see `new_dict`).
         let dict = unsafe { dict.cast_unchecked::<PyDict>() };
-        match dict.contains(&key) {
-            Ok(false) => self.checked(dict.set_item(key, value)),
-            Ok(true) => Err(Fault::Violation(format!("duplicate key {}", short_repr(&key)))),
-            Err(e) => Err(self.fault(e)),
+        // One lookup: a key that was there already leaves the size as it was (the message is
+        // then discarded, so the value it replaced does not matter).
+        let size = dict.len();
+        self.checked(dict.set_item(&key, value))?;
+        if dict.len() == size {
+            return Err(Fault::Violation(format!("duplicate key {}", short_repr(&key))));
         }
+        Ok(())
     }
 
     fn copyable(&mut self, typename: &str, state: Vec<(Self::Name, Self::Value)>) -> PyBuilt<'py, Self::Value> {
