@@ -5,7 +5,7 @@
 
 use _core::banana::{value, BananaError, Dialect, ErrorKind, Integer, Limits, Value};
 use _core::foolscap::decode::{read_message, Build, Built, Fault};
-use _core::foolscap::encode::Writer;
+use _core::foolscap::encode::{word, Word, Writer};
 use _core::foolscap::{Frame, Limits as FoolscapLimits, MessageFramer};
 use proptest::prelude::*;
 
@@ -169,7 +169,7 @@ fn foolscap_value() -> impl Strategy<Value = Fv> {
 
 /// Write `v` (recursively: the test values are shallow).
 fn write(w: &mut Writer, v: &Fv) {
-    let opened = |w: &mut Writer, word: &[u8], items: &mut dyn FnMut(&mut Writer)| {
+    let opened = |w: &mut Writer, word: Word, items: &mut dyn FnMut(&mut Writer)| {
         let id = w.open(word).expect("shallow");
         items(w);
         w.close(id);
@@ -182,9 +182,9 @@ fn write(w: &mut Writer, v: &Fv) {
             let n = w.next_open_id().saturating_sub(*back + 1);
             w.reference(n).expect("shallow");
         }
-        Fv::List(items) => opened(w, b"list", &mut |w| items.iter().for_each(|v| write(w, v))),
-        Fv::Tuple(items) => opened(w, b"tuple", &mut |w| items.iter().for_each(|v| write(w, v))),
-        Fv::Dict(pairs) => opened(w, b"dict", &mut |w| {
+        Fv::List(items) => opened(w, word::LIST, &mut |w| items.iter().for_each(|v| write(w, v))),
+        Fv::Tuple(items) => opened(w, word::TUPLE, &mut |w| items.iter().for_each(|v| write(w, v))),
+        Fv::Dict(pairs) => opened(w, word::DICT, &mut |w| {
             for (k, v) in pairs {
                 w.int(*k);
                 write(w, v);
@@ -196,18 +196,18 @@ fn write(w: &mut Writer, v: &Fv) {
 /// A foolscap stream of an answer and a call carrying `values`, and a PING.
 fn foolscap_stream(values: &[Fv]) -> Vec<u8> {
     let mut w = Writer::new(Vec::new(), 0, 500);
-    let answer = w.open(b"answer").expect("shallow");
+    let answer = w.open(word::ANSWER).expect("shallow");
     w.int(1);
-    let list = w.open(b"list").expect("shallow");
+    let list = w.open(word::LIST).expect("shallow");
     values.iter().for_each(|v| write(&mut w, v));
     w.close(list);
     w.close(answer);
     w.ping(0);
-    let call = w.open(b"call").expect("shallow");
+    let call = w.open(word::CALL).expect("shallow");
     w.int(2);
     w.int(0);
     w.bytes(b"method");
-    let arguments = w.open(b"arguments").expect("shallow");
+    let arguments = w.open(word::ARGUMENTS).expect("shallow");
     w.int(values.len() as i64);
     values.iter().for_each(|v| write(&mut w, v));
     w.bytes(b"key");
@@ -318,9 +318,9 @@ fn deep_banana_in_a_small_stack() {
 fn deep_foolscap_in_a_small_stack() {
     in_small_thread(|| {
         let mut w = Writer::new(Vec::new(), 0, DEEP + 1);
-        let answer = w.open(b"answer").expect("within max_depth");
+        let answer = w.open(word::ANSWER).expect("within max_depth");
         w.int(1);
-        let ids: Vec<u64> = (0..DEEP).map(|_| w.open(b"list").expect("within max_depth")).collect();
+        let ids: Vec<u64> = (0..DEEP).map(|_| w.open(word::LIST).expect("within max_depth")).collect();
         w.int(7);
         ids.iter().rev().for_each(|&id| w.close(id));
         w.close(answer);

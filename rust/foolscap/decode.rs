@@ -17,7 +17,7 @@ use std::fmt::Display;
 use crate::banana::decode::{Step, Token, TokenReader};
 use crate::banana::{show, tb, vocab, Dialect, Integer};
 
-use super::Limits;
+use super::{quick_header, Limits, UNICODE};
 
 /// Why a value could not be built.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +46,10 @@ pub trait Build {
     fn bytes(&mut self, value: &[u8]) -> Built<Self::Value, Self::Error>;
     /// `(unicode STRING)`; the bytes may not be UTF-8.
     fn text(&mut self, utf8: &[u8]) -> Built<Self::Value, Self::Error>;
+    /// [`Build::text`] for a dict key (the same keys tend to come again and again).
+    fn key(&mut self, utf8: &[u8]) -> Built<Self::Value, Self::Error> {
+        self.text(utf8)
+    }
     /// `(decimal STRING)`: the text form of a decimal.
     fn decimal(&mut self, text: &str) -> Built<Self::Value, Self::Error>;
     fn none(&mut self) -> Built<Self::Value, Self::Error>;
@@ -118,6 +122,7 @@ pub fn read_message<B: Build>(
         limits,
         build,
         stack: Vec::new(),
+        key: false,
     };
     let mut reqid = None;
     let (what, result) = match walker.top_level() {
@@ -166,6 +171,8 @@ struct Walker<'a, 'b, B: Build> {
     build: &'b mut B,
     /// The sequences open around the one being read, innermost last.
     stack: Vec<Seq<'a, B>>,
+    /// The value being read is a dict key.
+    key: bool,
 }
 
 /// A sequence being read: where the walk goes on once the value being read is complete.
@@ -219,30 +226,34 @@ impl<'a, B: Build> Walker<'a, '_, B> {
     /// The next token that is not a PING or PONG, and where it starts.
     #[inline(always)]
     fn next(&mut self) -> Walked<(Token<'a>, usize), B> {
-        // The common tokens (a header of at most one byte, no body but a short string) are read
-        // here; the frame was checked by the framer, so no limit can be exceeded.
+        // The common tokens are read here; the frame was checked by the framer, so no limit can
+        // be exceeded.
         let at = self.pos;
-        if let (Some(&b0), Some(&b1)) = (self.data.get(at), self.data.get(at + 1)) {
-            let (value, type_at) = if b0 & 0x80 != 0 { (0, at) } else { (u64::from(b0), at + 1) };
-            if type_at == at || b1 & 0x80 != 0 {
-                let mut end = type_at + 1;
-                let token = match self.data[type_at] {
-                    tb::OPEN => Some(Token::Open(value)),
-                    tb::CLOSE => Some(Token::Close(value)),
-                    tb::INT => Some(Token::Int { type_byte: tb::INT, value: Integer::Small(value as i64) }),
-                    tb::NEG => Some(Token::Int { type_byte: tb::NEG, value: Integer::Small(-(value as i64)) }),
-                    tb::VOCAB => vocab::foolscap_word(value).map(|word| Token::Vocab { index: value, word }),
-                    tb::STRING => self.data.get(end..end + value as usize).map(|s| {
+        if let Some((type_byte, value, body)) = quick_header(self.data, at) {
+            let mut end = body;
+            let token = match type_byte {
+                tb::OPEN => Some(Token::Open(value)),
+                tb::CLOSE => Some(Token::Close(value)),
+                // A quick header holds at most 56 bits.
+                tb::INT => Some(Token::Int { type_byte, value: Integer::Small(value as i64) }),
+                tb::NEG => Some(Token::Int { type_byte, value: Integer::Small(-(value as i64)) }),
+                tb::VOCAB => vocab::foolscap_word(value).map(|word| Token::Vocab { index: value, word }),
+                tb::STRING => {
+                    usize::try_from(value).ok().and_then(|n| self.data.get(body..body.checked_add(n)?)).map(|s| {
                         end += s.len();
                         Token::String(s)
-                    }),
-                    _ => None,
-                };
-                if let Some(token) = token {
-                    self.pos = end;
-                    self.last = at;
-                    return Ok((token, at));
+                    })
                 }
+                tb::FLOAT => self.data.get(body..body + 8).map(|raw| {
+                    end += 8;
+                    Token::Float(f64::from_be_bytes(raw.try_into().expect("8 bytes")))
+                }),
+                _ => None,
+            };
+            if let Some(token) = token {
+                self.pos = end;
+                self.last = at;
+                return Ok((token, at));
             }
         }
         self.next_general()
@@ -278,11 +289,20 @@ impl<'a, B: Build> Walker<'a, '_, B> {
     }
 
     /// Add the position (and what was being read) to a builder's Violation.
+    #[inline(always)]
     fn located<T>(&self, result: Walked<T, B>, context: impl Display, at: usize) -> Walked<T, B> {
-        result.map_err(|fault| match fault {
+        match result {
+            Ok(value) => Ok(value),
+            Err(fault) => Err(self.locate(fault, context, at)),
+        }
+    }
+
+    #[cold]
+    fn locate(&self, fault: Fault<B::Error>, context: impl Display, at: usize) -> Fault<B::Error> {
+        match fault {
             Fault::Violation(why) => self.violation(format_args!("{context}: {why}"), at),
             other => other,
-        })
+        }
     }
 
     /// The top-level OPEN and its type word.
@@ -422,6 +442,9 @@ impl<'a, B: Build> Walker<'a, '_, B> {
     fn sequence(&mut self, at: usize) -> Walked<Opened<'a, B>, B> {
         let index = self.objects.len();
         self.objects.push(Slot::Unreferenceable);
+        if let Some(text) = self.quick_unicode() {
+            return text.map(Opened::Value);
+        }
         let word = self.index_token(at, self.limits.max_index_length, "first index token")?;
         let seq = match word {
             // Lists, dicts and sets can be referred to while they are being filled.
@@ -459,6 +482,26 @@ impl<'a, B: Build> Walker<'a, '_, B> {
         Ok(Opened::Seq(seq))
     }
 
+    /// The rest of `(unicode STRING)` after its OPEN, read in one go if its tokens are the
+    /// common ones (else None, for the general path): text is most of what a typical message
+    /// holds, dict keys among it, and each is four tokens.
+    #[inline(always)]
+    fn quick_unicode(&mut self) -> Option<Walked<B::Value, B>> {
+        let (data, at) = (self.data, self.pos);
+        if data.get(at..at + 2)? != [UNICODE, tb::VOCAB] {
+            return None;
+        }
+        let (tb::STRING, len, body) = quick_header(data, at + 2)? else { return None };
+        let end = body.checked_add(usize::try_from(len).ok()?)?;
+        let utf8 = data.get(body..end)?;
+        // The framer has checked that a CLOSE here is this sequence's.
+        let (tb::CLOSE, _, close_end) = quick_header(data, end)? else { return None };
+        self.pos = close_end;
+        self.last = end;
+        let text = if self.key { self.build.key(utf8) } else { self.build.text(utf8) };
+        Some(self.located(text, "unicode", at + 2))
+    }
+
     /// `seq` takes `child` (None: it was just opened) and the tokens after it, up to a sequence
     /// in it that holds values (returned, to be read first) or its own CLOSE (None).
     fn step(&mut self, seq: &mut Seq<'a, B>, mut child: Option<B::Value>) -> Walked<Option<Seq<'a, B>>, B> {
@@ -475,6 +518,7 @@ impl<'a, B: Build> Walker<'a, '_, B> {
                 }
             };
         }
+        self.key = false;
         Ok(match seq {
             Seq::List(list) => loop {
                 if let Some(item) = child.take() {
@@ -498,6 +542,7 @@ impl<'a, B: Build> Walker<'a, '_, B> {
                 if key.is_none() {
                     *key_at = self.pos;
                 }
+                self.key = key.is_none();
                 match self.next()? {
                     (Token::Close(_), _) if key.is_none() => break None,
                     (Token::Close(_), _) => return Err(self.violation("dict ended after a key", *at)),
@@ -1095,6 +1140,15 @@ mod tests {
         // The stream goes on: the message after a violation decodes.
         let two = messages(&hex("00880d870181 01880782 66726f62626c65 0189 0089 02880d87028103810289"), 0);
         assert_eq!(two[1], "answer 2 3");
+    }
+
+    #[test]
+    fn the_unicode_word() {
+        assert_eq!(vocab::foolscap_word(u64::from(UNICODE)), Some(&b"unicode"[..]));
+        // Text as VOCAB, or as a STRING word rather than the VOCAB, takes the general path.
+        assert_eq!(one("00880d870181 01880887 0487 0189 0089"), r#"answer 1 "list""#);
+        assert_eq!(one("00880d870181 0188 0782756e69636f6465 018278 0189 0089"), r#"answer 1 "x""#);
+        assert!(one("00880d870181 01880887 0281 0189 0089").contains("unicode takes a STRING, not INT"));
     }
 
     #[test]

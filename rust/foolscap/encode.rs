@@ -7,6 +7,7 @@
 
 use num_bigint::BigInt;
 
+use crate::banana::vocab::FOOLSCAP_VOCAB;
 use crate::banana::{tb, Dialect, Encoder};
 
 /// A value nested deeper than the limit (foolscap's sender asserts at 10000 slicers).
@@ -22,6 +23,65 @@ impl std::fmt::Display for TooDeep {
 }
 
 impl std::error::Error for TooDeep {}
+
+/// A sequence's type word, with its VOCAB index found once, at compile time, rather than at
+/// every OPEN (all but `decimal` are in the vocabulary).
+#[derive(Debug, Clone, Copy)]
+pub struct Word {
+    word: &'static [u8],
+    index: Option<u8>,
+}
+
+impl Word {
+    pub const fn new(word: &'static [u8]) -> Word {
+        let mut i = 0;
+        while i < FOOLSCAP_VOCAB.len() {
+            if same(FOOLSCAP_VOCAB[i], word) {
+                return Word { word, index: Some(i as u8) };
+            }
+            i += 1;
+        }
+        Word { word, index: None }
+    }
+}
+
+const fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The type words foolscap's slicers write.
+pub mod word {
+    use super::Word;
+
+    pub const ANSWER: Word = Word::new(b"answer");
+    pub const ARGUMENTS: Word = Word::new(b"arguments");
+    pub const BOOLEAN: Word = Word::new(b"boolean");
+    pub const CALL: Word = Word::new(b"call");
+    pub const COPYABLE: Word = Word::new(b"copyable");
+    pub const DECIMAL: Word = Word::new(b"decimal");
+    pub const DICT: Word = Word::new(b"dict");
+    pub const ERROR: Word = Word::new(b"error");
+    pub const IMMUTABLE_SET: Word = Word::new(b"immutable-set");
+    pub const LIST: Word = Word::new(b"list");
+    pub const MY_REFERENCE: Word = Word::new(b"my-reference");
+    pub const NONE: Word = Word::new(b"none");
+    pub const REFERENCE: Word = Word::new(b"reference");
+    pub const SET: Word = Word::new(b"set");
+    pub const THEIR_REFERENCE: Word = Word::new(b"their-reference");
+    pub const TUPLE: Word = Word::new(b"tuple");
+    pub const UNICODE: Word = Word::new(b"unicode");
+    pub const YOUR_REFERENCE: Word = Word::new(b"your-reference");
+}
 
 pub struct Writer {
     enc: Encoder,
@@ -49,7 +109,7 @@ impl Writer {
 
     /// OPEN and the type word; returns the sequence's id (its object number for `reference`).
     #[inline]
-    pub fn open(&mut self, word: &[u8]) -> Result<u64, TooDeep> {
+    pub fn open(&mut self, word: Word) -> Result<u64, TooDeep> {
         if self.depth >= self.max_depth {
             return Err(TooDeep { limit: self.max_depth });
         }
@@ -57,7 +117,10 @@ impl Writer {
         let id = self.next_open;
         self.next_open += 1;
         self.enc.numbered(tb::OPEN, id);
-        self.bytes(word);
+        match word.index {
+            Some(index) => self.enc.out.extend_from_slice(&[index, tb::VOCAB]),
+            None => self.bytes(word.word),
+        }
         Ok(id)
     }
 
@@ -89,14 +152,14 @@ impl Writer {
 
     /// `(none)`.
     pub fn none(&mut self) -> Result<(), TooDeep> {
-        let id = self.open(b"none")?;
+        let id = self.open(word::NONE)?;
         self.close(id);
         Ok(())
     }
 
     /// `(boolean 0|1)`.
     pub fn boolean(&mut self, b: bool) -> Result<(), TooDeep> {
-        let id = self.open(b"boolean")?;
+        let id = self.open(word::BOOLEAN)?;
         self.int(i64::from(b));
         self.close(id);
         Ok(())
@@ -105,7 +168,7 @@ impl Writer {
     /// `(unicode UTF8)`.
     #[inline]
     pub fn unicode(&mut self, utf8: &[u8]) -> Result<(), TooDeep> {
-        let id = self.open(b"unicode")?;
+        let id = self.open(word::UNICODE)?;
         self.bytes(utf8);
         self.close(id);
         Ok(())
@@ -113,7 +176,7 @@ impl Writer {
 
     /// `(decimal TEXT)`, TEXT being `str()` of the decimal.
     pub fn decimal(&mut self, text: &[u8]) -> Result<(), TooDeep> {
-        let id = self.open(b"decimal")?;
+        let id = self.open(word::DECIMAL)?;
         self.bytes(text);
         self.close(id);
         Ok(())
@@ -121,7 +184,7 @@ impl Writer {
 
     /// `(reference N)`: the object opened as N earlier in the same message.
     pub fn reference(&mut self, n: u64) -> Result<(), TooDeep> {
-        let id = self.open(b"reference")?;
+        let id = self.open(word::REFERENCE)?;
         match i64::try_from(n) {
             Ok(n) => self.int(n),
             Err(_) => self.big_int(&BigInt::from(n)),
@@ -133,7 +196,7 @@ impl Writer {
     /// `(my-reference clid)`, or on the first send over a connection `(my-reference clid IFACE
     /// [FURL])`, IFACE being the remote interface name or empty.
     pub fn my_reference(&mut self, clid: i64, first_send: Option<(&[u8], Option<&[u8]>)>) -> Result<(), TooDeep> {
-        let id = self.open(b"my-reference")?;
+        let id = self.open(word::MY_REFERENCE)?;
         self.int(clid);
         if let Some((iface, furl)) = first_send {
             self.bytes(iface);
@@ -147,7 +210,7 @@ impl Writer {
 
     /// `(your-reference clid)`: one of the receiver's own objects.
     pub fn your_reference(&mut self, clid: i64) -> Result<(), TooDeep> {
-        let id = self.open(b"your-reference")?;
+        let id = self.open(word::YOUR_REFERENCE)?;
         self.int(clid);
         self.close(id);
         Ok(())
@@ -155,7 +218,7 @@ impl Writer {
 
     /// `(their-reference giftID FURL)`: an object in a third Tub.
     pub fn their_reference(&mut self, giftid: i64, furl: &[u8]) -> Result<(), TooDeep> {
-        let id = self.open(b"their-reference")?;
+        let id = self.open(word::THEIR_REFERENCE)?;
         self.int(giftid);
         self.bytes(furl);
         self.close(id);
@@ -192,11 +255,11 @@ mod tests {
     fn captured_calls() {
         // B -> A: add(1, 2), then add(a=-5, b=2**40), from a capture between stock foolscap Tubs.
         let add = written(2, |w| {
-            let c = w.open(b"call")?;
+            let c = w.open(word::CALL)?;
             w.int(2);
             w.int(1);
             w.bytes(b"add");
-            let a = w.open(b"arguments")?;
+            let a = w.open(word::ARGUMENTS)?;
             w.int(2);
             w.int(1);
             w.int(2);
@@ -206,11 +269,11 @@ mod tests {
         });
         assert_eq!(add, hex("02880b8702810181038261646403880c8702810181028103890289"));
         let kwargs = written(4, |w| {
-            let c = w.open(b"call")?;
+            let c = w.open(word::CALL)?;
             w.int(3);
             w.int(1);
             w.bytes(b"add");
-            let a = w.open(b"arguments")?;
+            let a = w.open(word::ARGUMENTS)?;
             w.int(0);
             w.bytes(b"a");
             w.int(-5);
@@ -226,7 +289,7 @@ mod tests {
     #[test]
     fn captured_answers() {
         let none = written(0x2b, |w| {
-            let a = w.open(b"answer")?;
+            let a = w.open(word::ANSWER)?;
             w.int(18);
             w.none()?;
             w.close(a);
@@ -236,7 +299,7 @@ mod tests {
         // (answer 13 (my-reference 3 "RISized..." FURL)): the interface name before the FURL.
         let furl = b"pb://p3n3laqzc6zqyn7t6mxkckhqjq4whutl@tcp:127.0.0.1:51953/wnb7kr25qfawxkrsv2uunjlwuyv7avzo";
         let reference = written(0x21, |w| {
-            let a = w.open(b"answer")?;
+            let a = w.open(word::ANSWER)?;
             w.int(13);
             w.my_reference(3, Some((b"RISized.pbfast-capture.example", Some(furl))))?;
             w.close(a);
@@ -249,7 +312,7 @@ mod tests {
         expect.extend(hex("22892189"));
         assert_eq!(reference, expect);
         let again = written(0x1a, |w| {
-            let a = w.open(b"answer")?;
+            let a = w.open(word::ANSWER)?;
             w.int(8);
             w.my_reference(2, None)?;
             w.close(a);
@@ -257,10 +320,10 @@ mod tests {
         });
         assert_eq!(again, hex("1a880d8708811b880f8702811b891a89"));
         let shared = written(0x11, |w| {
-            let a = w.open(b"answer")?;
+            let a = w.open(word::ANSWER)?;
             w.int(5);
-            let outer = w.open(b"list")?;
-            let inner = w.open(b"list")?;
+            let outer = w.open(word::LIST)?;
+            let inner = w.open(word::LIST)?;
             w.int(1);
             w.close(inner);
             w.reference(inner)?;
@@ -283,12 +346,21 @@ mod tests {
     }
 
     #[test]
+    fn type_words() {
+        assert_eq!(word::LIST.index, Some(4));
+        assert_eq!(word::YOUR_REFERENCE.index, Some(16));
+        // Not in the vocabulary: a STRING.
+        assert_eq!(word::DECIMAL.index, None);
+        assert_eq!(written(0, |w| w.decimal(b"1.5")), hex("00880782646563696d616c0382312e350089"));
+    }
+
+    #[test]
     fn depth_is_bounded() {
         let mut w = Writer::new(Vec::new(), 0, 3);
-        w.open(b"list").unwrap();
-        w.open(b"list").unwrap();
-        w.open(b"list").unwrap();
-        assert_eq!(w.open(b"list"), Err(TooDeep { limit: 3 }));
+        w.open(word::LIST).unwrap();
+        w.open(word::LIST).unwrap();
+        w.open(word::LIST).unwrap();
+        assert_eq!(w.open(word::LIST), Err(TooDeep { limit: 3 }));
         assert_eq!(w.none(), Err(TooDeep { limit: 3 }));
     }
 }

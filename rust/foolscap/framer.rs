@@ -10,7 +10,9 @@
 use crate::banana::decode::{Step, Token, TokenReader};
 use crate::banana::framer::{Held, ScanError};
 use crate::banana::tokenizer::check_nesting;
-use crate::banana::{tb, BananaError, Dialect, ErrorKind, Limits};
+use crate::banana::{tb, vocab, BananaError, Dialect, ErrorKind, Limits};
+
+use super::{quick_header, UNICODE};
 
 /// What the framer hands back.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +134,22 @@ fn scan<E>(
     let mut start = 0usize;
     let mut pos = state.pos;
     while pos < data.len() {
+        if let Some(end) = quick(limits, state, data, pos) {
+            if !state.open.is_empty() && end - start > limits.max_message_size {
+                return Err(fail(start, ErrorKind::MessageTooLarge { limit: limits.max_message_size }));
+            }
+            pos = end;
+            if state.open.is_empty() {
+                let message = Frame::Message {
+                    bytes: &data[start..end],
+                    offset: base + start as u64,
+                    first_object: state.first_object,
+                };
+                on_frame(message).map_err(ScanError::Callback)?;
+                start = pos;
+            }
+            continue;
+        }
         let (token, end) = match reader.step(pos).map_err(ScanError::Banana)? {
             Step::Token(token, end) => (token, end),
             Step::Incomplete { need } => {
@@ -198,6 +216,63 @@ fn scan<E>(
     Ok(start)
 }
 
+/// Where the common token at `pos` inside a message ends (its OPEN or CLOSE counted in
+/// `state`), or None for the general path: a token of any other kind, one with a long or
+/// incomplete header or body, anything past a limit or out of place, and anything at the top
+/// level (where messages start).
+#[inline(always)]
+fn quick(limits: Limits, state: &mut ScanState, data: &[u8], pos: usize) -> Option<usize> {
+    if state.open.is_empty() {
+        return None;
+    }
+    let (type_byte, value, body) = quick_header(data, pos)?;
+    if body - pos - 1 > limits.max_header_length {
+        return None;
+    }
+    match type_byte {
+        tb::INT | tb::NEG => Some(body),
+        tb::VOCAB if value < vocab::FOOLSCAP_VOCAB.len() as u64 => Some(body),
+        tb::STRING if value <= limits.max_element_size as u64 => {
+            Some(body + value as usize).filter(|&end| end <= data.len())
+        }
+        tb::FLOAT => Some(body + 8).filter(|&end| end <= data.len()),
+        tb::OPEN if state.open.len() < limits.max_depth => {
+            state.objects += 1;
+            // `(unicode STRING)`, most of a typical message, is skipped in one go.
+            if let Some(end) = quick_unicode(limits, data, body, value) {
+                return Some(end);
+            }
+            state.open.push(value);
+            Some(body)
+        }
+        tb::CLOSE if state.open.last() == Some(&value) => {
+            state.open.pop();
+            Some(body)
+        }
+        _ => None,
+    }
+}
+
+/// Where `(unicode STRING)`, opened as `id` with its type word at `at`, ends, if its tokens are
+/// the common ones (and within the limits); else None.
+#[inline(always)]
+fn quick_unicode(limits: Limits, data: &[u8], at: usize, id: u64) -> Option<usize> {
+    if data.get(at..at + 2)? != [UNICODE, tb::VOCAB] {
+        return None;
+    }
+    let (tb::STRING, len, body) = quick_header(data, at + 2)? else { return None };
+    if body - at - 3 > limits.max_header_length || len > limits.max_element_size as u64 {
+        return None;
+    }
+    let end = body + len as usize;
+    match quick_header(data, end)? {
+        (tb::CLOSE, close, close_end) if close == id && close_end - end - 1 <= limits.max_header_length => {
+            Some(close_end)
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +309,7 @@ mod tests {
     }
 
     fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
         (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
@@ -250,6 +326,25 @@ mod tests {
         assert_eq!(frames(&ones, limits()).unwrap(), expect);
         let threes: Vec<&[u8]> = data.chunks(3).collect();
         assert_eq!(frames(&threes, limits()).unwrap(), expect);
+    }
+
+    #[test]
+    fn text_in_any_chunking() {
+        // (answer 1 (unicode "hi")), the unicode opened as object 130 (a two-byte header).
+        let data = hex("0088 0d87 0181 02018808870282 6869 020189 0089");
+        let expect = vec![Got::Message(data.clone(), 0, 0)];
+        for size in [1, 2, 3, data.len()] {
+            let chunks: Vec<&[u8]> = data.chunks(size).collect();
+            assert_eq!(frames(&chunks, limits()).unwrap(), expect, "chunks of {size}");
+        }
+        // A CLOSE of another sequence, a string past the limit, nesting past the limit.
+        let wrong = hex("0088 0d87 0181 02018808870282 6869 030189 0089");
+        let e = frames(&[&wrong], limits()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::CloseMismatch { expected: Some(130), got: 131 });
+        let e = frames(&[&data], Limits { max_element_size: 1, ..limits() }).unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::StringTooLong { .. }));
+        let e = frames(&[&data], Limits { max_depth: 1, ..limits() }).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::TooDeep { limit: 1 });
     }
 
     #[test]

@@ -53,6 +53,30 @@ impl Limits {
     }
 }
 
+/// The vocabulary index of `unicode` (the type word of text).
+pub(crate) const UNICODE: u8 = 8;
+
+/// The longest header [`quick_header`] reads: 56 bits, so every INT, NEG and length it gives fits
+/// in an `i64`, and far below any sensible `max_header_length`.
+const QUICK_HEADER: usize = 8;
+
+/// The type byte, header value and body offset of the token at `pos`, if its header is at most
+/// [`QUICK_HEADER`] bytes and complete: the common tokens' header, read without the general
+/// reader's checks (the caller falls back to [`banana::TokenReader`] on None). Object numbers
+/// grow with every OPEN sent, so after a while most OPEN and CLOSE headers are 2-3 bytes long.
+#[inline(always)]
+pub(crate) fn quick_header(data: &[u8], pos: usize) -> Option<(u8, u64, usize)> {
+    let mut value = 0u64;
+    for i in 0..=QUICK_HEADER {
+        let b = *data.get(pos + i)?;
+        if b & 0x80 != 0 {
+            return Some((b, value, pos + i + 1));
+        }
+        value |= u64::from(b) << (7 * i);
+    }
+    None
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits::foolscap()

@@ -33,7 +33,7 @@ use super::tls::TlsSessionPy;
 use super::{int_value, integer, limit_args, set_limit, with_bytes, with_events, PtrMap};
 use crate::banana::Integer;
 use crate::foolscap::decode::{read_message, Build, Built, Fault, Message};
-use crate::foolscap::encode::{TooDeep, Writer};
+use crate::foolscap::encode::{word, TooDeep, Word, Writer};
 use crate::foolscap::{Frame, Limits, MessageFramer};
 
 pub const FS_CALL: u8 = 0;
@@ -425,6 +425,11 @@ impl<'py> Build for PyBuild<'py, '_> {
         self.checked(decode_utf8(self.py, utf8).map(Bound::into_any))
     }
 
+    fn key(&mut self, utf8: &[u8]) -> PyBuilt<'py, Self::Value> {
+        let key = self.strings.get(self.py, utf8);
+        self.checked(key.map(Bound::into_any))
+    }
+
     fn decimal(&mut self, text: &str) -> PyBuilt<'py, Self::Value> {
         let decimal = decimal_type(self.py).and_then(|d| d.call1((text,)));
         self.checked(decimal)
@@ -473,11 +478,14 @@ impl<'py> Build for PyBuild<'py, '_> {
     fn dict_insert(&mut self, dict: &Self::Value, key: Self::Value, value: Self::Value) -> PyBuilt<'py, ()> {
         // SAFETY: `dict` is a dict this builder made (see `new_dict`).
         let dict = unsafe { dict.cast_unchecked::<PyDict>() };
-        match dict.contains(&key) {
-            Ok(false) => self.checked(dict.set_item(key, value)),
-            Ok(true) => Err(Fault::Violation(format!("duplicate key {}", short_repr(&key)))),
-            Err(e) => Err(self.fault(e)),
+        // One lookup: a key that was there already leaves the size as it was (the message is
+        // then discarded, so the value it replaced does not matter).
+        let size = dict.len();
+        self.checked(dict.set_item(&key, value))?;
+        if dict.len() == size {
+            return Err(Fault::Violation(format!("duplicate key {}", short_repr(&key))));
         }
+        Ok(())
     }
 
     fn copyable(&mut self, typename: &str, state: Vec<(Self::Name, Self::Value)>) -> PyBuilt<'py, Self::Value> {
@@ -581,7 +589,7 @@ impl FoolscapEncoderPy {
 
     /// `(answer reqid value)`.
     fn answer<'py>(&mut self, py: Python<'py>, reqid: i64, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        self.reply(py, b"answer", reqid, |m| m.value(value), |bytes| PyBytes::new(py, bytes))
+        self.reply(py, word::ANSWER, reqid, |m| m.value(value), |bytes| PyBytes::new(py, bytes))
     }
 
     /// `(error reqid (copyable "twisted.python.failure.Failure" name value ...))`, the state (a
@@ -589,7 +597,7 @@ impl FoolscapEncoderPy {
     fn error<'py>(&mut self, py: Python<'py>, reqid: i64, state: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
         self.reply(
             py,
-            b"error",
+            word::ERROR,
             reqid,
             |m| {
                 m.copyable(FAILURE, state)?;
@@ -643,7 +651,7 @@ impl FoolscapEncoderPy {
     fn reply<'py, R>(
         &mut self,
         py: Python<'py>,
-        word: &[u8],
+        word: Word,
         reqid: i64,
         body: impl FnOnce(&mut MessageWriter<'py, '_>) -> PyResult<()>,
         finish: impl FnOnce(&[u8]) -> R,
@@ -705,11 +713,11 @@ impl FoolscapEncoderPy {
         self.encode_with(
             py,
             |m| {
-                let call = m.w.open(b"call")?;
+                let call = m.w.open(word::CALL)?;
                 m.w.int(reqid);
                 m.w.int(clid);
                 m.w.bytes(method.as_bytes());
-                let arguments = m.w.open(b"arguments")?;
+                let arguments = m.w.open(word::ARGUMENTS)?;
                 m.w.int(args.len() as i64);
                 for arg in args.iter() {
                     m.value(&arg)?;
@@ -734,7 +742,7 @@ impl FoolscapEncoderPy {
         value: &Bound<'_, PyAny>,
         out: &mut Vec<u8>,
     ) -> PyResult<()> {
-        self.reply(py, b"answer", reqid, |m| m.value(value), |bytes| out.extend_from_slice(bytes))
+        self.reply(py, word::ANSWER, reqid, |m| m.value(value), |bytes| out.extend_from_slice(bytes))
     }
 
     /// Run `write` on a fresh message and hand its bytes to `finish`; the counter moves on only
@@ -753,6 +761,7 @@ impl FoolscapEncoderPy {
             keep: Vec::new(),
             hook: self.hook.as_ref().map(|h| h.bind(py).clone()),
             stack: Vec::new(),
+            pairs: Vec::new(),
         };
         let result = write(&mut m);
         let MessageWriter { w, keep, .. } = m;
@@ -813,6 +822,8 @@ struct MessageWriter<'py, 'a> {
     /// The sequences being written, innermost last: the walk keeps its place here rather than
     /// on the native stack, so no nesting depth can exhaust that.
     stack: Vec<Walk<'py>>,
+    /// The (key, value) pairs of the dicts being written, sorted, outermost first.
+    pairs: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
 }
 
 /// A sequence being written (opened as `id`): where the walk goes on once the item being
@@ -829,12 +840,12 @@ enum Walk<'py> {
         next: usize,
         id: u64,
     },
-    /// A dict by its sorted `keys`; `value` is the value of the key being written.
+    /// A dict, whose sorted pairs are `pairs[start..]` of the writer: `next` counts keys and
+    /// values from `2 * start` to `end` (pair i's key is `2 * i`, its value `2 * i + 1`).
     Dict {
-        dict: Bound<'py, PyDict>,
-        keys: Bound<'py, PyList>,
+        start: usize,
         next: usize,
-        value: Option<Bound<'py, PyAny>>,
+        end: usize,
         id: u64,
     },
     Set {
@@ -889,30 +900,26 @@ impl<'py> MessageWriter<'py, '_> {
     fn sequence<const EXACT: bool>(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<bool> {
         if let Some(list) = cast::<PyList, EXACT>(obj) {
             if !self.seen_again(obj)? {
-                let id = self.w.open(b"list")?;
+                let id = self.w.open(word::LIST)?;
                 self.stack.push(Walk::List { list: list.clone(), next: 0, id });
             }
         } else if let Some(tuple) = cast::<PyTuple, EXACT>(obj) {
             if !self.seen_again(obj)? {
-                let id = self.w.open(b"tuple")?;
+                let id = self.w.open(word::TUPLE)?;
                 self.stack.push(Walk::Tuple { tuple: tuple.clone(), next: 0, id });
             }
         } else if let Some(dict) = cast::<PyDict, EXACT>(obj) {
-            // Keys sorted with Python's sort as foolscap does (keys that cannot be compared
-            // raise its TypeError, and nothing is sent).
             if !self.seen_again(obj)? {
-                let id = self.w.open(b"dict")?;
-                let keys = dict.keys();
-                if keys.len() > 1 {
-                    keys.sort()?;
-                }
-                self.stack.push(Walk::Dict { dict: dict.clone(), keys, next: 0, value: None, id });
+                let id = self.w.open(word::DICT)?;
+                let start = self.pairs.len();
+                self.sorted_pairs(dict)?;
+                self.stack.push(Walk::Dict { start, next: 2 * start, end: 2 * self.pairs.len(), id });
             }
         } else if cast::<PySet, EXACT>(obj).is_some() {
-            self.set(obj, b"set", true)?;
+            self.set(obj, word::SET, true)?;
         } else if cast::<PyFrozenSet, EXACT>(obj).is_some() {
             // foolscap does not track frozensets for sharing.
-            self.set(obj, b"immutable-set", false)?;
+            self.set(obj, word::IMMUTABLE_SET, false)?;
         } else if self.is_decimal::<EXACT>(obj)? {
             self.decimal(obj)?;
         } else {
@@ -921,8 +928,38 @@ impl<'py> MessageWriter<'py, '_> {
         Ok(true)
     }
 
+    /// Append the pairs of `dict` to `pairs`, sorted by key as foolscap sorts them, with
+    /// Python's sort (keys that cannot be compared raise its TypeError, and nothing is sent);
+    /// keys that are all plain text are sorted here, by their UTF-8, whose byte order is code
+    /// point order.
+    fn sorted_pairs(&mut self, dict: &Bound<'py, PyDict>) -> PyResult<()> {
+        let start = self.pairs.len();
+        let mut texts = true;
+        for (key, value) in dict.iter() {
+            texts &= cast::<PyString, true>(&key).is_some_and(|s| utf8_of(s).is_some());
+            self.pairs.push((key, value));
+        }
+        let pairs = &mut self.pairs[start..];
+        if pairs.len() < 2 {
+            return Ok(());
+        }
+        if texts {
+            pairs.sort_unstable_by(|(a, _), (b, _)| text_key(a).cmp(text_key(b)));
+            return Ok(());
+        }
+        let keys = PyList::new(self.py, pairs.iter().map(|(key, _)| key))?;
+        keys.sort()?;
+        for (pair, key) in pairs.iter_mut().zip(keys.iter()) {
+            let value = dict.get_item(&key)?.ok_or_else(|| {
+                pyo3::exceptions::PyRuntimeError::new_err("dict changed size while it was being sent")
+            })?;
+            *pair = (key, value);
+        }
+        Ok(())
+    }
+
     /// A set (or, not `track`ed, a frozenset).
-    fn set(&mut self, obj: &Bound<'py, PyAny>, word: &[u8], track: bool) -> PyResult<()> {
+    fn set(&mut self, obj: &Bound<'py, PyAny>, word: Word, track: bool) -> PyResult<()> {
         if !(track && self.seen_again(obj)?) {
             let id = self.w.open(word)?;
             self.stack.push(Walk::Set { members: obj.try_iter()?, id });
@@ -960,22 +997,15 @@ impl<'py> MessageWriter<'py, '_> {
                     }
                     *id
                 }
-                Walk::Dict { dict, keys, next, value, id } => loop {
-                    if let Some(value) = value.take() {
-                        if !scalar::<true>(w, &value)? {
-                            return Ok(Some(value));
-                        }
-                    }
-                    if *next == keys.len() {
+                Walk::Dict { next, end, id, .. } => loop {
+                    if *next == *end {
                         break *id;
                     }
-                    let key = keys.get_item(*next)?;
+                    let (key, value) = &self.pairs[*next / 2];
+                    let item = if *next % 2 == 0 { key } else { value };
                     *next += 1;
-                    *value = Some(dict.get_item(&key)?.ok_or_else(|| {
-                        pyo3::exceptions::PyRuntimeError::new_err("dict changed size while it was being sent")
-                    })?);
-                    if !scalar::<true>(w, &key)? {
-                        return Ok(Some(key));
+                    if !scalar::<true>(w, item)? {
+                        return Ok(Some(item.clone()));
                     }
                 },
                 Walk::Set { members, id } => {
@@ -1008,7 +1038,9 @@ impl<'py> MessageWriter<'py, '_> {
                     *id
                 }
             };
-            self.stack.pop();
+            if let Some(Walk::Dict { start, .. }) = self.stack.pop() {
+                self.pairs.truncate(start);
+            }
             self.w.close(id);
         }
     }
@@ -1108,12 +1140,18 @@ impl<'py> MessageWriter<'py, '_> {
             Ok(dict) => dict.items().into_any(),
             Err(_) => state.clone(),
         };
-        let id = self.w.open(b"copyable")?;
+        let id = self.w.open(word::COPYABLE)?;
         self.w.bytes(typename);
         let pairs = pairs.try_iter().map_err(|_| bad_state(state))?;
         self.stack.push(Walk::Copyable { pairs, state: state.clone(), id });
         Ok(())
     }
+}
+
+/// The UTF-8 of a dict key found to be an exact str with UTF-8 (see `sorted_pairs`).
+fn text_key<'a>(key: &'a Bound<'_, PyAny>) -> &'a [u8] {
+    // SAFETY: the key is a str (checked by the caller).
+    utf8_of(unsafe { key.cast_unchecked::<PyString>() }).unwrap_or_default()
 }
 
 /// Write `obj` if it is an int, str, bytes, float, None or bool, exactly that type (`EXACT`) or
