@@ -515,12 +515,14 @@ class Broker(Connection):
             luid = _cache_luid(tag, items)
             cache = self._remote_caches.get(luid)
             if cache is None:
-                cache = self._revive_cache(luid)
-                if cache is None:
+                revived = self._revive_cache(luid)
+                if revived is None:
                     raise JellyError(f"the peer named its cached object {luid!r}, which we do not hold")
-                cache._cache_link = CacheLink(self, luid, 0)
-                self._remote_caches[luid] = cache
-            cache._cache_link.count += 1
+                revived._cache_link = CacheLink(self, luid, 0)
+                self._remote_caches[luid] = cache = revived
+            link = cache._cache_link
+            assert link is not None  # a copy in the table keeps its link until uncached
+            link.count += 1
             return cache
         if tag == b"lcache":
             luid = _cache_luid(tag, items)

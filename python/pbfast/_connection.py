@@ -30,11 +30,14 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import _core
 from .endpoints import _set_nodelay
 from .errors import DeadReferenceError, Error, LimitExceeded, PBConnectionLost, qualified_name
+
+if TYPE_CHECKING:
+    from .cacheable import RemoteCache
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -186,7 +189,7 @@ class Connection(asyncio.Protocol, abc.ABC):
     # Event kinds that ask us to run a call (held back while we cannot take more).
     _CALL_KINDS: ClassVar[frozenset[int]] = frozenset()
     # Event kind -> handler (an unbound method: a table of bound ones would be a cycle).
-    _HANDLERS: ClassVar[dict[int, Callable[[Any, tuple], None]]] = {}
+    _HANDLERS: ClassVar[dict[int, Callable[[Any, tuple[Any, ...]], None]]] = {}
     # The kinds of release `release` and `cache_died` queue for `_write_release`.
     _DECREF: ClassVar[bytes] = b"decref"
     _DECACHE: ClassVar[bytes] = b"decache"
@@ -225,7 +228,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         self._proxies: weakref.WeakValueDictionary[int | bytes, Any] = weakref.WeakValueDictionary()
         self._remote_caches: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         # Copies we let go of, until the owner acknowledges: luid -> (class, attributes).
-        self._dying_caches: dict[int, tuple[type, dict[str, Any]]] = {}
+        self._dying_caches: dict[int, tuple[type[RemoteCache], dict[str, Any]]] = {}
         # Releases (kind, luid, count) queued by finalizers, sent on the loop.
         self._releases: list[tuple[bytes, Any, int]] = []
         # References with disconnect callbacks, and callbacks on the connection itself.
@@ -233,7 +236,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         self._disconnect_callbacks: list[Callable[[], object]] = []
         # The peer's calls: running (tasks) and held back (events).
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._backlog: collections.deque[tuple] = collections.deque()
+        self._backlog: collections.deque[tuple[Any, ...]] = collections.deque()
         self._backlog_bytes = 0
         self._held = False  # calls wait in the backlog (writes paused, or max_in_flight running)
         self._draining = False  # shutting down: no new calls
@@ -505,7 +508,7 @@ class Connection(asyncio.Protocol, abc.ABC):
 
     # ------------------------------------------------------------------ calls in
 
-    def _handle(self, events: list[tuple]) -> None:
+    def _handle(self, events: list[tuple[Any, ...]]) -> None:
         """Dispatch received events in order; calls are held back (`_defer`) while we cannot
         take more. What they write goes out at the end of the chunk (`data_received`)."""
         handlers = self._HANDLERS
@@ -523,7 +526,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         finally:
             self._receiving = False
 
-    def _defer(self, event: tuple) -> None:
+    def _defer(self, event: tuple[Any, ...]) -> None:
         """Hold a received call until we can take it; past `backlog` held calls stop reading,
         so a peer cannot make us hold without bound. Shutting down, refuse it."""
         if self._draining:
@@ -594,7 +597,7 @@ class Connection(asyncio.Protocol, abc.ABC):
             self._reading_paused = False
             self.transport.resume_reading()
 
-    def _internal_error(self, exc: Exception, event: tuple | None) -> None:
+    def _internal_error(self, exc: Exception, event: tuple[Any, ...] | None) -> None:
         # An exception escaping a handler is a bug here or in a hook; the connection's state
         # is unknown, so it ends (other connections are unaffected).
         log.error("%s: internal error while handling %s", repr(self), short(event), exc_info=exc)
@@ -762,7 +765,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         if link.count:
             self._queue_release(self._DECACHE, link.luid, link.count)
 
-    def _revive_cache(self, luid: int) -> Any | None:
+    def _revive_cache(self, luid: int) -> RemoteCache | None:
         """The copy `luid` we let go of, made again from its last state (the owner named it
         before our release reached it), or None."""
         dying = self._dying_caches.pop(luid, None)
@@ -820,7 +823,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         """Write what ends the stream in an orderly way (a TLS close_notify), if anything."""
 
     @abc.abstractmethod
-    def _refuse_call(self, event: tuple, exc: BaseException) -> None:
+    def _refuse_call(self, event: tuple[Any, ...], exc: BaseException) -> None:
         """Answer a held call that will not run with `exc`."""
 
     @abc.abstractmethod

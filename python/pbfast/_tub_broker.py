@@ -19,6 +19,7 @@ A Tub calling itself uses a pair of brokers joined in memory, which start at ban
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import weakref
 from typing import Any
@@ -74,6 +75,8 @@ class TubReference(RemoteReference):
     """A reference to an object in another Tub (or in this one, through its own FURL)."""
 
     __slots__ = ()
+    broker: TubBroker
+    luid: int
 
     def getRemoteTubID(self) -> str:
         """The TubID of the Tub that holds the object."""
@@ -229,7 +232,8 @@ class TubBroker(Connection):
     def _take_output(self) -> bytes | None:
         if self._sender is None:
             return None  # the connection is gone
-        return self._sender.take(self._tls)
+        taken: bytes | None = self._sender.take(self._tls)
+        return taken
 
     def _finish_output(self) -> None:
         if self._tls is not None:
@@ -238,7 +242,7 @@ class TubBroker(Connection):
             if out:
                 self.transport.write(out)
 
-    def _refuse_call(self, event: tuple, exc: BaseException) -> None:
+    def _refuse_call(self, event: tuple[Any, ...], exc: BaseException) -> None:
         if event[0] == FS_AWAITING and hasattr(event[2], "close"):
             event[2].close()  # a coroutine that will never be awaited
         self._send_error(event[1], exc)
@@ -246,7 +250,7 @@ class TubBroker(Connection):
     def _write_release(self, kind: bytes, luid: Any, count: int) -> None:
         if self._phase == "banana":
             self.call(0, "decref", (), {"clid": luid, "count": count}).add_done_callback(
-                lambda f, clid=luid: self._released(clid, f)
+                functools.partial(self._released, luid)
             )
 
     def _forget(self, luid: int, uncache: bool = True) -> None:
@@ -260,7 +264,8 @@ class TubBroker(Connection):
         return self._fetching_gifts
 
     def _keepalive_interval(self) -> float | None:
-        return self.tub.keepaliveTimeout
+        interval: float | None = self.tub.keepaliveTimeout
+        return interval
 
     def _send_keepalive(self) -> None:
         if self._phase == "banana":
@@ -358,6 +363,7 @@ class TubBroker(Connection):
         self.peer_incarnation = theirs.incarnation
         self.peer_extensions = frozenset(block.get(EXTENSIONS_KEY, "").split()) & EXTENSIONS
         if _negotiate.is_master(self.tub.tubID, theirs.tub_id):
+            assert self._hello is not None  # sent at the upgrade, kept until the start
             seqnum = self.tub._master_decide(theirs)
             decision, _table = _negotiate.decide(self._hello, theirs, seqnum)
             self._tls.write(_negotiate.encode_block(decision))
@@ -437,7 +443,7 @@ class TubBroker(Connection):
         self._reason = exc
         self.close_nowait()
 
-    def _claim_gifts(self, events: list[tuple]) -> list[tuple]:
+    def _claim_gifts(self, events: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """Give each call and answer the gifts met while decoding it, as an extra item (gifts are
         rare: this walk only runs for chunks that carried one)."""
         unresolved, self._unresolved = self._unresolved, []
@@ -452,7 +458,7 @@ class TubBroker(Connection):
             claimed.append(event)
         return claimed
 
-    def _on_call(self, event: tuple) -> None:
+    def _on_call(self, event: tuple[Any, ...]) -> None:
         if len(event) > 6:  # it carries gifts (see `_claim_gifts`)
             self._fetching_gifts = self._held = True
             self._start_call(self._call_with_gifts(event[:6], event[6]))
@@ -468,7 +474,7 @@ class TubBroker(Connection):
         else:
             self._send_answer(reqid, result)
 
-    def _on_answer(self, event: tuple) -> None:
+    def _on_answer(self, event: tuple[Any, ...]) -> None:
         reqid, value = event[1], event[2]
         future = self._settle(reqid)
         if future is None:
@@ -478,7 +484,7 @@ class TubBroker(Connection):
         elif not future.done():
             future.set_result(value)
 
-    def _on_error(self, event: tuple) -> None:
+    def _on_error(self, event: tuple[Any, ...]) -> None:
         _, reqid, failure = event
         future = self._settle(reqid)
         if future is None:
@@ -490,22 +496,22 @@ class TubBroker(Connection):
         if not future.done():
             future.set_exception(failure)
 
-    def _on_awaiting(self, event: tuple) -> None:
+    def _on_awaiting(self, event: tuple[Any, ...]) -> None:
         self._start_call(self._finish(event[1], event[2]))
 
-    def _on_raised(self, event: tuple) -> None:
+    def _on_raised(self, event: tuple[Any, ...]) -> None:
         self._send_error(event[1], event[2])
 
-    def _on_flush(self, event: tuple) -> None:
+    def _on_flush(self, event: tuple[Any, ...]) -> None:
         self._flush()
 
-    def _on_ping(self, event: tuple) -> None:
+    def _on_ping(self, event: tuple[Any, ...]) -> None:
         self._send(self._encoder.pong(event[1]))
 
-    def _on_pong(self, event: tuple) -> None:
+    def _on_pong(self, event: tuple[Any, ...]) -> None:
         pass
 
-    def _on_violation(self, event: tuple) -> None:
+    def _on_violation(self, event: tuple[Any, ...]) -> None:
         _, what, reqid, message = event
         log.warning("%s: refused a %s from Tub %s: %s", repr(self), what, self.peer_tub_id, message)
         if what == "call" and reqid:
@@ -515,10 +521,10 @@ class TubBroker(Connection):
             if future is not None and not future.done():
                 future.set_exception(Violation(f"the reply could not be accepted: {message}"))
 
-    def _on_call_aborted(self, event: tuple) -> None:
+    def _on_call_aborted(self, event: tuple[Any, ...]) -> None:
         pass  # the caller gave up sending it: foolscap sends no reply
 
-    def _on_peer_error(self, event: tuple) -> None:
+    def _on_peer_error(self, event: tuple[Any, ...]) -> None:
         error = BananaError(f"Tub {self.peer_tub_id} reported a protocol error: {event[1]}")
         self._protocol_error(error, tell=False)
 
@@ -548,7 +554,7 @@ class TubBroker(Connection):
 
     # ------------------------------------------------------------------ incoming calls
 
-    def _invoke(self, clid: int, method: str, args: tuple, kwargs: dict) -> Any:
+    def _invoke(self, clid: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if clid == 0:
             handler = getattr(self, "_broker_" + method, None)
             if handler is None:
@@ -597,7 +603,7 @@ class TubBroker(Connection):
             return
         self._send(self._encoder.error(reqid, failure_state(exc, self.options.unsafeTracebacks)))
 
-    async def _call_with_gifts(self, call: tuple, gifts: list[_Gift]) -> None:
+    async def _call_with_gifts(self, call: tuple[Any, ...], gifts: list[_Gift]) -> None:
         """Run `call` (an `FS_CALL` event) once its gifts are fetched."""
         kind, reqid, clid, method, args, kwargs = call
         try:
@@ -666,7 +672,7 @@ class TubBroker(Connection):
         return ("my-reference", clid, _interface_name(obj), furl)
 
     def _give(self, ref: RemoteReference) -> tuple[Any, ...]:
-        furl = ref.broker.furl_of(ref.luid) if isinstance(ref.broker, TubBroker) else None
+        furl = ref.broker.furl_of(ref.luid) if isinstance(ref, TubReference) else None
         if furl is None:
             raise TypeError(f"{ref!r} cannot be given to another Tub: its owner sent no FURL for it")
         gift_id = self._gift_ids.get(id(ref))
@@ -792,7 +798,7 @@ class _CacheHandle(Referenceable):
         self.cacheable = cacheable
         self.observer = RemoteCacheObserver(self, cacheable, None, 0)  # type: ignore[arg-type]
         self._endpoint: RemoteReference | None = None
-        self._waiting: list[tuple[str, tuple, dict, asyncio.Future[Any]]] = []
+        self._waiting: list[tuple[str, tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]] = []
         self._stopped = False
 
     def remote_subscribe(self, endpoint: RemoteReference) -> None:
@@ -802,7 +808,7 @@ class _CacheHandle(Referenceable):
             _forward(endpoint.callRemote("observe", name, args, kwargs), future)
 
     def call(
-        self, _luid: int, name: str, args: tuple, kwargs: dict, cache: bool = True
+        self, _luid: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], cache: bool = True
     ) -> asyncio.Future[Any]:
         """What `observer.callRemote` runs."""
         if self._stopped:
@@ -835,11 +841,11 @@ class _CacheEndpoint(Referenceable):
     def __init__(self, cache: RemoteCache) -> None:
         self._cache = weakref.ref(cache)
 
-    def remote_observe(self, name: str, args: tuple, kwargs: dict) -> Any:
+    def remote_observe(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         cache = self._cache()
         if cache is None:
             raise DeadReferenceError("the copy is gone")
-        return cache.remoteMessageReceived(None, name, tuple(args), kwargs)  # type: ignore[arg-type]
+        return cache.remoteMessageReceived(None, name, tuple(args), kwargs)
 
 
 def _forward(source: asyncio.Future[Any], destination: asyncio.Future[Any]) -> None:
