@@ -111,7 +111,8 @@ impl Lookup {
             return None;
         }
         let i = self.table[word.len()][usize::from(first & 31)][usize::from(last & 31)];
-        (i != Self::NONE && table[usize::from(i)] == word).then_some(i)
+        // The word at `i` has the length of `word`: compared byte by byte, not by a call to memcmp.
+        (i != Self::NONE && table[usize::from(i)].iter().zip(word).all(|(a, b)| a == b)).then_some(i)
     }
 }
 

@@ -256,6 +256,8 @@ impl Writer {
         if self.depth >= self.max_depth {
             return Err(Refusal::TooDeep { limit: self.max_depth });
         }
+        // Room for the whole form when the string is short, so the writes below do not regrow it.
+        self.enc.out.reserve(UNICODE.len() + 2 + utf8.len());
         self.enc.out.extend_from_slice(UNICODE);
         Ok(self.enc.bytes(utf8)?)
     }
