@@ -21,7 +21,7 @@ use std::ptr::NonNull;
 
 use num_bigint::{BigInt, Sign};
 
-use super::{parse_fields, recycle, tag, Error, Tag};
+use super::{parse_fields, quick, recycle, tag, Error, Tag};
 use crate::banana::cursor::{Cursor, Item, Plain};
 use crate::banana::{Dialect, Integer, Limits};
 
@@ -147,9 +147,18 @@ pub fn decode<B: Build>(
     scratch: &mut Scratch,
     whole: bool,
 ) -> (Res<B::Value, B>, usize) {
+    let cur = Cursor::new(expr, dialect, limits);
+    let mut quick_stack = recycle(std::mem::take(&mut scratch.1));
+    let quick = quick::quick(cur.clone(), limits.max_depth, whole, build, &mut quick_stack);
+    if quick_stack.capacity() <= 1 << 10 {
+        scratch.1 = recycle(quick_stack);
+    }
+    if let Some((value, consumed)) = quick {
+        return (Ok(value), consumed);
+    }
     let rd = Reader {
         b: build,
-        cur: Cursor::new(expr, dialect, limits),
+        cur,
         base,
         refs: HashMap::new(),
         waiting: 0,
@@ -168,12 +177,13 @@ pub fn decode<B: Build>(
     (value, rd.cur.pos())
 }
 
-/// The allocation of the last walk's stack, kept so that the next walk costs none.
+/// The allocations of the last walk's stacks (the quick pass's and the general walk's), kept so
+/// that the next walk costs none.
 #[derive(Default)]
-pub struct Scratch(Vec<Frame<'static, NonNull<()>>>);
+pub struct Scratch(Vec<Frame<'static, NonNull<()>>>, Vec<quick::Open<NonNull<()>>>);
 
-// SAFETY: the vec is always empty (it is emptied before it is kept), so it holds no values and may
-// go to and be shared with other threads like any empty allocation.
+// SAFETY: the vecs are always empty (each is emptied before it is kept), so they hold no values and
+// may go to and be shared with other threads like any empty allocation.
 unsafe impl Send for Scratch {}
 unsafe impl Sync for Scratch {}
 
