@@ -91,19 +91,7 @@ impl Encoder {
     #[inline(always)]
     pub fn string(&mut self, b: &[u8]) -> Result<(), BananaError> {
         if b.len() < 0x80 {
-            // Most strings are short: one reservation for the one-byte header, the type byte and
-            // the bytes, copied without a call to memcpy.
-            self.out.reserve(b.len() + 2);
-            // SAFETY: the reservation above leaves room for the 2 + len bytes written after the
-            // current end before the length is moved past them.
-            unsafe {
-                let end = self.out.len();
-                let dst = self.out.as_mut_ptr().add(end);
-                *dst = b.len() as u8;
-                *dst.add(1) = tb::STRING;
-                copy_short(b, dst.add(2));
-                self.out.set_len(end + 2 + b.len());
-            }
+            self.short_string_after(&[], b);
             return Ok(());
         }
         if b.len() > SIZE_LIMIT && self.dialect != Dialect::Foolscap {
@@ -112,6 +100,27 @@ impl Encoder {
         self.token(b.len() as u64, tb::STRING);
         self.out.extend_from_slice(b);
         Ok(())
+    }
+
+    /// The raw bytes `prefix`, then `b` (under 128 bytes) as STRING, never VOCAB: one reservation
+    /// for all of it (most strings are short), the bytes copied without a call to memcpy.
+    #[inline(always)]
+    pub fn short_string_after(&mut self, prefix: &[u8], b: &[u8]) {
+        debug_assert!(b.len() < 0x80);
+        let len = prefix.len() + 2 + b.len();
+        self.out.reserve(len);
+        // SAFETY: the reservation above leaves room for the `len` bytes written after the current
+        // end before the length is moved past them.
+        unsafe {
+            let end = self.out.len();
+            let dst = self.out.as_mut_ptr().add(end);
+            std::ptr::copy_nonoverlapping(prefix.as_ptr(), dst, prefix.len());
+            let dst = dst.add(prefix.len());
+            *dst = b.len() as u8;
+            *dst.add(1) = tb::STRING;
+            copy_short(b, dst.add(2));
+            self.out.set_len(end + len);
+        }
     }
 
     #[inline]

@@ -104,7 +104,7 @@ impl Lookup {
         Lookup { firsts, table: t }
     }
 
-    #[inline]
+    #[inline(always)]
     fn find(&self, table: &[&[u8]], word: &[u8]) -> Option<u8> {
         let (first, last) = (word.first()?, word.last()?);
         if self.firsts.get(word.len())? & (1 << (first & 31)) == 0 {
@@ -120,13 +120,13 @@ static PB_LOOKUP: Lookup = Lookup::build(&PB_VOCAB, 1);
 static FOOLSCAP_LOOKUP: Lookup = Lookup::build(&FOOLSCAP_VOCAB, 0);
 
 /// Index of a PB vocabulary word.
-#[inline]
+#[inline(always)]
 pub fn pb_index(word: &[u8]) -> Option<u8> {
     PB_LOOKUP.find(&PB_VOCAB, word)
 }
 
 /// Index of a foolscap vocabulary word.
-#[inline]
+#[inline(always)]
 pub fn foolscap_index(word: &[u8]) -> Option<u8> {
     FOOLSCAP_LOOKUP.find(&FOOLSCAP_VOCAB, word)
 }
