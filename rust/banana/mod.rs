@@ -120,7 +120,7 @@ impl Dialect {
     }
 
     /// The VOCAB index an outgoing byte string is replaced by, if any.
-    #[inline]
+    #[inline(always)]
     pub fn vocab_index(self, word: &[u8]) -> Option<u8> {
         match self {
             Dialect::Pb => vocab::pb_index(word),

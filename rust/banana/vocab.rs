@@ -104,14 +104,15 @@ impl Lookup {
         Lookup { firsts, table: t }
     }
 
-    #[inline]
+    #[inline(always)]
     fn find(&self, table: &[&[u8]], word: &[u8]) -> Option<u8> {
         let (first, last) = (word.first()?, word.last()?);
         if self.firsts.get(word.len())? & (1 << (first & 31)) == 0 {
             return None;
         }
         let i = self.table[word.len()][usize::from(first & 31)][usize::from(last & 31)];
-        (i != Self::NONE && table[usize::from(i)] == word).then_some(i)
+        // The word at `i` has the length of `word`: compared byte by byte, not by a call to memcmp.
+        (i != Self::NONE && table[usize::from(i)].iter().zip(word).all(|(a, b)| a == b)).then_some(i)
     }
 }
 
@@ -119,13 +120,13 @@ static PB_LOOKUP: Lookup = Lookup::build(&PB_VOCAB, 1);
 static FOOLSCAP_LOOKUP: Lookup = Lookup::build(&FOOLSCAP_VOCAB, 0);
 
 /// Index of a PB vocabulary word.
-#[inline]
+#[inline(always)]
 pub fn pb_index(word: &[u8]) -> Option<u8> {
     PB_LOOKUP.find(&PB_VOCAB, word)
 }
 
 /// Index of a foolscap vocabulary word.
-#[inline]
+#[inline(always)]
 pub fn foolscap_index(word: &[u8]) -> Option<u8> {
     FOOLSCAP_LOOKUP.find(&FOOLSCAP_VOCAB, word)
 }

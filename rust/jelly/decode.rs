@@ -21,8 +21,8 @@ use std::ptr::NonNull;
 
 use num_bigint::{BigInt, Sign};
 
-use super::{parse_fields, recycle, tag, Error, Tag};
-use crate::banana::cursor::{Cursor, Item};
+use super::{parse_fields, quick, recycle, tag, Error, Tag};
+use crate::banana::cursor::{Cursor, Item, Plain};
 use crate::banana::{Dialect, Integer, Limits};
 
 pub use crate::banana::show;
@@ -147,9 +147,18 @@ pub fn decode<B: Build>(
     scratch: &mut Scratch,
     whole: bool,
 ) -> (Res<B::Value, B>, usize) {
+    let cur = Cursor::new(expr, dialect, limits);
+    let mut quick_stack = recycle(std::mem::take(&mut scratch.1));
+    let quick = quick::quick(cur.clone(), limits.max_depth, whole, build, &mut quick_stack);
+    if quick_stack.capacity() <= 1 << 10 {
+        scratch.1 = recycle(quick_stack);
+    }
+    if let Some((value, consumed)) = quick {
+        return (Ok(value), consumed);
+    }
     let rd = Reader {
         b: build,
-        cur: Cursor::new(expr, dialect, limits),
+        cur,
         base,
         refs: HashMap::new(),
         waiting: 0,
@@ -168,12 +177,13 @@ pub fn decode<B: Build>(
     (value, rd.cur.pos())
 }
 
-/// The allocation of the last walk's stack, kept so that the next walk costs none.
+/// The allocations of the last walk's stacks (the quick pass's and the general walk's), kept so
+/// that the next walk costs none.
 #[derive(Default)]
-pub struct Scratch(Vec<Frame<'static, NonNull<()>>>);
+pub struct Scratch(Vec<Frame<'static, NonNull<()>>>, Vec<quick::Open<NonNull<()>>>);
 
-// SAFETY: the vec is always empty (it is emptied before it is kept), so it holds no values and may
-// go to and be shared with other threads like any empty allocation.
+// SAFETY: the vecs are always empty (each is emptied before it is kept), so they hold no values and
+// may go to and be shared with other threads like any empty allocation.
 unsafe impl Send for Scratch {}
 unsafe impl Sync for Scratch {}
 
@@ -485,6 +495,17 @@ impl<'a, B: Build> Decoder<'a, '_, B> {
                     }
                     *next += 1;
                 }
+                // Plain items go straight into their slots.
+                while *next < *len {
+                    let Some(item) = rd.plain() else { break };
+                    if *append {
+                        rd.b.push(list, item?).map_err(Error::Other)?;
+                    } else {
+                        // SAFETY: `next < len`, and each slot is filled once, in order.
+                        unsafe { rd.b.fill_list(list, *next, item?) };
+                    }
+                    *next += 1;
+                }
                 if *next == *len {
                     break;
                 }
@@ -537,13 +558,21 @@ impl<'a, B: Build> Decoder<'a, '_, B> {
                     *pair_at = at;
                     // Keys repeat from one dict to the next: str keys go to the builder as keys.
                     let key_at = rd.cur.pos();
-                    match rd.cur.unicode() {
-                        Some(s) => *key = Some(rd.b.key(s).map_err(|f| rd.fault(f, key_at, not_utf8))?),
-                        None => {
-                            read!();
-                            continue;
-                        }
+                    let Some(s) = rd.cur.unicode() else {
+                        read!();
+                        continue;
+                    };
+                    let k = rd.b.key(s).map_err(|f| rd.fault(f, key_at, not_utf8))?;
+                    // A plain value completes the pair here.
+                    if let Some(value) = rd.plain() {
+                        let at = *pair_at;
+                        rd.b.set_item(dict, &k, &value?)
+                            .map_err(|f| rd.fault(f, at, |why| format!("bad dictionary key: {why}")))?;
+                        rd.depth -= 1;
+                        *pairs -= 1;
+                        continue;
                     }
+                    *key = Some(k);
                 }
                 read!();
             },
@@ -677,6 +706,18 @@ impl<'a, B: Build> Reader<'a, '_, B> {
             },
         };
         Ok(Read::Value(Built::done(obj)))
+    }
+
+    /// A str, int or float at the cursor (see [`Cursor::plain`]) as a value; None, nothing read,
+    /// for anything else.
+    #[inline(always)]
+    fn plain(&mut self) -> Option<Res<B::Value, B>> {
+        let at = self.cur.pos();
+        Some(match self.cur.plain()? {
+            Plain::Text(s) => self.b.text(s).map_err(|f| self.fault(f, at, not_utf8)),
+            Plain::Int(v) => self.b.int(v).map_err(Error::Other),
+            Plain::Float(f) => self.b.float(f).map_err(Error::Other),
+        })
     }
 
     /// The forms that hold no other jelly values, after their tag (`t`, of the list at `at` with

@@ -8,13 +8,11 @@
 //! one splice over the buffer — the byte-level equivalent of Twisted rewriting its first
 //! s-expression in place, so ids come out in the same (second-sighting) order.
 
-use std::collections::hash_map::Entry;
-
 use num_bigint::BigInt;
 
 use super::{format_fields, tag, Error};
 use crate::banana::{tb, BananaError, Dialect, Encoder, Limits};
-use crate::ids::PtrMap;
+use crate::ids::IdMap;
 
 /// Says what each value is, for [`Writer::value`].
 pub trait Walk {
@@ -59,6 +57,7 @@ impl<E> From<Refusal> for Error<E> {
 }
 
 /// Where a tracked object's bytes start, and its reference id once it is met again (0 until).
+#[derive(Clone, Copy, Default)]
 pub struct Seen {
     start: usize,
     ref_id: u32,
@@ -69,7 +68,7 @@ pub struct Seen {
 #[derive(Default)]
 pub struct Buffers {
     out: Vec<u8>,
-    seen: PtrMap<Seen>,
+    seen: IdMap<Seen>,
     wraps: Vec<(usize, u32)>,
 }
 
@@ -88,7 +87,7 @@ pub struct Writer {
     depth: usize,
     max_depth: usize,
     /// Tracked objects of the value being written, by identity.
-    seen: PtrMap<Seen>,
+    seen: IdMap<Seen>,
     /// (byte offset of a first sighting, reference id) to wrap at the end.
     wraps: Vec<(usize, u32)>,
     next_ref: u32,
@@ -176,16 +175,12 @@ impl Writer {
     /// Whether the object `id` (its address) was met before in this value: then its dereference
     /// has been written in its place. If not, it is remembered from here on; the caller keeps it
     /// alive until the value is written, so that no other object takes its address meanwhile.
-    #[inline]
+    #[inline(always)]
     pub fn seen(&mut self, id: usize) -> Result<bool, Refusal> {
         let start = self.enc.out.len();
-        match self.seen.entry(id) {
-            Entry::Vacant(v) => {
-                v.insert(Seen { start, ref_id: 0 });
-                Ok(false)
-            }
-            Entry::Occupied(mut o) => {
-                let seen = o.get_mut();
+        match self.seen.get_or_insert(id, Seen { start, ref_id: 0 }) {
+            None => Ok(false),
+            Some(seen) => {
                 if seen.ref_id == 0 {
                     seen.ref_id = self.next_ref;
                     self.next_ref += 1;
@@ -203,7 +198,7 @@ impl Writer {
 
     /// Whether the object `id` was met before in this value (nothing is written or remembered).
     pub fn was_seen(&self, id: usize) -> bool {
-        self.seen.contains_key(&id)
+        self.seen.contains_key(id)
     }
 
     /// `[tag, ...len items]`: the items follow, then [`Writer::close`].
@@ -255,6 +250,10 @@ impl Writer {
     pub fn text(&mut self, utf8: &[u8]) -> Result<(), Refusal> {
         if self.depth >= self.max_depth {
             return Err(Refusal::TooDeep { limit: self.max_depth });
+        }
+        if utf8.len() < 0x80 && self.enc.dialect.vocab_index(utf8).is_none() {
+            self.enc.short_string_after(UNICODE, utf8);
+            return Ok(());
         }
         self.enc.out.extend_from_slice(UNICODE);
         Ok(self.enc.bytes(utf8)?)

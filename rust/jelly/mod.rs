@@ -14,6 +14,7 @@
 
 pub mod decode;
 pub mod encode;
+mod quick;
 pub mod scan;
 #[cfg(test)]
 mod testing;

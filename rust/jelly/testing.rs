@@ -580,6 +580,30 @@ mod tests {
         assert_eq!((render(&value).as_str(), build.keys), ("(dict \"a\" 1 2 \"b\")", 1));
     }
 
+    #[test]
+    fn the_quick_pass_builds_plain_values_and_leaves_the_rest() {
+        let record = || {
+            L(vec![
+                B(b"dictionary"),
+                L(vec![unicode("id"), I(300)]),
+                L(vec![unicode("tags"), L(vec![B(b"tuple"), unicode("a"), B(b"raw"), L(vec![B(b"None")])])]),
+                L(vec![I(-2), L(vec![B(b"boolean"), B(b"true")])]),
+            ])
+        };
+        // Keys go through `key` once: the quick pass built the value, the general walk never ran.
+        let plain = L(vec![B(b"list"), record(), record()]);
+        let mut build = TreeBuild::default();
+        let value = loads(&bytes_of(&plain), Dialect::Pb, Limits::twisted(), &mut build).unwrap();
+        let one = "(dict \"id\" 300 \"tags\" (tuple \"a\" b'raw' None) -2 true)";
+        assert_eq!((render(&value), build.keys), (format!("(list {one} {one})"), 4));
+        // A reference after the records: the quick pass gives up there, the general walk reads
+        // everything again.
+        let shared = L(vec![B(b"list"), record(), record(), L(vec![B(b"reference"), I(1), L(vec![B(b"list")])])]);
+        let mut build = TreeBuild::default();
+        let value = loads(&bytes_of(&shared), Dialect::Pb, Limits::twisted(), &mut build).unwrap();
+        assert_eq!((render(&value), build.keys), (format!("(list {one} {one} (list))"), 4 + 4));
+    }
+
     /// Drop a deeply nested value without recursing.
     fn unnest(mut v: V) -> usize {
         let mut n = 0;

@@ -461,8 +461,8 @@ impl<'py> Walk for PyWalk<'py> {
                 }
                 let item = list_item(list, *next)?;
                 *next += 1;
-                if !scalar(w, &item)? {
-                    return Ok(Some(item));
+                if !scalar(w, item.as_any())? {
+                    return Ok(Some(item.as_any().clone()));
                 }
             },
             Frame::Tuple { tuple, next } => {
@@ -496,11 +496,16 @@ impl<'py> Walk for PyWalk<'py> {
                     return Err(changed_size("dict"));
                 }
                 w.open_list(2)?;
-                *in_pair = true;
-                *value = Some(item);
-                if !scalar(w, &key)? {
-                    return Ok(Some(key));
+                if !scalar(w, key.as_any())? {
+                    *in_pair = true;
+                    *value = Some(item.as_any().clone());
+                    return Ok(Some(key.as_any().clone()));
                 }
+                if !scalar(w, item.as_any())? {
+                    *in_pair = true;
+                    return Ok(Some(item.as_any().clone()));
+                }
+                w.close();
             },
             Frame::Set { members, len, written } => {
                 for member in members.by_ref() {
@@ -670,46 +675,49 @@ fn scalar(w: &mut Writer, obj: &Bound<'_, PyAny>) -> Result<bool, Failed> {
     Ok(true)
 }
 
-/// Item `index` of `list`, which has more than `index` items, as a new reference.
+/// An item of a list or dict being written. With the GIL, a borrowed reference: writing a scalar
+/// runs no Python code, so nothing can change the container meanwhile, and an item that is not a
+/// scalar is made an owned reference before the walk goes on. Free-threaded, another thread may
+/// change the container at any time, so every item is an owned reference taken under its lock.
+#[cfg(not(Py_GIL_DISABLED))]
+type Entry<'a, 'py> = pyo3::Borrowed<'a, 'py, PyAny>;
+#[cfg(Py_GIL_DISABLED)]
+type Entry<'a, 'py> = Bound<'py, PyAny>;
+
+/// Item `index` of `list`, which has more than `index` items.
 #[inline(always)]
-fn list_item<'py>(list: &Bound<'py, PyList>, index: usize) -> PyResult<Bound<'py, PyAny>> {
+fn list_item<'a, 'py>(list: &'a Bound<'py, PyList>, index: usize) -> PyResult<Entry<'a, 'py>> {
     // SAFETY: `index < len(list)` (the caller's check), and with the GIL held no other thread can
-    // change the list before the item is read and its reference taken.
+    // change the list while the item is used (see `Entry`).
     #[cfg(not(Py_GIL_DISABLED))]
-    return Ok(unsafe { list.get_item_unchecked(index) });
-    // Free-threaded, another thread may change the list at any time: PyList_GetItemRef reads
-    // the item and takes its reference under the list's lock.
+    return Ok(unsafe {
+        pyo3::Borrowed::from_ptr(list.py(), ffi::PyList_GET_ITEM(list.as_ptr(), index as ffi::Py_ssize_t))
+    });
+    // Free-threaded: PyList_GetItemRef reads the item and takes its reference under the list's lock.
     #[cfg(Py_GIL_DISABLED)]
     list.get_item(index)
 }
 
-/// The next (key, value) of `dict` from position `pos`, as new references; None at its end.
+/// The next (key, value) of `dict` from position `pos`; None at its end.
 #[inline(always)]
-fn dict_next<'py>(
-    dict: &Bound<'py, PyDict>,
+fn dict_next<'a, 'py>(
+    dict: &'a Bound<'py, PyDict>,
     pos: &mut ffi::Py_ssize_t,
-) -> Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-    // With the GIL held no other thread can change the dict meanwhile; free-threaded, its lock is
-    // held while the entry is read and its references taken.
-    #[cfg(not(Py_GIL_DISABLED))]
-    return dict_entry(dict, pos);
-    #[cfg(Py_GIL_DISABLED)]
-    pyo3::sync::with_critical_section(dict, || dict_entry(dict, pos))
-}
-
-#[inline(always)]
-fn dict_entry<'py>(
-    dict: &Bound<'py, PyDict>,
-    pos: &mut ffi::Py_ssize_t,
-) -> Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+) -> Option<(Entry<'a, 'py>, Entry<'a, 'py>)> {
     let (mut key, mut value) = (std::ptr::null_mut(), std::ptr::null_mut());
-    // SAFETY: PyDict_Next hands out borrowed pointers to the dict's current entry; both are made
-    // owned references before anything can change the dict (no Python code runs in between, and
-    // see `dict_next`).
-    unsafe {
+    // SAFETY: PyDict_Next hands out borrowed pointers to the dict's current entry, used as `Entry`
+    // says.
+    #[cfg(not(Py_GIL_DISABLED))]
+    return unsafe {
+        (ffi::PyDict_Next(dict.as_ptr(), pos, &mut key, &mut value) != 0)
+            .then(|| (pyo3::Borrowed::from_ptr(dict.py(), key), pyo3::Borrowed::from_ptr(dict.py(), value)))
+    };
+    // Free-threaded: the entry is read and its references taken under the dict's lock.
+    #[cfg(Py_GIL_DISABLED)]
+    pyo3::sync::with_critical_section(dict, || unsafe {
         (ffi::PyDict_Next(dict.as_ptr(), pos, &mut key, &mut value) != 0)
             .then(|| (Bound::from_borrowed_ptr(dict.py(), key), Bound::from_borrowed_ptr(dict.py(), value)))
-    }
+    })
 }
 
 fn decimal(w: &mut Writer, obj: &Bound<'_, PyAny>) -> Result<(), Failed> {

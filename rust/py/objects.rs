@@ -38,26 +38,41 @@ impl StrCache {
     }
 
     /// The `str` for UTF-8 `bytes`; a `UnicodeDecodeError` if they are not UTF-8.
-    #[inline]
+    #[inline(always)]
     pub fn get<'py>(&mut self, py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
         let len = bytes.len();
-        if len > Self::MAX_LEN {
-            return decode_utf8(py, bytes);
-        }
-        if self.slots.is_empty() {
-            self.slots.resize_with(Self::SLOTS, || None);
+        if len > Self::MAX_LEN || self.slots.is_empty() {
+            return self.miss(py, bytes);
         }
         let key = key_of(bytes);
-        let h =
-            (key[0] ^ key[1].rotate_left(21) ^ key[2].rotate_left(42) ^ len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let slot = &mut self.slots[(h >> (64 - Self::SLOTS.trailing_zeros())) as usize];
-        if let Some(c) = slot {
+        if let Some(c) = &self.slots[Self::slot(len, key)] {
             if c.len == len && c.key == key {
                 return Ok(c.string.bind(py).clone());
             }
         }
+        self.miss(py, bytes)
+    }
+
+    /// The slot of a string by its length and key.
+    #[inline(always)]
+    fn slot(len: usize, key: [u64; 3]) -> usize {
+        let h =
+            (key[0] ^ key[1].rotate_left(21) ^ key[2].rotate_left(42) ^ len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (h >> (64 - Self::SLOTS.trailing_zeros())) as usize
+    }
+
+    /// A string not in the cache: decoded, and cached if it is short.
+    #[inline(never)]
+    fn miss<'py>(&mut self, py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
         let string = decode_utf8(py, bytes)?;
-        *slot = Some(CachedStr { len, key, string: string.clone().unbind() });
+        let len = bytes.len();
+        if len <= Self::MAX_LEN {
+            if self.slots.is_empty() {
+                self.slots.resize_with(Self::SLOTS, || None);
+            }
+            let key = key_of(bytes);
+            self.slots[Self::slot(len, key)] = Some(CachedStr { len, key, string: string.clone().unbind() });
+        }
         Ok(string)
     }
 }
@@ -81,8 +96,14 @@ fn key_of(b: &[u8]) -> [u64; 3] {
 /// A `str` from UTF-8 bytes (a `UnicodeDecodeError` if they are not), in one pass.
 #[inline]
 pub(crate) fn decode_utf8<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
-    // ASCII, the common case, is copied into a new compact string; one character goes through
-    // Python, which hands out its cached one-character strings.
+    // One ASCII character is one of Python's cached one-character strings; longer ASCII, the common
+    // case, is copied into a new compact string.
+    if let [c @ 0..0x80] = *bytes {
+        // SAFETY: a C API constructor returning a new reference (or NULL with an exception set).
+        return unsafe {
+            Ok(Bound::from_owned_ptr_or_err(py, ffi::PyUnicode_FromOrdinal(c.into()))?.cast_into_unchecked())
+        };
+    }
     if bytes.len() > 1 && bytes.is_ascii() {
         // SAFETY: PyUnicode_New(n, 127) returns a new compact ASCII string with room for n
         // characters of one byte each (and its terminating NUL) or NULL with an exception set;
