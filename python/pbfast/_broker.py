@@ -17,7 +17,7 @@ import collections
 import logging
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from . import _core
 from ._connection import FLUSH_AT, Connection, ConnectionOptions, run_callback, short
@@ -75,7 +75,7 @@ class Broker(Connection):
     """
 
     _CALL_KINDS = frozenset({EV_MESSAGE, EV_CACHEMESSAGE, EV_BAD_CALL, EV_UNKNOWN, EV_AWAITING})
-    STATISTICS = (*Connection.STATISTICS, "caches")
+    STATISTICS: ClassVar[tuple[str, ...]] = (*Connection.STATISTICS, "caches")
 
     def __init__(
         self,
@@ -89,12 +89,6 @@ class Broker(Connection):
         self._root_for = root
         self._decoder: Any = _core.PbDecoder(server, hook=self._unjelly, **options.limits)
         self._encoder: Any = None
-        # Outgoing bytes (written together once per loop iteration) and calls out.
-        self._sender: Any = _core.Sender(self._wake, self._loop.create_future, self._tables, self._dead)
-        # callRemote costs one crossing; once the connection is gone, `Connection`'s own
-        # methods answer instead (see `_release`).
-        self.call = self._sender.call  # type: ignore[method-assign]
-        self.call_only = self._sender.call_only  # type: ignore[method-assign]
         self._take_output = self._sender.take  # type: ignore[method-assign]
         # Our Cacheables the peer holds copies of: luid -> (cacheable, observer); counts in `_tables`.
         self._caches: dict[int, tuple[Cacheable, RemoteCacheObserver]] = {}
@@ -220,9 +214,8 @@ class Broker(Connection):
         self._viewpoints.clear()
 
     def _release(self) -> None:
-        self._sender.close()
-        self._decoder = self._encoder = self._sender = None
-        del self.call, self.call_only, self._take_output
+        self._decoder = self._encoder = None
+        del self._take_output
 
     def _write(self, data: bytes) -> None:
         if self._sender.write(data) >= FLUSH_AT:

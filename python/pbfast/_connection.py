@@ -214,9 +214,9 @@ class Connection(asyncio.Protocol, abc.ABC):
         self.server = server
         self._group = group
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.peer = "(not connected)"
+        self.peer: str = "(not connected)"
         """The peer's address, for logs: ``host:port``, a socket path, or a memory link's name."""
-        self.disconnected = False
+        self.disconnected: bool = False
         self.closed: asyncio.Future[None] = self._loop.create_future()
         """Resolves once the connection is gone."""
         self._closing = False
@@ -224,6 +224,12 @@ class Connection(asyncio.Protocol, abc.ABC):
         # Our objects the peer may name (by luid, or a name) and the references it holds, and
         # our calls awaiting replies: kept in Rust, shared with the wire's decoder and sender.
         self._tables = _core.Tables(options.max_refs, self._forget)
+        # Outgoing bytes, written together once per loop iteration or chunk received, and calls
+        # out: while the connection is up, `call` and `call_only` are the sender's own methods
+        # (callRemote costs one crossing); once it is gone, this class's methods answer instead.
+        self._sender: Any = _core.Sender(self._wake, self._loop.create_future, self._tables, self._dead)
+        self.call = self._sender.call  # type: ignore[method-assign]
+        self.call_only = self._sender.call_only  # type: ignore[method-assign]
         # The peer's objects we hold: luid -> proxy, and its cached objects: luid -> copy.
         self._proxies: weakref.WeakValueDictionary[int | bytes, Any] = weakref.WeakValueDictionary()
         self._remote_caches: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
@@ -351,9 +357,12 @@ class Connection(asyncio.Protocol, abc.ABC):
         if self._writable is not None:
             self._writable.set_result(None)
             self._writable = None
-        # Drop the decoder, encoder and the rest now: they refer back to this object, and the
-        # buffers they hold must go with the connection, not with a later garbage collection.
+        # Drop the sender, decoder, encoder and the rest now: they refer back to this object, and
+        # the buffers they hold must go with the connection, not with a later garbage collection.
+        self._sender.close()
         self._release()
+        self._sender = None
+        del self.call, self.call_only
         # Kept for diagnosis, without its traceback: that would lead back to this connection.
         _drop_tracebacks(self._reason)
         if not self.closed.done():
@@ -406,9 +415,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         if self.disconnected:
             raise DeadReferenceError(f"the connection to {self.peer} is closed")
 
-    # Calls out. While the connection is up, each wire sets `call` and `call_only` on the
-    # instance to its sender's methods (callRemote is then one crossing); once it is gone,
-    # these answer instead.
+    # Calls out once the connection is gone (until then the sender's methods stand in for these).
 
     def call(
         self, object_id: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], cache: bool = False
@@ -853,7 +860,8 @@ class Connection(asyncio.Protocol, abc.ABC):
         """The connection is gone: settle what the wire keeps (futures, caches, ...)."""
 
     def _release(self) -> None:
-        """Drop the decoder, encoder and other wire objects (they refer back to this one)."""
+        """Drop the decoder, encoder and other wire objects (they refer back to this one); the
+        sender is closed, and dropped after this."""
 
 
 async def shutdown(connections: Iterable[Connection], grace: float) -> None:
@@ -884,7 +892,7 @@ class MemoryTransport(asyncio.Transport):
         self._protocol = protocol
         self._name = name
         self.peer: MemoryTransport | None = None
-        self.written = 0
+        self.written: int = 0
         self._closing = False
         self._reading = True
         self._held: list[bytes] = []

@@ -22,7 +22,7 @@ import asyncio
 import functools
 import logging
 import weakref
-from typing import Any
+from typing import Any, ClassVar
 
 from . import _core, _negotiate
 from ._connection import FLUSH_AT, Connection, ConnectionOptions, run_callback
@@ -118,7 +118,7 @@ class TubBroker(Connection):
     _CALL_KINDS = frozenset({FS_CALL, FS_AWAITING})
     # foolscap's names for two of the options.
     _OPTION_NAMES = {"handshake_timeout": "negotiationTimeout", "idle_timeout": "disconnectTimeout"}
-    STATISTICS = (*Connection.STATISTICS, "gifts", "caches")
+    STATISTICS: ClassVar[tuple[str, ...]] = (*Connection.STATISTICS, "gifts", "caches")
 
     def __init__(
         self, tub: Any, *, target: str | None = None, host: str = "", loopback: bool = False
@@ -131,8 +131,8 @@ class TubBroker(Connection):
         self.peer_tub_id = tub.tubID if loopback else target or ""
         self.peer_extensions: frozenset[str] = EXTENSIONS if loopback else frozenset()
         # Set by negotiation, for the Tub's duplicate-connection decisions.
-        self.peer_incarnation = ""
-        self.seqnum = 0
+        self.peer_incarnation: str = ""
+        self.seqnum: int = 0
         self.ready: asyncio.Future[None] = self._loop.create_future()
         """Resolves once negotiation is over (to None: a result of this broker would be a
         reference cycle)."""
@@ -146,14 +146,8 @@ class TubBroker(Connection):
         depth = {"max_depth": options.limits["max_depth"]} if "max_depth" in options.limits else {}
         self._encoder: Any = _core.FoolscapEncoder(self._slice, **depth)
         self._decoder: Any = _core.FoolscapDecoder(self._unslice, **options.limits)
-        # Messages waiting to be written, in the order they were encoded (encrypted together,
-        # once per loop iteration or chunk received), and calls out: `call(clid, method, args,
-        # kwargs) -> future` and `call_only(...)` cost one crossing. Calls fail until the
-        # banana phase starts the sender; once the connection is gone, the class's own methods
-        # answer instead.
-        self._sender: Any = _core.Sender(self._wake, self._loop.create_future, self._tables, self._dead)
-        self.call = self._sender.call  # type: ignore[method-assign]
-        self.call_only = self._sender.call_only  # type: ignore[method-assign]
+        # (The sender's messages are encrypted together; calls out fail until the banana phase
+        # starts it.)
         # The interface and FURL the peer told us per clid of its objects.
         self._import_info: dict[int, tuple[str | None, str | None]] = {}
         # References into third Tubs we sent the peer, held until it has fetched them.
@@ -296,9 +290,7 @@ class TubBroker(Connection):
             self.tub._broker_lost(self)
 
     def _release(self) -> None:
-        self._sender.close()
-        self._decoder = self._encoder = self._tls = self._sender = None
-        del self.call, self.call_only
+        self._decoder = self._encoder = self._tls = None
 
     # ------------------------------------------------------------------ negotiation
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CacheLink", "Cacheable", "RemoteCache", "RemoteCacheObserver"]
 
-log = logging.getLogger("pbfast")
+log: logging.Logger = logging.getLogger("pbfast")
 
 
 class Cacheable(Copyable):
@@ -69,10 +69,10 @@ class CacheLink:
     __slots__ = ("connection", "luid", "count", "handle")
 
     def __init__(self, connection: Any, luid: int, count: int, handle: Any = None) -> None:
-        self.connection = connection
-        self.luid = luid
-        self.count = count
-        self.handle = handle
+        self.connection: Any = connection
+        self.luid: int = luid
+        self.count: int = count
+        self.handle: Any = handle
 
 
 class RemoteCacheObserver:
@@ -82,10 +82,10 @@ class RemoteCacheObserver:
     __slots__ = ("broker", "cacheable", "perspective", "luid")
 
     def __init__(self, broker: Connection, cacheable: Cacheable, perspective: Any, luid: int) -> None:
-        self.broker = broker
-        self.cacheable = cacheable
-        self.perspective = perspective
-        self.luid = luid
+        self.broker: Connection = broker
+        self.cacheable: Cacheable = cacheable
+        self.perspective: Any = perspective
+        self.luid: int = luid
 
     def callRemote(self, _name: str, /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Call ``observe_<_name>`` on the holder's copy; the future gives its result.

@@ -43,8 +43,8 @@ class UsernamePassword:
     __slots__ = ("username", "password")
 
     def __init__(self, username: str | bytes, password: str | bytes) -> None:
-        self.username = _bytes(username)
-        self.password = _bytes(password)
+        self.username: bytes = _bytes(username)
+        self.password: bytes = _bytes(password)
 
     def checkPassword(self, password: str | bytes) -> bool:
         """Whether `password` is this password (compared in constant time)."""
@@ -71,9 +71,9 @@ class ChallengeResponse:
     __slots__ = ("username", "challenge", "response")
 
     def __init__(self, username: bytes, challenge: bytes, response: bytes) -> None:
-        self.username = username
-        self.challenge = challenge
-        self.response = response
+        self.username: bytes = username
+        self.challenge: bytes = challenge
+        self.response: bytes = response
 
     def checkPassword(self, password: str | bytes) -> bool:
         return self.checkMD5Password(hashlib.md5(_bytes(password)).digest())
@@ -157,7 +157,7 @@ class Portal:
 
     def __init__(self, realm: Any, checkers: Iterable[Checker] = (), throttle: bool = True) -> None:
         self.realm = realm
-        self.checkers = list(checkers)
+        self.checkers: list[Checker] = list(checkers)
         self._throttle = LoginThrottle() if throttle else None
 
     def registerChecker(self, checker: Checker) -> None:

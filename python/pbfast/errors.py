@@ -188,7 +188,7 @@ class RemoteError(PbfastError):
         self.remoteType = remoteType
         self.remoteValue = remoteValue
         self.remoteTraceback = remoteTraceback
-        self.parents = tuple(parents) or (remoteType,)
+        self.parents: tuple[str, ...] = tuple(parents) or (remoteType,)
 
     def check(self, *kinds: type | str) -> type | str | None:
         """The first of `kinds` (classes or qualified names) the remote exception was an

@@ -30,9 +30,9 @@ class TubIdentity:
     __slots__ = ("certificate", "private_key", "tubID")
 
     def __init__(self, certificate: x509.Certificate, private_key: PrivateKeyTypes) -> None:
-        self.certificate = certificate
-        self.private_key = private_key
-        self.tubID = tub_id(self.certificate_der)
+        self.certificate: x509.Certificate = certificate
+        self.private_key: PrivateKeyTypes = private_key
+        self.tubID: str = tub_id(self.certificate_der)
 
     @classmethod
     def generate(cls) -> TubIdentity:

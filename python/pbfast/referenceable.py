@@ -128,8 +128,8 @@ class ViewPoint(Referenceable):
     __slots__ = ("perspective", "viewable")
 
     def __init__(self, perspective: Any, viewable: Viewable) -> None:
-        self.perspective = perspective
-        self.viewable = viewable
+        self.perspective: Any = perspective
+        self.viewable: Viewable = viewable
 
     def remoteMessageReceived(
         self, broker: Connection, message: str, args: tuple[Any, ...], kw: dict[str, Any]
@@ -150,8 +150,8 @@ class RemoteReference:
     __slots__ = ("broker", "luid", "_count", "_disconnect_callbacks", "__weakref__")
 
     def __init__(self, broker: Connection, luid: int | bytes) -> None:
-        self.broker = broker
-        self.luid = luid
+        self.broker: Connection = broker
+        self.luid: int | bytes = luid
         # `remote` occurrences received and not yet decref'd (0 for the unreferenced root).
         self._count = 0
         self._disconnect_callbacks: list[Callable[[RemoteReference], object]] | None = None

@@ -23,7 +23,7 @@ class Unpersistable:
     __slots__ = ("reason",)
 
     def __init__(self, reason: str) -> None:
-        self.reason = reason
+        self.reason: str = reason
 
     def __repr__(self) -> str:
         return f"Unpersistable({self.reason!r})"

@@ -35,7 +35,7 @@ from .options import TubOptions
 
 __all__ = ["Reconnector", "Tub", "TubReference", "backoff"]
 
-log = logging.getLogger("pbfast.tub")
+log: logging.Logger = logging.getLogger("pbfast.tub")
 
 _OPTIONS: dict[str, Any] = {
     # Send a PING after this many seconds without data from the peer (None: never).
@@ -101,11 +101,11 @@ class Tub:
         """The Tub's certificate and key (a `pbfast.identity.TubIdentity`)."""
         self.tubID: str = identity.tubID
         """The Tub's TubID: the base32 SHA-1 of its certificate."""
-        self.incarnation = os.urandom(8).hex()
+        self.incarnation: str = os.urandom(8).hex()
         self._tls_identity = (identity.certificate_der, identity.private_key_der)
         for name, value in _OPTIONS.items():
             setattr(self, name, value)
-        self.options = ConnectionOptions(handshake_timeout=60.0)
+        self.options: ConnectionOptions = ConnectionOptions(handshake_timeout=60.0)
         """The options of the Tub's connections (`setOption` replaces it)."""
         for name, value in options.items():
             self.setOption(name, value)
@@ -124,7 +124,7 @@ class Tub:
         self._last_connection: dict[str, tuple[str, int]] = {}
         self._loopback: TubBroker | None = None
         self._reconnectors: set[Reconnector] = set()
-        self.running = True
+        self.running: bool = True
 
     def __repr__(self) -> str:
         return f"<Tub {self.tubID}>"
@@ -490,8 +490,8 @@ class Reconnector:
         self._callback = callback
         self._args = args
         self._kwargs = kwargs
-        self.attempts = 0
-        self.connections = 0
+        self.attempts: int = 0
+        self.connections: int = 0
         self._last_failure: BaseException | None = None
         self._next_attempt: float | None = None
         self._wake = asyncio.Event()
