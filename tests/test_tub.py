@@ -11,6 +11,7 @@ import gc
 import random
 import socket
 import struct
+import time
 
 import pbfast
 import pytest
@@ -275,6 +276,96 @@ def test_name_lookup_handler(run):
     run(main())
 
 
+def test_name_lookup_handler_can_be_removed(run):
+    async def main():
+        async with serving() as (server, furl), pbfast.Tub() as client:
+
+            def lookup(name):
+                return Child(name)
+
+            server.registerNameLookupHandler(lookup)
+            base = FURL.parse(furl)
+            kid = str(FURL(base.tubID, base.locationHints, "kid-1"))
+            assert await (await client.getReference(kid)).callRemote("name") == "kid-1"
+            server.unregisterNameLookupHandler(lookup)
+            with pytest.raises(pbfast.RemoteError):
+                await client.getReference(str(FURL(base.tubID, base.locationHints, "kid-2")))
+            with pytest.raises(ValueError):
+                server.unregisterNameLookupHandler(lookup)
+
+    run(main())
+
+
+def test_tub_ids_and_listeners(run):
+    """foolscap's accessors: the TubID (whole and short), the listeners, and a listener stopped
+    (it leaves the list and refuses new connections; those it accepted stay up)."""
+
+    async def main():
+        async with serving() as (server, furl), pbfast.Tub() as client:
+            assert server.getTubID() == server.tubID
+            assert server.getShortTubID() == server.tubID[:4]
+            (listener,) = server.getListeners()
+            second = await server.listenOn(LISTEN)
+            assert server.getListeners() == [listener, second]
+            ref = await client.getReference(furl)
+            await server.stopListeningOn(listener)
+            assert server.getListeners() == [second]
+            assert await ref.callRemote("echo", 1) == 1  # the accepted connection stays up
+            with pytest.raises(OSError):
+                await asyncio.open_connection("127.0.0.1", listener.port)
+            with pytest.raises(ValueError):
+                await server.stopListeningOn(listener)
+            second.close()  # closed directly: the Tub leaves it out too
+            assert server.getListeners() == []
+
+    run(main())
+
+
+def test_url_for_an_unregistered_reference(run):
+    async def main():
+        echo = Echo()
+        async with serving() as (server, _furl), pbfast.Tub() as client:
+            furl = server.getOrCreateURLForReference(echo)
+            assert furl is not None and FURL.parse(furl).tubID == server.tubID
+            assert server.getOrCreateURLForReference(echo) == furl
+            ref = await client.getReference(furl)
+            assert await ref.callRemote("echo", "hi") == "hi"
+        # (held weakly: a FURL that would keep any object alive forever is a leak)
+        assert pbfast.Tub().getOrCreateURLForReference(echo) is None  # no location, no FURL
+
+    run(main())
+
+
+def test_reference_accessors(run):
+    """A Tub reference says where its Tub is, which hints its FURL has, and when its connection
+    last received data (None when nothing watches for silence)."""
+
+    async def main():
+        async with serving() as (server, furl), pbfast.Tub() as client:
+            (listener,) = server.getListeners()
+            ref = await client.getReference(furl)
+            assert ref.isConnected()
+            peer = ref.getPeer()
+            assert (peer.type, peer.host, peer.port) == ("TCP", "127.0.0.1", listener.port)
+            assert str(peer) == f"127.0.0.1:{listener.port}"
+            assert ref.getLocationHints() == [f"tcp:127.0.0.1:{listener.port}"]
+            before = time.time()
+            await ref.callRemote("echo", 1)
+            received = ref.getDataLastReceivedAt()
+            assert received is not None and before - 1 <= received <= time.time() + 1
+            # A reference to one of the Tub's own objects goes through memory.
+            own = await server.getReference(furl)
+            assert own.getPeer().type == "memory"
+        async with (
+            serving(keepaliveTimeout=None) as (_server, furl),
+            pbfast.Tub(keepaliveTimeout=None) as client,
+        ):
+            ref = await client.getReference(furl)
+            assert ref.getDataLastReceivedAt() is None
+
+    run(main())
+
+
 def test_furl_file_keeps_the_furl(run, tmp_path):
     async def main():
         cert, furl_file = tmp_path / "tub.pem", tmp_path / "echo.furl"
@@ -288,6 +379,31 @@ def test_furl_file_keeps_the_furl(run, tmp_path):
             assert tub.registerReference(Echo(), furlFile=furl_file) == first
 
     run(main())
+
+
+def test_foolscap_option_names(caplog):
+    """foolscap's spellings work: ``accept-gifts`` is ``acceptGifts``; the options with nothing to
+    act on are accepted and say why; an unknown name is still refused."""
+    tub = pbfast.Tub(**{"accept-gifts": False})
+    assert tub.acceptGifts is False
+    tub.setOption("accept-gifts", True)
+    assert tub.acceptGifts is True
+    with caplog.at_level("INFO", logger="pbfast.tub"):
+        for name, value in [
+            ("expose-remote-exception-types", False),
+            ("handle-old-duplicate-connections", 60),
+            ("logport-furlfile", "logport.furl"),
+            ("log-gatherer-furl", "pb://x@tcp:h:1/y"),
+            ("log-gatherer-furlfile", "gatherer.furl"),
+            ("bridge-twisted-logs", True),
+        ]:
+            tub.setOption(name, value)
+            assert f"Tub option {name!r} has no effect" in caplog.text
+    tub.setOption("keepaliveTimeout", 30)
+    tub.setOption("disconnectTimeout", 90)
+    assert tub.options.idle_timeout == 90
+    with pytest.raises(TypeError, match="unknown Tub option 'accept_gifts'"):
+        tub.setOption("accept_gifts", True)
 
 
 def test_register_needs_a_location():
@@ -354,7 +470,7 @@ def test_disconnect_timeout_drops_a_silent_peer(run):
         ):
             ref = await client.getReference(furl)
             lost = asyncio.get_running_loop().create_future()
-            ref.notifyOnDisconnect(lambda r: lost.set_result(True))
+            ref.notifyOnDisconnect(lost.set_result, True)
             assert await asyncio.wait_for(lost, 5)
             with pytest.raises(pbfast.DeadReferenceError):
                 await ref.callRemote("echo", 1)
@@ -382,7 +498,7 @@ def test_a_stopping_peer_is_noticed_at_once(run, stopping):
             else:
                 stopper, ref, back = client, at_client, at_server
             lost = loop.create_future()
-            ref.notifyOnDisconnect(lambda r: lost.done() or lost.set_result(loop.time()))
+            ref.notifyOnDisconnect(lambda: lost.done() or lost.set_result(loop.time()))
             pending = ref.callRemote("slow", 1, delay=30)
             # Runs on the side that stays (a lost connection does not cancel it): short.
             own = back.callRemote("slow", 2, delay=0.5)
@@ -414,7 +530,7 @@ def test_a_tcp_close_without_close_notify_is_noticed_at_once(run, how):
         async with serving() as (server, furl), pbfast.Tub() as client:
             ref = await client.getReference(furl)
             lost = loop.create_future()
-            ref.notifyOnDisconnect(lambda r: lost.done() or lost.set_result(loop.time()))
+            ref.notifyOnDisconnect(lambda: lost.done() or lost.set_result(loop.time()))
             pending = ref.callRemote("slow", 1, delay=0.5)  # goes on running on the server
             await asyncio.sleep(0.05)
             (connection,) = server._connections

@@ -263,7 +263,7 @@ def test_protocol_error_ends_only_that_connection(run):
         async with watched() as (_, furl), pbfast.Tub() as other:
             ref = await other.getReference(furl)
             lost = asyncio.get_running_loop().create_future()
-            ref.notifyOnDisconnect(lambda r: lost.set_result(True))
+            ref.notifyOnDisconnect(lost.set_result, True)
             ref.broker._send(_core.encode_tokens([("INT", 5)], "foolscap"))  # a bare top-level INT
             assert await asyncio.wait_for(lost, 5)
             with pytest.raises(pbfast.DeadReferenceError):

@@ -15,6 +15,7 @@ import datetime
 import decimal
 import gc
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pbfast
@@ -784,10 +785,23 @@ def test_peer_close_fails_pending_calls(run, wire) -> None:
 
 
 def test_notify_on_disconnect(run, wire) -> None:
+    """Each wire's reference API: PB's (Twisted's) runs ``callback(ref)`` and refuses to undo an
+    unknown callback; a Tub's (foolscap's) runs ``callback(*args, **kwargs)``, returns a marker
+    that undoes it, and ignores an unknown marker. A connection's own callbacks are the same on
+    both."""
+
     async def main() -> None:
         async with wire(Served()) as w:
             child = await w.root.callRemote("child")
             seen: list[Any] = []
+            foolscap = w.expect.foolscap_disconnect_notices
+
+            def notify(ref: Any, callback: Callable[[Any], None]) -> Any:
+                """Register ``callback(ref)`` in the wire's own way; what undoes it."""
+                if foolscap:
+                    return ref.notifyOnDisconnect(callback, ref)
+                assert ref.notifyOnDisconnect(callback) is None
+                return callback
 
             def on_child(ref: Any) -> None:
                 seen.append(("child", ref))
@@ -804,16 +818,20 @@ def test_notify_on_disconnect(run, wire) -> None:
             def never() -> None:
                 seen.append(("never",))
 
-            child.notifyOnDisconnect(on_child)
-            child.notifyOnDisconnect(removed)
-            w.root.notifyOnDisconnect(on_root)
+            child_handle = notify(child, on_child)
+            removed_handle = notify(child, removed)
+            notify(w.root, on_root)
             w.client.notifyOnDisconnect(on_broker)
             w.client.notifyOnDisconnect(never)
-            child.dontNotifyOnDisconnect(removed)
-            with pytest.raises(ValueError):
-                child.dontNotifyOnDisconnect(removed)
-            with pytest.raises(ValueError):
-                w.root.dontNotifyOnDisconnect(on_child)
+            child.dontNotifyOnDisconnect(removed_handle)
+            if foolscap:
+                child.dontNotifyOnDisconnect(removed_handle)  # already undone: ignored
+                w.root.dontNotifyOnDisconnect(child_handle)  # another reference's: ignored
+            else:
+                with pytest.raises(ValueError):
+                    child.dontNotifyOnDisconnect(removed_handle)
+                with pytest.raises(ValueError):
+                    w.root.dontNotifyOnDisconnect(child_handle)
             w.client.dontNotifyOnDisconnect(never)
             with pytest.raises(ValueError):
                 w.client.dontNotifyOnDisconnect(never)
@@ -827,6 +845,11 @@ def test_notify_on_disconnect(run, wire) -> None:
             refs = {s[0]: s[1] for s in seen if len(s) == 2}
             assert id(refs["child"]) == child_id
             assert refs["root"] is w.root
+            if foolscap:
+                # After the end, foolscap runs a new callback soon rather than never.
+                late = asyncio.get_running_loop().create_future()
+                w.root.notifyOnDisconnect(late.set_result, "late")
+                assert await asyncio.wait_for(late, 5) == "late"
 
     run(main())
 

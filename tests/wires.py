@@ -63,6 +63,9 @@ class Expect:
     decoder_runs_every_call: bool
     # The statistics a connection reports beyond the shared names.
     extra_statistics: frozenset[str]
+    # A reference's notifyOnDisconnect as foolscap has it (`callback(*args, **kwargs)`, a
+    # marker back), or as Twisted does (`callback(ref)`).
+    foolscap_disconnect_notices: bool
 
 
 PB = Expect(
@@ -79,6 +82,7 @@ PB = Expect(
     call_event=pbfast._core.EV_MESSAGE,
     decoder_runs_every_call=True,
     extra_statistics=frozenset({"caches"}),
+    foolscap_disconnect_notices=False,
 )
 TUB = Expect(
     root_objects=1,
@@ -94,6 +98,7 @@ TUB = Expect(
     call_event=pbfast._core.FS_CALL,
     decoder_runs_every_call=False,
     extra_statistics=frozenset({"caches", "gifts"}),
+    foolscap_disconnect_notices=True,
 )
 
 

@@ -27,13 +27,14 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import _core
-from .endpoints import _set_nodelay
+from .endpoints import PeerAddress, _set_nodelay
 from .errors import DeadReferenceError, Error, LimitExceeded, PBConnectionLost, qualified_name
 
 if TYPE_CHECKING:
@@ -214,6 +215,8 @@ class Connection(asyncio.Protocol, abc.ABC):
         self.server = server
         self._group = group
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.peer_address: PeerAddress | None = None
+        """Where the peer is, once connected."""
         self.peer: str = "(not connected)"
         """The peer's address, for logs: ``host:port``, a socket path, or a memory link's name."""
         self.disconnected: bool = False
@@ -274,7 +277,8 @@ class Connection(asyncio.Protocol, abc.ABC):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.peer = peer_name(transport)
+        self.peer_address = PeerAddress.of(transport)
+        self.peer = str(self.peer_address)
         _set_nodelay(transport)
         if self._group is not None:
             self._group.add(self)
@@ -448,6 +452,13 @@ class Connection(asyncio.Protocol, abc.ABC):
             "backlog": len(self._backlog),
             "buffered": self._budget_share,
         }
+
+    def data_last_received_at(self) -> float | None:
+        """When the peer last sent anything (seconds since the epoch), or None if this
+        connection does not watch for silence (no keepalive, no idle timeout)."""
+        if not self._idle_watched:
+            return None
+        return time.time() - (self._loop.time() - self._last_received)
 
     def watch(self, ref: Any) -> None:
         """Run `ref`'s disconnect callbacks when the connection ends."""
@@ -968,17 +979,6 @@ def _drop_tracebacks(exc: BaseException | None) -> None:
         seen.add(id(exc))
         exc.__traceback__ = None
         exc = exc.__cause__ or exc.__context__
-
-
-def peer_name(transport: asyncio.BaseTransport) -> str:
-    """The peer's address as logs show it: ``host:port``, ``[v6]:port`` or a socket path."""
-    peer = transport.get_extra_info("peername")
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host = f"[{peer[0]}]" if ":" in str(peer[0]) else peer[0]
-        return f"{host}:{peer[1]}"
-    if isinstance(peer, bytes):
-        peer = peer.decode("utf-8", "replace")
-    return str(peer) if peer else "(unix socket)"
 
 
 def short(value: object, limit: int = 200) -> str:

@@ -22,6 +22,7 @@ import asyncio
 import functools
 import logging
 import weakref
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from . import _core, _negotiate
@@ -43,6 +44,7 @@ from ._failure import FOOLSCAP_FAILURE_TYPE, UNAVAILABLE, failure_state, remote_
 from ._negotiate import HeaderReader, Hello
 from .cacheable import Cacheable, CacheLink, RemoteCache, RemoteCacheObserver
 from .copyable import Copyable, make_copy, unjellyableFor
+from .endpoints import PeerAddress
 from .errors import (
     BananaError,
     DeadReferenceError,
@@ -57,7 +59,7 @@ from .errors import (
 from .furl import FURL
 from .referenceable import Referenceable, RemoteReference, default_dispatch, prefixed_method
 
-__all__ = ["TubBroker", "TubReference"]
+__all__ = ["DisconnectMarker", "TubBroker", "TubReference"]
 
 log = logging.getLogger("pbfast.tub")
 
@@ -90,8 +92,62 @@ class TubReference(RemoteReference):
         """Whether the connection to the object's Tub is still open."""
         return not self.broker.disconnected
 
+    def getPeer(self) -> PeerAddress:
+        """Where the object's Tub is: its address on this connection (``type`` ``"memory"``
+        for an object of this Tub reached through its own FURL)."""
+        address = self.broker.peer_address
+        assert address is not None  # a reference is only made on a connection that is up
+        return address
+
+    def getLocationHints(self) -> list[str]:
+        """The connection hints of the object's FURL (empty if its Tub sent none)."""
+        furl = self.getSturdyRef()
+        return list(FURL.parse(furl).locationHints) if furl else []
+
+    def getDataLastReceivedAt(self) -> float | None:
+        """When the connection last received anything (seconds since the epoch), or None when
+        the connection does not watch for silence (no keepalive and no disconnect timeout)."""
+        return self.broker.data_last_received_at()
+
+    def notifyOnDisconnect(  # type: ignore[override]
+        self, callback: Callable[..., object], *args: Any, **kwargs: Any
+    ) -> DisconnectMarker:
+        """Run ``callback(*args, **kwargs)`` when the connection ends (soon, if it has already
+        ended), as foolscap does; the marker returned undoes it (`dontNotifyOnDisconnect`)."""
+        marker = DisconnectMarker(callback, args, kwargs)
+        if self.broker.disconnected:
+            asyncio.get_running_loop().call_soon(run_callback, marker, self)
+        else:
+            super().notifyOnDisconnect(marker)
+        return marker
+
+    def dontNotifyOnDisconnect(self, marker: DisconnectMarker) -> None:  # type: ignore[override]
+        """Undo a `notifyOnDisconnect`; a marker whose callback ran already (or is unknown) is
+        ignored, as foolscap does."""
+        if self._disconnect_callbacks and marker in self._disconnect_callbacks:
+            super().dontNotifyOnDisconnect(marker)
+
     def __repr__(self) -> str:
         return f"<TubReference {self.luid} at {self.broker.peer_tub_id[:8]}>"
+
+
+class DisconnectMarker:
+    """What a Tub reference's `notifyOnDisconnect` returns: runs ``callback(*args, **kwargs)``."""
+
+    __slots__ = ("callback", "args", "kwargs")
+
+    def __init__(
+        self, callback: Callable[..., object], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self.callback: Callable[..., object] = callback
+        self.args: tuple[Any, ...] = args
+        self.kwargs: dict[str, Any] = kwargs
+
+    def __call__(self, ref: RemoteReference) -> None:
+        self.callback(*self.args, **self.kwargs)
+
+    def __repr__(self) -> str:
+        return f"<DisconnectMarker {self.callback!r}>"
 
 
 class _Gift:
@@ -660,7 +716,7 @@ class TubBroker(Connection):
         if not new:
             return ("my-reference", clid)
         self._tables.put(clid, obj)
-        furl = None if callable_ else self.tub._furl_for_export(obj)
+        furl = None if callable_ else self.tub.getOrCreateURLForReference(obj)
         return ("my-reference", clid, _interface_name(obj), furl)
 
     def _give(self, ref: RemoteReference) -> tuple[Any, ...]:

@@ -45,11 +45,12 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 __all__ = [
     "ClientEndpoint",
     "Listener",
+    "PeerAddress",
     "ServerEndpoint",
     "connect",
     "listen",
@@ -501,6 +502,39 @@ def _client_context(
     if cert is not None or key is not None:
         _load_cert_chain(ctx, cert or key or "", key or cert or "")
     return ctx
+
+
+class PeerAddress(NamedTuple):
+    """Where a connection's peer is (what a reference's ``getPeer()`` gives): `type` is
+    ``"TCP"`` (IPv4 or IPv6, as Twisted's addresses say), ``"UNIX"`` (`host` is the peer's socket
+    path, empty when it has none) or ``"memory"`` (an in-memory link: a Tub's connection to
+    itself, or `pbfast.testing`'s); `port` is 0 where there is none. ``str()`` gives the
+    address as logs show it: ``host:port``, ``[v6]:port`` or a socket path."""
+
+    type: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        if self.type == "TCP":
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            return f"{host}:{self.port}"
+        if self.type == "UNIX":
+            return self.host or "(unix socket)"
+        return self.host
+
+    @classmethod
+    def of(cls, transport: asyncio.BaseTransport) -> PeerAddress:
+        """The address of `transport`'s peer."""
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            return cls("TCP", str(peer[0]), int(peer[1]))
+        if isinstance(peer, bytes):
+            peer = peer.decode("utf-8", "replace")
+        sock = transport.get_extra_info("socket")
+        if sock is not None and getattr(socket, "AF_UNIX", None) == sock.family:
+            return cls("UNIX", str(peer or ""), 0)
+        return cls("memory", str(peer or ""), 0)
 
 
 def _set_nodelay(transport: asyncio.BaseTransport) -> None:

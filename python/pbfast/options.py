@@ -39,7 +39,24 @@ class Options(_SharedOptions, total=False):
     idle_timeout: float | None
 
 
-class TubOptions(_SharedOptions, total=False):
+# foolscap's own spellings (not identifiers, so passed as ``**{"accept-gifts": False}`` or to
+# `setOption`); see `pbfast.Tub` for what each does here.
+_FoolscapSpellings = TypedDict(
+    "_FoolscapSpellings",
+    {
+        "accept-gifts": bool,
+        "expose-remote-exception-types": bool,
+        "handle-old-duplicate-connections": bool | int,
+        "logport-furlfile": str,
+        "log-gatherer-furl": str,
+        "log-gatherer-furlfile": str,
+        "bridge-twisted-logs": bool,
+    },
+    total=False,
+)
+
+
+class TubOptions(_SharedOptions, _FoolscapSpellings, total=False):
     """The options of `pbfast.Tub` (also `tub.setOption(name, value)`), foolscap's names for
     the Tub's own settings and for its connections' timeouts."""
 

@@ -53,6 +53,19 @@ _OPTIONS: dict[str, Any] = {
 # foolscap's names for two of the connection options: from TCP connect to the end of
 # negotiation (60 s), and the silence after which a connection is dropped (None: never).
 _FOOLSCAP_NAMES = {name: field for field, name in TubBroker._OPTION_NAMES.items()}
+# foolscap's spellings of the Tub's own options.
+_SPELLINGS = {"accept-gifts": "acceptGifts"}
+# foolscap options a ported program may set that have nothing to act on here (setting one logs
+# the reason, at INFO).
+_WITHOUT_EFFECT = {
+    "expose-remote-exception-types": "a remote failure is always a pbfast.RemoteError, compared "
+    "with check() by type name, never the remote's own exception type",
+    "handle-old-duplicate-connections": "foolscap's rules for duplicate connections always apply",
+    "logport-furlfile": "pbfast logs through Python's logging (the 'pbfast.tub' logger)",
+    "log-gatherer-furl": "pbfast logs through Python's logging (the 'pbfast.tub' logger)",
+    "log-gatherer-furlfile": "pbfast logs through Python's logging (the 'pbfast.tub' logger)",
+    "bridge-twisted-logs": "pbfast does not run on Twisted",
+}
 # The connection options a Tub takes under their own names (send remote callers full
 # tracebacks: foolscap's default is on, but they show file paths, so ours is off).
 _SHARED = ("unsafeTracebacks", "max_in_flight", "backlog", "max_refs", "max_proxies", *RECEIVE_LIMITS)
@@ -65,13 +78,17 @@ class Tub:
     (created, readable by its owner only, if missing), else is made afresh. Options (also
     settable with `setOption`, for connections made afterwards): ``keepaliveTimeout`` (240 s),
     ``disconnectTimeout`` (off), ``negotiationTimeout`` (60 s), ``connectTimeout`` (60 s),
-    ``logLocalFailures``, ``logRemoteFailures``, ``acceptGifts`` (True), the reconnection
+    ``logLocalFailures``, ``logRemoteFailures``, ``acceptGifts`` (True; foolscap's
+    ``accept-gifts`` too), the reconnection
     back-off ``reconnectInitialDelay``/``reconnectFactor``/``reconnectMaxDelay``/
     ``reconnectJitter``, and the connection options PB's `pbfast.serve` takes under the same
     names: ``unsafeTracebacks`` (False), ``max_in_flight``, ``backlog``, ``max_refs``,
     ``max_proxies`` and the receive limits ``max_element_size``, ``max_message_size``,
     ``max_depth``, ``max_header_length`` (see `pbfast._connection.ConnectionOptions`);
-    ``max_depth`` bounds the nesting of what the Tub sends too.
+    ``max_depth`` bounds the nesting of what the Tub sends too. foolscap's
+    ``expose-remote-exception-types``, ``handle-old-duplicate-connections`` and logging options
+    (``logport-furlfile``, ``log-gatherer-furl``, ``log-gatherer-furlfile``,
+    ``bridge-twisted-logs``) are accepted, with no effect (logged at INFO with the reason).
     """
 
     # The Tub's own options (defaults in `_OPTIONS`; `setOption` sets them).
@@ -129,6 +146,14 @@ class Tub:
     def __repr__(self) -> str:
         return f"<Tub {self.tubID}>"
 
+    def getTubID(self) -> str:
+        """The TubID (also `tubID`)."""
+        return self.tubID
+
+    def getShortTubID(self) -> str:
+        """The TubID's first four characters, as foolscap shows it in logs."""
+        return self.tubID[:4]
+
     def setOption(self, name: str, value: Any) -> None:
         """Set one of the options the constructor takes.
 
@@ -136,8 +161,12 @@ class Tub:
             TypeError: an unknown option.
             ValueError: a value out of range for a connection option.
         """
+        name = _SPELLINGS.get(name, name)
         if name in _OPTIONS:
             setattr(self, name, value)
+            return
+        if name in _WITHOUT_EFFECT:
+            log.info("Tub option %r has no effect: %s", name, _WITHOUT_EFFECT[name])
             return
         if name in _FOOLSCAP_NAMES:
             field = _FOOLSCAP_NAMES[name]
@@ -167,6 +196,23 @@ class Tub:
         self._listeners.append(listener)
         return listener
 
+    def getListeners(self) -> list[endpoints.Listener]:
+        """The listeners accepting connections (those closed since are left out)."""
+        self._listeners = [listener for listener in self._listeners if listener.is_serving()]
+        return list(self._listeners)
+
+    async def stopListeningOn(self, listener: endpoints.Listener) -> None:
+        """Stop accepting connections on `listener` (connections it accepted stay open).
+
+        Raises:
+            ValueError: `listener` is not one of this Tub's.
+        """
+        if listener not in self._listeners:
+            raise ValueError(f"{listener!r} is not a listener of this Tub")
+        self._listeners.remove(listener)
+        listener.close()
+        await asyncio.sleep(0)  # the listening socket is closed on the next loop iteration
+
     def setLocation(self, *hints: str) -> None:
         """The connection hints FURLs carry, e.g. ``"tcp:example.org:8800"``.
 
@@ -183,7 +229,7 @@ class Tub:
         Raises:
             RuntimeError: the Tub listens on no TCP port yet.
         """
-        ports = [listener.port for listener in self._listeners if listener.port]
+        ports = [listener.port for listener in self.getListeners() if listener.port]
         if not ports:
             raise RuntimeError("setLocationAutomatically needs listenOn() on a TCP port first")
         loop = asyncio.get_running_loop()
@@ -248,12 +294,22 @@ class Tub:
         """Ask ``lookup(name)`` for names not registered here (it returns the object or None)."""
         self._lookup_handlers.append(lookup)
 
+    def unregisterNameLookupHandler(self, lookup: Callable[[str], Any]) -> None:
+        """Stop asking `lookup`.
+
+        Raises:
+            ValueError: `lookup` was not registered.
+        """
+        self._lookup_handlers.remove(lookup)
+
     def _furl(self, name: str) -> str:
         return str(FURL(self.tubID, tuple(self._location or ()), name))
 
-    def _furl_for_export(self, obj: Any) -> str | None:
-        """The FURL sent with a reference the first time it crosses a connection, so the
-        receiver can give it to a third Tub. Unregistered objects get a name held weakly."""
+    def getOrCreateURLForReference(self, obj: Any) -> str | None:
+        """A FURL for `obj`: its registered one, else one under a new name held weakly (it
+        resolves while `obj` lives); None while the Tub has no location. This is also the FURL
+        sent with a reference the first time it crosses a connection, so the receiver can give
+        it to a third Tub."""
         if self._location is None:
             return None
         name = self._name_of.get(id(obj))
@@ -525,7 +581,7 @@ class Reconnector:
             self.connections += 1
             lost: asyncio.Future[None] = loop.create_future()
 
-            def on_lost(_ref: Any, lost: asyncio.Future[None] = lost) -> None:
+            def on_lost(lost: asyncio.Future[None] = lost) -> None:
                 if not lost.done():
                     lost.set_result(None)
 

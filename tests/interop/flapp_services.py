@@ -111,7 +111,7 @@ class CommandRunner(pbfast.Referenceable):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if command is not None:
-            watcher.notifyOnDisconnect(lambda _ref: command.remote_close_stdin())
+            watcher.notifyOnDisconnect(command.remote_close_stdin)
         return command
 
     async def _watch(

@@ -429,7 +429,7 @@ def test_pbfast_notices_a_stock_tub_stopping(run):
         async with peer_tub(PEER) as (proc, furl), pbfast.Tub() as tub:
             root = await tub.getReference(furl)
             lost = loop.create_future()
-            root.notifyOnDisconnect(lambda ref: lost.done() or lost.set_result(loop.time()))
+            root.notifyOnDisconnect(lambda: lost.done() or lost.set_result(loop.time()))
             pending = root.callRemote("sleep", 30, "too late")
             assert await root.callRemote("echo", 1) == 1  # so the sleep call has arrived
             started = loop.time()
