@@ -15,6 +15,8 @@ import shutil
 import socket
 import ssl
 import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -293,7 +295,9 @@ BAD_SERVERS = [
     ("unix:mode=600", ["'address'"]),
     ("ssl:port=443", ["privateKey"]),
     ("ssl:port=443:privateKey=", ["privateKey", "empty"]),
-    ("ssl:443:privateKey=k.pem:sslmethod=TLS", ["'sslmethod'"]),
+    ("ssl:443:privateKey=k.pem:sslmethod=TLS", ["sslmethod", "'TLS'", "TLS_METHOD"]),
+    ("ssl:443:privateKey=k.pem:sslmethod=SSLv3_METHOD", ["SSLv3_METHOD", "broken", "TLS_METHOD"]),
+    ("ssl:443:privateKey=k.pem:dhParameters=", ["dhParameters", "empty"]),
     ("systemd:domain=IPX:index=0", ["domain", "'IPX'"]),
     ("systemd:domain=INET", ["'index'"]),
     ("systemd:domain=INET:index=-1", ["index", "'-1'"]),
@@ -480,6 +484,38 @@ def test_unix_path_in_use_or_not_a_socket(loop_name: str, sockdir: Path) -> None
     assert plain.read_text() == "keep me"
 
 
+@pytest.mark.event_loop
+def test_unix_lockfile(loop_name: str, sockdir: Path) -> None:
+    """``lockfile=1`` (the default, as Twisted's): ``PATH.lock`` names the listening process,
+    a second server is refused by it, a lock left by a process that is gone is taken over, and
+    closing removes it; ``lockfile=0`` makes none."""
+    path = str(sockdir / "locked.sock")
+    lock = path + ".lock"
+
+    async def main() -> None:
+        async with await listen(f"unix:{path}", Tracker()):
+            assert os.readlink(lock) == str(os.getpid())
+            with pytest.raises(OSError) as info:
+                await listen(f"unix:{path}", Tracker())
+            assert info.value.errno == errno.EADDRINUSE
+            assert f"locked by process {os.getpid()}" in str(info.value)
+            assert (await roundtrip(f"unix:{path}"))[0] == b"ping"
+        assert not os.path.lexists(lock) and not os.path.exists(path)
+        # A lock (and socket) left by a process that has exited.
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+        os.symlink(gone.stdout.decode().strip(), lock)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.bind(path)
+        async with await listen(f"unix:{path}", Tracker()):
+            assert os.readlink(lock) == str(os.getpid())
+            assert (await roundtrip(f"unix:{path}"))[0] == b"ping"
+        assert not os.path.lexists(lock)
+        async with await listen(f"unix:{path}:lockfile=0", Tracker()):
+            assert not os.path.lexists(lock)
+
+    run(main(), loop_name)
+
+
 # -- ssl / tls -----------------------------------------------------------------------------------
 
 
@@ -537,6 +573,30 @@ def test_ssl_server_with_combined_pem_and_extra_chain(loop_name: str, certs: dic
             client = f"tls:127.0.0.1:{listener.port}:trustRoots={certs['cert']}"
             assert (await roundtrip(client))[0] == b"ping"
             await tracker.wait()
+
+    run(main(), loop_name)
+
+
+@pytest.mark.event_loop
+def test_ssl_server_method_and_dh_parameters(loop_name: str, certs: dict[str, str]) -> None:
+    """Twisted's ``sslmethod`` pins the TLS version (the endpoints howto's example, with a method
+    that is not broken); ``dhParameters`` loads a Diffie-Hellman group."""
+    dh = Path(__file__).parent / "vectors" / "tls" / "ffdhe3072.pem"
+
+    async def main() -> None:
+        for method, version in [("TLSv1_2_METHOD", "TLSv1.2"), ("TLS_METHOD", "TLSv1.3")]:
+            server = (
+                f"ssl:0:privateKey={certs['key']}:certKey={certs['cert']}:interface=127.0.0.1"
+                f":extraCertChain={certs['other']}:sslmethod={method}:dhParameters={dh}"
+            )
+            async with await listen(server, Tracker()) as listener:
+                transport, _ = await connect(
+                    f"ssl:127.0.0.1:{listener.port}:caCerts={certs['cert']}", ClientProtocol
+                )
+                try:
+                    assert transport.get_extra_info("ssl_object").version() == version, method
+                finally:
+                    transport.close()
 
     run(main(), loop_name)
 

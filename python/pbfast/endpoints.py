@@ -14,8 +14,9 @@ Server types:
     tcp:PORT  tcp:port=P:interface=ADDR:backlog=N          (interface default 0.0.0.0,
                                                            backlog default 1024)
     tcp6:port=P:interface=ADDR:backlog=N                   (interface default ::)
-    unix:PATH  unix:address=PATH:mode=666:backlog=N:lockfile=0|1
+    unix:PATH  unix:address=PATH:mode=666:backlog=N:lockfile=0|1   (lockfile default 1: PATH.lock)
     ssl:port=P:privateKey=KEY.pem:certKey=CERT.pem:extraCertChain=CHAIN.pem:interface=ADDR:backlog=N
+        :sslmethod=TLS_METHOD|TLSv1_2_METHOD|...:dhParameters=DH.pem
     systemd:domain=INET|INET6|UNIX:index=N                 (a socket-activated listening socket)
 
 Client types:
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import errno
 import math
 import os
@@ -574,16 +576,48 @@ class _TCPServerEndpoint(ServerEndpoint):
         return Listener(server)
 
 
+# Twisted's `sslmethod` values (pyOpenSSL's method names) -> the TLS versions allowed (least,
+# most; None: the newest there is). The negotiating methods keep TLS 1.2 as the floor.
+_SSL_METHODS: dict[str, tuple[ssl.TLSVersion, ssl.TLSVersion | None]] = {
+    "SSLv23_METHOD": (ssl.TLSVersion.TLSv1_2, None),
+    "TLS_METHOD": (ssl.TLSVersion.TLSv1_2, None),
+    "TLS_SERVER_METHOD": (ssl.TLSVersion.TLSv1_2, None),
+    "TLSv1_2_METHOD": (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2),
+    # OpenSSL's security level may still refuse these two at the handshake, as it does for
+    # Twisted.
+    "TLSv1_1_METHOD": (ssl.TLSVersion.TLSv1_1, ssl.TLSVersion.TLSv1_1),
+    "TLSv1_METHOD": (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1),
+}
+
+
+def _ssl_method(value: str | None) -> str | None:
+    if value is None or value in _SSL_METHODS:
+        return value
+    if value in ("SSLv2_METHOD", "SSLv3_METHOD"):
+        raise ValueError(
+            f"sslmethod={value}: SSL 2 and 3 are broken and no TLS library here offers them "
+            "(TLS_METHOD negotiates the best version both ends have)"
+        )
+    raise ValueError(f"sslmethod must be one of {', '.join(_SSL_METHODS)}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class _SSLServerEndpoint(_TCPServerEndpoint):
     private_key: str = ""
     cert_key: str = ""
     extra_cert_chain: str | None = None
+    ssl_method: str | None = None
+    dh_parameters: str | None = None
 
     def _ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        least, most = _SSL_METHODS[self.ssl_method or "TLS_METHOD"]
+        ctx.minimum_version = least
+        if most is not None:
+            ctx.maximum_version = most
         _load_cert_chain(ctx, self.cert_key, self.private_key, self.extra_cert_chain)
+        if self.dh_parameters is not None:
+            ctx.load_dh_params(self.dh_parameters)  # for the DHE cipher suites
         return ctx
 
 
@@ -621,7 +655,15 @@ class _UNIXServerEndpoint(ServerEndpoint):
 
     async def listen(self, protocol_factory: _ProtocolFactory) -> Listener:
         loop = asyncio.get_running_loop()
-        _clear_stale_socket(self.path)
+        lock = _PidLock(self.path + ".lock") if self.lockfile else None
+        if lock is not None:
+            lock.acquire(self.path)
+        try:
+            _clear_stale_socket(self.path)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         bound = False
         try:
@@ -636,6 +678,8 @@ class _UNIXServerEndpoint(ServerEndpoint):
             sock.close()
             if bound:
                 _unlink_quietly(self.path)
+            if lock is not None:
+                lock.release()
             raise
 
         def remove_socket_file() -> None:
@@ -643,11 +687,62 @@ class _UNIXServerEndpoint(ServerEndpoint):
             try:
                 now = os.stat(self.path)
             except OSError:
-                return
-            if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                now = None
+            if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
                 _unlink_quietly(self.path)
+            if lock is not None:
+                lock.release()
 
         return Listener(server, on_close=remove_socket_file)
+
+
+class _PidLock:
+    """Twisted's lock file for a unix socket (``lockfile=1``): a symbolic link ``PATH.lock`` whose
+    target is the owner's PID, made atomically; a lock whose process is gone is taken over."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._held = False
+
+    def acquire(self, socket_path: str) -> None:
+        """Take the lock, or raise OSError (EADDRINUSE) naming the process that holds it."""
+        for _ in range(3):  # another process may take over a stale lock at the same moment
+            try:
+                os.symlink(str(os.getpid()), self.path)
+                self._held = True
+                return
+            except FileExistsError:
+                pass
+            try:
+                owner = int(os.readlink(self.path))
+            except FileNotFoundError:
+                continue  # released meanwhile
+            except (OSError, ValueError):
+                owner = None  # not a lock of this kind: a stale one, taken over
+            if owner is not None and _process_exists(owner):
+                raise OSError(
+                    errno.EADDRINUSE, f"address already in use (locked by process {owner})", socket_path
+                )
+            _unlink_quietly(self.path)
+        raise OSError(errno.EADDRINUSE, f"could not take the lock {self.path}", socket_path)
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        with contextlib.suppress(OSError):
+            if os.readlink(self.path) == str(os.getpid()):
+                os.unlink(self.path)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _unlink_quietly(path: str) -> None:
@@ -730,7 +825,7 @@ def _ssl_server(kwargs: dict[str, str], args: list[str]) -> ServerEndpoint:
         kwargs,
         args,
         ("port", "privateKey", "certKey"),
-        ("interface", "backlog", "extraCertChain"),
+        ("interface", "backlog", "extraCertChain", "sslmethod", "dhParameters"),
         required=("port",),
     )
     key = _path("privateKey", p.get("privateKey"))
@@ -745,6 +840,8 @@ def _ssl_server(kwargs: dict[str, str], args: list[str]) -> ServerEndpoint:
         private_key=key or cert or "",
         cert_key=cert or key or "",
         extra_cert_chain=_path("extraCertChain", p.get("extraCertChain")),
+        ssl_method=_ssl_method(p.get("sslmethod")),
+        dh_parameters=_path("dhParameters", p.get("dhParameters")),
     )
 
 
