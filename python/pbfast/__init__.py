@@ -3,7 +3,8 @@
 Layers, bottom up: ``pbfast._core`` (Rust: banana, jelly, framing, PB envelopes, reference
 counts, TubIDs and FURLs; never imported by users), ``pbfast.errors``, ``pbfast.banana`` (raw
 tokens), ``pbfast.serialization`` (jelly + banana), ``pbfast.referenceable`` (objects by
-reference), ``pbfast.copyable`` and ``pbfast.cacheable`` (objects by copy), ``pbfast.cred``
+reference), ``pbfast.copyable`` and ``pbfast.cacheable`` (objects by copy), ``pbfast.schema`` (remote
+interfaces and the constraints they check), ``pbfast.cred``
 (logins), ``pbfast.furl`` (foolscap TubIDs and FURLs), ``pbfast.endpoints`` (Twisted-style
 endpoint strings), ``pbfast._connection`` (what every connection of either wire shares:
 back-pressure, limits, timeouts, shutdown; `configure`), ``pbfast.pb`` (serve, connect, login,
@@ -11,7 +12,7 @@ run) and ``pbfast.tub`` (Tubs).
 Nothing starts at import time and no event-loop policy is installed.
 """
 
-from . import _core, banana, endpoints
+from . import _core, banana, endpoints, schema
 from ._connection import configure
 from .cacheable import Cacheable, RemoteCache, RemoteCacheObserver
 from .copyable import (
@@ -42,6 +43,7 @@ from .errors import (
 )
 from .pb import Server, connect, login, run, serve
 from .referenceable import Avatar, Referenceable, RemoteReference, Root, Viewable, ViewPoint
+from .schema import RemoteInterface
 from .serialization import Unpersistable, dumps, jelly, loads, unjelly
 from .tub import Reconnector, Tub, TubReference
 
@@ -74,6 +76,7 @@ __all__ = [
     "Portal",
     "ProtocolError",
     "Referenceable",
+    "RemoteInterface",
     "RemoteCache",
     "RemoteCacheObserver",
     "RemoteCopy",
@@ -100,6 +103,7 @@ __all__ = [
     "loads",
     "login",
     "run",
+    "schema",
     "serve",
     "setUnjellyableFactoryForClass",
     "setUnjellyableForClass",
