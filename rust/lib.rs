@@ -50,6 +50,8 @@ mod _core {
     #[pymodule_export]
     use crate::py::liveness::LivenessPy;
     #[pymodule_export]
+    use crate::py::negotiate::NegotiationPy;
+    #[pymodule_export]
     use crate::py::pb::{PbDecoderPy, PbEncoderPy};
     #[pymodule_export]
     use crate::py::sender::SenderPy;

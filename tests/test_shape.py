@@ -13,7 +13,7 @@ RUST = ROOT / "rust"
 
 # The object model: what users subclass and catch. It must not name a broker, a Tub or a wire.
 OBJECT_MODEL = ("referenceable", "copyable", "cacheable", "errors")
-WIRES = ("_broker", "_tub_broker", "tub", "pb", "_negotiate", "endpoints", "_core")
+WIRES = ("_broker", "_tub_broker", "tub", "pb", "endpoints", "_core")
 
 
 def module_name(path: pathlib.Path) -> str:

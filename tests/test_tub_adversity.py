@@ -9,9 +9,10 @@ import contextlib
 
 import pbfast
 import pytest
-from pbfast import _core, _negotiate
+from pbfast import _core
 from pbfast.furl import FURL
 from pbfast.identity import TubIdentity
+from test_negotiate import UPGRADE_REPLY, hello_block, upgrade_request
 from test_tub import Echo, serving
 
 HOST = "127.0.0.1"
@@ -48,9 +49,9 @@ class RawTLS:
     @classmethod
     async def open(cls, furl: str, identity: TubIdentity | None = None) -> RawTLS:
         reader, writer = await asyncio.open_connection(*address(furl))
-        writer.write(_negotiate.upgrade_request(FURL.parse(furl).tubID, HOST))
+        writer.write(upgrade_request(FURL.parse(furl).tubID))
         reply = await reader.readuntil(b"\r\n\r\n")
-        assert reply == _negotiate.UPGRADE_REPLY
+        assert reply == UPGRADE_REPLY
         return cls(reader, writer, identity or TubIdentity.generate())
 
     def send(self, plain: bytes) -> None:
@@ -103,7 +104,7 @@ def test_request_for_another_tub_and_plain_http(run):
         async with watched() as (_, furl):
             other = pbfast.Tub().tubID
             for request, reason in [
-                (_negotiate.upgrade_request(other, HOST), f"unknown TubID {other}".encode()),
+                (upgrade_request(other), f"unknown TubID {other}".encode()),
                 (b"GET /id/ HTTP/1.1\r\n\r\n", b"secure Tubs require encryption"),
                 (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"internal server error, see logs"),
             ]:
@@ -121,8 +122,8 @@ def test_garbage_after_the_upgrade(run):
     async def main():
         async with watched() as (_, furl):
             reader, writer = await asyncio.open_connection(*address(furl))
-            writer.write(_negotiate.upgrade_request(FURL.parse(furl).tubID, HOST))
-            assert await reader.readuntil(b"\r\n\r\n") == _negotiate.UPGRADE_REPLY
+            writer.write(upgrade_request(FURL.parse(furl).tubID))
+            assert await reader.readuntil(b"\r\n\r\n") == UPGRADE_REPLY
             writer.write(b"this is not a TLS record at all\r\n" * 4)
             await read_all(reader)  # an alert, then the close
             writer.close()
@@ -134,8 +135,8 @@ def test_stalled_tls_handshake_times_out(run):
     async def main():
         async with watched(negotiationTimeout=0.3) as (_, furl):
             reader, writer = await asyncio.open_connection(*address(furl))
-            writer.write(_negotiate.upgrade_request(FURL.parse(furl).tubID, HOST))
-            assert await reader.readuntil(b"\r\n\r\n") == _negotiate.UPGRADE_REPLY
+            writer.write(upgrade_request(FURL.parse(furl).tubID))
+            assert await reader.readuntil(b"\r\n\r\n") == UPGRADE_REPLY
             await read_all(reader, timeout=5)  # the server gives up and closes
             writer.close()
 
@@ -181,8 +182,7 @@ def test_lying_client_certificate(run):
         async with watched() as (_, furl):
             raw = await RawTLS.open(furl)
             liar = pbfast.Tub().tubID
-            hello = _negotiate.Hello(tub_id=liar, incarnation="0" * 16, client=True)
-            raw.send(_negotiate.encode_block(hello.block()))
+            raw.send(hello_block(liar, "0" * 16, client=True))
             blocks = _blocks(await raw.receive())
             assert blocks[-1]["error"].startswith(f"TubID mismatch: the peer claims {liar}")
             raw.close()
@@ -199,11 +199,10 @@ def test_lying_server_certificate(run):
 
         async def handle(reader, writer):
             request = await reader.readuntil(b"\r\n\r\n")
-            claimed = _negotiate.parse_request(request)
-            writer.write(_negotiate.UPGRADE_REPLY)
+            claimed = request.split()[1].removeprefix(b"/id/").decode()
+            writer.write(UPGRADE_REPLY)
             tls = _core.TlsSession(True, impostor.certificate_der, impostor.private_key_der)
-            hello = _negotiate.Hello(tub_id=claimed, incarnation="1" * 16)
-            tls.write(_negotiate.encode_block(hello.block()))
+            tls.write(hello_block(claimed, "1" * 16, client=False))
             while chunk := await reader.read(65536):
                 tls.feed(chunk)
                 writer.write(tls.take())

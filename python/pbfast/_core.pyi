@@ -2,8 +2,8 @@
 ``pbfast``, ``pbfast.banana`` and ``pbfast.serialization``)."""
 
 import asyncio
-from collections.abc import Callable, Iterable
-from typing import Any, Final, Self, TypeAlias, final
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, Literal, Self, TypeAlias, final
 
 from pbfast.errors import TLSError
 
@@ -44,6 +44,7 @@ __all__ = [
     "FoolscapDecoder",
     "FoolscapEncoder",
     "Liveness",
+    "Negotiation",
     "PB_VERSION",
     "PB_VOCAB",
     "PREFIX_LIMIT",
@@ -307,6 +308,47 @@ class TlsSession:
     def protocol_version(self) -> str | None: ...
     @property
     def cipher_suite(self) -> str | None: ...
+
+# --- foolscap negotiation (rust/foolscap/negotiate.rs, rust/py/negotiate.rs) ---
+
+_Step: TypeAlias = Literal["pending", "decide", "negotiated"]
+
+@final
+class Negotiation:
+    def __new__(
+        cls,
+        certificate: bytes,
+        private_key: bytes,
+        incarnation: str,
+        extensions: Sequence[str],
+        target: str | None = None,
+        host: str = "",
+        last_connection: tuple[str, int] | None = None,
+    ) -> Self: ...
+    def receive(self, data: _Buffer) -> _Step: ...
+    def decide(self, seqnum: int) -> _Step: ...
+    def refuse(self, reason: str) -> None: ...
+    def close(self) -> None: ...
+    def take(self) -> bytes: ...
+    def finish(self) -> tuple[TlsSession, bytes]: ...
+    @property
+    def phase(self) -> Literal["upgrade", "hello", "deciding", "decision", "done", "failed"]: ...
+    @property
+    def peer_closed(self) -> bool: ...
+    @property
+    def peer_tub_id(self) -> str | None: ...
+    @property
+    def peer_incarnation(self) -> str | None: ...
+    @property
+    def peer_is_client(self) -> bool | None: ...
+    @property
+    def peer_last_connection(self) -> tuple[str, int] | None: ...
+    @property
+    def peer_extensions(self) -> list[str] | None: ...
+    @property
+    def seqnum(self) -> int | None: ...
+    @property
+    def master_connection(self) -> tuple[str, int] | None: ...
 
 # --- foolscap PB messages (rust/foolscap/, rust/py/foolscap.rs) ---
 

@@ -3,12 +3,12 @@
 The shared machinery (bytes, back-pressure, limits, timeouts, the end, and the object tables)
 is `pbfast._connection.Connection`'s. What is foolscap's:
 
-- negotiation, for either role: the plaintext upgrade (the client asks ``GET /id/<tubid>``, the
-  server answers ``101``), TLS on the same socket (the Rust `TlsSession`, fed each chunk), each
-  side's hello block, the master's decision block, and then banana. Whoever sees a problem tells
-  the peer in the current phase's own form (a ``500`` line, an error block, or a banana ERROR
-  token) and closes. A TLS close_notify from the peer ends the connection at once; closing sends
-  ours.
+- negotiation, for either role: the Rust `Negotiation` runs it (the plaintext upgrade, TLS, the
+  hello and decision blocks), fed each chunk; the broker writes what it gives, asks the Tub to
+  decide on the connection when we are the master, and starts banana with the TLS session it
+  hands over. Whoever sees a problem tells the peer in the current phase's own form (a ``500``
+  line, an error block, or a banana ERROR token) and closes. A TLS close_notify from the peer
+  ends the connection at once; closing sends ours.
 - messages: calls, answers and errors through the Rust codec, the objects each side exports
   (clids; callables as negative ones) and imports, gifts (references into third Tubs), the
   Tub's own methods (clid 0), keepalives, and Cacheables between two pbfast Tubs.
@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from . import _core, _negotiate
+from . import _core
 from ._connection import FLUSH_AT, Connection, ConnectionOptions, run_callback
 from ._core import (
     FS_ANSWER,
@@ -41,7 +41,6 @@ from ._core import (
     FS_VIOLATION,
 )
 from ._failure import FOOLSCAP_FAILURE_TYPE, UNAVAILABLE, failure_state, remote_error
-from ._negotiate import HeaderReader, Hello
 from .cacheable import Cacheable, CacheLink, RemoteCache, RemoteCacheObserver
 from .copyable import Copyable, make_copy, unjellyableFor
 from .endpoints import PeerAddress
@@ -67,9 +66,8 @@ log = logging.getLogger("pbfast.tub")
 # the "cacheable" extension): its state names the owner's `_CacheHandle` and the cache's own
 # state (omitted when the holder already has the copy).
 CACHE_TYPE = "pbfast.cacheable"
-# Hello-block key through which pbfast Tubs tell each other what they add to foolscap; stock
-# foolscap ignores keys it does not know.
-EXTENSIONS_KEY = "pbfast-extensions"
+# What pbfast Tubs add to foolscap, announced in their hello blocks (stock foolscap ignores
+# the key).
 EXTENSIONS = frozenset({"cacheable"})
 
 
@@ -192,12 +190,21 @@ class TubBroker(Connection):
         self.ready: asyncio.Future[None] = self._loop.create_future()
         """Resolves once negotiation is over (to None: a result of this broker would be a
         reference cycle)."""
-        # Negotiation: the phase ("upgrade", "hello", "decision", then "banana"), the header
-        # being read, our hello and the peer's, and the TLS session (from the upgrade on).
-        self._phase = "banana" if loopback else "upgrade"
-        self._reader = HeaderReader()
-        self._hello: Hello | None = None
-        self._tls: Any = None
+        # Negotiation until banana starts (none for a loopback connection), then the TLS
+        # session it handed over.
+        self._negotiation: _core.Negotiation | None = None
+        if not loopback:
+            certificate, key = tub._tls_identity
+            self._negotiation = _core.Negotiation(
+                certificate,
+                key,
+                tub.incarnation,
+                sorted(EXTENSIONS),
+                target=target,
+                host=host,
+                last_connection=tub._last_connection.get(target) if target else None,
+            )
+        self._tls: _core.TlsSession | None = None
         # A Tub's max_depth bounds what it sends as well as what it accepts.
         depth = {"max_depth": options.limits["max_depth"]} if "max_depth" in options.limits else {}
         self._encoder: Any = _core.FoolscapEncoder(self._slice, **depth)
@@ -220,6 +227,11 @@ class TubBroker(Connection):
         if loopback:
             self._begin_banana()
             self.ready.set_result(None)
+
+    @property
+    def _phase(self) -> str:
+        """ "banana" once negotiation is over, else the negotiation's phase."""
+        return "banana" if self._negotiation is None else self._negotiation.phase
 
     def __repr__(self) -> str:
         role = f"client to {self.target}" if self.target else "server"
@@ -246,25 +258,20 @@ class TubBroker(Connection):
     # ------------------------------------------------------------------ the connection's hooks
 
     def _opened(self) -> None:
-        if self.target is not None:
-            self.transport.write(_negotiate.upgrade_request(self.target, self.host))
+        self._flush()  # a client's upgrade request
 
     def _receive(self, data: bytes) -> None:
         try:
-            tls = self._tls
-            if tls is None:
-                if self._phase == "banana":
-                    self._banana(data)  # a loopback connection
-                else:
-                    self._upgrade(data)
-                return
-            if self._phase == "banana":
-                self._banana(data, tls)
+            negotiation = self._negotiation
+            if negotiation is not None:
+                self._negotiate(negotiation, data)
             else:
-                plain = tls.feed(data)
-                if plain:
-                    self._secure(plain)
-            if tls.closed and not self._closing:
+                self._banana(data, self._tls)
+            if self._negotiation is not None:
+                peer_closed = self._negotiation.peer_closed
+            else:
+                peer_closed = self._tls is not None and self._tls.closed
+            if peer_closed and not self._closing:
                 # The peer's close_notify: it is done. Answer with ours and end at once (a stock
                 # Tub waits for that before it lets go of the connection).
                 self._reason = PBConnectionLost(f"{self._peer_label()} closed the connection")
@@ -282,13 +289,16 @@ class TubBroker(Connection):
     def _take_output(self) -> bytes | None:
         if self._sender is None:
             return None  # the connection is gone
+        if self._negotiation is not None:
+            return self._negotiation.take() or None
         taken: bytes | None = self._sender.take(self._tls)
         return taken
 
     def _finish_output(self) -> None:
-        if self._tls is not None:
-            self._tls.close()
-            out = self._tls.take()
+        session = self._negotiation or self._tls
+        if session is not None:
+            session.close()
+            out = session.take()
             if out:
                 self.transport.write(out)
 
@@ -346,104 +356,49 @@ class TubBroker(Connection):
             self.tub._broker_lost(self)
 
     def _release(self) -> None:
-        self._decoder = self._encoder = self._tls = None
+        self._decoder = self._encoder = self._negotiation = self._tls = None
 
     # ------------------------------------------------------------------ negotiation
 
-    def _upgrade(self, data: bytes) -> None:
-        """The plaintext phase: the upgrade request (server) or its reply (client)."""
-        got = self._reader.feed(data)
-        if got is None:
-            return
-        header, rest = got
-        if self.target is not None:
-            _negotiate.check_upgrade_reply(header)
-        else:
-            wanted = _negotiate.parse_request(header)
-            if wanted != self.tub.tubID:
-                raise NegotiationError(f"unknown TubID {wanted}")
-            self.transport.write(_negotiate.UPGRADE_REPLY)
-        self._tls = _core.TlsSession(self.server, *self.tub._tls_identity)
-        self._phase = "hello"
-        self._hello = self.tub._hello(self.target, client=not self.server)
-        block = self._hello.block()
-        block[EXTENSIONS_KEY] = " ".join(sorted(EXTENSIONS))
-        self._tls.write(_negotiate.encode_block(block))
-        if rest:
-            self._receive(rest)
+    def _negotiate(self, negotiation: _core.Negotiation, data: bytes) -> None:
+        """Bytes in during negotiation (a refusal raises, the peer told)."""
+        step = negotiation.receive(data)
+        if step == "decide":
+            step = negotiation.decide(self.tub._master_decide(negotiation))
+        if step == "negotiated":
+            self._start(negotiation)
 
-    def _secure(self, plain: bytes) -> None:
-        """Plaintext from TLS: a negotiation block, or banana."""
-        if self._phase == "banana":
-            self._banana(plain)
-            return
-        got = self._reader.feed(plain)
-        if got is None:
-            return
-        header, rest = got
-        block = _negotiate.decode_block(header)
-        if self._phase == "hello":
-            self._hello_received(block)
-        else:
-            _negotiate.accept_decision(block)
-            incarnation, _, text = block.get("current-connection", "").partition(" ")
-            seqnum = int(text) if text.isdigit() else 0
-            self._start(seqnum, (incarnation, seqnum) if incarnation else None)
-        if rest:
-            self._secure(rest)
-
-    def _hello_received(self, block: dict[str, str]) -> None:
-        theirs = Hello.parse(block)
-        certified = self._tls.peer_tub_id
-        if certified is None:
-            raise NegotiationError("you must use a certificate to claim a TubID")
-        if certified != theirs.tub_id:
-            raise NegotiationError(
-                f"TubID mismatch: the peer claims {theirs.tub_id} but its certificate is {certified}"
-            )
-        if self.target is not None and theirs.tub_id != self.target:
-            raise NegotiationError(
-                f"connected to the wrong Tub: wanted {self.target}, reached {theirs.tub_id}"
-            )
-        if theirs.tub_id == self.tub.tubID:
-            raise NegotiationError("a Tub cannot connect to itself over the network")
-        self.peer_tub_id = theirs.tub_id
-        self.peer_incarnation = theirs.incarnation
-        self.peer_extensions = frozenset(block.get(EXTENSIONS_KEY, "").split()) & EXTENSIONS
-        if _negotiate.is_master(self.tub.tubID, theirs.tub_id):
-            assert self._hello is not None  # sent at the upgrade, kept until the start
-            seqnum = self.tub._master_decide(theirs)
-            decision, _table = _negotiate.decide(self._hello, theirs, seqnum)
-            self._tls.write(_negotiate.encode_block(decision))
-            self._start(seqnum, None)
-        else:
-            self._phase = "decision"
-
-    def _start(self, seqnum: int, master_connection: tuple[str, int] | None) -> None:
-        """Negotiation is over: banana from here on."""
+    def _start(self, negotiation: _core.Negotiation) -> None:
+        """Negotiation is over: banana from here on, in the TLS session it hands over."""
+        self.peer_tub_id = negotiation.peer_tub_id or ""
+        self.peer_incarnation = negotiation.peer_incarnation or ""
+        self.peer_extensions = frozenset(negotiation.peer_extensions or ())
+        self.seqnum = negotiation.seqnum or 0
+        out = negotiation.take()  # the decision block goes before any banana
+        if out:
+            self.transport.write(out)
+        self._tls, rest = negotiation.finish()
+        self._negotiation = None
         self._begin_banana()
-        self._hello = None
         self._handshake_done()
-        self.seqnum = seqnum
-        self.tub._attach(self, master_connection)
+        self.tub._attach(self, negotiation.master_connection)
         self.ready.set_result(None)
+        if rest:
+            self._banana(rest)
 
     def _refuse(self, error: NegotiationError, *, tell: bool = True, logged: bool = False) -> None:
         """Tell the peer why, in the current phase's form, and close. A failure after
         negotiation is the peer breaking the protocol."""
         if self._closing:
             return
-        if self._phase == "banana":
+        if self._negotiation is None:
             self._protocol_error(error, tell=tell)
             return
         if not logged:
             log.info("refused a Tub connection with %s: %s", self._peer_label(), error)
         if tell:
-            if self._tls is None:
-                if self.server:
-                    self.transport.write(_negotiate.refusal(str(error)))
-            else:
-                self._tls.write(_negotiate.error_block(str(error)))
+            # Nothing more if the negotiation found the problem itself: it has told the peer.
+            self._negotiation.refuse(str(error))
         if not self.ready.done():
             self.ready.set_exception(error)
             self.ready.exception()
@@ -457,7 +412,6 @@ class TubBroker(Connection):
 
     def _begin_banana(self) -> None:
         """Messages from here on: the decoder runs plain calls and answers itself."""
-        self._phase = "banana"
         self._sender.start(self._encoder)
         self._decoder.attach(self._tables, self._encoder, self._sender, default_dispatch)
 

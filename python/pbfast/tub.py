@@ -24,9 +24,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Unpack
 
-from . import endpoints
+from . import _core, endpoints
 from ._connection import RECEIVE_LIMITS, Connection, ConnectionOptions, check_option, memory_pair, shutdown
-from ._negotiate import Hello
 from ._tub_broker import TubBroker, TubReference
 from .errors import NegotiationError, PBConnectionLost
 from .furl import FURL, new_swissnum, parse_hint
@@ -447,29 +446,27 @@ class Tub:
 
     # ------------------------------------------------------------------ connection bookkeeping
 
-    def _hello(self, target: str | None, *, client: bool) -> Hello:
-        last = self._last_connection.get(target) if target else None
-        return Hello(tub_id=self.tubID, incarnation=self.incarnation, last_connection=last, client=client)
-
-    def _master_decide(self, theirs: Hello) -> int:
-        """As master, accept an offer from `theirs` (its seqnum) or refuse it as a duplicate of
-        the connection we already have (foolscap's rules)."""
-        existing = self._brokers.get(theirs.tub_id)
+    def _master_decide(self, negotiation: _core.Negotiation) -> int:
+        """As master, accept the connection the peer of `negotiation` offers (its seqnum) or
+        refuse it as a duplicate of the connection we already have (foolscap's rules)."""
+        tub_id = negotiation.peer_tub_id or ""
+        incarnation, last = negotiation.peer_incarnation, negotiation.peer_last_connection
+        existing = self._brokers.get(tub_id)
         if existing is not None and not existing.disconnected:
-            if not theirs.incarnation or not theirs.client:
+            if not incarnation or not negotiation.peer_is_client:
                 accept = False
-            elif theirs.incarnation != existing.peer_incarnation:
+            elif incarnation != existing.peer_incarnation:
                 accept = True  # the peer restarted
-            elif theirs.last_connection is None:
+            elif last is None:
                 accept = False  # probably a parallel attempt through another hint
-            elif theirs.last_connection[0] != self.incarnation:
+            elif last[0] != self.incarnation:
                 accept = True  # the peer last talked to an earlier life of ours
             else:
-                accept = theirs.last_connection[1] == existing.seqnum  # it knows ours is stale
+                accept = last[1] == existing.seqnum  # it knows ours is stale
             if not accept:
                 raise NegotiationError("Duplicate connection")
-        seqnum = self._seqnums.get(theirs.tub_id, 0) + 1
-        self._seqnums[theirs.tub_id] = seqnum
+        seqnum = self._seqnums.get(tub_id, 0) + 1
+        self._seqnums[tub_id] = seqnum
         return seqnum
 
     def _attach(self, broker: TubBroker, master_connection: tuple[str, int] | None) -> None:

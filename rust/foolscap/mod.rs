@@ -11,10 +11,14 @@
 //!    discards that message, as foolscap's Violations do; the stream goes on.
 //! 3. An [`encode::Writer`] writes outgoing sequences with foolscap's sender rules and owns the
 //!    per-direction OPEN counter.
+//!
+//! Before any of that, a connection's [`negotiate::Negotiation`] runs the plaintext upgrade, TLS
+//! and the hello and decision blocks, and hands the TLS session over to banana.
 
 pub mod decode;
 pub mod encode;
 pub mod framer;
+pub mod negotiate;
 
 pub use framer::{Frame, MessageFramer};
 

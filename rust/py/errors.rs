@@ -5,12 +5,14 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
 use crate::banana::BananaError;
+use crate::foolscap::negotiate::Failure;
 use crate::jelly;
 use crate::tls::TlsError;
 
 pyo3::import_exception!(pbfast.errors, JellyError);
 pyo3::import_exception!(pbfast.errors, InsecureJelly);
 pyo3::import_exception!(pbfast.errors, TLSError);
+pyo3::import_exception!(pbfast.errors, NegotiationError);
 
 /// Wraps a core [`BananaError`] so `?` turns it into `pbfast.errors.BananaError(message, offset,
 /// limit)`.
@@ -47,6 +49,16 @@ impl From<TlsError> for PyErr {
         match e {
             TlsError::Identity(message) => pyo3::exceptions::PyValueError::new_err(message),
             TlsError::Session(message) => TLSError::new_err(message),
+        }
+    }
+}
+
+/// A refused negotiation is a `pbfast.errors.NegotiationError`; a failed TLS exchange as above.
+impl From<Failure> for PyErr {
+    fn from(failure: Failure) -> PyErr {
+        match failure {
+            Failure::Refused(reason) => NegotiationError::new_err(reason),
+            Failure::Tls(e) => e.into(),
         }
     }
 }

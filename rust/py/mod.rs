@@ -7,6 +7,7 @@ pub mod fast;
 pub mod foolscap;
 pub mod jelly;
 pub mod liveness;
+pub mod negotiate;
 pub mod objects;
 pub mod pb;
 pub mod sender;

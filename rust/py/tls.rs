@@ -19,6 +19,11 @@ pub struct TlsSessionPy {
 }
 
 impl TlsSessionPy {
+    /// A session whose handshake happened elsewhere (in a negotiation).
+    pub(crate) fn from_session(session: TlsSession) -> Self {
+        TlsSessionPy { session, plaintext: Vec::new() }
+    }
+
     /// Decrypt `data`; the plaintext, in the session's own buffer (hand it back with
     /// `give_back`, so a steady stream does not allocate afresh).
     pub(crate) fn decrypt(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<Vec<u8>> {
@@ -60,7 +65,7 @@ impl TlsSessionPy {
             (true, None) => return Err(PyValueError::new_err("a TLS server needs a certificate and private key")),
             (false, identity) => TlsSession::client(identity.as_ref())?,
         };
-        Ok(TlsSessionPy { session, plaintext: Vec::new() })
+        Ok(TlsSessionPy::from_session(session))
     }
 
     /// Process received ciphertext; returns all the plaintext it completed (b"" if none).
