@@ -230,6 +230,7 @@ class TubBroker(Connection):
         self._decoder = None
 
     def _take_output(self) -> bytes | None:
+        # (From banana on, the sender's `take` with the TLS session stands here: no frame.)
         if self._sender is None:
             return None  # the connection is gone
         taken: bytes | None = self._sender.take(self._tls)
@@ -299,6 +300,7 @@ class TubBroker(Connection):
         self._sender.close()
         self._decoder = self._encoder = self._tls = self._sender = None
         del self.call, self.call_only
+        self.__dict__.pop("_take_output", None)  # (set at banana)
 
     # ------------------------------------------------------------------ negotiation
 
@@ -412,6 +414,8 @@ class TubBroker(Connection):
         self._phase = "banana"
         self._sender.start(self._encoder)
         self._decoder.attach(self._tables, self._encoder, self._sender, self, _plain)
+        # Each chunk's replies are taken (and encrypted) in one crossing, without a frame here.
+        self._take_output = functools.partial(self._sender.take, self._tls)  # type: ignore[method-assign]
 
     def _banana(self, data: bytes, tls: Any = None) -> None:
         """Banana bytes in: plaintext, or ciphertext for `tls` (decrypted by the decoder). The

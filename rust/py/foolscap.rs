@@ -157,11 +157,11 @@ impl FoolscapDecoderPy {
     }
 
     /// Feed a chunk; returns the events it completed (an empty list means "need more"). With the
-    /// fast path on, plain calls run and plain answers resolve here; their replies go to the
-    /// sender ahead of any later event that needs the broker (the path stops for the rest of the
-    /// chunk at the first such message, so the calls still run in order), and an `FS_FLUSH`
-    /// event asks for them to be written before the rest of a chunk whose replies have grown
-    /// large.
+    /// fast path on, calls run and plain answers resolve here; their replies go to the sender
+    /// ahead of any later event that needs the broker (the path stops for the rest of the chunk
+    /// at the first such message, a call carrying gifts included, so the calls still run in
+    /// order), and an `FS_FLUSH` event asks for them to be written before the rest of a chunk
+    /// whose replies have grown large.
     fn feed<'py>(&mut self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
         with_bytes(data, |bytes| self.decode(py, bytes))
     }
