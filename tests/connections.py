@@ -6,7 +6,8 @@ pair of ``pbfast.testing``, real TCP on 127.0.0.1, or a unix socket in a tempora
 conftest.py turns it into the ``transport`` fixture (parametrized over ``TRANSPORTS``) and gives
 the ``socket_kind`` fixture for tests that drive ``pbfast.serve``/``pbfast.connect`` themselves
 with ``_endpoints``. ``eventually``, ``settle`` and ``pbfast_records`` are the polling and
-logging helpers those tests share.
+logging helpers those tests share; ``CountingDecoder`` notes the held calls a broker (of either
+wire) has its decoder run.
 
 ``tests/`` has no ``__init__.py``: pytest's default ("prepend") import mode puts it on
 ``sys.path``, so test modules import this with ``from connections import ...``.
@@ -130,3 +131,22 @@ async def settle(rounds: int = 4) -> None:
 def pbfast_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
     """The records pbfast's loggers wrote at `level` or above."""
     return [r for r in caplog.records if r.name.startswith("pbfast") and r.levelno >= level]
+
+
+class CountingDecoder:
+    """Stands in for a broker's decoder (``broker._decoder = CountingDecoder(broker._decoder)``)
+    and notes the method names of the held calls it is asked to `run` in `ran`."""
+
+    def __init__(self, real: Any) -> None:
+        object.__setattr__(self, "real", real)
+        object.__setattr__(self, "ran", [])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.real, name, value)
+
+    def run(self, *args: Any) -> Any:
+        self.ran.append(args[2])  # the method's name, on both wires
+        return self.real.run(*args)

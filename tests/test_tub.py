@@ -15,6 +15,7 @@ import time
 
 import pbfast
 import pytest
+from connections import CountingDecoder
 from pbfast.furl import FURL
 from pbfast.tub import backoff
 
@@ -445,6 +446,50 @@ def test_gift_across_three_tubs(run):
             assert a.statistics()["connections"] == 2  # A connected to C itself
             stats = await settle(b, key="gifts")
             assert stats[0]["gifts"] == 0
+
+    run(main())
+
+
+class GiftTaker(pbfast.Referenceable):
+    """Notes the order its calls run in."""
+
+    def __init__(self, c_tub_id: str = "") -> None:
+        self.c_tub_id = c_tub_id
+        self.order: list = []
+
+    def remote_take(self, ref):
+        # Runs once the gift is fetched: `ref` is our own reference into C by then.
+        self.order.append("gift")
+        return isinstance(ref, pbfast.RemoteReference) and ref.getRemoteTubID() == self.c_tub_id
+
+    def remote_note(self, n):
+        self.order.append(n)
+        return n
+
+
+def test_calls_behind_a_gift_wait_for_it_in_order(run):
+    """A call carrying a gift (a reference into a third Tub) runs once the gift is fetched, and
+    the calls sent after it wait behind it and then run in order: all of them held back, and
+    run by the decoder all the same."""
+
+    async def main():
+        taker = GiftTaker()
+        async with (
+            serving(taker) as (a, furl_a),
+            serving(Child("in C")) as (c, furl_c),
+            pbfast.Tub() as b,
+        ):
+            taker.c_tub_id = c.tubID
+            b.setLocation("tcp:127.0.0.1:1")
+            at_a = await b.getReference(furl_a)
+            at_c = await b.getReference(furl_c)
+            (server,) = a._connections
+            decoder = server._decoder = CountingDecoder(server._decoder)
+            calls = [at_a.callRemote("take", at_c)] + [at_a.callRemote("note", n) for n in range(5)]
+            assert await asyncio.gather(*calls) == [True, 0, 1, 2, 3, 4]
+            assert taker.order == ["gift", 0, 1, 2, 3, 4]
+            assert decoder.ran == ["take"] + ["note"] * 5
+            server._decoder = decoder.real
 
     run(main())
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pbfast
 import pytest
-from connections import eventually, pbfast_records, settle
+from connections import CountingDecoder, eventually, pbfast_records, settle
 from helpers import assert_deep_equal
 from wires import VARIANTS, connector
 
@@ -1146,3 +1146,153 @@ def test_calls_run_in_order_on_both_paths(run, wire, monkeypatch, caplog) -> Non
 
     with caplog.at_level(logging.CRITICAL, logger="pbfast"):
         run(main())
+
+
+class OwnDispatch(pbfast.Referenceable):
+    """Dispatches its calls itself, and notes the broker it is given."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Any, str]] = []
+
+    def remoteMessageReceived(self, broker: Any, message: str, args: tuple, kw: dict) -> Any:
+        self.seen.append((broker, message))
+        if message == "fail":
+            raise Expected("refused by its own dispatch")
+        return [message, *args]
+
+
+class ItsOwnPerspective(pbfast.Referenceable):
+    """The default dispatch, but a perspective of its own (which only PB has)."""
+
+    def remote_echo(self, x: Any) -> Any:
+        return x
+
+    def serializingPerspective(self) -> Any:
+        return None
+
+
+def doubled(x: int) -> int:
+    return 2 * x
+
+
+class DispatchCases(pbfast.Root):
+    """The root of `test_every_call_is_dispatched_by_the_decoder`: every kind of target."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.own = OwnDispatch()
+        self.perspective = ItsOwnPerspective()
+
+    def remote_wait(self) -> Any:
+        return self.gate.wait()
+
+    def remote_echo(self, x: Any) -> Any:
+        return x
+
+    def remote_fail(self) -> None:
+        raise Expected("plain failure")
+
+    def remote_targets(self, wire: str) -> list:
+        # A Tub sends a function as a callable reference (PB cannot send one).
+        return [self.own, self.perspective, doubled if wire == "tub" else None]
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["at-once", "held"])
+def test_every_call_is_dispatched_by_the_decoder(run, wire, monkeypatch, held) -> None:
+    """Every kind of call — a plain method, a missing one, an object's own dispatch, an unknown
+    object, and on a Tub its own methods (clid 0) and a callable (a negative clid) — runs in
+    the decoder: at once as it is read (the broker never sees the call), or, held back while a
+    call runs (max_in_flight=1), later through the decoder's `run`, in order. Either way the
+    results and errors are the same, the wire's own."""
+
+    async def main() -> None:
+        root = DispatchCases()
+        async with wire(root, max_in_flight=1) as w:
+            own, perspective, function = await w.root.callRemote("targets", w.wire)
+            ghost = type(w.root)(w.client, 4242)
+            seen: list[str] = []
+            handlers = type(w.server)._HANDLERS
+            original = handlers[w.expect.call_event]
+
+            def counting(self: Any, event: tuple) -> None:
+                if self is w.server:
+                    seen.append(event[3])
+                return original(self, event)
+
+            monkeypatch.setitem(handlers, w.expect.call_event, counting)
+            decoder = w.server._decoder = CountingDecoder(w.server._decoder)
+
+            waiting = None
+            if held:
+                waiting = asyncio.ensure_future(w.root.callRemote("wait"))
+                await eventually(lambda: w.server_stats()["in_flight"] == 1)
+            cases = {
+                "echo": w.root.callRemote("echo", 1),
+                "fail": w.root.callRemote("fail"),
+                "missing": w.root.callRemote("missing", 2),
+                "own": own.callRemote("anything", 3),
+                "own-fail": own.callRemote("fail"),
+                "perspective": perspective.callRemote("echo", 4),
+                "perspective-missing": perspective.callRemote("missing"),
+                "unknown-object": ghost.callRemote("anything"),
+            }
+            if w.wire == "tub":
+                cases["callable"] = function.callRemote("ignored", 5)
+                cases["tub-method"] = w.client.call(0, "getReferenceByName", (), {"name": b"root"})
+                cases["tub-missing"] = w.client.call(0, "missing", (), {})
+            names = {
+                "missing": "missing",
+                "own": "anything",
+                "own-fail": "fail",
+                "perspective": "echo",
+                "perspective-missing": "missing",
+                "unknown-object": "anything",
+                "callable": "ignored",
+                "tub-method": "getReferenceByName",
+                "tub-missing": "missing",
+            }
+            sent = [names.get(case, case) for case in cases]
+            if held:
+                await eventually(lambda: w.server_stats()["backlog"] == len(cases))
+                assert not any(call.done() for call in cases.values())
+                root.gate.set()
+                assert await waiting is True
+            answers = await asyncio.gather(*cases.values(), return_exceptions=True)
+            results = dict(zip(cases, answers, strict=True))
+
+            assert results["echo"] == 1
+            assert isinstance(results["fail"], pbfast.RemoteError)
+            assert results["fail"].remoteValue == "plain failure"
+            for case, cls in [("missing", "DispatchCases"), ("perspective-missing", "ItsOwnPerspective")]:
+                error = results[case]
+                assert isinstance(error, pbfast.RemoteError), (case, error)
+                assert error.remoteType == w.expect.no_method_type
+                assert error.remoteValue == w.expect.no_method_value(cls, "missing")
+            assert results["own"] == ["anything", 3]
+            assert isinstance(results["own-fail"], pbfast.RemoteError)
+            assert results["own-fail"].remoteValue == "refused by its own dispatch"
+            assert [(broker is w.server, name) for broker, name in root.own.seen] == [
+                (True, "anything"),
+                (True, "fail"),
+            ]
+            assert results["perspective"] == 4
+            error = results["unknown-object"]
+            assert isinstance(error, pbfast.RemoteError)
+            assert error.remoteType == w.expect.no_object_type
+            assert error.remoteValue == w.expect.no_object_value(4242)
+            if w.wire == "tub":
+                assert results["callable"] == 10
+                assert results["tub-method"] is w.root
+                error = results["tub-missing"]
+                assert isinstance(error, pbfast.RemoteError) and error.check(AttributeError)
+                assert error.remoteValue == "the Tub has no method 'missing'"
+
+            if held:
+                # Held back, each call came to the broker as an event, and ran in the decoder.
+                assert seen == sent
+                assert decoder.ran == sent
+            elif w.expect.decoder_runs_every_call:
+                assert seen == [] and decoder.ran == []
+            w.server._decoder = decoder.real
+
+    run(main())

@@ -58,8 +58,8 @@ class Expect:
     logs_failures: bool
     # The decoder event of an incoming call the broker dispatches (its method name at [3]).
     call_event: int
-    # Whether the decoder also runs calls on objects with their own dispatch (PB), or leaves
-    # them to the broker (a Tub).
+    # Whether the decoder also runs calls on objects with their own dispatch, or leaves them to
+    # the broker (both wires' decoders now run every call).
     decoder_runs_every_call: bool
     # The statistics a connection reports beyond the shared names.
     extra_statistics: frozenset[str]
@@ -96,7 +96,7 @@ TUB = Expect(
     max_refs_value="Maximum PB reference count",
     logs_failures=False,
     call_event=pbfast._core.FS_CALL,
-    decoder_runs_every_call=False,
+    decoder_runs_every_call=True,
     extra_statistics=frozenset({"caches", "gifts"}),
     foolscap_disconnect_notices=True,
 )

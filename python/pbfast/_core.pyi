@@ -363,7 +363,9 @@ _FoolscapDecodeHook = Callable[..., Any]
 # ("copyable", typename, state) with state a dict or (name, value) pairs.
 _FoolscapEncodeHook = Callable[[Any], tuple[Any, ...] | None]
 
-FS_CALL: Final[int]  # (FS_CALL, reqid, clid, method: str, args: tuple, kwargs: dict)
+# (FS_CALL, reqid, clid, method: str, args: tuple, kwargs: dict); once attached, only a call
+# held back (run later with FoolscapDecoder.run)
+FS_CALL: Final[int]
 FS_ANSWER: Final[int]  # (FS_ANSWER, reqid, value)
 FS_ERROR: Final[int]  # (FS_ERROR, reqid, failure)
 FS_PING: Final[int]  # (FS_PING, n): answer with FoolscapEncoder.pong(n)
@@ -384,10 +386,14 @@ class FoolscapDecoder:
         tables: Tables,
         encoder: FoolscapEncoder,
         sender: Sender,
+        broker: Any,
         is_plain: Callable[[type], bool],
     ) -> None: ...
     fast: bool
     def feed(self, data: _Buffer) -> list[tuple[Any, ...]]: ...
+    def run(
+        self, reqid: int, clid: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[tuple[Any, ...]]: ...
     def feed_secure(self, tls: TlsSession, data: _Buffer) -> list[tuple[Any, ...]]: ...
     @property
     def buffered(self) -> int: ...

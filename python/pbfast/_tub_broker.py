@@ -56,7 +56,7 @@ from .errors import (
     qualified_name,
 )
 from .furl import FURL
-from .referenceable import Referenceable, RemoteReference, default_dispatch, prefixed_method
+from .referenceable import Referenceable, RemoteReference
 
 __all__ = ["DisconnectMarker", "TubBroker", "TubReference"]
 
@@ -287,6 +287,7 @@ class TubBroker(Connection):
         self._decoder = None
 
     def _take_output(self) -> bytes | None:
+        # (From banana on, the sender's `take` with the TLS session stands here: no frame.)
         if self._sender is None:
             return None  # the connection is gone
         if self._negotiation is not None:
@@ -357,6 +358,7 @@ class TubBroker(Connection):
 
     def _release(self) -> None:
         self._decoder = self._encoder = self._negotiation = self._tls = None
+        self.__dict__.pop("_take_output", None)  # (set at banana)
 
     # ------------------------------------------------------------------ negotiation
 
@@ -411,15 +413,18 @@ class TubBroker(Connection):
     # ------------------------------------------------------------------ incoming bytes
 
     def _begin_banana(self) -> None:
-        """Messages from here on: the decoder runs plain calls and answers itself."""
+        """Messages from here on: the decoder runs every call and plain answers itself."""
         self._sender.start(self._encoder)
-        self._decoder.attach(self._tables, self._encoder, self._sender, default_dispatch)
+        self._decoder.attach(self._tables, self._encoder, self._sender, self, _plain)
+        # Each chunk's replies are taken (and encrypted) in one crossing, without a frame here.
+        self._take_output = functools.partial(self._sender.take, self._tls)  # type: ignore[method-assign]
 
     def _banana(self, data: bytes, tls: Any = None) -> None:
         """Banana bytes in: plaintext, or ciphertext for `tls` (decrypted by the decoder). The
         replies of the calls the decoder runs wait in the sender with everything else."""
         decoder = self._decoder
-        # The decoder runs plain calls itself unless we are holding calls back.
+        # The decoder runs calls as it reads them unless we are holding calls back: it then
+        # gives them to us as `FS_CALL` events, run later through `decoder.run` (`_on_call`).
         fast = not (self._held or self._backlog or self._draining)
         if fast is not self._fast:
             decoder.fast = self._fast = fast
@@ -429,7 +434,8 @@ class TubBroker(Connection):
             self._handle(self._claim_gifts(getattr(e, "events", None) or []))
             self._protocol_error(e)
             return
-        self._handle(self._claim_gifts(events) if self._unresolved else events)
+        if events:
+            self._handle(self._claim_gifts(events) if self._unresolved else events)
         # Exceptions in the events (a call the decoder ran raised) have tracebacks leading back
         # to this frame: it must not keep them, or the two would make a cycle (see PB's).
         events = None
@@ -461,20 +467,17 @@ class TubBroker(Connection):
         return claimed
 
     def _on_call(self, event: tuple[Any, ...]) -> None:
+        """A call the decoder did not run as it read it (we were holding calls back, or it
+        carries gifts): it runs in the decoder now all the same."""
         if len(event) > 6:  # it carries gifts (see `_claim_gifts`)
             self._fetching_gifts = self._held = True
             self._start_call(self._call_with_gifts(event[:6], event[6]))
             return
-        _, reqid, clid, method, args, kwargs = event
-        try:
-            result = self._invoke(clid, method, args, kwargs)
-        except Exception as e:
-            self._send_error(reqid, e)
-            return
-        if hasattr(type(result), "__await__"):
-            self._start_call(self._finish(reqid, result))
-        else:
-            self._send_answer(reqid, result)
+        self._run(*event[1:])
+
+    def _run(self, reqid: int, clid: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        for outcome in self._decoder.run(reqid, clid, method, args, kwargs):
+            self._HANDLERS[outcome[0]](self, outcome)
 
     def _on_answer(self, event: tuple[Any, ...]) -> None:
         reqid, value = event[1], event[2]
@@ -556,21 +559,6 @@ class TubBroker(Connection):
 
     # ------------------------------------------------------------------ incoming calls
 
-    def _invoke(self, clid: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if clid == 0:
-            handler = getattr(self, "_broker_" + method, None)
-            if handler is None:
-                raise NoSuchMethod(f"the Tub has no method {method!r}")
-            return handler(*args, **kwargs)
-        target = self._tables.get(clid)
-        if target is None:
-            raise Violation(f"unknown clid {clid}")
-        if clid < 0:
-            return target(*args, **kwargs)
-        if type(target).remoteMessageReceived is Referenceable.remoteMessageReceived:
-            return prefixed_method(target, "remote_", method, foolscap=True)(*args, **kwargs)
-        return target.remoteMessageReceived(self, method, args, kwargs)
-
     async def _finish(self, reqid: int, awaitable: Any) -> None:
         try:
             result = await awaitable
@@ -606,14 +594,15 @@ class TubBroker(Connection):
         self._send(self._encoder.error(reqid, failure_state(exc, self.options.unsafeTracebacks)))
 
     async def _call_with_gifts(self, call: tuple[Any, ...], gifts: list[_Gift]) -> None:
-        """Run `call` (an `FS_CALL` event) once its gifts are fetched."""
-        kind, reqid, clid, method, args, kwargs = call
+        """Run `call` (an `FS_CALL` event) in the decoder once its gifts are fetched."""
+        _, reqid, clid, method, args, kwargs = call
         try:
             await self._resolve(gifts)
         except Exception as e:
             self._send_error(reqid, e)
         else:
-            self._on_call((kind, reqid, clid, method, _substitute(args), _substitute(kwargs)))
+            if self._decoder is not None:  # (gone with the connection)
+                self._run(reqid, clid, method, _substitute(args), _substitute(kwargs))
         finally:
             self._fetching_gifts = False  # the calls held meanwhile run once this task is done
 
@@ -624,7 +613,21 @@ class TubBroker(Connection):
             if gift.gift_id and not self._closing:
                 self._send(self._encoder.call(0, 0, "decgift", (), {"giftID": gift.gift_id, "count": 1}))
 
-    # The methods of the Tub itself (clid 0), as foolscap's RIBroker names them.
+    # The methods of the Tub itself (clid 0), as foolscap's RIBroker names them. The decoder
+    # runs calls on clid 0 as calls on this broker, through `remoteMessageReceived`.
+
+    def remoteMessageReceived(
+        self, broker: TubBroker, message: str, args: tuple[Any, ...], kw: dict[str, Any]
+    ) -> Any:
+        """Run the Tub's own method `message` (a call on clid 0): ``_broker_<message>``.
+
+        Raises:
+            NoSuchMethod: the Tub has no such method.
+        """
+        handler = getattr(self, "_broker_" + message, None)
+        if handler is None:
+            raise NoSuchMethod(f"the Tub has no method {message!r}")
+        return handler(*args, **kw)
 
     def _broker_getReferenceByName(self, name: bytes | str) -> Any:
         text = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
@@ -865,6 +868,14 @@ def _forward(source: asyncio.Future[Any], destination: asyncio.Future[Any]) -> N
             destination.set_result(done.result())
 
     source.add_done_callback(settle)
+
+
+def _plain(cls: type) -> bool:
+    """Whether a call on a `cls` instance is ``remote_<name>(*args, **kwargs)``: a Referenceable
+    that keeps the default `remoteMessageReceived` (a Tub has no perspectives, so its
+    `serializingPerspective` does not matter). The decoder runs those without a Python frame,
+    and reports a missing method as foolscap does (the lookup's AttributeError)."""
+    return issubclass(cls, Referenceable) and cls.remoteMessageReceived is Referenceable.remoteMessageReceived
 
 
 def _tag_text(tag: str | bytes) -> str:

@@ -15,17 +15,15 @@ if TYPE_CHECKING:
 __all__ = ["Avatar", "Referenceable", "RemoteReference", "Root", "ViewPoint", "Viewable"]
 
 
-def prefixed_method(obj: Any, prefix: str, message: str, *, foolscap: bool = False) -> Callable[..., Any]:
+def prefixed_method(obj: Any, prefix: str, message: str) -> Callable[..., Any]:
     """``obj.<prefix><message>``: the method a remote call names (every ``remote_``,
-    ``perspective_``, ``view_`` and ``observe_`` dispatch looks it up here).
+    ``perspective_``, ``view_`` and ``observe_`` dispatch in Python looks it up here; a plain
+    Referenceable's ``remote_`` methods are found by the decoders, which report a missing one
+    as their wire does: this NoSuchMethod for PB, the lookup's own AttributeError for foolscap).
 
     Raises:
-        NoSuchMethod: for ``remote_`` (Twisted's wording); AttributeError for other prefixes,
-            and with `foolscap` the lookup's own AttributeError, which is what foolscap reports.
+        NoSuchMethod: for ``remote_`` (Twisted's wording); AttributeError for other prefixes.
     """
-    if foolscap:
-        found: Callable[..., Any] = getattr(obj, prefix + message)
-        return found
     method: Callable[..., Any] | None = getattr(obj, prefix + message, None)
     if method is None:
         if prefix == "remote_":

@@ -4,8 +4,9 @@
 //! A type is plain when it keeps the default dispatch (the broker's `is_plain` decides, asked once
 //! per type): a call on it is ``remote_<name>(*args, **kwargs)``. [`Dispatch::call`] declines
 //! anything else — another type, a missing method; [`Dispatch::call_any`] runs those the way
-//! the object asks (its `remoteMessageReceived`), so a PB call is dispatched here whatever its
-//! target.
+//! the object asks (its `remoteMessageReceived`) and reports a missing method the way the wire
+//! does ([`Flavor`]), and [`Dispatch::call_function`] runs a callable (a foolscap callable's
+//! negative clid), so every call of either wire is dispatched here whatever its target.
 
 use pyo3::exceptions::{PyAttributeError, PyException};
 use pyo3::ffi;
@@ -39,8 +40,21 @@ pub enum Ran<'py> {
     Raised(PyErr),
 }
 
+/// Whose rules the dispatch follows where the wires differ.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Twisted PB: a missing method of a plain object is reported by its
+    /// `remoteMessageReceived` (`NoSuchMethod`, Twisted's wording); a result is sent for the
+    /// object's `serializingPerspective()`.
+    Pb,
+    /// foolscap: a missing method is the lookup's own `AttributeError`, as foolscap reports it;
+    /// there are no perspectives (`serializingPerspective` is never asked).
+    Foolscap,
+}
+
 /// The per-connection caches of the dispatch.
 pub struct Dispatch {
+    flavor: Flavor,
     /// `is_plain(type) -> bool`.
     is_plain: Py<PyAny>,
     /// Type -> whether it dispatches with the default; the type is kept so its address is not
@@ -51,8 +65,8 @@ pub struct Dispatch {
 }
 
 impl Dispatch {
-    pub fn new(is_plain: Py<PyAny>) -> Dispatch {
-        Dispatch { is_plain, types: PtrMap::default(), names: PtrMap::default() }
+    pub fn new(is_plain: Py<PyAny>, flavor: Flavor) -> Dispatch {
+        Dispatch { flavor, is_plain, types: PtrMap::default(), names: PtrMap::default() }
     }
 
     /// Run `method(*args, **kwargs)` on `target` if it is plain. Errors are only those that are
@@ -88,8 +102,9 @@ impl Dispatch {
 
     /// Run a call on any object: plain ones as [`Dispatch::call`] does, the others through
     /// `target.remoteMessageReceived(broker, method, args, kwargs)` (which reports a missing
-    /// method itself); the second item is then `target.serializingPerspective()`, the
-    /// perspective the result is sent for (None when it is the default).
+    /// method itself). A plain object's missing method is reported as the [`Flavor`] says. With
+    /// PB's, the second item is then `target.serializingPerspective()`, the perspective the
+    /// result is sent for (None when it is the default); with foolscap's it is always None.
     #[allow(clippy::too_many_arguments)]
     pub fn call_any<'py>(
         &mut self,
@@ -106,28 +121,40 @@ impl Dispatch {
             Called::Raised(e) => return Ok(Ran::Raised(e)),
             Called::Declined => {}
         }
+        if self.flavor == Flavor::Foolscap && self.plain(py, target)? {
+            // No such method: foolscap's error is the lookup's (`getattr` raises it, with
+            // Python's own message), or, should the method have appeared meanwhile, its call.
+            let attribute = self.attribute_name(py, method);
+            return ran(py, target.getattr(&attribute).and_then(|m| m.call(args, kwargs)), None);
+        }
         let kwargs = match kwargs {
             Some(kwargs) => kwargs.clone(),
             None => PyDict::new(py),
         };
-        let ran = target
-            .call_method1(pyo3::intern!(py, "remoteMessageReceived"), (broker, method, args, kwargs))
-            .and_then(|result| {
-                let perspective = target.call_method0(pyo3::intern!(py, "serializingPerspective"))?;
-                Ok((result, perspective))
-            });
-        Ok(match ran {
-            Ok((result, perspective)) => {
-                let perspective = (!perspective.is_none()).then_some(perspective);
-                if awaitable(&result) {
-                    Ran::Awaiting(result, perspective)
-                } else {
-                    Ran::Returned(result, perspective)
-                }
-            }
-            Err(e) if !e.is_instance_of::<PyException>(py) => return Err(e),
-            Err(e) => Ran::Raised(e),
-        })
+        let result = target.call_method1(pyo3::intern!(py, "remoteMessageReceived"), (broker, method, args, kwargs));
+        if self.flavor == Flavor::Foolscap {
+            return ran(py, result, None);
+        }
+        let ran_for = result.and_then(|result| {
+            let perspective = target.call_method0(pyo3::intern!(py, "serializingPerspective"))?;
+            Ok((result, perspective))
+        });
+        match ran_for {
+            Ok((result, perspective)) => ran(py, Ok(result), (!perspective.is_none()).then_some(perspective)),
+            Err(e) => ran(py, Err(e), None),
+        }
+    }
+
+    /// Run `target(*args, **kwargs)`: a call on a callable the peer holds (foolscap's negative
+    /// clids), whatever its type.
+    pub fn call_function<'py>(
+        &mut self,
+        py: Python<'py>,
+        target: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Ran<'py>> {
+        ran(py, target.call(args, kwargs), None)
     }
 
     /// Whether calls on `target` may run here (`is_plain`, cached per type).
@@ -160,6 +187,21 @@ impl Dispatch {
     pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         visit.call(&self.is_plain)
     }
+}
+
+/// What a call that ran came to: its result (awaitable or not), or what it raised. Errors are
+/// only those that are not the caller's business (KeyboardInterrupt, SystemExit).
+fn ran<'py>(
+    py: Python<'py>,
+    result: PyResult<Bound<'py, PyAny>>,
+    perspective: Option<Bound<'py, PyAny>>,
+) -> PyResult<Ran<'py>> {
+    Ok(match result {
+        Ok(result) if awaitable(&result) => Ran::Awaiting(result, perspective),
+        Ok(result) => Ran::Returned(result, perspective),
+        Err(e) if !e.is_instance_of::<PyException>(py) => return Err(e),
+        Err(e) => Ran::Raised(e),
+    })
 }
 
 /// `target.<name>(*args)` without making a bound method (CPython finds the function on the

@@ -19,7 +19,7 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 
 pyo3::import_exception!(pbfast.errors, Error);
 
-use super::dispatch::{Dispatch, Ran};
+use super::dispatch::{Dispatch, Flavor, Ran};
 use super::pb::{PbEncoderPy, EV_AWAITING, EV_FLUSH, EV_RAISED, EV_RETURNED};
 use super::sender::SenderPy;
 use super::tables::Tables;
@@ -58,7 +58,7 @@ impl FastPath {
         broker: Py<PyAny>,
         is_plain: Py<PyAny>,
     ) -> FastPath {
-        FastPath { tables, encoder, sender, broker, dispatch: Dispatch::new(is_plain), enabled: true }
+        FastPath { tables, encoder, sender, broker, dispatch: Dispatch::new(is_plain, Flavor::Pb), enabled: true }
     }
 
     /// `["answer", request_id, value]`: resolve the call's future.

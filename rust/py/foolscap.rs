@@ -14,6 +14,14 @@
 //! | `FS_VIOLATION` | `(kind, what, reqid, message)`: a message discarded; `what` is `call`, `answer`, `error` or `unknown`, `reqid` None if not read yet |
 //! | `FS_CALL_ABORTED` | `(kind, reqid)`: the peer gave up sending a call (ABORT); foolscap sends no reply to it |
 //! | `FS_PEER_ERROR` | `(kind, message)`: the peer's ERROR; it hangs up, and nothing after it is read |
+//! | `FS_AWAITING` | `(kind, reqid, awaitable)`: (attached) a call ran and returned an awaitable |
+//! | `FS_RAISED` | `(kind, reqid, exception)`: (attached) a call ran and raised, or its answer did not encode |
+//! | `FS_FLUSH` | `(kind,)`: (attached) write what the sender holds before going on |
+//!
+//! Once attached (`attach`, when the connection reaches banana), the decoder dispatches every
+//! call itself (`TubFast`), whatever its target, and encodes the answers that are ready: an
+//! `FS_CALL` event then only stands for a call the broker held back (`fast` off, or a call
+//! whose gifts are being fetched), which it later runs through `run`, the same dispatch.
 //!
 //! A stream that cannot continue (bad tokens, lost sync, a limit) raises `BananaError` with the
 //! stream offset; the events completed before it are on the exception as `.events`.
@@ -24,7 +32,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyIterator, PyList, PySet, PyString, PyTuple};
 use pyo3::PyTypeInfo;
 
-use super::dispatch::{Called, Dispatch};
+use super::dispatch::{Dispatch, Flavor, Ran};
 use super::fast::REPLY_FLUSH;
 use super::objects::{decimal_type, decode_utf8, qualified_name, utf8_of, GcPause, StrCache};
 use super::sender::SenderPy;
@@ -47,6 +55,8 @@ pub const FS_PEER_ERROR: u8 = 7;
 pub const FS_AWAITING: u8 = 8;
 pub const FS_RAISED: u8 = 9;
 pub const FS_FLUSH: u8 = 10;
+
+pyo3::import_exception!(pbfast.errors, Violation);
 
 /// The type name a failure travels as.
 const FAILURE: &[u8] = b"twisted.python.failure.Failure";
@@ -87,18 +97,50 @@ impl FoolscapDecoderPy {
         })
     }
 
-    /// Handle plain calls and answers during `feed` (as PB's decoder does), with the
-    /// connection's `tables`, the `encoder` for the answers, the `sender` they go to, and
-    /// `is_plain(type)`.
+    /// Run calls and resolve plain answers during `feed` (as PB's decoder does), with the
+    /// connection's `tables`, the `encoder` for the answers, the `sender` they go to, the
+    /// `broker` (the target of clid 0, the Tub's own methods, through its
+    /// `remoteMessageReceived`, and what other objects' `remoteMessageReceived` is given), and
+    /// `is_plain(type)`: whether objects of a type dispatch calls the default way (asked once
+    /// per type).
     fn attach(
         &mut self,
         tables: Py<Tables>,
         encoder: Py<FoolscapEncoderPy>,
         sender: Py<SenderPy>,
+        broker: Py<PyAny>,
         is_plain: Py<PyAny>,
     ) {
-        let dispatch = Dispatch::new(is_plain);
-        self.fast = Some(TubFast { tables, encoder, sender, dispatch, enabled: true });
+        let dispatch = Dispatch::new(is_plain, Flavor::Foolscap);
+        self.fast = Some(TubFast { tables, encoder, sender, broker, dispatch, enabled: true });
+    }
+
+    /// Run a call the broker held back (an `FS_CALL` event's items), as `feed` would have run
+    /// it: returns the events it leads to (`FS_RAISED`, `FS_AWAITING`, and `FS_FLUSH` once the
+    /// sender holds `REPLY_FLUSH` bytes); a ready answer goes to the sender.
+    fn run<'py>(
+        &mut self,
+        py: Python<'py>,
+        reqid: i64,
+        clid: i64,
+        method: &Bound<'py, PyString>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: &Bound<'py, PyDict>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let Some(fast) = self.fast.as_mut() else {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err("the decoder is not attached to a connection"));
+        };
+        let events = PyList::empty(py);
+        let mut replies = Vec::new();
+        let kwargs = Some(kwargs).filter(|kw| !kw.is_empty());
+        if let Some(event) = fast.call(py, reqid, clid, method, args, kwargs, &mut replies)? {
+            events.append(event)?;
+        }
+        let held = if replies.is_empty() { 0 } else { fast.sender.get().append(py, &replies)? };
+        if held >= REPLY_FLUSH {
+            events.append((FS_FLUSH,))?;
+        }
+        Ok(events)
     }
 
     /// Whether the fast path runs (the broker turns it off while it holds calls back).
@@ -115,11 +157,11 @@ impl FoolscapDecoderPy {
     }
 
     /// Feed a chunk; returns the events it completed (an empty list means "need more"). With the
-    /// fast path on, plain calls run and plain answers resolve here; their replies go to the
-    /// sender ahead of any later event that needs the broker (the path stops for the rest of the
-    /// chunk at the first such message, so the calls still run in order), and an `FS_FLUSH`
-    /// event asks for them to be written before the rest of a chunk whose replies have grown
-    /// large.
+    /// fast path on, calls run and plain answers resolve here; their replies go to the sender
+    /// ahead of any later event that needs the broker (the path stops for the rest of the chunk
+    /// at the first such message, a call carrying gifts included, so the calls still run in
+    /// order), and an `FS_FLUSH` event asks for them to be written before the rest of a chunk
+    /// whose replies have grown large.
     fn feed<'py>(&mut self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
         with_bytes(data, |bytes| self.decode(py, bytes))
     }
@@ -196,8 +238,13 @@ impl FoolscapDecoderPy {
                 Frame::Message { bytes, offset, first_object } => {
                     let mut build = PyBuild { py, hook: hook.as_ref(), strings: &mut *strings, gifts: false };
                     let message = read_message(bytes, offset, first_object, limits, &mut build)?;
-                    // A message with gifts waits for them to be fetched: the broker's.
-                    match fast.as_deref_mut().filter(|_| !build.gifts) {
+                    if build.gifts && fast.is_some() {
+                        // A message with gifts waits for them to be fetched, and the messages
+                        // after it wait behind it: the rest of the chunk is the broker's.
+                        fast = None;
+                        replies.send(py, &events, false)?;
+                    }
+                    match fast.as_deref_mut() {
                         None => event(py, message)?,
                         Some(f) => match f.handle(py, message, &mut replies.out)? {
                             Handled::Done if replies.out.len() < REPLY_FLUSH => return Ok(()),
@@ -250,15 +297,20 @@ impl<'py> Replies<'py> {
     }
 }
 
-/// The Tub's hot path (PB's is `fast.rs`): a call on a plain `Referenceable` runs inside `feed`
-/// and its answer is encoded at once; an answer to one of our calls resolves its future.
-/// Anything else is the broker's, as it would be without this path.
+/// The Tub's hot path (PB's is `fast.rs`): every call runs inside `feed` (or `run`, for a call
+/// the broker held back), whatever its target — a plain `Referenceable`'s `remote_<name>`, an
+/// object's own `remoteMessageReceived`, a callable (negative clid), the Tub's own methods
+/// (clid 0, the broker's `remoteMessageReceived`) — and a result that is ready is encoded as
+/// the answer at once; an answer to one of our calls resolves its future. The rest (an
+/// awaitable result, an exception, any other message) is an event for the broker.
 struct TubFast {
     /// Our objects by clid, our calls awaiting answers, the references sent.
     tables: Py<Tables>,
     encoder: Py<FoolscapEncoderPy>,
     /// Where the answers go.
     sender: Py<SenderPy>,
+    /// The connection's broker: clid 0's target.
+    broker: Py<PyAny>,
     dispatch: Dispatch,
     enabled: bool,
 }
@@ -292,36 +344,10 @@ impl TubFast {
                     }
                     Some(dict)
                 };
-                // Negative clids are callables, 0 the Tub itself: the broker's.
-                let target = if clid > 0 { self.tables.get().object_at(py, clid) } else { None };
-                let called = match &target {
-                    Some(target) => self.dispatch.call(py, target, &method, &args, kwargs.as_ref())?,
-                    None => Called::Declined,
-                };
-                let ran = |event: (u8, i64, Bound<'py, PyAny>)| -> PyResult<Handled<'py>> {
-                    Ok(Handled::Ran(event.into_pyobject(py)?.into_any()))
-                };
-                match called {
-                    Called::Returned(_) if reqid == 0 => Ok(Handled::Done), // callRemoteOnly
-                    Called::Returned(result) => {
-                        let mut encoder = self.encoder.bind(py).try_borrow_mut()?;
-                        let encoded = self
-                            .tables
-                            .get()
-                            .encode_sending(py, || encoder.answer_into(py, reqid, &result, replies))?;
-                        match encoded {
-                            Ok(()) => Ok(Handled::Done),
-                            Err(e) => ran((FS_RAISED, reqid, e.into_value(py).into_bound(py).into_any())),
-                        }
-                    }
-                    Called::Awaiting(awaitable) => ran((FS_AWAITING, reqid, awaitable)),
-                    Called::Raised(e) => ran((FS_RAISED, reqid, e.into_value(py).into_bound(py).into_any())),
-                    Called::Declined => {
-                        let kwargs = kwargs.unwrap_or_else(|| PyDict::new(py));
-                        let event = (FS_CALL, reqid, clid, method, args, kwargs).into_pyobject(py)?.into_any();
-                        Ok(Handled::Declined(event))
-                    }
-                }
+                Ok(match self.call(py, reqid, clid, &method, &args, kwargs.as_ref(), replies)? {
+                    None => Handled::Done,
+                    Some(event) => Handled::Ran(event),
+                })
             }
             Message::Answer { reqid, value } => {
                 if self.tables.get().resolve(py, reqid, &value)? {
@@ -333,10 +359,59 @@ impl TubFast {
         }
     }
 
+    /// Run the call `reqid` on `clid`: a ready result's answer is encoded into `replies` (none
+    /// for `reqid` 0, which wants none); an awaitable result or an exception comes back as an
+    /// event for the broker. Errors are only those that are not the caller's business.
+    #[allow(clippy::too_many_arguments)]
+    fn call<'py>(
+        &mut self,
+        py: Python<'py>,
+        reqid: i64,
+        clid: i64,
+        method: &Bound<'py, PyString>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+        replies: &mut Vec<u8>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let raised = |e: PyErr| -> PyResult<Option<Bound<'py, PyAny>>> {
+            Ok(Some((FS_RAISED, reqid, e.into_value(py)).into_pyobject(py)?.into_any()))
+        };
+        let broker = self.broker.bind(py);
+        let ran = if clid == 0 {
+            self.dispatch.call_any(py, broker, broker, method, args, kwargs)?
+        } else {
+            let Some(target) = self.tables.get().object_at(py, clid) else {
+                return raised(Violation::new_err(format!("unknown clid {clid}")));
+            };
+            if clid < 0 {
+                self.dispatch.call_function(py, &target, args, kwargs)?
+            } else {
+                self.dispatch.call_any(py, broker, &target, method, args, kwargs)?
+            }
+        };
+        let result = match ran {
+            Ran::Returned(result, _) => result,
+            Ran::Awaiting(awaitable, _) => {
+                return Ok(Some((FS_AWAITING, reqid, awaitable).into_pyobject(py)?.into_any()));
+            }
+            Ran::Raised(e) => return raised(e),
+        };
+        if reqid == 0 {
+            return Ok(None); // callRemoteOnly
+        }
+        let mut encoder = self.encoder.bind(py).try_borrow_mut()?;
+        let encoded = self.tables.get().encode_sending(py, || encoder.answer_into(py, reqid, &result, replies))?;
+        match encoded {
+            Ok(()) => Ok(None),
+            Err(e) => raised(e),
+        }
+    }
+
     fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         visit.call(&self.tables)?;
         visit.call(&self.encoder)?;
         visit.call(&self.sender)?;
+        visit.call(&self.broker)?;
         self.dispatch.traverse(visit)
     }
 }
