@@ -16,12 +16,13 @@ import decimal
 import gc
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import pbfast
 import pytest
 from connections import CountingDecoder, eventually, pbfast_records, settle
 from helpers import assert_deep_equal
+from pbfast.schema import MaxLength
 from wires import VARIANTS, connector
 
 # --------------------------------------------------------------------------------------------
@@ -90,6 +91,43 @@ UNSENDABLE: dict[str, list[tuple[str, Any]]] = {
         ("module", asyncio),
     ],
 }
+
+
+class RIShelf(pbfast.RemoteInterface):
+    __remote_name__ = "RIShelf.wires-test.pbfast.example"
+
+    def put(self, key: Annotated[bytes, MaxLength(8)], value: int = 0) -> bool: ...
+
+    def broken(self) -> int: ...
+
+    async def broken_later(self) -> int: ...
+
+    def missing(self) -> None: ...
+
+
+class Shelf(pbfast.Referenceable):
+    """Declares `RIShelf`: every call is checked against it."""
+
+    remote_interface = RIShelf
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    def remote_put(self, key: bytes, value: int = 0) -> bool:
+        self.ran.append("put")
+        return True
+
+    def remote_broken(self) -> str:
+        self.ran.append("broken")
+        return "not an int"
+
+    async def remote_broken_later(self) -> str:
+        self.ran.append("broken_later")
+        return "not an int"
+
+    def remote_undeclared(self) -> str:  # not in the interface: cannot be called
+        self.ran.append("undeclared")
+        return "ran"
 
 
 class Served(pbfast.Root):
@@ -161,6 +199,10 @@ class Served(pbfast.Root):
         return UNSENDABLE[self.wire][i][1]
 
     # ---- references
+
+    def remote_shelf(self) -> Shelf:
+        self.shelf = Shelf()
+        return self.shelf
 
     def remote_child(self) -> Counter:
         return self.child
@@ -1195,6 +1237,64 @@ class DispatchCases(pbfast.Root):
     def remote_targets(self, wire: str) -> list:
         # A Tub sends a function as a callable reference (PB cannot send one).
         return [self.own, self.perspective, doubled if wire == "tub" else None]
+
+
+def test_calls_are_checked_against_the_remote_interface(run, wire) -> None:
+    """An object that declares a `RemoteInterface` has each call checked before its method runs
+    (violating arguments, or a method the interface lacks, fail that call with a Violation and
+    the connection goes on), and its results before they are sent. On a Tub, which names the
+    interface with the reference, a client that defines it too checks its own calls before
+    sending them."""
+
+    async def main() -> None:
+        root = Served()
+        async with wire(root) as w:
+            shelf = await w.root.callRemote("shelf")
+            served = root.shelf
+            assert await shelf.callRemote("put", b"k", 1) is True
+            assert shelf.remote_interface_name == (RIShelf.__remote_name__ if w.wire == "tub" else None)
+
+            def refused_here(e: BaseException) -> bool:
+                """Refused by the caller's own check (a Tub), or by the server's (PB)."""
+                if w.wire == "tub":
+                    return isinstance(e, pbfast.Violation)
+                return isinstance(e, pbfast.RemoteError) and e.check(pbfast.Violation) is not None
+
+            for args, kwargs, why in [
+                ((b"123456789",), {}, "too long: 9 bytes, at most 8 allowed"),
+                (("text",), {}, "is not a byte string"),
+                ((b"k",), {"value": "x"}, "'x' is not an integer"),
+                ((b"k",), {"colour": 1}, "unknown argument 'colour'"),
+                ((), {}, "missing required argument 'key'"),
+            ]:
+                with pytest.raises(pbfast.PbfastError) as info:
+                    await shelf.callRemote("put", *args, **kwargs)
+                assert refused_here(info.value), info.value
+                assert why in str(info.value)
+                assert "RIShelf.wires-test.pbfast.example.put" in str(info.value)
+            with pytest.raises(pbfast.PbfastError) as info:
+                await shelf.callRemote("undeclared")
+            assert refused_here(info.value) and "has no method 'undeclared'" in str(info.value)
+            assert served.ran == ["put"]  # none of the refused calls ran
+
+            # The server checks too, whoever calls: past the client's checks, straight to the
+            # object, the same calls are refused by the server (foolscap's Violation on a Tub).
+            with pytest.raises(pbfast.RemoteError) as info:
+                await w.client.call(shelf.luid, "put", (b"123456789",), {})
+            assert info.value.check(pbfast.Violation) and "too long: 9 bytes" in str(info.value)
+            with pytest.raises(pbfast.RemoteError) as info:
+                await w.client.call(shelf.luid, "undeclared", (), {})
+            assert info.value.check(pbfast.Violation)
+            # Results are checked before they are sent, awaited ones too.
+            for method in ("broken", "broken_later"):
+                with pytest.raises(pbfast.RemoteError) as info:
+                    await w.client.call(shelf.luid, method, (), {})
+                assert info.value.check(pbfast.Violation), info.value
+                assert f"the result of RIShelf.wires-test.pbfast.example.{method}" in str(info.value)
+            assert served.ran == ["put", "broken", "broken_later"]
+            assert await shelf.callRemote("put", b"again") is True  # the connection goes on
+
+    run(main())
 
 
 @pytest.mark.parametrize("held", [False, True], ids=["at-once", "held"])

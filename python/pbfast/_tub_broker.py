@@ -22,7 +22,7 @@ import asyncio
 import functools
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 from . import _core
@@ -56,7 +56,8 @@ from .errors import (
     qualified_name,
 )
 from .furl import FURL
-from .referenceable import Referenceable, RemoteReference
+from .referenceable import Referenceable, RemoteReference, unchecked_remote_methods
+from .schema import RemoteInterface, RemoteMethodSchema, get_remote_interface, remote_interface_by_name
 
 __all__ = ["DisconnectMarker", "TubBroker", "TubReference"]
 
@@ -77,6 +78,14 @@ class TubReference(RemoteReference):
     __slots__ = ()
     broker: TubBroker
     luid: int
+    # foolscap sends the name of the interface an object implements with its reference.
+    carries_interface_names = True
+
+    @property
+    def remote_interface_name(self) -> str | None:
+        """The name of the `RemoteInterface` the object's Tub says it implements (None if it
+        named none)."""
+        return self.broker.interface_of(self.luid)
 
     def getRemoteTubID(self) -> str:
         """The TubID of the Tub that holds the object."""
@@ -127,6 +136,40 @@ class TubReference(RemoteReference):
 
     def __repr__(self) -> str:
         return f"<TubReference {self.luid} at {self.broker.peer_tub_id[:8]}>"
+
+
+class CheckedTubReference(TubReference):
+    """A reference whose interface this process defines too: each call's arguments are checked
+    before it is sent (a violation fails the call at once, nothing sent), and its answer when
+    it comes."""
+
+    __slots__ = ("_interface",)
+
+    def __init__(self, broker: TubBroker, luid: int, interface: type[RemoteInterface]) -> None:
+        super().__init__(broker, luid)
+        self._interface = interface
+
+    def callRemote(self, _name: str, /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        try:
+            schema = self._interface.method(_name)
+            schema.check_args(args, kwargs, inbound=False)
+        except Violation as e:
+            refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            refused.set_exception(e)
+            return refused
+        return asyncio.ensure_future(
+            _checked_answer(schema, self.broker.call(self.luid, _name, args, kwargs))
+        )
+
+    def callRemoteOnly(self, _name: str, /, *args: Any, **kwargs: Any) -> None:
+        self._interface.method(_name).check_args(args, kwargs, inbound=False)
+        super().callRemoteOnly(_name, *args, **kwargs)
+
+
+async def _checked_answer(schema: RemoteMethodSchema, answer: Awaitable[Any]) -> Any:
+    result = await answer
+    schema.check_result(result, inbound=True)
+    return result
 
 
 class DisconnectMarker:
@@ -724,7 +767,12 @@ class TubBroker(Connection):
         ref = self._proxies.get(clid)
         if ref is None:
             self._admit_proxy(clid, self._DECREF)
-            ref = self._proxies[clid] = TubReference(self, clid)
+            known = remote_interface_by_name(interface) if interface is not None else None
+            if known is not None:
+                ref = CheckedTubReference(self, clid, known)
+            else:
+                ref = TubReference(self, clid)
+            self._proxies[clid] = ref
         if interface is not None or furl is not None:
             self._import_info[clid] = (interface, furl)
         ref._count += 1
@@ -733,6 +781,11 @@ class TubBroker(Connection):
     def furl_of(self, clid: int) -> str | None:
         info = self._import_info.get(clid)
         return info[1] if info else None
+
+    def interface_of(self, clid: int) -> str | None:
+        """The interface name the peer sent with its object `clid`, if any."""
+        info = self._import_info.get(clid)
+        return info[0] if info else None
 
     def _released(self, clid: int, future: asyncio.Future[Any]) -> None:
         """The owner acknowledged our release of `clid`."""
@@ -871,11 +924,10 @@ def _forward(source: asyncio.Future[Any], destination: asyncio.Future[Any]) -> N
 
 
 def _plain(cls: type) -> bool:
-    """Whether a call on a `cls` instance is ``remote_<name>(*args, **kwargs)``: a Referenceable
-    that keeps the default `remoteMessageReceived` (a Tub has no perspectives, so its
-    `serializingPerspective` does not matter). The decoder runs those without a Python frame,
-    and reports a missing method as foolscap does (the lookup's AttributeError)."""
-    return issubclass(cls, Referenceable) and cls.remoteMessageReceived is Referenceable.remoteMessageReceived
+    """Whether a call on a `cls` instance is ``remote_<name>(*args, **kwargs)`` (a Tub has no
+    perspectives, so `serializingPerspective` does not matter). The decoder runs those without a
+    Python frame, and reports a missing method as foolscap does (the lookup's AttributeError)."""
+    return unchecked_remote_methods(cls)
 
 
 def _tag_text(tag: str | bytes) -> str:
@@ -883,6 +935,11 @@ def _tag_text(tag: str | bytes) -> str:
 
 
 def _interface_name(obj: Any) -> str | None:
+    """The interface name sent with a reference to `obj`, as foolscap sends it: its
+    ``remote_interface``'s ``__remote_name__`` (or a ``remote_interface_name`` it sets)."""
+    interface = get_remote_interface(obj)
+    if interface is not None:
+        return interface.__remote_name__
     name = getattr(obj, "remote_interface_name", None)
     return name if isinstance(name, str) else None
 

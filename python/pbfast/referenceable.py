@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import NoSuchMethod
+from .schema import RemoteMethodSchema, get_remote_interface
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -34,12 +36,23 @@ def prefixed_method(obj: Any, prefix: str, message: str) -> Callable[..., Any]:
 
 def default_dispatch(cls: type) -> bool:
     """Whether a call on a `cls` instance is ``remote_<name>(*args, **kwargs)`` with its result
-    sent for no particular perspective: a Referenceable that keeps the default dispatch. (The
-    connections run such calls without a Python frame of their own.)"""
+    sent for no particular perspective: a Referenceable that keeps the default dispatch and
+    declares no `RemoteInterface` to check calls against. (The connections run such calls
+    without a Python frame of their own.)"""
+    return (
+        unchecked_remote_methods(cls)
+        and getattr(cls, "serializingPerspective", None) is Referenceable.serializingPerspective
+    )
+
+
+def unchecked_remote_methods(cls: type) -> bool:
+    """Whether a call on a `cls` instance is just ``remote_<name>(*args, **kwargs)``: a
+    Referenceable with the default `Referenceable.remoteMessageReceived` and no
+    ``remote_interface``."""
     return (
         issubclass(cls, Referenceable)
         and cls.remoteMessageReceived is Referenceable.remoteMessageReceived
-        and cls.serializingPerspective is Referenceable.serializingPerspective
+        and getattr(cls, "remote_interface", None) is None
     )
 
 
@@ -48,6 +61,10 @@ class Referenceable:
 
     Sending one (as an argument or a result) gives the peer a `RemoteReference` to it; the
     object stays in the connection's table until the peer lets go of every reference.
+
+    A class that sets ``remote_interface`` to a `pbfast.RemoteInterface` has every call checked
+    against it before the method runs (a method the interface lacks, or arguments that violate
+    it, fail the call with `pbfast.Violation`), and its results before they are sent.
     """
 
     __slots__ = ()
@@ -59,12 +76,28 @@ class Referenceable:
 
         Raises:
             NoSuchMethod: there is no such method.
+            Violation: the call, or its result, violates the class's ``remote_interface``.
         """
-        return prefixed_method(self, "remote_", message)(*args, **kw)
+        interface = get_remote_interface(self)
+        if interface is None:
+            return prefixed_method(self, "remote_", message)(*args, **kw)
+        schema = interface.method(message)
+        schema.check_args(args, kw)
+        result = prefixed_method(self, "remote_", message)(*args, **kw)
+        if inspect.isawaitable(result):
+            return _checked_when_done(schema, result)
+        schema.check_result(result, inbound=False)
+        return result
 
     def serializingPerspective(self) -> Any:
         """The perspective this object's results are sent for (see `Avatar`, `ViewPoint`)."""
         return None
+
+
+async def _checked_when_done(schema: RemoteMethodSchema, awaitable: Awaitable[Any]) -> Any:
+    result = await awaitable
+    schema.check_result(result, inbound=False)
+    return result
 
 
 class Root(Referenceable):
@@ -153,6 +186,16 @@ class RemoteReference:
         # `remote` occurrences received and not yet decref'd (0 for the unreferenced root).
         self._count = 0
         self._disconnect_callbacks: list[Callable[[RemoteReference], object]] | None = None
+
+    # Whether the wire names the interface of the object referred to (foolscap's does, PB's
+    # cannot): where it cannot, a reference meets any `RemoteInterface` constraint.
+    carries_interface_names = False
+
+    @property
+    def remote_interface_name(self) -> str | None:
+        """The name of the `RemoteInterface` the peer says the object implements (None: it named
+        none, or the wire cannot say)."""
+        return None
 
     def callRemote(self, _name: str, /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Call ``remote_<_name>(*args, **kwargs)`` on the remote object; the message is sent

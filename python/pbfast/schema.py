@@ -427,6 +427,8 @@ class RemoteInterfaceConstraint(Constraint):
         wanted = self.interface.__remote_name__ if self.interface is not None else None
         advertised = getattr(obj, "remote_interface_name", _MISSING)
         if hasattr(obj, "callRemote") and advertised is not _MISSING:  # a reference
+            if advertised is None and not getattr(obj, "carries_interface_names", True):
+                return  # its wire (PB) cannot name interfaces
             if wanted is not None and advertised != wanted:
                 what = advertised or "an object without an interface"
                 raise _fail(f"a reference to {what}, not {wanted}", where)

@@ -59,6 +59,10 @@ The root object (:class:`PeerRoot`) offers:
                                   ``KeyError(message)``, ``later`` -> ``ValueError(message)``
                                   from a Deferred that fails in a later reactor turn
 ``child(name)``                   a new Referenceable with ``name()`` -> name and ``echo(x)`` -> x
+``shelf()``                       a new Referenceable declaring ``RIShelf`` (``put(key=
+                                  ByteStringConstraint(8), value=int) -> bool``); it also has
+                                  ``calls()``, which the interface lacks
+``shelf_calls()``                 how many ``put`` calls that shelf ran
 ``same(ref)``                     ``ref`` itself (identity on return)
 ``identical(a, b)``               ``a is b`` as the server sees it
 ``keep(ref)``                     holds ``ref`` (until ``release``); the number held
@@ -97,10 +101,19 @@ import threading
 import time
 
 from foolscap import crypto
-from foolscap.api import Copyable, Referenceable, RemoteCopy, Tub, Violation, fireEventually
+from foolscap.api import (
+    Copyable,
+    Referenceable,
+    RemoteCopy,
+    RemoteInterface,
+    Tub,
+    Violation,
+    fireEventually,
+)
 from foolscap.call import CopiedFailure
 from foolscap.logging import log as flog
 from foolscap.referenceable import RemoteReference
+from foolscap.schema import ByteStringConstraint
 from twisted.internet import defer, endpoints, interfaces, protocol, reactor, ssl, task
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.python import reflect
@@ -273,6 +286,32 @@ class PeerChild(Referenceable):
         return x
 
 
+SHELF_INTERFACE = "RIShelf.interop.pbfast.example"
+
+
+class RIShelf(RemoteInterface):
+    """The interface of ``shelf()``'s object, in foolscap's spelling (the pbfast side declares
+    the same name with type hints)."""
+
+    __remote_name__ = SHELF_INTERFACE
+
+    def put(key=ByteStringConstraint(8), value=int):  # noqa: B008  (foolscap's spelling)
+        return bool
+
+
+@implementer(RIShelf)
+class PeerShelf(Referenceable):
+    def __init__(self):
+        self.calls = 0
+
+    def remote_put(self, key, value=0):
+        self.calls += 1
+        return True
+
+    def remote_calls(self):  # not in the interface: foolscap refuses it
+        return self.calls
+
+
 class PeerRoot(Referenceable):
     """The object registered as ``root``; see the module docstring for its methods."""
 
@@ -306,6 +345,13 @@ class PeerRoot(Referenceable):
 
     def remote_child(self, name):
         return PeerChild(name)
+
+    def remote_shelf(self):
+        self.shelf = PeerShelf()
+        return self.shelf
+
+    def remote_shelf_calls(self):
+        return self.shelf.calls
 
     def remote_same(self, ref):
         return ref
@@ -616,6 +662,22 @@ def scenario_errors(tub, root, opts):
     return report
 
 
+def scenario_schema(tub, root, opts):
+    """Against an object whose class declares ``RIShelf`` (this side defines it too): the
+    interface name its reference carries; a good call; a violating call refused here, by
+    foolscap's own check against its copy (``local``); the same call sent unchecked
+    (``_useSchema=False``), refused by the other side (``remote``); and an echo proving the
+    connection is still up. (foolscap refuses to send a method its copy of the interface lacks,
+    even unchecked.)"""
+    shelf = yield root.callRemote("shelf")
+    report = {"interface": shelf.tracker.interfaceName}
+    report["good"] = yield outcome(shelf.callRemote("put", b"key", value=1))
+    report["local"] = yield outcome(shelf.callRemote("put", b"123456789"))
+    report["remote"] = yield outcome(shelf.callRemote("put", b"123456789", _useSchema=False))
+    report["after"] = yield outcome(root.callRemote("echo", "still fine"))
+    return report
+
+
 def _tables(tub):
     brokers = list(tub.brokers.values())
     return {
@@ -824,6 +886,7 @@ def scenario_hangup(tub, root, opts):
 
 SCENARIOS = {
     "basic": scenario_basic,
+    "schema": scenario_schema,
     "errors": scenario_errors,
     "references": scenario_references,
     "copyables": scenario_copyables,

@@ -14,6 +14,7 @@ import decimal
 import gc
 import math
 from pathlib import Path
+from typing import Annotated
 
 import pbfast
 import pytest
@@ -30,6 +31,7 @@ from foolscap_expect import (
     check_references,
 )
 from pbfast.furl import FURL
+from pbfast.schema import MaxLength
 from peers import peer_result, peer_tub
 
 pytestmark = pytest.mark.interop
@@ -55,6 +57,31 @@ class RemotePoint(pbfast.RemoteCopy):
 
 class Unregistered(pbfast.Copyable):
     typeToCopy = "example.pbfast/Unknown"
+
+
+SHELF_INTERFACE = "RIShelf.interop.pbfast.example"
+
+
+class RIShelf(pbfast.RemoteInterface):
+    """foolscap_peer's ``RIShelf``, declared with type hints."""
+
+    __remote_name__ = SHELF_INTERFACE
+
+    def put(self, key: Annotated[bytes, MaxLength(8)], value: int = 0) -> bool: ...
+
+
+class Shelf(pbfast.Referenceable):
+    remote_interface = RIShelf
+
+    def __init__(self):
+        self.calls = 0
+
+    def remote_put(self, key, value=0):
+        self.calls += 1
+        return True
+
+    def remote_calls(self):  # not in the interface: refused
+        return self.calls
 
 
 class Child(pbfast.Referenceable):
@@ -100,6 +127,13 @@ class PbfastRoot(pbfast.Referenceable):
 
     def remote_child(self, name):
         return Child(name)
+
+    def remote_shelf(self):
+        self.shelf = Shelf()
+        return self.shelf
+
+    def remote_shelf_calls(self):
+        return self.shelf.calls
 
     def remote_same(self, ref):
         return ref
@@ -202,6 +236,30 @@ def test_foolscap_client_errors(run):
         assert (
             loose["missing_method"]["value"] == "'PbfastRoot' object has no attribute 'remote_no_such_method'"
         )
+
+    run(main())
+
+
+def test_foolscap_client_and_pbfast_schemas(run):
+    """A stock client calls an object declaring a RemoteInterface on a pbfast Tub: the reference
+    names the interface as foolscap does (so the stock client checks its calls against its own
+    copy), and a call sent past that check is refused by pbfast with foolscap's Violation before
+    the method runs; the connection goes on."""
+
+    async def main():
+        tub, furl = await pbfast_server()
+        async with tub:
+            result = await scenario(furl, "schema")
+            root = tub._lookup("root")
+            assert root.shelf.calls == 1
+        assert result["interface"] == SHELF_INTERFACE
+        assert result["good"] == {"failed": False, "result": {"type": "bool", "value": True}}
+        local = result["local"]
+        assert local["failed"] and not local["copied"] and local["type"] == "foolscap.tokens.Violation"
+        remote = result["remote"]
+        assert remote["copied"] and remote["type"] == "foolscap.tokens.Violation", remote
+        assert "too long: 9 bytes, at most 8 allowed" in remote["value"], remote
+        assert result["after"]["result"]["value"] == "still fine"
 
     run(main())
 
@@ -323,6 +381,31 @@ def test_pbfast_gets_foolscap_errors(run):
             assert info.value.check(pbfast.Violation)
             assert "example.pbfast/Unknown" in info.value.remoteValue
             assert await root.callRemote("echo", 1) == 1
+
+    run(main())
+
+
+def test_pbfast_checks_calls_to_a_stock_interface(run):
+    """A stock Tub names the interface of the object it sends; pbfast, which defines an
+    interface of that name too, checks each call before sending it (a violation never reaches
+    the stock Tub) and the stock Tub checks what reaches it."""
+
+    async def main():
+        async with peer_tub(PEER) as (_proc, furl), pbfast.Tub() as tub:
+            root = await tub.getReference(furl)
+            shelf = await root.callRemote("shelf")
+            assert shelf.remote_interface_name == SHELF_INTERFACE
+            assert await shelf.callRemote("put", b"key", value=1) is True
+            with pytest.raises(pbfast.Violation, match="too long: 9 bytes, at most 8 allowed"):
+                await shelf.callRemote("put", b"123456789")
+            with pytest.raises(pbfast.Violation, match="has no method 'calls'"):
+                await shelf.callRemote("calls")
+            assert await root.callRemote("shelf_calls") == 1  # nothing refused was sent
+            # Sent without pbfast's check, the stock Tub refuses it itself.
+            with pytest.raises(pbfast.RemoteError) as info:
+                await shelf.broker.call(shelf.luid, "put", (b"123456789",), {})
+            assert info.value.check(pbfast.Violation)
+            assert await root.callRemote("shelf_calls") == 1
 
     run(main())
 
