@@ -22,7 +22,7 @@ import pbfast
 import pytest
 from connections import CountingDecoder, eventually, pbfast_records, settle
 from helpers import assert_deep_equal
-from pbfast.schema import MaxLength
+from pbfast.schema import AttributeDictConstraint, MaxLength
 from wires import VARIANTS, connector
 
 # --------------------------------------------------------------------------------------------
@@ -130,6 +130,18 @@ class Shelf(pbfast.Referenceable):
         return "ran"
 
 
+class StatePoint(pbfast.Copyable):
+    typeToCopy = "example.pbfast/wires-test/StatePoint"
+
+    def __init__(self, x: Any) -> None:
+        self.x = x
+
+
+class RemoteStatePoint(pbfast.RemoteCopy):
+    copytype = "example.pbfast/wires-test/StatePoint"
+    stateSchema = AttributeDictConstraint(("x", int))
+
+
 class Served(pbfast.Root):
     """The root both wires serve."""
 
@@ -199,6 +211,12 @@ class Served(pbfast.Root):
         return UNSENDABLE[self.wire][i][1]
 
     # ---- references
+
+    def remote_point(self, x: Any) -> StatePoint:
+        return StatePoint(x)
+
+    def remote_point_x(self, point: Any) -> tuple[str, Any]:
+        return (type(point).__name__, point.x)
 
     def remote_shelf(self) -> Shelf:
         self.shelf = Shelf()
@@ -1237,6 +1255,25 @@ class DispatchCases(pbfast.Root):
     def remote_targets(self, wire: str) -> list:
         # A Tub sends a function as a callable reference (PB cannot send one).
         return [self.own, self.perspective, doubled if wire == "tub" else None]
+
+
+def test_copies_are_checked_against_their_state_schema(run, wire) -> None:
+    """A `RemoteCopy` with a ``stateSchema`` is made only from a state that meets it: a copy
+    that violates it fails the message that carried it (an argument: that call, at the caller;
+    an answer: that call's result), and nothing else."""
+
+    async def main() -> None:
+        async with wire(Served()) as w:
+            assert list(await w.root.callRemote("point_x", StatePoint(1))) == ["RemoteStatePoint", 1]
+            why = "the state of a example.pbfast/wires-test/StatePoint copy.x: 'a' is not an integer"
+            with pytest.raises(pbfast.RemoteError) as info:
+                await w.root.callRemote("point_x", StatePoint("a"))
+            assert info.value.check(pbfast.Violation) and why in str(info.value)
+            with pytest.raises(pbfast.Violation, match=why):
+                await w.root.callRemote("point", "a")
+            assert (await w.root.callRemote("point", 2)).x == 2
+
+    run(main())
 
 
 def test_calls_are_checked_against_the_remote_interface(run, wire) -> None:

@@ -561,7 +561,8 @@ class TubBroker(Connection):
 
     def _on_violation(self, event: tuple[Any, ...]) -> None:
         _, what, reqid, message = event
-        log.warning("%s: refused a %s from Tub %s: %s", repr(self), what, self.peer_tub_id, message)
+        peer = self.peer_tub_id
+        log.warning("%s: refused the %s %s from Tub %s: %s", repr(self), what, reqid, peer, message)
         if what == "call" and reqid:
             self._send_error(reqid, Violation(message))
         elif what in ("answer", "error") and reqid is not None:

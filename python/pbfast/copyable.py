@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from .errors import qualified_name
+from .schema import adapt
 
 __all__ = [
     "Copyable",
@@ -59,6 +60,11 @@ class RemoteCopy:
 
     copytype: str | None = None
     """The type tag this class is registered for when it is defined (None: not registered)."""
+
+    stateSchema: Any = None
+    """What a received state must be (foolscap's name): a `pbfast.schema` constraint, usually
+    an `AttributeDictConstraint`; a state that violates it fails the message that carried it
+    with `pbfast.Violation`, before the copy is made. None: no check."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -127,8 +133,21 @@ def unjellyableFor(tag: bytes) -> tuple[str, Any] | None:
 
 
 def make_copy(tag: bytes, state: Any) -> Any:
-    """Build the registered object for `tag` from `state` (the caller has checked the tag)."""
+    """Build the registered object for `tag` from `state` (the caller has checked the tag).
+
+    Raises:
+        Violation: `state` violates the class's ``stateSchema``.
+    """
     kind, target = _registry[tag]
+    schema = getattr(target, "stateSchema", None) if kind == "class" else None
+    if schema is not None:
+        checked = state
+        if isinstance(state, dict):  # (old Python 2 peers send byte-string keys)
+            checked = {
+                k.decode("utf-8", "replace") if isinstance(k, bytes) else k: v for k, v in state.items()
+            }
+        where = f"the state of a {tag.decode('utf-8', 'replace')} copy"
+        adapt(schema).check(checked, inbound=True, where=where)
     obj = target()
     obj.setCopyableState(state)
     return obj
