@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .copyable import Copyable, RemoteCopy
 from .errors import DeadReferenceError
-from .referenceable import prefixed_method
-
-if TYPE_CHECKING:
-    from ._connection import Connection
+from .referenceable import Link, prefixed_method
 
 __all__ = ["CacheLink", "Cacheable", "RemoteCache", "RemoteCacheObserver"]
 
@@ -81,8 +78,8 @@ class RemoteCacheObserver:
 
     __slots__ = ("broker", "cacheable", "perspective", "luid")
 
-    def __init__(self, broker: Connection, cacheable: Cacheable, perspective: Any, luid: int) -> None:
-        self.broker: Connection = broker
+    def __init__(self, broker: Link, cacheable: Cacheable, perspective: Any, luid: int) -> None:
+        self.broker: Link = broker
         self.cacheable: Cacheable = cacheable
         self.perspective: Any = perspective
         self.luid: int = luid

@@ -6,15 +6,46 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import NoSuchMethod
 from .schema import RemoteMethodSchema, get_remote_interface
 
-if TYPE_CHECKING:
-    from ._connection import Connection
+__all__ = ["Avatar", "Link", "Referenceable", "RemoteReference", "Root", "ViewPoint", "Viewable"]
 
-__all__ = ["Avatar", "Referenceable", "RemoteReference", "Root", "ViewPoint", "Viewable"]
+
+class Link(Protocol):
+    """What the objects here need of the connection they travel on (the ``broker`` a
+    `Referenceable` is called through and a `RemoteReference` calls through): every connection
+    of either wire is one."""
+
+    disconnected: bool
+
+    def call(
+        self, object_id: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], cache: bool = False
+    ) -> asyncio.Future[Any]:
+        """Call `method` on the peer's object `object_id`: a future for the answer."""
+        ...
+
+    def call_only(self, object_id: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """`call`, asking for no answer."""
+        ...
+
+    def watch(self, ref: Any) -> None:
+        """Run `ref`'s disconnect callbacks when the connection ends."""
+        ...
+
+    def unwatch(self, ref: Any) -> None:
+        """Undo `watch`."""
+        ...
+
+    def release(self, luid: Any, count: int) -> None:
+        """Tell the peer `count` of its references to `luid` are gone."""
+        ...
+
+    async def close(self) -> None:
+        """Close the connection and wait until it is gone."""
+        ...
 
 
 def prefixed_method(obj: Any, prefix: str, message: str) -> Callable[..., Any]:
@@ -70,7 +101,7 @@ class Referenceable:
     __slots__ = ()
 
     def remoteMessageReceived(
-        self, broker: Connection, message: str, args: tuple[Any, ...], kw: dict[str, Any]
+        self, broker: Link, message: str, args: tuple[Any, ...], kw: dict[str, Any]
     ) -> Any:
         """Run ``remote_<message>(*args, **kw)``; its result (awaited if awaitable) is the answer.
 
@@ -105,7 +136,7 @@ class Root(Referenceable):
 
     __slots__ = ()
 
-    def rootObject(self, broker: Connection) -> Referenceable:
+    def rootObject(self, broker: Link) -> Referenceable:
         """The root for one new connection; override to give each connection its own."""
         return self
 
@@ -118,12 +149,12 @@ class Avatar(Referenceable):
     __slots__ = ()
 
     def remoteMessageReceived(
-        self, broker: Connection, message: str, args: tuple[Any, ...], kw: dict[str, Any]
+        self, broker: Link, message: str, args: tuple[Any, ...], kw: dict[str, Any]
     ) -> Any:
         return self.perspectiveMessageReceived(broker, message, args, kw)
 
     def perspectiveMessageReceived(
-        self, broker: Connection, message: str, args: tuple[Any, ...], kw: dict[str, Any]
+        self, broker: Link, message: str, args: tuple[Any, ...], kw: dict[str, Any]
     ) -> Any:
         """Run ``perspective_<message>(*args, **kw)``.
 
@@ -163,7 +194,7 @@ class ViewPoint(Referenceable):
         self.viewable: Viewable = viewable
 
     def remoteMessageReceived(
-        self, broker: Connection, message: str, args: tuple[Any, ...], kw: dict[str, Any]
+        self, broker: Link, message: str, args: tuple[Any, ...], kw: dict[str, Any]
     ) -> Any:
         return self.viewable.viewMessageReceived(self.perspective, message, args, kw)
 
@@ -180,8 +211,8 @@ class RemoteReference:
 
     __slots__ = ("broker", "luid", "_count", "_disconnect_callbacks", "__weakref__")
 
-    def __init__(self, broker: Connection, luid: int | bytes) -> None:
-        self.broker: Connection = broker
+    def __init__(self, broker: Link, luid: int | bytes) -> None:
+        self.broker: Link = broker
         self.luid: int | bytes = luid
         # `remote` occurrences received and not yet decref'd (0 for the unreferenced root).
         self._count = 0
