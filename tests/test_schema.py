@@ -221,6 +221,9 @@ def test_shorthand_and_hints_adapt() -> None:
     short = adapt(Annotated[str, MinLength(2), MaxLength(3)])
     short.check("abc")
     assert "too short: 1 characters" in violation(lambda: short.check("a"))
+    shared = ByteStringConstraint()
+    bounded = adapt(Annotated[bytes, shared, MaxLength(2)])
+    assert (bounded.maxLength, shared.maxLength) == (2, None)  # the user's own constraint is kept
     with pytest.raises(TypeError, match="MaxValue does not apply"):
         adapt(Annotated[bytes, MaxValue(3)])
     UnicodeConstraint(regexp="^[a-z]+$").check("abc")

@@ -29,6 +29,7 @@ argument (and where inside it) and which bound.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 import types
@@ -558,7 +559,9 @@ _SHORTHAND: dict[object, Callable[[], Constraint]] = {
 
 
 def _bounded(constraint: Constraint, marks: tuple[object, ...], spec: object) -> Constraint:
-    """`constraint` with the bounds of ``Annotated[...]``'s marks applied."""
+    """A copy of `constraint` with the bounds of ``Annotated[...]``'s marks applied (a copy:
+    the constraint may be one the user shares elsewhere)."""
+    constraint = copy.copy(constraint)
     for mark in marks:
         if isinstance(mark, MaxLength | MinLength):
             if isinstance(mark, MinLength):
@@ -573,7 +576,7 @@ def _bounded(constraint: Constraint, marks: tuple[object, ...], spec: object) ->
                 raise TypeError(f"{type(mark).__name__} does not apply to {spec!r}")
             setattr(constraint, "maxValue" if isinstance(mark, MaxValue) else "minValue", mark.n)
         elif isinstance(mark, Constraint):
-            constraint = mark  # Annotated[bytes, ByteStringConstraint(64)]
+            constraint = copy.copy(mark)  # Annotated[bytes, ByteStringConstraint(64)]
     return constraint
 
 
