@@ -23,9 +23,15 @@ pub trait Walk {
     type Error;
 
     /// Write `item`. A container is looked up with [`Writer::seen`] first, and unless it was seen,
-    /// opened (its header written) and returned as a frame, whose items [`Walk::next`] hands out;
-    /// the walk closes it once they are all written.
-    fn write(&mut self, w: &mut Writer, item: Self::Item) -> Result<Option<Self::Frame>, Error<Self::Error>>;
+    /// opened (its header written) and pushed on `stack` as a frame, whose items [`Walk::next`]
+    /// hands out; the walk closes it once they are all written. (Pushed where it is built: a
+    /// frame handed back would be copied on its way to the stack.)
+    fn write(
+        &mut self,
+        w: &mut Writer,
+        stack: &mut Vec<Self::Frame>,
+        item: Self::Item,
+    ) -> Result<(), Error<Self::Error>>;
 
     /// Write the items of `frame` from where it stands as far as they need no frame of their own;
     /// return the first that may (for [`Walk::write`]), or None once all are written.
@@ -147,17 +153,7 @@ impl Writer {
     fn walk<W: Walk>(&mut self, walk: &mut W, stack: &mut Vec<W::Frame>, root: W::Item) -> Result<(), Error<W::Error>> {
         let mut item = root;
         loop {
-            if let Some(mut frame) = walk.write(self, item)? {
-                // A container of plain items is written without going on the stack.
-                match walk.next(self, &mut frame)? {
-                    Some(inner) => {
-                        stack.push(frame);
-                        item = inner;
-                        continue;
-                    }
-                    None => self.close(),
-                }
-            }
+            walk.write(self, stack, item)?;
             // The innermost open container with an item left gives the next item.
             item = loop {
                 let Some(top) = stack.last_mut() else { return Ok(()) };

@@ -10,7 +10,7 @@
 //! on what follows the value.
 
 use super::decode::Build;
-use super::Tag;
+use super::{push, Tag};
 use crate::banana::cursor::{Cursor, Item, Plain};
 
 /// A container being filled.
@@ -135,11 +135,12 @@ impl<B: Build> Quick<'_, '_, '_, B> {
             if top.next == top.len {
                 return Some(false);
             }
+            let pair = top.next;
             let Item::List(2) = self.cur.next_item()? else { return None };
             self.enter()?;
             // Keys are strs (which repeat from dict to dict: the builder's `key`), ints or floats.
             let key = match self.cur.plain()? {
-                Plain::Text(s) => self.b.key(s).ok()?,
+                Plain::Text(s) => self.b.key(s, pair).ok()?,
                 Plain::Int(v) => self.b.int(v).ok()?,
                 Plain::Float(f) => self.b.float(f).ok()?,
             };
@@ -207,7 +208,7 @@ impl<B: Build> Quick<'_, '_, '_, B> {
             }
             _ => return None,
         };
-        self.stack.push(Open { kind, obj, len, next: 0, key: None });
+        push(self.stack, Open { kind, obj, len, next: 0, key: None });
         Some(Got::Opened)
     }
 
