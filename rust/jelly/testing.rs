@@ -7,7 +7,7 @@ use std::rc::Rc;
 use num_bigint::BigInt;
 
 use super::decode::{decode, Build, Fault, Scratch, When};
-use super::encode::{Buffers, Walk, Writer};
+use super::encode::{word, Buffers, Walk, Word, Writer};
 use super::{tag, Error};
 use crate::banana::{show, Dialect, Limits};
 
@@ -311,14 +311,14 @@ impl Walk for TreeWalk {
             V::FrozenSet(m) => (tag::FROZENSET, m.to_vec()),
             V::Dict(d) => {
                 let pairs = d.borrow().clone();
-                w.open(tag::DICTIONARY, pairs.len())?;
+                w.open(word::DICTIONARY, pairs.len())?;
                 stack.push(TreeFrame::Dict { pairs, next: 0, value: None, in_pair: false });
                 return Ok(());
             }
             V::Hooked(h) => (&h.0[..], h.1.clone()),
             V::Hole | V::Placeholder(_) => return Err(Error::Other(format!("cannot write {}", render(&item)))),
         };
-        w.open(atom, items.len())?;
+        w.open(Word::new(atom), items.len())?;
         stack.push(TreeFrame::Items(items, 0));
         Ok(())
     }

@@ -17,7 +17,7 @@ use super::int_value;
 use super::objects::{decimal_type, decode_utf8, qualified_name, utf8_of, GcPause, StrCache};
 use crate::banana::{Dialect, Encoder, Integer, Limits};
 use crate::jelly::decode::{decode, Build, Fault, When};
-use crate::jelly::encode::{Buffers, Walk, Writer};
+use crate::jelly::encode::{word, Buffers, Walk, Writer};
 use crate::jelly::{push, recycle, tag, Error};
 
 type Failed<E = PyErr> = Error<E>;
@@ -417,11 +417,11 @@ impl<'py> Walk for PyWalk<'py> {
         }
         // SAFETY (each cast): the type was just checked.
         let (kind, atom, len) = if obj.is_exact_instance_of::<PyList>() {
-            (Kind::List, tag::LIST, unsafe { obj.cast_unchecked::<PyList>() }.len())
+            (Kind::List, word::LIST, unsafe { obj.cast_unchecked::<PyList>() }.len())
         } else if obj.is_exact_instance_of::<PyDict>() {
-            (Kind::Dict, tag::DICTIONARY, unsafe { obj.cast_unchecked::<PyDict>() }.len())
+            (Kind::Dict, word::DICTIONARY, unsafe { obj.cast_unchecked::<PyDict>() }.len())
         } else if obj.is_exact_instance_of::<PyTuple>() {
-            (Kind::Tuple, tag::TUPLE, unsafe { obj.cast_unchecked::<PyTuple>() }.len())
+            (Kind::Tuple, word::TUPLE, unsafe { obj.cast_unchecked::<PyTuple>() }.len())
         } else {
             return self.write_other(w, stack, obj);
         };
@@ -552,7 +552,7 @@ impl<'py> PyWalk<'py> {
                 return Ok(());
             }
             let len = obj.len()?;
-            let atom = if obj.is_exact_instance_of::<PySet>() { tag::SET } else { tag::FROZENSET };
+            let atom = if obj.is_exact_instance_of::<PySet>() { word::SET } else { word::FROZENSET };
             w.open(atom, len)?;
             stack.push(Frame::new(Kind::Set, obj.try_iter()?.into_any(), len));
             return Ok(());
