@@ -10,7 +10,7 @@
 //! on what follows the value.
 
 use super::decode::Build;
-use super::{push, Tag};
+use super::Tag;
 use crate::banana::cursor::{Cursor, Item, Plain};
 
 /// A container being filled.
@@ -136,7 +136,9 @@ impl<B: Build> Quick<'_, '_, '_, B> {
                 return Some(false);
             }
             let pair = top.next;
-            let Item::List(2) = self.cur.next_item()? else { return None };
+            if !self.cur.pair() {
+                let Item::List(2) = self.cur.next_item()? else { return None };
+            }
             self.enter()?;
             // Keys are strs (which repeat from dict to dict: the builder's `key`), ints or floats.
             let key = match self.cur.plain()? {
@@ -208,7 +210,7 @@ impl<B: Build> Quick<'_, '_, '_, B> {
             }
             _ => return None,
         };
-        push(self.stack, Open { kind, obj, len, next: 0, key: None });
+        self.stack.push(Open { kind, obj, len, next: 0, key: None });
         Some(Got::Opened)
     }
 
