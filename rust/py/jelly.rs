@@ -18,7 +18,7 @@ use super::objects::{decimal_type, decode_utf8, qualified_name, utf8_of, GcPause
 use crate::banana::{Dialect, Encoder, Integer, Limits};
 use crate::jelly::decode::{decode, Build, Fault, When};
 use crate::jelly::encode::{word, Buffers, Walk, Writer};
-use crate::jelly::{push, recycle, tag, Error};
+use crate::jelly::{recycle, tag, Error};
 
 type Failed<E = PyErr> = Error<E>;
 
@@ -427,7 +427,7 @@ impl<'py> Walk for PyWalk<'py> {
         };
         if self.first_sighting(w, &obj)? {
             w.open(atom, len)?;
-            push(stack, Frame::new(kind, obj, len));
+            push_in_place(stack, Frame::new(kind, obj, len));
         }
         Ok(())
     }
@@ -535,7 +535,7 @@ impl<'py> PyWalk<'py> {
         if w.seen(obj.as_ptr() as usize)? {
             return Ok(false);
         }
-        push(&mut self.keep, obj.clone());
+        push_in_place(&mut self.keep, obj.clone());
         Ok(true)
     }
 
@@ -672,6 +672,22 @@ fn scalar(w: &mut Writer, obj: &Bound<'_, PyAny>) -> Result<bool, Failed> {
         }
     }
     Ok(true)
+}
+
+/// `v.push(item)`, inlined into the caller so that the item is built where it goes: a frame,
+/// passed to an outlined `push`, would be built on the native stack and then copied, its
+/// copy waiting on the narrow stores that built it.
+#[inline(always)]
+fn push_in_place<T>(v: &mut Vec<T>, item: T) {
+    if v.len() == v.capacity() {
+        v.reserve(1);
+    }
+    // SAFETY: there is room for one more element (reserved above); it is written before the
+    // length covers it.
+    unsafe {
+        v.as_mut_ptr().add(v.len()).write(item);
+        v.set_len(v.len() + 1);
+    }
 }
 
 /// An item of a list or dict being written. With the GIL, a borrowed reference: writing a scalar
