@@ -604,6 +604,20 @@ mod tests {
         let mut build = TreeBuild::default();
         let value = loads(&bytes_of(&shared), Dialect::Pb, Limits::twisted(), &mut build).unwrap();
         assert_eq!((render(&value), build.keys), (format!("(list {one} {one} (list))"), 4 + 4));
+        // Lists of plain items, filled without going on the quick pass's stack, leave the nesting
+        // count as they found it: at a max_depth the dict's lists just reach, one pass builds it.
+        let flat = |v: i64| L(vec![B(b"list"), I(v), unicode("x"), I(-v)]);
+        let dict = L(vec![
+            B(b"dictionary"),
+            L(vec![unicode("k"), flat(1)]),
+            L(vec![unicode("j"), flat(2)]),
+            L(vec![unicode("e"), L(vec![B(b"list")])]),
+        ]);
+        let limits = Limits { max_depth: 3, ..Limits::twisted() };
+        let mut build = TreeBuild::default();
+        let value = loads(&bytes_of(&dict), Dialect::Pb, limits, &mut build).unwrap();
+        let want = "(dict \"k\" (list 1 \"x\" -1) \"j\" (list 2 \"x\" -2) \"e\" (list))";
+        assert_eq!((render(&value).as_str(), build.keys), (want, 3));
     }
 
     /// Drop a deeply nested value without recursing.
