@@ -147,6 +147,30 @@ def test_shared_hashable_in_set_and_dict_key():
     assert out[0] is member is key is out[2][key] is next(iter(out[3]))
 
 
+def test_dict_keys_by_their_place():
+    # The decoder finds a dict's key by what the last dict had at the same place: keys that move,
+    # change length or text, come after the eighth pair, are long or not ASCII all come back.
+    long_key = "k" * 30
+    shapes = [
+        {"id": 1, "name": "a"},
+        {"name": "b", "id": 2},
+        {"id": 3, "nam": "c"},
+        {"ie": 4, "name": "d"},
+        {f"key{i}": i for i in range(12)},
+        {f"key{11 - i}": i for i in range(12)},
+        {long_key: 1, "é": 2, "": 3},
+        {"é": 4, long_key: 5, "": 6},
+        {1: "int key", "id": 7},
+    ]
+    value = shapes * 2
+    out = pbfast.loads(same_as_twisted(value))
+    assert out == value
+    assert [list(d) for d in out] == [list(d) for d in value]
+    # A key that repeats is one object.
+    assert out[0].keys() & out[1].keys() == {"id", "name"}
+    assert next(iter(out[0])) is list(out[1])[1] is next(iter(out[9]))
+
+
 def test_equal_atoms_are_not_shared():
     # Strings, bytes, ints, datetimes and decimals are never referenced, as in Twisted.
     for atom in ("abc", b"abc", 2**100, 1.5, datetime.date(2020, 1, 2), decimal.Decimal("1.5"), None, True):

@@ -143,6 +143,20 @@ impl<'a> Cursor<'a> {
         Some(Plain::Int(v))
     }
 
+    /// If the one-byte header of a list of two items (a jelly dictionary's `[key, value]`) starts
+    /// here, consume it: what [`Cursor::next_item`] would read as `Item::List(2)`, in one test.
+    #[inline(always)]
+    pub fn pair(&mut self) -> bool {
+        let at = self.pos;
+        let found = self.data.get(at..at + 2) == Some(&[2, tb::LIST][..])
+            && self.limits.max_element_size >= 2
+            && self.data.len() - (at + 2) >= 2;
+        if found {
+            self.pos += 2;
+        }
+        found
+    }
+
     /// If a PB vocabulary word with a one-byte header starts here, consume it and return its
     /// index and word: the shape of most jelly type tags (`list`, `dictionary`, `tuple`, ...).
     #[inline(always)]
@@ -252,6 +266,23 @@ mod tests {
         let tight = Limits { max_header_length: 1, ..Limits::twisted() };
         assert_eq!(Cursor::new(&[0x68, 0x07, tb::INT], Dialect::Pb, tight).plain(), None);
         assert_eq!(Cursor::new(&[tb::FLOAT, 0, 0], Dialect::Pb, tight).plain(), None);
+    }
+
+    #[test]
+    fn pair_fast_path() {
+        let data = [2, tb::LIST, 0, tb::INT, 0, tb::INT, 2, tb::LIST, 0];
+        let mut c = Cursor::new(&data, Dialect::Pb, Limits::twisted());
+        assert!(c.pair());
+        assert_eq!(c.pos(), 2);
+        // Not a pair header; a pair with fewer bytes left than items is left to next_item (which
+        // refuses it), as is one over a max_element_size below 2.
+        assert!(!c.pair());
+        c.skip_to(6);
+        assert!(!c.pair());
+        assert_eq!((c.pos(), c.next_item()), (6, None));
+        let tiny = Limits { max_element_size: 1, ..Limits::twisted() };
+        assert!(!Cursor::new(&data, Dialect::Pb, tiny).pair());
+        assert_eq!(Cursor::new(&data, Dialect::Pb, tiny).next_item(), None);
     }
 
     #[test]

@@ -81,10 +81,16 @@ impl Encoder {
     #[inline(always)]
     pub fn bytes(&mut self, b: &[u8]) -> Result<(), BananaError> {
         if let Some(index) = self.dialect.vocab_index(b) {
-            self.token(u64::from(index), tb::VOCAB);
+            self.vocab(index);
             return Ok(());
         }
         self.string(b)
+    }
+
+    /// The vocabulary word `index` as VOCAB.
+    #[inline(always)]
+    pub fn vocab(&mut self, index: u8) {
+        self.token(u64::from(index), tb::VOCAB);
     }
 
     /// A byte string as STRING, never VOCAB.

@@ -60,9 +60,10 @@ pub trait Build {
     fn bytes(&mut self, value: &[u8]) -> Result<Self::Value, Self::Error>;
     /// `["unicode", utf8]`: [`Fault::Bad`] if the bytes are not UTF-8.
     fn text(&mut self, utf8: &[u8]) -> Result<Self::Value, Fault<Self::Error>>;
-    /// A dictionary key written as `["unicode", utf8]`: as [`Build::text`], but keys repeat from
-    /// one dict to the next, so a builder may hand out one value for all of them.
-    fn key(&mut self, utf8: &[u8]) -> Result<Self::Value, Fault<Self::Error>>;
+    /// A dictionary key written as `["unicode", utf8]`, of the dict's pair number `pair`: as
+    /// [`Build::text`], but keys repeat from one dict to the next, mostly at the same place in
+    /// each, so a builder may hand out one value for all of them.
+    fn key(&mut self, utf8: &[u8], pair: usize) -> Result<Self::Value, Fault<Self::Error>>;
     fn none(&mut self) -> Result<Self::Value, Self::Error>;
     fn boolean(&mut self, value: bool) -> Result<Self::Value, Self::Error>;
     /// [`Fault::Bad`] if a field is out of its range (a month of 13).
@@ -266,6 +267,7 @@ enum Frame<'a, V> {
     /// is being read.
     Dict {
         dict: V,
+        len: usize,
         pairs: usize,
         key: Option<V>,
         pair_at: usize,
@@ -400,7 +402,7 @@ impl<'a, B: Build> Decoder<'a, '_, B> {
                     if let Some(id) = register {
                         rd.define(id, &dict, false, rd.cur.pos())?;
                     }
-                    Frame::Dict { dict, pairs: items, key: None, pair_at: 0 }
+                    Frame::Dict { dict, len: items, pairs: items, key: None, pair_at: 0 }
                 }
                 Tag::Set => {
                     let set = rd.b.set().map_err(other)?;
@@ -526,7 +528,7 @@ impl<'a, B: Build> Decoder<'a, '_, B> {
                 }
                 read!();
             },
-            Frame::Dict { dict, pairs, key, pair_at } => loop {
+            Frame::Dict { dict, len, pairs, key, pair_at } => loop {
                 if let Some(built) = child.take() {
                     match key.take() {
                         None if built.incomplete() => {
@@ -562,7 +564,7 @@ impl<'a, B: Build> Decoder<'a, '_, B> {
                         read!();
                         continue;
                     };
-                    let k = rd.b.key(s).map_err(|f| rd.fault(f, key_at, not_utf8))?;
+                    let k = rd.b.key(s, *len - *pairs).map_err(|f| rd.fault(f, key_at, not_utf8))?;
                     // A plain value completes the pair here.
                     if let Some(value) = rd.plain() {
                         let at = *pair_at;

@@ -11,6 +11,7 @@
 use num_bigint::BigInt;
 
 use super::{format_fields, tag, Error};
+use crate::banana::vocab::PB_VOCAB;
 use crate::banana::{tb, BananaError, Dialect, Encoder, Limits};
 use crate::ids::IdMap;
 
@@ -23,9 +24,15 @@ pub trait Walk {
     type Error;
 
     /// Write `item`. A container is looked up with [`Writer::seen`] first, and unless it was seen,
-    /// opened (its header written) and returned as a frame, whose items [`Walk::next`] hands out;
-    /// the walk closes it once they are all written.
-    fn write(&mut self, w: &mut Writer, item: Self::Item) -> Result<Option<Self::Frame>, Error<Self::Error>>;
+    /// opened (its header written) and pushed on `stack` as a frame, whose items [`Walk::next`]
+    /// hands out; the walk closes it once they are all written. (Pushed where it is built: a
+    /// frame handed back would be copied on its way to the stack.)
+    fn write(
+        &mut self,
+        w: &mut Writer,
+        stack: &mut Vec<Self::Frame>,
+        item: Self::Item,
+    ) -> Result<(), Error<Self::Error>>;
 
     /// Write the items of `frame` from where it stands as far as they need no frame of their own;
     /// return the first that may (for [`Walk::write`]), or None once all are written.
@@ -54,6 +61,53 @@ impl<E> From<Refusal> for Error<E> {
             Refusal::Banana(e) => Error::Banana(e),
         }
     }
+}
+
+/// A type tag as the writer writes it, with its `pb` VOCAB index found once (at compile time for
+/// the constants in [`word`]) rather than looked up at every container.
+#[derive(Debug, Clone, Copy)]
+pub struct Word<'a> {
+    text: &'a [u8],
+    pb_index: Option<u8>,
+}
+
+impl<'a> Word<'a> {
+    pub const fn new(text: &'a [u8]) -> Word<'a> {
+        let mut i = 1;
+        while i < PB_VOCAB.len() {
+            if same(PB_VOCAB[i], text) {
+                return Word { text, pb_index: Some(i as u8) };
+            }
+            i += 1;
+        }
+        Word { text, pb_index: None }
+    }
+}
+
+const fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The tags of jelly's containers, as [`Word`]s.
+pub mod word {
+    use super::{tag, Word};
+
+    pub const LIST: Word<'static> = Word::new(tag::LIST);
+    pub const TUPLE: Word<'static> = Word::new(tag::TUPLE);
+    pub const DICTIONARY: Word<'static> = Word::new(tag::DICTIONARY);
+    pub const SET: Word<'static> = Word::new(tag::SET);
+    pub const FROZENSET: Word<'static> = Word::new(tag::FROZENSET);
+    pub const DECIMAL: Word<'static> = Word::new(tag::DECIMAL);
 }
 
 /// Where a tracked object's bytes start, and its reference id once it is met again (0 until).
@@ -147,17 +201,7 @@ impl Writer {
     fn walk<W: Walk>(&mut self, walk: &mut W, stack: &mut Vec<W::Frame>, root: W::Item) -> Result<(), Error<W::Error>> {
         let mut item = root;
         loop {
-            if let Some(mut frame) = walk.write(self, item)? {
-                // A container of plain items is written without going on the stack.
-                match walk.next(self, &mut frame)? {
-                    Some(inner) => {
-                        stack.push(frame);
-                        item = inner;
-                        continue;
-                    }
-                    None => self.close(),
-                }
-            }
+            walk.write(self, stack, item)?;
             // The innermost open container with an item left gives the next item.
             item = loop {
                 let Some(top) = stack.last_mut() else { return Ok(()) };
@@ -203,9 +247,12 @@ impl Writer {
 
     /// `[tag, ...len items]`: the items follow, then [`Writer::close`].
     #[inline(always)]
-    pub fn open(&mut self, tag: &[u8], len: usize) -> Result<(), Refusal> {
+    pub fn open(&mut self, tag: Word<'_>, len: usize) -> Result<(), Refusal> {
         self.open_list(len + 1)?;
-        self.enc.bytes(tag)?;
+        match (self.enc.dialect, tag.pb_index) {
+            (Dialect::Pb, Some(index)) => self.enc.vocab(index),
+            _ => self.enc.bytes(tag.text)?,
+        }
         Ok(())
     }
 
@@ -274,7 +321,7 @@ impl Writer {
 
     /// `["decimal", coefficient, exponent]`: the value `coefficient * 10**exponent`.
     pub fn decimal(&mut self, coefficient: &BigInt, exponent: i64) -> Result<(), Refusal> {
-        self.open(tag::DECIMAL, 2)?;
+        self.open(word::DECIMAL, 2)?;
         self.enc.big_int(coefficient)?;
         self.enc.int(exponent);
         self.close();
@@ -319,5 +366,20 @@ impl Writer {
         }
         out.out.extend_from_slice(&old[copied..]);
         self.enc.out = out.out;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_carry_the_vocabulary_index_a_lookup_finds() {
+        let words = [word::LIST, word::TUPLE, word::DICTIONARY, word::SET, word::FROZENSET, word::DECIMAL];
+        for w in words.into_iter().chain([Word::new(b"remote"), Word::new(b"copy.Thing"), Word::new(b"")]) {
+            assert_eq!(w.pb_index, Dialect::Pb.vocab_index(w.text), "{:?}", w.text);
+        }
+        assert_eq!(word::DICTIONARY.pb_index, Some(5));
+        assert_eq!(word::SET.pb_index, None);
     }
 }

@@ -135,11 +135,14 @@ impl<B: Build> Quick<'_, '_, '_, B> {
             if top.next == top.len {
                 return Some(false);
             }
-            let Item::List(2) = self.cur.next_item()? else { return None };
+            let pair = top.next;
+            if !self.cur.pair() {
+                let Item::List(2) = self.cur.next_item()? else { return None };
+            }
             self.enter()?;
             // Keys are strs (which repeat from dict to dict: the builder's `key`), ints or floats.
             let key = match self.cur.plain()? {
-                Plain::Text(s) => self.b.key(s).ok()?,
+                Plain::Text(s) => self.b.key(s, pair).ok()?,
                 Plain::Int(v) => self.b.int(v).ok()?,
                 Plain::Float(f) => self.b.float(f).ok()?,
             };
@@ -186,7 +189,8 @@ impl<B: Build> Quick<'_, '_, '_, B> {
             },
         };
         let (len, b) = (n - 1, &mut *self.b);
-        // SAFETY (list and tuple): filled by `items`, slot by slot, before they go anywhere.
+        // SAFETY (list and tuple): filled below or by `items`, slot by slot, before they go
+        // anywhere.
         let (kind, obj) = match kind {
             Tag::List => (Kind::List, unsafe { b.list(len) }.ok()?),
             Tag::Tuple => (Kind::Tuple, unsafe { b.tuple(len) }.ok()?),
@@ -207,7 +211,32 @@ impl<B: Build> Quick<'_, '_, '_, B> {
             }
             _ => return None,
         };
-        self.stack.push(Open { kind, obj, len, next: 0, key: None });
+        // The plain items at the head of a list or tuple go in here: one of plain items only (the
+        // common kind) is complete without going on the stack.
+        let mut next = 0;
+        if kind != Kind::Dict {
+            while next < len {
+                let Some(plain) = self.cur.plain() else { break };
+                let item = match plain {
+                    Plain::Text(s) => self.b.text(s).ok()?,
+                    Plain::Int(v) => self.b.int(v).ok()?,
+                    Plain::Float(f) => self.b.float(f).ok()?,
+                };
+                // SAFETY: as `place`: `next < len`, slots filled once, in order.
+                unsafe {
+                    match kind {
+                        Kind::List => self.b.fill_list(&obj, next, item),
+                        _ => self.b.fill_tuple(&obj, next, item),
+                    }
+                }
+                next += 1;
+            }
+            if next == len {
+                self.depth -= 1;
+                return Some(Got::Value(obj));
+            }
+        }
+        self.stack.push(Open { kind, obj, len, next, key: None });
         Some(Got::Opened)
     }
 

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use num_bigint::BigInt;
 
 use super::decode::{decode, Build, Fault, Scratch, When};
-use super::encode::{Buffers, Walk, Writer};
+use super::encode::{word, Buffers, Walk, Word, Writer};
 use super::{tag, Error};
 use crate::banana::{show, Dialect, Limits};
 
@@ -131,7 +131,7 @@ impl Build for TreeBuild {
     fn text(&mut self, utf8: &[u8]) -> R<V> {
         String::from_utf8(utf8.to_vec()).map(V::Text).map_err(|e| Fault::Bad(e.to_string()))
     }
-    fn key(&mut self, utf8: &[u8]) -> R<V> {
+    fn key(&mut self, utf8: &[u8], _pair: usize) -> R<V> {
         self.keys += 1;
         self.text(utf8)
     }
@@ -261,28 +261,28 @@ impl Walk for TreeWalk {
     type Frame = TreeFrame;
     type Error = String;
 
-    fn write(&mut self, w: &mut Writer, item: V) -> Result<Option<TreeFrame>, Error<String>> {
+    fn write(&mut self, w: &mut Writer, stack: &mut Vec<TreeFrame>, item: V) -> Result<(), Error<String>> {
         if let Some(id) = item.identity() {
             if w.seen(id)? {
-                return Ok(None);
+                return Ok(());
             }
         }
         let (atom, items) = match &item {
-            V::None => return Ok(w.none().map(|()| None)?),
-            V::Bool(b) => return Ok(w.boolean(*b).map(|()| None)?),
+            V::None => return Ok(w.none()?),
+            V::Bool(b) => return Ok(w.boolean(*b)?),
             V::Int(i) => {
                 match i64::try_from(i) {
                     Ok(small) => w.int(small),
                     Err(_) => w.big_int(i)?,
                 }
-                return Ok(None);
+                return Ok(());
             }
             V::Float(f) => {
                 w.float(*f);
-                return Ok(None);
+                return Ok(());
             }
-            V::Bytes(b) => return Ok(w.bytes(b).map(|()| None)?),
-            V::Text(s) => return Ok(w.text(s.as_bytes()).map(|()| None)?),
+            V::Bytes(b) => return Ok(w.bytes(b)?),
+            V::Text(s) => return Ok(w.text(s.as_bytes())?),
             V::When(when) => {
                 let (t, fields) = match *when {
                     When::DateTime { year, month, day, hour, minute, second, microsecond } => {
@@ -297,28 +297,30 @@ impl Walk for TreeWalk {
                         (tag::TIMEDELTA, vec![days.into(), seconds.into(), microseconds.into()])
                     }
                 };
-                return Ok(w.when(t, &fields).map(|()| None)?);
+                return Ok(w.when(t, &fields)?);
             }
             V::Decimal(negative, digits, exponent) => {
                 let magnitude = digits.iter().fold(BigInt::from(0), |acc, &d| acc * 10 + d);
                 let coefficient = if *negative { -magnitude } else { magnitude };
-                return Ok(w.decimal(&coefficient, *exponent).map(|()| None)?);
+                return Ok(w.decimal(&coefficient, *exponent)?);
             }
-            V::Unpersistable(reason) => return Ok(w.unpersistable(reason).map(|()| None)?),
+            V::Unpersistable(reason) => return Ok(w.unpersistable(reason)?),
             V::List(s) => (tag::LIST, s.borrow().clone()),
             V::Tuple(s) => (tag::TUPLE, s.borrow().clone()),
             V::Set(s) => (tag::SET, s.borrow().clone()),
             V::FrozenSet(m) => (tag::FROZENSET, m.to_vec()),
             V::Dict(d) => {
                 let pairs = d.borrow().clone();
-                w.open(tag::DICTIONARY, pairs.len())?;
-                return Ok(Some(TreeFrame::Dict { pairs, next: 0, value: None, in_pair: false }));
+                w.open(word::DICTIONARY, pairs.len())?;
+                stack.push(TreeFrame::Dict { pairs, next: 0, value: None, in_pair: false });
+                return Ok(());
             }
             V::Hooked(h) => (&h.0[..], h.1.clone()),
             V::Hole | V::Placeholder(_) => return Err(Error::Other(format!("cannot write {}", render(&item)))),
         };
-        w.open(atom, items.len())?;
-        Ok(Some(TreeFrame::Items(items, 0)))
+        w.open(Word::new(atom), items.len())?;
+        stack.push(TreeFrame::Items(items, 0));
+        Ok(())
     }
 
     fn next(&mut self, w: &mut Writer, frame: &mut TreeFrame) -> Result<Option<V>, Error<String>> {
@@ -602,6 +604,20 @@ mod tests {
         let mut build = TreeBuild::default();
         let value = loads(&bytes_of(&shared), Dialect::Pb, Limits::twisted(), &mut build).unwrap();
         assert_eq!((render(&value), build.keys), (format!("(list {one} {one} (list))"), 4 + 4));
+        // Lists of plain items, filled without going on the quick pass's stack, leave the nesting
+        // count as they found it: at a max_depth the dict's lists just reach, one pass builds it.
+        let flat = |v: i64| L(vec![B(b"list"), I(v), unicode("x"), I(-v)]);
+        let dict = L(vec![
+            B(b"dictionary"),
+            L(vec![unicode("k"), flat(1)]),
+            L(vec![unicode("j"), flat(2)]),
+            L(vec![unicode("e"), L(vec![B(b"list")])]),
+        ]);
+        let limits = Limits { max_depth: 3, ..Limits::twisted() };
+        let mut build = TreeBuild::default();
+        let value = loads(&bytes_of(&dict), Dialect::Pb, limits, &mut build).unwrap();
+        let want = "(dict \"k\" (list 1 \"x\" -1) \"j\" (list 2 \"x\" -2) \"e\" (list))";
+        assert_eq!((render(&value).as_str(), build.keys), (want, 3));
     }
 
     /// Drop a deeply nested value without recursing.

@@ -17,7 +17,7 @@ use super::int_value;
 use super::objects::{decimal_type, decode_utf8, qualified_name, utf8_of, GcPause, StrCache};
 use crate::banana::{Dialect, Encoder, Integer, Limits};
 use crate::jelly::decode::{decode, Build, Fault, When};
-use crate::jelly::encode::{Buffers, Walk, Writer};
+use crate::jelly::encode::{word, Buffers, Walk, Writer};
 use crate::jelly::{recycle, tag, Error};
 
 type Failed<E = PyErr> = Error<E>;
@@ -135,8 +135,8 @@ impl<'py> Build for PyBuild<'py, '_> {
     }
 
     #[inline]
-    fn key(&mut self, utf8: &[u8]) -> Result<Self::Value, Fault<PyErr>> {
-        self.strings.get(self.py, utf8).map(Bound::into_any).map_err(bad)
+    fn key(&mut self, utf8: &[u8], pair: usize) -> Result<Self::Value, Fault<PyErr>> {
+        self.strings.key(self.py, utf8, pair).map(Bound::into_any).map_err(bad)
     }
 
     fn none(&mut self) -> PyResult<Self::Value> {
@@ -369,40 +369,40 @@ struct PyWalk<'py> {
     keep: Vec<Bound<'py, PyAny>>,
 }
 
-/// A container being written: where the walk goes on once the item being written is done.
-enum Frame<'py> {
-    /// A list of `len` items, `next` of them written. Hook code may change the list under us, so
-    /// its size is checked at each step.
-    List {
-        list: Bound<'py, PyList>,
-        len: usize,
-        next: usize,
-    },
-    Tuple {
-        tuple: Bound<'py, PyTuple>,
-        next: usize,
-    },
-    /// A dict of `len` items walked by `PyDict_Next` position. `value` is the value of the pair
-    /// whose key is being written; `in_pair`: that pair's list is open.
-    Dict {
-        dict: Bound<'py, PyDict>,
-        len: usize,
-        pos: ffi::Py_ssize_t,
-        written: usize,
-        value: Option<Bound<'py, PyAny>>,
-        in_pair: bool,
-    },
-    /// A set or frozenset of `len` members.
-    Set {
-        members: Bound<'py, PyIterator>,
-        len: usize,
-        written: usize,
-    },
+/// A container being written: where the walk goes on once the item being written is done. One
+/// shape for every kind of container rather than an enum, so that the walk builds a new frame
+/// straight into its place on the stack.
+struct Frame<'py> {
+    kind: Kind,
+    /// The list, tuple or dict; a set's iterator; the tuple of items a hook gave.
+    obj: Bound<'py, PyAny>,
+    /// Items (a dict's pairs) it holds. Hook code may change a list, dict or set under us, so
+    /// their sizes are checked at each step.
+    len: usize,
+    /// The next item's index; a dict's `PyDict_Next` position.
+    next: ffi::Py_ssize_t,
+    /// Pairs or members written so far (dicts and sets).
+    written: usize,
+    /// A dict's value of the pair whose key is being written.
+    value: Option<Bound<'py, PyAny>>,
+    /// A dict's pair list is open.
+    in_pair: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    List,
+    Tuple,
+    Dict,
+    Set,
     /// The items a hook gave for an object.
-    Items {
-        items: Bound<'py, PyTuple>,
-        next: usize,
-    },
+    Items,
+}
+
+impl<'py> Frame<'py> {
+    fn new(kind: Kind, obj: Bound<'py, PyAny>, len: usize) -> Frame<'py> {
+        Frame { kind, obj, len, next: 0, written: 0, value: None, in_pair: false }
+    }
 }
 
 impl<'py> Walk for PyWalk<'py> {
@@ -411,106 +411,96 @@ impl<'py> Walk for PyWalk<'py> {
     type Error = PyErr;
 
     #[inline(always)]
-    fn write(&mut self, w: &mut Writer, obj: Bound<'py, PyAny>) -> Result<Option<Frame<'py>>, Failed> {
+    fn write(&mut self, w: &mut Writer, stack: &mut Vec<Frame<'py>>, obj: Bound<'py, PyAny>) -> Result<(), Failed> {
         if scalar(w, &obj)? {
-            return Ok(None);
+            return Ok(());
         }
-        if obj.is_exact_instance_of::<PyList>() {
-            if !self.first_sighting(w, &obj)? {
-                return Ok(None);
-            }
-            // SAFETY: the type was just checked.
-            let list = unsafe { obj.cast_into_unchecked::<PyList>() };
-            let len = list.len();
-            w.open(tag::LIST, len)?;
-            return Ok(Some(Frame::List { list, len, next: 0 }));
+        // SAFETY (each cast): the type was just checked.
+        let (kind, atom, len) = if obj.is_exact_instance_of::<PyList>() {
+            (Kind::List, word::LIST, unsafe { obj.cast_unchecked::<PyList>() }.len())
+        } else if obj.is_exact_instance_of::<PyDict>() {
+            (Kind::Dict, word::DICTIONARY, unsafe { obj.cast_unchecked::<PyDict>() }.len())
+        } else if obj.is_exact_instance_of::<PyTuple>() {
+            (Kind::Tuple, word::TUPLE, unsafe { obj.cast_unchecked::<PyTuple>() }.len())
+        } else {
+            return self.write_other(w, stack, obj);
+        };
+        if self.first_sighting(w, &obj)? {
+            w.open(atom, len)?;
+            push_in_place(stack, Frame::new(kind, obj, len));
         }
-        if obj.is_exact_instance_of::<PyDict>() {
-            if !self.first_sighting(w, &obj)? {
-                return Ok(None);
-            }
-            // SAFETY: the type was just checked.
-            let dict = unsafe { obj.cast_into_unchecked::<PyDict>() };
-            let len = dict.len();
-            w.open(tag::DICTIONARY, len)?;
-            return Ok(Some(Frame::Dict { dict, len, pos: 0, written: 0, value: None, in_pair: false }));
-        }
-        if obj.is_exact_instance_of::<PyTuple>() {
-            if !self.first_sighting(w, &obj)? {
-                return Ok(None);
-            }
-            // SAFETY: the type was just checked.
-            let tuple = unsafe { obj.cast_into_unchecked::<PyTuple>() };
-            w.open(tag::TUPLE, tuple.len())?;
-            return Ok(Some(Frame::Tuple { tuple, next: 0 }));
-        }
-        self.write_other(w, obj)
+        Ok(())
     }
 
     #[inline(always)]
     fn next(&mut self, w: &mut Writer, frame: &mut Frame<'py>) -> Result<Option<Bound<'py, PyAny>>, Failed> {
-        match frame {
-            Frame::List { list, len, next } => loop {
+        // SAFETY (each cast): `obj` is of the type its kind says (see `Frame::new`'s callers).
+        match frame.kind {
+            Kind::List => loop {
+                let list = unsafe { frame.obj.cast_unchecked::<PyList>() };
                 // Hook code may run while an item is written and shrink the list under us: check
                 // the size each time, and hold each item by an owned reference while it is written.
-                if list.len() != *len {
+                if list.len() != frame.len {
                     return Err(changed_size("list"));
                 }
-                if *next == *len {
+                if frame.next as usize == frame.len {
                     break;
                 }
-                let item = list_item(list, *next)?;
-                *next += 1;
+                let item = list_item(list, frame.next as usize)?;
+                frame.next += 1;
                 if !scalar(w, item.as_any())? {
                     return Ok(Some(item.as_any().clone()));
                 }
             },
-            Frame::Tuple { tuple, next } => {
-                while *next < tuple.len() {
+            Kind::Tuple => {
+                let tuple = unsafe { frame.obj.cast_unchecked::<PyTuple>() };
+                while (frame.next as usize) < frame.len {
                     // SAFETY: `next < len(tuple)`, just checked (a tuple's length is fixed).
-                    let item = unsafe { tuple.get_item_unchecked(*next) };
-                    *next += 1;
+                    let item = unsafe { tuple.get_item_unchecked(frame.next as usize) };
+                    frame.next += 1;
                     if !scalar(w, &item)? {
                         return Ok(Some(item));
                     }
                 }
             }
-            Frame::Dict { dict, len, pos, written, value, in_pair } => loop {
-                if let Some(value) = value.take() {
+            Kind::Dict => loop {
+                if let Some(value) = frame.value.take() {
                     if !scalar(w, &value)? {
                         return Ok(Some(value));
                     }
                 }
-                if *in_pair {
-                    *in_pair = false;
+                if frame.in_pair {
+                    frame.in_pair = false;
                     w.close();
                 }
-                let Some((key, item)) = dict_next(dict, pos) else {
-                    if *written != *len || dict.len() != *len {
+                let dict = unsafe { frame.obj.cast_unchecked::<PyDict>() };
+                let Some((key, item)) = dict_next(dict, &mut frame.next) else {
+                    if frame.written != frame.len || dict.len() != frame.len {
                         return Err(changed_size("dict"));
                     }
                     break;
                 };
-                *written += 1;
-                if *written > *len {
+                frame.written += 1;
+                if frame.written > frame.len {
                     return Err(changed_size("dict"));
                 }
                 w.open_list(2)?;
                 if !scalar(w, key.as_any())? {
-                    *in_pair = true;
-                    *value = Some(item.as_any().clone());
+                    frame.in_pair = true;
+                    frame.value = Some(item.as_any().clone());
                     return Ok(Some(key.as_any().clone()));
                 }
                 if !scalar(w, item.as_any())? {
-                    *in_pair = true;
+                    frame.in_pair = true;
                     return Ok(Some(item.as_any().clone()));
                 }
                 w.close();
             },
-            Frame::Set { members, len, written } => {
-                for member in members.by_ref() {
-                    *written += 1;
-                    if *written > *len {
+            Kind::Set => {
+                let members = unsafe { frame.obj.cast_unchecked::<PyIterator>() };
+                for member in members.clone() {
+                    frame.written += 1;
+                    if frame.written > frame.len {
                         return Err(changed_size("set"));
                     }
                     let member = member?;
@@ -518,14 +508,15 @@ impl<'py> Walk for PyWalk<'py> {
                         return Ok(Some(member));
                     }
                 }
-                if *written != *len {
+                if frame.written != frame.len {
                     return Err(changed_size("set"));
                 }
             }
-            Frame::Items { items, next } => {
-                while *next < items.len() {
-                    let item = items.get_item(*next)?;
-                    *next += 1;
+            Kind::Items => {
+                let items = unsafe { frame.obj.cast_unchecked::<PyTuple>() };
+                while (frame.next as usize) < items.len() {
+                    let item = items.get_item(frame.next as usize)?;
+                    frame.next += 1;
                     if !scalar(w, &item)? {
                         return Ok(Some(item));
                     }
@@ -544,21 +535,27 @@ impl<'py> PyWalk<'py> {
         if w.seen(obj.as_ptr() as usize)? {
             return Ok(false);
         }
-        self.keep.push(obj.clone());
+        push_in_place(&mut self.keep, obj.clone());
         Ok(true)
     }
 
     /// [`Walk::write`] for the less common types.
     #[inline(never)]
-    fn write_other(&mut self, w: &mut Writer, obj: Bound<'py, PyAny>) -> Result<Option<Frame<'py>>, Failed> {
+    fn write_other(
+        &mut self,
+        w: &mut Writer,
+        stack: &mut Vec<Frame<'py>>,
+        obj: Bound<'py, PyAny>,
+    ) -> Result<(), Failed> {
         if obj.is_exact_instance_of::<PySet>() || obj.is_exact_instance_of::<PyFrozenSet>() {
             if !self.first_sighting(w, &obj)? {
-                return Ok(None);
+                return Ok(());
             }
             let len = obj.len()?;
-            let atom = if obj.is_exact_instance_of::<PySet>() { tag::SET } else { tag::FROZENSET };
+            let atom = if obj.is_exact_instance_of::<PySet>() { word::SET } else { word::FROZENSET };
             w.open(atom, len)?;
-            return Ok(Some(Frame::Set { members: obj.try_iter()?, len, written: 0 }));
+            stack.push(Frame::new(Kind::Set, obj.try_iter()?.into_any(), len));
+            return Ok(());
         }
         if let Ok(dt) = obj.cast_exact::<PyDateTime>() {
             refuse_tz(dt.get_tzinfo().is_some(), "datetime")?;
@@ -591,17 +588,17 @@ impl<'py> PyWalk<'py> {
         } else if let Ok(cls) = obj.cast::<PyType>() {
             w.class(&qualified_name(cls)?)?;
         } else {
-            return self.instance(w, &obj);
+            return self.instance(w, stack, &obj);
         }
-        Ok(None)
+        Ok(())
     }
 
     /// Anything that is not a builtin jelly type: ask the hook, else Twisted's defaults.
-    fn instance(&mut self, w: &mut Writer, obj: &Bound<'py, PyAny>) -> Result<Option<Frame<'py>>, Failed> {
+    fn instance(&mut self, w: &mut Writer, stack: &mut Vec<Frame<'py>>, obj: &Bound<'py, PyAny>) -> Result<(), Failed> {
         if let Some(hook) = self.hook.clone() {
             if w.was_seen(obj.as_ptr() as usize) {
                 w.seen(obj.as_ptr() as usize)?;
-                return Ok(None);
+                return Ok(());
             }
             let result = hook.call1((obj,))?;
             if !result.is_none() {
@@ -618,10 +615,12 @@ impl<'py> PyWalk<'py> {
                         .map_err(|_| PyTypeError::new_err("a jelly hook's items must be a tuple or list"))
                 })?;
                 w.open_list(items.len())?;
-                return Ok(Some(Frame::Items { items, next: 0 }));
+                let len = items.len();
+                stack.push(Frame::new(Kind::Items, items.into_any(), len));
+                return Ok(());
             }
         }
-        self.default_instance(w, obj).map(|()| None)
+        self.default_instance(w, obj)
     }
 
     /// Twisted's behaviour for objects without a jelly form of their own: functions, methods and
@@ -673,6 +672,22 @@ fn scalar(w: &mut Writer, obj: &Bound<'_, PyAny>) -> Result<bool, Failed> {
         }
     }
     Ok(true)
+}
+
+/// `v.push(item)`, inlined into the caller so that the item is built where it goes: a frame,
+/// passed to an outlined `push`, would be built on the native stack and then copied, its
+/// copy waiting on the narrow stores that built it.
+#[inline(always)]
+fn push_in_place<T>(v: &mut Vec<T>, item: T) {
+    if v.len() == v.capacity() {
+        v.reserve(1);
+    }
+    // SAFETY: there is room for one more element (reserved above); it is written before the
+    // length covers it.
+    unsafe {
+        v.as_mut_ptr().add(v.len()).write(item);
+        v.set_len(v.len() + 1);
+    }
 }
 
 /// An item of a list or dict being written. With the GIL, a borrowed reference: writing a scalar

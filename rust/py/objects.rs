@@ -13,6 +13,10 @@ use crate::jelly::decode::Scratch;
 /// of the last jelly walk's stack, so that the next message costs none.
 pub struct StrCache {
     slots: Vec<Option<CachedStr>>,
+    /// The key last met at each of a dict's first pairs: dicts of one shape follow one another,
+    /// so a dict's key is nearly always the one the last dict had at its place, found here
+    /// without hashing its bytes or reaching into the larger table.
+    by_pair: [Option<CachedStr>; Self::PAIRS],
     pub(crate) scratch: Scratch,
 }
 
@@ -32,9 +36,36 @@ impl Default for StrCache {
 impl StrCache {
     const MAX_LEN: usize = 24;
     const SLOTS: usize = 512;
+    const PAIRS: usize = 8;
 
     pub fn new() -> StrCache {
-        StrCache { slots: Vec::new(), scratch: Scratch::default() }
+        StrCache { slots: Vec::new(), by_pair: Default::default(), scratch: Scratch::default() }
+    }
+
+    /// [`StrCache::get`] for the key of a dict's pair number `pair`.
+    #[inline(always)]
+    pub fn key<'py>(&mut self, py: Python<'py>, bytes: &[u8], pair: usize) -> PyResult<Bound<'py, PyString>> {
+        let len = bytes.len();
+        let Some(last) = self.by_pair.get(pair) else { return self.get(py, bytes) };
+        if len > Self::MAX_LEN {
+            return self.miss(py, bytes);
+        }
+        let key = key_of(bytes);
+        if let Some(c) = last {
+            if c.len == len && same_key(&c.key, &key) {
+                return Ok(c.string.bind(py).clone());
+            }
+        }
+        self.pair_miss(py, bytes, pair)
+    }
+
+    /// A key not found at its pair's place: looked up in the table, and remembered there.
+    #[inline(never)]
+    fn pair_miss<'py>(&mut self, py: Python<'py>, bytes: &[u8], pair: usize) -> PyResult<Bound<'py, PyString>> {
+        let string = self.get(py, bytes)?;
+        let (len, key) = (bytes.len(), key_of(bytes));
+        self.by_pair[pair] = Some(CachedStr { len, key, string: string.clone().unbind() });
+        Ok(string)
     }
 
     /// The `str` for UTF-8 `bytes`; a `UnicodeDecodeError` if they are not UTF-8.
@@ -46,7 +77,7 @@ impl StrCache {
         }
         let key = key_of(bytes);
         if let Some(c) = &self.slots[Self::slot(len, key)] {
-            if c.len == len && c.key == key {
+            if c.len == len && same_key(&c.key, &key) {
                 return Ok(c.string.bind(py).clone());
             }
         }
@@ -91,6 +122,14 @@ fn key_of(b: &[u8]) -> [u64; 3] {
         9..=16 => [w8(0), w8(n - 8), 0],
         _ => [w8(0), w8(8), w8(n - 8)],
     }
+}
+
+/// Whether two keys are equal, compared word by word in registers: a compare of the arrays as
+/// a whole reads the one just built back from memory in one wide load, which must wait for the
+/// narrower stores that wrote it.
+#[inline(always)]
+fn same_key(a: &[u64; 3], b: &[u64; 3]) -> bool {
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) == 0
 }
 
 /// A `str` from UTF-8 bytes (a `UnicodeDecodeError` if they are not), in one pass.
