@@ -150,9 +150,10 @@ class Canary(Referenceable):
 
 class Introducer(Referenceable):
     """An introducer served by pbfast, doing what Tahoe's ``IntroducerService`` does: it checks
-    each published announcement's signature, keeps the latest per (service, key) and relays it
-    to that service's subscribers, and tells each new subscriber what it holds. Every call is
-    recorded in `calls` (name, arguments) and announced on `called`."""
+    each published announcement's signature, keeps the last one per (service, key) (Tahoe's
+    seqnum and duplicate rules left out), relays it to that service's subscribers, and tells
+    each new subscriber what it holds. Every call is recorded in `calls` (name, arguments) and
+    announced on `called`."""
 
     remote_interface = RIIntroducerPublisherAndSubscriberService_v2
     VERSION = {INTRODUCER_V2: {}, b"application-version": b"pbfast-interop/1"}
