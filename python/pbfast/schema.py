@@ -35,7 +35,6 @@ import re
 import types
 import typing
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 from typing import Any as _AnyType
 from typing import ClassVar
 
@@ -470,32 +469,48 @@ def _check_value(value: float, least: float | None, most: float | None, where: s
 # ------------------------------------------------------------------------------ bounds in hints
 
 
-@dataclass(frozen=True)
-class MaxLength:
+class _Bound:
+    """A bound in ``Annotated[...]``: a number, compared and shown as given."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: float) -> None:
+        self.n: float = n
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.n == self.n
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.n))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.n!r})"
+
+
+class MaxLength(_Bound):
     """``Annotated[T, MaxLength(n)]``: at most `n` bytes, characters, elements or keys."""
 
+    __slots__ = ()
     n: int
 
 
-@dataclass(frozen=True)
-class MinLength:
+class MinLength(_Bound):
     """``Annotated[T, MinLength(n)]``: at least `n` bytes, characters or elements."""
 
+    __slots__ = ()
     n: int
 
 
-@dataclass(frozen=True)
-class MaxValue:
+class MaxValue(_Bound):
     """``Annotated[int, MaxValue(n)]`` (or float): at most `n`."""
 
-    n: float
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class MinValue:
+class MinValue(_Bound):
     """``Annotated[int, MinValue(n)]`` (or float): at least `n`."""
 
-    n: float
+    __slots__ = ()
 
 
 # ------------------------------------------------------------------------------ adapting
