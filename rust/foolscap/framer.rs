@@ -244,6 +244,23 @@ fn scan<E, L: FnMut(CallHeader<'_>) -> Result<Option<u64>, E>>(
     let mut start = 0usize;
     let mut pos = state.pos;
     while pos < data.len() {
+        if let Some(end) = quick(limits, state, data, pos) {
+            if !state.open.is_empty() && end - start > limits.max_message_size {
+                return Err(fail(start, ErrorKind::MessageTooLarge { limit: limits.max_message_size }));
+            }
+            pos = end;
+            if state.open.is_empty() {
+                let message = Frame::Message {
+                    bytes: &data[start..end],
+                    offset: base + start as u64,
+                    first_object: state.first_object,
+                };
+                state.unlimited(limits);
+                on_frame(message).map_err(ScanError::Callback)?;
+                start = pos;
+            }
+            continue;
+        }
         if let CallState::Refusing(_) = state.call {
             match skip_refused(&reader, limits, state, data, base, &mut pos, on_frame)? {
                 Skipped::Ended(r) => {
@@ -267,23 +284,6 @@ fn scan<E, L: FnMut(CallHeader<'_>) -> Result<Option<u64>, E>>(
                 }
                 Skipped::Stopped => return Ok(data.len()),
             }
-        }
-        if let Some(end) = quick(limits, state, data, pos) {
-            if !state.open.is_empty() && end - start > limits.max_message_size {
-                return Err(fail(start, ErrorKind::MessageTooLarge { limit: limits.max_message_size }));
-            }
-            pos = end;
-            if state.open.is_empty() {
-                let message = Frame::Message {
-                    bytes: &data[start..end],
-                    offset: base + start as u64,
-                    first_object: state.first_object,
-                };
-                state.unlimited(limits);
-                on_frame(message).map_err(ScanError::Callback)?;
-                start = pos;
-            }
-            continue;
         }
         if let CallState::Limited { reqid, limit } = state.call {
             if let Some((length, body)) = long_string(data, pos, limit, limits.max_header_length) {
@@ -377,6 +377,7 @@ fn scan<E, L: FnMut(CallHeader<'_>) -> Result<Option<u64>, E>>(
 /// The call state after `token`, read `depth` sequences deep while a call's header is expected:
 /// the header goes on, or, at its method name, the call's limit is asked for; anything out of
 /// the call layout leaves the message unlimited (the decoder says what is wrong with it).
+#[inline(never)]
 fn read_header<E, L: FnMut(CallHeader<'_>) -> Result<Option<u64>, E>>(
     expect: Expect,
     token: &Token<'_>,
@@ -408,6 +409,7 @@ fn read_header<E, L: FnMut(CallHeader<'_>) -> Result<Option<u64>, E>>(
 
 /// The length and body offset of the STRING whose complete header is at `pos`, if it is
 /// longer than `limit` (and its length fits in 64 bits: a longer one is the reader's error).
+#[inline(never)]
 fn long_string(data: &[u8], pos: usize, limit: u64, max_header: usize) -> Option<(u64, usize)> {
     let header = data[pos..].iter().take(max_header + 1).position(|&b| b & 0x80 != 0)?;
     if data[pos + header] != tb::STRING {
@@ -432,6 +434,7 @@ enum Skipped {
 /// Skip what is left of a refused call from `pos`: the bodies of strings and long integers
 /// as they arrive, whatever their length, and the other tokens read only for the nesting
 /// (whose limits still hold). PINGs and PONGs are handed back as they come.
+#[inline(never)]
 fn skip_refused<E>(
     reader: &TokenReader<'_>,
     limits: Limits,
@@ -493,11 +496,12 @@ fn skip_refused<E>(
 
 /// Where the common token at `pos` inside a message ends (its OPEN or CLOSE counted in
 /// `state`), or None for the general path: a token of any other kind, one with a long or
-/// incomplete header or body, anything past a limit or out of place, and anything at the top
-/// level (where messages start).
+/// incomplete header or body, anything past a limit or out of place, anything at the top
+/// level (where messages start), and anything of a call's header or of a refused call.
 #[inline(always)]
 fn quick(limits: Limits, state: &mut ScanState, data: &[u8], pos: usize) -> Option<usize> {
-    if state.open.is_empty() || matches!(state.call, CallState::Header(_)) {
+    // A call's header and a refused call's rest are read by the general path.
+    if state.open.is_empty() || !matches!(state.call, CallState::Unlimited | CallState::Limited { .. }) {
         return None;
     }
     let (type_byte, value, body) = quick_header(data, pos)?;
