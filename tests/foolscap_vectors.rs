@@ -109,6 +109,7 @@ fn events(chunks: &[&[u8]], first_open_id: u64) -> Vec<Json> {
                     Frame::Ping(n) => serde_json::json!({"kind": "ping", "n": n}),
                     Frame::Pong(n) => serde_json::json!({"kind": "pong", "n": n}),
                     Frame::PeerError(_) => panic!("no ERROR in the vectors"),
+                    Frame::Refused { .. } => unreachable!("fed without call limits"),
                 });
                 Ok(())
             })

@@ -261,3 +261,31 @@ def test_copy_state_schema() -> None:
     assert "unknown attribute 'z'" in violation(lambda: schema.check({"x": 1, "y": 2, "z": 3}))
     assert "missing attribute 'y'" in violation(lambda: schema.check({"x": 1}))
     AttributeDictConstraint(("x", int), ignoreUnknown=True).check({"x": 1, "z": 3})
+
+
+def test_the_longest_string_a_call_may_hold() -> None:
+    """What a Tub refuses a call from as it arrives: the longest string its arguments may hold,
+    in bytes as sent (4 a character of text), argument names included; None when unbounded."""
+    assert RIStore.method("get").max_string_bytes == 64
+    assert RIStore.method("put").max_string_bytes == 2**20
+    assert RIStore.method("keys").max_string_bytes == len("limit")  # only its name is a string
+    assert RIStore.method("tagged").max_string_bytes is None  # str keys of any length, a copy
+    assert RIFoolscapStore.method("get").max_string_bytes == 64
+    assert RIFoolscapStore.method("put").max_string_bytes is None  # a bare bytes key
+    assert RIFoolscapStore.method("pair").max_string_bytes is None  # a bare str
+    assert RIFoolscapStore.method("anything").max_string_bytes is None
+
+    def longest(**arguments: object) -> int | None:
+        return RemoteMethodSchema(**arguments).max_string_bytes
+
+    assert longest(a=int, b=bool, c=None, d=float) == 1
+    assert longest(text=UnicodeConstraint(10), raw=ByteStringConstraint(30)) == 40
+    assert longest(x=ListOf(TupleOf(ByteStringConstraint(5), DictOf(UnicodeConstraint(3), int)))) == 12
+    assert longest(x=SetOf(ByteStringConstraint(7)), y=Optional(ByteStringConstraint(9))) == 9
+    assert longest(x=ChoiceOf(ByteStringConstraint(7), None, int)) == 7
+    assert longest(x=ChoiceOf(ByteStringConstraint(7), Any())) is None
+    assert longest(x=adapt(RIStore)) is None  # a reference carries a FURL
+    assert longest(x=ByteStringConstraint(7), __acceptUnknown__=True) is None
+    assert longest(x=ByteStringConstraint(7), __ignoreUnknown__=True) is None
+    assert longest(a_rather_long_argument_name=int) == len("a_rather_long_argument_name")
+    assert RemoteMethodSchema().max_string_bytes == 0

@@ -1,17 +1,21 @@
 """Tubs facing bad peers: garbage before and after the upgrade, oversized and malformed
-negotiation blocks, stalled handshakes, lying certificates, malformed banana. Each is refused
-with a clear error, and a client that was already connected keeps working."""
+negotiation blocks, stalled handshakes, lying certificates, malformed banana, arguments past an
+interface's limits. Each is refused with a clear error, and a client that was already connected
+keeps working."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Annotated
 
 import pbfast
 import pytest
 from pbfast import _core
 from pbfast.furl import FURL
 from pbfast.identity import TubIdentity
+from pbfast.schema import MaxLength
+from servers import ServeProcess
 from test_negotiate import UPGRADE_REPLY, hello_block, upgrade_request
 from test_tub import Echo, serving
 
@@ -269,3 +273,107 @@ def test_protocol_error_ends_only_that_connection(run):
                 await ref.callRemote("echo", 1)
 
     run(main())
+
+
+class RIBox(pbfast.RemoteInterface):
+    __remote_name__ = "RIBox.tub-adversity-test.pbfast.example"
+
+    def put(
+        self,
+        key: Annotated[bytes, MaxLength(8)],
+        value: list[Annotated[str, MaxLength(4)]] = [],  # noqa: B006
+    ) -> int: ...
+
+
+class Box(pbfast.Referenceable):
+    remote_interface = RIBox
+
+    def __init__(self) -> None:
+        self.puts = 0
+
+    def remote_put(self, key: bytes, value: list[str] = []) -> int:  # noqa: B006
+        self.puts += 1
+        return self.puts
+
+
+class Boxes(Echo):
+    def __init__(self) -> None:
+        super().__init__()
+        self.box = Box()
+
+    def remote_box(self) -> Box:
+        return self.box
+
+
+def test_a_string_past_an_interfaces_limits_refuses_the_call_as_it_arrives(run):
+    """Calls on an object whose interface bounds its strings are refused as soon as a longer
+    string arrives, past the connection's own string and message limits too, with foolscap's
+    Violation naming the method and the limit; the connection goes on. Other objects' calls
+    keep only the connection's limits."""
+
+    async def main():
+        root = Boxes()
+        limits = {"max_element_size": 100_000, "max_message_size": 200_000}
+        async with serving(root, **limits) as (tub, furl), pbfast.Tub() as client:
+            ref = await client.getReference(furl)
+            assert await ref.callRemote("echo", b"x" * 50_000) == b"x" * 50_000
+            server_broker = tub._brokers[client.tubID]
+            assert not server_broker._tables.checks_calls  # no interface yet: nothing asked
+            box = await ref.callRemote("box")
+            assert server_broker._tables.checks_calls
+            assert await box.callRemote("put", b"k", ["abcd"]) == 1
+
+            def send(*args, **kwargs):  # past the client's own checks
+                return client_broker.call(box.luid, "put", args, kwargs)
+
+            client_broker = box.broker
+            for args, kwargs in [
+                ((b"x" * 1_000_000,), {}),  # past the connection's limits
+                ((b"k",), {"value": ["a", "b" * 50, "c"]}),  # text: 4 bytes a character
+                ((b"k", [["nested", ("deeper", {"x": b"y" * 1000})]]), {}),
+            ]:
+                with pytest.raises(pbfast.RemoteError) as info:
+                    await send(*args, **kwargs)
+                assert info.value.check(pbfast.Violation), info.value
+                message = str(info.value)
+                assert "RIBox.tub-adversity-test.pbfast.example.put: a string of" in message, message
+                assert "refused as it arrived: the interface allows at most 16" in message, message
+            with pytest.raises(pbfast.RemoteError, match="has no method 'missing'"):
+                await client_broker.call(box.luid, "missing", (b"x" * 1000,), {})
+            # Within the limits the interface's own check decides, once the call is decoded.
+            with pytest.raises(pbfast.RemoteError, match="too long: 9 bytes, at most 8 allowed"):
+                await send(b"123456789")
+            assert await box.callRemote("put", b"k") == 2
+            assert root.box.puts == 2
+            assert await ref.callRemote("echo", b"x" * 50_000) == b"x" * 50_000
+
+    run(main())
+
+
+def test_an_oversize_argument_is_not_buffered(run):
+    """A server process serves an object whose interface bounds an argument to 1024 bytes; a
+    client that does not define the interface sends 100 MB in it. The call fails with foolscap's
+    Violation naming the limit, the server's peak memory grows by far less than the argument (it
+    skipped the string as it arrived), and the next call on the same reference works."""
+    size = 100 << 20
+    with ServeProcess("--tub", "tcp:0:interface=127.0.0.1", "--object", "schema_target:Store") as server:
+
+        async def main():
+            async with pbfast.Tub() as client:
+                store = await asyncio.wait_for(client.getReference(server.address), 10)
+                assert store.remote_interface_name == "RIStore.schema-target.pbfast.example"
+                assert pbfast.schema.remote_interface_by_name(store.remote_interface_name) is None
+                assert await store.callRemote("put", b"small", b"v") == 1
+                before = await store.callRemote("peak_memory")
+                call = store.callRemote("put", b"big", b"x" * size)
+                with pytest.raises(pbfast.RemoteError) as info:
+                    await asyncio.wait_for(call, 30)
+                grown = await store.callRemote("peak_memory") - before
+                assert await store.callRemote("put", b"after", b"v") == 2
+                return info.value, grown
+
+        refused, grown = run(main(), timeout=60)
+    assert refused.check(pbfast.Violation), refused
+    assert "RIStore.schema-target.pbfast.example.put: a string of 104857600 bytes" in str(refused)
+    assert "the interface allows at most 1024" in str(refused)
+    assert grown < 16 << 20, f"the server's peak memory grew by {grown / 2**20:.1f} MiB"

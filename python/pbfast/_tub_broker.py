@@ -56,7 +56,7 @@ from .errors import (
     qualified_name,
 )
 from .furl import FURL
-from .referenceable import Referenceable, RemoteReference, unchecked_remote_methods
+from .referenceable import Referenceable, RemoteReference, checked_interface, unchecked_remote_methods
 from .schema import RemoteInterface, RemoteMethodSchema, get_remote_interface, remote_interface_by_name
 
 __all__ = ["DisconnectMarker", "TubBroker", "TubReference"]
@@ -458,7 +458,7 @@ class TubBroker(Connection):
     def _begin_banana(self) -> None:
         """Messages from here on: the decoder runs every call and plain answers itself."""
         self._sender.start(self._encoder)
-        self._decoder.attach(self._tables, self._encoder, self._sender, self, _plain)
+        self._decoder.attach(self._tables, self._encoder, self._sender, self, _plain, _call_limits)
         # Each chunk's replies are taken (and encrypted) in one crossing, without a frame here.
         self._take_output = functools.partial(self._sender.take, self._tls)  # type: ignore[method-assign]
 
@@ -717,6 +717,8 @@ class TubBroker(Connection):
         if not new:
             return ("my-reference", clid)
         self._tables.put(clid, obj)
+        if checked_interface(type(obj)) is not None:
+            self._tables.checks_calls = True  # the decoder asks each call's limits from now on
         furl = None if callable_ else self.tub.getOrCreateURLForReference(obj)
         return ("my-reference", clid, _interface_name(obj), furl)
 
@@ -929,6 +931,17 @@ def _plain(cls: type) -> bool:
     perspectives, so `serializingPerspective` does not matter). The decoder runs those without a
     Python frame, and reports a missing method as foolscap does (the lookup's AttributeError)."""
     return unchecked_remote_methods(cls)
+
+
+def _call_limits(cls: type) -> tuple[str, dict[str, int | None]] | None:
+    """What the decoder holds calls on a `cls` instance to as they arrive: the name of the
+    interface they are checked against and the longest string each of its methods' arguments
+    may hold (None: any length); None if they are not checked."""
+    interface = checked_interface(cls)
+    if interface is None:
+        return None
+    limits = {name: interface.method(name).max_string_bytes for name in interface.names()}
+    return interface.__remote_name__, limits
 
 
 def _tag_text(tag: str | bytes) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .errors import NoSuchMethod
-from .schema import RemoteMethodSchema, get_remote_interface
+from .schema import RemoteInterface, RemoteMethodSchema, get_remote_interface
 
 __all__ = ["Avatar", "Link", "Referenceable", "RemoteReference", "Root", "ViewPoint", "Viewable"]
 
@@ -87,6 +87,18 @@ def unchecked_remote_methods(cls: type) -> bool:
     )
 
 
+def checked_interface(cls: type) -> type[RemoteInterface] | None:
+    """The interface each call on a `cls` instance is checked against before its method runs:
+    the ``remote_interface`` of a Referenceable that keeps the default
+    `Referenceable.remoteMessageReceived` (which does the checking), else None."""
+    if not issubclass(cls, Referenceable):
+        return None
+    if cls.remoteMessageReceived is not Referenceable.remoteMessageReceived:
+        return None
+    interface = getattr(cls, "remote_interface", None)
+    return interface if isinstance(interface, type) and issubclass(interface, RemoteInterface) else None
+
+
 class Referenceable:
     """An object the peer can call: ``remote_<name>`` methods, plain or ``async``.
 
@@ -95,7 +107,9 @@ class Referenceable:
 
     A class that sets ``remote_interface`` to a `pbfast.RemoteInterface` has every call checked
     against it before the method runs (a method the interface lacks, or arguments that violate
-    it, fail the call with `pbfast.Violation`), and its results before they are sent.
+    it, fail the call with `pbfast.Violation`), and its results before they are sent. On a Tub,
+    a call holding a string longer than its method admits is refused as it arrives, before the
+    string is buffered.
     """
 
     __slots__ = ()

@@ -24,17 +24,20 @@ The hints understood: ``int``, ``bool``, ``float``, ``str``, ``bytes``, ``None``
 tuple of constraints (a tuple of exactly those).
 
 A constraint that is not met raises `pbfast.Violation`, whose message says which method, which
-argument (and where inside it) and which bound.
+argument (and where inside it) and which bound. On a Tub, a call whose arguments hold a string
+longer than any its method admits (`RemoteMethodSchema.max_string_bytes`) is refused as it
+arrives, before the string is buffered.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import re
 import types
 import typing
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import Any as _AnyType
 from typing import ClassVar
 
@@ -100,6 +103,12 @@ class Constraint:
         """foolscap's name for `check`."""
         self.check(obj, inbound)
 
+    def max_string_bytes(self) -> int | None:
+        """The longest string a value meeting the constraint may hold anywhere inside it, in
+        bytes as sent (a character of text takes up to 4); None when strings of any length may
+        be there (a constraint that does not say admits anything)."""
+        return None
+
     def __repr__(self) -> str:
         return f"{self.name}()"
 
@@ -123,6 +132,9 @@ class ByteStringConstraint(Constraint):
         if not isinstance(obj, bytes):
             raise _fail(f"{_short(obj)} is not a byte string", where)
         _check_length(len(obj), self.maxLength, self.minLength, "bytes", where)
+
+    def max_string_bytes(self) -> int | None:
+        return self.maxLength
 
     def __repr__(self) -> str:
         return f"ByteStringConstraint(maxLength={self.maxLength}, minLength={self.minLength})"
@@ -148,6 +160,9 @@ class UnicodeConstraint(Constraint):
         _check_length(len(obj), self.maxLength, self.minLength, "characters", where)
         if self.regexp is not None and not self.regexp.search(obj):
             raise _fail(f"{_short(obj)} does not match {self.regexp.pattern!r}", where)
+
+    def max_string_bytes(self) -> int | None:
+        return None if self.maxLength is None else 4 * self.maxLength  # UTF-8's longest
 
     def __repr__(self) -> str:
         return f"UnicodeConstraint(maxLength={self.maxLength}, minLength={self.minLength})"
@@ -177,6 +192,9 @@ class IntegerConstraint(Constraint):
         elif self.maxBytes is not None and abs(obj) >= 2 ** (8 * self.maxBytes):
             raise _fail(f"integer too large (more than {self.maxBytes} bytes)", where)
         _check_value(obj, self.minValue, self.maxValue, where)
+
+    def max_string_bytes(self) -> int | None:
+        return 0  # numbers travel as numbers
 
     def __repr__(self) -> str:
         return f"IntegerConstraint(maxBytes={self.maxBytes})"
@@ -218,6 +236,9 @@ class BooleanConstraint(Constraint):
         if self.value is not None and obj is not self.value:
             raise _fail(f"{obj} is not {self.value}", where)
 
+    def max_string_bytes(self) -> int | None:
+        return 0
+
 
 class Nothing(Constraint):
     """None."""
@@ -227,6 +248,9 @@ class Nothing(Constraint):
     def check(self, obj: object, inbound: bool = True, where: str = "") -> None:
         if obj is not None:
             raise _fail(f"{_short(obj)} is not None", where)
+
+    def max_string_bytes(self) -> int | None:
+        return 0
 
 
 class TupleOf(Constraint):
@@ -244,6 +268,9 @@ class TupleOf(Constraint):
             raise _fail(f"a tuple of {len(obj)} elements where {len(self.constraints)} are expected", where)
         for i, (item, constraint) in enumerate(zip(obj, self.constraints, strict=True)):
             constraint.check(item, inbound, f"{where}[{i}]")
+
+    def max_string_bytes(self) -> int | None:
+        return _longest(self.constraints)
 
     def __repr__(self) -> str:
         return f"TupleOf{self.constraints!r}"
@@ -267,6 +294,9 @@ class _Sequence(Constraint):
             return
         for i, item in enumerate(items):
             self.constraint.check(item, inbound, f"{where}[{i}]")
+
+    def max_string_bytes(self) -> int | None:
+        return self.constraint.max_string_bytes()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.constraint!r}, maxLength={self.maxLength})"
@@ -316,6 +346,9 @@ class DictOf(Constraint):
             self.keyConstraint.check(key, inbound, f"{where}<key {_short(key, 30)}>")
             self.valueConstraint.check(value, inbound, f"{where}[{_short(key, 30)}]")
 
+    def max_string_bytes(self) -> int | None:
+        return _longest((self.keyConstraint, self.valueConstraint))
+
     def __repr__(self) -> str:
         return f"DictOf({self.keyConstraint!r}, {self.valueConstraint!r}, maxKeys={self.maxKeys})"
 
@@ -337,6 +370,9 @@ class ChoiceOf(Constraint):
                 pass
         raise _fail(f"{_short(obj)} meets none of {list(self.alternatives)!r}", where)
 
+    def max_string_bytes(self) -> int | None:
+        return _longest(self.alternatives)
+
     def __repr__(self) -> str:
         return f"ChoiceOf{self.alternatives!r}"
 
@@ -353,6 +389,9 @@ class Optional(Constraint):
     def check(self, obj: object, inbound: bool = True, where: str = "") -> None:
         self.constraint.check(obj, inbound, where)
 
+    def max_string_bytes(self) -> int | None:
+        return self.constraint.max_string_bytes()
+
 
 class Shared(Constraint):
     """foolscap's marker for a value that may be referenced more than once: checked as
@@ -366,6 +405,9 @@ class Shared(Constraint):
 
     def check(self, obj: object, inbound: bool = True, where: str = "") -> None:
         self.constraint.check(obj, inbound, where)
+
+    def max_string_bytes(self) -> int | None:
+        return self.constraint.max_string_bytes()
 
 
 class CopyableConstraint(Constraint):
@@ -450,6 +492,17 @@ _MISSING = object()
 def _copy_type(cls: type) -> str | None:
     name = getattr(cls, "typeToCopy", None) or getattr(cls, "copytype", None)
     return name if isinstance(name, str) else None
+
+
+def _longest(constraints: Iterable[Constraint]) -> int | None:
+    """The most `max_string_bytes` of any of `constraints` (0 for none; None if one is None)."""
+    longest = 0
+    for constraint in constraints:
+        n = constraint.max_string_bytes()
+        if n is None:
+            return None
+        longest = max(longest, n)
+    return longest
 
 
 def _check_length(n: int, most: int | None, least: int, unit: str, where: str) -> None:
@@ -684,6 +737,19 @@ class RemoteMethodSchema:
         for name in self.required:
             if name not in given:
                 raise Violation(f"{self._where(name)[:-1]}: missing required argument {name!r}")
+
+    @functools.cached_property
+    def max_string_bytes(self) -> int | None:
+        """The longest string the arguments may hold, keyword names included, in bytes as sent
+        (see `Constraint.max_string_bytes`); None when one admits strings of any length, or
+        arguments the schema does not name are accepted. A Tub refuses a call holding a longer
+        string as it arrives, before buffering it."""
+        if self.acceptUnknown or self.ignoreUnknown:
+            return None
+        longest = _longest(self.argConstraints.values())
+        if longest is None:
+            return None
+        return max([longest, *(len(name.encode()) for name in self.argumentNames)])
 
     def check_result(self, result: object, inbound: bool = True) -> None:
         """Raise `pbfast.Violation` unless `result` meets the result's constraint."""

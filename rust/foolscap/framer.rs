@@ -6,11 +6,18 @@
 //! nothing. Each byte is scanned once whatever the chunking (a token cut by a chunk boundary is
 //! re-read from its header, and a long body is not rescanned while it arrives), and when no
 //! partial message is held, messages are delivered straight from the caller's chunk.
+//!
+//! Fed through [`MessageFramer::feed_limited`], the framer also reads each call's header
+//! (request ID, object ID, method name) and asks for the longest STRING its arguments may hold.
+//! A longer one is not buffered: the call's bytes are dropped, the string's body and the rest
+//! of the call are skipped as they arrive (only the nesting is followed), and the call is
+//! handed back as [`Frame::Refused`]. The skipped bytes count toward no limit but the nesting
+//! and the header length.
 
-use crate::banana::decode::{Step, Token, TokenReader};
+use crate::banana::decode::{header_value, HeaderValue, Step, Token, TokenReader};
 use crate::banana::framer::{Held, ScanError};
 use crate::banana::tokenizer::check_nesting;
-use crate::banana::{tb, vocab, BananaError, Dialect, ErrorKind, Limits};
+use crate::banana::{tb, vocab, BananaError, Dialect, ErrorKind, Integer, Limits};
 
 use super::{quick_header, UNICODE};
 
@@ -31,6 +38,27 @@ pub enum Frame<'a> {
     Pong(u64),
     /// The peer's ERROR message; it hangs up after it, and nothing more is read.
     PeerError(&'a [u8]),
+    /// A call refused as it arrived (see [`MessageFramer::feed_limited`]): a STRING of `length`
+    /// bytes, its header at stream offset `at`, was longer than the call's `limit`. Nothing of
+    /// the call was kept. `aborted`: the sender gave up sending it (an ABORT inside), which
+    /// foolscap answers with nothing.
+    Refused {
+        reqid: i64,
+        length: u64,
+        limit: u64,
+        at: u64,
+        aborted: bool,
+    },
+}
+
+/// A call's header, read before its arguments: what [`MessageFramer::feed_limited`] asks a
+/// string limit for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallHeader<'a> {
+    pub reqid: i64,
+    pub clid: i64,
+    /// The method name as sent (not checked to be UTF-8).
+    pub method: &'a [u8],
 }
 
 /// Incremental state for one direction of one connection.
@@ -55,11 +83,66 @@ struct ScanState {
     first_object: u64,
     /// The peer sent ERROR.
     stopped: bool,
+    /// The partial message as a call with a string limit.
+    call: CallState,
+    /// The longest STRING the quick path takes: `max_element_size`, or a call's smaller limit.
+    quick_string: u64,
 }
+
+/// Where a message stands as a call whose strings are limited.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+enum CallState {
+    /// No limit: the framer's ordinary work.
+    #[default]
+    Unlimited,
+    /// Reading a call's header: the next of its top-level tokens expected.
+    Header(Expect),
+    /// In a call's arguments: no STRING may be longer than `limit`.
+    Limited { reqid: i64, limit: u64 },
+    /// Skipping the rest of a refused call.
+    Refusing(Refusal),
+}
+
+/// The next token of a call's header.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    Type,
+    Reqid,
+    Clid(i64),
+    Method(i64, i64),
+}
+
+/// A call being skipped: why it is refused, and how much of the token being skipped is to come.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Refusal {
+    reqid: i64,
+    length: u64,
+    limit: u64,
+    at: u64,
+    aborted: bool,
+    /// Body bytes still to skip.
+    body: u64,
+}
+
+impl ScanState {
+    fn new(limits: Limits) -> ScanState {
+        ScanState { quick_string: limits.max_element_size as u64, ..ScanState::default() }
+    }
+
+    /// A message is complete (or refused): the next one starts without a limit.
+    #[inline(always)]
+    fn unlimited(&mut self, limits: Limits) {
+        self.call = CallState::Unlimited;
+        self.quick_string = limits.max_element_size as u64;
+    }
+}
+
+/// A string limit per call header (see [`MessageFramer::feed_limited`]).
+type NoLimits<E> = fn(CallHeader<'_>) -> Result<Option<u64>, E>;
 
 impl MessageFramer {
     pub fn new(limits: Limits) -> MessageFramer {
-        MessageFramer { limits, held: Held::default(), scan: ScanState::default() }
+        MessageFramer { limits, held: Held::default(), scan: ScanState::new(limits) }
     }
 
     pub fn limits(&self) -> Limits {
@@ -101,13 +184,38 @@ impl MessageFramer {
     pub fn feed<E: From<BananaError>>(
         &mut self,
         data: &[u8],
+        on_frame: impl FnMut(Frame<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.feed_with(data, on_frame, None::<NoLimits<E>>)
+    }
+
+    /// [`MessageFramer::feed`], with each call that starts in `data` held to a string limit:
+    /// once its header is read, `call_limit` gives the longest STRING its arguments may hold
+    /// (None: no limit beyond `max_element_size`). A longer one, even past `max_element_size`,
+    /// refuses the call as it arrives ([`Frame::Refused`], in the place of the call's message)
+    /// and the stream goes on; a string within the call's limit but past `max_element_size`
+    /// still breaks the stream.
+    pub fn feed_limited<E: From<BananaError>>(
+        &mut self,
+        data: &[u8],
+        on_frame: impl FnMut(Frame<'_>) -> Result<(), E>,
+        call_limit: impl FnMut(CallHeader<'_>) -> Result<Option<u64>, E>,
+    ) -> Result<(), E> {
+        self.feed_with(data, on_frame, Some(call_limit))
+    }
+
+    fn feed_with<E: From<BananaError>, L: FnMut(CallHeader<'_>) -> Result<Option<u64>, E>>(
+        &mut self,
+        data: &[u8],
         mut on_frame: impl FnMut(Frame<'_>) -> Result<(), E>,
+        mut call_limit: Option<L>,
     ) -> Result<(), E> {
         if self.scan.stopped {
             return Ok(());
         }
         let (limits, state) = (self.limits, &mut self.scan);
-        let result = self.held.feed(data, |bytes, base| scan(limits, state, bytes, base, &mut on_frame));
+        let result =
+            self.held.feed(data, |bytes, base| scan(limits, state, bytes, base, &mut on_frame, &mut call_limit));
         if self.scan.stopped {
             // The scan finished with every byte up to the peer's ERROR, and nothing more is read.
             self.held.release();
@@ -117,14 +225,16 @@ impl MessageFramer {
 }
 
 /// Scan `data` (which starts at a message boundary, stream offset `base`) from `state.pos`.
-/// Returns how many bytes were fully handled (complete messages and top-level tokens); `state`
-/// then describes the remainder relative to its start.
-fn scan<E>(
+/// Returns how many bytes were fully handled (complete messages, top-level tokens and what is
+/// skipped of a refused call); `state` then describes the remainder relative to its start.
+/// With `call_limit`, each call that starts here is held to the string limit it gives.
+fn scan<E, L: FnMut(CallHeader<'_>) -> Result<Option<u64>, E>>(
     limits: Limits,
     state: &mut ScanState,
     data: &[u8],
     base: u64,
     on_frame: &mut impl FnMut(Frame<'_>) -> Result<(), E>,
+    call_limit: &mut Option<L>,
 ) -> Result<usize, ScanError<E>> {
     if data.len() < state.need {
         return Ok(0);
@@ -145,10 +255,46 @@ fn scan<E>(
                     offset: base + start as u64,
                     first_object: state.first_object,
                 };
+                state.unlimited(limits);
                 on_frame(message).map_err(ScanError::Callback)?;
                 start = pos;
             }
             continue;
+        }
+        if let CallState::Refusing(_) = state.call {
+            match skip_refused(&reader, limits, state, data, base, &mut pos, on_frame)? {
+                Skipped::Ended(r) => {
+                    let refused = Frame::Refused {
+                        reqid: r.reqid,
+                        length: r.length,
+                        limit: r.limit,
+                        at: r.at,
+                        aborted: r.aborted,
+                    };
+                    state.unlimited(limits);
+                    on_frame(refused).map_err(ScanError::Callback)?;
+                    start = pos;
+                    continue;
+                }
+                // Nothing of a refused call is kept but a token header cut by the chunk's end.
+                Skipped::Waiting => {
+                    state.pos = 0;
+                    state.need = 0;
+                    return Ok(pos);
+                }
+                Skipped::Stopped => return Ok(data.len()),
+            }
+        }
+        if let CallState::Limited { reqid, limit } = state.call {
+            if let Some((length, body)) = long_string(data, pos, limit, limits.max_header_length) {
+                // Refused from its header: the call's bytes so far are let go of, and its body
+                // is skipped as it arrives.
+                let at = base + pos as u64;
+                state.call = CallState::Refusing(Refusal { reqid, length, limit, at, aborted: false, body: length });
+                pos = body;
+                start = body;
+                continue;
+            }
         }
         let (token, end) = match reader.step(pos).map_err(ScanError::Banana)? {
             Step::Token(token, end) => (token, end),
@@ -168,6 +314,12 @@ fn scan<E>(
                 return Ok(start);
             }
         };
+        if let CallState::Header(expect) = state.call {
+            state.call = read_header(expect, &token, state.open.len(), call_limit).map_err(ScanError::Callback)?;
+            if let CallState::Limited { limit, .. } = state.call {
+                state.quick_string = limit.min(limits.max_element_size as u64);
+            }
+        }
         let offset = base + pos as u64;
         let frame = match token {
             Token::Ping(n) => Some(Frame::Ping(n)),
@@ -183,6 +335,9 @@ fn scan<E>(
                 if let Token::Open(_) = token {
                     if top_level {
                         state.first_object = state.objects;
+                        if call_limit.is_some() {
+                            state.call = CallState::Header(Expect::Type);
+                        }
                     }
                     state.objects += 1;
                     None
@@ -203,11 +358,14 @@ fn scan<E>(
             return Err(fail(start, ErrorKind::MessageTooLarge { limit: limits.max_message_size }));
         }
         pos = end;
+        if state.open.is_empty() {
+            // A message or a top-level PING/PONG is done with.
+            state.unlimited(limits);
+        }
         if let Some(frame) = frame {
             on_frame(frame).map_err(ScanError::Callback)?;
         }
         if state.open.is_empty() {
-            // A message or a top-level PING/PONG is done with.
             start = pos;
         }
     }
@@ -216,13 +374,134 @@ fn scan<E>(
     Ok(start)
 }
 
+/// The call state after `token`, read `depth` sequences deep while a call's header is expected:
+/// the header goes on, or, at its method name, the call's limit is asked for; anything out of
+/// the call layout leaves the message unlimited (the decoder says what is wrong with it).
+#[inline(never)]
+fn read_header<E, L: FnMut(CallHeader<'_>) -> Result<Option<u64>, E>>(
+    expect: Expect,
+    token: &Token<'_>,
+    depth: usize,
+    call_limit: &mut Option<L>,
+) -> Result<CallState, E> {
+    if depth != 1 {
+        return Ok(CallState::Unlimited);
+    }
+    Ok(match (expect, token) {
+        (_, Token::Ping(_) | Token::Pong(_)) => CallState::Header(expect),
+        (Expect::Type, Token::Vocab { word: b"call", .. } | Token::String(b"call")) => CallState::Header(Expect::Reqid),
+        (Expect::Reqid, Token::Int { type_byte: tb::INT, value: Integer::Small(reqid) }) => {
+            CallState::Header(Expect::Clid(*reqid))
+        }
+        (Expect::Clid(reqid), Token::Int { value: Integer::Small(clid), .. }) => {
+            CallState::Header(Expect::Method(reqid, *clid))
+        }
+        (Expect::Method(reqid, clid), Token::String(method) | Token::Vocab { word: method, .. }) => {
+            let Some(ask) = call_limit.as_mut() else { return Ok(CallState::Unlimited) };
+            match ask(CallHeader { reqid, clid, method })? {
+                Some(limit) => CallState::Limited { reqid, limit },
+                None => CallState::Unlimited,
+            }
+        }
+        _ => CallState::Unlimited,
+    })
+}
+
+/// The length and body offset of the STRING whose complete header is at `pos`, if it is
+/// longer than `limit` (and its length fits in 64 bits: a longer one is the reader's error).
+#[inline(never)]
+fn long_string(data: &[u8], pos: usize, limit: u64, max_header: usize) -> Option<(u64, usize)> {
+    let header = data[pos..].iter().take(max_header + 1).position(|&b| b & 0x80 != 0)?;
+    if data[pos + header] != tb::STRING {
+        return None;
+    }
+    match header_value(&data[pos..pos + header]) {
+        HeaderValue::Small(length) if length > limit => Some((length, pos + header + 1)),
+        _ => None,
+    }
+}
+
+/// How far [`skip_refused`] got.
+enum Skipped {
+    /// The refused call's last CLOSE was read.
+    Ended(Refusal),
+    /// The data ran out (inside a body, or in a token cut short at the position).
+    Waiting,
+    /// The peer sent ERROR.
+    Stopped,
+}
+
+/// Skip what is left of a refused call from `pos`: the bodies of strings and long integers
+/// as they arrive, whatever their length, and the other tokens read only for the nesting
+/// (whose limits still hold). PINGs and PONGs are handed back as they come.
+#[inline(never)]
+fn skip_refused<E>(
+    reader: &TokenReader<'_>,
+    limits: Limits,
+    state: &mut ScanState,
+    data: &[u8],
+    base: u64,
+    pos: &mut usize,
+    on_frame: &mut impl FnMut(Frame<'_>) -> Result<(), E>,
+) -> Result<Skipped, ScanError<E>> {
+    let ScanState { call, open, objects, stopped, .. } = state;
+    let CallState::Refusing(refusal) = call else { unreachable!("skip_refused outside a refused call") };
+    loop {
+        let skipped = refusal.body.min((data.len() - *pos) as u64);
+        *pos += skipped as usize;
+        refusal.body -= skipped;
+        if *pos == data.len() {
+            return Ok(Skipped::Waiting);
+        }
+        let header = data[*pos..].iter().take(limits.max_header_length + 1).position(|&b| b & 0x80 != 0);
+        if let Some(header) = header {
+            if matches!(data[*pos + header], tb::STRING | tb::LONGINT | tb::LONGNEG) {
+                if let HeaderValue::Small(length) = header_value(&data[*pos..*pos + header]) {
+                    refusal.body = length;
+                    *pos += header + 1;
+                    continue;
+                }
+            }
+        }
+        let (token, end) = match reader.step(*pos).map_err(ScanError::Banana)? {
+            Step::Token(token, end) => (token, end),
+            Step::Incomplete { .. } => return Ok(Skipped::Waiting),
+        };
+        let offset = base + *pos as u64;
+        match token {
+            Token::Ping(n) => on_frame(Frame::Ping(n)).map_err(ScanError::Callback)?,
+            Token::Pong(n) => on_frame(Frame::Pong(n)).map_err(ScanError::Callback)?,
+            Token::Error(message) => {
+                on_frame(Frame::PeerError(message)).map_err(ScanError::Callback)?;
+                *stopped = true;
+                return Ok(Skipped::Stopped);
+            }
+            Token::Open(_) | Token::Close(_) | Token::Abort(_) => {
+                check_nesting(open, &token, offset, limits).map_err(ScanError::Banana)?;
+                match token {
+                    Token::Open(_) => *objects += 1,
+                    Token::Abort(_) => refusal.aborted = true,
+                    _ if open.is_empty() => {
+                        *pos = end;
+                        return Ok(Skipped::Ended(*refusal));
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        *pos = end;
+    }
+}
+
 /// Where the common token at `pos` inside a message ends (its OPEN or CLOSE counted in
 /// `state`), or None for the general path: a token of any other kind, one with a long or
-/// incomplete header or body, anything past a limit or out of place, and anything at the top
-/// level (where messages start).
+/// incomplete header or body, anything past a limit or out of place, anything at the top
+/// level (where messages start), and anything of a call's header or of a refused call.
 #[inline(always)]
 fn quick(limits: Limits, state: &mut ScanState, data: &[u8], pos: usize) -> Option<usize> {
-    if state.open.is_empty() {
+    // A call's header and a refused call's rest are read by the general path.
+    if state.open.is_empty() || !matches!(state.call, CallState::Unlimited | CallState::Limited { .. }) {
         return None;
     }
     let (type_byte, value, body) = quick_header(data, pos)?;
@@ -232,14 +511,12 @@ fn quick(limits: Limits, state: &mut ScanState, data: &[u8], pos: usize) -> Opti
     match type_byte {
         tb::INT | tb::NEG => Some(body),
         tb::VOCAB if value < vocab::FOOLSCAP_VOCAB.len() as u64 => Some(body),
-        tb::STRING if value <= limits.max_element_size as u64 => {
-            Some(body + value as usize).filter(|&end| end <= data.len())
-        }
+        tb::STRING if value <= state.quick_string => Some(body + value as usize).filter(|&end| end <= data.len()),
         tb::FLOAT => Some(body + 8).filter(|&end| end <= data.len()),
         tb::OPEN if state.open.len() < limits.max_depth => {
             state.objects += 1;
             // `(unicode STRING)`, most of a typical message, is skipped in one go.
-            if let Some(end) = quick_unicode(limits, data, body, value) {
+            if let Some(end) = quick_unicode(limits, state.quick_string, data, body, value) {
                 return Some(end);
             }
             state.open.push(value);
@@ -254,14 +531,14 @@ fn quick(limits: Limits, state: &mut ScanState, data: &[u8], pos: usize) -> Opti
 }
 
 /// Where `(unicode STRING)`, opened as `id` with its type word at `at`, ends, if its tokens are
-/// the common ones (and within the limits); else None.
+/// the common ones (and within the limits, its string at most `max_string` bytes); else None.
 #[inline(always)]
-fn quick_unicode(limits: Limits, data: &[u8], at: usize, id: u64) -> Option<usize> {
+fn quick_unicode(limits: Limits, max_string: u64, data: &[u8], at: usize, id: u64) -> Option<usize> {
     if data.get(at..at + 2)? != [UNICODE, tb::VOCAB] {
         return None;
     }
     let (tb::STRING, len, body) = quick_header(data, at + 2)? else { return None };
-    if body - at - 3 > limits.max_header_length || len > limits.max_element_size as u64 {
+    if body - at - 3 > limits.max_header_length || len > max_string {
         return None;
     }
     let end = body + len as usize;
@@ -283,6 +560,21 @@ mod tests {
         Ping(u64),
         Pong(u64),
         PeerError(Vec<u8>),
+        Refused { reqid: i64, length: u64, limit: u64, at: u64, aborted: bool },
+    }
+
+    impl Got {
+        fn of(frame: Frame<'_>) -> Got {
+            match frame {
+                Frame::Message { bytes, offset, first_object } => Got::Message(bytes.to_vec(), offset, first_object),
+                Frame::Ping(n) => Got::Ping(n),
+                Frame::Pong(n) => Got::Pong(n),
+                Frame::PeerError(m) => Got::PeerError(m.to_vec()),
+                Frame::Refused { reqid, length, limit, at, aborted } => {
+                    Got::Refused { reqid, length, limit, at, aborted }
+                }
+            }
+        }
     }
 
     fn frames(chunks: &[&[u8]], limits: Limits) -> Result<Vec<Got>, BananaError> {
@@ -290,14 +582,7 @@ mod tests {
         let mut out = Vec::new();
         for c in chunks {
             f.feed(c, |frame: Frame<'_>| -> Result<(), BananaError> {
-                out.push(match frame {
-                    Frame::Message { bytes, offset, first_object } => {
-                        Got::Message(bytes.to_vec(), offset, first_object)
-                    }
-                    Frame::Ping(n) => Got::Ping(n),
-                    Frame::Pong(n) => Got::Pong(n),
-                    Frame::PeerError(m) => Got::PeerError(m.to_vec()),
-                });
+                out.push(Got::of(frame));
                 Ok(())
             })?;
         }
@@ -423,5 +708,229 @@ mod tests {
         })
         .unwrap();
         assert_eq!((n, f.buffered(), f.offset()), (1, 0, 10));
+    }
+
+    /// What feeding `chunks` with the string `limit` for every call gives: the frames, the
+    /// call headers asked about, and the most bytes held after any chunk ending before `until`.
+    struct Limited {
+        got: Vec<Got>,
+        asked: Vec<(i64, i64, Vec<u8>)>,
+        most_held: usize,
+    }
+
+    fn limited(chunks: &[&[u8]], limits: Limits, limit: Option<u64>, until: u64) -> Result<Limited, BananaError> {
+        let mut f = MessageFramer::new(limits);
+        let (mut got, mut asked, mut most_held) = (Vec::new(), Vec::new(), 0);
+        for c in chunks {
+            f.feed_limited(
+                c,
+                |frame: Frame<'_>| -> Result<(), BananaError> {
+                    got.push(Got::of(frame));
+                    Ok(())
+                },
+                |call: CallHeader<'_>| -> Result<Option<u64>, BananaError> {
+                    asked.push((call.reqid, call.clid, call.method.to_vec()));
+                    Ok(limit)
+                },
+            )?;
+            if f.offset() <= until {
+                most_held = most_held.max(f.buffered());
+            }
+        }
+        Ok(Limited { got, asked, most_held })
+    }
+
+    /// `(call reqid clid "put" (arguments ...))`, the arguments written by `args`, from OPEN
+    /// number `next_open`: its bytes and the next OPEN number.
+    fn call(next_open: u64, reqid: i64, clid: i64, args: impl FnOnce(&mut Writer)) -> (Vec<u8>, u64) {
+        let mut w = Writer::new(Vec::new(), next_open, 500);
+        let c = w.open(word::CALL).unwrap();
+        w.int(reqid);
+        w.int(clid);
+        w.bytes(b"put");
+        let a = w.open(word::ARGUMENTS).unwrap();
+        args(&mut w);
+        w.close(a);
+        w.close(c);
+        w.finish()
+    }
+
+    /// Where the first run of `byte` in `data` starts, less its STRING header of `header` bytes.
+    fn string_at(data: &[u8], byte: u8, header: usize) -> u64 {
+        (data.iter().position(|&b| b == byte).unwrap() - header - 1) as u64
+    }
+
+    use crate::foolscap::encode::{word, Writer};
+
+    #[test]
+    fn a_string_past_the_call_limit_refuses_the_call_as_it_arrives() {
+        let big = vec![b'x'; 100_000];
+        let (refused, next) = call(0, 1, 3, |w| {
+            w.int(2);
+            w.bytes(b"key");
+            w.bytes(&big);
+        });
+        let (fine, _) = call(next, 2, 3, |w| {
+            w.int(1);
+            w.bytes(&[b'y'; 64]); // exactly the limit
+        });
+        let data = [&refused[..], &fine].concat();
+        let at = string_at(&data, b'x', 3);
+        let expect = vec![
+            Got::Refused { reqid: 1, length: 100_000, limit: 64, at, aborted: false },
+            Got::Message(fine.clone(), refused.len() as u64, next),
+        ];
+        let put = b"put".to_vec();
+        for size in [1, 7, 4096, data.len()] {
+            let chunks: Vec<&[u8]> = data.chunks(size).collect();
+            let l = limited(&chunks, limits(), Some(64), refused.len() as u64).unwrap();
+            assert_eq!(l.got, expect, "chunks of {size}");
+            assert_eq!(l.asked, [(1, 3, put.clone()), (2, 3, put.clone())]);
+            // Only what comes before the long string, and its header, were ever held.
+            assert!(l.most_held <= at as usize + 4, "chunks of {size}: {} bytes held", l.most_held);
+        }
+        // Unlimited (or fed without limits), the same stream is two messages.
+        let l = limited(&[&data], limits(), None, 0).unwrap();
+        assert_eq!(
+            l.got,
+            [Got::Message(refused.clone(), 0, 0), Got::Message(fine.clone(), refused.len() as u64, next)]
+        );
+        assert_eq!(frames(&[&data], limits()).unwrap(), l.got);
+    }
+
+    #[test]
+    fn nested_strings_and_text_are_limited_and_the_rest_is_skipped() {
+        let big = vec![b'x'; 5000];
+        let (refused, next) = call(0, 7, -2, |w| {
+            w.int(1);
+            let l = w.open(word::LIST).unwrap();
+            let t = w.open(word::TUPLE).unwrap();
+            let d = w.open(word::DICT).unwrap();
+            w.unicode(b"k").unwrap();
+            w.bytes(&big);
+            w.unicode(b"j").unwrap();
+            let inner = w.open(word::LIST).unwrap();
+            w.ping(9);
+            w.bytes(&[b'z'; 3000]); // past the limit too, skipped all the same
+            w.float(1.5);
+            w.big_int(&(num_bigint::BigInt::from(1) << 200));
+            w.close(inner);
+            w.close(d);
+            w.close(t);
+            w.close(l);
+        });
+        let (text, after) = call(next, 8, 4, |w| {
+            w.int(0);
+            w.bytes(b"name");
+            w.unicode("é".repeat(1000).as_bytes()).unwrap();
+        });
+        let (fine, _) = call(after, 9, 4, |w| {
+            w.int(1);
+            w.unicode(b"short").unwrap();
+        });
+        let data = [&refused[..], &text, &fine].concat();
+        let text_at = refused.len() as u64 + string_at(&text, 0xc3, 2);
+        let expect = vec![
+            Got::Ping(9),
+            Got::Refused { reqid: 7, length: 5000, limit: 100, at: string_at(&data, b'x', 2), aborted: false },
+            Got::Refused { reqid: 8, length: 2000, limit: 100, at: text_at, aborted: false },
+            // Every OPEN of the refused calls was counted.
+            Got::Message(fine.clone(), (refused.len() + text.len()) as u64, after),
+        ];
+        for size in [1, 2, 5, 100, data.len()] {
+            let chunks: Vec<&[u8]> = data.chunks(size).collect();
+            let l = limited(&chunks, limits(), Some(100), refused.len() as u64).unwrap();
+            assert_eq!(l.got, expect, "chunks of {size}");
+            assert_eq!(l.asked.iter().map(|a| (a.0, a.1)).collect::<Vec<_>>(), [(7, -2), (8, 4), (9, 4)]);
+            assert!(l.most_held < 100, "chunks of {size}: {} bytes held", l.most_held);
+        }
+    }
+
+    #[test]
+    fn the_call_limit_decides_past_max_element_size_and_skipped_bytes_count_toward_no_message() {
+        let small = Limits { max_element_size: 1000, max_message_size: 300, ..limits() };
+        let (refused, next) = call(0, 1, 3, |w| {
+            w.int(1);
+            w.bytes(&[b'x'; 5000]);
+        });
+        let (fine, _) = call(next, 2, 3, |w| w.int(0));
+        let data = [&refused[..], &fine].concat();
+        for size in [1, 64, data.len()] {
+            let chunks: Vec<&[u8]> = data.chunks(size).collect();
+            let l = limited(&chunks, small, Some(64), 0).unwrap();
+            assert!(matches!(l.got[..], [Got::Refused { length: 5000, limit: 64, .. }, Got::Message(..)]), "{size}");
+        }
+        // Within the call's limit but past the connection's, or with no call limit: as before.
+        for limit in [Some(10_000), None] {
+            let e = limited(&[&data], small, limit, 0).err().unwrap();
+            assert!(matches!(e.kind, ErrorKind::StringTooLong { .. }), "{limit:?}: {e}");
+        }
+        // What is held of a call still counts toward max_message_size.
+        let (long, _) = call(0, 1, 3, |w| {
+            w.int(40);
+            for _ in 0..40 {
+                w.bytes(&[b'x'; 10]);
+            }
+        });
+        let e = limited(&[&long], small, Some(64), 0).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::MessageTooLarge { limit: 300 });
+    }
+
+    #[test]
+    fn only_calls_are_limited() {
+        // (answer 2 "...") and a call whose header is out of layout are not asked about.
+        let mut w = Writer::new(Vec::new(), 0, 500);
+        let answer = w.open(word::ANSWER).unwrap();
+        w.int(2);
+        w.bytes(&[b'x'; 500]);
+        w.close(answer);
+        let c = w.open(word::CALL).unwrap();
+        w.bytes(b"not a request ID");
+        w.bytes(&[b'x'; 500]);
+        w.close(c);
+        let (data, _) = w.finish();
+        let l = limited(&[&data], limits(), Some(10), 0).unwrap();
+        assert!(l.asked.is_empty());
+        assert!(matches!(l.got[..], [Got::Message(..), Got::Message(..)]));
+    }
+
+    #[test]
+    fn a_refused_call_that_the_sender_aborts() {
+        let mut w = Writer::new(Vec::new(), 0, 500);
+        let c = w.open(word::CALL).unwrap();
+        w.int(5);
+        w.int(-2);
+        w.bytes(b"put");
+        let a = w.open(word::ARGUMENTS).unwrap();
+        w.int(1);
+        w.bytes(&[b'x'; 300]);
+        let (mut data, _) = w.finish();
+        data.extend([a as u8, tb::ABORT, a as u8, tb::CLOSE, c as u8, tb::CLOSE]);
+        let l = limited(&[&data], limits(), Some(10), 0).unwrap();
+        assert!(matches!(l.got[..], [Got::Refused { reqid: 5, aborted: true, .. }]), "{:?}", l.got);
+        assert_eq!(l.asked, [(5, -2, b"put".to_vec())]);
+    }
+
+    #[test]
+    fn the_rest_of_a_refused_call_is_still_checked() {
+        let (refused, _) = call(0, 1, 3, |w| {
+            w.int(1);
+            w.bytes(&[b'x'; 300]);
+        });
+        let cut = refused.len() - 2; // before the call's CLOSE
+        let bad_close = [&refused[..cut], &[0x7f, tb::CLOSE]].concat();
+        let e = limited(&[&bad_close], limits(), Some(10), 0).err().unwrap();
+        assert!(matches!(e.kind, ErrorKind::CloseMismatch { got: 0x7f, .. }), "{e}");
+        let deep = [&refused[..cut], &[0x70, tb::OPEN, 0x71, tb::OPEN]].concat();
+        let e = limited(&[&deep], Limits { max_depth: 2, ..limits() }, Some(10), 0).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::TooDeep { limit: 2 });
+        let e = limited(&[&refused[..cut], &[0x01, 0x8b]], limits(), Some(10), 0).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::InvalidTypeByte(0x8b));
+        let e = limited(&[&refused[..cut], &[0u8; 65]], limits(), Some(10), 0).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::HeaderTooLong { limit: 64 });
+        // The peer's ERROR inside it ends the stream as anywhere else.
+        let error = [&refused[..cut], &[2, tb::ERROR], b"no"].concat();
+        let l = limited(&[&error], limits(), Some(10), 0).unwrap();
+        assert_eq!(l.got, [Got::PeerError(b"no".to_vec())]);
     }
 }

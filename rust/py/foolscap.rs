@@ -11,7 +11,7 @@
 //! | `FS_ANSWER` | `(kind, reqid, value)` |
 //! | `FS_ERROR` | `(kind, reqid, failure)`: what the hook made of the failure copyable |
 //! | `FS_PING` / `FS_PONG` | `(kind, number)`: a PING is answered with `encoder.pong(number)` |
-//! | `FS_VIOLATION` | `(kind, what, reqid, message)`: a message discarded; `what` is `call`, `answer`, `error` or `unknown`, `reqid` None if not read yet |
+//! | `FS_VIOLATION` | `(kind, what, reqid, message)`: a message discarded; `what` is `call`, `answer`, `error` or `unknown`, `reqid` None if not read yet; a call refused as it arrived (a string past its interface's limits) is one too |
 //! | `FS_CALL_ABORTED` | `(kind, reqid)`: the peer gave up sending a call (ABORT); foolscap sends no reply to it |
 //! | `FS_PEER_ERROR` | `(kind, message)`: the peer's ERROR; it hangs up, and nothing after it is read |
 //! | `FS_AWAITING` | `(kind, reqid, awaitable)`: (attached) a call ran and returned an awaitable |
@@ -26,6 +26,8 @@
 //! A stream that cannot continue (bad tokens, lost sync, a limit) raises `BananaError` with the
 //! stream offset; the events completed before it are on the exception as `.events`.
 
+use std::cell::RefCell;
+
 use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -35,6 +37,7 @@ use pyo3::PyTypeInfo;
 use super::dispatch::{Dispatch, Flavor, Ran};
 use super::fast::REPLY_FLUSH;
 use super::objects::{decimal_type, decode_utf8, qualified_name, utf8_of, GcPause, StrCache};
+use super::schemas::{too_long, CallLimits};
 use super::sender::SenderPy;
 use super::tables::Tables;
 use super::tls::TlsSessionPy;
@@ -42,6 +45,7 @@ use super::{int_value, integer, limit_args, set_limit, with_bytes, with_events, 
 use crate::banana::Integer;
 use crate::foolscap::decode::{read_message, Build, Built, Fault, Message};
 use crate::foolscap::encode::{word, TooDeep, Word, Writer};
+use crate::foolscap::framer::CallHeader;
 use crate::foolscap::{Frame, Limits, MessageFramer};
 
 pub const FS_CALL: u8 = 0;
@@ -71,6 +75,8 @@ pub struct FoolscapDecoderPy {
     hook: Option<Py<PyAny>>,
     strings: StrCache,
     fast: Option<TubFast>,
+    /// Once attached: the string limits calls are held to as they arrive.
+    call_limits: Option<CallLimits>,
 }
 
 #[pymethods]
@@ -94,6 +100,7 @@ impl FoolscapDecoderPy {
             hook,
             strings: StrCache::new(),
             fast: None,
+            call_limits: None,
         })
     }
 
@@ -101,16 +108,24 @@ impl FoolscapDecoderPy {
     /// connection's `tables`, the `encoder` for the answers, the `sender` they go to, the
     /// `broker` (the target of clid 0, the Tub's own methods, through its
     /// `remoteMessageReceived`, and what other objects' `remoteMessageReceived` is given), and
-    /// `is_plain(type)`: whether objects of a type dispatch calls the default way (asked once
-    /// per type).
+    /// `is_plain(type)`: whether objects of a type dispatch calls the default way, and
+    /// `call_limits(type)`: None, or the name of the interface calls on objects of a type are
+    /// checked against and the longest string each of its methods' arguments may hold
+    /// (`{method: length or None}`), a longer one refusing the call as it arrives (both asked
+    /// once per type; `call_limits` only once `tables.checks_calls` is set).
+    #[allow(clippy::too_many_arguments)]
     fn attach(
         &mut self,
+        py: Python<'_>,
         tables: Py<Tables>,
         encoder: Py<FoolscapEncoderPy>,
         sender: Py<SenderPy>,
         broker: Py<PyAny>,
         is_plain: Py<PyAny>,
+        call_limits: Py<PyAny>,
     ) {
+        let floor = self.limits.max_index_length as u64;
+        self.call_limits = Some(CallLimits::new(call_limits, tables.clone_ref(py), floor));
         let dispatch = Dispatch::new(is_plain, Flavor::Foolscap);
         self.fast = Some(TubFast { tables, encoder, sender, broker, dispatch, enabled: true });
     }
@@ -212,12 +227,16 @@ impl FoolscapDecoderPy {
         if let Some(f) = &self.fast {
             f.traverse(&visit)?;
         }
+        if let Some(c) = &self.call_limits {
+            c.traverse(&visit)?;
+        }
         Ok(())
     }
 
     fn __clear__(&mut self) {
         self.hook = None;
         self.fast = None;
+        self.call_limits = None;
     }
 }
 
@@ -230,10 +249,13 @@ impl FoolscapDecoderPy {
         let mut fast = self.fast.as_mut().filter(|f| f.enabled);
         let sender = fast.as_ref().map(|f| f.sender.bind(py).clone());
         let mut replies = Replies { sender, out: Vec::new() };
+        // Asked for a call's limit by the framer, and for why it refused one.
+        let call_limits = RefCell::new(self.call_limits.as_mut().filter(|c| c.active()));
+        let limited = call_limits.borrow().is_some();
         // Nothing cyclic becomes garbage while values are built; collections triggered by the
         // containers being made would only walk them again and again.
         let gc = GcPause::new();
-        let result = framer.feed(bytes, |frame: Frame<'_>| -> PyResult<()> {
+        let on_frame = |frame: Frame<'_>| -> PyResult<()> {
             let event = match frame {
                 Frame::Message { bytes, offset, first_object } => {
                     let mut build = PyBuild { py, hook: hook.as_ref(), strings: &mut *strings, gifts: false };
@@ -262,6 +284,22 @@ impl FoolscapDecoderPy {
                         },
                     }
                 }
+                Frame::Refused { reqid, length, at, aborted, .. } => {
+                    // The broker answers it, after the replies so far (as a Violation of the
+                    // decoder's, which it is).
+                    if fast.take().is_some() {
+                        replies.send(py, &events, false)?;
+                    }
+                    if aborted {
+                        (FS_CALL_ABORTED, reqid).into_pyobject(py)?.into_any()
+                    } else {
+                        let why = call_limits
+                            .borrow()
+                            .as_ref()
+                            .map_or_else(|| too_long(length, at), |c| c.refusal(length, at));
+                        (FS_VIOLATION, "call", reqid, why).into_pyobject(py)?.into_any()
+                    }
+                }
                 Frame::Ping(n) => (FS_PING, n).into_pyobject(py)?.into_any(),
                 Frame::Pong(n) => (FS_PONG, n).into_pyobject(py)?.into_any(),
                 Frame::PeerError(message) => {
@@ -269,7 +307,15 @@ impl FoolscapDecoderPy {
                 }
             };
             events.append(event)
-        });
+        };
+        let result = if limited {
+            let call_limit = |call: CallHeader<'_>| -> PyResult<Option<u64>> {
+                call_limits.borrow_mut().as_mut().map_or(Ok(None), |c| c.limit(py, call))
+            };
+            framer.feed_limited(bytes, on_frame, call_limit)
+        } else {
+            framer.feed(bytes, on_frame)
+        };
         drop(gc);
         replies.send(py, &events, false)?;
         with_events(py, events, result)

@@ -10,6 +10,7 @@ pub mod liveness;
 pub mod negotiate;
 pub mod objects;
 pub mod pb;
+pub mod schemas;
 pub mod sender;
 pub mod tables;
 pub mod tls;

@@ -7,13 +7,16 @@
 //! - **sent**: the luids given out by the encoding under way, as a stack: an encode notes the
 //!   height ([`Tables::mark`]) and, when it is done, takes its luids off ([`Tables::commit`])
 //!   or, when it fails, takes their counts back ([`Tables::undo`]) — the peer never saw them;
-//! - **pending**: our calls awaiting replies: request id -> (future, luids its arguments pinned).
+//! - **pending**: our calls awaiting replies: request id -> (future, luids its arguments pinned);
+//! - **checks_calls**: whether an object filed here has its calls checked against an interface
+//!   (a Tub's decoder then asks each call's string limit as it arrives).
 //!
 //! Frozen with one small lock that is never held while Python code runs (a remote method or an
 //! encoder hook may use the tables while a `feed` is under way). Objects removed under the lock
 //! are dropped after it is released, since dropping one may run Python code.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use pyo3::exceptions::PyTypeError;
@@ -80,6 +83,8 @@ struct Inner {
 #[pyclass(module = "pbfast._core", name = "Tables", frozen)]
 pub struct Tables {
     inner: Mutex<Inner>,
+    /// Read for every chunk a Tub receives, so outside the lock.
+    checks_calls: AtomicBool,
 }
 
 #[pymethods]
@@ -95,7 +100,7 @@ impl Tables {
             pending: HashMap::new(),
             forget: Some(forget),
         };
-        Tables { inner: Mutex::new(inner) }
+        Tables { inner: Mutex::new(inner), checks_calls: AtomicBool::new(false) }
     }
 
     // ------------------------------------------------------------------ objects
@@ -124,6 +129,19 @@ impl Tables {
     #[getter]
     fn objects(&self) -> usize {
         self.lock().objects.len()
+    }
+
+    /// Whether an object filed here has its calls checked against an interface (the broker
+    /// sets it when it files one; it stays set). Until then a Tub's decoder reads calls without
+    /// asking for their limits.
+    #[getter]
+    pub(crate) fn get_checks_calls(&self) -> bool {
+        self.checks_calls.load(Ordering::Relaxed)
+    }
+
+    #[setter]
+    fn set_checks_calls(&self, on: bool) {
+        self.checks_calls.store(on, Ordering::Relaxed);
     }
 
     // ------------------------------------------------------------------ references

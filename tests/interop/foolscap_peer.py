@@ -666,7 +666,8 @@ def scenario_schema(tub, root, opts):
     """Against an object whose class declares ``RIShelf`` (this side defines it too): the
     interface name its reference carries; a good call; a violating call refused here, by
     foolscap's own check against its copy (``local``); the same call sent unchecked
-    (``_useSchema=False``), refused by the other side (``remote``); and an echo proving the
+    (``_useSchema=False``), refused by the other side (``remote``); unchecked too, a key of
+    17 MiB, past the other side's 16 MiB string limit (``oversize``); and an echo proving the
     connection is still up. (foolscap refuses to send a method its copy of the interface lacks,
     even unchecked.)"""
     shelf = yield root.callRemote("shelf")
@@ -674,6 +675,7 @@ def scenario_schema(tub, root, opts):
     report["good"] = yield outcome(shelf.callRemote("put", b"key", value=1))
     report["local"] = yield outcome(shelf.callRemote("put", b"123456789"))
     report["remote"] = yield outcome(shelf.callRemote("put", b"123456789", _useSchema=False))
+    report["oversize"] = yield outcome(shelf.callRemote("put", b"x" * (17 << 20), _useSchema=False))
     report["after"] = yield outcome(root.callRemote("echo", "still fine"))
     return report
 

@@ -244,7 +244,8 @@ def test_foolscap_client_and_pbfast_schemas(run):
     """A stock client calls an object declaring a RemoteInterface on a pbfast Tub: the reference
     names the interface as foolscap does (so the stock client checks its calls against its own
     copy), and a call sent past that check is refused by pbfast with foolscap's Violation before
-    the method runs; the connection goes on."""
+    the method runs, one holding a string past the interface's limits (and the connection's) as
+    it arrives; the connection goes on."""
 
     async def main():
         tub, furl = await pbfast_server()
@@ -259,6 +260,10 @@ def test_foolscap_client_and_pbfast_schemas(run):
         remote = result["remote"]
         assert remote["copied"] and remote["type"] == "foolscap.tokens.Violation", remote
         assert "too long: 9 bytes, at most 8 allowed" in remote["value"], remote
+        oversize = result["oversize"]
+        assert oversize["copied"] and oversize["type"] == "foolscap.tokens.Violation", oversize
+        assert "a string of 17825792 bytes" in oversize["value"], oversize
+        assert "refused as it arrived: the interface allows at most 8" in oversize["value"], oversize
         assert result["after"]["result"]["value"] == "still fine"
 
     run(main())
