@@ -119,6 +119,33 @@ impl Lookup {
 static PB_LOOKUP: Lookup = Lookup::build(&PB_VOCAB, 1);
 static FOOLSCAP_LOOKUP: Lookup = Lookup::build(&FOOLSCAP_VOCAB, 0);
 
+/// Index of `word` in `table` from `first` on, worked out at compile time (for the words an
+/// encoder writes as constants).
+pub const fn const_index(table: &[&[u8]], first: usize, word: &[u8]) -> Option<u8> {
+    let mut i = first;
+    while i < table.len() {
+        if same(table[i], word) {
+            return Some(i as u8);
+        }
+        i += 1;
+    }
+    None
+}
+
+const fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// Index of a PB vocabulary word.
 #[inline(always)]
 pub fn pb_index(word: &[u8]) -> Option<u8> {

@@ -7,7 +7,7 @@
 
 use num_bigint::BigInt;
 
-use crate::banana::vocab::FOOLSCAP_VOCAB;
+use crate::banana::vocab::{const_index, FOOLSCAP_VOCAB};
 use crate::banana::{tb, Dialect, Encoder};
 
 /// A value nested deeper than the limit (foolscap's sender asserts at 10000 slicers).
@@ -34,29 +34,8 @@ pub struct Word {
 
 impl Word {
     pub const fn new(word: &'static [u8]) -> Word {
-        let mut i = 0;
-        while i < FOOLSCAP_VOCAB.len() {
-            if same(FOOLSCAP_VOCAB[i], word) {
-                return Word { word, index: Some(i as u8) };
-            }
-            i += 1;
-        }
-        Word { word, index: None }
+        Word { word, index: const_index(&FOOLSCAP_VOCAB, 0, word) }
     }
-}
-
-const fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
 }
 
 /// The type words foolscap's slicers write.

@@ -11,7 +11,7 @@
 use num_bigint::BigInt;
 
 use super::{format_fields, tag, Error};
-use crate::banana::vocab::PB_VOCAB;
+use crate::banana::vocab::{const_index, PB_VOCAB};
 use crate::banana::{tb, BananaError, Dialect, Encoder, Limits};
 use crate::ids::IdMap;
 
@@ -73,29 +73,9 @@ pub struct Word<'a> {
 
 impl<'a> Word<'a> {
     pub const fn new(text: &'a [u8]) -> Word<'a> {
-        let mut i = 1;
-        while i < PB_VOCAB.len() {
-            if same(PB_VOCAB[i], text) {
-                return Word { text, pb_index: Some(i as u8) };
-            }
-            i += 1;
-        }
-        Word { text, pb_index: None }
+        // (PB's table starts at 1: index 0 is not a word.)
+        Word { text, pb_index: const_index(&PB_VOCAB, 1, text) }
     }
-}
-
-const fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
 }
 
 /// The tags of jelly's containers, as [`Word`]s.
