@@ -289,3 +289,22 @@ def test_the_longest_string_a_call_may_hold() -> None:
     assert longest(x=ByteStringConstraint(7), __ignoreUnknown__=True) is None
     assert longest(a_rather_long_argument_name=int) == len("a_rather_long_argument_name")
     assert RemoteMethodSchema().max_string_bytes == 0
+
+
+@pytest.mark.parametrize(
+    "parents,violation",
+    [
+        (["pbfast.errors.Violation", "pbfast.errors.PbfastError"], True),
+        (["foolscap.tokens.Violation", "builtins.Exception"], True),
+        (["builtins.ValueError", "builtins.Exception"], False),
+    ],
+)
+def test_a_refusal_from_the_peer_is_caught_as_a_violation(parents: list[str], violation: bool) -> None:
+    """A failure whose remote type is a Violation (pbfast's or foolscap's) arrives as a
+    `RemoteError` that is a `pbfast.Violation` too; other failures are plain RemoteErrors."""
+    from pbfast._failure import remote_error
+
+    error = remote_error({"type": parents[0], "value": "refused", "parents": parents})
+    assert isinstance(error, pbfast.RemoteError)
+    assert isinstance(error, pbfast.Violation) is violation
+    assert error.remoteType == parents[0] and error.parents == tuple(parents)

@@ -14,7 +14,7 @@ import itertools
 import traceback
 from typing import Any
 
-from .errors import TWISTED_EQUIVALENTS, RemoteError, Violation, qualified_name
+from .errors import TWISTED_EQUIVALENTS, RemoteError, RemoteViolation, Violation, qualified_name
 
 FAILURE_TAG = b"twisted.spread.pb.CopyableFailure"
 UNAVAILABLE = "Traceback unavailable\n"
@@ -116,4 +116,10 @@ def remote_error(state: object) -> RemoteError:
     parents = fields.get("parents") or [remote_type]
     if not isinstance(parents, (list, tuple)):
         parents = [remote_type]
-    return RemoteError(remote_type, value, _text(tb), tuple(_text(p) for p in parents))
+    names = tuple(_text(p) for p in parents)
+    cls = RemoteViolation if _VIOLATIONS.intersection(names) else RemoteError
+    return cls(remote_type, value, _text(tb), names)
+
+
+# The remote types that are Violations: ours, and foolscap's.
+_VIOLATIONS = frozenset({qualified_name(Violation), VIOLATION_TYPE})

@@ -41,6 +41,7 @@ __all__ = [
     "PbfastError",
     "ProtocolError",
     "RemoteError",
+    "RemoteViolation",
     "TLSError",
     "UnauthorizedLogin",
     "Violation",
@@ -204,6 +205,12 @@ class RemoteError(PbfastError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.remoteType, self.remoteValue, self.remoteTraceback, self.parents))
+
+
+class RemoteViolation(RemoteError, Violation):
+    """The peer refused the call as a Violation (its schema, or a message it could not accept:
+    pbfast's or foolscap's own): a `RemoteError` that is also caught as `Violation`, like the
+    violation a caller's own check raises."""
 
 
 class DeadReferenceError(PbfastError, ConnectionError):
