@@ -252,8 +252,8 @@ class TubBroker(Connection):
         depth = {"max_depth": options.limits["max_depth"]} if "max_depth" in options.limits else {}
         self._encoder: Any = _core.FoolscapEncoder(self._slice, **depth)
         self._decoder: Any = _core.FoolscapDecoder(self._unslice, **options.limits)
-        # (The sender's messages are encrypted together; calls out fail until the banana phase
-        # starts it.)
+        # (`Connection`'s sender gathers the messages that are encrypted together; calls out
+        # fail until the banana phase starts it.)
         # The interface and FURL the peer told us per clid of its objects.
         self._import_info: dict[int, tuple[str | None, str | None]] = {}
         # References into third Tubs we sent the peer, held until it has fetched them.
