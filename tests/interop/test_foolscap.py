@@ -13,6 +13,7 @@ import asyncio
 import decimal
 import gc
 import math
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -352,6 +353,15 @@ def test_pbfast_calls_foolscap(run):
         async with peer_tub(PEER) as (_, furl), pbfast.Tub() as tub:
             root = await tub.getReference(furl)
             assert root.getRemoteTubID() == FURL.parse(furl).tubID
+            # foolscap's reference accessors, on a stock Tub's object
+            parsed = FURL.parse(furl)
+            assert root.getLocationHints() == list(parsed.locationHints)
+            peer = root.getPeer()
+            assert (peer.type, peer.host) == ("TCP", "127.0.0.1")
+            assert f"tcp:127.0.0.1:{peer.port}" in parsed.locationHints
+            assert root.isConnected() and root.remote_interface_name is None
+            received = root.getDataLastReceivedAt()
+            assert received is not None and abs(received - time.time()) < 60
             for value in VALUES:
                 result = await root.callRemote("echo", value)
                 assert result == value and type(result) is type(value), value
