@@ -25,6 +25,54 @@ impl Hasher for PtrHasher {
 /// Map keyed by object address.
 pub type PtrMap<V> = HashMap<usize, V, BuildHasherDefault<PtrHasher>>;
 
+/// Hasher for keys this side chooses — request ids, the luids it gives out, the names it files
+/// objects under. A peer can look such keys up but never insert one, so it cannot pile them
+/// into one bucket, and a keyed hash (SipHash, the default) would buy nothing but its cost.
+#[derive(Default)]
+pub struct OwnKeyHasher(u64);
+
+impl OwnKeyHasher {
+    #[inline(always)]
+    fn add(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for OwnKeyHasher {
+    fn finish(&self) -> u64 {
+        // The table takes its bucket from the low bits and a tag from the top ones: fold the
+        // well-mixed high half down so both vary.
+        self.0 ^ (self.0 >> 32)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.add(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        for &b in chunks.remainder() {
+            self.add(u64::from(b));
+        }
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+    fn write_i64(&mut self, n: i64) {
+        self.add(n as u64);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+    fn write_isize(&mut self, n: isize) {
+        self.add(n as u64);
+    }
+}
+
+/// Map keyed by what this side chooses (see [`OwnKeyHasher`]).
+pub type OwnKeyMap<K, V> = HashMap<K, V, BuildHasherDefault<OwnKeyHasher>>;
+
 /// Map from object address to a small value, for the jelly writer's tracking of every container
 /// of a value: open addressing with linear probing over a power-of-two table at most half full,
 /// so a lookup or an insertion is a multiply and, nearly always, one or two compares. Emptied in

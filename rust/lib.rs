@@ -74,6 +74,7 @@ mod _core {
         m.add("FOOLSCAP_VOCAB", pyo3::types::PyTuple::new(m.py(), words(&vocab::FOOLSCAP_VOCAB))?)?;
         use crate::py::pb;
         m.add("PB_VERSION", crate::pb::PB_VERSION)?;
+        m.add("EARLY_WRITE", crate::py::sender::EARLY_WRITE)?;
         for (name, kind) in [
             ("EV_MESSAGE", pb::EV_MESSAGE),
             ("EV_CACHEMESSAGE", pb::EV_CACHEMESSAGE),

@@ -10,8 +10,9 @@
 //! arguments carried an object *pins* its entry until the call's reply has been read, so such
 //! a `local` still resolves.
 
-use std::collections::HashMap;
 use std::fmt;
+
+use crate::ids::OwnKeyMap;
 
 /// Why a table operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,15 +50,16 @@ struct Entry {
 #[derive(Debug)]
 pub struct RefTable {
     next_luid: u64,
-    luids: HashMap<u64, u64>,
-    entries: HashMap<u64, Entry>,
+    /// Object identity -> luid.
+    luids: OwnKeyMap<u64, u64>,
+    entries: OwnKeyMap<u64, Entry>,
     limit: usize,
 }
 
 impl RefTable {
     /// A table holding at most `limit` objects at once.
     pub fn new(limit: usize) -> RefTable {
-        RefTable { next_luid: 1, luids: HashMap::new(), entries: HashMap::new(), limit }
+        RefTable { next_luid: 1, luids: OwnKeyMap::default(), entries: OwnKeyMap::default(), limit }
     }
 
     /// Record one more `remote` of the object `key`; returns its luid and whether the entry is
@@ -199,7 +201,7 @@ mod tests {
         #[test]
         fn counts_match_a_model(ops in proptest::collection::vec((0u8..4, 0u64..4), 0..200)) {
             let mut t = RefTable::new(usize::MAX);
-            let mut model: HashMap<u64, (u64, u64, u64)> = HashMap::new(); // key -> (luid, count, pins)
+            let mut model: std::collections::HashMap<u64, (u64, u64, u64)> = std::collections::HashMap::new(); // key -> (luid, count, pins)
             for (op, key) in ops {
                 match op {
                     0 => {

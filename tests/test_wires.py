@@ -22,6 +22,7 @@ import pbfast
 import pytest
 from connections import CountingDecoder, eventually, pbfast_records, settle
 from helpers import assert_deep_equal
+from pbfast import _core
 from pbfast.schema import AttributeDictConstraint, MaxLength
 from wires import VARIANTS, connector
 
@@ -424,6 +425,28 @@ def test_pipelined_calls(run, wire) -> None:
             # Async methods of varying delays, pipelined: each answer goes to its own call.
             slow = [root.callRemote("slow", i, delay=0.001 * (i % 3)) for i in range(50)]
             assert await asyncio.gather(*slow) == list(range(50))
+
+    run(main())
+
+
+def test_a_burst_of_calls_goes_out_while_it_is_made(run, wire) -> None:
+    """Calls made in one go are written every `_core.EARLY_WRITE` of them rather than all at the
+    end of the loop iteration, so the server starts on the first ones while the rest are made
+    (the fast path's answers go through the same sender, under the same rule)."""
+
+    async def main() -> None:
+        async with wire(Served()) as w:
+            sender = w.client._sender
+            await w.root.callRemote("echo", 0)
+            assert sender.size == 0
+            calls = [w.root.callRemote("echo", i) for i in range(_core.EARLY_WRITE - 1)]
+            waiting = sender.size  # one short: nothing written yet
+            assert waiting > 0
+            calls.append(w.root.callRemote("echo", "x"))
+            assert sender.size == 0  # the last one made the whole burst go out
+            calls += [w.root.callRemote("echo", i) for i in range(3)]
+            assert 0 < sender.size < waiting
+            assert await asyncio.gather(*calls) == [*range(_core.EARLY_WRITE - 1), "x", 0, 1, 2]
 
     run(main())
 

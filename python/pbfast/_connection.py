@@ -230,7 +230,9 @@ class Connection(asyncio.Protocol, abc.ABC):
         # Outgoing bytes, written together once per loop iteration or chunk received, and calls
         # out: while the connection is up, `call` and `call_only` are the sender's own methods
         # (callRemote costs one crossing); once it is gone, this class's methods answer instead.
-        self._sender: Any = _core.Sender(self._wake, self._loop.create_future, self._tables, self._dead)
+        self._sender: Any = _core.Sender(
+            self._wake, self._flush, self._loop.create_future, self._tables, self._dead
+        )
         self.call = self._sender.call  # type: ignore[method-assign]
         self.call_only = self._sender.call_only  # type: ignore[method-assign]
         # The peer's objects we hold: luid -> proxy, and its cached objects: luid -> copy.

@@ -13,6 +13,7 @@ __all__ = [
     "DUE_NOTHING",
     "DUE_PING",
     "Decoder",
+    "EARLY_WRITE",
     "EV_ANSWER",
     "EV_AWAITING",
     "EV_BAD_CALL",
@@ -251,11 +252,14 @@ class Tables:
     def pending(self) -> int: ...
     def clear(self) -> None: ...
 
+EARLY_WRITE: Final[int]  # messages waiting after which a sender writes them at once
+
 @final
 class Sender:
     def __new__(
         cls,
         wake: Callable[[], None],
+        flush: Callable[[], None],
         create_future: Callable[[], Any],
         tables: Tables,
         dead: Callable[[], BaseException],

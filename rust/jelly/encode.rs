@@ -141,6 +141,26 @@ impl Writer {
         Writer { enc, depth: 0, max_depth: Limits::twisted().max_depth, seen, wraps, next_ref: 1 }
     }
 
+    /// A writer that appends to `out` (what it holds stays), with no buffers for tracking
+    /// shared containers: for values that hold none (see `rust/py/jelly.rs`'s `FlatWriter`).
+    pub fn appending(dialect: Dialect, out: Vec<u8>) -> Writer {
+        let buffers = Buffers { out, ..Buffers::default() };
+        let enc = Encoder { out: buffers.out, dialect };
+        Writer {
+            enc,
+            depth: 0,
+            max_depth: Limits::twisted().max_depth,
+            seen: buffers.seen,
+            wraps: buffers.wraps,
+            next_ref: 1,
+        }
+    }
+
+    /// The output buffer back, with everything written.
+    pub fn into_output(self) -> Vec<u8> {
+        self.enc.out
+    }
+
     /// The bytes written so far.
     pub fn output(&self) -> &[u8] {
         &self.enc.out

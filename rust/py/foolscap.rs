@@ -248,7 +248,7 @@ impl FoolscapDecoderPy {
         let (limits, strings, framer) = (&self.limits, &mut self.strings, &mut self.framer);
         let mut fast = self.fast.as_mut().filter(|f| f.enabled);
         let sender = fast.as_ref().map(|f| f.sender.bind(py).clone());
-        let mut replies = Replies { sender, out: Vec::new() };
+        let mut replies = Replies { sender, out: Vec::new(), queued: 0 };
         // Asked for a call's limit by the framer, and for why it refused one.
         let call_limits = RefCell::new(self.call_limits.as_mut().filter(|c| c.active()));
         let limited = call_limits.borrow().is_some();
@@ -269,7 +269,7 @@ impl FoolscapDecoderPy {
                     match fast.as_deref_mut() {
                         None => event(py, message)?,
                         Some(f) => match f.handle(py, message, &mut replies.out)? {
-                            Handled::Done if replies.out.len() < REPLY_FLUSH => return Ok(()),
+                            Handled::Done if replies.answered(py)? < REPLY_FLUSH => return Ok(()),
                             // Let the broker write these (and apply back-pressure) first.
                             Handled::Done => {
                                 fast = None;
@@ -327,9 +327,23 @@ struct Replies<'py> {
     /// Where they go (with the fast path on).
     sender: Option<Bound<'py, SenderPy>>,
     out: Vec<u8>,
+    /// Bytes queued in the sender so far.
+    queued: usize,
 }
 
 impl<'py> Replies<'py> {
+    /// The answer in `out` goes to the sender now (which writes every few of them at once: the
+    /// peer starts on them while the rest of the chunk runs); returns the bytes of answers
+    /// queued while reading this chunk.
+    fn answered(&mut self, py: Python<'py>) -> PyResult<usize> {
+        if let Some(sender) = self.sender.as_ref().filter(|_| !self.out.is_empty()) {
+            self.queued += self.out.len();
+            sender.get().append(py, &self.out)?;
+            self.out.clear();
+        }
+        Ok(self.queued)
+    }
+
     /// Queue the replies so far, ahead of the next event; with `flush`, ask the broker to write
     /// them now.
     fn send(&mut self, py: Python<'py>, events: &Bound<'py, PyList>, flush: bool) -> PyResult<()> {

@@ -331,6 +331,97 @@ impl Drop for JellyEncoder<'_> {
     }
 }
 
+/// Writes the values that need none of the walk's bookkeeping — scalars, and tuples or lists of
+/// scalars: a call's arguments and most answers — straight into a message's buffer, leaving
+/// anything else to a [`JellyEncoder`]. The bytes are the walk's: such a value holds no
+/// container that could be met twice, and no hook sees a scalar.
+pub struct FlatWriter {
+    w: Writer,
+    start: usize,
+}
+
+impl FlatWriter {
+    /// A writer appending to `out`; [`FlatWriter::finish`] gives it back.
+    pub fn new(dialect: Dialect, out: &mut Vec<u8>) -> FlatWriter {
+        let start = out.len();
+        FlatWriter { w: Writer::appending(dialect, std::mem::take(out)), start }
+    }
+
+    /// Whether `obj` is written here (a scalar, or a tuple or list of scalars).
+    #[inline]
+    pub fn fits(obj: &Bound<'_, PyAny>) -> bool {
+        let items = if let Ok(tuple) = obj.cast_exact::<PyTuple>() {
+            tuple.as_slice()
+        } else if let Ok(list) = obj.cast_exact::<PyList>() {
+            return list.iter().all(|item| is_scalar(&item));
+        } else {
+            return is_scalar(obj);
+        };
+        items.iter().all(is_scalar)
+    }
+
+    /// The underlying banana encoder, for envelope items written around values.
+    pub fn raw(&mut self) -> &mut Encoder {
+        self.w.raw()
+    }
+
+    /// Write `obj`, which [`FlatWriter::fits`].
+    pub fn value(&mut self, obj: &Bound<'_, PyAny>) -> PyResult<()> {
+        if scalar(&mut self.w, obj)? {
+            return Ok(());
+        }
+        if let Ok(tuple) = obj.cast_exact::<PyTuple>() {
+            self.w.open(word::TUPLE, tuple.len()).map_err(Error::from)?;
+            for item in tuple.as_slice() {
+                self.item(item)?;
+            }
+        } else {
+            // No Python code runs while scalars are written: the list cannot change meanwhile.
+            let list = obj.cast_exact::<PyList>()?;
+            self.w.open(word::LIST, list.len()).map_err(Error::from)?;
+            for item in list.iter() {
+                self.item(&item)?;
+            }
+        }
+        self.w.close();
+        Ok(())
+    }
+
+    fn item(&mut self, item: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !scalar(&mut self.w, item)? {
+            return Err(PyRuntimeError::new_err("a flat value's item is not a scalar"));
+        }
+        Ok(())
+    }
+
+    /// `{}`, as the walk writes an empty dict.
+    pub fn empty_dict(&mut self) -> PyResult<()> {
+        self.w.open(word::DICTIONARY, 0).map_err(Error::from)?;
+        self.w.close();
+        Ok(())
+    }
+
+    /// Give the buffer back to `out`: with what was written if `ok`, as it was before if not.
+    pub fn finish(self, ok: bool, out: &mut Vec<u8>) {
+        *out = self.w.into_output();
+        if !ok {
+            out.truncate(self.start);
+        }
+    }
+}
+
+/// Whether [`scalar`] writes `obj`.
+#[inline(always)]
+fn is_scalar(obj: &Bound<'_, PyAny>) -> bool {
+    let ty = obj.get_type_ptr();
+    ty == &raw mut ffi::PyUnicode_Type
+        || ty == &raw mut ffi::PyLong_Type
+        || ty == &raw mut ffi::PyFloat_Type
+        || ty == &raw mut ffi::PyBytes_Type
+        || ty == &raw mut ffi::PyBool_Type
+        || obj.is_none()
+}
+
 /// A writer's buffers, the walk's stack and its list of objects kept alive, kept per thread between
 /// calls (empty, with the lifetimes of their elements ended; see [`recycle`]).
 struct Spare {

@@ -41,7 +41,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::errors::jelly_error;
 use super::fast::{FastPath, Outcome, REPLY_FLUSH};
-use super::jelly::{JellyDecoder, JellyEncoder};
+use super::jelly::{FlatWriter, JellyDecoder, JellyEncoder};
 use super::objects::StrCache;
 use super::sender::SenderPy;
 use super::tables::Tables;
@@ -185,6 +185,8 @@ impl PbDecoderPy {
             let strings = &mut self.strings;
             let mut fast = self.fast.as_mut().filter(|f| f.enabled);
             let mut replies = Vec::new();
+            // Bytes of answers the fast path queued while reading this chunk.
+            let mut answered = 0;
             let fed = self.session.feed(bytes, |received| -> PyResult<()> {
                 let command = match received {
                     Received::Ready { dialect, send } => {
@@ -211,7 +213,15 @@ impl PbDecoderPy {
                     }
                     events.append(event)?;
                 }
-                if replies.len() >= REPLY_FLUSH {
+                if !replies.is_empty() {
+                    // Each answer goes to the sender as it is made (which writes every few of
+                    // them at once: the peer starts on them while the rest of the chunk runs).
+                    if let Some(f) = fast.as_deref_mut() {
+                        answered += replies.len();
+                        f.send(py, &mut replies, false)?;
+                    }
+                }
+                if answered >= REPLY_FLUSH {
                     // Let the broker write these (and apply back-pressure) before the rest.
                     if let Some(f) = fast.take() {
                         events.append(f.send(py, &mut replies, true)?)?;
@@ -519,21 +529,18 @@ impl PbEncoderPy {
         cache: bool,
         out: &mut Vec<u8>,
     ) -> PyResult<()> {
-        let mut enc = self.jelly_encoder(py);
-        let raw = enc.raw();
-        raw.list(7).map_err(PyErr::from)?;
-        raw.bytes(if cache { b"cachemessage" } else { b"message" }).map_err(PyErr::from)?;
-        raw.int(request_id);
-        if let Ok(name) = object_id.cast::<PyBytes>() {
-            raw.bytes(name.as_bytes()).map_err(PyErr::from)?;
-        } else {
-            let luid: i64 = object_id
-                .extract()
-                .map_err(|_| PyValueError::new_err(format!("an object id is an int or bytes, not {object_id}")))?;
-            raw.int(luid);
+        if FlatWriter::fits(args) && kwargs.is_none_or(|kw| kw.is_empty()) {
+            let mut w = FlatWriter::new(self.dialect, out);
+            let written = (|| {
+                message_head(w.raw(), request_id, object_id, method, answer_required, cache)?;
+                w.value(args)?;
+                w.empty_dict()
+            })();
+            w.finish(written.is_ok(), out);
+            return written;
         }
-        raw.bytes(method.as_bytes()).map_err(PyErr::from)?;
-        raw.int(i64::from(answer_required));
+        let mut enc = self.jelly_encoder(py);
+        message_head(enc.raw(), request_id, object_id, method, answer_required, cache)?;
         enc.jelly(args.as_any())?;
         match kwargs {
             Some(kw) => enc.jelly(kw.as_any())?,
@@ -569,13 +576,48 @@ impl PbEncoderPy {
         value: &Bound<'py, PyAny>,
         out: &mut Vec<u8>,
     ) -> PyResult<()> {
+        let head = |raw: &mut Encoder| -> PyResult<()> {
+            raw.list(3).map_err(PyErr::from)?;
+            raw.bytes(command).map_err(PyErr::from)?;
+            raw.int(request_id);
+            Ok(())
+        };
+        if FlatWriter::fits(value) {
+            let mut w = FlatWriter::new(self.dialect, out);
+            let written = head(w.raw()).and_then(|()| w.value(value));
+            w.finish(written.is_ok(), out);
+            return written;
+        }
         let mut enc = self.jelly_encoder(py);
-        let raw = enc.raw();
-        raw.list(3).map_err(PyErr::from)?;
-        raw.bytes(command).map_err(PyErr::from)?;
-        raw.int(request_id);
+        head(enc.raw())?;
         enc.jelly(value)?;
         enc.finish(|bytes| out.extend_from_slice(bytes));
         Ok(())
     }
+}
+
+/// `["message" (or "cachemessage"), request_id, object_id, method, answer_required, ...`: a
+/// call's envelope up to its arguments.
+fn message_head(
+    raw: &mut Encoder,
+    request_id: i64,
+    object_id: &Bound<'_, PyAny>,
+    method: &str,
+    answer_required: bool,
+    cache: bool,
+) -> PyResult<()> {
+    raw.list(7).map_err(PyErr::from)?;
+    raw.bytes(if cache { b"cachemessage" } else { b"message" }).map_err(PyErr::from)?;
+    raw.int(request_id);
+    if let Ok(name) = object_id.cast::<PyBytes>() {
+        raw.bytes(name.as_bytes()).map_err(PyErr::from)?;
+    } else {
+        let luid: i64 = object_id
+            .extract()
+            .map_err(|_| PyValueError::new_err(format!("an object id is an int or bytes, not {object_id}")))?;
+        raw.int(luid);
+    }
+    raw.bytes(method.as_bytes()).map_err(PyErr::from)?;
+    raw.int(i64::from(answer_required));
+    Ok(())
 }

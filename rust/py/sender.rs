@@ -7,7 +7,7 @@
 //! Frozen with small locks, never held while Python runs, so an encoder hook or a remote method
 //! may send while another send or a `feed` is under way.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use pyo3::prelude::*;
@@ -18,6 +18,13 @@ use super::pb::PbEncoderPy;
 use super::tables::Tables;
 use super::tls::TlsSessionPy;
 
+/// Messages waiting after which they are written at once, rather than at the end of the loop
+/// iteration or of the chunk being read: the peer starts on the first ones while the rest are
+/// made, so two busy ends work at the same time instead of taking turns (a burst of calls, or
+/// the answers to one, would otherwise go out whole). A write per this many messages costs
+/// little beside them.
+pub const EARLY_WRITE: usize = 16;
+
 /// The wire's encoder, known once the connection has negotiated.
 enum Encoding {
     Pb(Py<PbEncoderPy>),
@@ -27,12 +34,16 @@ enum Encoding {
 #[pyclass(module = "pbfast._core", name = "Sender", frozen)]
 pub struct SenderPy {
     out: Mutex<Vec<u8>>,
+    /// Messages in `out`.
+    queued: AtomicUsize,
     /// `wake()` has been called for the bytes waiting in `out`.
     scheduled: AtomicBool,
     closed: AtomicBool,
     next_request: AtomicI64,
     /// Called with no arguments when bytes start waiting: the broker schedules a flush.
     wake: Py<PyAny>,
+    /// Called with no arguments when `EARLY_WRITE` messages wait: the broker writes them now.
+    flush: Py<PyAny>,
     create_future: Py<PyAny>,
     /// The connection's tables: the calls awaiting replies, and the references the calls send.
     tables: Py<Tables>,
@@ -44,13 +55,21 @@ pub struct SenderPy {
 #[pymethods]
 impl SenderPy {
     #[new]
-    fn new(wake: Py<PyAny>, create_future: Py<PyAny>, tables: Py<Tables>, dead: Py<PyAny>) -> SenderPy {
+    fn new(
+        wake: Py<PyAny>,
+        flush: Py<PyAny>,
+        create_future: Py<PyAny>,
+        tables: Py<Tables>,
+        dead: Py<PyAny>,
+    ) -> SenderPy {
         SenderPy {
             out: Mutex::new(Vec::new()),
+            queued: AtomicUsize::new(0),
             scheduled: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             next_request: AtomicI64::new(1),
             wake,
+            flush,
             create_future,
             tables,
             dead,
@@ -69,7 +88,7 @@ impl SenderPy {
         self.encoder.set(encoding).map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("the sender has started"))
     }
 
-    /// Queue `data`; returns the bytes now waiting.
+    /// Queue `data` (one message, or part of one); returns the bytes now waiting.
     fn write(&self, py: Python<'_>, data: &[u8]) -> PyResult<usize> {
         self.append(py, data)
     }
@@ -84,6 +103,7 @@ impl SenderPy {
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let mut out = self.out.lock().expect("sender lock");
         self.scheduled.store(false, Ordering::Relaxed);
+        self.queued.store(0, Ordering::Relaxed);
         let taken = match tls {
             None if out.is_empty() => None,
             None => Some(PyBytes::new(py, &out)),
@@ -165,6 +185,7 @@ impl SenderPy {
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         visit.call(&self.wake)?;
+        visit.call(&self.flush)?;
         visit.call(&self.create_future)?;
         visit.call(&self.tables)?;
         visit.call(&self.dead)?;
@@ -178,12 +199,17 @@ impl SenderPy {
 }
 
 impl SenderPy {
+    /// Queue one message's bytes; returns the bytes now waiting.
     pub(crate) fn append(&self, py: Python<'_>, data: &[u8]) -> PyResult<usize> {
         let size = {
             let mut out = self.out.lock().expect("sender lock");
             out.extend_from_slice(data);
             out.len()
         };
+        if self.queued.fetch_add(1, Ordering::Relaxed) + 1 >= EARLY_WRITE {
+            self.flush.bind(py).call0()?;
+            return Ok(self.out.lock().expect("sender lock").len());
+        }
         if !self.scheduled.swap(true, Ordering::Relaxed) {
             self.wake.bind(py).call0()?;
         }
@@ -209,7 +235,8 @@ impl SenderPy {
         };
         let tables = self.tables.get();
         let mark = tables.mark();
-        let mut data = Vec::new();
+        // Room for a small call, which then needs no growing.
+        let mut data = Vec::with_capacity(256);
         let encoded = match encoding {
             Encoding::Pb(encoder) => encoder.get().encode_message(
                 py,

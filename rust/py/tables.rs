@@ -15,15 +15,16 @@
 //! encoder hook may use the tables while a `feed` is under way). Objects removed under the lock
 //! are dropped after it is released, since dropping one may run Python code.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use pyo3::exceptions::asyncio::InvalidStateError;
 use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyList};
 
+use crate::ids::OwnKeyMap;
 use crate::refs::{RefError, RefTable};
 
 pyo3::import_exception!(pbfast.errors, LimitExceeded);
@@ -69,10 +70,10 @@ struct Pending {
 }
 
 struct Inner {
-    objects: HashMap<Key, Py<PyAny>>,
+    objects: OwnKeyMap<Key, Py<PyAny>>,
     refs: RefTable,
     sent: Vec<u64>,
-    pending: HashMap<i64, Pending>,
+    pending: OwnKeyMap<i64, Pending>,
     /// `forget(luid, uncache)`: the peer holds our object `luid` no more, freed by a settled
     /// call's pins (`uncache` true) or by an encode that failed (false: the peer never saw it).
     /// The broker drops the object and what it keeps for it. Dropped by `clear`: it is the
@@ -94,10 +95,10 @@ impl Tables {
     #[pyo3(signature = (max_refs, forget))]
     fn new(max_refs: usize, forget: Py<PyAny>) -> Tables {
         let inner = Inner {
-            objects: HashMap::new(),
+            objects: OwnKeyMap::default(),
             refs: RefTable::new(max_refs),
             sent: Vec::new(),
-            pending: HashMap::new(),
+            pending: OwnKeyMap::default(),
             forget: Some(forget),
         };
         Tables { inner: Mutex::new(inner), checks_calls: AtomicBool::new(false) }
@@ -343,11 +344,13 @@ impl Tables {
             }
         };
         let Some(future) = future else { return Ok(false) };
-        let future = future.bind(py);
-        if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
-            future.call_method1(intern!(py, "set_result"), (value,))?;
+        // A future cancelled meanwhile refuses its result: that is no error here. (Asking it
+        // `done()` first would cost a call for every answer.)
+        match future.bind(py).call_method1(intern!(py, "set_result"), (value,)) {
+            Err(e) if e.is_instance_of::<InvalidStateError>(py) => Ok(true),
+            Err(e) => Err(e),
+            Ok(_) => Ok(true),
         }
-        Ok(true)
     }
 
     /// `encode()`, with the references it gives out committed once it is done or taken back if
