@@ -84,7 +84,10 @@ def unused_port() -> int:
     ("command", "mentions"),
     [
         ("demo", ["--seconds"]),
-        ("serve", ["--tub", "--furl-file", "--object", "MODULE:ATTR", "ENDPOINT"]),
+        (
+            "serve",
+            ["--tub", "--furl-file", "--object", "MODULE:ATTR", "ENDPOINT", "--workers", "SO_REUSEPORT"],
+        ),
         ("call", ["TARGET", "METHOD", "ARGS", "--timeout"]),
         (
             "bench",

@@ -43,9 +43,10 @@ import re
 import socket
 import ssl
 import stat
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -159,6 +160,10 @@ class Listener:
 
 class ServerEndpoint(abc.ABC):
     """Something that can listen: the result of `parse_server`."""
+
+    port: int | None = None
+    """The TCP port it will bind as described (0: a free port the kernel picks, known from the
+    `Listener` once listening); None for types that bind no TCP port (``unix``, ``systemd``)."""
 
     @abc.abstractmethod
     async def listen(self, protocol_factory: _ProtocolFactory) -> Listener:
@@ -278,18 +283,38 @@ def _split(description: str) -> tuple[str, dict[str, str], list[str]]:
     return type_name, kwargs, args
 
 
-def parse_server(description: str) -> ServerEndpoint:
+def parse_server(description: str, *, reuse_port: bool = False) -> ServerEndpoint:
     """Parse a server description without listening.
 
     Args:
         description: e.g. ``"tcp:8800"`` or ``"unix:/run/app.sock:mode=660"``.
+        reuse_port: bind with ``SO_REUSEPORT``, so that several listening sockets (in one
+            process or several, of the same user) share the port and the kernel spreads the
+            incoming connections among them; for the types that bind a TCP port (``tcp``,
+            ``tcp6``, ``ssl``).
 
     Raises:
         ValueError: malformed description; the message names the bad part (the type, key,
-            value or missing parameter).
+            value or missing parameter). With `reuse_port`: a type that binds no TCP port, or
+            a platform without ``SO_REUSEPORT`` (Windows).
     """
     endpoint: ServerEndpoint = _parse(description, _SERVER_TYPES, "server")
+    if reuse_port:
+        endpoint = _sharing_the_port(endpoint, description)
     return endpoint
+
+
+def _sharing_the_port(endpoint: ServerEndpoint, description: str) -> ServerEndpoint:
+    if not isinstance(endpoint, _TCPServerEndpoint):
+        raise ValueError(
+            f"reuse_port applies to endpoints that bind a TCP port (tcp, tcp6, ssl), not to {description!r}"
+        )
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ValueError(
+            f"reuse_port needs the socket option SO_REUSEPORT, which this platform ({sys.platform}) "
+            "does not have"
+        )
+    return replace(endpoint, reuse_port=True)
 
 
 def parse_client(description: str) -> ClientEndpoint:
@@ -402,20 +427,24 @@ def _reraise(e: OSError, what: str, description: str) -> OSError:
     return cls(e.errno, f"cannot {what} {description!r}: {e.strerror}")
 
 
-async def listen(description: str, protocol_factory: _ProtocolFactory) -> Listener:
+async def listen(
+    description: str, protocol_factory: _ProtocolFactory, *, reuse_port: bool = False
+) -> Listener:
     """Listen on the endpoint ``description`` using the running event loop.
 
     Args:
         description: a server endpoint string, e.g. ``"tcp:8800"`` or ``"tcp:port=0"``.
         protocol_factory: called once per accepted connection.
+        reuse_port: share the port with other listeners that set it too (see `parse_server`).
 
     Raises:
-        ValueError: malformed description (see `parse_server`), or a systemd endpoint
-            without a matching inherited socket.
+        ValueError: malformed description (see `parse_server`; with `reuse_port`, a type that
+            binds no TCP port or a platform without it), or a systemd endpoint without a
+            matching inherited socket.
         OSError: the address cannot be used (same errno as the loop's error, message naming
             ``description``).
     """
-    endpoint = parse_server(description)
+    endpoint = parse_server(description, reuse_port=reuse_port)
     try:
         return await endpoint.listen(protocol_factory)
     except OSError as e:
@@ -555,10 +584,11 @@ def _set_nodelay(transport: asyncio.BaseTransport) -> None:
 
 @dataclass(frozen=True)
 class _TCPServerEndpoint(ServerEndpoint):
-    port: int
+    port: int = field()  # a field of its own, not the base class's None
     interface: str
     backlog: int
     family: socket.AddressFamily = socket.AF_UNSPEC
+    reuse_port: bool = False
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         return None
@@ -572,6 +602,7 @@ class _TCPServerEndpoint(ServerEndpoint):
             family=self.family,
             backlog=self.backlog,
             ssl=self._ssl_context(),
+            reuse_port=self.reuse_port,
         )
         return Listener(server)
 

@@ -72,10 +72,21 @@ class Server:
         await self.wait_closed()
 
 
-async def serve(root: Root | Referenceable | Portal, endpoint: str, **options: Unpack[Options]) -> Server:
+async def serve(
+    root: Root | Referenceable | Portal,
+    endpoint: str,
+    *,
+    reuse_port: bool = False,
+    **options: Unpack[Options],
+) -> Server:
     """Serve `root` on `endpoint` (Twisted's endpoint syntax, e.g. ``"tcp:8800"`` or
     ``"tcp:port=0:interface=127.0.0.1"``); every connection gets ``root.rootObject(broker)``.
     A `Portal` is served for cred logins (`login`), as Twisted's ``PBServerFactory(portal)``.
+
+    With ``reuse_port=True`` the port is bound with ``SO_REUSEPORT``: several servers (in this
+    process or in others of the same user) that all set it listen on one port, and the kernel
+    spreads the incoming connections among them (``pbfast serve --workers`` runs one per
+    process). For ``tcp``, ``tcp6`` and ``ssl`` endpoints, on Linux, the BSDs and macOS.
 
     Options (`pbfast.options.Options`): ``unsafeTracebacks`` (send
     tracebacks to callers), ``max_in_flight``, ``backlog``, ``max_refs``, ``max_proxies``,
@@ -83,7 +94,8 @@ async def serve(root: Root | Referenceable | Portal, endpoint: str, **options: U
     ``max_message_size``, ``max_depth``, ``max_header_length``.
 
     Raises:
-        ValueError: a malformed endpoint string.
+        ValueError: a malformed endpoint string; with `reuse_port`, an endpoint that binds no
+            TCP port, or a platform without ``SO_REUSEPORT`` (Windows).
         TypeError: an unknown option, or a root that is not a Referenceable.
         ValueError: an option value out of range.
         OSError: the address cannot be bound (e.g. the port is in use).
@@ -95,7 +107,7 @@ async def serve(root: Root | Referenceable | Portal, endpoint: str, **options: U
     def protocol() -> Broker:
         return Broker(settings, server=True, root=root_for, group=brokers)
 
-    listener = await endpoints.listen(endpoint, protocol)
+    listener = await endpoints.listen(endpoint, protocol, reuse_port=reuse_port)
     return Server(listener, brokers)
 
 

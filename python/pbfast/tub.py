@@ -187,11 +187,21 @@ class Tub:
 
     # ------------------------------------------------------------------ where we are
 
-    async def listenOn(self, endpoint: str) -> endpoints.Listener:
+    async def listenOn(self, endpoint: str, *, reuse_port: bool = False) -> endpoints.Listener:
         """Accept Tub connections on a server endpoint, e.g. ``"tcp:0:interface=127.0.0.1"``
-        (the listener's ``port`` is the one bound)."""
+        (the listener's ``port`` is the one bound).
+
+        With ``reuse_port=True`` the port is bound with ``SO_REUSEPORT``, shared with the other
+        listeners that set it (Tubs of other processes with the same certificate and names serve
+        one FURL this way; see `pbfast.serve`).
+
+        Raises:
+            ValueError: a malformed endpoint string; with `reuse_port`, an endpoint that binds
+                no TCP port, or a platform without ``SO_REUSEPORT``.
+            OSError: the address cannot be bound.
+        """
         self._check_running()
-        listener = await endpoints.listen(endpoint, lambda: TubBroker(self))
+        listener = await endpoints.listen(endpoint, lambda: TubBroker(self), reuse_port=reuse_port)
         self._listeners.append(listener)
         return listener
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..referenceable import Referenceable
 from ..tub import Tub
 from .common import EXIT_USAGE, CommandError, load_object, parse_arguments, parse_duration
 from .service import TestService
+from .workers import supervise, worker_count
 
 __all__ = ["add_parser", "run", "DEFAULT_ENDPOINT"]
 
@@ -93,6 +95,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="store_true",
         help="send tracebacks of failed calls to callers (they show file paths and code)",
     )
+    parser.add_argument(
+        "--workers",
+        metavar="N",
+        help="run N server processes (auto: one per CPU) sharing the port with SO_REUSEPORT, "
+        "the kernel spreading connections among them (on Linux; a tcp, tcp6 or ssl endpoint "
+        "with its port given). A worker that dies is restarted, after a back-off that grows "
+        "while it keeps dying; SIGTERM or SIGINT stops them all with --grace. With --tub every "
+        "worker serves the same FURL (--cert-file keeps it across restarts of the command)",
+    )
+    # Set by --workers on the processes it starts: share the port, and stop when the
+    # supervisor goes away (its end of our stdin closes).
+    parser.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(run=run)
 
 
@@ -102,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--{tub_only[0].replace('_', '-')} needs --tub", EXIT_USAGE)
     args.grace = _grace(args.grace)
     args.options = _options(args.option)
+    if args.workers is not None and not args.as_worker:
+        return supervise(args, worker_count(args.workers))
     obj = load_object(args.object, (Referenceable, Portal)) if args.object else TestService()
     return run_loop(_serve_tub(obj, args) if args.tub else _serve_pb(obj, args))
 
@@ -112,13 +128,13 @@ async def _serve_pb(obj: Any, args: argparse.Namespace) -> int:
         options["unsafeTracebacks"] = True
     endpoints.parse_server(args.endpoint)  # a bad endpoint is not a bad option
     try:
-        server = await serve(obj, args.endpoint, **options)
+        server = await serve(obj, args.endpoint, reuse_port=args.as_worker, **options)
     except (TypeError, ValueError) as e:
         raise CommandError(str(e), EXIT_USAGE) from None
     try:
         print(f"serving {obj!r} on the PB wire", flush=True)
         print(f"call it at: {_client_endpoint(server.address)}", flush=True)
-        await _until_stopped()
+        await _until_stopped(args.as_worker)
     finally:
         await server.shutdown(args.grace)
     return 0
@@ -136,7 +152,7 @@ async def _serve_tub(obj: Any, args: argparse.Namespace) -> int:
         except (TypeError, ValueError) as e:
             raise CommandError(str(e), EXIT_USAGE) from None
     try:
-        listener = await tub.listenOn(args.endpoint)
+        listener = await tub.listenOn(args.endpoint, reuse_port=args.as_worker)
         if args.location:
             tub.setLocation(*(hint.strip() for hint in args.location.split(",") if hint.strip()))
         elif isinstance(listener.address, tuple) and listener.address[0] not in ("0.0.0.0", "::"):
@@ -146,7 +162,7 @@ async def _serve_tub(obj: Any, args: argparse.Namespace) -> int:
         furl = tub.registerReference(obj, args.name, furlFile=args.furl_file)
         print(f"serving {obj!r} in Tub {tub.tubID}", flush=True)
         print(furl, flush=True)
-        await _until_stopped()
+        await _until_stopped(args.as_worker)
     finally:
         await tub.stopService(args.grace)
     return 0
@@ -185,14 +201,37 @@ def _host_hint(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-async def _until_stopped() -> None:
+async def _until_stopped(as_worker: bool = False) -> None:
     """Wait for SIGINT or SIGTERM (or Ctrl-C where signals cannot be handled by the loop). The
     handlers stay: a second signal during the shutdown's grace period does not interrupt it
-    (the grace period bounds it)."""
+    (the grace period bounds it). A worker also stops when its supervisor is gone: the
+    supervisor holds the other end of the worker's stdin, which the kernel closes however the
+    supervisor ends."""
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stopped.set)
+    if as_worker:
+        _stop_when_closed(sys.stdin.fileno(), stopped)
     await stopped.wait()
-    print("stopping", file=sys.stderr, flush=True)
+    if not as_worker:  # the supervisor says it once for all of them
+        print("stopping", file=sys.stderr, flush=True)
+
+
+def _stop_when_closed(fd: int, stopped: asyncio.Event) -> None:
+    """Set `stopped` at the end of file on `fd` (what is written to it is ignored)."""
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            stopped.set()
+
+    loop.add_reader(fd, readable)
