@@ -54,9 +54,9 @@ mod _core {
     #[pymodule_export]
     use crate::py::pb::{PbDecoderPy, PbEncoderPy};
     #[pymodule_export]
-    use crate::py::sender::SenderPy;
+    use crate::py::pb_session::PbSession;
     #[pymodule_export]
-    use crate::py::tables::Tables;
+    use crate::py::session::SessionPy;
     #[pymodule_export]
     use crate::py::tls::TlsSessionPy;
     #[pymodule_export]
@@ -74,7 +74,8 @@ mod _core {
         m.add("FOOLSCAP_VOCAB", pyo3::types::PyTuple::new(m.py(), words(&vocab::FOOLSCAP_VOCAB))?)?;
         use crate::py::pb;
         m.add("PB_VERSION", crate::pb::PB_VERSION)?;
-        m.add("EARLY_WRITE", crate::py::sender::EARLY_WRITE)?;
+        m.add("EARLY_WRITE", crate::py::session::EARLY_WRITE)?;
+        m.add("FLUSH_AT", crate::py::session::FLUSH_AT)?;
         for (name, kind) in [
             ("EV_MESSAGE", pb::EV_MESSAGE),
             ("EV_CACHEMESSAGE", pb::EV_CACHEMESSAGE),

@@ -133,8 +133,8 @@ def pbfast_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging
     return [r for r in caplog.records if r.name.startswith("pbfast") and r.levelno >= level]
 
 
-class CountingDecoder:
-    """Stands in for a broker's decoder (``broker._decoder = CountingDecoder(broker._decoder)``)
+class CountingSession:
+    """Stands in for a broker's session (``broker._session = CountingSession(broker._session)``)
     and notes the method names of the held calls it is asked to `run` in `ran`."""
 
     def __init__(self, real: Any) -> None:

@@ -19,6 +19,7 @@ import pbfast
 import pbfast.testing
 import pytest
 from connections import _endpoints, eventually, settle
+from pbfast import _core
 
 # --------------------------------------------------------------------------------------------
 # Helper objects
@@ -239,7 +240,8 @@ class BothPaths(pbfast.Root):
 
 
 def test_fast_and_broker_answers_are_the_same_bytes(run) -> None:
-    """Both paths encode answers with one function: the bytes match ``PbEncoder.answer``."""
+    """Both paths encode answers with one function: the bytes match the codec's
+    ``PbEncoder.answer``."""
 
     async def main() -> None:
         root, server = await pbfast.testing.connected_pair(BothPaths())
@@ -247,11 +249,12 @@ def test_fast_and_broker_answers_are_the_same_bytes(run) -> None:
         write = server.transport.write
         server.transport.write = lambda data: (written.append(bytes(data)), write(data))  # type: ignore[method-assign]
         value = {"a": [1, 2.5, "x", b"y", None, (True, -(2**70))]}
+        encoder = _core.PbEncoder("pb")
         try:
             for request_id, method in enumerate(["plain", "later"], start=1):
                 written.clear()
                 assert await root.callRemote(method, value) == value
-                assert b"".join(written) == server._encoder.answer(request_id, value), method
+                assert b"".join(written) == encoder.answer(request_id, value), method
         finally:
             await root.broker.close()
             await server.close()

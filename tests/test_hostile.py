@@ -172,16 +172,15 @@ def encoded_calls(ref: Any, wire: str, method: str, args: tuple, count: int, fir
     `first_id`), to be sent with `send_raw`: no futures wait for their replies."""
     broker = ref.broker
     if wire == "pb":
-        return b"".join(
-            broker._encoder.message(first_id + i, ref.luid, method, True, args) for i in range(count)
-        )
+        encoder = _core.PbEncoder(broker._session.dialect)
+        return b"".join(encoder.message(first_id + i, ref.luid, method, True, args) for i in range(count))
     return b"".join(broker._encoder.call(first_id + i, ref.luid, method, args) for i in range(count))
 
 
 def send_raw(ref: Any, wire: str, data: bytes) -> None:
     """Send bytes of the wire's messages on `ref`'s connection (inside TLS for a Tub)."""
     if wire == "pb":
-        ref.broker._write(data)
+        ref.broker._session.write(data)
     else:
         ref.broker._send(data)
 

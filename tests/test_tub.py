@@ -15,7 +15,7 @@ import time
 
 import pbfast
 import pytest
-from connections import CountingDecoder
+from connections import CountingSession
 from pbfast.furl import FURL
 from pbfast.tub import backoff
 
@@ -484,7 +484,7 @@ def test_calls_behind_a_gift_wait_for_it_in_order(run):
             at_a = await b.getReference(furl_a)
             at_c = await b.getReference(furl_c)
             (server,) = a._connections
-            decoder = server._decoder = CountingDecoder(server._decoder)
+            decoder = server._decoder = CountingSession(server._decoder)
             calls = [at_a.callRemote("take", at_c)] + [at_a.callRemote("note", n) for n in range(5)]
             assert await asyncio.gather(*calls) == [True, 0, 1, 2, 3, 4]
             assert taker.order == ["gift", 0, 1, 2, 3, 4]

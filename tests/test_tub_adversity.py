@@ -318,9 +318,9 @@ def test_a_string_past_an_interfaces_limits_refuses_the_call_as_it_arrives(run):
             ref = await client.getReference(furl)
             assert await ref.callRemote("echo", b"x" * 50_000) == b"x" * 50_000
             server_broker = tub._brokers[client.tubID]
-            assert not server_broker._tables.checks_calls  # no interface yet: nothing asked
+            assert not server_broker._session.checks_calls  # no interface yet: nothing asked
             box = await ref.callRemote("box")
-            assert server_broker._tables.checks_calls
+            assert server_broker._session.checks_calls
             assert await box.callRemote("put", b"k", ["abcd"]) == 1
 
             def send(*args, **kwargs):  # past the client's own checks

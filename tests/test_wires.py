@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import pbfast
 import pytest
-from connections import CountingDecoder, eventually, pbfast_records, settle
+from connections import CountingSession, eventually, pbfast_records, settle
 from helpers import assert_deep_equal
 from pbfast import _core
 from pbfast.schema import AttributeDictConstraint, MaxLength
@@ -432,11 +432,11 @@ def test_pipelined_calls(run, wire) -> None:
 def test_a_burst_of_calls_goes_out_while_it_is_made(run, wire) -> None:
     """Calls made in one go are written every `_core.EARLY_WRITE` of them rather than all at the
     end of the loop iteration, so the server starts on the first ones while the rest are made
-    (the fast path's answers go through the same sender, under the same rule)."""
+    (the answers the session makes as it reads go out under the same rule)."""
 
     async def main() -> None:
         async with wire(Served()) as w:
-            sender = w.client._sender
+            sender = w.client._session
             await w.root.callRemote("echo", 0)
             assert sender.size == 0
             calls = [w.root.callRemote("echo", i) for i in range(_core.EARLY_WRITE - 1)]
@@ -1381,7 +1381,9 @@ def test_every_call_is_dispatched_by_the_decoder(run, wire, monkeypatch, held) -
                 return original(self, event)
 
             monkeypatch.setitem(handlers, w.expect.call_event, counting)
-            decoder = w.server._decoder = CountingDecoder(w.server._decoder)
+            attribute = "_session" if w.wire == "pb" else "_decoder"
+            decoder = CountingSession(getattr(w.server, attribute))
+            setattr(w.server, attribute, decoder)
 
             waiting = None
             if held:
@@ -1454,6 +1456,6 @@ def test_every_call_is_dispatched_by_the_decoder(run, wire, monkeypatch, held) -
                 assert decoder.ran == sent
             elif w.expect.decoder_runs_every_call:
                 assert seen == [] and decoder.ran == []
-            w.server._decoder = decoder.real
+            setattr(w.server, attribute, decoder.real)
 
     run(main())

@@ -1,13 +1,12 @@
 """Twisted PB's dialect of a connection: the `Broker`.
 
 The shared machinery (bytes, back-pressure, limits, timeouts, the end, and the object tables)
-is `pbfast._connection.Connection`'s. What is PB's: the Rust core decodes and encodes, and runs
-the per-call hot path — `PbDecoder` turns each received chunk into event tuples and itself runs
-plain calls and resolves plain answers (its fast path, with this broker's tables); `Sender`
-makes each outgoing call in one crossing and gathers the bytes written in one loop iteration;
-`PbEncoder` encodes replies and commands. Here: the jelly hooks that turn Referenceables,
-copies and caches into ``remote``/``local``/``cached`` forms and back, perspectives, and what
-each command means.
+is `pbfast._connection.Connection`'s. What is PB's: the connection's Rust `PbSession` reads each
+received chunk into event tuples, running calls and resolving answers as it reads them (the
+per-call hot path), makes each outgoing call in one crossing, and encodes and queues the
+broker's own replies and commands. Here: the jelly hooks that turn Referenceables, copies and
+caches into ``remote``/``local``/``cached`` forms and back, perspectives, and what each event
+means.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from . import _core
-from ._connection import FLUSH_AT, Connection, ConnectionOptions, run_callback, short
+from ._connection import Connection, ConnectionOptions, run_callback, short
 from ._core import (
     EV_ANSWER,
     EV_AWAITING,
@@ -76,6 +75,7 @@ class Broker(Connection):
 
     _CALL_KINDS = frozenset({EV_MESSAGE, EV_CACHEMESSAGE, EV_BAD_CALL, EV_UNKNOWN, EV_AWAITING})
     STATISTICS: ClassVar[tuple[str, ...]] = (*Connection.STATISTICS, "caches")
+    _session: _core.PbSession
 
     def __init__(
         self,
@@ -87,10 +87,8 @@ class Broker(Connection):
     ) -> None:
         super().__init__(options, server=server, group=group)
         self._root_for = root
-        self._decoder: Any = _core.PbDecoder(server, hook=self._unjelly, **options.limits)
-        self._encoder: Any = None
-        self._take_output = self._sender.take  # type: ignore[method-assign]
-        # Our Cacheables the peer holds copies of: luid -> (cacheable, observer); counts in `_tables`.
+        self._take_output = self._session.take  # type: ignore[method-assign]
+        # Our Cacheables the peer holds copies of: luid -> (cacheable, observer); counts in the session.
         self._caches: dict[int, tuple[Cacheable, RemoteCacheObserver]] = {}
         # ViewPoints while the peer holds them, by (id(perspective), id(viewable)).
         self._viewpoints: dict[tuple[int, int], ViewPoint] = {}
@@ -99,7 +97,7 @@ class Broker(Connection):
         # The perspective results are being jellied for (see `_answer`).
         self._perspective: Any = None
         self._root_proxy: weakref.ref[RemoteReference] | None = None
-        self._fast = True  # the decoder's fast path is on (see `_receive`)
+        self._calls_held = False  # the session holds calls back (see `_receive`)
         self.ready: asyncio.Future[str] = self._loop.create_future()
         """Resolves to the dialect once the handshake is over."""
 
@@ -115,7 +113,7 @@ class Broker(Connection):
 
     def serve_root(self, root: Referenceable) -> None:
         """Serve `root` under the name ``"root"`` on this connection."""
-        self._tables.put(ROOT, root)
+        self._session.put(ROOT, root)
 
     def statistics(self) -> dict[str, int]:
         """`Connection.statistics`, and ``caches``: our Cacheables the peer holds copies of."""
@@ -135,20 +133,32 @@ class Broker(Connection):
 
     # ------------------------------------------------------------------ the connection's hooks
 
+    def _open_session(self, **callbacks: Callable[..., Any]) -> _core.PbSession:
+        return _core.PbSession(
+            self.server,
+            self.options.max_refs,
+            self.options.limits,
+            **callbacks,
+            broker=self,
+            unjelly=self._unjelly,
+            jelly=self._jelly,
+            is_plain=default_dispatch,
+        )
+
     def _opened(self) -> None:
         if self._root_for is not None:
             self.serve_root(self._root_for(self))
-        if self.server:
-            self._sender.write(_core.PbDecoder.offer())
+        self._session.open()
 
     def _receive(self, data: bytes) -> None:
-        decoder = self._decoder
-        # The decoder runs plain calls itself unless we are holding calls back.
-        fast = not (self._held or self._backlog or self._draining)
-        if fast is not self._fast:
-            decoder.fast = self._fast = fast
+        session = self._session
+        # The session runs calls as it reads them unless we are holding calls back.
+        holding = bool(self._held or self._backlog or self._draining)
+        if holding is not self._calls_held:
+            session.holding = self._calls_held = holding
+        events: list[tuple[Any, ...]] | None
         try:
-            events = decoder.feed(data)
+            events = session.feed(data)
             broken = None
         except Exception as exc:
             # The stream is broken at some point; the commands complete before it still count,
@@ -168,11 +178,8 @@ class Broker(Connection):
             self._flush()  # the replies to what came before the break still go out
             self._abort(broken, f"{broken}; closing the connection")
 
-    def _drop_input(self) -> None:
-        self._decoder = None
-
     def _take_output(self) -> bytes | None:
-        return None  # the connection is gone (while open, the sender's `take` stands here)
+        return None  # the connection is gone (while open, the session's `take` stands here)
 
     def _refuse_call(self, event: tuple[Any, ...], exc: BaseException) -> None:
         kind = event[0]
@@ -191,8 +198,8 @@ class Broker(Connection):
         self._fail(request_id, answer, exc, method, ran=False)
 
     def _write_release(self, kind: bytes, luid: Any, count: int) -> None:
-        if self._encoder is not None:
-            self._sender.write(self._encoder.command(kind, luid, count))
+        if self._session.dialect is not None:
+            self._session.command(kind, luid, count)
 
     def _lost(self, reason: BaseException | None) -> None:
         if not self.ready.done():
@@ -214,28 +221,20 @@ class Broker(Connection):
         self._viewpoints.clear()
 
     def _release(self) -> None:
-        self._decoder = self._encoder = None
         del self._take_output
-
-    def _write(self, data: bytes) -> None:
-        if self._sender.write(data) >= FLUSH_AT:
-            self._flush()
 
     # ------------------------------------------------------------------ events
 
     def _on_ready(self, event: tuple[Any, ...]) -> None:
-        _, dialect, reply = event
+        # (The session has queued our version, and encodes from here on.)
+        _, dialect = event
         self._handshake_done()
-        self._encoder = _core.PbEncoder(dialect, hook=self._jelly)
-        self._sender.start(self._encoder)
-        self._decoder.attach(self._tables, self._encoder, self._sender, self, default_dispatch)
-        self._write(reply)
         if not self.ready.done():
             self.ready.set_result(dialect)
 
     def _on_message(self, event: tuple[Any, ...]) -> None:
-        # A call held back while the decoder's fast path was off: it runs there now all the same.
-        for outcome in self._decoder.run(*event[1:]):
+        # A call held back while the session was holding: it runs there now all the same.
+        for outcome in self._session.run(*event[1:]):
             self._HANDLERS[outcome[0]](self, outcome)
 
     def _on_raised(self, event: tuple[Any, ...]) -> None:
@@ -302,14 +301,12 @@ class Broker(Connection):
             return
         outer, self._perspective = self._perspective, perspective
         try:
-            data = self._encode(self._encoder.answer, request_id, result)
+            self._session.answer(request_id, result)
         except Exception as exc:
             exc.add_note(f"while sending the result of remote_{method}")
             self._fail(request_id, True, exc, method)
-            return
         finally:
             self._perspective = outer
-        self._write(data)
 
     def _fail(
         self,
@@ -334,15 +331,12 @@ class Broker(Connection):
         if not answer or self._closing:
             return
         try:
-            failure = CopyableFailure(exc, self.options.unsafeTracebacks)
-            data = self._encode(self._encoder.error, request_id, failure)
+            self._session.error(request_id, CopyableFailure(exc, self.options.unsafeTracebacks))
         except Exception as again:
             # The failure itself did not encode (a value too large?): send a plain one.
             log.error("%s: could not send the failure of request %d", repr(self), request_id, exc_info=again)
-            data = self._encoder.error(
-                request_id, CopyableFailure(Error(f"{qualified_name(type(exc))} (unsendable)"))
-            )
-        self._write(data)
+            plain = CopyableFailure(Error(f"{qualified_name(type(exc))} (unsendable)"))
+            self._session.error(request_id, plain)
 
     def _on_answer(self, event: tuple[Any, ...]) -> None:
         _, request_id, value = event
@@ -404,7 +398,7 @@ class Broker(Connection):
         log.warning(
             "%s: the peer sent an unknown command %s; answering didNotUnderstand", repr(self), short(command)
         )
-        self._write(self._encoder.command(b"didNotUnderstand", command))
+        self._session.command(b"didNotUnderstand", command)
 
     def _on_did_not_understand(self, event: tuple[Any, ...]) -> None:
         log.warning("%s: the peer did not understand our command %s", repr(self), short(event[1]))
@@ -476,7 +470,7 @@ class Broker(Connection):
 
     def _forget(self, luid: int, uncache: bool = True) -> None:
         """The peer holds `luid` no more: drop the object and run what waits for that."""
-        obj = self._tables.pop(luid)
+        obj = self._session.pop(luid)
         if obj is not None:
             if isinstance(obj, ViewPoint):
                 self._viewpoints.pop((id(obj.perspective), id(obj.viewable)), None)
@@ -486,7 +480,7 @@ class Broker(Connection):
         cacheable, observer = self._caches.pop(luid)
         run_callback(cacheable.stoppedObserving, observer.perspective, observer)
         if uncache and not self._closing:
-            self._write(self._encoder.command(b"uncache", luid))
+            self._session.command(b"uncache", luid)
 
     def _unjelly(self, tag: bytes, items: list[Any]) -> Any:
         """Decoder hook: build the values of the PB jelly tags, copies and caches."""
@@ -500,7 +494,7 @@ class Broker(Connection):
             return proxy
         if tag == b"local":
             luid = _luid(tag, items)
-            obj = self._tables.get(luid)
+            obj = self._session.get(luid)
             if obj is None:
                 raise JellyError(f"the peer sent back our object {luid!r}, which it does not hold")
             return obj
@@ -558,7 +552,7 @@ class Broker(Connection):
         """Give back the references of a refused message that never became proxies or copies
         (``decref``/``decache`` pairs from the decoder)."""
         for (command, luid), count in collections.Counter(unclaimed).items():
-            self._write(self._encoder.command(command, luid, count))
+            self._session.command(command, luid, count)
 
 
 def _tag_bytes(tag: str | bytes) -> bytes:

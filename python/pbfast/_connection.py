@@ -15,9 +15,11 @@ every connection needs whatever its wire:
   (counted in the Rust `RefTable`), the peer's objects we hold (proxies and cached copies),
   reference releases, the state of dying copies, and disconnect watchers.
 
-A wire subclasses it and adds only its dialect: `pbfast._broker.Broker` (Twisted PB) and
-`pbfast._tub_broker.TubBroker` (foolscap) decode, encode, negotiate and give meaning to
-messages through the hooks at the end of the class.
+Each connection has one Rust session (`self._session`, a `pbfast._core.Session` of its wire):
+bytes in, events out, our calls and answers encoded and queued there, the tables kept there.
+A wire subclasses `Connection` and adds only its dialect: `pbfast._broker.Broker` (Twisted PB)
+and `pbfast._tub_broker.TubBroker` (foolscap) make the session, negotiate and give meaning to
+events through the hooks at the end of the class.
 """
 
 from __future__ import annotations
@@ -57,9 +59,6 @@ log = logging.getLogger("pbfast")
 
 RECEIVE_LIMITS = ("max_element_size", "max_message_size", "max_depth", "max_header_length")
 DEFAULT_MEMORY_BUDGET = 256 << 20
-# Replies queued while handling one chunk go out once this many bytes are waiting (a wire's
-# writes check): writing them may pause writing, and later calls then wait.
-FLUSH_AT = 1 << 16
 # Bytes received while calls are held back, after which we stop reading: with `backlog` this
 # bounds what held calls can pin, however large each one is.
 BACKLOG_BYTES = 4 << 20
@@ -224,17 +223,21 @@ class Connection(asyncio.Protocol, abc.ABC):
         """Resolves once the connection is gone."""
         self._closing = False
         self._reason: BaseException | None = None
-        # Our objects the peer may name (by luid, or a name) and the references it holds, and
-        # our calls awaiting replies: kept in Rust, shared with the wire's decoder and sender.
-        self._tables = _core.Tables(options.max_refs, self._forget)
-        # Outgoing bytes, written together once per loop iteration or chunk received, and calls
-        # out: while the connection is up, `call` and `call_only` are the sender's own methods
-        # (callRemote costs one crossing); once it is gone, this class's methods answer instead.
-        self._sender: Any = _core.Sender(
-            self._wake, self._flush, self._loop.create_future, self._tables, self._dead
+        # The wire's session: it reads the peer's bytes and runs its calls, encodes ours and
+        # holds the bytes waiting to be written (written together once per loop iteration or
+        # chunk received), and keeps the tables (our objects the peer may name, the references
+        # it holds, our calls awaiting replies). While the connection is up, `call` and
+        # `call_only` are the session's own methods (callRemote costs one crossing); once it is
+        # gone, this class's methods answer instead.
+        self._session = self._open_session(
+            wake=self._wake,
+            flush=self._flush,
+            create_future=self._loop.create_future,
+            dead=self._dead,
+            forget=self._forget,
         )
-        self.call = self._sender.call  # type: ignore[method-assign]
-        self.call_only = self._sender.call_only  # type: ignore[method-assign]
+        self.call = self._session.call  # type: ignore[method-assign]
+        self.call_only = self._session.call_only  # type: ignore[method-assign]
         # The peer's objects we hold: luid -> proxy, and its cached objects: luid -> copy.
         self._proxies: weakref.WeakValueDictionary[int | bytes, Any] = weakref.WeakValueDictionary()
         self._remote_caches: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
@@ -257,8 +260,6 @@ class Connection(asyncio.Protocol, abc.ABC):
         self._writing_paused = False
         self._reading_paused = False
         self._writable: asyncio.Future[None] | None = None
-        # The wire's decoder: `buffered` is what it holds of incomplete messages.
-        self._decoder: Any = None
         # Limits and timers.
         self._budget_share = 0
         self._limits_logged: set[str] = set()
@@ -304,7 +305,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         finally:
             self._receiving = False
         if not self._closing:
-            held = self._decoder.buffered
+            held = self._buffered()
             if held != self._budget_share:
                 self._account(held)
             if self._backlog:
@@ -342,7 +343,7 @@ class Connection(asyncio.Protocol, abc.ABC):
             self._group.discard(self)
         reason = self._reason or exc
         why = f": {reason}" if reason else ""
-        for future in self._tables.take_pending():
+        for future in self._session.take_pending():
             if not future.done():
                 lost = PBConnectionLost(f"the connection to {self.peer} was lost before the reply came{why}")
                 lost.__cause__ = reason
@@ -356,18 +357,17 @@ class Connection(asyncio.Protocol, abc.ABC):
         callbacks, self._disconnect_callbacks = self._disconnect_callbacks, []
         for callback in callbacks:
             run_callback(callback)
-        self._tables.clear()
         self._backlog.clear()
         self._dying_caches.clear()
         self._releases.clear()
         if self._writable is not None:
             self._writable.set_result(None)
             self._writable = None
-        # Drop the sender, decoder, encoder and the rest now: they refer back to this object, and
-        # the buffers they hold must go with the connection, not with a later garbage collection.
-        self._sender.close()
+        # Empty the session and let it drop the callbacks and hooks that refer back to this
+        # object: its buffers and tables go with the connection, not with a later garbage
+        # collection.
+        self._session.close()
         self._release()
-        self._sender = None
         del self.call, self.call_only
         # Kept for diagnosis, without its traceback: that would lead back to this connection.
         _drop_tracebacks(self._reason)
@@ -446,10 +446,10 @@ class Connection(asyncio.Protocol, abc.ABC):
         ``buffered`` (bytes held for incoming messages not yet complete, as of the last chunk
         received)."""
         return {
-            "objects": self._tables.held,
+            "objects": self._session.held,
             "proxies": len(self._proxies),
             "cached": len(self._remote_caches),
-            "pending": self._tables.pending,
+            "pending": self._session.pending,
             "in_flight": len(self._tasks),
             "backlog": len(self._backlog),
             "buffered": self._budget_share,
@@ -692,24 +692,13 @@ class Connection(asyncio.Protocol, abc.ABC):
                 log.warning("%s: %s", repr(self), message)
             self._reason = reason
         self._closing = True
-        self._discard_output()
-        self._drop_input()  # what it holds of an incomplete message goes now, not at the close
+        # What waits to be written is dropped, and what is held of an incomplete message goes
+        # now, not at the close.
+        self._session.discard()
         if self.transport is not None:
             self.transport.abort()
 
     # ------------------------------------------------------------------ objects
-
-    def _encode(self, encode: Callable[..., bytes], *args: Any) -> bytes:
-        """``encode(*args)``, taking back the references it gave out if it fails."""
-        tables = self._tables
-        mark = tables.mark()
-        try:
-            data = encode(*args)
-        except BaseException:
-            tables.undo(mark)
-            raise
-        tables.commit(mark)
-        return data
 
     def _send_ref(self, obj: Any) -> tuple[int, bool]:
         """Count one more sending of our object `obj`: its luid, and whether the peer holds it
@@ -719,7 +708,7 @@ class Connection(asyncio.Protocol, abc.ABC):
             LimitExceeded: the peer would hold more than `max_refs` of our objects.
         """
         try:
-            return self._tables.send(obj)
+            return self._session.send(obj)
         except LimitExceeded as exc:
             self._limit_reached("max_refs", f"{exc}; the call sending one more fails")
             raise
@@ -727,14 +716,14 @@ class Connection(asyncio.Protocol, abc.ABC):
     def _export(self, obj: Any) -> int:
         """`_send_ref` for an object the peer may call, filed under its luid; its luid."""
         try:
-            return self._tables.export(obj)
+            return self._session.export(obj)
         except LimitExceeded as exc:
             self._limit_reached("max_refs", f"{exc}; the call sending one more fails")
             raise
 
     def _released_by_peer(self, luid: Any, count: int, what: str = "decref") -> None:
         """The peer let go of `count` references to our object `luid`."""
-        if type(luid) is not int or not 0 < luid < 1 << 64 or not self._tables.holds(luid):
+        if type(luid) is not int or not 0 < luid < 1 << 64 or not self._session.holds(luid):
             log.warning(
                 "%s: the peer sent a %s for %s, which it does not hold; ignored",
                 repr(self),
@@ -742,12 +731,12 @@ class Connection(asyncio.Protocol, abc.ABC):
                 short(luid),
             )
             return
-        if self._tables.decref(luid, count):
+        if self._session.decref(luid, count):
             self._forget(luid)
 
     def _settle(self, request_id: int) -> asyncio.Future[Any] | None:
         """The future of our call `request_id`, which a reply has now answered."""
-        future = self._tables.settle(request_id)
+        future = self._session.settle(request_id)
         if future is None:
             log.warning(
                 "%s: the peer replied to request %r, which is not waiting for a reply", repr(self), request_id
@@ -815,8 +804,18 @@ class Connection(asyncio.Protocol, abc.ABC):
 
     # ------------------------------------------------------------------ what each wire adds
 
+    @abc.abstractmethod
+    def _open_session(self, **callbacks: Callable[..., Any]) -> _core.Session:
+        """The wire's session, given the connection's `callbacks` (``wake``, ``flush``,
+        ``create_future``, ``dead``, ``forget``; see `pbfast._core.Session`)."""
+
     def _opened(self) -> None:
         """The transport is connected: start the handshake."""
+
+    def _buffered(self) -> int:
+        """Bytes held for an incomplete message."""
+        held: int = getattr(self._session, "buffered", 0)
+        return held
 
     @abc.abstractmethod
     def _dead(self) -> DeadReferenceError:
@@ -829,15 +828,7 @@ class Connection(asyncio.Protocol, abc.ABC):
     @abc.abstractmethod
     def _take_output(self) -> bytes | None:
         """The bytes to write now, if any. (Called once per chunk received: a wire may set it
-        to a method of its Rust sender, which costs no Python frame.)"""
-
-    def _discard_output(self) -> None:
-        """Drop what is waiting to be written (the connection is being cut off)."""
-        self._take_output()
-
-    def _drop_input(self) -> None:
-        """Drop the bytes held for an incomplete message (the connection is being cut off and
-        will read nothing more)."""
+        to a method of its Rust session, which costs no Python frame.)"""
 
     def _finish_output(self) -> None:
         """Write what ends the stream in an orderly way (a TLS close_notify), if anything."""
@@ -853,7 +844,7 @@ class Connection(asyncio.Protocol, abc.ABC):
     def _forget(self, luid: int, uncache: bool = True) -> None:
         """The peer holds our object `luid` no more (`uncache` false: it never knew it, an
         encode that named it failed)."""
-        self._tables.pop(luid)
+        self._session.pop(luid)
 
     def _holding(self) -> bool:
         """Whether the wire itself holds calls back for now (besides back-pressure)."""
@@ -873,8 +864,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         """The connection is gone: settle what the wire keeps (futures, caches, ...)."""
 
     def _release(self) -> None:
-        """Drop the decoder, encoder and other wire objects (they refer back to this one); the
-        sender is closed, and dropped after this."""
+        """Drop the wire's own objects that refer back to this one (the session is closed)."""
 
 
 async def shutdown(connections: Iterable[Connection], grace: float) -> None:

@@ -5,6 +5,8 @@ import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, Literal, Self, TypeAlias, final
 
+from typing_extensions import disjoint_base
+
 from pbfast.errors import TLSError
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "EV_RETURNED",
     "EV_UNCACHE",
     "EV_UNKNOWN",
+    "FLUSH_AT",
     "FOOLSCAP_VOCAB",
     "FS_ANSWER",
     "FS_AWAITING",
@@ -51,9 +54,9 @@ __all__ = [
     "PREFIX_LIMIT",
     "PbDecoder",
     "PbEncoder",
+    "PbSession",
     "SIZE_LIMIT",
-    "Sender",
-    "Tables",
+    "Session",
     "TlsError",
     "TlsSession",
     "Tokenizer",
@@ -130,7 +133,7 @@ class UnresolvedReference:
     @property
     def id(self) -> int: ...
 
-# --- Twisted PB broker layer (rust/py/pb.rs, rust/py/refs.rs) ---
+# --- Twisted PB broker layer (rust/py/pb.rs, rust/py/pb_session.rs) ---
 
 PB_VERSION: Final[int]
 EV_MESSAGE: Final[int]
@@ -152,28 +155,12 @@ EV_RETURNED: Final[int]
 
 @final
 class PbDecoder:
+    """A PB stream's commands as events, as a plain codec (a connection's PbSession runs calls)."""
+
     def __new__(cls, server: bool, *, hook: _DecodeHook | None = None, **limits: int) -> Self: ...
     @staticmethod
     def offer() -> bytes: ...
-    def attach(
-        self,
-        tables: Tables,
-        encoder: PbEncoder,
-        sender: Sender,
-        broker: Any,
-        is_plain: Callable[[type], bool],
-    ) -> None: ...
-    fast: bool
     def feed(self, data: _Buffer) -> list[tuple[Any, ...]]: ...
-    def run(
-        self,
-        request_id: int,
-        object_id: int | bytes,
-        method: str,
-        answer: bool,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> list[tuple[Any, ...]]: ...
     @property
     def dialect(self) -> str | None: ...
     @property
@@ -221,12 +208,44 @@ class Liveness:
     def poll(self, now: float, last_received: float) -> tuple[int, float, float | None]: ...
     def next_poll(self, last_received: float) -> float | None: ...
 
-@final
-class Tables:
-    """One connection's objects (by luid or name), the references its peer holds, the luids
-    the encode under way gives out, and its calls awaiting replies."""
+EARLY_WRITE: Final[int]  # messages waiting after which a session writes them at once
+FLUSH_AT: Final[int]  # bytes waiting after which a session writes them at once
 
-    def __new__(cls, max_refs: int, forget: Callable[[int, bool], None]) -> Self: ...
+@disjoint_base
+class Session:
+    """One connection's session, either wire (rust/py/session.rs): the bytes waiting to be
+    written, our calls out, and the tables (our objects, the references the peer holds, our
+    calls awaiting replies)."""
+
+    def __new__(
+        cls,
+        max_refs: int,
+        /,
+        *,
+        wake: Callable[[], None],
+        flush: Callable[[], None],
+        create_future: Callable[[], Any],
+        dead: Callable[[], BaseException],
+        forget: Callable[[int, bool], None],
+    ) -> Self: ...
+    def start(self, encoder: FoolscapEncoder) -> None: ...
+    def write(self, data: bytes) -> None: ...
+    def take(self, tls: TlsSession | None = None) -> bytes | None: ...
+    @property
+    def size(self) -> int: ...
+    def discard(self) -> None: ...
+    def close(self) -> None: ...
+    def call(
+        self,
+        object_id: Any,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        cache: bool = False,
+    ) -> asyncio.Future[Any]: ...
+    def call_only(
+        self, object_id: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None: ...
     def put(self, key: int | bytes, obj: Any) -> None: ...
     def get(self, key: object) -> Any | None: ...
     def pop(self, key: object) -> Any | None: ...
@@ -240,47 +259,55 @@ class Tables:
     def undo(self, mark: int) -> None: ...
     def decref(self, luid: int, count: int = 1) -> bool: ...
     def luid_of(self, obj: object) -> int | None: ...
-    def count(self, luid: int) -> int: ...
     def holds(self, luid: object) -> bool: ...
     @property
     def held(self) -> int: ...
-    @property
-    def max_refs(self) -> int: ...
     def settle(self, request_id: int) -> Any | None: ...
     def take_pending(self) -> list[Any]: ...
     @property
     def pending(self) -> int: ...
-    def clear(self) -> None: ...
-
-EARLY_WRITE: Final[int]  # messages waiting after which a sender writes them at once
 
 @final
-class Sender:
+class PbSession(Session):
+    """One Twisted PB connection: bytes in, events out; calls run and answers resolved as they
+    are read, replies encoded and queued here (rust/py/pb_session.rs)."""
+
     def __new__(
         cls,
+        server: bool,
+        max_refs: int,
+        limits: dict[str, int],
+        /,
+        *,
         wake: Callable[[], None],
         flush: Callable[[], None],
         create_future: Callable[[], Any],
-        tables: Tables,
         dead: Callable[[], BaseException],
+        forget: Callable[[int, bool], None],
+        broker: Any,
+        unjelly: _DecodeHook,
+        jelly: _EncodeHook,
+        is_plain: Callable[[type], bool],
     ) -> Self: ...
-    def start(self, encoder: PbEncoder | FoolscapEncoder) -> None: ...
-    def write(self, data: bytes) -> int: ...
-    def take(self, tls: TlsSession | None = None) -> bytes | None: ...
-    @property
-    def size(self) -> int: ...
-    def close(self) -> None: ...
-    def call(
+    def open(self) -> None: ...
+    def feed(self, data: _Buffer) -> list[tuple[Any, ...]]: ...
+    def run(
         self,
-        object_id: Any,
+        request_id: int,
+        object_id: int | bytes,
         method: str,
+        answer: bool,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        cache: bool = False,
-    ) -> asyncio.Future[Any]: ...
-    def call_only(
-        self, object_id: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None: ...
+    ) -> list[tuple[Any, ...]]: ...
+    holding: bool
+    def answer(self, request_id: int, value: Any) -> None: ...
+    def error(self, request_id: int, failure: Any) -> None: ...
+    def command(self, command: bytes, item: Any, count: int = 1) -> None: ...
+    @property
+    def dialect(self) -> str | None: ...
+    @property
+    def buffered(self) -> int: ...
 
 # --- foolscap identities (rust/tubid.rs, rust/py/tubid.rs) ---
 
@@ -388,9 +415,8 @@ class FoolscapDecoder:
     def __new__(cls, hook: _FoolscapDecodeHook | None = None, **limits: int) -> Self: ...
     def attach(
         self,
-        tables: Tables,
+        session: Session,
         encoder: FoolscapEncoder,
-        sender: Sender,
         broker: Any,
         is_plain: Callable[[type], bool],
         call_limits: Callable[[type], tuple[str, dict[str, int | None]] | None],

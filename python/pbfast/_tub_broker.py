@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 from . import _core
-from ._connection import FLUSH_AT, Connection, ConnectionOptions, run_callback
+from ._connection import Connection, ConnectionOptions, run_callback
 from ._core import (
     FS_ANSWER,
     FS_AWAITING,
@@ -294,9 +294,8 @@ class TubBroker(Connection):
 
     def _send(self, data: bytes) -> None:
         """Queue a message; it goes out at the end of the loop iteration or of the chunk being
-        handled (one TLS record for many messages), or at once once `FLUSH_AT` bytes wait."""
-        if self._sender.write(data) >= FLUSH_AT:
-            self._flush()
+        handled (one TLS record for many messages), or at once once many bytes wait."""
+        self._session.write(data)
 
     # ------------------------------------------------------------------ the connection's hooks
 
@@ -323,20 +322,20 @@ class TubBroker(Connection):
             self._refuse(e.with_traceback(None))  # kept in `ready`: no cycle through its frames
         except TLSError as e:
             # The session is broken: nothing more goes through it but its alert.
-            self._sender.take()
+            self._session.take()
             self._refuse(NegotiationError(f"TLS with {self._peer_label()} failed: {e}"), tell=False)
 
-    def _drop_input(self) -> None:
-        self._decoder = None
+    def _open_session(self, **callbacks: Callable[..., Any]) -> _core.Session:
+        return _core.Session(self.options.max_refs, **callbacks)
+
+    def _buffered(self) -> int:
+        return self._decoder.buffered if self._decoder is not None else 0
 
     def _take_output(self) -> bytes | None:
-        # (From banana on, the sender's `take` with the TLS session stands here: no frame.)
-        if self._sender is None:
-            return None  # the connection is gone
+        # (From banana on, the session's `take` with the TLS session stands here: no frame.)
         if self._negotiation is not None:
             return self._negotiation.take() or None
-        taken: bytes | None = self._sender.take(self._tls)
-        return taken
+        return self._session.take(self._tls)
 
     def _finish_output(self) -> None:
         session = self._negotiation or self._tls
@@ -358,9 +357,9 @@ class TubBroker(Connection):
             )
 
     def _forget(self, luid: int, uncache: bool = True) -> None:
-        obj = self._tables.pop(luid)
+        obj = self._session.pop(luid)
         if obj is None:
-            obj = self._tables.pop(-luid)  # a callable
+            obj = self._session.pop(-luid)  # a callable
         if isinstance(obj, _CacheHandle):
             obj.stop()
 
@@ -457,10 +456,10 @@ class TubBroker(Connection):
 
     def _begin_banana(self) -> None:
         """Messages from here on: the decoder runs every call and plain answers itself."""
-        self._sender.start(self._encoder)
-        self._decoder.attach(self._tables, self._encoder, self._sender, self, _plain, _call_limits)
+        self._session.start(self._encoder)
+        self._decoder.attach(self._session, self._encoder, self, _plain, _call_limits)
         # Each chunk's replies are taken (and encrypted) in one crossing, without a frame here.
-        self._take_output = functools.partial(self._sender.take, self._tls)  # type: ignore[method-assign]
+        self._take_output = functools.partial(self._session.take, self._tls)  # type: ignore[method-assign]
 
     def _banana(self, data: bytes, tls: Any = None) -> None:
         """Banana bytes in: plaintext, or ciphertext for `tls` (decrypted by the decoder). The
@@ -566,7 +565,7 @@ class TubBroker(Connection):
         if what == "call" and reqid:
             self._send_error(reqid, Violation(message))
         elif what in ("answer", "error") and reqid is not None:
-            future = self._tables.settle(reqid)
+            future = self._session.settle(reqid)
             if future is not None and not future.done():
                 future.set_exception(Violation(f"the reply could not be accepted: {message}"))
 
@@ -619,7 +618,7 @@ class TubBroker(Connection):
     def _send_answer(self, reqid: int, result: Any) -> None:
         if not reqid or self._closing:
             return
-        tables = self._tables
+        tables = self._session
         mark = tables.mark()
         try:
             data = self._encoder.answer(reqid, result)
@@ -716,9 +715,9 @@ class TubBroker(Connection):
         clid = -luid if callable_ else luid
         if not new:
             return ("my-reference", clid)
-        self._tables.put(clid, obj)
+        self._session.put(clid, obj)
         if checked_interface(type(obj)) is not None:
-            self._tables.checks_calls = True  # the decoder asks each call's limits from now on
+            self._session.checks_calls = True  # the decoder asks each call's limits from now on
         furl = None if callable_ else self.tub.getOrCreateURLForReference(obj)
         return ("my-reference", clid, _interface_name(obj), furl)
 
@@ -740,7 +739,7 @@ class TubBroker(Connection):
         if kind == "my-reference":
             return self._import(*payload)
         if kind == "your-reference":
-            target = self._tables.get(payload[0])
+            target = self._session.get(payload[0])
             if target is None:
                 raise Violation(f"your-reference to unknown clid {payload[0]}")
             return target
@@ -808,7 +807,7 @@ class TubBroker(Connection):
         if handle is None:
             handle = self._cache_handles[id(obj)] = _CacheHandle(self, obj)
             state["state"] = obj.getStateToCacheAndObserveFor(None, handle.observer)
-        elif self._tables.luid_of(handle) is None:  # the holder let go: it needs the state again
+        elif self._session.luid_of(handle) is None:  # the holder let go: it needs the state again
             state["state"] = obj.getStateToCacheAndObserveFor(None, handle.observer)
         state["handle"] = handle
         return ("copyable", CACHE_TYPE, state)

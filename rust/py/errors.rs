@@ -7,12 +7,16 @@ use pyo3::types::PyType;
 use crate::banana::BananaError;
 use crate::foolscap::negotiate::Failure;
 use crate::jelly;
+use crate::pb::PbError;
+use crate::refs::RefError;
 use crate::tls::TlsError;
 
 pyo3::import_exception!(pbfast.errors, JellyError);
 pyo3::import_exception!(pbfast.errors, InsecureJelly);
 pyo3::import_exception!(pbfast.errors, TLSError);
 pyo3::import_exception!(pbfast.errors, NegotiationError);
+pyo3::import_exception!(pbfast.errors, ProtocolError);
+pyo3::import_exception!(pbfast.errors, LimitExceeded);
 
 /// Wraps a core [`BananaError`] so `?` turns it into `pbfast.errors.BananaError(message, offset,
 /// limit)`.
@@ -39,6 +43,28 @@ impl From<PyBananaError> for PyErr {
 impl From<BananaError> for PyErr {
     fn from(e: BananaError) -> PyErr {
         PyBananaError(e).into()
+    }
+}
+
+/// A PB stream that cannot go on: bad banana, a broken envelope, or a failed negotiation.
+impl From<PbError> for PyErr {
+    fn from(e: PbError) -> PyErr {
+        match e {
+            PbError::Banana(e) => e.into(),
+            PbError::Protocol(what) => ProtocolError::new_err(what),
+            PbError::Negotiation(what) => NegotiationError::new_err(what),
+        }
+    }
+}
+
+/// The reference table refusing a sending (the call that tried fails, as in Twisted) or a luid
+/// the peer named (only the peer names luids: it broke the protocol).
+impl From<RefError> for PyErr {
+    fn from(e: RefError) -> PyErr {
+        match e {
+            RefError::Full { .. } => LimitExceeded::new_err((e.to_string(), "max_refs")),
+            RefError::Unknown { .. } => ProtocolError::new_err(e.to_string()),
+        }
     }
 }
 

@@ -35,11 +35,10 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyIterat
 use pyo3::PyTypeInfo;
 
 use super::dispatch::{Dispatch, Flavor, Ran};
-use super::fast::REPLY_FLUSH;
 use super::objects::{decimal_type, decode_utf8, qualified_name, utf8_of, GcPause, StrCache};
+use super::pb_session::REPLY_FLUSH;
 use super::schemas::{too_long, CallLimits};
-use super::sender::SenderPy;
-use super::tables::Tables;
+use super::session::SessionPy;
 use super::tls::TlsSessionPy;
 use super::{int_value, integer, limit_args, set_limit, with_bytes, with_events, PtrMap};
 use crate::banana::Integer;
@@ -104,30 +103,29 @@ impl FoolscapDecoderPy {
         })
     }
 
-    /// Run calls and resolve plain answers during `feed` (as PB's decoder does), with the
-    /// connection's `tables`, the `encoder` for the answers, the `sender` they go to, the
-    /// `broker` (the target of clid 0, the Tub's own methods, through its
-    /// `remoteMessageReceived`, and what other objects' `remoteMessageReceived` is given), and
-    /// `is_plain(type)`: whether objects of a type dispatch calls the default way, and
+    /// Run calls and resolve plain answers during `feed` (as a PB session does), with the
+    /// connection's `session` (its tables, and the bytes waiting, where the answers go), the
+    /// `encoder` for the answers, the `broker` (the target of clid 0, the Tub's own methods,
+    /// through its `remoteMessageReceived`, and what other objects' `remoteMessageReceived` is
+    /// given), and `is_plain(type)`: whether objects of a type dispatch calls the default way, and
     /// `call_limits(type)`: None, or the name of the interface calls on objects of a type are
     /// checked against and the longest string each of its methods' arguments may hold
     /// (`{method: length or None}`), a longer one refusing the call as it arrives (both asked
-    /// once per type; `call_limits` only once `tables.checks_calls` is set).
+    /// once per type; `call_limits` only once `session.checks_calls` is set).
     #[allow(clippy::too_many_arguments)]
     fn attach(
         &mut self,
         py: Python<'_>,
-        tables: Py<Tables>,
+        session: Py<SessionPy>,
         encoder: Py<FoolscapEncoderPy>,
-        sender: Py<SenderPy>,
         broker: Py<PyAny>,
         is_plain: Py<PyAny>,
         call_limits: Py<PyAny>,
     ) {
         let floor = self.limits.max_index_length as u64;
-        self.call_limits = Some(CallLimits::new(call_limits, tables.clone_ref(py), floor));
+        self.call_limits = Some(CallLimits::new(call_limits, session.clone_ref(py), floor));
         let dispatch = Dispatch::new(is_plain, Flavor::Foolscap);
-        self.fast = Some(TubFast { tables, encoder, sender, broker, dispatch, enabled: true });
+        self.fast = Some(TubFast { session, encoder, broker, dispatch, enabled: true });
     }
 
     /// Run a call the broker held back (an `FS_CALL` event's items), as `feed` would have run
@@ -151,9 +149,8 @@ impl FoolscapDecoderPy {
         if let Some(event) = fast.call(py, reqid, clid, method, args, kwargs, &mut replies)? {
             events.append(event)?;
         }
-        let held = if replies.is_empty() { 0 } else { fast.sender.get().append(py, &replies)? };
-        if held >= REPLY_FLUSH {
-            events.append((FS_FLUSH,))?;
+        if !replies.is_empty() {
+            fast.session.get().append(py, &replies)?;
         }
         Ok(events)
     }
@@ -247,7 +244,7 @@ impl FoolscapDecoderPy {
         let hook = self.hook.as_ref().map(|h| h.bind(py).clone());
         let (limits, strings, framer) = (&self.limits, &mut self.strings, &mut self.framer);
         let mut fast = self.fast.as_mut().filter(|f| f.enabled);
-        let sender = fast.as_ref().map(|f| f.sender.bind(py).clone());
+        let sender = fast.as_ref().map(|f| f.session.bind(py).clone());
         let mut replies = Replies { sender, out: Vec::new(), queued: 0 };
         // Asked for a call's limit by the framer, and for why it refused one.
         let call_limits = RefCell::new(self.call_limits.as_mut().filter(|c| c.active()));
@@ -325,7 +322,7 @@ impl FoolscapDecoderPy {
 /// The fast path's replies of one chunk, on their way out.
 struct Replies<'py> {
     /// Where they go (with the fast path on).
-    sender: Option<Bound<'py, SenderPy>>,
+    sender: Option<Bound<'py, SessionPy>>,
     out: Vec<u8>,
     /// Bytes queued in the sender so far.
     queued: usize,
@@ -365,10 +362,8 @@ impl<'py> Replies<'py> {
 /// awaitable result, an exception, any other message) is an event for the broker.
 struct TubFast {
     /// Our objects by clid, our calls awaiting answers, the references sent.
-    tables: Py<Tables>,
+    session: Py<SessionPy>,
     encoder: Py<FoolscapEncoderPy>,
-    /// Where the answers go.
-    sender: Py<SenderPy>,
     /// The connection's broker: clid 0's target.
     broker: Py<PyAny>,
     dispatch: Dispatch,
@@ -410,7 +405,7 @@ impl TubFast {
                 })
             }
             Message::Answer { reqid, value } => {
-                if self.tables.get().resolve(py, reqid, &value)? {
+                if self.session.get().resolve(py, reqid, &value)? {
                     return Ok(Handled::Done);
                 }
                 Ok(Handled::Declined((FS_ANSWER, reqid, value).into_pyobject(py)?.into_any()))
@@ -440,7 +435,7 @@ impl TubFast {
         let ran = if clid == 0 {
             self.dispatch.call_any(py, broker, broker, method, args, kwargs)?
         } else {
-            let Some(target) = self.tables.get().object_at(py, clid) else {
+            let Some(target) = self.session.get().tables().object_at(py, clid) else {
                 return raised(Violation::new_err(format!("unknown clid {clid}")));
             };
             if clid < 0 {
@@ -460,7 +455,7 @@ impl TubFast {
             return Ok(None); // callRemoteOnly
         }
         let mut encoder = self.encoder.bind(py).try_borrow_mut()?;
-        let encoded = self.tables.get().encode_sending(py, || encoder.answer_into(py, reqid, &result, replies))?;
+        let encoded = self.session.get().encode_sending(py, || encoder.answer_into(py, reqid, &result, replies))?;
         match encoded {
             Ok(()) => Ok(None),
             Err(e) => raised(e),
@@ -468,9 +463,8 @@ impl TubFast {
     }
 
     fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        visit.call(&self.tables)?;
+        visit.call(&self.session)?;
         visit.call(&self.encoder)?;
-        visit.call(&self.sender)?;
         visit.call(&self.broker)?;
         self.dispatch.traverse(visit)
     }

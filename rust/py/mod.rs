@@ -3,15 +3,15 @@
 
 pub mod dispatch;
 pub mod errors;
-pub mod fast;
 pub mod foolscap;
 pub mod jelly;
 pub mod liveness;
 pub mod negotiate;
 pub mod objects;
 pub mod pb;
+pub mod pb_session;
 pub mod schemas;
-pub mod sender;
+pub mod session;
 pub mod tables;
 pub mod tls;
 pub mod tubid;

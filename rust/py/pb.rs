@@ -1,10 +1,9 @@
 //! Twisted PB's broker layer on the wire: dialect negotiation, the `version` exchange, and the
 //! command envelopes (`message`, `answer`, `decref`, ...) around jelly values.
 //!
-//! [`PbDecoderPy`] turns received chunks into event tuples, one `feed` per chunk;
-//! [`PbEncoderPy`] turns one outgoing command into bytes, one call per message. The encoder is
-//! frozen and separate from the decoder so a jelly hook (user code) may send while a chunk is
-//! being decoded.
+//! [`Reader`] turns received chunks into event tuples and [`Writer`] turns one outgoing command
+//! into bytes. A connection's `PbSession` (`pb_session.rs`) owns one of each; `PbDecoder` and
+//! `PbEncoder` are the same two as plain codecs, for tools and tests (a scripted peer).
 //!
 //! Events (the first item is the kind, exported as `EV_*`):
 //!
@@ -16,17 +15,16 @@
 //! | `EV_BAD_CALL` | `(kind, request_id, answer_required, method, exception, unclaimed)`: arguments that did not unjelly |
 //! | `EV_BAD_REPLY` | `(kind, request_id, exception, unclaimed)`: a reply that did not unjelly |
 //! | `EV_DECREF` / `EV_DECACHE` / `EV_UNCACHE` | `(kind, luid)` |
-//! | `EV_READY` | `(kind, dialect, bytes_to_send)`: negotiation is over |
+//! | `EV_READY` | `(kind, dialect, bytes_to_send)`: negotiation is over (a session queues the bytes itself: `(kind, dialect)`) |
 //! | `EV_UNKNOWN` | `(kind, command)`: a command PB does not have |
 //! | `EV_DID_NOT_UNDERSTAND` | `(kind, command)`: the peer did not know one of ours |
-//! | `EV_RAISED` | `(kind, request_id, answer_required, method, exception)`: (fast path) the method raised, or its result could not be sent |
-//! | `EV_AWAITING` | `(kind, request_id, answer_required, method, awaitable, perspective)`: (fast path) the method returned an awaitable |
-//! | `EV_RETURNED` | `(kind, request_id, answer_required, method, result, perspective)`: (fast path) a result to send for a perspective |
-//! | `EV_FLUSH` | `(kind,)`: (fast path) write what the sender holds before going on |
+//! | `EV_RAISED` | `(kind, request_id, answer_required, method, exception)`: (session) the method raised, or its result could not be sent |
+//! | `EV_AWAITING` | `(kind, request_id, answer_required, method, awaitable, perspective)`: (session) the method returned an awaitable |
+//! | `EV_RETURNED` | `(kind, request_id, answer_required, method, result, perspective)`: (session) a result to send for a perspective |
+//! | `EV_FLUSH` | `(kind,)`: (session) write what waits before going on |
 //!
-//! With the fast path attached (see `fast.rs`), calls and plain answers are handled during
-//! `feed`: their answers go straight to the connection's `Sender`. A call the broker held back
-//! comes back through `run`, the same path.
+//! A session runs calls and resolves plain answers as it reads them (`pb_session.rs`), so it
+//! gives `EV_MESSAGE` only for calls the broker holds back; the codec gives every call.
 //!
 //! `unclaimed` lists `(b"decref" or b"decache", luid)` for the references the refused value held
 //! after the point of refusal: they never became proxies or copies, so the broker gives them
@@ -40,19 +38,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::errors::jelly_error;
-use super::fast::{FastPath, Outcome, REPLY_FLUSH};
 use super::jelly::{FlatWriter, JellyDecoder, JellyEncoder};
 use super::objects::StrCache;
-use super::sender::SenderPy;
-use super::tables::Tables;
+use super::pb_session::{Fast, Outcome};
 use super::{dialect, limits, raw_value, with_bytes, with_events};
 use crate::banana::cursor::Cursor;
-use crate::banana::{Dialect, Encoder};
+use crate::banana::{Dialect, Encoder, Limits};
 use crate::jelly::scan::{references, Claim};
-use crate::pb::{Command, Kind, ObjectId, PbError, Received, Release, Session};
-
-pyo3::import_exception!(pbfast.errors, ProtocolError);
-pyo3::import_exception!(pbfast.errors, NegotiationError);
+use crate::pb::{Command, Kind, ObjectId, Received, Release, Session};
 
 /// The root object's name, made once (its hash is then cached for the object-table lookups).
 static ROOT: pyo3::sync::PyOnceLock<Py<PyBytes>> = pyo3::sync::PyOnceLock::new();
@@ -74,25 +67,62 @@ pub const EV_AWAITING: u8 = 13;
 pub const EV_FLUSH: u8 = 14;
 pub const EV_RETURNED: u8 = 15;
 
-impl From<PbError> for PyErr {
-    fn from(e: PbError) -> PyErr {
-        match e {
-            PbError::Banana(e) => e.into(),
-            PbError::Protocol(what) => ProtocolError::new_err(what),
-            PbError::Negotiation(what) => NegotiationError::new_err(what),
+/// The receiving side of a PB connection: the sans-IO [`Session`] reads the stream, this makes
+/// Python values (and events) of what it reads.
+pub struct Reader {
+    session: Session,
+    /// `hook(tag, items)` builds the values of non-builtin jelly tags (`remote`, copies, ...).
+    hook: Option<Py<PyAny>>,
+    strings: StrCache,
+}
+
+/// What a command's values are built with.
+pub struct Values<'py, 'a> {
+    pub hook: Option<&'a Bound<'py, PyAny>>,
+    pub strings: &'a mut StrCache,
+}
+
+impl Reader {
+    /// `server`: this side accepted the connection (it offers the dialects, the client picks).
+    pub fn new(server: bool, hook: Option<Py<PyAny>>, limits: Limits) -> Reader {
+        Reader { session: Session::new(server, limits), hook, strings: StrCache::new() }
+    }
+
+    /// Feed a chunk: `on_received` is called for what it completes, in order, with what to
+    /// build its values with.
+    pub fn feed<'py>(
+        &mut self,
+        py: Python<'py>,
+        bytes: &[u8],
+        mut on_received: impl FnMut(Received<'_>, &mut Values<'py, '_>) -> PyResult<()>,
+    ) -> PyResult<()> {
+        let hook = self.hook.as_ref().map(|h| h.bind(py).clone());
+        let mut values = Values { hook: hook.as_ref(), strings: &mut self.strings };
+        self.session.feed(bytes, |received| on_received(received, &mut values))
+    }
+
+    /// The negotiated dialect, once negotiation is over.
+    pub fn dialect(&self) -> Option<Dialect> {
+        self.session.dialect()
+    }
+
+    /// Bytes held for an incomplete expression.
+    pub fn buffered(&self) -> usize {
+        self.session.buffered()
+    }
+
+    pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        if let Some(h) = &self.hook {
+            visit.call(h)?;
         }
+        Ok(())
     }
 }
 
-/// Incremental decoder for one direction of a PB connection: the sans-IO [`Session`] reads
-/// the stream, this makes Python events of what it reads.
+/// Incremental decoder for one direction of a PB connection, as a plain codec: every command
+/// becomes an event (a connection's `PbSession` runs calls itself).
 #[pyclass(module = "pbfast._core", name = "PbDecoder")]
-pub struct PbDecoderPy {
-    session: Session,
-    hook: Option<Py<PyAny>>,
-    strings: StrCache,
-    fast: Option<FastPath>,
-}
+pub struct PbDecoderPy(Reader);
 
 #[pymethods]
 impl PbDecoderPy {
@@ -101,71 +131,7 @@ impl PbDecoderPy {
     #[new]
     #[pyo3(signature = (server, *, hook=None, **limits))]
     fn new(server: bool, hook: Option<Py<PyAny>>, limits: Option<&Bound<'_, PyDict>>) -> PyResult<PbDecoderPy> {
-        Ok(PbDecoderPy {
-            session: Session::new(server, self::limits(limits)?),
-            hook,
-            strings: StrCache::new(),
-            fast: None,
-        })
-    }
-
-    /// Handle calls and plain answers during `feed` (see `fast.rs`), with the connection's
-    /// `tables`, the `encoder`, the `sender`, the `broker` (what `remoteMessageReceived` is
-    /// given) and `is_plain(type)`: whether objects of a type dispatch calls the default way
-    /// (asked once per type).
-    fn attach(
-        &mut self,
-        tables: Py<Tables>,
-        encoder: Py<PbEncoderPy>,
-        sender: Py<SenderPy>,
-        broker: Py<PyAny>,
-        is_plain: Py<PyAny>,
-    ) {
-        self.fast = Some(FastPath::new(tables, encoder, sender, broker, is_plain));
-    }
-
-    /// Run a `message` the broker held back, as `feed` would have run it: returns the events it
-    /// leads to (`EV_RAISED`, `EV_AWAITING`, `EV_RETURNED`, and `EV_FLUSH` once the sender holds
-    /// `REPLY_FLUSH` bytes); a plain answer goes to the sender.
-    #[allow(clippy::too_many_arguments)]
-    fn run<'py>(
-        &mut self,
-        py: Python<'py>,
-        request_id: i64,
-        object_id: &Bound<'py, PyAny>,
-        method: &Bound<'py, PyString>,
-        answer: bool,
-        args: &Bound<'py, PyTuple>,
-        kwargs: &Bound<'py, PyDict>,
-    ) -> PyResult<Bound<'py, PyList>> {
-        let events = PyList::empty(py);
-        let Some(fast) = self.fast.as_mut() else {
-            return Err(ProtocolError::new_err("a call arrived before the dialect was negotiated"));
-        };
-        let mut replies = Vec::new();
-        let kwargs = Some(kwargs).filter(|kw| !kw.is_empty());
-        if let Outcome::Event(event) =
-            fast.message(py, request_id, object_id, method, answer, args, kwargs, &mut replies)?
-        {
-            events.append(event)?;
-        }
-        if let Some(flush) = fast.send_held(py, &mut replies)? {
-            events.append(flush)?;
-        }
-        Ok(events)
-    }
-
-    /// Whether the fast path runs (the broker turns it off while it holds calls back).
-    #[getter]
-    fn get_fast(&self) -> bool {
-        self.fast.as_ref().is_some_and(|f| f.enabled)
-    }
-
-    #[setter]
-    fn set_fast(&mut self, on: bool) {
-        if let Some(f) = self.fast.as_mut() {
-            f.enabled = on;
-        }
+        Ok(PbDecoderPy(Reader::new(server, hook, self::limits(limits)?)))
     }
 
     /// The server's first bytes: the dialects it offers.
@@ -181,58 +147,16 @@ impl PbDecoderPy {
     fn feed<'py>(&mut self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
         let events = PyList::empty(py);
         let result = with_bytes(data, |bytes| {
-            let hook = self.hook.as_ref().map(|h| h.bind(py).clone());
-            let strings = &mut self.strings;
-            let mut fast = self.fast.as_mut().filter(|f| f.enabled);
-            let mut replies = Vec::new();
-            // Bytes of answers the fast path queued while reading this chunk.
-            let mut answered = 0;
-            let fed = self.session.feed(bytes, |received| -> PyResult<()> {
-                let command = match received {
-                    Received::Ready { dialect, send } => {
-                        return events.append((EV_READY, dialect.name(), PyBytes::new(py, &send)));
-                    }
-                    Received::Command(command) => command,
-                };
-                let mut reader = Envelope {
-                    py,
-                    command,
-                    hook: hook.as_ref(),
-                    strings: &mut *strings,
-                    fast: fast.as_deref_mut(),
-                    replies: &mut replies,
-                };
-                if let Some(event) = reader.event()? {
-                    // Later commands must not overtake this one, which the broker handles after
-                    // `feed` (the fast path's own events need no such order).
-                    let kind: u8 = event.get_item(0)?.extract()?;
-                    if kind != EV_AWAITING && kind != EV_RAISED {
-                        if let Some(f) = fast.take() {
-                            f.send(py, &mut replies, false)?;
-                        }
-                    }
-                    events.append(event)?;
-                }
-                if !replies.is_empty() {
-                    // Each answer goes to the sender as it is made (which writes every few of
-                    // them at once: the peer starts on them while the rest of the chunk runs).
-                    if let Some(f) = fast.as_deref_mut() {
-                        answered += replies.len();
-                        f.send(py, &mut replies, false)?;
+            self.0.feed(py, bytes, |received, values| match received {
+                Received::Ready { dialect, send } => events.append((EV_READY, dialect.name(), PyBytes::new(py, &send))),
+                Received::Command(command) => {
+                    let mut replies = Vec::new();
+                    match Envelope::new(py, command, values, None, &mut replies).event()? {
+                        Some(event) => events.append(event),
+                        None => Ok(()),
                     }
                 }
-                if answered >= REPLY_FLUSH {
-                    // Let the broker write these (and apply back-pressure) before the rest.
-                    if let Some(f) = fast.take() {
-                        events.append(f.send(py, &mut replies, true)?)?;
-                    }
-                }
-                Ok(())
-            });
-            if let Some(f) = fast {
-                f.send(py, &mut replies, false)?;
-            }
-            fed
+            })
         });
         with_events(py, events, result)
     }
@@ -240,44 +164,50 @@ impl PbDecoderPy {
     /// The negotiated dialect ("pb" or "none"), or None before negotiation ends.
     #[getter]
     fn dialect(&self) -> Option<&'static str> {
-        self.session.dialect().map(Dialect::name)
+        self.0.dialect().map(Dialect::name)
     }
 
     /// Bytes held for an incomplete expression.
     #[getter]
     fn buffered(&self) -> usize {
-        self.session.buffered()
+        self.0.buffered()
     }
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        if let Some(h) = &self.hook {
-            visit.call(h)?;
-        }
-        if let Some(f) = &self.fast {
-            f.traverse(&visit)?;
-        }
-        Ok(())
+        self.0.traverse(&visit)
     }
 
     fn __clear__(&mut self) {
-        self.hook = None;
-        self.fast = None;
+        self.0.hook = None;
     }
 }
 
-/// One received command, its values made into Python objects (and plain calls and answers
-/// handled on the spot, with the fast path).
-struct Envelope<'py, 'a> {
+/// One received command, its values made into Python objects (and, with a session's fast path,
+/// plain calls and answers handled on the spot).
+pub struct Envelope<'py, 'a, 'f> {
     py: Python<'py>,
     command: Command<'a>,
     hook: Option<&'a Bound<'py, PyAny>>,
     strings: &'a mut StrCache,
-    fast: Option<&'a mut FastPath>,
+    fast: Option<&'a mut Fast<'py, 'f>>,
     replies: &'a mut Vec<u8>,
 }
 
-impl<'py> Envelope<'py, '_> {
-    fn event(&mut self) -> PyResult<Option<Bound<'py, PyAny>>> {
+impl<'py, 'a, 'f> Envelope<'py, 'a, 'f> {
+    /// `command`, its values built with `values`; with `fast`, its calls run and plain answers
+    /// resolve here, and the answers to the calls are encoded into `replies`.
+    pub fn new(
+        py: Python<'py>,
+        command: Command<'a>,
+        values: &'a mut Values<'py, '_>,
+        fast: Option<&'a mut Fast<'py, 'f>>,
+        replies: &'a mut Vec<u8>,
+    ) -> Self {
+        Envelope { py, command, hook: values.hook, strings: &mut *values.strings, fast, replies }
+    }
+
+    /// The command's event, or None when the fast path has handled it.
+    pub fn event(&mut self) -> PyResult<Option<Bound<'py, PyAny>>> {
         let py = self.py;
         let Command { kind, expr, body, dialect, limits, .. } = self.command;
         let mut cur = Cursor::new(expr, dialect, limits);
@@ -428,96 +358,30 @@ fn keywords(kwargs: Bound<'_, PyAny>) -> PyResult<Bound<'_, PyDict>> {
     Ok(fixed)
 }
 
-/// Encoder of outgoing PB commands: one call per message, bytes out.
-#[pyclass(module = "pbfast._core", name = "PbEncoder", frozen)]
-pub struct PbEncoderPy {
+/// The sending side of a PB connection: one outgoing command at a time, appended to a buffer.
+pub struct Writer {
     dialect: Dialect,
     /// `hook(obj)`: the jelly form of objects jelly does not know (references, copies, failures).
     hook: Option<Py<PyAny>>,
 }
 
-#[pymethods]
-impl PbEncoderPy {
-    #[new]
-    #[pyo3(signature = (dialect="pb", *, hook=None))]
-    fn new(dialect: &str, hook: Option<Py<PyAny>>) -> PyResult<PbEncoderPy> {
-        Ok(PbEncoderPy { dialect: self::dialect(dialect, false)?, hook })
+impl Writer {
+    pub fn new(dialect: Dialect, hook: Option<Py<PyAny>>) -> Writer {
+        Writer { dialect, hook }
     }
 
-    /// `["message", request_id, object_id, method, answer_required, args, kwargs]` (or
-    /// `cachemessage`). `object_id` is an int luid or a byte-string name such as b"root".
-    #[pyo3(signature = (request_id, object_id, method, answer_required, args, kwargs=None, *, cache=false))]
+    pub fn clone_ref(&self, py: Python<'_>) -> Writer {
+        Writer { dialect: self.dialect, hook: self.hook.as_ref().map(|h| h.clone_ref(py)) }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// `["message" (or "cachemessage"), request_id, object_id, method, answer_required, args,
+    /// kwargs]` appended to `out`.
     #[allow(clippy::too_many_arguments)]
-    fn message<'py>(
-        &self,
-        py: Python<'py>,
-        request_id: i64,
-        object_id: &Bound<'py, PyAny>,
-        method: &str,
-        answer_required: bool,
-        args: &Bound<'py, PyTuple>,
-        kwargs: Option<&Bound<'py, PyDict>>,
-        cache: bool,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        let mut out = Vec::new();
-        self.encode_message(py, request_id, object_id, method, answer_required, args, kwargs, cache, &mut out)?;
-        Ok(PyBytes::new(py, &out))
-    }
-
-    /// `["answer", request_id, value]`.
-    fn answer<'py>(
-        &self,
-        py: Python<'py>,
-        request_id: i64,
-        value: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        self.reply(py, b"answer", request_id, value)
-    }
-
-    /// `["error", request_id, failure]`.
-    fn error<'py>(
-        &self,
-        py: Python<'py>,
-        request_id: i64,
-        failure: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        self.reply(py, b"error", request_id, failure)
-    }
-
-    /// `[command, item]` with a raw banana item (an int luid, bytes): decref, decache, uncache,
-    /// didNotUnderstand. `count` copies are written back to back.
-    #[pyo3(signature = (command, item, count=1))]
-    fn command<'py>(
-        &self,
-        py: Python<'py>,
-        command: &[u8],
-        item: &Bound<'py, PyAny>,
-        count: usize,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        let mut one = Encoder::new(self.dialect);
-        one.list(2).map_err(PyErr::from)?;
-        one.bytes(command).map_err(PyErr::from)?;
-        super::raw_encode(&mut one, item)?;
-        Ok(PyBytes::new(py, &one.out.repeat(count)))
-    }
-
-    #[getter]
-    fn dialect(&self) -> &'static str {
-        self.dialect.name()
-    }
-
-    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        if let Some(h) = &self.hook {
-            visit.call(h)?;
-        }
-        Ok(())
-    }
-}
-
-impl PbEncoderPy {
-    /// A `message` (or `cachemessage`) appended to `out`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn encode_message<'py>(
+    pub fn message<'py>(
         &self,
         py: Python<'py>,
         request_id: i64,
@@ -550,25 +414,9 @@ impl PbEncoderPy {
         Ok(())
     }
 
-    fn jelly_encoder<'py>(&self, py: Python<'py>) -> JellyEncoder<'py> {
-        JellyEncoder::new(py, self.dialect, self.hook.as_ref().map(|h| h.bind(py).clone()))
-    }
-
-    fn reply<'py>(
-        &self,
-        py: Python<'py>,
-        command: &[u8],
-        request_id: i64,
-        value: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        let mut out = Vec::new();
-        self.encode_reply(py, command, request_id, value, &mut out)?;
-        Ok(PyBytes::new(py, &out))
-    }
-
-    /// `[command, request_id, value]` appended to `out`: every reply's encoding, the fast
-    /// path's answers (`fast.rs`) and the broker's answers and errors (`answer`, `error`) alike.
-    pub fn encode_reply<'py>(
+    /// `[command, request_id, value]` appended to `out`: every reply's encoding (`answer` or
+    /// `error`).
+    pub fn reply<'py>(
         &self,
         py: Python<'py>,
         command: &[u8],
@@ -593,6 +441,111 @@ impl PbEncoderPy {
         enc.jelly(value)?;
         enc.finish(|bytes| out.extend_from_slice(bytes));
         Ok(())
+    }
+
+    /// `[command, item]` with a raw banana item (an int luid, bytes): decref, decache, uncache,
+    /// didNotUnderstand; `count` copies back to back, appended to `out`.
+    pub fn command(&self, command: &[u8], item: &Bound<'_, PyAny>, count: usize, out: &mut Vec<u8>) -> PyResult<()> {
+        let mut one = Encoder::new(self.dialect);
+        one.list(2).map_err(PyErr::from)?;
+        one.bytes(command).map_err(PyErr::from)?;
+        super::raw_encode(&mut one, item)?;
+        for _ in 0..count {
+            out.extend_from_slice(&one.out);
+        }
+        Ok(())
+    }
+
+    fn jelly_encoder<'py>(&self, py: Python<'py>) -> JellyEncoder<'py> {
+        JellyEncoder::new(py, self.dialect, self.hook.as_ref().map(|h| h.bind(py).clone()))
+    }
+
+    pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        if let Some(h) = &self.hook {
+            visit.call(h)?;
+        }
+        Ok(())
+    }
+}
+
+/// Encoder of outgoing PB commands as a plain codec: one call per message, bytes out.
+#[pyclass(module = "pbfast._core", name = "PbEncoder", frozen)]
+pub struct PbEncoderPy(Writer);
+
+#[pymethods]
+impl PbEncoderPy {
+    #[new]
+    #[pyo3(signature = (dialect="pb", *, hook=None))]
+    fn new(dialect: &str, hook: Option<Py<PyAny>>) -> PyResult<PbEncoderPy> {
+        Ok(PbEncoderPy(Writer::new(self::dialect(dialect, false)?, hook)))
+    }
+
+    /// `["message", request_id, object_id, method, answer_required, args, kwargs]` (or
+    /// `cachemessage`). `object_id` is an int luid or a byte-string name such as b"root".
+    #[pyo3(signature = (request_id, object_id, method, answer_required, args, kwargs=None, *, cache=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn message<'py>(
+        &self,
+        py: Python<'py>,
+        request_id: i64,
+        object_id: &Bound<'py, PyAny>,
+        method: &str,
+        answer_required: bool,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+        cache: bool,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let mut out = Vec::new();
+        self.0.message(py, request_id, object_id, method, answer_required, args, kwargs, cache, &mut out)?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// `["answer", request_id, value]`.
+    fn answer<'py>(
+        &self,
+        py: Python<'py>,
+        request_id: i64,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let mut out = Vec::new();
+        self.0.reply(py, b"answer", request_id, value, &mut out)?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// `["error", request_id, failure]`.
+    fn error<'py>(
+        &self,
+        py: Python<'py>,
+        request_id: i64,
+        failure: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let mut out = Vec::new();
+        self.0.reply(py, b"error", request_id, failure, &mut out)?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// `[command, item]` with a raw banana item (an int luid, bytes): decref, decache, uncache,
+    /// didNotUnderstand. `count` copies are written back to back.
+    #[pyo3(signature = (command, item, count=1))]
+    fn command<'py>(
+        &self,
+        py: Python<'py>,
+        command: &[u8],
+        item: &Bound<'py, PyAny>,
+        count: usize,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let mut out = Vec::new();
+        self.0.command(command, item, count, &mut out)?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    #[getter]
+    fn dialect(&self) -> &'static str {
+        self.0.dialect.name()
+    }
+
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        self.0.traverse(&visit)
     }
 }
 

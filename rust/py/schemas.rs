@@ -7,7 +7,7 @@
 //! against an interface and, if so, the longest string each method's arguments may hold. Calls
 //! on any other object (and on the Tub itself, clid 0, or a callable, a negative clid) cost one
 //! lookup by type; while no such object has been filed in the connection's tables
-//! (`Tables.checks_calls`), nothing is asked at all.
+//! (`Session.checks_calls`), nothing is asked at all.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
-use super::tables::Tables;
+use super::session::SessionPy;
 use super::PtrMap;
 use crate::foolscap::framer::CallHeader;
 
@@ -39,7 +39,7 @@ struct Asked {
 pub struct CallLimits {
     /// `call_limits(type)`: None, or `(interface name, {method name: limit or None})`.
     ask: Py<PyAny>,
-    tables: Py<Tables>,
+    session: Py<SessionPy>,
     /// Type -> its interface's limits (None: its calls are not checked); the type is kept so
     /// its address is not reused while it is a key.
     types: PtrMap<(Py<PyType>, Option<Arc<Interface>>)>,
@@ -50,13 +50,13 @@ pub struct CallLimits {
 }
 
 impl CallLimits {
-    pub fn new(ask: Py<PyAny>, tables: Py<Tables>, floor: u64) -> CallLimits {
-        CallLimits { ask, tables, types: PtrMap::default(), floor, asked: None }
+    pub fn new(ask: Py<PyAny>, session: Py<SessionPy>, floor: u64) -> CallLimits {
+        CallLimits { ask, session, types: PtrMap::default(), floor, asked: None }
     }
 
     /// Whether the connection has objects whose calls are limited.
     pub fn active(&self) -> bool {
-        self.tables.get().get_checks_calls()
+        self.session.get().tables().checks_calls()
     }
 
     /// The longest string `call`'s arguments may hold (None: no limit of its own). A method
@@ -65,7 +65,7 @@ impl CallLimits {
         if call.clid <= 0 {
             return Ok(None);
         }
-        let Some(target) = self.tables.get().object_at(py, call.clid) else { return Ok(None) };
+        let Some(target) = self.session.get().tables().object_at(py, call.clid) else { return Ok(None) };
         let Some(interface) = self.interface_of(py, &target)? else { return Ok(None) };
         let limit = match interface.methods.get(call.method) {
             Some(None) => return Ok(None),
@@ -109,7 +109,7 @@ impl CallLimits {
 
     pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         visit.call(&self.ask)?;
-        visit.call(&self.tables)
+        visit.call(&self.session)
     }
 }
 

@@ -1,0 +1,511 @@
+//! `pbfast._core.Session`: what one connection's session holds on either wire, the base of
+//! `PbSession` (and of a Tub's session):
+//!
+//! - the bytes waiting to be written (calls, answers, the broker's messages, in the order they
+//!   were encoded: a foolscap stream numbers its objects in that order) and the rule for when
+//!   they go out: at the end of the loop iteration or of the chunk being read (`wake`), or at
+//!   once (`flush`) once [`EARLY_WRITE`] messages or [`FLUSH_AT`] bytes wait;
+//! - calls out: `callRemote`'s work (request id, future, encoding, pins, pending entry) in one
+//!   crossing of the boundary;
+//! - the connection's [`Tables`]: our objects, the references the peer holds, our calls
+//!   awaiting replies.
+//!
+//! Frozen with small locks, never held while Python runs, so an encoder hook or a remote method
+//! may send while another send or a `feed` is under way. `close` drops every Python object the
+//! session holds (the broker's callbacks among them), so a closed connection is freed at once,
+//! not by a later garbage collection.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use pyo3::exceptions::asyncio::InvalidStateError;
+use pyo3::exceptions::PyTypeError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+
+use super::foolscap::FoolscapEncoderPy;
+use super::pb::Writer as PbWriter;
+use super::tables::{Key, Tables};
+use super::tls::TlsSessionPy;
+
+pyo3::import_exception!(pbfast.errors, DeadReferenceError);
+
+/// Messages waiting after which they are written at once, rather than at the end of the loop
+/// iteration or of the chunk being read: the peer starts on the first ones while the rest are
+/// made, so two busy ends work at the same time instead of taking turns (a burst of calls, or
+/// the answers to one, would otherwise go out whole). A write per this many messages costs
+/// little beside them.
+pub const EARLY_WRITE: usize = 16;
+
+/// Bytes waiting after which they are written at once: writing them may pause writing (the
+/// peer is not reading), and the calls after that then wait.
+pub const FLUSH_AT: usize = 1 << 16;
+
+/// The wire's encoder, known once the connection has negotiated.
+pub enum Encoding {
+    Pb(PbWriter),
+    Foolscap(Py<FoolscapEncoderPy>),
+}
+
+impl Encoding {
+    fn clone_ref(&self, py: Python<'_>) -> Encoding {
+        match self {
+            Encoding::Pb(w) => Encoding::Pb(w.clone_ref(py)),
+            Encoding::Foolscap(e) => Encoding::Foolscap(e.clone_ref(py)),
+        }
+    }
+}
+
+/// The broker's callbacks, dropped when the session closes (they refer back to the broker).
+struct Callbacks {
+    /// `wake()`: bytes started waiting; the broker schedules a flush.
+    wake: Py<PyAny>,
+    /// `flush()`: write what waits now.
+    flush: Py<PyAny>,
+    create_future: Py<PyAny>,
+    /// `dead()`: the exception for a call that cannot be made (not negotiated yet, or gone).
+    dead: Py<PyAny>,
+    /// `forget(luid, uncache)`: the peer holds our object `luid` no more, freed by a settled
+    /// call's pins (`uncache` true) or by an encode that failed (false: the peer never saw it).
+    forget: Py<PyAny>,
+}
+
+/// The bytes waiting to be written.
+struct Outgoing {
+    bytes: Mutex<Vec<u8>>,
+    /// Messages in `bytes`.
+    queued: AtomicUsize,
+    /// `wake()` has been called for the bytes waiting.
+    scheduled: AtomicBool,
+}
+
+#[pyclass(module = "pbfast._core", name = "Session", subclass, frozen)]
+pub struct SessionPy {
+    tables: Tables,
+    out: Outgoing,
+    /// No more calls, nothing more written (the connection is gone).
+    closed: AtomicBool,
+    next_request: AtomicI64,
+    callbacks: Mutex<Option<Callbacks>>,
+    encoder: Mutex<Option<Encoding>>,
+}
+
+#[pymethods]
+impl SessionPy {
+    /// A session whose peer may hold at most `max_refs` of our objects, with the broker's
+    /// callbacks.
+    #[new]
+    #[pyo3(signature = (max_refs, /, *, wake, flush, create_future, dead, forget))]
+    pub fn new(
+        max_refs: usize,
+        wake: Py<PyAny>,
+        flush: Py<PyAny>,
+        create_future: Py<PyAny>,
+        dead: Py<PyAny>,
+        forget: Py<PyAny>,
+    ) -> SessionPy {
+        SessionPy {
+            tables: Tables::new(max_refs),
+            out: Outgoing {
+                bytes: Mutex::new(Vec::new()),
+                queued: AtomicUsize::new(0),
+                scheduled: AtomicBool::new(false),
+            },
+            closed: AtomicBool::new(false),
+            next_request: AtomicI64::new(1),
+            callbacks: Mutex::new(Some(Callbacks { wake, flush, create_future, dead, forget })),
+            encoder: Mutex::new(None),
+        }
+    }
+
+    /// Start encoding calls with `encoder` (a `FoolscapEncoder`), once the connection has
+    /// negotiated.
+    fn start(&self, encoder: Py<FoolscapEncoderPy>) -> PyResult<()> {
+        self.start_encoding(Encoding::Foolscap(encoder))
+    }
+
+    // ------------------------------------------------------------------ bytes out
+
+    /// Queue `data` (one message, or part of one) to be written.
+    fn write(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        self.append(py, data)
+    }
+
+    /// Everything waiting, or None; with `tls`, what waits is encrypted there first and the
+    /// bytes are the session's (records, and its handshake or alerts).
+    #[pyo3(signature = (tls=None))]
+    fn take<'py>(
+        &self,
+        py: Python<'py>,
+        tls: Option<&Bound<'py, TlsSessionPy>>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let mut out = self.lock_out();
+        self.out.scheduled.store(false, Ordering::Relaxed);
+        self.out.queued.store(0, Ordering::Relaxed);
+        let taken = match tls {
+            None if out.is_empty() => None,
+            None => Some(PyBytes::new(py, &out)),
+            Some(tls) => {
+                let mut tls = tls.try_borrow_mut()?;
+                if !out.is_empty() {
+                    tls.encrypt(&out)?;
+                }
+                tls.take_some(py)
+            }
+        };
+        out.clear();
+        if out.capacity() > 1 << 20 {
+            out.shrink_to(64 << 10);
+        }
+        Ok(taken)
+    }
+
+    /// Bytes waiting to be written.
+    #[getter]
+    fn size(&self) -> usize {
+        self.lock_out().len()
+    }
+
+    /// Drop what waits to be written (the connection is being cut off).
+    pub fn discard(&self) {
+        self.lock_out().clear();
+    }
+
+    /// The connection is gone: refuse further calls, drop what waits, empty the tables and let
+    /// go of the broker's callbacks.
+    fn close(&self) {
+        self.shut();
+    }
+
+    // ------------------------------------------------------------------ calls out
+
+    /// `callRemote`: a future for the answer to `method(*args, **kwargs)` on `object_id` (with
+    /// `cache`, an `observe_*` call on the peer's copy of our Cacheable `object_id`). Failures
+    /// to send (dead connection, unsendable arguments) come back in the future.
+    #[pyo3(signature = (object_id, method, args, kwargs, cache=false))]
+    fn call<'py>(
+        &self,
+        py: Python<'py>,
+        object_id: &Bound<'py, PyAny>,
+        method: &str,
+        args: &Bound<'py, PyTuple>,
+        kwargs: &Bound<'py, PyDict>,
+        cache: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let Some(create_future) = self.callback(py, |c| &c.create_future) else {
+            return Err(DeadReferenceError::new_err("the connection is closed"));
+        };
+        let future = create_future.call0(py)?.into_bound(py);
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let mark = self.tables.mark();
+        let data = match self.encode_call(py, request_id, object_id, method, true, args, kwargs, cache) {
+            Ok(data) => data,
+            Err(e) => {
+                future.call_method1(intern!(py, "set_exception"), (e.into_value(py),))?;
+                return Ok(future);
+            }
+        };
+        // Objects of ours that the arguments carried stay until the answer has been read,
+        // whatever decrefs the peer sends meanwhile (see RefTable).
+        self.tables.await_reply(request_id, future.clone().unbind(), mark)?;
+        self.append(py, &data)?;
+        Ok(future)
+    }
+
+    /// `callRemoteOnly`: send without asking for an answer. Raises if it cannot be sent.
+    fn call_only<'py>(
+        &self,
+        py: Python<'py>,
+        object_id: &Bound<'py, PyAny>,
+        method: &str,
+        args: &Bound<'py, PyTuple>,
+        kwargs: &Bound<'py, PyDict>,
+    ) -> PyResult<()> {
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let mark = self.tables.mark();
+        let data = self.encode_call(py, request_id, object_id, method, false, args, kwargs, false)?;
+        self.tables.commit(mark);
+        self.append(py, &data)
+    }
+
+    // ------------------------------------------------------------------ objects
+
+    /// File `obj` under `key` (an int or bytes).
+    fn put(&self, key: &Bound<'_, PyAny>, obj: Py<PyAny>) -> PyResult<()> {
+        let key = Key::of(key).ok_or_else(|| PyTypeError::new_err("an object is filed under an int or bytes"))?;
+        self.tables.put(key, obj);
+        Ok(())
+    }
+
+    /// The object filed under `key`, or None.
+    fn get<'py>(&self, py: Python<'py>, key: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+        self.tables.object(py, key)
+    }
+
+    /// Take the object filed under `key` out of the table (None if there is none).
+    fn pop<'py>(&self, py: Python<'py>, key: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+        self.tables.pop(py, key)
+    }
+
+    /// How many objects are filed.
+    #[getter]
+    fn objects(&self) -> usize {
+        self.tables.objects()
+    }
+
+    /// Whether an object filed here has its calls checked against an interface (the broker
+    /// sets it when it files one; it stays set). Until then a Tub's decoder reads calls without
+    /// asking for their limits.
+    #[getter]
+    fn get_checks_calls(&self) -> bool {
+        self.tables.checks_calls()
+    }
+
+    #[setter]
+    fn set_checks_calls(&self, on: bool) {
+        self.tables.set_checks_calls(on);
+    }
+
+    /// Count one more sending of our object `obj` by the encode under way: `(luid, is_new)`.
+    /// Raises `pbfast.LimitExceeded` (`max_refs`) when the peer would hold too many.
+    fn send(&self, obj: &Bound<'_, PyAny>) -> PyResult<(u64, bool)> {
+        Ok(self.tables.send(obj)?)
+    }
+
+    /// `send` for an object the peer may call, filed under its luid when new; its luid.
+    fn export(&self, obj: &Bound<'_, PyAny>) -> PyResult<u64> {
+        Ok(self.tables.export(obj)?)
+    }
+
+    /// The height of the stack of luids given out by the encode under way, before an encode.
+    fn mark(&self) -> usize {
+        self.tables.mark()
+    }
+
+    /// The encode that started at `mark` succeeded: its luids are the peer's now.
+    fn commit(&self, mark: usize) {
+        self.tables.commit(mark);
+    }
+
+    /// The encode that started at `mark` failed: take back the counts it added (the broker's
+    /// `forget(luid, False)` drops each object this frees).
+    fn undo(&self, py: Python<'_>, mark: usize) -> PyResult<()> {
+        let freed = self.tables.undo(mark);
+        self.forget(py, freed, false)
+    }
+
+    /// The peer let go of `count` references to `luid`: True if it holds it no more (the
+    /// caller then forgets it). Raises `ProtocolError` for a luid the peer does not hold.
+    #[pyo3(signature = (luid, count=1))]
+    fn decref(&self, luid: u64, count: u64) -> PyResult<bool> {
+        Ok(self.tables.decref(luid, count)?)
+    }
+
+    /// The luid of our object `obj` if the peer holds it.
+    fn luid_of(&self, obj: &Bound<'_, PyAny>) -> Option<u64> {
+        self.tables.luid_of(obj)
+    }
+
+    /// Whether the peer holds our object `luid`.
+    fn holds(&self, luid: &Bound<'_, PyAny>) -> bool {
+        luid.extract::<u64>().is_ok_and(|luid| self.tables.holds(luid))
+    }
+
+    /// How many of our objects the peer holds.
+    #[getter]
+    fn held(&self) -> usize {
+        self.tables.held()
+    }
+
+    // ------------------------------------------------------------------ replies
+
+    /// A reply came for our call `request_id`: its future, or None if it is not waiting. The
+    /// objects its arguments pinned are released; those the peer no longer holds are forgotten.
+    fn settle<'py>(&self, py: Python<'py>, request_id: i64) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Some((future, freed)) = self.tables.settle(request_id)? else { return Ok(None) };
+        self.forget(py, freed, true)?;
+        Ok(Some(future.into_bound(py)))
+    }
+
+    /// Every call still waiting, taken out of the table (the connection is gone): their futures.
+    fn take_pending<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(py, self.tables.take_pending())
+    }
+
+    /// How many of our calls await replies.
+    #[getter]
+    fn pending(&self) -> usize {
+        self.tables.pending()
+    }
+
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        // Never blocks (see `Tables::traverse`).
+        if let Ok(callbacks) = self.callbacks.try_lock() {
+            if let Some(c) = callbacks.as_ref() {
+                for callback in [&c.wake, &c.flush, &c.create_future, &c.dead, &c.forget] {
+                    visit.call(callback)?;
+                }
+            }
+        }
+        if let Ok(encoder) = self.encoder.try_lock() {
+            match encoder.as_ref() {
+                Some(Encoding::Pb(w)) => w.traverse(&visit)?,
+                Some(Encoding::Foolscap(e)) => visit.call(e)?,
+                None => {}
+            }
+        }
+        self.tables.traverse(&visit)
+    }
+}
+
+impl SessionPy {
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// Start encoding calls with `encoding` (once the connection has negotiated).
+    pub fn start_encoding(&self, encoding: Encoding) -> PyResult<()> {
+        let mut encoder = self.encoder.lock().unwrap_or_else(|e| e.into_inner());
+        if encoder.is_some() || self.closed.load(Ordering::Relaxed) {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err("the session has started or closed"));
+        }
+        *encoder = Some(encoding);
+        Ok(())
+    }
+
+    /// The encoder, once started (a new handle to it: the lock is not held while it runs,
+    /// so its hooks may send).
+    pub fn encoding(&self, py: Python<'_>) -> Option<Encoding> {
+        self.encoder.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|e| e.clone_ref(py))
+    }
+
+    /// Queue one message's bytes; they go out as the module docs say.
+    pub fn append(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let size = {
+            let mut out = self.lock_out();
+            out.extend_from_slice(data);
+            out.len()
+        };
+        if self.out.queued.fetch_add(1, Ordering::Relaxed) + 1 >= EARLY_WRITE || size >= FLUSH_AT {
+            if let Some(flush) = self.callback(py, |c| &c.flush) {
+                flush.call0(py)?;
+            }
+        } else if !self.out.scheduled.swap(true, Ordering::Relaxed) {
+            if let Some(wake) = self.callback(py, |c| &c.wake) {
+                wake.call0(py)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tell the broker that the peer holds each of `luids` no more.
+    pub fn forget(&self, py: Python<'_>, luids: Vec<u64>, uncache: bool) -> PyResult<()> {
+        if luids.is_empty() {
+            return Ok(());
+        }
+        let Some(forget) = self.callback(py, |c| &c.forget) else { return Ok(()) };
+        for luid in luids {
+            forget.call1(py, (luid, uncache))?;
+        }
+        Ok(())
+    }
+
+    /// An answer to our call `request_id`: resolve its future here. False, leaving it to the
+    /// broker, when the call is not waiting or pinned objects (releasing them is the broker's).
+    pub fn resolve(&self, py: Python<'_>, request_id: i64, value: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let Some(future) = self.tables.take_unpinned(request_id) else { return Ok(false) };
+        // A future cancelled meanwhile refuses its result: that is no error here. (Asking it
+        // `done()` first would cost a call for every answer.)
+        match future.bind(py).call_method1(intern!(py, "set_result"), (value,)) {
+            Err(e) if e.is_instance_of::<InvalidStateError>(py) => Ok(true),
+            Err(e) => Err(e),
+            Ok(_) => Ok(true),
+        }
+    }
+
+    /// `encode()`, with the references it gives out committed once it is done or taken back if
+    /// it fails. The outer result fails only if that bookkeeping does.
+    pub fn encode_sending<T>(&self, py: Python<'_>, encode: impl FnOnce() -> PyResult<T>) -> PyResult<PyResult<T>> {
+        let mark = self.tables.mark();
+        let result = encode();
+        if result.is_ok() {
+            self.tables.commit(mark);
+        } else {
+            self.forget(py, self.tables.undo(mark), false)?;
+        }
+        Ok(result)
+    }
+
+    /// Refuse further calls, drop what waits and what the session holds of Python's.
+    pub fn shut(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.lock_out().clear();
+        self.tables.clear();
+        let callbacks = self.callbacks.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let encoder = self.encoder.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop((callbacks, encoder));
+    }
+
+    fn lock_out(&self) -> MutexGuard<'_, Vec<u8>> {
+        self.out.bytes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn callback(&self, py: Python<'_>, pick: impl FnOnce(&Callbacks) -> &Py<PyAny>) -> Option<Py<PyAny>> {
+        self.callbacks.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|c| pick(c).clone_ref(py))
+    }
+
+    /// The exception for a call that cannot be made now.
+    fn dead(&self, py: Python<'_>) -> PyErr {
+        match self.callback(py, |c| &c.dead) {
+            Some(dead) => match dead.call0(py) {
+                Ok(exc) => PyErr::from_value(exc.into_bound(py)),
+                Err(e) => e,
+            },
+            None => DeadReferenceError::new_err("the connection is closed"),
+        }
+    }
+
+    /// The bytes of one call; on failure the references it gave out are taken back.
+    #[allow(clippy::too_many_arguments)]
+    fn encode_call<'py>(
+        &self,
+        py: Python<'py>,
+        request_id: i64,
+        object_id: &Bound<'py, PyAny>,
+        method: &str,
+        answer: bool,
+        args: &Bound<'py, PyTuple>,
+        kwargs: &Bound<'py, PyDict>,
+        cache: bool,
+    ) -> PyResult<Vec<u8>> {
+        let encoding = match self.encoding(py) {
+            Some(e) if !self.closed.load(Ordering::Relaxed) => e,
+            _ => return Err(self.dead(py)),
+        };
+        let mark = self.tables.mark();
+        // Room for a small call, which then needs no growing.
+        let mut data = Vec::with_capacity(256);
+        let encoded = match &encoding {
+            Encoding::Pb(writer) => {
+                writer.message(py, request_id, object_id, method, answer, args, Some(kwargs), cache, &mut data)
+            }
+            // foolscap numbers a call that wants no answer 0.
+            Encoding::Foolscap(encoder) => encoder.bind(py).try_borrow_mut().map_err(PyErr::from).and_then(|mut e| {
+                let reqid = if answer { request_id } else { 0 };
+                e.call_into(py, reqid, object_id.extract()?, method, args, kwargs, &mut data)
+            }),
+        };
+        // (On success the caller commits the luids given out, or pins them for the reply.)
+        match encoded {
+            Ok(()) => Ok(data),
+            Err(e) => {
+                self.forget(py, self.tables.undo(mark), false)?;
+                Err(e)
+            }
+        }
+    }
+}
