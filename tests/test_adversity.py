@@ -1266,20 +1266,26 @@ def test_backlog_drain_stops_when_writing_pauses(run) -> None:
     run(main())
 
 
+@pytest.mark.parametrize("settled", [False, True], ids=["in-handshake-chunk", "later"])
 @pytest.mark.parametrize("method", ["big", "big_later"], ids=["sync", "async"])
-def test_small_calls_with_large_answers_respect_back_pressure(run, method) -> None:
+def test_small_calls_with_large_answers_respect_back_pressure(run, method, settled) -> None:
     """BUG: `Broker.data_received` runs every call of a chunk before writing any answer (they
     wait in `_out` until the chunk is done), so `pause_writing` cannot defer the rest: 32 kB
     of calls to a method returning 50 kB make the server buffer 50 MB for a client that reads
     nothing (a 256 kB read could carry ~8000 such calls). With an async method every call of
     the chunk is started at once and each answers later, whatever the transport says. (With
-    max_in_flight=16 and backlog=16 the server should hold about 32 answers at most.)"""
+    max_in_flight=16 and backlog=16 the server should hold about 32 answers at most.) Calls
+    held back when the connection is lost never run: their coroutines are closed, not left to
+    be collected unawaited (the calls may come with the handshake or after it)."""
     calls, size = 1000, 50_000
 
     async def main() -> None:
         tasks_before = asyncio.all_tasks()
         async with scene(backlog=16, max_in_flight=16) as s:
             peer = await s.raw()
+            if settled:
+                peer.send(call(1, "echo", "settled"))
+                assert (await peer.event())[:2] == (EV_ANSWER, 1)
             small_socket_buffers(s, peer)
             data = b"".join(call(i, method, size) for i in range(1, calls + 1))
             assert len(data) < 40_000

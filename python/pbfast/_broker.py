@@ -189,13 +189,16 @@ class Broker(Connection):
             _, request_id, answer, method, _exc, unclaimed = event
             self._give_back(unclaimed)
         elif kind == EV_AWAITING:
-            _, request_id, answer, method, awaitable, _perspective = event
-            if hasattr(awaitable, "close"):
-                awaitable.close()  # a coroutine that will never be awaited
+            _, request_id, answer, method, _awaitable, _perspective = event
+            self._drop_call(event)
         else:
             self._HANDLERS[kind](self, event)  # not a call (an unknown command): handle it
             return
         self._fail(request_id, answer, exc, method, ran=False)
+
+    def _drop_call(self, event: tuple[Any, ...]) -> None:
+        if event[0] == EV_AWAITING and hasattr(event[4], "close"):
+            event[4].close()  # a coroutine that will never be awaited
 
     def _write_release(self, kind: bytes, luid: Any, count: int) -> None:
         if self._session.dialect is not None:

@@ -357,6 +357,8 @@ class Connection(asyncio.Protocol, abc.ABC):
         callbacks, self._disconnect_callbacks = self._disconnect_callbacks, []
         for callback in callbacks:
             run_callback(callback)
+        for event in self._backlog:
+            self._drop_call(event)
         self._backlog.clear()
         self._dying_caches.clear()
         self._releases.clear()
@@ -836,6 +838,10 @@ class Connection(asyncio.Protocol, abc.ABC):
     @abc.abstractmethod
     def _refuse_call(self, event: tuple[Any, ...], exc: BaseException) -> None:
         """Answer a held call that will not run with `exc`."""
+
+    def _drop_call(self, event: tuple[Any, ...]) -> None:
+        """A held call will never run (the connection is gone): let go of what it holds (a
+        coroutine is closed, not left to be collected unawaited)."""
 
     @abc.abstractmethod
     def _write_release(self, kind: bytes, luid: Any, count: int) -> None:

@@ -346,9 +346,12 @@ class TubBroker(Connection):
                 self.transport.write(out)
 
     def _refuse_call(self, event: tuple[Any, ...], exc: BaseException) -> None:
+        self._drop_call(event)
+        self._send_error(event[1], exc)
+
+    def _drop_call(self, event: tuple[Any, ...]) -> None:
         if event[0] == FS_AWAITING and hasattr(event[2], "close"):
             event[2].close()  # a coroutine that will never be awaited
-        self._send_error(event[1], exc)
 
     def _write_release(self, kind: bytes, luid: Any, count: int) -> None:
         if self._phase == "banana":
