@@ -13,10 +13,14 @@ started (``--reset-stats``). Rows:
 - ``tub``: `TubUser`, a FURL: the process's users share one TLS connection;
 - ``locust-noop``: a user whose task only reports a request to Locust, without any I/O: the
   most any client can report from one Locust process here (Locust's own cost per request);
-- ``pbfast-bench``: ``pbfast bench`` with as many calls in flight as there are users, on one
-  connection: pbfast's own load generator, without Locust.
+- ``bench-pb``, ``bench-tub``: pbfast's own load generator, ``pbfast bench``, without Locust,
+  in the same shape: as many calls in flight as there are users, on as many PB connections
+  (``--connections``), or on the one connection a Tub makes.
 
-The Locust CPU column is the Locust process's CPU time (user + system, both threads) per call.
+The CPU column is the load process's CPU time (user + system, all its threads) per call (for
+Locust, from when all users run, like the statistics; for ``pbfast bench``, over its measured
+window); the
+last column is a Locust row's calls/s over its ``pbfast bench`` peer's, run in the same go.
 See benches/README.md.
 """
 
@@ -27,25 +31,43 @@ import importlib.util
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROWS = ("pb", "pb-asyncio", "tub", "locust-noop", "pbfast-bench")
+ROWS = ("pb", "pb-asyncio", "tub", "locust-noop", "bench-pb", "bench-tub")
+# Each Locust row and the `pbfast bench` row with the same load shape.
+PEERS = {"pb": "bench-pb", "pb-asyncio": "bench-pb", "tub": "bench-tub"}
 
 LOCUSTFILE = """
+import json
 import os
 import time
 
-from locust import User, constant, task
+from locust import User, constant, events, task
 
 from pbfast.locust import PbUser, TubUser, use_event_loop
 
 if os.environ.get("BENCH_LOOP"):
     use_event_loop(os.environ["BENCH_LOOP"])
+
+# The process's CPU time (all threads) from when every user runs (and the statistics restart)
+# to the end of the test.
+cpu_at_start = None
+
+
+@events.spawning_complete.add_listener
+def measure_from_here(**kwargs):
+    global cpu_at_start
+    cpu_at_start = time.process_time()
+
+
+@events.test_stop.add_listener
+def write_cpu(**kwargs):
+    with open(os.environ["BENCH_CPU_FILE"], "w") as f:
+        json.dump({"cpu_s": time.process_time() - cpu_at_start}, f)
 
 
 class EchoPb(PbUser):
@@ -89,19 +111,13 @@ def start_server(kind: str, workdir: Path) -> tuple[subprocess.Popen[str], str]:
     raise SystemExit(f"pbfast serve ({kind}) did not start: exit {server.wait()}")
 
 
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_locust(locustfile: Path, user_class: str, host: str, loop: str, options: argparse.Namespace) -> dict:
     command = [sys.executable, "-m", "locust", "-f", str(locustfile), user_class, "--headless"]
     command += ["-u", str(options.users), "-r", str(options.users * 100), "-t", f"{options.seconds:g}s"]
     command += ["--host", host, "--reset-stats", "--json", "--loglevel", "WARNING", "--stop-timeout", "1"]
-    env = {**os.environ, "BENCH_LOOP": loop}
-    cpu = children_cpu()
+    cpu_file = locustfile.with_name("cpu.json")
+    env = {**os.environ, "BENCH_LOOP": loop, "BENCH_CPU_FILE": str(cpu_file)}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=options.seconds + 60)
-    cpu = children_cpu() - cpu
     if result.returncode != 0:
         raise SystemExit(f"locust ({user_class}) failed: exit {result.returncode}\n{result.stderr}")
     (stats,) = [entry for entry in json.loads(result.stdout) if entry["name"] == "echo"]
@@ -113,7 +129,7 @@ def run_locust(locustfile: Path, user_class: str, host: str, loop: str, options:
         "calls_per_s": stats["num_requests"] / span,
         "p50_ms": percentile(times, stats["num_requests"], 0.50),
         "p99_ms": percentile(times, stats["num_requests"], 0.99),
-        "locust_cpu_us_per_call": cpu / stats["num_requests"] * 1e6,
+        "cpu_us_per_call": json.loads(cpu_file.read_text())["cpu_s"] / stats["num_requests"] * 1e6,
     }
 
 
@@ -127,12 +143,20 @@ def percentile(times: list[tuple[float, int]], total: int, fraction: float) -> f
     return times[-1][0]
 
 
-def run_pbfast_bench(target: str, options: argparse.Namespace) -> dict:
-    command = [sys.executable, "-m", "pbfast", "bench", target, "echo", "1"]
-    command += ["--concurrency", str(options.users), "--duration", f"{options.seconds:g}s", "--json"]
-    cpu = children_cpu()
+def run_pbfast_bench(target: str, connections: int, options: argparse.Namespace) -> dict:
+    command = [
+        sys.executable,
+        "-m",
+        "pbfast",
+        "bench",
+        target,
+        "echo",
+        "1",
+        "--concurrency",
+        str(options.users),
+    ]
+    command += ["--connections", str(connections), "--duration", f"{options.seconds:g}s", "--json"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=options.seconds + 60)
-    cpu = children_cpu() - cpu
     if result.returncode != 0:
         raise SystemExit(f"pbfast bench failed: {result.stderr.strip()}")
     data = json.loads(result.stdout)
@@ -142,8 +166,7 @@ def run_pbfast_bench(target: str, options: argparse.Namespace) -> dict:
         "calls_per_s": data["throughput"],
         "p50_ms": data["latency_us"]["p50"] / 1000,
         "p99_ms": data["latency_us"]["p99"] / 1000,
-        "locust_cpu_us_per_call": None,
-        "generator_cpu_us_per_call": cpu / data["completed"] * 1e6,
+        "cpu_us_per_call": data["generator_cpu_s"] / data["completed"] * 1e6,
     }
 
 
@@ -175,7 +198,7 @@ def main() -> None:
             pb_server, endpoint = start_server("pb", Path(workdir))
             servers.append(pb_server)
             furl = ""
-            if "tub" in wanted:
+            if {"tub", "bench-tub"} & set(wanted):
                 tub_server, furl = start_server("tub", Path(workdir))
                 servers.append(tub_server)
             for row in wanted:
@@ -187,8 +210,10 @@ def main() -> None:
                     results[row] = run_locust(locustfile, "EchoTub", furl, "uvloop", options)
                 elif row == "locust-noop":
                     results[row] = run_locust(locustfile, "Noop", endpoint, "", options)
+                elif row == "bench-pb":
+                    results[row] = run_pbfast_bench(endpoint, options.users, options)
                 else:
-                    results[row] = run_pbfast_bench(endpoint, options)
+                    results[row] = run_pbfast_bench(furl, 1, options)
         finally:
             for server in servers:
                 server.terminate()
@@ -203,13 +228,14 @@ def main() -> None:
         f"Locust {version('locust')}, gevent {version('gevent')}, {time.strftime('%Y-%m-%d')})"
     )
     print()
-    print("| row | calls/s | failures | p50 ms | p99 ms | Locust CPU µs/call |")
-    print("|---|--:|--:|--:|--:|--:|")
+    print("| row | calls/s | failures | p50 ms | p99 ms | CPU µs/call | vs pbfast bench |")
+    print("|---|--:|--:|--:|--:|--:|--:|")
     for row, data in results.items():
-        cpu = data["locust_cpu_us_per_call"]
+        peer = results.get(PEERS.get(row, ""))
+        ratio = f"{data['calls_per_s'] / peer['calls_per_s']:.2f}×" if peer else ""
         print(
-            f"| {row} | {data['calls_per_s']:,.0f} | {data['failures']:,} | {data['p50_ms']:g} | "
-            f"{data['p99_ms']:g} | {'' if cpu is None else f'{cpu:.1f}'} |"
+            f"| {row} | {data['calls_per_s']:,.0f} | {data['failures']:,} | {data['p50_ms']:.3g} | "
+            f"{data['p99_ms']:.3g} | {data['cpu_us_per_call']:.1f} | {ratio} |"
         )
     if options.json:
         Path(options.json).write_text(json.dumps(results, indent=2))

@@ -43,8 +43,8 @@ from .tub import Tub
 
 __all__ = ["CONNECT_NAME", "Client", "PbUser", "Reference", "TubUser", "use_event_loop"]
 
-#: The name connection attempts are reported under (no method can have it).
 CONNECT_NAME = "(connect)"
+"""The name connection attempts are reported under (no method can have it)."""
 # How long stopping the event-loop thread at exit may take, closing what is still open (s).
 _STOP_TIMEOUT = 10.0
 # How often the calls' deadlines are checked (s): a call times out this much late at most.
@@ -370,9 +370,9 @@ class Client:
             OSError, NegotiationError: connecting again failed.
             JellyError, BananaError: an argument cannot be sent, or the answer not decoded.
         """
-        return self.call(None, _name, args, kwargs)
+        return self._call(None, _name, args, kwargs)
 
-    def call(
+    def _call(
         self, reference: RemoteReference | None, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """`callRemote` on `reference` (None: the target, connecting first if needed)."""
@@ -464,7 +464,7 @@ class Reference:
     def callRemote(self, _name: str, /, *args: Any, **kwargs: Any) -> Any:
         """As `Client.callRemote`, on this object; a call made after its connection is gone
         fails with DeadReferenceError (reported)."""
-        return self.client.call(self.reference, _name, args, kwargs)
+        return self.client._call(self.reference, _name, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<pbfast.locust.Reference to {self.reference!r}>"
