@@ -426,18 +426,19 @@ class Client:
         return await _tub.getReference(self.host)
 
     def close(self) -> None:
-        """Close the connection (for a Tub only this user's reference is dropped: the
-        connection is the process's, shared by its users). Calls through the references it
-        gave fail from now on. Not reported."""
+        """Close the connection; calls through the references it gave fail from now on. (For a
+        Tub only this user's reference is dropped: the connection is the process's, shared by
+        its users.) Not reported."""
         reference, self.reference = self.reference, None
         if reference is None or self.request_type != "PB":
             return
         broker = reference.broker
         if isinstance(broker, Connection) and not broker.disconnected:
-            _open.discard(broker)
-            _get_bridge().call(broker.close, self.timeout)
+            _get_bridge().call(lambda: _close(broker), self.timeout)
 
     def _report(self, name: str, started: float, length: int, error: Exception | None) -> None:
+        # The response time counts from the call in the greenlet to its result back in it, as
+        # Locust's own clients count theirs.
         self.user.environment.events.request.fire(
             request_type=self.request_type,
             name=name,
@@ -449,6 +450,11 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<pbfast.locust.Client {self.request_type} {self.host}>"
+
+
+async def _close(broker: Connection) -> None:
+    _open.discard(broker)  # on the loop, as `_open` is changed only there
+    await broker.close()
 
 
 class Reference:
@@ -545,7 +551,7 @@ class _RpcUser(locust.User):
         try:
             self.client.connect()
         except Exception:
-            pass
+            pass  # reported already; raising would end the user (Locust runs no task after it)
 
     def on_stop(self) -> None:
         """Close the connection."""
