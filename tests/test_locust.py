@@ -151,6 +151,24 @@ def test_headless_pb_and_tub(tmp_path: Path) -> None:
     check_remote_errors(tmp_path / "run", 4)
 
 
+def test_the_example(tmp_path: Path) -> None:
+    """examples/locustfile.py's PB class against ``pbfast serve``'s own test service."""
+    example = str(TESTS.parent / "examples" / "locustfile.py")
+    with ServeProcess("tcp:port=0:interface=127.0.0.1") as server:
+        command = [sys.executable, "-m", "locust", "-f", example, "EchoPb", "--headless", "-u", "2"]
+        command += ["-r", "100", "-t", "2s", "--host", server.address, "--csv", str(tmp_path / "run")]
+        command += ["--exit-code-on-error", "0", "--stop-timeout", "1", "--loglevel", "WARNING"]
+        result = subprocess.run(command, env=locust_env(), capture_output=True, text=True, timeout=2 + SLACK)
+    assert result.returncode == 0, result.stderr
+    assert_clean(result.stderr)
+    table = stats(tmp_path / "run")
+    assert table[("PB", "(connect)")] == (2, 0), table
+    assert table[("PB", "echo")][0] > 0 and table[("PB", "echo")][1] == 0, table
+    assert {name for _, name in table} <= {"(connect)", "echo", "payload", "fail"}, table
+    assert all(error.startswith("RemoteError(") for _, name, error in failures(tmp_path / "run")), table
+    assert not exceptions(tmp_path / "run"), "the example's tasks raised"
+
+
 def test_master_and_two_workers(tmp_path: Path) -> None:
     """One worker on uvloop, the other on asyncio's loop; both wires on each."""
     port = free_port()
