@@ -29,9 +29,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor
 from typing import Any, ClassVar, Literal, TypeVar, TypeVarTuple
 
+try:
+    import locust
+except ImportError as _missing:
+    raise ImportError(f"pbfast.locust needs Locust: pip install 'pbfast[locust]' ({_missing})") from _missing
 import gevent
 import gevent.monkey
-import locust
 from gevent.hub import Waiter
 
 from ._connection import Connection
