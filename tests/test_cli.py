@@ -98,6 +98,12 @@ def unused_port() -> int:
                 "--json",
                 "--fail-if",
                 "coordinated omission",
+                "--processes",
+                "--stages",
+                "--scenario MODULE:FUNCTION",
+                "--hlog FILE",
+                "--progress",
+                "--no-progress",
             ],
         ),
         ("create-tub", ["FILE", "TubID"]),
@@ -572,6 +578,11 @@ def test_bench_scenario(tmp_path: Path) -> None:
 def test_bench_unreachable_endpoint() -> None:
     result = pbfast("bench", f"tcp:host=127.0.0.1:port={unused_port()}", "echo", "-n", "10")
     assert_one_line_error(result, 1, "cannot connect", "refused")
+    # With load processes, the first that cannot connect says so; the others are stopped.
+    result = pbfast(
+        "bench", f"tcp:host=127.0.0.1:port={unused_port()}", "echo", "-c", "2", "--processes", "2"
+    )
+    assert_one_line_error(result, 1, "load process", "cannot connect", "refused")
 
 
 def test_bench_bad_furl() -> None:

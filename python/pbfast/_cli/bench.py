@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from .. import __version__
 from ..pb import run as run_loop
@@ -32,7 +32,7 @@ from .progress import ProgressPrinter
 from .report import PERCENTS, report, to_json
 from .results import Interval, LoadPlan, LoadResult
 from .scenario import load_scenario
-from .stages import parse_stages
+from .stages import Stage, parse_stages
 from .thresholds import THRESHOLD_HELP, Threshold, parse_threshold
 
 __all__ = ["add_parser", "run", "Threshold", "parse_threshold", "report", "PERCENTS"]
@@ -118,7 +118,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="DURATION",
         help="how long to measure (default 10s)",
     )
-    how_long.add_argument("-n", "--calls", type=_positive_int, metavar="N", help="how many calls to measure")
+    how_long.add_argument(
+        "-n",
+        "--calls",
+        type=_positive_int,
+        metavar="N",
+        help="how many calls (or scenario iterations) to measure",
+    )
     length.add_argument(
         "--warmup",
         type=parse_duration,
@@ -190,7 +196,7 @@ def _positive_duration(text: str) -> float:
     return value
 
 
-def _stages(text: str) -> Any:
+def _stages(text: str) -> tuple[Stage, ...]:
     try:
         return parse_stages(text)
     except ValueError as e:
@@ -254,8 +260,7 @@ def _plan(args: argparse.Namespace) -> LoadPlan:
 class _Intervals:
     """Where each interval of the run goes: the progress lines, the interval log."""
 
-    def __init__(self, plan: LoadPlan, progress: ProgressPrinter | None, hlog: TextIO | None) -> None:
-        self.plan = plan
+    def __init__(self, progress: ProgressPrinter | None, hlog: TextIO | None) -> None:
         self.progress = progress
         self.hlog = hlog
         self.writer: IntervalLogWriter | None = None
@@ -298,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
             hlog = args.hlog.open("w", encoding="utf-8")
         except OSError as e:
             raise CommandError(f"cannot write --hlog {args.hlog}: {describe(e)}", EXIT_USAGE) from None
-    intervals = _Intervals(plan, progress, hlog)
+    intervals = _Intervals(progress, hlog)
     result = None
     try:
         if args.processes == 1:

@@ -12,6 +12,7 @@ of all the calls made.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import multiprocessing
 import signal
@@ -103,6 +104,11 @@ def run_processes(
             on_start()
         results = _collect(children, on_interval, stop)
     finally:
+        # Those still running (the run failed) are told to stop, and ended if they do not.
+        for child in children:
+            if child.process.is_alive():
+                with contextlib.suppress(OSError):
+                    child.control.send("stop")
         for child in children:
             child.process.join(timeout=5)
             if child.process.is_alive():

@@ -26,9 +26,10 @@ def describe_plan(plan: LoadPlan, connections: int, processes: int = 1) -> str:
     over = f"over {_plural(connections // processes, 'connection')}{each}"
     if plan.stages:
         load = f"open model, {_plural(len(plan.stages), 'stage')} of {what}/s {over}"
+    elif plan.rate is None and plan.scenario:
+        load = f"closed model, {_plural(plan.concurrency, 'user')} {over}"
     elif plan.rate is None:
-        users = "user" if plan.scenario else "call"
-        load = f"closed model, {_plural(plan.concurrency, users)} in flight {over}"
+        load = f"closed model, {_plural(plan.concurrency, 'call')} in flight {over}"
     else:
         load = f"open model, {plan.rate:,.6g} {what}/s {over}"
     if plan.rate is not None or plan.stages:
