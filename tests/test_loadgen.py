@@ -515,3 +515,21 @@ def test_interval_log_reads_back(tmp_path: Path) -> None:
         ("method:echo__twice", 1, 1_700_000_000_250.0),
         (None, 1, 1_700_000_001_250.0),
     ]
+
+
+def test_users_move_off_a_lost_connection(run) -> None:
+    """One of two connections lost: its users go on over the other, and the run goes on."""
+
+    async def main() -> None:
+        services = [Service(), Service()]
+        pairs = [await connected_pair(s) for s in services]
+        plan = LoadPlan("echo", concurrency=8, duration=0.6, warmup=0)
+        asyncio.get_running_loop().call_later(0.2, pairs[0][1].transport.abort)
+        result = await run_load([ref for ref, _ in pairs], plan)
+        assert result.stopped_early is None
+        assert set(result.errors) <= {"PBConnectionLost"} and result.errors["PBConnectionLost"] <= 8
+        calls_then = services[1].calls
+        assert calls_then > services[0].calls and result.ok > 0
+        assert result.latency.total == result.ok
+
+    run(main())

@@ -93,6 +93,9 @@ class _User:
             future.result()
         except BaseException as error:
             load.failed(self.ref, error, sent_at, sent_at, now)
+            if load.refs and self.ref not in load.refs:  # its connection is gone: use another
+                self.ref = load.next_ref()
+                self.start = load.starters[id(self.ref)]
         else:
             if sent_at >= load.measure_from:
                 value = now - sent_at
@@ -219,11 +222,6 @@ class _Load:
         self.refs.remove(ref)
         if not self.refs:
             self.stop(f"lost the connection: {describe(error)}")
-            return
-        for number, user in enumerate(self.users):
-            if user.ref is ref:
-                user.ref = self.refs[number % len(self.refs)]
-                user.start = self.starters[id(user.ref)]
 
     def cannot_send(self, error: Exception) -> None:
         self.stop(f"cannot send the call: {describe(error)}")
@@ -237,13 +235,13 @@ class _Load:
 
     # ------------------------------------------------------------------ the open model
 
-    def _next_ref(self) -> Any:
+    def next_ref(self) -> Any:
         refs = self.refs
         self.turn = (self.turn + 1) % len(refs)
         return refs[self.turn]
 
     def _send_open(self, intended: int, now: int) -> None:
-        ref = self._next_ref()
+        ref = self.next_ref()
         try:
             future = self.starters[id(ref)]()
         except Exception as e:
