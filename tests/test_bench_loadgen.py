@@ -37,3 +37,19 @@ def test_loadgen_bench_runs(tmp_path: Path) -> None:
         figures = run["result"]
         assert figures["completed"] > 0 and figures["failed"] == 0
         assert figures["generator_cpu_s"] > 0
+
+
+@pytest.mark.smoke
+def test_loadgen_floor_comparison_runs(tmp_path: Path) -> None:
+    out = tmp_path / "floor.json"
+    command = [
+        sys.executable, "benches/loadgen.py", "--floor", "--seconds", "0.2", "--warmup", "0.1",
+        "--rounds", "1", "--concurrency", "16", "--json", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "median pbfast bench / callback floor" in result.stdout
+    (figures,) = json.loads(out.read_text())["rounds"]
+    for side in ("bench", "least", "floor"):
+        assert figures[side]["calls_per_s"] > 0 and figures[side]["client_cpu_us"] > 0
+    assert figures["ratio"] == figures["bench"]["calls_per_s"] / figures["floor"]["calls_per_s"]

@@ -101,6 +101,12 @@ def unused_port() -> int:
                 "--json",
                 "--fail-if",
                 "coordinated omission",
+                "--processes",
+                "--stages",
+                "--scenario MODULE:FUNCTION",
+                "--hlog FILE",
+                "--progress",
+                "--no-progress",
             ],
         ),
         ("create-tub", ["FILE", "TubID"]),
@@ -442,6 +448,13 @@ def test_bench_latency_threshold(pb_server: Server) -> None:
         (["--duration", "1s", "--calls", "5"], "not allowed with"),
         (["--connections", "8", "--concurrency", "4"], "more than the 4 calls in flight"),
         (["[1,"], "not a Python literal"),
+        (["--scenario", "shop:visit"], "either METHOD [ARGS...] or --scenario, not both"),
+        (["--stages", "1s:10", "--rate", "5"], "it cannot go with --rate"),
+        (["--stages", "1s:10", "-n", "5"], "it cannot go with --calls"),
+        (["--stages", "1s:10,2s"], "stage 2 '2s' is not DURATION:RATE"),
+        (["--processes", "4", "-c", "2"], "--processes 4 is more than the 2 calls in flight"),
+        (["--processes", "2", "-c", "4", "--connections", "3"], "more than the 2 calls in flight in each"),
+        (["--hlog", "/no/such/directory/run.hlog"], "cannot write --hlog /no/such/directory/run.hlog"),
     ],
 )
 def test_bench_usage_errors(pb_server: Server, args: list[str], fragment: str) -> None:
@@ -451,9 +464,128 @@ def test_bench_usage_errors(pb_server: Server, args: list[str], fragment: str) -
     assert fragment in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        ([], "name the METHOD to call (or give a --scenario)"),
+        (["--scenario", "no_such_module:visit"], "cannot import 'no_such_module'"),
+        (["--scenario", "shop_scenario:nothing"], "shop_scenario has no attribute 'nothing'"),
+        (["--scenario", "shop_scenario:Shop"], "'shop_scenario:Shop' is a class, not an async function"),
+    ],
+)
+def test_bench_scenario_usage_errors(args: list[str], fragment: str) -> None:
+    """Found from the current directory, as `pbfast serve --object` finds objects; checked
+    before connecting."""
+    result = pbfast("bench", f"tcp:host=127.0.0.1:port={unused_port()}", *args, cwd=ROOT / "examples")
+    assert_one_line_error(result, 2, fragment)
+
+
+def test_bench_processes_merge_exactly(pb_server: Server, tmp_path: Path) -> None:
+    """Two load processes: the report's totals and histogram are the sum of theirs, bucket by
+    bucket, and the interval log (read back with the hdrhistogram package) counts every call."""
+    from hdrh.histogram import HdrHistogram
+    from hdrh.log import HistogramLogReader
+
+    hlog = tmp_path / "run.hlog"
+    result, data = bench_json(
+        pb_server.address, "echo", "1", "-n", "3000", "-c", "16", "--processes", "2", "--warmup", "0.2",
+        "--hlog", str(hlog),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    parts = data["per_process"]
+    assert data["processes"] == 2 and len(parts) == 2 and data["connections"] == 2
+    assert [p["sent"] for p in parts] == [1500, 1500]
+    for key in ("sent", "completed", "ok", "failed", "generator_cpu_s"):
+        assert data[key] == pytest.approx(sum(p[key] for p in parts)), key
+    assert data["sent"] == data["ok"] == data["latency_us"]["count"] == 3000
+    assert data["elapsed_s"] == max(p["elapsed_s"] for p in parts)
+
+    def counts(histogram: list) -> dict[float, int]:
+        return {low: count for low, _, count in histogram}
+
+    merged, first, second = counts(data["histogram_us"]), *(counts(p["histogram_us"]) for p in parts)
+    assert merged == {low: first.get(low, 0) + second.get(low, 0) for low in first.keys() | second.keys()}
+    assert data["latency_us"]["max"] == max(p["latency_us"]["max"] for p in parts)
+
+    reader = HistogramLogReader(str(hlog), HdrHistogram(1, 3600 * 10**9, 3))
+    total = 0
+    while (interval := reader.get_next_interval_histogram()) is not None:
+        assert interval.get_tag() is None  # the closed model has no uncorrected figures
+        total += interval.get_total_count()
+    reader.close()
+    assert total == 3000
+
+
+def test_bench_stages_in_processes(pb_server: Server) -> None:
+    """Each process takes its share of each stage's rate; the stages keep their schedule."""
+    result, data = bench_json(
+        pb_server.address, "echo", "1", "--stages", "0.6s:300,0.6s:900", "--processes", "2", "--warmup", "0.2"
+    )
+    assert result.returncode == 0, result.stderr
+    assert data["model"] == "open" and data["duration_s"] == pytest.approx(1.2)
+    stages = data["stages"]
+    assert [(s["duration_s"], s["rate"]) for s in stages] == [(0.6, 300), (0.6, 900)]
+    assert [s["sent"] for s in stages] == [180, 540]
+    for stage, planned in zip(stages, (180, 540), strict=True):
+        assert stage["completed"] == pytest.approx(planned, rel=0.15)
+        assert stage["throughput"] == pytest.approx(stage["rate"], rel=0.15)
+        assert stage["latency_us"]["count"] == stage["completed"]
+    assert [[s["sent"] for s in p["stages"]] for p in data["per_process"]] == [[90, 270], [90, 270]]
+    assert data["sent"] == 720
+
+
+def test_bench_scenario(tmp_path: Path) -> None:
+    """examples/shop_scenario.py against its own shop, in two processes: every call of every
+    iteration is counted under its method, on the root and on the cart that came back."""
+    from hdrh.histogram import HdrHistogram
+    from hdrh.log import HistogramLogReader
+
+    examples = ROOT / "examples"
+    hlog = tmp_path / "shop.hlog"
+    with Server(
+        "--object", "shop_scenario:Shop", "tcp:port=0:interface=127.0.0.1",
+        env={**os.environ, "PYTHONPATH": str(examples)},
+    ) as server:  # fmt: skip
+        result = pbfast(
+            "bench", server.address, "--scenario", "shop_scenario:visit", "-n", "60", "-c", "4",
+            "--processes", "2", "--warmup", "0", "--json", "--hlog", str(hlog),
+            cwd=examples,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["scenario"] == "shop_scenario:visit" and data["method"] is None
+    assert data["sent"] == data["ok"] == 60 and data["failed"] == 0
+    methods = data["methods"]
+    assert {name: m["calls"] for name, m in methods.items()} == {
+        "add": 180,
+        "browse": 60,
+        "cart": 60,
+        "checkout": 60,
+    }
+    assert all(m["ok"] == m["calls"] == m["latency_us"]["count"] for m in methods.values())
+    assert [sum(p["methods"]["add"]["calls"] for p in data["per_process"])] == [180]
+    reader = HistogramLogReader(str(hlog), HdrHistogram(1, 3600 * 10**9, 3))
+    by_tag: dict[str | None, int] = {}
+    while (interval := reader.get_next_interval_histogram()) is not None:
+        by_tag[interval.get_tag()] = by_tag.get(interval.get_tag(), 0) + interval.get_total_count()
+    reader.close()
+    assert by_tag == {
+        None: 60,
+        "method:add": 180,
+        "method:browse": 60,
+        "method:cart": 60,
+        "method:checkout": 60,
+    }
+
+
 def test_bench_unreachable_endpoint() -> None:
     result = pbfast("bench", f"tcp:host=127.0.0.1:port={unused_port()}", "echo", "-n", "10")
     assert_one_line_error(result, 1, "cannot connect", "refused")
+    # With load processes, the first that cannot connect says so; the others are stopped.
+    result = pbfast(
+        "bench", f"tcp:host=127.0.0.1:port={unused_port()}", "echo", "-c", "2", "--processes", "2"
+    )
+    assert_one_line_error(result, 1, "load process", "cannot connect", "refused")
 
 
 def test_bench_bad_furl() -> None:
@@ -472,7 +604,8 @@ def test_bench_server_going_away(tmp_path: Path) -> None:
     assert "stopped early" in stdout and "lost the connection" in stderr
 
 
-def test_bench_shows_live_progress_on_a_terminal(pb_server: Server) -> None:
+def test_bench_shows_progress_on_a_terminal(pb_server: Server) -> None:
+    """A line a second on stderr when it is a terminal; the report alone on stdout."""
     controller, terminal = pty.openpty()
     process = subprocess.Popen(
         [
@@ -488,8 +621,9 @@ def test_bench_shows_live_progress_on_a_terminal(pb_server: Server) -> None:
             "--warmup",
             "0.5",
         ],
-        stdout=terminal,
+        stdout=subprocess.PIPE,
         stderr=terminal,
+        text=True,
     )
     os.close(terminal)
     output = b""
@@ -507,10 +641,18 @@ def test_bench_shows_live_progress_on_a_terminal(pb_server: Server) -> None:
             output += chunk
     finally:
         os.close(controller)
-        assert process.wait(timeout=30) == 0, output
+        stdout, _ = process.communicate(timeout=30)
+        assert process.returncode == 0, output
     text = output.decode()
-    assert re.search(r"\r\x1b\[K +\d\.\ds / 2\.5s +[\d,]+ calls/s +p99 ", text), text
-    assert "throughput" in text  # the report follows once the line is cleared
+    assert "pbfast bench: warming up for 0.5 s" in text
+    lines = re.findall(
+        r"pbfast bench: +(\d\.\d)s/2\.5s +[\d,]+ calls/s +p50 \S+ \S+ +p99 \S+ \S+ +errors 0 \(0 in all\)"
+        r" +in flight \d+",
+        text,
+    )
+    # A line a second, the last one when the last answer came.
+    assert len(lines) == 3 and 2.5 <= float(lines[2]) < 3, text
+    assert "throughput" in stdout and "pbfast bench:" not in stdout.replace("pbfast bench: echo", "")
 
 
 # ---------------------------------------------------------------------------------- create-tub
@@ -537,8 +679,9 @@ def test_create_tub_in_a_missing_directory(tmp_path: Path) -> None:
     assert_one_line_error(result, 1, "cannot create")
 
 
-def test_bench_interrupted_reports_what_it_measured(pb_server: Server) -> None:
-    bench = start_bench(pb_server.address, "-d", "60s")
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_bench_interrupted_reports_what_it_measured(pb_server: Server, processes: str) -> None:
+    bench = start_bench(pb_server.address, "-d", "60s", "--processes", processes)
     time.sleep(2)
     bench.send_signal(signal.SIGINT)
     stdout, stderr = bench.communicate(timeout=30)

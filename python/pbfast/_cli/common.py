@@ -28,6 +28,7 @@ __all__ = [
     "parse_duration",
     "format_duration",
     "parse_arguments",
+    "import_attribute",
     "load_object",
     "is_furl",
     "open_references",
@@ -153,20 +154,17 @@ def _not_literal(text: str) -> str:
     return "only numbers, strings, bytes, None, True, False and their lists, tuples, sets and dicts"
 
 
-def load_object(spec: str, kinds: tuple[type, ...]) -> Any:
-    """The object named by ``module:attribute`` (a dotted attribute path), which must be one of
-    `kinds`; a class or a function found there is called with no arguments to make it. Modules
-    are found from the current directory first, as ``python -m`` finds them.
+def import_attribute(spec: str, example: str) -> Any:
+    """The attribute named by ``module:attribute`` (a dotted attribute path). Modules are found
+    from the current directory first, as ``python -m`` finds them.
 
     Raises:
-        CommandError: (usage) a malformed name, one that cannot be imported or found, a factory
-            that fails, or an object of another kind.
+        CommandError: (usage) a malformed name (`example` shows a good one), a module that
+            cannot be imported, or a missing attribute.
     """
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
-        raise CommandError(
-            f"{spec!r}: name an object as module:attribute (like myapp.service:Root)", EXIT_USAGE
-        )
+        raise CommandError(f"{spec!r}: name it as module:attribute (like {example})", EXIT_USAGE)
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -182,6 +180,19 @@ def load_object(spec: str, kinds: tuple[type, ...]) -> Any:
             raise CommandError(
                 f"{spec!r}: {module_name} has no attribute {attribute!r}", EXIT_USAGE
             ) from None
+    return obj
+
+
+def load_object(spec: str, kinds: tuple[type, ...]) -> Any:
+    """The object named by ``module:attribute`` (a dotted attribute path), which must be one of
+    `kinds`; a class or a function found there is called with no arguments to make it. Modules
+    are found from the current directory first, as ``python -m`` finds them.
+
+    Raises:
+        CommandError: (usage) a malformed name, one that cannot be imported or found, a factory
+            that fails, or an object of another kind.
+    """
+    obj = import_attribute(spec, "myapp.service:Root")
     wanted = " or ".join(f"pbfast.{kind.__name__}" for kind in kinds)
     if isinstance(obj, kinds):
         return obj

@@ -16,8 +16,8 @@ from ..pb import connect, serve
 from ..pb import run as run_loop
 from ..referenceable import Referenceable, Root
 from ..tub import Tub
-from .bench import report
 from .loadgen import LoadPlan, run_load
+from .report import report
 
 __all__ = ["add_parser"]
 

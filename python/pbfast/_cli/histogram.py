@@ -3,28 +3,42 @@
 Values (nanoseconds) below 2048 get a bucket each; above, each power of two is split into 1024
 equal buckets, so a value is known to within 1/1024 of itself. Recording is a handful of integer
 operations, cheap enough for every call of a load run.
+
+The buckets are HdrHistogram's for a lowest discernible value of 1, a highest trackable value of
+an hour and 3 significant digits: the counts array is laid out as HdrHistogram's is, so it can be
+written in HdrHistogram's formats (see ``hlog.py``) and merged exactly, bucket by bucket.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
-__all__ = ["Histogram"]
+__all__ = ["Histogram", "SUB_BITS", "HALF_BITS", "HIGHEST", "SIGNIFICANT_DIGITS", "bucket_index"]
 
-_SUB_BITS = 11
-_HALF = 1 << (_SUB_BITS - 1)
+#: Values below ``1 << SUB_BITS`` have a bucket each; the power of two above is split in
+#: ``1 << HALF_BITS`` buckets.
+SUB_BITS = 11
+HALF_BITS = SUB_BITS - 1
+_HALF = 1 << HALF_BITS
 #: One hour in nanoseconds: larger values are counted in the top bucket (`max` stays exact).
-_HIGHEST = 3600 * 10**9
-# Buckets up to _HIGHEST, and one more for everything above it.
-_SIZE = (_HIGHEST.bit_length() - _SUB_BITS) * _HALF + (1 << _SUB_BITS) + 1
+HIGHEST = 3600 * 10**9
+#: HdrHistogram's precision parameter for this layout.
+SIGNIFICANT_DIGITS = 3
+# Buckets up to HIGHEST, and one more for everything above it.
+_SIZE = (HIGHEST.bit_length() - SUB_BITS) * _HALF + (1 << SUB_BITS) + 1
 
 
-def _index(value: int) -> int:
-    shift = value.bit_length() - _SUB_BITS
-    if shift <= 0:
-        return value
-    return shift * _HALF + (value >> shift)
+def bucket_index(value: int) -> int:
+    """The index of `value`'s bucket in `Histogram.counts` (values above an hour share the last
+    one; negative values count as 0)."""
+    if value < 1 << SUB_BITS:
+        return value if value > 0 else 0
+    if value >= HIGHEST:
+        return _SIZE - 1
+    shift = value.bit_length() - SUB_BITS
+    return (shift << HALF_BITS) + (value >> shift)
 
 
 def _bounds(index: int) -> tuple[int, int]:
@@ -40,7 +54,10 @@ def _bounds(index: int) -> tuple[int, int]:
 
 class Histogram:
     """Counts of latencies in nanoseconds. The maximum is exact; the minimum, mean and
-    percentiles are known to the resolution of a bucket."""
+    percentiles are known to the resolution of a bucket.
+
+    The load generator's per-call path increments ``counts[bucket_index(value)]`` and keeps
+    ``max`` itself (the same as `record`, without the call)."""
 
     __slots__ = ("counts", "max")
 
@@ -49,20 +66,37 @@ class Histogram:
         self.max = 0
 
     def record(self, value: int) -> None:
-        shift = value.bit_length() - _SUB_BITS
-        if shift <= 0:
-            self.counts[value if value > 0 else 0] += 1
-        elif value < _HIGHEST:
-            self.counts[shift * _HALF + (value >> shift)] += 1
-        else:
-            self.counts[-1] += 1
+        self.counts[bucket_index(value)] += 1
         if value > self.max:
             self.max = value
 
     def add(self, other: Histogram) -> None:
-        """Merge `other`'s counts into this histogram."""
+        """Merge `other`'s counts into this histogram (exactly: bucket by bucket)."""
         self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
         self.max = max(self.max, other.max)
+
+    def copy(self) -> Histogram:
+        twin = Histogram()
+        twin.counts = self.counts.copy()
+        twin.max = self.max
+        return twin
+
+    # Pickled (between the processes of a run) as its non-empty buckets only.
+    def __getstate__(self) -> tuple[int, list[tuple[int, int]]]:
+        return self.max, [(index, count) for index, count in enumerate(self.counts) if count]
+
+    def __setstate__(self, state: tuple[int, list[tuple[int, int]]]) -> None:
+        self.max, pairs = state
+        self.counts = [0] * _SIZE
+        for index, count in pairs:
+            self.counts[index] = count
+
+    def __eq__(self, other: Any) -> bool:
+        if not isinstance(other, Histogram):
+            return NotImplemented
+        return self.max == other.max and self.counts == other.counts
+
+    __hash__ = None  # type: ignore[assignment]
 
     @property
     def total(self) -> int:
