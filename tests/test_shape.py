@@ -12,7 +12,7 @@ PACKAGE = ROOT / "python" / "pbfast"
 RUST = ROOT / "rust"
 
 # The object model: what users subclass and catch. It must not name a broker, a Tub or a wire.
-OBJECT_MODEL = ("referenceable", "copyable", "cacheable", "errors")
+OBJECT_MODEL = ("referenceable", "copyable", "cacheable", "errors", "util")
 WIRES = ("_broker", "_tub_broker", "tub", "pb", "endpoints", "_core")
 
 

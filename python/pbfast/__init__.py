@@ -3,16 +3,16 @@
 Layers, bottom up: ``pbfast._core`` (Rust: banana, jelly, framing, PB envelopes, reference
 counts, TubIDs and FURLs; never imported by users), ``pbfast.errors``, ``pbfast.banana`` (raw
 tokens), ``pbfast.serialization`` (jelly + banana), ``pbfast.referenceable`` (objects by
-reference), ``pbfast.copyable`` and ``pbfast.cacheable`` (objects by copy), ``pbfast.schema`` (remote
-interfaces and the constraints they check), ``pbfast.cred``
-(logins), ``pbfast.furl`` (foolscap TubIDs and FURLs), ``pbfast.endpoints`` (Twisted-style
-endpoint strings), ``pbfast._connection`` (what every connection of either wire shares:
-back-pressure, limits, timeouts, shutdown; `configure`), ``pbfast.pb`` (serve, connect, login,
-run) and ``pbfast.tub`` (Tubs).
+reference), ``pbfast.copyable`` and ``pbfast.cacheable`` (objects by copy), ``pbfast.schema``
+(remote interfaces and the constraints they check), ``pbfast.util`` (paging large values, as
+Twisted's ``twisted.spread.util``), ``pbfast.cred`` (logins), ``pbfast.furl`` (foolscap TubIDs
+and FURLs), ``pbfast.endpoints`` (Twisted-style endpoint strings), ``pbfast._connection`` (what
+every connection of either wire shares: back-pressure, limits, timeouts, shutdown;
+`configure`), ``pbfast.pb`` (serve, connect, login, run) and ``pbfast.tub`` (Tubs).
 Nothing starts at import time and no event-loop policy is installed.
 """
 
-from . import _core, banana, endpoints, schema
+from . import _core, banana, endpoints, schema, util
 from ._connection import configure
 from .cacheable import Cacheable, RemoteCache, RemoteCacheObserver
 from .copyable import (
@@ -109,4 +109,5 @@ __all__ = [
     "setUnjellyableForClass",
     "setUnjellyableForClassTree",
     "unjelly",
+    "util",
 ]

@@ -410,12 +410,16 @@ class Connection(asyncio.Protocol, abc.ABC):
         self._disconnect_callbacks.remove(callback)
 
     async def wait_writable(self) -> None:
-        """Wait until the transport accepts writes again (the peer is reading); returns at once
-        when it is not paused.
+        """Write what is queued now (rather than at the end of the loop iteration), then wait
+        until the transport accepts writes again (the peer is reading); returns at once when it
+        is not paused.
 
         Raises:
             DeadReferenceError: the connection is gone.
         """
+        if not self._receiving and not self.disconnected:
+            # Written now, so that a transport this fills pauses before the caller queues more.
+            self._flush()
         while self._writing_paused and not self.disconnected:
             if self._writable is None:
                 self._writable = self._loop.create_future()

@@ -20,6 +20,8 @@ class Link(Protocol):
     of either wire is one."""
 
     disconnected: bool
+    closed: asyncio.Future[None]
+    """Resolves once the connection is gone."""
 
     def call(
         self, object_id: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], cache: bool = False
@@ -45,6 +47,16 @@ class Link(Protocol):
 
     async def close(self) -> None:
         """Close the connection and wait until it is gone."""
+        ...
+
+    async def wait_writable(self) -> None:
+        """Write what is queued, then wait until the connection can take more (the peer is
+        reading): what a sender of many messages awaits between them, so that it holds no
+        more than the transport's buffer.
+
+        Raises:
+            DeadReferenceError: the connection is gone.
+        """
         ...
 
 

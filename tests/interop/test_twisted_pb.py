@@ -10,6 +10,8 @@ stopped with the helpers of ``peers.py``):
 * Twisted ``PBClientFactory`` -> pbfast server (``twisted_peer.py client PORT SCENARIO``): the
   peer runs a scenario against our server and reports what it saw as one ``RESULT <json>`` line;
   our server's own tables are checked after every client is gone.
+* Paging both ways: Twisted's ``StringPager`` to ``pbfast.util.getAllPages``, and
+  ``pbfast.util.StringPager`` to Twisted's ``getAllPages``, a value past banana's 640 KiB.
 
 Each test starts one Twisted process (a few tenths of a second) and groups its assertions
 around it.
@@ -22,6 +24,7 @@ import contextlib
 import datetime
 import decimal
 import gc
+import hashlib
 import logging
 import weakref
 from collections.abc import AsyncIterator
@@ -159,6 +162,12 @@ def peer_sample_values() -> list[Any]:
 
 
 PEER_SAMPLE_COUNT = len(peer_sample_values()) - 1  # the client's `basic` scenario skips the cycle
+PAGED_SIZE = (1 << 20) + 3  # what twisted_peer.py's `paging` scenario asks for
+
+
+def paged_bytes(size: int) -> bytes:
+    """The `size` bytes paged in the paging tests (twisted_peer.py's paged_bytes)."""
+    return (bytes(range(256)) * (size // 256 + 1))[:size]
 
 
 # --------------------------------------------------------------------------------------------
@@ -543,6 +552,26 @@ def test_twisted_server_goes_away(run):
     run(main())
 
 
+def test_pages_from_twisted(run):
+    """Twisted's StringPager pages a value past its own 640 KiB limit to pbfast's getAllPages."""
+
+    async def main():
+        async with twisted_root() as (_, root):
+            pages = await pbfast.util.getAllPages(root, "pages", PAGED_SIZE)
+            assert len(pages) == -(-PAGED_SIZE // 8192)
+            assert {type(page) for page in pages} == {bytes}
+            assert b"".join(pages) == paged_bytes(PAGED_SIZE)
+            # Another chunk size; an empty value is one empty page.
+            pages = await pbfast.util.getAllPages(root, "pages", 100_000, 65536)
+            assert [len(page) for page in pages] == [65536, 100_000 - 65536]
+            assert await pbfast.util.getAllPages(root, "pages", 0) == [b""]
+            # Twisted's pagers let go of our collectors once done.
+            await settle(root)
+            assert root.broker.statistics() == EMPTY_STATISTICS
+
+    run(main())
+
+
 # --------------------------------------------------------------------------------------------
 # stock Twisted client -> pbfast server
 # --------------------------------------------------------------------------------------------
@@ -622,6 +651,9 @@ class ConnectionRoot(pbfast.Referenceable):
     async def remote_slow(self, x: Any, seconds: float) -> Any:
         await asyncio.sleep(seconds)
         return x
+
+    def remote_pages(self, collector: pbfast.RemoteReference, size: int, chunk_size: int = 8192) -> None:
+        pbfast.util.StringPager(collector, paged_bytes(size), chunk_size)
 
 
 class PerConnectionRoot(pbfast.Root):
@@ -794,6 +826,24 @@ def test_twisted_client_slow_parallel(run, caplog):
     assert report["slow_results"] == list(range(8))
     assert report["slow_in_order"] is True
     assert report["slow_completion_order"] == list(reversed(range(8)))
+
+
+def test_twisted_client_gets_pages(run, caplog):
+    """pbfast's StringPager pages a value past 640 KiB to Twisted's getAllPages."""
+
+    async def main():
+        async with pbfast_server() as (server, tracked):
+            return await run_client(server, tracked, caplog, "paging")
+
+    report = run(main())
+    assert report == {
+        "pages": -(-PAGED_SIZE // 8192),
+        "page_types": ["bytes"],
+        "page_sizes": [PAGED_SIZE % 8192, 8192],
+        "size": PAGED_SIZE,
+        "sha256": hashlib.sha256(paged_bytes(PAGED_SIZE)).hexdigest(),
+        "equal": True,
+    }
 
 
 def test_twisted_client_bad_version(run, caplog):

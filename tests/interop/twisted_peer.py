@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import gc
+import hashlib
 import json
 import math
 import os
@@ -42,11 +43,12 @@ import twisted
 from twisted.internet import defer, protocol, reactor, task
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.python import reflect
-from twisted.spread import pb
+from twisted.spread import pb, util
 
 HOST = "127.0.0.1"
 CLIENT_TIMEOUT = 30.0  # seconds; a client scenario that takes longer is an ERROR
 BAD_VERSION_WAIT = 2.0  # seconds to wait for the server to hang up in bad_version
+PAGED_SIZE = (1 << 20) + 3  # bytes the `paging` scenario asks for: past banana's 640 KiB
 
 
 # ---------------------------------------------------------------------------
@@ -110,6 +112,11 @@ def sample_values():
         decimal.Decimal("1.25"),
         [shared, shared],  # shared reference: the same list object twice
     ]
+
+
+def paged_bytes(size):
+    """The `size` bytes paged in the paging tests (both sides make the same ones)."""
+    return (bytes(range(256)) * (size // 256 + 1))[:size]
 
 
 def self_referencing_list():
@@ -220,6 +227,10 @@ class PeerRoot(pb.Referenceable):
 
     def remote_version(self):
         return twisted.__version__
+
+    def remote_pages(self, collector, size, chunk_size=8192):
+        """Page `size` bytes of `paged_bytes` to `collector` with Twisted's own StringPager."""
+        util.StringPager(collector, paged_bytes(size), chunk_size)
 
 
 class PerConnectionRoot(pb.Root):
@@ -481,6 +492,22 @@ def scenario_slow_parallel(root):
     }
 
 
+@defer.inlineCallbacks
+def scenario_paging(root):
+    """Twisted's ``getAllPages`` on the server's ``pages(collector, size)``, which must page
+    ``paged_bytes(size)`` (stock Twisted refuses a single string that large)."""
+    pages = yield util.getAllPages(root, "pages", PAGED_SIZE)
+    data = b"".join(pages)
+    return {
+        "pages": len(pages),
+        "page_types": sorted({type(page).__name__ for page in pages}),
+        "page_sizes": sorted({len(page) for page in pages}),
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "equal": data == paged_bytes(PAGED_SIZE),
+    }
+
+
 # The client's dialect choice: banana string "pb" (length 2, STRING 0x82).
 _CHOOSE_PB = b"\x02\x82pb"
 # banana for ["version", 5]: list of 2, vocab 19 ("version"), int 5.
@@ -548,6 +575,7 @@ SCENARIOS = {
     "errors": scenario_errors,
     "references": scenario_references,
     "slow_parallel": scenario_slow_parallel,
+    "paging": scenario_paging,
     "bad_version": None,  # raw TCP, no PBClientFactory
 }
 
