@@ -143,7 +143,7 @@ def test_pager_waits_for_a_slow_reader(run) -> None:
                     progress = pager.pointer
                     await asyncio.sleep(0.1)
                 assert pager.pointer <= size // 2, f"{pager.pointer} of {size} bytes sent"
-                buffered = w.server.transport.get_write_buffer_size() + w.server._sender.size
+                buffered = w.server.transport.get_write_buffer_size() + w.server._session.size
                 assert buffered <= 4 * chunk, f"{buffered} bytes buffered on the sending side"
                 assert not fetching.done()
                 w.client.transport.resume_reading()
