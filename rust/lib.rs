@@ -46,6 +46,8 @@ mod _core {
     #[pymodule_export]
     use crate::py::foolscap::{FoolscapDecoderPy, FoolscapEncoderPy};
     #[pymodule_export]
+    use crate::py::fs_session::FoolscapSession;
+    #[pymodule_export]
     use crate::py::jelly::UnresolvedReference;
     #[pymodule_export]
     use crate::py::liveness::LivenessPy;
@@ -111,6 +113,8 @@ mod _core {
             ("FS_AWAITING", fs::FS_AWAITING),
             ("FS_RAISED", fs::FS_RAISED),
             ("FS_FLUSH", fs::FS_FLUSH),
+            ("FS_DECIDE", fs::FS_DECIDE),
+            ("FS_NEGOTIATED", fs::FS_NEGOTIATED),
         ] {
             m.add(name, kind)?;
         }

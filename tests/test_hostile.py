@@ -174,7 +174,11 @@ def encoded_calls(ref: Any, wire: str, method: str, args: tuple, count: int, fir
     if wire == "pb":
         encoder = _core.PbEncoder(broker._session.dialect)
         return b"".join(encoder.message(first_id + i, ref.luid, method, True, args) for i in range(count))
-    return b"".join(broker._encoder.call(first_id + i, ref.luid, method, args) for i in range(count))
+    # (Numbered where the connection's own messages are, which then continue after these.)
+    encoder = _core.FoolscapEncoder(next_open_id=broker._session.next_open_id)
+    calls = b"".join(encoder.call(first_id + i, ref.luid, method, args) for i in range(count))
+    broker._session.next_open_id = encoder.next_open_id
+    return calls
 
 
 def send_raw(ref: Any, wire: str, data: bytes) -> None:
@@ -182,7 +186,7 @@ def send_raw(ref: Any, wire: str, data: bytes) -> None:
     if wire == "pb":
         ref.broker._session.write(data)
     else:
-        ref.broker._send(data)
+        ref.broker._session.write(data)
 
 
 async def echo_times(ref: Any, seconds: float, pause: float = 0.002) -> list[float]:
@@ -284,7 +288,7 @@ class PartialPeer:
                 pass
             return
         broker = self._ref.broker
-        opened = broker._encoder.next_open_id
+        opened = broker._session.next_open_id
         # The start of a call of echo with one argument, a list of strings.
         head = _core.encode_tokens(
             [
@@ -301,14 +305,14 @@ class PartialPeer:
             ],
             "foolscap",
         )
-        broker._encoder.next_open_id = opened + 3
+        broker._session.next_open_id = opened + 3
         string = _core.encode_tokens([("STRING", b"s" * STRING_SIZE)], "foolscap")
         try:
-            broker._send(head)
+            broker._session.write(head)
             for _ in range(STRINGS):
                 if broker.disconnected:
                     return
-                broker._send(string)
+                broker._session.write(string)
                 await asyncio.sleep(0)  # written now: one string at a time through TLS
                 await broker.wait_writable()
                 self.sent += STRING_SIZE

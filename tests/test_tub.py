@@ -484,12 +484,12 @@ def test_calls_behind_a_gift_wait_for_it_in_order(run):
             at_a = await b.getReference(furl_a)
             at_c = await b.getReference(furl_c)
             (server,) = a._connections
-            decoder = server._decoder = CountingSession(server._decoder)
+            decoder = server._session = CountingSession(server._session)
             calls = [at_a.callRemote("take", at_c)] + [at_a.callRemote("note", n) for n in range(5)]
             assert await asyncio.gather(*calls) == [True, 0, 1, 2, 3, 4]
             assert taker.order == ["gift", 0, 1, 2, 3, 4]
             assert decoder.ran == ["take"] + ["note"] * 5
-            server._decoder = decoder.real
+            server._session = decoder.real
 
     run(main())
 

@@ -252,10 +252,10 @@ def test_bad_sequences_fail_only_themselves(run, tokens, why):
         async with serving(echo) as (_, furl), pbfast.Tub() as client:
             ref = await client.getReference(furl)
             broker = ref.broker
-            opened = broker._encoder.next_open_id
+            opened = broker._session.next_open_id
             raw = [("OPEN", opened), *tokens, ("CLOSE", opened)]
-            broker._send(_core.encode_tokens(raw, "foolscap"))
-            broker._encoder.next_open_id = opened + 1
+            broker._session.write(_core.encode_tokens(raw, "foolscap"))
+            broker._session.next_open_id = opened + 1
             assert await ref.callRemote("echo", 1) == 1
 
     run(main())
@@ -267,7 +267,7 @@ def test_protocol_error_ends_only_that_connection(run):
             ref = await other.getReference(furl)
             lost = asyncio.get_running_loop().create_future()
             ref.notifyOnDisconnect(lost.set_result, True)
-            ref.broker._send(_core.encode_tokens([("INT", 5)], "foolscap"))  # a bare top-level INT
+            ref.broker._session.write(_core.encode_tokens([("INT", 5)], "foolscap"))  # a bare top-level INT
             assert await asyncio.wait_for(lost, 5)
             with pytest.raises(pbfast.DeadReferenceError):
                 await ref.callRemote("echo", 1)

@@ -1381,9 +1381,7 @@ def test_every_call_is_dispatched_by_the_decoder(run, wire, monkeypatch, held) -
                 return original(self, event)
 
             monkeypatch.setitem(handlers, w.expect.call_event, counting)
-            attribute = "_session" if w.wire == "pb" else "_decoder"
-            decoder = CountingSession(getattr(w.server, attribute))
-            setattr(w.server, attribute, decoder)
+            decoder = w.server._session = CountingSession(w.server._session)
 
             waiting = None
             if held:
@@ -1456,6 +1454,6 @@ def test_every_call_is_dispatched_by_the_decoder(run, wire, monkeypatch, held) -
                 assert decoder.ran == sent
             elif w.expect.decoder_runs_every_call:
                 assert seen == [] and decoder.ran == []
-            setattr(w.server, attribute, decoder.real)
+            w.server._session = decoder.real
 
     run(main())

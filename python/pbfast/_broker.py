@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from . import _core
-from ._connection import Connection, ConnectionOptions, run_callback, short
+from ._connection import Connection, ConnectionOptions, SessionCallbacks, run_callback, short
 from ._core import (
     EV_ANSWER,
     EV_AWAITING,
@@ -87,7 +87,6 @@ class Broker(Connection):
     ) -> None:
         super().__init__(options, server=server, group=group)
         self._root_for = root
-        self._take_output = self._session.take  # type: ignore[method-assign]
         # Our Cacheables the peer holds copies of: luid -> (cacheable, observer); counts in the session.
         self._caches: dict[int, tuple[Cacheable, RemoteCacheObserver]] = {}
         # ViewPoints while the peer holds them, by (id(perspective), id(viewable)).
@@ -97,7 +96,6 @@ class Broker(Connection):
         # The perspective results are being jellied for (see `_answer`).
         self._perspective: Any = None
         self._root_proxy: weakref.ref[RemoteReference] | None = None
-        self._calls_held = False  # the session holds calls back (see `_receive`)
         self.ready: asyncio.Future[str] = self._loop.create_future()
         """Resolves to the dialect once the handshake is over."""
 
@@ -133,7 +131,7 @@ class Broker(Connection):
 
     # ------------------------------------------------------------------ the connection's hooks
 
-    def _open_session(self, **callbacks: Callable[..., Any]) -> _core.PbSession:
+    def _open_session(self, callbacks: SessionCallbacks) -> _core.PbSession:
         return _core.PbSession(
             self.server,
             self.options.max_refs,
@@ -151,14 +149,9 @@ class Broker(Connection):
         self._session.open()
 
     def _receive(self, data: bytes) -> None:
-        session = self._session
-        # The session runs calls as it reads them unless we are holding calls back.
-        holding = bool(self._held or self._backlog or self._draining)
-        if holding is not self._calls_held:
-            session.holding = self._calls_held = holding
         events: list[tuple[Any, ...]] | None
         try:
-            events = session.feed(data)
+            events = self._session.feed(data)
             broken = None
         except Exception as exc:
             # The stream is broken at some point; the commands complete before it still count,
@@ -177,9 +170,6 @@ class Broker(Connection):
         if broken is not None and not self.disconnected:
             self._flush()  # the replies to what came before the break still go out
             self._abort(broken, f"{broken}; closing the connection")
-
-    def _take_output(self) -> bytes | None:
-        return None  # the connection is gone (while open, the session's `take` stands here)
 
     def _refuse_call(self, event: tuple[Any, ...], exc: BaseException) -> None:
         kind = event[0]
@@ -222,9 +212,6 @@ class Broker(Connection):
             for logout in callbacks:
                 run_callback(logout)
         self._viewpoints.clear()
-
-    def _release(self) -> None:
-        del self._take_output
 
     # ------------------------------------------------------------------ events
 

@@ -33,7 +33,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 from . import _core
 from .endpoints import PeerAddress, _set_nodelay
@@ -138,6 +138,16 @@ def check_option(field: str, value: Any, name: str | None = None) -> None:
         raise ValueError(f"{name} must be a positive integer, not {value!r}")
 
 
+class SessionCallbacks(TypedDict):
+    """What a connection gives its session to call (see `pbfast._core.Session`)."""
+
+    wake: Callable[[], None]
+    flush: Callable[[], None]
+    create_future: Callable[[], asyncio.Future[Any]]
+    dead: Callable[[], DeadReferenceError]
+    forget: Callable[[int, bool], None]
+
+
 class _MemoryBudget:
     """Bytes held for incoming messages not yet complete, over every connection of the process
     (connections may run on loops in several threads, hence the lock)."""
@@ -230,14 +240,17 @@ class Connection(asyncio.Protocol, abc.ABC):
         # `call_only` are the session's own methods (callRemote costs one crossing); once it is
         # gone, this class's methods answer instead.
         self._session = self._open_session(
-            wake=self._wake,
-            flush=self._flush,
-            create_future=self._loop.create_future,
-            dead=self._dead,
-            forget=self._forget,
+            SessionCallbacks(
+                wake=self._wake,
+                flush=self._flush,
+                create_future=self._loop.create_future,
+                dead=self._dead,
+                forget=self._forget,
+            )
         )
         self.call = self._session.call  # type: ignore[method-assign]
         self.call_only = self._session.call_only  # type: ignore[method-assign]
+        self._take_output = self._session.take  # type: ignore[method-assign]
         # The peer's objects we hold: luid -> proxy, and its cached objects: luid -> copy.
         self._proxies: weakref.WeakValueDictionary[int | bytes, Any] = weakref.WeakValueDictionary()
         self._remote_caches: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
@@ -254,6 +267,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         self._backlog_bytes = 0
         self._held = False  # calls wait in the backlog (writes paused, or max_in_flight running)
         self._draining = False  # shutting down: no new calls
+        self._calls_held = False  # the session is told to hold calls (see `data_received`)
         # Bytes.
         self._receiving = False  # writes made meanwhile go out once, at the end of the chunk
         self._flush_scheduled = False
@@ -299,13 +313,18 @@ class Connection(asyncio.Protocol, abc.ABC):
             return
         if self._idle_watched:
             self._last_received = self._loop.time()
+        # The session runs the peer's calls as it reads them, unless we are holding calls back:
+        # it then gives them as events, to run later through its `run`.
+        holding = bool(self._held or self._backlog or self._draining)
+        if holding is not self._calls_held:
+            self._session.holding = self._calls_held = holding
         self._receiving = True
         try:
             self._receive(data)
         finally:
             self._receiving = False
         if not self._closing:
-            held = self._buffered()
+            held = self._session.buffered
             if held != self._budget_share:
                 self._account(held)
             if self._backlog:
@@ -369,8 +388,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         # object: its buffers and tables go with the connection, not with a later garbage
         # collection.
         self._session.close()
-        self._release()
-        del self.call, self.call_only
+        del self.call, self.call_only, self._take_output
         # Kept for diagnosis, without its traceback: that would lead back to this connection.
         _drop_tracebacks(self._reason)
         if not self.closed.done():
@@ -811,17 +829,11 @@ class Connection(asyncio.Protocol, abc.ABC):
     # ------------------------------------------------------------------ what each wire adds
 
     @abc.abstractmethod
-    def _open_session(self, **callbacks: Callable[..., Any]) -> _core.Session:
-        """The wire's session, given the connection's `callbacks` (``wake``, ``flush``,
-        ``create_future``, ``dead``, ``forget``; see `pbfast._core.Session`)."""
+    def _open_session(self, callbacks: SessionCallbacks) -> _core.Session:
+        """The wire's session, given the connection's `callbacks`."""
 
     def _opened(self) -> None:
         """The transport is connected: start the handshake."""
-
-    def _buffered(self) -> int:
-        """Bytes held for an incomplete message."""
-        held: int = getattr(self._session, "buffered", 0)
-        return held
 
     @abc.abstractmethod
     def _dead(self) -> DeadReferenceError:
@@ -831,10 +843,11 @@ class Connection(asyncio.Protocol, abc.ABC):
     def _receive(self, data: bytes) -> None:
         """Decode received bytes and handle the events (usually through `_handle`)."""
 
-    @abc.abstractmethod
     def _take_output(self) -> bytes | None:
-        """The bytes to write now, if any. (Called once per chunk received: a wire may set it
-        to a method of its Rust session, which costs no Python frame.)"""
+        """The bytes to write now, if any. While the connection is up the session's own `take`
+        stands here (called once per chunk received: no Python frame); once it is gone,
+        nothing."""
+        return None
 
     def _finish_output(self) -> None:
         """Write what ends the stream in an orderly way (a TLS close_notify), if anything."""
@@ -872,9 +885,6 @@ class Connection(asyncio.Protocol, abc.ABC):
 
     def _lost(self, reason: BaseException | None) -> None:
         """The connection is gone: settle what the wire keeps (futures, caches, ...)."""
-
-    def _release(self) -> None:
-        """Drop the wire's own objects that refer back to this one (the session is closed)."""
 
 
 async def shutdown(connections: Iterable[Connection], grace: float) -> None:

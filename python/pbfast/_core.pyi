@@ -38,8 +38,10 @@ __all__ = [
     "FS_AWAITING",
     "FS_CALL",
     "FS_CALL_ABORTED",
+    "FS_DECIDE",
     "FS_ERROR",
     "FS_FLUSH",
+    "FS_NEGOTIATED",
     "FS_PEER_ERROR",
     "FS_PING",
     "FS_PONG",
@@ -47,6 +49,7 @@ __all__ = [
     "FS_VIOLATION",
     "FoolscapDecoder",
     "FoolscapEncoder",
+    "FoolscapSession",
     "Liveness",
     "Negotiation",
     "PB_VERSION",
@@ -215,22 +218,13 @@ FLUSH_AT: Final[int]  # bytes waiting after which a session writes them at once
 class Session:
     """One connection's session, either wire (rust/py/session.rs): the bytes waiting to be
     written, our calls out, and the tables (our objects, the references the peer holds, our
-    calls awaiting replies)."""
+    calls awaiting replies). Made as a `PbSession` or a `FoolscapSession`."""
 
-    def __new__(
-        cls,
-        max_refs: int,
-        /,
-        *,
-        wake: Callable[[], None],
-        flush: Callable[[], None],
-        create_future: Callable[[], Any],
-        dead: Callable[[], BaseException],
-        forget: Callable[[int, bool], None],
-    ) -> Self: ...
-    def start(self, encoder: FoolscapEncoder) -> None: ...
     def write(self, data: bytes) -> None: ...
-    def take(self, tls: TlsSession | None = None) -> bytes | None: ...
+    def take(self) -> bytes | None: ...
+    holding: bool
+    @property
+    def buffered(self) -> int: ...
     @property
     def size(self) -> int: ...
     def discard(self) -> None: ...
@@ -300,14 +294,11 @@ class PbSession(Session):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> list[tuple[Any, ...]]: ...
-    holding: bool
     def answer(self, request_id: int, value: Any) -> None: ...
     def error(self, request_id: int, failure: Any) -> None: ...
     def command(self, command: bytes, item: Any, count: int = 1) -> None: ...
     @property
     def dialect(self) -> str | None: ...
-    @property
-    def buffered(self) -> int: ...
 
 # --- foolscap identities (rust/tubid.rs, rust/py/tubid.rs) ---
 
@@ -395,38 +386,29 @@ _FoolscapDecodeHook = Callable[..., Any]
 # ("copyable", typename, state) with state a dict or (name, value) pairs.
 _FoolscapEncodeHook = Callable[[Any], tuple[Any, ...] | None]
 
-# (FS_CALL, reqid, clid, method: str, args: tuple, kwargs: dict); once attached, only a call
-# held back (run later with FoolscapDecoder.run)
+# (FS_CALL, reqid, clid, method: str, args: tuple, kwargs: dict); from a session, only a call
+# held back (run later with FoolscapSession.run)
 FS_CALL: Final[int]
 FS_ANSWER: Final[int]  # (FS_ANSWER, reqid, value)
 FS_ERROR: Final[int]  # (FS_ERROR, reqid, failure)
-FS_PING: Final[int]  # (FS_PING, n): answer with FoolscapEncoder.pong(n)
+FS_PING: Final[int]  # (FS_PING, n): answer with a PONG of n
 FS_PONG: Final[int]  # (FS_PONG, n)
 FS_VIOLATION: Final[int]  # (FS_VIOLATION, what, reqid | None, message): a message discarded
 FS_CALL_ABORTED: Final[int]  # (FS_CALL_ABORTED, reqid | None): the peer gave up; no reply is due
 FS_PEER_ERROR: Final[int]  # (FS_PEER_ERROR, message: str): the peer hangs up; nothing more is read
-# With the fast path attached:
+# From a session:
 FS_AWAITING: Final[int]  # (FS_AWAITING, reqid, awaitable): a call ran and returned an awaitable
 FS_RAISED: Final[int]  # (FS_RAISED, reqid, exception): a call ran and raised (or its answer did not encode)
-FS_FLUSH: Final[int]  # (FS_FLUSH,): (feed_secure) write what the TLS session holds before going on
+FS_FLUSH: Final[int]  # (FS_FLUSH,): (session) write what waits before going on
+FS_DECIDE: Final[int]  # (FS_DECIDE,): (session) we are the master: decide on the connection
+FS_NEGOTIATED: Final[int]  # (FS_NEGOTIATED,): (session) negotiation is over; banana from here on
 
 @final
 class FoolscapDecoder:
+    """foolscap messages as events, as a plain codec (a connection's FoolscapSession runs calls)."""
+
     def __new__(cls, hook: _FoolscapDecodeHook | None = None, **limits: int) -> Self: ...
-    def attach(
-        self,
-        session: Session,
-        encoder: FoolscapEncoder,
-        broker: Any,
-        is_plain: Callable[[type], bool],
-        call_limits: Callable[[type], tuple[str, dict[str, int | None]] | None],
-    ) -> None: ...
-    fast: bool
     def feed(self, data: _Buffer) -> list[tuple[Any, ...]]: ...
-    def run(
-        self, reqid: int, clid: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> list[tuple[Any, ...]]: ...
-    def feed_secure(self, tls: TlsSession, data: _Buffer) -> list[tuple[Any, ...]]: ...
     @property
     def buffered(self) -> int: ...
     @property
@@ -457,3 +439,64 @@ class FoolscapEncoder:
     def next_open_id(self) -> int: ...
     @next_open_id.setter
     def next_open_id(self, value: int) -> None: ...
+
+@final
+class FoolscapSession(Session):
+    """One foolscap (Tub) connection: negotiation, then banana inside TLS; bytes in, events
+    out; calls run and answers resolved as they are read (rust/py/fs_session.rs)."""
+
+    def __new__(
+        cls,
+        max_refs: int,
+        limits: dict[str, int],
+        /,
+        *,
+        wake: Callable[[], None],
+        flush: Callable[[], None],
+        create_future: Callable[[], Any],
+        dead: Callable[[], BaseException],
+        forget: Callable[[int, bool], None],
+        broker: Any,
+        unslice: _FoolscapDecodeHook,
+        slice: _FoolscapEncodeHook,
+        is_plain: Callable[[type], bool],
+        call_limits: Callable[[type], tuple[str, dict[str, int | None]] | None],
+        identity: tuple[bytes, bytes] | None = None,
+        incarnation: str = ...,
+        extensions: Sequence[str] = ...,
+        target: str | None = None,
+        host: str = "",
+        last_connection: tuple[str, int] | None = None,
+    ) -> Self: ...
+    def feed(self, data: _Buffer) -> list[tuple[Any, ...]]: ...
+    def decide(self, seqnum: int) -> list[tuple[Any, ...]]: ...
+    def refuse(self, reason: str) -> None: ...
+    def run(
+        self, reqid: int, clid: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[tuple[Any, ...]]: ...
+    def answer(self, reqid: int, value: Any) -> None: ...
+    def error(self, reqid: int, state: dict[str, Any] | Iterable[tuple[str, Any]]) -> None: ...
+    def ping(self, n: int = 0) -> None: ...
+    def pong(self, n: int) -> None: ...
+    def close_notify(self) -> bytes | None: ...
+    next_open_id: int
+    @property
+    def phase(
+        self,
+    ) -> Literal["upgrade", "hello", "deciding", "decision", "done", "failed", "banana", "closed"]: ...
+    @property
+    def peer_closed(self) -> bool: ...
+    @property
+    def peer_tub_id(self) -> str | None: ...
+    @property
+    def peer_incarnation(self) -> str | None: ...
+    @property
+    def peer_is_client(self) -> bool | None: ...
+    @property
+    def peer_last_connection(self) -> tuple[str, int] | None: ...
+    @property
+    def peer_extensions(self) -> list[str] | None: ...
+    @property
+    def seqnum(self) -> int | None: ...
+    @property
+    def master_connection(self) -> tuple[str, int] | None: ...

@@ -3,15 +3,17 @@
 The shared machinery (bytes, back-pressure, limits, timeouts, the end, and the object tables)
 is `pbfast._connection.Connection`'s. What is foolscap's:
 
-- negotiation, for either role: the Rust `Negotiation` runs it (the plaintext upgrade, TLS, the
-  hello and decision blocks), fed each chunk; the broker writes what it gives, asks the Tub to
-  decide on the connection when we are the master, and starts banana with the TLS session it
-  hands over. Whoever sees a problem tells the peer in the current phase's own form (a ``500``
-  line, an error block, or a banana ERROR token) and closes. A TLS close_notify from the peer
-  ends the connection at once; closing sends ours.
-- messages: calls, answers and errors through the Rust codec, the objects each side exports
-  (clids; callables as negative ones) and imports, gifts (references into third Tubs), the
-  Tub's own methods (clid 0), keepalives, and Cacheables between two pbfast Tubs.
+- negotiation, for either role: the connection's Rust `FoolscapSession` runs it (the plaintext
+  upgrade, TLS, the hello and decision blocks) on the bytes it is fed, and banana after it in
+  the TLS session the negotiation hands over; the broker asks the Tub to decide on the
+  connection when we are the master, and learns the peer's details once it is over. Whoever
+  sees a problem tells the peer in the current phase's own form (a ``500`` line, an error
+  block, or a banana ERROR token) and closes. A TLS close_notify from the peer ends the
+  connection at once; closing sends ours.
+- messages: calls, answers and errors (the session runs calls and resolves answers as it reads
+  them, and encodes the broker's own messages), the objects each side exports (clids;
+  callables as negative ones) and imports, gifts (references into third Tubs), the Tub's own
+  methods (clid 0), keepalives, and Cacheables between two pbfast Tubs.
 
 A Tub calling itself uses a pair of brokers joined in memory, which start at banana.
 """
@@ -26,14 +28,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 from . import _core
-from ._connection import Connection, ConnectionOptions, run_callback
+from ._connection import Connection, ConnectionOptions, SessionCallbacks, run_callback
 from ._core import (
     FS_ANSWER,
     FS_AWAITING,
     FS_CALL,
     FS_CALL_ABORTED,
+    FS_DECIDE,
     FS_ERROR,
     FS_FLUSH,
+    FS_NEGOTIATED,
     FS_PEER_ERROR,
     FS_PING,
     FS_PONG,
@@ -216,15 +220,18 @@ class TubBroker(Connection):
     # foolscap's names for two of the options.
     _OPTION_NAMES = {"handshake_timeout": "negotiationTimeout", "idle_timeout": "disconnectTimeout"}
     STATISTICS: ClassVar[tuple[str, ...]] = (*Connection.STATISTICS, "gifts", "caches")
+    _session: _core.FoolscapSession
 
     def __init__(
         self, tub: Any, *, target: str | None = None, host: str = "", loopback: bool = False
     ) -> None:
         options: ConnectionOptions = tub.options
-        super().__init__(options, server=target is None, group=tub._connections)
+        # (What the session is made from: see `_open_session`.)
         self.tub = tub
         self.target = target
         self.host = host
+        self._loopback = loopback
+        super().__init__(options, server=target is None, group=tub._connections)
         self.peer_tub_id = tub.tubID if loopback else target or ""
         self.peer_extensions: frozenset[str] = EXTENSIONS if loopback else frozenset()
         # Set by negotiation, for the Tub's duplicate-connection decisions.
@@ -233,27 +240,6 @@ class TubBroker(Connection):
         self.ready: asyncio.Future[None] = self._loop.create_future()
         """Resolves once negotiation is over (to None: a result of this broker would be a
         reference cycle)."""
-        # Negotiation until banana starts (none for a loopback connection), then the TLS
-        # session it handed over.
-        self._negotiation: _core.Negotiation | None = None
-        if not loopback:
-            certificate, key = tub._tls_identity
-            self._negotiation = _core.Negotiation(
-                certificate,
-                key,
-                tub.incarnation,
-                sorted(EXTENSIONS),
-                target=target,
-                host=host,
-                last_connection=tub._last_connection.get(target) if target else None,
-            )
-        self._tls: _core.TlsSession | None = None
-        # A Tub's max_depth bounds what it sends as well as what it accepts.
-        depth = {"max_depth": options.limits["max_depth"]} if "max_depth" in options.limits else {}
-        self._encoder: Any = _core.FoolscapEncoder(self._slice, **depth)
-        self._decoder: Any = _core.FoolscapDecoder(self._unslice, **options.limits)
-        # (`Connection`'s sender gathers the messages that are encrypted together; calls out
-        # fail until the banana phase starts it.)
         # The interface and FURL the peer told us per clid of its objects.
         self._import_info: dict[int, tuple[str | None, str | None]] = {}
         # References into third Tubs we sent the peer, held until it has fetched them.
@@ -266,15 +252,13 @@ class TubBroker(Connection):
         self._unresolved: list[_Gift] = []
         # A call's gifts are being fetched: later calls wait (held, in order) until it runs.
         self._fetching_gifts = False
-        self._fast = True  # the decoder's fast path is on (see `_banana`)
         if loopback:
-            self._begin_banana()
             self.ready.set_result(None)
 
     @property
     def _phase(self) -> str:
         """ "banana" once negotiation is over, else the negotiation's phase."""
-        return "banana" if self._negotiation is None else self._negotiation.phase
+        return self._session.phase
 
     def __repr__(self) -> str:
         role = f"client to {self.target}" if self.target else "server"
@@ -292,58 +276,66 @@ class TubBroker(Connection):
             return DeadReferenceError(f"the connection to {self.peer} has not finished negotiating")
         return DeadReferenceError(f"the connection to Tub {self.peer_tub_id} is gone")
 
-    def _send(self, data: bytes) -> None:
-        """Queue a message; it goes out at the end of the loop iteration or of the chunk being
-        handled (one TLS record for many messages), or at once once many bytes wait."""
-        self._session.write(data)
-
     # ------------------------------------------------------------------ the connection's hooks
+
+    def _open_session(self, callbacks: SessionCallbacks) -> _core.FoolscapSession:
+        tub, target = self.tub, self.target
+        negotiation: dict[str, Any] = {}
+        if not self._loopback:
+            negotiation = {
+                "identity": tub._tls_identity,
+                "incarnation": tub.incarnation,
+                "extensions": sorted(EXTENSIONS),
+                "target": target,
+                "host": self.host,
+                "last_connection": tub._last_connection.get(target) if target else None,
+            }
+        return _core.FoolscapSession(
+            self.options.max_refs,
+            self.options.limits,
+            **callbacks,
+            broker=self,
+            unslice=self._unslice,
+            slice=self._slice,
+            is_plain=_plain,
+            call_limits=_call_limits,
+            **negotiation,
+        )
 
     def _opened(self) -> None:
         self._flush()  # a client's upgrade request
 
     def _receive(self, data: bytes) -> None:
+        session = self._session
+        events: list[tuple[Any, ...]] | None
         try:
-            negotiation = self._negotiation
-            if negotiation is not None:
-                self._negotiate(negotiation, data)
-            else:
-                self._banana(data, self._tls)
-            if self._negotiation is not None:
-                peer_closed = self._negotiation.peer_closed
-            else:
-                peer_closed = self._tls is not None and self._tls.closed
-            if peer_closed and not self._closing:
-                # The peer's close_notify: it is done. Answer with ours and end at once (a stock
-                # Tub waits for that before it lets go of the connection).
-                self._reason = PBConnectionLost(f"{self._peer_label()} closed the connection")
-                self.close_nowait()
+            events = session.feed(data)
         except NegotiationError as e:
             self._refuse(e.with_traceback(None))  # kept in `ready`: no cycle through its frames
+            return
         except TLSError as e:
             # The session is broken: nothing more goes through it but its alert.
-            self._session.take()
             self._refuse(NegotiationError(f"TLS with {self._peer_label()} failed: {e}"), tell=False)
-
-    def _open_session(self, **callbacks: Callable[..., Any]) -> _core.Session:
-        return _core.Session(self.options.max_refs, **callbacks)
-
-    def _buffered(self) -> int:
-        return self._decoder.buffered if self._decoder is not None else 0
-
-    def _take_output(self) -> bytes | None:
-        # (From banana on, the session's `take` with the TLS session stands here: no frame.)
-        if self._negotiation is not None:
-            return self._negotiation.take() or None
-        return self._session.take(self._tls)
+            return
+        except BananaError as e:
+            self._handle(self._claim_gifts(getattr(e, "events", None) or []))
+            self._protocol_error(e)
+            return
+        if events:
+            self._handle(self._claim_gifts(events) if self._unresolved else events)
+        # Exceptions in the events (a call the session ran raised) have tracebacks leading back
+        # to this frame: it must not keep them, or the two would make a cycle (see PB's).
+        events = None
+        if session.peer_closed and not self._closing:
+            # The peer's close_notify: it is done. Answer with ours and end at once (a stock
+            # Tub waits for that before it lets go of the connection).
+            self._reason = PBConnectionLost(f"{self._peer_label()} closed the connection")
+            self.close_nowait()
 
     def _finish_output(self) -> None:
-        session = self._negotiation or self._tls
-        if session is not None:
-            session.close()
-            out = session.take()
-            if out:
-                self.transport.write(out)
+        out = self._session.close_notify()
+        if out:
+            self.transport.write(out)
 
     def _refuse_call(self, event: tuple[Any, ...], exc: BaseException) -> None:
         self._drop_call(event)
@@ -375,7 +367,7 @@ class TubBroker(Connection):
 
     def _send_keepalive(self) -> None:
         if self._phase == "banana":
-            self._send(self._encoder.ping(0))
+            self._session.ping(0)
 
     def _timed_out(self, reason: Any) -> None:
         if self._phase == "banana":
@@ -401,51 +393,45 @@ class TubBroker(Connection):
         if self._phase == "banana":
             self.tub._broker_lost(self)
 
-    def _release(self) -> None:
-        self._decoder = self._encoder = self._negotiation = self._tls = None
-        self.__dict__.pop("_take_output", None)  # (set at banana)
-
     # ------------------------------------------------------------------ negotiation
 
-    def _negotiate(self, negotiation: _core.Negotiation, data: bytes) -> None:
-        """Bytes in during negotiation (a refusal raises, the peer told)."""
-        step = negotiation.receive(data)
-        if step == "decide":
-            step = negotiation.decide(self.tub._master_decide(negotiation))
-        if step == "negotiated":
-            self._start(negotiation)
+    def _on_decide(self, event: tuple[Any, ...]) -> None:
+        """We are the master: accept the connection (or refuse it, as a duplicate); negotiation
+        is then over."""
+        try:
+            seqnum = self.tub._master_decide(self._session)
+            outcome = self._session.decide(seqnum)
+        except NegotiationError as e:
+            self._refuse(e.with_traceback(None))
+            return
+        for event in self._claim_gifts(outcome) if self._unresolved else outcome:
+            self._HANDLERS[event[0]](self, event)
 
-    def _start(self, negotiation: _core.Negotiation) -> None:
-        """Negotiation is over: banana from here on, in the TLS session it hands over."""
-        self.peer_tub_id = negotiation.peer_tub_id or ""
-        self.peer_incarnation = negotiation.peer_incarnation or ""
-        self.peer_extensions = frozenset(negotiation.peer_extensions or ())
-        self.seqnum = negotiation.seqnum or 0
-        out = negotiation.take()  # the decision block goes before any banana
-        if out:
-            self.transport.write(out)
-        self._tls, rest = negotiation.finish()
-        self._negotiation = None
-        self._begin_banana()
+    def _on_negotiated(self, event: tuple[Any, ...]) -> None:
+        """Negotiation is over: banana from here on, in the TLS session it handed over (the
+        session sends the end of the negotiation first)."""
+        session = self._session
+        self.peer_tub_id = session.peer_tub_id or ""
+        self.peer_incarnation = session.peer_incarnation or ""
+        self.peer_extensions = frozenset(session.peer_extensions or ())
+        self.seqnum = session.seqnum or 0
         self._handshake_done()
-        self.tub._attach(self, negotiation.master_connection)
+        self.tub._attach(self, session.master_connection)
         self.ready.set_result(None)
-        if rest:
-            self._banana(rest)
 
     def _refuse(self, error: NegotiationError, *, tell: bool = True, logged: bool = False) -> None:
         """Tell the peer why, in the current phase's form, and close. A failure after
         negotiation is the peer breaking the protocol."""
         if self._closing:
             return
-        if self._negotiation is None:
+        if self._phase == "banana":
             self._protocol_error(error, tell=tell)
             return
         if not logged:
             log.info("refused a Tub connection with %s: %s", self._peer_label(), error)
         if tell:
             # Nothing more if the negotiation found the problem itself: it has told the peer.
-            self._negotiation.refuse(str(error))
+            self._session.refuse(str(error))
         if not self.ready.done():
             self.ready.set_exception(error)
             self.ready.exception()
@@ -457,34 +443,6 @@ class TubBroker(Connection):
 
     # ------------------------------------------------------------------ incoming bytes
 
-    def _begin_banana(self) -> None:
-        """Messages from here on: the decoder runs every call and plain answers itself."""
-        self._session.start(self._encoder)
-        self._decoder.attach(self._session, self._encoder, self, _plain, _call_limits)
-        # Each chunk's replies are taken (and encrypted) in one crossing, without a frame here.
-        self._take_output = functools.partial(self._session.take, self._tls)  # type: ignore[method-assign]
-
-    def _banana(self, data: bytes, tls: Any = None) -> None:
-        """Banana bytes in: plaintext, or ciphertext for `tls` (decrypted by the decoder). The
-        replies of the calls the decoder runs wait in the sender with everything else."""
-        decoder = self._decoder
-        # The decoder runs calls as it reads them unless we are holding calls back: it then
-        # gives them to us as `FS_CALL` events, run later through `decoder.run` (`_on_call`).
-        fast = not (self._held or self._backlog or self._draining)
-        if fast is not self._fast:
-            decoder.fast = self._fast = fast
-        try:
-            events = decoder.feed(data) if tls is None else decoder.feed_secure(tls, data)
-        except BananaError as e:
-            self._handle(self._claim_gifts(getattr(e, "events", None) or []))
-            self._protocol_error(e)
-            return
-        if events:
-            self._handle(self._claim_gifts(events) if self._unresolved else events)
-        # Exceptions in the events (a call the decoder ran raised) have tracebacks leading back
-        # to this frame: it must not keep them, or the two would make a cycle (see PB's).
-        events = None
-
     def _protocol_error(self, exc: BaseException, *, tell: bool = True) -> None:
         """The peer broke the protocol: say so (an ERROR token, unless it is the one that did)
         and close."""
@@ -492,7 +450,8 @@ class TubBroker(Connection):
             return
         log.warning("%s: %s; closing the connection", repr(self), exc)
         if tell:
-            self._send(_core.encode_tokens([("ERROR", str(exc).encode("utf-8", "replace"))], "foolscap"))
+            error = str(exc).encode("utf-8", "replace")
+            self._session.write(_core.encode_tokens([("ERROR", error)], "foolscap"))
         self._reason = exc
         self.close_nowait()
 
@@ -512,8 +471,8 @@ class TubBroker(Connection):
         return claimed
 
     def _on_call(self, event: tuple[Any, ...]) -> None:
-        """A call the decoder did not run as it read it (we were holding calls back, or it
-        carries gifts): it runs in the decoder now all the same."""
+        """A call the session did not run as it read it (we were holding calls back, it carries
+        gifts, or it came with the end of the negotiation): it runs there now all the same."""
         if len(event) > 6:  # it carries gifts (see `_claim_gifts`)
             self._fetching_gifts = self._held = True
             self._start_call(self._call_with_gifts(event[:6], event[6]))
@@ -521,7 +480,7 @@ class TubBroker(Connection):
         self._run(*event[1:])
 
     def _run(self, reqid: int, clid: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        for outcome in self._decoder.run(reqid, clid, method, args, kwargs):
+        for outcome in self._session.run(reqid, clid, method, args, kwargs):
             self._HANDLERS[outcome[0]](self, outcome)
 
     def _on_answer(self, event: tuple[Any, ...]) -> None:
@@ -556,7 +515,7 @@ class TubBroker(Connection):
         self._flush()
 
     def _on_ping(self, event: tuple[Any, ...]) -> None:
-        self._send(self._encoder.pong(event[1]))
+        self._session.pong(event[1])
 
     def _on_pong(self, event: tuple[Any, ...]) -> None:
         pass
@@ -591,6 +550,8 @@ class TubBroker(Connection):
         FS_AWAITING: _on_awaiting,
         FS_RAISED: _on_raised,
         FS_FLUSH: _on_flush,
+        FS_DECIDE: _on_decide,
+        FS_NEGOTIATED: _on_negotiated,
     }
 
     async def _answer_with_gifts(self, future: asyncio.Future[Any], value: Any, gifts: list[_Gift]) -> None:
@@ -621,23 +582,17 @@ class TubBroker(Connection):
     def _send_answer(self, reqid: int, result: Any) -> None:
         if not reqid or self._closing:
             return
-        tables = self._session
-        mark = tables.mark()
         try:
-            data = self._encoder.answer(reqid, result)
+            self._session.answer(reqid, result)
         except Exception as e:
-            tables.undo(mark)
             self._send_error(reqid, e)
-            return
-        tables.commit(mark)
-        self._send(data)
 
     def _send_error(self, reqid: int, exc: BaseException) -> None:
         if self.tub.logLocalFailures:
             log.error("remote call from Tub %s failed", self.peer_tub_id, exc_info=exc)
         if not reqid or self._closing:
             return
-        self._send(self._encoder.error(reqid, failure_state(exc, self.options.unsafeTracebacks)))
+        self._session.error(reqid, failure_state(exc, self.options.unsafeTracebacks))
 
     async def _call_with_gifts(self, call: tuple[Any, ...], gifts: list[_Gift]) -> None:
         """Run `call` (an `FS_CALL` event) in the decoder once its gifts are fetched."""
@@ -647,7 +602,7 @@ class TubBroker(Connection):
         except Exception as e:
             self._send_error(reqid, e)
         else:
-            if self._decoder is not None:  # (gone with the connection)
+            if not self.disconnected:
                 self._run(reqid, clid, method, _substitute(args), _substitute(kwargs))
         finally:
             self._fetching_gifts = False  # the calls held meanwhile run once this task is done
@@ -657,7 +612,7 @@ class TubBroker(Connection):
         for gift in gifts:
             gift.reference = await self.tub.getReference(gift.furl)
             if gift.gift_id and not self._closing:
-                self._send(self._encoder.call(0, 0, "decgift", (), {"giftID": gift.gift_id, "count": 1}))
+                self.call_only(0, "decgift", (), {"giftID": gift.gift_id, "count": 1})
 
     # The methods of the Tub itself (clid 0), as foolscap's RIBroker names them. The decoder
     # runs calls on clid 0 as calls on this broker, through `remoteMessageReceived`.

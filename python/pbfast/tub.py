@@ -456,9 +456,10 @@ class Tub:
 
     # ------------------------------------------------------------------ connection bookkeeping
 
-    def _master_decide(self, negotiation: _core.Negotiation) -> int:
-        """As master, accept the connection the peer of `negotiation` offers (its seqnum) or
-        refuse it as a duplicate of the connection we already have (foolscap's rules)."""
+    def _master_decide(self, negotiation: _core.FoolscapSession) -> int:
+        """As master, accept the connection the peer of `negotiation` (a connection's session)
+        offers (its seqnum) or refuse it as a duplicate of the connection we already have
+        (foolscap's rules)."""
         tub_id = negotiation.peer_tub_id or ""
         incarnation, last = negotiation.peer_incarnation, negotiation.peer_last_connection
         existing = self._brokers.get(tub_id)

@@ -1,7 +1,9 @@
-//! foolscap's PB messages for Python: [`FoolscapDecoderPy`] turns received chunks into event
-//! tuples, one `feed` per chunk; [`FoolscapEncoderPy`] turns one outgoing message into bytes, one
-//! call per message. Values are built and read directly as Python objects; Python code runs only
-//! in the hook, for what is not a builtin value (references, copyables).
+//! foolscap's PB messages for Python: [`Reader`] turns received chunks into event tuples, one
+//! `decode` per chunk; [`FoolscapEncoderPy`] turns one outgoing message into bytes, one call per
+//! message. A connection's `FoolscapSession` (`fs_session.rs`) owns one of each;
+//! `FoolscapDecoder` and `FoolscapEncoder` are the same as plain codecs, for tools and tests.
+//! Values are built and read directly as Python objects; Python code runs only in the hook,
+//! for what is not a builtin value (references, copyables).
 //!
 //! Events (the first item is the kind, exported as `FS_*`):
 //!
@@ -10,23 +12,26 @@
 //! | `FS_CALL` | `(kind, reqid, clid, method, args, kwargs)` |
 //! | `FS_ANSWER` | `(kind, reqid, value)` |
 //! | `FS_ERROR` | `(kind, reqid, failure)`: what the hook made of the failure copyable |
-//! | `FS_PING` / `FS_PONG` | `(kind, number)`: a PING is answered with `encoder.pong(number)` |
+//! | `FS_PING` / `FS_PONG` | `(kind, number)`: a PING is answered with a PONG of the number |
 //! | `FS_VIOLATION` | `(kind, what, reqid, message)`: a message discarded; `what` is `call`, `answer`, `error` or `unknown`, `reqid` None if not read yet; a call refused as it arrived (a string past its interface's limits) is one too |
 //! | `FS_CALL_ABORTED` | `(kind, reqid)`: the peer gave up sending a call (ABORT); foolscap sends no reply to it |
 //! | `FS_PEER_ERROR` | `(kind, message)`: the peer's ERROR; it hangs up, and nothing after it is read |
-//! | `FS_AWAITING` | `(kind, reqid, awaitable)`: (attached) a call ran and returned an awaitable |
-//! | `FS_RAISED` | `(kind, reqid, exception)`: (attached) a call ran and raised, or its answer did not encode |
-//! | `FS_FLUSH` | `(kind,)`: (attached) write what the sender holds before going on |
+//! | `FS_AWAITING` | `(kind, reqid, awaitable)`: (session) a call ran and returned an awaitable |
+//! | `FS_RAISED` | `(kind, reqid, exception)`: (session) a call ran and raised, or its answer did not encode |
+//! | `FS_FLUSH` | `(kind,)`: (session) write what waits before going on |
+//! | `FS_DECIDE` | `(kind,)`: (session) we are the master: decide on the connection |
+//! | `FS_NEGOTIATED` | `(kind,)`: (session) negotiation is over; banana from here on |
 //!
-//! Once attached (`attach`, when the connection reaches banana), the decoder dispatches every
-//! call itself (`TubFast`), whatever its target, and encodes the answers that are ready: an
-//! `FS_CALL` event then only stands for a call the broker held back (`fast` off, or a call
-//! whose gifts are being fetched), which it later runs through `run`, the same dispatch.
+//! A session dispatches every call itself ([`Fast`]), whatever its target, and encodes the
+//! answers that are ready: an `FS_CALL` event then only stands for a call the broker held back
+//! (`holding`, or a call whose gifts are being fetched), which it later runs through `run`, the
+//! same dispatch.
 //!
 //! A stream that cannot continue (bad tokens, lost sync, a limit) raises `BananaError` with the
 //! stream offset; the events completed before it are on the exception as `.events`.
 
 use std::cell::RefCell;
+use std::sync::Mutex;
 
 use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::intern;
@@ -34,12 +39,12 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyIterator, PyList, PySet, PyString, PyTuple};
 use pyo3::PyTypeInfo;
 
-use super::dispatch::{Dispatch, Flavor, Ran};
+use super::dispatch::{Dispatch, Ran};
 use super::objects::{decimal_type, decode_utf8, qualified_name, utf8_of, GcPause, StrCache};
 use super::pb_session::REPLY_FLUSH;
 use super::schemas::{too_long, CallLimits};
 use super::session::SessionPy;
-use super::tls::TlsSessionPy;
+use super::tables::Tables;
 use super::{int_value, integer, limit_args, set_limit, with_bytes, with_events, PtrMap};
 use crate::banana::Integer;
 use crate::foolscap::decode::{read_message, Build, Built, Fault, Message};
@@ -58,33 +63,30 @@ pub const FS_PEER_ERROR: u8 = 7;
 pub const FS_AWAITING: u8 = 8;
 pub const FS_RAISED: u8 = 9;
 pub const FS_FLUSH: u8 = 10;
+pub const FS_DECIDE: u8 = 11;
+pub const FS_NEGOTIATED: u8 = 12;
 
 pyo3::import_exception!(pbfast.errors, Violation);
 
 /// The type name a failure travels as.
 const FAILURE: &[u8] = b"twisted.python.failure.Failure";
 
-/// Incremental decoder for the receiving direction of a foolscap connection.
-#[pyclass(module = "pbfast._core", name = "FoolscapDecoder")]
-pub struct FoolscapDecoderPy {
+/// The receiving side of a foolscap connection: the framer, the limits, and what values are
+/// built with. A connection's `FoolscapSession` (`fs_session.rs`) owns one; `FoolscapDecoder`
+/// is the same as a plain codec, for tools and tests.
+pub struct Reader {
     framer: MessageFramer,
     limits: Limits,
     /// `hook("copyable", typename, state)`, `hook("my-reference", clid, iface, furl)`,
     /// `hook("your-reference", clid)`, `hook("their-reference", giftid, furl)`.
     hook: Option<Py<PyAny>>,
     strings: StrCache,
-    fast: Option<TubFast>,
-    /// Once attached: the string limits calls are held to as they arrive.
-    call_limits: Option<CallLimits>,
 }
 
-#[pymethods]
-impl FoolscapDecoderPy {
+impl Reader {
     /// `limits`: `max_element_size` (16 MiB), `max_message_size` (64 MiB), `max_depth` (500),
     /// `max_header_length` (64), `max_index_length` (15), `max_copyable_name` (200).
-    #[new]
-    #[pyo3(signature = (hook=None, **limits))]
-    fn new(hook: Option<Py<PyAny>>, limits: Option<&Bound<'_, PyDict>>) -> PyResult<FoolscapDecoderPy> {
+    pub fn new(hook: Option<Py<PyAny>>, limits: Option<&Bound<'_, PyDict>>) -> PyResult<Reader> {
         let mut all = Limits::foolscap();
         for (name, value) in limit_args(limits)? {
             match name.as_str() {
@@ -93,161 +95,39 @@ impl FoolscapDecoderPy {
                 _ => set_limit(&mut all.banana, &name, value)?,
             }
         }
-        Ok(FoolscapDecoderPy {
-            framer: MessageFramer::new(all.banana),
-            limits: all,
-            hook,
-            strings: StrCache::new(),
-            fast: None,
-            call_limits: None,
-        })
+        Ok(Reader { framer: MessageFramer::new(all.banana), limits: all, hook, strings: StrCache::new() })
     }
 
-    /// Run calls and resolve plain answers during `feed` (as a PB session does), with the
-    /// connection's `session` (its tables, and the bytes waiting, where the answers go), the
-    /// `encoder` for the answers, the `broker` (the target of clid 0, the Tub's own methods,
-    /// through its `remoteMessageReceived`, and what other objects' `remoteMessageReceived` is
-    /// given), and `is_plain(type)`: whether objects of a type dispatch calls the default way, and
-    /// `call_limits(type)`: None, or the name of the interface calls on objects of a type are
-    /// checked against and the longest string each of its methods' arguments may hold
-    /// (`{method: length or None}`), a longer one refusing the call as it arrives (both asked
-    /// once per type; `call_limits` only once `session.checks_calls` is set).
-    #[allow(clippy::too_many_arguments)]
-    fn attach(
-        &mut self,
-        py: Python<'_>,
-        session: Py<SessionPy>,
-        encoder: Py<FoolscapEncoderPy>,
-        broker: Py<PyAny>,
-        is_plain: Py<PyAny>,
-        call_limits: Py<PyAny>,
-    ) {
-        let floor = self.limits.max_index_length as u64;
-        self.call_limits = Some(CallLimits::new(call_limits, session.clone_ref(py), floor));
-        let dispatch = Dispatch::new(is_plain, Flavor::Foolscap);
-        self.fast = Some(TubFast { session, encoder, broker, dispatch, enabled: true });
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
-    /// Run a call the broker held back (an `FS_CALL` event's items), as `feed` would have run
-    /// it: returns the events it leads to (`FS_RAISED`, `FS_AWAITING`, and `FS_FLUSH` once the
-    /// sender holds `REPLY_FLUSH` bytes); a ready answer goes to the sender.
-    fn run<'py>(
-        &mut self,
-        py: Python<'py>,
-        reqid: i64,
-        clid: i64,
-        method: &Bound<'py, PyString>,
-        args: &Bound<'py, PyTuple>,
-        kwargs: &Bound<'py, PyDict>,
-    ) -> PyResult<Bound<'py, PyList>> {
-        let Some(fast) = self.fast.as_mut() else {
-            return Err(pyo3::exceptions::PyRuntimeError::new_err("the decoder is not attached to a connection"));
-        };
-        let events = PyList::empty(py);
-        let mut replies = Vec::new();
-        let kwargs = Some(kwargs).filter(|kw| !kw.is_empty());
-        if let Some(event) = fast.call(py, reqid, clid, method, args, kwargs, &mut replies)? {
-            events.append(event)?;
-        }
-        if !replies.is_empty() {
-            fast.session.get().append(py, &replies)?;
-        }
-        Ok(events)
-    }
-
-    /// Whether the fast path runs (the broker turns it off while it holds calls back).
-    #[getter]
-    fn get_fast(&self) -> bool {
-        self.fast.as_ref().is_some_and(|f| f.enabled)
-    }
-
-    #[setter]
-    fn set_fast(&mut self, on: bool) {
-        if let Some(f) = self.fast.as_mut() {
-            f.enabled = on;
-        }
-    }
-
-    /// Feed a chunk; returns the events it completed (an empty list means "need more"). With the
-    /// fast path on, calls run and plain answers resolve here; their replies go to the sender
-    /// ahead of any later event that needs the broker (the path stops for the rest of the chunk
-    /// at the first such message, a call carrying gifts included, so the calls still run in
-    /// order), and an `FS_FLUSH` event asks for them to be written before the rest of a chunk
-    /// whose replies have grown large.
-    fn feed<'py>(&mut self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
-        with_bytes(data, |bytes| self.decode(py, bytes))
-    }
-
-    /// `feed` for a connection inside TLS: decrypt `data` with `tls` first. One crossing per
-    /// chunk received.
-    fn feed_secure<'py>(
-        &mut self,
-        py: Python<'py>,
-        tls: &Bound<'py, TlsSessionPy>,
-        data: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyList>> {
-        let plaintext = with_bytes(data, |bytes| tls.try_borrow_mut()?.decrypt(py, bytes))?;
-        let events = self.decode(py, &plaintext);
-        tls.try_borrow_mut()?.give_back(plaintext);
-        events
-    }
     /// Bytes held for an incomplete message.
-    #[getter]
-    fn buffered(&self) -> usize {
+    pub fn buffered(&self) -> usize {
         self.framer.buffered()
     }
 
-    /// Stream offset of the next byte to be fed.
-    #[getter]
-    fn offset(&self) -> u64 {
-        self.framer.offset()
-    }
-
-    /// The object number the next OPEN received gets (`reference` sequences name objects by
-    /// it). Set it to continue a stream begun elsewhere; only between messages.
-    #[getter]
-    fn get_next_open_id(&self) -> u64 {
-        self.framer.objects()
-    }
-
-    #[setter]
-    fn set_next_open_id(&mut self, value: u64) -> PyResult<()> {
-        self.framer
-            .set_objects(value)
-            .map_err(|_| PyValueError::new_err("next_open_id can only be set between messages"))
-    }
-
-    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        if let Some(h) = &self.hook {
-            visit.call(h)?;
-        }
-        if let Some(f) = &self.fast {
-            f.traverse(&visit)?;
-        }
-        if let Some(c) = &self.call_limits {
-            c.traverse(&visit)?;
-        }
-        Ok(())
-    }
-
-    fn __clear__(&mut self) {
-        self.hook = None;
-        self.fast = None;
-        self.call_limits = None;
-    }
-}
-
-impl FoolscapDecoderPy {
-    /// The events of `bytes` (plaintext).
-    fn decode<'py>(&mut self, py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyList>> {
+    /// The events of `bytes` (plaintext). With `fast`, calls run and plain answers resolve
+    /// here; their replies are queued ahead of any later event that needs the broker (the path
+    /// stops for the rest of the chunk at the first such message, a call carrying gifts
+    /// included, so the calls still run in order), and an `FS_FLUSH` event asks for them to be
+    /// written before the rest of a chunk whose replies have grown large. `call_limits`: the
+    /// string limits calls on the objects in the tables are held to as they arrive, if any. A stream that cannot continue
+    /// raises, the events completed before the fault on the exception as `.events`.
+    pub fn decode<'py>(
+        &mut self,
+        py: Python<'py>,
+        bytes: &[u8],
+        mut fast: Option<&mut Fast<'py, '_>>,
+        call_limits: Option<(&mut CallLimits, &Tables)>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let events = PyList::empty(py);
         let hook = self.hook.as_ref().map(|h| h.bind(py).clone());
         let (limits, strings, framer) = (&self.limits, &mut self.strings, &mut self.framer);
-        let mut fast = self.fast.as_mut().filter(|f| f.enabled);
-        let sender = fast.as_ref().map(|f| f.session.bind(py).clone());
-        let mut replies = Replies { sender, out: Vec::new(), queued: 0 };
+        let session = fast.as_ref().map(|f| f.session);
+        let mut replies = Replies { session, out: Vec::new(), queued: 0 };
         // Asked for a call's limit by the framer, and for why it refused one.
-        let call_limits = RefCell::new(self.call_limits.as_mut().filter(|c| c.active()));
+        let call_limits = RefCell::new(call_limits);
         let limited = call_limits.borrow().is_some();
         // Nothing cyclic becomes garbage while values are built; collections triggered by the
         // containers being made would only walk them again and again.
@@ -293,7 +173,7 @@ impl FoolscapDecoderPy {
                         let why = call_limits
                             .borrow()
                             .as_ref()
-                            .map_or_else(|| too_long(length, at), |c| c.refusal(length, at));
+                            .map_or_else(|| too_long(length, at), |(c, _)| c.refusal(length, at));
                         (FS_VIOLATION, "call", reqid, why).into_pyobject(py)?.into_any()
                     }
                 }
@@ -307,7 +187,7 @@ impl FoolscapDecoderPy {
         };
         let result = if limited {
             let call_limit = |call: CallHeader<'_>| -> PyResult<Option<u64>> {
-                call_limits.borrow_mut().as_mut().map_or(Ok(None), |c| c.limit(py, call))
+                call_limits.borrow_mut().as_mut().map_or(Ok(None), |(c, tables)| c.limit(py, tables, call))
             };
             framer.feed_limited(bytes, on_frame, call_limit)
         } else {
@@ -317,25 +197,93 @@ impl FoolscapDecoderPy {
         replies.send(py, &events, false)?;
         with_events(py, events, result)
     }
+
+    /// The object number the next OPEN received gets (`reference` sequences name objects by it).
+    pub fn next_open_id(&self) -> u64 {
+        self.framer.objects()
+    }
+
+    pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        if let Some(h) = &self.hook {
+            visit.call(h)?;
+        }
+        Ok(())
+    }
+}
+
+/// Incremental decoder for the receiving direction of a foolscap connection, as a plain codec:
+/// every message becomes an event (a connection's `FoolscapSession` runs calls itself).
+#[pyclass(module = "pbfast._core", name = "FoolscapDecoder")]
+pub struct FoolscapDecoderPy(Reader);
+
+#[pymethods]
+impl FoolscapDecoderPy {
+    /// `limits`: `max_element_size` (16 MiB), `max_message_size` (64 MiB), `max_depth` (500),
+    /// `max_header_length` (64), `max_index_length` (15), `max_copyable_name` (200).
+    #[new]
+    #[pyo3(signature = (hook=None, **limits))]
+    fn new(hook: Option<Py<PyAny>>, limits: Option<&Bound<'_, PyDict>>) -> PyResult<FoolscapDecoderPy> {
+        Ok(FoolscapDecoderPy(Reader::new(hook, limits)?))
+    }
+
+    /// Feed a chunk; returns the events it completed (an empty list means "need more").
+    fn feed<'py>(&mut self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+        with_bytes(data, |bytes| self.0.decode(py, bytes, None, None))
+    }
+
+    /// Bytes held for an incomplete message.
+    #[getter]
+    fn buffered(&self) -> usize {
+        self.0.buffered()
+    }
+
+    /// Stream offset of the next byte to be fed.
+    #[getter]
+    fn offset(&self) -> u64 {
+        self.0.framer.offset()
+    }
+
+    /// The object number the next OPEN received gets (`reference` sequences name objects by
+    /// it). Set it to continue a stream begun elsewhere; only between messages.
+    #[getter]
+    fn get_next_open_id(&self) -> u64 {
+        self.0.next_open_id()
+    }
+
+    #[setter]
+    fn set_next_open_id(&mut self, value: u64) -> PyResult<()> {
+        self.0
+            .framer
+            .set_objects(value)
+            .map_err(|_| PyValueError::new_err("next_open_id can only be set between messages"))
+    }
+
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        self.0.traverse(&visit)
+    }
+
+    fn __clear__(&mut self) {
+        self.0.hook = None;
+    }
 }
 
 /// The fast path's replies of one chunk, on their way out.
-struct Replies<'py> {
+struct Replies<'a> {
     /// Where they go (with the fast path on).
-    sender: Option<Bound<'py, SessionPy>>,
+    session: Option<&'a SessionPy>,
     out: Vec<u8>,
-    /// Bytes queued in the sender so far.
+    /// Bytes queued so far.
     queued: usize,
 }
 
-impl<'py> Replies<'py> {
-    /// The answer in `out` goes to the sender now (which writes every few of them at once: the
+impl Replies<'_> {
+    /// The answer in `out` is queued now (the session writes every few of them at once: the
     /// peer starts on them while the rest of the chunk runs); returns the bytes of answers
     /// queued while reading this chunk.
-    fn answered(&mut self, py: Python<'py>) -> PyResult<usize> {
-        if let Some(sender) = self.sender.as_ref().filter(|_| !self.out.is_empty()) {
+    fn answered(&mut self, py: Python<'_>) -> PyResult<usize> {
+        if let Some(session) = self.session.filter(|_| !self.out.is_empty()) {
             self.queued += self.out.len();
-            sender.get().append(py, &self.out)?;
+            session.append(py, &self.out)?;
             self.out.clear();
         }
         Ok(self.queued)
@@ -343,9 +291,9 @@ impl<'py> Replies<'py> {
 
     /// Queue the replies so far, ahead of the next event; with `flush`, ask the broker to write
     /// them now.
-    fn send(&mut self, py: Python<'py>, events: &Bound<'py, PyList>, flush: bool) -> PyResult<()> {
-        let Some(sender) = self.sender.as_ref().filter(|_| !self.out.is_empty()) else { return Ok(()) };
-        sender.get().append(py, &self.out)?;
+    fn send(&mut self, py: Python<'_>, events: &Bound<'_, PyList>, flush: bool) -> PyResult<()> {
+        let Some(session) = self.session.filter(|_| !self.out.is_empty()) else { return Ok(()) };
+        session.append(py, &self.out)?;
         self.out.clear();
         if flush {
             events.append((FS_FLUSH,))?;
@@ -354,20 +302,21 @@ impl<'py> Replies<'py> {
     }
 }
 
-/// The Tub's hot path (PB's is `fast.rs`): every call runs inside `feed` (or `run`, for a call
-/// the broker held back), whatever its target — a plain `Referenceable`'s `remote_<name>`, an
-/// object's own `remoteMessageReceived`, a callable (negative clid), the Tub's own methods
-/// (clid 0, the broker's `remoteMessageReceived`) — and a result that is ready is encoded as
-/// the answer at once; an answer to one of our calls resolves its future. The rest (an
-/// awaitable result, an exception, any other message) is an event for the broker.
-struct TubFast {
-    /// Our objects by clid, our calls awaiting answers, the references sent.
-    session: Py<SessionPy>,
-    encoder: Py<FoolscapEncoderPy>,
+/// The Tub's hot path (PB's is in `pb_session.rs`): every call runs inside `feed` (or `run`, for
+/// a call the broker held back), whatever its target — a plain `Referenceable`'s
+/// `remote_<name>`, an object's own `remoteMessageReceived`, a callable (negative clid), the
+/// Tub's own methods (clid 0, the broker's `remoteMessageReceived`) — and a result that is
+/// ready is encoded as the answer at once; an answer to one of our calls resolves its future.
+/// The rest (an awaitable result, an exception, any other message) is an event for the broker.
+pub struct Fast<'py, 'a> {
+    /// Our objects by clid, our calls awaiting answers, the references sent; where the answers
+    /// go.
+    session: &'a SessionPy,
+    /// The session's encoder (locked for each answer only: a remote method may send).
+    writer: &'a Mutex<FoolscapEncoderPy>,
+    dispatch: &'a mut Dispatch,
     /// The connection's broker: clid 0's target.
-    broker: Py<PyAny>,
-    dispatch: Dispatch,
-    enabled: bool,
+    broker: &'a Bound<'py, PyAny>,
 }
 
 /// What the fast path did with a message.
@@ -380,8 +329,17 @@ enum Handled<'py> {
     Declined(Bound<'py, PyAny>),
 }
 
-impl TubFast {
-    fn handle<'py>(
+impl<'py, 'a> Fast<'py, 'a> {
+    pub fn new(
+        session: &'a SessionPy,
+        writer: &'a Mutex<FoolscapEncoderPy>,
+        dispatch: &'a mut Dispatch,
+        broker: &'a Bound<'py, PyAny>,
+    ) -> Self {
+        Fast { session, writer, dispatch, broker }
+    }
+
+    fn handle(
         &mut self,
         py: Python<'py>,
         message: Message<PyBuild<'py, '_>>,
@@ -405,7 +363,7 @@ impl TubFast {
                 })
             }
             Message::Answer { reqid, value } => {
-                if self.session.get().resolve(py, reqid, &value)? {
+                if self.session.resolve(py, reqid, &value)? {
                     return Ok(Handled::Done);
                 }
                 Ok(Handled::Declined((FS_ANSWER, reqid, value).into_pyobject(py)?.into_any()))
@@ -418,7 +376,7 @@ impl TubFast {
     /// for `reqid` 0, which wants none); an awaitable result or an exception comes back as an
     /// event for the broker. Errors are only those that are not the caller's business.
     #[allow(clippy::too_many_arguments)]
-    fn call<'py>(
+    pub fn call(
         &mut self,
         py: Python<'py>,
         reqid: i64,
@@ -431,11 +389,11 @@ impl TubFast {
         let raised = |e: PyErr| -> PyResult<Option<Bound<'py, PyAny>>> {
             Ok(Some((FS_RAISED, reqid, e.into_value(py)).into_pyobject(py)?.into_any()))
         };
-        let broker = self.broker.bind(py);
+        let broker = self.broker;
         let ran = if clid == 0 {
             self.dispatch.call_any(py, broker, broker, method, args, kwargs)?
         } else {
-            let Some(target) = self.session.get().tables().object_at(py, clid) else {
+            let Some(target) = self.session.tables().object_at(py, clid) else {
                 return raised(Violation::new_err(format!("unknown clid {clid}")));
             };
             if clid < 0 {
@@ -454,20 +412,22 @@ impl TubFast {
         if reqid == 0 {
             return Ok(None); // callRemoteOnly
         }
-        let mut encoder = self.encoder.bind(py).try_borrow_mut()?;
-        let encoded = self.session.get().encode_sending(py, || encoder.answer_into(py, reqid, &result, replies))?;
+        let encoded = self.session.encode_sending(py, || {
+            let mut writer = self.writer.try_lock().map_err(|_| in_use())?;
+            writer.answer_into(py, reqid, &result, replies)
+        })?;
         match encoded {
             Ok(()) => Ok(None),
             Err(e) => raised(e),
         }
     }
+}
 
-    fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        visit.call(&self.session)?;
-        visit.call(&self.encoder)?;
-        visit.call(&self.broker)?;
-        self.dispatch.traverse(visit)
-    }
+/// The encoder is already encoding (a hook of the message being encoded tried to send).
+pub fn in_use() -> PyErr {
+    pyo3::exceptions::PyRuntimeError::new_err(
+        "the connection's encoder is in use: a message cannot be sent from a hook of the message being encoded",
+    )
 }
 
 fn event<'py>(py: Python<'py>, message: Message<PyBuild<'py, '_>>) -> PyResult<Bound<'py, PyAny>> {
@@ -653,6 +613,17 @@ impl<'py> Build for PyBuild<'py, '_> {
     }
 }
 
+/// A PING numbered `n`, or (`pong`) the PONG answering it.
+pub fn ping(n: u64, pong: bool) -> Vec<u8> {
+    let mut w = Writer::new(Vec::new(), 0, 0);
+    if pong {
+        w.pong(n);
+    } else {
+        w.ping(n);
+    }
+    w.finish().0
+}
+
 /// `repr(obj)`, cut short for messages.
 fn short_repr(obj: &Bound<'_, PyAny>) -> String {
     let text = obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<unprintable>".into());
@@ -724,42 +695,31 @@ impl FoolscapEncoderPy {
     /// `(error reqid (copyable "twisted.python.failure.Failure" name value ...))`, the state (a
     /// dict or (name, value) pairs) in the order given.
     fn error<'py>(&mut self, py: Python<'py>, reqid: i64, state: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        self.reply(
-            py,
-            word::ERROR,
-            reqid,
-            |m| {
-                m.copyable(FAILURE, state)?;
-                m.finish_sequences()
-            },
-            |bytes| PyBytes::new(py, bytes),
-        )
+        let mut out = Vec::new();
+        self.error_into(py, reqid, state, &mut out)?;
+        Ok(PyBytes::new(py, &out))
     }
 
     /// A PING (foolscap sends number 0, as the single byte 8e).
     #[pyo3(signature = (n=0))]
     fn ping<'py>(&self, py: Python<'py>, n: u64) -> Bound<'py, PyBytes> {
-        let mut w = Writer::new(Vec::new(), 0, 0);
-        w.ping(n);
-        PyBytes::new(py, &w.finish().0)
+        PyBytes::new(py, &ping(n, false))
     }
 
     /// The PONG answering PING `n`.
     #[pyo3(signature = (n=0))]
     fn pong<'py>(&self, py: Python<'py>, n: u64) -> Bound<'py, PyBytes> {
-        let mut w = Writer::new(Vec::new(), 0, 0);
-        w.pong(n);
-        PyBytes::new(py, &w.finish().0)
+        PyBytes::new(py, &ping(n, true))
     }
 
     /// The id the next OPEN will get (set it to continue a stream begun elsewhere).
     #[getter]
-    fn get_next_open_id(&self) -> u64 {
+    pub(crate) fn get_next_open_id(&self) -> u64 {
         self.next_open_id
     }
 
     #[setter]
-    fn set_next_open_id(&mut self, value: u64) {
+    pub(crate) fn set_next_open_id(&mut self, value: u64) {
         self.next_open_id = value;
     }
 
@@ -872,6 +832,34 @@ impl FoolscapEncoderPy {
         out: &mut Vec<u8>,
     ) -> PyResult<()> {
         self.reply(py, word::ANSWER, reqid, |m| m.value(value), |bytes| out.extend_from_slice(bytes))
+    }
+
+    pub(crate) fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        if let Some(h) = &self.hook {
+            visit.call(h)?;
+        }
+        Ok(())
+    }
+
+    /// The encoder of a connection: `hook` for what is not a builtin value, `max_depth` the
+    /// deepest nesting it writes.
+    pub(crate) fn for_connection(hook: Py<PyAny>, max_depth: usize) -> FoolscapEncoderPy {
+        FoolscapEncoderPy::new(Some(hook), 0, max_depth)
+    }
+
+    /// `error`, appended to `out`.
+    pub(crate) fn error_into<'py>(
+        &mut self,
+        py: Python<'py>,
+        reqid: i64,
+        state: &Bound<'py, PyAny>,
+        out: &mut Vec<u8>,
+    ) -> PyResult<()> {
+        let body = |m: &mut MessageWriter<'py, '_>| {
+            m.copyable(FAILURE, state)?;
+            m.finish_sequences()
+        };
+        self.reply(py, word::ERROR, reqid, body, |bytes| out.extend_from_slice(bytes))
     }
 
     /// Run `write` on a fresh message and hand its bytes to `finish`; the counter moves on only

@@ -4,6 +4,7 @@
 pub mod dispatch;
 pub mod errors;
 pub mod foolscap;
+pub mod fs_session;
 pub mod jelly;
 pub mod liveness;
 pub mod negotiate;

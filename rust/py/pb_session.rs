@@ -21,7 +21,7 @@
 //! (answers it awaited, errors, releases) are encoded and queued by `answer`, `error` and
 //! `command`.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use pyo3::exceptions::PyRuntimeError;
@@ -56,10 +56,6 @@ pub struct PbSession {
     server: bool,
     /// None once the input is dropped (the connection is cut off or gone).
     incoming: Mutex<Option<Incoming>>,
-    /// Calls come back as events rather than running (the broker holds them back).
-    holding: AtomicBool,
-    /// Bytes held for an incomplete expression, as of the last chunk.
-    buffered: AtomicUsize,
     /// The input was dropped while a `feed` held it: it goes when the feed ends.
     dropped: AtomicBool,
 }
@@ -98,13 +94,7 @@ impl PbSession {
             jelly: Some(jelly),
         };
         let base = SessionPy::new(max_refs, wake, flush, create_future, dead, forget);
-        let session = PbSession {
-            server,
-            incoming: Mutex::new(Some(incoming)),
-            holding: AtomicBool::new(false),
-            buffered: AtomicUsize::new(0),
-            dropped: AtomicBool::new(false),
-        };
+        let session = PbSession { server, incoming: Mutex::new(Some(incoming)), dropped: AtomicBool::new(false) };
         Ok(PyClassInitializer::from(base).add_subclass(session))
     }
 
@@ -128,7 +118,7 @@ impl PbSession {
         let Some(incoming) = guard.as_mut() else { return Ok(events) };
         let Incoming { reader, dispatch, broker, jelly } = incoming;
         let broker = broker.bind(py);
-        let holding = this.holding.load(Ordering::Relaxed);
+        let holding = session.holding();
         let result = with_bytes(data, |bytes| {
             // The fast path, once the dialect is negotiated.
             let mut fast = match session.encoding(py) {
@@ -179,7 +169,7 @@ impl PbSession {
             }
             fed
         });
-        this.buffered.store(reader.buffered(), Ordering::Relaxed);
+        session.set_buffered(reader.buffered());
         if this.dropped.load(Ordering::Relaxed) {
             *guard = None;
         }
@@ -219,18 +209,6 @@ impl PbSession {
         Ok(events)
     }
 
-    /// Whether calls come back as `EV_MESSAGE` events to run later (the broker holds calls
-    /// back) rather than running as they are read.
-    #[getter]
-    fn get_holding(&self) -> bool {
-        self.holding.load(Ordering::Relaxed)
-    }
-
-    #[setter]
-    fn set_holding(&self, on: bool) {
-        self.holding.store(on, Ordering::Relaxed);
-    }
-
     /// Queue `["answer", request_id, value]`. Raises if it cannot be encoded (the references it
     /// gave out are then taken back, and nothing is queued).
     fn answer(slf: &Bound<'_, Self>, request_id: i64, value: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -260,12 +238,6 @@ impl PbSession {
             Some(Encoding::Pb(writer)) => Some(writer.dialect().name()),
             _ => None,
         }
-    }
-
-    /// Bytes held for an incomplete expression, as of the last chunk.
-    #[getter]
-    fn buffered(&self) -> usize {
-        self.buffered.load(Ordering::Relaxed)
     }
 
     /// Drop what waits to be written and what is held of an incomplete expression (the
@@ -304,7 +276,6 @@ impl PbSession {
     }
 
     fn drop_input(&self) {
-        self.buffered.store(0, Ordering::Relaxed);
         match self.incoming.try_lock() {
             Ok(mut incoming) => {
                 let dropped = incoming.take();

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
-use super::session::SessionPy;
+use super::tables::Tables;
 use super::PtrMap;
 use crate::foolscap::framer::CallHeader;
 
@@ -39,7 +39,6 @@ struct Asked {
 pub struct CallLimits {
     /// `call_limits(type)`: None, or `(interface name, {method name: limit or None})`.
     ask: Py<PyAny>,
-    session: Py<SessionPy>,
     /// Type -> its interface's limits (None: its calls are not checked); the type is kept so
     /// its address is not reused while it is a key.
     types: PtrMap<(Py<PyType>, Option<Arc<Interface>>)>,
@@ -50,22 +49,17 @@ pub struct CallLimits {
 }
 
 impl CallLimits {
-    pub fn new(ask: Py<PyAny>, session: Py<SessionPy>, floor: u64) -> CallLimits {
-        CallLimits { ask, session, types: PtrMap::default(), floor, asked: None }
+    pub fn new(ask: Py<PyAny>, floor: u64) -> CallLimits {
+        CallLimits { ask, types: PtrMap::default(), floor, asked: None }
     }
 
-    /// Whether the connection has objects whose calls are limited.
-    pub fn active(&self) -> bool {
-        self.session.get().tables().checks_calls()
-    }
-
-    /// The longest string `call`'s arguments may hold (None: no limit of its own). A method
+    /// The longest string `call` (on one of the objects in `tables`) may hold in its arguments (None: no limit of its own). A method
     /// the interface lacks is limited to the floor: the call is refused anyway.
-    pub fn limit(&mut self, py: Python<'_>, call: CallHeader<'_>) -> PyResult<Option<u64>> {
+    pub fn limit(&mut self, py: Python<'_>, tables: &Tables, call: CallHeader<'_>) -> PyResult<Option<u64>> {
         if call.clid <= 0 {
             return Ok(None);
         }
-        let Some(target) = self.session.get().tables().object_at(py, call.clid) else { return Ok(None) };
+        let Some(target) = tables.object_at(py, call.clid) else { return Ok(None) };
         let Some(interface) = self.interface_of(py, &target)? else { return Ok(None) };
         let limit = match interface.methods.get(call.method) {
             Some(None) => return Ok(None),
@@ -108,8 +102,7 @@ impl CallLimits {
     }
 
     pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        visit.call(&self.ask)?;
-        visit.call(&self.session)
+        visit.call(&self.ask)
     }
 }
 

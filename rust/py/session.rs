@@ -16,7 +16,7 @@
 //! not by a later garbage collection.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use pyo3::exceptions::asyncio::InvalidStateError;
 use pyo3::exceptions::PyTypeError;
@@ -24,10 +24,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
-use super::foolscap::FoolscapEncoderPy;
+use super::foolscap::{in_use, FoolscapEncoderPy};
 use super::pb::Writer as PbWriter;
 use super::tables::{Key, Tables};
-use super::tls::TlsSessionPy;
 
 pyo3::import_exception!(pbfast.errors, DeadReferenceError);
 
@@ -42,17 +41,18 @@ pub const EARLY_WRITE: usize = 16;
 /// peer is not reading), and the calls after that then wait.
 pub const FLUSH_AT: usize = 1 << 16;
 
-/// The wire's encoder, known once the connection has negotiated.
+/// The wire's encoder, known once the connection has negotiated. A foolscap encoder numbers
+/// what it writes, so it is locked for each message (a PB one is not: its hooks may send).
 pub enum Encoding {
     Pb(PbWriter),
-    Foolscap(Py<FoolscapEncoderPy>),
+    Foolscap(Arc<Mutex<FoolscapEncoderPy>>),
 }
 
 impl Encoding {
     fn clone_ref(&self, py: Python<'_>) -> Encoding {
         match self {
             Encoding::Pb(w) => Encoding::Pb(w.clone_ref(py)),
-            Encoding::Foolscap(e) => Encoding::Foolscap(e.clone_ref(py)),
+            Encoding::Foolscap(e) => Encoding::Foolscap(Arc::clone(e)),
         }
     }
 }
@@ -86,6 +86,10 @@ pub struct SessionPy {
     out: Outgoing,
     /// No more calls, nothing more written (the connection is gone).
     closed: AtomicBool,
+    /// Calls come back as events rather than running (the broker holds them back).
+    holding: AtomicBool,
+    /// Bytes held for an incomplete incoming message, as of the last chunk read.
+    buffered: AtomicUsize,
     next_request: AtomicI64,
     callbacks: Mutex<Option<Callbacks>>,
     encoder: Mutex<Option<Encoding>>,
@@ -93,38 +97,6 @@ pub struct SessionPy {
 
 #[pymethods]
 impl SessionPy {
-    /// A session whose peer may hold at most `max_refs` of our objects, with the broker's
-    /// callbacks.
-    #[new]
-    #[pyo3(signature = (max_refs, /, *, wake, flush, create_future, dead, forget))]
-    pub fn new(
-        max_refs: usize,
-        wake: Py<PyAny>,
-        flush: Py<PyAny>,
-        create_future: Py<PyAny>,
-        dead: Py<PyAny>,
-        forget: Py<PyAny>,
-    ) -> SessionPy {
-        SessionPy {
-            tables: Tables::new(max_refs),
-            out: Outgoing {
-                bytes: Mutex::new(Vec::new()),
-                queued: AtomicUsize::new(0),
-                scheduled: AtomicBool::new(false),
-            },
-            closed: AtomicBool::new(false),
-            next_request: AtomicI64::new(1),
-            callbacks: Mutex::new(Some(Callbacks { wake, flush, create_future, dead, forget })),
-            encoder: Mutex::new(None),
-        }
-    }
-
-    /// Start encoding calls with `encoder` (a `FoolscapEncoder`), once the connection has
-    /// negotiated.
-    fn start(&self, encoder: Py<FoolscapEncoderPy>) -> PyResult<()> {
-        self.start_encoding(Encoding::Foolscap(encoder))
-    }
-
     // ------------------------------------------------------------------ bytes out
 
     /// Queue `data` (one message, or part of one) to be written.
@@ -132,33 +104,28 @@ impl SessionPy {
         self.append(py, data)
     }
 
-    /// Everything waiting, or None; with `tls`, what waits is encrypted there first and the
-    /// bytes are the session's (records, and its handshake or alerts).
-    #[pyo3(signature = (tls=None))]
-    fn take<'py>(
-        &self,
-        py: Python<'py>,
-        tls: Option<&Bound<'py, TlsSessionPy>>,
-    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let mut out = self.lock_out();
-        self.out.scheduled.store(false, Ordering::Relaxed);
-        self.out.queued.store(0, Ordering::Relaxed);
-        let taken = match tls {
-            None if out.is_empty() => None,
-            None => Some(PyBytes::new(py, &out)),
-            Some(tls) => {
-                let mut tls = tls.try_borrow_mut()?;
-                if !out.is_empty() {
-                    tls.encrypt(&out)?;
-                }
-                tls.take_some(py)
-            }
-        };
-        out.clear();
-        if out.capacity() > 1 << 20 {
-            out.shrink_to(64 << 10);
-        }
-        Ok(taken)
+    /// Everything waiting to be written, or None.
+    fn take<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.drain(|out| (!out.is_empty()).then(|| PyBytes::new(py, out)))
+    }
+
+    /// Whether the peer's calls come back as events (`EV_MESSAGE`, `FS_CALL`) to run later
+    /// with the wire session's `run`, rather than running as they are read (the broker holds
+    /// calls back).
+    #[getter]
+    fn get_holding(&self) -> bool {
+        self.holding()
+    }
+
+    #[setter]
+    fn set_holding(&self, on: bool) {
+        self.holding.store(on, Ordering::Relaxed);
+    }
+
+    /// Bytes held for an incomplete incoming message, as of the last chunk read.
+    #[getter]
+    fn get_buffered(&self) -> usize {
+        self.buffered.load(Ordering::Relaxed)
     }
 
     /// Bytes waiting to be written.
@@ -167,9 +134,11 @@ impl SessionPy {
         self.lock_out().len()
     }
 
-    /// Drop what waits to be written (the connection is being cut off).
+    /// Drop what waits to be written (the connection is being cut off); the wire's session
+    /// drops what it holds of an incomplete incoming message too.
     pub fn discard(&self) {
         self.lock_out().clear();
+        self.set_buffered(0);
     }
 
     /// The connection is gone: refuse further calls, drop what waits, empty the tables and let
@@ -351,7 +320,11 @@ impl SessionPy {
         if let Ok(encoder) = self.encoder.try_lock() {
             match encoder.as_ref() {
                 Some(Encoding::Pb(w)) => w.traverse(&visit)?,
-                Some(Encoding::Foolscap(e)) => visit.call(e)?,
+                Some(Encoding::Foolscap(e)) => {
+                    if let Ok(e) = e.try_lock() {
+                        e.traverse(&visit)?;
+                    }
+                }
                 None => {}
             }
         }
@@ -360,6 +333,53 @@ impl SessionPy {
 }
 
 impl SessionPy {
+    /// A session whose peer may hold at most `max_refs` of our objects, with the broker's
+    /// callbacks (see [`Callbacks`]).
+    pub fn new(
+        max_refs: usize,
+        wake: Py<PyAny>,
+        flush: Py<PyAny>,
+        create_future: Py<PyAny>,
+        dead: Py<PyAny>,
+        forget: Py<PyAny>,
+    ) -> SessionPy {
+        SessionPy {
+            tables: Tables::new(max_refs),
+            out: Outgoing {
+                bytes: Mutex::new(Vec::new()),
+                queued: AtomicUsize::new(0),
+                scheduled: AtomicBool::new(false),
+            },
+            closed: AtomicBool::new(false),
+            holding: AtomicBool::new(false),
+            buffered: AtomicUsize::new(0),
+            next_request: AtomicI64::new(1),
+            callbacks: Mutex::new(Some(Callbacks { wake, flush, create_future, dead, forget })),
+            encoder: Mutex::new(None),
+        }
+    }
+
+    /// `f` of everything waiting to be written, which is then no longer waiting.
+    pub fn drain<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        let mut out = self.lock_out();
+        self.out.scheduled.store(false, Ordering::Relaxed);
+        self.out.queued.store(0, Ordering::Relaxed);
+        let taken = f(&out);
+        out.clear();
+        if out.capacity() > 1 << 20 {
+            out.shrink_to(64 << 10);
+        }
+        taken
+    }
+
+    pub fn holding(&self) -> bool {
+        self.holding.load(Ordering::Relaxed)
+    }
+
+    pub fn set_buffered(&self, bytes: usize) {
+        self.buffered.store(bytes, Ordering::Relaxed);
+    }
+
     pub fn tables(&self) -> &Tables {
         &self.tables
     }
@@ -443,7 +463,7 @@ impl SessionPy {
     /// Refuse further calls, drop what waits and what the session holds of Python's.
     pub fn shut(&self) {
         self.closed.store(true, Ordering::Relaxed);
-        self.lock_out().clear();
+        self.discard();
         self.tables.clear();
         let callbacks = self.callbacks.lock().unwrap_or_else(|e| e.into_inner()).take();
         let encoder = self.encoder.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -494,7 +514,7 @@ impl SessionPy {
                 writer.message(py, request_id, object_id, method, answer, args, Some(kwargs), cache, &mut data)
             }
             // foolscap numbers a call that wants no answer 0.
-            Encoding::Foolscap(encoder) => encoder.bind(py).try_borrow_mut().map_err(PyErr::from).and_then(|mut e| {
+            Encoding::Foolscap(encoder) => encoder.try_lock().map_err(|_| in_use()).and_then(|mut e| {
                 let reqid = if answer { request_id } else { 0 };
                 e.call_into(py, reqid, object_id.extract()?, method, args, kwargs, &mut data)
             }),

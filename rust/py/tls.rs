@@ -23,32 +23,6 @@ impl TlsSessionPy {
     pub(crate) fn from_session(session: TlsSession) -> Self {
         TlsSessionPy { session, plaintext: Vec::new() }
     }
-
-    /// Decrypt `data`; the plaintext, in the session's own buffer (hand it back with
-    /// `give_back`, so a steady stream does not allocate afresh).
-    pub(crate) fn decrypt(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<Vec<u8>> {
-        let mut plaintext = std::mem::take(&mut self.plaintext);
-        plaintext.clear();
-        let session = &mut self.session;
-        py.detach(|| session.feed(data, &mut plaintext))?;
-        Ok(plaintext)
-    }
-
-    pub(crate) fn give_back(&mut self, mut plaintext: Vec<u8>) {
-        plaintext.clear();
-        plaintext.shrink_to(KEPT_BUFFER);
-        self.plaintext = plaintext;
-    }
-
-    /// Queue application data (see `write`).
-    pub(crate) fn encrypt(&mut self, data: &[u8]) -> PyResult<()> {
-        Ok(self.session.write(data)?)
-    }
-
-    /// The ciphertext to send now, or None.
-    pub(crate) fn take_some<'py>(&mut self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
-        Some(self.session.take_with(|bytes| PyBytes::new(py, bytes))).filter(|b| !b.as_bytes().is_empty())
-    }
 }
 
 #[pymethods]
