@@ -235,7 +235,7 @@ def tls_pbfast(ref: Any) -> str | None:
     """The negotiated TLS version and cipher suite, for the report (private attributes: only
     what a bench may peek at)."""
     try:
-        session = ref.broker._tls
+        session = ref.broker._session
         return f"{session.protocol_version} {session.cipher_suite}"
     except AttributeError:
         return None

@@ -387,6 +387,18 @@ impl FoolscapSession {
         Ok(link.negotiation.as_ref().and_then(|n| n.outcome()).and_then(|o| o.master_connection.clone()))
     }
 
+    /// The TLS version banana runs over (None before, and on a Tub's connection to itself).
+    #[getter]
+    fn protocol_version(&self) -> PyResult<Option<&'static str>> {
+        Ok(self.lock_link()?.tls.as_ref().and_then(TlsSession::protocol_version))
+    }
+
+    /// The TLS cipher suite banana runs over (likewise).
+    #[getter]
+    fn cipher_suite(&self) -> PyResult<Option<&'static str>> {
+        Ok(self.lock_link()?.tls.as_ref().and_then(TlsSession::cipher_suite))
+    }
+
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         // Never blocks: these locks are only held while this object is in use.
         if let Ok(incoming) = self.incoming.try_lock() {
