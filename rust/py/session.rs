@@ -217,12 +217,6 @@ impl SessionPy {
         self.tables.pop(py, key)
     }
 
-    /// How many objects are filed.
-    #[getter]
-    fn objects(&self) -> usize {
-        self.tables.objects()
-    }
-
     /// Whether an object filed here has its calls checked against an interface (the broker
     /// sets it when it files one; it stays set). Until then a Tub's decoder reads calls without
     /// asking for their limits.
@@ -245,23 +239,6 @@ impl SessionPy {
     /// `send` for an object the peer may call, filed under its luid when new; its luid.
     fn export(&self, obj: &Bound<'_, PyAny>) -> PyResult<u64> {
         Ok(self.tables.export(obj)?)
-    }
-
-    /// The height of the stack of luids given out by the encode under way, before an encode.
-    fn mark(&self) -> usize {
-        self.tables.mark()
-    }
-
-    /// The encode that started at `mark` succeeded: its luids are the peer's now.
-    fn commit(&self, mark: usize) {
-        self.tables.commit(mark);
-    }
-
-    /// The encode that started at `mark` failed: take back the counts it added (the broker's
-    /// `forget(luid, False)` drops each object this frees).
-    fn undo(&self, py: Python<'_>, mark: usize) -> PyResult<()> {
-        let freed = self.tables.undo(mark);
-        self.forget(py, freed, false)
     }
 
     /// The peer let go of `count` references to `luid`: True if it holds it no more (the

@@ -113,11 +113,6 @@ impl Tables {
         obj.map(|o| o.into_bound(py))
     }
 
-    /// How many objects are filed.
-    pub fn objects(&self) -> usize {
-        self.lock().objects.len()
-    }
-
     /// Whether an object filed here has its calls checked against an interface (set when one is
     /// filed; it stays set).
     pub fn checks_calls(&self) -> bool {
