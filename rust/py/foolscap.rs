@@ -283,7 +283,7 @@ impl Replies<'_> {
     fn answered(&mut self, py: Python<'_>) -> PyResult<usize> {
         if let Some(session) = self.session.filter(|_| !self.out.is_empty()) {
             self.queued += self.out.len();
-            session.append(py, &self.out)?;
+            session.append_answer(py, &self.out)?;
             self.out.clear();
         }
         Ok(self.queued)
@@ -293,7 +293,7 @@ impl Replies<'_> {
     /// them now.
     fn send(&mut self, py: Python<'_>, events: &Bound<'_, PyList>, flush: bool) -> PyResult<()> {
         let Some(session) = self.session.filter(|_| !self.out.is_empty()) else { return Ok(()) };
-        session.append(py, &self.out)?;
+        session.append_answer(py, &self.out)?;
         self.out.clear();
         if flush {
             events.append((FS_FLUSH,))?;
