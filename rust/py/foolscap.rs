@@ -26,27 +26,28 @@
 //! A stream that cannot continue (bad tokens, lost sync, a limit) raises `BananaError` with the
 //! stream offset; the events completed before it are on the exception as `.events`.
 
-use std::cell::RefCell;
-
 use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyIterator, PyList, PySet, PyString, PyTuple};
-use pyo3::PyTypeInfo;
+use pyo3::{ffi, PyTypeInfo};
 
 use super::dispatch::{Dispatch, Flavor, Ran};
 use super::fast::REPLY_FLUSH;
-use super::objects::{decimal_type, decode_utf8, qualified_name, utf8_of, GcPause, StrCache};
+use super::objects::{decimal_type, decode_utf8, dict_next, list_item, qualified_name, utf8_of, GcPause, StrCache};
 use super::schemas::{too_long, CallLimits};
 use super::sender::SenderPy;
 use super::tables::Tables;
 use super::tls::TlsSessionPy;
-use super::{int_value, integer, limit_args, set_limit, with_bytes, with_events, PtrMap};
+use super::{int_value, integer, limit_args, set_limit, with_bytes, with_events};
+use crate::banana::decode::Token;
 use crate::banana::Integer;
 use crate::foolscap::decode::{read_message, Build, Built, Fault, Message};
 use crate::foolscap::encode::{word, TooDeep, Word, Writer};
-use crate::foolscap::framer::CallHeader;
+use crate::foolscap::framer::{CallHeader, Receive};
+use crate::foolscap::quick::{Keep, Pending, Quick};
 use crate::foolscap::{Frame, Limits, MessageFramer};
+use crate::ids::IdMap;
 
 pub const FS_CALL: u8 = 0;
 pub const FS_ANSWER: u8 = 1;
@@ -74,6 +75,8 @@ pub struct FoolscapDecoderPy {
     /// `hook("your-reference", clid)`, `hook("their-reference", giftid, furl)`.
     hook: Option<Py<PyAny>>,
     strings: StrCache,
+    /// The message the quick pass is building, between chunks.
+    pending: Pending<Py<PyAny>>,
     fast: Option<TubFast>,
     /// Once attached: the string limits calls are held to as they arrive.
     call_limits: Option<CallLimits>,
@@ -99,6 +102,7 @@ impl FoolscapDecoderPy {
             limits: all,
             hook,
             strings: StrCache::new(),
+            pending: Pending::default(),
             fast: None,
             call_limits: None,
         })
@@ -245,80 +249,124 @@ impl FoolscapDecoderPy {
     fn decode<'py>(&mut self, py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyList>> {
         let events = PyList::empty(py);
         let hook = self.hook.as_ref().map(|h| h.bind(py).clone());
-        let (limits, strings, framer) = (&self.limits, &mut self.strings, &mut self.framer);
-        let mut fast = self.fast.as_mut().filter(|f| f.enabled);
+        let fast = self.fast.as_mut().filter(|f| f.enabled);
         let sender = fast.as_ref().map(|f| f.sender.bind(py).clone());
-        let mut replies = Replies { sender, out: Vec::new() };
-        // Asked for a call's limit by the framer, and for why it refused one.
-        let call_limits = RefCell::new(self.call_limits.as_mut().filter(|c| c.active()));
-        let limited = call_limits.borrow().is_some();
+        let mut build = PyBuild { py, hook: hook.as_ref(), strings: &mut self.strings, gifts: false };
+        let quick = Quick::resume(&mut self.pending, &self.limits, &mut build);
+        let mut chunk = Chunk {
+            py,
+            events,
+            limits: &self.limits,
+            build,
+            quick,
+            fast,
+            replies: Replies { sender, out: Vec::new() },
+            call_limits: self.call_limits.as_mut().filter(|c| c.active()),
+        };
         // Nothing cyclic becomes garbage while values are built; collections triggered by the
         // containers being made would only walk them again and again.
         let gc = GcPause::new();
-        let on_frame = |frame: Frame<'_>| -> PyResult<()> {
-            let event = match frame {
-                Frame::Message { bytes, offset, first_object } => {
-                    let mut build = PyBuild { py, hook: hook.as_ref(), strings: &mut *strings, gifts: false };
-                    let message = read_message(bytes, offset, first_object, limits, &mut build)?;
-                    if build.gifts && fast.is_some() {
-                        // A message with gifts waits for them to be fetched, and the messages
-                        // after it wait behind it: the rest of the chunk is the broker's.
-                        fast = None;
-                        replies.send(py, &events, false)?;
-                    }
-                    match fast.as_deref_mut() {
-                        None => event(py, message)?,
-                        Some(f) => match f.handle(py, message, &mut replies.out)? {
-                            Handled::Done if replies.out.len() < REPLY_FLUSH => return Ok(()),
-                            // Let the broker write these (and apply back-pressure) first.
-                            Handled::Done => {
-                                fast = None;
-                                return replies.send(py, &events, true);
-                            }
-                            Handled::Ran(event) => event,
-                            Handled::Declined(event) => {
-                                fast = None;
-                                replies.send(py, &events, false)?;
-                                event
-                            }
-                        },
-                    }
-                }
-                Frame::Refused { reqid, length, at, aborted, .. } => {
-                    // The broker answers it, after the replies so far (as a Violation of the
-                    // decoder's, which it is).
-                    if fast.take().is_some() {
-                        replies.send(py, &events, false)?;
-                    }
-                    if aborted {
-                        (FS_CALL_ABORTED, reqid).into_pyobject(py)?.into_any()
-                    } else {
-                        let why = call_limits
-                            .borrow()
-                            .as_ref()
-                            .map_or_else(|| too_long(length, at), |c| c.refusal(length, at));
-                        (FS_VIOLATION, "call", reqid, why).into_pyobject(py)?.into_any()
-                    }
-                }
-                Frame::Ping(n) => (FS_PING, n).into_pyobject(py)?.into_any(),
-                Frame::Pong(n) => (FS_PONG, n).into_pyobject(py)?.into_any(),
-                Frame::PeerError(message) => {
-                    (FS_PEER_ERROR, String::from_utf8_lossy(message)).into_pyobject(py)?.into_any()
-                }
-            };
-            events.append(event)
-        };
-        let result = if limited {
-            let call_limit = |call: CallHeader<'_>| -> PyResult<Option<u64>> {
-                call_limits.borrow_mut().as_mut().map_or(Ok(None), |c| c.limit(py, call))
-            };
-            framer.feed_limited(bytes, on_frame, call_limit)
-        } else {
-            framer.feed(bytes, on_frame)
-        };
+        let result = self.framer.receive(bytes, &mut chunk);
         drop(gc);
+        let Chunk { events, mut build, quick, mut replies, .. } = chunk;
+        quick.suspend(&mut build);
         replies.send(py, &events, false)?;
         with_events(py, events, result)
+    }
+}
+
+/// What one chunk's frames and tokens become: the quick pass builds each message from its
+/// tokens as they are read (a message it gives up on is read again by the walker), and each
+/// message, with the fast path on, is handled here; the rest are events.
+struct Chunk<'py, 'a> {
+    py: Python<'py>,
+    events: Bound<'py, PyList>,
+    limits: &'a Limits,
+    build: PyBuild<'py, 'a>,
+    quick: Quick<'a, PyBuild<'py, 'a>>,
+    fast: Option<&'a mut TubFast>,
+    replies: Replies<'py>,
+    /// The string limits calls are held to, if any.
+    call_limits: Option<&'a mut CallLimits>,
+}
+
+impl<'py> Receive<PyErr> for Chunk<'py, '_> {
+    fn frame(&mut self, frame: Frame<'_>) -> PyResult<()> {
+        let py = self.py;
+        let event = match frame {
+            Frame::Message { bytes, offset, first_object } => {
+                self.build.gifts = false;
+                let message = match self.quick.take() {
+                    Some(message) => message,
+                    None => read_message(bytes, offset, first_object, self.limits, &mut self.build)?,
+                };
+                if self.build.gifts && self.fast.is_some() {
+                    // A message with gifts waits for them to be fetched, and the messages
+                    // after it wait behind it: the rest of the chunk is the broker's.
+                    self.fast = None;
+                    self.replies.send(py, &self.events, false)?;
+                }
+                match self.fast.as_deref_mut() {
+                    None => event(py, message)?,
+                    Some(f) => match f.handle(py, message, &mut self.replies.out)? {
+                        Handled::Done if self.replies.out.len() < REPLY_FLUSH => return Ok(()),
+                        // Let the broker write these (and apply back-pressure) first.
+                        Handled::Done => {
+                            self.fast = None;
+                            return self.replies.send(py, &self.events, true);
+                        }
+                        Handled::Ran(event) => event,
+                        Handled::Declined(event) => {
+                            self.fast = None;
+                            self.replies.send(py, &self.events, false)?;
+                            event
+                        }
+                    },
+                }
+            }
+            Frame::Refused { reqid, length, at, aborted, .. } => {
+                // The broker answers it, after the replies so far (as a Violation of the
+                // decoder's, which it is).
+                if self.fast.take().is_some() {
+                    self.replies.send(py, &self.events, false)?;
+                }
+                if aborted {
+                    (FS_CALL_ABORTED, reqid).into_pyobject(py)?.into_any()
+                } else {
+                    let why = self.call_limits.as_ref().map_or_else(|| too_long(length, at), |c| c.refusal(length, at));
+                    (FS_VIOLATION, "call", reqid, why).into_pyobject(py)?.into_any()
+                }
+            }
+            Frame::Ping(n) => (FS_PING, n).into_pyobject(py)?.into_any(),
+            Frame::Pong(n) => (FS_PONG, n).into_pyobject(py)?.into_any(),
+            Frame::PeerError(message) => {
+                (FS_PEER_ERROR, String::from_utf8_lossy(message)).into_pyobject(py)?.into_any()
+            }
+        };
+        self.events.append(event)
+    }
+
+    fn limits_calls(&self) -> bool {
+        self.call_limits.is_some()
+    }
+
+    fn call_limit(&mut self, call: CallHeader<'_>) -> PyResult<Option<u64>> {
+        let py = self.py;
+        self.call_limits.as_mut().map_or(Ok(None), |c| c.limit(py, call))
+    }
+
+    fn start(&mut self) {
+        self.quick.start();
+    }
+
+    #[inline(always)]
+    fn token(&mut self, token: &Token<'_>) {
+        self.quick.token(&mut self.build, token);
+    }
+
+    #[inline(always)]
+    fn text(&mut self, utf8: &[u8]) {
+        self.quick.text(&mut self.build, utf8);
     }
 }
 
@@ -520,6 +568,18 @@ impl<'py> PyBuild<'py, '_> {
     }
 }
 
+impl<'py> Keep for PyBuild<'py, '_> {
+    type Kept = Py<PyAny>;
+
+    fn keep(&mut self, value: Self::Value) -> Py<PyAny> {
+        value.unbind()
+    }
+
+    fn unkeep(&mut self, kept: Py<PyAny>) -> Self::Value {
+        kept.into_bound(self.py)
+    }
+}
+
 impl<'py> Build for PyBuild<'py, '_> {
     type Value = Bound<'py, PyAny>;
     type Name = Bound<'py, PyString>;
@@ -672,7 +732,7 @@ pub struct FoolscapEncoderPy {
     max_depth: usize,
     /// Kept between messages so a steady stream does not allocate afresh each time.
     scratch: Vec<u8>,
-    seen: PtrMap<u64>,
+    seen: IdMap<u64>,
 }
 
 #[pymethods]
@@ -680,7 +740,7 @@ impl FoolscapEncoderPy {
     #[new]
     #[pyo3(signature = (hook=None, *, next_open_id=0, max_depth=Limits::foolscap().banana.max_depth))]
     fn new(hook: Option<Py<PyAny>>, next_open_id: u64, max_depth: usize) -> FoolscapEncoderPy {
-        FoolscapEncoderPy { hook, next_open_id, max_depth, scratch: Vec::new(), seen: PtrMap::default() }
+        FoolscapEncoderPy { hook, next_open_id, max_depth, scratch: Vec::new(), seen: IdMap::default() }
     }
 
     /// `(call reqid clid method (arguments n_pos args... name value ...))`, keyword arguments
@@ -935,7 +995,7 @@ struct MessageWriter<'py, 'a> {
     py: Python<'py>,
     w: Writer,
     /// Address of each list, tuple, dict and set met in this message -> its open-ID.
-    seen: &'a mut PtrMap<u64>,
+    seen: &'a mut IdMap<u64>,
     /// Keeps what `seen` names (and what the hook made) alive, so an address is not reused by
     /// another object within the message.
     keep: Vec<Bound<'py, PyAny>>,
@@ -1056,9 +1116,10 @@ impl<'py> MessageWriter<'py, '_> {
     fn sorted_pairs(&mut self, dict: &Bound<'py, PyDict>) -> PyResult<()> {
         let start = self.pairs.len();
         let mut texts = true;
-        for (key, value) in dict.iter() {
+        let mut pos = 0;
+        while let Some((key, value)) = dict_next(dict, &mut pos) {
             texts &= cast::<PyString, true>(&key).is_some_and(|s| utf8_of(s).is_some());
-            self.pairs.push((key, value));
+            self.pairs.push((key.to_owned(), value.to_owned()));
         }
         let pairs = &mut self.pairs[start..];
         if pairs.len() < 2 {
@@ -1099,10 +1160,10 @@ impl<'py> MessageWriter<'py, '_> {
             let id = match top {
                 Walk::List { list, next, id } => {
                     while *next < list.len() {
-                        let item = list.get_item(*next)?;
+                        let item = list_item(list, *next)?;
                         *next += 1;
                         if !scalar::<true>(w, &item)? {
-                            return Ok(Some(item));
+                            return Ok(Some(item.to_owned()));
                         }
                     }
                     *id
@@ -1179,13 +1240,12 @@ impl<'py> MessageWriter<'py, '_> {
     /// A tracked container seen before in this message: write `(reference N)` and return true.
     /// Otherwise remember it under the id its OPEN will get, and keep it alive until the message
     /// is written, so that no other object takes its address meanwhile.
+    #[inline(always)]
     fn seen_again(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<bool> {
-        let key = obj.as_ptr() as usize;
-        if let Some(&id) = self.seen.get(&key) {
+        if let Some(&mut id) = self.seen.get_or_insert(obj.as_ptr() as usize, self.w.next_open_id()) {
             self.w.reference(id)?;
             return Ok(true);
         }
-        self.seen.insert(key, self.w.next_open_id());
         self.keep.push(obj.clone());
         Ok(false)
     }
@@ -1280,6 +1340,9 @@ fn text_key<'a>(key: &'a Bound<'_, PyAny>) -> &'a [u8] {
 /// is not.
 #[inline(always)]
 fn scalar<const EXACT: bool>(w: &mut Writer, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    if EXACT {
+        return exact_scalar(w, obj);
+    }
     // bool is an int subclass, but an exact bool never gets as far as the subclass pass.
     if cast::<PyInt, EXACT>(obj).is_some() {
         match int_value(obj)? {
@@ -1302,6 +1365,41 @@ fn scalar<const EXACT: bool>(w: &mut Writer, obj: &Bound<'_, PyAny>) -> PyResult
         w.boolean(b.is_true())?;
     } else {
         return Ok(false);
+    }
+    Ok(true)
+}
+
+/// [`scalar`] for the exact types: each found by one compare of the type's address, text (the
+/// most common item) first.
+#[inline(always)]
+fn exact_scalar(w: &mut Writer, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let ty = obj.get_type_ptr();
+    // SAFETY: only the addresses of CPython's static type objects are taken; each cast below
+    // follows the check of its exact type.
+    unsafe {
+        if ty == &raw mut ffi::PyUnicode_Type {
+            let s = obj.cast_unchecked::<PyString>();
+            match utf8_of(s) {
+                Some(utf8) => w.unicode(utf8)?,
+                // Lone surrogates: Python's own UnicodeEncodeError, as foolscap's `encode("UTF-8")`.
+                None => return Err(s.to_str().expect_err("not UTF-8")),
+            }
+        } else if ty == &raw mut ffi::PyLong_Type {
+            match int_value(obj)? {
+                Integer::Small(v) => w.int(v),
+                Integer::Big(big) => w.big_int(&big),
+            }
+        } else if ty == &raw mut ffi::PyFloat_Type {
+            w.float(obj.cast_unchecked::<PyFloat>().value());
+        } else if ty == &raw mut ffi::PyBytes_Type {
+            w.bytes(obj.cast_unchecked::<PyBytes>().as_bytes());
+        } else if obj.is_none() {
+            w.none()?;
+        } else if ty == &raw mut ffi::PyBool_Type {
+            w.boolean(obj.cast_unchecked::<PyBool>().is_true())?;
+        } else {
+            return Ok(false);
+        }
     }
     Ok(true)
 }
