@@ -267,6 +267,16 @@ impl MessageFramer {
         self.receive(data, &mut Closures { on_frame, call_limit: Some(call_limit) })
     }
 
+    /// Add what `fill` appends (decrypted bytes) to the stream, to be read by the next feed as
+    /// if they came first in its chunk, without being copied again; if `fill` fails, nothing
+    /// is added. After the peer's ERROR, or once the stream has failed, nothing is kept.
+    pub fn append_with<E>(&mut self, fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
+        if self.scan.stopped || self.held.failed() {
+            return fill(&mut Vec::new());
+        }
+        self.held.append_with(fill)
+    }
+
     /// [`MessageFramer::feed`] (or, if `receiver` limits calls, [`MessageFramer::feed_limited`])
     /// into a [`Receive`], which may also take each message's tokens as they are read.
     pub fn receive<E: From<BananaError>>(&mut self, data: &[u8], receiver: &mut impl Receive<E>) -> Result<(), E> {

@@ -23,6 +23,21 @@ pub trait Keep: Build {
     type Kept;
     fn keep(&mut self, value: Self::Value) -> Self::Kept;
     fn unkeep(&mut self, kept: Self::Kept) -> Self::Value;
+
+    /// A container (list, dict, set, tuple, frozenset) made for the message being built.
+    #[inline(always)]
+    fn made(&mut self, container: &Self::Value) {
+        let _ = container;
+    }
+
+    /// The message being built waits for the next chunk.
+    fn set_aside(&mut self) {}
+
+    /// The message being built is complete (`true`; its values are about to be handed on) or
+    /// dropped.
+    fn finished(&mut self, complete: bool) {
+        let _ = complete;
+    }
 }
 
 /// A container being filled: `C` the container, `K` the items of a tuple, kept.
@@ -128,12 +143,15 @@ impl<'p, B: Keep> Quick<'p, B> {
 
     /// Keep where the message stands for the next chunk.
     pub fn suspend(self, build: &mut B) {
+        if self.pending.at != At::Idle {
+            build.set_aside();
+        }
         self.pending.top = self.top.map(|open| kept(build, open));
     }
 
     /// A message starts (its top-level OPEN was read).
-    pub fn start(&mut self) {
-        self.give_up();
+    pub fn start(&mut self, build: &mut B) {
+        self.give_up(build);
         self.done = None;
         self.pending.at = At::Type;
     }
@@ -142,7 +160,7 @@ impl<'p, B: Keep> Quick<'p, B> {
     #[inline]
     pub fn token(&mut self, build: &mut B, token: &Token<'_>) {
         if self.pending.at != At::Idle && self.step(build, token).is_none() {
-            self.give_up();
+            self.give_up(build);
         }
     }
 
@@ -150,7 +168,7 @@ impl<'p, B: Keep> Quick<'p, B> {
     #[inline]
     pub fn text(&mut self, build: &mut B, utf8: &[u8]) {
         if self.pending.at != At::Idle && self.whole_text(build, utf8).is_none() {
-            self.give_up();
+            self.give_up(build);
         }
     }
 
@@ -160,7 +178,7 @@ impl<'p, B: Keep> Quick<'p, B> {
     }
 
     /// Drop the message: nothing is built until the next one starts.
-    fn give_up(&mut self) {
+    fn give_up(&mut self, build: &mut B) {
         let p = &mut *self.pending;
         p.at = At::Idle;
         self.top = None;
@@ -168,6 +186,7 @@ impl<'p, B: Keep> Quick<'p, B> {
         p.text = None;
         p.args.clear();
         p.kwargs.clear();
+        build.finished(false);
     }
 
     fn whole_text(&mut self, b: &mut B, utf8: &[u8]) -> Option<()> {
@@ -244,6 +263,7 @@ impl<'p, B: Keep> Quick<'p, B> {
             }
             (At::AnswerEnd, Token::Close(_)) => {
                 let value = b.unkeep(p.args.pop()?);
+                b.finished(true);
                 self.done = Some(Message::Answer { reqid: p.reqid, value });
                 At::Idle
             }
@@ -320,6 +340,9 @@ impl<'p, B: Keep> Quick<'p, B> {
                 return Some(());
             }
         };
+        if let Open::List(container) | Open::Dict(container, _) | Open::Set(container) = &open {
+            b.made(container);
+        }
         if let Some(outer) = self.top.take() {
             self.pending.outer.push(kept(b, outer));
         }
@@ -337,7 +360,9 @@ impl<'p, B: Keep> Quick<'p, B> {
             Open::Set(set) => set,
             Open::Tuple(items, frozen) => {
                 let items = items.into_iter().map(|item| b.unkeep(item)).collect();
-                if frozen { b.frozenset(items) } else { b.tuple(items) }.ok()?
+                let tuple = if frozen { b.frozenset(items) } else { b.tuple(items) }.ok()?;
+                b.made(&tuple);
+                tuple
             }
         };
         self.top = self.pending.outer.pop().map(|open| live(b, open));
@@ -386,11 +411,13 @@ impl<'p, B: Keep> Quick<'p, B> {
 /// The complete call of `p`: its names made now.
 fn call<B: Keep>(p: &mut Pending<B::Kept>, b: &mut B) -> Option<Message<B>> {
     let method = b.name(&p.method).ok()?;
-    let args = p.args.drain(..).map(|arg| b.unkeep(arg)).collect();
-    let mut kwargs = Vec::with_capacity(p.kwargs.len());
-    for (name, value) in p.kwargs.drain(..) {
-        kwargs.push((b.name(&name).ok()?, b.unkeep(value)));
+    let mut names = Vec::with_capacity(p.kwargs.len());
+    for (name, _) in &p.kwargs {
+        names.push(b.name(name).ok()?);
     }
+    let args = p.args.drain(..).map(|arg| b.unkeep(arg)).collect();
+    let kwargs = names.into_iter().zip(p.kwargs.drain(..)).map(|(name, (_, value))| (name, b.unkeep(value))).collect();
+    b.finished(true);
     Some(Message::Call { reqid: p.reqid, clid: p.clid, method, args, kwargs })
 }
 
@@ -469,7 +496,7 @@ mod tests {
         }
 
         fn start(&mut self) {
-            self.quick.start();
+            self.quick.start(&mut self.build);
         }
 
         fn token(&mut self, token: &Token<'_>) {

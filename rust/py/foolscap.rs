@@ -30,10 +30,12 @@ use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyIterator, PyList, PySet, PyString, PyTuple};
-use pyo3::{ffi, PyTypeInfo};
+use pyo3::{ffi, Borrowed, PyTypeInfo};
 
 use super::dispatch::{Dispatch, Flavor, Ran};
 use super::fast::REPLY_FLUSH;
+use crate::jelly::recycle;
+
 use super::objects::{decimal_type, decode_utf8, dict_next, list_item, qualified_name, utf8_of, GcPause, StrCache};
 use super::schemas::{too_long, CallLimits};
 use super::sender::SenderPy;
@@ -75,8 +77,11 @@ pub struct FoolscapDecoderPy {
     /// `hook("your-reference", clid)`, `hook("their-reference", giftid, furl)`.
     hook: Option<Py<PyAny>>,
     strings: StrCache,
+    /// The fast path's replies are written here (an empty buffer between chunks).
+    replies: Vec<u8>,
     /// The message the quick pass is building, between chunks.
     pending: Pending<Py<PyAny>>,
+    aside: SetAside,
     fast: Option<TubFast>,
     /// Once attached: the string limits calls are held to as they arrive.
     call_limits: Option<CallLimits>,
@@ -102,7 +107,9 @@ impl FoolscapDecoderPy {
             limits: all,
             hook,
             strings: StrCache::new(),
+            replies: Vec::new(),
             pending: Pending::default(),
+            aside: SetAside::default(),
             fast: None,
             call_limits: None,
         })
@@ -150,12 +157,15 @@ impl FoolscapDecoderPy {
             return Err(pyo3::exceptions::PyRuntimeError::new_err("the decoder is not attached to a connection"));
         };
         let events = PyList::empty(py);
-        let mut replies = Vec::new();
+        let mut replies = std::mem::take(&mut self.replies);
         let kwargs = Some(kwargs).filter(|kw| !kw.is_empty());
         if let Some(event) = fast.call(py, reqid, clid, method, args, kwargs, &mut replies)? {
             events.append(event)?;
         }
-        let held = if replies.is_empty() { 0 } else { fast.sender.get().append(py, &replies)? };
+        let held = if replies.is_empty() { 0 } else { fast.sender.get().append_owned(py, &mut replies)? };
+        if replies.capacity() <= 1 << 20 {
+            self.replies = replies;
+        }
         if held >= REPLY_FLUSH {
             events.append((FS_FLUSH,))?;
         }
@@ -193,10 +203,13 @@ impl FoolscapDecoderPy {
         tls: &Bound<'py, TlsSessionPy>,
         data: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let plaintext = with_bytes(data, |bytes| tls.try_borrow_mut()?.decrypt(py, bytes))?;
-        let events = self.decode(py, &plaintext);
-        tls.try_borrow_mut()?.give_back(plaintext);
-        events
+        // Decrypted into the framer's own buffer, and read from there: nothing is read if the
+        // session fails.
+        with_bytes(data, |bytes| {
+            let mut tls = tls.try_borrow_mut()?;
+            self.framer.append_with(|buffer| tls.decrypt_into(py, bytes, buffer))
+        })?;
+        self.decode(py, &[])
     }
     /// Bytes held for an incomplete message.
     #[getter]
@@ -251,7 +264,8 @@ impl FoolscapDecoderPy {
         let hook = self.hook.as_ref().map(|h| h.bind(py).clone());
         let fast = self.fast.as_mut().filter(|f| f.enabled);
         let sender = fast.as_ref().map(|f| f.sender.bind(py).clone());
-        let mut build = PyBuild { py, hook: hook.as_ref(), strings: &mut self.strings, gifts: false };
+        let mut build =
+            PyBuild { py, hook: hook.as_ref(), strings: &mut self.strings, gifts: false, aside: &mut self.aside };
         let quick = Quick::resume(&mut self.pending, &self.limits, &mut build);
         let mut chunk = Chunk {
             py,
@@ -260,7 +274,7 @@ impl FoolscapDecoderPy {
             build,
             quick,
             fast,
-            replies: Replies { sender, out: Vec::new() },
+            replies: Replies { sender, out: std::mem::take(&mut self.replies) },
             call_limits: self.call_limits.as_mut().filter(|c| c.active()),
         };
         // Nothing cyclic becomes garbage while values are built; collections triggered by the
@@ -271,6 +285,10 @@ impl FoolscapDecoderPy {
         let Chunk { events, mut build, quick, mut replies, .. } = chunk;
         quick.suspend(&mut build);
         replies.send(py, &events, false)?;
+        if replies.out.capacity() <= 1 << 20 {
+            replies.out.clear();
+            self.replies = replies.out;
+        }
         with_events(py, events, result)
     }
 }
@@ -356,7 +374,7 @@ impl<'py> Receive<PyErr> for Chunk<'py, '_> {
     }
 
     fn start(&mut self) {
-        self.quick.start();
+        self.quick.start(&mut self.build);
     }
 
     #[inline(always)]
@@ -382,8 +400,7 @@ impl<'py> Replies<'py> {
     /// them now.
     fn send(&mut self, py: Python<'py>, events: &Bound<'py, PyList>, flush: bool) -> PyResult<()> {
         let Some(sender) = self.sender.as_ref().filter(|_| !self.out.is_empty()) else { return Ok(()) };
-        sender.get().append(py, &self.out)?;
-        self.out.clear();
+        sender.get().append_owned(py, &mut self.out)?;
         if flush {
             events.append((FS_FLUSH,))?;
         }
@@ -536,6 +553,56 @@ struct PyBuild<'py, 'a> {
     strings: &'a mut StrCache,
     /// The message holds a gift (a `their-reference`).
     gifts: bool,
+    aside: &'a mut SetAside,
+}
+
+/// The containers of the message the quick pass is building. While it waits for the next chunk
+/// they are not tracked by the garbage collector: no cycle runs through them (the quick pass
+/// makes none, and nothing else has seen them), and collections triggered meanwhile would only
+/// walk them, and move them to older generations, to no purpose. They are tracked again before
+/// the message is handed on.
+#[derive(Default)]
+struct SetAside {
+    /// Made since the message was last set aside (their addresses).
+    made: Vec<usize>,
+    /// Untracked here, to be tracked again.
+    untracked: Vec<usize>,
+}
+
+impl SetAside {
+    fn set_aside(&mut self) {
+        #[cfg(not(Py_GIL_DISABLED))]
+        for &p in &self.made {
+            let obj = p as *mut ffi::PyObject;
+            // SAFETY: each is a live container of the pending message, which holds it until
+            // `finished` (with the GIL).
+            unsafe {
+                if ffi::PyObject_GC_IsTracked(obj) != 0 {
+                    ffi::PyObject_GC_UnTrack(obj.cast());
+                    self.untracked.push(p);
+                }
+            }
+        }
+        self.made.clear();
+    }
+
+    fn finished(&mut self, complete: bool) {
+        if complete {
+            for &p in &self.untracked {
+                let obj = p as *mut ffi::PyObject;
+                // SAFETY: as in `set_aside`; a container may have been tracked again meanwhile
+                // (a dict is, once a container goes in), and tracking it twice is an error.
+                unsafe {
+                    if ffi::PyObject_GC_IsTracked(obj) == 0 {
+                        ffi::PyObject_GC_Track(obj.cast());
+                    }
+                }
+            }
+        }
+        // Dropped, the message's containers are freed with it (untracked or not): forget them.
+        self.untracked.clear();
+        self.made.clear();
+    }
 }
 
 type PyBuilt<'py, T> = Built<T, PyErr>;
@@ -577,6 +644,19 @@ impl<'py> Keep for PyBuild<'py, '_> {
 
     fn unkeep(&mut self, kept: Py<PyAny>) -> Self::Value {
         kept.into_bound(self.py)
+    }
+
+    #[inline(always)]
+    fn made(&mut self, container: &Self::Value) {
+        self.aside.made.push(container.as_ptr() as usize);
+    }
+
+    fn set_aside(&mut self) {
+        self.aside.set_aside();
+    }
+
+    fn finished(&mut self, complete: bool) {
+        self.aside.finished(complete);
     }
 }
 
@@ -733,6 +813,9 @@ pub struct FoolscapEncoderPy {
     /// Kept between messages so a steady stream does not allocate afresh each time.
     scratch: Vec<u8>,
     seen: IdMap<u64>,
+    /// The allocation of a message's `keep`, between messages (see `recycle`).
+    keep: Vec<usize>,
+    order: KeyOrder,
 }
 
 #[pymethods]
@@ -740,7 +823,15 @@ impl FoolscapEncoderPy {
     #[new]
     #[pyo3(signature = (hook=None, *, next_open_id=0, max_depth=Limits::foolscap().banana.max_depth))]
     fn new(hook: Option<Py<PyAny>>, next_open_id: u64, max_depth: usize) -> FoolscapEncoderPy {
-        FoolscapEncoderPy { hook, next_open_id, max_depth, scratch: Vec::new(), seen: IdMap::default() }
+        FoolscapEncoderPy {
+            hook,
+            next_open_id,
+            max_depth,
+            scratch: Vec::new(),
+            seen: IdMap::default(),
+            keep: Vec::new(),
+            order: KeyOrder::default(),
+        }
     }
 
     /// `(call reqid clid method (arguments n_pos args... name value ...))`, keyword arguments
@@ -765,27 +856,24 @@ impl FoolscapEncoderPy {
             },
         };
         let kwargs = kwargs.cloned().unwrap_or_else(|| PyDict::new(py));
-        self.call_with(py, reqid, clid, method.to_str()?, &args, &kwargs, |bytes| PyBytes::new(py, bytes))
+        let bytes = self.call_with(py, reqid, clid, method.to_str()?, &args, &kwargs, Dest::Bytes)?;
+        Ok(bytes.expect("a new bytes object"))
     }
 
     /// `(answer reqid value)`.
     fn answer<'py>(&mut self, py: Python<'py>, reqid: i64, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        self.reply(py, word::ANSWER, reqid, |m| m.value(value), |bytes| PyBytes::new(py, bytes))
+        let bytes = self.reply(py, word::ANSWER, reqid, |m| m.value(value), Dest::Bytes)?;
+        Ok(bytes.expect("a new bytes object"))
     }
 
     /// `(error reqid (copyable "twisted.python.failure.Failure" name value ...))`, the state (a
     /// dict or (name, value) pairs) in the order given.
     fn error<'py>(&mut self, py: Python<'py>, reqid: i64, state: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        self.reply(
-            py,
-            word::ERROR,
-            reqid,
-            |m| {
-                m.copyable(FAILURE, state)?;
-                m.finish_sequences()
-            },
-            |bytes| PyBytes::new(py, bytes),
-        )
+        let body = |m: &mut MessageWriter<'py, '_>| {
+            m.copyable(FAILURE, state)?;
+            m.finish_sequences()
+        };
+        Ok(self.reply(py, word::ERROR, reqid, body, Dest::Bytes)?.expect("a new bytes object"))
     }
 
     /// A PING (foolscap sends number 0, as the single byte 8e).
@@ -824,31 +912,29 @@ impl FoolscapEncoderPy {
 
     fn __clear__(&mut self) {
         self.hook = None;
+        self.order = KeyOrder::default();
     }
 }
 
 impl FoolscapEncoderPy {
-    /// `(word reqid body)`: an answer or an error, its bytes handed to `finish`.
-    fn reply<'py, R>(
+    /// `(word reqid body)`: an answer or an error, to `dest`.
+    fn reply<'py>(
         &mut self,
         py: Python<'py>,
         word: Word,
         reqid: i64,
         body: impl FnOnce(&mut MessageWriter<'py, '_>) -> PyResult<()>,
-        finish: impl FnOnce(&[u8]) -> R,
-    ) -> PyResult<R> {
+        dest: Dest<'_>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         request_id(reqid)?;
-        self.encode_with(
-            py,
-            |m| {
-                let reply = m.w.open(word)?;
-                m.w.int(reqid);
-                body(m)?;
-                m.w.close(reply);
-                Ok(())
-            },
-            finish,
-        )
+        let write = |m: &mut MessageWriter<'py, '_>| {
+            let reply = m.w.open(word)?;
+            m.w.int(reqid);
+            body(m)?;
+            m.w.close(reply);
+            Ok(())
+        };
+        self.encode_with(py, dest, write)
     }
 
     /// `call`, appended to `out` (the sender's calls).
@@ -863,13 +949,13 @@ impl FoolscapEncoderPy {
         kwargs: &Bound<'_, PyDict>,
         out: &mut Vec<u8>,
     ) -> PyResult<()> {
-        self.call_with(py, reqid, clid, method, args, kwargs, |bytes| out.extend_from_slice(bytes))
+        self.call_with(py, reqid, clid, method, args, kwargs, Dest::Append(out)).map(drop)
     }
 
     /// `(call reqid clid method (arguments n args... name value...))`, keyword arguments sorted
     /// by name as foolscap sorts them.
     #[allow(clippy::too_many_arguments)]
-    fn call_with<'py, R>(
+    fn call_with<'py>(
         &mut self,
         py: Python<'py>,
         reqid: i64,
@@ -877,8 +963,8 @@ impl FoolscapEncoderPy {
         method: &str,
         args: &Bound<'py, PyTuple>,
         kwargs: &Bound<'py, PyDict>,
-        finish: impl FnOnce(&[u8]) -> R,
-    ) -> PyResult<R> {
+        dest: Dest<'_>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         request_id(reqid)?;
         wire_id("clid", clid, true)?;
         let mut named = Vec::with_capacity(kwargs.len());
@@ -891,28 +977,24 @@ impl FoolscapEncoderPy {
         }
         // UTF-8 byte order is code point order.
         named.sort_by(|(a, _), (b, _)| a.to_str().unwrap_or_default().cmp(b.to_str().unwrap_or_default()));
-        self.encode_with(
-            py,
-            |m| {
-                let call = m.w.open(word::CALL)?;
-                m.w.int(reqid);
-                m.w.int(clid);
-                m.w.bytes(method.as_bytes());
-                let arguments = m.w.open(word::ARGUMENTS)?;
-                m.w.int(args.len() as i64);
-                for arg in args.iter() {
-                    m.value(&arg)?;
-                }
-                for (name, value) in &named {
-                    m.w.bytes(name.to_str()?.as_bytes());
-                    m.value(value)?;
-                }
-                m.w.close(arguments);
-                m.w.close(call);
-                Ok(())
-            },
-            finish,
-        )
+        self.encode_with(py, dest, |m| {
+            let call = m.w.open(word::CALL)?;
+            m.w.int(reqid);
+            m.w.int(clid);
+            m.w.bytes(method.as_bytes());
+            let arguments = m.w.open(word::ARGUMENTS)?;
+            m.w.int(args.len() as i64);
+            for arg in args.iter() {
+                m.value(&arg)?;
+            }
+            for (name, value) in &named {
+                m.w.bytes(name.to_str()?.as_bytes());
+                m.value(value)?;
+            }
+            m.w.close(arguments);
+            m.w.close(call);
+            Ok(())
+        })
     }
 
     /// `(answer reqid value)`, appended to `out` (the fast path's replies).
@@ -923,42 +1005,70 @@ impl FoolscapEncoderPy {
         value: &Bound<'_, PyAny>,
         out: &mut Vec<u8>,
     ) -> PyResult<()> {
-        self.reply(py, word::ANSWER, reqid, |m| m.value(value), |bytes| out.extend_from_slice(bytes))
+        self.reply(py, word::ANSWER, reqid, |m| m.value(value), Dest::Append(out)).map(drop)
     }
 
-    /// Run `write` on a fresh message and hand its bytes to `finish`; the counter moves on only
-    /// if it succeeds.
-    fn encode_with<'py, R>(
+    /// Run `write` on a fresh message that goes to `dest`; the counter moves on only if it
+    /// succeeds.
+    fn encode_with<'py>(
         &mut self,
         py: Python<'py>,
+        dest: Dest<'_>,
         write: impl FnOnce(&mut MessageWriter<'py, '_>) -> PyResult<()>,
-        finish: impl FnOnce(&[u8]) -> R,
-    ) -> PyResult<R> {
-        let out = std::mem::take(&mut self.scratch);
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let out = match dest {
+            Dest::Append(out) => return self.encode_into(py, out, write).map(|()| None),
+            Dest::Bytes => &mut std::mem::take(&mut self.scratch),
+        };
+        let bytes = self.encode_into(py, out, write).map(|()| Some(PyBytes::new(py, out)));
+        if out.capacity() <= 1 << 20 {
+            out.clear();
+            self.scratch = std::mem::take(out);
+        }
+        bytes
+    }
+
+    /// Run `write` on a fresh message appended to `out`; if it fails, `out` is left as it was
+    /// and so is the counter.
+    fn encode_into<'py>(
+        &mut self,
+        py: Python<'py>,
+        out: &mut Vec<u8>,
+        write: impl FnOnce(&mut MessageWriter<'py, '_>) -> PyResult<()>,
+    ) -> PyResult<()> {
+        let start = out.len();
         let mut m = MessageWriter {
             py,
-            w: Writer::new(out, self.next_open_id, self.max_depth),
+            w: Writer::new(std::mem::take(out), self.next_open_id, self.max_depth),
             seen: &mut self.seen,
-            keep: Vec::new(),
+            keep: recycle(std::mem::take(&mut self.keep)),
             hook: self.hook.as_ref().map(|h| h.bind(py).clone()),
             stack: Vec::new(),
             pairs: Vec::new(),
+            order: &mut self.order,
         };
         let result = write(&mut m);
         let MessageWriter { w, keep, .. } = m;
         self.seen.clear();
-        drop(keep);
-        let (mut out, next_open_id) = w.finish();
-        let done = result.map(|()| {
-            self.next_open_id = next_open_id;
-            finish(&out)
-        });
-        if out.capacity() <= 1 << 20 {
-            out.clear();
-            self.scratch = out;
+        if keep.capacity() <= 1 << 16 {
+            self.keep = recycle(keep);
         }
-        done
+        let (mut written, next_open_id) = w.finish();
+        match result {
+            Ok(()) => self.next_open_id = next_open_id,
+            Err(_) => written.truncate(start),
+        }
+        *out = written;
+        result
     }
+}
+
+/// Where a message goes.
+enum Dest<'o> {
+    /// At the end of this buffer.
+    Append(&'o mut Vec<u8>),
+    /// Into a new bytes object.
+    Bytes,
 }
 
 /// Request IDs, clids and gift IDs travel as INT (or NEG), which foolscap writes only for
@@ -1005,6 +1115,49 @@ struct MessageWriter<'py, 'a> {
     stack: Vec<Walk<'py>>,
     /// The (key, value) pairs of the dicts being written, sorted, outermost first.
     pairs: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    order: &'a mut KeyOrder,
+}
+
+/// The order in which the last dict with text keys only (and not too many) was sent: dicts of
+/// one shape tend to follow one another, their keys the very same str objects in the same
+/// order, which sort the same way each time.
+#[derive(Default)]
+struct KeyOrder {
+    /// The keys in the dict's own order: held, so that no other object can take their address.
+    keys: Vec<Py<PyAny>>,
+    /// The sorted order: the places in `keys` of the first key, the second, ...
+    sorted: Vec<u8>,
+}
+
+impl KeyOrder {
+    /// Dicts with more keys than this are sorted afresh each time.
+    const MAX_KEYS: usize = 16;
+
+    /// The sorted order of a dict whose keys, in its own order, are `keys` (at most
+    /// `MAX_KEYS`): the one remembered if they are the keys remembered, else found (and
+    /// remembered) if they are all text; None if they are not.
+    ///
+    /// # Safety
+    ///
+    /// Each of `keys` is a live object (a borrowed reference).
+    #[inline]
+    unsafe fn of(&mut self, py: Python<'_>, keys: &[*mut ffi::PyObject]) -> Option<&[u8]> {
+        let same = self.keys.len() == keys.len() && self.keys.iter().zip(keys).all(|(k, &key)| k.as_ptr() == key);
+        if !same {
+            // SAFETY: the caller's contract.
+            let keys: Vec<Borrowed<'_, '_, PyAny>> =
+                keys.iter().map(|&key| unsafe { Borrowed::from_ptr(py, key) }).collect();
+            if !keys.iter().all(|key| text_of(key).is_some()) {
+                return None;
+            }
+            self.keys.clear();
+            self.keys.extend(keys.iter().map(|&key| Borrowed::to_owned(key).unbind()));
+            self.sorted.clear();
+            self.sorted.extend(0..keys.len() as u8);
+            self.sorted.sort_unstable_by_key(|&i| text_of(&keys[usize::from(i)]));
+        }
+        Some(&self.sorted)
+    }
 }
 
 /// A sequence being written (opened as `id`): where the walk goes on once the item being
@@ -1092,9 +1245,7 @@ impl<'py> MessageWriter<'py, '_> {
         } else if let Some(dict) = cast::<PyDict, EXACT>(obj) {
             if !self.seen_again(obj)? {
                 let id = self.w.open(word::DICT)?;
-                let start = self.pairs.len();
-                self.sorted_pairs(dict)?;
-                self.stack.push(Walk::Dict { start, next: 2 * start, end: 2 * self.pairs.len(), id });
+                self.dict(dict, id)?;
             }
         } else if cast::<PySet, EXACT>(obj).is_some() {
             self.set(obj, word::SET, true)?;
@@ -1109,24 +1260,73 @@ impl<'py> MessageWriter<'py, '_> {
         Ok(true)
     }
 
+    /// Write the pairs of `dict` (opened as `id`) in foolscap's order, sorted by key: small
+    /// dicts with text keys as far as their pairs are exact scalars here, the rest by [`Self::step`].
+    fn dict(&mut self, dict: &Bound<'py, PyDict>, id: u64) -> PyResult<()> {
+        #[cfg(not(Py_GIL_DISABLED))]
+        if dict.len() <= KeyOrder::MAX_KEYS && self.small_dict(dict, id)? {
+            return Ok(());
+        }
+        let start = self.pairs.len();
+        self.sorted_pairs(dict)?;
+        self.stack.push(Walk::Dict { start, next: 2 * start, end: 2 * self.pairs.len(), id });
+        Ok(())
+    }
+
+    /// [`Self::dict`] for a dict of at most `KeyOrder::MAX_KEYS` pairs: false (and nothing
+    /// done) if its keys are not all text.
+    #[cfg(not(Py_GIL_DISABLED))]
+    fn small_dict(&mut self, dict: &Bound<'py, PyDict>, id: u64) -> PyResult<bool> {
+        let py = self.py;
+        let mut keys = [std::ptr::null_mut(); KeyOrder::MAX_KEYS];
+        let mut values = [std::ptr::null_mut(); KeyOrder::MAX_KEYS];
+        let (mut n, mut pos) = (0, 0);
+        // SAFETY (here and below): PyDict_Next hands out borrowed references to the dict's
+        // entries, good while the dict is not changed, and nothing here changes it: no Python
+        // code runs while keys are compared and exact scalars written, and a pair that is not
+        // made of those is held by owned references before anything else is written.
+        unsafe {
+            while n < KeyOrder::MAX_KEYS && ffi::PyDict_Next(dict.as_ptr(), &mut pos, &mut keys[n], &mut values[n]) != 0
+            {
+                n += 1;
+            }
+        }
+        let entry = |p: *mut ffi::PyObject| unsafe { Borrowed::from_ptr(py, p) };
+        let Some(sorted) = (unsafe { self.order.of(py, &keys[..n]) }) else { return Ok(false) };
+        for (place, &i) in sorted.iter().enumerate() {
+            let (key, value) = (entry(keys[usize::from(i)]), entry(values[usize::from(i)]));
+            exact_scalar(&mut self.w, &key)?;
+            if !exact_scalar(&mut self.w, &value)? {
+                // This value, and the pairs after it, are written by `step`.
+                let start = self.pairs.len();
+                for &j in &sorted[place..] {
+                    let j = usize::from(j);
+                    self.pairs.push((entry(keys[j]).to_owned(), entry(values[j]).to_owned()));
+                }
+                self.stack.push(Walk::Dict { start, next: 2 * start + 1, end: 2 * self.pairs.len(), id });
+                return Ok(true);
+            }
+        }
+        self.w.close(id);
+        Ok(true)
+    }
+
     /// Append the pairs of `dict` to `pairs`, sorted by key as foolscap sorts them, with
     /// Python's sort (keys that cannot be compared raise its TypeError, and nothing is sent);
     /// keys that are all plain text are sorted here, by their UTF-8, whose byte order is code
     /// point order.
     fn sorted_pairs(&mut self, dict: &Bound<'py, PyDict>) -> PyResult<()> {
         let start = self.pairs.len();
-        let mut texts = true;
         let mut pos = 0;
         while let Some((key, value)) = dict_next(dict, &mut pos) {
-            texts &= cast::<PyString, true>(&key).is_some_and(|s| utf8_of(s).is_some());
             self.pairs.push((key.to_owned(), value.to_owned()));
         }
         let pairs = &mut self.pairs[start..];
         if pairs.len() < 2 {
             return Ok(());
         }
-        if texts {
-            pairs.sort_unstable_by(|(a, _), (b, _)| text_key(a).cmp(text_key(b)));
+        if pairs.iter().all(|(key, _)| text_of(key).is_some()) {
+            pairs.sort_unstable_by(|(a, _), (b, _)| text_of(a).cmp(&text_of(b)));
             return Ok(());
         }
         let keys = PyList::new(self.py, pairs.iter().map(|(key, _)| key))?;
@@ -1329,10 +1529,11 @@ impl<'py> MessageWriter<'py, '_> {
     }
 }
 
-/// The UTF-8 of a dict key found to be an exact str with UTF-8 (see `sorted_pairs`).
-fn text_key<'a>(key: &'a Bound<'_, PyAny>) -> &'a [u8] {
-    // SAFETY: the key is a str (checked by the caller).
-    utf8_of(unsafe { key.cast_unchecked::<PyString>() }).unwrap_or_default()
+/// The UTF-8 of a dict key that is an exact str (and valid Unicode), by which foolscap's
+/// order of text keys goes: UTF-8 byte order is code point order.
+#[inline(always)]
+fn text_of<'a>(key: &'a Bound<'_, PyAny>) -> Option<&'a [u8]> {
+    cast::<PyString, true>(key).and_then(utf8_of)
 }
 
 /// Write `obj` if it is an int, str, bytes, float, None or bool, exactly that type (`EXACT`) or

@@ -27,6 +27,8 @@ enum Encoding {
 #[pyclass(module = "pbfast._core", name = "Sender", frozen)]
 pub struct SenderPy {
     out: Mutex<Vec<u8>>,
+    /// An empty buffer, for the next foolscap call to be written in (see `append_owned`).
+    spare: Mutex<Vec<u8>>,
     /// `wake()` has been called for the bytes waiting in `out`.
     scheduled: AtomicBool,
     closed: AtomicBool,
@@ -47,6 +49,7 @@ impl SenderPy {
     fn new(wake: Py<PyAny>, create_future: Py<PyAny>, tables: Py<Tables>, dead: Py<PyAny>) -> SenderPy {
         SenderPy {
             out: Mutex::new(Vec::new()),
+            spare: Mutex::new(Vec::new()),
             scheduled: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             next_request: AtomicI64::new(1),
@@ -141,7 +144,7 @@ impl SenderPy {
         // Objects of ours that the arguments carried stay until the answer has been read,
         // whatever decrefs the peer sends meanwhile (see RefTable).
         tables.await_reply(request_id, future.clone().unbind(), mark)?;
-        self.append(py, &data)?;
+        self.send(py, data)?;
         Ok(future)
     }
 
@@ -159,7 +162,7 @@ impl SenderPy {
         let mark = tables.mark();
         let data = self.encode(py, request_id, object_id, method, false, args, kwargs, false)?;
         tables.commit(mark);
-        self.append(py, &data)?;
+        self.send(py, data)?;
         Ok(())
     }
 
@@ -184,10 +187,48 @@ impl SenderPy {
             out.extend_from_slice(data);
             out.len()
         };
+        self.woken(py)?;
+        Ok(size)
+    }
+
+    /// [`SenderPy::append`] of a buffer of the caller's, which is left empty: when nothing
+    /// waits, the buffers are swapped rather than the bytes copied (the caller gets an empty
+    /// buffer of the size of the last that was written).
+    pub(crate) fn append_owned(&self, py: Python<'_>, data: &mut Vec<u8>) -> PyResult<usize> {
+        let size = {
+            let mut out = self.out.lock().expect("sender lock");
+            if out.is_empty() {
+                std::mem::swap(&mut *out, data);
+            } else {
+                out.extend_from_slice(data);
+            }
+            data.clear();
+            out.len()
+        };
+        self.woken(py)?;
+        Ok(size)
+    }
+
+    /// Ask for a flush of what waits, once.
+    fn woken(&self, py: Python<'_>) -> PyResult<()> {
         if !self.scheduled.swap(true, Ordering::Relaxed) {
             self.wake.bind(py).call0()?;
         }
-        Ok(size)
+        Ok(())
+    }
+
+    /// Queue the bytes of a call: a foolscap call's buffer goes to `out` as it is when nothing
+    /// waits, and `out`'s empty one becomes the spare.
+    fn send(&self, py: Python<'_>, mut data: Vec<u8>) -> PyResult<()> {
+        if let Some(Encoding::Foolscap(_)) = self.encoder.get() {
+            self.append_owned(py, &mut data)?;
+            let mut spare = self.spare.lock().expect("sender lock");
+            if data.capacity() > spare.capacity() && data.capacity() <= 1 << 20 {
+                *spare = data;
+            }
+            return Ok(());
+        }
+        self.append(py, &data).map(drop)
     }
 
     /// The bytes of one call; on failure the references it gave out are taken back.
@@ -209,7 +250,10 @@ impl SenderPy {
         };
         let tables = self.tables.get();
         let mark = tables.mark();
-        let mut data = Vec::new();
+        let mut data = match encoding {
+            Encoding::Pb(_) => Vec::new(),
+            Encoding::Foolscap(_) => std::mem::take(&mut *self.spare.lock().expect("sender lock")),
+        };
         let encoded = match encoding {
             Encoding::Pb(encoder) => encoder.get().encode_message(
                 py,

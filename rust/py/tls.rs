@@ -24,20 +24,10 @@ impl TlsSessionPy {
         TlsSessionPy { session, plaintext: Vec::new() }
     }
 
-    /// Decrypt `data`; the plaintext, in the session's own buffer (hand it back with
-    /// `give_back`, so a steady stream does not allocate afresh).
-    pub(crate) fn decrypt(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<Vec<u8>> {
-        let mut plaintext = std::mem::take(&mut self.plaintext);
-        plaintext.clear();
+    /// Decrypt `data`, appending the plaintext to `plaintext`.
+    pub(crate) fn decrypt_into(&mut self, py: Python<'_>, data: &[u8], plaintext: &mut Vec<u8>) -> PyResult<()> {
         let session = &mut self.session;
-        py.detach(|| session.feed(data, &mut plaintext))?;
-        Ok(plaintext)
-    }
-
-    pub(crate) fn give_back(&mut self, mut plaintext: Vec<u8>) {
-        plaintext.clear();
-        plaintext.shrink_to(KEPT_BUFFER);
-        self.plaintext = plaintext;
+        Ok(py.detach(|| session.feed(data, plaintext))?)
     }
 
     /// Queue application data (see `write`).
