@@ -1,56 +1,93 @@
 //! The quick pass: most messages are answers and calls whose values are lists, tuples, dicts,
-//! sets, text, bytes, ints, floats, None and booleans. This builds them from the framer's tokens
+//! sets, text, bytes, ints, floats, None and booleans. This reads them from the framer's tokens
 //! as it reads them (see [`Receive`](super::framer::Receive)), so each token is read once, and
 //! keeps its place between chunks. At anything else — another sequence type, a `reference`, an
 //! `error`, an ABORT, a layout the walker refuses, a builder's refusal — it gives up on the
-//! message and drops what it built (nothing has seen it); the framed message is then read by
+//! message and drops what it made (nothing has seen it); the framed message is then read by
 //! [`read_message`](super::decode::read_message), which says what is wrong if anything is.
 //!
-//! Every message it does build is the one the walker would: the same builder calls on the same
-//! values, in the same order but for names (made once the call is complete). Limits are the
-//! framer's, checked before a token gets here; the one the walker adds for type words
-//! (`max_index_length`) is checked here too.
+//! The leaves (text, numbers, ...) are made as their tokens are read; the containers only once
+//! the message is complete, from a tape of its values in wire order: a message that waits
+//! between chunks holds no half-filled containers, which a garbage collector would walk again
+//! and again (and containers whose length is known are made at their size).
+//!
+//! Every message it does build is the one the walker would: the same values from the same
+//! builder, the same checks. Limits are the framer's, checked before a token gets here; the one
+//! the walker adds for type words (`max_index_length`) is checked here too.
 
-use super::decode::{Build, Message};
+use super::decode::{Build, Built, Message};
 use super::Limits;
 use crate::banana::decode::Token;
+use crate::banana::vocab::{self, const_index, FOOLSCAP_VOCAB};
 use crate::banana::{tb, Integer};
 
-/// A [`Build`] whose values can be kept while the rest of their message arrives: between chunks
-/// a builder's values may not be kept as they are (Python objects are bound to the call that
-/// made them).
+/// The VOCAB index of a word of foolscap's table.
+const fn index_of(word: &[u8]) -> u64 {
+    match const_index(&FOOLSCAP_VOCAB, 0, word) {
+        Some(index) => index as u64,
+        None => panic!("not a vocabulary word"),
+    }
+}
+
+const LIST: u64 = index_of(b"list");
+const DICT: u64 = index_of(b"dict");
+const SET: u64 = index_of(b"set");
+const TUPLE: u64 = index_of(b"tuple");
+const IMMUTABLE_SET: u64 = index_of(b"immutable-set");
+const UNICODE: u64 = index_of(b"unicode");
+const NONE: u64 = index_of(b"none");
+const BOOLEAN: u64 = index_of(b"boolean");
+
+/// A [`Build`] whose values can be kept while the rest of their message arrives (between chunks
+/// a builder's values may not be kept as they are: Python objects are bound to the call that
+/// made them), and which can make a list of a known length.
 pub trait Keep: Build {
     type Kept;
     fn keep(&mut self, value: Self::Value) -> Self::Kept;
     fn unkeep(&mut self, kept: Self::Kept) -> Self::Value;
 
-    /// A container (list, dict, set, tuple, frozenset) made for the message being built.
-    #[inline(always)]
-    fn made(&mut self, container: &Self::Value) {
-        let _ = container;
+    /// A list of `len` items, put in by [`Keep::fill`].
+    ///
+    /// # Safety
+    ///
+    /// The list is not used, or handed on, before its `len` items are put in, in order; it may
+    /// be dropped at any time.
+    unsafe fn list_of(&mut self, len: usize) -> Built<Self::Value, Self::Error> {
+        let _ = len;
+        self.new_list()
     }
 
-    /// The message being built waits for the next chunk.
-    fn set_aside(&mut self) {}
-
-    /// The message being built is complete (`true`; its values are about to be handed on) or
-    /// dropped.
-    fn finished(&mut self, complete: bool) {
-        let _ = complete;
+    /// Put in item `index` of a list made by [`Keep::list_of`].
+    ///
+    /// # Safety
+    ///
+    /// `list` was made by `list_of`, with more than `index` items, of which those before
+    /// `index` are in and the others not.
+    unsafe fn fill(&mut self, list: &Self::Value, index: usize, item: Self::Value) -> Built<(), Self::Error> {
+        let _ = index;
+        self.list_push(list, item)
     }
 }
 
-/// A container being filled: `C` the container, `K` the items of a tuple, kept.
-enum Open<C, K> {
-    List(C),
-    /// A dict, and the key whose value is still to come.
-    Dict(C, Option<C>),
-    Set(C),
-    /// A tuple's (`true`: an immutable-set's) items so far: it is made once complete.
-    Tuple(Vec<K>, bool),
+/// A container's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    List,
+    Dict,
+    Set,
+    Tuple,
+    /// `immutable-set`.
+    FrozenSet,
 }
 
-/// What the next token of the message being built must be.
+/// A value of the message, in wire order: a complete leaf, or the start of a container whose
+/// items (for a dict, its keys and values, one after the other) are the next `len` values.
+enum Piece<K> {
+    Value(K),
+    Open(Kind, u32),
+}
+
+/// What the next token of the message being read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum At {
     /// No message, or one given up on: nothing until the next message starts.
@@ -72,8 +109,8 @@ enum At {
     Keyword,
     /// The call's CLOSE.
     CallEnd,
-    /// A value: the next item of the innermost container, or if none is open, the answer, an
-    /// argument or a keyword argument's value.
+    /// A value: the next item of the innermost open container, or if none is open, the answer,
+    /// an argument or a keyword argument's value.
     Value,
     /// The type word of a sequence opened where a value goes.
     SeqType,
@@ -85,13 +122,14 @@ enum At {
     BooleanEnd(bool),
 }
 
-/// The message being built, kept between chunks.
+/// The message being read, kept between chunks.
 pub struct Pending<K> {
     at: At,
-    /// The containers open around the innermost one, outermost first.
-    outer: Vec<Open<K, K>>,
-    /// The innermost open container, between chunks.
-    top: Option<Open<K, K>>,
+    /// Its values so far.
+    tape: Vec<Piece<K>>,
+    /// The containers open, innermost last: their kind, where their piece is, and how many
+    /// items they hold so far.
+    open: Vec<(Kind, usize, u32)>,
     /// The text of a `(unicode ...)` whose CLOSE is still to come.
     text: Option<K>,
     answer: bool,
@@ -99,59 +137,61 @@ pub struct Pending<K> {
     clid: i64,
     method: Vec<u8>,
     positional: u64,
-    /// The positional arguments (an answer's value) so far.
-    args: Vec<K>,
-    /// Keyword arguments so far, their names as received, and the name whose value is being read.
-    kwargs: Vec<(Vec<u8>, K)>,
-    keyword: Vec<u8>,
+    /// The answer's value, or the arguments, complete so far.
+    values: u64,
+    /// The keyword arguments' names so far, as received.
+    keywords: Vec<Vec<u8>>,
 }
 
 impl<K> Default for Pending<K> {
     fn default() -> Self {
         Pending {
             at: At::Idle,
-            outer: Vec::new(),
-            top: None,
+            tape: Vec::new(),
+            open: Vec::new(),
             text: None,
             answer: false,
             reqid: 0,
             clid: 0,
             method: Vec::new(),
             positional: 0,
-            args: Vec::new(),
-            kwargs: Vec::new(),
-            keyword: Vec::new(),
+            values: 0,
+            keywords: Vec::new(),
         }
     }
 }
 
-/// The quick pass over one chunk: its [`Pending`] message, the innermost container held as the
-/// builder's value.
+/// A container being made from the tape: what it holds so far, and how many items are to come.
+struct Filling<V> {
+    open: Open<V>,
+    left: u32,
+}
+
+enum Open<V> {
+    /// A list and the index of its next item.
+    List(V, usize),
+    /// A dict, and the key whose value is next.
+    Dict(V, Option<V>),
+    Set(V),
+    Tuple(Vec<V>, bool),
+}
+
+/// The quick pass over one chunk of the stream.
 pub struct Quick<'p, B: Keep> {
     pending: &'p mut Pending<B::Kept>,
-    top: Option<Open<B::Value, B::Kept>>,
     max_index_length: usize,
     done: Option<Message<B>>,
 }
 
 impl<'p, B: Keep> Quick<'p, B> {
     /// Go on with `pending` (where the last chunk left it).
-    pub fn resume(pending: &'p mut Pending<B::Kept>, limits: &Limits, build: &mut B) -> Quick<'p, B> {
-        let top = pending.top.take().map(|open| live(build, open));
-        Quick { pending, top, max_index_length: limits.max_index_length, done: None }
-    }
-
-    /// Keep where the message stands for the next chunk.
-    pub fn suspend(self, build: &mut B) {
-        if self.pending.at != At::Idle {
-            build.set_aside();
-        }
-        self.pending.top = self.top.map(|open| kept(build, open));
+    pub fn new(pending: &'p mut Pending<B::Kept>, limits: &Limits) -> Quick<'p, B> {
+        Quick { pending, max_index_length: limits.max_index_length, done: None }
     }
 
     /// A message starts (its top-level OPEN was read).
-    pub fn start(&mut self, build: &mut B) {
-        self.give_up(build);
+    pub fn start(&mut self) {
+        self.give_up();
         self.done = None;
         self.pending.at = At::Type;
     }
@@ -159,16 +199,16 @@ impl<'p, B: Keep> Quick<'p, B> {
     /// The next token of the message.
     #[inline]
     pub fn token(&mut self, build: &mut B, token: &Token<'_>) {
-        if self.pending.at != At::Idle && self.step(build, token).is_none() {
-            self.give_up(build);
+        if !matches!(self.pending.at, At::Idle) && self.step(build, token).is_none() {
+            self.give_up();
         }
     }
 
     /// A `(unicode STRING)` of the message, read as one.
     #[inline]
     pub fn text(&mut self, build: &mut B, utf8: &[u8]) {
-        if self.pending.at != At::Idle && self.whole_text(build, utf8).is_none() {
-            self.give_up(build);
+        if !matches!(self.pending.at, At::Idle) && self.whole_text(build, utf8).is_none() {
+            self.give_up();
         }
     }
 
@@ -177,20 +217,18 @@ impl<'p, B: Keep> Quick<'p, B> {
         self.done.take()
     }
 
-    /// Drop the message: nothing is built until the next one starts.
-    fn give_up(&mut self, build: &mut B) {
+    /// Drop the message: nothing is read until the next one starts.
+    fn give_up(&mut self) {
         let p = &mut *self.pending;
         p.at = At::Idle;
-        self.top = None;
-        p.outer.clear();
+        p.tape.clear();
+        p.open.clear();
         p.text = None;
-        p.args.clear();
-        p.kwargs.clear();
-        build.finished(false);
+        p.keywords.clear();
     }
 
     fn whole_text(&mut self, b: &mut B, utf8: &[u8]) -> Option<()> {
-        if self.pending.at != At::Value {
+        if !matches!(self.pending.at, At::Value) {
             return None;
         }
         let text = self.text_value(b, utf8)?;
@@ -199,9 +237,9 @@ impl<'p, B: Keep> Quick<'p, B> {
 
     /// Text, through [`Build::key`] if it is a dict's key.
     #[inline(always)]
-    fn text_value(&mut self, b: &mut B, utf8: &[u8]) -> Option<B::Value> {
-        match self.top {
-            Some(Open::Dict(_, None)) => b.key(utf8).ok(),
+    fn text_value(&self, b: &mut B, utf8: &[u8]) -> Option<B::Value> {
+        match self.pending.open.last() {
+            Some(&(Kind::Dict, _, len)) if len % 2 == 0 => b.key(utf8).ok(),
             _ => b.text(utf8).ok(),
         }
     }
@@ -209,11 +247,11 @@ impl<'p, B: Keep> Quick<'p, B> {
     /// Take `token`; None to give up on the message.
     fn step(&mut self, b: &mut B, token: &Token<'_>) -> Option<()> {
         let at = self.pending.at;
-        if at == At::Value {
+        if let At::Value = at {
             return self.value(b, token);
         }
         let next = match (at, token) {
-            (At::SeqType, _) => return self.sequence(b, token),
+            (At::SeqType, _) => return self.sequence(token),
             (At::UnicodeText, Token::String(utf8) | Token::Vocab { word: utf8, .. }) => {
                 let text = self.text_value(b, utf8)?;
                 self.pending.text = Some(b.keep(text));
@@ -255,6 +293,7 @@ impl<'p, B: Keep> Quick<'p, B> {
             },
             (At::AnswerReqid | At::CallReqid, Token::Int { type_byte: tb::INT, value: Integer::Small(reqid) }) => {
                 p.reqid = *reqid;
+                p.values = 0;
                 if at == At::AnswerReqid {
                     At::Value
                 } else {
@@ -262,8 +301,7 @@ impl<'p, B: Keep> Quick<'p, B> {
                 }
             }
             (At::AnswerEnd, Token::Close(_)) => {
-                let value = b.unkeep(p.args.pop()?);
-                b.finished(true);
+                let value = replay(b, &mut p.tape)?.pop()?;
                 self.done = Some(Message::Answer { reqid: p.reqid, value });
                 At::Idle
             }
@@ -288,11 +326,10 @@ impl<'p, B: Keep> Quick<'p, B> {
             }
             (At::Keyword, Token::Close(_)) => At::CallEnd,
             (At::Keyword, Token::String(name) | Token::Vocab { word: name, .. }) => {
-                if p.kwargs.iter().any(|(n, _)| n == name) {
+                if p.keywords.iter().any(|n| n == name) {
                     return None;
                 }
-                p.keyword.clear();
-                p.keyword.extend_from_slice(name);
+                p.keywords.push(name.to_vec());
                 At::Value
             }
             (At::CallEnd, Token::Close(_)) => {
@@ -312,7 +349,7 @@ impl<'p, B: Keep> Quick<'p, B> {
                 self.pending.at = At::SeqType;
                 return Some(());
             }
-            Token::Close(_) => return self.close(b),
+            Token::Close(_) => return self.close(),
             Token::Int { value, .. } => b.int(value.clone()).ok()?,
             Token::String(raw) => b.bytes(raw).ok()?,
             Token::Float(f) => b.float(*f).ok()?,
@@ -323,102 +360,155 @@ impl<'p, B: Keep> Quick<'p, B> {
     }
 
     /// The type word of a sequence opened where a value goes.
-    fn sequence(&mut self, b: &mut B, token: &Token<'_>) -> Option<()> {
-        let open = match word(token, self.max_index_length)? {
-            b"list" => Open::List(b.new_list().ok()?),
-            b"dict" => Open::Dict(b.new_dict().ok()?, None),
-            b"set" => Open::Set(b.new_set().ok()?),
-            b"tuple" => Open::Tuple(Vec::new(), false),
-            b"immutable-set" => Open::Tuple(Vec::new(), true),
+    fn sequence(&mut self, token: &Token<'_>) -> Option<()> {
+        let p = &mut *self.pending;
+        // Nearly always VOCAB: its index tells the word.
+        let index = match *token {
+            Token::Vocab { index, .. } => index,
+            _ => word(token, self.max_index_length).and_then(vocab::foolscap_index).map_or(u64::MAX, u64::from),
+        };
+        let kind = match index {
+            LIST => Kind::List,
+            DICT => Kind::Dict,
+            SET => Kind::Set,
+            TUPLE => Kind::Tuple,
+            IMMUTABLE_SET => Kind::FrozenSet,
             leaf => {
-                self.pending.at = match leaf {
-                    b"unicode" => At::UnicodeText,
-                    b"none" => At::NoneEnd,
-                    b"boolean" => At::BooleanInt,
+                p.at = match leaf {
+                    UNICODE => At::UnicodeText,
+                    NONE => At::NoneEnd,
+                    BOOLEAN => At::BooleanInt,
                     _ => return None,
                 };
                 return Some(());
             }
         };
-        if let Open::List(container) | Open::Dict(container, _) | Open::Set(container) = &open {
-            b.made(container);
-        }
-        if let Some(outer) = self.top.take() {
-            self.pending.outer.push(kept(b, outer));
-        }
-        self.top = Some(open);
-        self.pending.at = At::Value;
+        p.open.push((kind, p.tape.len(), 0));
+        p.tape.push(Piece::Open(kind, 0));
+        p.at = At::Value;
         Some(())
     }
 
-    /// A CLOSE where a value goes: the innermost container is complete.
-    fn close(&mut self, b: &mut B) -> Option<()> {
-        let value = match self.top.take()? {
-            Open::List(list) => list,
-            Open::Dict(dict, None) => dict,
-            Open::Dict(_, Some(_)) => return None,
-            Open::Set(set) => set,
-            Open::Tuple(items, frozen) => {
-                let items = items.into_iter().map(|item| b.unkeep(item)).collect();
-                let tuple = if frozen { b.frozenset(items) } else { b.tuple(items) }.ok()?;
-                b.made(&tuple);
-                tuple
-            }
-        };
-        self.top = self.pending.outer.pop().map(|open| live(b, open));
-        self.place(b, value)
+    /// A CLOSE where a value goes: the innermost container is complete (on the tape).
+    fn close(&mut self) -> Option<()> {
+        let p = &mut *self.pending;
+        let (kind, at, len) = p.open.pop()?;
+        if kind == Kind::Dict && len % 2 == 1 {
+            return None;
+        }
+        p.tape[at] = Piece::Open(kind, len);
+        self.placed()
     }
 
-    /// A complete value goes into the innermost container, or where the message takes it.
+    /// A complete leaf goes on the tape.
     #[inline(always)]
     fn place(&mut self, b: &mut B, value: B::Value) -> Option<()> {
-        match &mut self.top {
-            Some(Open::List(list)) => b.list_push(list, value).ok()?,
-            Some(Open::Dict(dict, key)) => match key.take() {
-                None => *key = Some(value),
-                Some(k) => b.dict_insert(dict, k, value).ok()?,
-            },
-            Some(Open::Set(set)) => b.set_add(set, value).ok()?,
-            Some(Open::Tuple(items, _)) => items.push(b.keep(value)),
-            None => return self.place_outside(b, value),
-        }
-        self.pending.at = At::Value;
-        Some(())
+        let kept = b.keep(value);
+        self.pending.tape.push(Piece::Value(kept));
+        self.placed()
     }
 
-    /// A complete value that is the answer's, an argument or a keyword argument's.
-    fn place_outside(&mut self, b: &mut B, value: B::Value) -> Option<()> {
+    /// A complete value is on the tape: an item of the innermost open container, or the
+    /// answer's value, an argument or a keyword argument's value.
+    #[inline(always)]
+    fn placed(&mut self) -> Option<()> {
         let p = &mut *self.pending;
-        let value = b.keep(value);
-        p.at = if p.answer {
-            p.args.push(value);
-            At::AnswerEnd
-        } else if (p.args.len() as u64) < p.positional {
-            p.args.push(value);
-            if p.args.len() as u64 == p.positional {
-                At::Keyword
-            } else {
+        p.at = match p.open.last_mut() {
+            Some((_, _, len)) => {
+                *len = len.checked_add(1)?;
                 At::Value
             }
-        } else {
-            p.kwargs.push((std::mem::take(&mut p.keyword), value));
-            At::Keyword
+            None => {
+                p.values += 1;
+                if p.answer {
+                    At::AnswerEnd
+                } else if p.values < p.positional {
+                    At::Value
+                } else {
+                    At::Keyword
+                }
+            }
         };
         Some(())
     }
 }
 
-/// The complete call of `p`: its names made now.
+/// The complete call of `p`.
 fn call<B: Keep>(p: &mut Pending<B::Kept>, b: &mut B) -> Option<Message<B>> {
     let method = b.name(&p.method).ok()?;
-    let mut names = Vec::with_capacity(p.kwargs.len());
-    for (name, _) in &p.kwargs {
+    let mut names = Vec::with_capacity(p.keywords.len());
+    for name in &p.keywords {
         names.push(b.name(name).ok()?);
     }
-    let args = p.args.drain(..).map(|arg| b.unkeep(arg)).collect();
-    let kwargs = names.into_iter().zip(p.kwargs.drain(..)).map(|(name, (_, value))| (name, b.unkeep(value))).collect();
-    b.finished(true);
-    Some(Message::Call { reqid: p.reqid, clid: p.clid, method, args, kwargs })
+    let mut values = replay(b, &mut p.tape)?;
+    let kwargs = names.into_iter().zip(values.drain(p.positional as usize..)).collect();
+    Some(Message::Call { reqid: p.reqid, clid: p.clid, method, args: values, kwargs })
+}
+
+/// Make the values of the tape (which is left empty): the message's top-level values, in order.
+/// None if the builder refuses one (a duplicate or unhashable key, ...).
+fn replay<B: Keep>(b: &mut B, tape: &mut Vec<Piece<B::Kept>>) -> Option<Vec<B::Value>> {
+    let mut values = Vec::new();
+    let mut stack: Vec<Filling<B::Value>> = Vec::new();
+    for piece in tape.drain(..) {
+        let mut value = match piece {
+            Piece::Value(kept) => b.unkeep(kept),
+            Piece::Open(kind, len) => {
+                let open = match kind {
+                    // SAFETY: filled below, item by item, before it is used; dropped if not.
+                    Kind::List => Open::List(unsafe { b.list_of(len as usize) }.ok()?, 0),
+                    Kind::Dict => Open::Dict(b.new_dict().ok()?, None),
+                    Kind::Set => Open::Set(b.new_set().ok()?),
+                    Kind::Tuple | Kind::FrozenSet => {
+                        Open::Tuple(Vec::with_capacity(len as usize), kind == Kind::FrozenSet)
+                    }
+                };
+                let filling = Filling { open, left: len };
+                if len > 0 {
+                    stack.push(filling);
+                    continue;
+                }
+                finish(b, filling.open)?
+            }
+        };
+        // Into the innermost container, which is complete once it holds all its items.
+        loop {
+            let Some(top) = stack.last_mut() else {
+                values.push(value);
+                break;
+            };
+            match &mut top.open {
+                // SAFETY: the list was made for its `len` items, put in in order.
+                Open::List(list, next) => {
+                    unsafe { b.fill(list, *next, value) }.ok()?;
+                    *next += 1;
+                }
+                Open::Dict(dict, key) => match key.take() {
+                    None => *key = Some(value),
+                    Some(k) => b.dict_insert(dict, k, value).ok()?,
+                },
+                Open::Set(set) => b.set_add(set, value).ok()?,
+                Open::Tuple(items, _) => items.push(value),
+            }
+            top.left -= 1;
+            if top.left > 0 {
+                break;
+            }
+            let full = stack.pop()?;
+            value = finish(b, full.open)?;
+        }
+    }
+    Some(values)
+}
+
+/// The value of a container made from the tape, all its items in.
+fn finish<B: Keep>(b: &mut B, open: Open<B::Value>) -> Option<B::Value> {
+    match open {
+        Open::List(list, _) | Open::Dict(list, None) | Open::Set(list) => Some(list),
+        Open::Dict(_, Some(_)) => None,
+        Open::Tuple(items, true) => b.frozenset(items).ok(),
+        Open::Tuple(items, false) => b.tuple(items).ok(),
+    }
 }
 
 /// A type word: VOCAB, or a STRING no longer than the walker takes.
@@ -428,30 +518,6 @@ fn word<'t>(token: &Token<'t>, max_index_length: usize) -> Option<&'t [u8]> {
         Token::Vocab { word, .. } => Some(word),
         Token::String(s) if s.len() <= max_index_length => Some(s),
         _ => None,
-    }
-}
-
-fn live<B: Keep>(b: &mut B, open: Open<B::Kept, B::Kept>) -> Open<B::Value, B::Kept> {
-    match open {
-        Open::List(list) => Open::List(b.unkeep(list)),
-        Open::Dict(dict, key) => {
-            let dict = b.unkeep(dict);
-            Open::Dict(dict, key.map(|k| b.unkeep(k)))
-        }
-        Open::Set(set) => Open::Set(b.unkeep(set)),
-        Open::Tuple(items, frozen) => Open::Tuple(items, frozen),
-    }
-}
-
-fn kept<B: Keep>(b: &mut B, open: Open<B::Value, B::Kept>) -> Open<B::Kept, B::Kept> {
-    match open {
-        Open::List(list) => Open::List(b.keep(list)),
-        Open::Dict(dict, key) => {
-            let dict = b.keep(dict);
-            Open::Dict(dict, key.map(|k| b.keep(k)))
-        }
-        Open::Set(set) => Open::Set(b.keep(set)),
-        Open::Tuple(items, frozen) => Open::Tuple(items, frozen),
     }
 }
 
@@ -496,7 +562,7 @@ mod tests {
         }
 
         fn start(&mut self) {
-            self.quick.start(&mut self.build);
+            self.quick.start();
         }
 
         fn token(&mut self, token: &Token<'_>) {
@@ -515,13 +581,10 @@ mod tests {
         let mut pending = Pending::default();
         let mut got = Vec::new();
         for chunk in data.chunks(size) {
-            let mut build = TestBuild;
-            let quick = Quick::resume(&mut pending, &limits, &mut build);
-            let mut receiver = Both { quick, build, limits, got: Vec::new() };
+            let quick = Quick::new(&mut pending, &limits);
+            let mut receiver = Both { quick, build: TestBuild, limits, got: Vec::new() };
             framer.receive(chunk, &mut receiver).unwrap();
-            let Both { quick, mut build, got: more, .. } = receiver;
-            quick.suspend(&mut build);
-            got.extend(more);
+            got.extend(receiver.got);
         }
         got
     }

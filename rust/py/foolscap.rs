@@ -79,9 +79,8 @@ pub struct FoolscapDecoderPy {
     strings: StrCache,
     /// The fast path's replies are written here (an empty buffer between chunks).
     replies: Vec<u8>,
-    /// The message the quick pass is building, between chunks.
+    /// The message the quick pass is reading, between chunks.
     pending: Pending<Py<PyAny>>,
-    aside: SetAside,
     fast: Option<TubFast>,
     /// Once attached: the string limits calls are held to as they arrive.
     call_limits: Option<CallLimits>,
@@ -109,7 +108,6 @@ impl FoolscapDecoderPy {
             strings: StrCache::new(),
             replies: Vec::new(),
             pending: Pending::default(),
-            aside: SetAside::default(),
             fast: None,
             call_limits: None,
         })
@@ -264,9 +262,8 @@ impl FoolscapDecoderPy {
         let hook = self.hook.as_ref().map(|h| h.bind(py).clone());
         let fast = self.fast.as_mut().filter(|f| f.enabled);
         let sender = fast.as_ref().map(|f| f.sender.bind(py).clone());
-        let mut build =
-            PyBuild { py, hook: hook.as_ref(), strings: &mut self.strings, gifts: false, aside: &mut self.aside };
-        let quick = Quick::resume(&mut self.pending, &self.limits, &mut build);
+        let build = PyBuild { py, hook: hook.as_ref(), strings: &mut self.strings, gifts: false };
+        let quick = Quick::new(&mut self.pending, &self.limits);
         let mut chunk = Chunk {
             py,
             events,
@@ -282,8 +279,7 @@ impl FoolscapDecoderPy {
         let gc = GcPause::new();
         let result = self.framer.receive(bytes, &mut chunk);
         drop(gc);
-        let Chunk { events, mut build, quick, mut replies, .. } = chunk;
-        quick.suspend(&mut build);
+        let Chunk { events, mut replies, .. } = chunk;
         replies.send(py, &events, false)?;
         if replies.out.capacity() <= 1 << 20 {
             replies.out.clear();
@@ -374,7 +370,7 @@ impl<'py> Receive<PyErr> for Chunk<'py, '_> {
     }
 
     fn start(&mut self) {
-        self.quick.start(&mut self.build);
+        self.quick.start();
     }
 
     #[inline(always)]
@@ -553,56 +549,6 @@ struct PyBuild<'py, 'a> {
     strings: &'a mut StrCache,
     /// The message holds a gift (a `their-reference`).
     gifts: bool,
-    aside: &'a mut SetAside,
-}
-
-/// The containers of the message the quick pass is building. While it waits for the next chunk
-/// they are not tracked by the garbage collector: no cycle runs through them (the quick pass
-/// makes none, and nothing else has seen them), and collections triggered meanwhile would only
-/// walk them, and move them to older generations, to no purpose. They are tracked again before
-/// the message is handed on.
-#[derive(Default)]
-struct SetAside {
-    /// Made since the message was last set aside (their addresses).
-    made: Vec<usize>,
-    /// Untracked here, to be tracked again.
-    untracked: Vec<usize>,
-}
-
-impl SetAside {
-    fn set_aside(&mut self) {
-        #[cfg(not(Py_GIL_DISABLED))]
-        for &p in &self.made {
-            let obj = p as *mut ffi::PyObject;
-            // SAFETY: each is a live container of the pending message, which holds it until
-            // `finished` (with the GIL).
-            unsafe {
-                if ffi::PyObject_GC_IsTracked(obj) != 0 {
-                    ffi::PyObject_GC_UnTrack(obj.cast());
-                    self.untracked.push(p);
-                }
-            }
-        }
-        self.made.clear();
-    }
-
-    fn finished(&mut self, complete: bool) {
-        if complete {
-            for &p in &self.untracked {
-                let obj = p as *mut ffi::PyObject;
-                // SAFETY: as in `set_aside`; a container may have been tracked again meanwhile
-                // (a dict is, once a container goes in), and tracking it twice is an error.
-                unsafe {
-                    if ffi::PyObject_GC_IsTracked(obj) == 0 {
-                        ffi::PyObject_GC_Track(obj.cast());
-                    }
-                }
-            }
-        }
-        // Dropped, the message's containers are freed with it (untracked or not): forget them.
-        self.untracked.clear();
-        self.made.clear();
-    }
 }
 
 type PyBuilt<'py, T> = Built<T, PyErr>;
@@ -646,17 +592,18 @@ impl<'py> Keep for PyBuild<'py, '_> {
         kept.into_bound(self.py)
     }
 
-    #[inline(always)]
-    fn made(&mut self, container: &Self::Value) {
-        self.aside.made.push(container.as_ptr() as usize);
+    unsafe fn list_of(&mut self, len: usize) -> PyBuilt<'py, Self::Value> {
+        // SAFETY: PyList_New returns a new reference (or NULL with an exception set) to a list of
+        // `len` empty slots, which the caller fills before the list is used (see `Keep`).
+        let list = unsafe { Bound::from_owned_ptr_or_err(self.py, ffi::PyList_New(len as ffi::Py_ssize_t)) };
+        self.checked(list)
     }
 
-    fn set_aside(&mut self) {
-        self.aside.set_aside();
-    }
-
-    fn finished(&mut self, complete: bool) {
-        self.aside.finished(complete);
+    unsafe fn fill(&mut self, list: &Self::Value, index: usize, item: Self::Value) -> PyBuilt<'py, ()> {
+        // SAFETY: `list` came from `list_of` with more than `index` slots, this one empty (the
+        // caller's contract); the slot takes over the item's reference.
+        unsafe { ffi::PyList_SET_ITEM(list.as_ptr(), index as ffi::Py_ssize_t, item.into_ptr()) };
+        Ok(())
     }
 }
 
