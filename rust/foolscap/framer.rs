@@ -156,23 +156,26 @@ pub trait Receive<E> {
         Ok(None)
     }
 
-    /// A message's top-level OPEN, read and checked: its tokens follow.
+    /// A message's top-level OPEN, read and checked, at stream offset `at`: its tokens follow.
     #[inline(always)]
-    fn start(&mut self) {}
+    fn start(&mut self, at: u64) {
+        let _ = at;
+    }
 
     /// A token inside the message being read, read and checked (nesting and limits), in stream
     /// order and once each, whatever the chunking; the last is its top-level CLOSE, just before
     /// the message's frame. PING and PONG are not among them. The tokens of a call refused as it
-    /// arrives stop where it is refused.
+    /// arrives stop where it is refused. `body`: the stream offset of a STRING's body.
     #[inline(always)]
-    fn token(&mut self, token: &Token<'_>) {
-        let _ = token;
+    fn token(&mut self, token: &Token<'_>, body: u64) {
+        let _ = (token, body);
     }
 
-    /// `(unicode STRING)` inside a message, its four tokens read as one: the UTF-8 (unchecked).
+    /// `(unicode STRING)` inside a message, its four tokens read as one: the UTF-8 (unchecked),
+    /// at stream offset `at`.
     #[inline(always)]
-    fn text(&mut self, utf8: &[u8]) {
-        let _ = utf8;
+    fn text(&mut self, utf8: &[u8], at: u64) {
+        let _ = (utf8, at);
     }
 }
 
@@ -312,7 +315,7 @@ fn scan<E>(
     let mut start = 0usize;
     let mut pos = state.pos;
     while pos < data.len() {
-        if let Some(end) = quick(limits, state, data, pos, receiver) {
+        if let Some(end) = quick(limits, state, data, base, pos, receiver) {
             if !state.open.is_empty() && end - start > limits.max_message_size {
                 return Err(fail(start, ErrorKind::MessageTooLarge { limit: limits.max_message_size }));
             }
@@ -427,8 +430,9 @@ fn scan<E>(
         }
         match token {
             Token::Ping(_) | Token::Pong(_) => {}
-            Token::Open(_) if top_level => receiver.start(),
-            _ => receiver.token(&token),
+            Token::Open(_) if top_level => receiver.start(offset),
+            Token::String(body) => receiver.token(&token, base + (end - body.len()) as u64),
+            _ => receiver.token(&token, offset),
         }
         pos = end;
         if state.open.is_empty() {
@@ -575,6 +579,7 @@ fn quick<E>(
     limits: Limits,
     state: &mut ScanState,
     data: &[u8],
+    base: u64,
     pos: usize,
     receiver: &mut impl Receive<E>,
 ) -> Option<usize> {
@@ -604,8 +609,8 @@ fn quick<E>(
         tb::OPEN if state.open.len() < limits.max_depth => {
             state.objects += 1;
             // `(unicode STRING)`, most of a typical message, is read in one go.
-            if let Some((utf8, end)) = quick_unicode(limits, state.quick_string, data, body, value) {
-                receiver.text(utf8);
+            if let Some((utf8, at, end)) = quick_unicode(limits, state.quick_string, data, body, value) {
+                receiver.text(utf8, base + at as u64);
                 return Some(end);
             }
             state.open.push(value);
@@ -617,15 +622,15 @@ fn quick<E>(
         }
         _ => return None,
     };
-    receiver.token(&token);
+    receiver.token(&token, base + body as u64);
     Some(end)
 }
 
-/// The string of `(unicode STRING)`, opened as `id` with its type word at `at`, and where the
-/// sequence ends, if its tokens are the common ones (and within the limits, its string at most
-/// `max_string` bytes); else None.
+/// The string of `(unicode STRING)`, opened as `id` with its type word at `at`, where the
+/// string starts and where the sequence ends, if its tokens are the common ones (and within the
+/// limits, its string at most `max_string` bytes); else None.
 #[inline(always)]
-fn quick_unicode(limits: Limits, max_string: u64, data: &[u8], at: usize, id: u64) -> Option<(&[u8], usize)> {
+fn quick_unicode(limits: Limits, max_string: u64, data: &[u8], at: usize, id: u64) -> Option<(&[u8], usize, usize)> {
     if data.get(at..at + 2)? != [UNICODE, tb::VOCAB] {
         return None;
     }
@@ -636,7 +641,7 @@ fn quick_unicode(limits: Limits, max_string: u64, data: &[u8], at: usize, id: u6
     let end = body + len as usize;
     match quick_header(data, end)? {
         (tb::CLOSE, close, close_end) if close == id && close_end - end - 1 <= limits.max_header_length => {
-            Some((&data[body..end], close_end))
+            Some((&data[body..end], body, close_end))
         }
         _ => None,
     }

@@ -1,19 +1,24 @@
 //! The quick pass: most messages are answers and calls whose values are lists, tuples, dicts,
-//! sets, text, bytes, ints, floats, None and booleans. This reads them from the framer's tokens
+//! sets, text, bytes, ints, floats, None and booleans. This follows them in the framer's tokens
 //! as it reads them (see [`Receive`](super::framer::Receive)), so each token is read once, and
 //! keeps its place between chunks. At anything else — another sequence type, a `reference`, an
-//! `error`, an ABORT, a layout the walker refuses, a builder's refusal — it gives up on the
-//! message and drops what it made (nothing has seen it); the framed message is then read by
-//! [`read_message`](super::decode::read_message), which says what is wrong if anything is.
+//! `error`, an ABORT, a layout the walker refuses — it gives up on the message, which is then
+//! read by [`read_message`](super::decode::read_message) from its framed bytes, and so is one
+//! whose values the builder refuses.
 //!
-//! The leaves (text, numbers, ...) are made as their tokens are read; the containers only once
-//! the message is complete, from a tape of its values in wire order: a message that waits
-//! between chunks holds no half-filled containers, which a garbage collector would walk again
-//! and again (and containers whose length is known are made at their size).
+//! What it notes of a message, a tape of its values in wire order, holds no value of the
+//! builder's: where each string is in the message, the numbers, the containers' kinds and
+//! lengths. The values are made only once the message is complete, from the tape and the
+//! message's bytes. So a message that waits between chunks costs no more than its bytes (which
+//! the framer holds anyway) and its tape, whatever the builder's values would take, and no
+//! half-filled container of it is there for a garbage collector to walk meanwhile; and lists,
+//! whose lengths are known by then, are made at their size.
 //!
-//! Every message it does build is the one the walker would: the same values from the same
-//! builder, the same checks. Limits are the framer's, checked before a token gets here; the one
-//! the walker adds for type words (`max_index_length`) is checked here too.
+//! Every message it builds is the one the walker would: the same builder, the same values, the
+//! same checks. Limits are the framer's, checked before a token gets here; the one the walker
+//! adds for type words (`max_index_length`) is checked here too.
+
+use num_bigint::BigInt;
 
 use super::decode::{Build, Built, Message};
 use super::Limits;
@@ -22,31 +27,32 @@ use crate::banana::vocab::{self, const_index, FOOLSCAP_VOCAB};
 use crate::banana::{tb, Integer};
 
 /// The VOCAB index of a word of foolscap's table.
-const fn index_of(word: &[u8]) -> u64 {
+const fn index_of(word: &[u8]) -> u8 {
     match const_index(&FOOLSCAP_VOCAB, 0, word) {
-        Some(index) => index as u64,
+        Some(index) => index,
         None => panic!("not a vocabulary word"),
     }
 }
 
-const LIST: u64 = index_of(b"list");
-const DICT: u64 = index_of(b"dict");
-const SET: u64 = index_of(b"set");
-const TUPLE: u64 = index_of(b"tuple");
-const IMMUTABLE_SET: u64 = index_of(b"immutable-set");
-const UNICODE: u64 = index_of(b"unicode");
-const NONE: u64 = index_of(b"none");
-const BOOLEAN: u64 = index_of(b"boolean");
+const LIST: u8 = index_of(b"list");
+const DICT: u8 = index_of(b"dict");
+const SET: u8 = index_of(b"set");
+const TUPLE: u8 = index_of(b"tuple");
+const IMMUTABLE_SET: u8 = index_of(b"immutable-set");
+const UNICODE: u8 = index_of(b"unicode");
+const NONE: u8 = index_of(b"none");
+const BOOLEAN: u8 = index_of(b"boolean");
 
-/// A [`Build`] whose values can be kept while the rest of their message arrives (between chunks
-/// a builder's values may not be kept as they are: Python objects are bound to the call that
-/// made them), and which can make a list of a known length.
-pub trait Keep: Build {
-    type Kept;
-    fn keep(&mut self, value: Self::Value) -> Self::Kept;
-    fn unkeep(&mut self, kept: Self::Kept) -> Self::Value;
+/// The most values a message's tape holds (16 bytes each): a message of more is left to the
+/// walker.
+const MAX_TAPE: usize = 1 << 20;
 
-    /// A list of `len` items, put in by [`Keep::fill`].
+/// A tape that held more values than this is let go of once its message is done with.
+const KEPT_TAPE: usize = 1 << 14;
+
+/// A [`Build`] that can make a list of a known length (by default, item by item).
+pub trait Fill: Build {
+    /// A list of `len` items, put in by [`Fill::fill`].
     ///
     /// # Safety
     ///
@@ -57,7 +63,7 @@ pub trait Keep: Build {
         self.new_list()
     }
 
-    /// Put in item `index` of a list made by [`Keep::list_of`].
+    /// Put in item `index` of a list made by [`Fill::list_of`].
     ///
     /// # Safety
     ///
@@ -80,17 +86,31 @@ enum Kind {
     FrozenSet,
 }
 
-/// A value of the message, in wire order: a complete leaf, or the start of a container whose
-/// items (for a dict, its keys and values, one after the other) are the next `len` values.
-enum Piece<K> {
-    Value(K),
+/// A value of the message, in wire order: a leaf, or the start of a container whose items
+/// (for a dict, its keys and values, one after the other) are the next `len` values. Strings
+/// are where they are in the message (from its first byte) and how long.
+#[derive(Debug, Clone, Copy)]
+enum Piece {
+    Int(i64),
+    /// An integer beyond 64 bits: which of the message's.
+    Big(u32),
+    Float(f64),
+    Bytes(u32, u32),
+    /// A VOCAB word as bytes.
+    Word(u8),
+    /// The UTF-8 of `(unicode STRING)`.
+    Text(u32, u32),
+    /// `(unicode VOCAB)`.
+    TextWord(u8),
+    None,
+    Bool(bool),
     Open(Kind, u32),
 }
 
 /// What the next token of the message being read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum At {
-    /// No message, or one given up on: nothing until the next message starts.
+    /// No message, or one given up on (or complete): nothing until the next message starts.
     Idle,
     /// The message's type word.
     Type,
@@ -115,23 +135,29 @@ enum At {
     /// The type word of a sequence opened where a value goes.
     SeqType,
     UnicodeText,
-    /// The CLOSE of a `(unicode ...)`, whose text is made.
+    /// The CLOSE of a `(unicode ...)`, its text in `text`.
     UnicodeEnd,
     NoneEnd,
     BooleanInt,
     BooleanEnd(bool),
 }
 
-/// The message being read, kept between chunks.
-pub struct Pending<K> {
+/// The quick pass over one direction of a connection: where the message being read stands,
+/// kept between chunks.
+pub struct Quick {
+    max_index_length: usize,
     at: At,
+    /// The stream offset of the message's first byte.
+    start: u64,
     /// Its values so far.
-    tape: Vec<Piece<K>>,
+    tape: Vec<Piece>,
+    /// Its integers beyond 64 bits.
+    bigs: Vec<BigInt>,
     /// The containers open, innermost last: their kind, where their piece is, and how many
     /// items they hold so far.
     open: Vec<(Kind, usize, u32)>,
     /// The text of a `(unicode ...)` whose CLOSE is still to come.
-    text: Option<K>,
+    text: Piece,
     answer: bool,
     reqid: i64,
     clid: i64,
@@ -141,15 +167,20 @@ pub struct Pending<K> {
     values: u64,
     /// The keyword arguments' names so far, as received.
     keywords: Vec<Vec<u8>>,
+    /// The message is complete: its values can be made.
+    complete: bool,
 }
 
-impl<K> Default for Pending<K> {
-    fn default() -> Self {
-        Pending {
+impl Quick {
+    pub fn new(limits: &Limits) -> Quick {
+        Quick {
+            max_index_length: limits.max_index_length,
             at: At::Idle,
+            start: 0,
             tape: Vec::new(),
+            bigs: Vec::new(),
             open: Vec::new(),
-            text: None,
+            text: Piece::None,
             answer: false,
             reqid: 0,
             clid: 0,
@@ -157,7 +188,270 @@ impl<K> Default for Pending<K> {
             positional: 0,
             values: 0,
             keywords: Vec::new(),
+            complete: false,
         }
+    }
+
+    /// A message starts at stream offset `at` (its top-level OPEN was read).
+    pub fn start(&mut self, at: u64) {
+        self.clear();
+        self.start = at;
+        self.at = At::Type;
+    }
+
+    /// The next token of the message; `body`, a STRING's stream offset.
+    #[inline]
+    pub fn token(&mut self, token: &Token<'_>, body: u64) {
+        if !matches!(self.at, At::Idle) && self.step(token, body).is_none() {
+            self.clear();
+        }
+    }
+
+    /// A `(unicode STRING)` of the message, read as one, its string at stream offset `at`.
+    #[inline]
+    pub fn text(&mut self, utf8: &[u8], at: u64) {
+        if !matches!(self.at, At::Idle) && self.whole_text(utf8, at).is_none() {
+            self.clear();
+        }
+    }
+
+    /// The message just completed (its top-level CLOSE was the last token), whose bytes are
+    /// `message`, from stream offset `offset`, made by `build`: None if it was given up on, or
+    /// if the builder refuses one of its values (the walker then says why).
+    pub fn take<B: Fill>(&mut self, build: &mut B, message: &[u8], offset: u64) -> Option<Message<B>> {
+        if !std::mem::take(&mut self.complete) || offset != self.start {
+            self.clear();
+            return None;
+        }
+        let made = self.make(build, message);
+        self.clear();
+        made
+    }
+
+    /// Done with the message (given up on, or complete): nothing is read until the next one
+    /// starts.
+    fn clear(&mut self) {
+        self.at = At::Idle;
+        self.complete = false;
+        self.tape.clear();
+        if self.tape.capacity() > KEPT_TAPE {
+            self.tape = Vec::new();
+        }
+        self.bigs.clear();
+        self.open.clear();
+        self.keywords.clear();
+    }
+
+    fn whole_text(&mut self, utf8: &[u8], at: u64) -> Option<()> {
+        if !matches!(self.at, At::Value) {
+            return None;
+        }
+        let text = self.string(at, utf8.len(), Piece::Text)?;
+        self.place(text)
+    }
+
+    /// A string of the message: where it is, from the message's first byte.
+    #[inline(always)]
+    fn string(&self, at: u64, len: usize, piece: fn(u32, u32) -> Piece) -> Option<Piece> {
+        let at = u32::try_from(at.checked_sub(self.start)?).ok()?;
+        Some(piece(at, u32::try_from(len).ok()?))
+    }
+
+    /// Take `token`; None to give up on the message.
+    fn step(&mut self, token: &Token<'_>, body: u64) -> Option<()> {
+        let at = self.at;
+        if let At::Value = at {
+            return self.value(token, body);
+        }
+        self.at = match (at, token) {
+            (At::SeqType, _) => return self.sequence(token),
+            (At::UnicodeText, Token::String(utf8)) => {
+                self.text = self.string(body, utf8.len(), Piece::Text)?;
+                At::UnicodeEnd
+            }
+            (At::UnicodeText, Token::Vocab { index, .. }) => {
+                self.text = Piece::TextWord(*index as u8);
+                At::UnicodeEnd
+            }
+            (At::UnicodeEnd, Token::Close(_)) => return self.place(self.text),
+            (At::NoneEnd, Token::Close(_)) => return self.place(Piece::None),
+            (At::BooleanInt, Token::Int { type_byte: tb::INT, value }) => At::BooleanEnd(*value != Integer::Small(0)),
+            (At::BooleanEnd(value), Token::Close(_)) => return self.place(Piece::Bool(value)),
+            _ => return self.layout(at, token),
+        };
+        Some(())
+    }
+
+    /// A token of the message's own layout (not of a value).
+    fn layout(&mut self, at: At, token: &Token<'_>) -> Option<()> {
+        self.at = match (at, token) {
+            (At::Type, _) => match word(token, self.max_index_length)? {
+                b"answer" => {
+                    self.answer = true;
+                    At::AnswerReqid
+                }
+                b"call" => {
+                    self.answer = false;
+                    At::CallReqid
+                }
+                _ => return None,
+            },
+            (At::AnswerReqid | At::CallReqid, Token::Int { type_byte: tb::INT, value: Integer::Small(reqid) }) => {
+                self.reqid = *reqid;
+                self.values = 0;
+                if at == At::AnswerReqid {
+                    At::Value
+                } else {
+                    At::CallClid
+                }
+            }
+            (At::AnswerEnd | At::CallEnd, Token::Close(_)) => {
+                self.complete = true;
+                At::Idle
+            }
+            (At::CallClid, Token::Int { value: Integer::Small(clid), .. }) => {
+                self.clid = *clid;
+                At::CallMethod
+            }
+            (At::CallMethod, Token::String(name) | Token::Vocab { word: name, .. }) => {
+                self.method.clear();
+                self.method.extend_from_slice(name);
+                At::ArgsOpen
+            }
+            (At::ArgsOpen, Token::Open(_)) => At::ArgsType,
+            (At::ArgsType, _) if word(token, self.max_index_length)? == b"arguments" => At::ArgsCount,
+            (At::ArgsCount, Token::Int { type_byte: tb::INT, value: Integer::Small(count) }) => {
+                self.positional = *count as u64;
+                if *count == 0 {
+                    At::Keyword
+                } else {
+                    At::Value
+                }
+            }
+            (At::Keyword, Token::Close(_)) => At::CallEnd,
+            (At::Keyword, Token::String(name) | Token::Vocab { word: name, .. }) => {
+                if self.keywords.iter().any(|n| n == name) {
+                    return None;
+                }
+                self.keywords.push(name.to_vec());
+                At::Value
+            }
+            _ => return None,
+        };
+        Some(())
+    }
+
+    /// A token where a value goes.
+    #[inline(always)]
+    fn value(&mut self, token: &Token<'_>, body: u64) -> Option<()> {
+        let piece = match token {
+            Token::Open(_) => {
+                self.at = At::SeqType;
+                return Some(());
+            }
+            Token::Close(_) => return self.close(),
+            Token::Int { value: Integer::Small(v), .. } => Piece::Int(*v),
+            Token::Int { value: Integer::Big(v), .. } => {
+                self.bigs.push(v.clone());
+                Piece::Big(u32::try_from(self.bigs.len() - 1).ok()?)
+            }
+            Token::String(raw) => self.string(body, raw.len(), Piece::Bytes)?,
+            Token::Float(f) => Piece::Float(*f),
+            Token::Vocab { index, .. } => Piece::Word(*index as u8),
+            _ => return None,
+        };
+        self.place(piece)
+    }
+
+    /// The type word of a sequence opened where a value goes.
+    fn sequence(&mut self, token: &Token<'_>) -> Option<()> {
+        // Nearly always VOCAB: its index tells the word.
+        let index = match *token {
+            Token::Vocab { index, .. } => index as u8,
+            _ => word(token, self.max_index_length).and_then(vocab::foolscap_index)?,
+        };
+        let kind = match index {
+            LIST => Kind::List,
+            DICT => Kind::Dict,
+            SET => Kind::Set,
+            TUPLE => Kind::Tuple,
+            IMMUTABLE_SET => Kind::FrozenSet,
+            leaf => {
+                self.at = match leaf {
+                    UNICODE => At::UnicodeText,
+                    NONE => At::NoneEnd,
+                    BOOLEAN => At::BooleanInt,
+                    _ => return None,
+                };
+                return Some(());
+            }
+        };
+        if self.tape.len() == MAX_TAPE {
+            return None;
+        }
+        self.open.push((kind, self.tape.len(), 0));
+        self.tape.push(Piece::Open(kind, 0));
+        self.at = At::Value;
+        Some(())
+    }
+
+    /// A CLOSE where a value goes: the innermost container is complete (on the tape).
+    fn close(&mut self) -> Option<()> {
+        let (kind, at, len) = self.open.pop()?;
+        if kind == Kind::Dict && len % 2 == 1 {
+            return None;
+        }
+        self.tape[at] = Piece::Open(kind, len);
+        self.placed()
+    }
+
+    /// A leaf goes on the tape.
+    #[inline(always)]
+    fn place(&mut self, piece: Piece) -> Option<()> {
+        if self.tape.len() == MAX_TAPE {
+            return None;
+        }
+        self.tape.push(piece);
+        self.placed()
+    }
+
+    /// A complete value is on the tape: an item of the innermost open container, or the
+    /// answer's value, an argument or a keyword argument's value.
+    #[inline(always)]
+    fn placed(&mut self) -> Option<()> {
+        self.at = match self.open.last_mut() {
+            Some((_, _, len)) => {
+                *len = len.checked_add(1)?;
+                At::Value
+            }
+            None => {
+                self.values += 1;
+                if self.answer {
+                    At::AnswerEnd
+                } else if self.values < self.positional {
+                    At::Value
+                } else {
+                    At::Keyword
+                }
+            }
+        };
+        Some(())
+    }
+
+    /// The complete message's values, made from the tape and its bytes.
+    fn make<B: Fill>(&mut self, b: &mut B, message: &[u8]) -> Option<Message<B>> {
+        if self.answer {
+            let value = replay(b, &self.tape, &self.bigs, message)?.pop()?;
+            return Some(Message::Answer { reqid: self.reqid, value });
+        }
+        let method = b.name(&self.method).ok()?;
+        let mut names = Vec::with_capacity(self.keywords.len());
+        for name in &self.keywords {
+            names.push(b.name(name).ok()?);
+        }
+        let mut args = replay(b, &self.tape, &self.bigs, message)?;
+        let kwargs = names.into_iter().zip(args.drain(self.positional as usize..)).collect();
+        Some(Message::Call { reqid: self.reqid, clid: self.clid, method, args, kwargs })
     }
 }
 
@@ -176,283 +470,28 @@ enum Open<V> {
     Tuple(Vec<V>, bool),
 }
 
-/// The quick pass over one chunk of the stream.
-pub struct Quick<'p, B: Keep> {
-    pending: &'p mut Pending<B::Kept>,
-    max_index_length: usize,
-    done: Option<Message<B>>,
-}
-
-impl<'p, B: Keep> Quick<'p, B> {
-    /// Go on with `pending` (where the last chunk left it).
-    pub fn new(pending: &'p mut Pending<B::Kept>, limits: &Limits) -> Quick<'p, B> {
-        Quick { pending, max_index_length: limits.max_index_length, done: None }
-    }
-
-    /// A message starts (its top-level OPEN was read).
-    pub fn start(&mut self) {
-        self.give_up();
-        self.done = None;
-        self.pending.at = At::Type;
-    }
-
-    /// The next token of the message.
-    #[inline]
-    pub fn token(&mut self, build: &mut B, token: &Token<'_>) {
-        if !matches!(self.pending.at, At::Idle) && self.step(build, token).is_none() {
-            self.give_up();
-        }
-    }
-
-    /// A `(unicode STRING)` of the message, read as one.
-    #[inline]
-    pub fn text(&mut self, build: &mut B, utf8: &[u8]) {
-        if !matches!(self.pending.at, At::Idle) && self.whole_text(build, utf8).is_none() {
-            self.give_up();
-        }
-    }
-
-    /// The message just completed (its top-level CLOSE was the last token), if it was built.
-    pub fn take(&mut self) -> Option<Message<B>> {
-        self.done.take()
-    }
-
-    /// Drop the message: nothing is read until the next one starts.
-    fn give_up(&mut self) {
-        let p = &mut *self.pending;
-        p.at = At::Idle;
-        p.tape.clear();
-        p.open.clear();
-        p.text = None;
-        p.keywords.clear();
-    }
-
-    fn whole_text(&mut self, b: &mut B, utf8: &[u8]) -> Option<()> {
-        if !matches!(self.pending.at, At::Value) {
-            return None;
-        }
-        let text = self.text_value(b, utf8)?;
-        self.place(b, text)
-    }
-
-    /// Text, through [`Build::key`] if it is a dict's key.
-    #[inline(always)]
-    fn text_value(&self, b: &mut B, utf8: &[u8]) -> Option<B::Value> {
-        match self.pending.open.last() {
-            Some(&(Kind::Dict, _, len)) if len % 2 == 0 => b.key(utf8).ok(),
-            _ => b.text(utf8).ok(),
-        }
-    }
-
-    /// Take `token`; None to give up on the message.
-    fn step(&mut self, b: &mut B, token: &Token<'_>) -> Option<()> {
-        let at = self.pending.at;
-        if let At::Value = at {
-            return self.value(b, token);
-        }
-        let next = match (at, token) {
-            (At::SeqType, _) => return self.sequence(token),
-            (At::UnicodeText, Token::String(utf8) | Token::Vocab { word: utf8, .. }) => {
-                let text = self.text_value(b, utf8)?;
-                self.pending.text = Some(b.keep(text));
-                At::UnicodeEnd
-            }
-            (At::UnicodeEnd, Token::Close(_)) => {
-                let text = b.unkeep(self.pending.text.take()?);
-                return self.place(b, text);
-            }
-            (At::NoneEnd, Token::Close(_)) => {
-                let none = b.none().ok()?;
-                return self.place(b, none);
-            }
-            (At::BooleanInt, Token::Int { type_byte: tb::INT, value }) => At::BooleanEnd(*value != Integer::Small(0)),
-            (At::BooleanEnd(value), Token::Close(_)) => {
-                let boolean = b.boolean(value).ok()?;
-                return self.place(b, boolean);
-            }
-            _ => return self.layout(b, at, token),
-        };
-        self.pending.at = next;
-        Some(())
-    }
-
-    /// A token of the message's own layout (not of a value).
-    fn layout(&mut self, b: &mut B, at: At, token: &Token<'_>) -> Option<()> {
-        let p = &mut *self.pending;
-        p.at = match (at, token) {
-            (At::Type, _) => match word(token, self.max_index_length)? {
-                b"answer" => {
-                    p.answer = true;
-                    At::AnswerReqid
-                }
-                b"call" => {
-                    p.answer = false;
-                    At::CallReqid
-                }
-                _ => return None,
-            },
-            (At::AnswerReqid | At::CallReqid, Token::Int { type_byte: tb::INT, value: Integer::Small(reqid) }) => {
-                p.reqid = *reqid;
-                p.values = 0;
-                if at == At::AnswerReqid {
-                    At::Value
-                } else {
-                    At::CallClid
-                }
-            }
-            (At::AnswerEnd, Token::Close(_)) => {
-                let value = replay(b, &mut p.tape)?.pop()?;
-                self.done = Some(Message::Answer { reqid: p.reqid, value });
-                At::Idle
-            }
-            (At::CallClid, Token::Int { value: Integer::Small(clid), .. }) => {
-                p.clid = *clid;
-                At::CallMethod
-            }
-            (At::CallMethod, Token::String(name) | Token::Vocab { word: name, .. }) => {
-                p.method.clear();
-                p.method.extend_from_slice(name);
-                At::ArgsOpen
-            }
-            (At::ArgsOpen, Token::Open(_)) => At::ArgsType,
-            (At::ArgsType, _) if word(token, self.max_index_length)? == b"arguments" => At::ArgsCount,
-            (At::ArgsCount, Token::Int { type_byte: tb::INT, value: Integer::Small(count) }) => {
-                p.positional = *count as u64;
-                if *count == 0 {
-                    At::Keyword
-                } else {
-                    At::Value
-                }
-            }
-            (At::Keyword, Token::Close(_)) => At::CallEnd,
-            (At::Keyword, Token::String(name) | Token::Vocab { word: name, .. }) => {
-                if p.keywords.iter().any(|n| n == name) {
-                    return None;
-                }
-                p.keywords.push(name.to_vec());
-                At::Value
-            }
-            (At::CallEnd, Token::Close(_)) => {
-                self.done = Some(call(p, b)?);
-                At::Idle
-            }
-            _ => return None,
-        };
-        Some(())
-    }
-
-    /// A token where a value goes.
-    #[inline(always)]
-    fn value(&mut self, b: &mut B, token: &Token<'_>) -> Option<()> {
-        let value = match token {
-            Token::Open(_) => {
-                self.pending.at = At::SeqType;
-                return Some(());
-            }
-            Token::Close(_) => return self.close(),
-            Token::Int { value, .. } => b.int(value.clone()).ok()?,
-            Token::String(raw) => b.bytes(raw).ok()?,
-            Token::Float(f) => b.float(*f).ok()?,
-            Token::Vocab { word, .. } => b.bytes(word).ok()?,
-            _ => return None,
-        };
-        self.place(b, value)
-    }
-
-    /// The type word of a sequence opened where a value goes.
-    fn sequence(&mut self, token: &Token<'_>) -> Option<()> {
-        let p = &mut *self.pending;
-        // Nearly always VOCAB: its index tells the word.
-        let index = match *token {
-            Token::Vocab { index, .. } => index,
-            _ => word(token, self.max_index_length).and_then(vocab::foolscap_index).map_or(u64::MAX, u64::from),
-        };
-        let kind = match index {
-            LIST => Kind::List,
-            DICT => Kind::Dict,
-            SET => Kind::Set,
-            TUPLE => Kind::Tuple,
-            IMMUTABLE_SET => Kind::FrozenSet,
-            leaf => {
-                p.at = match leaf {
-                    UNICODE => At::UnicodeText,
-                    NONE => At::NoneEnd,
-                    BOOLEAN => At::BooleanInt,
-                    _ => return None,
-                };
-                return Some(());
-            }
-        };
-        p.open.push((kind, p.tape.len(), 0));
-        p.tape.push(Piece::Open(kind, 0));
-        p.at = At::Value;
-        Some(())
-    }
-
-    /// A CLOSE where a value goes: the innermost container is complete (on the tape).
-    fn close(&mut self) -> Option<()> {
-        let p = &mut *self.pending;
-        let (kind, at, len) = p.open.pop()?;
-        if kind == Kind::Dict && len % 2 == 1 {
-            return None;
-        }
-        p.tape[at] = Piece::Open(kind, len);
-        self.placed()
-    }
-
-    /// A complete leaf goes on the tape.
-    #[inline(always)]
-    fn place(&mut self, b: &mut B, value: B::Value) -> Option<()> {
-        let kept = b.keep(value);
-        self.pending.tape.push(Piece::Value(kept));
-        self.placed()
-    }
-
-    /// A complete value is on the tape: an item of the innermost open container, or the
-    /// answer's value, an argument or a keyword argument's value.
-    #[inline(always)]
-    fn placed(&mut self) -> Option<()> {
-        let p = &mut *self.pending;
-        p.at = match p.open.last_mut() {
-            Some((_, _, len)) => {
-                *len = len.checked_add(1)?;
-                At::Value
-            }
-            None => {
-                p.values += 1;
-                if p.answer {
-                    At::AnswerEnd
-                } else if p.values < p.positional {
-                    At::Value
-                } else {
-                    At::Keyword
-                }
-            }
-        };
-        Some(())
-    }
-}
-
-/// The complete call of `p`.
-fn call<B: Keep>(p: &mut Pending<B::Kept>, b: &mut B) -> Option<Message<B>> {
-    let method = b.name(&p.method).ok()?;
-    let mut names = Vec::with_capacity(p.keywords.len());
-    for name in &p.keywords {
-        names.push(b.name(name).ok()?);
-    }
-    let mut values = replay(b, &mut p.tape)?;
-    let kwargs = names.into_iter().zip(values.drain(p.positional as usize..)).collect();
-    Some(Message::Call { reqid: p.reqid, clid: p.clid, method, args: values, kwargs })
-}
-
-/// Make the values of the tape (which is left empty): the message's top-level values, in order.
-/// None if the builder refuses one (a duplicate or unhashable key, ...).
-fn replay<B: Keep>(b: &mut B, tape: &mut Vec<Piece<B::Kept>>) -> Option<Vec<B::Value>> {
+/// Make the values of `tape` (whose strings are in `message`): the message's top-level values,
+/// in order. None if the builder refuses one (a duplicate or unhashable key, text that is not
+/// UTF-8, ...).
+fn replay<B: Fill>(b: &mut B, tape: &[Piece], bigs: &[BigInt], message: &[u8]) -> Option<Vec<B::Value>> {
     let mut values = Vec::new();
     let mut stack: Vec<Filling<B::Value>> = Vec::new();
-    for piece in tape.drain(..) {
+    let string = |at: u32, len: u32| message.get(at as usize..at as usize + len as usize);
+    for &piece in tape {
+        // Text as a dict's key goes through the builder's `key`.
+        let key = matches!(stack.last(), Some(Filling { open: Open::Dict(_, None), .. }));
         let mut value = match piece {
-            Piece::Value(kept) => b.unkeep(kept),
+            Piece::Int(v) => b.int(Integer::Small(v)).ok()?,
+            Piece::Big(i) => b.int(Integer::Big(bigs.get(i as usize)?.clone())).ok()?,
+            Piece::Float(f) => b.float(f).ok()?,
+            Piece::Bytes(at, len) => b.bytes(string(at, len)?).ok()?,
+            Piece::Word(index) => b.bytes(vocab::foolscap_word(u64::from(index))?).ok()?,
+            Piece::Text(at, len) if key => b.key(string(at, len)?).ok()?,
+            Piece::Text(at, len) => b.text(string(at, len)?).ok()?,
+            Piece::TextWord(index) if key => b.key(vocab::foolscap_word(u64::from(index))?).ok()?,
+            Piece::TextWord(index) => b.text(vocab::foolscap_word(u64::from(index))?).ok()?,
+            Piece::None => b.none().ok()?,
+            Piece::Bool(v) => b.boolean(v).ok()?,
             Piece::Open(kind, len) => {
                 let open = match kind {
                     // SAFETY: filled below, item by item, before it is used; dropped if not.
@@ -502,7 +541,7 @@ fn replay<B: Keep>(b: &mut B, tape: &mut Vec<Piece<B::Kept>>) -> Option<Vec<B::V
 }
 
 /// The value of a container made from the tape, all its items in.
-fn finish<B: Keep>(b: &mut B, open: Open<B::Value>) -> Option<B::Value> {
+fn finish<B: Fill>(b: &mut B, open: Open<B::Value>) -> Option<B::Value> {
     match open {
         Open::List(list, _) | Open::Dict(list, None) | Open::Set(list) => Some(list),
         Open::Dict(_, Some(_)) => None,
@@ -526,51 +565,40 @@ mod tests {
     use super::*;
     use crate::banana::BananaError;
     use crate::foolscap::decode::read_message;
-    use crate::foolscap::decode::tests::{describe, hex, TestBuild, V, VIOLATIONS};
+    use crate::foolscap::decode::tests::{describe, hex, TestBuild, VIOLATIONS};
     use crate::foolscap::encode::{word, Writer};
     use crate::foolscap::framer::{Frame, MessageFramer, Receive};
 
-    impl Keep for TestBuild {
-        type Kept = V;
+    impl Fill for TestBuild {}
 
-        fn keep(&mut self, value: V) -> V {
-            value
-        }
-
-        fn unkeep(&mut self, kept: V) -> V {
-            kept
-        }
-    }
-
-    /// One chunk's receiver: each message as the walker reads it, and as the quick pass built
-    /// it (None: it gave up).
-    struct Both<'p> {
-        quick: Quick<'p, TestBuild>,
-        build: TestBuild,
+    /// A stream's receiver: each message as the walker reads it, and as the quick pass built it
+    /// (None: it gave up).
+    struct Both {
+        quick: Quick,
         limits: Limits,
         got: Vec<(String, Option<String>)>,
     }
 
-    impl Receive<BananaError> for Both<'_> {
+    impl Receive<BananaError> for Both {
         fn frame(&mut self, frame: Frame<'_>) -> Result<(), BananaError> {
             if let Frame::Message { bytes, offset, first_object } = frame {
-                let quick = self.quick.take().map(describe);
-                let walked = read_message(bytes, offset, first_object, &self.limits, &mut self.build);
+                let quick = self.quick.take(&mut TestBuild, bytes, offset).map(describe);
+                let walked = read_message(bytes, offset, first_object, &self.limits, &mut TestBuild);
                 self.got.push((walked.map_or_else(|e| format!("hard error {e}"), describe), quick));
             }
             Ok(())
         }
 
-        fn start(&mut self) {
-            self.quick.start();
+        fn start(&mut self, at: u64) {
+            self.quick.start(at);
         }
 
-        fn token(&mut self, token: &Token<'_>) {
-            self.quick.token(&mut self.build, token);
+        fn token(&mut self, token: &Token<'_>, body: u64) {
+            self.quick.token(token, body);
         }
 
-        fn text(&mut self, utf8: &[u8]) {
-            self.quick.text(&mut self.build, utf8);
+        fn text(&mut self, utf8: &[u8], at: u64) {
+            self.quick.text(utf8, at);
         }
     }
 
@@ -578,15 +606,11 @@ mod tests {
     /// make it.
     fn both(data: &[u8], size: usize, limits: Limits) -> Vec<(String, Option<String>)> {
         let mut framer = MessageFramer::new(limits.banana);
-        let mut pending = Pending::default();
-        let mut got = Vec::new();
+        let mut receiver = Both { quick: Quick::new(&limits), limits, got: Vec::new() };
         for chunk in data.chunks(size) {
-            let quick = Quick::new(&mut pending, &limits);
-            let mut receiver = Both { quick, build: TestBuild, limits, got: Vec::new() };
             framer.receive(chunk, &mut receiver).unwrap();
-            got.extend(receiver.got);
         }
-        got
+        receiver.got
     }
 
     const SIZES: [usize; 8] = [1, 2, 3, 5, 8, 13, 64, 1 << 20];
@@ -786,6 +810,30 @@ mod tests {
                 let got = both(&two, size, Limits::foolscap());
                 assert!(got[0].0.contains(why) && got[0].1.is_none(), "{data} in chunks of {size}: {got:?}");
                 assert_eq!(got[1], ("answer 2 3".to_string(), Some("answer 2 3".to_string())));
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_of_more_values_than_the_tape_takes_is_left_to_the_walker() {
+        for count in [MAX_TAPE - 1, MAX_TAPE] {
+            let mut w = Writer::new(Vec::new(), 0, 500);
+            let answer = w.open(word::ANSWER).unwrap();
+            w.int(1);
+            let list = w.open(word::LIST).unwrap();
+            for _ in 0..count {
+                w.int(7);
+            }
+            w.close(list);
+            w.close(answer);
+            let (data, _) = w.finish();
+            let got = both(&data, 1 << 16, Limits::foolscap());
+            let (walked, quick) = &got[0];
+            // The list and its items are the tape's values.
+            assert_eq!(quick.is_some(), count < MAX_TAPE, "{count} items");
+            assert!(walked.starts_with("answer 1 (list 7 7 "));
+            if let Some(quick) = quick {
+                assert_eq!(quick, walked);
             }
         }
     }

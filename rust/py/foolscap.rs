@@ -34,8 +34,6 @@ use pyo3::{ffi, Borrowed, PyTypeInfo};
 
 use super::dispatch::{Dispatch, Flavor, Ran};
 use super::fast::REPLY_FLUSH;
-use crate::jelly::recycle;
-
 use super::objects::{decimal_type, decode_utf8, dict_next, list_item, qualified_name, utf8_of, GcPause, StrCache};
 use super::schemas::{too_long, CallLimits};
 use super::sender::SenderPy;
@@ -47,9 +45,10 @@ use crate::banana::Integer;
 use crate::foolscap::decode::{read_message, Build, Built, Fault, Message};
 use crate::foolscap::encode::{word, TooDeep, Word, Writer};
 use crate::foolscap::framer::{CallHeader, Receive};
-use crate::foolscap::quick::{Keep, Pending, Quick};
+use crate::foolscap::quick::{Fill, Quick};
 use crate::foolscap::{Frame, Limits, MessageFramer};
 use crate::ids::IdMap;
+use crate::jelly::recycle;
 
 pub const FS_CALL: u8 = 0;
 pub const FS_ANSWER: u8 = 1;
@@ -79,8 +78,8 @@ pub struct FoolscapDecoderPy {
     strings: StrCache,
     /// The fast path's replies are written here (an empty buffer between chunks).
     replies: Vec<u8>,
-    /// The message the quick pass is reading, between chunks.
-    pending: Pending<Py<PyAny>>,
+    /// Where the message being read stands (see `quick`).
+    quick: Quick,
     fast: Option<TubFast>,
     /// Once attached: the string limits calls are held to as they arrive.
     call_limits: Option<CallLimits>,
@@ -107,7 +106,7 @@ impl FoolscapDecoderPy {
             hook,
             strings: StrCache::new(),
             replies: Vec::new(),
-            pending: Pending::default(),
+            quick: Quick::new(&all),
             fast: None,
             call_limits: None,
         })
@@ -263,7 +262,7 @@ impl FoolscapDecoderPy {
         let fast = self.fast.as_mut().filter(|f| f.enabled);
         let sender = fast.as_ref().map(|f| f.sender.bind(py).clone());
         let build = PyBuild { py, hook: hook.as_ref(), strings: &mut self.strings, gifts: false };
-        let quick = Quick::new(&mut self.pending, &self.limits);
+        let quick = &mut self.quick;
         let mut chunk = Chunk {
             py,
             events,
@@ -297,7 +296,7 @@ struct Chunk<'py, 'a> {
     events: Bound<'py, PyList>,
     limits: &'a Limits,
     build: PyBuild<'py, 'a>,
-    quick: Quick<'a, PyBuild<'py, 'a>>,
+    quick: &'a mut Quick,
     fast: Option<&'a mut TubFast>,
     replies: Replies<'py>,
     /// The string limits calls are held to, if any.
@@ -310,7 +309,7 @@ impl<'py> Receive<PyErr> for Chunk<'py, '_> {
         let event = match frame {
             Frame::Message { bytes, offset, first_object } => {
                 self.build.gifts = false;
-                let message = match self.quick.take() {
+                let message = match self.quick.take(&mut self.build, bytes, offset) {
                     Some(message) => message,
                     None => read_message(bytes, offset, first_object, self.limits, &mut self.build)?,
                 };
@@ -369,18 +368,18 @@ impl<'py> Receive<PyErr> for Chunk<'py, '_> {
         self.call_limits.as_mut().map_or(Ok(None), |c| c.limit(py, call))
     }
 
-    fn start(&mut self) {
-        self.quick.start();
+    fn start(&mut self, at: u64) {
+        self.quick.start(at);
     }
 
     #[inline(always)]
-    fn token(&mut self, token: &Token<'_>) {
-        self.quick.token(&mut self.build, token);
+    fn token(&mut self, token: &Token<'_>, body: u64) {
+        self.quick.token(token, body);
     }
 
     #[inline(always)]
-    fn text(&mut self, utf8: &[u8]) {
-        self.quick.text(&mut self.build, utf8);
+    fn text(&mut self, utf8: &[u8], at: u64) {
+        self.quick.text(utf8, at);
     }
 }
 
@@ -581,20 +580,10 @@ impl<'py> PyBuild<'py, '_> {
     }
 }
 
-impl<'py> Keep for PyBuild<'py, '_> {
-    type Kept = Py<PyAny>;
-
-    fn keep(&mut self, value: Self::Value) -> Py<PyAny> {
-        value.unbind()
-    }
-
-    fn unkeep(&mut self, kept: Py<PyAny>) -> Self::Value {
-        kept.into_bound(self.py)
-    }
-
+impl<'py> Fill for PyBuild<'py, '_> {
     unsafe fn list_of(&mut self, len: usize) -> PyBuilt<'py, Self::Value> {
         // SAFETY: PyList_New returns a new reference (or NULL with an exception set) to a list of
-        // `len` empty slots, which the caller fills before the list is used (see `Keep`).
+        // `len` empty slots, which the caller fills before the list is used (see `Fill`).
         let list = unsafe { Bound::from_owned_ptr_or_err(self.py, ffi::PyList_New(len as ffi::Py_ssize_t)) };
         self.checked(list)
     }
