@@ -177,6 +177,42 @@ pub trait Receive<E> {
     fn text(&mut self, utf8: &[u8], at: u64) {
         let _ = (utf8, at);
     }
+
+    // The common tokens, each kind by its own method (by default, [`Receive::token`]).
+
+    /// An INT or NEG (`type_byte` says which) of at most 56 bits.
+    #[inline(always)]
+    fn int(&mut self, type_byte: u8, value: i64) {
+        self.token(&Token::Int { type_byte, value: Integer::Small(value) }, 0);
+    }
+
+    /// A VOCAB word of the table.
+    #[inline(always)]
+    fn vocab(&mut self, index: u8) {
+        let word = vocab::FOOLSCAP_VOCAB[usize::from(index)];
+        self.token(&Token::Vocab { index: u64::from(index), word }, 0);
+    }
+
+    /// A STRING, at stream offset `at`.
+    #[inline(always)]
+    fn string(&mut self, body: &[u8], at: u64) {
+        self.token(&Token::String(body), at);
+    }
+
+    #[inline(always)]
+    fn float(&mut self, value: f64) {
+        self.token(&Token::Float(value), 0);
+    }
+
+    #[inline(always)]
+    fn open(&mut self, number: u64) {
+        self.token(&Token::Open(number), 0);
+    }
+
+    #[inline(always)]
+    fn close(&mut self, number: u64) {
+        self.token(&Token::Close(number), 0);
+    }
 }
 
 /// [`Receive`] by closures: the frames, and with `call_limit`, the calls' string limits.
@@ -591,46 +627,52 @@ fn quick<E>(
     if body - pos - 1 > limits.max_header_length {
         return None;
     }
-    // A quick header holds at most 56 bits: INT and NEG fit in an i64.
-    let (token, end) = match type_byte {
-        tb::INT => (Token::Int { type_byte, value: Integer::Small(value as i64) }, body),
-        tb::NEG => (Token::Int { type_byte, value: Integer::Small(-(value as i64)) }, body),
-        tb::VOCAB if value < vocab::FOOLSCAP_VOCAB.len() as u64 => {
-            (Token::Vocab { index: value, word: vocab::FOOLSCAP_VOCAB[value as usize] }, body)
-        }
+    // A quick header holds at most 56 bits: INT and NEG fit in an i64. Each kind of token goes
+    // to the receiver's own method (one dispatch on the type byte for both).
+    match type_byte {
+        tb::INT => receiver.int(type_byte, value as i64),
+        tb::NEG => receiver.int(type_byte, -(value as i64)),
+        tb::VOCAB if value < vocab::FOOLSCAP_VOCAB.len() as u64 => receiver.vocab(value as u8),
         tb::STRING if value <= state.quick_string => {
             let end = body + value as usize;
-            (Token::String(data.get(body..end)?), end)
+            receiver.string(data.get(body..end)?, base + body as u64);
+            return Some(end);
         }
         tb::FLOAT => {
             let raw: [u8; 8] = data.get(body..body + 8)?.try_into().expect("8 bytes");
-            (Token::Float(f64::from_be_bytes(raw)), body + 8)
+            receiver.float(f64::from_be_bytes(raw));
+            return Some(body + 8);
         }
         tb::OPEN if state.open.len() < limits.max_depth => {
             state.objects += 1;
             // `(unicode STRING)`, most of a typical message, is read in one go.
-            if let Some((utf8, at, end)) = quick_unicode(limits, state.quick_string, data, body, value) {
+            if let Some((utf8, at, end)) = quick_unicode(limits, state.quick_string, data, pos, body) {
                 receiver.text(utf8, base + at as u64);
                 return Some(end);
             }
             state.open.push(value);
-            (Token::Open(value), body)
+            receiver.open(value);
         }
         tb::CLOSE if state.open.last() == Some(&value) => {
             state.open.pop();
-            (Token::Close(value), body)
+            receiver.close(value);
         }
         _ => return None,
-    };
-    receiver.token(&token, base + body as u64);
-    Some(end)
+    }
+    Some(body)
 }
 
-/// The string of `(unicode STRING)`, opened as `id` with its type word at `at`, where the
-/// string starts and where the sequence ends, if its tokens are the common ones (and within the
-/// limits, its string at most `max_string` bytes); else None.
+/// The string of `(unicode STRING)` whose OPEN is at `open` and its type word at `at`, where
+/// the string starts and where the sequence ends, if its tokens are the common ones (and within
+/// the limits, its string at most `max_string` bytes); else None.
 #[inline(always)]
-fn quick_unicode(limits: Limits, max_string: u64, data: &[u8], at: usize, id: u64) -> Option<(&[u8], usize, usize)> {
+fn quick_unicode(
+    limits: Limits,
+    max_string: u64,
+    data: &[u8],
+    open: usize,
+    at: usize,
+) -> Option<(&[u8], usize, usize)> {
     if data.get(at..at + 2)? != [UNICODE, tb::VOCAB] {
         return None;
     }
@@ -639,11 +681,28 @@ fn quick_unicode(limits: Limits, max_string: u64, data: &[u8], at: usize, id: u6
         return None;
     }
     let end = body + len as usize;
-    match quick_header(data, end)? {
-        (tb::CLOSE, close, close_end) if close == id && close_end - end - 1 <= limits.max_header_length => {
-            Some((&data[body..end], body, close_end))
+    // The CLOSE of the same number, written as foolscap writes it: the OPEN's header again (a
+    // number written otherwise takes the general path, which compares numbers).
+    let header = at - 1 - open;
+    let close_end = end + header + 1;
+    if data.get(close_end - 1) != Some(&tb::CLOSE) || !same_bytes(data, open, end, header) {
+        return None;
+    }
+    Some((&data[body..end], body, close_end))
+}
+
+/// Whether the `n` bytes at `a` and at `b` of `data` (both in it) are the same: a header's few
+/// bytes, compared as a word where the data allows, not by a call to memcmp.
+#[inline(always)]
+fn same_bytes(data: &[u8], a: usize, b: usize, n: usize) -> bool {
+    match (data.get(a..a + 8), data.get(b..b + 8)) {
+        (Some(x), Some(y)) if n <= 8 => {
+            let x = u64::from_le_bytes(x.try_into().expect("8 bytes"));
+            let y = u64::from_le_bytes(y.try_into().expect("8 bytes"));
+            let mask = if n == 8 { u64::MAX } else { (1 << (8 * n)) - 1 };
+            (x ^ y) & mask == 0
         }
-        _ => None,
+        _ => (0..n).all(|i| data[a + i] == data[b + i]),
     }
 }
 
@@ -719,6 +778,9 @@ mod tests {
             let chunks: Vec<&[u8]> = data.chunks(size).collect();
             assert_eq!(frames(&chunks, limits()).unwrap(), expect, "chunks of {size}");
         }
+        // A CLOSE whose number is written with a needless zero group is still this one's.
+        let longer = hex("0088 0d87 0181 02018808870282 6869 02010089 0089");
+        assert_eq!(frames(&[&longer], limits()).unwrap(), vec![Got::Message(longer.clone(), 0, 0)]);
         // A CLOSE of another sequence, a string past the limit, nesting past the limit.
         let wrong = hex("0088 0d87 0181 02018808870282 6869 030189 0089");
         let e = frames(&[&wrong], limits()).unwrap_err();

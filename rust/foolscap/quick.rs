@@ -207,6 +207,75 @@ impl Quick {
         }
     }
 
+    // The common tokens, each by its own method: as the next value of the message, nearly
+    // always, or else as any token.
+
+    /// An INT or NEG (`type_byte`) of at most 56 bits.
+    #[inline]
+    pub fn int(&mut self, type_byte: u8, value: i64) {
+        if let At::Value = self.at {
+            self.placed_or_clear(Piece::Int(value));
+        } else {
+            self.token(&Token::Int { type_byte, value: Integer::Small(value) }, 0);
+        }
+    }
+
+    /// A VOCAB word of the table.
+    #[inline]
+    pub fn vocab(&mut self, index: u8) {
+        if let At::Value = self.at {
+            self.placed_or_clear(Piece::Word(index));
+        } else {
+            let word = FOOLSCAP_VOCAB[usize::from(index)];
+            self.token(&Token::Vocab { index: u64::from(index), word }, 0);
+        }
+    }
+
+    /// A STRING at stream offset `at`.
+    #[inline]
+    pub fn string(&mut self, body: &[u8], at: u64) {
+        match self.string_piece(at, body.len(), Piece::Bytes) {
+            Some(piece) if matches!(self.at, At::Value) => self.placed_or_clear(piece),
+            _ => self.token(&Token::String(body), at),
+        }
+    }
+
+    #[inline]
+    pub fn float(&mut self, value: f64) {
+        if let At::Value = self.at {
+            self.placed_or_clear(Piece::Float(value));
+        } else {
+            self.token(&Token::Float(value), 0);
+        }
+    }
+
+    #[inline]
+    pub fn open(&mut self, number: u64) {
+        if let At::Value = self.at {
+            self.at = At::SeqType;
+        } else {
+            self.token(&Token::Open(number), 0);
+        }
+    }
+
+    #[inline]
+    pub fn close(&mut self, number: u64) {
+        if let At::Value = self.at {
+            if self.close_container().is_none() {
+                self.clear();
+            }
+        } else {
+            self.token(&Token::Close(number), 0);
+        }
+    }
+
+    #[inline(always)]
+    fn placed_or_clear(&mut self, piece: Piece) {
+        if self.place(piece).is_none() {
+            self.clear();
+        }
+    }
+
     /// A `(unicode STRING)` of the message, read as one, its string at stream offset `at`.
     #[inline]
     pub fn text(&mut self, utf8: &[u8], at: u64) {
@@ -246,13 +315,13 @@ impl Quick {
         if !matches!(self.at, At::Value) {
             return None;
         }
-        let text = self.string(at, utf8.len(), Piece::Text)?;
+        let text = self.string_piece(at, utf8.len(), Piece::Text)?;
         self.place(text)
     }
 
     /// A string of the message: where it is, from the message's first byte.
     #[inline(always)]
-    fn string(&self, at: u64, len: usize, piece: fn(u32, u32) -> Piece) -> Option<Piece> {
+    fn string_piece(&self, at: u64, len: usize, piece: fn(u32, u32) -> Piece) -> Option<Piece> {
         let at = u32::try_from(at.checked_sub(self.start)?).ok()?;
         Some(piece(at, u32::try_from(len).ok()?))
     }
@@ -266,7 +335,7 @@ impl Quick {
         self.at = match (at, token) {
             (At::SeqType, _) => return self.sequence(token),
             (At::UnicodeText, Token::String(utf8)) => {
-                self.text = self.string(body, utf8.len(), Piece::Text)?;
+                self.text = self.string_piece(body, utf8.len(), Piece::Text)?;
                 At::UnicodeEnd
             }
             (At::UnicodeText, Token::Vocab { index, .. }) => {
@@ -349,13 +418,13 @@ impl Quick {
                 self.at = At::SeqType;
                 return Some(());
             }
-            Token::Close(_) => return self.close(),
+            Token::Close(_) => return self.close_container(),
             Token::Int { value: Integer::Small(v), .. } => Piece::Int(*v),
             Token::Int { value: Integer::Big(v), .. } => {
                 self.bigs.push(v.clone());
                 Piece::Big(u32::try_from(self.bigs.len() - 1).ok()?)
             }
-            Token::String(raw) => self.string(body, raw.len(), Piece::Bytes)?,
+            Token::String(raw) => self.string_piece(body, raw.len(), Piece::Bytes)?,
             Token::Float(f) => Piece::Float(*f),
             Token::Vocab { index, .. } => Piece::Word(*index as u8),
             _ => return None,
@@ -396,7 +465,7 @@ impl Quick {
     }
 
     /// A CLOSE where a value goes: the innermost container is complete (on the tape).
-    fn close(&mut self) -> Option<()> {
+    fn close_container(&mut self) -> Option<()> {
         let (kind, at, len) = self.open.pop()?;
         if kind == Kind::Dict && len % 2 == 1 {
             return None;
@@ -455,19 +524,19 @@ impl Quick {
     }
 }
 
-/// A container being made from the tape: what it holds so far, and how many items are to come.
+/// A container being made from the tape. One shape for every kind rather than an enum, so that
+/// a new one is written field by field where it goes (see `push_filling`).
 struct Filling<V> {
-    open: Open<V>,
-    left: u32,
-}
-
-enum Open<V> {
-    /// A list and the index of its next item.
-    List(V, usize),
-    /// A dict, and the key whose value is next.
-    Dict(V, Option<V>),
-    Set(V),
-    Tuple(Vec<V>, bool),
+    kind: Kind,
+    /// The list, dict or set (a tuple is made once complete, from `items`).
+    container: Option<V>,
+    /// A dict's key whose value is next.
+    key: Option<V>,
+    /// A tuple's items so far.
+    items: Vec<V>,
+    /// How many items are in, and how many are to come.
+    done: usize,
+    left: usize,
 }
 
 /// Make the values of `tape` (whose strings are in `message`): the message's top-level values,
@@ -477,37 +546,35 @@ fn replay<B: Fill>(b: &mut B, tape: &[Piece], bigs: &[BigInt], message: &[u8]) -
     let mut values = Vec::new();
     let mut stack: Vec<Filling<B::Value>> = Vec::new();
     let string = |at: u32, len: u32| message.get(at as usize..at as usize + len as usize);
+    // Text as a dict's key goes through the builder's `key`.
+    let key = |stack: &[Filling<B::Value>]| stack.last().is_some_and(|f| f.kind == Kind::Dict && f.key.is_none());
     for &piece in tape {
-        // Text as a dict's key goes through the builder's `key`.
-        let key = matches!(stack.last(), Some(Filling { open: Open::Dict(_, None), .. }));
         let mut value = match piece {
             Piece::Int(v) => b.int(Integer::Small(v)).ok()?,
             Piece::Big(i) => b.int(Integer::Big(bigs.get(i as usize)?.clone())).ok()?,
             Piece::Float(f) => b.float(f).ok()?,
             Piece::Bytes(at, len) => b.bytes(string(at, len)?).ok()?,
             Piece::Word(index) => b.bytes(vocab::foolscap_word(u64::from(index))?).ok()?,
-            Piece::Text(at, len) if key => b.key(string(at, len)?).ok()?,
+            Piece::Text(at, len) if key(&stack) => b.key(string(at, len)?).ok()?,
             Piece::Text(at, len) => b.text(string(at, len)?).ok()?,
-            Piece::TextWord(index) if key => b.key(vocab::foolscap_word(u64::from(index))?).ok()?,
+            Piece::TextWord(index) if key(&stack) => b.key(vocab::foolscap_word(u64::from(index))?).ok()?,
             Piece::TextWord(index) => b.text(vocab::foolscap_word(u64::from(index))?).ok()?,
             Piece::None => b.none().ok()?,
             Piece::Bool(v) => b.boolean(v).ok()?,
             Piece::Open(kind, len) => {
-                let open = match kind {
+                let len = len as usize;
+                let (container, items) = match kind {
                     // SAFETY: filled below, item by item, before it is used; dropped if not.
-                    Kind::List => Open::List(unsafe { b.list_of(len as usize) }.ok()?, 0),
-                    Kind::Dict => Open::Dict(b.new_dict().ok()?, None),
-                    Kind::Set => Open::Set(b.new_set().ok()?),
-                    Kind::Tuple | Kind::FrozenSet => {
-                        Open::Tuple(Vec::with_capacity(len as usize), kind == Kind::FrozenSet)
-                    }
+                    Kind::List => (Some(unsafe { b.list_of(len) }.ok()?), Vec::new()),
+                    Kind::Dict => (Some(b.new_dict().ok()?), Vec::new()),
+                    Kind::Set => (Some(b.new_set().ok()?), Vec::new()),
+                    Kind::Tuple | Kind::FrozenSet => (None, Vec::with_capacity(len)),
                 };
-                let filling = Filling { open, left: len };
                 if len > 0 {
-                    stack.push(filling);
+                    push_filling(&mut stack, kind, container, items, len);
                     continue;
                 }
-                finish(b, filling.open)?
+                finish(b, kind, container, None, items)?
             }
         };
         // Into the innermost container, which is complete once it holds all its items.
@@ -516,37 +583,61 @@ fn replay<B: Fill>(b: &mut B, tape: &[Piece], bigs: &[BigInt], message: &[u8]) -
                 values.push(value);
                 break;
             };
-            match &mut top.open {
-                // SAFETY: the list was made for its `len` items, put in in order.
-                Open::List(list, next) => {
-                    unsafe { b.fill(list, *next, value) }.ok()?;
-                    *next += 1;
-                }
-                Open::Dict(dict, key) => match key.take() {
-                    None => *key = Some(value),
-                    Some(k) => b.dict_insert(dict, k, value).ok()?,
+            match top.kind {
+                // SAFETY: the list was made for its items, put in in order.
+                Kind::List => unsafe { b.fill(top.container.as_ref()?, top.done, value) }.ok()?,
+                Kind::Dict => match top.key.take() {
+                    None => top.key = Some(value),
+                    Some(k) => b.dict_insert(top.container.as_ref()?, k, value).ok()?,
                 },
-                Open::Set(set) => b.set_add(set, value).ok()?,
-                Open::Tuple(items, _) => items.push(value),
+                Kind::Set => b.set_add(top.container.as_ref()?, value).ok()?,
+                Kind::Tuple | Kind::FrozenSet => top.items.push(value),
             }
+            top.done += 1;
             top.left -= 1;
             if top.left > 0 {
                 break;
             }
-            let full = stack.pop()?;
-            value = finish(b, full.open)?;
+            let Filling { kind, container, key, items, .. } = stack.pop()?;
+            value = finish(b, kind, container, key, items)?;
         }
     }
     Some(values)
 }
 
-/// The value of a container made from the tape, all its items in.
-fn finish<B: Fill>(b: &mut B, open: Open<B::Value>) -> Option<B::Value> {
-    match open {
-        Open::List(list, _) | Open::Dict(list, None) | Open::Set(list) => Some(list),
-        Open::Dict(_, Some(_)) => None,
-        Open::Tuple(items, true) => b.frozenset(items).ok(),
-        Open::Tuple(items, false) => b.tuple(items).ok(),
+/// Push a container being made, its fields written where they go: a frame built first and then
+/// moved is read back with wider loads than the stores that made it, which stalls.
+#[inline(always)]
+fn push_filling<V>(stack: &mut Vec<Filling<V>>, kind: Kind, container: Option<V>, items: Vec<V>, left: usize) {
+    stack.reserve(1);
+    let slot = stack.spare_capacity_mut()[0].as_mut_ptr();
+    // SAFETY: `slot` is the first spare element (reserved above); every field is written before
+    // the length covers it.
+    unsafe {
+        std::ptr::addr_of_mut!((*slot).kind).write(kind);
+        std::ptr::addr_of_mut!((*slot).container).write(container);
+        std::ptr::addr_of_mut!((*slot).key).write(None);
+        std::ptr::addr_of_mut!((*slot).items).write(items);
+        std::ptr::addr_of_mut!((*slot).done).write(0);
+        std::ptr::addr_of_mut!((*slot).left).write(left);
+        stack.set_len(stack.len() + 1);
+    }
+}
+
+/// The value of a container made from the tape, all its items in (a dict with a key left over
+/// has none).
+fn finish<B: Fill>(
+    b: &mut B,
+    kind: Kind,
+    container: Option<B::Value>,
+    key: Option<B::Value>,
+    items: Vec<B::Value>,
+) -> Option<B::Value> {
+    match kind {
+        Kind::Dict if key.is_some() => None,
+        Kind::List | Kind::Dict | Kind::Set => container,
+        Kind::FrozenSet => b.frozenset(items).ok(),
+        Kind::Tuple => b.tuple(items).ok(),
     }
 }
 
@@ -599,6 +690,30 @@ mod tests {
 
         fn text(&mut self, utf8: &[u8], at: u64) {
             self.quick.text(utf8, at);
+        }
+
+        fn int(&mut self, type_byte: u8, value: i64) {
+            self.quick.int(type_byte, value);
+        }
+
+        fn vocab(&mut self, index: u8) {
+            self.quick.vocab(index);
+        }
+
+        fn string(&mut self, body: &[u8], at: u64) {
+            self.quick.string(body, at);
+        }
+
+        fn float(&mut self, value: f64) {
+            self.quick.float(value);
+        }
+
+        fn open(&mut self, number: u64) {
+            self.quick.open(number);
+        }
+
+        fn close(&mut self, number: u64) {
+            self.quick.close(number);
         }
     }
 
@@ -849,6 +964,8 @@ mod tests {
                 false,
             ),
             ("00880d870181 01880487 018a0189 008a0089", false),
+            // Text whose CLOSE number has a needless zero group (not read as one token).
+            ("0088 0d87 0181 02018808870282 6869 02010089 0089", true),
             // A PING before the type word, text as VOCAB, a tuple as a key.
             ("0088 8e 0d87 0181 0188 0087 0189 0089", true),
             ("00880d870181 01880887 0487 0189 0089", true),

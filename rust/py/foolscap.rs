@@ -381,6 +381,36 @@ impl<'py> Receive<PyErr> for Chunk<'py, '_> {
     fn text(&mut self, utf8: &[u8], at: u64) {
         self.quick.text(utf8, at);
     }
+
+    #[inline(always)]
+    fn int(&mut self, type_byte: u8, value: i64) {
+        self.quick.int(type_byte, value);
+    }
+
+    #[inline(always)]
+    fn vocab(&mut self, index: u8) {
+        self.quick.vocab(index);
+    }
+
+    #[inline(always)]
+    fn string(&mut self, body: &[u8], at: u64) {
+        self.quick.string(body, at);
+    }
+
+    #[inline(always)]
+    fn float(&mut self, value: f64) {
+        self.quick.float(value);
+    }
+
+    #[inline(always)]
+    fn open(&mut self, number: u64) {
+        self.quick.open(number);
+    }
+
+    #[inline(always)]
+    fn close(&mut self, number: u64) {
+        self.quick.close(number);
+    }
 }
 
 /// The fast path's replies of one chunk, on their way out.
