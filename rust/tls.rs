@@ -13,7 +13,7 @@
 //! walk, and the signatures are checked with the crypto provider's algorithms directly.
 
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::{BufRead, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, OnceLock};
 
@@ -225,11 +225,25 @@ impl TlsSession {
             };
             let ready = state.plaintext_bytes_to_read();
             if ready > 0 {
+                // Copied straight from the session's records (no zeroed space read into).
                 let start = plaintext.len();
-                plaintext.resize(start + ready, 0);
-                if let Err(e) = self.conn.reader().read_exact(&mut plaintext[start..]) {
-                    plaintext.truncate(start);
-                    return Err(self.fail(format!("reading decrypted data failed: {e}")));
+                plaintext.reserve(ready);
+                let mut reader = self.conn.reader();
+                let mut left = ready;
+                while left > 0 {
+                    match reader.fill_buf() {
+                        Ok(chunk) if !chunk.is_empty() => {
+                            let n = chunk.len().min(left);
+                            plaintext.extend_from_slice(&chunk[..n]);
+                            reader.consume(n);
+                            left -= n;
+                        }
+                        Ok(_) => break,
+                        Err(e) => {
+                            plaintext.truncate(start);
+                            return Err(self.fail(format!("reading decrypted data failed: {e}")));
+                        }
+                    }
                 }
             }
             self.peer_closed |= state.peer_has_closed();

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import decimal
+import gc
 import math
 
 import pytest
@@ -515,6 +516,31 @@ def test_a_bad_answer_is_a_violation(data, why):
     assert (kind, what, reqid) == (FS_VIOLATION, "answer", 1)
     assert why in message, message
     assert " at byte " in message
+
+
+def test_a_message_is_refused_the_same_however_its_bytes_arrive():
+    # Messages are read as their tokens arrive, and one given up on part-way is read again whole.
+    for _, data, _ in VIOLATIONS:
+        decoder = FoolscapDecoder(decode_hook)
+        assert feed_all(decoder, by_byte(data)) == FoolscapDecoder(decode_hook).feed(data)
+
+
+def test_a_message_waiting_for_its_next_chunk_holds_no_containers():
+    def value():
+        return [{"n": i, "tags": ["waiting", str(i)]} for i in range(200)]
+
+    data = FoolscapEncoder().answer(1, value())
+    decoder = FoolscapDecoder()
+    assert decoder.feed(data[: len(data) // 2]) == []
+    # Only its leaves are made: a collection meanwhile has none of its lists or dicts to walk.
+    assert not [o for o in gc.get_objects() if type(o) is list and o[:1] == ["waiting"]]
+    (event,) = decoder.feed(data[len(data) // 2 :])
+    same_events([event], [(FS_ANSWER, 1, value())])
+    # A message given up on at its end (a shared list) is read again whole, in any chunking.
+    shared = ["s"]
+    data = FoolscapEncoder().answer(2, [*range(500), shared, shared])
+    (event,) = feed_all(FoolscapDecoder(), [data[i : i + 100] for i in range(0, len(data), 100)])
+    assert event[2][:500] == list(range(500)) and event[2][-1] is event[2][-2] == shared
 
 
 def call_of(*body, head=(("INT", 4), ("INT", 1), ("STRING", b"m"))):

@@ -33,21 +33,14 @@ impl Encoder {
 
     /// A header and its type byte, in one reservation (a u64 takes at most 10 groups).
     #[inline(always)]
-    fn token(&mut self, mut v: u64, type_byte: u8) {
-        self.out.reserve(11);
-        // SAFETY: at most 11 bytes are written after the current end, within the reservation,
-        // before the length is moved past them.
+    pub(crate) fn token(&mut self, v: u64, type_byte: u8) {
+        self.out.reserve(TOKEN_ROOM);
+        // SAFETY: at most TOKEN_ROOM bytes are written after the current end, within the
+        // reservation, before the length is moved past them.
         unsafe {
             let start = self.out.as_mut_ptr().add(self.out.len());
-            let mut p = start;
-            while v >= 0x80 {
-                *p = (v & 0x7f) as u8;
-                p = p.add(1);
-                v >>= 7;
-            }
-            *p = v as u8;
-            *p.add(1) = type_byte;
-            self.out.set_len(self.out.len() + p.offset_from(start) as usize + 2);
+            let end = put_token(start, v, type_byte);
+            self.out.set_len(self.out.len() + end.offset_from(start) as usize);
         }
     }
 
@@ -201,6 +194,29 @@ impl Encoder {
     }
 }
 
+/// The most bytes one token's header and type byte take (a u64 is at most 10 groups of 7 bits).
+pub(crate) const TOKEN_ROOM: usize = 11;
+
+/// Write the header of `v` and `type_byte` at `p`; returns where they end.
+///
+/// # Safety
+///
+/// `p` is valid for writes of [`TOKEN_ROOM`] bytes.
+#[inline(always)]
+pub(crate) unsafe fn put_token(mut p: *mut u8, mut v: u64, type_byte: u8) -> *mut u8 {
+    // SAFETY: at most TOKEN_ROOM bytes are written from `p` (the caller's contract).
+    unsafe {
+        while v >= 0x80 {
+            *p = (v & 0x7f) as u8;
+            p = p.add(1);
+            v >>= 7;
+        }
+        *p = v as u8;
+        *p.add(1) = type_byte;
+        p.add(2)
+    }
+}
+
 /// Copy `src` to `dst` by overlapping word moves, which beat a call to memcpy for the few bytes
 /// of a typical string.
 ///
@@ -208,7 +224,7 @@ impl Encoder {
 ///
 /// `dst` is valid for writes of `src.len()` bytes and does not overlap `src`.
 #[inline(always)]
-unsafe fn copy_short(src: &[u8], dst: *mut u8) {
+pub(crate) unsafe fn copy_short(src: &[u8], dst: *mut u8) {
     use std::ptr::{read_unaligned, write_unaligned};
     let (n, s) = (src.len(), src.as_ptr());
     // SAFETY: every read is within `src` and every write within the `n` bytes at `dst` (the

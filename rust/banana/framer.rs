@@ -66,9 +66,22 @@ impl Held {
         self.consumed = offset;
     }
 
+    /// Whether the stream has failed (every later feed returns the error).
+    pub fn failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
     /// Let go of the buffer: nothing more will be read.
     pub fn release(&mut self) {
         self.buf = Vec::new();
+    }
+
+    /// Append what `fill` appends to the bytes held, to be read by the next `feed` (where they
+    /// come before its `data`); if `fill` fails, nothing is appended. This saves a copy for
+    /// bytes made elsewhere (decrypted) that would otherwise go through a buffer of their own.
+    pub fn append_with<E>(&mut self, fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
+        let before = self.buf.len();
+        fill(&mut self.buf).inspect_err(|_| self.buf.truncate(before))
     }
 
     /// `scan(bytes, stream_offset_of_bytes)` over what is held followed by `data`; it returns

@@ -829,7 +829,7 @@ fn kind(token: &Token<'_>) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::cell::RefCell;
     use std::rc::Rc;
 
@@ -840,7 +840,7 @@ mod tests {
     /// Values as a test builder makes them: containers are shared cells, so sharing and cycles
     /// can be checked.
     #[derive(Clone, Debug)]
-    enum V {
+    pub(crate) enum V {
         None,
         Bool(bool),
         Int(Integer),
@@ -909,7 +909,7 @@ mod tests {
         }
     }
 
-    struct TestBuild;
+    pub(crate) struct TestBuild;
 
     type R<T> = Built<T, String>;
 
@@ -999,7 +999,7 @@ mod tests {
         }
     }
 
-    fn describe(message: Message<TestBuild>) -> String {
+    pub(crate) fn describe(message: Message<TestBuild>) -> String {
         match message {
             Message::Call { reqid, clid, method, args, kwargs } => {
                 let args: Vec<String> = args.iter().map(shown).collect();
@@ -1013,7 +1013,7 @@ mod tests {
         }
     }
 
-    fn hex(s: &str) -> Vec<u8> {
+    pub(crate) fn hex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();
         (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
@@ -1100,34 +1100,31 @@ mod tests {
         assert_eq!(one("00880d870181 01880387 018278 0288028701810289 0189 0089"), "answer 1 (dict b'x' ^)");
     }
 
+    /// Messages the walker refuses (as `(hex, part of the violation)`), each the only message
+    /// of its stream.
+    pub(crate) const VIOLATIONS: [(&str, &str); 17] = [
+        ("00880d870181 01880782 66726f62626c65 0189 0089", "unknown OPEN type 'frobble'"),
+        ("00880b870181 0181 0581 0089", "method name must be a STRING, not INT"),
+        ("00880d870181 0188028700810189 0089", "reference to object 0, which cannot be referred to"),
+        ("00880d870181 0188028709810189 0089", "reference to unknown object 9"),
+        ("00880d870181 01880587 0288028701810289 0189 0089", "reference to object 1, a tuple not complete yet"),
+        ("00880d870181 018803870181018101810281 0189 0089", "dict: duplicate key 1"),
+        ("00880d870181 01880387 028804870289 0181 0189 0089", "dict: unhashable key"),
+        ("00880d870181 01880187 0082 0189 0089", "boolean takes an INT, not STRING"),
+        ("00880d870181 01880887 0282fffe 0189 0089", "unicode: not UTF-8"),
+        ("00880d870181 01881287 0c82756e6b6e6f776e2e54797065 0189 0089", "unknown copyable type 'unknown.Type'"),
+        ("00880d870181 01881287 018274 018278 0181 018278 0281 0189 0089", "duplicate attribute name 'x'"),
+        ("00880d870181 0188 1082 61616161616161616161616161616161 0189 0089", "first index token is too long, 16>15"),
+        ("00880d870181 01880087 0181 0189 0089", "too many items in none"),
+        ("00880d870181 0089", "reply ended too early"),
+        ("00880b870181 0181 01820a 01880c87 018278 0189 0089", "arguments must be an INT"),
+        ("00880b870181 0181 01820a 01880c87 0281 0181 0189 0089", "arguments ended too early"),
+        ("00880b870181 0181 01820a 01880c87 0081 0182610181 0182610281 0189 0089", "duplicate keyword argument 'a'"),
+    ];
+
     #[test]
     fn violations_discard_one_message() {
-        let cases = [
-            ("00880d870181 01880782 66726f62626c65 0189 0089", "unknown OPEN type 'frobble'"),
-            ("00880b870181 0181 0581 0089", "method name must be a STRING, not INT"),
-            ("00880d870181 0188028700810189 0089", "reference to object 0, which cannot be referred to"),
-            ("00880d870181 0188028709810189 0089", "reference to unknown object 9"),
-            ("00880d870181 01880587 0288028701810289 0189 0089", "reference to object 1, a tuple not complete yet"),
-            ("00880d870181 018803870181018101810281 0189 0089", "dict: duplicate key 1"),
-            ("00880d870181 01880387 028804870289 0181 0189 0089", "dict: unhashable key"),
-            ("00880d870181 01880187 0082 0189 0089", "boolean takes an INT, not STRING"),
-            ("00880d870181 01880887 0282fffe 0189 0089", "unicode: not UTF-8"),
-            ("00880d870181 01881287 0c82756e6b6e6f776e2e54797065 0189 0089", "unknown copyable type 'unknown.Type'"),
-            ("00880d870181 01881287 018274 018278 0181 018278 0281 0189 0089", "duplicate attribute name 'x'"),
-            (
-                "00880d870181 0188 1082 61616161616161616161616161616161 0189 0089",
-                "first index token is too long, 16>15",
-            ),
-            ("00880d870181 01880087 0181 0189 0089", "too many items in none"),
-            ("00880d870181 0089", "reply ended too early"),
-            ("00880b870181 0181 01820a 01880c87 018278 0189 0089", "arguments must be an INT"),
-            ("00880b870181 0181 01820a 01880c87 0281 0181 0189 0089", "arguments ended too early"),
-            (
-                "00880b870181 0181 01820a 01880c87 0081 0182610181 0182610281 0189 0089",
-                "duplicate keyword argument 'a'",
-            ),
-        ];
-        for (data, why) in cases {
+        for (data, why) in VIOLATIONS {
             let got = one(data);
             assert!(got.contains(why), "{data}: {got}");
             assert!(got.starts_with("violation "), "{data}: {got}");

@@ -7,7 +7,8 @@
 
 use num_bigint::BigInt;
 
-use crate::banana::vocab::{const_index, FOOLSCAP_VOCAB};
+use crate::banana::encode::{copy_short, put_token, TOKEN_ROOM};
+use crate::banana::vocab::{self, const_index, FOOLSCAP_VOCAB};
 use crate::banana::{tb, Dialect, Encoder};
 
 /// A value nested deeper than the limit (foolscap's sender asserts at 10000 slicers).
@@ -62,6 +63,12 @@ pub mod word {
     pub const YOUR_REFERENCE: Word = Word::new(b"your-reference");
 }
 
+/// The VOCAB index of `unicode`.
+const UNICODE_INDEX: u8 = match word::UNICODE.index {
+    Some(index) => index,
+    None => panic!("unicode is a vocabulary word"),
+};
+
 pub struct Writer {
     enc: Encoder,
     next_open: u64,
@@ -95,10 +102,24 @@ impl Writer {
         self.depth += 1;
         let id = self.next_open;
         self.next_open += 1;
-        self.enc.numbered(tb::OPEN, id);
         match word.index {
-            Some(index) => self.enc.out.extend_from_slice(&[index, tb::VOCAB]),
-            None => self.bytes(word.word),
+            Some(index) => {
+                let out = &mut self.enc.out;
+                out.reserve(TOKEN_ROOM + 2);
+                // SAFETY: the OPEN and the two bytes of the VOCAB (an index below 128) are written
+                // within the reservation before the length is moved past them.
+                unsafe {
+                    let start = out.as_mut_ptr().add(out.len());
+                    let p = put_token(start, id, tb::OPEN);
+                    *p = index;
+                    *p.add(1) = tb::VOCAB;
+                    out.set_len(out.len() + p.add(2).offset_from(start) as usize);
+                }
+            }
+            None => {
+                self.enc.token(id, tb::OPEN);
+                self.bytes(word.word);
+            }
         }
         Ok(id)
     }
@@ -106,7 +127,7 @@ impl Writer {
     #[inline]
     pub fn close(&mut self, id: u64) {
         self.depth -= 1;
-        self.enc.numbered(tb::CLOSE, id);
+        self.enc.token(id, tb::CLOSE);
     }
 
     /// A byte string: VOCAB for a word of the table, else STRING (foolscap has no size limit).
@@ -145,8 +166,36 @@ impl Writer {
     }
 
     /// `(unicode UTF8)`.
-    #[inline]
+    #[inline(always)]
     pub fn unicode(&mut self, utf8: &[u8]) -> Result<(), TooDeep> {
+        if utf8.len() >= 0x80 || self.depth >= self.max_depth || vocab::foolscap_index(utf8).is_some() {
+            return self.unicode_general(utf8);
+        }
+        // Most text: a short string, not a word of the vocabulary, its four tokens written in
+        // one reservation.
+        let id = self.next_open;
+        self.next_open += 1;
+        let out = &mut self.enc.out;
+        out.reserve(2 * TOKEN_ROOM + 4 + utf8.len());
+        // SAFETY: the OPEN, the VOCAB and STRING headers (two bytes each), the string and the
+        // CLOSE are written within the reservation before the length is moved past them.
+        unsafe {
+            let start = out.as_mut_ptr().add(out.len());
+            let mut p = put_token(start, id, tb::OPEN);
+            *p = UNICODE_INDEX;
+            *p.add(1) = tb::VOCAB;
+            *p.add(2) = utf8.len() as u8;
+            *p.add(3) = tb::STRING;
+            p = p.add(4);
+            copy_short(utf8, p);
+            p = put_token(p.add(utf8.len()), id, tb::CLOSE);
+            out.set_len(out.len() + p.offset_from(start) as usize);
+        }
+        Ok(())
+    }
+
+    #[inline(never)]
+    fn unicode_general(&mut self, utf8: &[u8]) -> Result<(), TooDeep> {
         let id = self.open(word::UNICODE)?;
         self.bytes(utf8);
         self.close(id);

@@ -5,7 +5,9 @@
 //!    sequence as one slice, plus the PING, PONG and ERROR tokens between (and inside) them.
 //!    Everything that breaks the stream is found here: bad tokens, a CLOSE that loses sync, a
 //!    top-level token that is not OPEN, the limits.
-//! 2. [`decode::read_message`] walks one framed sequence and builds its values through a
+//! 2. [`quick::Quick`] builds the common messages from the framer's tokens as they are read
+//!    (through [`framer::Receive`]), so each token is read once; any other message is left to
+//!    [`decode::read_message`], which walks the framed sequence and builds its values through a
 //!    [`decode::Build`] (Python objects in the `python` feature). Anything wrong inside a message
 //!    (an unknown sequence type, a duplicate dict key, a reference to nothing, an ABORT) only
 //!    discards that message, as foolscap's Violations do; the stream goes on.
@@ -19,6 +21,7 @@ pub mod decode;
 pub mod encode;
 pub mod framer;
 pub mod negotiate;
+pub mod quick;
 
 pub use framer::{Frame, MessageFramer};
 

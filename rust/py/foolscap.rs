@@ -30,27 +30,30 @@
 //! A stream that cannot continue (bad tokens, lost sync, a limit) raises `BananaError` with the
 //! stream offset; the events completed before it are on the exception as `.events`.
 
-use std::cell::RefCell;
 use std::sync::Mutex;
 
 use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyIterator, PyList, PySet, PyString, PyTuple};
-use pyo3::PyTypeInfo;
+use pyo3::{ffi, Borrowed, PyTypeInfo};
 
 use super::dispatch::{Dispatch, Ran};
-use super::objects::{decimal_type, decode_utf8, qualified_name, utf8_of, GcPause, StrCache};
+use super::objects::{decimal_type, decode_utf8, dict_next, list_item, qualified_name, utf8_of, GcPause, StrCache};
 use super::pb_session::REPLY_FLUSH;
 use super::schemas::{too_long, CallLimits};
 use super::session::SessionPy;
 use super::tables::Tables;
-use super::{int_value, integer, limit_args, set_limit, with_bytes, with_events, PtrMap};
+use super::{int_value, integer, limit_args, set_limit, with_bytes, with_events};
+use crate::banana::decode::Token;
 use crate::banana::Integer;
 use crate::foolscap::decode::{read_message, Build, Built, Fault, Message};
 use crate::foolscap::encode::{word, TooDeep, Word, Writer};
-use crate::foolscap::framer::CallHeader;
+use crate::foolscap::framer::{CallHeader, Receive};
+use crate::foolscap::quick::{Fill, Quick};
 use crate::foolscap::{Frame, Limits, MessageFramer};
+use crate::ids::IdMap;
+use crate::jelly::recycle;
 
 pub const FS_CALL: u8 = 0;
 pub const FS_ANSWER: u8 = 1;
@@ -81,6 +84,10 @@ pub struct Reader {
     /// `hook("your-reference", clid)`, `hook("their-reference", giftid, furl)`.
     hook: Option<Py<PyAny>>,
     strings: StrCache,
+    /// The fast path's replies are written here (an empty buffer between chunks).
+    replies: Vec<u8>,
+    /// Where the message being read stands (see `quick`).
+    quick: Quick,
 }
 
 impl Reader {
@@ -95,11 +102,24 @@ impl Reader {
                 _ => set_limit(&mut all.banana, &name, value)?,
             }
         }
-        Ok(Reader { framer: MessageFramer::new(all.banana), limits: all, hook, strings: StrCache::new() })
+        Ok(Reader {
+            framer: MessageFramer::new(all.banana),
+            limits: all,
+            hook,
+            strings: StrCache::new(),
+            replies: Vec::new(),
+            quick: Quick::new(&all),
+        })
     }
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Add what `fill` appends (decrypted bytes) to the stream, read by the next `decode` ahead
+    /// of its bytes without being copied again; if `fill` fails, nothing is added.
+    pub fn append_with<E>(&mut self, fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
+        self.framer.append_with(fill)
     }
 
     /// Bytes held for an incomplete message.
@@ -118,83 +138,34 @@ impl Reader {
         &mut self,
         py: Python<'py>,
         bytes: &[u8],
-        mut fast: Option<&mut Fast<'py, '_>>,
+        fast: Option<&mut Fast<'py, '_>>,
         call_limits: Option<(&mut CallLimits, &Tables)>,
     ) -> PyResult<Bound<'py, PyList>> {
         let events = PyList::empty(py);
         let hook = self.hook.as_ref().map(|h| h.bind(py).clone());
-        let (limits, strings, framer) = (&self.limits, &mut self.strings, &mut self.framer);
         let session = fast.as_ref().map(|f| f.session);
-        let mut replies = Replies { session, out: Vec::new(), queued: 0 };
-        // Asked for a call's limit by the framer, and for why it refused one.
-        let call_limits = RefCell::new(call_limits);
-        let limited = call_limits.borrow().is_some();
+        let build = PyBuild { py, hook: hook.as_ref(), strings: &mut self.strings, gifts: false };
+        let mut chunk = Chunk {
+            py,
+            events,
+            limits: &self.limits,
+            build,
+            quick: &mut self.quick,
+            fast,
+            replies: Replies { session, out: std::mem::take(&mut self.replies), queued: 0 },
+            call_limits,
+        };
         // Nothing cyclic becomes garbage while values are built; collections triggered by the
         // containers being made would only walk them again and again.
         let gc = GcPause::new();
-        let on_frame = |frame: Frame<'_>| -> PyResult<()> {
-            let event = match frame {
-                Frame::Message { bytes, offset, first_object } => {
-                    let mut build = PyBuild { py, hook: hook.as_ref(), strings: &mut *strings, gifts: false };
-                    let message = read_message(bytes, offset, first_object, limits, &mut build)?;
-                    if build.gifts && fast.is_some() {
-                        // A message with gifts waits for them to be fetched, and the messages
-                        // after it wait behind it: the rest of the chunk is the broker's.
-                        fast = None;
-                        replies.send(py, &events, false)?;
-                    }
-                    match fast.as_deref_mut() {
-                        None => event(py, message)?,
-                        Some(f) => match f.handle(py, message, &mut replies.out)? {
-                            Handled::Done if replies.answered(py)? < REPLY_FLUSH => return Ok(()),
-                            // Let the broker write these (and apply back-pressure) first.
-                            Handled::Done => {
-                                fast = None;
-                                return replies.send(py, &events, true);
-                            }
-                            Handled::Ran(event) => event,
-                            Handled::Declined(event) => {
-                                fast = None;
-                                replies.send(py, &events, false)?;
-                                event
-                            }
-                        },
-                    }
-                }
-                Frame::Refused { reqid, length, at, aborted, .. } => {
-                    // The broker answers it, after the replies so far (as a Violation of the
-                    // decoder's, which it is).
-                    if fast.take().is_some() {
-                        replies.send(py, &events, false)?;
-                    }
-                    if aborted {
-                        (FS_CALL_ABORTED, reqid).into_pyobject(py)?.into_any()
-                    } else {
-                        let why = call_limits
-                            .borrow()
-                            .as_ref()
-                            .map_or_else(|| too_long(length, at), |(c, _)| c.refusal(length, at));
-                        (FS_VIOLATION, "call", reqid, why).into_pyobject(py)?.into_any()
-                    }
-                }
-                Frame::Ping(n) => (FS_PING, n).into_pyobject(py)?.into_any(),
-                Frame::Pong(n) => (FS_PONG, n).into_pyobject(py)?.into_any(),
-                Frame::PeerError(message) => {
-                    (FS_PEER_ERROR, String::from_utf8_lossy(message)).into_pyobject(py)?.into_any()
-                }
-            };
-            events.append(event)
-        };
-        let result = if limited {
-            let call_limit = |call: CallHeader<'_>| -> PyResult<Option<u64>> {
-                call_limits.borrow_mut().as_mut().map_or(Ok(None), |(c, tables)| c.limit(py, tables, call))
-            };
-            framer.feed_limited(bytes, on_frame, call_limit)
-        } else {
-            framer.feed(bytes, on_frame)
-        };
+        let result = self.framer.receive(bytes, &mut chunk);
         drop(gc);
+        let Chunk { events, mut replies, .. } = chunk;
         replies.send(py, &events, false)?;
+        if replies.out.capacity() <= 1 << 20 {
+            replies.out.clear();
+            self.replies = replies.out;
+        }
         with_events(py, events, result)
     }
 
@@ -264,6 +235,132 @@ impl FoolscapDecoderPy {
 
     fn __clear__(&mut self) {
         self.0.hook = None;
+    }
+}
+
+/// What one chunk's frames and tokens become: the quick pass builds each message from its
+/// tokens as they are read (a message it gives up on is read again by the walker), and each
+/// message, with the fast path on, is handled here; the rest are events.
+struct Chunk<'py, 'a, 'f> {
+    py: Python<'py>,
+    events: Bound<'py, PyList>,
+    limits: &'a Limits,
+    build: PyBuild<'py, 'a>,
+    quick: &'a mut Quick,
+    fast: Option<&'a mut Fast<'py, 'f>>,
+    replies: Replies<'f>,
+    /// The string limits calls on the objects in the tables are held to, if any.
+    call_limits: Option<(&'a mut CallLimits, &'a Tables)>,
+}
+
+impl<'py> Receive<PyErr> for Chunk<'py, '_, '_> {
+    fn frame(&mut self, frame: Frame<'_>) -> PyResult<()> {
+        let py = self.py;
+        let event = match frame {
+            Frame::Message { bytes, offset, first_object } => {
+                self.build.gifts = false;
+                let message = match self.quick.take(&mut self.build, bytes, offset) {
+                    Some(message) => message,
+                    None => read_message(bytes, offset, first_object, self.limits, &mut self.build)?,
+                };
+                if self.build.gifts && self.fast.is_some() {
+                    // A message with gifts waits for them to be fetched, and the messages
+                    // after it wait behind it: the rest of the chunk is the broker's.
+                    self.fast = None;
+                    self.replies.send(py, &self.events, false)?;
+                }
+                match self.fast.as_deref_mut() {
+                    None => event(py, message)?,
+                    Some(f) => match f.handle(py, message, &mut self.replies.out)? {
+                        Handled::Done if self.replies.answered(py)? < REPLY_FLUSH => return Ok(()),
+                        // Let the broker write these (and apply back-pressure) first.
+                        Handled::Done => {
+                            self.fast = None;
+                            return self.replies.send(py, &self.events, true);
+                        }
+                        Handled::Ran(event) => event,
+                        Handled::Declined(event) => {
+                            self.fast = None;
+                            self.replies.send(py, &self.events, false)?;
+                            event
+                        }
+                    },
+                }
+            }
+            Frame::Refused { reqid, length, at, aborted, .. } => {
+                // The broker answers it, after the replies so far (as a Violation of the
+                // decoder's, which it is).
+                if self.fast.take().is_some() {
+                    self.replies.send(py, &self.events, false)?;
+                }
+                if aborted {
+                    (FS_CALL_ABORTED, reqid).into_pyobject(py)?.into_any()
+                } else {
+                    let why =
+                        self.call_limits.as_ref().map_or_else(|| too_long(length, at), |(c, _)| c.refusal(length, at));
+                    (FS_VIOLATION, "call", reqid, why).into_pyobject(py)?.into_any()
+                }
+            }
+            Frame::Ping(n) => (FS_PING, n).into_pyobject(py)?.into_any(),
+            Frame::Pong(n) => (FS_PONG, n).into_pyobject(py)?.into_any(),
+            Frame::PeerError(message) => {
+                (FS_PEER_ERROR, String::from_utf8_lossy(message)).into_pyobject(py)?.into_any()
+            }
+        };
+        self.events.append(event)
+    }
+
+    fn limits_calls(&self) -> bool {
+        self.call_limits.is_some()
+    }
+
+    fn call_limit(&mut self, call: CallHeader<'_>) -> PyResult<Option<u64>> {
+        let py = self.py;
+        self.call_limits.as_mut().map_or(Ok(None), |(c, tables)| c.limit(py, tables, call))
+    }
+
+    fn start(&mut self, at: u64) {
+        self.quick.start(at);
+    }
+
+    #[inline(always)]
+    fn token(&mut self, token: &Token<'_>, body: u64) {
+        self.quick.token(token, body);
+    }
+
+    #[inline(always)]
+    fn text(&mut self, utf8: &[u8], at: u64) {
+        self.quick.text(utf8, at);
+    }
+
+    #[inline(always)]
+    fn int(&mut self, type_byte: u8, value: i64) {
+        self.quick.int(type_byte, value);
+    }
+
+    #[inline(always)]
+    fn vocab(&mut self, index: u8) {
+        self.quick.vocab(index);
+    }
+
+    #[inline(always)]
+    fn string(&mut self, body: &[u8], at: u64) {
+        self.quick.string(body, at);
+    }
+
+    #[inline(always)]
+    fn float(&mut self, value: f64) {
+        self.quick.float(value);
+    }
+
+    #[inline(always)]
+    fn open(&mut self, number: u64) {
+        self.quick.open(number);
+    }
+
+    #[inline(always)]
+    fn close(&mut self, number: u64) {
+        self.quick.close(number);
     }
 }
 
@@ -488,6 +585,22 @@ impl<'py> PyBuild<'py, '_> {
     }
 }
 
+impl<'py> Fill for PyBuild<'py, '_> {
+    unsafe fn list_of(&mut self, len: usize) -> PyBuilt<'py, Self::Value> {
+        // SAFETY: PyList_New returns a new reference (or NULL with an exception set) to a list of
+        // `len` empty slots, which the caller fills before the list is used (see `Fill`).
+        let list = unsafe { Bound::from_owned_ptr_or_err(self.py, ffi::PyList_New(len as ffi::Py_ssize_t)) };
+        self.checked(list)
+    }
+
+    unsafe fn fill(&mut self, list: &Self::Value, index: usize, item: Self::Value) -> PyBuilt<'py, ()> {
+        // SAFETY: `list` came from `list_of` with more than `index` slots, this one empty (the
+        // caller's contract); the slot takes over the item's reference.
+        unsafe { ffi::PyList_SET_ITEM(list.as_ptr(), index as ffi::Py_ssize_t, item.into_ptr()) };
+        Ok(())
+    }
+}
+
 impl<'py> Build for PyBuild<'py, '_> {
     type Value = Bound<'py, PyAny>;
     type Name = Bound<'py, PyString>;
@@ -651,7 +764,10 @@ pub struct FoolscapEncoderPy {
     max_depth: usize,
     /// Kept between messages so a steady stream does not allocate afresh each time.
     scratch: Vec<u8>,
-    seen: PtrMap<u64>,
+    seen: IdMap<u64>,
+    /// The allocation of a message's `keep`, between messages (see `recycle`).
+    keep: Vec<usize>,
+    order: KeyOrder,
 }
 
 #[pymethods]
@@ -659,7 +775,15 @@ impl FoolscapEncoderPy {
     #[new]
     #[pyo3(signature = (hook=None, *, next_open_id=0, max_depth=Limits::foolscap().banana.max_depth))]
     fn new(hook: Option<Py<PyAny>>, next_open_id: u64, max_depth: usize) -> FoolscapEncoderPy {
-        FoolscapEncoderPy { hook, next_open_id, max_depth, scratch: Vec::new(), seen: PtrMap::default() }
+        FoolscapEncoderPy {
+            hook,
+            next_open_id,
+            max_depth,
+            scratch: Vec::new(),
+            seen: IdMap::default(),
+            keep: Vec::new(),
+            order: KeyOrder::default(),
+        }
     }
 
     /// `(call reqid clid method (arguments n_pos args... name value ...))`, keyword arguments
@@ -684,20 +808,24 @@ impl FoolscapEncoderPy {
             },
         };
         let kwargs = kwargs.cloned().unwrap_or_else(|| PyDict::new(py));
-        self.call_with(py, reqid, clid, method.to_str()?, &args, &kwargs, |bytes| PyBytes::new(py, bytes))
+        let bytes = self.call_with(py, reqid, clid, method.to_str()?, &args, &kwargs, Dest::Bytes)?;
+        Ok(bytes.expect("a new bytes object"))
     }
 
     /// `(answer reqid value)`.
     fn answer<'py>(&mut self, py: Python<'py>, reqid: i64, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        self.reply(py, word::ANSWER, reqid, |m| m.value(value), |bytes| PyBytes::new(py, bytes))
+        let bytes = self.reply(py, word::ANSWER, reqid, |m| m.value(value), Dest::Bytes)?;
+        Ok(bytes.expect("a new bytes object"))
     }
 
     /// `(error reqid (copyable "twisted.python.failure.Failure" name value ...))`, the state (a
     /// dict or (name, value) pairs) in the order given.
     fn error<'py>(&mut self, py: Python<'py>, reqid: i64, state: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        let mut out = Vec::new();
-        self.error_into(py, reqid, state, &mut out)?;
-        Ok(PyBytes::new(py, &out))
+        let body = |m: &mut MessageWriter<'py, '_>| {
+            m.copyable(FAILURE, state)?;
+            m.finish_sequences()
+        };
+        Ok(self.reply(py, word::ERROR, reqid, body, Dest::Bytes)?.expect("a new bytes object"))
     }
 
     /// A PING (foolscap sends number 0, as the single byte 8e).
@@ -732,31 +860,29 @@ impl FoolscapEncoderPy {
 
     fn __clear__(&mut self) {
         self.hook = None;
+        self.order = KeyOrder::default();
     }
 }
 
 impl FoolscapEncoderPy {
-    /// `(word reqid body)`: an answer or an error, its bytes handed to `finish`.
-    fn reply<'py, R>(
+    /// `(word reqid body)`: an answer or an error, to `dest`.
+    fn reply<'py>(
         &mut self,
         py: Python<'py>,
         word: Word,
         reqid: i64,
         body: impl FnOnce(&mut MessageWriter<'py, '_>) -> PyResult<()>,
-        finish: impl FnOnce(&[u8]) -> R,
-    ) -> PyResult<R> {
+        dest: Dest<'_>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         request_id(reqid)?;
-        self.encode_with(
-            py,
-            |m| {
-                let reply = m.w.open(word)?;
-                m.w.int(reqid);
-                body(m)?;
-                m.w.close(reply);
-                Ok(())
-            },
-            finish,
-        )
+        let write = |m: &mut MessageWriter<'py, '_>| {
+            let reply = m.w.open(word)?;
+            m.w.int(reqid);
+            body(m)?;
+            m.w.close(reply);
+            Ok(())
+        };
+        self.encode_with(py, dest, write)
     }
 
     /// `call`, appended to `out` (the sender's calls).
@@ -771,13 +897,13 @@ impl FoolscapEncoderPy {
         kwargs: &Bound<'_, PyDict>,
         out: &mut Vec<u8>,
     ) -> PyResult<()> {
-        self.call_with(py, reqid, clid, method, args, kwargs, |bytes| out.extend_from_slice(bytes))
+        self.call_with(py, reqid, clid, method, args, kwargs, Dest::Append(out)).map(drop)
     }
 
     /// `(call reqid clid method (arguments n args... name value...))`, keyword arguments sorted
     /// by name as foolscap sorts them.
     #[allow(clippy::too_many_arguments)]
-    fn call_with<'py, R>(
+    fn call_with<'py>(
         &mut self,
         py: Python<'py>,
         reqid: i64,
@@ -785,8 +911,8 @@ impl FoolscapEncoderPy {
         method: &str,
         args: &Bound<'py, PyTuple>,
         kwargs: &Bound<'py, PyDict>,
-        finish: impl FnOnce(&[u8]) -> R,
-    ) -> PyResult<R> {
+        dest: Dest<'_>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         request_id(reqid)?;
         wire_id("clid", clid, true)?;
         let mut named = Vec::with_capacity(kwargs.len());
@@ -799,28 +925,24 @@ impl FoolscapEncoderPy {
         }
         // UTF-8 byte order is code point order.
         named.sort_by(|(a, _), (b, _)| a.to_str().unwrap_or_default().cmp(b.to_str().unwrap_or_default()));
-        self.encode_with(
-            py,
-            |m| {
-                let call = m.w.open(word::CALL)?;
-                m.w.int(reqid);
-                m.w.int(clid);
-                m.w.bytes(method.as_bytes());
-                let arguments = m.w.open(word::ARGUMENTS)?;
-                m.w.int(args.len() as i64);
-                for arg in args.iter() {
-                    m.value(&arg)?;
-                }
-                for (name, value) in &named {
-                    m.w.bytes(name.to_str()?.as_bytes());
-                    m.value(value)?;
-                }
-                m.w.close(arguments);
-                m.w.close(call);
-                Ok(())
-            },
-            finish,
-        )
+        self.encode_with(py, dest, |m| {
+            let call = m.w.open(word::CALL)?;
+            m.w.int(reqid);
+            m.w.int(clid);
+            m.w.bytes(method.as_bytes());
+            let arguments = m.w.open(word::ARGUMENTS)?;
+            m.w.int(args.len() as i64);
+            for arg in args.iter() {
+                m.value(&arg)?;
+            }
+            for (name, value) in &named {
+                m.w.bytes(name.to_str()?.as_bytes());
+                m.value(value)?;
+            }
+            m.w.close(arguments);
+            m.w.close(call);
+            Ok(())
+        })
     }
 
     /// `(answer reqid value)`, appended to `out` (the fast path's replies).
@@ -831,7 +953,7 @@ impl FoolscapEncoderPy {
         value: &Bound<'_, PyAny>,
         out: &mut Vec<u8>,
     ) -> PyResult<()> {
-        self.reply(py, word::ANSWER, reqid, |m| m.value(value), |bytes| out.extend_from_slice(bytes))
+        self.reply(py, word::ANSWER, reqid, |m| m.value(value), Dest::Append(out)).map(drop)
     }
 
     pub(crate) fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
@@ -859,42 +981,70 @@ impl FoolscapEncoderPy {
             m.copyable(FAILURE, state)?;
             m.finish_sequences()
         };
-        self.reply(py, word::ERROR, reqid, body, |bytes| out.extend_from_slice(bytes))
+        self.reply(py, word::ERROR, reqid, body, Dest::Append(out)).map(drop)
     }
 
-    /// Run `write` on a fresh message and hand its bytes to `finish`; the counter moves on only
-    /// if it succeeds.
-    fn encode_with<'py, R>(
+    /// Run `write` on a fresh message that goes to `dest`; the counter moves on only if it
+    /// succeeds.
+    fn encode_with<'py>(
         &mut self,
         py: Python<'py>,
+        dest: Dest<'_>,
         write: impl FnOnce(&mut MessageWriter<'py, '_>) -> PyResult<()>,
-        finish: impl FnOnce(&[u8]) -> R,
-    ) -> PyResult<R> {
-        let out = std::mem::take(&mut self.scratch);
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let out = match dest {
+            Dest::Append(out) => return self.encode_into(py, out, write).map(|()| None),
+            Dest::Bytes => &mut std::mem::take(&mut self.scratch),
+        };
+        let bytes = self.encode_into(py, out, write).map(|()| Some(PyBytes::new(py, out)));
+        if out.capacity() <= 1 << 20 {
+            out.clear();
+            self.scratch = std::mem::take(out);
+        }
+        bytes
+    }
+
+    /// Run `write` on a fresh message appended to `out`; if it fails, `out` is left as it was
+    /// and so is the counter.
+    fn encode_into<'py>(
+        &mut self,
+        py: Python<'py>,
+        out: &mut Vec<u8>,
+        write: impl FnOnce(&mut MessageWriter<'py, '_>) -> PyResult<()>,
+    ) -> PyResult<()> {
+        let start = out.len();
         let mut m = MessageWriter {
             py,
-            w: Writer::new(out, self.next_open_id, self.max_depth),
+            w: Writer::new(std::mem::take(out), self.next_open_id, self.max_depth),
             seen: &mut self.seen,
-            keep: Vec::new(),
+            keep: recycle(std::mem::take(&mut self.keep)),
             hook: self.hook.as_ref().map(|h| h.bind(py).clone()),
             stack: Vec::new(),
             pairs: Vec::new(),
+            order: &mut self.order,
         };
         let result = write(&mut m);
         let MessageWriter { w, keep, .. } = m;
         self.seen.clear();
-        drop(keep);
-        let (mut out, next_open_id) = w.finish();
-        let done = result.map(|()| {
-            self.next_open_id = next_open_id;
-            finish(&out)
-        });
-        if out.capacity() <= 1 << 20 {
-            out.clear();
-            self.scratch = out;
+        if keep.capacity() <= 1 << 16 {
+            self.keep = recycle(keep);
         }
-        done
+        let (mut written, next_open_id) = w.finish();
+        match result {
+            Ok(()) => self.next_open_id = next_open_id,
+            Err(_) => written.truncate(start),
+        }
+        *out = written;
+        result
     }
+}
+
+/// Where a message goes.
+enum Dest<'o> {
+    /// At the end of this buffer.
+    Append(&'o mut Vec<u8>),
+    /// Into a new bytes object.
+    Bytes,
 }
 
 /// Request IDs, clids and gift IDs travel as INT (or NEG), which foolscap writes only for
@@ -931,7 +1081,7 @@ struct MessageWriter<'py, 'a> {
     py: Python<'py>,
     w: Writer,
     /// Address of each list, tuple, dict and set met in this message -> its open-ID.
-    seen: &'a mut PtrMap<u64>,
+    seen: &'a mut IdMap<u64>,
     /// Keeps what `seen` names (and what the hook made) alive, so an address is not reused by
     /// another object within the message.
     keep: Vec<Bound<'py, PyAny>>,
@@ -941,6 +1091,49 @@ struct MessageWriter<'py, 'a> {
     stack: Vec<Walk<'py>>,
     /// The (key, value) pairs of the dicts being written, sorted, outermost first.
     pairs: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    order: &'a mut KeyOrder,
+}
+
+/// The order in which the last dict with text keys only (and not too many) was sent: dicts of
+/// one shape tend to follow one another, their keys the very same str objects in the same
+/// order, which sort the same way each time.
+#[derive(Default)]
+struct KeyOrder {
+    /// The keys in the dict's own order: held, so that no other object can take their address.
+    keys: Vec<Py<PyAny>>,
+    /// The sorted order: the places in `keys` of the first key, the second, ...
+    sorted: Vec<u8>,
+}
+
+impl KeyOrder {
+    /// Dicts with more keys than this are sorted afresh each time.
+    const MAX_KEYS: usize = 16;
+
+    /// The sorted order of a dict whose keys, in its own order, are `keys` (at most
+    /// `MAX_KEYS`): the one remembered if they are the keys remembered, else found (and
+    /// remembered) if they are all text; None if they are not.
+    ///
+    /// # Safety
+    ///
+    /// Each of `keys` is a live object (a borrowed reference).
+    #[inline]
+    unsafe fn of(&mut self, py: Python<'_>, keys: &[*mut ffi::PyObject]) -> Option<&[u8]> {
+        let same = self.keys.len() == keys.len() && self.keys.iter().zip(keys).all(|(k, &key)| k.as_ptr() == key);
+        if !same {
+            // SAFETY: the caller's contract.
+            let keys: Vec<Borrowed<'_, '_, PyAny>> =
+                keys.iter().map(|&key| unsafe { Borrowed::from_ptr(py, key) }).collect();
+            if !keys.iter().all(|key| text_of(key).is_some()) {
+                return None;
+            }
+            self.keys.clear();
+            self.keys.extend(keys.iter().map(|&key| Borrowed::to_owned(key).unbind()));
+            self.sorted.clear();
+            self.sorted.extend(0..keys.len() as u8);
+            self.sorted.sort_unstable_by_key(|&i| text_of(&keys[usize::from(i)]));
+        }
+        Some(&self.sorted)
+    }
 }
 
 /// A sequence being written (opened as `id`): where the walk goes on once the item being
@@ -1028,9 +1221,7 @@ impl<'py> MessageWriter<'py, '_> {
         } else if let Some(dict) = cast::<PyDict, EXACT>(obj) {
             if !self.seen_again(obj)? {
                 let id = self.w.open(word::DICT)?;
-                let start = self.pairs.len();
-                self.sorted_pairs(dict)?;
-                self.stack.push(Walk::Dict { start, next: 2 * start, end: 2 * self.pairs.len(), id });
+                self.dict(dict, id)?;
             }
         } else if cast::<PySet, EXACT>(obj).is_some() {
             self.set(obj, word::SET, true)?;
@@ -1045,23 +1236,73 @@ impl<'py> MessageWriter<'py, '_> {
         Ok(true)
     }
 
+    /// Write the pairs of `dict` (opened as `id`) in foolscap's order, sorted by key: small
+    /// dicts with text keys as far as their pairs are exact scalars here, the rest by [`Self::step`].
+    fn dict(&mut self, dict: &Bound<'py, PyDict>, id: u64) -> PyResult<()> {
+        #[cfg(not(Py_GIL_DISABLED))]
+        if dict.len() <= KeyOrder::MAX_KEYS && self.small_dict(dict, id)? {
+            return Ok(());
+        }
+        let start = self.pairs.len();
+        self.sorted_pairs(dict)?;
+        self.stack.push(Walk::Dict { start, next: 2 * start, end: 2 * self.pairs.len(), id });
+        Ok(())
+    }
+
+    /// [`Self::dict`] for a dict of at most `KeyOrder::MAX_KEYS` pairs: false (and nothing
+    /// done) if its keys are not all text.
+    #[cfg(not(Py_GIL_DISABLED))]
+    fn small_dict(&mut self, dict: &Bound<'py, PyDict>, id: u64) -> PyResult<bool> {
+        let py = self.py;
+        let mut keys = [std::ptr::null_mut(); KeyOrder::MAX_KEYS];
+        let mut values = [std::ptr::null_mut(); KeyOrder::MAX_KEYS];
+        let (mut n, mut pos) = (0, 0);
+        // SAFETY (here and below): PyDict_Next hands out borrowed references to the dict's
+        // entries, good while the dict is not changed, and nothing here changes it: no Python
+        // code runs while keys are compared and exact scalars written, and a pair that is not
+        // made of those is held by owned references before anything else is written.
+        unsafe {
+            while n < KeyOrder::MAX_KEYS && ffi::PyDict_Next(dict.as_ptr(), &mut pos, &mut keys[n], &mut values[n]) != 0
+            {
+                n += 1;
+            }
+        }
+        let entry = |p: *mut ffi::PyObject| unsafe { Borrowed::from_ptr(py, p) };
+        let Some(sorted) = (unsafe { self.order.of(py, &keys[..n]) }) else { return Ok(false) };
+        for (place, &i) in sorted.iter().enumerate() {
+            let (key, value) = (entry(keys[usize::from(i)]), entry(values[usize::from(i)]));
+            exact_scalar(&mut self.w, &key)?;
+            if !exact_scalar(&mut self.w, &value)? {
+                // This value, and the pairs after it, are written by `step`.
+                let start = self.pairs.len();
+                for &j in &sorted[place..] {
+                    let j = usize::from(j);
+                    self.pairs.push((entry(keys[j]).to_owned(), entry(values[j]).to_owned()));
+                }
+                self.stack.push(Walk::Dict { start, next: 2 * start + 1, end: 2 * self.pairs.len(), id });
+                return Ok(true);
+            }
+        }
+        self.w.close(id);
+        Ok(true)
+    }
+
     /// Append the pairs of `dict` to `pairs`, sorted by key as foolscap sorts them, with
     /// Python's sort (keys that cannot be compared raise its TypeError, and nothing is sent);
     /// keys that are all plain text are sorted here, by their UTF-8, whose byte order is code
     /// point order.
     fn sorted_pairs(&mut self, dict: &Bound<'py, PyDict>) -> PyResult<()> {
         let start = self.pairs.len();
-        let mut texts = true;
-        for (key, value) in dict.iter() {
-            texts &= cast::<PyString, true>(&key).is_some_and(|s| utf8_of(s).is_some());
-            self.pairs.push((key, value));
+        let mut pos = 0;
+        while let Some((key, value)) = dict_next(dict, &mut pos) {
+            self.pairs.push((key.to_owned(), value.to_owned()));
         }
         let pairs = &mut self.pairs[start..];
         if pairs.len() < 2 {
             return Ok(());
         }
-        if texts {
-            pairs.sort_unstable_by(|(a, _), (b, _)| text_key(a).cmp(text_key(b)));
+        if pairs.iter().all(|(key, _)| text_of(key).is_some()) {
+            pairs.sort_unstable_by(|(a, _), (b, _)| text_of(a).cmp(&text_of(b)));
             return Ok(());
         }
         let keys = PyList::new(self.py, pairs.iter().map(|(key, _)| key))?;
@@ -1095,10 +1336,10 @@ impl<'py> MessageWriter<'py, '_> {
             let id = match top {
                 Walk::List { list, next, id } => {
                     while *next < list.len() {
-                        let item = list.get_item(*next)?;
+                        let item = list_item(list, *next)?;
                         *next += 1;
                         if !scalar::<true>(w, &item)? {
-                            return Ok(Some(item));
+                            return Ok(Some(item.to_owned()));
                         }
                     }
                     *id
@@ -1175,13 +1416,12 @@ impl<'py> MessageWriter<'py, '_> {
     /// A tracked container seen before in this message: write `(reference N)` and return true.
     /// Otherwise remember it under the id its OPEN will get, and keep it alive until the message
     /// is written, so that no other object takes its address meanwhile.
+    #[inline(always)]
     fn seen_again(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<bool> {
-        let key = obj.as_ptr() as usize;
-        if let Some(&id) = self.seen.get(&key) {
+        if let Some(&mut id) = self.seen.get_or_insert(obj.as_ptr() as usize, self.w.next_open_id()) {
             self.w.reference(id)?;
             return Ok(true);
         }
-        self.seen.insert(key, self.w.next_open_id());
         self.keep.push(obj.clone());
         Ok(false)
     }
@@ -1265,10 +1505,11 @@ impl<'py> MessageWriter<'py, '_> {
     }
 }
 
-/// The UTF-8 of a dict key found to be an exact str with UTF-8 (see `sorted_pairs`).
-fn text_key<'a>(key: &'a Bound<'_, PyAny>) -> &'a [u8] {
-    // SAFETY: the key is a str (checked by the caller).
-    utf8_of(unsafe { key.cast_unchecked::<PyString>() }).unwrap_or_default()
+/// The UTF-8 of a dict key that is an exact str (and valid Unicode), by which foolscap's
+/// order of text keys goes: UTF-8 byte order is code point order.
+#[inline(always)]
+fn text_of<'a>(key: &'a Bound<'_, PyAny>) -> Option<&'a [u8]> {
+    cast::<PyString, true>(key).and_then(utf8_of)
 }
 
 /// Write `obj` if it is an int, str, bytes, float, None or bool, exactly that type (`EXACT`) or
@@ -1276,6 +1517,9 @@ fn text_key<'a>(key: &'a Bound<'_, PyAny>) -> &'a [u8] {
 /// is not.
 #[inline(always)]
 fn scalar<const EXACT: bool>(w: &mut Writer, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    if EXACT {
+        return exact_scalar(w, obj);
+    }
     // bool is an int subclass, but an exact bool never gets as far as the subclass pass.
     if cast::<PyInt, EXACT>(obj).is_some() {
         match int_value(obj)? {
@@ -1298,6 +1542,41 @@ fn scalar<const EXACT: bool>(w: &mut Writer, obj: &Bound<'_, PyAny>) -> PyResult
         w.boolean(b.is_true())?;
     } else {
         return Ok(false);
+    }
+    Ok(true)
+}
+
+/// [`scalar`] for the exact types: each found by one compare of the type's address, text (the
+/// most common item) first.
+#[inline(always)]
+fn exact_scalar(w: &mut Writer, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let ty = obj.get_type_ptr();
+    // SAFETY: only the addresses of CPython's static type objects are taken; each cast below
+    // follows the check of its exact type.
+    unsafe {
+        if ty == &raw mut ffi::PyUnicode_Type {
+            let s = obj.cast_unchecked::<PyString>();
+            match utf8_of(s) {
+                Some(utf8) => w.unicode(utf8)?,
+                // Lone surrogates: Python's own UnicodeEncodeError, as foolscap's `encode("UTF-8")`.
+                None => return Err(s.to_str().expect_err("not UTF-8")),
+            }
+        } else if ty == &raw mut ffi::PyLong_Type {
+            match int_value(obj)? {
+                Integer::Small(v) => w.int(v),
+                Integer::Big(big) => w.big_int(&big),
+            }
+        } else if ty == &raw mut ffi::PyFloat_Type {
+            w.float(obj.cast_unchecked::<PyFloat>().value());
+        } else if ty == &raw mut ffi::PyBytes_Type {
+            w.bytes(obj.cast_unchecked::<PyBytes>().as_bytes());
+        } else if obj.is_none() {
+            w.none()?;
+        } else if ty == &raw mut ffi::PyBool_Type {
+            w.boolean(obj.cast_unchecked::<PyBool>().is_true())?;
+        } else {
+            return Ok(false);
+        }
     }
     Ok(true)
 }

@@ -26,7 +26,7 @@ use super::schemas::CallLimits;
 use super::session::{Encoding, SessionPy};
 use super::with_bytes;
 use crate::foolscap::negotiate::{Negotiation, Setup, Step};
-use crate::tls::{Identity, TlsSession, KEPT_BUFFER};
+use crate::tls::{Identity, TlsSession};
 
 /// What reads the stream and runs calls: held for the whole of a `feed` or `run`.
 struct Incoming {
@@ -50,8 +50,6 @@ struct Link {
     early: Vec<u8>,
     /// The encoder, until banana starts (from then on the base session's).
     writer: Option<FoolscapEncoderPy>,
-    /// Decrypted bytes of one chunk, kept to reuse the allocation.
-    plaintext: Vec<u8>,
 }
 
 #[pyclass(module = "pbfast._core", name = "FoolscapSession", extends = SessionPy, frozen)]
@@ -131,8 +129,7 @@ impl FoolscapSession {
             broker,
             call_limits: CallLimits::new(call_limits, floor),
         };
-        let link =
-            Link { negotiation, tls: None, banana, closed: false, early: Vec::new(), writer, plaintext: Vec::new() };
+        let link = Link { negotiation, tls: None, banana, closed: false, early: Vec::new(), writer };
         let session = FoolscapSession {
             incoming: Mutex::new(Some(incoming)),
             link: Mutex::new(link),
@@ -304,7 +301,6 @@ impl FoolscapSession {
             let gone = (link.negotiation.take(), link.tls.take(), link.writer.take());
             link.closed = true;
             link.early = Vec::new();
-            link.plaintext = Vec::new();
             drop(link);
             drop(gone);
         }
@@ -441,14 +437,15 @@ impl FoolscapSession {
                     Step::Negotiated => Banana::Started(start_banana(session, link)?),
                 }
             } else if let Some(tls) = link.tls.as_mut() {
-                let mut plaintext = std::mem::take(&mut link.plaintext);
-                plaintext.clear();
-                if let Err(e) = py.detach(|| tls.feed(bytes, &mut plaintext)) {
+                // Decrypted into the framer's own buffer, and read from there (nothing is added
+                // if the session fails).
+                let decrypted = incoming.reader.append_with(|buffer| py.detach(|| tls.feed(bytes, buffer)));
+                if let Err(e) = decrypted {
                     // The session is broken: nothing more goes through it but its alert.
                     session.discard();
                     return Err(e.into());
                 }
-                Banana::Decrypted(plaintext)
+                Banana::Decrypted
             } else {
                 Banana::Plain
             }
@@ -456,15 +453,7 @@ impl FoolscapSession {
         match banana {
             Banana::Started(rest) => negotiated(py, self.read(py, session, incoming, &rest, false)),
             Banana::Plain => self.read(py, session, incoming, bytes, true),
-            Banana::Decrypted(mut plaintext) => {
-                let events = self.read(py, session, incoming, &plaintext, true);
-                plaintext.clear();
-                plaintext.shrink_to(KEPT_BUFFER);
-                if let Ok(mut link) = self.link.try_lock() {
-                    link.plaintext = plaintext;
-                }
-                events
-            }
+            Banana::Decrypted => self.read(py, session, incoming, &[], true),
         }
     }
 
@@ -531,8 +520,8 @@ enum Banana {
     Started(Vec<u8>),
     /// What the socket gave (a Tub's connection to itself).
     Plain,
-    /// What TLS made of what the socket gave.
-    Decrypted(Vec<u8>),
+    /// What TLS made of what the socket gave, already in the reader's framer.
+    Decrypted,
 }
 
 /// Negotiation is over: banana from here on, in the TLS session it hands over (the end of the

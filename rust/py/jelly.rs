@@ -14,7 +14,7 @@ use pyo3::types::{
 
 use super::errors::unpersistable;
 use super::int_value;
-use super::objects::{decimal_type, decode_utf8, qualified_name, utf8_of, GcPause, StrCache};
+use super::objects::{decimal_type, decode_utf8, dict_next, list_item, qualified_name, utf8_of, GcPause, StrCache};
 use crate::banana::{Dialect, Encoder, Integer, Limits};
 use crate::jelly::decode::{decode, Build, Fault, When};
 use crate::jelly::encode::{word, Buffers, Walk, Writer};
@@ -779,51 +779,6 @@ fn push_in_place<T>(v: &mut Vec<T>, item: T) {
         v.as_mut_ptr().add(v.len()).write(item);
         v.set_len(v.len() + 1);
     }
-}
-
-/// An item of a list or dict being written. With the GIL, a borrowed reference: writing a scalar
-/// runs no Python code, so nothing can change the container meanwhile, and an item that is not a
-/// scalar is made an owned reference before the walk goes on. Free-threaded, another thread may
-/// change the container at any time, so every item is an owned reference taken under its lock.
-#[cfg(not(Py_GIL_DISABLED))]
-type Entry<'a, 'py> = pyo3::Borrowed<'a, 'py, PyAny>;
-#[cfg(Py_GIL_DISABLED)]
-type Entry<'a, 'py> = Bound<'py, PyAny>;
-
-/// Item `index` of `list`, which has more than `index` items.
-#[inline(always)]
-fn list_item<'a, 'py>(list: &'a Bound<'py, PyList>, index: usize) -> PyResult<Entry<'a, 'py>> {
-    // SAFETY: `index < len(list)` (the caller's check), and with the GIL held no other thread can
-    // change the list while the item is used (see `Entry`).
-    #[cfg(not(Py_GIL_DISABLED))]
-    return Ok(unsafe {
-        pyo3::Borrowed::from_ptr(list.py(), ffi::PyList_GET_ITEM(list.as_ptr(), index as ffi::Py_ssize_t))
-    });
-    // Free-threaded: PyList_GetItemRef reads the item and takes its reference under the list's lock.
-    #[cfg(Py_GIL_DISABLED)]
-    list.get_item(index)
-}
-
-/// The next (key, value) of `dict` from position `pos`; None at its end.
-#[inline(always)]
-fn dict_next<'a, 'py>(
-    dict: &'a Bound<'py, PyDict>,
-    pos: &mut ffi::Py_ssize_t,
-) -> Option<(Entry<'a, 'py>, Entry<'a, 'py>)> {
-    let (mut key, mut value) = (std::ptr::null_mut(), std::ptr::null_mut());
-    // SAFETY: PyDict_Next hands out borrowed pointers to the dict's current entry, used as `Entry`
-    // says.
-    #[cfg(not(Py_GIL_DISABLED))]
-    return unsafe {
-        (ffi::PyDict_Next(dict.as_ptr(), pos, &mut key, &mut value) != 0)
-            .then(|| (pyo3::Borrowed::from_ptr(dict.py(), key), pyo3::Borrowed::from_ptr(dict.py(), value)))
-    };
-    // Free-threaded: the entry is read and its references taken under the dict's lock.
-    #[cfg(Py_GIL_DISABLED)]
-    pyo3::sync::with_critical_section(dict, || unsafe {
-        (ffi::PyDict_Next(dict.as_ptr(), pos, &mut key, &mut value) != 0)
-            .then(|| (Bound::from_borrowed_ptr(dict.py(), key), Bound::from_borrowed_ptr(dict.py(), value)))
-    })
 }
 
 fn decimal(w: &mut Writer, obj: &Bound<'_, PyAny>) -> Result<(), Failed> {

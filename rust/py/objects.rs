@@ -4,7 +4,7 @@
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyString, PyType};
+use pyo3::types::{PyDict, PyList, PyString, PyType};
 
 use crate::jelly::decode::Scratch;
 
@@ -216,4 +216,49 @@ pub fn qualified_name(cls: &Bound<'_, PyType>) -> PyResult<String> {
 pub fn decimal_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     static DECIMAL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     DECIMAL.import(py, "decimal", "Decimal")
+}
+
+/// An item of a list or dict being written (by either wire's encoder). With the GIL, a borrowed
+/// reference: writing a scalar runs no Python code, so nothing can change the container
+/// meanwhile, and an item that is not a scalar is made an owned reference before the walk goes on. Free-threaded, another thread may
+/// change the container at any time, so every item is an owned reference taken under its lock.
+#[cfg(not(Py_GIL_DISABLED))]
+pub(crate) type Entry<'a, 'py> = pyo3::Borrowed<'a, 'py, PyAny>;
+#[cfg(Py_GIL_DISABLED)]
+pub(crate) type Entry<'a, 'py> = Bound<'py, PyAny>;
+
+/// Item `index` of `list`, which has more than `index` items.
+#[inline(always)]
+pub(crate) fn list_item<'a, 'py>(list: &'a Bound<'py, PyList>, index: usize) -> PyResult<Entry<'a, 'py>> {
+    // SAFETY: `index < len(list)` (the caller's check), and with the GIL held no other thread can
+    // change the list while the item is used (see `Entry`).
+    #[cfg(not(Py_GIL_DISABLED))]
+    return Ok(unsafe {
+        pyo3::Borrowed::from_ptr(list.py(), ffi::PyList_GET_ITEM(list.as_ptr(), index as ffi::Py_ssize_t))
+    });
+    // Free-threaded: PyList_GetItemRef reads the item and takes its reference under the list's lock.
+    #[cfg(Py_GIL_DISABLED)]
+    list.get_item(index)
+}
+
+/// The next (key, value) of `dict` from position `pos`; None at its end.
+#[inline(always)]
+pub(crate) fn dict_next<'a, 'py>(
+    dict: &'a Bound<'py, PyDict>,
+    pos: &mut ffi::Py_ssize_t,
+) -> Option<(Entry<'a, 'py>, Entry<'a, 'py>)> {
+    let (mut key, mut value) = (std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: PyDict_Next hands out borrowed pointers to the dict's current entry, used as `Entry`
+    // says.
+    #[cfg(not(Py_GIL_DISABLED))]
+    return unsafe {
+        (ffi::PyDict_Next(dict.as_ptr(), pos, &mut key, &mut value) != 0)
+            .then(|| (pyo3::Borrowed::from_ptr(dict.py(), key), pyo3::Borrowed::from_ptr(dict.py(), value)))
+    };
+    // Free-threaded: the entry is read and its references taken under the dict's lock.
+    #[cfg(Py_GIL_DISABLED)]
+    pyo3::sync::with_critical_section(dict, || unsafe {
+        (ffi::PyDict_Next(dict.as_ptr(), pos, &mut key, &mut value) != 0)
+            .then(|| (Bound::from_borrowed_ptr(dict.py(), key), Bound::from_borrowed_ptr(dict.py(), value)))
+    })
 }
