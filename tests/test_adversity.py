@@ -1330,7 +1330,7 @@ def test_unknown_commands_respect_back_pressure(run, caplog) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# The decoder's fast path (plain calls run during `feed`) keeps the stream's order
+# The session's hot path (plain calls run during `feed`) keeps the stream's order
 # --------------------------------------------------------------------------------------------
 
 

@@ -225,7 +225,7 @@ async def _fails() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# The decoder's fast path and the broker answer alike (PB's encoder is stateless; a Tub's
+# The session's hot path and the broker answer alike (PB's encoder is stateless; a Tub's
 # numbers its opens, so its bytes depend on what went before: see test_wires.py's
 # test_calls_run_in_order_on_both_paths for the Tub's two paths)
 # --------------------------------------------------------------------------------------------

@@ -1021,7 +1021,7 @@ def test_statistics_have_the_same_names(run, wire) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# What the decoder's fast path must leave to the broker
+# What the session's hot path must leave to the broker
 # --------------------------------------------------------------------------------------------
 
 

@@ -445,7 +445,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         if self.disconnected:
             raise DeadReferenceError(f"the connection to {self.peer} is closed")
 
-    # Calls out once the connection is gone (until then the sender's methods stand in for these).
+    # Calls out once the connection is gone (until then the session's methods stand in for these).
 
     def call(
         self, object_id: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], cache: bool = False

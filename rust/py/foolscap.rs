@@ -885,7 +885,7 @@ impl FoolscapEncoderPy {
         self.encode_with(py, dest, write)
     }
 
-    /// `call`, appended to `out` (the sender's calls).
+    /// `call`, appended to `out` (the session's calls out).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn call_into(
         &mut self,
