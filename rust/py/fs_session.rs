@@ -606,27 +606,8 @@ mod tests {
     const MASTER: &str = "ec_p256.pem";
     const SLAVE: &str = "ed25519.pem";
 
-    const HELPERS: &std::ffi::CStr = c"
-log = []
-
-class Future:
-    def __init__(self):
-        self.outcome = None
-    def set_result(self, value):
-        self.outcome = ('result', value)
-    def set_exception(self, exc):
-        self.outcome = ('exception', exc)
-
-class Root:
-    def remote_echo(self, x):
-        return x
-    def remote_fail(self, why):
-        raise ValueError(why)
-
-def wake(): log.append('wake')
-def flush(): log.append('flush')
-def dead(): return RuntimeError('not negotiated')
-def forget(luid, uncache): log.append(('forget', luid, uncache))
+    /// The wire's hooks, after `session::test_broker::COMMON`.
+    const WIRE_HOOKS: &str = "
 def unslice(kind, *payload): return NotImplemented
 def slice(obj): return None
 def is_plain(cls): return True
@@ -701,7 +682,7 @@ def call_limits(cls): return None
     fn two_sessions_negotiate_and_talk_a_byte_at_a_time() {
         Python::initialize();
         Python::attach(|py| {
-            let helpers = PyModule::from_code(py, HELPERS, c"helpers.py", c"helpers").unwrap();
+            let helpers = crate::py::session::test_broker::helpers(py, WIRE_HOOKS);
             let master_id = crate::tls::Identity::from_der(&identity(MASTER).0, &identity(MASTER).1).unwrap().tub_id();
             let slave_id = crate::tls::Identity::from_der(&identity(SLAVE).0, &identity(SLAVE).1).unwrap().tub_id();
             let server = session(&helpers, MASTER, None);

@@ -402,27 +402,8 @@ mod tests {
     use crate::banana::Dialect;
     use crate::py::pb::{EV_MESSAGE, EV_READY};
 
-    const HELPERS: &std::ffi::CStr = c"
-log = []
-
-class Future:
-    def __init__(self):
-        self.outcome = None
-    def set_result(self, value):
-        self.outcome = ('result', value)
-    def set_exception(self, exc):
-        self.outcome = ('exception', exc)
-
-class Root:
-    def remote_echo(self, x):
-        return x
-    def remote_fail(self, why):
-        raise ValueError(why)
-
-def wake(): log.append('wake')
-def flush(): log.append('flush')
-def dead(): return RuntimeError('not negotiated')
-def forget(luid, uncache): log.append(('forget', luid, uncache))
+    /// The wire's hooks, after `session::test_broker::COMMON`.
+    const WIRE_HOOKS: &str = "
 def unjelly(tag, items): return NotImplemented
 def jelly(obj): return None
 def is_plain(cls): return True
@@ -486,7 +467,7 @@ def is_plain(cls): return True
     fn two_sessions_talk_a_byte_at_a_time() {
         Python::initialize();
         Python::attach(|py| {
-            let helpers = PyModule::from_code(py, HELPERS, c"helpers.py", c"helpers").unwrap();
+            let helpers = crate::py::session::test_broker::helpers(py, WIRE_HOOKS);
             let log = helpers.getattr("log").unwrap();
             let (client, server) = (session(&helpers, false), session(&helpers, true));
             server

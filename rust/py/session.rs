@@ -516,3 +516,40 @@ impl SessionPy {
         }
     }
 }
+
+/// What the session tests of both wires stand in for the broker with: a log of the callbacks,
+/// futures that note their outcome, and a root with `echo` and `fail`.
+#[cfg(test)]
+pub(crate) mod test_broker {
+    use pyo3::prelude::*;
+    use pyo3::types::PyModule;
+
+    const COMMON: &str = "
+log = []
+
+class Future:
+    def __init__(self):
+        self.outcome = None
+    def set_result(self, value):
+        self.outcome = ('result', value)
+    def set_exception(self, exc):
+        self.outcome = ('exception', exc)
+
+class Root:
+    def remote_echo(self, x):
+        return x
+    def remote_fail(self, why):
+        raise ValueError(why)
+
+def wake(): log.append('wake')
+def flush(): log.append('flush')
+def dead(): return RuntimeError('not negotiated')
+def forget(luid, uncache): log.append(('forget', luid, uncache))
+";
+
+    /// A module of `COMMON` followed by a wire's own hooks (`wire_hooks`, Python source).
+    pub(crate) fn helpers<'py>(py: Python<'py>, wire_hooks: &str) -> Bound<'py, PyModule> {
+        let source = std::ffi::CString::new(format!("{COMMON}{wire_hooks}")).unwrap();
+        PyModule::from_code(py, &source, c"helpers.py", c"helpers").unwrap()
+    }
+}
