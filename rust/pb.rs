@@ -21,8 +21,14 @@ pub const PB_VERSION: i64 = 6;
 /// Negotiation expressions are a few bytes; anything longer is not a PB peer.
 pub const HELLO_LIMIT: usize = 256;
 
-/// The server's offer, in preference order.
+/// The server's offer of Twisted's dialects, in preference order.
 const OFFER: [&[u8]; 2] = [b"pb", b"none"];
+
+/// The dialect name a pbfast server adds after Twisted's in its offer, followed by the
+/// extensions it speaks (`pbfast cancel stream`): a stock client takes the first name it knows
+/// (`pb`) and never sees it; a pbfast client answers with it and the extensions both speak.
+/// The stream is then the `pb` dialect plus those extensions.
+pub const PBFAST: &[u8] = b"pbfast";
 
 /// Why a PB stream cannot go on.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +111,8 @@ pub enum Received<'a> {
     Ready {
         dialect: Dialect,
         send: Vec<u8>,
+        /// The extensions both sides speak if the peer is pbfast (None: a stock peer).
+        extensions: Option<Vec<String>>,
     },
     Command(Command<'a>),
 }
@@ -125,28 +133,51 @@ pub struct Session {
     /// after it, mid-chunk.
     hello: Framer,
     framer: Framer,
+    /// The pbfast extensions this side speaks (a server offers them, a client picks from them);
+    /// None: this side does not announce itself (a stock Twisted peer's negotiation).
+    extensions: Option<Vec<String>>,
+    /// The extensions both sides speak, once negotiation is over with a pbfast peer.
+    peer_extensions: Option<Vec<String>>,
 }
 
 impl Session {
     /// `server`: this side accepted the connection (it offers the dialects and sends
-    /// [`Session::offer`] first; the client picks).
-    pub fn new(server: bool, limits: Limits) -> Session {
+    /// [`Session::offer`] first; the client picks). `extensions`: the pbfast extensions this
+    /// side speaks with a pbfast peer (names without spaces; None: a stock Twisted peer's
+    /// negotiation, byte for byte).
+    pub fn new(server: bool, limits: Limits, extensions: Option<&[&str]>) -> Session {
         let hello_limits = Limits { max_message_size: HELLO_LIMIT, max_depth: 2, ..limits };
+        let extensions = extensions.map(|names| {
+            let mut names: Vec<String> = names.iter().map(|e| e.to_string()).collect();
+            names.sort();
+            names.dedup();
+            names
+        });
         Session {
             stage: if server { Stage::AwaitChoice } else { Stage::AwaitOffer },
             hello: Framer::new(Dialect::NoVocab, hello_limits),
             framer: Framer::new(Dialect::NoVocab, limits),
+            extensions,
+            peer_extensions: None,
         }
     }
 
-    /// The server's first bytes: the dialects it offers.
-    pub fn offer() -> Vec<u8> {
+    /// The server's first bytes: the dialects it offers (Twisted's, then pbfast's when this
+    /// side announces itself).
+    pub fn offer(&self) -> Vec<u8> {
+        let pbfast = self.extensions.as_deref().map(pbfast_name);
         let mut enc = Encoder::new(Dialect::NoVocab);
-        enc.list(OFFER.len()).expect("a short list");
-        for word in OFFER {
+        enc.list(OFFER.len() + usize::from(pbfast.is_some())).expect("a short list");
+        for word in OFFER.iter().copied().chain(pbfast.as_deref()) {
             enc.bytes(word).expect("a short string");
         }
         enc.out
+    }
+
+    /// The extensions both sides speak when the peer is pbfast (None: a stock peer, or
+    /// negotiation is not over).
+    pub fn peer_extensions(&self) -> Option<&[String]> {
+        self.peer_extensions.as_deref()
     }
 
     /// The negotiated dialect, once negotiation is over.
@@ -209,11 +240,17 @@ impl Session {
             let Some(expr) = hello else { continue };
             let mut cur = Cursor::new(&expr, Dialect::NoVocab, self.hello.limits());
             let client = self.stage == Stage::AwaitOffer;
-            let chosen = if client { choose(&mut cur)? } else { accept(&mut cur)? };
+            let ours = self.extensions.as_deref();
+            let choice = if client { choose(&mut cur, ours)? } else { accept(&mut cur, ours)? };
+            let chosen = choice.dialect;
             let mut enc = Encoder::new(Dialect::NoVocab);
             if client {
-                enc.bytes(chosen.name().as_bytes())?;
+                match &choice.extensions {
+                    Some(common) => enc.bytes(&pbfast_name(common))?,
+                    None => enc.bytes(chosen.name().as_bytes())?,
+                }
             }
+            self.peer_extensions.clone_from(&choice.extensions);
             enc.dialect = chosen;
             enc.list(2)?;
             enc.bytes(b"version")?;
@@ -221,7 +258,8 @@ impl Session {
             self.stage = Stage::Ready;
             self.framer.set_dialect(chosen);
             self.framer.start_at(self.hello.offset());
-            return Ok((i + 1, Some(Received::Ready { dialect: chosen, send: enc.out })));
+            let ready = Received::Ready { dialect: chosen, send: enc.out, extensions: choice.extensions };
+            return Ok((i + 1, Some(ready)));
         }
         Ok((bytes.len(), None))
     }
@@ -236,8 +274,31 @@ impl<E: From<PbError>> From<BananaError> for Fed<E> {
     }
 }
 
-/// The client's pick from the server's offer (a list of names): the first dialect we speak.
-fn choose(cur: &mut Cursor<'_>) -> Result<Dialect, PbError> {
+/// What negotiation settled: the dialect, and the extensions both speak if the peer is pbfast.
+struct Choice {
+    dialect: Dialect,
+    extensions: Option<Vec<String>>,
+}
+
+/// `pbfast` followed by the extensions, space-separated.
+fn pbfast_name(extensions: &[String]) -> Vec<u8> {
+    let mut name = PBFAST.to_vec();
+    for e in extensions {
+        name.push(b' ');
+        name.extend_from_slice(e.as_bytes());
+    }
+    name
+}
+
+/// The extensions a pbfast dialect name carries, or None if it is not pbfast's.
+fn pbfast_extensions(name: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut words = name.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    (words.next() == Some(PBFAST)).then(|| words.collect())
+}
+
+/// The client's pick from the server's offer (a list of names): pbfast's if offered and this
+/// side announces itself (with the extensions both speak), else the first dialect we speak.
+fn choose(cur: &mut Cursor<'_>, ours: Option<&[String]>) -> Result<Choice, PbError> {
     let not_names = || PbError::Negotiation("the server's dialect offer is not a list of names".into());
     let Some(Item::List(n)) = cur.next_item() else { return Err(not_names()) };
     let mut names = Vec::with_capacity(n);
@@ -247,23 +308,41 @@ fn choose(cur: &mut Cursor<'_>) -> Result<Dialect, PbError> {
             _ => return Err(not_names()),
         }
     }
-    names.iter().find_map(|w| named_dialect(w)).ok_or_else(|| {
+    if let Some(ours) = ours {
+        if let Some(offered) = names.iter().find_map(|name| pbfast_extensions(name)) {
+            let common = ours.iter().filter(|e| offered.contains(&e.as_bytes())).cloned().collect();
+            return Ok(Choice { dialect: Dialect::Pb, extensions: Some(common) });
+        }
+    }
+    let dialect = names.iter().find_map(|w| named_dialect(w)).ok_or_else(|| {
         let offered: Vec<String> = names.iter().map(|n| show(n)).collect();
         PbError::Negotiation(format!(
             "the server offers dialects [{}], none of which pbfast speaks (pb, none)",
             offered.join(", ")
         ))
-    })
+    })?;
+    Ok(Choice { dialect, extensions: None })
 }
 
 /// The server's check of the client's choice.
-fn accept(cur: &mut Cursor<'_>) -> Result<Dialect, PbError> {
-    match cur.next_item() {
-        Some(Item::Bytes(name)) => named_dialect(name).ok_or_else(|| {
-            PbError::Negotiation(format!("the client chose dialect {}, which was not offered", show(name)))
-        }),
-        _ => Err(PbError::Negotiation("the client's dialect choice is not a name".into())),
+fn accept(cur: &mut Cursor<'_>, ours: Option<&[String]>) -> Result<Choice, PbError> {
+    let Some(Item::Bytes(name)) = cur.next_item() else {
+        return Err(PbError::Negotiation("the client's dialect choice is not a name".into()));
+    };
+    let not_offered =
+        || PbError::Negotiation(format!("the client chose dialect {}, which was not offered", show(name)));
+    if let Some(chosen) = pbfast_extensions(name) {
+        let offered = |e: &&[u8]| ours.is_some_and(|ours| ours.iter().any(|o| o.as_bytes() == *e));
+        if ours.is_none() || !chosen.iter().all(offered) {
+            return Err(not_offered());
+        }
+        let mut common: Vec<String> = chosen.iter().map(|e| String::from_utf8_lossy(e).into_owned()).collect();
+        common.sort();
+        common.dedup();
+        return Ok(Choice { dialect: Dialect::Pb, extensions: Some(common) });
     }
+    let dialect = named_dialect(name).ok_or_else(not_offered)?;
+    Ok(Choice { dialect, extensions: None })
 }
 
 fn named_dialect(name: &[u8]) -> Option<Dialect> {
@@ -405,7 +484,7 @@ mod tests {
     impl Got {
         fn of(r: Received<'_>) -> Got {
             match r {
-                Received::Ready { dialect, send } => Got::Ready(dialect, send),
+                Received::Ready { dialect, send, .. } => Got::Ready(dialect, send),
                 Received::Command(c) => {
                     let rest = decode_stream(&[&c.expr[c.body..]], Dialect::Pb, Limits::twisted()).unwrap_or_default();
                     Got::Command(format!("{:?}", c.kind), rest)
@@ -417,14 +496,60 @@ mod tests {
     #[test]
     fn the_offer_is_twisteds() {
         // What a stock Twisted PB server sends first.
-        assert_eq!(Session::offer(), b"\x02\x80\x02\x82pb\x04\x82none");
+        assert_eq!(Session::new(true, Limits::twisted(), None).offer(), b"\x02\x80\x02\x82pb\x04\x82none");
+        // With extensions, pbfast's name comes after Twisted's (a stock client takes "pb").
+        let offer = Session::new(true, Limits::twisted(), Some(&["stream", "cancel"])).offer();
+        assert_eq!(offer, b"\x03\x80\x02\x82pb\x04\x82none\x14\x82pbfast cancel stream");
+    }
+
+    #[test]
+    fn two_pbfast_sides_agree_on_the_extensions_both_speak() {
+        let mut client = Session::new(false, Limits::twisted(), Some(&["cancel", "trace"]));
+        let mut server = Session::new(true, Limits::twisted(), Some(&["stream", "cancel"]));
+        let got = feed_in(&mut client, &server.offer(), 1).unwrap();
+        let Got::Ready(dialect, send) = &got[0] else { panic!("{got:?}") };
+        assert_eq!(*dialect, Dialect::Pb);
+        assert!(send.starts_with(b"\x0d\x82pbfast cancel"), "{send:?}");
+        assert_eq!(client.peer_extensions(), Some(&["cancel".to_string()][..]));
+        feed_in(&mut server, send, 1).unwrap();
+        assert_eq!(server.dialect(), Some(Dialect::Pb));
+        assert_eq!(server.peer_extensions(), Some(&["cancel".to_string()][..]));
+        // A pbfast client with no extension in common still says it is pbfast.
+        let mut client = Session::new(false, Limits::twisted(), Some(&["trace"]));
+        let mut server = Session::new(true, Limits::twisted(), Some(&[]));
+        assert!(server.offer().ends_with(b"\x06\x82pbfast"));
+        let got = feed_in(&mut client, &server.offer(), 7).unwrap();
+        let Got::Ready(_, send) = &got[0] else { panic!("{got:?}") };
+        feed_in(&mut server, send, 7).unwrap();
+        assert_eq!(server.peer_extensions(), Some(&[][..]));
+    }
+
+    #[test]
+    fn a_pbfast_side_speaks_plain_pb_to_stock_peers() {
+        // A stock server's offer: the pbfast client picks "pb", as Twisted's client does.
+        let mut client = Session::new(false, Limits::twisted(), Some(&["cancel"]));
+        let got = feed_in(&mut client, &Session::new(true, Limits::twisted(), None).offer(), 1).unwrap();
+        assert_eq!(got, vec![Got::Ready(Dialect::Pb, b"\x02\x82pb\x02\x80\x13\x87\x06\x81".to_vec())]);
+        assert_eq!(client.peer_extensions(), None);
+        // A stock client's choice of "pb" from a pbfast server's offer.
+        let mut server = Session::new(true, Limits::twisted(), Some(&["cancel"]));
+        feed_in(&mut server, b"\x02\x82pb", 1).unwrap();
+        assert_eq!((server.dialect(), server.peer_extensions()), (Some(Dialect::Pb), None));
+        // A client cannot pick an extension the server did not offer, nor pbfast from a
+        // server that does not announce itself.
+        for (offered, chosen) in [(Some(&["cancel"][..]), &b"pbfast cancel stream"[..]), (None, &b"pbfast"[..])] {
+            let mut server = Session::new(true, Limits::twisted(), offered);
+            let choice = banana(Dialect::NoVocab, |e| e.bytes(chosen).unwrap());
+            let err = feed_in(&mut server, &choice, 1).unwrap_err();
+            assert!(err.to_string().contains("which was not offered"), "{err}");
+        }
     }
 
     #[test]
     fn client_and_server_negotiate_byte_by_byte() {
-        let mut client = Session::new(false, Limits::twisted());
-        let mut server = Session::new(true, Limits::twisted());
-        let got = feed_in(&mut client, &Session::offer(), 1).unwrap();
+        let mut client = Session::new(false, Limits::twisted(), None);
+        let mut server = Session::new(true, Limits::twisted(), None);
+        let got = feed_in(&mut client, &server.offer(), 1).unwrap();
         // The client picks "pb" and sends its version in that dialect (Twisted's bytes).
         let choice = b"\x02\x82pb\x02\x80\x13\x87\x06\x81".to_vec();
         assert_eq!(got, vec![Got::Ready(Dialect::Pb, choice.clone())]);
@@ -461,7 +586,7 @@ mod tests {
         }));
         let mut expected = None;
         for chunk in [1, 2, 3, 7, script.len()] {
-            let mut server = Session::new(true, Limits::twisted());
+            let mut server = Session::new(true, Limits::twisted(), None);
             let got = feed_in(&mut server, &script, chunk).unwrap();
             assert_eq!(got.len(), 5, "chunk {chunk}: {got:?}");
             assert_eq!(
@@ -488,7 +613,7 @@ mod tests {
     }
 
     fn server_after(script: &[u8]) -> Result<Vec<Got>, PbError> {
-        let mut server = Session::new(true, Limits::twisted());
+        let mut server = Session::new(true, Limits::twisted(), None);
         let mut bytes = b"\x02\x82pb".to_vec();
         bytes.extend_from_slice(script);
         feed_in(&mut server, &bytes, 1)
@@ -524,7 +649,7 @@ mod tests {
 
     #[test]
     fn a_broken_stream_stays_broken() {
-        let mut server = Session::new(true, Limits::twisted());
+        let mut server = Session::new(true, Limits::twisted(), None);
         let mut bytes = b"\x02\x82pb".to_vec();
         bytes.extend_from_slice(b"\x01\xff"); // a token type banana does not have
         let first = feed_in(&mut server, &bytes, 64).unwrap_err();
@@ -534,7 +659,7 @@ mod tests {
 
     #[test]
     fn negotiation_refuses_strangers() {
-        let mut client = Session::new(false, Limits::twisted());
+        let mut client = Session::new(false, Limits::twisted(), None);
         let offer = banana(Dialect::NoVocab, |e| {
             e.list(1).unwrap();
             e.bytes(b"zlib").unwrap();
@@ -544,17 +669,17 @@ mod tests {
             err,
             PbError::Negotiation("the server offers dialects ['zlib'], none of which pbfast speaks (pb, none)".into())
         );
-        let mut client = Session::new(false, Limits::twisted());
+        let mut client = Session::new(false, Limits::twisted(), None);
         let err = feed_in(&mut client, b"\x02\x82pb", 1).unwrap_err();
         assert_eq!(err, PbError::Negotiation("the server's dialect offer is not a list of names".into()));
-        let mut server = Session::new(true, Limits::twisted());
+        let mut server = Session::new(true, Limits::twisted(), None);
         let err = feed_in(&mut server, b"\x04\x82zlib", 1).unwrap_err();
         assert_eq!(err, PbError::Negotiation("the client chose dialect 'zlib', which was not offered".into()));
         // An HTTP client, say: a long first token is refused within the hello limit.
-        let mut server = Session::new(true, Limits::twisted());
+        let mut server = Session::new(true, Limits::twisted(), None);
         let err = feed_in(&mut server, &[b'G'; 300], 1).unwrap_err();
         assert!(matches!(err, PbError::Banana(_) | PbError::Negotiation(_)), "{err:?}");
-        let mut server = Session::new(true, Limits::twisted());
+        let mut server = Session::new(true, Limits::twisted(), None);
         let mut long = vec![];
         long.extend(banana(Dialect::NoVocab, |e| e.bytes(&[b'x'; 400]).unwrap()));
         let err = feed_in(&mut server, &long, 1).unwrap_err();
@@ -576,7 +701,7 @@ mod tests {
 
     #[test]
     fn the_none_dialect_writes_no_vocabulary() {
-        let mut client = Session::new(false, Limits::twisted());
+        let mut client = Session::new(false, Limits::twisted(), None);
         let offer = banana(Dialect::NoVocab, |e| {
             e.list(1).unwrap();
             e.bytes(b"none").unwrap();

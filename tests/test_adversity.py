@@ -24,6 +24,7 @@ from typing import Any
 import pbfast
 import pytest
 from pbfast import _core
+from pbfast._connection import EXTENSIONS
 from pbfast._core import (
     EV_ANSWER,
     EV_DECREF,
@@ -36,8 +37,11 @@ from pbfast._failure import FAILURE_TAG, remote_error
 from pbfast.banana import encode
 
 HOST = "127.0.0.1"
-#: The server's first bytes: ``["pb", "none"]`` (no vocabulary yet).
+#: A stock Twisted server's first bytes: ``["pb", "none"]`` (no vocabulary yet).
 OFFER = bytes.fromhex("02 80 02 82 70 62 04 82 6e 6f 6e 65")
+#: A pbfast server's: Twisted's dialects, then ``"pbfast <extensions>"`` (which a stock client
+#: passes over).
+SERVER_OFFER = encode([b"pb", b"none", " ".join(["pbfast", *sorted(EXTENSIONS)]).encode()], "none")
 #: The client's choice, ``"pb"``.
 CHOICE = bytes.fromhex("02 82 70 62")
 #: ``["version", 6]`` in the pb dialect ("version" is a VOCAB word).
@@ -321,7 +325,7 @@ def test_client_picks_a_dialect_not_offered(run, caplog) -> None:
     async def main() -> None:
         async with scene() as s:
             peer = await s.raw(handshake=False)
-            assert await peer.reader.readexactly(len(OFFER)) == OFFER
+            assert await peer.reader.readexactly(len(SERVER_OFFER)) == SERVER_OFFER
             peer.send(encode(b"foo", "none"))
             await s.dropped(peer)
 
@@ -333,7 +337,7 @@ def test_client_speaks_version_5(run, caplog) -> None:
     async def main() -> None:
         async with scene() as s:
             peer = await s.raw(handshake=False)
-            assert await peer.reader.readexactly(len(OFFER)) == OFFER
+            assert await peer.reader.readexactly(len(SERVER_OFFER)) == SERVER_OFFER
             peer.send(CHOICE + encode([b"version", 5]))
             # The server's own version may come first; then the connection ends.
             rest = await peer.closed()
@@ -349,7 +353,7 @@ def test_client_sends_garbage_instead_of_a_dialect(run, caplog) -> None:
     async def main() -> None:
         async with scene() as s:
             peer = await s.raw(handshake=False)
-            await peer.reader.readexactly(len(OFFER))
+            await peer.reader.readexactly(len(SERVER_OFFER))
             peer.send(b"\xff" * 10)
             await s.dropped(peer)
 
@@ -372,7 +376,7 @@ def test_client_sends_a_huge_dialect_name(run, caplog, data, complaint) -> None:
     async def main() -> None:
         async with scene() as s:
             peer = await s.raw(handshake=False)
-            await peer.reader.readexactly(len(OFFER))
+            await peer.reader.readexactly(len(SERVER_OFFER))
             peer.send(data)
             await s.dropped(peer)
             assert s.bad.statistics()["buffered"] < 2000
@@ -387,7 +391,7 @@ def test_pipelined_handshake_and_call_in_one_write(run) -> None:
     async def main() -> None:
         async with scene() as s:
             peer = await s.raw(handshake=False)
-            peer.decoder.feed(await peer.reader.readexactly(len(OFFER)))
+            peer.decoder.feed(await peer.reader.readexactly(len(SERVER_OFFER)))
             peer.send(CHOICE + VERSION + call(1, "echo", b"quick"))
             assert await peer.event() == (EV_ANSWER, 1, b"quick")
             await s.alive(peer)

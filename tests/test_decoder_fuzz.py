@@ -55,7 +55,7 @@ def fs_encode_hook(obj: Any) -> Any:
 def pb_stream(args: list) -> bytes:
     """What a PB client sends: its dialect choice and version, then calls and answers."""
     client = _core.PbDecoder(False)
-    [(_, _, reply)] = client.feed(_core.PbDecoder.offer())
+    [(_, _, reply, _)] = client.feed(_core.PbDecoder(True).offer())
     encoder = _core.PbEncoder("pb")
     out = [reply]
     for i, arg in enumerate(args, 1):

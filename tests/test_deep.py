@@ -176,9 +176,9 @@ from pbfast._core import EV_MESSAGE, EV_READY, PbDecoder, PbEncoder
 
 def server_decoder(**limits):
     client, server = PbDecoder(False), PbDecoder(True, **limits)
-    [(kind, _, reply)] = client.feed(PbDecoder.offer())
+    [(kind, _, reply, _)] = client.feed(PbDecoder(True).offer())
     assert kind == EV_READY
-    [(kind, _, _)] = server.feed(reply)
+    [(kind, _, _, _)] = server.feed(reply)
     assert kind == EV_READY
     return server
 

@@ -157,7 +157,7 @@ def test_hello_and_decision_blocks_are_foolscaps() -> None:
     assert peer.talk(server) == "decide"
     assert (server.peer_tub_id, server.peer_incarnation) == (slave.tubID, "32134df1ff561a08")
     assert server.peer_is_client is True and server.peer_last_connection is None
-    assert server.peer_extensions == []  # a stock Tub's hello
+    assert server.peer_extensions is None  # a stock Tub's hello
     assert server.decide(5) == "negotiated"
     assert server.seqnum == 5 and server.master_connection is None
     before = len(peer.heard)

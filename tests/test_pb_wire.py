@@ -134,10 +134,10 @@ def expected_event(sexp: Any, session: dict, server: bool) -> tuple | None:
     """The event a PbDecoder on the receiving side must emit for one expression (None: none)."""
     if isinstance(sexp, list) and sexp == [b"pb", b"none"]:  # the server's dialect offer
         assert not server
-        return (EV_READY, "pb", handshake_bytes(session)[1])
+        return (EV_READY, "pb", handshake_bytes(session)[1], None)
     if sexp == b"pb":  # the client's dialect choice
         assert server
-        return (EV_READY, "pb", handshake_bytes(session)[2])
+        return (EV_READY, "pb", handshake_bytes(session)[2], None)
     command, args = sexp[0], sexp[1:]
     if command == b"version":
         assert args == [_core.PB_VERSION]
@@ -208,16 +208,36 @@ def test_parts_are_single_banana_expressions():
 @session_params()
 def test_handshake(session):
     offer, reply, version = handshake_bytes(session)
-    assert PbDecoder.offer() == offer
+    assert PbDecoder(True).offer() == offer
 
     client = PbDecoder(False)
-    assert client.feed(offer) == [(EV_READY, "pb", reply)]
+    assert client.feed(offer) == [(EV_READY, "pb", reply, None)]
     assert client.dialect == "pb"
     assert client.feed(version) == []
 
     server = PbDecoder(True)
-    assert server.feed(reply) == [(EV_READY, "pb", version)]
+    assert server.feed(reply) == [(EV_READY, "pb", version, None)]
     assert server.dialect == "pb"
+
+
+def test_pbfast_sides_recognise_each_other_and_stock_sides_see_twisted():
+    # A pbfast server adds "pbfast <extensions>" after Twisted's dialects; a pbfast client
+    # answers with it and the extensions both speak; the dialect is still "pb".
+    server = PbDecoder(True, extensions=["cancel", "stream"])
+    offer = server.offer()
+    assert offer == b"\x03\x80\x02\x82pb\x04\x82none\x14\x82pbfast cancel stream"
+    client = PbDecoder(False, extensions=["stream", "trace"])
+    [(kind, dialect, reply, extensions)] = client.feed(offer)
+    assert (kind, dialect, extensions) == (EV_READY, "pb", ["stream"])
+    assert reply.startswith(b"\x0d\x82pbfast stream")
+    [(_, _, _, extensions)] = server.feed(reply)
+    assert extensions == server.peer_extensions == client.peer_extensions == ["stream"]
+    # Stock Twisted's offer, and its choice of "pb" from a pbfast offer: plain PB, no extensions.
+    offer, reply, version = handshake_bytes(SESSIONS["handshake"])
+    assert PbDecoder(False, extensions=["stream"]).feed(offer) == [(EV_READY, "pb", reply, None)]
+    pbfast_server = PbDecoder(True, extensions=["stream"])
+    assert pbfast_server.feed(reply) == [(EV_READY, "pb", version, None)]
+    assert pbfast_server.peer_extensions is None
 
 
 def test_handshake_byte_by_byte():
@@ -225,8 +245,8 @@ def test_handshake_byte_by_byte():
     client, server = PbDecoder(False), PbDecoder(True)
     got_client = [e for i in range(len(offer)) for e in client.feed(offer[i : i + 1])]
     got_server = [e for i in range(len(reply)) for e in server.feed(reply[i : i + 1])]
-    assert got_client == [(EV_READY, "pb", reply)]
-    assert got_server == [(EV_READY, "pb", version)]
+    assert got_client == [(EV_READY, "pb", reply, None)]
+    assert got_server == [(EV_READY, "pb", version, None)]
 
 
 # ------------------------------------------------------------------------------------------------

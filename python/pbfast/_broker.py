@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from . import _core
-from ._connection import Connection, ConnectionOptions, SessionCallbacks, run_callback, short
+from ._connection import EXTENSIONS, Connection, ConnectionOptions, SessionCallbacks, run_callback, short
 from ._core import (
     EV_ANSWER,
     EV_AWAITING,
@@ -141,6 +141,7 @@ class Broker(Connection):
             unjelly=self._unjelly,
             jelly=self._jelly,
             is_plain=default_dispatch,
+            extensions=sorted(EXTENSIONS),
         )
 
     def _opened(self) -> None:
@@ -217,8 +218,8 @@ class Broker(Connection):
 
     def _on_ready(self, event: tuple[Any, ...]) -> None:
         # (The session has queued our version, and encodes from here on.)
-        _, dialect = event
-        self._handshake_done()
+        _, dialect, extensions = event
+        self._handshake_done(extensions)
         if not self.ready.done():
             self.ready.set_result(dialect)
 

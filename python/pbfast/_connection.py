@@ -57,6 +57,11 @@ __all__ = [
 
 log = logging.getLogger("pbfast")
 
+# What two pbfast peers add to the stock protocols, on both wires: the extensions a connection
+# announces while connecting (a name after Twisted's dialects, a key in foolscap's hello: both
+# ignored by stock peers; see docs/extensions.md) and speaks when the peer announced them too.
+EXTENSIONS: frozenset[str] = frozenset()
+
 RECEIVE_LIMITS = ("max_element_size", "max_message_size", "max_depth", "max_header_length")
 DEFAULT_MEMORY_BUDGET = 256 << 20
 # Bytes received while calls are held back, after which we stop reading: with `backlog` this
@@ -228,6 +233,10 @@ class Connection(asyncio.Protocol, abc.ABC):
         """Where the peer is, once connected."""
         self.peer: str = "(not connected)"
         """The peer's address, for logs: ``host:port``, a socket path, or a memory link's name."""
+        self.peer_extensions: frozenset[str] = frozenset()
+        """The pbfast extensions both sides speak, once connected (empty with a stock peer)."""
+        self.peer_is_pbfast: bool = False
+        """Whether the peer announced itself as pbfast while connecting."""
         self.disconnected: bool = False
         self.closed: asyncio.Future[None] = self._loop.create_future()
         """Resolves once the connection is gone."""
@@ -679,7 +688,11 @@ class Connection(asyncio.Protocol, abc.ABC):
             self._budget_share = 0
             self._abort(LimitExceeded(message, "memory_budget"), message, logged=True)
 
-    def _handshake_done(self) -> None:
+    def _handshake_done(self, peer_extensions: Iterable[str] | None) -> None:
+        """The wire's handshake is over; `peer_extensions`: the pbfast extensions both sides
+        speak, or None if the peer did not announce itself as pbfast."""
+        self.peer_is_pbfast = peer_extensions is not None
+        self.peer_extensions = frozenset(peer_extensions or ())
         if self._liveness is not None:
             self._liveness.handshake_done()
 

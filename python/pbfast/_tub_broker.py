@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 from . import _core
+from ._connection import EXTENSIONS as SHARED_EXTENSIONS
 from ._connection import Connection, ConnectionOptions, SessionCallbacks, run_callback
 from ._core import (
     FS_ANSWER,
@@ -72,8 +73,8 @@ log = logging.getLogger("pbfast.tub")
 # state (omitted when the holder already has the copy).
 CACHE_TYPE = "pbfast.cacheable"
 # What pbfast Tubs add to foolscap, announced in their hello blocks (stock foolscap ignores
-# the key).
-EXTENSIONS = frozenset({"cacheable"})
+# the key): both wires' extensions, and Cacheables (which Twisted PB has and foolscap lacks).
+EXTENSIONS = SHARED_EXTENSIONS | {"cacheable"}
 
 
 class TubReference(RemoteReference):
@@ -233,7 +234,8 @@ class TubBroker(Connection):
         self._loopback = loopback
         super().__init__(options, server=target is None, group=tub._connections)
         self.peer_tub_id = tub.tubID if loopback else target or ""
-        self.peer_extensions: frozenset[str] = EXTENSIONS if loopback else frozenset()
+        if loopback:
+            self._handshake_done(EXTENSIONS)  # (there is none: both ends are this Tub)
         # Set by negotiation, for the Tub's duplicate-connection decisions.
         self.peer_incarnation: str = ""
         self.seqnum: int = 0
@@ -413,9 +415,8 @@ class TubBroker(Connection):
         session = self._session
         self.peer_tub_id = session.peer_tub_id or ""
         self.peer_incarnation = session.peer_incarnation or ""
-        self.peer_extensions = frozenset(session.peer_extensions or ())
         self.seqnum = session.seqnum or 0
-        self._handshake_done()
+        self._handshake_done(session.peer_extensions)
         self.tub._attach(self, session.master_connection)
         self.ready.set_result(None)
 

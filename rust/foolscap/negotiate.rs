@@ -162,6 +162,9 @@ pub struct Hello {
     pub last_connection: Option<(String, i64)>,
     /// The pbfast extensions both sides know (for a received hello: those we know too).
     pub extensions: Vec<String>,
+    /// Whether the hello announces a pbfast Tub (it has the extensions key; stock foolscap's
+    /// does not).
+    pub pbfast: bool,
 }
 
 impl Hello {
@@ -208,6 +211,7 @@ impl Hello {
             client: block.contains_key("last-connection"),
             last_connection,
             extensions: extensions.iter().filter(|known| offered.contains(&known.as_str())).cloned().collect(),
+            pbfast: block.contains_key(EXTENSIONS_KEY),
         })
     }
 }
@@ -298,6 +302,7 @@ impl Negotiation {
             client: false,
             last_connection: None,
             extensions,
+            pbfast: true,
         };
         Negotiation {
             tub_id,

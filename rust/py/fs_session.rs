@@ -363,10 +363,11 @@ impl FoolscapSession {
         Ok(self.peer(|hello| hello.last_connection.clone())?.flatten())
     }
 
-    /// The pbfast extensions both sides know.
+    /// The pbfast extensions both sides know; None if the peer is not pbfast (or negotiation
+    /// is not over).
     #[getter]
     fn peer_extensions(&self) -> PyResult<Option<Vec<String>>> {
-        self.peer(|hello| hello.extensions.clone())
+        Ok(self.peer(|hello| hello.pbfast.then(|| hello.extensions.clone()))?.flatten())
     }
 
     /// The connection's seqnum, once negotiated (else None).

@@ -131,10 +131,11 @@ impl NegotiationPy {
         self.0.peer().and_then(|hello| hello.last_connection.clone())
     }
 
-    /// The pbfast extensions both sides know.
+    /// The pbfast extensions both sides know; None if the peer is not pbfast (or negotiation
+    /// is not over).
     #[getter]
     fn peer_extensions(&self) -> Option<Vec<String>> {
-        self.0.peer().map(|hello| hello.extensions.clone())
+        self.0.peer().filter(|hello| hello.pbfast).map(|hello| hello.extensions.clone())
     }
 
     /// The connection's seqnum, once negotiated (else None).

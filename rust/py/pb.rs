@@ -15,7 +15,7 @@
 //! | `EV_BAD_CALL` | `(kind, request_id, answer_required, method, exception, unclaimed)`: arguments that did not unjelly |
 //! | `EV_BAD_REPLY` | `(kind, request_id, exception, unclaimed)`: a reply that did not unjelly |
 //! | `EV_DECREF` / `EV_DECACHE` / `EV_UNCACHE` | `(kind, luid)` |
-//! | `EV_READY` | `(kind, dialect, bytes_to_send)`: negotiation is over (a session queues the bytes itself: `(kind, dialect)`) |
+//! | `EV_READY` | `(kind, dialect, bytes_to_send, peer_extensions)`: negotiation is over; `peer_extensions`, those both speak if the peer is pbfast, else None (a session queues the bytes itself: `(kind, dialect, peer_extensions)`) |
 //! | `EV_UNKNOWN` | `(kind, command)`: a command PB does not have |
 //! | `EV_DID_NOT_UNDERSTAND` | `(kind, command)`: the peer did not know one of ours |
 //! | `EV_RAISED` | `(kind, request_id, answer_required, method, exception)`: (session) the method raised, or its result could not be sent |
@@ -83,9 +83,23 @@ pub struct Values<'py, 'a> {
 }
 
 impl Reader {
-    /// `server`: this side accepted the connection (it offers the dialects, the client picks).
-    pub fn new(server: bool, hook: Option<Py<PyAny>>, limits: Limits) -> Reader {
-        Reader { session: Session::new(server, limits), hook, strings: StrCache::new() }
+    /// `server`: this side accepted the connection (it offers the dialects, the client picks);
+    /// `extensions`, the pbfast extensions it speaks with a pbfast peer (None: it does not
+    /// announce itself).
+    pub fn new(server: bool, hook: Option<Py<PyAny>>, limits: Limits, extensions: Option<&[String]>) -> Reader {
+        let extensions: Option<Vec<&str>> = extensions.map(|names| names.iter().map(String::as_str).collect());
+        Reader { session: Session::new(server, limits, extensions.as_deref()), hook, strings: StrCache::new() }
+    }
+
+    /// The server's first bytes: the dialects it offers.
+    pub fn offer(&self) -> Vec<u8> {
+        self.session.offer()
+    }
+
+    /// The extensions both sides speak when the peer is pbfast (None: a stock peer, or
+    /// negotiation is not over).
+    pub fn peer_extensions(&self) -> Option<Vec<String>> {
+        self.session.peer_extensions().map(<[String]>::to_vec)
     }
 
     /// Feed a chunk: `on_received` is called for what it completes, in order, with what to
@@ -127,17 +141,29 @@ pub struct PbDecoderPy(Reader);
 #[pymethods]
 impl PbDecoderPy {
     /// `server`: this side accepted the connection (it offers the dialects, the client picks).
-    /// `hook(tag, items)` builds the values of non-builtin jelly tags (`remote`, copies, ...).
+    /// `hook(tag, items)` builds the values of non-builtin jelly tags (`remote`, copies, ...);
+    /// `extensions`, the pbfast extensions this side speaks (None: stock Twisted's negotiation).
     #[new]
-    #[pyo3(signature = (server, *, hook=None, **limits))]
-    fn new(server: bool, hook: Option<Py<PyAny>>, limits: Option<&Bound<'_, PyDict>>) -> PyResult<PbDecoderPy> {
-        Ok(PbDecoderPy(Reader::new(server, hook, self::limits(limits)?)))
+    #[pyo3(signature = (server, *, hook=None, extensions=None, **limits))]
+    fn new(
+        server: bool,
+        hook: Option<Py<PyAny>>,
+        extensions: Option<Vec<String>>,
+        limits: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<PbDecoderPy> {
+        Ok(PbDecoderPy(Reader::new(server, hook, self::limits(limits)?, extensions.as_deref())))
     }
 
     /// The server's first bytes: the dialects it offers.
-    #[staticmethod]
-    fn offer(py: Python<'_>) -> Bound<'_, PyBytes> {
-        PyBytes::new(py, &Session::offer())
+    fn offer<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.offer())
+    }
+
+    /// The extensions both sides speak when the peer is pbfast (None: a stock peer, or
+    /// negotiation is not over).
+    #[getter]
+    fn peer_extensions(&self) -> Option<Vec<String>> {
+        self.0.peer_extensions()
     }
 
     /// Feed a chunk; returns the events it completed (an empty list means "need more").
@@ -148,7 +174,9 @@ impl PbDecoderPy {
         let events = PyList::empty(py);
         let result = with_bytes(data, |bytes| {
             self.0.feed(py, bytes, |received, values| match received {
-                Received::Ready { dialect, send } => events.append((EV_READY, dialect.name(), PyBytes::new(py, &send))),
+                Received::Ready { dialect, send, extensions } => {
+                    events.append((EV_READY, dialect.name(), PyBytes::new(py, &send), extensions))
+                }
                 Received::Command(command) => {
                     let mut replies = Vec::new();
                     match Envelope::new(py, command, values, None, &mut replies).event()? {

@@ -35,7 +35,7 @@ use super::dispatch::{Dispatch, Flavor, Ran};
 use super::pb::{Envelope, Reader, Writer, EV_AWAITING, EV_FLUSH, EV_RAISED, EV_READY, EV_RETURNED};
 use super::session::{Encoding, SessionPy};
 use super::{limits, with_bytes, with_events};
-use crate::pb::{Received, Session};
+use crate::pb::Received;
 
 /// Reply bytes after which the rest of a chunk goes through the broker (flow control).
 pub const REPLY_FLUSH: usize = 1 << 16;
@@ -69,9 +69,10 @@ impl PbSession {
     /// `remoteMessageReceived` is given; `unjelly(tag, items)` builds the values of non-builtin
     /// jelly tags and `jelly(obj)` gives the jelly form of objects jelly does not know;
     /// `is_plain(type)`: whether objects of a type dispatch calls the default way (asked once
-    /// per type).
+    /// per type); `extensions`, the pbfast extensions this side speaks with a pbfast peer
+    /// (None: it does not announce itself).
     #[new]
-    #[pyo3(signature = (server, max_refs, limits, /, *, wake, flush, create_future, dead, forget, broker, unjelly, jelly, is_plain))]
+    #[pyo3(signature = (server, max_refs, limits, /, *, wake, flush, create_future, dead, forget, broker, unjelly, jelly, is_plain, extensions=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         server: bool,
@@ -86,9 +87,10 @@ impl PbSession {
         unjelly: Py<PyAny>,
         jelly: Py<PyAny>,
         is_plain: Py<PyAny>,
+        extensions: Option<Vec<String>>,
     ) -> PyResult<PyClassInitializer<PbSession>> {
         let incoming = Incoming {
-            reader: Reader::new(server, Some(unjelly), self::limits(limits)?),
+            reader: Reader::new(server, Some(unjelly), self::limits(limits)?, extensions.as_deref()),
             dispatch: Dispatch::new(is_plain, Flavor::Pb),
             broker,
             jelly: Some(jelly),
@@ -101,7 +103,10 @@ impl PbSession {
     /// The connection is up: a server queues its offer of dialects.
     fn open(slf: &Bound<'_, Self>) -> PyResult<()> {
         if slf.get().server {
-            slf.as_super().get().append(slf.py(), &Session::offer())?;
+            let offer = slf.get().lock_incoming()?.as_ref().map(|incoming| incoming.reader.offer());
+            if let Some(offer) = offer {
+                slf.as_super().get().append(slf.py(), &offer)?;
+            }
         }
         Ok(())
     }
@@ -130,12 +135,12 @@ impl PbSession {
             let mut answered = 0;
             let fed = reader.feed(py, bytes, |received, values| -> PyResult<()> {
                 let command = match received {
-                    Received::Ready { dialect, send } => {
+                    Received::Ready { dialect, send, extensions } => {
                         // The broker handles the event after `feed`: the commands after it in
                         // this chunk come to it as events too (calls to run through `run`).
                         session.start_encoding(Encoding::Pb(Writer::new(dialect, jelly.take())))?;
                         session.append(py, &send)?;
-                        return events.append((EV_READY, dialect.name()));
+                        return events.append((EV_READY, dialect.name(), extensions));
                     }
                     Received::Command(command) => command,
                 };
@@ -425,6 +430,7 @@ def is_plain(cls): return True
             h("unjelly"),
             h("jelly"),
             h("is_plain"),
+            None,
         )
         .unwrap();
         Bound::new(py, init).unwrap()
@@ -477,7 +483,7 @@ def is_plain(cls): return True
             // Negotiation: the offer, the client's choice and version, the server's version.
             server.call_method0("open").unwrap();
             let offer = take(&server);
-            assert_eq!(offer, Session::offer());
+            assert_eq!(offer, crate::pb::Session::new(true, crate::banana::Limits::twisted(), None).offer());
             let ready = feed_bytewise(&client, &offer);
             assert_eq!(kinds(&ready), [EV_READY]);
             assert_eq!(ready[0].get_item(1).unwrap().extract::<String>().unwrap(), "pb");

@@ -360,6 +360,8 @@ def test_pbfast_calls_foolscap(run):
             assert (peer.type, peer.host) == ("TCP", "127.0.0.1")
             assert f"tcp:127.0.0.1:{peer.port}" in parsed.locationHints
             assert root.isConnected() and root.remote_interface_name is None
+            # A stock Tub's hello announces no pbfast extensions: plain foolscap.
+            assert root.broker.peer_is_pbfast is False and root.broker.peer_extensions == frozenset()
             received = root.getDataLastReceivedAt()
             assert received is not None and abs(received - time.time()) < 60
             for value in VALUES:

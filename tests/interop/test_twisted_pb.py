@@ -34,13 +34,14 @@ from typing import Any
 import pbfast
 import pytest
 from helpers import assert_deep_equal
+from pbfast._connection import EXTENSIONS
+from pbfast.banana import encode
 from peers import EMPTY_STATISTICS, HOST, peer_client, peer_server
 
 pytestmark = pytest.mark.interop
 
 PEER = Path(__file__).resolve().with_name("twisted_peer.py")
 UNAVAILABLE = "Traceback unavailable\n"
-OFFER_HEX = "02800282706204826e6f6e65"  # banana ["pb", "none"]: the dialects a PB server offers
 PB_ERROR = "twisted.spread.pb.Error"
 TWISTED_NO_SUCH_METHOD = "twisted.spread.flavors.NoSuchMethod"
 
@@ -253,6 +254,8 @@ def test_values_round_trip_through_twisted(run):
     async def main():
         async with twisted_root() as (_, root):
             assert await root.callRemote("version")  # negotiation and the version exchange worked
+            # A stock server offered no pbfast dialect: plain PB.
+            assert root.broker.peer_is_pbfast is False and root.broker.peer_extensions == frozenset()
             values = jelly_values()
 
             # The whole list in one call: sharing across elements and cycles kept.
@@ -704,6 +707,8 @@ async def run_client(
     for broker in tracked.brokers:
         assert broker.disconnected
         assert broker.closed.done()
+        # The stock client passed over the pbfast dialect in our offer: plain PB.
+        assert broker.peer_is_pbfast is False
     forget_tracebacks(tracked, caplog)
     gc.collect()
     for broker in tracked.brokers:
@@ -855,6 +860,9 @@ def test_twisted_client_bad_version(run, caplog):
 
     report = run(main())
     assert report["sent_choice_and_version"] is True
-    assert report["received_hex"].startswith(OFFER_HEX)  # our dialect offer came first
+    # Our dialect offer came first: Twisted's dialects, then pbfast's, which the stock client
+    # passed over (it chose "pb").
+    pbfast_offer = [b"pb", b"none", " ".join(["pbfast", *sorted(EXTENSIONS)]).encode()]
+    assert bytes.fromhex(report["received_hex"]).startswith(encode(pbfast_offer, "none"))
     assert report["closed"] is True  # and we hung up on PB version 5
     assert any("ersion" in r.getMessage() for r in caplog.records if r.name == "pbfast")
