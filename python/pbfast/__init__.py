@@ -5,14 +5,15 @@ counts, TubIDs and FURLs; never imported by users), ``pbfast.errors``, ``pbfast.
 tokens), ``pbfast.serialization`` (jelly + banana), ``pbfast.referenceable`` (objects by
 reference), ``pbfast.copyable`` and ``pbfast.cacheable`` (objects by copy), ``pbfast.schema``
 (remote interfaces and the constraints they check), ``pbfast.util`` (paging large values, as
-Twisted's ``twisted.spread.util``), ``pbfast.cred`` (logins), ``pbfast.furl`` (foolscap TubIDs
+Twisted's ``twisted.spread.util``), ``pbfast.streams`` (streams between pbfast peers, with
+flow control), ``pbfast.cred`` (logins), ``pbfast.furl`` (foolscap TubIDs
 and FURLs), ``pbfast.endpoints`` (Twisted-style endpoint strings), ``pbfast._connection`` (what
 every connection of either wire shares: back-pressure, limits, timeouts, shutdown;
 `configure`), ``pbfast.pb`` (serve, connect, login, run) and ``pbfast.tub`` (Tubs).
 Nothing starts at import time and no event-loop policy is installed.
 """
 
-from . import _core, banana, endpoints, schema, util
+from . import _core, banana, endpoints, schema, streams, util
 from ._connection import configure
 from .cacheable import Cacheable, RemoteCache, RemoteCacheObserver
 from .copyable import (
@@ -45,6 +46,7 @@ from .pb import Server, connect, login, run, serve
 from .referenceable import Avatar, Referenceable, RemoteReference, Root, Viewable, ViewPoint
 from .schema import RemoteInterface
 from .serialization import Unpersistable, dumps, jelly, loads, unjelly
+from .streams import RemoteStream, Stream, stream
 from .tub import Reconnector, Tub, TubReference
 
 __version__: str = _core.__version__
@@ -82,6 +84,7 @@ __all__ = [
     "RemoteCopy",
     "RemoteError",
     "RemoteReference",
+    "RemoteStream",
     "Root",
     "Server",
     "TLSError",
@@ -108,6 +111,9 @@ __all__ = [
     "setUnjellyableFactoryForClass",
     "setUnjellyableForClass",
     "setUnjellyableForClassTree",
+    "stream",
+    "Stream",
+    "streams",
     "unjelly",
     "util",
 ]

@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 
 from . import _core
 from ._connection import EXTENSIONS, Connection, ConnectionOptions, SessionCallbacks, run_callback, short
+from ._streaming import EXTENSION as STREAM_EXTENSION
+from ._streaming import STREAM_TYPE
 from ._core import (
     EV_ANSWER,
     EV_AWAITING,
@@ -53,12 +55,14 @@ from .errors import (
     qualified_name,
 )
 from .referenceable import Referenceable, RemoteReference, Viewable, ViewPoint, default_dispatch
+from .streams import Stream
 
 __all__ = ["Broker", "ROOT"]
 
 log = logging.getLogger("pbfast")
 
 ROOT = b"root"
+STREAM_TAG = STREAM_TYPE.encode()
 
 DEFAULT_OPTIONS = ConnectionOptions()
 
@@ -213,6 +217,11 @@ class Broker(Connection):
             for logout in callbacks:
                 run_callback(logout)
         self._viewpoints.clear()
+
+    def _stream_failure(self, exc: BaseException, what: str) -> CopyableFailure:
+        if not isinstance(exc, Error):
+            log.error("%s: the stream %s raised", repr(self), what, exc_info=exc)
+        return CopyableFailure(exc, self.options.unsafeTracebacks)
 
     # ------------------------------------------------------------------ events
 
@@ -438,6 +447,8 @@ class Broker(Connection):
             if link is None or link.connection is not self:
                 raise Error(f"cannot send {obj!r} over another connection")
             return (b"lcache", link.luid), False
+        if isinstance(obj, Stream):
+            return (STREAM_TAG, self._send_stream(obj)), True
         return None
 
     def _jelly_cacheable(self, obj: Cacheable) -> tuple[tuple[Any, ...], bool]:
@@ -510,6 +521,8 @@ class Broker(Connection):
             return entry[0]
         if tag == FAILURE_TAG and len(items) == 1:
             return remote_error(items[0])
+        if tag == STREAM_TAG and len(items) == 1 and STREAM_EXTENSION in self.peer_extensions:
+            return self._receive_stream(items[0])
         registered = unjellyableFor(tag)
         if registered is None:
             if len(items) == 2 and type(items[0]) is int:

@@ -35,9 +35,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
-from . import _core
+from . import _core, _streaming
 from .endpoints import PeerAddress, _set_nodelay
 from .errors import DeadReferenceError, Error, LimitExceeded, PBConnectionLost, qualified_name
+from .streams import RemoteStream, Stream
 
 if TYPE_CHECKING:
     from .cacheable import RemoteCache
@@ -60,7 +61,7 @@ log = logging.getLogger("pbfast")
 # What two pbfast peers add to the stock protocols, on both wires: the extensions a connection
 # announces while connecting (a name after Twisted's dialects, a key in foolscap's hello: both
 # ignored by stock peers; see docs/extensions.md) and speaks when the peer announced them too.
-EXTENSIONS: frozenset[str] = frozenset()
+EXTENSIONS: frozenset[str] = frozenset({_streaming.EXTENSION})
 
 RECEIVE_LIMITS = ("max_element_size", "max_message_size", "max_depth", "max_header_length")
 DEFAULT_MEMORY_BUDGET = 256 << 20
@@ -502,6 +503,30 @@ class Connection(asyncio.Protocol, abc.ABC):
     def unwatch(self, ref: Any) -> None:
         self._watched.pop(id(ref), None)
 
+    # ------------------------------------------------------------------ streams (pbfast peers)
+
+    def call_stream(
+        self, ref: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> RemoteStream:
+        """What ``ref.callRemoteStream(method, *args, **kwargs)`` returns (see
+        `pbfast._streaming`).
+
+        Raises:
+            Error: the peer is not pbfast, or does not speak the ``stream`` extension.
+        """
+        return _streaming.open_stream(self, ref, method, args, kwargs)
+
+    def _control_stream(self, *args: Any) -> Any:
+        return _streaming.serve_stream(self, *args)
+
+    def _send_stream(self, stream: Stream) -> dict[str, Any]:
+        """The state of the copy a `pbfast.stream` travels as (the wire's encoder hook)."""
+        return _streaming.send_stream(self, stream)
+
+    def _receive_stream(self, state: Any) -> RemoteStream:
+        """What a received ``pbfast.stream`` copy becomes (the wire's decoder hook)."""
+        return _streaming.receive_stream(self, state)
+
     # ------------------------------------------------------------------ shutting down
 
     def begin_shutdown(self) -> None:
@@ -898,6 +923,11 @@ class Connection(asyncio.Protocol, abc.ABC):
 
     def _lost(self, reason: BaseException | None) -> None:
         """The connection is gone: settle what the wire keeps (futures, caches, ...)."""
+
+    @abc.abstractmethod
+    def _stream_failure(self, exc: BaseException, what: str) -> Any:
+        """`exc`, raised by the stream `what` we produce, as the value the wire sends for a
+        failure (the consumer gets a RemoteError); logged as the wire logs remote methods'."""
 
 
 async def shutdown(connections: Iterable[Connection], grace: float) -> None:

@@ -30,6 +30,8 @@ from typing import Any, ClassVar
 from . import _core
 from ._connection import EXTENSIONS as SHARED_EXTENSIONS
 from ._connection import Connection, ConnectionOptions, SessionCallbacks, run_callback
+from ._streaming import EXTENSION as STREAM_EXTENSION
+from ._streaming import STREAM_TYPE
 from ._core import (
     FS_ANSWER,
     FS_AWAITING,
@@ -63,6 +65,7 @@ from .errors import (
 from .furl import FURL
 from .referenceable import Referenceable, RemoteReference, checked_interface, unchecked_remote_methods
 from .schema import RemoteInterface, RemoteMethodSchema, get_remote_interface, remote_interface_by_name
+from .streams import Stream
 
 __all__ = ["DisconnectMarker", "TubBroker", "TubReference"]
 
@@ -588,6 +591,11 @@ class TubBroker(Connection):
         except Exception as e:
             self._send_error(reqid, e)
 
+    def _stream_failure(self, exc: BaseException, what: str) -> RemoteError:
+        if self.tub.logLocalFailures:
+            log.error("the stream %s to Tub %s raised", what, self.peer_tub_id, exc_info=exc)
+        return remote_error(dict(failure_state(exc, self.options.unsafeTracebacks)))
+
     def _send_error(self, reqid: int, exc: BaseException) -> None:
         if self.tub.logLocalFailures:
             log.error("remote call from Tub %s failed", self.peer_tub_id, exc_info=exc)
@@ -663,6 +671,8 @@ class TubBroker(Connection):
             return self._send_cacheable(obj)
         if isinstance(obj, Copyable):
             return ("copyable", _tag_text(obj.getTypeToCopy()), obj.getStateToCopy())
+        if isinstance(obj, Stream):
+            return ("copyable", STREAM_TYPE, self._send_stream(obj))
         if callable(obj) and not isinstance(obj, type):
             return self._export_clid(obj, callable_=True)
         return None
@@ -715,6 +725,8 @@ class TubBroker(Connection):
                 return remote_error(state)
             if typename == CACHE_TYPE and "cacheable" in self.peer_extensions:
                 return self._receive_cacheable(state)
+            if typename == STREAM_TYPE and STREAM_EXTENSION in self.peer_extensions:
+                return self._receive_stream(state)
             if unjellyableFor(typename.encode()) is None:
                 return NotImplemented
             return make_copy(typename.encode(), state)

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from .errors import NoSuchMethod
 from .schema import RemoteInterface, RemoteMethodSchema, get_remote_interface
+from .streams import RemoteStream
 
 __all__ = ["Avatar", "Link", "Referenceable", "RemoteReference", "Root", "ViewPoint", "Viewable"]
 
@@ -31,6 +32,12 @@ class Link(Protocol):
 
     def call_only(self, object_id: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """`call`, asking for no answer."""
+        ...
+
+    def call_stream(
+        self, ref: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> RemoteStream:
+        """A stream of what `method` of the peer's object `ref` yields (a pbfast peer's)."""
         ...
 
     def watch(self, ref: Any) -> None:
@@ -274,6 +281,21 @@ class RemoteReference:
             JellyError, BananaError: an argument cannot be sent.
         """
         self.broker.call_only(self.luid, _name, args, kwargs)
+
+    def callRemoteStream(self, _name: str, /, *args: Any, **kwargs: Any) -> RemoteStream:
+        """Consume the remote method ``remote_<_name>(*args, **kwargs)``, an async generator,
+        as an async iterator: ``async for item in ref.callRemoteStream("feed", 10): ...``.
+
+        Nothing is sent until iteration starts. Items come with credit-based flow control (see
+        `pbfast.streams.RemoteStream` and its `window`); leaving the loop early or cancelling
+        the consuming task closes the remote generator. Only between pbfast peers that both
+        speak the ``stream`` extension.
+
+        Raises:
+            pbfast.Error: the peer is not pbfast, or does not speak the extension (raised here,
+                before anything is sent).
+        """
+        return self.broker.call_stream(self, _name, args, kwargs)
 
     def notifyOnDisconnect(self, callback: Callable[[RemoteReference], object]) -> None:
         """Run ``callback(self)`` when the connection ends (keeps this reference alive until then)."""

@@ -1,0 +1,424 @@
+"""Streams on a connection, either wire: the messages of the ``stream`` extension.
+
+Everything travels as ordinary calls between ordinary references, so it is written once for
+both wires (docs/extensions.md has the messages):
+
+- the consumer (`pbfast.streams.RemoteStream`) exports a `_Sink`; the producer is a `_Source`
+  running the iterator in a task of its own;
+- a stream is started by the consumer: ``stream`` on the control channel for
+  ``callRemoteStream`` (answered with the source), ``start`` on the source for a
+  `pbfast.stream` the peer sent (a copy of type ``pbfast.stream`` naming the source); either
+  carries the sink and the first credit;
+- the source sends ``items(batch, size)``, then ``end()`` or ``fail(failure)``, to the sink; the
+  sink's side sends ``credit(items, size)`` as it consumes, or ``close()`` to stop early.
+
+A source's task does not count against ``max_in_flight`` (the credit that lets it go on comes as
+calls, which would wait behind it); the streams a peer may start on one connection are bounded
+by ``max_in_flight`` on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from .errors import DeadReferenceError, Error, LimitExceeded, RemoteError
+from .referenceable import Link, Referenceable, RemoteReference
+from .streams import BATCH_BYTES, BATCH_ITEMS, RemoteStream, Stream, estimate_size
+
+__all__ = ["EXTENSION", "STREAM_TYPE", "StreamLink", "open_stream", "receive_stream", "send_stream", "serve_stream"]
+
+log = logging.getLogger("pbfast")
+
+EXTENSION = "stream"
+# The copy type (PB's jelly tag, foolscap's copyable type) of a `pbfast.stream` sent to a peer.
+STREAM_TYPE = "pbfast.stream"
+
+# The sources' tasks (the loop holds tasks only weakly; a source waiting for credit is
+# otherwise referred to by nothing but itself once its consumer let go of it).
+_running: set[asyncio.Task[None]] = set()
+# The sources running on each connection (bounded by its max_in_flight).
+_counts: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+class StreamLink(Link, Protocol):
+    """What streams need of a connection (every `pbfast._connection.Connection` is one)."""
+
+    peer: str
+    peer_is_pbfast: bool
+    peer_extensions: frozenset[str]
+    options: Any
+
+    def call_control(self, method: str, *args: Any) -> asyncio.Future[Any]: ...
+
+    def _stream_failure(self, exc: BaseException, what: str) -> Any:
+        """`exc` as a value the wire sends as a failure (logged as the wire logs the failures
+        of remote methods); `what` names the stream."""
+        ...
+
+
+def require(link: StreamLink, what: str) -> None:
+    """Refuse, before anything is sent, to use a stream with a peer that does not speak the
+    extension.
+
+    Raises:
+        Error: the peer is not pbfast, or lacks the extension.
+    """
+    if EXTENSION in link.peer_extensions:
+        return
+    if link.peer_is_pbfast:
+        why = f"the pbfast peer {link.peer} does not speak the {EXTENSION!r} extension"
+    else:
+        why = f"the peer {link.peer} is not pbfast (a stock Twisted or foolscap peer, or not connected yet)"
+    raise Error(f"{what} needs a pbfast peer that speaks the {EXTENSION!r} extension: {why}")
+
+
+# ---------------------------------------------------------------------- the consumer's side
+
+
+class _Sink(Referenceable):
+    """The consumer's end, which the producer sends to (holding its `RemoteStream` weakly, so
+    that a stream dropped unfinished can be collected, and then closes itself)."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: RemoteStream) -> None:
+        self._stream = weakref.ref(stream)
+
+    def remote_items(self, items: list[Any], size: int) -> None:
+        stream = self._stream()
+        if stream is not None:
+            stream._receive_items(list(items) if type(items) is tuple else items, size)
+
+    def remote_end(self) -> None:
+        stream = self._stream()
+        if stream is not None:
+            stream._receive_end(None)
+
+    def remote_fail(self, failure: Any) -> None:
+        stream = self._stream()
+        if stream is not None:
+            if not isinstance(failure, RemoteError):
+                failure = RemoteError("builtins.object", repr(failure)[:200])
+            stream._receive_end(failure)
+
+
+def open_stream(
+    link: StreamLink, ref: RemoteReference, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> RemoteStream:
+    """``ref.callRemoteStream(method, *args, **kwargs)``: a stream that, once iterated, asks
+    the peer (on the control channel) to run the method and stream what it yields.
+
+    Raises:
+        Error: the peer does not speak the extension.
+    """
+    require(link, "callRemoteStream")
+
+    def start(stream: RemoteStream, max_items: int, max_bytes: int) -> asyncio.Future[Any]:
+        return link.call_control("stream", ref, method, args, kwargs, _Sink(stream), max_items, max_bytes)
+
+    return RemoteStream(link, start)
+
+
+def receive_stream(link: StreamLink, state: Any) -> RemoteStream:
+    """The `RemoteStream` for a received ``pbfast.stream`` copy.
+
+    Raises:
+        Error: the state does not name a source of the peer.
+    """
+    source = state.get("source") if isinstance(state, dict) else None
+    if not isinstance(source, RemoteReference) or source.broker is not link:
+        raise Error(f"a {STREAM_TYPE} copy must name its source, a reference to the sender's object")
+
+    def start(stream: RemoteStream, max_items: int, max_bytes: int) -> Any:
+        source.callRemoteOnly("start", _Sink(stream), max_items, max_bytes)
+        return source
+
+    return RemoteStream(link, start, source)
+
+
+# ---------------------------------------------------------------------- the producer's side
+
+
+def send_stream(link: StreamLink, stream: Stream) -> dict[str, Any]:
+    """The state of the copy a `pbfast.stream` travels as: its new source.
+
+    Raises:
+        Error: the peer does not speak the extension.
+    """
+    require(link, "sending a pbfast.stream")
+    return {"source": _Source(link, "pbfast.stream", stream=stream)}
+
+
+def serve_stream(
+    link: StreamLink,
+    target: Any,
+    method: Any,
+    args: Any,
+    kwargs: Any,
+    sink: Any,
+    max_items: Any,
+    max_bytes: Any,
+) -> Any:
+    """The control message ``stream``: run `method` of our object `target` and stream what it
+    yields to `sink`, the peer's consumer, with the first credit; the answer is the source (or,
+    if the method is a coroutine, a coroutine for it).
+
+    Raises:
+        Error: the arguments are malformed.
+        TypeError: the method's result is not an async iterable.
+        LimitExceeded: the peer already has ``max_in_flight`` streams running here.
+    """
+    if type(method) is not str or not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+        raise Error("stream takes a target, a method name, its arguments (a list) and keywords (a dict)")
+    if not all(type(key) is str for key in kwargs):
+        raise Error("the keywords of a streamed call must be strings")
+    _check_start(link, sink, max_items, max_bytes)
+    dispatch = getattr(target, "remoteMessageReceived", None)
+    if isinstance(target, RemoteReference) or dispatch is None:
+        raise Error(f"cannot stream from {type(target).__name__}: not one of our objects")
+    result = dispatch(link, method, tuple(args), kwargs)
+    if inspect.isawaitable(result) and not hasattr(type(result), "__aiter__"):
+        return _serve_later(link, method, result, sink, max_items, max_bytes)
+    return _serve(link, method, result, sink, max_items, max_bytes)
+
+
+async def _serve_later(link: StreamLink, method: str, awaitable: Any, sink: Any, items: int, nbytes: int) -> Any:
+    return _serve(link, method, await awaitable, sink, items, nbytes)
+
+
+def _serve(link: StreamLink, method: str, result: Any, sink: Any, items: int, nbytes: int) -> _Source:
+    if not hasattr(type(result), "__aiter__"):
+        raise TypeError(
+            f"{method} returned {type(result).__name__}, not an async iterable: "
+            "only an async generator (or a method returning an async iterable) can be streamed"
+        )
+    source = _Source(link, method)
+    source._begin(sink, items, nbytes, aiter(result))
+    return source
+
+
+def _check_start(link: StreamLink, sink: Any, max_items: Any, max_bytes: Any) -> None:
+    if not isinstance(sink, RemoteReference) or sink.broker is not link:
+        raise Error("a stream's sink must be a reference to the consumer's object")
+    for name, value in (("max_items", max_items), ("max_bytes", max_bytes)):
+        if type(value) is not int or value <= 0:
+            raise Error(f"a stream's first credit ({name}) must be a positive integer, not {value!r}")
+
+
+class _Source(Referenceable):
+    """The producer's end: iterates in a task of its own while it has credit, sending the
+    items in batches to the consumer's sink."""
+
+    def __init__(self, link: StreamLink, name: str, *, stream: Stream | None = None) -> None:
+        self._link = link
+        self._name = name
+        self._stream = stream  # a pbfast.stream, until started
+        self._sink: RemoteReference | None = None
+        self._iterator: AsyncIterator[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._credit_items = 0
+        self._credit_bytes = 0
+        self._credited: asyncio.Future[None] | None = None
+        self._batch: list[Any] = []
+        self._batch_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
+        self._done = False  # closed by the consumer, ended, failed, or the connection lost
+        self._counted = False
+
+    def __repr__(self) -> str:
+        return f"<stream source {self._name} to {self._link.peer}>"
+
+    # Messages from the consumer.
+
+    def remote_start(self, sink: Any, max_items: Any, max_bytes: Any) -> None:
+        """Start a `pbfast.stream` we sent."""
+        _check_start(self._link, sink, max_items, max_bytes)
+        stream, self._stream = self._stream, None
+        if stream is None or self._done:
+            raise Error(f"{self!r} was started already")
+        iterator = stream._take()
+        if iterator is None:
+            failure = self._link._stream_failure(
+                Error("this pbfast.stream is being consumed by another receiver already"), self._name
+            )
+            _send(sink, "fail", failure)
+            return
+        self._begin(sink, max_items, max_bytes, iterator)
+
+    def remote_credit(self, items: Any, nbytes: Any) -> None:
+        if type(items) is not int or type(nbytes) is not int or items < 0 or nbytes < 0:
+            raise Error(f"credit takes two counts, not {items!r} and {nbytes!r}")
+        self._credit_items += items
+        self._credit_bytes += nbytes
+        credited = self._credited
+        if credited is not None and not credited.done():
+            credited.set_result(None)
+
+    def remote_close(self) -> None:
+        self._stream = None  # (a pbfast.stream never started stays untouched)
+        self._stop()
+
+    # Running.
+
+    def _begin(self, sink: RemoteReference, items: int, nbytes: int, iterator: AsyncIterator[Any]) -> None:
+        link = self._link
+        running = _counts.get(link, 0)
+        if running >= link.options.max_in_flight:
+            message = f"the peer has max_in_flight={link.options.max_in_flight} streams running already"
+            _send(sink, "fail", link._stream_failure(LimitExceeded(message, "max_in_flight"), self._name))
+            _close_soon(iterator)
+            return
+        _counts[link] = running + 1
+        self._counted = True
+        self._sink = sink
+        self._iterator = iterator
+        self._credit_items, self._credit_bytes = items, nbytes
+        task = self._task = asyncio.get_running_loop().create_task(self._run())
+        _running.add(task)
+        task.add_done_callback(_running.discard)
+        link.closed.add_done_callback(self._lost)
+
+    async def _run(self) -> None:
+        iterator = self._iterator
+        assert iterator is not None
+        try:
+            while not self._done:
+                if self._credit_items <= 0 or self._credit_bytes <= 0:
+                    self._flush()
+                    self._credited = asyncio.get_running_loop().create_future()
+                    await self._credited
+                    self._credited = None
+                    continue
+                try:
+                    item = await anext(iterator)
+                except StopAsyncIteration:
+                    self._flush()
+                    self._finish("end")
+                    break
+                size = estimate_size(item)
+                self._batch.append(item)
+                self._batch_bytes += size
+                self._credit_items -= 1
+                self._credit_bytes -= size
+                if len(self._batch) >= BATCH_ITEMS or self._batch_bytes >= BATCH_BYTES:
+                    self._flush()
+                    await self._link.wait_writable()
+                elif self._flush_handle is None:
+                    # Sent once this turn of the loop is over: a producer that yields without
+                    # waiting fills a batch first, a slow one sends each item as it comes.
+                    self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+        except asyncio.CancelledError:
+            if not self._done:
+                raise  # not by us (the loop is shutting down)
+        except DeadReferenceError:
+            self._done = True  # the connection is gone
+        except Exception as exc:
+            if not self._done:
+                self._flush()
+                self._finish("fail", exc)
+        finally:
+            self._iterator = None
+            await self._release(iterator)
+
+    def _flush(self) -> None:
+        """Send the items batched so far."""
+        handle, self._flush_handle = self._flush_handle, None
+        if handle is not None:
+            handle.cancel()
+        batch, size = self._batch, self._batch_bytes
+        if not batch or self._done:
+            return
+        self._batch, self._batch_bytes = [], 0
+        sink = self._sink
+        assert sink is not None
+        try:
+            sink.callRemoteOnly("items", batch, size)
+        except DeadReferenceError:
+            self._stop()
+        except Exception as exc:
+            self._unsendable(batch, exc)
+
+    def _unsendable(self, batch: list[Any], exc: Exception) -> None:
+        """A batch did not encode: send its items one by one up to the one that does not, then
+        fail the stream with why."""
+        sink = self._sink
+        assert sink is not None
+        for item in batch:
+            try:
+                sink.callRemoteOnly("items", [item], estimate_size(item))
+            except Exception as again:
+                exc = again
+                break
+        exc.add_note(f"while sending an item of the stream {self._name}")
+        self._finish("fail", exc)
+        self._stop()
+
+    def _finish(self, how: str, exc: BaseException | None = None) -> None:
+        """Tell the consumer the stream is over (``end``, or ``fail`` with `exc`)."""
+        sink = self._sink
+        if self._done or sink is None:
+            return
+        self._done = True
+        if exc is None:
+            _send(sink, how)
+            return
+        try:
+            failure = self._link._stream_failure(exc, self._name)
+        except Exception as again:  # the failure itself could not be made
+            failure = self._link._stream_failure(Error(f"{type(again).__name__} (unsendable)"), self._name)
+        _send(sink, how, failure)
+
+    def _stop(self) -> None:
+        """Stop producing: the consumer closed, or nothing more can be sent."""
+        self._done = True
+        task = self._task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+
+    def _lost(self, _: asyncio.Future[None]) -> None:
+        self._stop()
+
+    async def _release(self, iterator: AsyncIterator[Any]) -> None:
+        """Let go of everything; close the iterator (an async generator's ``finally`` blocks
+        run)."""
+        handle, self._flush_handle = self._flush_handle, None
+        if handle is not None:
+            handle.cancel()
+        self._batch = []
+        self._sink = None
+        self._credited = None
+        self._link.closed.remove_done_callback(self._lost)
+        if self._counted:
+            self._counted = False
+            _counts[self._link] -= 1
+        await _close(iterator, self._name)
+
+
+def _send(sink: RemoteReference, method: str, *args: Any) -> None:
+    try:
+        sink.callRemoteOnly(method, *args)
+    except DeadReferenceError:
+        pass
+
+
+async def _close(iterator: AsyncIterator[Any], name: str) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await aclose()
+    except Exception:
+        log.exception("closing the stream %s raised", name)
+
+
+def _close_soon(iterator: AsyncIterator[Any]) -> None:
+    """Close an iterator that will not run (in a task: closing may have to await)."""
+    if getattr(iterator, "aclose", None) is not None:
+        task = asyncio.get_running_loop().create_task(_close(iterator, "refused"))
+        _running.add(task)
+        task.add_done_callback(_running.discard)
