@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 import pbfast
+import pbfast._streaming
 import pytest
 from connections import eventually
 from pbfast.streams import estimate_size
@@ -21,6 +22,10 @@ def wire(request: pytest.FixtureRequest) -> Any:
         yield connect
 
 
+class Secret(pbfast.Copyable):
+    """A copy no receiver has registered."""
+
+
 class Producer:
     """A generator's life, seen from outside: what it yielded, and how it ended."""
 
@@ -29,11 +34,23 @@ class Producer:
         self.closed = asyncio.Event()
         self.exit: str | None = None  # "finished", "closed" (GeneratorExit), "cancelled"
 
-    async def count(self, n: int, size: int = 0, fail_at: int | None = None, wait: bool = False) -> Any:
+    async def count(
+        self,
+        n: int,
+        size: int = 0,
+        fail_at: int | None = None,
+        wait: bool = False,
+        bad_at: int | None = None,
+        secret_at: int | None = None,
+    ) -> Any:
         try:
             for i in range(n):
                 if i == fail_at:
                     raise ValueError(f"failed at {i}")
+                if i == bad_at:
+                    yield asyncio  # a module: cannot be sent
+                if i == secret_at:
+                    yield Secret()  # cannot be received (its class is not registered there)
                 if wait:
                     await asyncio.Event().wait()  # a producer with nothing to say
                 self.produced += 1
@@ -54,10 +71,10 @@ class Root(pbfast.Referenceable):
         self.producers: list[Producer] = []
         self.ahead = 0  # the most items a stream argument got ahead of this side's consumption
 
-    def remote_count(self, n: int, size: int = 0, fail_at: int | None = None, wait: bool = False) -> Any:
+    def remote_count(self, n: int, **options: Any) -> Any:
         producer = Producer()
         self.producers.append(producer)
-        return producer.count(n, size, fail_at, wait)
+        return producer.count(n, **options)
 
     async def remote_later(self, n: int) -> Any:
         await asyncio.sleep(0)
@@ -125,7 +142,7 @@ async def empty_tables(w: Wired) -> None:
         )
 
     await eventually(empty)
-    await eventually(lambda: not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
+    await eventually(lambda: not pbfast._streaming._running)
 
 
 def test_items_in_order_both_ways(run, wire) -> None:
@@ -257,6 +274,19 @@ def test_errors_reach_the_consumer(run, wire, caplog: pytest.LogCaptureFixture) 
             assert raised.value.remoteType in ("pbfast.errors.NoSuchMethod", "builtins.AttributeError")
             with pytest.raises(pbfast.RemoteError, match="not an async iterable"):
                 await anext(w.root.callRemoteStream("plain"))
+            # an item that cannot be sent: the items before it come, then the error
+            got = []
+            with pytest.raises(pbfast.RemoteError) as raised:
+                async for item in w.root.callRemoteStream("count", 10, bad_at=4):
+                    got.append(item)
+            assert got == [0, 1, 2, 3] and "module" in str(raised.value)
+            await asyncio.wait_for(root.producers[-1].closed.wait(), 5)
+            # ... or received: the consumer gets why
+            with pytest.raises(pbfast.RemoteError) as raised:
+                async for _item in w.root.callRemoteStream("count", 10, secret_at=2):
+                    pass
+            assert "Secret" in str(raised.value)
+            await asyncio.wait_for(root.producers[-1].closed.wait(), 5)
             # the other way: the client's generator raises inside the remote method's loop
             with pytest.raises(pbfast.RemoteError) as raised:
                 await w.root.callRemote("total", pbfast.stream(Producer().count(10, fail_at=5)))
@@ -283,7 +313,9 @@ def test_a_slow_consumer_bounds_the_producer(run, wire) -> None:
             # in bytes: the window, plus the one item that may overshoot it
             size = 10_000
             consumed = ahead = 0
-            stream = w.root.callRemoteStream("count", 30, size=size).window(max_items=1000, max_bytes=5 * size)
+            stream = w.root.callRemoteStream("count", 30, size=size).window(
+                max_items=1000, max_bytes=5 * size
+            )
             async for _ in stream:
                 consumed += 1
                 ahead = max(ahead, root.producers[-1].produced - consumed)

@@ -20,8 +20,6 @@ from typing import Any, ClassVar
 
 from . import _core
 from ._connection import EXTENSIONS, Connection, ConnectionOptions, SessionCallbacks, run_callback, short
-from ._streaming import EXTENSION as STREAM_EXTENSION
-from ._streaming import STREAM_TYPE
 from ._core import (
     EV_ANSWER,
     EV_AWAITING,
@@ -41,6 +39,8 @@ from ._core import (
     EV_UNKNOWN,
 )
 from ._failure import FAILURE_TAG, CopyableFailure, remote_error
+from ._streaming import EXTENSION as STREAM_EXTENSION
+from ._streaming import STREAM_TYPE
 from .cacheable import Cacheable, CacheLink, RemoteCache, RemoteCacheObserver
 from .copyable import Copyable, make_copy, unjellyableFor
 from .errors import (
@@ -219,9 +219,14 @@ class Broker(Connection):
         self._viewpoints.clear()
 
     def _stream_failure(self, exc: BaseException, what: str) -> CopyableFailure:
-        if not isinstance(exc, Error):
+        failure = CopyableFailure(exc, self.options.unsafeTracebacks)
+        if isinstance(exc, RemoteError):
+            # The peer's own error (it could not take a batch): passed back as it came.
+            remote = exc.remoteType.encode()
+            failure.state.update(type=remote, value=str(exc.remoteValue), parents=list(exc.parents))
+        elif not isinstance(exc, Error):
             log.error("%s: the stream %s raised", repr(self), what, exc_info=exc)
-        return CopyableFailure(exc, self.options.unsafeTracebacks)
+        return failure
 
     # ------------------------------------------------------------------ events
 

@@ -30,7 +30,15 @@ from .errors import DeadReferenceError, Error, LimitExceeded, RemoteError
 from .referenceable import Link, Referenceable, RemoteReference
 from .streams import BATCH_BYTES, BATCH_ITEMS, RemoteStream, Stream, estimate_size
 
-__all__ = ["EXTENSION", "STREAM_TYPE", "StreamLink", "open_stream", "receive_stream", "send_stream", "serve_stream"]
+__all__ = [
+    "EXTENSION",
+    "STREAM_TYPE",
+    "StreamLink",
+    "open_stream",
+    "receive_stream",
+    "send_stream",
+    "serve_stream",
+]
 
 log = logging.getLogger("pbfast")
 
@@ -54,6 +62,8 @@ class StreamLink(Link, Protocol):
     options: Any
 
     def call_control(self, method: str, *args: Any) -> asyncio.Future[Any]: ...
+
+    def _limit_reached(self, limit: str, detail: str) -> None: ...
 
     def _stream_failure(self, exc: BaseException, what: str) -> Any:
         """`exc` as a value the wire sends as a failure (logged as the wire logs the failures
@@ -89,10 +99,10 @@ class _Sink(Referenceable):
     def __init__(self, stream: RemoteStream) -> None:
         self._stream = weakref.ref(stream)
 
-    def remote_items(self, items: list[Any], size: int) -> None:
+    def remote_items(self, first: int, items: Any, size: int) -> None:
         stream = self._stream()
         if stream is not None:
-            stream._receive_items(list(items) if type(items) is tuple else items, size)
+            stream._receive_items(first, list(items) if type(items) is tuple else items, size)
 
     def remote_end(self) -> None:
         stream = self._stream()
@@ -178,6 +188,9 @@ def serve_stream(
     if not all(type(key) is str for key in kwargs):
         raise Error("the keywords of a streamed call must be strings")
     _check_start(link, sink, max_items, max_bytes)
+    full = _full(link)
+    if full is not None:
+        raise full
     dispatch = getattr(target, "remoteMessageReceived", None)
     if isinstance(target, RemoteReference) or dispatch is None:
         raise Error(f"cannot stream from {type(target).__name__}: not one of our objects")
@@ -187,7 +200,9 @@ def serve_stream(
     return _serve(link, method, result, sink, max_items, max_bytes)
 
 
-async def _serve_later(link: StreamLink, method: str, awaitable: Any, sink: Any, items: int, nbytes: int) -> Any:
+async def _serve_later(
+    link: StreamLink, method: str, awaitable: Any, sink: Any, items: int, nbytes: int
+) -> Any:
     return _serve(link, method, await awaitable, sink, items, nbytes)
 
 
@@ -200,6 +215,16 @@ def _serve(link: StreamLink, method: str, result: Any, sink: Any, items: int, nb
     source = _Source(link, method)
     source._begin(sink, items, nbytes, aiter(result))
     return source
+
+
+def _full(link: StreamLink) -> LimitExceeded | None:
+    """Why the peer may not start one more stream on `link`, if it may not."""
+    limit = link.options.max_in_flight
+    if _counts.get(link, 0) < limit:
+        return None
+    message = f"the peer has max_in_flight={limit} streams running already"
+    link._limit_reached("max_in_flight", f"{message}; the next one fails")
+    return LimitExceeded(message, "max_in_flight")
 
 
 def _check_start(link: StreamLink, sink: Any, max_items: Any, max_bytes: Any) -> None:
@@ -227,6 +252,10 @@ class _Source(Referenceable):
         self._batch: list[Any] = []
         self._batch_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
+        # Items sent, batches not yet answered, and what the end waits on for them.
+        self._sent = 0
+        self._unanswered = 0
+        self._drained: asyncio.Future[None] | None = None
         self._done = False  # closed by the consumer, ended, failed, or the connection lost
         self._counted = False
 
@@ -267,13 +296,12 @@ class _Source(Referenceable):
 
     def _begin(self, sink: RemoteReference, items: int, nbytes: int, iterator: AsyncIterator[Any]) -> None:
         link = self._link
-        running = _counts.get(link, 0)
-        if running >= link.options.max_in_flight:
-            message = f"the peer has max_in_flight={link.options.max_in_flight} streams running already"
-            _send(sink, "fail", link._stream_failure(LimitExceeded(message, "max_in_flight"), self._name))
+        full = _full(link)
+        if full is not None:
+            _send(sink, "fail", link._stream_failure(full, self._name))
             _close_soon(iterator)
             return
-        _counts[link] = running + 1
+        _counts[link] = _counts.get(link, 0) + 1
         self._counted = True
         self._sink = sink
         self._iterator = iterator
@@ -298,6 +326,11 @@ class _Source(Referenceable):
                     item = await anext(iterator)
                 except StopAsyncIteration:
                     self._flush()
+                    if self._unanswered:
+                        # The end goes once the consumer has taken every batch: one it could
+                        # not decode fails the stream instead (see `_delivered`).
+                        self._drained = asyncio.get_running_loop().create_future()
+                        await self._drained
                     self._finish("end")
                     break
                 size = estimate_size(item)
@@ -312,9 +345,15 @@ class _Source(Referenceable):
                     # Sent once this turn of the loop is over: a producer that yields without
                     # waiting fills a batch first, a slow one sends each item as it comes.
                     self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
-        except asyncio.CancelledError:
-            if not self._done:
-                raise  # not by us (the loop is shutting down)
+        except asyncio.CancelledError as exc:
+            if self._done:
+                return  # stopped by us (see `_stop`)
+            # The generator's own (something it awaited was cancelled), or the task cancelled
+            # from outside (the loop shutting down): either way the consumer hears of it.
+            self._flush()
+            self._finish("fail", exc)
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise
         except DeadReferenceError:
             self._done = True  # the connection is gone
         except Exception as exc:
@@ -334,28 +373,54 @@ class _Source(Referenceable):
         if not batch or self._done:
             return
         self._batch, self._batch_bytes = [], 0
+        error = self._send_items(batch, size)
+        if error is not None:
+            # The batch did not encode: send its items one by one up to the one that does not,
+            # then fail the stream with why.
+            for item in batch:
+                error = self._send_items([item], estimate_size(item))
+                if error is not None:
+                    break
+            if error is not None:
+                self._abandon(error, f"while sending an item of the stream {self._name}")
+
+    def _send_items(self, batch: list[Any], size: int) -> BaseException | None:
+        """Send one batch (numbered by its first item, so the consumer sees one go missing);
+        why it could not be encoded, if it could not."""
         sink = self._sink
         assert sink is not None
         try:
-            sink.callRemoteOnly("items", batch, size)
+            answer = sink.callRemote("items", self._sent, batch, size)
         except DeadReferenceError:
             self._stop()
-        except Exception as exc:
-            self._unsendable(batch, exc)
+            return None
+        except Exception as exc:  # (an encoder that raises rather than failing the future)
+            return exc
+        if answer.done() and answer.exception() is not None:
+            error = answer.exception()
+            if isinstance(error, ConnectionError):
+                self._stop()
+                return None
+            return error
+        self._sent += len(batch)
+        # The answer says whether the consumer could take the batch (decode it).
+        self._unanswered += 1
+        answer.add_done_callback(self._delivered)
+        return None
 
-    def _unsendable(self, batch: list[Any], exc: Exception) -> None:
-        """A batch did not encode: send its items one by one up to the one that does not, then
-        fail the stream with why."""
-        sink = self._sink
-        assert sink is not None
-        for item in batch:
-            try:
-                sink.callRemoteOnly("items", [item], estimate_size(item))
-            except Exception as again:
-                exc = again
-                break
-        exc.add_note(f"while sending an item of the stream {self._name}")
-        self._finish("fail", exc)
+    def _delivered(self, answer: asyncio.Future[Any]) -> None:
+        self._unanswered -= 1
+        error = answer.exception()
+        if error is not None and not isinstance(error, ConnectionError):
+            self._abandon(error, f"a batch of the stream {self._name} could not be taken by the consumer")
+        elif not self._unanswered and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _abandon(self, error: BaseException, why: str) -> None:
+        """Give up on the stream: the consumer gets `error`."""
+        if not self._done:
+            error.add_note(why)
+            self._finish("fail", error)
         self._stop()
 
     def _finish(self, how: str, exc: BaseException | None = None) -> None:
@@ -391,7 +456,7 @@ class _Source(Referenceable):
             handle.cancel()
         self._batch = []
         self._sink = None
-        self._credited = None
+        self._credited = self._drained = None
         self._link.closed.remove_done_callback(self._lost)
         if self._counted:
             self._counted = False

@@ -30,8 +30,6 @@ from typing import Any, ClassVar
 from . import _core
 from ._connection import EXTENSIONS as SHARED_EXTENSIONS
 from ._connection import Connection, ConnectionOptions, SessionCallbacks, run_callback
-from ._streaming import EXTENSION as STREAM_EXTENSION
-from ._streaming import STREAM_TYPE
 from ._core import (
     FS_ANSWER,
     FS_AWAITING,
@@ -48,6 +46,8 @@ from ._core import (
     FS_VIOLATION,
 )
 from ._failure import FOOLSCAP_FAILURE_TYPE, UNAVAILABLE, failure_state, remote_error
+from ._streaming import EXTENSION as STREAM_EXTENSION
+from ._streaming import STREAM_TYPE
 from .cacheable import Cacheable, CacheLink, RemoteCache, RemoteCacheObserver
 from .copyable import Copyable, make_copy, unjellyableFor
 from .endpoints import PeerAddress

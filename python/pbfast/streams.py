@@ -75,7 +75,11 @@ class Stream:
 
     def __init__(self, iterable: AsyncIterable[Any]) -> None:
         if not hasattr(type(iterable), "__aiter__"):
-            hint = " (iterate over a plain iterable in an async generator)" if hasattr(iterable, "__iter__") else ""
+            hint = (
+                " (iterate over a plain iterable in an async generator)"
+                if hasattr(iterable, "__iter__")
+                else ""
+            )
             raise TypeError(f"pbfast.stream() takes an async iterable, not {type(iterable).__name__}{hint}")
         self.iterable: AsyncIterable[Any] = iterable
         self._taken = False
@@ -175,6 +179,9 @@ class RemoteStream(AsyncIterator[Any]):
         self._items: collections.deque[Any] = collections.deque()
         self._batches: collections.deque[list[int]] = collections.deque()
         self._queued_bytes = 0
+        # Items received, and whether a batch went missing.
+        self._received = 0
+        self._gap = False
         # Credit granted and not yet used by the producer (bytes may go below zero: the last
         # item sent may overshoot).
         self._credit_items = 0
@@ -262,8 +269,8 @@ class RemoteStream(AsyncIterator[Any]):
         self._close()
 
     def __del__(self) -> None:
-        source = self._source
-        if self._state in (_NEW, _OPEN) and source is not None:
+        source = getattr(self, "_source", None)  # (None if __init__ failed)
+        if source is not None and self._state in (_NEW, _OPEN):
             # Dropped unfinished: tell the producer (from the loop: this may run anywhere).
             self._source = None
             try:
@@ -292,8 +299,11 @@ class RemoteStream(AsyncIterator[Any]):
     def _started(self, future: asyncio.Future[Any]) -> None:
         """The peer answered the request that starts the stream: with the producer's
         reference, or with why it could not start."""
-        error = PBConnectionLost("the request starting the stream was cancelled") if future.cancelled() else None
-        error = error or future.exception()
+        error: BaseException | None
+        if future.cancelled():
+            error = PBConnectionLost("the request starting the stream was cancelled")
+        else:
+            error = future.exception()
         if error is not None:
             if self._state == _OPEN:
                 self._finish(_FAILED, error)
@@ -306,16 +316,28 @@ class RemoteStream(AsyncIterator[Any]):
             self._source = source
             self._grant()  # what was consumed meanwhile
 
-    def _receive_items(self, items: list[Any], size: int) -> None:
-        """A batch arrived."""
-        if self._state != _OPEN:
-            return  # closed meanwhile: dropped
-        if type(items) is not list or type(size) is not int or size < 0 or not items:
-            self._violation(f"a batch of items must be a non-empty list and its size a count, not {size!r}")
+    def _receive_items(self, first: int, items: list[Any], size: int) -> None:
+        """A batch arrived, `first` the number of the producer's items before it."""
+        if self._state != _OPEN or self._gap:
+            return  # closed meanwhile, or after a lost batch: dropped
+        if (
+            type(items) is not list
+            or not items
+            or type(size) is not int
+            or size < 0
+            or type(first) is not int
+        ):
+            self._violation("a batch must be numbered, a non-empty list of items, and its size a count")
+            return
+        if first != self._received:
+            # A batch we could not decode (our connection refused it): its producer heard why
+            # and fails the stream; nothing after the gap is given out.
+            self._gap = True
             return
         if len(items) > self._credit_items:
             self._violation(f"the producer sent {len(items)} items on a credit of {self._credit_items}")
             return
+        self._received += len(items)
         self._credit_items -= len(items)
         self._credit_bytes -= size
         self._items.extend(items)
@@ -325,8 +347,11 @@ class RemoteStream(AsyncIterator[Any]):
 
     def _receive_end(self, error: BaseException | None) -> None:
         """The producer finished: normally, or raising `error`."""
-        if self._state == _OPEN:
-            self._finish(_ENDED if error is None else _FAILED, error)
+        if self._state != _OPEN:
+            return
+        if error is None and self._gap:
+            error = Error(f"the stream from {self._link.peer} lost items after the {self._received}th")
+        self._finish(_ENDED if error is None else _FAILED, error)
 
     def _violation(self, message: str) -> None:
         self._close()
