@@ -63,6 +63,8 @@ log = logging.getLogger("pbfast")
 
 ROOT = b"root"
 STREAM_TAG = STREAM_TYPE.encode()
+# The name a PB connection serves its control channel under, once the peer is pbfast.
+CONTROL = b"pbfast"
 
 DEFAULT_OPTIONS = ConnectionOptions()
 
@@ -79,6 +81,7 @@ class Broker(Connection):
 
     _CALL_KINDS = frozenset({EV_MESSAGE, EV_CACHEMESSAGE, EV_BAD_CALL, EV_UNKNOWN, EV_AWAITING})
     STATISTICS: ClassVar[tuple[str, ...]] = (*Connection.STATISTICS, "caches")
+    _CONTROL_ID: ClassVar[Any] = CONTROL
     _session: _core.PbSession
 
     def __init__(
@@ -175,6 +178,13 @@ class Broker(Connection):
         if broken is not None and not self.disconnected:
             self._flush()  # the replies to what came before the break still go out
             self._abort(broken, f"{broken}; closing the connection")
+
+    def _open_control(self) -> None:
+        self._session.put(CONTROL, _CONTROL_TARGET)
+
+    def _is_control_only(self, event: tuple[Any, ...]) -> bool:
+        # (EV_MESSAGE, request_id, object_id, method, answer, args, kwargs)
+        return event[0] == EV_MESSAGE and event[2] == CONTROL and not event[4]
 
     def _refuse_call(self, event: tuple[Any, ...], exc: BaseException) -> None:
         kind = event[0]
@@ -562,6 +572,24 @@ class Broker(Connection):
         (``decref``/``decache`` pairs from the decoder)."""
         for (command, luid), count in collections.Counter(unclaimed).items():
             self._session.command(command, luid, count)
+
+
+class _ControlTarget:
+    """What a PB connection serves under ``"pbfast"`` once the peer is pbfast: each call on it
+    is a control call of the connection (see `Connection._control`)."""
+
+    __slots__ = ()
+
+    def remoteMessageReceived(
+        self, broker: Broker, message: str, args: tuple[Any, ...], kw: dict[str, Any]
+    ) -> Any:
+        return broker._control(message, args, kw)
+
+    def serializingPerspective(self) -> Any:
+        return None
+
+
+_CONTROL_TARGET = _ControlTarget()
 
 
 def _tag_bytes(tag: str | bytes) -> bytes:

@@ -13,7 +13,9 @@ every connection needs whatever its wire:
   moment the connection is lost (no reference cycle keeps a closed connection's buffers);
 - the object tables of a broker: our calls awaiting replies, our objects the peer holds
   (counted in the Rust `RefTable`), the peer's objects we hold (proxies and cached copies),
-  reference releases, the state of dying copies, and disconnect watchers.
+  reference releases, the state of dying copies, and disconnect watchers;
+- the control channel to a pbfast peer (`call_control`, `call_control_only`; its calls run
+  ``_control_<method>`` here), which the pbfast-to-pbfast extensions are built on.
 
 Each connection has one Rust session (`self._session`, a `pbfast._core.Session` of its wire):
 bytes in, events out, our calls and answers encoded and queued there, the tables kept there.
@@ -37,7 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 from . import _core, _streaming
 from .endpoints import PeerAddress, _set_nodelay
-from .errors import DeadReferenceError, Error, LimitExceeded, PBConnectionLost, qualified_name
+from .errors import DeadReferenceError, Error, LimitExceeded, NoSuchMethod, PBConnectionLost, qualified_name
 from .streams import RemoteStream, Stream
 
 if TYPE_CHECKING:
@@ -211,6 +213,9 @@ class Connection(asyncio.Protocol, abc.ABC):
     _DECACHE: ClassVar[bytes] = b"decache"
     # The wire's own names for option fields, where its users know them by others.
     _OPTION_NAMES: ClassVar[dict[str, str]] = {}
+    # Where control calls go on the wire: the object id, and the prefix of the method name.
+    _CONTROL_ID: ClassVar[Any] = None
+    _CONTROL_PREFIX: ClassVar[str] = ""
     # The keys of `statistics()` (a wire adds its own).
     STATISTICS: ClassVar[tuple[str, ...]] = (
         "objects",
@@ -472,6 +477,54 @@ class Connection(asyncio.Protocol, abc.ABC):
         gone."""
         raise self._dead()
 
+    # ------------------------------------------------------------------ the control channel
+
+    def call_control(self, method: str, *args: Any) -> asyncio.Future[Any]:
+        """Call the peer's control method `method` with `args` (any values, references
+        included): a future for its answer. The control channel exists between pbfast peers
+        only (docs/extensions.md); on the peer, the call runs ``_control_<method>(*args)`` on
+        its end of the connection. With a stock peer the future fails with `Error`, nothing
+        sent; an unknown method fails with the peer's `NoSuchMethod`."""
+        if not self.peer_is_pbfast:
+            future: asyncio.Future[Any] = self._loop.create_future()
+            future.set_exception(self._no_control(method))
+            return future
+        return self.call(self._CONTROL_ID, self._CONTROL_PREFIX + method, args, {})
+
+    def call_control_only(self, method: str, *args: Any) -> None:
+        """`call_control` without asking for an answer. Control calls without an answer are
+        never held back on the peer (its flow control holds the calls that answer), so they
+        suit messages about other calls: cancellations, credit.
+
+        Raises:
+            Error: the peer is not pbfast (nothing is sent).
+            DeadReferenceError: the connection is gone.
+        """
+        if not self.peer_is_pbfast:
+            raise self._no_control(method)
+        self.call_only(self._CONTROL_ID, self._CONTROL_PREFIX + method, args, {})
+
+    def _no_control(self, method: str) -> Error:
+        return Error(
+            f"cannot send the control call {method!r}: {self.peer} is not a pbfast peer "
+            "(the control channel is a pbfast-to-pbfast extension)"
+        )
+
+    def _control(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run the peer's control call `method`: ``self._control_<method>(*args)``; its result
+        (awaited if awaitable) is the answer.
+
+        Raises:
+            NoSuchMethod: there is no such control method.
+            Error: the call has keyword arguments (control calls take none).
+        """
+        handler = getattr(self, "_control_" + method, None) if type(method) is str else None
+        if handler is None:
+            raise NoSuchMethod(f"no control method {method!r}")
+        if kwargs:
+            raise Error(f"the control call {method!r} takes no keyword arguments, got {sorted(kwargs)!r}")
+        return handler(*args)
+
     def statistics(self) -> dict[str, int]:
         """Table sizes and queues, for monitoring and tests: ``objects`` (ours the peer holds,
         a root excluded), ``proxies`` (references to the peer's objects we hold), ``cached``
@@ -595,7 +648,11 @@ class Connection(asyncio.Protocol, abc.ABC):
         self._receiving = True
         try:
             for event in events:
-                if event[0] in calls and (self._held or self._backlog or self._draining):
+                if (
+                    event[0] in calls
+                    and (self._held or self._backlog or self._draining)
+                    and not (self.peer_is_pbfast and self._is_control_only(event))
+                ):
                     self._defer(event)
                     continue
                 handlers[event[0]](self, event)
@@ -718,6 +775,8 @@ class Connection(asyncio.Protocol, abc.ABC):
         speak, or None if the peer did not announce itself as pbfast."""
         self.peer_is_pbfast = peer_extensions is not None
         self.peer_extensions = frozenset(peer_extensions or ())
+        if self.peer_is_pbfast:
+            self._open_control()
         if self._liveness is not None:
             self._liveness.handshake_done()
 
@@ -909,6 +968,13 @@ class Connection(asyncio.Protocol, abc.ABC):
 
     def _holding(self) -> bool:
         """Whether the wire itself holds calls back for now (besides back-pressure)."""
+        return False
+
+    def _open_control(self) -> None:
+        """The peer is pbfast: let its control calls reach `_control`."""
+
+    def _is_control_only(self, event: tuple[Any, ...]) -> bool:
+        """Whether the call `event` is a control call that asks no answer (never held back)."""
         return False
 
     def _keepalive_interval(self) -> float | None:

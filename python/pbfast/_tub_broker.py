@@ -78,6 +78,8 @@ CACHE_TYPE = "pbfast.cacheable"
 # What pbfast Tubs add to foolscap, announced in their hello blocks (stock foolscap ignores
 # the key): both wires' extensions, and Cacheables (which Twisted PB has and foolscap lacks).
 EXTENSIONS = SHARED_EXTENSIONS | {"cacheable"}
+# Control calls between pbfast Tubs are calls on clid 0 whose method names start with this.
+CONTROL_PREFIX = "pbfast_"
 
 
 class TubReference(RemoteReference):
@@ -221,6 +223,9 @@ class TubBroker(Connection):
     """
 
     _CALL_KINDS = frozenset({FS_CALL, FS_AWAITING})
+    # Control calls are calls on the Tub's own object, their names prefixed.
+    _CONTROL_ID: ClassVar[Any] = 0
+    _CONTROL_PREFIX: ClassVar[str] = CONTROL_PREFIX
     # foolscap's names for two of the options.
     _OPTION_NAMES = {"handshake_timeout": "negotiationTimeout", "idle_timeout": "disconnectTimeout"}
     STATISTICS: ClassVar[tuple[str, ...]] = (*Connection.STATISTICS, "gifts", "caches")
@@ -365,6 +370,11 @@ class TubBroker(Connection):
 
     def _holding(self) -> bool:
         return self._fetching_gifts
+
+    def _is_control_only(self, event: tuple[Any, ...]) -> bool:
+        # (FS_CALL, reqid, clid, method, args, kwargs): a call without answer is numbered 0.
+        method: str = event[3]
+        return event[0] == FS_CALL and event[1] == 0 and event[2] == 0 and method.startswith(CONTROL_PREFIX)
 
     def _keepalive_interval(self) -> float | None:
         interval: float | None = self.tub.keepaliveTimeout
@@ -629,11 +639,14 @@ class TubBroker(Connection):
     def remoteMessageReceived(
         self, broker: TubBroker, message: str, args: tuple[Any, ...], kw: dict[str, Any]
     ) -> Any:
-        """Run the Tub's own method `message` (a call on clid 0): ``_broker_<message>``.
+        """Run the Tub's own method `message` (a call on clid 0): ``_broker_<message>``, or,
+        from a pbfast peer, a control call (see `Connection._control`).
 
         Raises:
             NoSuchMethod: the Tub has no such method.
         """
+        if self.peer_is_pbfast and message.startswith(CONTROL_PREFIX):
+            return self._control(message[len(CONTROL_PREFIX) :], args, kw)
         handler = getattr(self, "_broker_" + message, None)
         if handler is None:
             raise NoSuchMethod(f"the Tub has no method {message!r}")

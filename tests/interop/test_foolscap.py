@@ -362,6 +362,10 @@ def test_pbfast_calls_foolscap(run):
             assert root.isConnected() and root.remote_interface_name is None
             # A stock Tub's hello announces no pbfast extensions: plain foolscap.
             assert root.broker.peer_is_pbfast is False and root.broker.peer_extensions == frozenset()
+            with pytest.raises(pbfast.Error, match="not a pbfast peer"):
+                await root.broker.call_control("echo", 1)
+            with pytest.raises(pbfast.Error, match="not a pbfast peer"):
+                root.broker.call_control_only("echo", 1)
             received = root.getDataLastReceivedAt()
             assert received is not None and abs(received - time.time()) < 60
             for value in VALUES:

@@ -254,8 +254,13 @@ def test_values_round_trip_through_twisted(run):
     async def main():
         async with twisted_root() as (_, root):
             assert await root.callRemote("version")  # negotiation and the version exchange worked
-            # A stock server offered no pbfast dialect: plain PB.
+            # A stock server offered no pbfast dialect: plain PB, and no control channel
+            # (nothing is sent).
             assert root.broker.peer_is_pbfast is False and root.broker.peer_extensions == frozenset()
+            with pytest.raises(pbfast.Error, match="not a pbfast peer"):
+                await root.broker.call_control("echo", 1)
+            with pytest.raises(pbfast.Error, match="not a pbfast peer"):
+                root.broker.call_control_only("echo", 1)
             values = jelly_values()
 
             # The whole list in one call: sharing across elements and cycles kept.
@@ -785,6 +790,11 @@ def test_twisted_client_errors(run, caplog):
     assert TWISTED_NO_SUCH_METHOD in nosuch["parents"]  # failure.check(flavors.NoSuchMethod)
     assert nosuch["check_pb_error"] is False
     assert nosuch["check_value_error_class"] is False
+
+    # pbfast's control channel is not there for a stock peer: naming it gets the usual answer
+    # for an object it holds no reference to.
+    control = report["pbfast_object"]
+    assert control["message"] == "Invalid Object ID"
 
     # Unexpected errors are logged with their traceback, a missing method in one line, and
     # pbfast.Error subclasses not at all (the scenario makes each failing call twice).

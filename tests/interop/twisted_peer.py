@@ -416,6 +416,12 @@ def scenario_errors(root):
             entry.update({"type": None, "message": None, "parents": []})
             entry["errback_unexpected_result"] = to_json(value)
         report[key] = entry
+    # pbfast serves a control channel under the name "pbfast", to pbfast peers only.
+    control = root.broker.remoteForName("pbfast")
+    outcome, value = yield _capture_failure(control.callRemote("cancel", [1]))
+    report["pbfast_object"] = (
+        failure_info(value) if outcome == "fail" else {"unexpected_result": to_json(value)}
+    )
     return report
 
 
