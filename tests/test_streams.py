@@ -70,6 +70,7 @@ class Root(pbfast.Referenceable):
     def __init__(self) -> None:
         self.producers: list[Producer] = []
         self.ahead = 0  # the most items a stream argument got ahead of this side's consumption
+        self.unblock = asyncio.Event()
 
     def remote_count(self, n: int, **options: Any) -> Any:
         producer = Producer()
@@ -82,6 +83,10 @@ class Root(pbfast.Referenceable):
 
     def remote_plain(self) -> list[int]:
         return [1, 2]
+
+    async def remote_block(self) -> str:
+        await self.unblock.wait()
+        return "unblocked"
 
     async def remote_total(self, items: pbfast.RemoteStream) -> int:
         total = 0
@@ -343,8 +348,15 @@ def test_streams_do_not_take_call_slots(run, wire) -> None:
             assert firsts == [0, 0]
             with pytest.raises(pbfast.RemoteError, match="max_in_flight"):
                 await anext(streams[2])
+            # calls filling max_in_flight: later calls wait, but the streams' credit does not
+            blocked = [w.root.callRemote("block") for _ in range(2)]
+            await eventually(lambda: w.server_stats()["in_flight"] == 2)
             assert [x async for x in streams[0]] == list(range(1, 20))
-            assert [x async for x in streams[1]] == list(range(1, 20))
+            assert await anext(streams[1]) == 1
+            await streams[1].aclose()
+            await asyncio.wait_for(root.producers[1].closed.wait(), 5)
+            root.unblock.set()
+            assert await asyncio.gather(*blocked) == ["unblocked"] * 2
             del streams
             await empty_tables(w)
 

@@ -572,6 +572,12 @@ class Connection(asyncio.Protocol, abc.ABC):
     def _control_stream(self, *args: Any) -> Any:
         return _streaming.serve_stream(self, *args)
 
+    def _control_stream_credit(self, source: Any, items: Any, nbytes: Any) -> None:
+        _streaming.source_of(self, source).credit(items, nbytes)
+
+    def _control_stream_close(self, source: Any) -> None:
+        _streaming.source_of(self, source).close()
+
     def _send_stream(self, stream: Stream) -> dict[str, Any]:
         """The state of the copy a `pbfast.stream` travels as (the wire's encoder hook)."""
         return _streaming.send_stream(self, stream)

@@ -9,12 +9,14 @@ both wires (docs/extensions.md has the messages):
   ``callRemoteStream`` (answered with the source), ``start`` on the source for a
   `pbfast.stream` the peer sent (a copy of type ``pbfast.stream`` naming the source); either
   carries the sink and the first credit;
-- the source sends ``items(batch, size)``, then ``end()`` or ``fail(failure)``, to the sink; the
-  sink's side sends ``credit(items, size)`` as it consumes, or ``close()`` to stop early.
+- the source sends ``items(first, batch, size)`` (answered, so that a batch the consumer cannot
+  decode fails the stream), then ``end()`` or ``fail(failure)``, to the sink; the consumer sends
+  ``stream_credit(source, items, size)`` as it consumes, or ``stream_close(source)`` to stop
+  early, on the control channel (calls without an answer there are never held back).
 
-A source's task does not count against ``max_in_flight`` (the credit that lets it go on comes as
-calls, which would wait behind it); the streams a peer may start on one connection are bounded
-by ``max_in_flight`` on their own.
+A source's task does not count against ``max_in_flight`` (it may wait for credit as long as its
+consumer likes); the streams a peer may start on one connection are bounded by
+``max_in_flight`` on their own.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class StreamLink(Link, Protocol):
     options: Any
 
     def call_control(self, method: str, *args: Any) -> asyncio.Future[Any]: ...
+
+    def call_control_only(self, method: str, *args: Any) -> None: ...
 
     def _limit_reached(self, limit: str, detail: str) -> None: ...
 
@@ -152,6 +156,19 @@ def receive_stream(link: StreamLink, state: Any) -> RemoteStream:
 
 
 # ---------------------------------------------------------------------- the producer's side
+
+
+def source_of(link: StreamLink, source: Any) -> _Source:
+    """The source a control call names: one of ours on this connection.
+
+    Raises:
+        Error: it is not.
+    """
+    if not isinstance(source, _Source) or source._link is not link:
+        raise Error(
+            "stream_credit and stream_close name a stream's source, a reference to the producer's object"
+        )
+    return source
 
 
 def send_stream(link: StreamLink, stream: Stream) -> dict[str, Any]:
@@ -279,16 +296,18 @@ class _Source(Referenceable):
             return
         self._begin(sink, max_items, max_bytes, iterator)
 
-    def remote_credit(self, items: Any, nbytes: Any) -> None:
+    def credit(self, items: Any, nbytes: Any) -> None:
+        """The consumer grants more credit (the control call ``stream_credit``)."""
         if type(items) is not int or type(nbytes) is not int or items < 0 or nbytes < 0:
-            raise Error(f"credit takes two counts, not {items!r} and {nbytes!r}")
+            raise Error(f"stream_credit takes two counts, not {items!r} and {nbytes!r}")
         self._credit_items += items
         self._credit_bytes += nbytes
         credited = self._credited
         if credited is not None and not credited.done():
             credited.set_result(None)
 
-    def remote_close(self) -> None:
+    def close(self) -> None:
+        """The consumer stops early (the control call ``stream_close``)."""
         self._stream = None  # (a pbfast.stream never started stays untouched)
         self._stop()
 

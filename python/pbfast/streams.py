@@ -143,6 +143,8 @@ class _Channel(Protocol):
     peer: str
     closed: asyncio.Future[None]
 
+    def call_control_only(self, method: str, *args: Any) -> None: ...
+
 
 # Start a stream: given the consumer and its window, send what starts it; the producer's
 # reference, or a future for it.
@@ -274,7 +276,7 @@ class RemoteStream(AsyncIterator[Any]):
             # Dropped unfinished: tell the producer (from the loop: this may run anywhere).
             self._source = None
             try:
-                self._loop.call_soon_threadsafe(_send_close, source)
+                self._loop.call_soon_threadsafe(_send_close, self._link, source)
             except RuntimeError:  # the loop is closed: so is the connection
                 pass
 
@@ -311,7 +313,7 @@ class RemoteStream(AsyncIterator[Any]):
         source = future.result()
         if self._close_wanted:
             self._close_wanted = False
-            _send_close(source)
+            _send_close(self._link, source)
         elif self._state == _OPEN:
             self._source = source
             self._grant()  # what was consumed meanwhile
@@ -384,7 +386,7 @@ class RemoteStream(AsyncIterator[Any]):
         self._credit_items += items
         self._credit_bytes += nbytes
         try:
-            source.callRemoteOnly("credit", items, nbytes)
+            self._link.call_control_only("stream_credit", source, items, nbytes)
         except DeadReferenceError:
             pass
 
@@ -408,14 +410,14 @@ class RemoteStream(AsyncIterator[Any]):
             self._start = None
             source, self._source = self._source, None
             if source is not None:
-                _send_close(source)
+                _send_close(self._link, source)
             self._state = _CLOSED
             return
         if self._state != _OPEN:
             return
         source = self._source
         if source is not None:
-            _send_close(source)
+            _send_close(self._link, source)
         else:
             self._close_wanted = True  # sent once the producer's reference comes
         self._items.clear()
@@ -435,8 +437,8 @@ def _watcher(stream: weakref.ref[RemoteStream]) -> Callable[[asyncio.Future[None
     return lost
 
 
-def _send_close(source: Any) -> None:
+def _send_close(link: _Channel, source: Any) -> None:
     try:
-        source.callRemoteOnly("close")
+        link.call_control_only("stream_close", source)
     except DeadReferenceError:
         pass
