@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from .errors import DeadReferenceError, Error, LimitExceeded, RemoteError
 from .referenceable import Link, Referenceable, RemoteReference
-from .streams import BATCH_BYTES, BATCH_ITEMS, RemoteStream, Stream, estimate_size
+from .streams import BATCH_BYTES, BATCH_ITEMS, RemoteStream, Stream, _estimate, estimate_size
 
 __all__ = [
     "EXTENSION",
@@ -352,7 +352,7 @@ class _Source(Referenceable):
                         await self._drained
                     self._finish("end")
                     break
-                size = estimate_size(item)
+                size = _estimate(item, 0)
                 self._batch.append(item)
                 self._batch_bytes += size
                 self._credit_items -= 1

@@ -175,6 +175,7 @@ class RemoteStream(AsyncIterator[Any]):
         self._source: Any = source  # the producer's reference, once known
         self._close_wanted = False  # closed before the producer's reference came
         self._max_items = DEFAULT_MAX_ITEMS
+        self._half_items = (DEFAULT_MAX_ITEMS + 1) // 2
         self._max_bytes = DEFAULT_MAX_BYTES
         # Items received and not yet consumed, and the sizes of the batches they came in:
         # [items of the batch still queued, its bytes].
@@ -213,6 +214,7 @@ class RemoteStream(AsyncIterator[Any]):
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
         if max_items is not None:
             self._max_items = max_items
+            self._half_items = (max_items + 1) // 2
         if max_bytes is not None:
             self._max_bytes = max_bytes
         if self._state == _OPEN:
@@ -249,13 +251,16 @@ class RemoteStream(AsyncIterator[Any]):
                 raise
             finally:
                 self._waiter = None
-        item = self._items.popleft()
+        items = self._items
+        item = items.popleft()
         batch = self._batches[0]
         batch[0] -= 1
         if not batch[0]:
             self._batches.popleft()
             self._queued_bytes -= batch[1]
-        if self._state == _OPEN:
+            if self._state == _OPEN:
+                self._grant()
+        elif self._max_items - len(items) - self._credit_items >= self._half_items and self._state == _OPEN:
             self._grant()
         return item
 
@@ -378,7 +383,7 @@ class RemoteStream(AsyncIterator[Any]):
             # The narrower of the two is full; grant nothing until it frees (granting items
             # without bytes, or bytes without items, would let nothing more through).
             return
-        if items < (self._max_items + 1) // 2 and nbytes < (self._max_bytes + 1) // 2:
+        if items < self._half_items and nbytes < (self._max_bytes + 1) // 2:
             return
         source = self._source
         if source is None:
