@@ -363,15 +363,18 @@ def test_streams_do_not_take_call_slots(run, wire) -> None:
     run(main())
 
 
-def test_the_peer_must_speak_the_extension(run, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("variant", ["pb-memory", "tub-loopback"])
+def test_the_peer_must_speak_the_extension(run, variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A pbfast peer that does not announce ``stream`` (stock peers: tests/interop/): both ways
     fail before anything is sent."""
     import pbfast._broker
+    import pbfast._tub_broker
 
     monkeypatch.setattr(pbfast._broker, "EXTENSIONS", frozenset())
+    monkeypatch.setattr(pbfast._tub_broker, "EXTENSIONS", frozenset({"cacheable"}))
 
     async def main() -> None:
-        with connector("pb-memory") as connect:
+        with connector(variant) as connect:
             async with connect(Root()) as w:
                 assert w.client.peer_is_pbfast and "stream" not in w.client.peer_extensions
                 written = w.client.transport.written

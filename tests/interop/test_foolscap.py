@@ -14,6 +14,7 @@ import decimal
 import gc
 import math
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
@@ -348,6 +349,10 @@ VALUES = [
 ]
 
 
+async def one_item() -> AsyncIterator[int]:
+    yield 1
+
+
 def test_pbfast_calls_foolscap(run):
     async def main():
         async with peer_tub(PEER) as (_, furl), pbfast.Tub() as tub:
@@ -366,6 +371,12 @@ def test_pbfast_calls_foolscap(run):
                 await root.broker.call_control("echo", 1)
             with pytest.raises(pbfast.Error, match="not a pbfast peer"):
                 root.broker.call_control_only("echo", 1)
+            # ... nor streams, either way (refused before anything is sent)
+            with pytest.raises(pbfast.Error, match="is not pbfast"):
+                root.callRemoteStream("echo", 1)
+            with pytest.raises(pbfast.Error, match="is not pbfast"):
+                await root.callRemote("echo", pbfast.stream(one_item()))
+            assert root.broker.statistics()["pending"] == 0
             received = root.getDataLastReceivedAt()
             assert received is not None and abs(received - time.time()) < 60
             for value in VALUES:

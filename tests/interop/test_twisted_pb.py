@@ -248,6 +248,10 @@ class Local(pbfast.Referenceable):
 # --------------------------------------------------------------------------------------------
 
 
+async def one_item() -> AsyncIterator[int]:
+    yield 1
+
+
 def test_values_round_trip_through_twisted(run):
     """Every jelly type as arguments (positional and keyword) and as results."""
 
@@ -261,6 +265,12 @@ def test_values_round_trip_through_twisted(run):
                 await root.broker.call_control("echo", 1)
             with pytest.raises(pbfast.Error, match="not a pbfast peer"):
                 root.broker.call_control_only("echo", 1)
+            # ... nor streams, either way (refused before anything is sent)
+            with pytest.raises(pbfast.Error, match="is not pbfast"):
+                root.callRemoteStream("echo", 1)
+            with pytest.raises(pbfast.Error, match="is not pbfast"):
+                await root.callRemote("echo", pbfast.stream(one_item()))
+            assert root.broker.statistics()["pending"] == 0
             values = jelly_values()
 
             # The whole list in one call: sharing across elements and cycles kept.
