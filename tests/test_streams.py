@@ -249,6 +249,8 @@ def test_cancelling_the_consumer_closes_the_producer(run, wire) -> None:
             stream = w.root.callRemoteStream("count", 10, wait=True)
             waiting = asyncio.ensure_future(anext(stream))
             await eventually(lambda: len(root.producers) == 2)
+            with pytest.raises(RuntimeError, match="another task"):
+                await anext(stream)
             await w.close_server()
             with pytest.raises(pbfast.PBConnectionLost):
                 await waiting

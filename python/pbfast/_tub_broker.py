@@ -65,7 +65,7 @@ from .errors import (
 from .furl import FURL
 from .referenceable import Referenceable, RemoteReference, checked_interface, unchecked_remote_methods
 from .schema import RemoteInterface, RemoteMethodSchema, get_remote_interface, remote_interface_by_name
-from .streams import Stream
+from .streams import RemoteStream, Stream
 
 __all__ = ["DisconnectMarker", "TubBroker", "TubReference"]
 
@@ -174,6 +174,10 @@ class CheckedTubReference(TubReference):
     def callRemoteOnly(self, _name: str, /, *args: Any, **kwargs: Any) -> None:
         self._interface.method(_name).check_args(args, kwargs, inbound=False)
         super().callRemoteOnly(_name, *args, **kwargs)
+
+    def callRemoteStream(self, _name: str, /, *args: Any, **kwargs: Any) -> RemoteStream:
+        self._interface.method(_name).check_args(args, kwargs, inbound=False)
+        return super().callRemoteStream(_name, *args, **kwargs)
 
 
 async def _checked_answer(schema: RemoteMethodSchema, answer: Awaitable[Any]) -> Any:

@@ -232,7 +232,10 @@ class RemoteStream(AsyncIterator[Any]):
             RemoteError: the producer raised (or could not be started: no such method, not an
                 async iterable, ...).
             PBConnectionLost: the connection ended first.
+            RuntimeError: another task is awaiting the next item of this stream.
         """
+        if self._waiter is not None:
+            raise RuntimeError(f"{self!r} is already being iterated by another task")
         if self._state == _NEW:
             self._open()
         while not self._items:
