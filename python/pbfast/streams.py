@@ -148,7 +148,7 @@ class _Channel(Protocol):
 
 # Start a stream: given the consumer and its window, send what starts it; the producer's
 # reference, or a future for it.
-Starter = Callable[["RemoteStream", int, int], Any]
+_Starter = Callable[["RemoteStream", int, int], Any]
 
 _NEW, _OPEN, _ENDED, _FAILED, _CLOSED = range(5)
 
@@ -164,11 +164,13 @@ class RemoteStream(AsyncIterator[Any]):
     ``async with``) closes the producer: a remote async generator's ``finally`` blocks run.
     When the iterator is dropped unfinished (garbage-collected) it is closed as well, but
     ``async with`` (or `aclose`) closes it at a definite point.
+
+    Made by the connection (its arguments are the connection's business), not by users.
     """
 
-    def __init__(self, link: _Channel, start: Starter, source: Any = None) -> None:
+    def __init__(self, link: _Channel, start: _Starter, source: Any = None) -> None:
         self._link = link
-        self._start: Starter | None = start
+        self._start: _Starter | None = start
         self._loop = asyncio.get_running_loop()
         self._state = _NEW
         self._error: BaseException | None = None
