@@ -38,8 +38,10 @@ __all__ = [
     "StreamLink",
     "open_stream",
     "receive_stream",
+    "require",
     "send_stream",
     "serve_stream",
+    "source_of",
 ]
 
 log = logging.getLogger("pbfast")
@@ -429,7 +431,7 @@ class _Source(Referenceable):
 
     def _delivered(self, answer: asyncio.Future[Any]) -> None:
         self._unanswered -= 1
-        error = answer.exception()
+        error = None if answer.cancelled() else answer.exception()
         if error is not None and not isinstance(error, ConnectionError):
             self._abandon(error, f"a batch of the stream {self._name} could not be taken by the consumer")
         elif not self._unanswered and self._drained is not None and not self._drained.done():
@@ -461,7 +463,9 @@ class _Source(Referenceable):
         """Stop producing: the consumer closed, or nothing more can be sent."""
         self._done = True
         task = self._task
-        if task is not None and not task.done() and task is not asyncio.current_task():
+        # (Not once the task is closing the iterator: that must not be cut short.)
+        running = self._iterator is not None
+        if task is not None and running and not task.done() and task is not asyncio.current_task():
             task.cancel()
 
     def _lost(self, _: asyncio.Future[None]) -> None:
