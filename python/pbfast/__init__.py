@@ -4,7 +4,8 @@ Layers, bottom up: ``pbfast._core`` (Rust: banana, jelly, framing, PB envelopes,
 counts, TubIDs and FURLs; never imported by users), ``pbfast.errors``, ``pbfast.banana`` (raw
 tokens), ``pbfast.serialization`` (jelly + banana), ``pbfast.referenceable`` (objects by
 reference), ``pbfast.copyable`` and ``pbfast.cacheable`` (objects by copy), ``pbfast.schema``
-(remote interfaces and the constraints they check), ``pbfast.util`` (paging large values, as
+(remote interfaces and the constraints they check), ``pbfast.metrics`` (call metrics, for
+Prometheus), ``pbfast.util`` (paging large values, as
 Twisted's ``twisted.spread.util``), ``pbfast.cred`` (logins), ``pbfast.furl`` (foolscap TubIDs
 and FURLs), ``pbfast.endpoints`` (Twisted-style endpoint strings), ``pbfast._connection`` (what
 every connection of either wire shares: back-pressure, limits, timeouts, shutdown;
@@ -12,7 +13,7 @@ every connection of either wire shares: back-pressure, limits, timeouts, shutdow
 Nothing starts at import time and no event-loop policy is installed.
 """
 
-from . import _core, banana, endpoints, schema, util
+from . import _core, banana, endpoints, metrics, schema, util
 from ._connection import configure
 from .cacheable import Cacheable, RemoteCache, RemoteCacheObserver
 from .copyable import (
@@ -102,6 +103,7 @@ __all__ = [
     "jelly",
     "loads",
     "login",
+    "metrics",
     "run",
     "schema",
     "serve",
