@@ -303,8 +303,14 @@ def test_serve_metrics_over_http() -> None:
         assert sample(families, "pbfast_bytes_sent", "pbfast_bytes_sent_total", wire="pb") > 0
         assert "process_cpu_seconds" in families  # the process's own metrics are there too
 
-        # Anything but GET or HEAD /metrics is refused.
+        # A scraper asking for OpenMetrics gets it; anything but GET or HEAD /metrics is refused.
         host, port = url.removeprefix("http://").split("/")[0].rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n")
+            response = s.makefile("rb").read()
+        assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"\r\nContent-Type: application/openmetrics-text; version=1.0.0" in response
+        assert response.endswith(b"# EOF\n")
         for request, status in [
             (b"POST /metrics HTTP/1.1", b"405"),
             (b"GET / HTTP/1.1", b"404"),

@@ -25,9 +25,10 @@ it is read until its answer is queued.
 
 Method names come from the network, so the method label is bounded: a name gets a label of its
 own only from a call that ran a method (not one sent to no object or no method, or refused
-before running), and only while fewer than ``max_methods`` names have one (past that the calls
-count under ``"(other)"``); calls that never ran, under a name without a label of its own, count
-under ``"(unknown)"``. A hostile peer cannot grow the number of series.
+before running), and only while fewer than ``max_methods`` names have one (past that, and for
+names longer than 200 bytes, the calls count under ``"(other)"``); calls that never ran, under a
+name without a label of its own, count under ``"(unknown)"``. A hostile peer cannot grow the
+number of series.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@
 //! of its own only from a call that ran (not one the peer sent to no object, to no method, or
 //! that was refused before running), and only while fewer than `max_methods` names have one;
 //! past that, calls count under [`OTHER`]; calls that never ran and whose name has no label
-//! count under [`UNKNOWN`]. The per-session caches of labels are bounded too.
+//! count under [`UNKNOWN`]; names longer than [`MAX_NAME`] get none. The per-session caches of
+//! labels are bounded too.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,8 +43,10 @@ const SPECIAL: [&str; 2] = ["(unknown)", "(other)"];
 
 /// Distinct method labels, by default (`metrics_enable` sets it).
 pub const MAX_METHODS: usize = 1000;
-/// Method objects each session (and the registry, for calls made) remembers the label of.
+/// Method objects each session remembers the label of.
 const MAX_CACHED: usize = 256;
+/// The longest method name (in bytes) that gets a label of its own.
+const MAX_NAME: usize = 200;
 
 /// The histogram's upper bounds, in nanoseconds: 1-2.5-5 steps from 1 µs to 10 s (Prometheus'
 /// `le`; the last bucket, past 10 s, is `+Inf`).
@@ -260,6 +263,9 @@ impl Registry {
 
     /// The label of method `name`, made if `ran` and there is room (see the module docs).
     fn label(&mut self, name: &str, ran: bool) -> u32 {
+        if name.len() > MAX_NAME {
+            return if ran { OTHER } else { UNKNOWN };
+        }
         if let Some(&id) = self.ids.get(name) {
             return id;
         }
@@ -646,6 +652,11 @@ mod tests {
         assert_eq!(registry.label("third", true), OTHER);
         assert_eq!(registry.label("third", false), UNKNOWN);
         assert_eq!(registry.names.len(), SPECIAL.len() + 2);
+        let mut registry = Registry::new();
+        let long = "x".repeat(MAX_NAME + 1);
+        assert_eq!(registry.label(&long, true), OTHER);
+        assert_eq!(registry.label(&long, false), UNKNOWN);
+        assert!(registry.label(&long[1..], true) > OTHER);
     }
 
     #[test]
