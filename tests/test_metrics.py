@@ -198,11 +198,11 @@ def test_a_hostile_client_cannot_grow_the_method_labels(run, counting: None, var
             async with connect(Service()) as w:
                 server = {"wire": wire, "side": "server"}
                 before = metrics.snapshot()
-                calls = [w.root.callRemote(f"hostile_{prefix}_{i}") for i in range(300)]
+                calls = [w.root.callRemote(f"hostile_{prefix}_{i}") for i in range(120)]
                 for result in await asyncio.gather(*calls, return_exceptions=True):
                     assert isinstance(result, pbfast.RemoteError)
                 after = metrics.snapshot()
-                assert grew(before, after, **server, method="(unknown)", outcome="error") == (300, 300)
+                assert grew(before, after, **server, method="(unknown)", outcome="error") == (120, 120)
                 assert not {s.method for s in after.select(**server)} - {
                     s.method for s in before.select(**server)
                 }
@@ -211,15 +211,15 @@ def test_a_hostile_client_cannot_grow_the_method_labels(run, counting: None, var
             metrics.enable(max_methods=len(labels(metrics.snapshot())) + 5)
             async with connect(AnyName()) as w:
                 before = metrics.snapshot()
-                calls = [w.root.callRemote(f"any_{prefix}_{i}") for i in range(200)]
-                assert await asyncio.gather(*calls) == [f"any_{prefix}_{i}" for i in range(200)]
+                calls = [w.root.callRemote(f"any_{prefix}_{i}") for i in range(60)]
+                assert await asyncio.gather(*calls) == [f"any_{prefix}_{i}" for i in range(60)]
                 after = metrics.snapshot()
         server_names = {s.method for s in after.select(**server)} - {
             s.method for s in before.select(**server)
         }
         assert len(labels(after) - labels(before)) == 5
         assert server_names <= {f"any_{prefix}_{i}" for i in range(5)} | {"(other)"}
-        assert grew(before, after, **server, method="(other)", outcome="ok")[0] >= 195
+        assert grew(before, after, **server, method="(other)", outcome="ok")[0] == 55
 
     run(main())
 
