@@ -289,10 +289,10 @@ class RawClient(asyncio.Protocol):
 
 
 async def measure_asyncio(
-    call: Callable[[], asyncio.Future[Any]], expected: Any, args: argparse.Namespace
+    call: Callable[[], asyncio.Future[Any]], expected: Any, args: argparse.Namespace, sequential: bool = True
 ) -> dict[str, Any]:
     """The same measurement for every asyncio client: `call()` starts one call and returns its
-    future, which must resolve to `expected`."""
+    future, which must resolve to `expected`. Without `sequential`, the pipelined part only."""
     loop = asyncio.get_running_loop()
     clock = CpuClock(args.server_pid)
     for _ in range(3):
@@ -344,7 +344,7 @@ async def measure_asyncio(
         "pipelined": pipelined,
         "sequential": None,
     }
-    if args.dicts:
+    if args.dicts or not sequential:
         return outcome
 
     # Sequential: one call at a time, each timed.

@@ -52,6 +52,8 @@ mod _core {
     #[pymodule_export]
     use crate::py::liveness::LivenessPy;
     #[pymodule_export]
+    use crate::py::metrics::{metrics_collect, metrics_enable, metrics_enabled, metrics_record};
+    #[pymodule_export]
     use crate::py::negotiate::NegotiationPy;
     #[pymodule_export]
     use crate::py::pb::{PbDecoderPy, PbEncoderPy};

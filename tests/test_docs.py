@@ -187,6 +187,10 @@ def test_site_builds_strict(tmp_path: Path) -> None:
     util_page = (site / "api" / "util" / "index.html").read_text(encoding="utf-8")
     missing = sorted(name for name in pbfast.util.__all__ if f'id="pbfast.util.{name}"' not in util_page)
     assert not missing, f"pbfast.util names missing from the API reference: {missing}"
+    # And pbfast.metrics' likewise.
+    page = (site / "api" / "metrics" / "index.html").read_text(encoding="utf-8")
+    missing = sorted(name for name in pbfast.metrics.__all__ if f'id="pbfast.metrics.{name}"' not in page)
+    assert not missing, f"pbfast.metrics names missing from the API reference: {missing}"
     # pbfast.locust is not imported here (importing Locust monkey-patches the process): its
     # __all__ is read from the source.
     locust_api = ROOT / "python" / "pbfast" / "locust.py"

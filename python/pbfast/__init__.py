@@ -4,16 +4,17 @@ Layers, bottom up: ``pbfast._core`` (Rust: banana, jelly, framing, PB envelopes,
 counts, TubIDs and FURLs; never imported by users), ``pbfast.errors``, ``pbfast.banana`` (raw
 tokens), ``pbfast.serialization`` (jelly + banana), ``pbfast.referenceable`` (objects by
 reference), ``pbfast.copyable`` and ``pbfast.cacheable`` (objects by copy), ``pbfast.schema``
-(remote interfaces and the constraints they check), ``pbfast.util`` (paging large values, as
-Twisted's ``twisted.spread.util``), ``pbfast.streams`` (streams between pbfast peers, with
-flow control), ``pbfast.cred`` (logins), ``pbfast.furl`` (foolscap TubIDs
+(remote interfaces and the constraints they check), ``pbfast.metrics`` (call metrics, for
+Prometheus), ``pbfast.util`` (paging large values, as Twisted's ``twisted.spread.util``),
+``pbfast.streams`` (streams between pbfast peers, with flow control), ``pbfast.cred`` (logins),
+``pbfast.furl`` (foolscap TubIDs
 and FURLs), ``pbfast.endpoints`` (Twisted-style endpoint strings), ``pbfast._connection`` (what
 every connection of either wire shares: back-pressure, limits, timeouts, shutdown;
 `configure`), ``pbfast.pb`` (serve, connect, login, run) and ``pbfast.tub`` (Tubs).
 Nothing starts at import time and no event-loop policy is installed.
 """
 
-from . import _core, banana, endpoints, schema, streams, util
+from . import _core, banana, endpoints, metrics, schema, streams, util
 from ._connection import configure
 from .cacheable import Cacheable, RemoteCache, RemoteCacheObserver
 from .copyable import (
@@ -105,6 +106,7 @@ __all__ = [
     "jelly",
     "loads",
     "login",
+    "metrics",
     "run",
     "schema",
     "serve",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -79,6 +80,7 @@ class Broker(Connection):
         group: a set the broker belongs to while the connection is open.
     """
 
+    _WIRE = "pb"
     _CALL_KINDS = frozenset({EV_MESSAGE, EV_CACHEMESSAGE, EV_BAD_CALL, EV_UNKNOWN, EV_AWAITING})
     STATISTICS: ClassVar[tuple[str, ...]] = (*Connection.STATISTICS, "caches")
     _CONTROL_ID: ClassVar[Any] = CONTROL
@@ -199,6 +201,7 @@ class Broker(Connection):
         else:
             self._HANDLERS[kind](self, event)  # not a call (an unknown command): handle it
             return
+        self._count_call(method, "error", ran=kind == EV_AWAITING)
         self._fail(request_id, answer, exc, method, ran=False)
 
     def _drop_call(self, event: tuple[Any, ...]) -> None:
@@ -272,24 +275,30 @@ class Broker(Connection):
         self, request_id: int, answer: bool, method: str, awaitable: Any, perspective: Any = None
     ) -> None:
         """Await a remote method's awaitable result in a task, then reply."""
+        awaitable = self._timed(awaitable, method)
         self._start_call(self._finish(request_id, answer, method, awaitable, perspective))
 
     def _on_cachemessage(self, event: tuple[Any, ...]) -> None:
         _, request_id, luid, method, answer, args, kwargs = event
         cache = self._remote_caches.get(luid) if type(luid) is int else None
         if cache is None:
+            self._count_call(method, "error", ran=False)
             self._fail(
                 request_id, answer, Error(f"no cached object {luid!r}"), method, ran=False, prefix="observe_"
             )
             return
+        started = time.perf_counter()
         try:
             result = cache.remoteMessageReceived(self, method, args, kwargs)
         except Exception as exc:
+            self._count_call(method, "error", time.perf_counter() - started)
             self._fail(request_id, answer, exc, method, prefix="observe_")
             return
         if hasattr(type(result), "__await__"):
             self._start(request_id, answer, method, result)
-        elif answer:
+            return
+        self._count_call(method, "ok", time.perf_counter() - started)
+        if answer:
             self._answer(request_id, result, method)
 
     async def _finish(
@@ -361,7 +370,7 @@ class Broker(Connection):
 
     def _on_error(self, event: tuple[Any, ...]) -> None:
         _, request_id, value = event
-        future = self._settle(request_id)
+        future = self._settle(request_id, failed=True)
         if future is None or future.done():
             return
         if not isinstance(value, BaseException):
@@ -372,7 +381,7 @@ class Broker(Connection):
     def _on_bad_reply(self, event: tuple[Any, ...]) -> None:
         _, request_id, exc, unclaimed = event
         self._give_back(unclaimed)
-        future = self._settle(request_id)
+        future = self._settle(request_id, failed=True)
         if future is not None and not future.done():
             exc.add_note(f"while decoding the reply to request {request_id}")
             future.set_exception(exc)
@@ -380,6 +389,7 @@ class Broker(Connection):
     def _on_bad_call(self, event: tuple[Any, ...]) -> None:
         _, request_id, answer, method, exc, unclaimed = event
         self._give_back(unclaimed)
+        self._count_call(method, "error", ran=False)
         exc.add_note(f"while decoding the arguments of remote_{method} (request {request_id})")
         self._fail(request_id, answer, exc, method, ran=False)
 

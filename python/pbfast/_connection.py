@@ -15,7 +15,9 @@ every connection needs whatever its wire:
   (counted in the Rust `RefTable`), the peer's objects we hold (proxies and cached copies),
   reference releases, the state of dying copies, and disconnect watchers;
 - the control channel to a pbfast peer (`call_control`, `call_control_only`; its calls run
-  ``_control_<method>`` here), which the pbfast-to-pbfast extensions are built on.
+  ``_control_<method>`` here), which the pbfast-to-pbfast extensions are built on;
+- what `pbfast.metrics` reads of connections: the open ones (`tracked`), and the peer's calls
+  that end in Python (an awaitable's, a refused one's); the core counts the rest.
 
 Each connection has one Rust session (`self._session`, a `pbfast._core.Session` of its wire):
 bytes in, events out, our calls and answers encoded and queued there, the tables kept there.
@@ -56,6 +58,7 @@ __all__ = [
     "run_callback",
     "shutdown",
     "short",
+    "tracked",
 ]
 
 log = logging.getLogger("pbfast")
@@ -175,6 +178,38 @@ class _MemoryBudget:
 _budget = _MemoryBudget(DEFAULT_MEMORY_BUDGET)
 
 
+class _Tracked:
+    """The process's open connections, and how many each wire has made, for `pbfast.metrics`
+    (kept whether metrics are on or not: it costs a set insertion per connection)."""
+
+    def __init__(self) -> None:
+        self._live: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self._opened: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, connection: Connection) -> None:
+        with self._lock:
+            self._live.add(connection)
+            self._opened[connection._WIRE] = self._opened.get(connection._WIRE, 0) + 1
+
+    def discard(self, connection: Connection) -> None:
+        with self._lock:
+            self._live.discard(connection)
+
+    def connections(self) -> list[Connection]:
+        """The connections open now."""
+        with self._lock:
+            return list(self._live)
+
+    def opened(self) -> dict[str, int]:
+        """Connections made so far, per wire."""
+        with self._lock:
+            return dict(self._opened)
+
+
+tracked = _Tracked()
+
+
 def configure(*, memory_budget: int | None = None) -> dict[str, int]:
     """Process-wide settings; returns those in effect (all of them, changed or not).
 
@@ -204,6 +239,8 @@ class Connection(asyncio.Protocol, abc.ABC):
     """
 
     # -- what each wire sets
+    # The wire's name in the metrics.
+    _WIRE: ClassVar[str] = ""
     # Event kinds that ask us to run a call (held back while we cannot take more).
     _CALL_KINDS: ClassVar[frozenset[int]] = frozenset()
     # Event kind -> handler (an unbound method: a table of bound ones would be a cycle).
@@ -314,6 +351,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         _set_nodelay(transport)
         if self._group is not None:
             self._group.add(self)
+        tracked.add(self)
         now = self._last_received = self._loop.time()
         options = self.options
         self._liveness = _core.Liveness(
@@ -375,6 +413,7 @@ class Connection(asyncio.Protocol, abc.ABC):
             self._budget_share = 0
         if self._group is not None:
             self._group.discard(self)
+        tracked.discard(self)
         reason = self._reason or exc
         why = f": {reason}" if reason else ""
         for future in self._session.take_pending():
@@ -703,6 +742,18 @@ class Connection(asyncio.Protocol, abc.ABC):
             self._backlog_bytes = 0
             self._resume_reading()
 
+    def _timed(self, awaitable: Any, method: str) -> Any:
+        """`awaitable`, the result of the peer's call of `method`, counted by the metrics once it
+        is done (if they are on)."""
+        return _timed(awaitable, self._WIRE, method) if _core.metrics_enabled() else awaitable
+
+    def _count_call(
+        self, method: str, outcome: str, seconds: float | None = None, *, ran: bool = True
+    ) -> None:
+        """Count one of the peer's calls that ended here rather than in the session (`ran`: the
+        method was found and run), if metrics are on."""
+        _core.metrics_record(self._WIRE, "server", method, outcome, seconds, ran)
+
     def _start_call(self, coroutine: Any) -> asyncio.Task[Any]:
         """Run the rest of one of the peer's calls (`coroutine`) as a task, counted against
         `max_in_flight`."""
@@ -861,9 +912,10 @@ class Connection(asyncio.Protocol, abc.ABC):
         if self._session.decref(luid, count):
             self._forget(luid)
 
-    def _settle(self, request_id: int) -> asyncio.Future[Any] | None:
-        """The future of our call `request_id`, which a reply has now answered."""
-        future = self._session.settle(request_id)
+    def _settle(self, request_id: int, failed: bool = False) -> asyncio.Future[Any] | None:
+        """The future of our call `request_id`, which a reply has now answered (`failed`: with a
+        failure)."""
+        future = self._session.settle(request_id, failed)
         if future is None:
             log.warning(
                 "%s: the peer replied to request %r, which is not waiting for a reply", repr(self), request_id
@@ -1097,6 +1149,21 @@ def memory_pair(client: asyncio.Protocol, server: asyncio.Protocol) -> None:
     server_end.peer, client_end.peer = client_end, server_end
     client.connection_made(client_end)
     server.connection_made(server_end)
+
+
+async def _timed(awaitable: Any, wire: str, method: str) -> Any:
+    """Await the result of one of the peer's calls, and count the call (see `Connection._timed`)."""
+    started = time.perf_counter()
+    outcome = "error"
+    try:
+        result = await awaitable
+        outcome = "ok"
+        return result
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        raise
+    finally:
+        _core.metrics_record(wire, "server", method, outcome, time.perf_counter() - started)
 
 
 def _drop_tracebacks(exc: BaseException | None) -> None:

@@ -73,6 +73,10 @@ __all__ = [
     "encode_tokens",
     "format_furl",
     "loads",
+    "metrics_collect",
+    "metrics_enable",
+    "metrics_enabled",
+    "metrics_record",
     "parse_furl",
     "parse_hint",
     "tub_id",
@@ -101,6 +105,18 @@ def loads(
 def banana_encode(value: Any, /, dialect: str = "pb") -> bytes: ...
 def banana_decode(data: _Buffer, /, dialect: str = "pb", **limits: int) -> Any: ...
 def encode_tokens(tokens: Iterable[tuple[str, Any]], /, dialect: str = "pb") -> bytes: ...
+
+# Call metrics (rust/py/metrics.rs), read through pbfast.metrics.
+def metrics_enable(on: bool, max_methods: int | None = None) -> None: ...
+def metrics_enabled() -> bool: ...
+def metrics_record(
+    wire: str, side: str, method: str, outcome: str, seconds: float | None, ran: bool = True
+) -> None: ...
+
+# (wire, side, method, outcome, calls, seconds, buckets)
+_MetricsSeries: TypeAlias = tuple[str, str, str, str, int, float, list[int]]
+
+def metrics_collect() -> tuple[list[float], list[_MetricsSeries], list[tuple[str, int, int]], int]: ...
 
 @final
 class Decoder:
@@ -259,7 +275,7 @@ class Session:
     def holds(self, luid: object) -> bool: ...
     @property
     def held(self) -> int: ...
-    def settle(self, request_id: int) -> Any | None: ...
+    def settle(self, request_id: int, failed: bool = False) -> Any | None: ...
     def take_pending(self) -> list[Any]: ...
     @property
     def pending(self) -> int: ...
@@ -401,7 +417,8 @@ FS_VIOLATION: Final[int]  # (FS_VIOLATION, what, reqid | None, message): a messa
 FS_CALL_ABORTED: Final[int]  # (FS_CALL_ABORTED, reqid | None): the peer gave up; no reply is due
 FS_PEER_ERROR: Final[int]  # (FS_PEER_ERROR, message: str): the peer hangs up; nothing more is read
 # From a session:
-FS_AWAITING: Final[int]  # (FS_AWAITING, reqid, awaitable): a call ran and returned an awaitable
+# (FS_AWAITING, reqid, awaitable, method): a call ran and returned an awaitable
+FS_AWAITING: Final[int]
 FS_RAISED: Final[int]  # (FS_RAISED, reqid, exception): a call ran and raised (or its answer did not encode)
 FS_FLUSH: Final[int]  # (FS_FLUSH,): (session) write what waits before going on
 FS_DECIDE: Final[int]  # (FS_DECIDE,): (session) we are the master: decide on the connection

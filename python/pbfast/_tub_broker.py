@@ -226,6 +226,7 @@ class TubBroker(Connection):
         loopback: one end of a Tub's in-memory connection to itself: no negotiation, no TLS.
     """
 
+    _WIRE = "foolscap"
     _CALL_KINDS = frozenset({FS_CALL, FS_AWAITING})
     # Control calls are calls on the Tub's own object, their names prefixed.
     _CONTROL_ID: ClassVar[Any] = 0
@@ -352,6 +353,7 @@ class TubBroker(Connection):
             self.transport.write(out)
 
     def _refuse_call(self, event: tuple[Any, ...], exc: BaseException) -> None:
+        self._count_call(event[3], "error", ran=event[0] == FS_AWAITING)
         self._drop_call(event)
         self._send_error(event[1], exc)
 
@@ -513,7 +515,7 @@ class TubBroker(Connection):
 
     def _on_error(self, event: tuple[Any, ...]) -> None:
         _, reqid, failure = event
-        future = self._settle(reqid)
+        future = self._settle(reqid, failed=True)
         if future is None:
             return
         if not isinstance(failure, RemoteError):
@@ -524,7 +526,8 @@ class TubBroker(Connection):
             future.set_exception(failure)
 
     def _on_awaiting(self, event: tuple[Any, ...]) -> None:
-        self._start_call(self._finish(event[1], event[2]))
+        _, reqid, awaitable, method = event
+        self._start_call(self._finish(reqid, self._timed(awaitable, method)))
 
     def _on_raised(self, event: tuple[Any, ...]) -> None:
         self._send_error(event[1], event[2])
@@ -542,10 +545,12 @@ class TubBroker(Connection):
         _, what, reqid, message = event
         peer = self.peer_tub_id
         log.warning("%s: refused the %s %s from Tub %s: %s", repr(self), what, reqid, peer, message)
-        if what == "call" and reqid:
-            self._send_error(reqid, Violation(message))
+        if what == "call":
+            self._count_call("(unknown)", "error", ran=False)
+            if reqid:
+                self._send_error(reqid, Violation(message))
         elif what in ("answer", "error") and reqid is not None:
-            future = self._session.settle(reqid)
+            future = self._session.settle(reqid, True)
             if future is not None and not future.done():
                 future.set_exception(Violation(f"the reply could not be accepted: {message}"))
 
@@ -623,6 +628,7 @@ class TubBroker(Connection):
         try:
             await self._resolve(gifts)
         except Exception as e:
+            self._count_call(method, "error", ran=False)
             self._send_error(reqid, e)
         else:
             if not self.disconnected:

@@ -13,6 +13,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 
+use super::metrics::Tally;
 use super::PtrMap;
 
 /// Method names remembered per connection (a peer may send any number of distinct names).
@@ -62,11 +63,13 @@ pub struct Dispatch {
     types: PtrMap<(Py<PyType>, bool)>,
     /// Method name (the decoder's cached str, kept alive likewise) -> `"remote_<name>"`.
     names: PtrMap<(Py<PyString>, Py<PyString>)>,
+    /// The calls counted by the metrics, and the labels of the names met.
+    pub tally: Tally,
 }
 
 impl Dispatch {
     pub fn new(is_plain: Py<PyAny>, flavor: Flavor) -> Dispatch {
-        Dispatch { flavor, is_plain, types: PtrMap::default(), names: PtrMap::default() }
+        Dispatch { flavor, is_plain, types: PtrMap::default(), names: PtrMap::default(), tally: Tally::default() }
     }
 
     /// Run `method(*args, **kwargs)` on `target` if it is plain. Errors are only those that are

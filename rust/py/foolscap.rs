@@ -16,7 +16,7 @@
 //! | `FS_VIOLATION` | `(kind, what, reqid, message)`: a message discarded; `what` is `call`, `answer`, `error` or `unknown`, `reqid` None if not read yet; a call refused as it arrived (a string past its interface's limits) is one too |
 //! | `FS_CALL_ABORTED` | `(kind, reqid)`: the peer gave up sending a call (ABORT); foolscap sends no reply to it |
 //! | `FS_PEER_ERROR` | `(kind, message)`: the peer's ERROR; it hangs up, and nothing after it is read |
-//! | `FS_AWAITING` | `(kind, reqid, awaitable)`: (session) a call ran and returned an awaitable |
+//! | `FS_AWAITING` | `(kind, reqid, awaitable, method)`: (session) a call ran and returned an awaitable |
 //! | `FS_RAISED` | `(kind, reqid, exception)`: (session) a call ran and raised, or its answer did not encode |
 //! | `FS_FLUSH` | `(kind,)`: (session) write what waits before going on |
 //! | `FS_DECIDE` | `(kind,)`: (session) we are the master: decide on the connection |
@@ -39,6 +39,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyIterat
 use pyo3::{ffi, Borrowed, PyTypeInfo};
 
 use super::dispatch::{Dispatch, Ran};
+use super::metrics::{self, Outcome, Wire};
 use super::objects::{decimal_type, decode_utf8, dict_next, list_item, qualified_name, utf8_of, GcPause, StrCache};
 use super::pb_session::REPLY_FLUSH;
 use super::schemas::{too_long, CallLimits};
@@ -416,6 +417,13 @@ pub struct Fast<'py, 'a> {
     broker: &'a Bound<'py, PyAny>,
 }
 
+impl Drop for Fast<'_, '_> {
+    fn drop(&mut self) {
+        // The chunk is done: what it counted goes to the metrics.
+        self.dispatch.tally.save();
+    }
+}
+
 /// What the fast path did with a message.
 enum Handled<'py> {
     /// Done: nothing for the broker.
@@ -460,7 +468,7 @@ impl<'py, 'a> Fast<'py, 'a> {
                 })
             }
             Message::Answer { reqid, value } => {
-                if self.session.resolve(py, reqid, &value)? {
+                if self.session.resolve(py, reqid, &value, &mut self.dispatch.tally)? {
                     return Ok(Handled::Done);
                 }
                 Ok(Handled::Declined((FS_ANSWER, reqid, value).into_pyobject(py)?.into_any()))
@@ -486,11 +494,13 @@ impl<'py, 'a> Fast<'py, 'a> {
         let raised = |e: PyErr| -> PyResult<Option<Bound<'py, PyAny>>> {
             Ok(Some((FS_RAISED, reqid, e.into_value(py)).into_pyobject(py)?.into_any()))
         };
+        let started = metrics::start();
         let broker = self.broker;
         let ran = if clid == 0 {
             self.dispatch.call_any(py, broker, broker, method, args, kwargs)?
         } else {
             let Some(target) = self.session.tables().object_at(py, clid) else {
+                self.count(method, Outcome::Error, started, false);
                 return raised(Violation::new_err(format!("unknown clid {clid}")));
             };
             if clid < 0 {
@@ -501,21 +511,37 @@ impl<'py, 'a> Fast<'py, 'a> {
         };
         let result = match ran {
             Ran::Returned(result, _) => result,
+            // (The broker counts it once it is done.)
             Ran::Awaiting(awaitable, _) => {
-                return Ok(Some((FS_AWAITING, reqid, awaitable).into_pyobject(py)?.into_any()));
+                return Ok(Some((FS_AWAITING, reqid, awaitable, method).into_pyobject(py)?.into_any()));
             }
-            Ran::Raised(e) => return raised(e),
+            Ran::Raised(e) => {
+                if started.is_some() {
+                    self.count(method, Outcome::Error, started, metrics::ran(py, &e));
+                }
+                return raised(e);
+            }
         };
         if reqid == 0 {
+            self.count(method, Outcome::Ok, started, true);
             return Ok(None); // callRemoteOnly
         }
         let encoded = self.session.encode_sending(py, || {
             let mut writer = self.writer.try_lock().map_err(|_| in_use())?;
             writer.answer_into(py, reqid, &result, replies)
         })?;
+        self.count(method, if encoded.is_ok() { Outcome::Ok } else { Outcome::Error }, started, true);
         match encoded {
             Ok(()) => Ok(None),
             Err(e) => raised(e),
+        }
+    }
+
+    /// Count a call that ended here, if metrics were on when it `started`.
+    #[inline(always)]
+    fn count(&mut self, method: &Bound<'py, PyString>, outcome: Outcome, started: Option<u64>, ran: bool) {
+        if started.is_some() {
+            self.dispatch.tally.served(Wire::Foolscap, method, outcome, started, ran);
         }
     }
 }

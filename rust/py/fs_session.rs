@@ -22,6 +22,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::dispatch::{Dispatch, Flavor};
 use super::foolscap::{in_use, ping, Fast, FoolscapEncoderPy, Reader, FS_DECIDE, FS_NEGOTIATED};
+use super::metrics::{self, Wire};
 use super::schemas::CallLimits;
 use super::session::{Encoding, SessionPy};
 use super::with_bytes;
@@ -115,7 +116,7 @@ impl FoolscapSession {
                 })
             }
         };
-        let base = SessionPy::new(max_refs, wake, flush, create_future, dead, forget);
+        let base = SessionPy::new(Wire::Foolscap, max_refs, wake, flush, create_future, dead, forget);
         let banana = negotiation.is_none();
         let writer = if banana {
             base.start_encoding(Encoding::Foolscap(Arc::new(Mutex::new(writer))))?;
@@ -143,7 +144,10 @@ impl FoolscapSession {
         let (py, this, session) = (slf.py(), slf.get(), slf.as_super().get());
         let mut guard = this.lock_incoming()?;
         let Some(incoming) = guard.as_mut() else { return Ok(PyList::empty(py)) };
-        let events = with_bytes(data, |bytes| this.receive(py, session, incoming, bytes));
+        let events = with_bytes(data, |bytes| {
+            metrics::received(Wire::Foolscap, bytes.len());
+            this.receive(py, session, incoming, bytes)
+        });
         this.read_done(guard);
         events
     }
@@ -244,18 +248,11 @@ impl FoolscapSession {
     /// What to write now, or None: the negotiation's bytes, then TLS records of what waits
     /// (plain for a Tub's connection to itself).
     fn take<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let (py, this, session) = (slf.py(), slf.get(), slf.as_super().get());
-        let mut link = this.lock_link()?;
-        let link = &mut *link;
-        if !link.banana {
-            return Ok(link.negotiation.as_mut().and_then(|n| n.take_with(|out| bytes(py, &[], out))));
+        let taken = Self::output(slf)?;
+        if let Some(out) = &taken {
+            metrics::sent(Wire::Foolscap, out.as_bytes().len());
         }
-        let Some(tls) = link.tls.as_mut() else {
-            return Ok(session.drain(|out| bytes(py, &[], out)));
-        };
-        session.drain(|out| if out.is_empty() { Ok(()) } else { tls.write(out) })?;
-        let early = std::mem::take(&mut link.early);
-        Ok(tls.take_with(|out| bytes(py, &early, out)))
+        Ok(taken)
     }
 
     /// End the stream in an orderly way: queue TLS's close_notify (once the upgrade has started
@@ -416,6 +413,22 @@ impl FoolscapSession {
 }
 
 impl FoolscapSession {
+    /// What to write now (see `take`).
+    fn output<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let (py, this, session) = (slf.py(), slf.get(), slf.as_super().get());
+        let mut link = this.lock_link()?;
+        let link = &mut *link;
+        if !link.banana {
+            return Ok(link.negotiation.as_mut().and_then(|n| n.take_with(|out| bytes(py, &[], out))));
+        }
+        let Some(tls) = link.tls.as_mut() else {
+            return Ok(session.drain(|out| bytes(py, &[], out)));
+        };
+        session.drain(|out| if out.is_empty() { Ok(()) } else { tls.write(out) })?;
+        let early = std::mem::take(&mut link.early);
+        Ok(tls.take_with(|out| bytes(py, &early, out)))
+    }
+
     /// The events of `bytes` from the socket, in whatever phase the stream is.
     fn receive<'py>(
         &self,

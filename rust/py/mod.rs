@@ -7,6 +7,7 @@ pub mod foolscap;
 pub mod fs_session;
 pub mod jelly;
 pub mod liveness;
+pub mod metrics;
 pub mod negotiate;
 pub mod objects;
 pub mod pb;

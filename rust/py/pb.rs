@@ -248,7 +248,7 @@ impl<'py, 'a, 'f> Envelope<'py, 'a, 'f> {
                 let kind = if error { EV_ERROR } else { EV_ANSWER };
                 match self.jelly(&mut cur) {
                     Ok(value) => {
-                        if let (EV_ANSWER, Some(fast)) = (kind, self.fast.as_deref()) {
+                        if let (EV_ANSWER, Some(fast)) = (kind, self.fast.as_deref_mut()) {
                             if let Outcome::Done = fast.answer(py, request_id, &value)? {
                                 return Ok(None);
                             }

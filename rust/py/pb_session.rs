@@ -32,6 +32,7 @@ pyo3::import_exception!(pbfast.errors, Error);
 pyo3::import_exception!(pbfast.errors, ProtocolError);
 
 use super::dispatch::{Dispatch, Flavor, Ran};
+use super::metrics::{self, Outcome as Counted, Wire};
 use super::pb::{Envelope, Reader, Writer, EV_AWAITING, EV_FLUSH, EV_RAISED, EV_READY, EV_RETURNED};
 use super::session::{Encoding, SessionPy};
 use super::{limits, with_bytes, with_events};
@@ -95,7 +96,7 @@ impl PbSession {
             broker,
             jelly: Some(jelly),
         };
-        let base = SessionPy::new(max_refs, wake, flush, create_future, dead, forget);
+        let base = SessionPy::new(Wire::Pb, max_refs, wake, flush, create_future, dead, forget);
         let session = PbSession { server, incoming: Mutex::new(Some(incoming)), dropped: AtomicBool::new(false) };
         Ok(PyClassInitializer::from(base).add_subclass(session))
     }
@@ -125,6 +126,7 @@ impl PbSession {
         let broker = broker.bind(py);
         let holding = session.holding();
         let result = with_bytes(data, |bytes| {
+            metrics::received(Wire::Pb, bytes.len());
             // The fast path, once the dialect is negotiated.
             let mut fast = match session.encoding(py) {
                 Some(Encoding::Pb(writer)) if !holding => Some(Fast::new(session, writer, dispatch, broker)),
@@ -321,6 +323,13 @@ pub struct Fast<'py, 'a> {
     broker: &'a Bound<'py, PyAny>,
 }
 
+impl Drop for Fast<'_, '_> {
+    fn drop(&mut self) {
+        // The chunk is done: what it counted goes to the metrics.
+        self.dispatch.tally.save();
+    }
+}
+
 /// What the fast path did with a command.
 pub enum Outcome<'py> {
     /// Fully handled: nothing for the broker.
@@ -338,8 +347,9 @@ impl<'py, 'a> Fast<'py, 'a> {
     }
 
     /// `["answer", request_id, value]`: resolve the call's future.
-    pub fn answer(&self, py: Python<'py>, request_id: i64, value: &Bound<'py, PyAny>) -> PyResult<Outcome<'py>> {
-        Ok(if self.session.resolve(py, request_id, value)? { Outcome::Done } else { Outcome::Declined })
+    pub fn answer(&mut self, py: Python<'py>, request_id: i64, value: &Bound<'py, PyAny>) -> PyResult<Outcome<'py>> {
+        let resolved = self.session.resolve(py, request_id, value, &mut self.dispatch.tally)?;
+        Ok(if resolved { Outcome::Done } else { Outcome::Declined })
     }
 
     /// `["message", ...]`: run the method; a result sent for no particular perspective is
@@ -360,28 +370,52 @@ impl<'py, 'a> Fast<'py, 'a> {
             let event = (EV_RAISED, request_id, answer, method_name, e.into_value(py));
             Ok(Outcome::Event(event.into_pyobject(py)?.into_any()))
         };
+        let started = metrics::start();
         let Some(target) = self.session.tables().object(py, object_id) else {
+            self.count(method_name, Counted::Error, started, false);
             return raised(Error::new_err("Invalid Object ID"));
         };
         let result = match self.dispatch.call_any(py, self.broker, &target, method_name, args, kwargs)? {
             Ran::Returned(result, None) => result,
             Ran::Returned(result, perspective) => {
+                self.count(method_name, Counted::Ok, started, true);
                 let event = (EV_RETURNED, request_id, answer, method_name, result, perspective);
                 return Ok(Outcome::Event(event.into_pyobject(py)?.into_any()));
             }
+            // (The broker counts it once it is done.)
             Ran::Awaiting(awaitable, perspective) => {
                 let event = (EV_AWAITING, request_id, answer, method_name, awaitable, perspective);
                 return Ok(Outcome::Event(event.into_pyobject(py)?.into_any()));
             }
-            Ran::Raised(e) => return raised(e),
+            Ran::Raised(e) => {
+                if started.is_some() {
+                    self.count(method_name, Counted::Error, started, metrics::ran(py, &e));
+                }
+                return raised(e);
+            }
         };
         if !answer {
+            self.count(method_name, Counted::Ok, started, true);
             return Ok(Outcome::Done);
         }
         let writer = &self.writer;
         match self.session.encode_sending(py, || writer.reply(py, b"answer", request_id, &result, replies))? {
-            Ok(()) => Ok(Outcome::Done),
-            Err(e) => raised(e),
+            Ok(()) => {
+                self.count(method_name, Counted::Ok, started, true);
+                Ok(Outcome::Done)
+            }
+            Err(e) => {
+                self.count(method_name, Counted::Error, started, true);
+                raised(e)
+            }
+        }
+    }
+
+    /// Count a call that ended here, if metrics were on when it `started`.
+    #[inline(always)]
+    fn count(&mut self, method: &Bound<'py, PyString>, outcome: Counted, started: Option<u64>, ran: bool) {
+        if started.is_some() {
+            self.dispatch.tally.served(Wire::Pb, method, outcome, started, ran);
         }
     }
 

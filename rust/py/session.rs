@@ -22,9 +22,10 @@ use pyo3::exceptions::asyncio::InvalidStateError;
 use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::foolscap::{in_use, FoolscapEncoderPy};
+use super::metrics::{self, Outcome, Tally, Wire};
 use super::pb::Writer as PbWriter;
 use super::tables::{Key, Tables};
 
@@ -82,6 +83,8 @@ struct Outgoing {
 
 #[pyclass(module = "pbfast._core", name = "Session", subclass, frozen)]
 pub struct SessionPy {
+    /// Which wire the session speaks, for the metrics.
+    wire: Wire,
     tables: Tables,
     out: Outgoing,
     /// No more calls, nothing more written (the connection is gone).
@@ -106,7 +109,12 @@ impl SessionPy {
 
     /// Everything waiting to be written, or None.
     fn take<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
-        self.drain(|out| (!out.is_empty()).then(|| PyBytes::new(py, out)))
+        self.drain(|out| {
+            (!out.is_empty()).then(|| {
+                metrics::sent(self.wire, out.len());
+                PyBytes::new(py, out)
+            })
+        })
     }
 
     /// Whether the peer's calls come back as events (`EV_MESSAGE`, `FS_CALL`) to run later
@@ -157,7 +165,7 @@ impl SessionPy {
         &self,
         py: Python<'py>,
         object_id: &Bound<'py, PyAny>,
-        method: &str,
+        method: &Bound<'py, PyString>,
         args: &Bound<'py, PyTuple>,
         kwargs: &Bound<'py, PyDict>,
         cache: bool,
@@ -168,16 +176,20 @@ impl SessionPy {
         let future = create_future.call0(py)?.into_bound(py);
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let mark = self.tables.mark();
-        let data = match self.encode_call(py, request_id, object_id, method, true, args, kwargs, cache) {
+        let made = metrics::making(method);
+        let data = match self.encode_call(py, request_id, object_id, method.to_str()?, true, args, kwargs, cache) {
             Ok(data) => data,
             Err(e) => {
+                if let Some(made) = made {
+                    metrics::made(py, self.wire, made, Outcome::Error);
+                }
                 future.call_method1(intern!(py, "set_exception"), (e.into_value(py),))?;
                 return Ok(future);
             }
         };
         // Objects of ours that the arguments carried stay until the answer has been read,
         // whatever decrefs the peer sends meanwhile (see RefTable).
-        self.tables.await_reply(request_id, future.clone().unbind(), mark)?;
+        self.tables.await_reply(request_id, future.clone().unbind(), mark, made)?;
         self.append(py, &data)?;
         Ok(future)
     }
@@ -187,15 +199,17 @@ impl SessionPy {
         &self,
         py: Python<'py>,
         object_id: &Bound<'py, PyAny>,
-        method: &str,
+        method: &Bound<'py, PyString>,
         args: &Bound<'py, PyTuple>,
         kwargs: &Bound<'py, PyDict>,
     ) -> PyResult<()> {
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let mark = self.tables.mark();
-        let data = self.encode_call(py, request_id, object_id, method, false, args, kwargs, false)?;
+        let data = self.encode_call(py, request_id, object_id, method.to_str()?, false, args, kwargs, false)?;
         self.tables.commit(mark);
-        self.append(py, &data)
+        self.append(py, &data)?;
+        metrics::sent_only(self.wire, method);
+        Ok(())
     }
 
     // ------------------------------------------------------------------ objects
@@ -266,17 +280,37 @@ impl SessionPy {
 
     // ------------------------------------------------------------------ replies
 
-    /// A reply came for our call `request_id`: its future, or None if it is not waiting. The
-    /// objects its arguments pinned are released; those the peer no longer holds are forgotten.
-    fn settle<'py>(&self, py: Python<'py>, request_id: i64) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let Some((future, freed)) = self.tables.settle(request_id)? else { return Ok(None) };
+    /// A reply came for our call `request_id` (`failed`: a failure, or a reply refused): its
+    /// future, or None if it is not waiting. The objects its arguments pinned are released;
+    /// those the peer no longer holds are forgotten.
+    #[pyo3(signature = (request_id, failed=false))]
+    fn settle<'py>(&self, py: Python<'py>, request_id: i64, failed: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Some((future, freed, made)) = self.tables.settle(request_id)? else { return Ok(None) };
         self.forget(py, freed, true)?;
-        Ok(Some(future.into_bound(py)))
+        let future = future.into_bound(py);
+        if let Some(made) = made {
+            let outcome = match () {
+                _ if future.call_method0(intern!(py, "done"))?.is_truthy()? => Outcome::Cancelled,
+                _ if failed => Outcome::Error,
+                _ => Outcome::Ok,
+            };
+            metrics::made(py, self.wire, made, outcome);
+        }
+        Ok(Some(future))
     }
 
     /// Every call still waiting, taken out of the table (the connection is gone): their futures.
     fn take_pending<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        PyList::new(py, self.tables.take_pending())
+        let futures = PyList::empty(py);
+        for (future, made) in self.tables.take_pending() {
+            let future = future.into_bound(py);
+            if let Some(made) = made {
+                let cancelled = future.call_method0(intern!(py, "done"))?.is_truthy()?;
+                metrics::made(py, self.wire, made, if cancelled { Outcome::Cancelled } else { Outcome::Lost });
+            }
+            futures.append(future)?;
+        }
+        Ok(futures)
     }
 
     /// How many of our calls await replies.
@@ -310,9 +344,10 @@ impl SessionPy {
 }
 
 impl SessionPy {
-    /// A session whose peer may hold at most `max_refs` of our objects, with the broker's
-    /// callbacks (see [`Callbacks`]).
+    /// A session of `wire` whose peer may hold at most `max_refs` of our objects, with the
+    /// broker's callbacks (see [`Callbacks`]).
     pub fn new(
+        wire: Wire,
         max_refs: usize,
         wake: Py<PyAny>,
         flush: Py<PyAny>,
@@ -321,6 +356,7 @@ impl SessionPy {
         forget: Py<PyAny>,
     ) -> SessionPy {
         SessionPy {
+            wire,
             tables: Tables::new(max_refs),
             out: Outgoing {
                 bytes: Mutex::new(Vec::new()),
@@ -421,17 +457,33 @@ impl SessionPy {
         Ok(())
     }
 
-    /// An answer to our call `request_id`: resolve its future here. False, leaving it to the
-    /// broker, when the call is not waiting or pinned objects (releasing them is the broker's).
-    pub fn resolve(&self, py: Python<'_>, request_id: i64, value: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let Some(future) = self.tables.take_unpinned(request_id) else { return Ok(false) };
+    /// An answer to our call `request_id`: resolve its future here (the call counted in the fast
+    /// path's `tally`). False, leaving it to the broker, when the call is not waiting or pinned
+    /// objects (releasing them is the broker's).
+    pub fn resolve(
+        &self,
+        py: Python<'_>,
+        request_id: i64,
+        value: &Bound<'_, PyAny>,
+        tally: &mut Tally,
+    ) -> PyResult<bool> {
+        let Some((future, made)) = self.tables.take_unpinned(request_id) else { return Ok(false) };
         // A future cancelled meanwhile refuses its result: that is no error here. (Asking it
         // `done()` first would cost a call for every answer.)
-        match future.bind(py).call_method1(intern!(py, "set_result"), (value,)) {
-            Err(e) if e.is_instance_of::<InvalidStateError>(py) => Ok(true),
-            Err(e) => Err(e),
-            Ok(_) => Ok(true),
+        let outcome = match future.bind(py).call_method1(intern!(py, "set_result"), (value,)) {
+            Err(e) if e.is_instance_of::<InvalidStateError>(py) => Outcome::Cancelled,
+            Err(e) => return Err(e),
+            Ok(_) => Outcome::Ok,
+        };
+        if let Some(made) = made {
+            tally.made(py, self.wire, made, outcome);
         }
+        Ok(true)
+    }
+
+    /// Which wire the session speaks.
+    pub fn wire(&self) -> Wire {
+        self.wire
     }
 
     /// `encode()`, with the references it gives out committed once it is done or taken back if

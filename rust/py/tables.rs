@@ -6,7 +6,8 @@
 //! - **sent**: the luids given out by the encoding under way, as a stack: an encode notes the
 //!   height ([`Tables::mark`]) and, when it is done, takes its luids off ([`Tables::commit`])
 //!   or, when it fails, takes their counts back ([`Tables::undo`]) — the peer never saw them;
-//! - **pending**: our calls awaiting replies: request id -> (future, luids its arguments pinned);
+//! - **pending**: our calls awaiting replies: request id -> (future, luids its arguments pinned,
+//!   and while metrics are on its method and start);
 //! - **checks_calls**: whether an object filed here has its calls checked against an interface
 //!   (a Tub's decoder then asks each call's string limit as it arrives).
 //!
@@ -21,6 +22,7 @@ use std::sync::{Mutex, MutexGuard};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt};
 
+use super::metrics::Made;
 use crate::ids::OwnKeyMap;
 use crate::refs::{RefError, RefTable};
 
@@ -50,6 +52,8 @@ struct Pending {
     future: Py<PyAny>,
     /// Luids the call's arguments carried, kept until the reply has been read (see [`RefTable`]).
     pins: Option<Vec<u64>>,
+    /// The call's method and start, while metrics are on.
+    made: Option<Made>,
 }
 
 struct Inner {
@@ -59,8 +63,9 @@ struct Inner {
     pending: OwnKeyMap<i64, Pending>,
 }
 
-/// A call a reply settled: its future, and the luids its pins held that the peer holds no more.
-pub type Settled = (Py<PyAny>, Vec<u64>);
+/// A call a reply settled: its future, the luids its pins held that the peer holds no more, and
+/// its record for the metrics.
+pub type Settled = (Py<PyAny>, Vec<u64>, Option<Made>);
 
 pub struct Tables {
     inner: Mutex<Inner>,
@@ -188,7 +193,13 @@ impl Tables {
 
     /// Our call `request_id` awaits its reply in `future`, with the luids its arguments carried
     /// (from `mark`) pinned until then.
-    pub fn await_reply(&self, request_id: i64, future: Py<PyAny>, mark: usize) -> Result<(), RefError> {
+    pub fn await_reply(
+        &self,
+        request_id: i64,
+        future: Py<PyAny>,
+        mark: usize,
+        made: Option<Made>,
+    ) -> Result<(), RefError> {
         let mut inner = self.lock();
         let pins = if inner.sent.len() > mark {
             let pins: Vec<u64> = inner.sent.drain(mark..).collect();
@@ -199,7 +210,7 @@ impl Tables {
         } else {
             None
         };
-        inner.pending.insert(request_id, Pending { future, pins });
+        inner.pending.insert(request_id, Pending { future, pins, made });
         Ok(())
     }
 
@@ -214,23 +225,24 @@ impl Tables {
                 freed.push(luid);
             }
         }
-        Ok(Some((entry.future, freed)))
+        Ok(Some((entry.future, freed, entry.made)))
     }
 
-    /// The future of our call `request_id` if it waits and pinned nothing (its answer can then
-    /// be resolved without the broker), taken out of the table.
-    pub fn take_unpinned(&self, request_id: i64) -> Option<Py<PyAny>> {
+    /// The future (and metrics record) of our call `request_id` if it waits and pinned nothing
+    /// (its answer can then be resolved without the broker), taken out of the table.
+    pub fn take_unpinned(&self, request_id: i64) -> Option<(Py<PyAny>, Option<Made>)> {
         let mut inner = self.lock();
         match inner.pending.get(&request_id) {
-            Some(p) if p.pins.is_none() => inner.pending.remove(&request_id).map(|p| p.future),
+            Some(p) if p.pins.is_none() => inner.pending.remove(&request_id).map(|p| (p.future, p.made)),
             _ => None,
         }
     }
 
-    /// Every call still waiting, taken out of the table (the connection is gone): their futures.
-    pub fn take_pending(&self) -> Vec<Py<PyAny>> {
+    /// Every call still waiting, taken out of the table (the connection is gone): their futures
+    /// and metrics records.
+    pub fn take_pending(&self) -> Vec<(Py<PyAny>, Option<Made>)> {
         let pending = std::mem::take(&mut self.lock().pending);
-        pending.into_values().map(|p| p.future).collect()
+        pending.into_values().map(|p| (p.future, p.made)).collect()
     }
 
     /// How many of our calls await replies.

@@ -8,16 +8,17 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from .. import endpoints
+from .. import endpoints, metrics
 from ..cred import Portal
 from ..pb import run as run_loop
 from ..pb import serve
 from ..referenceable import Referenceable
 from ..tub import Tub
-from .common import EXIT_USAGE, CommandError, load_object, parse_arguments, parse_duration
+from .common import EXIT_USAGE, CommandError, describe, load_object, parse_arguments, parse_duration
 from .service import TestService
 from .workers import supervise, worker_count
 
@@ -91,6 +92,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "(default 10s)",
     )
     parser.add_argument(
+        "--metrics",
+        metavar="ENDPOINT",
+        help="count calls, their durations, bytes and connections (see pbfast.metrics) and serve "
+        "them in Prometheus' text format at /metrics over HTTP on this server endpoint, like "
+        "tcp:9464 (needs prometheus-client: pip install 'pbfast[metrics]')",
+    )
+    parser.add_argument(
         "--unsafe-tracebacks",
         action="store_true",
         help="send tracebacks of failed calls to callers (they show file paths and code)",
@@ -116,10 +124,65 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--{tub_only[0].replace('_', '-')} needs --tub", EXIT_USAGE)
     args.grace = _grace(args.grace)
     args.options = _options(args.option)
+    if args.metrics is not None:
+        _check_metrics(args)
     if args.workers is not None and not args.as_worker:
         return supervise(args, worker_count(args.workers))
     obj = load_object(args.object, (Referenceable, Portal)) if args.object else TestService()
-    return run_loop(_serve_tub(obj, args) if args.tub else _serve_pb(obj, args))
+    return run_loop(_with_metrics(_serve_tub(obj, args) if args.tub else _serve_pb(obj, args), args.metrics))
+
+
+def _check_metrics(args: argparse.Namespace) -> None:
+    """``--metrics``: an endpoint, prometheus-client, and one process to count in."""
+    if args.workers is not None:
+        raise CommandError(
+            "--metrics cannot be combined with --workers: each worker would count only its own "
+            "connections, and one endpoint cannot serve them all",
+            EXIT_USAGE,
+        )
+    try:
+        endpoints.parse_server(args.metrics)
+    except ValueError as e:
+        raise CommandError(f"--metrics: {e}", EXIT_USAGE) from None
+    try:
+        import prometheus_client  # noqa: F401
+    except ModuleNotFoundError:
+        raise CommandError(
+            "--metrics needs prometheus-client: pip install 'pbfast[metrics]'", EXIT_USAGE
+        ) from None
+
+
+async def _with_metrics(serving: Coroutine[Any, Any, int], endpoint: str | None) -> int:
+    """Run `serving`, counting calls and serving the metrics at `endpoint` meanwhile (if any)."""
+    if endpoint is None:
+        return await serving
+    from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
+    # pbfast's metrics, and the process's own (CPU, memory, file descriptors, collections).
+    registry = CollectorRegistry(auto_describe=True)
+    for collector in (ProcessCollector, PlatformCollector, GCCollector):
+        collector(registry=registry)
+    metrics.register(registry)
+    metrics.enable()
+    try:
+        listener = await metrics.serve(endpoint, registry=registry)
+    except OSError as e:
+        serving.close()
+        raise CommandError(f"--metrics: {describe(e)}") from None
+    try:
+        print(f"metrics at: {_metrics_url(listener.address)}", flush=True)
+        return await serving
+    finally:
+        listener.close()
+
+
+def _metrics_url(address: Any) -> str:
+    if isinstance(address, tuple):
+        host = address[0]
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+        return f"http://{_host_hint(host)}:{address[1]}/metrics"
+    return f"unix:{address} (GET /metrics)"
 
 
 async def _serve_pb(obj: Any, args: argparse.Namespace) -> int:
