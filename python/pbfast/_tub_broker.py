@@ -370,8 +370,10 @@ class TubBroker(Connection):
 
     def _is_control_only(self, event: tuple[Any, ...]) -> bool:
         # (FS_CALL, reqid, clid, method, args, kwargs): a call without answer is numbered 0.
+        if event[0] != FS_CALL or event[1] != 0 or event[2] != 0:
+            return False
         method: str = event[3]
-        return event[0] == FS_CALL and event[1] == 0 and event[2] == 0 and method.startswith(CONTROL_PREFIX)
+        return method.startswith(CONTROL_PREFIX)
 
     def _keepalive_interval(self) -> float | None:
         interval: float | None = self.tub.keepaliveTimeout
