@@ -43,6 +43,11 @@ class Sleeper(pbfast.Referenceable):
     def remote_left(self) -> float | None:
         return pbfast.current_deadline()
 
+    async def remote_relay(self, other: pbfast.RemoteReference, tag: Any) -> Any:
+        """Sleep on `other` (an object of the caller's) for the caller."""
+        self.started.append(tag)
+        return await other.callRemote("sleep", tag, 30)
+
     async def remote_expire(self, after: float) -> None:
         """Answer as a call whose deadline passed would be answered, `after` seconds from now."""
         await asyncio.sleep(after)
@@ -113,6 +118,14 @@ def test_cancelling_a_call_cancels_the_remote_method(run, wire) -> None:
                 async with asyncio.timeout(0.05):
                     await asyncio.gather(*calls)
             await eventually(lambda: w.server_stats()["backlog"] == 0 and (0, "cancelled") in root.ended)
+
+            # Cancelling goes down a chain of calls: the server's method awaits a call back to
+            # an object of the client's, which is cancelled in turn.
+            back = Sleeper()
+            relayed = w.root.callRemote("relay", back, "relayed")
+            await started(back, "relayed")
+            relayed.cancel()
+            await eventually(lambda: ("relayed", "cancelled") in back.ended)
 
             # A call that has answered cannot be cancelled any more: nothing is sent.
             done = w.root.callRemote("sleep", "done", 0)

@@ -301,7 +301,8 @@ class CallFuture(asyncio.Future[Any]):
         return True
 
 
-def future_factory(connection: _Cancelling, loop: asyncio.AbstractEventLoop) -> Callable[[], CallFuture]:
-    """What makes the futures of `connection`'s calls once the peer speaks ``cancel``."""
-    cls = type("CallFuture", (CallFuture,), {"__slots__": (), "_connection": weakref.ref(connection)})
-    return functools.partial(cls, loop=loop)
+def future_factory(connection: _Cancelling) -> type[CallFuture]:
+    """What makes the futures of `connection`'s calls once the peer speaks ``cancel``: a class
+    of its own, called without arguments (a future takes the running loop, the connection's:
+    calls are made on it)."""
+    return type("CallFuture", (CallFuture,), {"__slots__": (), "_connection": weakref.ref(connection)})

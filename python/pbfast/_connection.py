@@ -331,11 +331,11 @@ class Connection(asyncio.Protocol, abc.ABC):
         self._opened()
 
     def data_received(self, data: bytes) -> None:
-        # The peer's calls run in a context of their own: nothing of the code that opened the
-        # connection or delivered these bytes (its deadline, say) reaches them.
-        contextvars.Context().run(self._data_received, data)
-
-    def _data_received(self, data: bytes) -> None:
+        if _calls.DEADLINE.get() is not None:
+            # The code that opened the connection or delivered these bytes (a memory link's
+            # peer) had a deadline: the peer's calls must not run under it.
+            contextvars.Context().run(self.data_received, data)
+            return
         if self._closing:
             return
         if self._idle_watched:
@@ -372,7 +372,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         if self._writable is not None:
             self._writable.set_result(None)
             self._writable = None
-        contextvars.Context().run(self._drain_backlog)
+        self._drain_in_context()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.disconnected:
@@ -624,7 +624,7 @@ class Connection(asyncio.Protocol, abc.ABC):
 
     def _cancel_call(self, task: asyncio.Task[Any], reason: str) -> None:
         """Cancel the peer's call running in `task`, for `reason` (the call's `_finish` answers
-        that it was cancelled: see `_cancelled_reply`)."""
+        that it was cancelled: see `_reply_cancelled`)."""
         if not task.done():
             log.debug("%s: cancelling a call: %s", repr(self), reason)
             task.cancel(reason)
@@ -791,6 +791,11 @@ class Connection(asyncio.Protocol, abc.ABC):
         if len(self._backlog) >= self.options.backlog:
             self._pause_reading("backlog", f"{len(self._backlog)} of its calls are waiting")
 
+    def _drain_in_context(self) -> None:
+        """`_drain_backlog` in a context of its own (a finished call's task, whose deadline the
+        held calls must not run under, may be the one asking)."""
+        contextvars.Context().run(self._drain_backlog)
+
     def _drain_backlog(self) -> None:
         """Run held calls while we can, a batch per turn of the loop."""
         backlog = self._backlog
@@ -846,7 +851,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         if self._held and not self._closing:
             self._update_held()
             if not self._held:
-                contextvars.Context().run(self._drain_backlog)
+                self._drain_in_context()
         if self._draining and not self._tasks:
             self.close_nowait()
 
@@ -911,7 +916,7 @@ class Connection(asyncio.Protocol, abc.ABC):
             self._open_control()
         if _calls.CANCEL in self.peer_extensions:
             # Our calls' futures tell us when they are cancelled (at no cost to the others).
-            self._session.create_future = _calls.future_factory(self, self._loop)
+            self._session.create_future = _calls.future_factory(self)
         if self._liveness is not None:
             self._liveness.handshake_done()
 
