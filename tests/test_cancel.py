@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pbfast
 import pytest
-from connections import eventually
 from pbfast._calls import DEADLINE_PASSED, CallFuture
 from wires import VARIANTS, connector
 
@@ -75,6 +75,14 @@ def assert_nothing_left(w: Any) -> None:
         stats = end.statistics()
         assert stats["pending"] == stats["in_flight"] == stats["backlog"] == 0, stats
         assert end._calls == {} and end._deadlines == {} and end._cancelled == []
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll `predicate` until it holds, or fail after `timeout` s (no garbage collection between
+    polls: nothing here waits for it)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.002)
 
 
 async def started(root: Sleeper, tag: Any) -> None:
