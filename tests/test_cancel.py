@@ -74,7 +74,7 @@ def assert_nothing_left(w: Any) -> None:
     for end in (w.client, w.server):
         stats = end.statistics()
         assert stats["pending"] == stats["in_flight"] == stats["backlog"] == 0, stats
-        assert end._calls == {} and end._deadlines == {} and end._cancelled == []
+        assert end._tasks == {} and end._deadlines == {} and end._cancelled == []
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

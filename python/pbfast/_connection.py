@@ -277,12 +277,12 @@ class Connection(asyncio.Protocol, abc.ABC):
         # References with disconnect callbacks, and callbacks on the connection itself.
         self._watched: dict[int, Any] = {}
         self._disconnect_callbacks: list[Callable[[], object]] = []
-        # The peer's calls: running (task -> request id, 0 for a call that wants no answer) and
-        # held back (events); the running ones by request id, which the peer may cancel; the
-        # timers that cancel those with a deadline.
+        # The peer's calls: running (task -> its request id, by which the peer may cancel it;
+        # 0 for a call that wants no answer) and held back (events); the timers that cancel
+        # those with a deadline, and the deadline a call being started runs under.
         self._tasks: dict[asyncio.Task[Any], int] = {}
-        self._calls: dict[int, asyncio.Task[Any]] = {}
         self._deadlines: dict[asyncio.Task[Any], asyncio.TimerHandle] = {}
+        self._call_deadline: float | None = None
         # Our calls cancelled since the last `_send_cancels` (their futures).
         self._cancelled: list[asyncio.Future[Any]] = []
         self._backlog: collections.deque[tuple[Any, ...]] = collections.deque()
@@ -331,7 +331,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         self._opened()
 
     def data_received(self, data: bytes) -> None:
-        if _calls.DEADLINE.get() is not None:
+        if _calls.options_in_use and _calls.DEADLINE.get() is not None:
             # The code that opened the connection or delivered these bytes (a memory link's
             # peer) had a deadline: the peer's calls must not run under it.
             contextvars.Context().run(self.data_received, data)
@@ -601,13 +601,12 @@ class Connection(asyncio.Protocol, abc.ABC):
         that it was cancelled), and take those held back out of the backlog (answered so)."""
         if type(request_ids) is not list or not all(type(i) is int for i in request_ids):
             raise Error("cancel takes a list of request ids")
-        held = set()
-        for request_id in request_ids:
-            task = self._calls.get(request_id)
-            if task is not None:
-                self._cancel_call(task, _calls.CANCELLED)
-            elif request_id:
-                held.add(request_id)
+        held = set(request_ids)
+        held.discard(0)
+        running = [(task, i) for task, i in self._tasks.items() if i in held]
+        for task, request_id in running:
+            self._cancel_call(task, _calls.CANCELLED)
+            held.discard(request_id)
         if held and self._backlog:
             kept: collections.deque[tuple[Any, ...]] = collections.deque()
             for event in self._backlog:
@@ -664,9 +663,11 @@ class Connection(asyncio.Protocol, abc.ABC):
         except Error as exc:
             self._send_failure(request_id if answer else 0, exc)
             return
+        outer, self._call_deadline = self._call_deadline, _calls.DEADLINE.get()
         try:
             self._run_call(request_id, answer, call.object_id, call.method, call.args, call.kwargs)
         finally:
+            self._call_deadline = outer
             restore()
 
     def statistics(self) -> dict[str, int]:
@@ -829,9 +830,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         task = self._loop.create_task(coroutine)
         tasks = self._tasks
         tasks[task] = request_id
-        if request_id:
-            self._calls[request_id] = task
-        when = _calls.DEADLINE.get()
+        when = self._call_deadline
         if when is not None:
             self._deadlines[task] = self._loop.call_at(when, self._cancel_call, task, _calls.DEADLINE_PASSED)
         task.add_done_callback(self._call_done)
@@ -841,9 +840,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         return task
 
     def _call_done(self, task: asyncio.Task[Any]) -> None:
-        request_id = self._tasks.pop(task, 0)
-        if request_id and self._calls.get(request_id) is task:
-            del self._calls[request_id]
+        self._tasks.pop(task, None)
         if self._deadlines:
             timer = self._deadlines.pop(task, None)
             if timer is not None:
