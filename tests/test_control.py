@@ -77,17 +77,18 @@ def test_control_calls_between_pbfast_peers(run, wire, control_methods) -> None:
             assert failed.value.remoteType.endswith("NoSuchMethod")
             assert "no control method 'nosuch'" in str(failed.value)
 
-            # One call runs (max_in_flight=1), the next waits in the server's backlog; a control
-            # call without an answer is not held behind it.
-            running = w.root.callRemote("wait")
+            # One call runs (max_in_flight=1), the next ones wait in the server's backlog (the
+            # second, read with the first, has run as far as its awaitable); a control call
+            # without an answer is not held behind them.
+            running, waiting = w.root.callRemote("wait"), w.root.callRemote("wait")
             await eventually(lambda: w.server_stats()["in_flight"] == 1)
             held = w.root.callRemote("ping")
-            await eventually(lambda: w.server_stats()["backlog"] == 1)
+            await eventually(lambda: w.server_stats()["backlog"] == 2)
             client.call_control_only("note", "not held")
             await eventually(lambda: control_methods == [(server, "not held")])
-            assert w.server_stats()["backlog"] == 1 and not held.done()
+            assert w.server_stats()["backlog"] == 2 and not held.done()
             root.open.set()
-            assert await running == "opened"
+            assert await running == "opened" and await waiting == "opened"
             assert await held == "pong"
 
             for stats in (w.client_stats(), w.server_stats()):

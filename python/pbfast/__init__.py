@@ -10,11 +10,13 @@ Prometheus), ``pbfast.util`` (paging large values, as Twisted's ``twisted.spread
 ``pbfast.furl`` (foolscap TubIDs
 and FURLs), ``pbfast.endpoints`` (Twisted-style endpoint strings), ``pbfast._connection`` (what
 every connection of either wire shares: back-pressure, limits, timeouts, shutdown;
-`configure`), ``pbfast.pb`` (serve, connect, login, run) and ``pbfast.tub`` (Tubs).
+`configure`), ``pbfast._calls`` (cancellation and deadlines between pbfast peers: `deadline`,
+`current_deadline`), ``pbfast.pb`` (serve, connect, login, run) and ``pbfast.tub`` (Tubs).
 Nothing starts at import time and no event-loop policy is installed.
 """
 
 from . import _core, banana, endpoints, metrics, schema, streams, util
+from ._calls import current_deadline, deadline
 from ._connection import configure
 from .cacheable import Cacheable, RemoteCache, RemoteCacheObserver
 from .copyable import (
@@ -101,6 +103,8 @@ __all__ = [
     "banana",
     "configure",
     "connect",
+    "current_deadline",
+    "deadline",
     "dumps",
     "endpoints",
     "jelly",

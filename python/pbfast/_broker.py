@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from . import _core
+from ._calls import OptionsCall
 from ._connection import EXTENSIONS, Connection, ConnectionOptions, SessionCallbacks, run_callback, short
 from ._core import (
     EV_ANSWER,
@@ -208,6 +209,33 @@ class Broker(Connection):
         if event[0] == EV_AWAITING and hasattr(event[4], "close"):
             event[4].close()  # a coroutine that will never be awaited
 
+    def _cancellable(self, event: tuple[Any, ...]) -> int:
+        kind = event[0]
+        if kind in (EV_MESSAGE, EV_CACHEMESSAGE):  # (kind, request_id, object_id, method, answer, ...)
+            return event[1] if event[4] else 0
+        if kind == EV_AWAITING:  # (kind, request_id, answer, ...)
+            return event[1] if event[2] else 0
+        return 0  # a bad call (its references are given back as it is refused) or no call
+
+    def _object_id_ok(self, object_id: Any) -> bool:
+        return type(object_id) is bytes or type(object_id) is int
+
+    def _run_call(
+        self,
+        request_id: int,
+        answer: bool,
+        object_id: Any,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        for outcome in self._session.run(request_id, object_id, method, answer, args, kwargs):
+            self._HANDLERS[outcome[0]](self, outcome)
+
+    def _send_failure(self, request_id: int, exc: BaseException) -> None:
+        if request_id and not self._closing:
+            self._session.error(request_id, CopyableFailure(exc))
+
     def _write_release(self, kind: bytes, luid: Any, count: int) -> None:
         if self._session.dialect is not None:
             self._session.command(kind, luid, count)
@@ -261,6 +289,9 @@ class Broker(Connection):
 
     def _on_awaiting(self, event: tuple[Any, ...]) -> None:
         _, request_id, answer, method, awaitable, perspective = event
+        if type(awaitable) is OptionsCall:
+            self._run_with_options(request_id, answer, awaitable)
+            return
         self._start(request_id, answer, method, awaitable, perspective)
 
     def _on_returned(self, event: tuple[Any, ...]) -> None:
@@ -276,7 +307,9 @@ class Broker(Connection):
     ) -> None:
         """Await a remote method's awaitable result in a task, then reply."""
         awaitable = self._timed(awaitable, method)
-        self._start_call(self._finish(request_id, answer, method, awaitable, perspective))
+        self._start_call(
+            self._finish(request_id, answer, method, awaitable, perspective), request_id if answer else 0
+        )
 
     def _on_cachemessage(self, event: tuple[Any, ...]) -> None:
         _, request_id, luid, method, answer, args, kwargs = event
@@ -309,7 +342,11 @@ class Broker(Connection):
         except asyncio.CancelledError as exc:
             # (No local for the task: this frame, kept by the error's traceback, would hold it.)
             if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                raise  # cancelled by us: the connection is ending (see `_cancel_calls`)
+                if self._closing:
+                    raise  # the connection is ending (see `_cancel_calls`)
+                # For the caller, or its deadline (see `_cancel_call`): the reply says so.
+                self._reply_cancelled(request_id if answer else 0, exc)
+                return
             # Something the method awaited was cancelled: the caller still gets a reply.
             self._fail(request_id, answer, exc, method)
             return

@@ -15,7 +15,8 @@ every connection needs whatever its wire:
   (counted in the Rust `RefTable`), the peer's objects we hold (proxies and cached copies),
   reference releases, the state of dying copies, and disconnect watchers;
 - the control channel to a pbfast peer (`call_control`, `call_control_only`; its calls run
-  ``_control_<method>`` here), which the pbfast-to-pbfast extensions are built on;
+  ``_control_<method>`` here), which the pbfast-to-pbfast extensions are built on, and two of
+  them (`pbfast._calls`): calls cancelled across the wire, and calls with options (deadlines);
 - what `pbfast.metrics` reads of connections: the open ones (`tracked`), and the peer's calls
   that end in Python (an awaitable's, a refused one's); the core counts the rest.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import collections
+import contextvars
 import logging
 import threading
 import time
@@ -39,7 +41,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
-from . import _core, _streaming
+from . import _calls, _core, _streaming
 from .endpoints import PeerAddress, _set_nodelay
 from .errors import DeadReferenceError, Error, LimitExceeded, NoSuchMethod, PBConnectionLost, qualified_name
 from .streams import RemoteStream, Stream
@@ -66,7 +68,7 @@ log = logging.getLogger("pbfast")
 # What two pbfast peers add to the stock protocols, on both wires: the extensions a connection
 # announces while connecting (a name after Twisted's dialects, a key in foolscap's hello: both
 # ignored by stock peers; see docs/extensions.md) and speaks when the peer announced them too.
-EXTENSIONS: frozenset[str] = frozenset({_streaming.EXTENSION})
+EXTENSIONS: frozenset[str] = frozenset({_calls.CANCEL, _calls.OPTIONS, _streaming.EXTENSION})
 
 RECEIVE_LIMITS = ("max_element_size", "max_message_size", "max_depth", "max_header_length")
 DEFAULT_MEMORY_BUDGET = 256 << 20
@@ -313,8 +315,14 @@ class Connection(asyncio.Protocol, abc.ABC):
         # References with disconnect callbacks, and callbacks on the connection itself.
         self._watched: dict[int, Any] = {}
         self._disconnect_callbacks: list[Callable[[], object]] = []
-        # The peer's calls: running (tasks) and held back (events).
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # The peer's calls: running (task -> its request id, by which the peer may cancel it;
+        # 0 for a call that wants no answer) and held back (events); the timers that cancel
+        # those with a deadline, and the deadline a call being started runs under.
+        self._tasks: dict[asyncio.Task[Any], int] = {}
+        self._deadlines: dict[asyncio.Task[Any], asyncio.TimerHandle] = {}
+        self._call_deadline: float | None = None
+        # Our calls cancelled since the last `_send_cancels` (their futures).
+        self._cancelled: list[asyncio.Future[Any]] = []
         self._backlog: collections.deque[tuple[Any, ...]] = collections.deque()
         self._backlog_bytes = 0
         self._held = False  # calls wait in the backlog (writes paused, or max_in_flight running)
@@ -362,6 +370,11 @@ class Connection(asyncio.Protocol, abc.ABC):
         self._opened()
 
     def data_received(self, data: bytes) -> None:
+        if _calls.options_in_use and _calls.DEADLINE.get() is not None:
+            # The code that opened the connection or delivered these bytes (a memory link's
+            # peer) had a deadline: the peer's calls must not run under it.
+            contextvars.Context().run(self.data_received, data)
+            return
         if self._closing:
             return
         if self._idle_watched:
@@ -398,7 +411,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         if self._writable is not None:
             self._writable.set_result(None)
             self._writable = None
-        self._drain_backlog()
+        self._drain_in_context()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.disconnected:
@@ -435,6 +448,10 @@ class Connection(asyncio.Protocol, abc.ABC):
         self._backlog.clear()
         self._dying_caches.clear()
         self._releases.clear()
+        self._cancelled.clear()
+        for timer in self._deadlines.values():
+            timer.cancel()
+        self._deadlines.clear()
         if self._writable is not None:
             self._writable.set_result(None)
             self._writable = None
@@ -464,6 +481,8 @@ class Connection(asyncio.Protocol, abc.ABC):
             return
         if reason is not None and self._reason is None:
             self._reason = reason
+        if self._cancelled:
+            self._send_cancels()
         self._flush()
         self._closing = True
         self._finish_output()
@@ -516,6 +535,39 @@ class Connection(asyncio.Protocol, abc.ABC):
         gone."""
         raise self._dead()
 
+    def call_with_options(
+        self,
+        object_id: Any,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+    ) -> asyncio.Future[Any]:
+        """`call` with call `options` (see `pbfast._calls`): to a peer that speaks ``options``,
+        the control call ``call``, answered as the call itself; to others, the plain call
+        (the options stay behind)."""
+        if _calls.OPTIONS not in self.peer_extensions:
+            return self.call(object_id, method, args, kwargs)
+        return self.call(
+            self._CONTROL_ID, self._CONTROL_PREFIX + "call", (object_id, method, args, kwargs, options), {}
+        )
+
+    def call_only_with_options(
+        self,
+        object_id: Any,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+    ) -> None:
+        """`call_only` with call `options`, as `call_with_options` sends them."""
+        if _calls.OPTIONS not in self.peer_extensions:
+            self.call_only(object_id, method, args, kwargs)
+            return
+        self.call_only(
+            self._CONTROL_ID, self._CONTROL_PREFIX + "call", (object_id, method, args, kwargs, options), {}
+        )
+
     # ------------------------------------------------------------------ the control channel
 
     def call_control(self, method: str, *args: Any) -> asyncio.Future[Any]:
@@ -563,6 +615,100 @@ class Connection(asyncio.Protocol, abc.ABC):
         if kwargs:
             raise Error(f"the control call {method!r} takes no keyword arguments, got {sorted(kwargs)!r}")
         return handler(*args)
+
+    # ------------------------------------------------------------------ cancellation and options
+
+    def _call_cancelled(self, future: asyncio.Future[Any]) -> None:
+        """The future of one of our calls was cancelled (see `_calls.CallFuture`): tell the peer,
+        together with the others cancelled meanwhile (one pass over our pending calls finds
+        their request ids)."""
+        if self._closing:
+            return
+        self._cancelled.append(future)
+        if len(self._cancelled) == 1:
+            self._loop.call_soon(self._send_cancels)
+
+    def _send_cancels(self) -> None:
+        futures, self._cancelled = self._cancelled, []
+        if not futures or self._closing:
+            return
+        request_ids = self._session.cancelled(futures)
+        if request_ids:
+            self.call_control_only("cancel", request_ids)
+
+    def _control_cancel(self, request_ids: list[int]) -> None:
+        """The peer cancelled its calls `request_ids`: cancel those running (each then answers
+        that it was cancelled), and take those held back out of the backlog (answered so)."""
+        if type(request_ids) is not list or not all(type(i) is int for i in request_ids):
+            raise Error("cancel takes a list of request ids")
+        held = set(request_ids)
+        held.discard(0)
+        running = [(task, i) for task, i in self._tasks.items() if i in held]
+        for task, request_id in running:
+            self._cancel_call(task, _calls.CANCELLED)
+            held.discard(request_id)
+        if held and self._backlog:
+            kept: collections.deque[tuple[Any, ...]] = collections.deque()
+            for event in self._backlog:
+                request_id = self._cancellable(event)
+                if request_id in held:
+                    self._drop_call(event)
+                    self._send_failure(request_id, asyncio.CancelledError(_calls.CANCELLED))
+                else:
+                    kept.append(event)
+            self._backlog = kept
+            if not kept:
+                self._backlog_bytes = 0
+                self._resume_reading()
+
+    def _cancel_call(self, task: asyncio.Task[Any], reason: str) -> None:
+        """Cancel the peer's call running in `task`, for `reason` (the call's `_finish` answers
+        that it was cancelled: see `_reply_cancelled`)."""
+        if not task.done():
+            log.debug("%s: cancelling a call: %s", repr(self), reason)
+            task.cancel(reason)
+
+    def _reply_cancelled(self, request_id: int, exc: asyncio.CancelledError) -> None:
+        """A call of the peer's we cancelled (`_cancel_call`) has stopped: answer it with the
+        reason, a TimeoutError for its deadline, a CancelledError for the peer's cancellation
+        (which the caller no longer waits for)."""
+        reason = exc.args[0] if exc.args else None
+        error: BaseException
+        if reason == _calls.DEADLINE_PASSED:
+            error = TimeoutError(_calls.DEADLINE_PASSED)
+        else:
+            error = asyncio.CancelledError(_calls.CANCELLED)
+        self._send_failure(request_id, error)
+
+    def _control_call(
+        self, object_id: Any, method: Any, args: Any, kwargs: Any, options: Any
+    ) -> _calls.OptionsCall:
+        """The peer's call ``method(*args, **kwargs)`` on its object `object_id`, with call
+        `options`: run once the session hands it over with this control call's request id (see
+        `_run_with_options`), answered as the call itself.
+
+        Raises:
+            Error: a part of the call is not what it should be.
+        """
+        if not self._object_id_ok(object_id):
+            raise Error(f"call: {short(object_id)} is not an object id")
+        return _calls.OptionsCall.checked(object_id, method, args, kwargs, options)
+
+    def _run_with_options(self, request_id: int, answer: bool, call: _calls.OptionsCall) -> None:
+        """Run the peer's `call` (from `_control_call`) under its options, as a call that arrived
+        with `request_id`: a method runs with them in force, and a task it starts keeps them (a
+        deadline also cancels the task when it passes)."""
+        try:
+            restore = _calls.apply_options(call.options)
+        except Error as exc:
+            self._send_failure(request_id if answer else 0, exc)
+            return
+        outer, self._call_deadline = self._call_deadline, _calls.DEADLINE.get()
+        try:
+            self._run_call(request_id, answer, call.object_id, call.method, call.args, call.kwargs)
+        finally:
+            self._call_deadline = outer
+            restore()
 
     def statistics(self) -> dict[str, int]:
         """Table sizes and queues, for monitoring and tests: ``objects`` (ours the peer holds,
@@ -716,6 +862,11 @@ class Connection(asyncio.Protocol, abc.ABC):
         if len(self._backlog) >= self.options.backlog:
             self._pause_reading("backlog", f"{len(self._backlog)} of its calls are waiting")
 
+    def _drain_in_context(self) -> None:
+        """`_drain_backlog` in a context of its own (a finished call's task, whose deadline the
+        held calls must not run under, may be the one asking)."""
+        contextvars.Context().run(self._drain_backlog)
+
     def _drain_backlog(self) -> None:
         """Run held calls while we can, a batch per turn of the loop."""
         backlog = self._backlog
@@ -754,12 +905,16 @@ class Connection(asyncio.Protocol, abc.ABC):
         method was found and run), if metrics are on."""
         _core.metrics_record(self._WIRE, "server", method, outcome, seconds, ran)
 
-    def _start_call(self, coroutine: Any) -> asyncio.Task[Any]:
+    def _start_call(self, coroutine: Any, request_id: int = 0) -> asyncio.Task[Any]:
         """Run the rest of one of the peer's calls (`coroutine`) as a task, counted against
-        `max_in_flight`."""
+        `max_in_flight`; the peer may cancel it by its `request_id` (0: it wants no answer), and
+        a deadline it runs under (see `_run_with_options`) cancels it when it passes."""
         task = self._loop.create_task(coroutine)
         tasks = self._tasks
-        tasks.add(task)
+        tasks[task] = request_id
+        when = self._call_deadline
+        if when is not None:
+            self._deadlines[task] = self._loop.call_at(when, self._cancel_call, task, _calls.DEADLINE_PASSED)
         task.add_done_callback(self._call_done)
         if len(tasks) >= self.options.max_in_flight and not self._held:
             self._held = True
@@ -767,11 +922,15 @@ class Connection(asyncio.Protocol, abc.ABC):
         return task
 
     def _call_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
+        if self._deadlines:
+            timer = self._deadlines.pop(task, None)
+            if timer is not None:
+                timer.cancel()
         if self._held and not self._closing:
             self._update_held()
             if not self._held:
-                self._drain_backlog()
+                self._drain_in_context()
         if self._draining and not self._tasks:
             self.close_nowait()
 
@@ -834,6 +993,9 @@ class Connection(asyncio.Protocol, abc.ABC):
         self.peer_extensions = frozenset(peer_extensions or ())
         if self.peer_is_pbfast:
             self._open_control()
+        if _calls.CANCEL in self.peer_extensions:
+            # Our calls' futures tell us when they are cancelled (at no cost to the others).
+            self._session.create_future = _calls.future_factory(self)
         if self._liveness is not None:
             self._liveness.handshake_done()
 
@@ -1034,6 +1196,31 @@ class Connection(asyncio.Protocol, abc.ABC):
     def _is_control_only(self, event: tuple[Any, ...]) -> bool:
         """Whether the call `event` is a control call that asks no answer (never held back)."""
         return False
+
+    @abc.abstractmethod
+    def _cancellable(self, event: tuple[Any, ...]) -> int:
+        """The request id of the held call `event` if the peer may cancel it there (0: not)."""
+
+    @abc.abstractmethod
+    def _object_id_ok(self, object_id: Any) -> bool:
+        """Whether `object_id` may name an object of ours on this wire."""
+
+    @abc.abstractmethod
+    def _run_call(
+        self,
+        request_id: int,
+        answer: bool,
+        object_id: Any,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        """Run the peer's call as if it had just arrived (as `call_with_options` sent it)."""
+
+    @abc.abstractmethod
+    def _send_failure(self, request_id: int, exc: BaseException) -> None:
+        """Answer the peer's call `request_id` (0: it wants none) with the failure `exc`,
+        without logging it (a refusal the peer caused, or a cancellation)."""
 
     def _keepalive_interval(self) -> float | None:
         return None

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 from . import _core
+from ._calls import OptionsCall
 from ._connection import EXTENSIONS as SHARED_EXTENSIONS
 from ._connection import Connection, ConnectionOptions, SessionCallbacks, run_callback
 from ._core import (
@@ -167,9 +168,7 @@ class CheckedTubReference(TubReference):
             refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             refused.set_exception(e)
             return refused
-        return asyncio.ensure_future(
-            _checked_answer(schema, self.broker.call(self.luid, _name, args, kwargs))
-        )
+        return asyncio.ensure_future(_checked_answer(schema, super().callRemote(_name, *args, **kwargs)))
 
     def callRemoteOnly(self, _name: str, /, *args: Any, **kwargs: Any) -> None:
         self._interface.method(_name).check_args(args, kwargs, inbound=False)
@@ -361,6 +360,33 @@ class TubBroker(Connection):
         if event[0] == FS_AWAITING and hasattr(event[2], "close"):
             event[2].close()  # a coroutine that will never be awaited
 
+    def _cancellable(self, event: tuple[Any, ...]) -> int:
+        # (FS_CALL, reqid, ...) or (FS_AWAITING, reqid, awaitable); a call carrying gifts (it has
+        # one more item) is left to run, so that the gifts are fetched and given back.
+        kind = event[0]
+        if (kind == FS_CALL and len(event) == 6) or kind == FS_AWAITING:
+            reqid: int = event[1]
+            return reqid
+        return 0
+
+    def _object_id_ok(self, object_id: Any) -> bool:
+        return type(object_id) is int and -(1 << 63) <= object_id < 1 << 63
+
+    def _run_call(
+        self,
+        request_id: int,
+        answer: bool,
+        object_id: Any,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._run(request_id if answer else 0, object_id, method, args, kwargs)
+
+    def _send_failure(self, request_id: int, exc: BaseException) -> None:
+        if request_id and not self._closing:
+            self._session.error(request_id, failure_state(exc, False))
+
     def _write_release(self, kind: bytes, luid: Any, count: int) -> None:
         if self._phase == "banana":
             self.call(0, "decref", (), {"clid": luid, "count": count}).add_done_callback(
@@ -379,8 +405,10 @@ class TubBroker(Connection):
 
     def _is_control_only(self, event: tuple[Any, ...]) -> bool:
         # (FS_CALL, reqid, clid, method, args, kwargs): a call without answer is numbered 0.
+        if event[0] != FS_CALL or event[1] != 0 or event[2] != 0:
+            return False
         method: str = event[3]
-        return event[0] == FS_CALL and event[1] == 0 and event[2] == 0 and method.startswith(CONTROL_PREFIX)
+        return method.startswith(CONTROL_PREFIX)
 
     def _keepalive_interval(self) -> float | None:
         interval: float | None = self.tub.keepaliveTimeout
@@ -527,7 +555,10 @@ class TubBroker(Connection):
 
     def _on_awaiting(self, event: tuple[Any, ...]) -> None:
         _, reqid, awaitable, method = event
-        self._start_call(self._finish(reqid, self._timed(awaitable, method)))
+        if type(awaitable) is OptionsCall:
+            self._run_with_options(reqid, reqid != 0, awaitable)
+            return
+        self._start_call(self._finish(reqid, self._timed(awaitable, method)), reqid)
 
     def _on_raised(self, event: tuple[Any, ...]) -> None:
         self._send_error(event[1], event[2])
@@ -595,7 +626,11 @@ class TubBroker(Connection):
         except asyncio.CancelledError as e:
             # (No local for the task: this frame, kept by the error's traceback, would hold it.)
             if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                raise  # cancelled by us: the connection is ending (see `_cancel_calls`)
+                if self._closing:
+                    raise  # the connection is ending (see `_cancel_calls`)
+                # For the caller, or its deadline (see `_cancel_call`): the reply says so.
+                self._reply_cancelled(reqid, e)
+                return
             self._send_error(reqid, e)
         except Exception as e:
             self._send_error(reqid, e)

@@ -8,6 +8,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from . import _calls
 from .errors import NoSuchMethod
 from .schema import RemoteInterface, RemoteMethodSchema, get_remote_interface
 from .streams import RemoteStream
@@ -38,6 +39,28 @@ class Link(Protocol):
         self, ref: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> RemoteStream:
         """A stream of what `method` of the peer's object `ref` yields (a pbfast peer's)."""
+        ...
+
+    def call_with_options(
+        self,
+        object_id: Any,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+    ) -> asyncio.Future[Any]:
+        """`call` with call options (a deadline): sent with the call to a peer that takes them."""
+        ...
+
+    def call_only_with_options(
+        self,
+        object_id: Any,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+    ) -> None:
+        """`call_only` with call options."""
         ...
 
     def watch(self, ref: Any) -> None:
@@ -268,8 +291,17 @@ class RemoteReference:
         The future raises `RemoteError` (the remote method raised), `DeadReferenceError` (the
         connection was already gone), `PBConnectionLost` (it ended while waiting), or
         `JellyError`/`BananaError` (an argument cannot be sent, or the answer not decoded).
-        Cancelling it abandons the call locally; the remote method still runs.
+
+        Cancelling it (or the task awaiting it, as ``asyncio.timeout`` does) cancels the remote
+        method's task too when the peer is pbfast (a stock Twisted or foolscap peer runs the
+        method on: the call is abandoned locally). Inside ``async with pbfast.deadline(...)``,
+        or a remote method called with a deadline, the deadline travels with the call (see
+        `pbfast.deadline`).
         """
+        if _calls.options_in_use:
+            options = _calls.gather_options()
+            if options is not None:
+                return self.broker.call_with_options(self.luid, _name, args, kwargs, options)
         return self.broker.call(self.luid, _name, args, kwargs)
 
     def callRemoteOnly(self, _name: str, /, *args: Any, **kwargs: Any) -> None:
@@ -280,6 +312,11 @@ class RemoteReference:
             DeadReferenceError: the connection is already gone.
             JellyError, BananaError: an argument cannot be sent.
         """
+        if _calls.options_in_use:
+            options = _calls.gather_options()
+            if options is not None:
+                self.broker.call_only_with_options(self.luid, _name, args, kwargs, options)
+                return
         self.broker.call_only(self.luid, _name, args, kwargs)
 
     def callRemoteStream(self, _name: str, /, *args: Any, **kwargs: Any) -> RemoteStream:

@@ -319,6 +319,28 @@ impl SessionPy {
         self.tables.pending()
     }
 
+    /// The request ids of our calls awaiting replies whose futures are among `futures` (cancelled
+    /// ones, to tell the peer): one pass over the calls waiting, however many futures. The calls
+    /// stay waiting (their replies settle them).
+    fn cancelled(&self, futures: &Bound<'_, PyList>) -> Vec<i64> {
+        let futures: Vec<usize> = futures.iter().map(|f| f.as_ptr() as usize).collect();
+        self.tables.requests_of(&futures)
+    }
+
+    /// What makes the future of each call out (`create_future()`); set it to change the kind
+    /// of future from the next call on.
+    #[setter]
+    fn set_create_future(&self, create_future: Py<PyAny>) -> PyResult<()> {
+        let mut callbacks = self.callbacks.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(c) = callbacks.as_mut() else {
+            return Err(DeadReferenceError::new_err("the connection is closed"));
+        };
+        let old = std::mem::replace(&mut c.create_future, create_future);
+        drop(callbacks);
+        drop(old);
+        Ok(())
+    }
+
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         // Never blocks (see `Tables::traverse`).
         if let Ok(callbacks) = self.callbacks.try_lock() {

@@ -245,6 +245,19 @@ impl Tables {
         pending.into_values().map(|p| (p.future, p.made)).collect()
     }
 
+    /// The request ids of our calls awaiting replies whose futures are among `futures` (by
+    /// identity); they stay waiting.
+    pub fn requests_of(&self, futures: &[usize]) -> Vec<i64> {
+        let wanted: std::collections::HashSet<usize> = futures.iter().copied().collect();
+        let inner = self.lock();
+        inner
+            .pending
+            .iter()
+            .filter(|(_, p)| wanted.contains(&(p.future.as_ptr() as usize)))
+            .map(|(&request_id, _)| request_id)
+            .collect()
+    }
+
     /// How many of our calls await replies.
     pub fn pending(&self) -> usize {
         self.lock().pending.len()

@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pbfast
+import pytest
+
 HOST = "127.0.0.1"
 # A broker's statistics once it holds nothing.
 EMPTY_STATISTICS = {
@@ -38,6 +41,48 @@ EMPTY_STATISTICS = {
     "backlog": 0,
     "buffered": 0,
 }
+
+
+def record_writes(broker: Any) -> list[bytes]:
+    """The bytes `broker` writes from now on, each write appended to the list returned."""
+    written: list[bytes] = []
+    take = broker._take_output
+
+    def recording() -> bytes | None:
+        data: bytes | None = take()
+        if data:
+            written.append(data)
+        return data
+
+    broker._take_output = recording
+    return written
+
+
+async def check_cancels_stay_local(root: Any, slow: str, fast: str, *, args: tuple[Any, ...]) -> None:
+    """With a stock peer, a cancelled call is abandoned locally and a deadline is a local
+    timeout: nothing is sent for either, the peer's late answers are dropped quietly, and the
+    connection goes on. `slow` is a method that waits ``args[-1]`` seconds, `fast` one that
+    echoes its argument."""
+    from pbfast._calls import CallFuture
+
+    broker = root.broker
+    assert "cancel" not in broker.peer_extensions
+    call = root.callRemote(slow, *args)
+    assert not isinstance(call, CallFuture)
+    await asyncio.sleep(0.05)  # the call is written
+    written = record_writes(broker)
+    call.cancel()
+    await asyncio.sleep(0.05)
+    assert written == []
+    with pytest.raises(TimeoutError):
+        async with pbfast.deadline(0.05):
+            await root.callRemote(slow, *args)
+    # A call made under a deadline goes as a plain call.
+    async with pbfast.deadline(5):
+        assert await root.callRemote(fast, 1) == 1
+    await asyncio.sleep(args[-1] + 0.1)  # the late answers come, and are dropped
+    assert broker.statistics()["pending"] == 0
+    assert await root.callRemote(fast, 2) == 2
 
 
 async def _finish(proc: asyncio.subprocess.Process) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import decimal
 import gc
+import logging
 import math
 import time
 from collections.abc import AsyncIterator
@@ -34,7 +35,7 @@ from foolscap_expect import (
 )
 from pbfast.furl import FURL
 from pbfast.schema import MaxLength
-from peers import peer_result, peer_tub
+from peers import check_cancels_stay_local, peer_result, peer_tub
 
 pytestmark = pytest.mark.interop
 
@@ -391,6 +392,20 @@ def test_pbfast_calls_foolscap(run):
             assert results == list(range(30))
 
     run(main())
+
+
+def test_cancelling_calls_to_foolscap(run, caplog):
+    """foolscap cannot cancel a call: cancelling one, or a deadline passing, only abandons it
+    here (nothing is sent; foolscap's late answer is dropped without a word)."""
+    caplog.set_level(logging.WARNING, logger="pbfast")
+
+    async def main():
+        async with peer_tub(PEER) as (_, furl), pbfast.Tub() as tub:
+            root = await tub.getReference(furl)
+            await check_cancels_stay_local(root, "sleep", "echo", args=(0.3,))
+
+    run(main())
+    assert [r for r in caplog.records if r.name.startswith("pbfast")] == []
 
 
 def test_pbfast_gets_foolscap_errors(run):

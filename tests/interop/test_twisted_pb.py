@@ -36,7 +36,7 @@ import pytest
 from helpers import assert_deep_equal
 from pbfast._connection import EXTENSIONS
 from pbfast.banana import encode
-from peers import EMPTY_STATISTICS, HOST, peer_client, peer_server
+from peers import EMPTY_STATISTICS, HOST, check_cancels_stay_local, peer_client, peer_server
 
 pytestmark = pytest.mark.interop
 
@@ -568,6 +568,19 @@ def test_twisted_server_goes_away(run):
             await broker.close()  # closing a dead connection is harmless
 
     run(main())
+
+
+def test_cancelling_calls_to_twisted(run, caplog):
+    """Twisted PB cannot cancel a call: cancelling one, or a deadline passing, only abandons it
+    here (nothing is sent; Twisted's late answer is dropped without a word)."""
+    caplog.set_level(logging.WARNING, logger="pbfast")
+
+    async def main():
+        async with twisted_root() as (_, root):
+            await check_cancels_stay_local(root, "slow", "echo", args=("x", 0.3))
+
+    run(main())
+    assert [r for r in caplog.records if r.name == "pbfast"] == []
 
 
 def test_pages_from_twisted(run):
