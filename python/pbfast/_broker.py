@@ -82,6 +82,7 @@ class Broker(Connection):
     """
 
     _WIRE = "pb"
+    _RAISED = EV_RAISED
     _CALL_KINDS = frozenset({EV_MESSAGE, EV_CACHEMESSAGE, EV_BAD_CALL, EV_UNKNOWN, EV_AWAITING})
     STATISTICS: ClassVar[tuple[str, ...]] = (*Connection.STATISTICS, "caches")
     _CONTROL_ID: ClassVar[Any] = CONTROL
@@ -229,8 +230,7 @@ class Broker(Connection):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        for outcome in self._session.run(request_id, object_id, method, answer, args, kwargs):
-            self._HANDLERS[outcome[0]](self, outcome)
+        self._run_in_session(object_id, method, request_id, object_id, method, answer, args, kwargs)
 
     def _send_failure(self, request_id: int, exc: BaseException) -> None:
         if request_id and not self._closing:
@@ -280,8 +280,8 @@ class Broker(Connection):
 
     def _on_message(self, event: tuple[Any, ...]) -> None:
         # A call held back while the session was holding: it runs there now all the same.
-        for outcome in self._session.run(*event[1:]):
-            self._HANDLERS[outcome[0]](self, outcome)
+        _, request_id, object_id, method, answer, args, kwargs = event
+        self._run_in_session(object_id, method, request_id, object_id, method, answer, args, kwargs)
 
     def _on_raised(self, event: tuple[Any, ...]) -> None:
         _, request_id, answer, method, exc = event

@@ -33,6 +33,7 @@ import abc
 import asyncio
 import collections
 import contextvars
+import functools
 import logging
 import threading
 import time
@@ -41,7 +42,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
-from . import _calls, _core, _streaming
+from . import _calls, _core, _streaming, _tracing
 from .endpoints import PeerAddress, _set_nodelay
 from .errors import DeadReferenceError, Error, LimitExceeded, NoSuchMethod, PBConnectionLost, qualified_name
 from .streams import RemoteStream, Stream
@@ -241,8 +242,6 @@ class Connection(asyncio.Protocol, abc.ABC):
     """
 
     # -- what each wire sets
-    # The wire's name in the metrics.
-    _WIRE: ClassVar[str] = ""
     # Event kinds that ask us to run a call (held back while we cannot take more).
     _CALL_KINDS: ClassVar[frozenset[int]] = frozenset()
     # Event kind -> handler (an unbound method: a table of bound ones would be a cycle).
@@ -252,6 +251,9 @@ class Connection(asyncio.Protocol, abc.ABC):
     _DECACHE: ClassVar[bytes] = b"decache"
     # The wire's own names for option fields, where its users know them by others.
     _OPTION_NAMES: ClassVar[dict[str, str]] = {}
+    # The wire's name (in metrics and traces), and the event kind of a call that raised.
+    _WIRE: ClassVar[str] = ""
+    _RAISED: ClassVar[int] = -1
     # Where control calls go on the wire: the object id, and the prefix of the method name.
     _CONTROL_ID: ClassVar[Any] = None
     _CONTROL_PREFIX: ClassVar[str] = ""
@@ -340,6 +342,11 @@ class Connection(asyncio.Protocol, abc.ABC):
         # The handshake and idle timeouts and the keepalive: the rules (in Rust) are given the
         # time and say what to do and when to ask again; one timer asks.
         self._liveness: Any = None
+        # OpenTelemetry spans for our calls and the peer's, if the application configured
+        # tracing when the connection was made (`pbfast._tracing`); the span of the peer's call
+        # being run, until its task (if it starts one) takes it.
+        self._tracer: _tracing.CallTracer | None = None
+        self._call_span: Any = None
         self._last_received = self._loop.time()
         self._idle_watched = False  # whether `_last_received` is kept (a clock read per chunk)
         self._timer: asyncio.TimerHandle | None = None
@@ -367,6 +374,10 @@ class Connection(asyncio.Protocol, abc.ABC):
         )
         self._idle_watched = self._liveness.watches_silence
         self._set_timer(self._liveness.next_poll(now))
+        self._tracer = _tracing.tracer(self._WIRE, self.peer)
+        if self._tracer is not None:
+            self.call = self._traced_call  # type: ignore[method-assign]
+            self.call_only = self._traced_call_only  # type: ignore[method-assign]
         self._opened()
 
     def data_received(self, data: bytes) -> None:
@@ -381,7 +392,7 @@ class Connection(asyncio.Protocol, abc.ABC):
             self._last_received = self._loop.time()
         # The session runs the peer's calls as it reads them, unless we are holding calls back:
         # it then gives them as events, to run later through its `run`.
-        holding = bool(self._held or self._backlog or self._draining)
+        holding = bool(self._held or self._backlog or self._draining or self._tracer)
         if holding is not self._calls_held:
             self._session.holding = self._calls_held = holding
         self._receiving = True
@@ -546,6 +557,8 @@ class Connection(asyncio.Protocol, abc.ABC):
         """`call` with call `options` (see `pbfast._calls`): to a peer that speaks ``options``,
         the control call ``call``, answered as the call itself; to others, the plain call
         (the options stay behind)."""
+        if self._tracer is not None:
+            return self._traced_call(object_id, method, args, kwargs, options=options)
         if _calls.OPTIONS not in self.peer_extensions:
             return self.call(object_id, method, args, kwargs)
         return self.call(
@@ -561,12 +574,112 @@ class Connection(asyncio.Protocol, abc.ABC):
         options: dict[str, Any],
     ) -> None:
         """`call_only` with call `options`, as `call_with_options` sends them."""
+        if self._tracer is not None:
+            self._traced_call_only(object_id, method, args, kwargs, options)
+            return
         if _calls.OPTIONS not in self.peer_extensions:
             self.call_only(object_id, method, args, kwargs)
             return
         self.call_only(
             self._CONTROL_ID, self._CONTROL_PREFIX + "call", (object_id, method, args, kwargs, options), {}
         )
+
+    # ------------------------------------------------------------------ traced calls
+
+    def _traced_call(
+        self,
+        object_id: Any,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        cache: bool = False,
+        options: dict[str, Any] | None = None,
+    ) -> asyncio.Future[Any]:
+        """`call` on a traced connection: in a client span, whose trace context goes with the
+        call to a peer that takes call options."""
+        tracer = self._tracer
+        if tracer is None or (object_id == self._CONTROL_ID and options is None):
+            return self._session.call(object_id, method, args, kwargs, cache)  # ours, not the application's
+        span, carrier = tracer.client_span(method)
+        try:
+            if cache:  # an observe_ call on the peer's copy of our Cacheable: no options on those
+                future = self._session.call(object_id, method, args, kwargs, cache)
+            else:
+                future = self._session.call(
+                    *self._with_options(object_id, method, args, kwargs, options, carrier)
+                )
+        except BaseException as exc:
+            tracer.end(span, exc)
+            raise
+        future.add_done_callback(functools.partial(tracer.end_with, span))
+        return future
+
+    def _traced_call_only(
+        self,
+        object_id: Any,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        """`call_only` on a traced connection: a client span that ends once the call is sent."""
+        tracer = self._tracer
+        if tracer is None or (object_id == self._CONTROL_ID and options is None):
+            self._session.call_only(object_id, method, args, kwargs)
+            return
+        span, carrier = tracer.client_span(method)
+        error = None
+        try:
+            self._session.call_only(*self._with_options(object_id, method, args, kwargs, options, carrier))
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            tracer.end(span, error)
+
+    def _with_options(
+        self,
+        object_id: Any,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any] | None,
+        carrier: dict[str, str],
+    ) -> tuple[Any, str, tuple[Any, ...], dict[str, Any]]:
+        """What to send for a call with `options` and the trace context `carrier`: the control
+        call ``call`` to a peer that takes options, else the plain call."""
+        if _calls.OPTIONS not in self.peer_extensions or not (options or carrier):
+            return object_id, method, args, kwargs
+        if carrier:
+            options = {**(options or {}), _tracing.TRACE: carrier}
+        return self._CONTROL_ID, self._CONTROL_PREFIX + "call", (object_id, method, args, kwargs, options), {}
+
+    def _run_in_session(self, object_id: Any, method: str, *run_args: Any) -> None:
+        """Run the peer's call through the session (``session.run(*run_args)``) and handle what
+        it comes to; on a traced connection, in a server span, the child of the caller's span
+        when its trace context came with the call."""
+        tracer = self._tracer
+        session: Any = self._session  # (each wire's session has its `run`)
+        if tracer is None or object_id == self._CONTROL_ID:
+            for outcome in session.run(*run_args):
+                self._HANDLERS[outcome[0]](self, outcome)
+            return
+        span, token = tracer.server_span(method, _tracing.CARRIER.get())
+        self._call_span = span
+        error: BaseException | None = None
+        try:
+            for outcome in session.run(*run_args):
+                if outcome[0] == self._RAISED:
+                    error = outcome[-1]
+                self._HANDLERS[outcome[0]](self, outcome)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            tracer.detach(token)
+            if self._call_span is span:  # no task took it: the call is over
+                self._call_span = None
+                tracer.end(span, error)
 
     # ------------------------------------------------------------------ the control channel
 
@@ -916,6 +1029,10 @@ class Connection(asyncio.Protocol, abc.ABC):
         if when is not None:
             self._deadlines[task] = self._loop.call_at(when, self._cancel_call, task, _calls.DEADLINE_PASSED)
         task.add_done_callback(self._call_done)
+        if self._call_span is not None and self._tracer is not None:
+            # The call's server span ends with its task.
+            task.add_done_callback(functools.partial(self._tracer.end_with, self._call_span))
+            self._call_span = None
         if len(tasks) >= self.options.max_in_flight and not self._held:
             self._held = True
             self._limit_reached("max_in_flight", f"{len(tasks)} of its calls are running; later ones wait")

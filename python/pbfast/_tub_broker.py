@@ -226,6 +226,7 @@ class TubBroker(Connection):
     """
 
     _WIRE = "foolscap"
+    _RAISED = FS_RAISED
     _CALL_KINDS = frozenset({FS_CALL, FS_AWAITING})
     # Control calls are calls on the Tub's own object, their names prefixed.
     _CONTROL_ID: ClassVar[Any] = 0
@@ -528,8 +529,7 @@ class TubBroker(Connection):
         self._run(*event[1:])
 
     def _run(self, reqid: int, clid: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        for outcome in self._session.run(reqid, clid, method, args, kwargs):
-            self._HANDLERS[outcome[0]](self, outcome)
+        self._run_in_session(clid, method, reqid, clid, method, args, kwargs)
 
     def _on_answer(self, event: tuple[Any, ...]) -> None:
         reqid, value = event[1], event[2]
