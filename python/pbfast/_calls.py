@@ -301,8 +301,9 @@ class CallFuture(asyncio.Future[Any]):
         return True
 
 
-def future_factory(connection: _Cancelling) -> type[CallFuture]:
-    """What makes the futures of `connection`'s calls once the peer speaks ``cancel``: a class
-    of its own, called without arguments (a future takes the running loop, the connection's:
-    calls are made on it)."""
-    return type("CallFuture", (CallFuture,), {"__slots__": (), "_connection": weakref.ref(connection)})
+def future_factory(connection: _Cancelling, loop: asyncio.AbstractEventLoop) -> Callable[[], CallFuture]:
+    """What makes the futures of `connection`'s calls (on `loop`) once the peer speaks
+    ``cancel``: a class of its own. (The loop is given: a future made without one asks for the
+    running loop, which costs a ``getpid()`` system call each time.)"""
+    cls = type("CallFuture", (CallFuture,), {"__slots__": (), "_connection": weakref.ref(connection)})
+    return functools.partial(cls, loop=loop)
