@@ -280,6 +280,17 @@ impl TlsSession {
         result
     }
 
+    /// All the ciphertext to send now (possibly none), appended to `buffer`.
+    pub fn take_into(&mut self, mut buffer: Vec<u8>) -> Vec<u8> {
+        while self.conn.wants_write() {
+            // Writing into a Vec cannot fail.
+            if self.conn.write_tls(&mut buffer).is_err() {
+                break;
+            }
+        }
+        buffer
+    }
+
     /// All the ciphertext to send now (possibly none).
     pub fn take(&mut self) -> Vec<u8> {
         self.take_with(<[u8]>::to_vec)

@@ -60,7 +60,9 @@ log = logging.getLogger("pbfast")
 # What two pbfast peers add to the stock protocols, on both wires: the extensions a connection
 # announces while connecting (a name after Twisted's dialects, a key in foolscap's hello: both
 # ignored by stock peers; see docs/extensions.md) and speaks when the peer announced them too.
-EXTENSIONS: frozenset[str] = frozenset()
+# "large": strings, lists and messages up to max_message_size (the sessions switch the limits
+# as they negotiate).
+EXTENSIONS: frozenset[str] = frozenset({"large"})
 
 RECEIVE_LIMITS = ("max_element_size", "max_message_size", "max_depth", "max_header_length")
 DEFAULT_MEMORY_BUDGET = 256 << 20
@@ -856,10 +858,10 @@ class Connection(asyncio.Protocol, abc.ABC):
     def _receive(self, data: bytes) -> None:
         """Decode received bytes and handle the events (usually through `_handle`)."""
 
-    def _take_output(self) -> bytes | None:
-        """The bytes to write now, if any. While the connection is up the session's own `take`
-        stands here (called once per chunk received: no Python frame); once it is gone,
-        nothing."""
+    def _take_output(self) -> bytes | memoryview | None:
+        """The bytes to write now, if any (a large buffer is handed over as a read-only
+        memoryview, not copied). While the connection is up the session's own `take` stands
+        here (called once per chunk received: no Python frame); once it is gone, nothing."""
         return None
 
     def _finish_output(self) -> None:

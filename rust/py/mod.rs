@@ -51,6 +51,15 @@ fn limits(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Limits> {
     Ok(limits)
 }
 
+/// Whether the `**limits` keyword arguments set `max_element_size` (which a peer that speaks
+/// `large` then does not raise).
+fn element_size_set(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<bool> {
+    Ok(match kwargs {
+        Some(kwargs) => kwargs.contains("max_element_size")?,
+        None => false,
+    })
+}
+
 /// The `**limits` keyword arguments as (name, value) pairs; only `max_element_size` may be 0.
 pub(crate) fn limit_args(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(String, usize)>> {
     let mut out = Vec::new();
