@@ -307,7 +307,7 @@ class TubBroker(Connection):
     def _opened(self) -> None:
         self._flush()  # a client's upgrade request
 
-    def _receive(self, data: bytes) -> None:
+    def _receive(self, data: bytes | memoryview) -> None:
         session = self._session
         events: list[tuple[Any, ...]] | None
         try:

@@ -24,7 +24,7 @@ use super::dispatch::{Dispatch, Flavor};
 use super::foolscap::{in_use, ping, Fast, FoolscapEncoderPy, Reader, FS_DECIDE, FS_NEGOTIATED};
 use super::schemas::CallLimits;
 use super::session::{Encoding, SessionPy};
-use super::{element_size_set, with_bytes};
+use super::{element_size_set, with_received};
 use crate::banana::LARGE;
 use crate::foolscap::negotiate::{Negotiation, Setup, Step};
 use crate::tls::{Identity, TlsSession};
@@ -154,7 +154,7 @@ impl FoolscapSession {
         let (py, this, session) = (slf.py(), slf.get(), slf.as_super().get());
         let mut guard = this.lock_incoming()?;
         let Some(incoming) = guard.as_mut() else { return Ok(PyList::empty(py)) };
-        let events = with_bytes(data, |bytes| this.receive(py, session, incoming, bytes));
+        let events = with_received(data, |bytes| this.receive(py, session, incoming, bytes));
         this.read_done(guard);
         events
     }

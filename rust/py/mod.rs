@@ -87,7 +87,8 @@ pub(crate) fn set_limit(limits: &mut Limits, name: &str, value: usize) -> PyResu
     Ok(())
 }
 
-/// Run `f` on the bytes of a `bytes`, `bytearray` or `memoryview` (copying only the latter two).
+/// Run `f` on the bytes of a `bytes`, `bytearray` or `memoryview` (copying only the latter two:
+/// Python code `f` runs could change them).
 fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> PyResult<R>) -> PyResult<R> {
     if let Ok(b) = data.cast::<PyBytes>() {
         return f(b.as_bytes());
@@ -97,6 +98,22 @@ fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> PyResult<R>) 
         return Err(PyTypeError::new_err(format!("expected a bytes-like object, not {name}")));
     };
     f(&buffer.to_vec(data.py())?)
+}
+
+/// [`with_bytes`] for what a connection received: a view of its read buffer is read in place
+/// (only the transport writes there, between reads, never while a session reads it).
+fn with_received<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> PyResult<R>) -> PyResult<R> {
+    if data.cast::<PyBytes>().is_ok() {
+        return with_bytes(data, f);
+    }
+    let Ok(buffer) = PyBuffer::<u8>::get(data) else { return with_bytes(data, f) };
+    if !buffer.is_c_contiguous() {
+        return with_bytes(data, f);
+    }
+    // SAFETY: the buffer is held (its memory stays put) while `f` runs; it is contiguous, of
+    // `len_bytes` bytes, and nothing writes to a connection's read buffer meanwhile.
+    let bytes = unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) };
+    f(bytes)
 }
 
 /// The banana error in `bytes`, if there is one (only asked once decoding has failed).

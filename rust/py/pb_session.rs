@@ -34,7 +34,7 @@ pyo3::import_exception!(pbfast.errors, ProtocolError);
 use super::dispatch::{Dispatch, Flavor, Ran};
 use super::pb::{Envelope, Reader, Writer, EV_AWAITING, EV_FLUSH, EV_RAISED, EV_READY, EV_RETURNED};
 use super::session::{Encoding, SessionPy};
-use super::{element_size_set, limits, with_bytes, with_events};
+use super::{element_size_set, limits, with_events, with_received};
 use crate::banana::LARGE;
 use crate::pb::Received;
 
@@ -126,7 +126,7 @@ impl PbSession {
         let Incoming { reader, dispatch, broker, jelly } = incoming;
         let broker = broker.bind(py);
         let holding = session.holding();
-        let result = with_bytes(data, |bytes| {
+        let result = with_received(data, |bytes| {
             // The fast path, once the dialect is negotiated.
             let mut fast = match session.encoding(py) {
                 Some(Encoding::Pb(writer)) if !holding => Some(Fast::new(session, writer, dispatch, broker)),
