@@ -131,15 +131,16 @@ impl Identity {
 pub struct TlsSession {
     conn: Conn,
     role: Role,
+    /// Received ciphertext not processed yet (from a record boundary on, once the handshake is
+    /// over).
+    incoming: Vec<u8>,
     io: Io,
     failure: Option<TlsError>,
 }
 
-/// A session's buffers and where its closing stands.
+/// A session's output and where its closing stands.
 #[derive(Default)]
 struct Io {
-    /// Received ciphertext not processed yet.
-    incoming: Vec<u8>,
     /// Ciphertext to send.
     outgoing: Vec<u8>,
     /// Plaintext written before the keys allow sending it.
@@ -188,19 +189,21 @@ impl Records for UnbufferedServerConnection {
     }
 }
 
-/// Process what `io` has received: the application data goes to `plaintext`; what the handshake
-/// (or an alert) sends, and once the keys allow `write` (and what was held), then the
-/// close_notify if asked for, go to `io.outgoing`. On a failure, the alert rustls queued for the
-/// peer is encoded before the error is returned.
+/// Process the ciphertext in `incoming` (decrypted in place): the application data goes to
+/// `plaintext`; what the handshake (or an alert) sends, and once the keys allow `write` (and what
+/// was held), then the close_notify if asked for, go to `io.outgoing`. How many bytes of
+/// `incoming` are done with (the rest is to be kept, in front of what comes next), and the
+/// outcome.
 fn drive<C: Records>(
     conn: &mut C,
+    incoming: &mut [u8],
     io: &mut Io,
     plaintext: &mut Vec<u8>,
     mut write: Option<&[u8]>,
-) -> Result<(), rustls::Error> {
+) -> (usize, Result<(), rustls::Error>) {
     let mut start = 0;
     let result = loop {
-        let status = conn.records(&mut io.incoming[start..]);
+        let status = conn.records(&mut incoming[start..]);
         let discard = status.discard;
         let state = match status.state {
             Ok(state) => state,
@@ -255,28 +258,34 @@ fn drive<C: Records>(
             break Ok(());
         }
     };
-    // Read in place however many records came; only what is left is moved to the front.
-    io.incoming.drain(..start);
-    if io.peer_closed {
-        io.incoming = Vec::new(); // nothing is read after the peer's close_notify
-    }
     if let Some(data) = write {
         io.pending.extend_from_slice(data); // (the keys do not allow it yet)
     }
-    if result.is_err() {
-        // The alert rustls queued, if any (a bounded number of steps: it is one record).
-        for _ in 0..8 {
-            let status = conn.records(&mut io.incoming);
-            let discard = status.discard;
-            match status.state {
-                Ok(ConnectionState::EncodeTlsData(mut data)) => drop(encode(&mut data, &mut io.outgoing)),
-                Ok(ConnectionState::TransmitTlsData(data)) => data.done(),
-                _ => break,
-            }
-            io.incoming.drain(..discard);
+    (start, result)
+}
+
+/// After a failure: encode the alert rustls queued for the peer, if any (a bounded number of
+/// steps: it is one record).
+fn encode_alert<C: Records>(conn: &mut C, incoming: &mut Vec<u8>, io: &mut Io) {
+    for _ in 0..8 {
+        let status = conn.records(incoming);
+        let discard = status.discard;
+        match status.state {
+            Ok(ConnectionState::EncodeTlsData(mut data)) => drop(encode(&mut data, &mut io.outgoing)),
+            Ok(ConnectionState::TransmitTlsData(data)) => data.done(),
+            _ => break,
         }
+        incoming.drain(..discard);
     }
-    result
+}
+
+/// How many more bytes complete the TLS record `partial` starts (its 5-byte header, then its
+/// length's worth), counting the header first if it is not all there.
+fn record_missing(partial: &[u8]) -> usize {
+    match partial {
+        [_, _, _, hi, lo, ..] => (5 + usize::from(u16::from_be_bytes([*hi, *lo]))).saturating_sub(partial.len()),
+        _ => 5 - partial.len(),
+    }
 }
 
 /// Encode a handshake record (or an alert) at the end of `outgoing`.
@@ -416,7 +425,7 @@ impl TlsSession {
                 Conn::Server(UnbufferedServerConnection::new(Arc::new(config)).map_err(builder_failed)?)
             }
         };
-        let mut session = TlsSession { conn, role, io: Io::default(), failure: None };
+        let mut session = TlsSession { conn, role, incoming: Vec::new(), io: Io::default(), failure: None };
         // A client's hello is ready at once.
         session.step(&mut Vec::new(), None)?;
         Ok(session)
@@ -436,9 +445,43 @@ impl TlsSession {
         if self.io.peer_closed {
             return Ok(()); // nothing is read after the peer's close_notify
         }
-        self.io.incoming.extend_from_slice(data);
+        self.incoming.extend_from_slice(data);
         let start = plaintext.len();
         self.step(plaintext, None).inspect_err(|_| plaintext.truncate(start))
+    }
+
+    /// [`Self::feed`], decrypting `data` in place (it is scratch space, a read buffer): only a
+    /// record cut by its end is copied, to be completed by the next chunk.
+    pub fn feed_in_place(&mut self, mut data: &mut [u8], plaintext: &mut Vec<u8>) -> Result<(), TlsError> {
+        self.check_alive()?;
+        if self.io.peer_closed {
+            return Ok(());
+        }
+        if self.is_handshaking() {
+            return self.feed(data, plaintext); // (handshake messages may span records)
+        }
+        let start = plaintext.len();
+        // The record the last chunk cut: completed from this one, and read from the session's
+        // buffer.
+        while !self.incoming.is_empty() && !data.is_empty() {
+            let (done, rest) = data.split_at_mut(record_missing(&self.incoming).min(data.len()));
+            self.incoming.extend_from_slice(done);
+            data = rest;
+            if record_missing(&self.incoming) == 0 {
+                self.step(plaintext, None).inspect_err(|_| plaintext.truncate(start))?;
+            }
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let (done, result) = match &mut self.conn {
+            Conn::Client(c) => drive(c, data, &mut self.io, plaintext, None),
+            Conn::Server(s) => drive(s, data, &mut self.io, plaintext, None),
+        };
+        if !self.io.peer_closed {
+            self.incoming.extend_from_slice(&data[done..]);
+        }
+        result.map_err(|e| self.failed(e)).inspect_err(|_| plaintext.truncate(start))
     }
 
     /// Queue application data. Before the handshake completes it is held and sent as soon as
@@ -534,14 +577,26 @@ impl TlsSession {
     /// the handshake (or an alert) has to send and, once the keys allow, `write` (and what was
     /// held), then the close_notify if asked for. A failure is the session's from then on.
     fn step(&mut self, plaintext: &mut Vec<u8>, write: Option<&[u8]>) -> Result<(), TlsError> {
-        let result = match &mut self.conn {
-            Conn::Client(c) => drive(c, &mut self.io, plaintext, write),
-            Conn::Server(s) => drive(s, &mut self.io, plaintext, write),
+        let (done, result) = match &mut self.conn {
+            Conn::Client(c) => drive(c, &mut self.incoming, &mut self.io, plaintext, write),
+            Conn::Server(s) => drive(s, &mut self.incoming, &mut self.io, plaintext, write),
         };
-        result.map_err(|e| {
-            let message = self.describe(&e);
-            self.fail(message)
-        })
+        // Read in place however many records came; only what is left is moved to the front.
+        self.incoming.drain(..done);
+        if self.io.peer_closed {
+            self.incoming = Vec::new(); // nothing is read after the peer's close_notify
+        }
+        result.map_err(|e| self.failed(e))
+    }
+
+    /// The session failed with `error`: the alert for the peer is encoded, the failure kept.
+    fn failed(&mut self, error: rustls::Error) -> TlsError {
+        match &mut self.conn {
+            Conn::Client(c) => encode_alert(c, &mut self.incoming, &mut self.io),
+            Conn::Server(s) => encode_alert(s, &mut self.incoming, &mut self.io),
+        }
+        let message = self.describe(&error);
+        self.fail(message)
     }
     fn check_alive(&self) -> Result<(), TlsError> {
         match &self.failure {
@@ -1028,6 +1083,25 @@ mod tests {
         let received = pump(&mut client, &mut server).unwrap();
         assert_eq!(received.server, b"early words");
         assert_eq!(received.client, b"eager ");
+    }
+
+    #[test]
+    fn records_are_read_in_place_however_the_chunks_cut_them() {
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        for chunk in [1, 4, 5, 6, 1000, 16_384 + 22, 65_536, usize::MAX] {
+            let (mut client, mut server) = session_pair(Some(&identity(FOOLSCAP)), &identity(EC_P256), ALL_VERSIONS);
+            pump(&mut client, &mut server).unwrap();
+            client.write(&big).unwrap();
+            client.write(b"tail").unwrap();
+            let mut flight = client.take();
+            let mut received = Vec::new();
+            for piece in flight.chunks_mut(chunk.min(1 << 20)) {
+                server.feed_in_place(piece, &mut received).unwrap();
+            }
+            assert_eq!(received.len(), big.len() + 4, "chunks of {chunk}");
+            assert!(received.starts_with(&big) && received.ends_with(b"tail"), "chunks of {chunk}");
+            assert!(server.incoming.is_empty());
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::dispatch::{Dispatch, Flavor};
 use super::foolscap::{in_use, ping, Fast, FoolscapEncoderPy, Reader, FS_DECIDE, FS_NEGOTIATED};
 use super::schemas::CallLimits;
 use super::session::{Encoding, SessionPy};
-use super::{element_size_set, with_received};
+use super::{element_size_set, with_received_mut};
 use crate::banana::LARGE;
 use crate::foolscap::negotiate::{Negotiation, Setup, Step};
 use crate::tls::{Identity, TlsSession};
@@ -154,7 +154,7 @@ impl FoolscapSession {
         let (py, this, session) = (slf.py(), slf.get(), slf.as_super().get());
         let mut guard = this.lock_incoming()?;
         let Some(incoming) = guard.as_mut() else { return Ok(PyList::empty(py)) };
-        let events = with_received(data, |bytes| this.receive(py, session, incoming, bytes));
+        let events = with_received_mut(data, |bytes| this.receive(py, session, incoming, bytes));
         this.read_done(guard);
         events
     }
@@ -449,7 +449,7 @@ impl FoolscapSession {
         py: Python<'py>,
         session: &SessionPy,
         incoming: &mut Incoming,
-        bytes: &[u8],
+        bytes: &mut [u8],
     ) -> PyResult<Bound<'py, PyList>> {
         // What the link makes of the bytes; it is released before banana is read (Python runs
         // then, and may write).
@@ -467,7 +467,7 @@ impl FoolscapSession {
             } else if let Some(tls) = link.tls.as_mut() {
                 // Decrypted into the framer's own buffer, and read from there (nothing is added
                 // if the session fails).
-                let decrypted = incoming.reader.append_with(|buffer| py.detach(|| tls.feed(bytes, buffer)));
+                let decrypted = incoming.reader.append_with(|buffer| py.detach(|| tls.feed_in_place(bytes, buffer)));
                 if let Err(e) = decrypted {
                     // The session is broken: nothing more goes through it but its alert.
                     session.discard();

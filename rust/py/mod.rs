@@ -116,6 +116,23 @@ fn with_received<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> PyResult<R
     f(bytes)
 }
 
+/// [`with_received`] for a reader that works in place (a TLS session decrypting records): a
+/// writable view of the connection's read buffer is given as it is (it is scratch space, read
+/// once); anything else is copied first.
+fn with_received_mut<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&mut [u8]) -> PyResult<R>) -> PyResult<R> {
+    if data.cast::<PyBytes>().is_err() {
+        if let Ok(buffer) = PyBuffer::<u8>::get(data) {
+            if buffer.is_c_contiguous() && !buffer.readonly() {
+                // SAFETY: as in `with_received`; the buffer is writable, and no other reference
+                // to its bytes is made while `f` runs.
+                let bytes = unsafe { std::slice::from_raw_parts_mut(buffer.buf_ptr() as *mut u8, buffer.len_bytes()) };
+                return f(bytes);
+            }
+        }
+    }
+    with_bytes(data, |bytes| f(&mut bytes.to_vec()))
+}
+
 /// The banana error in `bytes`, if there is one (only asked once decoding has failed).
 fn banana_fault(bytes: &[u8], dialect: Dialect, limits: Limits) -> Option<PyErr> {
     framer::exactly_one(bytes, dialect, limits).err().map(PyErr::from)
