@@ -52,10 +52,10 @@ pub const FLUSH_AT: usize = 1 << 16;
 pub const HAND_OFF_AT: usize = 1 << 16;
 
 /// Buffers of this capacity or less are kept whatever the traffic; larger ones only while large
-/// messages keep coming (see [`Spares::small_take`]).
+/// messages keep coming (see [`Spares::settle`]).
 const KEPT: usize = 1 << 20;
 /// Consecutive small writes after which the large buffers are let go of.
-const SMALL_TAKES: u32 = 64;
+const SMALL_TAKES: usize = 64;
 
 /// The buffers a connection encodes its messages into and writes from, kept for the next
 /// messages: a connection that sends large messages would otherwise take fresh memory (and
@@ -66,6 +66,8 @@ pub struct Spares {
     buffers: Mutex<Vec<Vec<u8>>>,
     /// Consecutive small writes.
     small: AtomicUsize,
+    /// The connection is gone: buffers given back are let go of.
+    closed: AtomicBool,
 }
 
 impl Spares {
@@ -84,9 +86,15 @@ impl Spares {
         }
         buffer.clear();
         let mut buffers = self.lock();
-        if buffers.len() < Self::COUNT {
+        if buffers.len() < Self::COUNT && !self.closed.load(Ordering::Relaxed) {
             buffers.push(buffer);
         }
+    }
+
+    /// Let go of every buffer, and of those given back from now on.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.lock().clear();
     }
 
     /// A write of `len` bytes: after [`SMALL_TAKES`] small ones in a row the large buffers go
@@ -97,7 +105,7 @@ impl Spares {
             self.small.store(0, Ordering::Relaxed);
             return;
         }
-        if self.small.fetch_add(1, Ordering::Relaxed) + 1 == SMALL_TAKES as usize {
+        if self.small.fetch_add(1, Ordering::Relaxed) + 1 == SMALL_TAKES {
             if out.capacity() > KEPT {
                 out.shrink_to(HAND_OFF_AT);
             }
@@ -617,7 +625,7 @@ impl SessionPy {
         self.discard();
         // The buffers' memory goes now (what a transport still holds comes back to no one).
         *self.lock_out() = Vec::new();
-        self.spares.lock().clear();
+        self.spares.close();
         self.tables.clear();
         let callbacks = self.callbacks.lock().unwrap_or_else(|e| e.into_inner()).take();
         let encoder = self.encoder.lock().unwrap_or_else(|e| e.into_inner()).take();
