@@ -11,9 +11,11 @@ Measures, with the same settings and through the other scripts' own functions:
 * ``rpc.py``'s ``echo(1)``: pbfast on the PB wire, stock Twisted PB, the raw uvloop client with
   futures and batched writes, and the raw callback floor;
 * ``tub.py``'s ``echo(1)`` and connection setup: a pbfast Tub and a stock foolscap Tub over TLS;
-* ``rpc.py --dicts`` and ``tub.py --dicts``: pbfast PB and the pbfast Tub echoing the 1,000 dicts.
+* ``rpc.py --dicts`` and ``tub.py --dicts``: pbfast PB and the pbfast Tub echoing the 1,000 dicts;
+* ``rpc.py --bulk`` and ``tub.py --bulk``: pbfast PB, the pbfast Tub and the raw uvloop echo (over
+  TCP, and over TLS with the ``ssl`` module) echoing a 1 MiB byte string, in MB/s.
 
-The four RPC measurements take their rounds in turn (round 1 of each, then round 2 of each, ...),
+The six RPC measurements take their rounds in turn (round 1 of each, then round 2 of each, ...),
 so that figures compared with each other are measured close together in time. Writes
 ``DIR/comparison.md`` (the systems' figures, the ratios of ``targets.py`` with PASS or MISS, the
 machine, the command and the date) and ``DIR/comparison.png`` (throughput and latency, one bar per
@@ -45,12 +47,15 @@ from targets import TARGETS, fmt_target, verdict  # noqa: E402
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CHART_HINT = "pip install matplotlib (or pip install -e '.[bench]')"
 
-# The RPC measurements: (name in the JSON, as named in the report, script, with --dicts).
+# The RPC measurements: (name in the JSON, as named in the report, script, the call echoed:
+# "one" is echo(1), "dicts" the 1,000 dicts, "bulk" the 1 MiB byte string).
 PARTS = (
-    ("rpc", "rpc.py", rpc, False),
-    ("tub", "tub.py", tub, False),
-    ("rpc_dicts", "rpc.py --dicts", rpc, True),
-    ("tub_dicts", "tub.py --dicts", tub, True),
+    ("rpc", "rpc.py", rpc, "one"),
+    ("tub", "tub.py", tub, "one"),
+    ("rpc_dicts", "rpc.py --dicts", rpc, "dicts"),
+    ("tub_dicts", "tub.py --dicts", tub, "dicts"),
+    ("rpc_bulk", "rpc.py --bulk", rpc, "bulk"),
+    ("tub_bulk", "tub.py --bulk", tub, "bulk"),
 )
 # The systems' rows, in the table's order: (key in targets.py, title, wire, measurement, its name
 # of the system). The pbfast rows also take their 1,000-dict figure from DICTS.
@@ -61,16 +66,26 @@ SYSTEMS = (
     ("foolscap", "foolscap Tub", "foolscap over TLS", "tub", tub.FOOLSCAP),
     ("raw", "raw uvloop, futures", "length-prefixed frames over TCP", "rpc", rpc.RAW),
     ("floor", "raw uvloop, callback floor", "length-prefixed frames over TCP", "rpc", rpc.FLOOR),
+    ("raw_tls", "raw uvloop over TLS, futures", "length-prefixed frames over TLS", "rpc_bulk", rpc.RAW_TLS),
 )
 PART_TITLES = {name: title for name, title, _, _ in PARTS}
 DICTS = {"pb": ("rpc_dicts", rpc.PBFAST), "tub": ("tub_dicts", tub.PBFAST)}
+# The rows with a 1 MiB echo figure: where it is measured.
+BULK = {
+    "pb": ("rpc_bulk", rpc.PBFAST),
+    "tub": ("tub_bulk", tub.PBFAST),
+    "raw": ("rpc_bulk", rpc.RAW),
+    "raw_tls": ("rpc_bulk", rpc.RAW_TLS),
+}
 # The codec rows: (key in targets.py, title, serialization.py's system).
 CODECS = (
     ("codec", "pbfast (`pbfast.dumps` + `pbfast.loads`)", serialization.PBFAST),
     ("pickle", "pickle (protocol 5)", serialization.PICKLE),
 )
 PBFAST_KEYS = {"pb", "tub"}
-RAW_KEYS = {"raw", "floor"}
+RAW_KEYS = {"raw", "floor", "raw_tls"}
+# Rows measured only with the 1 MiB echo (not in the echo(1) chart).
+BULK_ONLY = {"raw_tls"}
 
 
 # ============================================================================================
@@ -139,6 +154,46 @@ def measure_codec(args: argparse.Namespace) -> dict[str, Any]:
         return {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
 
 
+def measure_cipher(rounds: int = 50) -> dict[str, Any]:
+    """What AES-256-GCM alone costs (the cipher the Tubs negotiate, TLS13_AES_256_GCM_SHA384):
+    the fastest of `rounds` seals, and opens, of 1 MiB with OpenSSL's (through ``cryptography``),
+    in this process; or why it was not measured. A 1 MiB echo seals and opens 1 MiB in each
+    process, so an echo over TLS spends at least that much more CPU per call than one without."""
+    try:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError:
+        return {"error": "cryptography is not installed"}
+    import time
+
+    cipher, nonce, data = AESGCM(AESGCM.generate_key(bit_length=256)), bytes(12), rpc.bulk_payload()
+    sealed = cipher.encrypt(nonce, data, None)
+    seal = open_ = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        cipher.encrypt(nonce, data, None)
+        seal = min(seal, time.perf_counter() - started)
+        started = time.perf_counter()
+        cipher.decrypt(nonce, sealed, None)
+        open_ = min(open_, time.perf_counter() - started)
+    return {"seal_us": seal * 1e6, "open_us": open_ * 1e6, "bytes": len(data)}
+
+
+def cipher_note(cipher: dict[str, Any], benches: dict[str, dict[str, Any]]) -> str | None:
+    """What TLS's cipher alone leaves of the raw echo's MB/s, from its CPU per call."""
+    raw = benches.get("rpc_bulk", {}).get("systems", {}).get(rpc.RAW, {}).get("pipelined", {})
+    cpu = [raw.get("client_cpu_us_per_call"), raw.get("server_cpu_us_per_call")]
+    if "error" in cipher or None in cpu:
+        return None
+    busier, crypto = max(cpu), cipher["seal_us"] + cipher["open_us"]
+    return (
+        f"- TLS's cipher alone: AES-256-GCM seals 1 MiB in {cipher['seal_us']:,.0f} µs and opens it in "
+        f"{cipher['open_us']:,.0f} µs (OpenSSL, in this process, fastest of 50). Each process of a 1 MiB "
+        f"echo over TLS does both per call, on top of the {busier:,.0f} µs of CPU per call the raw "
+        f"echo's busier process spends here: an echo that did nothing but the raw echo's work and "
+        f"the cipher's would reach at most {busier / (busier + crypto):.2f}× the raw echo's MB/s"
+    )
+
+
 def rows(benches: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per system, in the table's order: its figures, or why it did not run."""
     out = []
@@ -152,15 +207,20 @@ def rows(benches: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             row["not_run"] = f"not run: {figures['unavailable'] if figures else 'not measured'}"
         else:
             row["version"] = figures["version"]
-            row["median_us"] = figures["sequential"]["median_us"]
-            row["p99_us"] = figures["sequential"]["p99_us"]
-            row["calls_per_second"] = figures["pipelined"]["calls_per_second_median"]
+            if key not in BULK_ONLY:
+                row["median_us"] = figures["sequential"]["median_us"]
+                row["p99_us"] = figures["sequential"]["p99_us"]
+                row["calls_per_second"] = figures["pipelined"]["calls_per_second_median"]
             if figures.get("setup"):
                 row["setup_median_ms"] = figures["setup"]["median_ms"]
         if key in DICTS:
             part, system = DICTS[key]
             figures = benches[part].get("systems", {}).get(system) or {}
             row["dicts_calls_per_second"] = figures.get("pipelined", {}).get("calls_per_second_median")
+        if key in BULK:
+            part, system = BULK[key]
+            figures = benches[part].get("systems", {}).get(system) or {}
+            row["bulk_mb_per_second"] = figures.get("pipelined", {}).get("mb_per_second_median")
         out.append(row)
     return out
 
@@ -233,7 +293,7 @@ def settings_text(args: argparse.Namespace) -> str:
     return (
         f"{args.seconds:g} s per system per measurement in {plural(args.rounds, 'alternating round')}, "
         f"warm-up {args.warmup:g} s, {args.outstanding} calls outstanding "
-        f"({rpc.DICT_OUTSTANDING} with the 1,000 dicts), "
+        f"({rpc.DICT_OUTSTANDING} with the 1,000 dicts, {rpc.BULK_OUTSTANDING} with the 1 MiB echo), "
         f"{plural(connections, 'fresh client Tub')} per Tub system; "
         f"CPU placement `--pin {args.pin}`: {rpc.describe_pin(args.pin)}"
     )
@@ -251,17 +311,20 @@ def markdown(data: dict[str, Any]) -> str:
         lines += [rpc.debug_warning(), ""]
     lines += [
         "| system | wire | version | seq median µs | seq p99 µs | pipelined calls/s "
-        "| 1,000-dict echo calls/s |",
-        "|---|---|---|--:|--:|--:|--:|",
+        "| 1,000-dict echo calls/s | 1 MiB echo MB/s |",
+        "|---|---|---|--:|--:|--:|--:|--:|",
     ]
     for row in data["rows"]:
         dicts = cell(row, "dicts_calls_per_second", rpc.fmt_rate)
+        bulk = cell(row, "bulk_mb_per_second", rpc.fmt_mb)
         if "not_run" in row:
-            lines.append(f"| {row['title']} | {row['wire']} | {row['not_run']} | – | – | – | {dicts} |")
+            not_run = f"| {row['title']} | {row['wire']} | {row['not_run']} | – | – | –"
+            lines.append(f"{not_run} | {dicts} | {bulk} |")
             continue
         lines.append(
             f"| {row['title']} | {row['wire']} | {row['version']} | {cell(row, 'median_us', rpc.fmt_us)} | "
-            f"{cell(row, 'p99_us', rpc.fmt_us)} | {cell(row, 'calls_per_second', rpc.fmt_rate)} | {dicts} |"
+            f"{cell(row, 'p99_us', rpc.fmt_us)} | {cell(row, 'calls_per_second', rpc.fmt_rate)} | {dicts} "
+            f"| {bulk} |"
         )
     lines += ["", "| codec | version | dumps+loads/s, 1,000 dicts | payload bytes |", "|---|---|--:|--:|"]
     for row in data["codec_rows"]:
@@ -297,6 +360,12 @@ def markdown(data: dict[str, Any]) -> str:
         "answered by as many requests in one write",
         "- 1,000-dict echo: `echo(data)`, `data` the 1,000 small dicts below (jelly on PB, foolscap "
         f"values on the Tub), {rpc.DICT_OUTSTANDING} calls outstanding, every reply compared with `data`",
+        f"- 1 MiB echo: `echo(data)`, `data` a {rpc.BULK_SIZE:,}-byte string, {rpc.BULK_OUTSTANDING} calls "
+        "outstanding, every reply compared with `data`; MB/s: MB (10^6 bytes) of payload per second each "
+        "way. The raw echoes: frames of a 4-byte length, a 4-byte request id and the 1 MiB, each long frame "
+        "gathered chunk by chunk and joined once, the reply's body the value its future gets; *over TLS*: "
+        "the same through uvloop's TLS with the `ssl` module (OpenSSL)",
+        *([data["cipher_note"]] if data.get("cipher_note") else []),
         f"- Codec: `{serialization.DATA_SOURCE}`, dumps then loads, in process, garbage collector on",
         f"- Machine: {cpus} CPUs, {env['machine']}, {env['platform']}"
         f"{rpc.busy_note(env.get('cpu_busy_before_percent'))}",
@@ -335,7 +404,7 @@ def chart(data: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    rows_ = data["rows"]
+    rows_ = [r for r in data["rows"] if r["key"] not in BULK_ONLY]
     labels = [f"{r['title']}\n{r['wire']}" for r in rows_]
     colours = [
         PBFAST_COLOUR if r["key"] in PBFAST_KEYS else RAW_COLOUR if r["key"] in RAW_KEYS else STOCK_COLOUR
@@ -453,8 +522,12 @@ def main(argv: list[str] | None = None) -> int:
     size = rpc.request_size()
 
     codec = measure_codec(args)
-    dict_args = argparse.Namespace(**{**vars(args), "dicts": True, "outstanding": rpc.DICT_OUTSTANDING})
-    parts = [Part(name, title, module, dict_args if dicts else args) for name, title, module, dicts in PARTS]
+    settings = {
+        "one": args,
+        "dicts": argparse.Namespace(**{**vars(args), "dicts": True, "outstanding": rpc.DICT_OUTSTANDING}),
+        "bulk": argparse.Namespace(**{**vars(args), "bulk": True, "outstanding": rpc.BULK_OUTSTANDING}),
+    }
+    parts = [Part(name, title, module, settings[call]) for name, title, module, call in PARTS]
     for part in parts:
         part.prepare()
     for rnd in range(args.rounds):
@@ -465,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         part.name: part.json(rpc_env if part.module is rpc else tub_env, size) for part in parts
     }
     benches["serialization"] = codec
+    cipher = measure_cipher()
     system_rows, codec_rows_ = rows(benches), codec_rows(codec)
     data: dict[str, Any] = {
         "benchmark": "compare",
@@ -476,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
         "codec_rows": codec_rows_,
         "ratios": ratios(system_rows + codec_rows_),
         "benches": benches,
+        "cipher": cipher,
+        "cipher_note": cipher_note(cipher, benches),
     }
 
     os.makedirs(args.out, exist_ok=True)

@@ -1,7 +1,7 @@
 """RPC latency and throughput: pbfast against stock Twisted PB and two raw uvloop echoes.
 
-    python benches/rpc.py [--seconds 2] [--rounds 3] [--only pbfast,twisted,raw,floor]
-                          [--pin same|split|none] [--dicts] [--json [PATH]]
+    python benches/rpc.py [--seconds 2] [--rounds 3] [--only pbfast,twisted,raw,floor,raw-tls]
+                          [--pin same|split|none] [--dicts | --bulk] [--json [PATH]]
 
 For each system, its server runs in its own process and its client in another, both on
 127.0.0.1. The client measures the sequential latency of ``echo(1)`` (one call at a time: median
@@ -16,6 +16,12 @@ each read's replies answered by as many new requests in one write (the callback 
 
 With ``--dicts``, pbfast alone echoes the 1,000 small dicts of ``serialization.py`` instead of
 ``1``, pipelined with 8 calls outstanding; there is no sequential measurement then.
+
+With ``--bulk``, pbfast echoes a 1 MiB byte string (``echo(data)``, answered with the same
+1 MiB) against the raw futures client and echo server with 1 MiB frames, over TCP and over TLS
+(``raw-tls``: uvloop with the standard ``ssl`` module, measured with ``--bulk`` only), all
+pipelined with 4 calls outstanding and no sequential measurement; figures in MB/s of payload
+each way.
 
 Only the standard library, the systems measured and the other scripts here are used. Twisted is
 optional.
@@ -53,21 +59,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from targets import fmt_target, for_script, verdict  # noqa: E402
 
-PBFAST, TWISTED, RAW, FLOOR = "pbfast", "twisted", "raw", "floor"
-SYSTEMS = (PBFAST, TWISTED, RAW, FLOOR)
+PBFAST, TWISTED, RAW, FLOOR, RAW_TLS = "pbfast", "twisted", "raw", "floor", "raw-tls"
+SYSTEMS = (PBFAST, TWISTED, RAW, FLOOR, RAW_TLS)
 TITLES = {
     PBFAST: "pbfast",
     TWISTED: "Twisted PB",
     RAW: "raw uvloop, futures",
     FLOOR: "raw uvloop, callback floor",
+    RAW_TLS: "raw uvloop over TLS, futures",
 }
 OUTSTANDING = 100
 DICT_OUTSTANDING = 8  # with --dicts: each call carries ~157 KB each way
+BULK_SIZE = 1 << 20  # with --bulk: the byte string echoed
+BULK_OUTSTANDING = 4
+# Frames at least this long are gathered chunk by chunk and joined once, not re-copied with
+# every chunk that arrives.
+LONG_FRAME = 1 << 16
 HOST = "127.0.0.1"
 
 # (label, key in the JSON, numerator, denominator, measure, comparison, target): the project's
-# targets (benches/targets.py) between two of these systems.
-TARGETS = for_script({"pb": PBFAST, "twisted": TWISTED, "raw": RAW, "floor": FLOOR})
+# targets (benches/targets.py) between two of these systems, of echo(1) and of --bulk.
+ROWS = {"pb": PBFAST, "twisted": TWISTED, "raw": RAW, "floor": FLOOR, "raw_tls": RAW_TLS}
+TARGETS = for_script(ROWS)
+BULK_TARGETS = for_script(ROWS, bulk=True)
 
 
 def request_size() -> int:
@@ -78,8 +92,16 @@ def request_size() -> int:
     return len(pbfast._core.PbEncoder("pb").message(1, b"root", "echo", True, (1,), {}))
 
 
+def bulk_payload(size: int = BULK_SIZE) -> bytes:
+    """`size` bytes of a repeating alphabet (not zeros, which a transport could treat specially)."""
+    return (bytes(range(65, 91)) * (size // 26 + 1))[:size]
+
+
 def echo_argument(args: argparse.Namespace) -> Any:
-    """What the clients echo: ``1``, or with --dicts the serialization benchmark's 1,000 dicts."""
+    """What the clients echo: ``1``, with --dicts the serialization benchmark's 1,000 dicts, with
+    --bulk a 1 MiB byte string."""
+    if args.bulk:
+        return bulk_payload()
     if not args.dicts:
         return 1
     from serialization import make_data  # benches/ is on sys.path: this file's own directory
@@ -88,6 +110,8 @@ def echo_argument(args: argparse.Namespace) -> Any:
 
 
 def describe_call(args: argparse.Namespace) -> str:
+    if args.bulk:
+        return f"`echo(data)` with `data` a {BULK_SIZE:,}-byte string (1 MiB each way)"
     if args.dicts:
         return "`echo(data)` with `data` the 1,000 small dicts of `serialization.py` (~157 KB each way)"
     return "`echo(1)`"
@@ -145,29 +169,62 @@ def serve_twisted() -> None:
     reactor.run()
 
 
+class LongFrame:
+    """The chunks of one long frame as they arrive, joined once it is complete: one copy of the
+    frame, where prepending what is held to each chunk would copy it again with every chunk."""
+
+    __slots__ = ("missing", "parts")
+
+    def __init__(self, start: memoryview, length: int) -> None:
+        self.parts = [start]
+        self.missing = length - len(start)
+
+    def add(self, data: bytes) -> tuple[bytes, bytes] | None:
+        """Add a chunk: once the frame is complete, (the frame, the bytes after it)."""
+        if len(data) < self.missing:
+            self.parts.append(memoryview(data))
+            self.missing -= len(data)
+            return None
+        self.parts.append(memoryview(data)[: self.missing])
+        return b"".join(self.parts), data[self.missing :]
+
+
 class RawEchoServer(asyncio.Protocol):
     """Echoes every complete frame (4-byte big-endian length + payload) back, unchanged: the
-    frames completed by one read go back in one write."""
+    frames completed by one read go back in one write; a long frame is gathered and joined once
+    (`LongFrame`)."""
 
     def __init__(self) -> None:
         self._buf = b""
+        self._long: LongFrame | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
-        if self._buf:
+        if self._long is not None:
+            done = self._long.add(data)
+            if done is None:
+                return
+            self._long = None
+            frame, data = done
+            self._transport.write(frame)
+            if not data:
+                return
+        elif self._buf:
             data = self._buf + data
         end, pos, unpack = len(data), 0, _LENGTH.unpack_from
         while end - pos >= 4:
             frame_end = pos + 4 + unpack(data, pos)[0]
             if frame_end > end:
+                if frame_end - pos >= LONG_FRAME:
+                    self._long = LongFrame(memoryview(data)[pos:], frame_end - pos)
                 break
             pos = frame_end
         if pos:
             self._transport.write(data if pos == end else data[:pos])
-        self._buf = data[pos:]
+        self._buf = b"" if self._long is not None else data[pos:]
 
 
 def run_uvloop(main: Any) -> Any:
@@ -177,9 +234,10 @@ def run_uvloop(main: Any) -> Any:
         return runner.run(main)
 
 
-def serve_raw() -> None:
+def serve_raw(tls: bool = False) -> None:
     async def main() -> None:
-        server = await asyncio.get_running_loop().create_server(RawEchoServer, HOST, 0)
+        context = server_tls_context() if tls else None
+        server = await asyncio.get_running_loop().create_server(RawEchoServer, HOST, 0, ssl=context)
         announce(server.sockets[0].getsockname()[1])
         await asyncio.Event().wait()
 
@@ -187,7 +245,40 @@ def serve_raw() -> None:
     run_uvloop(main())
 
 
-SERVERS = {PBFAST: serve_pbfast, TWISTED: serve_twisted, RAW: serve_raw, FLOOR: serve_raw}
+def server_tls_context() -> Any:
+    """The raw TLS echo server's: a fresh self-signed certificate, the ``ssl`` module's defaults
+    (TLS 1.3 here, as the Tubs negotiate)."""
+    import ssl
+
+    from pbfast.endpoints import self_signed_certificate
+
+    cert, key = self_signed_certificate(HOST)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory(prefix="pbfast-rpc-") as tmp:
+        paths = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        for path, pem in zip(paths, (cert, key), strict=True):
+            with open(path, "wb") as f:
+                f.write(pem)
+        context.load_cert_chain(*paths)
+    return context
+
+
+def client_tls_context() -> Any:
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the bench's own server on 127.0.0.1
+    return context
+
+
+SERVERS = {
+    PBFAST: serve_pbfast,
+    TWISTED: serve_twisted,
+    RAW: serve_raw,
+    FLOOR: serve_raw,
+    RAW_TLS: functools.partial(serve_raw, tls=True),
+}
 
 
 # ============================================================================================
@@ -232,17 +323,20 @@ class RawClient(asyncio.Protocol):
     """The least an RPC client must do: number each request, keep a future per request id in a
     dict, write the frame (4-byte length, 4-byte id, filler to the size of pbfast's request),
     and on each reply frame pop the future and resolve it with the reply's body. Writes made in
-    one loop iteration go out together, as pbfast's do."""
+    one loop iteration go out together, as pbfast's do. A long reply's body is gathered and
+    joined once (`LongFrame`), and is the value the future gets."""
 
     def __init__(self, size: int) -> None:
         self._loop = asyncio.get_running_loop()
         self._pending: dict[int, asyncio.Future[bytes]] = {}
         self._next = 1
         self._buf = b""
+        self._long: LongFrame | None = None
+        self._long_id = 0
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._length = size
-        self.body = bytes(range(65, 65 + size - 4))
+        self.body = bulk_payload(size - 4)
         self.connected: asyncio.Future[None] = self._loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -268,19 +362,34 @@ class RawClient(asyncio.Protocol):
         out.clear()
 
     def data_received(self, data: bytes) -> None:
-        if self._buf:
+        pending = self._pending
+        if self._long is not None:
+            done = self._long.add(data)
+            if done is None:
+                return
+            self._long = None
+            body, data = done
+            future = pending.pop(self._long_id, None)
+            if future is not None and not future.done():
+                future.set_result(body)
+            if not data:
+                return
+        elif self._buf:
             data = self._buf + data
-        end, pos, unpack, pending = len(data), 0, _HEADER.unpack_from, self._pending
+        end, pos, unpack = len(data), 0, _HEADER.unpack_from
         while end - pos >= 8:
             length, request_id = unpack(data, pos)
             frame_end = pos + 4 + length
             if frame_end > end:
+                if length >= LONG_FRAME:
+                    self._long = LongFrame(memoryview(data)[pos + 8 :], length - 4)
+                    self._long_id = request_id
                 break
             future = pending.pop(request_id, None)
             if future is not None and not future.done():
                 future.set_result(data[pos + 8 : frame_end])
             pos = frame_end
-        self._buf = data[pos:]
+        self._buf = b"" if self._long is not None else data[pos:]
 
     def connection_lost(self, exc: Exception | None) -> None:
         for future in self._pending.values():
@@ -344,7 +453,7 @@ async def measure_asyncio(
         "pipelined": pipelined,
         "sequential": None,
     }
-    if args.dicts or not sequential:
+    if args.dicts or args.bulk or not sequential:
         return outcome
 
     # Sequential: one call at a time, each timed.
@@ -384,11 +493,14 @@ def client_pbfast(args: argparse.Namespace) -> dict[str, Any]:
     return pbfast.run(main())
 
 
-def client_raw(args: argparse.Namespace) -> dict[str, Any]:
+def client_raw(args: argparse.Namespace, tls: bool = False) -> dict[str, Any]:
     async def main() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        size = args.size or request_size()
-        transport, protocol = await loop.create_connection(lambda: RawClient(size), HOST, args.port)
+        size = 4 + BULK_SIZE if args.bulk else args.size or request_size()
+        context = client_tls_context() if tls else None
+        transport, protocol = await loop.create_connection(
+            lambda: RawClient(size), HOST, args.port, ssl=context
+        )
         await protocol.connected
         try:
             return await measure_asyncio(protocol.call, protocol.body, args)
@@ -661,7 +773,13 @@ def client_twisted(args: argparse.Namespace) -> dict[str, Any]:
     return run_reactor(main)
 
 
-CLIENTS = {PBFAST: client_pbfast, TWISTED: client_twisted, RAW: client_raw, FLOOR: client_floor}
+CLIENTS = {
+    PBFAST: client_pbfast,
+    TWISTED: client_twisted,
+    RAW: client_raw,
+    FLOOR: client_floor,
+    RAW_TLS: functools.partial(client_raw, tls=True),
+}
 
 
 # ============================================================================================
@@ -725,7 +843,7 @@ def versions() -> dict[str, str | None]:
         out[RAW] = f"uvloop {uvloop.__version__}"
     except ImportError:
         out[RAW] = None
-    out[FLOOR] = out[RAW]
+    out[FLOOR] = out[RAW_TLS] = out[RAW]
     return out
 
 
@@ -786,7 +904,7 @@ def run_client(
         python, os.path.abspath(__file__), "--client", system, "--port", str(port),
         "--seconds", repr(budget), "--warmup", repr(args.warmup), "--outstanding", str(args.outstanding),
         "--server-pid", str(server_pid), "--size", str(size), *pin_args(cpu),
-        *(["--dicts"] if args.dicts else []),
+        *(["--dicts"] if args.dicts else []), *(["--bulk"] if args.bulk else []),
     ]  # fmt: skip
     timeout = 60 + 10 * (2 * budget + args.warmup)
     with tempfile.TemporaryDirectory(prefix="pbfast-rpc-") as tmp:
@@ -809,9 +927,25 @@ def same_build(system: str) -> tuple[str, str]:
     return sys.executable, system
 
 
+def mb_per_second(calls_per_second: float | None) -> float | None:
+    """--bulk: MB (10**6 bytes) of payload per second each way."""
+    return None if calls_per_second is None else calls_per_second * BULK_SIZE / 1e6
+
+
+def fmt_mb(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f}"
+
+
+def mode_title(args: argparse.Namespace) -> str:
+    """What a round's line adds to the system's title."""
+    return " (1,000 dicts)" if args.dicts else " (1 MiB)" if args.bulk else ""
+
+
 def round_line(rnd: int, args: argparse.Namespace, title: str, rate: float, seq: dict | None) -> str:
     """One round of one system, for stderr."""
-    line = f"  round {rnd + 1}/{args.rounds} {title:<26} {rate:>10,.0f} calls/s pipelined"
+    line = f"  round {rnd + 1}/{args.rounds} {title:<34} {rate:>10,.0f} calls/s pipelined"
+    if args.bulk:
+        line += f" ({fmt_mb(mb_per_second(rate))} MB/s)"
     if seq:
         line += f", median {statistics.median(seq['samples_ns']) / 1e3:.1f} µs sequential"
     return line
@@ -853,7 +987,7 @@ def measure(
                 res.samples_ns.extend(seq["samples_ns"])
                 res.seq_calls += seq["calls"]
                 add_cpu(res.seq_cpu, seq)
-            title = TITLES.get(res.system, res.system) + (" (1,000 dicts)" if args.dicts else "")
+            title = TITLES.get(res.system, res.system) + mode_title(args)
             print(round_line(rnd, args, title, res.rates[-1], seq), file=sys.stderr)
     for res in runnable:
         if res.bad_replies:
@@ -885,7 +1019,7 @@ def per_call_us(total: list[Any], index: int) -> float | None:
     return None if cpu is None or not calls else cpu / calls * 1e6
 
 
-def ratios(results: list[Any], targets: tuple = TARGETS) -> list[dict[str, Any]]:
+def ratios(results: list[Any], targets: tuple) -> list[dict[str, Any]]:
     """Each target's ratio and verdict (None where a side did not run, or nothing is aimed at)."""
     by_name = {r.system: r for r in results}
     out = []
@@ -1001,26 +1135,31 @@ def report(results: list[Result], env: dict[str, Any], args: argparse.Namespace,
         f"- CPUs: {cpus}{busy_note(env.get('cpu_busy_before_percent'))}",
         f"- Platform: {env['platform']}",
         f"- Call: {describe_call(args)} over TCP on {HOST}, server and client in separate processes; "
-        f"`echo(1)` request {size} bytes (the raw echoes' frames: 4-byte length + {size} bytes)",
+        + (
+            f"the raw echoes' frames: 4-byte length, 4-byte request id + {BULK_SIZE:,} bytes"
+            if args.bulk
+            else f"`echo(1)` request {size} bytes (the raw echoes' frames: 4-byte length + {size} bytes)"
+        ),
         f"- Timing: {args.seconds:g} s per system per measurement in {args.rounds} alternating rounds "
         f"(a fresh server and client each round); warm-up {args.warmup:g} s; "
         f"pipelined with {args.outstanding} calls outstanding",
         f"- CPU placement (`--pin {args.pin}`): {describe_pin(args.pin)}",
         "",
-        "| system | version | seq median µs | seq p99 µs | pipelined calls/s | throughput spread "
-        "| seq calls | pipelined calls |",
-        "|---|---|--:|--:|--:|--:|--:|--:|",
+        "| system | version | seq median µs | seq p99 µs | pipelined calls/s | MB/s each way "
+        "| throughput spread | seq calls | pipelined calls |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in results:
         if not r.ok:
-            lines.append(f"| {TITLES[r.system]} | {r.unavailable or 'not run'} | – | – | – | – | – | – |")
+            lines.append(f"| {TITLES[r.system]} | {r.unavailable or 'not run'} | – | – | – | – | – | – | – |")
             continue
+        mb = fmt_mb(mb_per_second(r.throughput())) if args.bulk else "–"
         lines.append(
             f"| {TITLES[r.system]} | {r.version} | {fmt_us(r.median_us())} | {fmt_us(r.p99_us())} | "
-            f"{fmt_rate(r.throughput())} | ±{r.spread():.0f}% | {r.seq_calls:,} | {r.pipe_calls:,} |"
+            f"{fmt_rate(r.throughput())} | {mb} | ±{r.spread():.0f}% | {r.seq_calls:,} | {r.pipe_calls:,} |"
         )
     lines += ["", "| ratio | value | target | result |", "|---|--:|--:|---|"]
-    for t in ratios(results):
+    for t in ratios(results, BULK_TARGETS if args.bulk else TARGETS):
         target = fmt_target(t["comparison"], t["target"])
         lines.append(f"| {t['label']} | {fmt_ratio(t['ratio'])} | {target} | {t['verdict'] or '–'} |")
     lines += [
@@ -1047,7 +1186,7 @@ def results_json(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "benchmark": "rpc",
-        "call": "echo(1,000 dicts)" if args.dicts else "echo(1)",
+        "call": describe_mode(args),
         "request_bytes": size,
         "environment": env,
         "settings": {
@@ -1056,6 +1195,7 @@ def results_json(
             "warmup": args.warmup,
             "outstanding": args.outstanding,
             "dicts": args.dicts,
+            "bulk": args.bulk,
             "pin": args.pin,
             "placement": describe_pin(args.pin),
         },
@@ -1079,12 +1219,13 @@ def results_json(
             "pipelined": {
                 "calls_per_second_median": r.throughput(),
                 "calls_per_second_rounds": r.rates,
+                "mb_per_second_median": mb_per_second(r.throughput()) if args.bulk else None,
                 "calls": r.pipe_calls,
                 "client_cpu_us_per_call": per_call_us(r.pipe_cpu, 0),
                 "server_cpu_us_per_call": per_call_us(r.pipe_cpu, 1),
             },
         }
-    for t in ratios(results):
+    for t in ratios(results, BULK_TARGETS if args.bulk else TARGETS):
         out["ratios"][t["key"]] = {k: t[k] for k in ("ratio", "comparison", "target", "verdict")}
     return out
 
@@ -1108,16 +1249,24 @@ def add_timing_options(parser: argparse.ArgumentParser) -> None:
         help="CPU placement of each server and its client: both on one CPU (default), one CPU each, "
         "or left to the OS",
     )
-    # Calls in flight in the pipelined measurement: OUTSTANDING, or DICT_OUTSTANDING with --dicts.
+    # Calls in flight in the pipelined measurement: OUTSTANDING, or DICT_OUTSTANDING with --dicts,
+    # BULK_OUTSTANDING with --bulk.
     parser.add_argument("--outstanding", type=int, help=argparse.SUPPRESS)
-    parser.set_defaults(dicts=False)  # rpc.py and tub.py have a --dicts option
+    parser.set_defaults(dicts=False, bulk=False)  # rpc.py and tub.py have --dicts and --bulk options
 
 
 def check_timing_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.dicts and args.bulk:
+        parser.error("--dicts and --bulk are measured apart: give one of them")
     if args.outstanding is None:
-        args.outstanding = DICT_OUTSTANDING if args.dicts else OUTSTANDING
+        args.outstanding = DICT_OUTSTANDING if args.dicts else BULK_OUTSTANDING if args.bulk else OUTSTANDING
     if args.seconds <= 0 or args.rounds < 1 or args.warmup < 0 or args.outstanding < 1:
         parser.error("--seconds must be > 0, --rounds >= 1, --warmup >= 0")
+
+
+def describe_mode(args: argparse.Namespace) -> str:
+    """The call measured, for the JSON."""
+    return "echo(1,000 dicts)" if args.dicts else "echo(1 MiB bytes)" if args.bulk else "echo(1)"
 
 
 def common_parser(systems: tuple[str, ...], doc: str) -> argparse.ArgumentParser:
@@ -1134,6 +1283,12 @@ def common_parser(systems: tuple[str, ...], doc: str) -> argparse.ArgumentParser
         action="store_true",
         help="pbfast only: echo the 1,000 small dicts of serialization.py instead of 1, pipelined with "
         f"{DICT_OUTSTANDING} calls outstanding (no sequential measurement)",
+    )
+    parser.add_argument(
+        "--bulk",
+        action="store_true",
+        help=f"echo a {BULK_SIZE:,}-byte string instead of 1, pipelined with {BULK_OUTSTANDING} calls "
+        "outstanding (no sequential measurement): pbfast and the raw uvloop echoes, over TCP and TLS",
     )
     parser.add_argument(
         "--json",
@@ -1163,10 +1318,26 @@ def check_common(
     return only
 
 
+def warm_allocator() -> None:
+    """Make and free one 8 MiB block, in every server and client process of every system alike.
+
+    A fresh process's allocator (glibc's) gives back to the OS any free memory at the top of its
+    heap past a threshold that starts at 128 KiB and grows only once a large block made apart
+    has been freed. Until then, 1 MiB values that come and go can make a process give its heap
+    back and take it again at nearly every call, paying a page fault per 4 KiB each time (which
+    process does depends on the order of its allocations: it varies from run to run and system
+    to system). A process that has run for a while has raised the threshold already; this does
+    it at once, so that the figures compare the systems, not their luck with the allocator."""
+    block = bytearray(8 << 20)
+    del block
+
+
 def run_internal(args: argparse.Namespace, servers: dict[str, Any], clients: dict[str, Any]) -> bool:
     """Run this process as a server or client if asked to (``--serve``/``--client``)."""
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
+    if args.serve or args.client:
+        warm_allocator()
     if args.serve:
         servers[args.serve]()
         return True
@@ -1202,6 +1373,10 @@ def unavailable(system: str, version: str | None, args: argparse.Namespace) -> s
         return "not installed"
     if args.dicts and system != PBFAST:
         return "not measured with --dicts"
+    if args.bulk and system not in (PBFAST, RAW, RAW_TLS):
+        return "not measured with --bulk"
+    if system == RAW_TLS and not args.bulk:
+        return "measured with --bulk only"
     return None
 
 

@@ -8,6 +8,7 @@ another, and compares the ratio with the target. The rows are
 * ``twisted``: stock Twisted PB; ``foolscap``: a stock foolscap Tub;
 * ``raw``: the raw uvloop client with a future per call and batched writes (the ceiling for an
   asyncio RPC library); ``floor``: the raw callback floor (no futures, one write per read);
+  ``raw_tls``: the raw client with futures over TLS (uvloop and the ``ssl`` module);
 * ``codec``: ``pbfast.dumps`` + ``pbfast.loads``; ``pickle``: ``pickle.dumps`` + ``pickle.loads``.
 
 and the figures
@@ -15,6 +16,8 @@ and the figures
 * ``calls_per_second``: pipelined ``echo(1)``, 100 calls outstanding (higher is better);
 * ``median_us``: sequential ``echo(1)``, median latency (lower is better);
 * ``dicts_calls_per_second``: pipelined echo of the 1,000 small dicts, 8 calls outstanding;
+* ``bulk_mb_per_second``: pipelined echo of a 1 MiB byte string, 4 calls outstanding, in MB of
+  payload per second each way;
 * ``setup_median_ms``: a fresh client Tub's connection, to its first answer (lower is better);
 * ``round_trips_per_second``: dumps + loads of the 1,000 small dicts, in process.
 """
@@ -35,6 +38,42 @@ class Target(NamedTuple):
 
 
 TARGETS = (
+    Target(
+        "pbfast PB / raw uvloop with futures, 1 MiB echo MB/s",
+        "pbfast/raw bulk",
+        "pb",
+        "raw",
+        "bulk_mb_per_second",
+        ">=",
+        0.8,
+    ),
+    Target(
+        "pbfast Tub / raw uvloop with futures, 1 MiB echo MB/s",
+        "tub/raw bulk",
+        "tub",
+        "raw",
+        "bulk_mb_per_second",
+        ">=",
+        0.8,
+    ),
+    Target(
+        "pbfast Tub / raw uvloop over TLS, 1 MiB echo MB/s",
+        "tub/raw-tls bulk",
+        "tub",
+        "raw_tls",
+        "bulk_mb_per_second",
+        None,
+        None,
+    ),
+    Target(
+        "raw uvloop over TLS / raw uvloop, 1 MiB echo MB/s (what TLS costs)",
+        "raw-tls/raw bulk",
+        "raw_tls",
+        "raw",
+        "bulk_mb_per_second",
+        None,
+        None,
+    ),
     Target(
         "pbfast Tub / pbfast PB, pipelined calls/s",
         "tub/pb throughput",
@@ -145,8 +184,14 @@ TARGETS = (
     ),
 )
 
-# The figures rpc.py and tub.py work out themselves, by the names their results use.
-MEASURES = {"calls_per_second": "throughput", "median_us": "median", "setup_median_ms": "setup"}
+# The figures rpc.py and tub.py work out themselves, by the names their results use (with --bulk,
+# the ratio of MB/s is that of calls/s).
+MEASURES = {
+    "calls_per_second": "throughput",
+    "median_us": "median",
+    "setup_median_ms": "setup",
+    "bulk_mb_per_second": "throughput",
+}
 
 
 def verdict(ratio: float | None, comparison: str | None, target: float | None) -> str | None:
@@ -162,12 +207,15 @@ def fmt_target(comparison: str | None, target: float | None) -> str:
     return f"{comparison.replace('>=', '≥').replace('<=', '≤')} {target:.3g}×"
 
 
-def for_script(rows: dict[str, str]) -> tuple[tuple[Any, ...], ...]:
+def for_script(rows: dict[str, str], bulk: bool = False) -> tuple[tuple[Any, ...], ...]:
     """The targets between two of `rows` (a row -> that script's name of the system) on a figure
-    the script measures, in the form of ``rpc.TARGETS``: (label, key, numerator, denominator,
-    measure, comparison, target)."""
+    the script measures (with `bulk`, those of ``--bulk``; else the others), in the form of
+    ``rpc.TARGETS``: (label, key, numerator, denominator, measure, comparison, target)."""
     return tuple(
         (t.label, t.key, rows[t.numerator], rows[t.denominator], MEASURES[t.figure], t.comparison, t.target)
         for t in TARGETS
-        if t.numerator in rows and t.denominator in rows and t.figure in MEASURES
+        if t.numerator in rows
+        and t.denominator in rows
+        and t.figure in MEASURES
+        and (t.figure == "bulk_mb_per_second") == bulk
     )

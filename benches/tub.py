@@ -1,7 +1,7 @@
 """Tub-to-Tub RPC over TLS: two pbfast Tubs against two stock foolscap Tubs.
 
     python benches/tub.py [--seconds 2] [--rounds 3] [--connections 20] [--only pbfast,foolscap]
-                          [--pin same|split|none] [--dicts] [--json [PATH]]
+                          [--pin same|split|none] [--dicts | --bulk] [--json [PATH]]
 
 For each system, a server Tub runs in its own process and publishes an object with a FURL; a
 client Tub in another process gets a reference to it and measures the sequential latency of
@@ -15,7 +15,9 @@ are comparable. Only the standard library and the systems measured are used; foo
 
 With ``--dicts``, as in ``rpc.py``, the pbfast Tub alone echoes the 1,000 small dicts of
 ``serialization.py`` (as foolscap values) instead of ``1``, pipelined with 8 calls outstanding; no
-sequential and no connection setup measurement then.
+sequential and no connection setup measurement then. With ``--bulk``, likewise, the pbfast Tub
+alone echoes a 1 MiB byte string, 4 calls outstanding (``rpc.py --bulk`` measures the raw uvloop
+echoes, over TCP and TLS, to compare with; ``compare.py`` runs both).
 
 The same file is also the servers and clients it starts (internal):
 
@@ -52,16 +54,20 @@ from rpc import (  # noqa: E402
     common_parser,
     debug_warning,
     describe_call,
+    describe_mode,
     describe_pin,
     echo_argument,
     exit_on_stdin_eof,
+    fmt_mb,
     fmt_rate,
     fmt_ratio,
     fmt_target,
     fmt_us,
     machine_environment,
+    mb_per_second,
     measure_asyncio,
     measure_twisted,
+    mode_title,
     per_call_us,
     pin_args,
     placement,
@@ -85,6 +91,7 @@ HOST = "127.0.0.1"
 # (label, key in the JSON, numerator, denominator, measure, comparison, target), as in rpc.py:
 # the project's targets (benches/targets.py) between the two Tubs.
 TARGETS = for_script({"tub": PBFAST, "foolscap": FOOLSCAP})
+BULK_TARGETS = for_script({"tub": PBFAST, "foolscap": FOOLSCAP}, bulk=True)
 
 
 # ============================================================================================
@@ -211,7 +218,7 @@ def client_pbfast(args: argparse.Namespace) -> dict[str, Any]:
             ref = await tub.getReference(args.furl)
             outcome = await measure_asyncio(functools.partial(ref.callRemote, "echo", value), value, args)
             outcome["tls"] = tls_pbfast(ref)
-        if args.dicts:
+        if args.dicts or args.bulk:
             outcome["setup"] = None
             return outcome
 
@@ -369,7 +376,7 @@ def run_client(
         sys.executable, os.path.abspath(__file__), "--client", system, "--furl", furl,
         "--seconds", repr(budget), "--warmup", repr(args.warmup), "--outstanding", str(args.outstanding),
         "--connections", str(connections), "--server-pid", str(server_pid), *pin_args(cpu),
-        *(["--dicts"] if args.dicts else []),
+        *(["--dicts"] if args.dicts else []), *(["--bulk"] if args.bulk else []),
     ]  # fmt: skip
     # Generous: an RSA-2048 key per fresh Tub takes up to a few hundred ms on a slow machine.
     timeout = 60 + 10 * (2 * budget + args.warmup) + 5 * connections
@@ -415,9 +422,7 @@ def measure(results: list[TubResult], args: argparse.Namespace, rounds: Iterable
                 res.samples_ns.extend(seq["samples_ns"])
                 res.seq_calls += seq["calls"]
                 add_cpu(res.seq_cpu, seq)
-            line = round_line(
-                rnd, args, TITLES[res.system] + (" (1,000 dicts)" if args.dicts else ""), res.rates[-1], seq
-            )
+            line = round_line(rnd, args, TITLES[res.system] + mode_title(args), res.rates[-1], seq)
             if setup is not None:
                 res.setup_ns.extend(setup["samples_ns"])
                 add_cpu(res.setup_cpu, setup)
@@ -443,8 +448,8 @@ def per_setup_ms(total: list[Any], index: int) -> float | None:
     return None if us is None else us / 1e3
 
 
-def ratios(results: list[TubResult]) -> list[dict[str, Any]]:
-    return rpc_ratios(results, TARGETS)
+def ratios(results: list[TubResult], args: argparse.Namespace) -> list[dict[str, Any]]:
+    return rpc_ratios(results, BULK_TARGETS if args.bulk else TARGETS)
 
 
 def environment() -> dict[str, Any]:
@@ -482,31 +487,32 @@ def report(results: list[TubResult], env: dict[str, Any], args: argparse.Namespa
         f"- Timing: {args.seconds:g} s per system per measurement in {args.rounds} alternating rounds "
         f"(a fresh server and client each round); warm-up {args.warmup:g} s; "
         f"pipelined with {args.outstanding} calls outstanding",
-        "- Connection setup: not measured with --dicts"
-        if args.dicts
+        f"- Connection setup: not measured with --{'bulk' if args.bulk else 'dicts'}"
+        if args.dicts or args.bulk
         else f"- Connection setup: {setups} fresh client Tubs per system, each timed from "
         "`getReference(furl)` to the first `echo` answer; their RSA-2048 identities are made before "
         "the timer starts",
         f"- CPU placement (`--pin {args.pin}`): {describe_pin(args.pin)}",
         "",
-        "| system | version | seq median µs | seq p99 µs | pipelined calls/s | throughput spread "
-        "| setup median ms | setup min–max ms | seq calls | pipelined calls | setups |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| system | version | seq median µs | seq p99 µs | pipelined calls/s | MB/s each way "
+        "| throughput spread | setup median ms | setup min–max ms | seq calls | pipelined calls | setups |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in results:
         if not r.ok:
-            lines.append(f"| {TITLES[r.system]} | {r.unavailable or 'not run'} |" + " – |" * 9)
+            lines.append(f"| {TITLES[r.system]} | {r.unavailable or 'not run'} |" + " – |" * 10)
             continue
+        mb = fmt_mb(mb_per_second(r.throughput())) if args.bulk else "–"
         setup_range = (
             f"{fmt_ms(min(r.setup_ns) / 1e6)}–{fmt_ms(max(r.setup_ns) / 1e6)}" if r.setup_ns else "–"
         )
         lines.append(
             f"| {TITLES[r.system]} | {r.version} | {fmt_us(r.median_us())} | {fmt_us(r.p99_us())} | "
-            f"{fmt_rate(r.throughput())} | ±{r.spread():.0f}% | {fmt_ms(r.setup_ms())} | "
+            f"{fmt_rate(r.throughput())} | {mb} | ±{r.spread():.0f}% | {fmt_ms(r.setup_ms())} | "
             f"{setup_range} | {r.seq_calls:,} | {r.pipe_calls:,} | {len(r.setup_ns)} |"
         )
     lines += ["", "| ratio | value | target | result |", "|---|--:|--:|---|"]
-    for t in ratios(results):
+    for t in ratios(results, args):
         lines.append(
             f"| {t['label']} | {fmt_ratio(t['ratio'])} | {fmt_target(t['comparison'], t['target'])} "
             f"| {t['verdict'] or '–'} |"
@@ -532,15 +538,18 @@ def report(results: list[TubResult], env: dict[str, Any], args: argparse.Namespa
 def results_json(results: list[TubResult], env: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "benchmark": "tub",
-        "call": "echo(1,000 dicts)" if args.dicts else "echo(1)",
+        "call": describe_mode(args),
         "environment": env,
         "settings": {
             "seconds": args.seconds,
             "rounds": args.rounds,
             "warmup": args.warmup,
             "outstanding": args.outstanding,
-            "connections": 0 if args.dicts else sum(split_connections(args.connections, args.rounds)),
+            "connections": 0
+            if args.dicts or args.bulk
+            else sum(split_connections(args.connections, args.rounds)),
             "dicts": args.dicts,
+            "bulk": args.bulk,
             "pin": args.pin,
             "placement": describe_pin(args.pin),
         },
@@ -565,6 +574,7 @@ def results_json(results: list[TubResult], env: dict[str, Any], args: argparse.N
             "pipelined": {
                 "calls_per_second_median": r.throughput(),
                 "calls_per_second_rounds": r.rates,
+                "mb_per_second_median": mb_per_second(r.throughput()) if args.bulk else None,
                 "calls": r.pipe_calls,
                 "client_cpu_us_per_call": per_call_us(r.pipe_cpu, 0),
                 "server_cpu_us_per_call": per_call_us(r.pipe_cpu, 1),
@@ -579,7 +589,7 @@ def results_json(results: list[TubResult], env: dict[str, Any], args: argparse.N
             if r.with_setup
             else None,
         }
-    for t in ratios(results):
+    for t in ratios(results, args):
         out["ratios"][t["key"]] = {k: t[k] for k in ("ratio", "comparison", "target", "verdict")}
     return out
 
@@ -588,7 +598,12 @@ def prepare(args: argparse.Namespace, only: list[str]) -> list[TubResult]:
     """A result for each system in `only`; those that cannot run are kept, marked unavailable."""
     have = versions()
     return [
-        TubResult(s, have[s] or "", unavailable=rpc_unavailable(s, have[s], args), with_setup=not args.dicts)
+        TubResult(
+            s,
+            have[s] or "",
+            unavailable=rpc_unavailable(s, have[s], args),
+            with_setup=not (args.dicts or args.bulk),
+        )
         for s in SYSTEMS
         if s in only
     ]

@@ -13,7 +13,7 @@
 
 use crate::banana::cursor::{Cursor, Item};
 use crate::banana::show;
-use crate::banana::{BananaError, Dialect, Encoder, Framer, Limits};
+use crate::banana::{BananaError, Dialect, Encoder, Framer, Limits, LARGE};
 
 /// The PB protocol version Twisted has spoken since 2003.
 pub const PB_VERSION: i64 = 6;
@@ -138,6 +138,8 @@ pub struct Session {
     extensions: Option<Vec<String>>,
     /// The extensions both sides speak, once negotiation is over with a pbfast peer.
     peer_extensions: Option<Vec<String>>,
+    /// `max_element_size` was set: it stays as it is with a peer that speaks [`LARGE`].
+    element_size_set: bool,
 }
 
 impl Session {
@@ -159,7 +161,14 @@ impl Session {
             framer: Framer::new(Dialect::NoVocab, limits),
             extensions,
             peer_extensions: None,
+            element_size_set: false,
         }
+    }
+
+    /// Keep `max_element_size` as it is with a peer that speaks [`LARGE`] (it was set
+    /// explicitly); by default it is raised to `max_message_size` then.
+    pub fn keep_element_size(&mut self, keep: bool) {
+        self.element_size_set = keep;
     }
 
     /// The server's first bytes: the dialects it offers (Twisted's, then pbfast's when this
@@ -249,6 +258,10 @@ impl Session {
                     Some(common) => enc.bytes(&pbfast_name(common))?,
                     None => enc.bytes(chosen.name().as_bytes())?,
                 }
+            }
+            if choice.extensions.as_ref().is_some_and(|e| e.iter().any(|e| e == LARGE)) {
+                // Before anything after the negotiation is read: it may follow in this chunk.
+                self.framer.set_limits(self.framer.limits().for_large(self.element_size_set));
             }
             self.peer_extensions.clone_from(&choice.extensions);
             enc.dialect = chosen;
@@ -542,6 +555,62 @@ mod tests {
             let choice = banana(Dialect::NoVocab, |e| e.bytes(chosen).unwrap());
             let err = feed_in(&mut server, &choice, 1).unwrap_err();
             assert!(err.to_string().contains("which was not offered"), "{err}");
+        }
+    }
+
+    /// `["answer", 1, <a string of `len` bytes>]`.
+    fn long_answer(len: usize) -> Vec<u8> {
+        let mut enc = Encoder::new(Dialect::Pb);
+        enc.max_element = (usize::MAX, None);
+        enc.list(3).unwrap();
+        enc.bytes(b"answer").unwrap();
+        enc.int(1);
+        enc.bytes(&vec![b'x'; len]).unwrap();
+        enc.out
+    }
+
+    #[test]
+    fn large_lifts_the_element_limit_as_negotiation_ends() {
+        let limits = Limits { max_message_size: 2 << 20, ..Limits::twisted() };
+        let long = long_answer(1 << 20);
+        // Negotiation then a long string in the same chunk: read with the lifted limit.
+        for keep in [false, true] {
+            let mut client = Session::new(false, limits, Some(&[LARGE]));
+            let mut server = Session::new(true, limits, Some(&[LARGE]));
+            server.keep_element_size(keep);
+            let got = feed_in(&mut client, &server.offer(), 1).unwrap();
+            let Got::Ready(_, send) = &got[0] else { panic!("{got:?}") };
+            let fed = feed_in(&mut server, &[&send[..], &long].concat(), 4096);
+            if keep {
+                // `max_element_size` set explicitly: it stays.
+                let Err(PbError::Banana(e)) = fed else { panic!("{fed:?}") };
+                assert_eq!(e.limit_name(), Some("max_element_size"));
+            } else {
+                assert_eq!(fed.unwrap().len(), 2);
+                assert_eq!(server.limits().max_element_size, 2 << 20);
+            }
+        }
+        // Past max_message_size the limit named is the message's, refused from the header alone.
+        let mut server = Session::new(true, limits, Some(&[LARGE]));
+        let choice = banana(Dialect::NoVocab, |e| e.bytes(b"pbfast large").unwrap());
+        feed_in(&mut server, &choice, 1).unwrap();
+        let head = &long_answer(3 << 20)[..16];
+        let Err(PbError::Banana(e)) = feed_in(&mut server, head, 16) else { panic!() };
+        assert_eq!(
+            (e.limit_name(), e.to_string().contains("max_message_size=2097152")),
+            (Some("max_message_size"), true)
+        );
+        // A stock peer, or a pbfast one without `large`: Twisted's 640 KiB.
+        for ours in [None, Some(&["cancel"][..])] {
+            let mut server = Session::new(true, limits, Some(&[LARGE, "cancel"]));
+            let choice = banana(Dialect::NoVocab, |e| match ours {
+                None => e.bytes(b"pb").unwrap(),
+                Some(_) => e.bytes(b"pbfast cancel").unwrap(),
+            });
+            feed_in(&mut server, &choice, 1).unwrap();
+            assert_eq!(server.limits().max_element_size, crate::banana::SIZE_LIMIT);
+            let Err(PbError::Banana(e)) = feed_in(&mut server, &long, 4096) else { panic!() };
+            assert_eq!(e.limit_name(), Some("max_element_size"));
         }
     }
 

@@ -13,20 +13,22 @@
 //! walk, and the signatures are checked with the crypto provider's algorithms directly.
 
 use std::fmt;
-use std::io::{BufRead, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::Resumption;
+use rustls::client::{ClientConnectionData, Resumption, UnbufferedClientConnection};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::NoServerSessionStorage;
+use rustls::server::{NoServerSessionStorage, ServerConnectionData, UnbufferedServerConnection};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError, UnbufferedStatus, WriteTraffic,
+};
 use rustls::{
-    AlertDescription, CertificateError, ClientConfig, ClientConnection, Connection, DigitallySignedStruct,
-    DistinguishedName, ProtocolVersion, ServerConfig, ServerConnection, SignatureScheme, SupportedProtocolVersion,
+    AlertDescription, CertificateError, ClientConfig, CommonState, DigitallySignedStruct, DistinguishedName,
+    ProtocolVersion, ServerConfig, SignatureScheme, SupportedProtocolVersion,
 };
 
 use crate::tubid;
@@ -121,14 +123,235 @@ impl Identity {
 }
 
 /// One TLS connection's state: handshake, record protection and close, bytes in and out.
+///
+/// Driven through rustls' unbuffered API, with buffers of its own: received ciphertext is read
+/// in place from one buffer however many records it holds (rustls' buffered reader takes 4 KiB
+/// at a time, zero-filling and reallocating its buffer around every record), and records are
+/// encrypted straight into the buffer [`Self::take_into`] hands over.
 pub struct TlsSession {
-    conn: Connection,
+    conn: Conn,
     role: Role,
-    /// Ciphertext drained from rustls, kept so its allocation is reused across [`Self::take`]s.
-    outgoing: Vec<u8>,
+    /// Received ciphertext not processed yet (from a record boundary on, once the handshake is
+    /// over).
+    incoming: Vec<u8>,
+    io: Io,
     failure: Option<TlsError>,
+}
+
+/// A session's output and where its closing stands.
+#[derive(Default)]
+struct Io {
+    /// Ciphertext to send.
+    outgoing: Vec<u8>,
+    /// Plaintext written before the keys allow sending it.
+    pending: Vec<u8>,
     peer_closed: bool,
+    /// close() was called: nothing more may be written.
     closing: bool,
+    /// Our close_notify has been encrypted.
+    close_sent: bool,
+}
+
+/// The two kinds of unbuffered rustls connection, driven alike.
+enum Conn {
+    Client(UnbufferedClientConnection),
+    Server(UnbufferedServerConnection),
+}
+
+impl std::ops::Deref for Conn {
+    type Target = CommonState;
+
+    fn deref(&self) -> &CommonState {
+        match self {
+            Conn::Client(c) => c,
+            Conn::Server(s) => s,
+        }
+    }
+}
+
+/// The connection kinds' `process_tls_records`.
+trait Records {
+    type Data;
+    fn records<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
+}
+
+impl Records for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+    fn records<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, ClientConnectionData> {
+        self.process_tls_records(incoming)
+    }
+}
+
+impl Records for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+    fn records<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, ServerConnectionData> {
+        self.process_tls_records(incoming)
+    }
+}
+
+/// Process the ciphertext in `incoming` (decrypted in place): the application data goes to
+/// `plaintext`; what the handshake (or an alert) sends, and once the keys allow `write` (and what
+/// was held), then the close_notify if asked for, go to `io.outgoing`. How many bytes of
+/// `incoming` are done with (the rest is to be kept, in front of what comes next), and the
+/// outcome.
+fn drive<C: Records>(
+    conn: &mut C,
+    incoming: &mut [u8],
+    io: &mut Io,
+    plaintext: &mut Vec<u8>,
+    mut write: Option<&[u8]>,
+) -> (usize, Result<(), rustls::Error>) {
+    let mut start = 0;
+    let result = loop {
+        let status = conn.records(&mut incoming[start..]);
+        let discard = status.discard;
+        let state = match status.state {
+            Ok(state) => state,
+            Err(e) => {
+                start += discard;
+                break Err(e);
+            }
+        };
+        let mut done = false;
+        let handled = match state {
+            ConnectionState::ReadTraffic(mut traffic) => loop {
+                match traffic.next_record() {
+                    Some(Ok(record)) => plaintext.extend_from_slice(record.payload),
+                    Some(Err(e)) => break Err(e),
+                    None => break Ok(()),
+                }
+            },
+            ConnectionState::EncodeTlsData(mut data) => encode(&mut data, &mut io.outgoing),
+            ConnectionState::TransmitTlsData(mut data) => {
+                // (What was encoded waits in `outgoing` for the caller to send.)
+                let sent = match data.may_encrypt_app_data() {
+                    Some(mut traffic) => send(&mut traffic, io, write.take()),
+                    None => Ok(()),
+                };
+                data.done();
+                sent
+            }
+            ConnectionState::WriteTraffic(mut traffic) => {
+                done = true;
+                send(&mut traffic, io, write.take())
+            }
+            ConnectionState::PeerClosed => {
+                io.peer_closed = true;
+                Ok(())
+            }
+            ConnectionState::Closed => {
+                io.peer_closed = true;
+                done = true;
+                Ok(())
+            }
+            // BlockedHandshake: more is needed from the peer. (No early data is accepted.)
+            _ => {
+                done = true;
+                Ok(())
+            }
+        };
+        start += discard;
+        if let Err(e) = handled {
+            break Err(e);
+        }
+        if done {
+            break Ok(());
+        }
+    };
+    if let Some(data) = write {
+        io.pending.extend_from_slice(data); // (the keys do not allow it yet)
+    }
+    (start, result)
+}
+
+/// After a failure: encode the alert rustls queued for the peer, if any (a bounded number of
+/// steps: it is one record).
+fn encode_alert<C: Records>(conn: &mut C, incoming: &mut Vec<u8>, io: &mut Io) {
+    for _ in 0..8 {
+        let status = conn.records(incoming);
+        let discard = status.discard;
+        match status.state {
+            Ok(ConnectionState::EncodeTlsData(mut data)) => drop(encode(&mut data, &mut io.outgoing)),
+            Ok(ConnectionState::TransmitTlsData(data)) => data.done(),
+            _ => break,
+        }
+        incoming.drain(..discard);
+    }
+}
+
+/// How many more bytes complete the TLS record `partial` starts (its 5-byte header, then its
+/// length's worth), counting the header first if it is not all there.
+fn record_missing(partial: &[u8]) -> usize {
+    match partial {
+        [_, _, _, hi, lo, ..] => (5 + usize::from(u16::from_be_bytes([*hi, *lo]))).saturating_sub(partial.len()),
+        _ => 5 - partial.len(),
+    }
+}
+
+/// Encode a handshake record (or an alert) at the end of `outgoing`.
+fn encode<Data>(data: &mut EncodeTlsData<'_, Data>, outgoing: &mut Vec<u8>) -> Result<(), rustls::Error> {
+    let at = outgoing.len();
+    let mut room = 4096;
+    loop {
+        outgoing.resize(at + room, 0);
+        match data.encode(&mut outgoing[at..]) {
+            Ok(written) => {
+                outgoing.truncate(at + written);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => room = required_size,
+            Err(e) => {
+                outgoing.truncate(at);
+                return Err(rustls::Error::General(format!("encoding a TLS record failed: {e}")));
+            }
+        }
+    }
+}
+
+/// Encrypt what was held, then `data`, at the end of `io.outgoing`; then our close_notify if
+/// asked for.
+fn send<Data>(traffic: &mut WriteTraffic<'_, Data>, io: &mut Io, data: Option<&[u8]>) -> Result<(), rustls::Error> {
+    if !io.pending.is_empty() {
+        let pending = std::mem::take(&mut io.pending);
+        encrypt(traffic, &mut io.outgoing, &pending)?;
+    }
+    if let Some(data) = data {
+        encrypt(traffic, &mut io.outgoing, data)?;
+    }
+    if io.closing && !io.close_sent {
+        io.close_sent = true;
+        let at = io.outgoing.len();
+        io.outgoing.resize(at + 64, 0);
+        let written = traffic
+            .queue_close_notify(&mut io.outgoing[at..])
+            .map_err(|e| rustls::Error::General(format!("encrypting close_notify failed: {e}")))?;
+        io.outgoing.truncate(at + written);
+    }
+    Ok(())
+}
+
+/// Encrypt `data` into records at the end of `outgoing` (rustls writes each straight there).
+fn encrypt<Data>(
+    traffic: &mut WriteTraffic<'_, Data>,
+    outgoing: &mut Vec<u8>,
+    data: &[u8],
+) -> Result<(), rustls::Error> {
+    let at = outgoing.len();
+    let mut room = records_room(data.len());
+    loop {
+        outgoing.resize(at + room, 0);
+        match traffic.encrypt(data, &mut outgoing[at..]) {
+            Ok(written) => {
+                outgoing.truncate(at + written);
+                return Ok(());
+            }
+            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => room = required_size,
+            Err(e) => {
+                outgoing.truncate(at);
+                return Err(rustls::Error::General(format!("encrypting data failed: {e}")));
+            }
+        }
+    }
 }
 
 impl fmt::Debug for TlsSession {
@@ -140,6 +363,13 @@ impl fmt::Debug for TlsSession {
             .field("failure", &self.failure)
             .finish()
     }
+}
+
+/// Room for the records of `len` bytes of application data: a record per 16 KiB, each with at
+/// most a header, an explicit nonce (TLS 1.2), a content type byte and a tag (rustls says how
+/// much if this is not enough).
+fn records_room(len: usize) -> usize {
+    len + (len / (16 << 10) + 1) * 64
 }
 
 impl TlsSession {
@@ -161,7 +391,7 @@ impl TlsSession {
     ) -> Result<TlsSession, TlsError> {
         let verifier = Arc::new(AnyCertificate { algorithms: provider().signature_verification_algorithms });
         let builder_failed = |e: rustls::Error| TlsError::Session(format!("cannot set up TLS: {e}"));
-        let mut conn: Connection = match role {
+        let conn = match role {
             Role::Client => {
                 let builder = ClientConfig::builder_with_provider(provider().clone())
                     .with_protocol_versions(versions)
@@ -180,7 +410,7 @@ impl TlsSession {
                 config.resumption = Resumption::disabled();
                 // The name is neither sent nor checked, only required by the API.
                 let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into());
-                ClientConnection::new(Arc::new(config), name).map_err(builder_failed)?.into()
+                Conn::Client(UnbufferedClientConnection::new(Arc::new(config), name).map_err(builder_failed)?)
             }
             Role::Server => {
                 let identity =
@@ -192,12 +422,13 @@ impl TlsSession {
                     .with_cert_resolver(Arc::new(SingleCertAndKey::from(identity.key.clone())));
                 config.session_storage = Arc::new(NoServerSessionStorage {});
                 config.send_tls13_tickets = 0;
-                ServerConnection::new(Arc::new(config)).map_err(builder_failed)?.into()
+                Conn::Server(UnbufferedServerConnection::new(Arc::new(config)).map_err(builder_failed)?)
             }
         };
-        // The caller applies backpressure on the transport; rustls must not refuse a write.
-        conn.set_buffer_limit(None);
-        Ok(TlsSession { conn, role, outgoing: Vec::new(), failure: None, peer_closed: false, closing: false })
+        let mut session = TlsSession { conn, role, incoming: Vec::new(), io: Io::default(), failure: None };
+        // A client's hello is ready at once.
+        session.step(&mut Vec::new(), None)?;
+        Ok(session)
     }
 
     pub fn role(&self) -> Role {
@@ -209,75 +440,86 @@ impl TlsSession {
     /// On a failure the session is dead: this and later calls return the same error, and the
     /// alert telling the peer why (if any) is waiting in [`Self::take`]. Plaintext that arrived
     /// in the same call before the failure is dropped with the connection.
-    pub fn feed(&mut self, mut data: &[u8], plaintext: &mut Vec<u8>) -> Result<(), TlsError> {
+    pub fn feed(&mut self, data: &[u8], plaintext: &mut Vec<u8>) -> Result<(), TlsError> {
         self.check_alive()?;
-        while !data.is_empty() {
-            let read = match self.conn.read_tls(&mut data) {
-                Ok(read) => read,
-                Err(e) => return Err(self.fail(format!("{}: {e}", self.failure_prefix()))),
-            };
-            let state = match self.conn.process_new_packets() {
-                Ok(state) => state,
-                Err(e) => {
-                    let message = self.describe(&e);
-                    return Err(self.fail(message));
-                }
-            };
-            let ready = state.plaintext_bytes_to_read();
-            if ready > 0 {
-                // Copied straight from the session's records (no zeroed space read into).
-                let start = plaintext.len();
-                plaintext.reserve(ready);
-                let mut reader = self.conn.reader();
-                let mut left = ready;
-                while left > 0 {
-                    match reader.fill_buf() {
-                        Ok(chunk) if !chunk.is_empty() => {
-                            let n = chunk.len().min(left);
-                            plaintext.extend_from_slice(&chunk[..n]);
-                            reader.consume(n);
-                            left -= n;
-                        }
-                        Ok(_) => break,
-                        Err(e) => {
-                            plaintext.truncate(start);
-                            return Err(self.fail(format!("reading decrypted data failed: {e}")));
-                        }
-                    }
-                }
-            }
-            self.peer_closed |= state.peer_has_closed();
-            // rustls reads nothing after the peer's close_notify: the rest is discarded.
-            if read == 0 {
-                break;
+        if self.io.peer_closed {
+            return Ok(()); // nothing is read after the peer's close_notify
+        }
+        self.incoming.extend_from_slice(data);
+        let start = plaintext.len();
+        self.step(plaintext, None).inspect_err(|_| plaintext.truncate(start))
+    }
+
+    /// [`Self::feed`], decrypting `data` in place (it is scratch space, a read buffer): only a
+    /// record cut by its end is copied, to be completed by the next chunk.
+    pub fn feed_in_place(&mut self, mut data: &mut [u8], plaintext: &mut Vec<u8>) -> Result<(), TlsError> {
+        self.check_alive()?;
+        if self.io.peer_closed {
+            return Ok(());
+        }
+        if self.is_handshaking() {
+            return self.feed(data, plaintext); // (handshake messages may span records)
+        }
+        let start = plaintext.len();
+        // The record the last chunk cut: completed from this one, and read from the session's
+        // buffer.
+        while !self.incoming.is_empty() && !data.is_empty() {
+            let (done, rest) = data.split_at_mut(record_missing(&self.incoming).min(data.len()));
+            self.incoming.extend_from_slice(done);
+            data = rest;
+            if record_missing(&self.incoming) == 0 {
+                self.step(plaintext, None).inspect_err(|_| plaintext.truncate(start))?;
             }
         }
-        Ok(())
+        if data.is_empty() {
+            return Ok(());
+        }
+        let (done, result) = match &mut self.conn {
+            Conn::Client(c) => drive(c, data, &mut self.io, plaintext, None),
+            Conn::Server(s) => drive(s, data, &mut self.io, plaintext, None),
+        };
+        if !self.io.peer_closed {
+            self.incoming.extend_from_slice(&data[done..]);
+        }
+        result.map_err(|e| self.failed(e)).inspect_err(|_| plaintext.truncate(start))
     }
 
     /// Queue application data. Before the handshake completes it is held and sent as soon as
     /// the keys allow.
     pub fn write(&mut self, data: &[u8]) -> Result<(), TlsError> {
         self.check_alive()?;
-        if self.closing {
+        if self.io.closing {
             return Err(TlsError::Session("cannot write to a TLS session after close()".into()));
         }
-        // With no buffer limit rustls takes everything.
-        self.conn.writer().write_all(data).map_err(|e| self.fail(format!("encrypting data failed: {e}")))
+        if data.is_empty() {
+            return Ok(());
+        }
+        // (Plaintext read meanwhile would be a peer's data before our `feed`: none is, as
+        // every feed reads all it can.)
+        let mut read = Vec::new();
+        self.step(&mut read, Some(data))?;
+        debug_assert!(read.is_empty());
+        Ok(())
     }
 
     /// Run `f` on all the ciphertext to send now (possibly none), then forget it.
     pub fn take_with<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> R {
-        while self.conn.wants_write() {
-            // Writing into a Vec cannot fail.
-            if self.conn.write_tls(&mut self.outgoing).is_err() {
-                break;
-            }
-        }
-        let result = f(&self.outgoing);
-        self.outgoing.clear();
-        self.outgoing.shrink_to(KEPT_BUFFER);
+        let result = f(&self.io.outgoing);
+        self.io.outgoing.clear();
+        self.io.outgoing.shrink_to(KEPT_BUFFER);
         result
+    }
+
+    /// All the ciphertext to send now (possibly none), appended to `buffer` (which becomes the
+    /// session's next buffer for records when it is empty: the ciphertext is not copied).
+    pub fn take_into(&mut self, mut buffer: Vec<u8>) -> Vec<u8> {
+        if buffer.is_empty() {
+            std::mem::swap(&mut buffer, &mut self.io.outgoing);
+            return buffer;
+        }
+        buffer.extend_from_slice(&self.io.outgoing);
+        self.io.outgoing.clear();
+        buffer
     }
 
     /// All the ciphertext to send now (possibly none).
@@ -285,11 +527,14 @@ impl TlsSession {
         self.take_with(<[u8]>::to_vec)
     }
 
-    /// Queue a close_notify alert; nothing may be written after it.
+    /// Queue a close_notify alert (once the handshake allows: before, nothing goes); nothing
+    /// may be written after it.
     pub fn close(&mut self) {
-        if !self.closing {
-            self.closing = true;
-            self.conn.send_close_notify();
+        if !self.io.closing {
+            self.io.closing = true;
+            if self.failure.is_none() {
+                drop(self.step(&mut Vec::new(), None));
+            }
         }
     }
 
@@ -310,7 +555,7 @@ impl TlsSession {
 
     /// Whether the peer sent close_notify.
     pub fn peer_closed(&self) -> bool {
-        self.peer_closed
+        self.io.peer_closed
     }
 
     /// The failure that ended the session, if one did.
@@ -328,6 +573,31 @@ impl TlsSession {
         self.conn.negotiated_cipher_suite().and_then(|suite| suite.suite().as_str())
     }
 
+    /// Process what has been received, read the application data into `plaintext`, write what
+    /// the handshake (or an alert) has to send and, once the keys allow, `write` (and what was
+    /// held), then the close_notify if asked for. A failure is the session's from then on.
+    fn step(&mut self, plaintext: &mut Vec<u8>, write: Option<&[u8]>) -> Result<(), TlsError> {
+        let (done, result) = match &mut self.conn {
+            Conn::Client(c) => drive(c, &mut self.incoming, &mut self.io, plaintext, write),
+            Conn::Server(s) => drive(s, &mut self.incoming, &mut self.io, plaintext, write),
+        };
+        // Read in place however many records came; only what is left is moved to the front.
+        self.incoming.drain(..done);
+        if self.io.peer_closed {
+            self.incoming = Vec::new(); // nothing is read after the peer's close_notify
+        }
+        result.map_err(|e| self.failed(e))
+    }
+
+    /// The session failed with `error`: the alert for the peer is encoded, the failure kept.
+    fn failed(&mut self, error: rustls::Error) -> TlsError {
+        match &mut self.conn {
+            Conn::Client(c) => encode_alert(c, &mut self.incoming, &mut self.io),
+            Conn::Server(s) => encode_alert(s, &mut self.incoming, &mut self.io),
+        }
+        let message = self.describe(&error);
+        self.fail(message)
+    }
     fn check_alive(&self) -> Result<(), TlsError> {
         match &self.failure {
             Some(failure) => Err(failure.clone()),
@@ -813,6 +1083,25 @@ mod tests {
         let received = pump(&mut client, &mut server).unwrap();
         assert_eq!(received.server, b"early words");
         assert_eq!(received.client, b"eager ");
+    }
+
+    #[test]
+    fn records_are_read_in_place_however_the_chunks_cut_them() {
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        for chunk in [1, 4, 5, 6, 1000, 16_384 + 22, 65_536, usize::MAX] {
+            let (mut client, mut server) = session_pair(Some(&identity(FOOLSCAP)), &identity(EC_P256), ALL_VERSIONS);
+            pump(&mut client, &mut server).unwrap();
+            client.write(&big).unwrap();
+            client.write(b"tail").unwrap();
+            let mut flight = client.take();
+            let mut received = Vec::new();
+            for piece in flight.chunks_mut(chunk.min(1 << 20)) {
+                server.feed_in_place(piece, &mut received).unwrap();
+            }
+            assert_eq!(received.len(), big.len() + 4, "chunks of {chunk}");
+            assert!(received.starts_with(&big) && received.ends_with(b"tail"), "chunks of {chunk}");
+            assert!(server.incoming.is_empty());
+        }
     }
 
     #[test]

@@ -389,7 +389,7 @@ fn banana_encode_errors_are_refused() {
                 Err(e) => {
                     let expected_kind = match &e.kind {
                         ErrorKind::IntTooLarge => message.starts_with("int is too large to send"),
-                        ErrorKind::TooLongToSend { what, len } => {
+                        ErrorKind::TooLongToSend { what, len, .. } => {
                             *len == SIZE_LIMIT + 1 && message.starts_with(&format!("{what} is too long to send"))
                         }
                         _ => false,

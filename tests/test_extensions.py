@@ -33,3 +33,58 @@ def test_pbfast_peers_recognise_each_other(run, wire) -> None:
                 assert side.peer_extensions == both
 
     run(main())
+
+
+class Bulk(pbfast.Referenceable):
+    def remote_echo(self, value: Any) -> Any:
+        return value
+
+    def remote_make(self, size: int) -> bytes:
+        return payload(size)
+
+
+def payload(size: int) -> bytes:
+    return (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
+LIMIT = 2 << 20  # the max_message_size of the large-value tests
+
+
+def test_large_values_up_to_max_message_size(run, wire, request: pytest.FixtureRequest) -> None:
+    """`large`: strings and lists past Twisted's 640 KiB, both ways, up to max_message_size; past
+    it the sender refuses before sending anything (the connection goes on), and a receiver with a
+    lower limit refuses what it is sent, naming the limit."""
+
+    variant = request.node.callspec.params["wire"]
+    loopback = variant == "tub-loopback"  # one Tub: one set of options
+    both = None if loopback else {"max_message_size": LIMIT}
+
+    async def main() -> None:
+        async with wire(Bulk(), client_options=both, max_message_size=LIMIT) as w:
+            assert "large" in w.client.peer_extensions and "large" in w.server.peer_extensions
+            data = payload(LIMIT - (64 << 10))
+            assert await w.root.callRemote("echo", data) == data  # there and back
+            text = "\u00e9" * (700 << 10)  # 1.4 MB of UTF-8
+            assert await w.root.callRemote("echo", text) == text
+            items = [7] * ((640 << 10) + 1)  # one more element than Twisted's lists hold
+            assert await w.root.callRemote("echo", items) == items
+            with pytest.raises(pbfast.BananaError) as refused:
+                await w.root.callRemote("echo", payload(LIMIT + 1))
+            assert refused.value.limit == "max_message_size"
+            assert f"max_message_size={LIMIT}" in str(refused.value)
+            # An answer over the server's limit fails the call, not the connection.
+            with pytest.raises(pbfast.RemoteError) as answered:
+                await w.root.callRemote("make", LIMIT + 1)
+            assert f"max_message_size={LIMIT}" in str(answered.value)
+            assert await w.root.callRemote("echo", b"still fine") == b"still fine"
+            assert w.client.statistics()["pending"] == 0
+        if variant in ("tub-loopback", "pb-memory"):
+            return  # (both ends have the same options)
+        # The server may send more than the client takes: the client refuses it from its header.
+        async with wire(Bulk(), client_options={"max_message_size": LIMIT}, max_message_size=2 * LIMIT) as w:
+            with pytest.raises(pbfast.PBConnectionLost) as lost:
+                await w.root.callRemote("make", LIMIT + 1)
+            assert f"max_message_size={LIMIT}" in str(lost.value)
+            assert lost.value.__cause__.limit == "max_message_size"
+
+    run(main())

@@ -17,6 +17,9 @@ its ``connections()`` report), what it logs, and that a well-behaved client is s
    would take the total past it;
 5. peers aborting in the middle of a large message one after another: the server's memory comes
    back at each close, with its garbage collector off, and no pbfast object is left for it.
+6. pbfast peers that speak ``large`` (one string may be as long as ``max_message_size``): a string
+   declared past it is refused from its header, lists nested too deep still close the
+   connection, and many peers each holding most of one long string are held to the memory budget.
 
 The servers run on the event loop kind the tests run on (``--loop``: asyncio's own, or uvloop's).
 Every test prints the figures it measured (``pytest -s`` shows them).
@@ -660,3 +663,206 @@ def test_peers_aborting_mid_message(run, loop_name: str, wire: str) -> None:
 
     with hostile_server(wire, loop_name, no_gc=True) as server:
         run(main(server), timeout=60)
+
+
+# ------------------------------------------------- 6. large values between pbfast peers
+
+# The server's max_message_size here; between pbfast peers that speak `large` a single string may
+# be that long, and the protections hold all the same: a string past it is refused from its
+# header, partial messages count against the memory budget, nesting against max_depth.
+LARGE_LIMIT = 16 * MiB
+LARGE_PARTIAL = 15 * MiB  # what each peer sends of one string whose end never comes
+LARGE_PEERS = 20
+
+
+class LargePeer:
+    """A peer that announces `large` (PB: its own negotiation, over a plain socket; Tub: a pbfast
+    Tub's connection) and then writes raw banana."""
+
+    def __init__(self, wire: str) -> None:
+        self.wire = wire
+        self.peer = ""
+        self.sent = 0
+        self._ref: Any = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(cls, wire: str, server: ServeProcess, clients: Clients) -> LargePeer:
+        self = cls(wire)
+        if wire == "pb":
+            port = int(server.address.rpartition("port=")[2])
+            reader, self._writer = await asyncio.open_connection(HOST, port)
+            offer = _core.PbDecoder(False, extensions=["large"])
+            events: list = []
+            while not events:
+                events = offer.feed(await reader.read(1024))
+            assert events[0][3] == ["large"], events  # the server speaks it too
+            self._writer.write(events[0][2])  # our choice ("pbfast large") and our version
+            self._watch = asyncio.create_task(self._watch_for_close(reader))
+            self.peer = "{}:{}".format(*self._writer.get_extra_info("sockname")[:2])
+        else:
+            self._ref = await clients.connect()
+            assert "large" in self._ref.broker.peer_extensions
+            self.peer = local_peer(self._ref)
+        return self
+
+    async def _watch_for_close(self, reader: asyncio.StreamReader) -> None:
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(1 << 16):
+                pass
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed if self.wire == "pb" else self._ref.broker.disconnected
+
+    def _write(self, data: bytes) -> None:
+        if self.wire == "pb":
+            assert self._writer is not None
+            self._writer.write(data)
+        else:
+            self._ref.broker._session.write(data)
+
+    async def _drain(self) -> None:
+        if self.wire == "pb":
+            assert self._writer is not None
+            await self._writer.drain()
+        else:
+            await asyncio.sleep(0)  # written now, through TLS
+            await self._ref.broker.wait_writable()
+
+    def _call_head(self) -> bytes:
+        """A message up to where its first value goes: PB, a list of two; Tub, a call of echo."""
+        if self.wire == "pb":
+            return header(2) + b"\x80"
+        broker = self._ref.broker
+        opened = broker._session.next_open_id
+        broker._session.next_open_id = opened + 2
+        tokens = [("OPEN", opened), ("STRING", b"call"), ("INT", 1 << 20), ("INT", self._ref.luid)]
+        tokens += [("STRING", b"echo"), ("OPEN", opened + 1), ("STRING", b"arguments"), ("INT", 1)]
+        return _core.encode_tokens(tokens, "foolscap")
+
+    async def send_string(self, declared: int, body: int) -> None:
+        """A message holding one string of `declared` bytes, of which `body` are sent (or as much
+        as the server reads before it closes the connection)."""
+        try:
+            self._write(self._call_head() + header(declared) + b"\x82")
+            piece = b"s" * MiB
+            while self.sent < body and not self.closed:
+                self._write(piece[: body - self.sent])
+                await self._drain()
+                self.sent += min(MiB, body - self.sent)
+        except (ConnectionError, pbfast.DeadReferenceError):
+            pass
+
+    def send_nested(self, depth: int) -> None:
+        """Lists (PB) or sequences (Tub) nested `depth` deep, never closed."""
+        if self.wire == "pb":
+            self._write(header(1) + b"\x80" + (header(1) + b"\x80") * depth)
+            return
+        opened = self._ref.broker._session.next_open_id
+        self._write(
+            self._call_head()
+            + _core.encode_tokens(
+                [token for i in range(depth) for token in (("OPEN", opened + 2 + i), ("STRING", b"list"))],
+                "foolscap",
+            )
+        )
+
+    async def close(self) -> None:
+        if self.wire == "pb":
+            assert self._writer is not None and self._watch is not None
+            self._writer.transport.abort()
+            await self._watch  # ends at the close
+        else:
+            self._ref.broker.transport.abort()
+
+
+@pytest.mark.parametrize("wire", WIRES)
+def test_large_values_from_hostile_peers(run, loop_name: str, wire: str) -> None:
+    fit = DEFAULT_MEMORY_BUDGET // (LARGE_PARTIAL + 1024)
+    assert (fit + 1) * LARGE_PARTIAL > DEFAULT_MEMORY_BUDGET and fit < LARGE_PEERS
+    max_depth = 1000 if wire == "pb" else 500  # the decoders' defaults
+
+    async def main(server: ServeProcess) -> None:
+        async with Clients(wire, server.address) as clients:
+            good = await clients.connect()
+            assert "large" in good.broker.peer_extensions
+            value = b"v" * (4 * MiB)  # a well-behaved large value goes through, both ways
+            assert await good.callRemote("echo", value) == value
+            peers: list[LargePeer] = []
+            try:
+                async with RssSampler(server) as rss:
+                    # A string past max_message_size: refused from its header, nothing held.
+                    oversize = await LargePeer.open(wire, server, clients)
+                    peers.append(oversize)
+                    await oversize.send_string(LARGE_LIMIT + 1, 4 * MiB)
+                    await wait_for(
+                        lambda: asyncio.sleep(0, oversize.closed), 10, "the oversize peer was closed"
+                    )
+                    after_oversize = server.rss()
+                    # Too deep: refused as ever.
+                    deep = await LargePeer.open(wire, server, clients)
+                    peers.append(deep)
+                    deep.send_nested(max_depth + 1)
+                    await wait_for(lambda: asyncio.sleep(0, deep.closed), 10, "the deep peer was closed")
+                    # Many peers each holding most of one long string: the memory budget closes
+                    # those that would take the total past it; the others are held whole.
+                    holding = list(
+                        await asyncio.gather(
+                            *(LargePeer.open(wire, server, clients) for _ in range(LARGE_PEERS))
+                        )
+                    )
+                    peers += holding
+                    await asyncio.gather(
+                        *(peer.send_string(LARGE_LIMIT - 1024, LARGE_PARTIAL) for peer in holding)
+                    )
+
+                    async def settled() -> bool:
+                        if sum(peer.closed for peer in holding) < LARGE_PEERS - fit:
+                            return False
+                        connections = await good.callRemote("connections")
+                        return all(
+                            peer.closed or connections[peer.peer]["buffered"] >= LARGE_PARTIAL
+                            for peer in holding
+                        )
+
+                    await wait_for(settled, 30, "the budget closed some peers, the others were held", 0.1)
+                    connections = await good.callRemote("connections")
+                    # (With the budget full, a small call is all the good client can make.)
+                    assert await good.callRemote("echo", 1) == 1
+                closed = [peer for peer in holding if peer.closed]
+                held = [connections[peer.peer]["buffered"] for peer in holding if not peer.closed]
+                print(
+                    f"\n[{wire}] a string declared past max_message_size={LARGE_LIMIT}: closed, RSS "
+                    f"+{(after_oversize - rss.start) / MiB:.0f} MiB; {LARGE_PEERS} peers x "
+                    f"{LARGE_PARTIAL / MiB:.0f} MiB of one string: {len(closed)} closed by the memory "
+                    f"budget, "
+                    f"the others hold {sorted({round(h / MiB, 1) for h in held})} MiB; {rss}"
+                )
+                stderr = server.stderr()
+                assert f"max_message_size={LARGE_LIMIT}" in stderr, stderr
+                assert after_oversize - rss.start < 2 * MiB + LARGE_LIMIT // 4, (rss.start, after_oversize)
+                assert f"max_depth={max_depth}" in stderr, stderr
+                assert len(closed) == LARGE_PEERS - fit, [peer.sent for peer in holding]
+                assert all(h >= LARGE_PARTIAL for h in held), held
+                for peer in closed:
+                    assert warned(server, peer.peer, f"memory_budget={DEFAULT_MEMORY_BUDGET}"), peer.peer
+                assert rss.peak - rss.start < 400 * MiB, str(rss)
+                # Once they are gone, the budget has room for large values again.
+                for peer in peers:
+                    await peer.close()
+
+                async def released() -> bool:
+                    return not {peer.peer for peer in peers} & set(await good.callRemote("connections"))
+
+                await wait_for(released, 10, "the server saw the peers go")
+                assert await good.callRemote("echo", value) == value
+            finally:
+                for peer in peers:
+                    await peer.close()
+
+    with hostile_server(wire, loop_name, f"max_message_size={LARGE_LIMIT}") as server:
+        run(main(server), timeout=90)

@@ -359,7 +359,8 @@ def test_an_oversize_argument_is_not_buffered(run):
     with ServeProcess("--tub", "tcp:0:interface=127.0.0.1", "--object", "schema_target:Store") as server:
 
         async def main():
-            async with pbfast.Tub() as client:
+            # (A pbfast client sends nothing past its own max_message_size: raised to send it.)
+            async with pbfast.Tub(max_message_size=size + (1 << 20)) as client:
                 store = await asyncio.wait_for(client.getReference(server.address), 10)
                 assert store.remote_interface_name == "RIStore.schema-target.pbfast.example"
                 assert pbfast.schema.remote_interface_by_name(store.remote_interface_name) is None

@@ -160,7 +160,7 @@ class Broker(Connection):
             self.serve_root(self._root_for(self))
         self._session.open()
 
-    def _receive(self, data: bytes) -> None:
+    def _receive(self, data: bytes | memoryview) -> None:
         events: list[tuple[Any, ...]] | None
         try:
             events = self._session.feed(data)

@@ -69,7 +69,9 @@ log = logging.getLogger("pbfast")
 # What two pbfast peers add to the stock protocols, on both wires: the extensions a connection
 # announces while connecting (a name after Twisted's dialects, a key in foolscap's hello: both
 # ignored by stock peers; see docs/extensions.md) and speaks when the peer announced them too.
-EXTENSIONS: frozenset[str] = frozenset({_calls.CANCEL, _calls.OPTIONS, _streaming.EXTENSION})
+# "large": strings, lists and messages up to max_message_size (the sessions switch the limits
+# as they negotiate).
+EXTENSIONS: frozenset[str] = frozenset({_calls.CANCEL, _calls.OPTIONS, _streaming.EXTENSION, "large"})
 
 RECEIVE_LIMITS = ("max_element_size", "max_message_size", "max_depth", "max_header_length")
 DEFAULT_MEMORY_BUDGET = 256 << 20
@@ -80,6 +82,19 @@ BACKLOG_BYTES = 4 << 20
 CLOSE_TIMEOUT = 10.0
 # Held calls handled per turn of the loop while draining the backlog.
 _DRAIN_BATCH = 64
+# The most read from a socket at once (what asyncio and uvloop read at once themselves).
+READ_SIZE = 256 << 10
+_thread = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    """The buffer this thread's connections read their sockets into: one per thread, as asyncio
+    and uvloop have one per loop, so a read allocates nothing and copies nothing (a session
+    keeps only what it must of each chunk)."""
+    view: memoryview | None = getattr(_thread, "read_buffer", None)
+    if view is None:
+        view = _thread.read_buffer = memoryview(bytearray(READ_SIZE))
+    return view
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +246,7 @@ def configure(*, memory_budget: int | None = None) -> dict[str, int]:
     return {"memory_budget": _budget.limit}
 
 
-class Connection(asyncio.Protocol, abc.ABC):
+class Connection(asyncio.BufferedProtocol, abc.ABC):
     """One connection of either wire (see the module docstring); users meet it as
     ``ref.broker``.
 
@@ -351,13 +366,24 @@ class Connection(asyncio.Protocol, abc.ABC):
         self._idle_watched = False  # whether `_last_received` is kept (a clock read per chunk)
         self._timer: asyncio.TimerHandle | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
+        self._read_view = _read_buffer()
 
     def __repr__(self) -> str:
         role = "server" if self.server else "client"
         state = "closed" if self.disconnected else "open"
         return f"<{type(self).__name__} {role} {state} peer={self.peer}>"
 
-    # ------------------------------------------------------------------ asyncio.Protocol
+    # ------------------------------------------------------------------ asyncio's protocols
+
+    # A buffered protocol: the transport reads into the thread's read buffer, which the session
+    # reads at once, in `buffer_updated`. (`data_received` takes chunks from transports that
+    # hand over bytes: the in-memory link's.)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._read_view[:nbytes])
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -380,7 +406,7 @@ class Connection(asyncio.Protocol, abc.ABC):
             self.call_only = self._traced_call_only  # type: ignore[method-assign]
         self._opened()
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         if _calls.options_in_use and _calls.DEADLINE.get() is not None:
             # The code that opened the connection or delivered these bytes (a memory link's
             # peer) had a deadline: the peer's calls must not run under it.
@@ -1274,13 +1300,14 @@ class Connection(asyncio.Protocol, abc.ABC):
         """Why a call cannot be made now (not negotiated yet, or gone)."""
 
     @abc.abstractmethod
-    def _receive(self, data: bytes) -> None:
-        """Decode received bytes and handle the events (usually through `_handle`)."""
+    def _receive(self, data: bytes | memoryview) -> None:
+        """Decode received bytes and handle the events (usually through `_handle`). `data` may
+        be a view of the read buffer: it is not kept."""
 
-    def _take_output(self) -> bytes | None:
-        """The bytes to write now, if any. While the connection is up the session's own `take`
-        stands here (called once per chunk received: no Python frame); once it is gone,
-        nothing."""
+    def _take_output(self) -> bytes | memoryview | None:
+        """The bytes to write now, if any (a large buffer is handed over as a read-only
+        memoryview, not copied). While the connection is up the session's own `take` stands
+        here (called once per chunk received: no Python frame); once it is gone, nothing."""
         return None
 
     def _finish_output(self) -> None:
@@ -1380,7 +1407,7 @@ class MemoryTransport(asyncio.Transport):
     """One end of an in-memory link (see `memory_pair`). `written` counts the bytes sent
     through it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, protocol: asyncio.Protocol, name: str) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, protocol: Connection, name: str) -> None:
         super().__init__()
         self._loop = loop
         self._protocol = protocol
@@ -1443,7 +1470,7 @@ class MemoryTransport(asyncio.Transport):
             self._loop.call_soon(self.peer._lose, ConnectionResetError("the in-memory peer closed"))
 
 
-def memory_pair(client: asyncio.Protocol, server: asyncio.Protocol) -> None:
+def memory_pair(client: Connection, server: Connection) -> None:
     """Join two protocols by an in-memory link (bytes written on one side arrive on the other
     on a later loop iteration, as a socket would deliver them; closing either end loses the
     connection on both) and start them."""

@@ -295,12 +295,12 @@ class TubBroker(Connection):
 
     def _open_session(self, callbacks: SessionCallbacks) -> _core.FoolscapSession:
         tub, target = self.tub, self.target
-        negotiation: dict[str, Any] = {}
+        # (A Tub's connection to itself has no negotiation: the extensions are its own.)
+        negotiation: dict[str, Any] = {"extensions": sorted(EXTENSIONS)}
         if not self._loopback:
-            negotiation = {
+            negotiation |= {
                 "identity": tub._tls_identity,
                 "incarnation": tub.incarnation,
-                "extensions": sorted(EXTENSIONS),
                 "target": target,
                 "host": self.host,
                 "last_connection": tub._last_connection.get(target) if target else None,
@@ -320,7 +320,7 @@ class TubBroker(Connection):
     def _opened(self) -> None:
         self._flush()  # a client's upgrade request
 
-    def _receive(self, data: bytes) -> None:
+    def _receive(self, data: bytes | memoryview) -> None:
         session = self._session
         events: list[tuple[Any, ...]] | None
         try:

@@ -71,9 +71,9 @@ SD_LISTEN_FDS_START = 3
 #: the figure at ``net.core.somaxconn``).
 LISTEN_BACKLOG = 1024
 
-_ProtocolFactory = Callable[[], asyncio.Protocol]
-_Connection = tuple[asyncio.Transport, asyncio.Protocol]
-_P = TypeVar("_P", bound=asyncio.Protocol)
+_ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+_Connection = tuple[asyncio.Transport, asyncio.BaseProtocol]
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 
 class Listener:

@@ -268,6 +268,11 @@ impl<'a> TokenReader<'a> {
         let limit = self.limits.max_element_size;
         match header_value(header) {
             HeaderValue::Small(n) if n <= limit as u64 => Ok(n as usize),
+            // Elements may be as long as a message (between pbfast peers that speak `large`):
+            // the limit passed is the message's.
+            _ if limit == self.limits.max_message_size => {
+                Err(self.err(pos, ErrorKind::MessageTooLarge { limit: self.limits.max_message_size }))
+            }
             v => Err(self.err(pos, kind(v.to_string(), limit))),
         }
     }

@@ -8,15 +8,30 @@ use super::{tb, BananaError, Dialect, ErrorKind, MAX_INT_BITS, PB_SMALL_INT_MAX,
 pub struct Encoder {
     pub out: Vec<u8>,
     pub dialect: Dialect,
+    /// The longest list (elements) or string (bytes) sent, and the name of the setting it comes
+    /// from (None: Twisted's `SIZE_LIMIT`, the default of the Twisted dialects; foolscap sends
+    /// strings of any length).
+    pub max_element: (usize, Option<&'static str>),
 }
 
 impl Encoder {
     pub fn new(dialect: Dialect) -> Encoder {
-        Encoder { out: Vec::new(), dialect }
+        Encoder::appending(Vec::new(), dialect)
     }
 
     pub fn with_capacity(dialect: Dialect, capacity: usize) -> Encoder {
-        Encoder { out: Vec::with_capacity(capacity), dialect }
+        Encoder::appending(Vec::with_capacity(capacity), dialect)
+    }
+
+    /// An encoder that appends to `out`, with the dialect's element limit.
+    pub fn appending(out: Vec<u8>, dialect: Dialect) -> Encoder {
+        let limit = if dialect == Dialect::Foolscap { usize::MAX } else { SIZE_LIMIT };
+        Encoder { out, dialect, max_element: (limit, None) }
+    }
+
+    fn too_long(&self, what: &'static str, len: usize) -> BananaError {
+        let (limit, setting) = self.max_element;
+        BananaError::local(ErrorKind::TooLongToSend { what, len, limit, setting })
     }
 
     /// Base-128 header, least significant group first; zero is a single `00`.
@@ -63,8 +78,8 @@ impl Encoder {
     /// A Twisted LIST header for `len` elements.
     #[inline(always)]
     pub fn list(&mut self, len: usize) -> Result<(), BananaError> {
-        if len > SIZE_LIMIT {
-            return Err(BananaError::local(ErrorKind::TooLongToSend { what: "list/tuple", len }));
+        if len > self.max_element.0 {
+            return Err(self.too_long("list/tuple", len));
         }
         self.token(len as u64, tb::LIST);
         Ok(())
@@ -93,8 +108,8 @@ impl Encoder {
             self.short_string_after(&[], b);
             return Ok(());
         }
-        if b.len() > SIZE_LIMIT && self.dialect != Dialect::Foolscap {
-            return Err(BananaError::local(ErrorKind::TooLongToSend { what: "byte string", len: b.len() }));
+        if b.len() > self.max_element.0 {
+            return Err(self.too_long("byte string", b.len()));
         }
         self.token(b.len() as u64, tb::STRING);
         self.out.extend_from_slice(b);
@@ -326,5 +341,22 @@ mod tests {
         assert!(e.bytes(&vec![0; SIZE_LIMIT + 1]).is_err());
         assert!(e.list(SIZE_LIMIT + 1).is_err());
         assert!(e.list(SIZE_LIMIT).is_ok());
+        let message = e.bytes(&vec![0; SIZE_LIMIT + 1]).unwrap_err().to_string();
+        assert_eq!(message, format!("byte string is too long to send ({} > {SIZE_LIMIT})", SIZE_LIMIT + 1));
+        // A limit raised between pbfast peers names its setting.
+        e.max_element = (SIZE_LIMIT * 2, Some("max_message_size"));
+        assert!(e.bytes(&vec![0; SIZE_LIMIT + 1]).is_ok());
+        let refused = e.bytes(&vec![0; SIZE_LIMIT * 2 + 1]).unwrap_err();
+        assert_eq!(refused.limit_name(), Some("max_message_size"));
+        assert_eq!(
+            refused.to_string(),
+            format!(
+                "byte string of {} bytes is too long to send: the limit is max_message_size={}",
+                SIZE_LIMIT * 2 + 1,
+                SIZE_LIMIT * 2
+            )
+        );
+        let mut f = Encoder::new(Dialect::Foolscap);
+        assert!(f.bytes(&vec![0; SIZE_LIMIT + 1]).is_ok());
     }
 }

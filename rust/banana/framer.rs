@@ -159,6 +159,11 @@ impl Framer {
         self.limits
     }
 
+    /// Change the limits between expressions (a negotiation raised them).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
     /// Bytes held for an incomplete expression.
     pub fn buffered(&self) -> usize {
         self.held.len()

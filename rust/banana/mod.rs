@@ -130,6 +130,11 @@ impl Dialect {
     }
 }
 
+/// The pbfast extension that lifts Twisted's 640 KiB limit on one string or list: between two
+/// peers that announced it, an element may be as long as a whole message (`max_message_size`),
+/// and neither sends a message longer than its own `max_message_size`.
+pub const LARGE: &str = "large";
+
 /// Receive-side limits of one decoder. Violations are reported as [`ErrorKind`]s naming the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -154,6 +159,17 @@ impl Limits {
             max_depth: 1000,
             max_header_length: PREFIX_LIMIT,
         }
+    }
+}
+
+impl Limits {
+    /// The limits with a peer that speaks [`LARGE`]: an element may be as long as a message
+    /// (unless `max_element_size` was set: `element_size_set`).
+    pub fn for_large(self, element_size_set: bool) -> Limits {
+        if element_size_set {
+            return self;
+        }
+        Limits { max_element_size: self.max_element_size.max(self.max_message_size), ..self }
     }
 }
 
@@ -218,8 +234,12 @@ pub enum ErrorKind {
     TrailingData,
     /// An integer beyond ±(2**448 - 1) was given to the encoder.
     IntTooLarge,
-    /// A list or string over `SIZE_LIMIT` was given to the encoder.
-    TooLongToSend { what: &'static str, len: usize },
+    /// A list or string over the encoder's limit was given to it: Twisted's `SIZE_LIMIT`
+    /// (`setting` None), or a setting's (between pbfast peers that speak [`LARGE`]).
+    TooLongToSend { what: &'static str, len: usize, limit: usize, setting: Option<&'static str> },
+    /// A message longer than the setting `max_message_size` was to be sent (between pbfast
+    /// peers that speak [`LARGE`]).
+    MessageTooLargeToSend { len: usize, limit: usize },
     /// A foolscap open-id, vocab index or similar header value that does not fit 64 bits.
     HeaderValueTooLarge,
     /// A value of a type banana has no token for (given to the encoder).
@@ -249,7 +269,8 @@ impl BananaError {
         match self.kind {
             ErrorKind::HeaderTooLong { .. } => Some("max_header_length"),
             ErrorKind::ListTooLong { .. } | ErrorKind::StringTooLong { .. } => Some("max_element_size"),
-            ErrorKind::MessageTooLarge { .. } => Some("max_message_size"),
+            ErrorKind::MessageTooLarge { .. } | ErrorKind::MessageTooLargeToSend { .. } => Some("max_message_size"),
+            ErrorKind::TooLongToSend { setting, .. } => setting,
             ErrorKind::TooDeep { .. } => Some("max_depth"),
             _ => None,
         }
@@ -282,7 +303,15 @@ impl std::fmt::Display for BananaError {
             ErrorKind::Truncated => write!(f, "input ends inside an expression")?,
             ErrorKind::TrailingData => write!(f, "trailing bytes after the expression")?,
             ErrorKind::IntTooLarge => write!(f, "int is too large to send (limit is ±(2**448 - 1))")?,
-            ErrorKind::TooLongToSend { what, len } => write!(f, "{what} is too long to send ({len} > {SIZE_LIMIT})")?,
+            ErrorKind::TooLongToSend { what, len, limit, setting: None } => {
+                write!(f, "{what} is too long to send ({len} > {limit})")?
+            }
+            ErrorKind::TooLongToSend { what, len, limit, setting: Some(setting) } => {
+                write!(f, "{what} of {len} bytes is too long to send: the limit is {setting}={limit}")?
+            }
+            ErrorKind::MessageTooLargeToSend { len, limit } => {
+                write!(f, "message of {len} bytes is too large to send: the limit is max_message_size={limit}")?
+            }
             ErrorKind::HeaderValueTooLarge => write!(f, "header value does not fit in 64 bits")?,
             ErrorKind::Unsendable(msg) => write!(f, "{msg}")?,
             ErrorKind::Stopped => write!(f, "decoder stopped by an earlier error")?,

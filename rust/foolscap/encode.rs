@@ -79,7 +79,7 @@ pub struct Writer {
 impl Writer {
     /// Append to `out`; the next OPEN gets id `next_open`.
     pub fn new(out: Vec<u8>, next_open: u64, max_depth: usize) -> Writer {
-        Writer { enc: Encoder { out, dialect: Dialect::Foolscap }, next_open, depth: 0, max_depth }
+        Writer { enc: Encoder::appending(out, Dialect::Foolscap), next_open, depth: 0, max_depth }
     }
 
     /// The id the next OPEN will get.

@@ -251,6 +251,14 @@ impl MessageFramer {
         self.limits
     }
 
+    /// Change the limits between messages (a negotiation raised them).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+        if self.scan.call == CallState::Unlimited {
+            self.scan.quick_string = limits.max_element_size as u64;
+        }
+    }
+
     /// Bytes held for an incomplete message.
     pub fn buffered(&self) -> usize {
         self.held.len()

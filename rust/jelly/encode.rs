@@ -137,7 +137,7 @@ impl Writer {
         out.clear();
         seen.clear();
         wraps.clear();
-        let enc = Encoder { out, dialect };
+        let enc = Encoder::appending(out, dialect);
         Writer { enc, depth: 0, max_depth: Limits::twisted().max_depth, seen, wraps, next_ref: 1 }
     }
 
@@ -145,7 +145,7 @@ impl Writer {
     /// shared containers: for values that hold none (see `rust/py/jelly.rs`'s `FlatWriter`).
     pub fn appending(dialect: Dialect, out: Vec<u8>) -> Writer {
         let buffers = Buffers { out, ..Buffers::default() };
-        let enc = Encoder { out: buffers.out, dialect };
+        let enc = Encoder::appending(buffers.out, dialect);
         Writer {
             enc,
             depth: 0,

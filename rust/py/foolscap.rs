@@ -47,7 +47,7 @@ use super::session::SessionPy;
 use super::tables::Tables;
 use super::{int_value, integer, limit_args, set_limit, with_bytes, with_events};
 use crate::banana::decode::Token;
-use crate::banana::Integer;
+use crate::banana::{BananaError, ErrorKind, Integer};
 use crate::foolscap::decode::{read_message, Build, Built, Fault, Message};
 use crate::foolscap::encode::{word, TooDeep, Word, Writer};
 use crate::foolscap::framer::{CallHeader, Receive};
@@ -85,8 +85,6 @@ pub struct Reader {
     /// `hook("your-reference", clid)`, `hook("their-reference", giftid, furl)`.
     hook: Option<Py<PyAny>>,
     strings: StrCache,
-    /// The fast path's replies are written here (an empty buffer between chunks).
-    replies: Vec<u8>,
     /// Where the message being read stands (see `quick`).
     quick: Quick,
 }
@@ -108,13 +106,19 @@ impl Reader {
             limits: all,
             hook,
             strings: StrCache::new(),
-            replies: Vec::new(),
             quick: Quick::new(&all),
         })
     }
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The peer speaks `large`: an element may be as long as a message, unless
+    /// `max_element_size` was set (`element_size_set`). Between messages only.
+    pub fn lift_for_large(&mut self, element_size_set: bool) {
+        self.limits.banana = self.limits.banana.for_large(element_size_set);
+        self.framer.set_limits(self.limits.banana);
     }
 
     /// Add what `fill` appends (decrypted bytes) to the stream, read by the next `decode` ahead
@@ -153,7 +157,8 @@ impl Reader {
             build,
             quick: &mut self.quick,
             fast,
-            replies: Replies { session, out: std::mem::take(&mut self.replies), queued: 0 },
+            // (The session's buffers: a large answer moves on to the transport uncopied.)
+            replies: Replies { session, out: session.map(SessionPy::buffer).unwrap_or_default(), queued: 0 },
             call_limits,
         };
         // Nothing cyclic becomes garbage while values are built; collections triggered by the
@@ -163,9 +168,8 @@ impl Reader {
         drop(gc);
         let Chunk { events, mut replies, .. } = chunk;
         replies.send(py, &events, false)?;
-        if replies.out.capacity() <= 1 << 20 {
-            replies.out.clear();
-            self.replies = replies.out;
+        if let Some(session) = session {
+            session.recycle(replies.out);
         }
         with_events(py, events, result)
     }
@@ -381,8 +385,7 @@ impl Replies<'_> {
     fn answered(&mut self, py: Python<'_>) -> PyResult<usize> {
         if let Some(session) = self.session.filter(|_| !self.out.is_empty()) {
             self.queued += self.out.len();
-            session.append_answer(py, &self.out)?;
-            self.out.clear();
+            session.append_buffer(py, &mut self.out, true)?;
         }
         Ok(self.queued)
     }
@@ -391,8 +394,7 @@ impl Replies<'_> {
     /// them now.
     fn send(&mut self, py: Python<'_>, events: &Bound<'_, PyList>, flush: bool) -> PyResult<()> {
         let Some(session) = self.session.filter(|_| !self.out.is_empty()) else { return Ok(()) };
-        session.append_answer(py, &self.out)?;
-        self.out.clear();
+        session.append_buffer(py, &mut self.out, true)?;
         if flush {
             events.append((FS_FLUSH,))?;
         }
@@ -794,6 +796,9 @@ pub struct FoolscapEncoderPy {
     /// The allocation of a message's `keep`, between messages (see `recycle`).
     keep: Vec<usize>,
     order: KeyOrder,
+    /// With a peer that speaks `large`: our `max_message_size`, the longest message sent (a
+    /// longer one fails before anything is sent); None: no limit, as in foolscap.
+    max_message: Option<usize>,
 }
 
 #[pymethods]
@@ -809,6 +814,7 @@ impl FoolscapEncoderPy {
             seen: IdMap::default(),
             keep: Vec::new(),
             order: KeyOrder::default(),
+            max_message: None,
         }
     }
 
@@ -995,6 +1001,11 @@ impl FoolscapEncoderPy {
         FoolscapEncoderPy::new(Some(hook), 0, max_depth)
     }
 
+    /// The peer speaks `large`: refuse messages longer than `max_message` bytes (ours).
+    pub(crate) fn set_max_message(&mut self, max_message: usize) {
+        self.max_message = Some(max_message);
+    }
+
     /// `error`, appended to `out`.
     pub(crate) fn error_into<'py>(
         &mut self,
@@ -1049,13 +1060,19 @@ impl FoolscapEncoderPy {
             pairs: Vec::new(),
             order: &mut self.order,
         };
-        let result = write(&mut m);
+        let mut result = write(&mut m);
         let MessageWriter { w, keep, .. } = m;
         self.seen.clear();
         if keep.capacity() <= 1 << 16 {
             self.keep = recycle(keep);
         }
         let (mut written, next_open_id) = w.finish();
+        if let (Ok(()), Some(limit)) = (&result, self.max_message) {
+            let len = written.len() - start;
+            if len > limit {
+                result = Err(BananaError::local(ErrorKind::MessageTooLargeToSend { len, limit }).into());
+            }
+        }
         match result {
             Ok(()) => self.next_open_id = next_open_id,
             Err(_) => written.truncate(start),

@@ -25,13 +25,16 @@ use super::foolscap::{in_use, ping, Fast, FoolscapEncoderPy, Reader, FS_DECIDE, 
 use super::metrics::{self, Wire};
 use super::schemas::CallLimits;
 use super::session::{Encoding, SessionPy};
-use super::with_bytes;
+use super::{element_size_set, with_received_mut};
+use crate::banana::LARGE;
 use crate::foolscap::negotiate::{Negotiation, Setup, Step};
 use crate::tls::{Identity, TlsSession};
 
 /// What reads the stream and runs calls: held for the whole of a `feed` or `run`.
 struct Incoming {
     reader: Reader,
+    /// `max_element_size` was set: a peer that speaks `large` does not raise it.
+    element_size_set: bool,
     dispatch: Dispatch,
     /// The target of clid 0 (the Tub's own methods) and what `remoteMessageReceived` is given.
     broker: Py<PyAny>,
@@ -71,7 +74,8 @@ impl FoolscapSession {
     /// decoder's hook, and `slice`, the encoder's; `is_plain(type)` and `call_limits(type)` as
     /// the dispatch and the call limits ask them (once per type). Negotiation: the Tub's
     /// `identity` (certificate and PKCS#8 key, DER; None for a Tub's connection to itself,
-    /// which starts at banana), its `incarnation` and the `extensions` it announces; a client
+    /// which starts at banana), its `incarnation` and the `extensions` it announces (on a
+    /// connection to itself, those the peer speaks: its own); a client
     /// names the TubID it dials (`target`), the `host` it dialled and what its last connection
     /// to that Tub settled (`last_connection`).
     #[new]
@@ -102,8 +106,10 @@ impl FoolscapSession {
         host: &str,
         last_connection: Option<(String, i64)>,
     ) -> PyResult<PyClassInitializer<FoolscapSession>> {
-        let reader = Reader::new(Some(unslice), limits)?;
-        let writer = FoolscapEncoderPy::for_connection(slice, reader.limits().banana.max_depth);
+        let mut reader = Reader::new(Some(unslice), limits)?;
+        let element_size_set = element_size_set(limits)?;
+        let mut writer = FoolscapEncoderPy::for_connection(slice, reader.limits().banana.max_depth);
+        let speaks_large = extensions.iter().any(|e| e == LARGE);
         let floor = reader.limits().max_index_length as u64;
         let negotiation = match identity {
             None => None,
@@ -118,6 +124,10 @@ impl FoolscapSession {
         };
         let base = SessionPy::new(Wire::Foolscap, max_refs, wake, flush, create_future, dead, forget);
         let banana = negotiation.is_none();
+        if banana && speaks_large {
+            // A Tub's connection to itself: the peer speaks what we speak.
+            large(&mut reader, &mut writer, element_size_set);
+        }
         let writer = if banana {
             base.start_encoding(Encoding::Foolscap(Arc::new(Mutex::new(writer))))?;
             None
@@ -126,6 +136,7 @@ impl FoolscapSession {
         };
         let incoming = Incoming {
             reader,
+            element_size_set,
             dispatch: Dispatch::new(is_plain, Flavor::Foolscap),
             broker,
             call_limits: CallLimits::new(call_limits, floor),
@@ -144,7 +155,7 @@ impl FoolscapSession {
         let (py, this, session) = (slf.py(), slf.get(), slf.as_super().get());
         let mut guard = this.lock_incoming()?;
         let Some(incoming) = guard.as_mut() else { return Ok(PyList::empty(py)) };
-        let events = with_bytes(data, |bytes| {
+        let events = with_received_mut(data, |bytes| {
             metrics::received(Wire::Foolscap, bytes.len());
             this.receive(py, session, incoming, bytes)
         });
@@ -165,7 +176,7 @@ impl FoolscapSession {
                 return Err(PyRuntimeError::new_err("no decision is awaited: negotiation is over"));
             };
             match negotiation.decide(seqnum)? {
-                Step::Negotiated => start_banana(session, link)?,
+                Step::Negotiated => start_banana(session, link, incoming)?,
                 _ => return Ok(PyList::empty(py)),
             }
         };
@@ -203,12 +214,13 @@ impl FoolscapSession {
         let writer = writer(session, py)?;
         let broker = incoming.broker.bind(py);
         let mut fast = Fast::new(session, &writer, &mut incoming.dispatch, broker);
-        let mut replies = Vec::new();
+        let mut replies = session.buffer();
         let kwargs = Some(kwargs).filter(|kw| !kw.is_empty());
         if let Some(event) = fast.call(py, reqid, clid, method, args, kwargs, &mut replies)? {
             events.append(event)?;
         }
-        session.append(py, &replies)?;
+        session.append_buffer(py, &mut replies, false)?;
+        session.recycle(replies);
         Ok(events)
     }
 
@@ -217,21 +229,25 @@ impl FoolscapSession {
     fn answer(slf: &Bound<'_, Self>, reqid: i64, value: &Bound<'_, PyAny>) -> PyResult<()> {
         let (py, session) = (slf.py(), slf.as_super().get());
         let writer = writer(session, py)?;
-        let mut out = Vec::new();
+        let mut out = session.buffer();
         session.encode_sending(py, || {
             writer.try_lock().map_err(|_| in_use())?.answer_into(py, reqid, value, &mut out)
         })??;
-        session.append(py, &out)
+        session.append_buffer(py, &mut out, false)?;
+        session.recycle(out);
+        Ok(())
     }
 
     /// Queue `(error reqid failure)`, the failure's `state` a dict or (name, value) pairs.
     fn error(slf: &Bound<'_, Self>, reqid: i64, state: &Bound<'_, PyAny>) -> PyResult<()> {
         let (py, session) = (slf.py(), slf.as_super().get());
         let writer = writer(session, py)?;
-        let mut out = Vec::new();
+        let mut out = session.buffer();
         session
             .encode_sending(py, || writer.try_lock().map_err(|_| in_use())?.error_into(py, reqid, state, &mut out))??;
-        session.append(py, &out)
+        session.append_buffer(py, &mut out, false)?;
+        session.recycle(out);
+        Ok(())
     }
 
     /// Queue a PING numbered `n` (a keepalive).
@@ -246,18 +262,44 @@ impl FoolscapSession {
     }
 
     /// What to write now, or None: the negotiation's bytes, then TLS records of what waits
-    /// (plain for a Tub's connection to itself).
-    fn take<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let taken = Self::output(slf)?;
-        if let Some(out) = &taken {
-            metrics::sent(Wire::Foolscap, out.as_bytes().len());
+    /// (plain for a Tub's connection to itself); a `bytes`, or a read-only `memoryview` of a
+    /// large buffer handed over (as `Session.take`).
+    fn take<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let (py, this, session) = (slf.py(), slf.get(), slf.as_super().get());
+        let mut link = this.lock_link()?;
+        let link = &mut *link;
+        if !link.banana {
+            let negotiation = link.negotiation.as_mut().and_then(|n| n.take_with(|out| bytes(py, &[], out)));
+            if let Some(out) = &negotiation {
+                metrics::sent(Wire::Foolscap, out.as_bytes().len());
+            }
+            return Ok(negotiation.map(Bound::into_any));
         }
-        Ok(taken)
+        let Some(tls) = link.tls.as_mut() else {
+            return session.take(py);
+        };
+        session.drain(|out| if out.is_empty() { Ok(()) } else { tls.write(out) })?;
+        if !link.early.is_empty() {
+            let early = std::mem::take(&mut link.early);
+            let records = tls.take_with(|out| bytes(py, &early, out));
+            if let Some(records) = &records {
+                metrics::sent(Wire::Foolscap, records.as_bytes().len());
+            }
+            return Ok(records.map(Bound::into_any));
+        }
+        // The records go straight into a buffer of the session's, which the transport is handed.
+        let records = tls.take_into(session.buffer());
+        if records.is_empty() {
+            session.recycle(records);
+            return Ok(None);
+        }
+        metrics::sent(Wire::Foolscap, records.len());
+        session.hand_off(py, records).map(Some)
     }
 
     /// End the stream in an orderly way: queue TLS's close_notify (once the upgrade has started
     /// TLS) and return what is to be written now.
-    fn close_notify<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    fn close_notify<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let this = slf.get();
         {
             let mut link = this.lock_link()?;
@@ -413,29 +455,13 @@ impl FoolscapSession {
 }
 
 impl FoolscapSession {
-    /// What to write now (see `take`).
-    fn output<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let (py, this, session) = (slf.py(), slf.get(), slf.as_super().get());
-        let mut link = this.lock_link()?;
-        let link = &mut *link;
-        if !link.banana {
-            return Ok(link.negotiation.as_mut().and_then(|n| n.take_with(|out| bytes(py, &[], out))));
-        }
-        let Some(tls) = link.tls.as_mut() else {
-            return Ok(session.drain(|out| bytes(py, &[], out)));
-        };
-        session.drain(|out| if out.is_empty() { Ok(()) } else { tls.write(out) })?;
-        let early = std::mem::take(&mut link.early);
-        Ok(tls.take_with(|out| bytes(py, &early, out)))
-    }
-
     /// The events of `bytes` from the socket, in whatever phase the stream is.
     fn receive<'py>(
         &self,
         py: Python<'py>,
         session: &SessionPy,
         incoming: &mut Incoming,
-        bytes: &[u8],
+        bytes: &mut [u8],
     ) -> PyResult<Bound<'py, PyList>> {
         // What the link makes of the bytes; it is released before banana is read (Python runs
         // then, and may write).
@@ -448,12 +474,12 @@ impl FoolscapSession {
                 match py.detach(|| negotiation.receive(bytes))? {
                     Step::Pending => return Ok(PyList::empty(py)),
                     Step::Decide => return PyList::new(py, [(FS_DECIDE,)]),
-                    Step::Negotiated => Banana::Started(start_banana(session, link)?),
+                    Step::Negotiated => Banana::Started(start_banana(session, link, incoming)?),
                 }
             } else if let Some(tls) = link.tls.as_mut() {
                 // Decrypted into the framer's own buffer, and read from there (nothing is added
                 // if the session fails).
-                let decrypted = incoming.reader.append_with(|buffer| py.detach(|| tls.feed(bytes, buffer)));
+                let decrypted = incoming.reader.append_with(|buffer| py.detach(|| tls.feed_in_place(bytes, buffer)));
                 if let Err(e) = decrypted {
                     // The session is broken: nothing more goes through it but its alert.
                     session.discard();
@@ -481,7 +507,7 @@ impl FoolscapSession {
         plaintext: &[u8],
         fast: bool,
     ) -> PyResult<Bound<'py, PyList>> {
-        let Incoming { reader, dispatch, broker, call_limits } = incoming;
+        let Incoming { reader, dispatch, broker, call_limits, .. } = incoming;
         let broker = broker.bind(py);
         let writer = writer(session, py)?;
         let mut fast = (fast && !session.holding()).then(|| Fast::new(session, &writer, dispatch, broker));
@@ -539,12 +565,16 @@ enum Banana {
 }
 
 /// Negotiation is over: banana from here on, in the TLS session it hands over (the end of the
-/// negotiation is sent first). The plaintext that followed its last block.
-fn start_banana(session: &SessionPy, link: &mut Link) -> PyResult<Vec<u8>> {
-    let (Some(negotiation), Some(writer)) = (link.negotiation.as_mut(), link.writer.take()) else {
+/// negotiation is sent first), with the limits the extensions both speak give. The plaintext
+/// that followed its last block.
+fn start_banana(session: &SessionPy, link: &mut Link, incoming: &mut Incoming) -> PyResult<Vec<u8>> {
+    let (Some(negotiation), Some(mut writer)) = (link.negotiation.as_mut(), link.writer.take()) else {
         return Err(PyRuntimeError::new_err("banana has started already"));
     };
     link.early.extend(negotiation.take());
+    if negotiation.peer().is_some_and(|hello| hello.pbfast && hello.extensions.iter().any(|e| e == LARGE)) {
+        large(&mut incoming.reader, &mut writer, incoming.element_size_set);
+    }
     let Some((tls, rest)) = negotiation.finish() else {
         return Err(PyRuntimeError::new_err("negotiation is not over"));
     };
@@ -552,6 +582,13 @@ fn start_banana(session: &SessionPy, link: &mut Link) -> PyResult<Vec<u8>> {
     link.banana = true;
     session.start_encoding(Encoding::Foolscap(Arc::new(Mutex::new(writer))))?;
     Ok(rest)
+}
+
+/// The peer speaks `large`: elements as long as messages either way, and no message longer than
+/// our `max_message_size` sent.
+fn large(reader: &mut Reader, writer: &mut FoolscapEncoderPy, element_size_set: bool) {
+    reader.lift_for_large(element_size_set);
+    writer.set_max_message(reader.limits().banana.max_message_size);
 }
 
 /// `FS_NEGOTIATED` ahead of the events `read` gave (or of those on its error).

@@ -52,6 +52,15 @@ fn limits(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Limits> {
     Ok(limits)
 }
 
+/// Whether the `**limits` keyword arguments set `max_element_size` (which a peer that speaks
+/// `large` then does not raise).
+fn element_size_set(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<bool> {
+    Ok(match kwargs {
+        Some(kwargs) => kwargs.contains("max_element_size")?,
+        None => false,
+    })
+}
+
 /// The `**limits` keyword arguments as (name, value) pairs; only `max_element_size` may be 0.
 pub(crate) fn limit_args(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(String, usize)>> {
     let mut out = Vec::new();
@@ -79,7 +88,8 @@ pub(crate) fn set_limit(limits: &mut Limits, name: &str, value: usize) -> PyResu
     Ok(())
 }
 
-/// Run `f` on the bytes of a `bytes`, `bytearray` or `memoryview` (copying only the latter two).
+/// Run `f` on the bytes of a `bytes`, `bytearray` or `memoryview` (copying only the latter two:
+/// Python code `f` runs could change them).
 fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> PyResult<R>) -> PyResult<R> {
     if let Ok(b) = data.cast::<PyBytes>() {
         return f(b.as_bytes());
@@ -89,6 +99,39 @@ fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> PyResult<R>) 
         return Err(PyTypeError::new_err(format!("expected a bytes-like object, not {name}")));
     };
     f(&buffer.to_vec(data.py())?)
+}
+
+/// [`with_bytes`] for what a connection received: a view of its read buffer is read in place
+/// (only the transport writes there, between reads, never while a session reads it).
+fn with_received<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> PyResult<R>) -> PyResult<R> {
+    if data.cast::<PyBytes>().is_ok() {
+        return with_bytes(data, f);
+    }
+    let Ok(buffer) = PyBuffer::<u8>::get(data) else { return with_bytes(data, f) };
+    if !buffer.is_c_contiguous() {
+        return with_bytes(data, f);
+    }
+    // SAFETY: the buffer is held (its memory stays put) while `f` runs; it is contiguous, of
+    // `len_bytes` bytes, and nothing writes to a connection's read buffer meanwhile.
+    let bytes = unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) };
+    f(bytes)
+}
+
+/// [`with_received`] for a reader that works in place (a TLS session decrypting records): a
+/// writable view of the connection's read buffer is given as it is (it is scratch space, read
+/// once); anything else is copied first.
+fn with_received_mut<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&mut [u8]) -> PyResult<R>) -> PyResult<R> {
+    if data.cast::<PyBytes>().is_err() {
+        if let Ok(buffer) = PyBuffer::<u8>::get(data) {
+            if buffer.is_c_contiguous() && !buffer.readonly() {
+                // SAFETY: as in `with_received`; the buffer is writable, and no other reference
+                // to its bytes is made while `f` runs.
+                let bytes = unsafe { std::slice::from_raw_parts_mut(buffer.buf_ptr() as *mut u8, buffer.len_bytes()) };
+                return f(bytes);
+            }
+        }
+    }
+    with_bytes(data, |bytes| f(&mut bytes.to_vec()))
 }
 
 /// The banana error in `bytes`, if there is one (only asked once decoding has failed).

@@ -41,9 +41,9 @@ use super::errors::jelly_error;
 use super::jelly::{FlatWriter, JellyDecoder, JellyEncoder};
 use super::objects::StrCache;
 use super::pb_session::{Fast, Outcome};
-use super::{dialect, limits, raw_value, with_bytes, with_events};
+use super::{dialect, element_size_set, limits, raw_value, with_bytes, with_events};
 use crate::banana::cursor::Cursor;
-use crate::banana::{Dialect, Encoder, Limits};
+use crate::banana::{BananaError, Dialect, Encoder, ErrorKind, Limits};
 use crate::jelly::scan::{references, Claim};
 use crate::pb::{Command, Kind, ObjectId, Received, Release, Session};
 
@@ -91,9 +91,20 @@ impl Reader {
         Reader { session: Session::new(server, limits, extensions.as_deref()), hook, strings: StrCache::new() }
     }
 
+    /// Keep `max_element_size` as given when the peer speaks `large` (it was set explicitly).
+    pub fn keep_element_size(mut self, keep: bool) -> Reader {
+        self.session.keep_element_size(keep);
+        self
+    }
+
     /// The server's first bytes: the dialects it offers.
     pub fn offer(&self) -> Vec<u8> {
         self.session.offer()
+    }
+
+    /// The receive limits (raised once a peer that speaks `large` is known).
+    pub fn limits(&self) -> Limits {
+        self.session.limits()
     }
 
     /// The extensions both sides speak when the peer is pbfast (None: a stock peer, or
@@ -151,7 +162,8 @@ impl PbDecoderPy {
         extensions: Option<Vec<String>>,
         limits: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<PbDecoderPy> {
-        Ok(PbDecoderPy(Reader::new(server, hook, self::limits(limits)?, extensions.as_deref())))
+        let reader = Reader::new(server, hook, self::limits(limits)?, extensions.as_deref());
+        Ok(PbDecoderPy(reader.keep_element_size(element_size_set(limits)?)))
     }
 
     /// The server's first bytes: the dialects it offers.
@@ -391,15 +403,47 @@ pub struct Writer {
     dialect: Dialect,
     /// `hook(obj)`: the jelly form of objects jelly does not know (references, copies, failures).
     hook: Option<Py<PyAny>>,
+    /// With a peer that speaks `large`: our `max_message_size`, the longest message (and
+    /// element) sent; None: Twisted's limit on one element, none on a message.
+    max_message: Option<usize>,
 }
 
 impl Writer {
     pub fn new(dialect: Dialect, hook: Option<Py<PyAny>>) -> Writer {
-        Writer { dialect, hook }
+        Writer { dialect, hook, max_message: None }
+    }
+
+    /// A writer for a peer that speaks `large`: elements and messages up to `max_message`
+    /// bytes, longer ones refused before anything is sent.
+    pub fn large(self, max_message: usize) -> Writer {
+        Writer { max_message: Some(max_message), ..self }
     }
 
     pub fn clone_ref(&self, py: Python<'_>) -> Writer {
-        Writer { dialect: self.dialect, hook: self.hook.as_ref().map(|h| h.clone_ref(py)) }
+        Writer {
+            dialect: self.dialect,
+            hook: self.hook.as_ref().map(|h| h.clone_ref(py)),
+            max_message: self.max_message,
+        }
+    }
+
+    /// Give `raw` this writer's element limit.
+    fn limit(&self, raw: &mut Encoder) {
+        if let Some(limit) = self.max_message {
+            raw.max_element = (limit, Some("max_message_size"));
+        }
+    }
+
+    /// Refuse a message of `out[start..]` longer than the limit (taking it back out of `out`).
+    fn check_size(&self, out: &mut Vec<u8>, start: usize) -> PyResult<()> {
+        match self.max_message {
+            Some(limit) if out.len() - start > limit => {
+                let len = out.len() - start;
+                out.truncate(start);
+                Err(BananaError::local(ErrorKind::MessageTooLargeToSend { len, limit }).into())
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -421,15 +465,17 @@ impl Writer {
         cache: bool,
         out: &mut Vec<u8>,
     ) -> PyResult<()> {
+        let start = out.len();
         if FlatWriter::fits(args) && kwargs.is_none_or(|kw| kw.is_empty()) {
             let mut w = FlatWriter::new(self.dialect, out);
+            self.limit(w.raw());
             let written = (|| {
                 message_head(w.raw(), request_id, object_id, method, answer_required, cache)?;
                 w.value(args)?;
                 w.empty_dict()
             })();
             w.finish(written.is_ok(), out);
-            return written;
+            return written.and_then(|()| self.check_size(out, start));
         }
         let mut enc = self.jelly_encoder(py);
         message_head(enc.raw(), request_id, object_id, method, answer_required, cache)?;
@@ -439,7 +485,7 @@ impl Writer {
             None => enc.jelly(PyDict::new(py).as_any())?,
         }
         enc.finish(|bytes| out.extend_from_slice(bytes));
-        Ok(())
+        self.check_size(out, start)
     }
 
     /// `[command, request_id, value]` appended to `out`: every reply's encoding (`answer` or
@@ -458,17 +504,19 @@ impl Writer {
             raw.int(request_id);
             Ok(())
         };
+        let start = out.len();
         if FlatWriter::fits(value) {
             let mut w = FlatWriter::new(self.dialect, out);
+            self.limit(w.raw());
             let written = head(w.raw()).and_then(|()| w.value(value));
             w.finish(written.is_ok(), out);
-            return written;
+            return written.and_then(|()| self.check_size(out, start));
         }
         let mut enc = self.jelly_encoder(py);
         head(enc.raw())?;
         enc.jelly(value)?;
         enc.finish(|bytes| out.extend_from_slice(bytes));
-        Ok(())
+        self.check_size(out, start)
     }
 
     /// `[command, item]` with a raw banana item (an int luid, bytes): decref, decache, uncache,
@@ -485,7 +533,9 @@ impl Writer {
     }
 
     fn jelly_encoder<'py>(&self, py: Python<'py>) -> JellyEncoder<'py> {
-        JellyEncoder::new(py, self.dialect, self.hook.as_ref().map(|h| h.bind(py).clone()))
+        let mut enc = JellyEncoder::new(py, self.dialect, self.hook.as_ref().map(|h| h.bind(py).clone()));
+        self.limit(enc.raw());
+        enc
     }
 
     pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {

@@ -35,7 +35,8 @@ use super::dispatch::{Dispatch, Flavor, Ran};
 use super::metrics::{self, Outcome as Counted, Wire};
 use super::pb::{Envelope, Reader, Writer, EV_AWAITING, EV_FLUSH, EV_RAISED, EV_READY, EV_RETURNED};
 use super::session::{Encoding, SessionPy};
-use super::{limits, with_bytes, with_events};
+use super::{element_size_set, limits, with_events, with_received};
+use crate::banana::LARGE;
 use crate::pb::Received;
 
 /// Reply bytes after which the rest of a chunk goes through the broker (flow control).
@@ -91,7 +92,8 @@ impl PbSession {
         extensions: Option<Vec<String>>,
     ) -> PyResult<PyClassInitializer<PbSession>> {
         let incoming = Incoming {
-            reader: Reader::new(server, Some(unjelly), self::limits(limits)?, extensions.as_deref()),
+            reader: Reader::new(server, Some(unjelly), self::limits(limits)?, extensions.as_deref())
+                .keep_element_size(element_size_set(limits)?),
             dispatch: Dispatch::new(is_plain, Flavor::Pb),
             broker,
             jelly: Some(jelly),
@@ -125,14 +127,16 @@ impl PbSession {
         let Incoming { reader, dispatch, broker, jelly } = incoming;
         let broker = broker.bind(py);
         let holding = session.holding();
-        let result = with_bytes(data, |bytes| {
+        let result = with_received(data, |bytes| {
             metrics::received(Wire::Pb, bytes.len());
             // The fast path, once the dialect is negotiated.
             let mut fast = match session.encoding(py) {
                 Some(Encoding::Pb(writer)) if !holding => Some(Fast::new(session, writer, dispatch, broker)),
                 _ => None,
             };
-            let mut replies = Vec::new();
+            let mut replies = session.buffer();
+            // (The limit of what we send to a peer that speaks `large`.)
+            let max_message = reader.limits().max_message_size;
             // Bytes of answers the fast path queued while reading this chunk.
             let mut answered = 0;
             let fed = reader.feed(py, bytes, |received, values| -> PyResult<()> {
@@ -140,7 +144,11 @@ impl PbSession {
                     Received::Ready { dialect, send, extensions } => {
                         // The broker handles the event after `feed`: the commands after it in
                         // this chunk come to it as events too (calls to run through `run`).
-                        session.start_encoding(Encoding::Pb(Writer::new(dialect, jelly.take())))?;
+                        let mut writer = Writer::new(dialect, jelly.take());
+                        if extensions.as_ref().is_some_and(|e| e.iter().any(|e| e == LARGE)) {
+                            writer = writer.large(max_message);
+                        }
+                        session.start_encoding(Encoding::Pb(writer))?;
                         session.append(py, &send)?;
                         return events.append((EV_READY, dialect.name(), extensions));
                     }
@@ -174,6 +182,7 @@ impl PbSession {
             if let Some(f) = fast {
                 f.send(py, &mut replies, false)?;
             }
+            session.recycle(replies);
             fed
         });
         session.set_buffered(reader.buffered());
@@ -205,7 +214,7 @@ impl PbSession {
         };
         let broker = incoming.broker.bind(py);
         let mut fast = Fast::new(session, writer, &mut incoming.dispatch, broker);
-        let mut replies = Vec::new();
+        let mut replies = session.buffer();
         let kwargs = Some(kwargs).filter(|kw| !kw.is_empty());
         if let Outcome::Event(event) =
             fast.message(py, request_id, object_id, method, answer, args, kwargs, &mut replies)?
@@ -213,6 +222,7 @@ impl PbSession {
             events.append(event)?;
         }
         fast.send(py, &mut replies, false)?;
+        session.recycle(replies);
         Ok(events)
     }
 
@@ -308,9 +318,11 @@ fn writer(slf: &Bound<'_, PbSession>) -> PyResult<Writer> {
 fn reply(slf: &Bound<'_, PbSession>, command: &[u8], request_id: i64, value: &Bound<'_, PyAny>) -> PyResult<()> {
     let (py, session) = (slf.py(), slf.as_super().get());
     let writer = writer(slf)?;
-    let mut out = Vec::new();
+    let mut out = session.buffer();
     session.encode_sending(py, || writer.reply(py, command, request_id, value, &mut out))??;
-    session.append(py, &out)
+    session.append_buffer(py, &mut out, false)?;
+    session.recycle(out);
+    Ok(())
 }
 
 /// The hot path of one chunk (or one held call): the session's tables and writer, and the
@@ -423,8 +435,7 @@ impl<'py, 'a> Fast<'py, 'a> {
     /// event), before it handles the rest of the chunk.
     fn send(&self, py: Python<'py>, replies: &mut Vec<u8>, flush: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
         if !replies.is_empty() {
-            self.session.append_answer(py, replies)?;
-            replies.clear();
+            self.session.append_buffer(py, replies, true)?;
         }
         Ok(if flush { Some((EV_FLUSH,).into_pyobject(py)?.into_any()) } else { None })
     }

@@ -5,6 +5,11 @@
 //!   were encoded: a foolscap stream numbers its objects in that order) and the rule for when
 //!   they go out: at the end of the loop iteration or of the chunk being read (`wake`), or at
 //!   once (`flush`) once [`EARLY_WRITE`] answers made while reading or [`FLUSH_AT`] bytes wait;
+//! - the buffers messages are encoded into ([`Spares`]): a large message moves from its
+//!   encoding buffer to the bytes waiting and on to the transport without being copied (the
+//!   transport is handed an [`OutgoingBytes`] that owns them, whose buffer comes back here once
+//!   written), and the buffers are used again rather than allocated afresh each time: fresh
+//!   memory costs a page fault per 4 KiB, several times what copying it costs;
 //! - calls out: `callRemote`'s work (request id, future, encoding, pins, pending entry) in one
 //!   crossing of the boundary;
 //! - the connection's [`Tables`]: our objects, the references the peer holds, our calls
@@ -15,14 +20,15 @@
 //! session holds (the broker's callbacks among them), so a closed connection is freed at once,
 //! not by a later garbage collection.
 
+use std::os::raw::c_int;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use pyo3::exceptions::asyncio::InvalidStateError;
 use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView, PyString, PyTuple};
 
 use super::foolscap::{in_use, FoolscapEncoderPy};
 use super::metrics::{self, Outcome, Tally, Wire};
@@ -41,6 +47,121 @@ pub const EARLY_WRITE: usize = 16;
 /// Bytes waiting after which they are written at once: writing them may pause writing (the
 /// peer is not reading), and the calls after that then wait.
 pub const FLUSH_AT: usize = 1 << 16;
+
+/// Bytes waiting after which `take` hands the transport the buffer itself (an
+/// [`OutgoingBytes`]) rather than a copy.
+pub const HAND_OFF_AT: usize = 1 << 16;
+
+/// Buffers of this capacity or less are kept whatever the traffic; larger ones only while large
+/// messages keep coming (see [`Spares::settle`]).
+const KEPT: usize = 1 << 20;
+/// Consecutive small writes after which the large buffers are let go of.
+const SMALL_TAKES: usize = 64;
+
+/// The buffers a connection encodes its messages into and writes from, kept for the next
+/// messages: a connection that sends large messages would otherwise take fresh memory (and
+/// its page faults) for each one. Shared with the [`OutgoingBytes`] the transport holds, which
+/// give their buffer back once written.
+#[derive(Default)]
+pub struct Spares {
+    buffers: Mutex<Vec<Vec<u8>>>,
+    /// Consecutive small writes.
+    small: AtomicUsize,
+    /// The connection is gone: buffers given back are let go of.
+    closed: AtomicBool,
+}
+
+impl Spares {
+    /// Buffers kept at most.
+    const COUNT: usize = 4;
+
+    /// An empty buffer (with room from earlier messages, if one is kept).
+    pub fn take(&self) -> Vec<u8> {
+        self.lock().pop().unwrap_or_default()
+    }
+
+    /// Keep `buffer` for later (emptied), if there is room.
+    pub fn give(&self, mut buffer: Vec<u8>) {
+        if buffer.capacity() == 0 {
+            return;
+        }
+        buffer.clear();
+        let mut buffers = self.lock();
+        if buffers.len() < Self::COUNT && !self.closed.load(Ordering::Relaxed) {
+            buffers.push(buffer);
+        }
+    }
+
+    /// Let go of every buffer, and of those given back from now on.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.lock().clear();
+    }
+
+    /// A write of `len` bytes: after [`SMALL_TAKES`] small ones in a row the large buffers go
+    /// (and `out`'s room shrinks), so a connection's burst of large messages does not pin their
+    /// memory for the rest of its life.
+    fn settle(&self, len: usize, out: &mut Vec<u8>) {
+        if len >= HAND_OFF_AT {
+            self.small.store(0, Ordering::Relaxed);
+            return;
+        }
+        if self.small.fetch_add(1, Ordering::Relaxed) + 1 == SMALL_TAKES {
+            if out.capacity() > KEPT {
+                out.shrink_to(HAND_OFF_AT);
+            }
+            self.lock().retain(|b| b.capacity() <= KEPT);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
+        self.buffers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Bytes handed to the transport to write (through a `memoryview`: the buffer protocol, read
+/// only), without a copy; their buffer goes back to the connection's [`Spares`] when the
+/// transport lets go of them.
+#[pyclass(module = "pbfast._core", name = "OutgoingBytes", frozen)]
+pub struct OutgoingBytes {
+    data: Vec<u8>,
+    spares: Weak<Spares>,
+}
+
+#[pymethods]
+impl OutgoingBytes {
+    fn __len__(&self) -> usize {
+        self.data.len()
+    }
+
+    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut pyo3::ffi::Py_buffer, flags: c_int) -> PyResult<()> {
+        let data = &slf.get().data;
+        // SAFETY: `data` never changes while the object lives (it is frozen), and the view
+        // holds a reference to the object.
+        let filled = unsafe {
+            pyo3::ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                data.as_ptr() as *mut std::ffi::c_void,
+                data.len() as pyo3::ffi::Py_ssize_t,
+                1,
+                flags,
+            )
+        };
+        if filled == -1 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OutgoingBytes {
+    fn drop(&mut self) {
+        if let Some(spares) = self.spares.upgrade() {
+            spares.give(std::mem::take(&mut self.data));
+        }
+    }
+}
 
 /// The wire's encoder, known once the connection has negotiated. A foolscap encoder numbers
 /// what it writes, so it is locked for each message (a PB one is not: its hooks may send).
@@ -96,6 +217,7 @@ pub struct SessionPy {
     next_request: AtomicI64,
     callbacks: Mutex<Option<Callbacks>>,
     encoder: Mutex<Option<Encoding>>,
+    spares: Arc<Spares>,
 }
 
 #[pymethods]
@@ -107,14 +229,26 @@ impl SessionPy {
         self.append(py, data)
     }
 
-    /// Everything waiting to be written, or None.
-    fn take<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
-        self.drain(|out| {
-            (!out.is_empty()).then(|| {
-                metrics::sent(self.wire, out.len());
-                PyBytes::new(py, out)
-            })
-        })
+    /// Everything waiting to be written, or None: a `bytes`, or (past [`HAND_OFF_AT`] bytes)
+    /// a read-only `memoryview` of the buffer itself.
+    pub fn take<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let data = {
+            let mut out = self.lock_out();
+            self.out.scheduled.store(false, Ordering::Relaxed);
+            self.out.queued.store(0, Ordering::Relaxed);
+            self.spares.settle(out.len(), &mut out);
+            if out.is_empty() {
+                return Ok(None);
+            }
+            metrics::sent(self.wire, out.len());
+            if out.len() < HAND_OFF_AT {
+                let bytes = PyBytes::new(py, &out).into_any();
+                out.clear();
+                return Ok(Some(bytes));
+            }
+            std::mem::replace(&mut *out, self.spares.take())
+        };
+        self.hand_off(py, data).map(Some)
     }
 
     /// Whether the peer's calls come back as events (`EV_MESSAGE`, `FS_CALL`) to run later
@@ -177,7 +311,7 @@ impl SessionPy {
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let mark = self.tables.mark();
         let made = metrics::making(method);
-        let data = match self.encode_call(py, request_id, object_id, method.to_str()?, true, args, kwargs, cache) {
+        let mut data = match self.encode_call(py, request_id, object_id, method.to_str()?, true, args, kwargs, cache) {
             Ok(data) => data,
             Err(e) => {
                 if let Some(made) = made {
@@ -190,7 +324,8 @@ impl SessionPy {
         // Objects of ours that the arguments carried stay until the answer has been read,
         // whatever decrefs the peer sends meanwhile (see RefTable).
         self.tables.await_reply(request_id, future.clone().unbind(), mark, made)?;
-        self.append(py, &data)?;
+        self.append_buffer(py, &mut data, false)?;
+        self.recycle(data);
         Ok(future)
     }
 
@@ -205,9 +340,10 @@ impl SessionPy {
     ) -> PyResult<()> {
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let mark = self.tables.mark();
-        let data = self.encode_call(py, request_id, object_id, method.to_str()?, false, args, kwargs, false)?;
+        let mut data = self.encode_call(py, request_id, object_id, method.to_str()?, false, args, kwargs, false)?;
         self.tables.commit(mark);
-        self.append(py, &data)?;
+        self.append_buffer(py, &mut data, false)?;
+        self.recycle(data);
         metrics::sent_only(self.wire, method);
         Ok(())
     }
@@ -391,6 +527,7 @@ impl SessionPy {
             next_request: AtomicI64::new(1),
             callbacks: Mutex::new(Some(Callbacks { wake, flush, create_future, dead, forget })),
             encoder: Mutex::new(None),
+            spares: Arc::default(),
         }
     }
 
@@ -400,11 +537,32 @@ impl SessionPy {
         self.out.scheduled.store(false, Ordering::Relaxed);
         self.out.queued.store(0, Ordering::Relaxed);
         let taken = f(&out);
+        let len = out.len();
         out.clear();
-        if out.capacity() > 1 << 20 {
-            out.shrink_to(64 << 10);
-        }
+        self.spares.settle(len, &mut out);
         taken
+    }
+
+    /// `data` for the transport to write: as bytes if it is short (its buffer kept), else
+    /// handed over as a read-only `memoryview` (see [`OutgoingBytes`]).
+    pub fn hand_off<'py>(&self, py: Python<'py>, data: Vec<u8>) -> PyResult<Bound<'py, PyAny>> {
+        if data.len() < HAND_OFF_AT {
+            let bytes = PyBytes::new(py, &data).into_any();
+            self.spares.give(data);
+            return Ok(bytes);
+        }
+        let owner = Bound::new(py, OutgoingBytes { data, spares: Arc::downgrade(&self.spares) })?;
+        Ok(PyMemoryView::from(owner.as_any())?.into_any())
+    }
+
+    /// An empty buffer to encode a message into (see [`Spares`]); `append_buffer` queues it.
+    pub fn buffer(&self) -> Vec<u8> {
+        self.spares.take()
+    }
+
+    /// Keep `buffer` for later messages (see [`Spares`]).
+    pub fn recycle(&self, buffer: Vec<u8>) {
+        self.spares.give(buffer);
     }
 
     pub fn holding(&self) -> bool {
@@ -437,21 +595,30 @@ impl SessionPy {
 
     /// Queue one message's bytes; they go out as the module docs say.
     pub fn append(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
-        self.queue(py, data, false)
+        self.queue(py, Bytes::Borrowed(data), false)
     }
 
-    /// Queue an answer the fast path made while reading a chunk (see [`EARLY_WRITE`]).
-    pub fn append_answer(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
-        self.queue(py, data, true)
+    /// Queue the bytes in `data` (a message, or several), leaving it empty: when nothing else
+    /// waits, `data`'s buffer becomes the bytes waiting rather than being copied into them.
+    /// With `answer`: answers the fast path made while reading a chunk (see [`EARLY_WRITE`]).
+    pub fn append_buffer(&self, py: Python<'_>, data: &mut Vec<u8>, answer: bool) -> PyResult<()> {
+        self.queue(py, Bytes::Owned(data), answer)
     }
 
-    fn queue(&self, py: Python<'_>, data: &[u8], answer: bool) -> PyResult<()> {
+    fn queue(&self, py: Python<'_>, data: Bytes<'_>, answer: bool) -> PyResult<()> {
         if self.closed.load(Ordering::Relaxed) {
             return Ok(());
         }
         let size = {
             let mut out = self.lock_out();
-            out.extend_from_slice(data);
+            match data {
+                Bytes::Borrowed(data) => out.extend_from_slice(data),
+                Bytes::Owned(data) if out.is_empty() => std::mem::swap(&mut *out, data),
+                Bytes::Owned(data) => {
+                    out.extend_from_slice(data);
+                    data.clear();
+                }
+            }
             out.len()
         };
         let early = answer && self.out.queued.fetch_add(1, Ordering::Relaxed) + 1 >= EARLY_WRITE;
@@ -525,6 +692,9 @@ impl SessionPy {
     pub fn shut(&self) {
         self.closed.store(true, Ordering::Relaxed);
         self.discard();
+        // The buffers' memory goes now (what a transport still holds comes back to no one).
+        *self.lock_out() = Vec::new();
+        self.spares.close();
         self.tables.clear();
         let callbacks = self.callbacks.lock().unwrap_or_else(|e| e.into_inner()).take();
         let encoder = self.encoder.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -569,7 +739,8 @@ impl SessionPy {
         };
         let mark = self.tables.mark();
         // Room for a small call, which then needs no growing.
-        let mut data = Vec::with_capacity(256);
+        let mut data = self.buffer();
+        data.reserve(256);
         let encoded = match &encoding {
             Encoding::Pb(writer) => {
                 writer.message(py, request_id, object_id, method, answer, args, Some(kwargs), cache, &mut data)
@@ -584,11 +755,18 @@ impl SessionPy {
         match encoded {
             Ok(()) => Ok(data),
             Err(e) => {
+                self.recycle(data);
                 self.forget(py, self.tables.undo(mark), false)?;
                 Err(e)
             }
         }
     }
+}
+
+/// Bytes to queue: copied, or moved when nothing else waits.
+enum Bytes<'a> {
+    Borrowed(&'a [u8]),
+    Owned(&'a mut Vec<u8>),
 }
 
 /// What the session tests of both wires stand in for the broker with: a log of the callbacks,
