@@ -92,7 +92,9 @@ def floor_comparison(options: argparse.Namespace) -> list[dict]:
     side; which goes first rotates from round to round."""
     size = rpc.request_size()
     server_cpu, client_cpu = rpc.placement(options.pin)
-    client_args = argparse.Namespace(warmup=options.warmup, outstanding=options.concurrency, dicts=False)
+    client_args = argparse.Namespace(
+        warmup=options.warmup, outstanding=options.concurrency, dicts=False, bulk=False
+    )
     rounds = []
     with tempfile.TemporaryDirectory() as workdir:
         for number in range(options.rounds):
