@@ -150,7 +150,7 @@ pub fn decode<B: Build>(
 ) -> (Res<B::Value, B>, usize) {
     let cur = Cursor::new(expr, dialect, limits);
     let mut quick_stack = recycle(std::mem::take(&mut scratch.1));
-    let quick = quick::quick(cur.clone(), limits.max_depth, whole, build, &mut quick_stack);
+    let quick = quick::quick(&cur, limits.max_depth, whole, build, &mut quick_stack);
     if quick_stack.capacity() <= 1 << 10 {
         scratch.1 = recycle(quick_stack);
     }

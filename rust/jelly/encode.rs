@@ -27,12 +27,16 @@ pub trait Walk {
     /// opened (its header written) and pushed on `stack` as a frame, whose items [`Walk::next`]
     /// hands out; the walk closes it once they are all written. (Pushed where it is built: a
     /// frame handed back would be copied on its way to the stack.)
+    ///
+    /// A walk may instead write a new container's items straight away, as far as they need no
+    /// frame of their own: if it gets to the end, it closes the container and pushes nothing;
+    /// if not, it pushes the frame and returns the item that stopped it, to be written next.
     fn write(
         &mut self,
         w: &mut Writer,
         stack: &mut Vec<Self::Frame>,
         item: Self::Item,
-    ) -> Result<(), Error<Self::Error>>;
+    ) -> Result<Option<Self::Item>, Error<Self::Error>>;
 
     /// Write the items of `frame` from where it stands as far as they need no frame of their own;
     /// return the first that may (for [`Walk::write`]), or None once all are written.
@@ -88,6 +92,24 @@ pub mod word {
     pub const SET: Word<'static> = Word::new(tag::SET);
     pub const FROZENSET: Word<'static> = Word::new(tag::FROZENSET);
     pub const DECIMAL: Word<'static> = Word::new(tag::DECIMAL);
+}
+
+/// The bytes [`Writer::text`] writes for a short str: kept by a walk that meets the same str
+/// again, to write it with one copy.
+#[derive(Clone, Copy, Default)]
+pub struct Form {
+    len: u8,
+    bytes: [u8; Form::ROOM],
+}
+
+impl Form {
+    /// The most bytes a form holds: the form of a str of up to 19 bytes.
+    pub const ROOM: usize = 32;
+
+    /// Whether this holds no form (as made by `default`).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// Where a tracked object's bytes start, and its reference id once it is met again (0 until).
@@ -201,7 +223,10 @@ impl Writer {
     fn walk<W: Walk>(&mut self, walk: &mut W, stack: &mut Vec<W::Frame>, root: W::Item) -> Result<(), Error<W::Error>> {
         let mut item = root;
         loop {
-            walk.write(self, stack, item)?;
+            if let Some(inner) = walk.write(self, stack, item)? {
+                item = inner;
+                continue;
+            }
             // The innermost open container with an item left gives the next item.
             item = loop {
                 let Some(top) = stack.last_mut() else { return Ok(()) };
@@ -290,6 +315,39 @@ impl Writer {
     #[inline(always)]
     pub fn bytes(&mut self, b: &[u8]) -> Result<(), Refusal> {
         Ok(self.enc.bytes(b)?)
+    }
+
+    /// [`Writer::text`], and the bytes it wrote if they fit in a [`Form`].
+    #[inline(always)]
+    pub fn text_form(&mut self, utf8: &[u8]) -> Result<Option<Form>, Refusal> {
+        let start = self.enc.out.len();
+        self.text(utf8)?;
+        let written = &self.enc.out[start..];
+        if written.len() > Form::ROOM {
+            return Ok(None);
+        }
+        let mut bytes = [0; Form::ROOM];
+        bytes[..written.len()].copy_from_slice(written);
+        Ok(Some(Form { len: written.len() as u8, bytes }))
+    }
+
+    /// A str again, from the form [`Writer::text_form`] gave for it.
+    #[inline(always)]
+    pub fn form(&mut self, form: &Form) -> Result<(), Refusal> {
+        if self.depth >= self.max_depth {
+            return Err(Refusal::TooDeep { limit: self.max_depth });
+        }
+        let out = &mut self.enc.out;
+        out.reserve(Form::ROOM);
+        // SAFETY: the reservation leaves room for all of `form.bytes` after the current end (one
+        // copy of fixed size, rather than one of the form's length); the length then covers the
+        // form's bytes only.
+        unsafe {
+            let end = out.len();
+            std::ptr::copy_nonoverlapping(form.bytes.as_ptr(), out.as_mut_ptr().add(end), Form::ROOM);
+            out.set_len(end + usize::from(form.len));
+        }
+        Ok(())
     }
 
     /// A str, as `["unicode", utf8]`.

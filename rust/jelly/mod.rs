@@ -235,6 +235,22 @@ pub(crate) fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
     unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<U>(), 0, v.capacity()) }
 }
 
+/// `v.push(item)`, inlined into the caller so that the item is built where it goes: a frame,
+/// passed to an outlined `push`, would be built on the native stack and then copied, its
+/// copy waiting on the narrow stores that built it.
+#[inline(always)]
+pub(crate) fn push_in_place<T>(v: &mut Vec<T>, item: T) {
+    if v.len() == v.capacity() {
+        v.reserve(1);
+    }
+    // SAFETY: there is room for one more element (reserved above); it is written before the
+    // length covers it.
+    unsafe {
+        v.as_mut_ptr().add(v.len()).write(item);
+        v.set_len(v.len() + 1);
+    }
+}
+
 /// Parse the space-separated decimal fields of a `datetime`/`date`/`time`/`timedelta` body,
 /// accepting between `min` and `max` fields (as many as Python's constructor takes).
 pub fn parse_fields(text: &[u8], min: usize, max: usize) -> Result<Vec<i64>, String> {
