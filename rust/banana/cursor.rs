@@ -95,6 +95,18 @@ impl<'a> Cursor<'a> {
         self.pos
     }
 
+    /// The limits it reads under.
+    #[inline(always)]
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The bytes from the cursor on.
+    #[inline(always)]
+    pub fn rest(&self) -> &'a [u8] {
+        &self.data[self.pos..]
+    }
+
     /// Continue reading at `pos` (the end of an item another reader consumed).
     pub fn skip_to(&mut self, pos: usize) {
         debug_assert!(pos >= self.pos && pos <= self.data.len());

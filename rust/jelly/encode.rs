@@ -285,16 +285,39 @@ impl Writer {
     /// [`Writer::close`].
     #[inline(always)]
     pub fn open_list(&mut self, len: usize) -> Result<(), Refusal> {
-        self.depth += 1;
-        if self.depth > self.max_depth {
+        self.enter()?;
+        Ok(self.enc.list(len)?)
+    }
+
+    /// The level of a dictionary's `[key, value]` pairs, opened before its first pair: each pair
+    /// is then written by [`Writer::pair`] at this level (one check of the depth for them all),
+    /// and the level closed by [`Writer::close`] after the last.
+    #[inline(always)]
+    pub fn open_pairs(&mut self) -> Result<(), Refusal> {
+        self.enter()
+    }
+
+    /// A pair's list header (two items), at the level [`Writer::open_pairs`] opened.
+    #[inline(always)]
+    pub fn pair(&mut self) {
+        self.enc.out.extend_from_slice(&[2, tb::LIST]);
+    }
+
+    /// One more level of lists.
+    #[inline(always)]
+    fn enter(&mut self) -> Result<(), Refusal> {
+        if self.depth >= self.max_depth {
             return Err(Refusal::TooDeep { limit: self.max_depth });
         }
-        Ok(self.enc.list(len)?)
+        // Below max_depth: no overflow.
+        self.depth = self.depth.wrapping_add(1);
+        Ok(())
     }
 
     #[inline(always)]
     pub fn close(&mut self) {
-        self.depth -= 1;
+        debug_assert!(self.depth > 0);
+        self.depth = self.depth.wrapping_sub(1);
     }
 
     #[inline(always)]

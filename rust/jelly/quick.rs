@@ -71,6 +71,7 @@ fn walk<B: Build>(
 ) -> Option<B::Value> {
     // Lists open around the cursor, as the general walk counts them.
     let mut depth = 0;
+    let pairs_ok = cur.limits().max_element_size >= 2;
     let mut child = match item(cur, b, &mut depth, max_depth, stack)? {
         Got::Value(v) => return Some(v),
         Got::Opened => None,
@@ -91,6 +92,26 @@ fn walk<B: Build>(
                 let pair = top.next;
                 if pair == top.len {
                     break;
+                }
+                // The pair's start as the last dict had it at this place: its key, without
+                // reading it token by token (a pair's list needs max_element_size >= 2).
+                if let Some((key, took)) = pairs_ok.then(|| b.known_pair(cur.rest(), pair)).flatten() {
+                    enter(&mut depth, max_depth)?;
+                    cur.skip_to(cur.pos() + took);
+                    match item(cur, b, &mut depth, max_depth, stack)? {
+                        Got::Value(value) => {
+                            let top = stack.last_mut()?;
+                            b.set_item(&top.obj, &key, &value).ok()?;
+                            top.next += 1;
+                            depth -= 1;
+                            continue;
+                        }
+                        Got::Opened => {
+                            let at = stack.len().checked_sub(2)?;
+                            stack[at].key = Some(key);
+                            continue 'fill;
+                        }
+                    }
                 }
                 if !cur.pair() {
                     let Item::List(2) = cur.next_item()? else { return None };

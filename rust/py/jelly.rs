@@ -14,7 +14,7 @@ use pyo3::types::{
 
 use super::errors::unpersistable;
 use super::int_value;
-use super::objects::{decimal_type, decode_utf8, dict_next, list_item, qualified_name, utf8_of, GcPause, StrCache};
+use super::objects::{decimal_type, dict_next, list_item, qualified_name, utf8_of, GcPause, StrCache};
 use crate::banana::{Dialect, Encoder, Integer, Limits};
 use crate::jelly::decode::{decode, Build, Fault, When};
 use crate::jelly::encode::{word, Buffers, Form, Walk, Writer};
@@ -136,12 +136,17 @@ impl<'py> Build for PyBuild<'py, '_> {
 
     #[inline(always)]
     fn text(&mut self, utf8: &[u8]) -> Result<Self::Value, Fault<PyErr>> {
-        decode_utf8(self.py, utf8).map(Bound::into_any).map_err(bad)
+        self.strings.text(self.py, utf8).map(Bound::into_any).map_err(bad)
     }
 
     #[inline(always)]
     fn key(&mut self, utf8: &[u8], pair: usize) -> Result<Self::Value, Fault<PyErr>> {
         self.strings.key(self.py, utf8, pair).map(Bound::into_any).map_err(bad)
+    }
+
+    #[inline(always)]
+    fn known_pair(&mut self, rest: &[u8], pair: usize) -> Option<(Self::Value, usize)> {
+        self.strings.known_pair(self.py, rest, pair).map(|(key, took)| (key.into_any(), took))
     }
 
     fn none(&mut self) -> PyResult<Self::Value> {
@@ -453,7 +458,7 @@ impl Spare {
             buffers: Buffers::default(),
             stack: Vec::new(),
             keep: Vec::new(),
-            texts: Texts::default(),
+            texts: Texts::new(),
         })
     }
 
@@ -481,7 +486,7 @@ struct PyWalk<'py> {
 /// is freed and no other object takes its address while the value is written; emptied with it.
 #[derive(Default)]
 struct Texts {
-    /// (address, form), one slot per address's hash (none until the first str): empty (0), a
+    /// (address, form), one slot per address's hash (none in a `default` one): empty (0), a
     /// candidate (the address of a str met once, no form: len 0) or taken (a str and its form).
     /// A str is taken in at its second sighting, and only into a slot not taken: strs met once (a
     /// record's own values) cost a store and push out none that recur.
@@ -503,13 +508,14 @@ enum Look {
 impl Texts {
     const SLOTS: usize = 256;
 
+    fn new() -> Texts {
+        Texts { slots: vec![(0, Form::default()); Texts::SLOTS], taken: Vec::new() }
+    }
+
     /// What is known of the str at `address`; a str not met before is noted as a candidate if its
     /// slot is not taken.
     #[inline(always)]
     fn look(&mut self, address: usize) -> Look {
-        if self.slots.is_empty() {
-            self.slots = vec![(0, Form::default()); Texts::SLOTS];
-        }
         let i = ((address as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - Texts::SLOTS.trailing_zeros()))
             as usize;
         let Some((a, form)) = self.slots.get_mut(i) else { return Look::New };
@@ -555,8 +561,6 @@ struct Frame {
     written: usize,
     /// A dict's value of the pair whose key is being written (null if none).
     value: *mut ffi::PyObject,
-    /// A dict's pair list is open.
-    in_pair: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -571,7 +575,7 @@ enum Kind {
 
 impl Frame {
     fn new(kind: Kind, obj: *mut ffi::PyObject, len: usize) -> Frame {
-        Frame { kind, obj, len, next: 0, written: 0, value: std::ptr::null_mut(), in_pair: false }
+        Frame { kind, obj, len, next: 0, written: 0, value: std::ptr::null_mut() }
     }
 }
 
@@ -640,7 +644,7 @@ impl<'py> Walk for PyWalk<'py> {
                 }
                 let item = list_item(&list, frame.next as usize)?;
                 frame.next += 1;
-                if !self.scalar(w, item.as_any())? {
+                if !self.scalar(w, item.as_any())? && !self.flat(w, item.as_any())? {
                     return Ok(Some(item.as_any().clone()));
                 }
             },
@@ -664,35 +668,42 @@ impl<'py> Walk for PyWalk<'py> {
                         return Ok(Some(value.to_owned()));
                     }
                 }
-                if frame.in_pair {
-                    frame.in_pair = false;
-                    w.close();
-                }
                 let dict = unsafe { obj.cast_unchecked::<PyDict>() };
+                if frame.written == frame.len && frame.len > 0 {
+                    // Every pair written: no need to ask for the end, if it has not changed size.
+                    if dict.len() != frame.len {
+                        return Err(changed_size("dict"));
+                    }
+                    w.close();
+                    break;
+                }
                 let Some((key, item)) = dict_next(&dict, &mut frame.next) else {
                     if frame.written != frame.len || dict.len() != frame.len {
                         return Err(changed_size("dict"));
                     }
+                    if frame.written > 0 {
+                        w.close();
+                    }
                     break;
                 };
+                if frame.written == 0 {
+                    w.open_pairs()?;
+                }
                 frame.written += 1;
                 if frame.written > frame.len {
                     return Err(changed_size("dict"));
                 }
-                w.open_list(2)?;
+                w.pair();
                 if !self.scalar(w, key.as_any())? {
                     // The value waits while the key is written, held by `keep` (hook code may
                     // change the dict meanwhile).
-                    frame.in_pair = true;
                     frame.value = item.as_ptr();
                     self.keep.push(item.as_any().clone());
                     return Ok(Some(key.as_any().clone()));
                 }
-                if !self.scalar(w, item.as_any())? {
-                    frame.in_pair = true;
+                if !self.scalar(w, item.as_any())? && !self.flat(w, item.as_any())? {
                     return Ok(Some(item.as_any().clone()));
                 }
-                w.close();
             },
             Kind::Set => {
                 let members = unsafe { obj.cast_unchecked::<PyIterator>() };
@@ -747,6 +758,54 @@ impl<'py> PyWalk<'py> {
             self.keep.push(obj.clone());
         }
         Ok(true)
+    }
+
+    /// Write `obj` if it is a short exact list or tuple of scalars only (a record's tags, a
+    /// point's coordinates), where it was met: as [`Walk::write`] would, without a frame of its
+    /// own or a return to the walk. False if it is not one.
+    #[inline(always)]
+    fn flat(&mut self, w: &mut Writer, obj: &Bound<'py, PyAny>) -> Result<bool, Failed> {
+        // Free-threaded, another thread may change a list between its check and its writing:
+        // it goes through its frame, which checks each item as it takes it.
+        #[cfg(Py_GIL_DISABLED)]
+        return Ok(false);
+        #[cfg(not(Py_GIL_DISABLED))]
+        {
+            const MOST: usize = 16;
+            let ty = obj.get_type_ptr();
+            let ptr = obj.as_ptr();
+            // SAFETY: the types were just checked; with the GIL held, and no Python code run while
+            // scalars are written, the items stay as they are read here until they are written.
+            let (atom, items) = unsafe {
+                if ty == &raw mut ffi::PyList_Type {
+                    let len = ffi::PyList_GET_SIZE(ptr) as usize;
+                    let items = (*ptr.cast::<ffi::PyListObject>()).ob_item;
+                    (word::LIST, if len == 0 { &[][..] } else { std::slice::from_raw_parts(items, len) })
+                } else if ty == &raw mut ffi::PyTuple_Type {
+                    let len = ffi::PyTuple_GET_SIZE(ptr) as usize;
+                    let items = (*ptr.cast::<ffi::PyTupleObject>()).ob_item.as_ptr();
+                    (word::TUPLE, std::slice::from_raw_parts(items, len))
+                } else {
+                    return Ok(false);
+                }
+            };
+            // SAFETY (each item): a live object the container holds (see above).
+            let py = self.py;
+            let item = |p: *mut ffi::PyObject| unsafe { pyo3::Borrowed::from_ptr(py, p) };
+            if items.len() > MOST || !items.iter().all(|&p| is_scalar(&item(p))) {
+                return Ok(false);
+            }
+            if self.first_sighting(w, obj.clone())?.is_some() {
+                w.open(atom, items.len())?;
+                for &p in items {
+                    if !self.scalar(w, &item(p))? {
+                        return Err(changed_size("list"));
+                    }
+                }
+                w.close();
+            }
+            Ok(true)
+        }
     }
 
     /// A tracked object's first sighting in this value: then it is kept alive until the value is
