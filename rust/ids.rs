@@ -98,12 +98,15 @@ impl<V: Copy + Default> IdMap<V> {
             self.grow();
         }
         let (mut i, tag) = self.home(key);
-        let mask = self.slots.len() - 1;
+        // The table has a power-of-two number of slots (at least 64, after `grow`).
+        let mask = self.slots.len().wrapping_sub(1);
         loop {
-            let slot = self.slots[i];
+            // SAFETY: `i <= mask < slots.len()`: `home` gives a slot index and each step masks it.
+            let place = unsafe { self.slots.get_unchecked_mut(i) };
+            let slot = *place;
             if slot == 0 {
                 // At most half the slots are used, and there are fewer than 2**31 of them.
-                self.slots[i] = tag | (self.entries.len() as u64 + 1);
+                *place = tag | (self.entries.len() as u64 + 1);
                 self.entries.push((key, value));
                 return None;
             }
@@ -164,7 +167,8 @@ impl<V: Copy + Default> IdMap<V> {
         // the others and pick the slot; its low half (a function of the address's low bits only,
         // so two addresses share it only if they are 64 GiB apart) is the tag.
         let h = (key as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        ((h >> self.shift) as usize, h << 32)
+        // `shift` is 64 - log2(slots.len()), at least 32: the high bits, below the table's size.
+        (h.wrapping_shr(self.shift) as usize, h << 32)
     }
 
     #[cold]

@@ -94,21 +94,36 @@ pub mod word {
     pub const DECIMAL: Word<'static> = Word::new(tag::DECIMAL);
 }
 
-/// The bytes [`Writer::text`] writes for a short str: kept by a walk that meets the same str
-/// again, to write it with one copy.
-#[derive(Clone, Copy, Default)]
-pub struct Form {
+/// The bytes [`Writer::text`] writes for a short str (or, [`Writer::pair_text_form`], a pair's
+/// header and then those): kept by a walk that meets the same str again, to write it with one
+/// copy of `ROOM` bytes.
+#[derive(Clone, Copy)]
+pub struct Form<const ROOM: usize = 32> {
     len: u8,
-    bytes: [u8; Form::ROOM],
+    bytes: [u8; ROOM],
 }
 
-impl Form {
-    /// The most bytes a form holds: the form of a str of up to 19 bytes.
-    pub const ROOM: usize = 32;
+impl<const ROOM: usize> Default for Form<ROOM> {
+    fn default() -> Self {
+        Form { len: 0, bytes: [0; ROOM] }
+    }
+}
 
+impl<const ROOM: usize> Form<ROOM> {
     /// Whether this holds no form (as made by `default`).
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The form of the bytes written from `start` to the end of `out`, if they fit.
+    fn of(out: &[u8], start: usize) -> Option<Form<ROOM>> {
+        let written = &out[start..];
+        if written.len() > ROOM {
+            return None;
+        }
+        let mut bytes = [0; ROOM];
+        bytes[..written.len()].copy_from_slice(written);
+        Some(Form { len: written.len() as u8, bytes })
     }
 }
 
@@ -273,6 +288,13 @@ impl Writer {
     /// `[tag, ...len items]`: the items follow, then [`Writer::close`].
     #[inline(always)]
     pub fn open(&mut self, tag: Word<'_>, len: usize) -> Result<(), Refusal> {
+        // The common shape, a short container with a PB vocabulary tag: its four bytes at once.
+        if let (Dialect::Pb, Some(index), 0..0x7f) = (self.enc.dialect, tag.pb_index, len) {
+            self.enter()?;
+            let head = [len as u8 + 1, tb::LIST, index, tb::VOCAB];
+            self.enc.out.extend_from_slice(&head);
+            return Ok(());
+        }
         self.open_list(len + 1)?;
         match (self.enc.dialect, tag.pb_index) {
             (Dialect::Pb, Some(index)) => self.enc.vocab(index),
@@ -345,29 +367,34 @@ impl Writer {
     pub fn text_form(&mut self, utf8: &[u8]) -> Result<Option<Form>, Refusal> {
         let start = self.enc.out.len();
         self.text(utf8)?;
-        let written = &self.enc.out[start..];
-        if written.len() > Form::ROOM {
-            return Ok(None);
-        }
-        let mut bytes = [0; Form::ROOM];
-        bytes[..written.len()].copy_from_slice(written);
-        Ok(Some(Form { len: written.len() as u8, bytes }))
+        Ok(Form::of(&self.enc.out, start))
     }
 
-    /// A str again, from the form [`Writer::text_form`] gave for it.
+    /// [`Writer::pair`] and [`Writer::text`] (a pair whose key is a str), and the bytes they wrote
+    /// if they fit in a `Form<48>`.
     #[inline(always)]
-    pub fn form(&mut self, form: &Form) -> Result<(), Refusal> {
+    pub fn pair_text_form(&mut self, utf8: &[u8]) -> Result<Option<Form<48>>, Refusal> {
+        let start = self.enc.out.len();
+        self.pair();
+        self.text(utf8)?;
+        Ok(Form::of(&self.enc.out, start))
+    }
+
+    /// What a form was made of, again: a str (checked as [`Writer::text`] checks it), or a pair's
+    /// header and its str key.
+    #[inline(always)]
+    pub fn form<const ROOM: usize>(&mut self, form: &Form<ROOM>) -> Result<(), Refusal> {
         if self.depth >= self.max_depth {
             return Err(Refusal::TooDeep { limit: self.max_depth });
         }
         let out = &mut self.enc.out;
-        out.reserve(Form::ROOM);
+        out.reserve(ROOM);
         // SAFETY: the reservation leaves room for all of `form.bytes` after the current end (one
         // copy of fixed size, rather than one of the form's length); the length then covers the
         // form's bytes only.
         unsafe {
             let end = out.len();
-            std::ptr::copy_nonoverlapping(form.bytes.as_ptr(), out.as_mut_ptr().add(end), Form::ROOM);
+            std::ptr::copy_nonoverlapping(form.bytes.as_ptr(), out.as_mut_ptr().add(end), ROOM);
             out.set_len(end + usize::from(form.len));
         }
         Ok(())

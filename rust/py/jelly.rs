@@ -312,7 +312,7 @@ pub struct JellyEncoder<'py> {
 impl<'py> JellyEncoder<'py> {
     pub fn new(py: Python<'py>, dialect: Dialect, hook: Option<Bound<'py, PyAny>>) -> JellyEncoder<'py> {
         let Spare { buffers, stack, keep, texts } = Spare::take();
-        let walk = PyWalk { py, hook, keep: recycle(keep), texts };
+        let walk = PyWalk { py, hook, keep: recycle(keep), texts, keys: Default::default() };
         JellyEncoder { w: Writer::new(dialect, buffers), walk, stack: recycle(stack) }
     }
 
@@ -322,6 +322,7 @@ impl<'py> JellyEncoder<'py> {
         // The objects tracked for this value can go now: the next value is its own id space.
         // (The strs' forms go first: they are good only while `keep` holds the strs.)
         self.walk.texts.clear();
+        self.walk.keys = Default::default();
         self.walk.keep.clear();
         Ok(written?)
     }
@@ -478,6 +479,10 @@ struct PyWalk<'py> {
     /// object a frame points to; and every str in `texts`.
     keep: Vec<Bound<'py, PyAny>>,
     texts: Texts,
+    /// The str key last met at each of a dict's first pairs, by its address, with the form of
+    /// its pair's header and key: dicts of one shape follow one another, and a key found here is
+    /// written with one copy. Each str here is held by `keep`; emptied with it.
+    keys: [(usize, Form<48>); PyWalk::KEYS],
 }
 
 /// The forms of short strs met more than once in the value being written, by the str's address:
@@ -686,20 +691,26 @@ impl<'py> Walk for PyWalk<'py> {
                     }
                     break;
                 };
-                if frame.written == 0 {
+                let pair = frame.written;
+                if pair == 0 {
                     w.open_pairs()?;
                 }
                 frame.written += 1;
                 if frame.written > frame.len {
                     return Err(changed_size("dict"));
                 }
-                w.pair();
-                if !self.scalar(w, key.as_any())? {
-                    // The value waits while the key is written, held by `keep` (hook code may
-                    // change the dict meanwhile).
-                    frame.value = item.as_ptr();
-                    self.keep.push(item.as_any().clone());
-                    return Ok(Some(key.as_any().clone()));
+                // A str key met at this place before: its pair's header and the key in one copy.
+                if matches!(self.keys.get(pair), Some(&(known, _)) if known == key.as_ptr() as usize) {
+                    w.form(&self.keys[pair].1)?;
+                } else if !(pair < PyWalk::KEYS && self.pair_key(w, key.as_any(), pair)?) {
+                    w.pair();
+                    if !self.scalar(w, key.as_any())? {
+                        // The value waits while the key is written, held by `keep` (hook code may
+                        // change the dict meanwhile).
+                        frame.value = item.as_ptr();
+                        self.keep.push(item.as_any().clone());
+                        return Ok(Some(key.as_any().clone()));
+                    }
                 }
                 if !self.scalar(w, item.as_any())? && !self.flat(w, item.as_any())? {
                     return Ok(Some(item.as_any().clone()));
@@ -737,6 +748,8 @@ impl<'py> Walk for PyWalk<'py> {
 }
 
 impl<'py> PyWalk<'py> {
+    const KEYS: usize = 8;
+
     /// [`scalar`], with the forms of strs met before.
     #[inline(always)]
     fn scalar(&mut self, w: &mut Writer, obj: &Bound<'py, PyAny>) -> Result<bool, Failed> {
@@ -756,6 +769,23 @@ impl<'py> PyWalk<'py> {
         if let Some(form) = w.text_form(utf8)? {
             self.texts.take(i, form);
             self.keep.push(obj.clone());
+        }
+        Ok(true)
+    }
+
+    /// Write the header of a dict's pair number `pair` and its key, if the key is a str, and
+    /// keep their form for the key at this place; false (nothing written) if the key is not a
+    /// str.
+    #[inline(never)]
+    fn pair_key(&mut self, w: &mut Writer, key: &Bound<'py, PyAny>, pair: usize) -> Result<bool, Failed> {
+        if key.get_type_ptr() != &raw mut ffi::PyUnicode_Type {
+            return Ok(false);
+        }
+        // SAFETY: the type was just checked.
+        let Some(utf8) = utf8_of(unsafe { key.cast_unchecked::<PyString>() }) else { return Ok(false) };
+        if let Some(form) = w.pair_text_form(utf8)? {
+            self.keys[pair] = (key.as_ptr() as usize, form);
+            self.keep.push(key.clone());
         }
         Ok(true)
     }
