@@ -85,8 +85,6 @@ pub struct IdMap<V> {
     slots: Vec<u64>,
     /// (address, value) in the order they were inserted.
     entries: Vec<(usize, V)>,
-    /// 64 - log2(slots.len()): the address's hash is shifted right by this much.
-    shift: u32,
 }
 
 impl<V: Copy + Default> IdMap<V> {
@@ -137,6 +135,20 @@ impl<V: Copy + Default> IdMap<V> {
         }
     }
 
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The keys from the `from`th inserted on, in the order they were inserted.
+    pub fn keys_from(&self, from: usize) -> impl Iterator<Item = usize> + '_ {
+        self.entries.get(from..).unwrap_or_default().iter().map(|&(key, _)| key)
+    }
+
     /// Slots in the table (twice the entries it holds before it grows).
     pub fn capacity(&self) -> usize {
         self.slots.len()
@@ -163,12 +175,15 @@ impl<V: Copy + Default> IdMap<V> {
     /// The slot a key's probe starts at, and its tag.
     #[inline(always)]
     fn home(&self, key: usize) -> (usize, u64) {
-        // Addresses are 16-byte aligned: the low bits say nothing. The multiply's high bits mix all
-        // the others and pick the slot; its low half (a function of the address's low bits only,
-        // so two addresses share it only if they are 64 GiB apart) is the tag.
-        let h = (key as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        // `shift` is 64 - log2(slots.len()), at least 32: the high bits, below the table's size.
-        (h.wrapping_shr(self.shift) as usize, h << 32)
+        // Addresses are 16-byte aligned: the low bits say nothing. Within each 64 KiB of addresses
+        // the slots follow the addresses (objects made one after another, met one after another,
+        // are looked up at neighbouring slots, which the cache brings in together); each 64 KiB
+        // starts at a place of its own, from a multiply's high bits. The tag is the low half of
+        // a multiply of the whole address (two addresses share it only 64 GiB apart).
+        let (a, region) = (key as u64 >> 4, key as u64 >> 16);
+        let start = region.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let mask = (self.slots.len() as u64).wrapping_sub(1);
+        (((a.wrapping_add(start)) & mask) as usize, a.wrapping_mul(0x9E37_79B9_7F4A_7C15) << 32)
     }
 
     #[cold]
@@ -177,7 +192,6 @@ impl<V: Copy + Default> IdMap<V> {
         assert!(size <= 1 << 32, "more objects than an identity map can track");
         self.slots.clear();
         self.slots.resize(size, 0);
-        self.shift = 64 - size.trailing_zeros();
         for (index, &(key, _)) in self.entries.iter().enumerate() {
             let (mut i, tag) = self.home(key);
             while self.slots[i] != 0 {

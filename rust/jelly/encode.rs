@@ -280,6 +280,16 @@ impl Writer {
         }
     }
 
+    /// How many objects [`Writer::seen`] has remembered in this value.
+    pub fn tracked(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// The objects [`Writer::seen`] remembered in this value, from the `from`th on.
+    pub fn tracked_from(&self, from: usize) -> impl Iterator<Item = usize> + '_ {
+        self.seen.keys_from(from)
+    }
+
     /// Whether the object `id` was met before in this value (nothing is written or remembered).
     pub fn was_seen(&self, id: usize) -> bool {
         self.seen.contains_key(id)

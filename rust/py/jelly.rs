@@ -312,7 +312,7 @@ pub struct JellyEncoder<'py> {
 impl<'py> JellyEncoder<'py> {
     pub fn new(py: Python<'py>, dialect: Dialect, hook: Option<Bound<'py, PyAny>>) -> JellyEncoder<'py> {
         let Spare { buffers, stack, keep, texts } = Spare::take();
-        let walk = PyWalk { py, hook, keep: recycle(keep), texts, keys: Default::default() };
+        let walk = PyWalk { py, hook, keep: recycle(keep), texts, keys: Default::default(), kept: 0 };
         JellyEncoder { w: Writer::new(dialect, buffers), walk, stack: recycle(stack) }
     }
 
@@ -324,6 +324,7 @@ impl<'py> JellyEncoder<'py> {
         self.walk.texts.clear();
         self.walk.keys = Default::default();
         self.walk.keep.clear();
+        self.walk.kept = 0;
         Ok(written?)
     }
 
@@ -483,6 +484,8 @@ struct PyWalk<'py> {
     /// its pair's header and key: dicts of one shape follow one another, and a key found here is
     /// written with one copy. Each str here is held by `keep`; emptied with it.
     keys: [(usize, Form<48>); PyWalk::KEYS],
+    /// How many of the objects the writer tracks `keep` holds (see [`PyWalk::secure`]).
+    kept: usize,
 }
 
 /// The forms of short strs met more than once in the value being written, by the str's address:
@@ -615,7 +618,7 @@ impl<'py> Walk for PyWalk<'py> {
                 return self.write_other(w, stack, obj).map(|()| None);
             }
         };
-        if let Some(obj) = self.first_sighting(w, obj)? {
+        if let Some(obj) = self.sighting(w, &obj)? {
             w.open(atom, len)?;
             // Its items straight away, as far as they are scalars; a container of scalars only
             // (the common kind) leaves the stack as it found it. (The frame is built in its place
@@ -825,7 +828,7 @@ impl<'py> PyWalk<'py> {
             if items.len() > MOST || !items.iter().all(|&p| is_scalar(&item(p))) {
                 return Ok(false);
             }
-            if self.first_sighting(w, obj.clone())?.is_some() {
+            if self.sighting(w, obj)?.is_some() {
                 w.open(atom, items.len())?;
                 for &p in items {
                     if !self.scalar(w, &item(p))? {
@@ -851,6 +854,36 @@ impl<'py> PyWalk<'py> {
         Ok(Some(ptr))
     }
 
+    /// [`PyWalk::first_sighting`] for a list, dict or tuple met by the walk itself. With the GIL
+    /// held, no Python code runs while such containers and scalars are written, so each
+    /// container stays reachable from the value, and alive, without a reference of ours, until
+    /// [`PyWalk::secure`] takes one before anything that may run Python code. Free-threaded,
+    /// another thread may drop it at any time: it is kept at once.
+    #[inline(always)]
+    fn sighting(&mut self, w: &mut Writer, obj: &Bound<'py, PyAny>) -> Result<Option<*mut ffi::PyObject>, Failed> {
+        #[cfg(Py_GIL_DISABLED)]
+        return self.first_sighting(w, obj.clone());
+        #[cfg(not(Py_GIL_DISABLED))]
+        {
+            let ptr = obj.as_ptr();
+            Ok((!w.seen(ptr as usize)?).then_some(ptr))
+        }
+    }
+
+    /// Take a reference to every object tracked but not yet kept: from here on Python code may
+    /// run (a hook, a class's attributes, a collection when something is allocated), which may
+    /// drop what the value held.
+    #[cold]
+    fn secure(&mut self, w: &Writer) {
+        let py = self.py;
+        // SAFETY: each address is that of an object tracked since the last `secure`, alive and
+        // unchanged (see `sighting`): a new reference to it is taken before anything can drop it.
+        self.keep.extend(
+            w.tracked_from(self.kept).map(|a| unsafe { Bound::from_borrowed_ptr(py, a as *mut ffi::PyObject) }),
+        );
+        self.kept = w.tracked();
+    }
+
     /// Keep `obj` alive until the value is written; its address, for a frame.
     fn hold(&mut self, obj: Bound<'py, PyAny>) -> *mut ffi::PyObject {
         let ptr = obj.as_ptr();
@@ -861,6 +894,7 @@ impl<'py> PyWalk<'py> {
     /// [`Walk::write`] for the less common types.
     #[inline(never)]
     fn write_other(&mut self, w: &mut Writer, stack: &mut Vec<Frame>, obj: Bound<'py, PyAny>) -> Result<(), Failed> {
+        self.secure(w);
         if obj.is_exact_instance_of::<PySet>() || obj.is_exact_instance_of::<PyFrozenSet>() {
             let atom = if obj.is_exact_instance_of::<PySet>() { word::SET } else { word::FROZENSET };
             let Some(set) = self.first_sighting(w, obj)? else { return Ok(()) };
