@@ -73,18 +73,18 @@ impl Hasher for OwnKeyHasher {
 /// Map keyed by what this side chooses (see [`OwnKeyHasher`]).
 pub type OwnKeyMap<K, V> = HashMap<K, V, BuildHasherDefault<OwnKeyHasher>>;
 
-/// Map from object address to a small value, for the jelly writer's tracking of every container
-/// of a value: open addressing with linear probing over a power-of-two table at most half full,
-/// so a lookup or an insertion is a multiply and, nearly always, one or two compares. Emptied in
-/// time proportional to what was inserted, not to the table's size.
+/// Map from object address to a small value, for the encoders' tracking of every container of a
+/// value. The entries are kept in insertion order; the table over them, open addressing with
+/// linear probing over a power-of-two table at most half full, holds one word per slot: the
+/// entry's index and a tag from the address's hash, so that a probe compares tags without reading
+/// the entry. A table of words (a quarter of one of (address, value) pairs) keeps the lookups of a
+/// value with thousands of containers, one at a random place each, in the nearest caches.
 #[derive(Default)]
 pub struct IdMap<V> {
-    /// (address, value); address 0 marks an empty slot (no object lives at address 0).
-    slots: Vec<(usize, V)>,
-    /// The slots in use, to empty them.
-    used: Vec<usize>,
-    /// 64 - log2(slots.len()): the address's hash is shifted right by this much.
-    shift: u32,
+    /// 0 for an empty slot, else `tag << 32 | (index + 1)`.
+    slots: Vec<u64>,
+    /// (address, value) in the order they were inserted.
+    entries: Vec<(usize, V)>,
 }
 
 impl<V: Copy + Default> IdMap<V> {
@@ -92,21 +92,29 @@ impl<V: Copy + Default> IdMap<V> {
     #[inline(always)]
     pub fn get_or_insert(&mut self, key: usize, value: V) -> Option<&mut V> {
         debug_assert!(key != 0);
-        if (self.used.len() + 1) * 2 > self.slots.len() {
+        if (self.entries.len() + 1) * 2 > self.slots.len() {
             self.grow();
         }
-        let mut i = self.home(key);
+        let (mut i, tag) = self.home(key);
+        // The table has a power-of-two number of slots (at least 64, after `grow`).
+        let mask = self.slots.len().wrapping_sub(1);
         loop {
-            let k = self.slots[i].0;
-            if k == key {
-                return Some(&mut self.slots[i].1);
-            }
-            if k == 0 {
-                self.slots[i] = (key, value);
-                self.used.push(i);
+            // SAFETY: `i <= mask < slots.len()`: `home` gives a slot index and each step masks it.
+            let place = unsafe { self.slots.get_unchecked_mut(i) };
+            let slot = *place;
+            if slot == 0 {
+                // At most half the slots are used, and there are fewer than 2**31 of them.
+                *place = tag | (self.entries.len() as u64 + 1);
+                self.entries.push((key, value));
                 return None;
             }
-            i = (i + 1) & (self.slots.len() - 1);
+            if slot & TAG == tag {
+                let index = (slot as u32 - 1) as usize;
+                if self.entries[index].0 == key {
+                    return Some(&mut self.entries[index].1);
+                }
+            }
+            i = (i + 1) & mask;
         }
     }
 
@@ -114,14 +122,31 @@ impl<V: Copy + Default> IdMap<V> {
         if self.slots.is_empty() {
             return false;
         }
-        let mut i = self.home(key);
+        let (mut i, tag) = self.home(key);
         loop {
-            match self.slots[i].0 {
-                0 => return false,
-                k if k == key => return true,
-                _ => i = (i + 1) & (self.slots.len() - 1),
+            let slot = self.slots[i];
+            if slot == 0 {
+                return false;
             }
+            if slot & TAG == tag && self.entries[(slot as u32 - 1) as usize].0 == key {
+                return true;
+            }
+            i = (i + 1) & (self.slots.len() - 1);
         }
+    }
+
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The keys from the `from`th inserted on, in the order they were inserted.
+    pub fn keys_from(&self, from: usize) -> impl Iterator<Item = usize> + '_ {
+        self.entries.get(from..).unwrap_or_default().iter().map(|&(key, _)| key)
     }
 
     /// Slots in the table (twice the entries it holds before it grows).
@@ -129,38 +154,56 @@ impl<V: Copy + Default> IdMap<V> {
         self.slots.len()
     }
 
+    /// Empty the map, in time proportional to what was inserted when that is small beside the
+    /// table.
     pub fn clear(&mut self) {
-        for &i in &self.used {
-            self.slots[i] = (0, V::default());
+        if self.entries.len() * 8 >= self.slots.len() {
+            self.slots.fill(0);
+        } else {
+            let mask = self.slots.len() - 1;
+            for (index, &(key, _)) in self.entries.iter().enumerate() {
+                let (mut i, _) = self.home(key);
+                while self.slots[i] as u32 as usize != index + 1 {
+                    i = (i + 1) & mask;
+                }
+                self.slots[i] = 0;
+            }
         }
-        self.used.clear();
+        self.entries.clear();
     }
 
+    /// The slot a key's probe starts at, and its tag.
     #[inline(always)]
-    fn home(&self, key: usize) -> usize {
-        // Addresses are 16-byte aligned: the low bits say nothing; the multiply's high bits mix
-        // all the others.
-        ((key as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+    fn home(&self, key: usize) -> (usize, u64) {
+        // Addresses are 16-byte aligned: the low bits say nothing. Within each 64 KiB of addresses
+        // the slots follow the addresses (objects made one after another, met one after another,
+        // are looked up at neighbouring slots, which the cache brings in together); each 64 KiB
+        // starts at a place of its own, from a multiply's high bits. The tag is the low half of
+        // a multiply of the whole address (two addresses share it only 64 GiB apart).
+        let (a, region) = (key as u64 >> 4, key as u64 >> 16);
+        let start = region.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let mask = (self.slots.len() as u64).wrapping_sub(1);
+        (((a.wrapping_add(start)) & mask) as usize, a.wrapping_mul(0x9E37_79B9_7F4A_7C15) << 32)
     }
 
     #[cold]
     fn grow(&mut self) {
         let size = (self.slots.len() * 2).max(64);
-        let old = std::mem::replace(&mut self.slots, vec![(0, V::default()); size]);
-        self.shift = 64 - size.trailing_zeros();
-        let used = std::mem::take(&mut self.used);
-        self.used = Vec::with_capacity(size / 2);
-        for i in used {
-            let (key, value) = old[i];
-            let mut j = self.home(key);
-            while self.slots[j].0 != 0 {
-                j = (j + 1) & (size - 1);
+        assert!(size <= 1 << 32, "more objects than an identity map can track");
+        self.slots.clear();
+        self.slots.resize(size, 0);
+        for (index, &(key, _)) in self.entries.iter().enumerate() {
+            let (mut i, tag) = self.home(key);
+            while self.slots[i] != 0 {
+                i = (i + 1) & (size - 1);
             }
-            self.slots[j] = (key, value);
-            self.used.push(j);
+            self.slots[i] = tag | (index as u64 + 1);
         }
     }
 }
+
+/// The tag half of an [`IdMap`] slot.
+const TAG: u64 = !0 << 32;
 
 #[cfg(test)]
 mod tests {

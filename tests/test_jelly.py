@@ -739,6 +739,27 @@ def decode_hook(calls: list):
     return hook
 
 
+def test_hook_that_changes_the_value_being_written():
+    # The hook drops containers written before it (the last references to them) and puts new
+    # ones in; a new container must never be taken for a dropped one at the same address (a
+    # dereference where a list is), and the writer must not read what it no longer holds.
+    for round_ in range(50):
+        value = [[round_], {"k": [1]}, (2, [3]), Point(0, 0), None, None, None]
+
+        def hook(obj, value=value, round_=round_):
+            value[0] = value[1] = value[2] = None
+            value[4], value[5], value[6] = [round_], {"k": [1]}, (2, [3])
+            return None
+
+        back = pbfast.loads(_core.dumps(value, hook=hook))
+        want_tail = [[round_], {"k": [1]}, (2, [3])]
+        assert back[:3] == [[round_], {"k": [1]}, (2, [3])] and back[4:] == want_tail, back
+    # A hook that shrinks a list being written: a clean error, not a read past its end.
+    shrinking = [[1], Point(0, 0), [2], [3]]
+    with pytest.raises(RuntimeError, match="changed size"):
+        _core.dumps(shrinking, hook=lambda obj: shrinking.clear())
+
+
 def test_hook_tracked_objects_are_referenced():
     calls = []
     p = Point(1, [2])

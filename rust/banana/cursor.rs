@@ -52,6 +52,24 @@ pub enum Plain<'a> {
     Float(f64),
 }
 
+/// A common token of jelly, read by [`Cursor::token`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Token<'a> {
+    /// The UTF-8 of a `["unicode", ...]` in the common shape (see [`Cursor::unicode`]).
+    Text(&'a [u8]),
+    Int(i64),
+    Float(f64),
+    /// The head of a list of `n` (at least 1) elements whose first is a PB VOCAB word, by its
+    /// index: a container's list and its type tag.
+    Tagged {
+        n: usize,
+        index: u8,
+    },
+}
+
+/// The bytes [`Cursor::token`] reads at once: no common token's head is longer.
+const WINDOW: usize = 16;
+
 #[derive(Clone)]
 pub struct Cursor<'a> {
     data: &'a [u8],
@@ -75,6 +93,18 @@ impl<'a> Cursor<'a> {
     #[inline]
     pub fn pos(&self) -> usize {
         self.pos
+    }
+
+    /// The limits it reads under.
+    #[inline(always)]
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The bytes from the cursor on.
+    #[inline(always)]
+    pub fn rest(&self) -> &'a [u8] {
+        &self.data[self.pos..]
     }
 
     /// Continue reading at `pos` (the end of an item another reader consumed).
@@ -141,6 +171,59 @@ impl<'a> Cursor<'a> {
         };
         self.pos += len;
         Some(Plain::Int(v))
+    }
+
+    /// The common token at the cursor — a str in the common shape, an int of one or two header
+    /// bytes, a float, or the head of a list tagged with a PB VOCAB word — read with one dispatch
+    /// on its first bytes, and where it ends; the cursor stays where it is (see
+    /// [`Cursor::skip_to`]). None for anything else, and within a few bytes of the end: the
+    /// item-by-item readers then say what is there. What it reads is what those would.
+    #[inline(always)]
+    pub fn token(&self) -> Option<(Token<'a>, usize)> {
+        let pos = self.pos;
+        let w: &[u8; WINDOW] = self.data.get(pos..pos + WINDOW)?.try_into().ok()?;
+        let (b0, b1) = (w[0], w[1]);
+        if b1 == tb::LIST && b0 < 0x80 {
+            if b0 == 2 {
+                // As `unicode`, from the window.
+                const HEAD: u64 = u64::from_le_bytes(*b"\x02\x80\x07\x82unic");
+                const TAIL: u64 = u64::from_le_bytes(*b"nicode\x00\x82");
+                const LEN_MASK: u64 = !(0xff << 48);
+                let head = u64::from_le_bytes(*w.first_chunk::<8>().expect("8 of 16 bytes"));
+                let tail = u64::from_le_bytes(*w[5..].first_chunk::<8>().expect("8 of 11 bytes"));
+                if head == HEAD && tail & LEN_MASK == TAIL && w[11] < 0x80 {
+                    let end = pos + 13 + usize::from(w[11]);
+                    return Some((Token::Text(self.data.get(pos + 13..end)?), end));
+                }
+            }
+            // As `next_item` reads a list's header, then `vocab` its tag.
+            let n = usize::from(b0);
+            let fits = n > 0 && n <= self.limits.max_element_size && n <= self.data.len() - (pos + 2);
+            if fits && w[3] == tb::VOCAB && self.dialect == Dialect::Pb && vocab::pb_word(u64::from(w[2])).is_some() {
+                return Some((Token::Tagged { n, index: w[2] }, pos + 4));
+            }
+            return None;
+        }
+        if b0 == tb::FLOAT {
+            let raw = *w[1..].first_chunk::<8>().expect("8 of 15 bytes");
+            return Some((Token::Float(f64::from_be_bytes(raw)), pos + 9));
+        }
+        if b0 >= 0x80 {
+            return None;
+        }
+        // As `plain` reads an int.
+        let (v, type_byte, len) = if b1 >= 0x80 {
+            (i64::from(b0), b1, 2)
+        } else if self.limits.max_header_length >= 2 {
+            (i64::from(b0) | i64::from(b1) << 7, w[2], 3)
+        } else {
+            return None;
+        };
+        match type_byte {
+            tb::INT => Some((Token::Int(v), pos + len)),
+            tb::NEG => Some((Token::Int(-v), pos + len)),
+            _ => None,
+        }
     }
 
     /// If the one-byte header of a list of two items (a jelly dictionary's `[key, value]`) starts

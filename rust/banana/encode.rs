@@ -145,7 +145,7 @@ impl Encoder {
     }
 
     /// An integer that fits in an `i64`.
-    #[inline]
+    #[inline(always)]
     pub fn int(&mut self, v: i64) {
         let magnitude = v.unsigned_abs();
         let small = magnitude <= PB_SMALL_INT_MAX as u64 || (v < 0 && magnitude == 1 << 31);

@@ -64,6 +64,15 @@ pub trait Build {
     /// [`Build::text`], but keys repeat from one dict to the next, mostly at the same place in
     /// each, so a builder may hand out one value for all of them.
     fn key(&mut self, utf8: &[u8], pair: usize) -> Result<Self::Value, Fault<Self::Error>>;
+    /// The key of a dict's pair number `pair`, if `rest` (the bytes at the start of the pair)
+    /// starts as the pair at this place in the last dict did, with a str key in the common shape
+    /// (see [`super::pair_start`]): that key again, and the bytes its pair's start took. The
+    /// default knows none.
+    #[inline(always)]
+    fn known_pair(&mut self, rest: &[u8], pair: usize) -> Option<(Self::Value, usize)> {
+        let _ = (rest, pair);
+        None
+    }
     fn none(&mut self) -> Result<Self::Value, Self::Error>;
     fn boolean(&mut self, value: bool) -> Result<Self::Value, Self::Error>;
     /// [`Fault::Bad`] if a field is out of its range (a month of 13).
@@ -150,7 +159,7 @@ pub fn decode<B: Build>(
 ) -> (Res<B::Value, B>, usize) {
     let cur = Cursor::new(expr, dialect, limits);
     let mut quick_stack = recycle(std::mem::take(&mut scratch.1));
-    let quick = quick::quick(cur.clone(), limits.max_depth, whole, build, &mut quick_stack);
+    let quick = quick::quick(&cur, limits.max_depth, whole, build, &mut quick_stack);
     if quick_stack.capacity() <= 1 << 10 {
         scratch.1 = recycle(quick_stack);
     }

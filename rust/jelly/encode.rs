@@ -27,12 +27,16 @@ pub trait Walk {
     /// opened (its header written) and pushed on `stack` as a frame, whose items [`Walk::next`]
     /// hands out; the walk closes it once they are all written. (Pushed where it is built: a
     /// frame handed back would be copied on its way to the stack.)
+    ///
+    /// A walk may instead write a new container's items straight away, as far as they need no
+    /// frame of their own: if it gets to the end, it closes the container and pushes nothing;
+    /// if not, it pushes the frame and returns the item that stopped it, to be written next.
     fn write(
         &mut self,
         w: &mut Writer,
         stack: &mut Vec<Self::Frame>,
         item: Self::Item,
-    ) -> Result<(), Error<Self::Error>>;
+    ) -> Result<Option<Self::Item>, Error<Self::Error>>;
 
     /// Write the items of `frame` from where it stands as far as they need no frame of their own;
     /// return the first that may (for [`Walk::write`]), or None once all are written.
@@ -88,6 +92,39 @@ pub mod word {
     pub const SET: Word<'static> = Word::new(tag::SET);
     pub const FROZENSET: Word<'static> = Word::new(tag::FROZENSET);
     pub const DECIMAL: Word<'static> = Word::new(tag::DECIMAL);
+}
+
+/// The bytes [`Writer::text`] writes for a short str (or, [`Writer::pair_text_form`], a pair's
+/// header and then those): kept by a walk that meets the same str again, to write it with one
+/// copy of `ROOM` bytes.
+#[derive(Clone, Copy)]
+pub struct Form<const ROOM: usize = 32> {
+    len: u8,
+    bytes: [u8; ROOM],
+}
+
+impl<const ROOM: usize> Default for Form<ROOM> {
+    fn default() -> Self {
+        Form { len: 0, bytes: [0; ROOM] }
+    }
+}
+
+impl<const ROOM: usize> Form<ROOM> {
+    /// Whether this holds no form (as made by `default`).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The form of the bytes written from `start` to the end of `out`, if they fit.
+    fn of(out: &[u8], start: usize) -> Option<Form<ROOM>> {
+        let written = &out[start..];
+        if written.len() > ROOM {
+            return None;
+        }
+        let mut bytes = [0; ROOM];
+        bytes[..written.len()].copy_from_slice(written);
+        Some(Form { len: written.len() as u8, bytes })
+    }
 }
 
 /// Where a tracked object's bytes start, and its reference id once it is met again (0 until).
@@ -201,7 +238,10 @@ impl Writer {
     fn walk<W: Walk>(&mut self, walk: &mut W, stack: &mut Vec<W::Frame>, root: W::Item) -> Result<(), Error<W::Error>> {
         let mut item = root;
         loop {
-            walk.write(self, stack, item)?;
+            if let Some(inner) = walk.write(self, stack, item)? {
+                item = inner;
+                continue;
+            }
             // The innermost open container with an item left gives the next item.
             item = loop {
                 let Some(top) = stack.last_mut() else { return Ok(()) };
@@ -240,6 +280,16 @@ impl Writer {
         }
     }
 
+    /// How many objects [`Writer::seen`] has remembered in this value.
+    pub fn tracked(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// The objects [`Writer::seen`] remembered in this value, from the `from`th on.
+    pub fn tracked_from(&self, from: usize) -> impl Iterator<Item = usize> + '_ {
+        self.seen.keys_from(from)
+    }
+
     /// Whether the object `id` was met before in this value (nothing is written or remembered).
     pub fn was_seen(&self, id: usize) -> bool {
         self.seen.contains_key(id)
@@ -248,6 +298,13 @@ impl Writer {
     /// `[tag, ...len items]`: the items follow, then [`Writer::close`].
     #[inline(always)]
     pub fn open(&mut self, tag: Word<'_>, len: usize) -> Result<(), Refusal> {
+        // The common shape, a short container with a PB vocabulary tag: its four bytes at once.
+        if let (Dialect::Pb, Some(index), 0..0x7f) = (self.enc.dialect, tag.pb_index, len) {
+            self.enter()?;
+            let head = [len as u8 + 1, tb::LIST, index, tb::VOCAB];
+            self.enc.out.extend_from_slice(&head);
+            return Ok(());
+        }
         self.open_list(len + 1)?;
         match (self.enc.dialect, tag.pb_index) {
             (Dialect::Pb, Some(index)) => self.enc.vocab(index),
@@ -260,16 +317,39 @@ impl Writer {
     /// [`Writer::close`].
     #[inline(always)]
     pub fn open_list(&mut self, len: usize) -> Result<(), Refusal> {
-        self.depth += 1;
-        if self.depth > self.max_depth {
+        self.enter()?;
+        Ok(self.enc.list(len)?)
+    }
+
+    /// The level of a dictionary's `[key, value]` pairs, opened before its first pair: each pair
+    /// is then written by [`Writer::pair`] at this level (one check of the depth for them all),
+    /// and the level closed by [`Writer::close`] after the last.
+    #[inline(always)]
+    pub fn open_pairs(&mut self) -> Result<(), Refusal> {
+        self.enter()
+    }
+
+    /// A pair's list header (two items), at the level [`Writer::open_pairs`] opened.
+    #[inline(always)]
+    pub fn pair(&mut self) {
+        self.enc.out.extend_from_slice(&[2, tb::LIST]);
+    }
+
+    /// One more level of lists.
+    #[inline(always)]
+    fn enter(&mut self) -> Result<(), Refusal> {
+        if self.depth >= self.max_depth {
             return Err(Refusal::TooDeep { limit: self.max_depth });
         }
-        Ok(self.enc.list(len)?)
+        // Below max_depth: no overflow.
+        self.depth = self.depth.wrapping_add(1);
+        Ok(())
     }
 
     #[inline(always)]
     pub fn close(&mut self) {
-        self.depth -= 1;
+        debug_assert!(self.depth > 0);
+        self.depth = self.depth.wrapping_sub(1);
     }
 
     #[inline(always)]
@@ -290,6 +370,44 @@ impl Writer {
     #[inline(always)]
     pub fn bytes(&mut self, b: &[u8]) -> Result<(), Refusal> {
         Ok(self.enc.bytes(b)?)
+    }
+
+    /// [`Writer::text`], and the bytes it wrote if they fit in a [`Form`].
+    #[inline(always)]
+    pub fn text_form(&mut self, utf8: &[u8]) -> Result<Option<Form>, Refusal> {
+        let start = self.enc.out.len();
+        self.text(utf8)?;
+        Ok(Form::of(&self.enc.out, start))
+    }
+
+    /// [`Writer::pair`] and [`Writer::text`] (a pair whose key is a str), and the bytes they wrote
+    /// if they fit in a `Form<48>`.
+    #[inline(always)]
+    pub fn pair_text_form(&mut self, utf8: &[u8]) -> Result<Option<Form<48>>, Refusal> {
+        let start = self.enc.out.len();
+        self.pair();
+        self.text(utf8)?;
+        Ok(Form::of(&self.enc.out, start))
+    }
+
+    /// What a form was made of, again: a str (checked as [`Writer::text`] checks it), or a pair's
+    /// header and its str key.
+    #[inline(always)]
+    pub fn form<const ROOM: usize>(&mut self, form: &Form<ROOM>) -> Result<(), Refusal> {
+        if self.depth >= self.max_depth {
+            return Err(Refusal::TooDeep { limit: self.max_depth });
+        }
+        let out = &mut self.enc.out;
+        out.reserve(ROOM);
+        // SAFETY: the reservation leaves room for all of `form.bytes` after the current end (one
+        // copy of fixed size, rather than one of the form's length); the length then covers the
+        // form's bytes only.
+        unsafe {
+            let end = out.len();
+            std::ptr::copy_nonoverlapping(form.bytes.as_ptr(), out.as_mut_ptr().add(end), ROOM);
+            out.set_len(end + usize::from(form.len));
+        }
+        Ok(())
     }
 
     /// A str, as `["unicode", utf8]`.

@@ -235,6 +235,51 @@ pub(crate) fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
     unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<U>(), 0, v.capacity()) }
 }
 
+/// The bytes that start a dictionary's pair whose key is the str `utf8` in the common shape: the
+/// pair's list header, then `["unicode", utf8]` as [`crate::banana::cursor::Cursor::unicode`]
+/// reads it (in `PairStart::ROOM` bytes, zero after its length); None for a key too long for it.
+pub fn pair_start(utf8: &[u8]) -> Option<PairStart> {
+    const HEAD: &[u8] = b"\x02\x80\x02\x80\x07\x82unicode";
+    let len = HEAD.len() + 2 + utf8.len();
+    if len > PairStart::ROOM {
+        return None;
+    }
+    let mut bytes = [0; PairStart::ROOM];
+    bytes[..HEAD.len()].copy_from_slice(HEAD);
+    bytes[HEAD.len()] = utf8.len() as u8;
+    bytes[HEAD.len() + 1] = crate::banana::tb::STRING;
+    bytes[HEAD.len() + 2..len].copy_from_slice(utf8);
+    Some(PairStart { bytes, len })
+}
+
+/// See [`pair_start`].
+#[derive(Clone, Copy)]
+pub struct PairStart {
+    pub bytes: [u8; PairStart::ROOM],
+    pub len: usize,
+}
+
+impl PairStart {
+    /// Room for the start of a pair whose key has up to 25 bytes.
+    pub const ROOM: usize = 40;
+}
+
+/// `v.push(item)`, inlined into the caller so that the item is built where it goes: a frame,
+/// passed to an outlined `push`, would be built on the native stack and then copied, its
+/// copy waiting on the narrow stores that built it.
+#[inline(always)]
+pub(crate) fn push_in_place<T>(v: &mut Vec<T>, item: T) {
+    if v.len() == v.capacity() {
+        v.reserve(1);
+    }
+    // SAFETY: there is room for one more element (reserved above); it is written before the
+    // length covers it.
+    unsafe {
+        v.as_mut_ptr().add(v.len()).write(item);
+        v.set_len(v.len() + 1);
+    }
+}
+
 /// Parse the space-separated decimal fields of a `datetime`/`date`/`time`/`timedelta` body,
 /// accepting between `min` and `max` fields (as many as Python's constructor takes).
 pub fn parse_fields(text: &[u8], min: usize, max: usize) -> Result<Vec<i64>, String> {

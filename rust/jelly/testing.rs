@@ -261,7 +261,17 @@ impl Walk for TreeWalk {
     type Frame = TreeFrame;
     type Error = String;
 
-    fn write(&mut self, w: &mut Writer, stack: &mut Vec<TreeFrame>, item: V) -> Result<(), Error<String>> {
+    fn write(&mut self, w: &mut Writer, stack: &mut Vec<TreeFrame>, item: V) -> Result<Option<V>, Error<String>> {
+        self.write_item(w, stack, item).map(|()| None)
+    }
+
+    fn next(&mut self, w: &mut Writer, frame: &mut TreeFrame) -> Result<Option<V>, Error<String>> {
+        self.next_item(w, frame)
+    }
+}
+
+impl TreeWalk {
+    fn write_item(&mut self, w: &mut Writer, stack: &mut Vec<TreeFrame>, item: V) -> Result<(), Error<String>> {
         if let Some(id) = item.identity() {
             if w.seen(id)? {
                 return Ok(());
@@ -323,7 +333,7 @@ impl Walk for TreeWalk {
         Ok(())
     }
 
-    fn next(&mut self, w: &mut Writer, frame: &mut TreeFrame) -> Result<Option<V>, Error<String>> {
+    fn next_item(&mut self, w: &mut Writer, frame: &mut TreeFrame) -> Result<Option<V>, Error<String>> {
         match frame {
             TreeFrame::Items(items, next) => {
                 let item = items.get(*next).cloned();

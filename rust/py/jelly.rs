@@ -14,11 +14,11 @@ use pyo3::types::{
 
 use super::errors::unpersistable;
 use super::int_value;
-use super::objects::{decimal_type, decode_utf8, dict_next, list_item, qualified_name, utf8_of, GcPause, StrCache};
+use super::objects::{decimal_type, dict_next, list_item, qualified_name, utf8_of, GcPause, StrCache};
 use crate::banana::{Dialect, Encoder, Integer, Limits};
 use crate::jelly::decode::{decode, Build, Fault, When};
-use crate::jelly::encode::{word, Buffers, Walk, Writer};
-use crate::jelly::{recycle, tag, Error};
+use crate::jelly::encode::{word, Buffers, Form, Walk, Writer};
+use crate::jelly::{push_in_place, recycle, tag, Error};
 
 type Failed<E = PyErr> = Error<E>;
 
@@ -89,9 +89,12 @@ struct PyBuild<'py, 'a> {
 /// A new reference from the C API, or its exception.
 #[inline(always)]
 fn owned<'py>(py: Python<'py>, ptr: *mut ffi::PyObject) -> PyResult<Bound<'py, PyAny>> {
-    // SAFETY: every caller passes what a C API function returned: a new reference, or NULL with
-    // an exception set.
-    unsafe { Bound::from_owned_ptr_or_err(py, ptr) }
+    if ptr.is_null() {
+        return Err(raised(py));
+    }
+    // SAFETY: every caller passes what a C API function returned: a new reference (or NULL with
+    // an exception set, handled above).
+    Ok(unsafe { Bound::from_owned_ptr(py, ptr) })
 }
 
 /// A failed placement or construction, as the value's fault: the decoder says what and where.
@@ -99,7 +102,9 @@ fn bad(e: PyErr) -> Fault<PyErr> {
     Fault::Bad(e.to_string())
 }
 
-/// The exception a failed C API call (returning -1) left.
+/// The exception a failed C API call (returning -1 or NULL) left.
+#[cold]
+#[inline(never)]
 fn raised(py: Python<'_>) -> PyErr {
     PyErr::fetch(py)
 }
@@ -108,7 +113,7 @@ impl<'py> Build for PyBuild<'py, '_> {
     type Value = Bound<'py, PyAny>;
     type Error = PyErr;
 
-    #[inline]
+    #[inline(always)]
     fn int(&mut self, value: i64) -> PyResult<Self::Value> {
         // SAFETY: a C API constructor (see `owned`).
         owned(self.py, unsafe { ffi::PyLong_FromLongLong(value) })
@@ -118,7 +123,7 @@ impl<'py> Build for PyBuild<'py, '_> {
         Ok(value.into_pyobject(self.py)?.into_any())
     }
 
-    #[inline]
+    #[inline(always)]
     fn float(&mut self, value: f64) -> PyResult<Self::Value> {
         // SAFETY: a C API constructor (see `owned`).
         owned(self.py, unsafe { ffi::PyFloat_FromDouble(value) })
@@ -129,14 +134,19 @@ impl<'py> Build for PyBuild<'py, '_> {
         owned(self.py, unsafe { ffi::PyBytes_FromStringAndSize(value.as_ptr().cast(), value.len() as ffi::Py_ssize_t) })
     }
 
-    #[inline]
+    #[inline(always)]
     fn text(&mut self, utf8: &[u8]) -> Result<Self::Value, Fault<PyErr>> {
-        decode_utf8(self.py, utf8).map(Bound::into_any).map_err(bad)
+        self.strings.text(self.py, utf8).map(Bound::into_any).map_err(bad)
     }
 
-    #[inline]
+    #[inline(always)]
     fn key(&mut self, utf8: &[u8], pair: usize) -> Result<Self::Value, Fault<PyErr>> {
         self.strings.key(self.py, utf8, pair).map(Bound::into_any).map_err(bad)
+    }
+
+    #[inline(always)]
+    fn known_pair(&mut self, rest: &[u8], pair: usize) -> Option<(Self::Value, usize)> {
+        self.strings.known_pair(self.py, rest, pair).map(|(key, took)| (key.into_any(), took))
     }
 
     fn none(&mut self) -> PyResult<Self::Value> {
@@ -182,6 +192,7 @@ impl<'py> Build for PyBuild<'py, '_> {
         a.is(b)
     }
 
+    #[inline(always)]
     unsafe fn list(&mut self, len: usize) -> PyResult<Self::Value> {
         // SAFETY: a C API constructor (see `owned`): a list of `len` NULL slots, which the caller
         // fills before the list goes anywhere (list deallocation skips NULL slots, so it may be
@@ -189,7 +200,7 @@ impl<'py> Build for PyBuild<'py, '_> {
         owned(self.py, unsafe { ffi::PyList_New(len as ffi::Py_ssize_t) })
     }
 
-    #[inline]
+    #[inline(always)]
     unsafe fn fill_list(&mut self, list: &Self::Value, index: usize, item: Self::Value) {
         // SAFETY: `list` is a list from `Self::list` with an empty slot `index` (the caller's
         // contract); PyList_SET_ITEM takes over the new reference.
@@ -213,12 +224,13 @@ impl<'py> Build for PyBuild<'py, '_> {
         list.cast::<PyList>()?.set_item(index, value)
     }
 
+    #[inline(always)]
     unsafe fn tuple(&mut self, len: usize) -> PyResult<Self::Value> {
         // SAFETY: as `list`, with PyTuple_New (tuple deallocation skips NULL slots too).
         owned(self.py, unsafe { ffi::PyTuple_New(len as ffi::Py_ssize_t) })
     }
 
-    #[inline]
+    #[inline(always)]
     unsafe fn fill_tuple(&mut self, tuple: &Self::Value, index: usize, item: Self::Value) {
         // SAFETY: `tuple` is a tuple from `Self::tuple` with an empty slot `index`, that no one
         // else has seen yet (the caller's contract): filling it is still creating it.
@@ -243,12 +255,13 @@ impl<'py> Build for PyBuild<'py, '_> {
         }
     }
 
+    #[inline(always)]
     fn dict(&mut self) -> PyResult<Self::Value> {
         // SAFETY: a C API constructor (see `owned`).
         owned(self.py, unsafe { ffi::PyDict_New() })
     }
 
-    #[inline]
+    #[inline(always)]
     fn set_item(&mut self, dict: &Self::Value, key: &Self::Value, value: &Self::Value) -> Result<(), Fault<PyErr>> {
         // SAFETY: `dict` is a dict from `Self::dict`; PyDict_SetItem takes its own references.
         match unsafe { ffi::PyDict_SetItem(dict.as_ptr(), key.as_ptr(), value.as_ptr()) } {
@@ -293,13 +306,13 @@ impl<'py> Build for PyBuild<'py, '_> {
 pub struct JellyEncoder<'py> {
     w: Writer,
     walk: PyWalk<'py>,
-    stack: Vec<Frame<'py>>,
+    stack: Vec<Frame>,
 }
 
 impl<'py> JellyEncoder<'py> {
     pub fn new(py: Python<'py>, dialect: Dialect, hook: Option<Bound<'py, PyAny>>) -> JellyEncoder<'py> {
-        let Spare { buffers, stack, keep } = Spare::take();
-        let walk = PyWalk { py, hook, keep: recycle(keep) };
+        let Spare { buffers, stack, keep, texts } = Spare::take();
+        let walk = PyWalk { py, hook, keep: recycle(keep), texts, keys: Default::default(), kept: 0 };
         JellyEncoder { w: Writer::new(dialect, buffers), walk, stack: recycle(stack) }
     }
 
@@ -307,7 +320,11 @@ impl<'py> JellyEncoder<'py> {
     pub fn jelly(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
         let written = self.w.value(&mut self.walk, &mut self.stack, obj.clone());
         // The objects tracked for this value can go now: the next value is its own id space.
+        // (The strs' forms go first: they are good only while `keep` holds the strs.)
+        self.walk.texts.clear();
+        self.walk.keys = Default::default();
         self.walk.keep.clear();
+        self.walk.kept = 0;
         Ok(written?)
     }
 
@@ -327,7 +344,8 @@ impl Drop for JellyEncoder<'_> {
         // An empty writer takes the place of this one: it allocates nothing.
         let w = std::mem::replace(&mut self.w, Writer::new(Dialect::Pb, Buffers::default()));
         let (stack, keep) = (std::mem::take(&mut self.stack), std::mem::take(&mut self.walk.keep));
-        Spare::give_back(w.into_buffers(), recycle(stack), recycle(keep));
+        let texts = std::mem::take(&mut self.walk.texts);
+        Spare::give_back(w.into_buffers(), recycle(stack), recycle(keep), texts);
     }
 }
 
@@ -426,8 +444,9 @@ fn is_scalar(obj: &Bound<'_, PyAny>) -> bool {
 /// calls (empty, with the lifetimes of their elements ended; see [`recycle`]).
 struct Spare {
     buffers: Buffers,
-    stack: Vec<Frame<'static>>,
+    stack: Vec<Frame>,
     keep: Vec<Bound<'static, PyAny>>,
+    texts: Texts,
 }
 
 thread_local! {
@@ -441,12 +460,13 @@ impl Spare {
             buffers: Buffers::default(),
             stack: Vec::new(),
             keep: Vec::new(),
+            texts: Texts::new(),
         })
     }
 
-    fn give_back(buffers: Buffers, stack: Vec<Frame<'static>>, keep: Vec<Bound<'static, PyAny>>) {
+    fn give_back(buffers: Buffers, stack: Vec<Frame>, keep: Vec<Bound<'static, PyAny>>, texts: Texts) {
         if buffers.worth_keeping() && stack.capacity() <= 1 << 10 && keep.capacity() <= 1 << 16 {
-            SPARE.with(|s| *s.borrow_mut() = Some(Spare { buffers, stack, keep }));
+            SPARE.with(|s| *s.borrow_mut() = Some(Spare { buffers, stack, keep, texts }));
         }
     }
 }
@@ -456,17 +476,90 @@ struct PyWalk<'py> {
     py: Python<'py>,
     hook: Option<Bound<'py, PyAny>>,
     /// Every tracked object of the value being written, kept alive until it is written so that
-    /// no other object takes its address meanwhile (hook code may drop what it held).
+    /// no other object takes its address meanwhile (hook code may drop what it held); every
+    /// object a frame points to; and every str in `texts`.
     keep: Vec<Bound<'py, PyAny>>,
+    texts: Texts,
+    /// The str key last met at each of a dict's first pairs, by its address, with the form of
+    /// its pair's header and key: dicts of one shape follow one another, and a key found here is
+    /// written with one copy. Each str here is held by `keep`; emptied with it.
+    keys: [(usize, Form<48>); PyWalk::KEYS],
+    /// How many of the objects the writer tracks `keep` holds (see [`PyWalk::secure`]).
+    kept: usize,
+}
+
+/// The forms of short strs met more than once in the value being written, by the str's address:
+/// a str met again (a dict's keys, the words that recur from record to record) is written by one
+/// copy, without reading it again. Each str with a form here is held by [`PyWalk::keep`], so none
+/// is freed and no other object takes its address while the value is written; emptied with it.
+#[derive(Default)]
+struct Texts {
+    /// (address, form), one slot per address's hash (none in a `default` one): empty (0), a
+    /// candidate (the address of a str met once, no form: len 0) or taken (a str and its form).
+    /// A str is taken in at its second sighting, and only into a slot not taken: strs met once (a
+    /// record's own values) cost a store and push out none that recur.
+    slots: Vec<(usize, Form)>,
+    /// The slots taken.
+    taken: Vec<usize>,
+}
+
+/// What [`Texts::look`] found for a str.
+enum Look {
+    /// Its form, in this slot.
+    Form(usize),
+    /// Met once before: its form may go in this slot.
+    Again(usize),
+    /// Not met before (or its slot is taken by another str).
+    New,
+}
+
+impl Texts {
+    const SLOTS: usize = 256;
+
+    fn new() -> Texts {
+        Texts { slots: vec![(0, Form::default()); Texts::SLOTS], taken: Vec::new() }
+    }
+
+    /// What is known of the str at `address`; a str not met before is noted as a candidate if its
+    /// slot is not taken.
+    #[inline(always)]
+    fn look(&mut self, address: usize) -> Look {
+        let i = ((address as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - Texts::SLOTS.trailing_zeros()))
+            as usize;
+        let Some((a, form)) = self.slots.get_mut(i) else { return Look::New };
+        match (*a == address, form.is_empty()) {
+            (true, false) => Look::Form(i),
+            (true, true) => Look::Again(i),
+            (false, true) => {
+                *a = address;
+                Look::New
+            }
+            (false, false) => Look::New,
+        }
+    }
+
+    /// Take `form` into slot `i` (from [`Look::Again`]).
+    fn take(&mut self, i: usize, form: Form) {
+        self.slots[i].1 = form;
+        self.taken.push(i);
+    }
+
+    fn clear(&mut self) {
+        for &i in &self.taken {
+            self.slots[i] = (0, Form::default());
+        }
+        self.taken.clear();
+    }
 }
 
 /// A container being written: where the walk goes on once the item being written is done. One
 /// shape for every kind of container rather than an enum, so that the walk builds a new frame
-/// straight into its place on the stack.
-struct Frame<'py> {
+/// straight into its place on the stack. Its objects are borrowed from [`PyWalk::keep`], which
+/// holds them until the whole value is written: a frame costs no reference counting.
+struct Frame {
     kind: Kind,
     /// The list, tuple or dict; a set's iterator; the tuple of items a hook gave.
-    obj: Bound<'py, PyAny>,
+    obj: *mut ffi::PyObject,
     /// Items (a dict's pairs) it holds. Hook code may change a list, dict or set under us, so
     /// their sizes are checked at each step.
     len: usize,
@@ -474,10 +567,8 @@ struct Frame<'py> {
     next: ffi::Py_ssize_t,
     /// Pairs or members written so far (dicts and sets).
     written: usize,
-    /// A dict's value of the pair whose key is being written.
-    value: Option<Bound<'py, PyAny>>,
-    /// A dict's pair list is open.
-    in_pair: bool,
+    /// A dict's value of the pair whose key is being written (null if none).
+    value: *mut ffi::PyObject,
 }
 
 #[derive(Clone, Copy)]
@@ -490,45 +581,67 @@ enum Kind {
     Items,
 }
 
-impl<'py> Frame<'py> {
-    fn new(kind: Kind, obj: Bound<'py, PyAny>, len: usize) -> Frame<'py> {
-        Frame { kind, obj, len, next: 0, written: 0, value: None, in_pair: false }
+impl Frame {
+    fn new(kind: Kind, obj: *mut ffi::PyObject, len: usize) -> Frame {
+        Frame { kind, obj, len, next: 0, written: 0, value: std::ptr::null_mut() }
     }
 }
 
 impl<'py> Walk for PyWalk<'py> {
     type Item = Bound<'py, PyAny>;
-    type Frame = Frame<'py>;
+    type Frame = Frame;
     type Error = PyErr;
 
     #[inline(always)]
-    fn write(&mut self, w: &mut Writer, stack: &mut Vec<Frame<'py>>, obj: Bound<'py, PyAny>) -> Result<(), Failed> {
-        if scalar(w, &obj)? {
-            return Ok(());
-        }
-        // SAFETY (each cast): the type was just checked.
-        let (kind, atom, len) = if obj.is_exact_instance_of::<PyList>() {
-            (Kind::List, word::LIST, unsafe { obj.cast_unchecked::<PyList>() }.len())
-        } else if obj.is_exact_instance_of::<PyDict>() {
-            (Kind::Dict, word::DICTIONARY, unsafe { obj.cast_unchecked::<PyDict>() }.len())
-        } else if obj.is_exact_instance_of::<PyTuple>() {
-            (Kind::Tuple, word::TUPLE, unsafe { obj.cast_unchecked::<PyTuple>() }.len())
-        } else {
-            return self.write_other(w, stack, obj);
+    fn write(
+        &mut self,
+        w: &mut Writer,
+        stack: &mut Vec<Frame>,
+        obj: Bound<'py, PyAny>,
+    ) -> Result<Option<Bound<'py, PyAny>>, Failed> {
+        // The containers first: `next` hands out nothing else (but for the root, and what it
+        // found a frame needs for, each item is a scalar written where it was met).
+        let ty = obj.get_type_ptr();
+        // SAFETY (each cast): the type was just checked; only the addresses of CPython's static
+        // type objects are taken.
+        let (kind, atom, len) = unsafe {
+            if ty == &raw mut ffi::PyList_Type {
+                (Kind::List, word::LIST, obj.cast_unchecked::<PyList>().len())
+            } else if ty == &raw mut ffi::PyDict_Type {
+                (Kind::Dict, word::DICTIONARY, obj.cast_unchecked::<PyDict>().len())
+            } else if ty == &raw mut ffi::PyTuple_Type {
+                (Kind::Tuple, word::TUPLE, obj.cast_unchecked::<PyTuple>().len())
+            } else {
+                if scalar(w, &obj)? {
+                    return Ok(None);
+                }
+                return self.write_other(w, stack, obj).map(|()| None);
+            }
         };
-        if self.first_sighting(w, &obj)? {
+        if let Some(obj) = self.sighting(w, &obj)? {
             w.open(atom, len)?;
+            // Its items straight away, as far as they are scalars; a container of scalars only
+            // (the common kind) leaves the stack as it found it. (The frame is built in its place
+            // on the stack: one built here and copied there would wait on the stores that built it.)
             push_in_place(stack, Frame::new(kind, obj, len));
+            let frame = stack.last_mut().expect("just pushed");
+            if let Some(inner) = self.next(w, frame)? {
+                return Ok(Some(inner));
+            }
+            stack.pop();
+            w.close();
         }
-        Ok(())
+        Ok(None)
     }
 
     #[inline(always)]
-    fn next(&mut self, w: &mut Writer, frame: &mut Frame<'py>) -> Result<Option<Bound<'py, PyAny>>, Failed> {
-        // SAFETY (each cast): `obj` is of the type its kind says (see `Frame::new`'s callers).
+    fn next(&mut self, w: &mut Writer, frame: &mut Frame) -> Result<Option<Bound<'py, PyAny>>, Failed> {
+        // SAFETY (each cast): `obj` is alive (held by `keep`) and of the type its kind says (see
+        // `Frame::new`'s callers).
+        let obj = unsafe { pyo3::Borrowed::from_ptr(self.py, frame.obj) };
         match frame.kind {
             Kind::List => loop {
-                let list = unsafe { frame.obj.cast_unchecked::<PyList>() };
+                let list = unsafe { obj.cast_unchecked::<PyList>() };
                 // Hook code may run while an item is written and shrink the list under us: check
                 // the size each time, and hold each item by an owned reference while it is written.
                 if list.len() != frame.len {
@@ -537,65 +650,84 @@ impl<'py> Walk for PyWalk<'py> {
                 if frame.next as usize == frame.len {
                     break;
                 }
-                let item = list_item(list, frame.next as usize)?;
+                let item = list_item(&list, frame.next as usize)?;
                 frame.next += 1;
-                if !scalar(w, item.as_any())? {
+                if !self.scalar(w, item.as_any())? && !self.flat(w, item.as_any())? {
                     return Ok(Some(item.as_any().clone()));
                 }
             },
             Kind::Tuple => {
-                let tuple = unsafe { frame.obj.cast_unchecked::<PyTuple>() };
+                let tuple = unsafe { obj.cast_unchecked::<PyTuple>() };
                 while (frame.next as usize) < frame.len {
                     // SAFETY: `next < len(tuple)`, just checked (a tuple's length is fixed).
                     let item = unsafe { tuple.get_item_unchecked(frame.next as usize) };
                     frame.next += 1;
-                    if !scalar(w, &item)? {
+                    if !self.scalar(w, &item)? {
                         return Ok(Some(item));
                     }
                 }
             }
             Kind::Dict => loop {
-                if let Some(value) = frame.value.take() {
-                    if !scalar(w, &value)? {
-                        return Ok(Some(value));
+                if !frame.value.is_null() {
+                    // SAFETY: held by `keep` (see below).
+                    let value = unsafe { pyo3::Borrowed::from_ptr(self.py, frame.value) };
+                    frame.value = std::ptr::null_mut();
+                    if !self.scalar(w, &value)? {
+                        return Ok(Some(value.to_owned()));
                     }
                 }
-                if frame.in_pair {
-                    frame.in_pair = false;
+                let dict = unsafe { obj.cast_unchecked::<PyDict>() };
+                if frame.written == frame.len && frame.len > 0 {
+                    // Every pair written: no need to ask for the end, if it has not changed size.
+                    if dict.len() != frame.len {
+                        return Err(changed_size("dict"));
+                    }
                     w.close();
+                    break;
                 }
-                let dict = unsafe { frame.obj.cast_unchecked::<PyDict>() };
-                let Some((key, item)) = dict_next(dict, &mut frame.next) else {
+                let Some((key, item)) = dict_next(&dict, &mut frame.next) else {
                     if frame.written != frame.len || dict.len() != frame.len {
                         return Err(changed_size("dict"));
                     }
+                    if frame.written > 0 {
+                        w.close();
+                    }
                     break;
                 };
+                let pair = frame.written;
+                if pair == 0 {
+                    w.open_pairs()?;
+                }
                 frame.written += 1;
                 if frame.written > frame.len {
                     return Err(changed_size("dict"));
                 }
-                w.open_list(2)?;
-                if !scalar(w, key.as_any())? {
-                    frame.in_pair = true;
-                    frame.value = Some(item.as_any().clone());
-                    return Ok(Some(key.as_any().clone()));
+                // A str key met at this place before: its pair's header and the key in one copy.
+                if matches!(self.keys.get(pair), Some(&(known, _)) if known == key.as_ptr() as usize) {
+                    w.form(&self.keys[pair].1)?;
+                } else if !(pair < PyWalk::KEYS && self.pair_key(w, key.as_any(), pair)?) {
+                    w.pair();
+                    if !self.scalar(w, key.as_any())? {
+                        // The value waits while the key is written, held by `keep` (hook code may
+                        // change the dict meanwhile).
+                        frame.value = item.as_ptr();
+                        self.keep.push(item.as_any().clone());
+                        return Ok(Some(key.as_any().clone()));
+                    }
                 }
-                if !scalar(w, item.as_any())? {
-                    frame.in_pair = true;
+                if !self.scalar(w, item.as_any())? && !self.flat(w, item.as_any())? {
                     return Ok(Some(item.as_any().clone()));
                 }
-                w.close();
             },
             Kind::Set => {
-                let members = unsafe { frame.obj.cast_unchecked::<PyIterator>() };
-                for member in members.clone() {
+                let members = unsafe { obj.cast_unchecked::<PyIterator>() };
+                for member in members.to_owned() {
                     frame.written += 1;
                     if frame.written > frame.len {
                         return Err(changed_size("set"));
                     }
                     let member = member?;
-                    if !scalar(w, &member)? {
+                    if !self.scalar(w, &member)? {
                         return Ok(Some(member));
                     }
                 }
@@ -604,11 +736,11 @@ impl<'py> Walk for PyWalk<'py> {
                 }
             }
             Kind::Items => {
-                let items = unsafe { frame.obj.cast_unchecked::<PyTuple>() };
+                let items = unsafe { obj.cast_unchecked::<PyTuple>() };
                 while (frame.next as usize) < items.len() {
                     let item = items.get_item(frame.next as usize)?;
                     frame.next += 1;
-                    if !scalar(w, &item)? {
+                    if !self.scalar(w, &item)? {
                         return Ok(Some(item));
                     }
                 }
@@ -619,33 +751,159 @@ impl<'py> Walk for PyWalk<'py> {
 }
 
 impl<'py> PyWalk<'py> {
-    /// A tracked object's first sighting in this value (it is then kept alive until the value is
-    /// written); false if it was met before, and its dereference written.
+    const KEYS: usize = 8;
+
+    /// [`scalar`], with the forms of strs met before.
     #[inline(always)]
-    fn first_sighting(&mut self, w: &mut Writer, obj: &Bound<'py, PyAny>) -> Result<bool, Failed> {
-        if w.seen(obj.as_ptr() as usize)? {
+    fn scalar(&mut self, w: &mut Writer, obj: &Bound<'py, PyAny>) -> Result<bool, Failed> {
+        if obj.get_type_ptr() != &raw mut ffi::PyUnicode_Type {
+            return scalar(w, obj);
+        }
+        let i = match self.texts.look(obj.as_ptr() as usize) {
+            Look::Form(i) => {
+                w.form(&self.texts.slots[i].1)?;
+                return Ok(true);
+            }
+            Look::Again(i) => i,
+            Look::New => return scalar(w, obj),
+        };
+        // SAFETY: the type was just checked.
+        let Some(utf8) = utf8_of(unsafe { obj.cast_unchecked::<PyString>() }) else { return scalar(w, obj) };
+        if let Some(form) = w.text_form(utf8)? {
+            self.texts.take(i, form);
+            self.keep.push(obj.clone());
+        }
+        Ok(true)
+    }
+
+    /// Write the header of a dict's pair number `pair` and its key, if the key is a str, and
+    /// keep their form for the key at this place; false (nothing written) if the key is not a
+    /// str.
+    #[inline(never)]
+    fn pair_key(&mut self, w: &mut Writer, key: &Bound<'py, PyAny>, pair: usize) -> Result<bool, Failed> {
+        if key.get_type_ptr() != &raw mut ffi::PyUnicode_Type {
             return Ok(false);
         }
-        push_in_place(&mut self.keep, obj.clone());
+        // SAFETY: the type was just checked.
+        let Some(utf8) = utf8_of(unsafe { key.cast_unchecked::<PyString>() }) else { return Ok(false) };
+        if let Some(form) = w.pair_text_form(utf8)? {
+            self.keys[pair] = (key.as_ptr() as usize, form);
+            self.keep.push(key.clone());
+        }
         Ok(true)
+    }
+
+    /// Write `obj` if it is a short exact list or tuple of scalars only (a record's tags, a
+    /// point's coordinates), where it was met: as [`Walk::write`] would, without a frame of its
+    /// own or a return to the walk. False if it is not one.
+    #[inline(always)]
+    fn flat(&mut self, w: &mut Writer, obj: &Bound<'py, PyAny>) -> Result<bool, Failed> {
+        // Free-threaded, another thread may change a list between its check and its writing:
+        // it goes through its frame, which checks each item as it takes it.
+        #[cfg(Py_GIL_DISABLED)]
+        return Ok(false);
+        #[cfg(not(Py_GIL_DISABLED))]
+        {
+            const MOST: usize = 16;
+            let ty = obj.get_type_ptr();
+            let ptr = obj.as_ptr();
+            // SAFETY: the types were just checked; with the GIL held, and no Python code run while
+            // scalars are written, the items stay as they are read here until they are written.
+            let (atom, items) = unsafe {
+                if ty == &raw mut ffi::PyList_Type {
+                    let len = ffi::PyList_GET_SIZE(ptr) as usize;
+                    let items = (*ptr.cast::<ffi::PyListObject>()).ob_item;
+                    (word::LIST, if len == 0 { &[][..] } else { std::slice::from_raw_parts(items, len) })
+                } else if ty == &raw mut ffi::PyTuple_Type {
+                    let len = ffi::PyTuple_GET_SIZE(ptr) as usize;
+                    let items = (*ptr.cast::<ffi::PyTupleObject>()).ob_item.as_ptr();
+                    (word::TUPLE, std::slice::from_raw_parts(items, len))
+                } else {
+                    return Ok(false);
+                }
+            };
+            // SAFETY (each item): a live object the container holds (see above).
+            let py = self.py;
+            let item = |p: *mut ffi::PyObject| unsafe { pyo3::Borrowed::from_ptr(py, p) };
+            if items.len() > MOST || !items.iter().all(|&p| is_scalar(&item(p))) {
+                return Ok(false);
+            }
+            if self.sighting(w, obj)?.is_some() {
+                w.open(atom, items.len())?;
+                for &p in items {
+                    if !self.scalar(w, &item(p))? {
+                        return Err(changed_size("list"));
+                    }
+                }
+                w.close();
+            }
+            Ok(true)
+        }
+    }
+
+    /// A tracked object's first sighting in this value: then it is kept alive until the value is
+    /// written, and its address given back; None if it was met before, and its dereference
+    /// written.
+    #[inline(always)]
+    fn first_sighting(&mut self, w: &mut Writer, obj: Bound<'py, PyAny>) -> Result<Option<*mut ffi::PyObject>, Failed> {
+        let ptr = obj.as_ptr();
+        if w.seen(ptr as usize)? {
+            return Ok(None);
+        }
+        push_in_place(&mut self.keep, obj);
+        Ok(Some(ptr))
+    }
+
+    /// [`PyWalk::first_sighting`] for a list, dict or tuple met by the walk itself. With the GIL
+    /// held, no Python code runs while such containers and scalars are written, so each
+    /// container stays reachable from the value, and alive, without a reference of ours, until
+    /// [`PyWalk::secure`] takes one before anything that may run Python code. Free-threaded,
+    /// another thread may drop it at any time: it is kept at once.
+    #[inline(always)]
+    fn sighting(&mut self, w: &mut Writer, obj: &Bound<'py, PyAny>) -> Result<Option<*mut ffi::PyObject>, Failed> {
+        #[cfg(Py_GIL_DISABLED)]
+        return self.first_sighting(w, obj.clone());
+        #[cfg(not(Py_GIL_DISABLED))]
+        {
+            let ptr = obj.as_ptr();
+            Ok((!w.seen(ptr as usize)?).then_some(ptr))
+        }
+    }
+
+    /// Take a reference to every object tracked but not yet kept: from here on Python code may
+    /// run (a hook, a class's attributes, a collection when something is allocated), which may
+    /// drop what the value held.
+    #[cold]
+    fn secure(&mut self, w: &Writer) {
+        let py = self.py;
+        // SAFETY: each address is that of an object tracked since the last `secure`, alive and
+        // unchanged (see `sighting`): a new reference to it is taken before anything can drop it.
+        self.keep.extend(
+            w.tracked_from(self.kept).map(|a| unsafe { Bound::from_borrowed_ptr(py, a as *mut ffi::PyObject) }),
+        );
+        self.kept = w.tracked();
+    }
+
+    /// Keep `obj` alive until the value is written; its address, for a frame.
+    fn hold(&mut self, obj: Bound<'py, PyAny>) -> *mut ffi::PyObject {
+        let ptr = obj.as_ptr();
+        self.keep.push(obj);
+        ptr
     }
 
     /// [`Walk::write`] for the less common types.
     #[inline(never)]
-    fn write_other(
-        &mut self,
-        w: &mut Writer,
-        stack: &mut Vec<Frame<'py>>,
-        obj: Bound<'py, PyAny>,
-    ) -> Result<(), Failed> {
+    fn write_other(&mut self, w: &mut Writer, stack: &mut Vec<Frame>, obj: Bound<'py, PyAny>) -> Result<(), Failed> {
+        self.secure(w);
         if obj.is_exact_instance_of::<PySet>() || obj.is_exact_instance_of::<PyFrozenSet>() {
-            if !self.first_sighting(w, &obj)? {
-                return Ok(());
-            }
-            let len = obj.len()?;
             let atom = if obj.is_exact_instance_of::<PySet>() { word::SET } else { word::FROZENSET };
+            let Some(set) = self.first_sighting(w, obj)? else { return Ok(()) };
+            // SAFETY: held by `keep` from now until the value is written.
+            let set = unsafe { pyo3::Borrowed::from_ptr(self.py, set) };
+            let len = set.len()?;
             w.open(atom, len)?;
-            stack.push(Frame::new(Kind::Set, obj.try_iter()?.into_any(), len));
+            let members = self.hold(set.try_iter()?.into_any());
+            stack.push(Frame::new(Kind::Set, members, len));
             return Ok(());
         }
         if let Ok(dt) = obj.cast_exact::<PyDateTime>() {
@@ -685,7 +943,7 @@ impl<'py> PyWalk<'py> {
     }
 
     /// Anything that is not a builtin jelly type: ask the hook, else Twisted's defaults.
-    fn instance(&mut self, w: &mut Writer, stack: &mut Vec<Frame<'py>>, obj: &Bound<'py, PyAny>) -> Result<(), Failed> {
+    fn instance(&mut self, w: &mut Writer, stack: &mut Vec<Frame>, obj: &Bound<'py, PyAny>) -> Result<(), Failed> {
         if let Some(hook) = self.hook.clone() {
             if w.was_seen(obj.as_ptr() as usize) {
                 w.seen(obj.as_ptr() as usize)?;
@@ -697,7 +955,7 @@ impl<'py> PyWalk<'py> {
                     .extract()
                     .map_err(|_| PyTypeError::new_err("a jelly hook must return None or (items, track)"))?;
                 if track {
-                    self.first_sighting(w, obj)?;
+                    self.first_sighting(w, obj.clone())?;
                 }
                 let items = items.cast_into::<PyTuple>().or_else(|e| {
                     let any = e.into_inner();
@@ -707,7 +965,8 @@ impl<'py> PyWalk<'py> {
                 })?;
                 w.open_list(items.len())?;
                 let len = items.len();
-                stack.push(Frame::new(Kind::Items, items.into_any(), len));
+                let items = self.hold(items.into_any());
+                stack.push(Frame::new(Kind::Items, items, len));
                 return Ok(());
             }
         }
@@ -723,7 +982,7 @@ impl<'py> PyWalk<'py> {
                 return Err(Error::unsendable(format!("cannot send a {what} ({})", obj.repr()?)));
             }
         }
-        if !self.first_sighting(w, obj)? {
+        if self.first_sighting(w, obj.clone())?.is_none() {
             return Ok(());
         }
         let reason = format!("instance of class {} deemed insecure", qualified_name(&obj.get_type())?);
@@ -763,22 +1022,6 @@ fn scalar(w: &mut Writer, obj: &Bound<'_, PyAny>) -> Result<bool, Failed> {
         }
     }
     Ok(true)
-}
-
-/// `v.push(item)`, inlined into the caller so that the item is built where it goes: a frame,
-/// passed to an outlined `push`, would be built on the native stack and then copied, its
-/// copy waiting on the narrow stores that built it.
-#[inline(always)]
-fn push_in_place<T>(v: &mut Vec<T>, item: T) {
-    if v.len() == v.capacity() {
-        v.reserve(1);
-    }
-    // SAFETY: there is room for one more element (reserved above); it is written before the
-    // length covers it.
-    unsafe {
-        v.as_mut_ptr().add(v.len()).write(item);
-        v.set_len(v.len() + 1);
-    }
 }
 
 fn decimal(w: &mut Writer, obj: &Bound<'_, PyAny>) -> Result<(), Failed> {

@@ -7,6 +7,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyString, PyType};
 
 use crate::jelly::decode::Scratch;
+use crate::jelly::{pair_start, PairStart};
 
 /// Recently decoded short strings (dict keys, method names), so a string that repeats is one
 /// object, created and hashed once (a decoder keeps its cache across messages); and the allocation
@@ -17,7 +18,37 @@ pub struct StrCache {
     /// so a dict's key is nearly always the one the last dict had at its place, found here
     /// without hashing its bytes or reaching into the larger table.
     by_pair: [Option<CachedStr>; Self::PAIRS],
+    /// The same keys, by the bytes that start their pair ([`pair_start`]), as words and the
+    /// masks of their bytes: a pair whose start is the same is known by a few compares.
+    pair_starts: [Option<KnownPair>; Self::PAIRS],
+    /// The strs of one ASCII character, by their code (Python's own, taken once): the commonest
+    /// short strs, each found by an index rather than a call.
+    chars: Vec<Option<Py<PyString>>>,
     pub(crate) scratch: Scratch,
+}
+
+/// See [`StrCache::known_pair`].
+struct KnownPair {
+    words: [u64; KnownPair::WORDS],
+    masks: [u64; KnownPair::WORDS],
+    len: usize,
+    string: Py<PyString>,
+}
+
+impl KnownPair {
+    const WORDS: usize = PairStart::ROOM / 8;
+
+    fn new(start: &PairStart, string: Py<PyString>) -> KnownPair {
+        let mut words = [0; KnownPair::WORDS];
+        let mut masks = [0; KnownPair::WORDS];
+        for (i, (word, mask)) in words.iter_mut().zip(&mut masks).enumerate() {
+            let chunk = &start.bytes[i * 8..i * 8 + 8];
+            *word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            let valid = start.len.saturating_sub(i * 8).min(8);
+            *mask = if valid == 8 { !0 } else { (1u64 << (valid * 8)) - 1 };
+        }
+        KnownPair { words, masks, len: start.len, string }
+    }
 }
 
 /// A cached string, keyed by its length and [`key_of`] its bytes.
@@ -39,7 +70,50 @@ impl StrCache {
     const PAIRS: usize = 8;
 
     pub fn new() -> StrCache {
-        StrCache { slots: Vec::new(), by_pair: Default::default(), scratch: Scratch::default() }
+        StrCache {
+            slots: Vec::new(),
+            by_pair: Default::default(),
+            pair_starts: Default::default(),
+            chars: Vec::new(),
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// The str of UTF-8 `bytes` (a `UnicodeDecodeError` if they are not UTF-8), the one of a
+    /// single ASCII character from this cache.
+    #[inline(always)]
+    pub fn text<'py>(&mut self, py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
+        if let [c @ 0..0x80] = *bytes {
+            if let Some(Some(s)) = self.chars.get(usize::from(c)) {
+                return Ok(s.bind(py).clone());
+            }
+            return self.char_miss(py, c);
+        }
+        decode_utf8(py, bytes)
+    }
+
+    #[inline(never)]
+    fn char_miss<'py>(&mut self, py: Python<'py>, c: u8) -> PyResult<Bound<'py, PyString>> {
+        let s = decode_utf8(py, &[c])?;
+        if self.chars.is_empty() {
+            self.chars.resize_with(0x80, || None);
+        }
+        self.chars[usize::from(c)] = Some(s.clone().unbind());
+        Ok(s)
+    }
+
+    /// The key of a dict's pair number `pair` if `rest`, the bytes at the pair, start as the
+    /// pair there last did (see [`crate::jelly::decode::Build::known_pair`]).
+    #[inline(always)]
+    pub fn known_pair<'py>(&self, py: Python<'py>, rest: &[u8], pair: usize) -> Option<(Bound<'py, PyString>, usize)> {
+        let known = self.pair_starts.get(pair)?.as_ref()?;
+        let window: &[u8; PairStart::ROOM] = rest.get(..PairStart::ROOM)?.try_into().ok()?;
+        let mut differ = 0;
+        for i in 0..KnownPair::WORDS {
+            let word = u64::from_le_bytes(*window[i * 8..].first_chunk::<8>().expect("8 bytes"));
+            differ |= (word ^ known.words[i]) & known.masks[i];
+        }
+        (differ == 0).then(|| (known.string.bind(py).clone(), known.len))
     }
 
     /// [`StrCache::get`] for the key of a dict's pair number `pair`.
@@ -65,6 +139,7 @@ impl StrCache {
         let string = self.get(py, bytes)?;
         let (len, key) = (bytes.len(), key_of(bytes));
         self.by_pair[pair] = Some(CachedStr { len, key, string: string.clone().unbind() });
+        self.pair_starts[pair] = pair_start(bytes).map(|start| KnownPair::new(&start, string.clone().unbind()));
         Ok(string)
     }
 
