@@ -12,10 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 from wires import VARIANTS
-
-pytest.importorskip("opentelemetry.sdk.trace")
 
 TARGET = Path(__file__).resolve().with_name("tracing_target.py")
 METHODS = ("echo", "later", "fail", "back", "note", "deadline")
