@@ -716,7 +716,10 @@ impl<'py> PyWalk<'py> {
         // Free-threaded, another thread may change a list between its check and its writing:
         // it goes through its frame, which checks each item as it takes it.
         #[cfg(Py_GIL_DISABLED)]
-        return Ok(false);
+        {
+            let _ = (w, obj);
+            Ok(false)
+        }
         #[cfg(not(Py_GIL_DISABLED))]
         {
             const MOST: usize = 16;
