@@ -471,9 +471,10 @@ impl Spare {
 struct PyWalk<'py> {
     py: Python<'py>,
     hook: Option<Bound<'py, PyAny>>,
-    /// Every tracked object of the value being written, kept alive until it is written so that
-    /// no other object takes its address meanwhile (hook code may drop what it held); every
-    /// object a frame points to; and every str in `keys`.
+    /// References that keep objects alive until the value is written, so that no other object
+    /// takes their address meanwhile (hook code may drop what it held): the tracked objects
+    /// (those the walk tracks itself only from [`PyWalk::secure`] on), the objects frames point to
+    /// that are not tracked, the strs in `keys`.
     keep: Vec<Bound<'py, PyAny>>,
     /// The str key last met at each of a dict's first pairs, by its address, with the form of
     /// its pair's header and key: dicts of one shape follow one another, and a key found here is
@@ -485,8 +486,9 @@ struct PyWalk<'py> {
 
 /// A container being written: where the walk goes on once the item being written is done. One
 /// shape for every kind of container rather than an enum, so that the walk builds a new frame
-/// straight into its place on the stack. Its objects are borrowed from [`PyWalk::keep`], which
-/// holds them until the whole value is written: a frame costs no reference counting.
+/// straight into its place on the stack. Its objects are borrowed: held by [`PyWalk::keep`], or
+/// (a list, dict or tuple, under the GIL) reachable from the value with no Python code run since
+/// it was met (see [`PyWalk::sighting`]). A frame costs no reference counting.
 struct Frame {
     kind: Kind,
     /// The list, tuple or dict; a set's iterator; the tuple of items a hook gave.
@@ -530,8 +532,8 @@ impl<'py> Walk for PyWalk<'py> {
         stack: &mut Vec<Frame>,
         obj: Bound<'py, PyAny>,
     ) -> Result<Option<Bound<'py, PyAny>>, Failed> {
-        // The containers first: `next` hands out nothing else (but for the root, and what it
-        // found a frame needs for, each item is a scalar written where it was met).
+        // The containers first: but for the root, the walk hands out only items that are not
+        // scalars (it writes those where it meets them).
         let ty = obj.get_type_ptr();
         // SAFETY (each cast): the type was just checked; only the addresses of CPython's static
         // type objects are taken.
@@ -567,7 +569,7 @@ impl<'py> Walk for PyWalk<'py> {
 
     #[inline(always)]
     fn next(&mut self, w: &mut Writer, frame: &mut Frame) -> Result<Option<Bound<'py, PyAny>>, Failed> {
-        // SAFETY (each cast): `obj` is alive (held by `keep`) and of the type its kind says (see
+        // SAFETY (each cast): `obj` is alive (see `Frame`) and of the type its kind says (see
         // `Frame::new`'s callers).
         let obj = unsafe { pyo3::Borrowed::from_ptr(self.py, frame.obj) };
         match frame.kind {
