@@ -234,4 +234,32 @@ mod tests {
         assert_eq!(m.get_or_insert(48, 7), None);
         assert_eq!(m.get_or_insert(48, 0).copied(), Some(7));
     }
+
+    #[test]
+    fn id_map_keys_that_collide_and_a_few_after_many() {
+        let mut m: IdMap<usize> = IdMap::default();
+        // Addresses the same distance into many 64 KiB regions, and runs of neighbours: keys that
+        // would pile into few slots if the regions did not start at places of their own.
+        let keys: Vec<usize> = (1..=300)
+            .flat_map(|region| (0..4).map(move |i| (region << 16) + 0x40 + 16 * i))
+            .chain((1..=500).map(|i| (1 << 28) + 16 * i))
+            .collect();
+        for (n, &k) in keys.iter().enumerate() {
+            assert_eq!(m.get_or_insert(k, n), None, "{k:#x}");
+        }
+        assert_eq!((m.len(), m.keys_from(1198).take(3).collect::<Vec<_>>()), (1700, keys[1198..1201].to_vec()));
+        for (n, &k) in keys.iter().enumerate() {
+            assert_eq!(m.get_or_insert(k, 0).copied(), Some(n), "{k:#x}");
+        }
+        // Emptied slot by slot when a few keys are in a large table, wholesale otherwise: either
+        // way nothing is left.
+        m.clear();
+        assert!(m.is_empty() && keys.iter().all(|&k| !m.contains_key(k)));
+        for &k in &keys[..5] {
+            assert_eq!(m.get_or_insert(k, 1), None);
+        }
+        m.clear();
+        assert!(keys.iter().all(|&k| !m.contains_key(k)));
+        assert_eq!(m.get_or_insert(keys[3], 2), None);
+    }
 }

@@ -148,9 +148,12 @@ def test_shared_hashable_in_set_and_dict_key():
 
 
 def test_dict_keys_by_their_place():
-    # The decoder finds a dict's key by what the last dict had at the same place: keys that move,
-    # change length or text, come after the eighth pair, are long or not ASCII all come back.
+    # The decoder finds a dict's key by what the last dict had at the same place, the encoder by
+    # the key object it last wrote there: keys that move, change length or text, come after the
+    # eighth pair, are long, not ASCII, vocabulary words or equal but other objects all come back
+    # (and the bytes are Twisted's); short lists and tuples of scalars as values, shared or not.
     long_key = "k" * 30
+    shared = ["a", 1]
     shapes = [
         {"id": 1, "name": "a"},
         {"name": "b", "id": 2},
@@ -161,6 +164,8 @@ def test_dict_keys_by_their_place():
         {long_key: 1, "é": 2, "": 3},
         {"é": 4, long_key: 5, "": 6},
         {1: "int key", "id": 7},
+        {"".join(["i", "d"]): 8, "list": ["x", 2.5, None, True, b"y"], "None": (1, "z")},
+        {"id": shared, "name": shared, "tags": [shared, (shared,)]},
     ]
     value = shapes * 2
     out = pbfast.loads(same_as_twisted(value))

@@ -369,6 +369,61 @@ mod tests {
     }
 
     #[test]
+    fn tokens_read_as_the_careful_readers_read_them() {
+        // Each token followed by enough bytes for the window; what `token` reads is what `plain`
+        // (or `next_item` and `vocab`, for a tagged list) reads, and it ends where they end.
+        let pad = [0u8; 16];
+        let mut float = vec![tb::FLOAT];
+        float.extend(2.5f64.to_be_bytes());
+        let cases: [(&[u8], Option<Token<'_>>); 9] = [
+            (b"\x02\x80\x07\x82unicode\x03\x82abc", Some(Token::Text(b"abc"))),
+            (&[5, tb::INT], Some(Token::Int(5))),
+            (&[5, tb::NEG], Some(Token::Int(-5))),
+            (&[0x68, 0x07, tb::INT], Some(Token::Int(1000))),
+            (&float, Some(Token::Float(2.5))),
+            (&[4, tb::LIST, 8, tb::VOCAB, 0, tb::INT, 0, tb::INT, 0, tb::INT], Some(Token::Tagged { n: 4, index: 8 })),
+            // Not tokens it reads: a STRING, a tag that is no vocabulary word, a list of nothing.
+            (&[3, tb::STRING, b'a', b'b', b'c'], None),
+            (&[2, tb::LIST, 0, tb::VOCAB, 0, tb::INT], None),
+            (&[0, tb::LIST], None),
+        ];
+        for (bytes, want) in cases {
+            let data = [bytes, &pad[..]].concat();
+            let c = Cursor::new(&data, Dialect::Pb, Limits::twisted());
+            let got = c.token();
+            assert_eq!(got.map(|(t, _)| t), want, "{bytes:?}");
+            let Some((token, end)) = got else { continue };
+            let mut careful = c.clone();
+            match token {
+                Token::Tagged { n, index } => {
+                    assert_eq!(careful.next_item(), Some(Item::List(n)));
+                    assert_eq!(careful.vocab().map(|(i, _)| i), Some(index));
+                }
+                Token::Text(s) => assert_eq!(careful.plain(), Some(Plain::Text(s))),
+                Token::Int(v) => assert_eq!(careful.plain(), Some(Plain::Int(v))),
+                Token::Float(f) => assert_eq!(careful.plain(), Some(Plain::Float(f))),
+            }
+            assert_eq!(careful.pos(), end, "{bytes:?}");
+        }
+        // The limits and the dialect are kept: a two-byte header over max_header_length, a list
+        // longer than max_element_size or than the bytes left, vocabulary without the pb dialect.
+        let tight = Limits { max_header_length: 1, max_element_size: 3, ..Limits::twisted() };
+        for bytes in [&[0x68, 0x07, tb::INT][..], &[4, tb::LIST, 8, tb::VOCAB]] {
+            let data = [bytes, &pad[..]].concat();
+            assert_eq!(Cursor::new(&data, Dialect::Pb, tight).token(), None, "{bytes:?}");
+        }
+        let short = [4, tb::LIST, 8, tb::VOCAB, 0, tb::INT, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(Cursor::new(&short, Dialect::Pb, Limits::twisted()).token().is_some());
+        let mut longer = short;
+        longer[0] = 15;
+        assert_eq!(Cursor::new(&longer, Dialect::Pb, Limits::twisted()).token(), None);
+        let data = [&[4, tb::LIST, 8, tb::VOCAB][..], &pad[..]].concat();
+        assert_eq!(Cursor::new(&data, Dialect::NoVocab, Limits::twisted()).token(), None);
+        // Within the window's length of the end, the careful readers read.
+        assert_eq!(Cursor::new(&[5, tb::INT], Dialect::Pb, Limits::twisted()).token(), None);
+    }
+
+    #[test]
     fn vocab_fast_path() {
         let data = [8, tb::VOCAB, 0, tb::VOCAB, 1, 8, tb::VOCAB];
         let mut c = Cursor::new(&data, Dialect::Pb, Limits::twisted());

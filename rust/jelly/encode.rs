@@ -94,34 +94,32 @@ pub mod word {
     pub const DECIMAL: Word<'static> = Word::new(tag::DECIMAL);
 }
 
-/// The bytes [`Writer::text`] writes for a short str (or, [`Writer::pair_text_form`], a pair's
-/// header and then those): kept by a walk that meets the same str again, to write it with one
-/// copy of `ROOM` bytes.
+/// The bytes that start a dictionary's pair whose key is a short str: the pair's header and the
+/// key as [`Writer::text`] writes it ([`Writer::pair_text_form`]). Kept by a walk that meets the
+/// same key again, to write them with one copy of [`Form::ROOM`] bytes.
 #[derive(Clone, Copy)]
-pub struct Form<const ROOM: usize = 32> {
+pub struct Form {
     len: u8,
-    bytes: [u8; ROOM],
+    bytes: [u8; Form::ROOM],
 }
 
-impl<const ROOM: usize> Default for Form<ROOM> {
+impl Default for Form {
     fn default() -> Self {
-        Form { len: 0, bytes: [0; ROOM] }
+        Form { len: 0, bytes: [0; Form::ROOM] }
     }
 }
 
-impl<const ROOM: usize> Form<ROOM> {
-    /// Whether this holds no form (as made by `default`).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
+impl Form {
+    /// The most bytes a form holds: a pair's start with a key of up to 33 bytes.
+    pub const ROOM: usize = 48;
 
     /// The form of the bytes written from `start` to the end of `out`, if they fit.
-    fn of(out: &[u8], start: usize) -> Option<Form<ROOM>> {
+    fn of(out: &[u8], start: usize) -> Option<Form> {
         let written = &out[start..];
-        if written.len() > ROOM {
+        if written.len() > Form::ROOM {
             return None;
         }
-        let mut bytes = [0; ROOM];
+        let mut bytes = [0; Form::ROOM];
         bytes[..written.len()].copy_from_slice(written);
         Some(Form { len: written.len() as u8, bytes })
     }
@@ -372,39 +370,31 @@ impl Writer {
         Ok(self.enc.bytes(b)?)
     }
 
-    /// [`Writer::text`], and the bytes it wrote if they fit in a [`Form`].
-    #[inline(always)]
-    pub fn text_form(&mut self, utf8: &[u8]) -> Result<Option<Form>, Refusal> {
-        let start = self.enc.out.len();
-        self.text(utf8)?;
-        Ok(Form::of(&self.enc.out, start))
-    }
-
     /// [`Writer::pair`] and [`Writer::text`] (a pair whose key is a str), and the bytes they wrote
-    /// if they fit in a `Form<48>`.
+    /// if they fit in a [`Form`].
     #[inline(always)]
-    pub fn pair_text_form(&mut self, utf8: &[u8]) -> Result<Option<Form<48>>, Refusal> {
+    pub fn pair_text_form(&mut self, utf8: &[u8]) -> Result<Option<Form>, Refusal> {
         let start = self.enc.out.len();
         self.pair();
         self.text(utf8)?;
         Ok(Form::of(&self.enc.out, start))
     }
 
-    /// What a form was made of, again: a str (checked as [`Writer::text`] checks it), or a pair's
-    /// header and its str key.
+    /// A pair's start again, from the form [`Writer::pair_text_form`] gave (its key checked as
+    /// [`Writer::text`] checks a str).
     #[inline(always)]
-    pub fn form<const ROOM: usize>(&mut self, form: &Form<ROOM>) -> Result<(), Refusal> {
+    pub fn form(&mut self, form: &Form) -> Result<(), Refusal> {
         if self.depth >= self.max_depth {
             return Err(Refusal::TooDeep { limit: self.max_depth });
         }
         let out = &mut self.enc.out;
-        out.reserve(ROOM);
+        out.reserve(Form::ROOM);
         // SAFETY: the reservation leaves room for all of `form.bytes` after the current end (one
         // copy of fixed size, rather than one of the form's length); the length then covers the
         // form's bytes only.
         unsafe {
             let end = out.len();
-            std::ptr::copy_nonoverlapping(form.bytes.as_ptr(), out.as_mut_ptr().add(end), ROOM);
+            std::ptr::copy_nonoverlapping(form.bytes.as_ptr(), out.as_mut_ptr().add(end), Form::ROOM);
             out.set_len(end + usize::from(form.len));
         }
         Ok(())

@@ -304,7 +304,7 @@ pub fn format_fields(fields: &[i64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::banana::show;
+    use crate::banana::{show, Dialect};
 
     #[test]
     fn classify_every_tag() {
@@ -368,6 +368,20 @@ mod tests {
         w.push(&local);
         let back: Vec<&'static str> = recycle(w);
         assert_eq!((back.as_ptr() as usize, back.len()), (ptr, 0));
+    }
+
+    #[test]
+    fn a_pair_start_is_what_the_writer_writes() {
+        for key in ["id", "", "é", "a key of 25 bytes exactly"] {
+            let mut w = encode::Writer::new(Dialect::Pb, encode::Buffers::default());
+            w.open_pairs().unwrap();
+            w.pair();
+            w.text(key.as_bytes()).unwrap();
+            let start = pair_start(key.as_bytes()).expect("fits");
+            assert_eq!(&start.bytes[..start.len], w.output(), "{key:?}");
+            assert!(start.bytes[start.len..].iter().all(|&b| b == 0));
+        }
+        assert!(pair_start(&[b'x'; 26]).is_none());
     }
 
     #[test]

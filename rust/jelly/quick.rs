@@ -93,50 +93,42 @@ fn walk<B: Build>(
                 if pair == top.len {
                     break;
                 }
-                // The pair's start as the last dict had it at this place: its key, without
+                // The pair's start as the last dict had it at this place gives its key, without
                 // reading it token by token (a pair's list needs max_element_size >= 2).
-                if let Some((key, took)) = pairs_ok.then(|| b.known_pair(cur.rest(), pair)).flatten() {
-                    enter(&mut depth, max_depth)?;
-                    cur.skip_to(cur.pos() + took);
-                    match item(cur, b, &mut depth, max_depth, stack)? {
-                        Got::Value(value) => {
-                            let top = stack.last_mut()?;
-                            b.set_item(&top.obj, &key, &value).ok()?;
-                            top.next += 1;
-                            depth -= 1;
-                            continue;
+                let key = match pairs_ok.then(|| b.known_pair(cur.rest(), pair)).flatten() {
+                    Some((key, took)) => {
+                        enter(&mut depth, max_depth)?;
+                        cur.skip_to(cur.pos() + took);
+                        key
+                    }
+                    None => {
+                        if !cur.pair() {
+                            let Item::List(2) = cur.next_item()? else { return None };
                         }
-                        Got::Opened => {
-                            let at = stack.len().checked_sub(2)?;
-                            stack[at].key = Some(key);
-                            continue 'fill;
+                        enter(&mut depth, max_depth)?;
+                        // Keys are strs (which repeat from dict to dict: the builder's `key`),
+                        // ints or floats.
+                        match cur.token() {
+                            Some((Token::Text(s), end)) => {
+                                cur.skip_to(end);
+                                b.key(s, pair).ok()?
+                            }
+                            Some((Token::Int(v), end)) => {
+                                cur.skip_to(end);
+                                b.int(v).ok()?
+                            }
+                            Some((Token::Float(f), end)) => {
+                                cur.skip_to(end);
+                                b.float(f).ok()?
+                            }
+                            Some((Token::Tagged { .. }, _)) => return None,
+                            None => match cur.plain()? {
+                                Plain::Text(s) => b.key(s, pair).ok()?,
+                                Plain::Int(v) => b.int(v).ok()?,
+                                Plain::Float(f) => b.float(f).ok()?,
+                            },
                         }
                     }
-                }
-                if !cur.pair() {
-                    let Item::List(2) = cur.next_item()? else { return None };
-                }
-                enter(&mut depth, max_depth)?;
-                // Keys are strs (which repeat from dict to dict: the builder's `key`), ints or floats.
-                let key = match cur.token() {
-                    Some((Token::Text(s), end)) => {
-                        cur.skip_to(end);
-                        b.key(s, pair).ok()?
-                    }
-                    Some((Token::Int(v), end)) => {
-                        cur.skip_to(end);
-                        b.int(v).ok()?
-                    }
-                    Some((Token::Float(f), end)) => {
-                        cur.skip_to(end);
-                        b.float(f).ok()?
-                    }
-                    Some((Token::Tagged { .. }, _)) => return None,
-                    None => match cur.plain()? {
-                        Plain::Text(s) => b.key(s, pair).ok()?,
-                        Plain::Int(v) => b.int(v).ok()?,
-                        Plain::Float(f) => b.float(f).ok()?,
-                    },
                 };
                 match item(cur, b, &mut depth, max_depth, stack)? {
                     Got::Value(value) => {

@@ -8,7 +8,7 @@ use num_bigint::BigInt;
 
 use super::decode::{decode, Build, Fault, Scratch, When};
 use super::encode::{word, Buffers, Walk, Word, Writer};
-use super::{tag, Error};
+use super::{pair_start, tag, Error, PairStart};
 use crate::banana::{show, Dialect, Limits};
 
 type Seq = Rc<RefCell<Vec<V>>>;
@@ -101,6 +101,10 @@ pub struct TreeBuild {
     pub hook: bool,
     /// How many dictionary keys went through [`Build::key`].
     pub keys: usize,
+    /// The start of the pair at each place of the last dict, by its key, when the builder
+    /// knows pairs ([`Build::known_pair`]); and how many pairs it knew.
+    pub pairs: Option<Vec<Option<(PairStart, String)>>>,
+    pub known: usize,
 }
 
 type R<T> = Result<T, Fault<String>>;
@@ -131,9 +135,20 @@ impl Build for TreeBuild {
     fn text(&mut self, utf8: &[u8]) -> R<V> {
         String::from_utf8(utf8.to_vec()).map(V::Text).map_err(|e| Fault::Bad(e.to_string()))
     }
-    fn key(&mut self, utf8: &[u8], _pair: usize) -> R<V> {
+    fn key(&mut self, utf8: &[u8], pair: usize) -> R<V> {
         self.keys += 1;
-        self.text(utf8)
+        let key = self.text(utf8)?;
+        if let (Some(pairs), V::Text(text)) = (&mut self.pairs, &key) {
+            pairs.resize(pairs.len().max(pair + 1), None);
+            pairs[pair] = pair_start(utf8).map(|start| (start, text.clone()));
+        }
+        Ok(key)
+    }
+    fn known_pair(&mut self, rest: &[u8], pair: usize) -> Option<(V, usize)> {
+        let (start, key) = self.pairs.as_ref()?.get(pair)?.as_ref()?;
+        let key = rest.starts_with(&start.bytes[..start.len]).then(|| (V::Text(key.clone()), start.len))?;
+        self.known += 1;
+        Some(key)
     }
     fn none(&mut self) -> Result<V, String> {
         Ok(V::None)
@@ -377,7 +392,7 @@ mod tests {
     use crate::banana::Encoder;
 
     fn load(data: &[u8]) -> Result<V, Error<String>> {
-        loads(data, Dialect::Pb, Limits::twisted(), &mut TreeBuild { hook: true, keys: 0 })
+        loads(data, Dialect::Pb, Limits::twisted(), &mut TreeBuild { hook: true, ..TreeBuild::default() })
     }
 
     /// Banana bytes for an s-expression written with a tiny builder.
@@ -561,7 +576,9 @@ mod tests {
             ),
             (L(vec![B(b"refused.Type"), I(1)]), true, "no class is registered for type 'refused.Type'"),
         ] {
-            let e = loads(&bytes_of(&s), Dialect::Pb, Limits::twisted(), &mut TreeBuild { hook, keys: 0 }).unwrap_err();
+            let e =
+                loads(&bytes_of(&s), Dialect::Pb, Limits::twisted(), &mut TreeBuild { hook, ..TreeBuild::default() })
+                    .unwrap_err();
             assert!(matches!(e, Error::Insecure { offset: Some(0), .. }), "{e:?}");
             assert!(e.to_string().starts_with(message), "{e}");
         }
@@ -628,6 +645,40 @@ mod tests {
         let value = loads(&bytes_of(&dict), Dialect::Pb, limits, &mut build).unwrap();
         let want = "(dict \"k\" (list 1 \"x\" -1) \"j\" (list 2 \"x\" -2) \"e\" (list))";
         assert_eq!((render(&value).as_str(), build.keys), (want, 3));
+    }
+
+    #[test]
+    fn the_quick_pass_takes_pairs_the_builder_knows() {
+        // Records whose keys come back at their places; one whose keys moved; ten pairs; a key
+        // that is no str; a container as a known key's value.
+        let record = |keys: &[&'static str], n: i64| {
+            let mut items = vec![B(b"dictionary")];
+            items.extend(keys.iter().map(|k| L(vec![unicode(k), I(n)])));
+            items.push(L(vec![I(7), L(vec![B(b"list"), unicode("x")])]));
+            L(items)
+        };
+        let many = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9"];
+        let value = L(vec![
+            B(b"list"),
+            record(&["id", "name"], 1),
+            record(&["id", "name"], 2),
+            record(&["name", "id"], 3),
+            record(&many, 4),
+            record(&many, 5),
+        ]);
+        let bytes = bytes_of(&value);
+        let plain = loads(&bytes, Dialect::Pb, Limits::twisted(), &mut TreeBuild::default()).unwrap();
+        let mut build = TreeBuild { pairs: Some(Vec::new()), ..TreeBuild::default() };
+        let knowing = loads(&bytes, Dialect::Pb, Limits::twisted(), &mut build).unwrap();
+        assert_eq!(render(&knowing), render(&plain));
+        // Known: the second record's two keys, and the last record's ten; read: the first's, the
+        // third's (moved) and the fourth's.
+        assert_eq!((build.known, build.keys), (2 + 10, 2 + 2 + 10));
+        // A pair's list may not be over max_element_size: below 2, no pair is taken as known.
+        let tight = Limits { max_element_size: 1, ..Limits::twisted() };
+        let mut build = TreeBuild { pairs: Some(Vec::new()), ..TreeBuild::default() };
+        assert!(loads(&bytes, Dialect::Pb, tight, &mut build).is_err());
+        assert_eq!(build.known, 0);
     }
 
     /// Drop a deeply nested value without recursing.

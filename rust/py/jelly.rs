@@ -311,8 +311,8 @@ pub struct JellyEncoder<'py> {
 
 impl<'py> JellyEncoder<'py> {
     pub fn new(py: Python<'py>, dialect: Dialect, hook: Option<Bound<'py, PyAny>>) -> JellyEncoder<'py> {
-        let Spare { buffers, stack, keep, texts } = Spare::take();
-        let walk = PyWalk { py, hook, keep: recycle(keep), texts, keys: Default::default(), kept: 0 };
+        let Spare { buffers, stack, keep } = Spare::take();
+        let walk = PyWalk { py, hook, keep: recycle(keep), keys: Default::default(), kept: 0 };
         JellyEncoder { w: Writer::new(dialect, buffers), walk, stack: recycle(stack) }
     }
 
@@ -320,8 +320,7 @@ impl<'py> JellyEncoder<'py> {
     pub fn jelly(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
         let written = self.w.value(&mut self.walk, &mut self.stack, obj.clone());
         // The objects tracked for this value can go now: the next value is its own id space.
-        // (The strs' forms go first: they are good only while `keep` holds the strs.)
-        self.walk.texts.clear();
+        // (The keys' forms go first: they are good only while `keep` holds the keys.)
         self.walk.keys = Default::default();
         self.walk.keep.clear();
         self.walk.kept = 0;
@@ -344,8 +343,7 @@ impl Drop for JellyEncoder<'_> {
         // An empty writer takes the place of this one: it allocates nothing.
         let w = std::mem::replace(&mut self.w, Writer::new(Dialect::Pb, Buffers::default()));
         let (stack, keep) = (std::mem::take(&mut self.stack), std::mem::take(&mut self.walk.keep));
-        let texts = std::mem::take(&mut self.walk.texts);
-        Spare::give_back(w.into_buffers(), recycle(stack), recycle(keep), texts);
+        Spare::give_back(w.into_buffers(), recycle(stack), recycle(keep));
     }
 }
 
@@ -446,7 +444,6 @@ struct Spare {
     buffers: Buffers,
     stack: Vec<Frame>,
     keep: Vec<Bound<'static, PyAny>>,
-    texts: Texts,
 }
 
 thread_local! {
@@ -460,13 +457,12 @@ impl Spare {
             buffers: Buffers::default(),
             stack: Vec::new(),
             keep: Vec::new(),
-            texts: Texts::new(),
         })
     }
 
-    fn give_back(buffers: Buffers, stack: Vec<Frame>, keep: Vec<Bound<'static, PyAny>>, texts: Texts) {
+    fn give_back(buffers: Buffers, stack: Vec<Frame>, keep: Vec<Bound<'static, PyAny>>) {
         if buffers.worth_keeping() && stack.capacity() <= 1 << 10 && keep.capacity() <= 1 << 16 {
-            SPARE.with(|s| *s.borrow_mut() = Some(Spare { buffers, stack, keep, texts }));
+            SPARE.with(|s| *s.borrow_mut() = Some(Spare { buffers, stack, keep }));
         }
     }
 }
@@ -475,87 +471,24 @@ impl Spare {
 struct PyWalk<'py> {
     py: Python<'py>,
     hook: Option<Bound<'py, PyAny>>,
-    /// Every tracked object of the value being written, kept alive until it is written so that
-    /// no other object takes its address meanwhile (hook code may drop what it held); every
-    /// object a frame points to; and every str in `texts`.
+    /// References that keep objects alive until the value is written, so that no other object
+    /// takes their address meanwhile (hook code may drop what it held): the tracked objects
+    /// (those the walk tracks itself only from [`PyWalk::secure`] on), the objects frames point to
+    /// that are not tracked, the strs in `keys`.
     keep: Vec<Bound<'py, PyAny>>,
-    texts: Texts,
     /// The str key last met at each of a dict's first pairs, by its address, with the form of
     /// its pair's header and key: dicts of one shape follow one another, and a key found here is
     /// written with one copy. Each str here is held by `keep`; emptied with it.
-    keys: [(usize, Form<48>); PyWalk::KEYS],
+    keys: [(usize, Form); PyWalk::KEYS],
     /// How many of the objects the writer tracks `keep` holds (see [`PyWalk::secure`]).
     kept: usize,
 }
 
-/// The forms of short strs met more than once in the value being written, by the str's address:
-/// a str met again (a dict's keys, the words that recur from record to record) is written by one
-/// copy, without reading it again. Each str with a form here is held by [`PyWalk::keep`], so none
-/// is freed and no other object takes its address while the value is written; emptied with it.
-#[derive(Default)]
-struct Texts {
-    /// (address, form), one slot per address's hash (none in a `default` one): empty (0), a
-    /// candidate (the address of a str met once, no form: len 0) or taken (a str and its form).
-    /// A str is taken in at its second sighting, and only into a slot not taken: strs met once (a
-    /// record's own values) cost a store and push out none that recur.
-    slots: Vec<(usize, Form)>,
-    /// The slots taken.
-    taken: Vec<usize>,
-}
-
-/// What [`Texts::look`] found for a str.
-enum Look {
-    /// Its form, in this slot.
-    Form(usize),
-    /// Met once before: its form may go in this slot.
-    Again(usize),
-    /// Not met before (or its slot is taken by another str).
-    New,
-}
-
-impl Texts {
-    const SLOTS: usize = 256;
-
-    fn new() -> Texts {
-        Texts { slots: vec![(0, Form::default()); Texts::SLOTS], taken: Vec::new() }
-    }
-
-    /// What is known of the str at `address`; a str not met before is noted as a candidate if its
-    /// slot is not taken.
-    #[inline(always)]
-    fn look(&mut self, address: usize) -> Look {
-        let i = ((address as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - Texts::SLOTS.trailing_zeros()))
-            as usize;
-        let Some((a, form)) = self.slots.get_mut(i) else { return Look::New };
-        match (*a == address, form.is_empty()) {
-            (true, false) => Look::Form(i),
-            (true, true) => Look::Again(i),
-            (false, true) => {
-                *a = address;
-                Look::New
-            }
-            (false, false) => Look::New,
-        }
-    }
-
-    /// Take `form` into slot `i` (from [`Look::Again`]).
-    fn take(&mut self, i: usize, form: Form) {
-        self.slots[i].1 = form;
-        self.taken.push(i);
-    }
-
-    fn clear(&mut self) {
-        for &i in &self.taken {
-            self.slots[i] = (0, Form::default());
-        }
-        self.taken.clear();
-    }
-}
-
 /// A container being written: where the walk goes on once the item being written is done. One
 /// shape for every kind of container rather than an enum, so that the walk builds a new frame
-/// straight into its place on the stack. Its objects are borrowed from [`PyWalk::keep`], which
-/// holds them until the whole value is written: a frame costs no reference counting.
+/// straight into its place on the stack. Its objects are borrowed: held by [`PyWalk::keep`], or
+/// (a list, dict or tuple, under the GIL) reachable from the value with no Python code run since
+/// it was met (see [`PyWalk::sighting`]). A frame costs no reference counting.
 struct Frame {
     kind: Kind,
     /// The list, tuple or dict; a set's iterator; the tuple of items a hook gave.
@@ -599,8 +532,8 @@ impl<'py> Walk for PyWalk<'py> {
         stack: &mut Vec<Frame>,
         obj: Bound<'py, PyAny>,
     ) -> Result<Option<Bound<'py, PyAny>>, Failed> {
-        // The containers first: `next` hands out nothing else (but for the root, and what it
-        // found a frame needs for, each item is a scalar written where it was met).
+        // The containers first: but for the root, the walk hands out only items that are not
+        // scalars (it writes those where it meets them).
         let ty = obj.get_type_ptr();
         // SAFETY (each cast): the type was just checked; only the addresses of CPython's static
         // type objects are taken.
@@ -636,33 +569,40 @@ impl<'py> Walk for PyWalk<'py> {
 
     #[inline(always)]
     fn next(&mut self, w: &mut Writer, frame: &mut Frame) -> Result<Option<Bound<'py, PyAny>>, Failed> {
-        // SAFETY (each cast): `obj` is alive (held by `keep`) and of the type its kind says (see
+        // SAFETY (each cast): `obj` is alive (see `Frame`) and of the type its kind says (see
         // `Frame::new`'s callers).
         let obj = unsafe { pyo3::Borrowed::from_ptr(self.py, frame.obj) };
         match frame.kind {
-            Kind::List => loop {
+            Kind::List => {
                 let list = unsafe { obj.cast_unchecked::<PyList>() };
-                // Hook code may run while an item is written and shrink the list under us: check
-                // the size each time, and hold each item by an owned reference while it is written.
-                if list.len() != frame.len {
-                    return Err(changed_size("list"));
+                // (The position in a local while the items are scalars.)
+                let (len, mut next) = (frame.len, frame.next as usize);
+                loop {
+                    // Hook code may run while an item is written and shrink the list under us:
+                    // check the size each time, and hold each item by an owned reference while it
+                    // is written.
+                    if list.len() != len {
+                        return Err(changed_size("list"));
+                    }
+                    if next == len {
+                        break;
+                    }
+                    let item = list_item(&list, next)?;
+                    next += 1;
+                    if !scalar(w, item.as_any())? && !self.flat(w, item.as_any())? {
+                        frame.next = next as ffi::Py_ssize_t;
+                        return Ok(Some(item.as_any().clone()));
+                    }
                 }
-                if frame.next as usize == frame.len {
-                    break;
-                }
-                let item = list_item(&list, frame.next as usize)?;
-                frame.next += 1;
-                if !self.scalar(w, item.as_any())? && !self.flat(w, item.as_any())? {
-                    return Ok(Some(item.as_any().clone()));
-                }
-            },
+                frame.next = next as ffi::Py_ssize_t;
+            }
             Kind::Tuple => {
                 let tuple = unsafe { obj.cast_unchecked::<PyTuple>() };
                 while (frame.next as usize) < frame.len {
                     // SAFETY: `next < len(tuple)`, just checked (a tuple's length is fixed).
                     let item = unsafe { tuple.get_item_unchecked(frame.next as usize) };
                     frame.next += 1;
-                    if !self.scalar(w, &item)? {
+                    if !scalar(w, &item)? {
                         return Ok(Some(item));
                     }
                 }
@@ -672,7 +612,7 @@ impl<'py> Walk for PyWalk<'py> {
                     // SAFETY: held by `keep` (see below).
                     let value = unsafe { pyo3::Borrowed::from_ptr(self.py, frame.value) };
                     frame.value = std::ptr::null_mut();
-                    if !self.scalar(w, &value)? {
+                    if !scalar(w, &value)? {
                         return Ok(Some(value.to_owned()));
                     }
                 }
@@ -707,7 +647,7 @@ impl<'py> Walk for PyWalk<'py> {
                     w.form(&self.keys[pair].1)?;
                 } else if !(pair < PyWalk::KEYS && self.pair_key(w, key.as_any(), pair)?) {
                     w.pair();
-                    if !self.scalar(w, key.as_any())? {
+                    if !scalar(w, key.as_any())? {
                         // The value waits while the key is written, held by `keep` (hook code may
                         // change the dict meanwhile).
                         frame.value = item.as_ptr();
@@ -715,7 +655,7 @@ impl<'py> Walk for PyWalk<'py> {
                         return Ok(Some(key.as_any().clone()));
                     }
                 }
-                if !self.scalar(w, item.as_any())? && !self.flat(w, item.as_any())? {
+                if !scalar(w, item.as_any())? && !self.flat(w, item.as_any())? {
                     return Ok(Some(item.as_any().clone()));
                 }
             },
@@ -727,7 +667,7 @@ impl<'py> Walk for PyWalk<'py> {
                         return Err(changed_size("set"));
                     }
                     let member = member?;
-                    if !self.scalar(w, &member)? {
+                    if !scalar(w, &member)? {
                         return Ok(Some(member));
                     }
                 }
@@ -740,7 +680,7 @@ impl<'py> Walk for PyWalk<'py> {
                 while (frame.next as usize) < items.len() {
                     let item = items.get_item(frame.next as usize)?;
                     frame.next += 1;
-                    if !self.scalar(w, &item)? {
+                    if !scalar(w, &item)? {
                         return Ok(Some(item));
                     }
                 }
@@ -752,29 +692,6 @@ impl<'py> Walk for PyWalk<'py> {
 
 impl<'py> PyWalk<'py> {
     const KEYS: usize = 8;
-
-    /// [`scalar`], with the forms of strs met before.
-    #[inline(always)]
-    fn scalar(&mut self, w: &mut Writer, obj: &Bound<'py, PyAny>) -> Result<bool, Failed> {
-        if obj.get_type_ptr() != &raw mut ffi::PyUnicode_Type {
-            return scalar(w, obj);
-        }
-        let i = match self.texts.look(obj.as_ptr() as usize) {
-            Look::Form(i) => {
-                w.form(&self.texts.slots[i].1)?;
-                return Ok(true);
-            }
-            Look::Again(i) => i,
-            Look::New => return scalar(w, obj),
-        };
-        // SAFETY: the type was just checked.
-        let Some(utf8) = utf8_of(unsafe { obj.cast_unchecked::<PyString>() }) else { return scalar(w, obj) };
-        if let Some(form) = w.text_form(utf8)? {
-            self.texts.take(i, form);
-            self.keep.push(obj.clone());
-        }
-        Ok(true)
-    }
 
     /// Write the header of a dict's pair number `pair` and its key, if the key is a str, and
     /// keep their form for the key at this place; false (nothing written) if the key is not a
@@ -801,7 +718,10 @@ impl<'py> PyWalk<'py> {
         // Free-threaded, another thread may change a list between its check and its writing:
         // it goes through its frame, which checks each item as it takes it.
         #[cfg(Py_GIL_DISABLED)]
-        return Ok(false);
+        {
+            let _ = (w, obj);
+            Ok(false)
+        }
         #[cfg(not(Py_GIL_DISABLED))]
         {
             const MOST: usize = 16;
@@ -831,7 +751,7 @@ impl<'py> PyWalk<'py> {
             if self.sighting(w, obj)?.is_some() {
                 w.open(atom, items.len())?;
                 for &p in items {
-                    if !self.scalar(w, &item(p))? {
+                    if !scalar(w, &item(p))? {
                         return Err(changed_size("list"));
                     }
                 }
