@@ -42,7 +42,7 @@ __all__ = [
     "apply_options",
     "current_deadline",
     "deadline",
-    "future_factory",
+    "future_class",
     "gather_options",
     "options_in_use",
     "register_option",
@@ -286,7 +286,7 @@ class _Cancelling(Protocol):
 class CallFuture(asyncio.Future[Any]):
     """The future of a call to a peer that speaks ``cancel``: cancelling it (directly, or by
     cancelling the task awaiting it) also cancels the call on the peer. Each connection has its
-    own subclass (`future_factory`), which names it: a future carries nothing more than a plain
+    own subclass (`future_class`), which names it: a future carries nothing more than a plain
     one."""
 
     __slots__ = ()
@@ -301,9 +301,8 @@ class CallFuture(asyncio.Future[Any]):
         return True
 
 
-def future_factory(connection: _Cancelling, loop: asyncio.AbstractEventLoop) -> Callable[[], CallFuture]:
-    """What makes the futures of `connection`'s calls (on `loop`) once the peer speaks
-    ``cancel``: a class of its own. (The loop is given: a future made without one asks for the
-    running loop, which costs a ``getpid()`` system call each time.)"""
-    cls = type("CallFuture", (CallFuture,), {"__slots__": (), "_connection": weakref.ref(connection)})
-    return functools.partial(cls, loop=loop)
+def future_class(connection: _Cancelling) -> type[CallFuture]:
+    """The class of `connection`'s call futures once the peer speaks ``cancel``. (Make them with
+    their loop given: a future made without one asks for the running loop, which costs a
+    ``getpid()`` system call each time.)"""
+    return type("CallFuture", (CallFuture,), {"__slots__": (), "_connection": weakref.ref(connection)})

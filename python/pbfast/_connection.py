@@ -1138,7 +1138,7 @@ class Connection(asyncio.BufferedProtocol, abc.ABC):
             self._open_control()
         if _calls.CANCEL in self.peer_extensions:
             # Our calls' futures tell us when they are cancelled (at no cost to the others).
-            self._session.create_future = _calls.future_factory(self, self._loop)
+            self._session.make_futures(_calls.future_class(self), {"loop": self._loop})
         if self._liveness is not None:
             self._liveness.handshake_done()
 

@@ -280,7 +280,9 @@ class Session:
     @property
     def pending(self) -> int: ...
     def cancelled(self, futures: list[Any]) -> list[int]: ...
-    create_future: Callable[[], Any]
+    def make_futures(
+        self, create_future: Callable[..., Any], keywords: dict[str, Any] | None = None
+    ) -> None: ...
 
 @final
 class PbSession(Session):

@@ -185,7 +185,9 @@ struct Callbacks {
     wake: Py<PyAny>,
     /// `flush()`: write what waits now.
     flush: Py<PyAny>,
+    /// `create_future(**future_keywords)`: the future of a call out.
     create_future: Py<PyAny>,
+    future_keywords: Option<Py<PyDict>>,
     /// `dead()`: the exception for a call that cannot be made (not negotiated yet, or gone).
     dead: Py<PyAny>,
     /// `forget(luid, uncache)`: the peer holds our object `luid` no more, freed by a settled
@@ -304,10 +306,14 @@ impl SessionPy {
         kwargs: &Bound<'py, PyDict>,
         cache: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let Some(create_future) = self.callback(py, |c| &c.create_future) else {
+        let Some((create_future, keywords)) = self.future_maker(py) else {
             return Err(DeadReferenceError::new_err("the connection is closed"));
         };
-        let future = create_future.call0(py)?.into_bound(py);
+        let future = match keywords {
+            None => create_future.call0(py)?,
+            Some(keywords) => create_future.call(py, (), Some(keywords.bind(py)))?,
+        }
+        .into_bound(py);
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let mark = self.tables.mark();
         let made = metrics::making(method);
@@ -463,15 +469,19 @@ impl SessionPy {
         self.tables.requests_of(&futures)
     }
 
-    /// What makes the future of each call out (`create_future()`); set it to change the kind
-    /// of future from the next call on.
-    #[setter]
-    fn set_create_future(&self, create_future: Py<PyAny>) -> PyResult<()> {
+    /// Make the future of each call out, from the next one on, with
+    /// `create_future(**keywords)` (a class and its keywords cost less than a
+    /// `functools.partial`, which copies them at each call).
+    #[pyo3(signature = (create_future, keywords=None))]
+    fn make_futures(&self, create_future: Py<PyAny>, keywords: Option<Py<PyDict>>) -> PyResult<()> {
         let mut callbacks = self.callbacks.lock().unwrap_or_else(|e| e.into_inner());
         let Some(c) = callbacks.as_mut() else {
             return Err(DeadReferenceError::new_err("the connection is closed"));
         };
-        let old = std::mem::replace(&mut c.create_future, create_future);
+        let old = (
+            std::mem::replace(&mut c.create_future, create_future),
+            std::mem::replace(&mut c.future_keywords, keywords),
+        );
         drop(callbacks);
         drop(old);
         Ok(())
@@ -483,6 +493,9 @@ impl SessionPy {
             if let Some(c) = callbacks.as_ref() {
                 for callback in [&c.wake, &c.flush, &c.create_future, &c.dead, &c.forget] {
                     visit.call(callback)?;
+                }
+                if let Some(keywords) = &c.future_keywords {
+                    visit.call(keywords)?;
                 }
             }
         }
@@ -525,7 +538,7 @@ impl SessionPy {
             holding: AtomicBool::new(false),
             buffered: AtomicUsize::new(0),
             next_request: AtomicI64::new(1),
-            callbacks: Mutex::new(Some(Callbacks { wake, flush, create_future, dead, forget })),
+            callbacks: Mutex::new(Some(Callbacks { wake, flush, create_future, future_keywords: None, dead, forget })),
             encoder: Mutex::new(None),
             spares: Arc::default(),
         }
@@ -703,6 +716,12 @@ impl SessionPy {
 
     fn lock_out(&self) -> MutexGuard<'_, Vec<u8>> {
         self.out.bytes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What makes the future of a call out, and its keywords.
+    fn future_maker(&self, py: Python<'_>) -> Option<(Py<PyAny>, Option<Py<PyDict>>)> {
+        let callbacks = self.callbacks.lock().unwrap_or_else(|e| e.into_inner());
+        callbacks.as_ref().map(|c| (c.create_future.clone_ref(py), c.future_keywords.as_ref().map(|k| k.clone_ref(py))))
     }
 
     fn callback(&self, py: Python<'_>, pick: impl FnOnce(&Callbacks) -> &Py<PyAny>) -> Option<Py<PyAny>> {
