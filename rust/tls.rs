@@ -28,10 +28,13 @@ use rustls::unbuffered::{
 };
 use rustls::{
     AlertDescription, CertificateError, ClientConfig, CommonState, DigitallySignedStruct, DistinguishedName,
-    ProtocolVersion, ServerConfig, SignatureScheme, SupportedProtocolVersion,
+    ServerConfig, SignatureScheme, SupportedProtocolVersion,
 };
 
 use crate::tubid;
+
+mod records;
+use records::{Kernel, Traffic};
 
 /// Why a session could not be made or went wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,10 +64,18 @@ pub enum Role {
     Server,
 }
 
-/// ring rather than aws-lc-rs: it builds without cmake or a C++ toolchain.
+/// ring rather than aws-lc-rs: it builds without cmake or a C++ toolchain. TLS 1.3's
+/// AES-128-GCM comes first (its mandatory suite, and the one most clients prefer): it seals and
+/// opens bulk data about a tenth faster than AES-256-GCM. Servers follow the client's order, so a
+/// stock peer's own preference still decides when it is the client.
 fn provider() -> &'static Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+    PROVIDER.get_or_init(|| {
+        let mut provider = rustls::crypto::ring::default_provider();
+        let first = rustls::CipherSuite::TLS13_AES_128_GCM_SHA256;
+        provider.cipher_suites.sort_by_key(|suite| suite.suite() != first);
+        Arc::new(provider)
+    })
 }
 
 const ALL_VERSIONS: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
@@ -127,15 +138,21 @@ impl Identity {
 /// Driven through rustls' unbuffered API, with buffers of its own: received ciphertext is read
 /// in place from one buffer however many records it holds (rustls' buffered reader takes 4 KiB
 /// at a time, zero-filling and reallocating its buffer around every record), and records are
-/// encrypted straight into the buffer [`Self::take_into`] hands over.
+/// encrypted straight into the buffer [`Self::take_into`] hands over. Once a TLS 1.3 handshake
+/// is over, records are protected by [`records`] with rustls keeping the secrets.
 pub struct TlsSession {
     conn: Conn,
     role: Role,
+    /// What the handshake settled, kept when rustls hands the records over.
+    negotiated: Option<Negotiated>,
     /// Received ciphertext not processed yet (from a record boundary on, once the handshake is
     /// over).
     incoming: Vec<u8>,
     io: Io,
     failure: Option<TlsError>,
+    /// Tests keep some sessions on rustls' record protection, as an independent peer.
+    #[cfg(test)]
+    rustls_records: bool,
 }
 
 /// A session's output and where its closing stands.
@@ -152,21 +169,32 @@ struct Io {
     close_sent: bool,
 }
 
-/// The two kinds of unbuffered rustls connection, driven alike.
+/// The two kinds of unbuffered rustls connection, driven alike; then, after a TLS 1.3
+/// handshake, the records protected here.
 enum Conn {
     Client(UnbufferedClientConnection),
     Server(UnbufferedServerConnection),
+    Traffic(Box<Traffic>),
+    /// Handing the records over failed (the session failed with it).
+    Lost,
 }
 
-impl std::ops::Deref for Conn {
-    type Target = CommonState;
-
-    fn deref(&self) -> &CommonState {
+impl Conn {
+    /// rustls' state of the connection, while rustls drives it.
+    fn common(&self) -> Option<&CommonState> {
         match self {
-            Conn::Client(c) => c,
-            Conn::Server(s) => s,
+            Conn::Client(c) => Some(c),
+            Conn::Server(s) => Some(s),
+            Conn::Traffic(_) | Conn::Lost => None,
         }
     }
+}
+
+/// The handshake's outcome, once rustls no longer holds the connection.
+struct Negotiated {
+    peer_certificate: Option<Vec<u8>>,
+    protocol_version: Option<&'static str>,
+    cipher_suite: Option<&'static str>,
 }
 
 /// The connection kinds' `process_tls_records`.
@@ -264,18 +292,12 @@ fn drive<C: Records>(
     (start, result)
 }
 
-/// After a failure: encode the alert rustls queued for the peer, if any (a bounded number of
-/// steps: it is one record).
-fn encode_alert<C: Records>(conn: &mut C, incoming: &mut Vec<u8>, io: &mut Io) {
-    for _ in 0..8 {
-        let status = conn.records(incoming);
-        let discard = status.discard;
-        match status.state {
-            Ok(ConnectionState::EncodeTlsData(mut data)) => drop(encode(&mut data, &mut io.outgoing)),
-            Ok(ConnectionState::TransmitTlsData(data)) => data.done(),
-            _ => break,
-        }
-        incoming.drain(..discard);
+/// After a failure: encode the alert rustls queued for the peer, if any. rustls hands a queued
+/// record over before reading anything, so the failing bytes are not read again (which would
+/// queue a second fatal alert).
+fn encode_alert<C: Records>(conn: &mut C, incoming: &mut [u8], io: &mut Io) {
+    if let Ok(ConnectionState::EncodeTlsData(mut data)) = conn.records(incoming).state {
+        drop(encode(&mut data, &mut io.outgoing));
     }
 }
 
@@ -389,11 +411,20 @@ impl TlsSession {
         identity: Option<&Identity>,
         versions: &[&'static SupportedProtocolVersion],
     ) -> Result<TlsSession, TlsError> {
-        let verifier = Arc::new(AnyCertificate { algorithms: provider().signature_verification_algorithms });
+        TlsSession::configured(role, identity, versions, provider().clone())
+    }
+
+    fn configured(
+        role: Role,
+        identity: Option<&Identity>,
+        versions: &[&'static SupportedProtocolVersion],
+        crypto: Arc<CryptoProvider>,
+    ) -> Result<TlsSession, TlsError> {
+        let verifier = Arc::new(AnyCertificate { algorithms: crypto.signature_verification_algorithms });
         let builder_failed = |e: rustls::Error| TlsError::Session(format!("cannot set up TLS: {e}"));
         let conn = match role {
             Role::Client => {
-                let builder = ClientConfig::builder_with_provider(provider().clone())
+                let builder = ClientConfig::builder_with_provider(crypto)
                     .with_protocol_versions(versions)
                     .map_err(builder_failed)?
                     .dangerous()
@@ -408,6 +439,7 @@ impl TlsSession {
                 // would never be used.
                 config.enable_sni = false;
                 config.resumption = Resumption::disabled();
+                config.enable_secret_extraction = true; // (for `records`)
                 // The name is neither sent nor checked, only required by the API.
                 let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into());
                 Conn::Client(UnbufferedClientConnection::new(Arc::new(config), name).map_err(builder_failed)?)
@@ -415,17 +447,27 @@ impl TlsSession {
             Role::Server => {
                 let identity =
                     identity.ok_or_else(|| TlsError::Identity("a TLS server needs a certificate and key".into()))?;
-                let mut config = ServerConfig::builder_with_provider(provider().clone())
+                let mut config = ServerConfig::builder_with_provider(crypto)
                     .with_protocol_versions(versions)
                     .map_err(builder_failed)?
                     .with_client_cert_verifier(verifier)
                     .with_cert_resolver(Arc::new(SingleCertAndKey::from(identity.key.clone())));
                 config.session_storage = Arc::new(NoServerSessionStorage {});
                 config.send_tls13_tickets = 0;
+                config.enable_secret_extraction = true;
                 Conn::Server(UnbufferedServerConnection::new(Arc::new(config)).map_err(builder_failed)?)
             }
         };
-        let mut session = TlsSession { conn, role, incoming: Vec::new(), io: Io::default(), failure: None };
+        let mut session = TlsSession {
+            conn,
+            role,
+            negotiated: None,
+            incoming: Vec::new(),
+            io: Io::default(),
+            failure: None,
+            #[cfg(test)]
+            rustls_records: false,
+        };
         // A client's hello is ready at once.
         session.step(&mut Vec::new(), None)?;
         Ok(session)
@@ -474,10 +516,7 @@ impl TlsSession {
         if data.is_empty() {
             return Ok(());
         }
-        let (done, result) = match &mut self.conn {
-            Conn::Client(c) => drive(c, data, &mut self.io, plaintext, None),
-            Conn::Server(s) => drive(s, data, &mut self.io, plaintext, None),
-        };
+        let (done, result) = self.process(data, plaintext, None);
         if !self.io.peer_closed {
             self.incoming.extend_from_slice(&data[done..]);
         }
@@ -539,13 +578,17 @@ impl TlsSession {
     }
 
     pub fn is_handshaking(&self) -> bool {
-        self.conn.is_handshaking()
+        self.conn.common().is_some_and(CommonState::is_handshaking)
     }
 
     /// The peer's end-entity certificate (DER), once the handshake has checked its signature.
     /// None for a client that sent no certificate.
     pub fn peer_certificate(&self) -> Option<&[u8]> {
-        self.conn.peer_certificates().and_then(|chain| chain.first()).map(|cert| cert.as_ref())
+        match (&self.negotiated, self.conn.common()) {
+            (Some(negotiated), _) => negotiated.peer_certificate.as_deref(),
+            (None, Some(common)) => common.peer_certificates().and_then(|chain| chain.first()).map(|c| c.as_ref()),
+            (None, None) => None,
+        }
     }
 
     /// The foolscap TubID of [`Self::peer_certificate`].
@@ -565,28 +608,99 @@ impl TlsSession {
 
     /// `"TLSv1_3"` or `"TLSv1_2"`, once negotiated.
     pub fn protocol_version(&self) -> Option<&'static str> {
-        self.conn.protocol_version().and_then(|v| v.as_str())
+        match (&self.negotiated, self.conn.common()) {
+            (Some(negotiated), _) => negotiated.protocol_version,
+            (None, common) => common?.protocol_version()?.as_str(),
+        }
     }
 
-    /// The negotiated cipher suite's IANA-style name, e.g. `"TLS13_AES_256_GCM_SHA384"`.
+    /// The negotiated cipher suite's IANA-style name, e.g. `"TLS13_AES_128_GCM_SHA256"`.
     pub fn cipher_suite(&self) -> Option<&'static str> {
-        self.conn.negotiated_cipher_suite().and_then(|suite| suite.suite().as_str())
+        match (&self.negotiated, self.conn.common()) {
+            (Some(negotiated), _) => negotiated.cipher_suite,
+            (None, common) => common?.negotiated_cipher_suite()?.suite().as_str(),
+        }
+    }
+
+    #[cfg(test)]
+    fn set_tx_limit(&mut self, limit: u64) {
+        let Conn::Traffic(records) = &mut self.conn else { panic!("no TLS 1.3 records yet") };
+        records.set_tx_limit(limit);
     }
 
     /// Process what has been received, read the application data into `plaintext`, write what
     /// the handshake (or an alert) has to send and, once the keys allow, `write` (and what was
     /// held), then the close_notify if asked for. A failure is the session's from then on.
     fn step(&mut self, plaintext: &mut Vec<u8>, write: Option<&[u8]>) -> Result<(), TlsError> {
-        let (done, result) = match &mut self.conn {
-            Conn::Client(c) => drive(c, &mut self.incoming, &mut self.io, plaintext, write),
-            Conn::Server(s) => drive(s, &mut self.incoming, &mut self.io, plaintext, write),
-        };
+        let mut incoming = std::mem::take(&mut self.incoming);
+        let (done, result) = self.process(&mut incoming, plaintext, write);
         // Read in place however many records came; only what is left is moved to the front.
-        self.incoming.drain(..done);
+        incoming.drain(..done);
         if self.io.peer_closed {
-            self.incoming = Vec::new(); // nothing is read after the peer's close_notify
+            incoming = Vec::new(); // nothing is read after the peer's close_notify
         }
+        self.incoming = incoming;
         result.map_err(|e| self.failed(e))
+    }
+
+    /// [`Self::step`] over `incoming`: how much of it is done with, and the outcome. When a
+    /// TLS 1.3 handshake completes, the records are handed over and the rest is read by them.
+    fn process(
+        &mut self,
+        incoming: &mut [u8],
+        plaintext: &mut Vec<u8>,
+        write: Option<&[u8]>,
+    ) -> (usize, Result<(), rustls::Error>) {
+        let (done, result) = match &mut self.conn {
+            Conn::Client(c) => drive(c, incoming, &mut self.io, plaintext, write),
+            Conn::Server(s) => drive(s, incoming, &mut self.io, plaintext, write),
+            Conn::Traffic(records) => return records.step(incoming, &mut self.io, plaintext, write),
+            Conn::Lost => return (0, Err(rustls::Error::General("the TLS records were lost".into()))),
+        };
+        if result.is_err() || self.is_handshaking() || self.protocol_version() != Some("TLSv1_3") {
+            return (done, result);
+        }
+        #[cfg(test)]
+        if self.rustls_records {
+            return (done, result);
+        }
+        if let Err(e) = self.hand_over_records() {
+            return (done, Err(e));
+        }
+        let Conn::Traffic(records) = &mut self.conn else { unreachable!("the records were just handed over") };
+        let (more, result) = records.step(&mut incoming[done..], &mut self.io, plaintext, None);
+        (done + more, result)
+    }
+
+    /// Take the traffic secrets out of rustls and protect the records here from now on.
+    fn hand_over_records(&mut self) -> Result<(), rustls::Error> {
+        self.negotiated = Some(Negotiated {
+            peer_certificate: self.peer_certificate().map(<[u8]>::to_vec),
+            protocol_version: self.protocol_version(),
+            cipher_suite: self.cipher_suite(),
+        });
+        let (secrets, kernel, suite) = match std::mem::replace(&mut self.conn, Conn::Lost) {
+            Conn::Client(c) => {
+                let (secrets, kernel) = c.dangerous_into_kernel_connection()?;
+                let suite = kernel.negotiated_cipher_suite();
+                (secrets, Kernel::Client(kernel), suite)
+            }
+            Conn::Server(s) => {
+                let (secrets, kernel) = s.dangerous_into_kernel_connection()?;
+                let suite = kernel.negotiated_cipher_suite();
+                (secrets, Kernel::Server(kernel), suite)
+            }
+            other => {
+                self.conn = other;
+                return Ok(());
+            }
+        };
+        let limit = match suite {
+            rustls::SupportedCipherSuite::Tls13(suite) => suite.common.confidentiality_limit,
+            rustls::SupportedCipherSuite::Tls12(suite) => suite.common.confidentiality_limit,
+        };
+        self.conn = Conn::Traffic(Box::new(Traffic::new(kernel, secrets, limit)?));
+        Ok(())
     }
 
     /// The session failed with `error`: the alert for the peer is encoded, the failure kept.
@@ -594,6 +708,8 @@ impl TlsSession {
         match &mut self.conn {
             Conn::Client(c) => encode_alert(c, &mut self.incoming, &mut self.io),
             Conn::Server(s) => encode_alert(s, &mut self.incoming, &mut self.io),
+            Conn::Traffic(records) => records.fail(&error, &mut self.io.outgoing),
+            Conn::Lost => {}
         }
         let message = self.describe(&error);
         self.fail(message)
@@ -612,7 +728,7 @@ impl TlsSession {
     }
 
     fn failure_prefix(&self) -> &'static str {
-        if self.conn.is_handshaking() {
+        if self.is_handshaking() {
             "TLS handshake failed"
         } else {
             "TLS connection failed"
@@ -626,7 +742,7 @@ impl TlsSession {
         match error {
             E::InvalidCertificate(CertificateError::BadSignature) => {
                 // In TLS 1.2 a server signs its key exchange; otherwise CertificateVerify is signed.
-                let tls12 = self.conn.protocol_version() == Some(ProtocolVersion::TLSv1_2);
+                let tls12 = self.protocol_version() == Some("TLSv1_2");
                 let message =
                     if self.role == Role::Client && tls12 { "ServerKeyExchange" } else { "CertificateVerify" };
                 format!("{prefix}: the peer's {message} signature is invalid for its certificate's key")
@@ -972,6 +1088,9 @@ mod tests {
             assert!(!client.is_handshaking() && !server.is_handshaking());
             assert_eq!((client.protocol_version(), server.protocol_version()), (Some(expected), Some(expected)));
             assert!(client.cipher_suite().is_some() && client.cipher_suite() == server.cipher_suite());
+            if expected == "TLSv1_3" {
+                assert_eq!(client.cipher_suite(), Some("TLS13_AES_128_GCM_SHA256"));
+            }
 
             assert_eq!(client.peer_certificate(), Some(&certificate_der(FOOLSCAP_OTHER)[..]));
             assert_eq!(server.peer_certificate(), Some(&certificate_der(FOOLSCAP)[..]));
@@ -1211,6 +1330,130 @@ mod tests {
             .unwrap_err();
         assert!(error.to_string().starts_with("TLS connection failed: "), "{error}");
         assert!(!server.take().is_empty(), "a bad_record_mac alert is queued");
+    }
+
+    /// The ring provider with TLS 1.3 keys replaced every `limit` records.
+    fn provider_with_limit(limit: u64) -> Arc<CryptoProvider> {
+        let mut crypto = (**provider()).clone();
+        for suite in &mut crypto.cipher_suites {
+            if let rustls::SupportedCipherSuite::Tls13(base) = *suite {
+                let common = rustls::CipherSuiteCommon { confidentiality_limit: limit, ..base.common };
+                let limited = rustls::Tls13CipherSuite { common, ..*base };
+                *suite = rustls::SupportedCipherSuite::Tls13(Box::leak(Box::new(limited)));
+            }
+        }
+        Arc::new(crypto)
+    }
+
+    /// A TLS 1.3 session whose records rustls keeps protecting, renewing its keys every `limit`
+    /// records (and asking the peer to renew its own): the independent peer for `records`.
+    fn rustls_peer(role: Role, identity: Option<&Identity>, limit: u64) -> TlsSession {
+        let mut session = TlsSession::configured(role, identity, ALL_VERSIONS, provider_with_limit(limit)).unwrap();
+        session.rustls_records = true;
+        session
+    }
+
+    fn traffic(session: &mut TlsSession) -> &mut records::Traffic {
+        match &mut session.conn {
+            Conn::Traffic(traffic) => traffic,
+            _ => panic!("the records were not handed over"),
+        }
+    }
+
+    /// Distinct bytes for each round and side, across many records.
+    fn payload(round: u32, side: u8) -> Vec<u8> {
+        (0..40_000 + round * 97).map(|i| (i as u8).wrapping_mul(31) ^ side ^ round as u8).collect()
+    }
+
+    #[test]
+    fn records_are_handed_over_after_a_tls13_handshake() {
+        for (versions, handed_over) in [(ALL_VERSIONS, true), (TLS12_ONLY, false)] {
+            let (mut client, mut server) = session_pair(Some(&identity(FOOLSCAP)), &identity(EC_P256), versions);
+            client.write(b"early").unwrap();
+            pump(&mut client, &mut server).unwrap();
+            for session in [&client, &server] {
+                assert_eq!(matches!(session.conn, Conn::Traffic(_)), handed_over);
+                assert!(session.cipher_suite().is_some() && !session.is_handshaking());
+            }
+            assert_eq!(client.peer_certificate(), Some(&certificate_der(EC_P256)[..]));
+            assert_eq!(server.peer_tub_id(), Some(foolscap_tub_id(FOOLSCAP)));
+        }
+    }
+
+    #[test]
+    fn key_updates_both_ways_with_rustls_protecting_the_peer() {
+        for ours_is_client in [true, false] {
+            let (client_id, server_id) = (identity(FOOLSCAP), identity(EC_P256));
+            let (mut client, mut server) = if ours_is_client {
+                (TlsSession::client(Some(&client_id)).unwrap(), rustls_peer(Role::Server, Some(&server_id), 7))
+            } else {
+                (rustls_peer(Role::Client, Some(&client_id), 7), TlsSession::server(&server_id).unwrap())
+            };
+            pump(&mut client, &mut server).unwrap();
+            let (ours, theirs) = if ours_is_client { (&mut client, &mut server) } else { (&mut server, &mut client) };
+            assert!(matches!(theirs.conn, Conn::Client(_) | Conn::Server(_)));
+            traffic(ours).set_tx_limit(5);
+            for round in 0..12 {
+                ours.write(&payload(round, 1)).unwrap();
+                theirs.write(&payload(round, 2)).unwrap();
+                let (mut at_ours, mut at_theirs) = (Vec::new(), Vec::new());
+                for _ in 0..4 {
+                    theirs.feed(&ours.take(), &mut at_theirs).unwrap();
+                    ours.feed(&theirs.take(), &mut at_ours).unwrap();
+                }
+                assert_eq!(at_theirs, payload(round, 1), "round {round}");
+                assert_eq!(at_ours, payload(round, 2), "round {round}");
+            }
+            // Ours renewed its key every few records, and rustls asked for more renewals.
+            let (sent, received) = traffic(ours).key_updates;
+            assert!(sent >= 6 && received >= 3, "{sent} sent, {received} received");
+        }
+    }
+
+    #[test]
+    fn key_updates_between_two_sessions_protecting_their_own_records() {
+        let (mut client, mut server) = session_pair(Some(&identity(FOOLSCAP)), &identity(EC_P256), ALL_VERSIONS);
+        pump(&mut client, &mut server).unwrap();
+        traffic(&mut client).set_tx_limit(3);
+        traffic(&mut server).set_tx_limit(4);
+        for round in 0..6 {
+            client.write(&payload(round, 1)).unwrap();
+            server.write(&payload(round, 2)).unwrap();
+            let received = pump(&mut client, &mut server).unwrap();
+            assert_eq!((received.server, received.client), (payload(round, 1), payload(round, 2)));
+        }
+        assert_eq!(traffic(&mut client).key_updates.0, traffic(&mut server).key_updates.1);
+        assert_eq!(traffic(&mut server).key_updates.0, traffic(&mut client).key_updates.1);
+        assert!(traffic(&mut client).key_updates.0 >= 4);
+    }
+
+    #[test]
+    fn hostile_records_after_the_handshake_fail_with_the_right_alert() {
+        // (What the peer seals, or the raw bytes sent, and the alert our server answers with.)
+        let cases: [(&str, fn(&mut TlsSession) -> Vec<u8>, &str); 7] = [
+            ("a plaintext handshake record", |_| vec![22, 3, 3, 0, 4, 20, 0, 0, 0], "unexpected_message"),
+            ("an oversized record", |_| [&[23, 3, 3, 0x42, 0x01][..], &[0; 0x4201]].concat(), "record_overflow"),
+            ("a record cut short of its tag", |_| vec![23, 3, 3, 0, 3, 1, 2, 3], "bad_record_mac"),
+            ("an unknown inner type", |peer| sealed(peer, 99, b"x"), "unexpected_message"),
+            ("a Finished after the handshake", |peer| sealed(peer, 22, &[20, 0, 0, 1, 0]), "unexpected_message"),
+            ("a bad key update", |peer| sealed(peer, 22, &[24, 0, 0, 1, 7]), "decode_error"),
+            ("a ticket sent to a server", |peer| sealed(peer, 22, &[4, 0, 0, 0]), "unexpected_message"),
+        ];
+        fn sealed(peer: &mut TlsSession, kind: u8, content: &[u8]) -> Vec<u8> {
+            let mut out = Vec::new();
+            traffic(peer).seal_record(kind, content, &mut out).unwrap();
+            out
+        }
+        for (what, hostile, alert) in cases {
+            let (mut client, mut server) = session_pair(Some(&identity(FOOLSCAP)), &identity(EC_P256), ALL_VERSIONS);
+            pump(&mut client, &mut server).unwrap();
+            let bytes = hostile(&mut client);
+            let error = server.feed(&bytes, &mut Vec::new()).unwrap_err();
+            assert!(error.to_string().starts_with("TLS connection failed: "), "{what}: {error}");
+            let told = client.feed(&server.take(), &mut Vec::new()).unwrap_err();
+            assert_eq!(told.to_string(), format!("TLS connection failed: the peer sent the alert {alert}"), "{what}");
+            assert_eq!(server.write(b"more").unwrap_err(), error, "{what}: the session stays failed");
+        }
     }
 
     #[test]

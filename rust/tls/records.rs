@@ -1,0 +1,297 @@
+//! TLS 1.3 records once the handshake is over, protected here rather than by rustls: a record is
+//! sealed in the buffer it is sent from and opened in the buffer it arrived in, so its plaintext
+//! is copied once each way (rustls' unbuffered API copies a record twice to seal it, into a
+//! buffer of its own and then out). rustls keeps the secrets: key updates and session tickets go
+//! through its `KernelConnection`.
+//!
+//! RFC 8446 section 5: a record is a 5-byte header (type 23, version 3.3, length), then the
+//! AEAD-sealed inner plaintext (the content, its real type, optional zero padding) and the tag;
+//! the nonce is the traffic IV with the record's sequence number XORed into its last 8 bytes.
+
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
+use rustls::client::ClientConnectionData;
+use rustls::kernel::KernelConnection;
+use rustls::server::ServerConnectionData;
+use rustls::{AlertDescription, ConnectionTrafficSecrets, Error, ExtractedSecrets, InvalidMessage};
+
+use super::Io;
+
+const HEADER: usize = 5;
+const TAG: usize = 16;
+/// The most content a record carries, and the most ciphertext one may have (RFC 8446 5.2).
+const MAX_CONTENT: usize = 1 << 14;
+const MAX_CIPHERTEXT: usize = MAX_CONTENT + 256;
+
+const ALERT: u8 = 21;
+const HANDSHAKE: u8 = 22;
+const APPLICATION_DATA: u8 = 23;
+
+const NEW_SESSION_TICKET: u8 = 4;
+const KEY_UPDATE: u8 = 24;
+const CLOSE_NOTIFY: u8 = 0;
+const USER_CANCELED: u8 = 90;
+
+/// What rustls still does for the connection: new secrets on key updates, tickets for clients.
+pub(super) enum Kernel {
+    Client(KernelConnection<ClientConnectionData>),
+    Server(KernelConnection<ServerConnectionData>),
+}
+
+impl Kernel {
+    fn update(&mut self, transmit: bool) -> Result<Keys, Error> {
+        let (seq, secrets) = match (self, transmit) {
+            (Kernel::Client(k), true) => k.update_tx_secret()?,
+            (Kernel::Client(k), false) => k.update_rx_secret()?,
+            (Kernel::Server(k), true) => k.update_tx_secret()?,
+            (Kernel::Server(k), false) => k.update_rx_secret()?,
+        };
+        Keys::new(seq, secrets)
+    }
+}
+
+/// One direction's key, IV and next sequence number.
+struct Keys {
+    key: LessSafeKey,
+    iv: [u8; NONCE_LEN],
+    seq: u64,
+}
+
+impl Keys {
+    fn new(seq: u64, secrets: ConnectionTrafficSecrets) -> Result<Keys, Error> {
+        let (algorithm, key, iv) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&aead::CHACHA20_POLY1305, key, iv),
+            _ => return Err(Error::General("no record protection for the negotiated cipher suite".into())),
+        };
+        let key = UnboundKey::new(algorithm, key.as_ref())
+            .map_err(|_| Error::General("the traffic key does not fit its cipher".into()))?;
+        let iv = iv.as_ref().try_into().map_err(|_| Error::General("the traffic IV is not 12 bytes".into()))?;
+        Ok(Keys { key: LessSafeKey::new(key), iv, seq })
+    }
+
+    fn nonce(&self) -> Nonce {
+        let mut nonce = self.iv;
+        for (byte, seq) in nonce[NONCE_LEN - 8..].iter_mut().zip(self.seq.to_be_bytes()) {
+            *byte ^= seq;
+        }
+        Nonce::assume_unique_for_key(nonce)
+    }
+}
+
+/// A TLS 1.3 connection's record protection after the handshake.
+pub(super) struct Traffic {
+    kernel: Kernel,
+    tx: Keys,
+    rx: Keys,
+    /// Records sealed with one key before it is replaced (the cipher suite's confidentiality
+    /// limit, as rustls keeps it).
+    tx_limit: u64,
+    /// Key updates sent and received.
+    #[cfg(test)]
+    pub(super) key_updates: (u32, u32),
+}
+
+impl Traffic {
+    pub(super) fn new(kernel: Kernel, secrets: ExtractedSecrets, confidentiality_limit: u64) -> Result<Traffic, Error> {
+        let (tx_seq, tx) = secrets.tx;
+        let (rx_seq, rx) = secrets.rx;
+        Ok(Traffic {
+            kernel,
+            tx: Keys::new(tx_seq, tx)?,
+            rx: Keys::new(rx_seq, rx)?,
+            tx_limit: confidentiality_limit,
+            #[cfg(test)]
+            key_updates: (0, 0),
+        })
+    }
+
+    #[cfg(test)]
+    pub(super) fn set_tx_limit(&mut self, limit: u64) {
+        self.tx_limit = limit;
+    }
+
+    /// What `drive` does for a rustls connection: open the records in `incoming` (in place; the
+    /// application data goes to `plaintext`), then seal what was held, `write`, and our
+    /// close_notify if asked for, into `io.outgoing`. How much of `incoming` is done with.
+    pub(super) fn step(
+        &mut self,
+        incoming: &mut [u8],
+        io: &mut Io,
+        plaintext: &mut Vec<u8>,
+        write: Option<&[u8]>,
+    ) -> (usize, Result<(), Error>) {
+        let (done, read) = self.read(incoming, io, plaintext);
+        let result = read.and_then(|()| {
+            if !io.pending.is_empty() {
+                let pending = std::mem::take(&mut io.pending);
+                self.seal(APPLICATION_DATA, &pending, &mut io.outgoing)?;
+            }
+            if let Some(data) = write {
+                self.seal(APPLICATION_DATA, data, &mut io.outgoing)?;
+            }
+            if io.closing && !io.close_sent {
+                io.close_sent = true;
+                self.seal(ALERT, &[1, CLOSE_NOTIFY], &mut io.outgoing)?;
+            }
+            Ok(())
+        });
+        (done, result)
+    }
+
+    /// After `error`, the fatal alert that tells the peer why (none for an alert it sent).
+    pub(super) fn fail(&mut self, error: &Error, outgoing: &mut Vec<u8>) {
+        let alert = match error {
+            Error::AlertReceived(_) => return,
+            Error::DecryptError => AlertDescription::BadRecordMac,
+            Error::PeerSentOversizedRecord => AlertDescription::RecordOverflow,
+            Error::InvalidMessage(InvalidMessage::InvalidContentType | InvalidMessage::UnexpectedMessage(_)) => {
+                AlertDescription::UnexpectedMessage
+            }
+            Error::InvalidMessage(_) => AlertDescription::DecodeError,
+            _ => AlertDescription::InternalError,
+        };
+        drop(self.seal(ALERT, &[2, u8::from(alert)], outgoing));
+    }
+
+    fn read(&mut self, incoming: &mut [u8], io: &mut Io, plaintext: &mut Vec<u8>) -> (usize, Result<(), Error>) {
+        let mut start = 0;
+        while !io.peer_closed {
+            let rest = &mut incoming[start..];
+            let [kind, major, _, hi, lo, ..] = *rest else { break };
+            let len = usize::from(u16::from_be_bytes([hi, lo]));
+            if kind != APPLICATION_DATA || major != 3 {
+                return (start, Err(Error::InvalidMessage(InvalidMessage::InvalidContentType)));
+            }
+            if len > MAX_CIPHERTEXT {
+                return (start, Err(Error::PeerSentOversizedRecord));
+            }
+            if rest.len() < HEADER + len {
+                break; // the rest of the record has not come yet
+            }
+            let (header, body) = rest[..HEADER + len].split_at_mut(HEADER);
+            let nonce = self.rx.nonce();
+            let Ok(inner) = self.rx.key.open_in_place(nonce, Aad::from(&*header), body) else {
+                return (start, Err(Error::DecryptError));
+            };
+            self.rx.seq += 1;
+            start += HEADER + len;
+            // The inner plaintext: the content, its type, then zero padding.
+            let Some(end) = inner.iter().rposition(|&b| b != 0) else {
+                return (start, Err(Error::InvalidMessage(InvalidMessage::InvalidContentType)));
+            };
+            let (content, kind) = (&inner[..end], inner[end]);
+            if content.len() > MAX_CONTENT {
+                return (start, Err(Error::PeerSentOversizedRecord));
+            }
+            let handled = match kind {
+                APPLICATION_DATA => {
+                    plaintext.extend_from_slice(content);
+                    Ok(())
+                }
+                ALERT => match *content {
+                    [_, CLOSE_NOTIFY] => {
+                        io.peer_closed = true;
+                        Ok(())
+                    }
+                    [_, USER_CANCELED] => Ok(()), // a warning; close_notify follows
+                    [_, alert] => Err(Error::AlertReceived(AlertDescription::from(alert))),
+                    _ => Err(Error::InvalidMessage(InvalidMessage::MessageTooShort)),
+                },
+                HANDSHAKE => self.handshake(content, &mut io.outgoing),
+                _ => Err(Error::InvalidMessage(InvalidMessage::InvalidContentType)),
+            };
+            if let Err(e) = handled {
+                return (start, Err(e));
+            }
+        }
+        (start, Ok(()))
+    }
+
+    /// The handshake messages a record carried after the handshake: session tickets (which a
+    /// client gives rustls) and key updates. A message may not span records here.
+    fn handshake(&mut self, mut content: &[u8], outgoing: &mut Vec<u8>) -> Result<(), Error> {
+        if content.is_empty() {
+            return Err(Error::InvalidMessage(InvalidMessage::InvalidEmptyPayload));
+        }
+        while let [kind, a, b, c, ref rest @ ..] = *content {
+            let len = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+            if rest.len() < len {
+                return Err(Error::InvalidMessage(InvalidMessage::MessageTooShort));
+            }
+            let (body, rest) = rest.split_at(len);
+            match (kind, &mut self.kernel) {
+                (NEW_SESSION_TICKET, Kernel::Client(kernel)) => kernel.handle_new_session_ticket(body)?,
+                (KEY_UPDATE, _) => {
+                    // Each side's keys change at a record boundary.
+                    let ([requested @ (0 | 1)], []) = (body, rest) else {
+                        return Err(Error::InvalidMessage(InvalidMessage::InvalidKeyUpdate));
+                    };
+                    self.rx = self.kernel.update(false)?;
+                    #[cfg(test)]
+                    {
+                        self.key_updates.1 += 1;
+                    }
+                    if *requested == 1 {
+                        self.update_tx(outgoing)?;
+                    }
+                }
+                _ => {
+                    return Err(Error::InvalidMessage(InvalidMessage::UnexpectedMessage(
+                        "a handshake message after the handshake other than a ticket or key update",
+                    )))
+                }
+            }
+            content = rest;
+        }
+        if content.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidMessage(InvalidMessage::MessageTooShort))
+        }
+    }
+
+    /// Tell the peer our key changes (sealed with the old one), then change it.
+    fn update_tx(&mut self, outgoing: &mut Vec<u8>) -> Result<(), Error> {
+        self.seal_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], outgoing)?;
+        self.tx = self.kernel.update(true)?;
+        #[cfg(test)]
+        {
+            self.key_updates.0 += 1;
+        }
+        Ok(())
+    }
+
+    /// Seal `data` as records of type `kind` at the end of `outgoing`.
+    fn seal(&mut self, kind: u8, data: &[u8], outgoing: &mut Vec<u8>) -> Result<(), Error> {
+        outgoing.reserve(data.len() + data.len().div_ceil(MAX_CONTENT) * (HEADER + 1 + TAG));
+        for chunk in data.chunks(MAX_CONTENT) {
+            if self.tx.seq + 1 >= self.tx_limit {
+                self.update_tx(outgoing)?; // (the key update's own record is the last one)
+            }
+            self.seal_record(kind, chunk, outgoing)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn seal_record(&mut self, kind: u8, content: &[u8], outgoing: &mut Vec<u8>) -> Result<(), Error> {
+        let [hi, lo] = u16::try_from(content.len() + 1 + TAG).expect("at most one record's content").to_be_bytes();
+        let header = [APPLICATION_DATA, 3, 3, hi, lo];
+        outgoing.extend_from_slice(&header);
+        let at = outgoing.len();
+        outgoing.extend_from_slice(content);
+        outgoing.push(kind);
+        let nonce = self.tx.nonce();
+        match self.tx.key.seal_in_place_separate_tag(nonce, Aad::from(header), &mut outgoing[at..]) {
+            Ok(tag) => {
+                outgoing.extend_from_slice(tag.as_ref());
+                self.tx.seq += 1;
+                Ok(())
+            }
+            Err(_) => {
+                outgoing.truncate(at - HEADER);
+                Err(Error::EncryptError)
+            }
+        }
+    }
+}
