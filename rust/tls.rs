@@ -439,7 +439,8 @@ impl TlsSession {
                 // would never be used.
                 config.enable_sni = false;
                 config.resumption = Resumption::disabled();
-                config.enable_secret_extraction = true; // (for `records`)
+                // (`records` takes the traffic secrets once the handshake is over.)
+                config.enable_secret_extraction = true;
                 // The name is neither sent nor checked, only required by the API.
                 let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into());
                 Conn::Client(UnbufferedClientConnection::new(Arc::new(config), name).map_err(builder_failed)?)
@@ -620,12 +621,6 @@ impl TlsSession {
             (Some(negotiated), _) => negotiated.cipher_suite,
             (None, common) => common?.negotiated_cipher_suite()?.suite().as_str(),
         }
-    }
-
-    #[cfg(test)]
-    fn set_tx_limit(&mut self, limit: u64) {
-        let Conn::Traffic(records) = &mut self.conn else { panic!("no TLS 1.3 records yet") };
-        records.set_tx_limit(limit);
     }
 
     /// Process what has been received, read the application data into `plaintext`, write what
@@ -1430,7 +1425,8 @@ mod tests {
     #[test]
     fn hostile_records_after_the_handshake_fail_with_the_right_alert() {
         // (What the peer seals, or the raw bytes sent, and the alert our server answers with.)
-        let cases: [(&str, fn(&mut TlsSession) -> Vec<u8>, &str); 7] = [
+        type Hostile = fn(&mut TlsSession) -> Vec<u8>;
+        let cases: [(&str, Hostile, &str); 7] = [
             ("a plaintext handshake record", |_| vec![22, 3, 3, 0, 4, 20, 0, 0, 0], "unexpected_message"),
             ("an oversized record", |_| [&[23, 3, 3, 0x42, 0x01][..], &[0; 0x4201]].concat(), "record_overflow"),
             ("a record cut short of its tag", |_| vec![23, 3, 3, 0, 3, 1, 2, 3], "bad_record_mac"),

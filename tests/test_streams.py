@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 import pbfast
+import pbfast._connection
 import pbfast._streaming
 import pytest
 from connections import eventually
@@ -361,6 +362,44 @@ def test_streams_do_not_take_call_slots(run, wire) -> None:
             assert await asyncio.gather(*blocked) == ["unblocked"] * 2
             del streams
             await empty_tables(w)
+
+    run(main())
+
+
+def test_a_graceful_shutdown_lets_streams_finish(run, wire) -> None:
+    """A shutdown waits for the streams being produced as it waits for running calls (their
+    credit still comes), for up to its grace period; one still running then is cut off."""
+
+    async def main() -> None:
+        root = Root()
+        async with wire(root) as w:
+            slow = w.root.callRemoteStream("count", 300).window(max_items=4)
+            assert await anext(slow) == 0
+            await eventually(lambda: w.server_stats()["streams"] == 1)
+            shutting = asyncio.ensure_future(pbfast._connection.shutdown([w.server], grace=30))
+            await asyncio.sleep(0.05)
+            assert not shutting.done() and not w.server.disconnected
+            with pytest.raises(pbfast.RemoteError, match="the server is shutting down"):
+                await w.root.callRemote("plain")  # new calls are refused meanwhile
+            got = []
+            async for item in slow:
+                got.append(item)
+                await asyncio.sleep(0) if item % 50 else await asyncio.sleep(0.01)
+            assert got == list(range(1, 300))
+            await asyncio.wait_for(shutting, 5)
+            assert w.server.disconnected and root.producers[-1].exit == "finished"
+
+        root = Root()
+        async with wire(root) as w:
+            stuck = w.root.callRemoteStream("count", 10, wait=True)  # never yields
+            waiting = asyncio.ensure_future(anext(stuck))
+            await eventually(lambda: w.server_stats()["streams"] == 1)
+            await asyncio.wait_for(pbfast._connection.shutdown([w.server], grace=0.2), 5)
+            with pytest.raises(pbfast.PBConnectionLost):
+                await asyncio.wait_for(waiting, 5)
+            await asyncio.wait_for(root.producers[-1].closed.wait(), 5)
+            assert root.producers[-1].exit == "cancelled"
+            assert w.server_stats()["streams"] == 0
 
     run(main())
 

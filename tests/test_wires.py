@@ -1006,7 +1006,7 @@ def test_options_are_accepted(run, wire) -> None:
 
 
 def test_statistics_have_the_same_names(run, wire) -> None:
-    shared = {"objects", "proxies", "cached", "pending", "in_flight", "backlog", "buffered"}
+    shared = {"objects", "proxies", "cached", "pending", "in_flight", "streams", "backlog", "buffered"}
 
     async def main() -> None:
         async with wire(Served()) as w:

@@ -853,15 +853,16 @@ class Connection(asyncio.BufferedProtocol, abc.ABC):
         """Table sizes and queues, for monitoring and tests: ``objects`` (ours the peer holds,
         a root excluded), ``proxies`` (references to the peer's objects we hold), ``cached``
         (copies of the peer's Cacheables we hold), ``pending`` (our calls awaiting replies),
-        ``in_flight`` (the peer's calls running), ``backlog`` (the peer's calls held back),
-        ``buffered`` (bytes held for incoming messages not yet complete, as of the last chunk
-        received)."""
+        ``in_flight`` (the peer's calls running), ``streams`` (streams we are producing for the
+        peer), ``backlog`` (the peer's calls held back), ``buffered`` (bytes held for incoming
+        messages not yet complete, as of the last chunk received)."""
         return {
             "objects": self._session.held,
             "proxies": len(self._proxies),
             "cached": len(self._remote_caches),
             "pending": self._session.pending,
             "in_flight": len(self._tasks),
+            "streams": _streaming.running(self),
             "backlog": len(self._backlog),
             "buffered": self._budget_share,
         }
@@ -914,8 +915,8 @@ class Connection(asyncio.BufferedProtocol, abc.ABC):
 
     def begin_shutdown(self) -> None:
         """Stop starting the peer's calls: those held back and those still to come are refused
-        with an error; once the running ones have finished (and their replies are written) the
-        connection closes. `shutdown` gives it a grace period."""
+        with an error; once the running ones and the streams we produce have finished (and
+        their replies are written) the connection closes. `shutdown` gives it a grace period."""
         if self._draining or self._closing:
             return
         self._draining = True
@@ -929,8 +930,16 @@ class Connection(asyncio.BufferedProtocol, abc.ABC):
             self._receiving = False
         self._resume_reading()
         self._flush()
-        if not self._tasks:
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        """Shutting down: close once nothing of the peer's runs here any more."""
+        if self._draining and not self._tasks and not _streaming.running(self):
             self.close_nowait()
+
+    def _stream_ended(self) -> None:
+        """One of the streams we produce has ended (its generator closed)."""
+        self._close_if_drained()
 
     def cut_off(self, why: str) -> None:
         """End the connection now, dropping what is queued; running calls are cancelled."""
@@ -1074,8 +1083,7 @@ class Connection(asyncio.BufferedProtocol, abc.ABC):
             self._update_held()
             if not self._held:
                 self._drain_in_context()
-        if self._draining and not self._tasks:
-            self.close_nowait()
+        self._close_if_drained()
 
     def _update_held(self) -> None:
         self._held = self._writing_paused or len(self._tasks) >= self.options.max_in_flight or self._holding()

@@ -71,6 +71,8 @@ class StreamLink(Link, Protocol):
 
     def _limit_reached(self, limit: str, detail: str) -> None: ...
 
+    def _stream_ended(self) -> None: ...
+
     def _stream_failure(self, exc: BaseException, what: str) -> Any:
         """`exc` as a value the wire sends as a failure (logged as the wire logs the failures
         of remote methods); `what` names the stream."""
@@ -234,6 +236,11 @@ def _serve(link: StreamLink, method: str, result: Any, sink: Any, items: int, nb
     source = _Source(link, method)
     source._begin(sink, items, nbytes, aiter(result))
     return source
+
+
+def running(link: Any) -> int:
+    """How many streams `link` is producing for its peer."""
+    return _counts.get(link, 0)
 
 
 def _full(link: StreamLink) -> LimitExceeded | None:
@@ -484,7 +491,10 @@ class _Source(Referenceable):
         if self._counted:
             self._counted = False
             _counts[self._link] -= 1
-        await _close(iterator, self._name)
+        try:
+            await _close(iterator, self._name)
+        finally:
+            self._link._stream_ended()
 
 
 def _send(sink: RemoteReference, method: str, *args: Any) -> None:
