@@ -727,7 +727,7 @@ def test_cacheable_between_pbfast_tubs(run):
 
 def test_statistics_share_the_names_of_pb_connections(run):
     """A Tub's totals (each connection's names, on both wires, are in test_wires.py)."""
-    shared = ("objects", "proxies", "cached", "pending", "in_flight", "backlog", "buffered")
+    shared = ("objects", "proxies", "cached", "pending", "in_flight", "streams", "backlog", "buffered")
 
     async def main():
         async with pbfast.Tub() as idle:

@@ -279,6 +279,7 @@ class Connection(asyncio.BufferedProtocol, abc.ABC):
         "cached",
         "pending",
         "in_flight",
+        "streams",
         "backlog",
         "buffered",
     )

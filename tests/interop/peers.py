@@ -38,6 +38,7 @@ EMPTY_STATISTICS = {
     "cached": 0,
     "pending": 0,
     "in_flight": 0,
+    "streams": 0,
     "backlog": 0,
     "buffered": 0,
 }
