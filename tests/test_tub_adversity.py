@@ -135,6 +135,36 @@ def test_garbage_after_the_upgrade(run):
     run(main())
 
 
+@pytest.mark.parametrize(
+    ("record", "alert"),
+    [
+        (bytes([23, 3, 3, 0, 32]) + bytes(range(32)), "bad_record_mac"),  # not sealed with our key
+        (bytes([23, 3, 3, 0x48, 0]), "record_overflow"),  # longer than a record may be
+        (bytes([22, 3, 3, 0, 4, 20, 0, 0, 0]), "unexpected_message"),  # a plaintext handshake record
+    ],
+)
+def test_garbage_records_after_the_tls_handshake(run, record, alert):
+    """Once TLS is up, a record the peer could not have sealed: the server tells it why with the
+    alert RFC 8446 names, and closes that connection only."""
+
+    async def main():
+        async with watched() as (_, furl):
+            identity = TubIdentity.generate()
+            raw = await RawTLS.open(furl, identity)
+            raw.send(hello_block(identity.tubID, "0" * 16, client=True))
+            # The server's answer: its TLS handshake is over, so the record reaches pbfast's
+            # own record protection.
+            while b"\r\n\r\n" not in raw.plain:
+                raw.writer.write(raw.tls.take())
+                raw.plain += raw.tls.feed(await asyncio.wait_for(raw.reader.read(65536), 5))
+            raw.writer.write(record)
+            with pytest.raises(_core.TlsError, match=f"the peer sent the alert {alert}"):
+                raw.tls.feed(await read_all(raw.reader))
+            raw.close()
+
+    run(main())
+
+
 def test_stalled_tls_handshake_times_out(run):
     async def main():
         async with watched(negotiationTimeout=0.3) as (_, furl):
