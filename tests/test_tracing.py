@@ -15,7 +15,8 @@ from typing import Any
 from wires import VARIANTS
 
 TARGET = Path(__file__).resolve().with_name("tracing_target.py")
-METHODS = ("echo", "later", "fail", "back", "note", "deadline")
+METHODS = ("echo", "later", "fail", "back", "note", "deadline", "numbers", "ping", "late", "broken", "total")
+FAILING = ("fail", "broken")
 
 
 def target(*args: str) -> dict[str, Any]:
@@ -54,9 +55,15 @@ def test_spans_per_call_and_the_trace_context_between_pbfast_peers() -> None:
                 parent = by_id[span["parent"]]
                 assert parent["kind"] == "CLIENT"
                 assert (parent["name"], parent["trace"]) == (span["name"], span["trace"])
-        # A failed call is an error on both sides.
-        assert {s["status"] for s in spans if s["name"] == "fail"} == {"ERROR"}
-        assert {s["status"] for s in spans if s["name"] != "fail"} == {"UNSET"}
+        # A failed call, or stream, is an error on both sides.
+        assert {s["status"] for s in spans if s["name"] in FAILING} == {"ERROR"}
+        assert {s["status"] for s in spans if s["name"] not in FAILING} == {"UNSET"}
+        # A stream is one call: its batches, end and start make no spans; the call its generator
+        # makes is a child of the stream's server span.
+        assert set(METHODS) == {s["name"] for s in spans}, (variant, sorted({s["name"] for s in spans}))
+        [numbers_server] = [s for s in spans if s["name"] == "numbers" and s["kind"] == "SERVER"]
+        [ping] = [s for s in spans if s["name"] == "ping" and s["kind"] == "CLIENT"]
+        assert ping["parent"] == numbers_server["id"] and ping["trace"] == numbers_server["trace"]
         # The call the server made while running "back" belongs to the same trace, as its child.
         [back_server] = [s for s in spans if s["name"] == "back" and s["kind"] == "SERVER"]
         [nested] = [s for s in spans if s["kind"] == "CLIENT" and s["parent"] == back_server["id"]]

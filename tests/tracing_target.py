@@ -39,9 +39,34 @@ class Root(pbfast.Referenceable):
     def remote_deadline(self) -> float | None:
         return pbfast.current_deadline()
 
+    async def remote_numbers(self, n: int, caller: pbfast.RemoteReference) -> Any:
+        # A stream whose generator calls back: that call is a child of the stream's server span.
+        yield await caller.callRemote("ping", 0)
+        for i in range(1, n):
+            yield i
+
+    async def remote_late(self, n: int) -> Any:
+        await asyncio.sleep(0)
+        return count(n)
+
+    async def remote_broken(self) -> Any:
+        yield 1
+        raise ValueError("broken")
+
+    async def remote_total(self, items: pbfast.RemoteStream) -> int:
+        return sum([item async for item in items])
+
+
+async def count(n: int) -> Any:
+    for i in range(n):
+        yield i
+
 
 class Caller(pbfast.Referenceable):
     def remote_echo(self, value: Any) -> Any:
+        return value
+
+    def remote_ping(self, value: Any) -> Any:
         return value
 
 
@@ -60,6 +85,15 @@ async def calls(variant: str) -> dict[str, Any]:
             ref.callRemoteOnly("note", 3)
             async with pbfast.deadline(30):
                 left = await ref.callRemote("deadline")
+            # Streams: one span each side for the stream, none for its batches or its end.
+            assert [x async for x in ref.callRemoteStream("numbers", 3000, Caller())] == list(range(3000))
+            assert [x async for x in ref.callRemoteStream("late", 3)] == [0, 1, 2]
+            try:
+                async for _ in ref.callRemoteStream("broken"):
+                    pass
+            except pbfast.RemoteError:
+                pass
+            assert await ref.callRemote("total", pbfast.stream(count(3000))) == sum(range(3000))
             for _ in range(100):
                 if getattr(root, "noted", None) == 3:
                     break

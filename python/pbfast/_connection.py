@@ -34,6 +34,7 @@ import asyncio
 import collections
 import contextvars
 import functools
+import inspect
 import logging
 import threading
 import time
@@ -625,7 +626,7 @@ class Connection(asyncio.BufferedProtocol, abc.ABC):
         """`call` on a traced connection: in a client span, whose trace context goes with the
         call to a peer that takes call options."""
         tracer = self._tracer
-        if tracer is None or (object_id == self._CONTROL_ID and options is None):
+        if tracer is None or (object_id == self._CONTROL_ID and options is None) or _tracing.INTERNAL.get():
             return self._session.call(object_id, method, args, kwargs, cache)  # ours, not the application's
         span, carrier = tracer.client_span(method)
         try:
@@ -651,7 +652,7 @@ class Connection(asyncio.BufferedProtocol, abc.ABC):
     ) -> None:
         """`call_only` on a traced connection: a client span that ends once the call is sent."""
         tracer = self._tracer
-        if tracer is None or (object_id == self._CONTROL_ID and options is None):
+        if tracer is None or (object_id == self._CONTROL_ID and options is None) or _tracing.INTERNAL.get():
             self._session.call_only(object_id, method, args, kwargs)
             return
         span, carrier = tracer.client_span(method)
@@ -687,7 +688,12 @@ class Connection(asyncio.BufferedProtocol, abc.ABC):
         when its trace context came with the call."""
         tracer = self._tracer
         session: Any = self._session  # (each wire's session has its `run`)
-        if tracer is None or object_id == self._CONTROL_ID:
+        if (
+            tracer is None
+            or object_id == self._CONTROL_ID
+            # (A stream's sink and source: their calls are the stream's own, which has its span.)
+            or getattr(session.get(object_id), "_untraced", False)
+        ):
             for outcome in session.run(*run_args):
                 self._HANDLERS[outcome[0]](self, outcome)
             return
@@ -896,7 +902,51 @@ class Connection(asyncio.BufferedProtocol, abc.ABC):
         return _streaming.open_stream(self, ref, method, args, kwargs)
 
     def _control_stream(self, *args: Any) -> Any:
-        return _streaming.serve_stream(self, *args)
+        if len(args) == 8:  # the call's options (docs/extensions.md): the trace context, if any
+            *args, options = args  # type: ignore[assignment]
+        else:
+            options = None
+        tracer = self._tracer
+        if tracer is None:
+            return _streaming.serve_stream(self, *args)
+        # The stream's server span: current while the method is called and its generator's task
+        # made (so its own calls are the span's children); it ends with the stream.
+        carrier = _tracing.checked_carrier(options[_tracing.TRACE]) if isinstance(options, dict) else None
+        method = args[1] if len(args) > 1 and type(args[1]) is str else "stream"
+        span, token = tracer.server_span(method, carrier)
+        end = functools.partial(tracer.end, span)
+        try:
+            served = _streaming.serve_stream(self, *args, on_end=end)
+        except BaseException as exc:
+            end(exc)
+            raise
+        finally:
+            tracer.detach(token)
+        if inspect.iscoroutine(served):  # (a coroutine method: the rest runs in a task)
+            return self._in_span(tracer, span, served)
+        return served
+
+    async def _in_span(self, tracer: _tracing.CallTracer, span: Any, coroutine: Any) -> Any:
+        """Run `coroutine` with `span` current; end the span if it fails."""
+        token = tracer.attach(span)
+        try:
+            return await coroutine
+        except BaseException as exc:
+            tracer.end(span, exc)
+            raise
+        finally:
+            tracer.detach(token)
+
+    def _stream_span(self, method: str) -> tuple[_tracing.SpanEnd | None, tuple[Any, ...]]:
+        """For a stream of the peer's `method` about to start: what ends its client span
+        (None when the connection is not traced) and the options to send with the control call
+        ``stream`` (its trace context, to a peer that takes options)."""
+        tracer = self._tracer
+        if tracer is None:
+            return None, ()
+        span, carrier = tracer.client_span(method)
+        options = ({_tracing.TRACE: carrier},) if carrier and _calls.OPTIONS in self.peer_extensions else ()
+        return functools.partial(tracer.end, span), options
 
     def _control_stream_credit(self, source: Any, items: Any, nbytes: Any) -> None:
         _streaming.source_of(self, source).credit(items, nbytes)

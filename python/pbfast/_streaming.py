@@ -16,7 +16,8 @@ both wires (docs/extensions.md has the messages):
 
 A source's task does not count against ``max_in_flight`` (it may wait for credit as long as its
 consumer likes); the streams a peer may start on one connection are bounded by
-``max_in_flight`` on their own.
+``max_in_flight`` on their own. On a traced connection a stream is one span on each side (see
+`pbfast._tracing`); the calls above make none.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import asyncio
 import inspect
 import logging
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
+from . import _tracing
 from .errors import DeadReferenceError, Error, LimitExceeded, RemoteError
 from .referenceable import Link, Referenceable, RemoteReference
 from .streams import BATCH_BYTES, BATCH_ITEMS, RemoteStream, Stream, _estimate, estimate_size
@@ -73,6 +75,12 @@ class StreamLink(Link, Protocol):
 
     def _stream_ended(self) -> None: ...
 
+    def _stream_span(self, method: str) -> tuple[_tracing.SpanEnd | None, tuple[Any, ...]]:
+        """For a stream of the peer's `method` about to start: what ends its span (None when
+        the connection is not traced) and the options to send with ``stream`` (its trace
+        context), if any."""
+        ...
+
     def _stream_failure(self, exc: BaseException, what: str) -> Any:
         """`exc` as a value the wire sends as a failure (logged as the wire logs the failures
         of remote methods); `what` names the stream."""
@@ -103,6 +111,7 @@ class _Sink(Referenceable):
     that a stream dropped unfinished can be collected, and then closes itself)."""
 
     __slots__ = ("_stream",)
+    _untraced = True  # (calls on it are the stream's own: see `_internal`)
 
     def __init__(self, stream: RemoteStream) -> None:
         self._stream = weakref.ref(stream)
@@ -137,7 +146,9 @@ def open_stream(
     require(link, "callRemoteStream")
 
     def start(stream: RemoteStream, max_items: int, max_bytes: int) -> asyncio.Future[Any]:
-        return link.call_control("stream", ref, method, args, kwargs, _Sink(stream), max_items, max_bytes)
+        stream._on_end, options = link._stream_span(method)
+        sink = _Sink(stream)
+        return link.call_control("stream", ref, method, args, kwargs, sink, max_items, max_bytes, *options)
 
     return RemoteStream(link, start)
 
@@ -153,7 +164,7 @@ def receive_stream(link: StreamLink, state: Any) -> RemoteStream:
         raise Error(f"a {STREAM_TYPE} copy must name its source, a reference to the sender's object")
 
     def start(stream: RemoteStream, max_items: int, max_bytes: int) -> Any:
-        source.callRemoteOnly("start", _Sink(stream), max_items, max_bytes)
+        _internal(source.callRemoteOnly, "start", _Sink(stream), max_items, max_bytes)
         return source
 
     return RemoteStream(link, start, source)
@@ -194,10 +205,13 @@ def serve_stream(
     sink: Any,
     max_items: Any,
     max_bytes: Any,
+    *,
+    on_end: _tracing.SpanEnd | None = None,
 ) -> Any:
     """The control message ``stream``: run `method` of our object `target` and stream what it
     yields to `sink`, the peer's consumer, with the first credit; the answer is the source (or,
-    if the method is a coroutine, a coroutine for it).
+    if the method is a coroutine, a coroutine for it). `on_end` is called with the generator's
+    exception (or None) once the stream is over.
 
     Raises:
         Error: the arguments are malformed.
@@ -217,23 +231,38 @@ def serve_stream(
         raise Error(f"cannot stream from {type(target).__name__}: not one of our objects")
     result = dispatch(link, method, tuple(args), kwargs)
     if inspect.isawaitable(result) and not hasattr(type(result), "__aiter__"):
-        return _serve_later(link, method, result, sink, max_items, max_bytes)
-    return _serve(link, method, result, sink, max_items, max_bytes)
+        return _serve_later(link, method, result, sink, max_items, max_bytes, on_end)
+    return _serve(link, method, result, sink, max_items, max_bytes, on_end)
 
 
 async def _serve_later(
-    link: StreamLink, method: str, awaitable: Any, sink: Any, items: int, nbytes: int
+    link: StreamLink,
+    method: str,
+    awaitable: Any,
+    sink: Any,
+    items: int,
+    nbytes: int,
+    on_end: _tracing.SpanEnd | None,
 ) -> Any:
-    return _serve(link, method, await awaitable, sink, items, nbytes)
+    return _serve(link, method, await awaitable, sink, items, nbytes, on_end)
 
 
-def _serve(link: StreamLink, method: str, result: Any, sink: Any, items: int, nbytes: int) -> _Source:
+def _serve(
+    link: StreamLink,
+    method: str,
+    result: Any,
+    sink: Any,
+    items: int,
+    nbytes: int,
+    on_end: _tracing.SpanEnd | None,
+) -> _Source:
     if not hasattr(type(result), "__aiter__"):
         raise TypeError(
             f"{method} returned {type(result).__name__}, not an async iterable: "
             "only an async generator (or a method returning an async iterable) can be streamed"
         )
     source = _Source(link, method)
+    source._on_end = on_end
     source._begin(sink, items, nbytes, aiter(result))
     return source
 
@@ -265,6 +294,8 @@ class _Source(Referenceable):
     """The producer's end: iterates in a task of its own while it has credit, sending the
     items in batches to the consumer's sink."""
 
+    _untraced = True  # (calls on it are the stream's own: see `_internal`)
+
     def __init__(self, link: StreamLink, name: str, *, stream: Stream | None = None) -> None:
         self._link = link
         self._name = name
@@ -284,6 +315,9 @@ class _Source(Referenceable):
         self._drained: asyncio.Future[None] | None = None
         self._done = False  # closed by the consumer, ended, failed, or the connection lost
         self._counted = False
+        # Called with the exception the stream failed with (or None) once it is over.
+        self._on_end: _tracing.SpanEnd | None = None
+        self._failure: BaseException | None = None
 
     def __repr__(self) -> str:
         return f"<stream source {self._name} to {self._link.peer}>"
@@ -418,7 +452,7 @@ class _Source(Referenceable):
         sink = self._sink
         assert sink is not None
         try:
-            answer = sink.callRemote("items", self._sent, batch, size)
+            answer: asyncio.Future[Any] = _internal(sink.callRemote, "items", self._sent, batch, size)
         except DeadReferenceError:
             self._stop()
             return None
@@ -457,6 +491,7 @@ class _Source(Referenceable):
         if self._done or sink is None:
             return
         self._done = True
+        self._failure = exc
         if exc is None:
             _send(sink, how)
             return
@@ -494,14 +529,27 @@ class _Source(Referenceable):
         try:
             await _close(iterator, self._name)
         finally:
+            on_end, self._on_end = self._on_end, None
+            if on_end is not None:
+                on_end(self._failure)
             self._link._stream_ended()
 
 
 def _send(sink: RemoteReference, method: str, *args: Any) -> None:
     try:
-        sink.callRemoteOnly(method, *args)
+        _internal(sink.callRemoteOnly, method, *args)
     except DeadReferenceError:
         pass
+
+
+def _internal(call: Callable[..., Any], *args: Any) -> Any:
+    """``call(*args)``, a call of the stream's own: it makes no span on a traced connection
+    (the peer makes none for calls on a `_Sink` or a `_Source`)."""
+    token = _tracing.INTERNAL.set(True)
+    try:
+        return call(*args)
+    finally:
+        _tracing.INTERNAL.reset(token)
 
 
 async def _close(iterator: AsyncIterator[Any], name: str) -> None:

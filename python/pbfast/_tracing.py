@@ -9,7 +9,8 @@ A traced connection makes a client span for each call it sends and a server span
 it runs, named after the method, with OpenTelemetry's RPC attributes. Between two pbfast peers
 the caller's trace context travels with the call (the ``trace`` call option: the W3C
 ``traceparent``/``tracestate`` entries of the global propagator), so the server span is the
-client span's child.
+client span's child. A stream is traced as one call, from its start to its end; the calls it
+is made of (its batches, its end) make no spans.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from . import _calls, _core
 from .errors import Error
 
-__all__ = ["CARRIER", "CallTracer", "TRACE", "tracer"]
+__all__ = ["CARRIER", "INTERNAL", "CallTracer", "SpanEnd", "TRACE", "checked_carrier", "tracer"]
 
 INSTRUMENTATION = "pbfast"
 
@@ -35,20 +37,34 @@ MAX_TEXT = 8192
 
 # The trace context of the peer's call being started now (set from its options), or None.
 CARRIER: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("pbfast_trace", default=None)
+# Ends a span, with the exception its call or stream failed with (or None).
+SpanEnd = Callable[[BaseException | None], None]
+# True while pbfast makes calls of its own on references (a stream's batches and its end): those
+# make no spans.
+INTERNAL: contextvars.ContextVar[bool] = contextvars.ContextVar("pbfast_internal_call", default=False)
 
 
 _registered = False
 
 
-def _apply_carrier(value: Any) -> Any:
-    """The ``trace`` option received with a call: the caller's trace context, checked."""
+def checked_carrier(value: Any) -> dict[str, str]:
+    """A received ``trace`` option: the caller's trace context.
+
+    Raises:
+        Error: it is not a small dict of strings.
+    """
     if (
         type(value) is not dict
         or len(value) > MAX_ENTRIES
         or not all(type(k) is type(v) is str and len(k) + len(v) <= MAX_TEXT for k, v in value.items())
     ):
         raise Error(f"the trace option must be a dict of at most {MAX_ENTRIES} short strings")
-    token = CARRIER.set(value)
+    return value
+
+
+def _apply_carrier(value: Any) -> Any:
+    """The ``trace`` option received with a call: the caller's trace context, checked."""
+    token = CARRIER.set(checked_carrier(value))
     return lambda: CARRIER.reset(token)
 
 
@@ -110,8 +126,12 @@ class CallTracer:
         return span, token
 
     def detach(self, token: Any) -> None:
-        """Restore the context `server_span` replaced."""
+        """Restore the context `server_span` (or `attach`) replaced."""
         self._context.detach(token)
+
+    def attach(self, span: Any) -> Any:
+        """Make `span` current (in this task's context); returns the token `detach` needs."""
+        return self._context.attach(self._trace.set_span_in_context(span))
 
     def end_with(self, span: Any, future: asyncio.Future[Any]) -> None:
         """End `span` as the call or task `future` ended."""

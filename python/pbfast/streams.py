@@ -193,6 +193,8 @@ class RemoteStream(AsyncIterator[Any]):
         self._credit_bytes = 0
         self._waiter: asyncio.Future[None] | None = None
         self._watch: Callable[[asyncio.Future[None]], None] | None = None
+        # Called with the stream's error (or None) once it is over: a traced connection's span.
+        self._on_end: Callable[[BaseException | None], None] | None = None
 
     def __repr__(self) -> str:
         state = ("new", "open", "ended", "failed", "closed")[self._state]
@@ -285,8 +287,11 @@ class RemoteStream(AsyncIterator[Any]):
         if source is not None and self._state in (_NEW, _OPEN):
             # Dropped unfinished: tell the producer (from the loop: this may run anywhere).
             self._source = None
+            on_end, self._on_end = self._on_end, None
             try:
                 self._loop.call_soon_threadsafe(_send_close, self._link, source)
+                if on_end is not None:
+                    self._loop.call_soon_threadsafe(on_end, None)
             except RuntimeError:  # the loop is closed: so is the connection
                 pass
 
@@ -413,6 +418,9 @@ class RemoteStream(AsyncIterator[Any]):
         watch, self._watch = self._watch, None
         if watch is not None:
             self._link.closed.remove_done_callback(watch)
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end(error)
         self._wake()
 
     def _close(self) -> None:
