@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pbfast
+import pytest
+from pbfast import _tracing
 from wires import VARIANTS
 
 TARGET = Path(__file__).resolve().with_name("tracing_target.py")
@@ -84,3 +87,15 @@ def test_tracing_not_configured_imports_nothing_and_changes_nothing() -> None:
     assert report["imported"] == []
     for variant in VARIANTS:
         assert report["results"][variant]["tracing"] == [False, False]
+
+
+def test_the_trace_context_among_received_options() -> None:
+    """What a traced producer reads from the options sent with a stream (docs/extensions.md):
+    the ``trace`` entry, checked; other entries and other values are no trace context."""
+    carrier = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
+    assert _tracing.carrier_in({"trace": carrier, "deadline": 3.0}) == carrier
+    for options in (None, {}, {"deadline": 3.0}, ["trace"], {"trace": None}):
+        assert _tracing.carrier_in(options) is None
+    for bad in ("text", {"a": 1}, {str(i): "x" for i in range(20)}, {"a": "x" * 9000}):
+        with pytest.raises(pbfast.Error, match="the trace option"):
+            _tracing.carrier_in({"trace": bad})

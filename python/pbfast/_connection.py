@@ -911,7 +911,7 @@ class Connection(asyncio.BufferedProtocol, abc.ABC):
             return _streaming.serve_stream(self, *args)
         # The stream's server span: current while the method is called and its generator's task
         # made (so its own calls are the span's children); it ends with the stream.
-        carrier = _tracing.checked_carrier(options[_tracing.TRACE]) if isinstance(options, dict) else None
+        carrier = _tracing.carrier_in(options)
         method = args[1] if len(args) > 1 and type(args[1]) is str else "stream"
         span, token = tracer.server_span(method, carrier)
         end = functools.partial(tracer.end, span)

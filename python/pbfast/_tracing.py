@@ -24,7 +24,7 @@ from typing import Any
 from . import _calls, _core
 from .errors import Error
 
-__all__ = ["CARRIER", "INTERNAL", "CallTracer", "SpanEnd", "TRACE", "checked_carrier", "tracer"]
+__all__ = ["CARRIER", "INTERNAL", "CallTracer", "SpanEnd", "TRACE", "carrier_in", "checked_carrier", "tracer"]
 
 INSTRUMENTATION = "pbfast"
 
@@ -60,6 +60,18 @@ def checked_carrier(value: Any) -> dict[str, str]:
     ):
         raise Error(f"the trace option must be a dict of at most {MAX_ENTRIES} short strings")
     return value
+
+
+def carrier_in(options: Any) -> dict[str, str] | None:
+    """The trace context among the call options `options` a peer sent (a dict; anything else,
+    or no ``trace`` entry, is no trace context).
+
+    Raises:
+        Error: the ``trace`` entry is malformed.
+    """
+    if type(options) is not dict or options.get(TRACE) is None:
+        return None
+    return checked_carrier(options[TRACE])
 
 
 def _apply_carrier(value: Any) -> Any:
