@@ -32,12 +32,17 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pbfast
+
+# `python benches/stream_memory.py` puts benches/ on sys.path already; importing this file from
+# elsewhere (a test) needs it too.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from rpc import exit_on_stdin_eof  # noqa: E402
 
 TARGET_MB = 64.0
 MB = 1_000_000
@@ -107,17 +112,6 @@ class Root(pbfast.Referenceable):
 
     def remote_growth(self) -> float:
         return growth(self.start)
-
-
-def exit_on_stdin_eof() -> None:
-    def wait() -> None:
-        try:
-            while sys.stdin.buffer.read(4096):
-                pass
-        finally:
-            os._exit(0)
-
-    threading.Thread(target=wait, daemon=True).start()
 
 
 async def serve(wire: str) -> None:

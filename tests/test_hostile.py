@@ -34,7 +34,7 @@ import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, Self
 
 import pbfast
 import pytest
@@ -226,9 +226,12 @@ async def wait_for(
 # ------------------------------------------------------------------------- partial messages
 
 
-class PartialPeer:
-    """A peer that connects, sends the start of one PARTIAL-byte message (a list of strings)
-    and never its end; `closed` once the server has closed the connection."""
+class RawPeer:
+    """A peer that writes raw banana: PB over a plain socket after its own negotiation (offering
+    `EXTENSIONS`), a Tub through a pbfast Tub's connection; `closed` once the server has closed
+    the connection."""
+
+    EXTENSIONS: tuple[str, ...] = ()
 
     def __init__(self, wire: str) -> None:
         self.wire = wire
@@ -240,20 +243,23 @@ class PartialPeer:
         self._closed = False
 
     @classmethod
-    async def open(cls, wire: str, server: ServeProcess, clients: Clients) -> PartialPeer:
+    async def open(cls, wire: str, server: ServeProcess, clients: Clients) -> Self:
         self = cls(wire)
         if wire == "pb":
             port = int(server.address.rpartition("port=")[2])
             reader, self._writer = await asyncio.open_connection(HOST, port)
-            offer = _core.PbDecoder(False)
+            offer = _core.PbDecoder(False, extensions=list(cls.EXTENSIONS) or None)
             events: list = []
             while not events:
                 events = offer.feed(await reader.read(1024))
+            if cls.EXTENSIONS:
+                assert events[0][3] == list(cls.EXTENSIONS), events  # the server speaks them too
             self._writer.write(events[0][2])  # our choice of dialect, and our version
             self._watch = asyncio.create_task(self._watch_for_close(reader))
             self.peer = "{}:{}".format(*self._writer.get_extra_info("sockname")[:2])
         else:
             self._ref = await clients.connect()
+            assert set(cls.EXTENSIONS) <= self._ref.broker.peer_extensions
             self.peer = local_peer(self._ref)
         return self
 
@@ -265,9 +271,12 @@ class PartialPeer:
 
     @property
     def closed(self) -> bool:
-        if self.wire == "pb":
-            return self._closed
-        return self._ref.broker.disconnected
+        return self._closed if self.wire == "pb" else self._ref.broker.disconnected
+
+
+class PartialPeer(RawPeer):
+    """A peer that connects, sends the start of one PARTIAL-byte message (a list of strings)
+    and never its end."""
 
     @property
     def transport(self) -> asyncio.Transport:
@@ -675,48 +684,10 @@ LARGE_PARTIAL = 15 * MiB  # what each peer sends of one string whose end never c
 LARGE_PEERS = 20
 
 
-class LargePeer:
-    """A peer that announces `large` (PB: its own negotiation, over a plain socket; Tub: a pbfast
-    Tub's connection) and then writes raw banana."""
+class LargePeer(RawPeer):
+    """A peer that announces `large` and then writes raw banana."""
 
-    def __init__(self, wire: str) -> None:
-        self.wire = wire
-        self.peer = ""
-        self.sent = 0
-        self._ref: Any = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._watch: asyncio.Task[None] | None = None
-        self._closed = False
-
-    @classmethod
-    async def open(cls, wire: str, server: ServeProcess, clients: Clients) -> LargePeer:
-        self = cls(wire)
-        if wire == "pb":
-            port = int(server.address.rpartition("port=")[2])
-            reader, self._writer = await asyncio.open_connection(HOST, port)
-            offer = _core.PbDecoder(False, extensions=["large"])
-            events: list = []
-            while not events:
-                events = offer.feed(await reader.read(1024))
-            assert events[0][3] == ["large"], events  # the server speaks it too
-            self._writer.write(events[0][2])  # our choice ("pbfast large") and our version
-            self._watch = asyncio.create_task(self._watch_for_close(reader))
-            self.peer = "{}:{}".format(*self._writer.get_extra_info("sockname")[:2])
-        else:
-            self._ref = await clients.connect()
-            assert "large" in self._ref.broker.peer_extensions
-            self.peer = local_peer(self._ref)
-        return self
-
-    async def _watch_for_close(self, reader: asyncio.StreamReader) -> None:
-        with contextlib.suppress(ConnectionError):
-            while await reader.read(1 << 16):
-                pass
-        self._closed = True
-
-    @property
-    def closed(self) -> bool:
-        return self._closed if self.wire == "pb" else self._ref.broker.disconnected
+    EXTENSIONS = ("large",)
 
     def _write(self, data: bytes) -> None:
         if self.wire == "pb":
