@@ -1134,7 +1134,8 @@ class Connection(asyncio.BufferedProtocol, abc.ABC):
             self._update_held()
             if not self._held:
                 self._drain_in_context()
-        self._close_if_drained()
+        if self._draining:  # (checked here: this runs for every call that ran as a task)
+            self._close_if_drained()
 
     def _update_held(self) -> None:
         self._held = self._writing_paused or len(self._tasks) >= self.options.max_in_flight or self._holding()
