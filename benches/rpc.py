@@ -289,13 +289,15 @@ _HEADER = struct.Struct(">II")  # frame length, request id
 
 
 class CpuClock:
-    """CPU seconds used by this process and, on Linux, by the server process."""
+    """CPU seconds used by this process and, on Linux, by the server process: in all, and in the
+    kernel (system time: sending and receiving, which every system measured does alike)."""
 
     def __init__(self, server_pid: int | None) -> None:
         self._stat = f"/proc/{server_pid}/stat" if server_pid else None
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
-    def server(self) -> float | None:
+    def server(self) -> tuple[float, float] | None:
+        """The server's (user + system, system) CPU seconds."""
         if self._stat is None:
             return None
         try:
@@ -303,20 +305,42 @@ class CpuClock:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             return None
-        return (int(fields[11]) + int(fields[12])) / self._tick  # utime + stime
+        user, system = int(fields[11]), int(fields[12])
+        return (user + system) / self._tick, system / self._tick
 
-    def snapshot(self) -> tuple[int, float, float | None]:
-        return time.perf_counter_ns(), time.process_time(), self.server()
+    def snapshot(self) -> tuple[int, float, float | None, float, float | None]:
+        """(wall ns, our CPU s, the server's CPU s, our kernel CPU s, the server's kernel CPU s)."""
+        server = self.server()
+        return (
+            time.perf_counter_ns(),
+            time.process_time(),
+            None if server is None else server[0],
+            os.times().system,
+            None if server is None else server[1],
+        )
 
 
 def window(start: tuple, end: tuple, calls: int) -> dict[str, Any]:
-    """Calls, wall time and CPU time (ours, the server's) between two `CpuClock` snapshots."""
+    """Calls, wall time and CPU time (ours, the server's; in all and in the kernel) between two
+    `CpuClock` snapshots."""
     return {
         "calls": calls,
         "elapsed_s": (end[0] - start[0]) / 1e9,
         "client_cpu_s": end[1] - start[1],
-        "server_cpu_s": None if start[2] is None or end[2] is None else end[2] - start[2],
+        "server_cpu_s": _difference(start[2], end[2]),
+        "client_kernel_s": end[3] - start[3],
+        "server_kernel_s": _difference(start[4], end[4]),
     }
+
+
+def _difference(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else end - start
+
+
+def cpu_totals() -> list[Any]:
+    """CPU seconds added up over rounds: [client, server, calls, client kernel, server kernel]
+    (None where a round could not tell)."""
+    return [0.0, 0.0, 0, 0.0, 0.0]
 
 
 class RawClient(asyncio.Protocol):
@@ -797,9 +821,9 @@ class Result:
     seq_calls: int = 0
     pipe_calls: int = 0
     bad_replies: int = 0
-    # summed over rounds: [client CPU s, server CPU s (None if unknown), calls]
-    pipe_cpu: list[Any] = field(default_factory=lambda: [0.0, 0.0, 0])
-    seq_cpu: list[Any] = field(default_factory=lambda: [0.0, 0.0, 0])
+    # summed over rounds (`cpu_totals`)
+    pipe_cpu: list[Any] = field(default_factory=cpu_totals)
+    seq_cpu: list[Any] = field(default_factory=cpu_totals)
 
     @property
     def ok(self) -> bool:
@@ -917,9 +941,11 @@ def run_client(
 
 
 def add_cpu(total: list[Any], part: dict[str, Any]) -> None:
-    total[0] += part["client_cpu_s"]
-    total[1] = None if total[1] is None or part["server_cpu_s"] is None else total[1] + part["server_cpu_s"]
     total[2] += part["calls"]
+    keys = ((0, "client_cpu_s"), (1, "server_cpu_s"), (3, "client_kernel_s"), (4, "server_kernel_s"))
+    for index, key in keys:
+        value = part.get(key)
+        total[index] = None if total[index] is None or value is None else total[index] + value
 
 
 def same_build(system: str) -> tuple[str, str]:
@@ -1017,6 +1043,22 @@ def fmt_ratio(ratio: float | None) -> str:
 def per_call_us(total: list[Any], index: int) -> float | None:
     cpu, calls = total[index], total[2]
     return None if cpu is None or not calls else cpu / calls * 1e6
+
+
+def cpu_per_call(total: list[Any], prefix: str = "") -> dict[str, float | None]:
+    """A result's CPU per call for the JSON: client and server, in all and in the kernel."""
+    return {
+        f"{prefix}client_cpu_us_per_call": per_call_us(total, 0),
+        f"{prefix}server_cpu_us_per_call": per_call_us(total, 1),
+        f"{prefix}client_kernel_us_per_call": per_call_us(total, 3),
+        f"{prefix}server_kernel_us_per_call": per_call_us(total, 4),
+    }
+
+
+def fmt_cpu(total: list[Any], side: int) -> str:
+    """One side's (0 client, 1 server) CPU per call, with its kernel part in brackets."""
+    cpu, kernel = per_call_us(total, side), per_call_us(total, side + 3)
+    return fmt_us(cpu) if cpu is None or kernel is None else f"{fmt_us(cpu)} ({fmt_us(kernel)})"
 
 
 def ratios(results: list[Any], targets: tuple) -> list[dict[str, Any]]:
@@ -1164,20 +1206,15 @@ def report(results: list[Result], env: dict[str, Any], args: argparse.Namespace,
         lines.append(f"| {t['label']} | {fmt_ratio(t['ratio'])} | {target} | {t['verdict'] or '–'} |")
     lines += [
         "",
-        "CPU time per call (µs), client and server process:",
+        "CPU time per call (µs), client and server process (in brackets, the part spent in the kernel):",
         "",
         "| system | pipelined client | pipelined server | sequential client | sequential server |",
         "|---|--:|--:|--:|--:|",
     ]
     for r in results:
         if r.ok:
-            cells = [
-                per_call_us(r.pipe_cpu, 0),
-                per_call_us(r.pipe_cpu, 1),
-                per_call_us(r.seq_cpu, 0),
-                per_call_us(r.seq_cpu, 1),
-            ]
-            lines.append(f"| {TITLES[r.system]} | {' | '.join(fmt_us(c) for c in cells)} |")
+            cells = [fmt_cpu(total, side) for total in (r.pipe_cpu, r.seq_cpu) for side in (0, 1)]
+            lines.append(f"| {TITLES[r.system]} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -1213,16 +1250,14 @@ def results_json(
                 "median_us": r.median_us(),
                 "p99_us": r.p99_us(),
                 "calls": r.seq_calls,
-                "client_cpu_us_per_call": per_call_us(r.seq_cpu, 0),
-                "server_cpu_us_per_call": per_call_us(r.seq_cpu, 1),
+                **cpu_per_call(r.seq_cpu),
             },
             "pipelined": {
                 "calls_per_second_median": r.throughput(),
                 "calls_per_second_rounds": r.rates,
                 "mb_per_second_median": mb_per_second(r.throughput()) if args.bulk else None,
                 "calls": r.pipe_calls,
-                "client_cpu_us_per_call": per_call_us(r.pipe_cpu, 0),
-                "server_cpu_us_per_call": per_call_us(r.pipe_cpu, 1),
+                **cpu_per_call(r.pipe_cpu),
             },
         }
     for t in ratios(results, BULK_TARGETS if args.bulk else TARGETS):

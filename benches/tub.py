@@ -52,12 +52,15 @@ from rpc import (  # noqa: E402
     busy_note,
     check_common,
     common_parser,
+    cpu_per_call,
+    cpu_totals,
     debug_warning,
     describe_call,
     describe_mode,
     describe_pin,
     echo_argument,
     exit_on_stdin_eof,
+    fmt_cpu,
     fmt_mb,
     fmt_rate,
     fmt_ratio,
@@ -300,8 +303,8 @@ class TubResult(Result):
     tls: str | None = None
     with_setup: bool = True  # False with --dicts: no connection setup measurement
     setup_ns: list[int] = field(default_factory=list)
-    # summed over rounds: [client CPU s, server CPU s (None if unknown), setups]
-    setup_cpu: list[Any] = field(default_factory=lambda: [0.0, 0.0, 0])
+    # summed over rounds as `cpu_totals`, the count being setups
+    setup_cpu: list[Any] = field(default_factory=cpu_totals)
 
     @property
     def ok(self) -> bool:
@@ -519,7 +522,8 @@ def report(results: list[TubResult], env: dict[str, Any], args: argparse.Namespa
         )
     lines += [
         "",
-        "CPU time of the client and the server process, per call (µs) and per connection setup (ms):",
+        "CPU time of the client and the server process, per call (µs; in brackets, the part spent in the "
+        "kernel) and per connection setup (ms):",
         "",
         "| system | pipelined client µs | pipelined server µs | sequential client µs | sequential server µs "
         "| setup client ms | setup server ms |",
@@ -527,10 +531,9 @@ def report(results: list[TubResult], env: dict[str, Any], args: argparse.Namespa
     ]
     for r in results:
         if r.ok:
-            calls = [per_call_us(r.pipe_cpu, 0), per_call_us(r.pipe_cpu, 1)]
-            calls += [per_call_us(r.seq_cpu, 0), per_call_us(r.seq_cpu, 1)]
+            calls = [fmt_cpu(total, side) for total in (r.pipe_cpu, r.seq_cpu) for side in (0, 1)]
             setup = [per_setup_ms(r.setup_cpu, 0), per_setup_ms(r.setup_cpu, 1)]
-            cells = [fmt_us(c) for c in calls] + [fmt_ms(c) for c in setup]
+            cells = calls + [fmt_ms(c) for c in setup]
             lines.append(f"| {TITLES[r.system]} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
@@ -568,16 +571,14 @@ def results_json(results: list[TubResult], env: dict[str, Any], args: argparse.N
                 "median_us": r.median_us(),
                 "p99_us": r.p99_us(),
                 "calls": r.seq_calls,
-                "client_cpu_us_per_call": per_call_us(r.seq_cpu, 0),
-                "server_cpu_us_per_call": per_call_us(r.seq_cpu, 1),
+                **cpu_per_call(r.seq_cpu),
             },
             "pipelined": {
                 "calls_per_second_median": r.throughput(),
                 "calls_per_second_rounds": r.rates,
                 "mb_per_second_median": mb_per_second(r.throughput()) if args.bulk else None,
                 "calls": r.pipe_calls,
-                "client_cpu_us_per_call": per_call_us(r.pipe_cpu, 0),
-                "server_cpu_us_per_call": per_call_us(r.pipe_cpu, 1),
+                **cpu_per_call(r.pipe_cpu),
             },
             "setup": {
                 "median_ms": r.setup_ms(),

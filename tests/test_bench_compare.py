@@ -89,6 +89,13 @@ def test_compare_bench_runs(tmp_path: Path) -> None:
         (ratio,) = [r for r in data["ratios"] if r["key"] == key]
         assert ratio["ratio"] > 0 and ratio["verdict"] in ("PASS", "MISS")
 
+    for bench, system in (("rpc_bulk", "raw"), ("tub_bulk", "pbfast")):
+        figures = data["benches"][bench]["systems"][system]["pipelined"]
+        for side in ("client", "server"):
+            assert figures[f"{side}_kernel_us_per_call"] >= 0, (bench, side, figures)
+    if "TLS's cipher alone" in table:
+        assert "are the kernel's" in table and "the pbfast Tub's busier process spends" in table
+
     chart = tmp_path / "comparison.png"
     if importlib.util.find_spec("matplotlib") is not None:
         assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
@@ -111,3 +118,31 @@ def test_compare_without_matplotlib(tmp_path: Path) -> None:
     assert result.stdout.startswith("no chart") and result.stdout.count("\n") == 1
     assert "pip install matplotlib" in result.stdout and "pip install -e '.[bench]'" in result.stdout
     assert not (tmp_path / "comparison.png").exists()
+
+
+def test_cipher_note_splits_the_busier_processes() -> None:
+    """The note on TLS's cipher takes each bulk echo's busier process and the kernel's part of it."""
+    sys.path.insert(0, str(ROOT / "benches"))
+    try:
+        import compare
+    finally:
+        sys.path.remove(str(ROOT / "benches"))
+
+    def pipelined(client: tuple, server: tuple) -> dict:
+        keys = ("client_cpu_us_per_call", "client_kernel_us_per_call", "server_cpu_us_per_call")
+        return {"pipelined": dict(zip((*keys, "server_kernel_us_per_call"), (*client, *server), strict=True))}
+
+    benches = {
+        "rpc_bulk": {"systems": {"raw": pipelined((400, 300), (500, 400))}},
+        "tub_bulk": {"systems": {"pbfast": pipelined((900, 450), (800, 500))}},
+    }
+    note = compare.cipher_note({"seal_us": 50, "open_us": 50}, benches)
+    assert note is not None
+    assert "the 500 µs of CPU per call the raw echo's busier process" in note
+    assert "at most 0.83×" in note  # 500 / (500 + 100)
+    assert "Of those 500 µs, 400 are the kernel's" in note and "would reach 1.00×" in note
+    assert "the pbfast Tub's busier process spends 900 µs per call, 450 in the kernel" in note
+    # Without the kernel's part (an older run, or no /proc), only the first bound.
+    benches["rpc_bulk"]["systems"]["raw"]["pipelined"]["server_kernel_us_per_call"] = None
+    assert compare.cipher_note({"seal_us": 50, "open_us": 50}, benches).endswith("0.83× the raw echo's MB/s")
+    assert compare.cipher_note({"error": "cryptography is not installed"}, benches) is None
