@@ -29,6 +29,7 @@ class Sleeper(pbfast.Referenceable):
     def __init__(self) -> None:
         self.started: list[Any] = []
         self.ended: list[tuple[Any, str]] = []
+        self.marked = asyncio.Event()
 
     async def remote_sleep(self, tag: Any, seconds: float) -> str:
         self.started.append(tag)
@@ -42,6 +43,9 @@ class Sleeper(pbfast.Referenceable):
 
     def remote_left(self) -> float | None:
         return pbfast.current_deadline()
+
+    def remote_mark(self) -> None:
+        self.marked.set()
 
     async def remote_relay(self, other: pbfast.RemoteReference, tag: Any) -> Any:
         """Sleep on `other` (an object of the caller's) for the caller."""
@@ -135,6 +139,15 @@ def test_cancelling_a_call_cancels_the_remote_method(run, wire) -> None:
             relayed.cancel()
             await eventually(lambda: ("relayed", "cancelled") in back.ended)
 
+            # Made and cancelled in one turn: the call and its cancel reach the server in one
+            # chunk, before the method's task has taken a step. The method never runs, and its
+            # coroutine is closed rather than collected unawaited (a warning, an error here).
+            unstarted = w.root.callRemote("sleep", "unstarted", 30)
+            assert unstarted.cancel()
+            w.client._send_cancels()  # (now rather than next turn: one write takes both)
+            assert await w.root.callRemote("sleep", "next", 0) == "slept"
+            assert "unstarted" not in root.started
+
             # A call that has answered cannot be cancelled any more: nothing is sent.
             done = w.root.callRemote("sleep", "done", 0)
             assert await done == "slept"
@@ -144,6 +157,30 @@ def test_cancelling_a_call_cancels_the_remote_method(run, wire) -> None:
             assert_nothing_left(w)
             assert 1 not in root.started and 2 not in root.started
             assert await w.root.callRemote("sleep", "after", 0) == "slept"
+
+    run(main())
+
+
+def test_calls_cut_off_before_they_start(run, wire) -> None:
+    """The connection is cut off between a coroutine method's call arriving and its task's
+    first step (a shutdown without grace, woken by a call read in the same chunk): the method
+    never runs, and its coroutine is closed rather than collected unawaited (a warning, an
+    error here)."""
+
+    async def main() -> None:
+        root = Sleeper()
+        async with wire(root) as w:
+            # One write takes both; the server runs `mark` as it reads it, which wakes us
+            # before the task of `sleep` takes its first step.
+            marked = w.root.callRemote("mark")
+            late = w.root.callRemote("sleep", "late", 30)
+            await root.marked.wait()
+            assert len(w.server._tasks) == 1
+            w.server.cut_off("a test cuts it off")
+            assert await marked is None  # (answered as it ran, before the cut)
+            with pytest.raises((pbfast.PBConnectionLost, pbfast.DeadReferenceError)):
+                await late
+            assert root.started == []
 
     run(main())
 

@@ -342,6 +342,9 @@ class Connection(asyncio.BufferedProtocol, abc.ABC):
         self._call_deadline: float | None = None
         # Our calls cancelled since the last `_send_cancels` (their futures).
         self._cancelled: list[asyncio.Future[Any]] = []
+        # The peer's calls it cancelled in the chunk being read, before their events (the
+        # session runs a control call as it reads it; a coroutine method's call comes after).
+        self._cancelled_unseen: set[int] = set()
         self._backlog: collections.deque[tuple[Any, ...]] = collections.deque()
         self._backlog_bytes = 0
         self._held = False  # calls wait in the backlog (writes paused, or max_in_flight running)
@@ -428,6 +431,8 @@ class Connection(asyncio.BufferedProtocol, abc.ABC):
             self._receive(data)
         finally:
             self._receiving = False
+            if self._cancelled_unseen:
+                self._cancelled_unseen.clear()  # (ids of calls that had already answered)
         if not self._closing:
             held = self._session.buffered
             if held != self._budget_share:
@@ -798,21 +803,29 @@ class Connection(asyncio.BufferedProtocol, abc.ABC):
             for event in self._backlog:
                 request_id = self._cancellable(event)
                 if request_id in held:
-                    self._drop_call(event)
-                    self._send_failure(request_id, asyncio.CancelledError(_calls.CANCELLED))
+                    self._answer_cancelled(event, request_id)
+                    held.discard(request_id)
                 else:
                     kept.append(event)
             self._backlog = kept
             if not kept:
                 self._backlog_bytes = 0
                 self._resume_reading()
+        if held and self._receiving:
+            # Calls in this same chunk whose events are still to come (see `_handle`).
+            self._cancelled_unseen |= held
+
+    def _answer_cancelled(self, event: tuple[Any, ...], request_id: int) -> None:
+        """The peer cancelled its call `event` before it ran: it never will."""
+        self._drop_call(event)
+        self._send_failure(request_id, asyncio.CancelledError(_calls.CANCELLED))
 
     def _cancel_call(self, task: asyncio.Task[Any], reason: str) -> None:
         """Cancel the peer's call running in `task`, for `reason` (the call's `_finish` answers
         that it was cancelled: see `_reply_cancelled`)."""
         if not task.done():
             log.debug("%s: cancelling a call: %s", repr(self), reason)
-            task.cancel(reason)
+            _cancel_task(task, reason)
 
     def _reply_cancelled(self, request_id: int, exc: asyncio.CancelledError) -> None:
         """A call of the peer's we cancelled (`_cancel_call`) has stopped: answer it with the
@@ -1010,7 +1023,7 @@ class Connection(asyncio.BufferedProtocol, abc.ABC):
             return
         log.debug("%s: cancelling %d running call(s): %s", repr(self), len(self._tasks), why)
         for task in list(self._tasks):
-            task.cancel(why)
+            _cancel_task(task, why)
 
     # ------------------------------------------------------------------ bytes out
 
@@ -1038,6 +1051,12 @@ class Connection(asyncio.BufferedProtocol, abc.ABC):
         self._receiving = True
         try:
             for event in events:
+                if self._cancelled_unseen and event[0] in calls:
+                    request_id = self._cancellable(event)
+                    if request_id in self._cancelled_unseen:
+                        self._cancelled_unseen.discard(request_id)
+                        self._answer_cancelled(event, request_id)
+                        continue
                 if (
                     event[0] in calls
                     and (self._held or self._backlog or self._draining)
@@ -1555,6 +1574,26 @@ async def _timed(awaitable: Any, wire: str, method: str) -> Any:
         raise
     finally:
         _core.metrics_record(wire, "server", method, outcome, time.perf_counter() - started)
+
+
+def _cancel_task(task: asyncio.Task[Any], reason: str) -> None:
+    """Cancel one of the peer's calls running in `task`. A task that has not taken its first
+    step never starts its coroutine, nor the coroutines that one was handed (the remote
+    method's, wrapped to be timed and answered): close them, or each is collected unawaited
+    with a warning."""
+    _close_handed(task.get_coro())  # (the task's own is ended by the cancel)
+    task.cancel(reason)
+
+
+def _close_handed(coroutine: Any) -> None:
+    """Close the coroutines handed to `coroutine` if it never ran, and theirs."""
+    frame = coroutine.cr_frame if inspect.iscoroutine(coroutine) else None
+    if frame is None or inspect.getcoroutinestate(coroutine) != inspect.CORO_CREATED:
+        return
+    for value in list(frame.f_locals.values()):  # (its arguments: it never ran)
+        if inspect.iscoroutine(value):
+            _close_handed(value)
+            value.close()
 
 
 def _drop_tracebacks(exc: BaseException | None) -> None:
