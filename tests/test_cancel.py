@@ -140,8 +140,9 @@ def test_cancelling_a_call_cancels_the_remote_method(run, wire) -> None:
             await eventually(lambda: ("relayed", "cancelled") in back.ended)
 
             # Made and cancelled in one turn: the call and its cancel reach the server in one
-            # chunk, before the method's task has taken a step. The method never runs, and its
-            # coroutine is closed rather than collected unawaited (a warning, an error here).
+            # chunk, and the session runs the cancel before it hands the call over. The method
+            # never runs, and its coroutine is closed rather than collected unawaited (a
+            # warning, an error here).
             unstarted = w.root.callRemote("sleep", "unstarted", 30)
             assert unstarted.cancel()
             w.client._send_cancels()  # (now rather than next turn: one write takes both)

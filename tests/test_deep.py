@@ -6,8 +6,8 @@ test instead of killing pytest. For each entry point: (a) a value nested to the 
 to 10**7, a value nested 10**5 deep decodes in the main thread and in a 256 KiB thread; (c) one
 level deeper than ``max_depth`` is a clean error naming the limit. Values that deep are made and
 freed in the main thread: CPython 3.13 frees nesting with native recursion that a 256 KiB stack
-cannot take, whoever made the value. Then real servers (a PB server
-and a Tub) receive such values from a peer, and must survive and go on serving.
+cannot take, whoever made the value. Then real servers (a PB server and a Tub) receive such
+values from a peer, and must survive and go on serving.
 """
 
 from __future__ import annotations

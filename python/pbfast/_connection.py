@@ -822,7 +822,9 @@ class Connection(asyncio.BufferedProtocol, abc.ABC):
 
     def _cancel_call(self, task: asyncio.Task[Any], reason: str) -> None:
         """Cancel the peer's call running in `task`, for `reason` (the call's `_finish` answers
-        that it was cancelled: see `_reply_cancelled`)."""
+        that it was cancelled, see `_reply_cancelled`; a task that had not started yet ends
+        unanswered, its method unrun: only the peer's own cancel reaches it that early, and
+        the peer no longer waits)."""
         if not task.done():
             log.debug("%s: cancelling a call: %s", repr(self), reason)
             _cancel_task(task, reason)
