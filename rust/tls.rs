@@ -218,8 +218,8 @@ impl Records for UnbufferedServerConnection {
 }
 
 /// Process the ciphertext in `incoming` (decrypted in place): the application data goes to
-/// `plaintext`; what the handshake (or an alert) sends, and once the keys allow `write` (and what
-/// was held), then the close_notify if asked for, go to `io.outgoing`. How many bytes of
+/// `plaintext`; what the handshake (or an alert) sends, and once the keys allow `write`'s parts
+/// (and what was held), then the close_notify if asked for, go to `io.outgoing`. How many bytes of
 /// `incoming` are done with (the rest is to be kept, in front of what comes next), and the
 /// outcome.
 fn drive<C: Records>(
@@ -227,7 +227,7 @@ fn drive<C: Records>(
     incoming: &mut [u8],
     io: &mut Io,
     plaintext: &mut Vec<u8>,
-    mut write: Option<&[u8]>,
+    mut write: &[&[u8]],
 ) -> (usize, Result<(), rustls::Error>) {
     let mut start = 0;
     let result = loop {
@@ -253,7 +253,7 @@ fn drive<C: Records>(
             ConnectionState::TransmitTlsData(mut data) => {
                 // (What was encoded waits in `outgoing` for the caller to send.)
                 let sent = match data.may_encrypt_app_data() {
-                    Some(mut traffic) => send(&mut traffic, io, write.take()),
+                    Some(mut traffic) => send(&mut traffic, io, std::mem::take(&mut write)),
                     None => Ok(()),
                 };
                 data.done();
@@ -261,7 +261,7 @@ fn drive<C: Records>(
             }
             ConnectionState::WriteTraffic(mut traffic) => {
                 done = true;
-                send(&mut traffic, io, write.take())
+                send(&mut traffic, io, std::mem::take(&mut write))
             }
             ConnectionState::PeerClosed => {
                 io.peer_closed = true;
@@ -286,8 +286,8 @@ fn drive<C: Records>(
             break Ok(());
         }
     };
-    if let Some(data) = write {
-        io.pending.extend_from_slice(data); // (the keys do not allow it yet)
+    for part in write {
+        io.pending.extend_from_slice(part); // (the keys do not allow it yet)
     }
     (start, result)
 }
@@ -330,15 +330,15 @@ fn encode<Data>(data: &mut EncodeTlsData<'_, Data>, outgoing: &mut Vec<u8>) -> R
     }
 }
 
-/// Encrypt what was held, then `data`, at the end of `io.outgoing`; then our close_notify if
-/// asked for.
-fn send<Data>(traffic: &mut WriteTraffic<'_, Data>, io: &mut Io, data: Option<&[u8]>) -> Result<(), rustls::Error> {
+/// Encrypt what was held, then `data`'s parts, at the end of `io.outgoing`; then our
+/// close_notify if asked for.
+fn send<Data>(traffic: &mut WriteTraffic<'_, Data>, io: &mut Io, data: &[&[u8]]) -> Result<(), rustls::Error> {
     if !io.pending.is_empty() {
         let pending = std::mem::take(&mut io.pending);
         encrypt(traffic, &mut io.outgoing, &pending)?;
     }
-    if let Some(data) = data {
-        encrypt(traffic, &mut io.outgoing, data)?;
+    for part in data {
+        encrypt(traffic, &mut io.outgoing, part)?;
     }
     if io.closing && !io.close_sent {
         io.close_sent = true;
@@ -470,7 +470,7 @@ impl TlsSession {
             rustls_records: false,
         };
         // A client's hello is ready at once.
-        session.step(&mut Vec::new(), None)?;
+        session.step(&mut Vec::new(), &[])?;
         Ok(session)
     }
 
@@ -490,7 +490,7 @@ impl TlsSession {
         }
         self.incoming.extend_from_slice(data);
         let start = plaintext.len();
-        self.step(plaintext, None).inspect_err(|_| plaintext.truncate(start))
+        self.step(plaintext, &[]).inspect_err(|_| plaintext.truncate(start))
     }
 
     /// [`Self::feed`], decrypting `data` in place (it is scratch space, a read buffer): only a
@@ -511,13 +511,13 @@ impl TlsSession {
             self.incoming.extend_from_slice(done);
             data = rest;
             if record_missing(&self.incoming) == 0 {
-                self.step(plaintext, None).inspect_err(|_| plaintext.truncate(start))?;
+                self.step(plaintext, &[]).inspect_err(|_| plaintext.truncate(start))?;
             }
         }
         if data.is_empty() {
             return Ok(());
         }
-        let (done, result) = self.process(data, plaintext, None);
+        let (done, result) = self.process(data, plaintext, &[]);
         if !self.io.peer_closed {
             self.incoming.extend_from_slice(&data[done..]);
         }
@@ -527,17 +527,23 @@ impl TlsSession {
     /// Queue application data. Before the handshake completes it is held and sent as soon as
     /// the keys allow.
     pub fn write(&mut self, data: &[u8]) -> Result<(), TlsError> {
+        self.write_parts(&[data])
+    }
+
+    /// Queue `parts` as application data, one after the other: records are filled from as
+    /// many as it takes, each part copied once, as it is sealed.
+    pub fn write_parts(&mut self, parts: &[&[u8]]) -> Result<(), TlsError> {
         self.check_alive()?;
         if self.io.closing {
             return Err(TlsError::Session("cannot write to a TLS session after close()".into()));
         }
-        if data.is_empty() {
+        if parts.iter().all(|part| part.is_empty()) {
             return Ok(());
         }
         // (Plaintext read meanwhile would be a peer's data before our `feed`: none is, as
         // every feed reads all it can.)
         let mut read = Vec::new();
-        self.step(&mut read, Some(data))?;
+        self.step(&mut read, parts)?;
         debug_assert!(read.is_empty());
         Ok(())
     }
@@ -573,7 +579,7 @@ impl TlsSession {
         if !self.io.closing {
             self.io.closing = true;
             if self.failure.is_none() {
-                drop(self.step(&mut Vec::new(), None));
+                drop(self.step(&mut Vec::new(), &[]));
             }
         }
     }
@@ -626,7 +632,7 @@ impl TlsSession {
     /// Process what has been received, read the application data into `plaintext`, write what
     /// the handshake (or an alert) has to send and, once the keys allow, `write` (and what was
     /// held), then the close_notify if asked for. A failure is the session's from then on.
-    fn step(&mut self, plaintext: &mut Vec<u8>, write: Option<&[u8]>) -> Result<(), TlsError> {
+    fn step(&mut self, plaintext: &mut Vec<u8>, write: &[&[u8]]) -> Result<(), TlsError> {
         let mut incoming = std::mem::take(&mut self.incoming);
         let (done, result) = self.process(&mut incoming, plaintext, write);
         // Read in place however many records came; only what is left is moved to the front.
@@ -644,7 +650,7 @@ impl TlsSession {
         &mut self,
         incoming: &mut [u8],
         plaintext: &mut Vec<u8>,
-        write: Option<&[u8]>,
+        write: &[&[u8]],
     ) -> (usize, Result<(), rustls::Error>) {
         let (done, result) = match &mut self.conn {
             Conn::Client(c) => drive(c, incoming, &mut self.io, plaintext, write),
@@ -663,7 +669,7 @@ impl TlsSession {
             return (done, Err(e));
         }
         let Conn::Traffic(records) = &mut self.conn else { unreachable!("the records were just handed over") };
-        let (more, result) = records.step(&mut incoming[done..], &mut self.io, plaintext, None);
+        let (more, result) = records.step(&mut incoming[done..], &mut self.io, plaintext, &[]);
         (done + more, result)
     }
 
@@ -1402,6 +1408,42 @@ mod tests {
             // Ours renewed its key every few records, and rustls asked for more renewals.
             let (sent, received) = traffic(ours).key_updates;
             assert!(sent >= 6 && received >= 3, "{sent} sent, {received} received");
+        }
+    }
+
+    #[test]
+    fn parts_written_together_arrive_as_one_stream_in_full_records() {
+        let parts: [Vec<u8>; 7] =
+            [vec![], b"head".to_vec(), payload(0, 1), vec![7; 3], payload(1, 2)[..16384].to_vec(), vec![], payload(2, 3)];
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let whole = parts.concat();
+        for versions in [ALL_VERSIONS, TLS12_ONLY] {
+            let (mut client, mut server) = session_pair(Some(&identity(FOOLSCAP)), &identity(EC_P256), versions);
+            // Before the handshake the parts are held; after it they are sealed as they come.
+            client.write_parts(&parts).unwrap();
+            assert_eq!(pump(&mut client, &mut server).unwrap().server, whole);
+            if versions == ALL_VERSIONS {
+                traffic(&mut client).set_tx_limit(3); // key updates between the parts' records
+            }
+            for _ in 0..3 {
+                client.write_parts(&parts).unwrap();
+                let records = client.take();
+                if versions == ALL_VERSIONS {
+                    // Each record filled from as many parts as it takes: no more records than
+                    // the bytes need (besides the key updates').
+                    let (mut at, mut data_records) = (0, 0);
+                    while at < records.len() {
+                        let len = usize::from(u16::from_be_bytes([records[at + 3], records[at + 4]]));
+                        data_records += usize::from(len > 64);
+                        at += 5 + len;
+                    }
+                    assert_eq!(data_records, whole.len().div_ceil(16384));
+                }
+                let mut received = Vec::new();
+                server.feed(&records, &mut received).unwrap();
+                assert_eq!(received, whole);
+            }
+            assert!(client.write_parts(&[&[], &[]]).is_ok() && client.take().is_empty());
         }
     }
 

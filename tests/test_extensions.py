@@ -3,6 +3,7 @@ transport of `wires.VARIANTS`. With stock peers (tests/interop/) nothing of it s
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pbfast
@@ -86,5 +87,42 @@ def test_large_values_up_to_max_message_size(run, wire, request: pytest.FixtureR
                 await w.root.callRemote("make", LIMIT + 1)
             assert f"max_message_size={LIMIT}" in str(lost.value)
             assert lost.value.__cause__.limit == "max_message_size"
+
+    run(main())
+
+
+class Mixed(pbfast.Referenceable):
+    """Answers that hold long byte strings among other values, or fail to encode after them."""
+
+    def remote_mixed(self, *values: Any, **named: Any) -> Any:
+        return [values, named, payload(70_000)]
+
+    def remote_unsendable(self) -> Any:
+        return [payload(100_000), asyncio]  # (a module: sent on neither wire)
+
+
+def test_long_byte_strings_among_other_values(run, wire) -> None:
+    """Long byte strings (a Tub over TLS seals them straight from their bytes objects) arrive
+    whole and in place wherever they sit in a message, however many there are, with calls
+    pipelined around them; a message that fails to encode after one of them sends nothing of
+    it, and the connection goes on."""
+
+    async def main() -> None:
+        async with wire(Mixed()) as w:
+            big, bigger = payload(65_536), payload(300_001)[::-1]
+            args = (big, b"small", [bigger, {"k": big}], "text")
+            named = {"z": bytes(200_000), "a": b"x" * 65_535}
+            calls = [w.root.callRemote("mixed", *args[: 1 + i % 4], **named) for i in range(8)]
+            for i, answer in enumerate(await asyncio.gather(*calls)):
+                assert answer == [args[: 1 + i % 4], named, payload(70_000)], i
+            with pytest.raises(w.expect.unsendable):
+                await w.root.callRemote("mixed", big, bigger, asyncio)
+            # (The answers of calls read together are encoded one after the other.)
+            failed, fine = await asyncio.gather(
+                w.root.callRemote("unsendable"), w.root.callRemote("mixed", big), return_exceptions=True
+            )
+            assert isinstance(failed, pbfast.RemoteError) and fine == [(big,), {}, payload(70_000)]
+            assert await w.root.callRemote("mixed", bigger) == [(bigger,), {}, payload(70_000)]
+            assert w.client.statistics()["pending"] == 0
 
     run(main())

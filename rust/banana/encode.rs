@@ -116,6 +116,16 @@ impl Encoder {
         Ok(())
     }
 
+    /// The header of a STRING of `len` bytes whose body the caller writes after it (or puts
+    /// there when the bytes are sent: see the foolscap writer's `string_header`).
+    pub fn string_header(&mut self, len: usize) -> Result<(), BananaError> {
+        if len > self.max_element.0 {
+            return Err(self.too_long("byte string", len));
+        }
+        self.token(len as u64, tb::STRING);
+        Ok(())
+    }
+
     /// The raw bytes `prefix`, then `b` (under 128 bytes) as STRING, never VOCAB: one reservation
     /// for all of it (most strings are short), the bytes copied without a call to memcpy.
     #[inline(always)]

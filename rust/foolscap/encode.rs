@@ -136,6 +136,19 @@ impl Writer {
         self.enc.bytes(b).expect("foolscap strings have no size limit");
     }
 
+    /// The header of a STRING of `len` bytes (at least 128: never a VOCAB word) whose body is
+    /// not written here: the caller puts it right after the header's end, [`Self::written`], when
+    /// the bytes are sent.
+    pub fn string_header(&mut self, len: usize) {
+        debug_assert!(len >= 0x80);
+        self.enc.string_header(len).expect("foolscap strings have no size limit");
+    }
+
+    /// Bytes written so far (those of the buffer the writer appends to included).
+    pub fn written(&self) -> usize {
+        self.enc.out.len()
+    }
+
     #[inline]
     pub fn int(&mut self, v: i64) {
         self.enc.int(v);

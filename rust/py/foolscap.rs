@@ -30,6 +30,7 @@
 //! A stream that cannot continue (bad tokens, lost sync, a limit) raises `BananaError` with the
 //! stream offset; the events completed before it are on the exception as `.events`.
 
+use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
 
 use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
@@ -43,7 +44,7 @@ use super::metrics::{self, Outcome, Wire};
 use super::objects::{decimal_type, decode_utf8, dict_next, list_item, qualified_name, utf8_of, GcPause, StrCache};
 use super::pb_session::REPLY_FLUSH;
 use super::schemas::{too_long, CallLimits};
-use super::session::SessionPy;
+use super::session::{Encoded, SessionPy, Splice, SPLICE_AT};
 use super::tables::Tables;
 use super::{int_value, integer, limit_args, set_limit, with_bytes, with_events};
 use crate::banana::decode::Token;
@@ -158,7 +159,11 @@ impl Reader {
             quick: &mut self.quick,
             fast,
             // (The session's buffers: a large answer moves on to the transport uncopied.)
-            replies: Replies { session, out: session.map(SessionPy::buffer).unwrap_or_default(), queued: 0 },
+            replies: Replies {
+                session,
+                out: Encoded::new(session.map(SessionPy::buffer).unwrap_or_default()),
+                queued: 0,
+            },
             call_limits,
         };
         // Nothing cyclic becomes garbage while values are built; collections triggered by the
@@ -169,7 +174,7 @@ impl Reader {
         let Chunk { events, mut replies, .. } = chunk;
         replies.send(py, &events, false)?;
         if let Some(session) = session {
-            session.recycle(replies.out);
+            session.recycle(replies.out.bytes);
         }
         with_events(py, events, result)
     }
@@ -373,7 +378,7 @@ impl<'py> Receive<PyErr> for Chunk<'py, '_, '_> {
 struct Replies<'a> {
     /// Where they go (with the fast path on).
     session: Option<&'a SessionPy>,
-    out: Vec<u8>,
+    out: Encoded,
     /// Bytes queued so far.
     queued: usize,
 }
@@ -385,7 +390,7 @@ impl Replies<'_> {
     fn answered(&mut self, py: Python<'_>) -> PyResult<usize> {
         if let Some(session) = self.session.filter(|_| !self.out.is_empty()) {
             self.queued += self.out.len();
-            session.append_buffer(py, &mut self.out, true)?;
+            session.append_encoded(py, &mut self.out, true)?;
         }
         Ok(self.queued)
     }
@@ -394,7 +399,7 @@ impl Replies<'_> {
     /// them now.
     fn send(&mut self, py: Python<'_>, events: &Bound<'_, PyList>, flush: bool) -> PyResult<()> {
         let Some(session) = self.session.filter(|_| !self.out.is_empty()) else { return Ok(()) };
-        session.append_buffer(py, &mut self.out, true)?;
+        session.append_encoded(py, &mut self.out, true)?;
         if flush {
             events.append((FS_FLUSH,))?;
         }
@@ -450,7 +455,7 @@ impl<'py, 'a> Fast<'py, 'a> {
         &mut self,
         py: Python<'py>,
         message: Message<PyBuild<'py, '_>>,
-        replies: &mut Vec<u8>,
+        replies: &mut Encoded,
     ) -> PyResult<Handled<'py>> {
         match message {
             Message::Call { reqid, clid, method, args, kwargs } => {
@@ -491,7 +496,7 @@ impl<'py, 'a> Fast<'py, 'a> {
         method: &Bound<'py, PyString>,
         args: &Bound<'py, PyTuple>,
         kwargs: Option<&Bound<'py, PyDict>>,
-        replies: &mut Vec<u8>,
+        replies: &mut Encoded,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let raised = |e: PyErr| -> PyResult<Option<Bound<'py, PyAny>>> {
             Ok(Some((FS_RAISED, reqid, e.into_value(py)).into_pyobject(py)?.into_any()))
@@ -917,7 +922,7 @@ impl FoolscapEncoderPy {
         self.encode_with(py, dest, write)
     }
 
-    /// `call`, appended to `out` (the session's calls out).
+    /// `call`, appended to `out` (the session's calls out), its long byte strings left out.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn call_into(
         &mut self,
@@ -927,9 +932,9 @@ impl FoolscapEncoderPy {
         method: &str,
         args: &Bound<'_, PyTuple>,
         kwargs: &Bound<'_, PyDict>,
-        out: &mut Vec<u8>,
+        out: &mut Encoded,
     ) -> PyResult<()> {
-        self.call_with(py, reqid, clid, method, args, kwargs, Dest::Append(out)).map(drop)
+        self.call_with(py, reqid, clid, method, args, kwargs, Dest::Splicing(out)).map(drop)
     }
 
     /// `(call reqid clid method (arguments n args... name value...))`, keyword arguments sorted
@@ -977,15 +982,16 @@ impl FoolscapEncoderPy {
         })
     }
 
-    /// `(answer reqid value)`, appended to `out` (the fast path's replies).
+    /// `(answer reqid value)`, appended to `out` (the fast path's replies), its long byte
+    /// strings left out.
     pub(crate) fn answer_into(
         &mut self,
         py: Python<'_>,
         reqid: i64,
         value: &Bound<'_, PyAny>,
-        out: &mut Vec<u8>,
+        out: &mut Encoded,
     ) -> PyResult<()> {
-        self.reply(py, word::ANSWER, reqid, |m| m.value(value), Dest::Append(out)).map(drop)
+        self.reply(py, word::ANSWER, reqid, |m| m.value(value), Dest::Splicing(out)).map(drop)
     }
 
     pub(crate) fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
@@ -1030,10 +1036,16 @@ impl FoolscapEncoderPy {
         write: impl FnOnce(&mut MessageWriter<'py, '_>) -> PyResult<()>,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let out = match dest {
-            Dest::Append(out) => return self.encode_into(py, out, write).map(|()| None),
+            Dest::Append(out) => return self.encode_into(py, out, None, write).map(|()| None),
+            Dest::Splicing(Encoded { bytes, splices, spliced }) => {
+                let before = splices.len();
+                let encoded = self.encode_into(py, bytes, Some(splices), write);
+                *spliced += splices[before..].iter().map(|s| s.bytes.as_bytes(py).len()).sum::<usize>();
+                return encoded.map(|()| None);
+            }
             Dest::Bytes => &mut std::mem::take(&mut self.scratch),
         };
-        let bytes = self.encode_into(py, out, write).map(|()| Some(PyBytes::new(py, out)));
+        let bytes = self.encode_into(py, out, None, write).map(|()| Some(PyBytes::new(py, out)));
         if out.capacity() <= 1 << 20 {
             out.clear();
             self.scratch = std::mem::take(out);
@@ -1041,18 +1053,24 @@ impl FoolscapEncoderPy {
         bytes
     }
 
-    /// Run `write` on a fresh message appended to `out`; if it fails, `out` is left as it was
+    /// Run `write` on a fresh message appended to `out` (its long byte strings left out and
+    /// noted in `splices`, if given); if it fails, `out` and `splices` are left as they were
     /// and so is the counter.
     fn encode_into<'py>(
         &mut self,
         py: Python<'py>,
         out: &mut Vec<u8>,
+        mut splices: Option<&mut Vec<Splice>>,
         write: impl FnOnce(&mut MessageWriter<'py, '_>) -> PyResult<()>,
     ) -> PyResult<()> {
         let start = out.len();
+        let spliced_before = splices.as_ref().map_or(0, |s| s.len());
         let mut m = MessageWriter {
             py,
-            w: Writer::new(std::mem::take(out), self.next_open_id, self.max_depth),
+            w: SplicingWriter {
+                w: Writer::new(std::mem::take(out), self.next_open_id, self.max_depth),
+                splices: splices.as_deref_mut(),
+            },
             seen: &mut self.seen,
             keep: recycle(std::mem::take(&mut self.keep)),
             hook: self.hook.as_ref().map(|h| h.bind(py).clone()),
@@ -1062,20 +1080,27 @@ impl FoolscapEncoderPy {
         };
         let mut result = write(&mut m);
         let MessageWriter { w, keep, .. } = m;
+        let (mut written, next_open_id) = w.w.finish();
         self.seen.clear();
         if keep.capacity() <= 1 << 16 {
             self.keep = recycle(keep);
         }
-        let (mut written, next_open_id) = w.finish();
         if let (Ok(()), Some(limit)) = (&result, self.max_message) {
-            let len = written.len() - start;
+            let spliced =
+                splices.as_ref().map_or(0, |s| s[spliced_before..].iter().map(|s| s.bytes.as_bytes(py).len()).sum());
+            let len = written.len() - start + spliced;
             if len > limit {
                 result = Err(BananaError::local(ErrorKind::MessageTooLargeToSend { len, limit }).into());
             }
         }
         match result {
             Ok(()) => self.next_open_id = next_open_id,
-            Err(_) => written.truncate(start),
+            Err(_) => {
+                written.truncate(start);
+                if let Some(splices) = splices {
+                    splices.truncate(spliced_before);
+                }
+            }
         }
         *out = written;
         result
@@ -1086,6 +1111,8 @@ impl FoolscapEncoderPy {
 enum Dest<'o> {
     /// At the end of this buffer.
     Append(&'o mut Vec<u8>),
+    /// At the end of these messages, its long byte strings left out (see [`Splice`]).
+    Splicing(&'o mut Encoded),
     /// Into a new bytes object.
     Bytes,
 }
@@ -1122,7 +1149,7 @@ fn type_name(obj: &Bound<'_, PyAny>) -> String {
 /// One outgoing message: its writer and its scope of shared containers.
 struct MessageWriter<'py, 'a> {
     py: Python<'py>,
-    w: Writer,
+    w: SplicingWriter<'a>,
     /// Address of each list, tuple, dict and set met in this message -> its open-ID.
     seen: &'a mut IdMap<u64>,
     /// Keeps what `seen` names (and what the hook made) alive, so an address is not reused by
@@ -1135,6 +1162,42 @@ struct MessageWriter<'py, 'a> {
     /// The (key, value) pairs of the dicts being written, sorted, outermost first.
     pairs: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
     order: &'a mut KeyOrder,
+}
+
+/// A message's banana writer, which leaves byte strings of [`SPLICE_AT`] bytes or more out of
+/// its buffer when it has `splices` to note them in: they are copied once, as they are sealed,
+/// rather than into the buffer first.
+struct SplicingWriter<'a> {
+    w: Writer,
+    splices: Option<&'a mut Vec<Splice>>,
+}
+
+impl SplicingWriter<'_> {
+    #[inline(always)]
+    fn byte_string(&mut self, b: &Bound<'_, PyBytes>) {
+        let data = b.as_bytes();
+        match self.splices.as_deref_mut() {
+            Some(splices) if data.len() >= SPLICE_AT => {
+                self.w.string_header(data.len());
+                splices.push(Splice { at: self.w.written(), bytes: b.clone().unbind() });
+            }
+            _ => self.w.bytes(data),
+        }
+    }
+}
+
+impl Deref for SplicingWriter<'_> {
+    type Target = Writer;
+
+    fn deref(&self) -> &Writer {
+        &self.w
+    }
+}
+
+impl DerefMut for SplicingWriter<'_> {
+    fn deref_mut(&mut self) -> &mut Writer {
+        &mut self.w
+    }
 }
 
 /// The order in which the last dict with text keys only (and not too many) was sent: dicts of
@@ -1559,7 +1622,7 @@ fn text_of<'a>(key: &'a Bound<'_, PyAny>) -> Option<&'a [u8]> {
 /// a subclass: the values foolscap writes without sequences of their own to walk. False if it
 /// is not.
 #[inline(always)]
-fn scalar<const EXACT: bool>(w: &mut Writer, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+fn scalar<const EXACT: bool>(w: &mut SplicingWriter<'_>, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
     if EXACT {
         return exact_scalar(w, obj);
     }
@@ -1576,7 +1639,7 @@ fn scalar<const EXACT: bool>(w: &mut Writer, obj: &Bound<'_, PyAny>) -> PyResult
             None => return Err(s.to_str().expect_err("not UTF-8")),
         }
     } else if let Some(b) = cast::<PyBytes, EXACT>(obj) {
-        w.bytes(b.as_bytes());
+        w.byte_string(b);
     } else if let Some(f) = cast::<PyFloat, EXACT>(obj) {
         w.float(f.value());
     } else if obj.is_none() {
@@ -1592,7 +1655,7 @@ fn scalar<const EXACT: bool>(w: &mut Writer, obj: &Bound<'_, PyAny>) -> PyResult
 /// [`scalar`] for the exact types: each found by one compare of the type's address, text (the
 /// most common item) first.
 #[inline(always)]
-fn exact_scalar(w: &mut Writer, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+fn exact_scalar(w: &mut SplicingWriter<'_>, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
     let ty = obj.get_type_ptr();
     // SAFETY: only the addresses of CPython's static type objects are taken; each cast below
     // follows the check of its exact type.
@@ -1612,7 +1675,7 @@ fn exact_scalar(w: &mut Writer, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
         } else if ty == &raw mut ffi::PyFloat_Type {
             w.float(obj.cast_unchecked::<PyFloat>().value());
         } else if ty == &raw mut ffi::PyBytes_Type {
-            w.bytes(obj.cast_unchecked::<PyBytes>().as_bytes());
+            w.byte_string(obj.cast_unchecked::<PyBytes>());
         } else if obj.is_none() {
             w.none()?;
         } else if ty == &raw mut ffi::PyBool_Type {

@@ -24,7 +24,7 @@ use super::dispatch::{Dispatch, Flavor};
 use super::foolscap::{in_use, ping, Fast, FoolscapEncoderPy, Reader, FS_DECIDE, FS_NEGOTIATED};
 use super::metrics::{self, Wire};
 use super::schemas::CallLimits;
-use super::session::{Encoding, SessionPy};
+use super::session::{Encoded, Encoding, SessionPy};
 use super::{element_size_set, with_received_mut};
 use crate::banana::LARGE;
 use crate::foolscap::negotiate::{Negotiation, Setup, Step};
@@ -214,13 +214,13 @@ impl FoolscapSession {
         let writer = writer(session, py)?;
         let broker = incoming.broker.bind(py);
         let mut fast = Fast::new(session, &writer, &mut incoming.dispatch, broker);
-        let mut replies = session.buffer();
+        let mut replies = Encoded::new(session.buffer());
         let kwargs = Some(kwargs).filter(|kw| !kw.is_empty());
         if let Some(event) = fast.call(py, reqid, clid, method, args, kwargs, &mut replies)? {
             events.append(event)?;
         }
-        session.append_buffer(py, &mut replies, false)?;
-        session.recycle(replies);
+        session.append_encoded(py, &mut replies, false)?;
+        session.recycle(replies.bytes);
         Ok(events)
     }
 
@@ -229,12 +229,12 @@ impl FoolscapSession {
     fn answer(slf: &Bound<'_, Self>, reqid: i64, value: &Bound<'_, PyAny>) -> PyResult<()> {
         let (py, session) = (slf.py(), slf.as_super().get());
         let writer = writer(session, py)?;
-        let mut out = session.buffer();
+        let mut out = Encoded::new(session.buffer());
         session.encode_sending(py, || {
             writer.try_lock().map_err(|_| in_use())?.answer_into(py, reqid, value, &mut out)
         })??;
-        session.append_buffer(py, &mut out, false)?;
-        session.recycle(out);
+        session.append_encoded(py, &mut out, false)?;
+        session.recycle(out.bytes);
         Ok(())
     }
 
@@ -278,7 +278,10 @@ impl FoolscapSession {
         let Some(tls) = link.tls.as_mut() else {
             return session.take(py);
         };
-        session.drain(|out| if out.is_empty() { Ok(()) } else { tls.write(out) })?;
+        session.drain(
+            py,
+            |parts| if parts.iter().all(|part| part.is_empty()) { Ok(()) } else { tls.write_parts(parts) },
+        )?;
         if !link.early.is_empty() {
             let early = std::mem::take(&mut link.early);
             let records = tls.take_with(|out| bytes(py, &early, out));

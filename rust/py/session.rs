@@ -52,6 +52,17 @@ pub const FLUSH_AT: usize = 1 << 16;
 /// [`OutgoingBytes`]) rather than a copy.
 pub const HAND_OFF_AT: usize = 1 << 16;
 
+/// Byte strings this long or longer that a Tub sends over TLS are not copied into the message's
+/// buffer: their bytes object waits with it (a [`Splice`]) and is sealed straight from there.
+pub const SPLICE_AT: usize = 1 << 16;
+
+/// A byte string left out of the buffer its message was encoded into: its bytes go in at `at`
+/// when the buffer is written.
+pub struct Splice {
+    pub at: usize,
+    pub bytes: Py<PyBytes>,
+}
+
 /// Buffers of this capacity or less are kept whatever the traffic; larger ones only while large
 /// messages keep coming (see [`Spares::settle`]).
 const KEPT: usize = 1 << 20;
@@ -197,11 +208,56 @@ struct Callbacks {
 
 /// The bytes waiting to be written.
 struct Outgoing {
-    bytes: Mutex<Vec<u8>>,
+    waiting: Mutex<Encoded>,
     /// Messages in `bytes`.
     queued: AtomicUsize,
     /// `wake()` has been called for the bytes waiting.
     scheduled: AtomicBool,
+}
+
+/// Encoded messages (those waiting to be written among them): a buffer, and the large strings
+/// that go into it.
+#[derive(Default)]
+pub struct Encoded {
+    pub bytes: Vec<u8>,
+    /// In the order of their places in `bytes`.
+    pub splices: Vec<Splice>,
+    /// The bytes of the strings in `splices`.
+    pub spliced: usize,
+}
+
+impl Encoded {
+    /// Messages to be encoded into `buffer`.
+    pub fn new(buffer: Vec<u8>) -> Encoded {
+        Encoded { bytes: buffer, ..Encoded::default() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len() + self.spliced
+    }
+
+    /// (Each string left out follows its header, so there are none without bytes.)
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.splices.clear();
+        self.spliced = 0;
+    }
+
+    /// The bytes to write, in order: pieces of the buffer with the strings between them.
+    pub fn parts<'a>(&'a self, py: Python<'_>) -> Vec<&'a [u8]> {
+        let mut parts = Vec::with_capacity(2 * self.splices.len() + 1);
+        let mut from = 0;
+        for splice in &self.splices {
+            parts.extend([&self.bytes[from..splice.at], splice.bytes.as_bytes(py)]);
+            from = splice.at;
+        }
+        parts.push(&self.bytes[from..]);
+        parts
+    }
 }
 
 #[pyclass(module = "pbfast._core", name = "Session", subclass, frozen)]
@@ -238,17 +294,24 @@ impl SessionPy {
             let mut out = self.lock_out();
             self.out.scheduled.store(false, Ordering::Relaxed);
             self.out.queued.store(0, Ordering::Relaxed);
-            self.spares.settle(out.len(), &mut out);
+            let len = out.len();
+            self.spares.settle(len, &mut out.bytes);
             if out.is_empty() {
                 return Ok(None);
             }
-            metrics::sent(self.wire, out.len());
-            if out.len() < HAND_OFF_AT {
-                let bytes = PyBytes::new(py, &out).into_any();
+            metrics::sent(self.wire, len);
+            if !out.splices.is_empty() {
+                // (Only a Tub's connection to itself, which has no TLS, writes strings spliced.)
+                let joined = out.parts(py).concat();
+                out.clear();
+                joined
+            } else if len < HAND_OFF_AT {
+                let bytes = PyBytes::new(py, &out.bytes).into_any();
                 out.clear();
                 return Ok(Some(bytes));
+            } else {
+                std::mem::replace(&mut out.bytes, self.spares.take())
             }
-            std::mem::replace(&mut *out, self.spares.take())
         };
         self.hand_off(py, data).map(Some)
     }
@@ -318,7 +381,7 @@ impl SessionPy {
         let mark = self.tables.mark();
         let made = metrics::making(method);
         let mut data = match self.encode_call(py, request_id, object_id, method.to_str()?, true, args, kwargs, cache) {
-            Ok(data) => data,
+            Ok(encoded) => encoded,
             Err(e) => {
                 if let Some(made) = made {
                     metrics::made(py, self.wire, made, Outcome::Error);
@@ -330,8 +393,8 @@ impl SessionPy {
         // Objects of ours that the arguments carried stay until the answer has been read,
         // whatever decrefs the peer sends meanwhile (see RefTable).
         self.tables.await_reply(request_id, future.clone().unbind(), mark, made)?;
-        self.append_buffer(py, &mut data, false)?;
-        self.recycle(data);
+        self.append_encoded(py, &mut data, false)?;
+        self.recycle(data.bytes);
         Ok(future)
     }
 
@@ -348,8 +411,8 @@ impl SessionPy {
         let mark = self.tables.mark();
         let mut data = self.encode_call(py, request_id, object_id, method.to_str()?, false, args, kwargs, false)?;
         self.tables.commit(mark);
-        self.append_buffer(py, &mut data, false)?;
-        self.recycle(data);
+        self.append_encoded(py, &mut data, false)?;
+        self.recycle(data.bytes);
         metrics::sent_only(self.wire, method);
         Ok(())
     }
@@ -529,11 +592,7 @@ impl SessionPy {
         SessionPy {
             wire,
             tables: Tables::new(max_refs),
-            out: Outgoing {
-                bytes: Mutex::new(Vec::new()),
-                queued: AtomicUsize::new(0),
-                scheduled: AtomicBool::new(false),
-            },
+            out: Outgoing { waiting: Mutex::default(), queued: AtomicUsize::new(0), scheduled: AtomicBool::new(false) },
             closed: AtomicBool::new(false),
             holding: AtomicBool::new(false),
             buffered: AtomicUsize::new(0),
@@ -544,15 +603,16 @@ impl SessionPy {
         }
     }
 
-    /// `f` of everything waiting to be written, which is then no longer waiting.
-    pub fn drain<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+    /// `f` of everything waiting to be written (see [`Waiting::parts`]), which is then no
+    /// longer waiting.
+    pub fn drain<R>(&self, py: Python<'_>, f: impl FnOnce(&[&[u8]]) -> R) -> R {
         let mut out = self.lock_out();
         self.out.scheduled.store(false, Ordering::Relaxed);
         self.out.queued.store(0, Ordering::Relaxed);
-        let taken = f(&out);
+        let taken = f(&out.parts(py));
         let len = out.len();
         out.clear();
-        self.spares.settle(len, &mut out);
+        self.spares.settle(len, &mut out.bytes);
         taken
     }
 
@@ -615,20 +675,35 @@ impl SessionPy {
     /// waits, `data`'s buffer becomes the bytes waiting rather than being copied into them.
     /// With `answer`: answers the fast path made while reading a chunk (see [`EARLY_WRITE`]).
     pub fn append_buffer(&self, py: Python<'_>, data: &mut Vec<u8>, answer: bool) -> PyResult<()> {
+        let mut encoded = Encoded::new(std::mem::take(data));
+        let queued = self.queue(py, Bytes::Owned(&mut encoded), answer);
+        *data = encoded.bytes;
+        queued
+    }
+
+    /// [`Self::append_buffer`] for messages with strings left out of them.
+    pub fn append_encoded(&self, py: Python<'_>, data: &mut Encoded, answer: bool) -> PyResult<()> {
         self.queue(py, Bytes::Owned(data), answer)
     }
 
     fn queue(&self, py: Python<'_>, data: Bytes<'_>, answer: bool) -> PyResult<()> {
         if self.closed.load(Ordering::Relaxed) {
+            if let Bytes::Owned(data) = data {
+                data.clear();
+            }
             return Ok(());
         }
         let size = {
             let mut out = self.lock_out();
             match data {
-                Bytes::Borrowed(data) => out.extend_from_slice(data),
+                Bytes::Borrowed(data) => out.bytes.extend_from_slice(data),
                 Bytes::Owned(data) if out.is_empty() => std::mem::swap(&mut *out, data),
                 Bytes::Owned(data) => {
-                    out.extend_from_slice(data);
+                    let base = out.bytes.len();
+                    out.bytes.extend_from_slice(&data.bytes);
+                    out.spliced += data.spliced;
+                    let splices = data.splices.drain(..).map(|Splice { at, bytes }| Splice { at: base + at, bytes });
+                    out.splices.extend(splices);
                     data.clear();
                 }
             }
@@ -706,7 +781,7 @@ impl SessionPy {
         self.closed.store(true, Ordering::Relaxed);
         self.discard();
         // The buffers' memory goes now (what a transport still holds comes back to no one).
-        *self.lock_out() = Vec::new();
+        *self.lock_out() = Encoded::default();
         self.spares.close();
         self.tables.clear();
         let callbacks = self.callbacks.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -714,8 +789,8 @@ impl SessionPy {
         drop((callbacks, encoder));
     }
 
-    fn lock_out(&self) -> MutexGuard<'_, Vec<u8>> {
-        self.out.bytes.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_out(&self) -> MutexGuard<'_, Encoded> {
+        self.out.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// What makes the future of a call out, and its keywords.
@@ -739,7 +814,8 @@ impl SessionPy {
         }
     }
 
-    /// The bytes of one call; on failure the references it gave out are taken back.
+    /// The bytes of one call (and the strings left out of them); on failure the references it
+    /// gave out are taken back.
     #[allow(clippy::too_many_arguments)]
     fn encode_call<'py>(
         &self,
@@ -751,18 +827,18 @@ impl SessionPy {
         args: &Bound<'py, PyTuple>,
         kwargs: &Bound<'py, PyDict>,
         cache: bool,
-    ) -> PyResult<Vec<u8>> {
+    ) -> PyResult<Encoded> {
         let encoding = match self.encoding(py) {
             Some(e) if !self.closed.load(Ordering::Relaxed) => e,
             _ => return Err(self.dead(py)),
         };
         let mark = self.tables.mark();
         // Room for a small call, which then needs no growing.
-        let mut data = self.buffer();
-        data.reserve(256);
+        let mut data = Encoded::new(self.buffer());
+        data.bytes.reserve(256);
         let encoded = match &encoding {
             Encoding::Pb(writer) => {
-                writer.message(py, request_id, object_id, method, answer, args, Some(kwargs), cache, &mut data)
+                writer.message(py, request_id, object_id, method, answer, args, Some(kwargs), cache, &mut data.bytes)
             }
             // foolscap numbers a call that wants no answer 0.
             Encoding::Foolscap(encoder) => encoder.try_lock().map_err(|_| in_use()).and_then(|mut e| {
@@ -774,7 +850,7 @@ impl SessionPy {
         match encoded {
             Ok(()) => Ok(data),
             Err(e) => {
-                self.recycle(data);
+                self.recycle(data.bytes);
                 self.forget(py, self.tables.undo(mark), false)?;
                 Err(e)
             }
@@ -785,7 +861,7 @@ impl SessionPy {
 /// Bytes to queue: copied, or moved when nothing else waits.
 enum Bytes<'a> {
     Borrowed(&'a [u8]),
-    Owned(&'a mut Vec<u8>),
+    Owned(&'a mut Encoded),
 }
 
 /// What the session tests of both wires stand in for the broker with: a log of the callbacks,

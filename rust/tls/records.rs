@@ -112,27 +112,26 @@ impl Traffic {
     }
 
     /// What `drive` does for a rustls connection: open the records in `incoming` (in place; the
-    /// application data goes to `plaintext`), then seal what was held, `write`, and our
-    /// close_notify if asked for, into `io.outgoing`. How much of `incoming` is done with.
+    /// application data goes to `plaintext`), then seal what was held, `write` (its parts one
+    /// after the other), and our close_notify if asked for, into `io.outgoing`. How much of
+    /// `incoming` is done with.
     pub(super) fn step(
         &mut self,
         incoming: &mut [u8],
         io: &mut Io,
         plaintext: &mut Vec<u8>,
-        write: Option<&[u8]>,
+        write: &[&[u8]],
     ) -> (usize, Result<(), Error>) {
         let (done, read) = self.read(incoming, io, plaintext);
         let result = read.and_then(|()| {
             if !io.pending.is_empty() {
                 let pending = std::mem::take(&mut io.pending);
-                self.seal(APPLICATION_DATA, &pending, &mut io.outgoing)?;
+                self.seal(APPLICATION_DATA, &[&pending], &mut io.outgoing)?;
             }
-            if let Some(data) = write {
-                self.seal(APPLICATION_DATA, data, &mut io.outgoing)?;
-            }
+            self.seal(APPLICATION_DATA, write, &mut io.outgoing)?;
             if io.closing && !io.close_sent {
                 io.close_sent = true;
-                self.seal(ALERT, &[1, CLOSE_NOTIFY], &mut io.outgoing)?;
+                self.seal(ALERT, &[&[1, CLOSE_NOTIFY]], &mut io.outgoing)?;
             }
             Ok(())
         });
@@ -151,7 +150,7 @@ impl Traffic {
             Error::InvalidMessage(_) => AlertDescription::DecodeError,
             _ => AlertDescription::InternalError,
         };
-        drop(self.seal(ALERT, &[2, u8::from(alert)], outgoing));
+        drop(self.seal_record(ALERT, &[2, u8::from(alert)], outgoing));
     }
 
     fn read(&mut self, incoming: &mut [u8], io: &mut Io, plaintext: &mut Vec<u8>) -> (usize, Result<(), Error>) {
@@ -262,34 +261,58 @@ impl Traffic {
         Ok(())
     }
 
-    /// Seal `data` as records of type `kind` at the end of `outgoing`.
-    fn seal(&mut self, kind: u8, data: &[u8], outgoing: &mut Vec<u8>) -> Result<(), Error> {
-        outgoing.reserve(data.len() + data.len().div_ceil(MAX_CONTENT) * (HEADER + 1 + TAG));
-        for chunk in data.chunks(MAX_CONTENT) {
+    /// Seal `parts`, one after the other, as records of type `kind` at the end of `outgoing`:
+    /// each record's content is copied from as many parts as fill it and sealed where it lies,
+    /// so a part that lives elsewhere (a large string's bytes object) is copied once, here.
+    fn seal(&mut self, kind: u8, parts: &[&[u8]], outgoing: &mut Vec<u8>) -> Result<(), Error> {
+        let mut left: usize = parts.iter().map(|part| part.len()).sum();
+        outgoing.reserve(left + left.div_ceil(MAX_CONTENT) * (HEADER + 1 + TAG));
+        let (mut parts, mut part): (_, &[u8]) = (parts.iter(), &[]);
+        while left > 0 {
             if self.tx.seq + 1 >= self.tx_limit {
                 self.update_tx(outgoing)?; // (the key update's own record is the last one)
             }
-            self.seal_record(kind, chunk, outgoing)?;
+            let start = outgoing.len();
+            outgoing.extend_from_slice(&[0; HEADER]);
+            let mut room = MAX_CONTENT.min(left);
+            left -= room;
+            while room > 0 {
+                while part.is_empty() {
+                    part = parts.next().expect("the parts hold `left` more bytes");
+                }
+                let (now, rest) = part.split_at(part.len().min(room));
+                outgoing.extend_from_slice(now);
+                (part, room) = (rest, room - now.len());
+            }
+            self.finish_record(kind, start, outgoing)?;
         }
         Ok(())
     }
 
+    /// Seal `content` as one record of type `kind` at the end of `outgoing`.
     pub(super) fn seal_record(&mut self, kind: u8, content: &[u8], outgoing: &mut Vec<u8>) -> Result<(), Error> {
-        let [hi, lo] = u16::try_from(content.len() + 1 + TAG).expect("at most one record's content").to_be_bytes();
-        let header = [APPLICATION_DATA, 3, 3, hi, lo];
-        outgoing.extend_from_slice(&header);
-        let at = outgoing.len();
+        let start = outgoing.len();
+        outgoing.extend_from_slice(&[0; HEADER]);
         outgoing.extend_from_slice(content);
+        self.finish_record(kind, start, outgoing)
+    }
+
+    /// Seal the record at `outgoing[start..]`: room for its header, then its content.
+    fn finish_record(&mut self, kind: u8, start: usize, outgoing: &mut Vec<u8>) -> Result<(), Error> {
         outgoing.push(kind);
+        let length = outgoing.len() - start - HEADER + TAG;
+        let [hi, lo] = u16::try_from(length).expect("at most one record's content").to_be_bytes();
+        let header = [APPLICATION_DATA, 3, 3, hi, lo];
+        outgoing[start..start + HEADER].copy_from_slice(&header);
         let nonce = self.tx.nonce();
-        match self.tx.key.seal_in_place_separate_tag(nonce, Aad::from(header), &mut outgoing[at..]) {
+        match self.tx.key.seal_in_place_separate_tag(nonce, Aad::from(header), &mut outgoing[start + HEADER..]) {
             Ok(tag) => {
                 outgoing.extend_from_slice(tag.as_ref());
                 self.tx.seq += 1;
                 Ok(())
             }
             Err(_) => {
-                outgoing.truncate(at - HEADER);
+                outgoing.truncate(start);
                 Err(Error::EncryptError)
             }
         }
