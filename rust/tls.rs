@@ -1413,8 +1413,15 @@ mod tests {
 
     #[test]
     fn parts_written_together_arrive_as_one_stream_in_full_records() {
-        let parts: [Vec<u8>; 7] =
-            [vec![], b"head".to_vec(), payload(0, 1), vec![7; 3], payload(1, 2)[..16384].to_vec(), vec![], payload(2, 3)];
+        let parts: [Vec<u8>; 7] = [
+            vec![],
+            b"head".to_vec(),
+            payload(0, 1),
+            vec![7; 3],
+            payload(1, 2)[..16384].to_vec(),
+            vec![],
+            payload(2, 3),
+        ];
         let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
         let whole = parts.concat();
         for versions in [ALL_VERSIONS, TLS12_ONLY] {
