@@ -524,6 +524,62 @@ impl TlsSession {
         result.map_err(|e| self.failed(e)).inspect_err(|_| plaintext.truncate(start))
     }
 
+    /// Ready `buffer` to receive ciphertext straight after its end, to be opened there by
+    /// [`Self::open_landed`] (its plaintext moved down onto the end: the bytes are not copied
+    /// out of a read buffer first). Only once the records are protected here (TLS 1.3 after the
+    /// handshake); None otherwise, or once the session has failed or the peer has closed. The
+    /// record the last chunk cut is copied after `buffer`'s end, and the returned offset from
+    /// there is where the next bytes go, with room for at least `room` of them.
+    pub fn prepare_landing(&mut self, buffer: &mut Vec<u8>, room: usize) -> Option<usize> {
+        if !matches!(self.conn, Conn::Traffic(_)) || self.failure.is_some() || self.io.peer_closed {
+            return None;
+        }
+        let cut = self.incoming.len();
+        buffer.reserve(cut + room);
+        // (Kept in `incoming` too, until the bytes come: a read may fail, and a feed follow.)
+        let spare = &mut buffer.spare_capacity_mut()[..cut];
+        for (to, &byte) in spare.iter_mut().zip(&self.incoming) {
+            to.write(byte);
+        }
+        Some(cut)
+    }
+
+    /// Open the records received straight after `buffer`'s end (see [`Self::prepare_landing`]),
+    /// the `landed` bytes that came and the cut record before them: their application data
+    /// is appended to `buffer`, where it already lies, and a record cut by their end is kept
+    /// for the next chunk. As [`Self::feed`] otherwise.
+    ///
+    /// # Safety
+    ///
+    /// `landed` bytes were written into `buffer`'s spare capacity from the offset
+    /// `prepare_landing` returned, and neither `buffer` nor the session changed since it did.
+    pub unsafe fn open_landed(&mut self, buffer: &mut Vec<u8>, landed: usize) -> Result<(), TlsError> {
+        self.check_alive()?;
+        let Conn::Traffic(records) = &mut self.conn else {
+            return Err(TlsError::Session("no records were made ready to receive".into()));
+        };
+        let start = buffer.len();
+        let total = self.incoming.len() + landed;
+        debug_assert!(buffer.capacity() - start >= total);
+        // SAFETY: the caller's contract: the cut record and the bytes that came are there.
+        unsafe { buffer.set_len(start + total) };
+        self.incoming.clear();
+        let (done, produced, result) = records.read_within(&mut buffer[start..], &mut self.io);
+        if !self.io.peer_closed {
+            self.incoming.extend_from_slice(&buffer[start + done..]);
+        }
+        match result {
+            Ok(()) => {
+                buffer.truncate(start + produced);
+                Ok(())
+            }
+            Err(e) => {
+                buffer.truncate(start);
+                Err(self.failed(e))
+            }
+        }
+    }
+
     /// Queue application data. Before the handshake completes it is held and sent as soon as
     /// the keys allow.
     pub fn write(&mut self, data: &[u8]) -> Result<(), TlsError> {
@@ -1452,6 +1508,70 @@ mod tests {
             }
             assert!(client.write_parts(&[&[], &[]]).is_ok() && client.take().is_empty());
         }
+    }
+
+    /// Deliver `stream` to `receiver` chunk by chunk (sizes cycling through `chunks`), received
+    /// straight after `buffer`'s end when the session allows it (two chunks in three, to mix
+    /// the two ways), else through a read buffer.
+    fn land(receiver: &mut TlsSession, buffer: &mut Vec<u8>, stream: &[u8], chunks: &[usize]) -> Result<(), TlsError> {
+        let mut sizes = chunks.iter().cycle();
+        let (mut at, mut turn) = (0, 0);
+        while at < stream.len() {
+            let n = (*sizes.next().unwrap()).min(stream.len() - at);
+            let chunk = &stream[at..at + n];
+            (at, turn) = (at + n, turn + 1);
+            match receiver.prepare_landing(buffer, n).filter(|_| turn % 3 != 0) {
+                Some(offset) => {
+                    let spare = &mut buffer.spare_capacity_mut()[offset..offset + n];
+                    for (to, &byte) in spare.iter_mut().zip(chunk) {
+                        to.write(byte);
+                    }
+                    // SAFETY: the bytes were just written where `prepare_landing` said.
+                    unsafe { receiver.open_landed(buffer, n)? };
+                }
+                None => receiver.feed_in_place(&mut chunk.to_vec(), buffer)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A server after the handshake, and what its client sends it: payloads each followed by a
+    /// one-byte write, with key updates among them, then close_notify; and the plaintext.
+    fn records_to_land() -> (TlsSession, Vec<u8>, Vec<u8>) {
+        let (mut client, mut server) = session_pair(Some(&identity(FOOLSCAP)), &identity(EC_P256), ALL_VERSIONS);
+        pump(&mut client, &mut server).unwrap();
+        traffic(&mut client).set_tx_limit(4);
+        let (mut stream, mut sent) = (Vec::new(), Vec::new());
+        for round in 0..6 {
+            client.write(&payload(round, 5)).unwrap();
+            client.write(b"-").unwrap();
+            stream.extend(client.take());
+            sent.extend(payload(round, 5));
+            sent.push(b'-');
+        }
+        client.close();
+        stream.extend(client.take());
+        (server, stream, sent)
+    }
+
+    #[test]
+    fn records_received_straight_into_the_plaintext_buffer() {
+        for chunks in [&[100_000][..], &[3, 5, 16_000, 16_406, 70_001], &[1, 2, 4, 4_093]] {
+            let (mut server, stream, sent) = records_to_land();
+            let mut buffer = b"held ".to_vec();
+            land(&mut server, &mut buffer, &stream, chunks).unwrap();
+            assert_eq!(buffer, [&b"held "[..], &sent].concat(), "{chunks:?}");
+            assert!(server.io.peer_closed && server.prepare_landing(&mut buffer, 10).is_none());
+        }
+        // A damaged record fails the session, and nothing of the chunk it came in is kept.
+        let (mut server, mut stream, _) = records_to_land();
+        let middle = stream.len() / 2;
+        stream[middle] ^= 1;
+        let mut buffer = Vec::new();
+        assert!(land(&mut server, &mut buffer, &stream, &[1, stream.len()]).is_err());
+        assert!(buffer.is_empty());
+        assert!(server.prepare_landing(&mut buffer, 10).is_none());
+        assert!(!server.take().is_empty(), "the alert that tells the peer why");
     }
 
     #[test]

@@ -12,6 +12,7 @@ from typing import Annotated
 import pbfast
 import pytest
 from pbfast import _core
+from pbfast._tub_broker import TubBroker
 from pbfast.furl import FURL
 from pbfast.identity import TubIdentity
 from pbfast.schema import MaxLength
@@ -408,3 +409,36 @@ def test_an_oversize_argument_is_not_buffered(run):
     assert "RIStore.schema-target.pbfast.example.put: a string of 104857600 bytes" in str(refused)
     assert "the interface allows at most 1024" in str(refused)
     assert grown < 16 << 20, f"the server's peak memory grew by {grown / 2**20:.1f} MiB"
+
+
+def test_a_damaged_record_amid_a_large_message(run, monkeypatch):
+    """While a large message comes, the server reads its records straight into the buffer that
+    holds it; a record the peer could not have sealed, arriving then, fails that connection
+    with bad_record_mac and nothing else (the other client is still answered)."""
+    landed = []
+    get_buffer = TubBroker.get_buffer
+
+    def spy(self, sizehint):
+        view = get_buffer(self, sizehint)
+        landed.append(view is not self._thread_read_view)
+        return view
+
+    monkeypatch.setattr(TubBroker, "get_buffer", spy)
+
+    async def main():
+        async with watched() as (_, furl), pbfast.Tub() as other:
+            ref = await other.getReference(furl)
+            lost = asyncio.get_running_loop().create_future()
+            ref.notifyOnDisconnect(lost.set_result, True)
+            session, opened = ref.broker._session, ref.broker._session.next_open_id
+            tokens = [("OPEN", opened), ("STRING", b"call"), ("INT", 1), ("INT", 1), ("STRING", b"echo")]
+            tokens += [("OPEN", opened + 1), ("STRING", b"arguments"), ("INT", 1), ("STRING", bytes(1 << 20))]
+            call = _core.encode_tokens(tokens, "foolscap")
+            session.write(call[: 300 << 10])  # well into the string
+            await asyncio.sleep(0.2)
+            landed.clear()
+            ref.broker.transport.write(bytes([23, 3, 3, 0, 32]) + bytes(range(32)))
+            assert await asyncio.wait_for(lost, 5)
+            assert any(landed), "the record was read into the message's buffer"
+
+    run(main())

@@ -371,7 +371,7 @@ class Connection(asyncio.BufferedProtocol, abc.ABC):
         self._idle_watched = False  # whether `_last_received` is kept (a clock read per chunk)
         self._timer: asyncio.TimerHandle | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
-        self._read_view = _read_buffer()
+        self._read_view = self._thread_read_view = _read_buffer()
 
     def __repr__(self) -> str:
         role = "server" if self.server else "client"

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 from . import _core
 from ._calls import OptionsCall
 from ._connection import EXTENSIONS as SHARED_EXTENSIONS
-from ._connection import Connection, ConnectionOptions, SessionCallbacks, run_callback
+from ._connection import READ_SIZE, Connection, ConnectionOptions, SessionCallbacks, run_callback
 from ._core import (
     FS_ANSWER,
     FS_AWAITING,
@@ -319,6 +319,13 @@ class TubBroker(Connection):
 
     def _opened(self) -> None:
         self._flush()  # a client's upgrade request
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # The rest of a large message over TLS is read straight into the session's own buffer,
+        # its records opened where they land.
+        view = self._session.landing(READ_SIZE)
+        self._read_view = self._thread_read_view if view is None else view
+        return self._read_view
 
     def _receive(self, data: bytes | memoryview) -> None:
         session = self._session

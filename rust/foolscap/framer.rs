@@ -289,6 +289,11 @@ impl MessageFramer {
         self.scan.stopped
     }
 
+    /// Whether bytes given to [`Self::append_with`] are kept: neither stopped nor failed.
+    pub fn receiving(&self) -> bool {
+        !self.scan.stopped && !self.held.failed()
+    }
+
     /// Feed a chunk; `on_frame` is called for each frame completed by it, in stream order. After
     /// an error the framer stays failed and returns that error again.
     pub fn feed<E: From<BananaError>>(

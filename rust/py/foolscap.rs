@@ -133,6 +133,11 @@ impl Reader {
         self.framer.buffered()
     }
 
+    /// Whether bytes given to [`Self::append_with`] are kept (else they go to a scratch buffer).
+    pub fn receiving(&self) -> bool {
+        self.framer.receiving()
+    }
+
     /// The events of `bytes` (plaintext). With `fast`, calls run and plain answers resolve
     /// here; their replies are queued ahead of any later event that needs the broker (the path
     /// stops for the rest of the chunk at the first such message, a call carrying gifts

@@ -13,10 +13,13 @@
 //! Refusals raise `NegotiationError`, a failed TLS exchange `TLSError` (its alert then waits in
 //! `take`), a broken stream `BananaError` carrying the events read before it.
 
+use std::os::raw::c_char;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyRuntimeError;
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
@@ -40,6 +43,30 @@ struct Incoming {
     broker: Py<PyAny>,
     /// The string limits calls are held to as they arrive.
     call_limits: CallLimits,
+    /// Where the transport was told to put the next bytes, if it was (see `landing`).
+    landing: Option<Landing>,
+}
+
+/// A message this long (or longer) being received over TLS has the rest of its records read
+/// straight into the buffer that holds it (see `FoolscapSession.landing`).
+const LAND_AT: usize = 1 << 16;
+
+/// Room made for the transport after the held bytes of a message: where it starts, where the
+/// held bytes ended then, and how much there is.
+#[derive(Clone, Copy)]
+struct Landing {
+    at: usize,
+    held_end: usize,
+    room: usize,
+}
+
+/// The length of `data` if it is the bytes the transport read where `landing` said (a view of
+/// that memory from its start, no longer than the room), with the landing.
+fn landed(data: &Bound<'_, PyAny>, landing: Landing) -> Option<(Landing, usize)> {
+    let buffer = PyBuffer::<u8>::get(data).ok()?;
+    let len = buffer.len_bytes();
+    (buffer.buf_ptr() as usize == landing.at && len <= landing.room && buffer.is_c_contiguous())
+        .then_some((landing, len))
 }
 
 /// What carries banana: the negotiation, then TLS. Locked briefly, never while Python runs.
@@ -140,6 +167,7 @@ impl FoolscapSession {
             dispatch: Dispatch::new(is_plain, Flavor::Foolscap),
             broker,
             call_limits: CallLimits::new(call_limits, floor),
+            landing: None,
         };
         let link = Link { negotiation, tls: None, banana, closed: false, early: Vec::new(), writer };
         let session = FoolscapSession {
@@ -155,12 +183,54 @@ impl FoolscapSession {
         let (py, this, session) = (slf.py(), slf.get(), slf.as_super().get());
         let mut guard = this.lock_incoming()?;
         let Some(incoming) = guard.as_mut() else { return Ok(PyList::empty(py)) };
-        let events = with_received_mut(data, |bytes| {
-            metrics::received(Wire::Foolscap, bytes.len());
-            this.receive(py, session, incoming, bytes)
-        });
+        let events = match incoming.landing.take().and_then(|landing| landed(data, landing)) {
+            Some((landing, len)) => {
+                metrics::received(Wire::Foolscap, len);
+                this.receive_landed(py, session, incoming, landing, len)
+            }
+            None => with_received_mut(data, |bytes| {
+                metrics::received(Wire::Foolscap, bytes.len());
+                this.receive(py, session, incoming, bytes)
+            }),
+        };
         this.read_done(guard);
         events
+    }
+
+    /// Where the transport is to read the next bytes, or None (its own buffer, then): while a
+    /// message of [`LAND_AT`] bytes or more comes over TLS, room after the bytes held of it,
+    /// at least `room` bytes, whose records are opened where they land, their plaintext moved
+    /// down onto the end of the message rather than copied out of a read buffer. A writable
+    /// `memoryview` of memory the session owns: good until the session is next used, and the
+    /// next `feed` is to be given the bytes that came, as a slice of it from its start.
+    fn landing<'py>(slf: &Bound<'py, Self>, room: usize) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let (py, this) = (slf.py(), slf.get());
+        let Ok(mut guard) = this.incoming.try_lock() else { return Ok(None) };
+        let Some(incoming) = guard.as_mut() else { return Ok(None) };
+        incoming.landing = None;
+        if incoming.reader.buffered() < LAND_AT || !incoming.reader.receiving() {
+            return Ok(None);
+        }
+        let mut link = this.lock_link()?;
+        let Some(tls) = link.tls.as_mut() else { return Ok(None) };
+        let mut landing = None;
+        let made: Result<(), ()> = incoming.reader.append_with(|buffer| {
+            if let Some(cut) = tls.prepare_landing(buffer, room) {
+                let held_end = buffer.as_ptr() as usize + buffer.len();
+                landing = Some(Landing { at: held_end + cut, held_end, room: buffer.capacity() - buffer.len() - cut });
+            }
+            Ok(())
+        });
+        made.expect("nothing fails");
+        let Some(landing) = landing else { return Ok(None) };
+        incoming.landing = Some(landing);
+        // SAFETY: `landing.room` bytes of the buffer's spare capacity from `landing.at`, which
+        // nothing touches before the next use of the session (the transport reads into them
+        // at once, then feeds them back).
+        unsafe {
+            let view = ffi::PyMemoryView_FromMemory(landing.at as *mut c_char, landing.room as isize, ffi::PyBUF_WRITE);
+            Bound::from_owned_ptr_or_err(py, view).map(Some)
+        }
     }
 
     /// As master, after `FS_DECIDE`: accept the connection as number `seqnum`. Returns the
@@ -498,6 +568,36 @@ impl FoolscapSession {
             Banana::Plain => self.read(py, session, incoming, bytes, true),
             Banana::Decrypted => self.read(py, session, incoming, &[], true),
         }
+    }
+
+    /// [`Self::receive`] for `len` bytes the transport read where `landing` said.
+    fn receive_landed<'py>(
+        &self,
+        py: Python<'py>,
+        session: &SessionPy,
+        incoming: &mut Incoming,
+        landing: Landing,
+        len: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
+        {
+            let mut link = self.lock_link()?;
+            let lost = || PyRuntimeError::new_err("bytes were read into a buffer the session no longer has");
+            let Some(tls) = link.tls.as_mut() else { return Err(lost()) };
+            let opened = incoming.reader.append_with(|buffer| {
+                if buffer.as_ptr() as usize + buffer.len() != landing.held_end {
+                    return Err(lost());
+                }
+                // SAFETY: the buffer is where `landing` made room in it, unchanged since, and
+                // the transport has just written `len` bytes (at most the room) there.
+                py.detach(|| unsafe { tls.open_landed(buffer, len) }).map_err(PyErr::from)
+            });
+            if let Err(e) = opened {
+                // The session is broken: nothing more goes through it but its alert.
+                session.discard();
+                return Err(e);
+            }
+        }
+        self.read(py, session, incoming, &[], true)
     }
 
     /// The events of banana `plaintext`: with the fast path unless the broker holds calls back

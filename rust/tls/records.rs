@@ -31,6 +31,14 @@ const KEY_UPDATE: u8 = 24;
 const CLOSE_NOTIFY: u8 = 0;
 const USER_CANCELED: u8 = 90;
 
+/// Where the application data of the records opened goes.
+enum Plaintext<'a> {
+    /// At the end of this buffer.
+    Append(&'a mut Vec<u8>),
+    /// To the front of the records' own buffer, after the bytes of it that are plaintext so far.
+    Within(usize),
+}
+
 /// What rustls still does for the connection: new secrets on key updates, tickets for clients.
 pub(super) enum Kernel {
     Client(KernelConnection<ClientConnectionData>),
@@ -122,7 +130,7 @@ impl Traffic {
         plaintext: &mut Vec<u8>,
         write: &[&[u8]],
     ) -> (usize, Result<(), Error>) {
-        let (done, read) = self.read(incoming, io, plaintext);
+        let (done, read) = self.read(incoming, io, &mut Plaintext::Append(plaintext));
         let result = read.and_then(|()| {
             if !io.pending.is_empty() {
                 let pending = std::mem::take(&mut io.pending);
@@ -153,10 +161,21 @@ impl Traffic {
         drop(self.seal_record(ALERT, &[2, u8::from(alert)], outgoing));
     }
 
-    fn read(&mut self, incoming: &mut [u8], io: &mut Io, plaintext: &mut Vec<u8>) -> (usize, Result<(), Error>) {
+    /// Open the records in `data` (its front, up to the plaintext so far, once the records are
+    /// done with): their application data is moved down to the front as each is opened, the
+    /// ciphertext read straight into the buffer its plaintext stays in. How much of `data` is
+    /// done with, how much of its front is plaintext, and the outcome.
+    pub(super) fn read_within(&mut self, data: &mut [u8], io: &mut Io) -> (usize, usize, Result<(), Error>) {
+        let mut produced = Plaintext::Within(0);
+        let (done, result) = self.read(data, io, &mut produced);
+        let Plaintext::Within(produced) = produced else { unreachable!("read within") };
+        (done, produced, result)
+    }
+
+    fn read(&mut self, incoming: &mut [u8], io: &mut Io, plaintext: &mut Plaintext<'_>) -> (usize, Result<(), Error>) {
         let mut start = 0;
         while !io.peer_closed {
-            let rest = &mut incoming[start..];
+            let rest = &incoming[start..];
             let [kind, major, _, hi, lo, ..] = *rest else { break };
             let len = usize::from(u16::from_be_bytes([hi, lo]));
             if kind != APPLICATION_DATA || major != 3 {
@@ -168,13 +187,20 @@ impl Traffic {
             if rest.len() < HEADER + len {
                 break; // the rest of the record has not come yet
             }
-            let (header, body) = rest[..HEADER + len].split_at_mut(HEADER);
+            // (Copied: plaintext moved down may overwrite the header while it is read.)
+            let header = [kind, major, rest[2], hi, lo];
+            let body = start + HEADER;
+            let to = match plaintext {
+                Plaintext::Append(_) => body,
+                Plaintext::Within(produced) => *produced,
+            };
             let nonce = self.rx.nonce();
-            let Ok(inner) = self.rx.key.open_in_place(nonce, Aad::from(&*header), body) else {
+            let sealed = &mut incoming[to..body + len];
+            let Ok(inner) = self.rx.key.open_within(nonce, Aad::from(header), sealed, body - to..) else {
                 return (start, Err(Error::DecryptError));
             };
             self.rx.seq += 1;
-            start += HEADER + len;
+            start = body + len;
             // The inner plaintext: the content, its type, then zero padding.
             let Some(end) = inner.iter().rposition(|&b| b != 0) else {
                 return (start, Err(Error::InvalidMessage(InvalidMessage::InvalidContentType)));
@@ -185,7 +211,10 @@ impl Traffic {
             }
             let handled = match kind {
                 APPLICATION_DATA => {
-                    plaintext.extend_from_slice(content);
+                    match plaintext {
+                        Plaintext::Append(buffer) => buffer.extend_from_slice(content),
+                        Plaintext::Within(produced) => *produced += content.len(),
+                    }
                     Ok(())
                 }
                 ALERT => match *content {
