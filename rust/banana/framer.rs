@@ -71,6 +71,11 @@ impl Held {
         self.failed.is_some()
     }
 
+    /// The bytes held, to append to (see [`Self::append_with`]).
+    pub fn buffer_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
     /// Let go of the buffer: nothing more will be read.
     pub fn release(&mut self) {
         self.buf = Vec::new();

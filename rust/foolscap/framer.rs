@@ -289,9 +289,11 @@ impl MessageFramer {
         self.scan.stopped
     }
 
-    /// Whether bytes given to [`Self::append_with`] are kept: neither stopped nor failed.
-    pub fn receiving(&self) -> bool {
-        !self.scan.stopped && !self.held.failed()
+    /// The bytes held of the partial message, for bytes made elsewhere to be appended to
+    /// straight (as [`Self::append_with`] does, without its undoing of a failed append); None
+    /// once the framer has stopped or failed.
+    pub fn held_mut(&mut self) -> Option<&mut Vec<u8>> {
+        (!self.scan.stopped && !self.held.failed()).then(|| self.held.buffer_mut())
     }
 
     /// Feed a chunk; `on_frame` is called for each frame completed by it, in stream order. After

@@ -133,9 +133,9 @@ impl Reader {
         self.framer.buffered()
     }
 
-    /// Whether bytes given to [`Self::append_with`] are kept (else they go to a scratch buffer).
-    pub fn receiving(&self) -> bool {
-        self.framer.receiving()
+    /// The bytes held of the partial message, to append to straight (see `MessageFramer::held_mut`).
+    pub fn held_mut(&mut self) -> Option<&mut Vec<u8>> {
+        self.framer.held_mut()
     }
 
     /// The events of `bytes` (plaintext). With `fast`, calls run and plain answers resolve
@@ -1041,16 +1041,14 @@ impl FoolscapEncoderPy {
         write: impl FnOnce(&mut MessageWriter<'py, '_>) -> PyResult<()>,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let out = match dest {
-            Dest::Append(out) => return self.encode_into(py, out, None, write).map(|()| None),
+            Dest::Append(out) => return self.encode_into(py, out, None, write).map(|_| None),
             Dest::Splicing(Encoded { bytes, splices, spliced }) => {
-                let before = splices.len();
-                let encoded = self.encode_into(py, bytes, Some(splices), write);
-                *spliced += splices[before..].iter().map(|s| s.bytes.as_bytes(py).len()).sum::<usize>();
-                return encoded.map(|()| None);
+                *spliced += self.encode_into(py, bytes, Some(splices), write)?;
+                return Ok(None);
             }
             Dest::Bytes => &mut std::mem::take(&mut self.scratch),
         };
-        let bytes = self.encode_into(py, out, None, write).map(|()| Some(PyBytes::new(py, out)));
+        let bytes = self.encode_into(py, out, None, write).map(|_| Some(PyBytes::new(py, out)));
         if out.capacity() <= 1 << 20 {
             out.clear();
             self.scratch = std::mem::take(out);
@@ -1060,14 +1058,14 @@ impl FoolscapEncoderPy {
 
     /// Run `write` on a fresh message appended to `out` (its long byte strings left out and
     /// noted in `splices`, if given); if it fails, `out` and `splices` are left as they were
-    /// and so is the counter.
+    /// and so is the counter. Returns the bytes of the strings left out.
     fn encode_into<'py>(
         &mut self,
         py: Python<'py>,
         out: &mut Vec<u8>,
         mut splices: Option<&mut Vec<Splice>>,
         write: impl FnOnce(&mut MessageWriter<'py, '_>) -> PyResult<()>,
-    ) -> PyResult<()> {
+    ) -> PyResult<usize> {
         let start = out.len();
         let spliced_before = splices.as_ref().map_or(0, |s| s.len());
         let mut m = MessageWriter {
@@ -1075,6 +1073,7 @@ impl FoolscapEncoderPy {
             w: SplicingWriter {
                 w: Writer::new(std::mem::take(out), self.next_open_id, self.max_depth),
                 splices: splices.as_deref_mut(),
+                spliced: 0,
             },
             seen: &mut self.seen,
             keep: recycle(std::mem::take(&mut self.keep)),
@@ -1085,14 +1084,13 @@ impl FoolscapEncoderPy {
         };
         let mut result = write(&mut m);
         let MessageWriter { w, keep, .. } = m;
+        let spliced = w.spliced;
         let (mut written, next_open_id) = w.w.finish();
         self.seen.clear();
         if keep.capacity() <= 1 << 16 {
             self.keep = recycle(keep);
         }
         if let (Ok(()), Some(limit)) = (&result, self.max_message) {
-            let spliced =
-                splices.as_ref().map_or(0, |s| s[spliced_before..].iter().map(|s| s.bytes.as_bytes(py).len()).sum());
             let len = written.len() - start + spliced;
             if len > limit {
                 result = Err(BananaError::local(ErrorKind::MessageTooLargeToSend { len, limit }).into());
@@ -1108,7 +1106,7 @@ impl FoolscapEncoderPy {
             }
         }
         *out = written;
-        result
+        result.map(|()| spliced)
     }
 }
 
@@ -1175,6 +1173,8 @@ struct MessageWriter<'py, 'a> {
 struct SplicingWriter<'a> {
     w: Writer,
     splices: Option<&'a mut Vec<Splice>>,
+    /// The bytes of the strings left out.
+    spliced: usize,
 }
 
 impl SplicingWriter<'_> {
@@ -1185,6 +1185,7 @@ impl SplicingWriter<'_> {
             Some(splices) if data.len() >= SPLICE_AT => {
                 self.w.string_header(data.len());
                 splices.push(Splice { at: self.w.written(), bytes: b.clone().unbind() });
+                self.spliced += data.len();
             }
             _ => self.w.bytes(data),
         }

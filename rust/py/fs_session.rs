@@ -9,7 +9,10 @@
 //! master: the broker decides with `decide` or `refuse`s) or `FS_NEGOTIATED` (banana from here
 //! on; the peer's details are on the session), after which, as on PB, each chunk is decrypted,
 //! its calls run and its answers resolve as it is read (see `foolscap.rs`), and the rest are
-//! events. `take` gives what to write: the negotiation's bytes, then TLS records of what waits.
+//! events. `take` gives what to write: the negotiation's bytes, then TLS records of what waits
+//! (a long byte string sealed straight from its bytes object). While a long message comes,
+//! `landing` gives the transport room after the bytes held of it to read the rest into, and its
+//! records are opened there: received bytes are not copied out of a read buffer first.
 //! Refusals raise `NegotiationError`, a failed TLS exchange `TLSError` (its alert then waits in
 //! `take`), a broken stream `BananaError` carrying the events read before it.
 
@@ -208,21 +211,15 @@ impl FoolscapSession {
         let Ok(mut guard) = this.incoming.try_lock() else { return Ok(None) };
         let Some(incoming) = guard.as_mut() else { return Ok(None) };
         incoming.landing = None;
-        if incoming.reader.buffered() < LAND_AT || !incoming.reader.receiving() {
+        if incoming.reader.buffered() < LAND_AT {
             return Ok(None);
         }
         let mut link = this.lock_link()?;
         let Some(tls) = link.tls.as_mut() else { return Ok(None) };
-        let mut landing = None;
-        let made: Result<(), ()> = incoming.reader.append_with(|buffer| {
-            if let Some(cut) = tls.prepare_landing(buffer, room) {
-                let held_end = buffer.as_ptr() as usize + buffer.len();
-                landing = Some(Landing { at: held_end + cut, held_end, room: buffer.capacity() - buffer.len() - cut });
-            }
-            Ok(())
-        });
-        made.expect("nothing fails");
-        let Some(landing) = landing else { return Ok(None) };
+        let Some(buffer) = incoming.reader.held_mut() else { return Ok(None) };
+        let Some(cut) = tls.prepare_landing(buffer, room) else { return Ok(None) };
+        let held_end = buffer.as_ptr() as usize + buffer.len();
+        let landing = Landing { at: held_end + cut, held_end, room: buffer.capacity() - buffer.len() - cut };
         incoming.landing = Some(landing);
         // SAFETY: `landing.room` bytes of the buffer's spare capacity from `landing.at`, which
         // nothing touches before the next use of the session (the transport reads into them
@@ -582,19 +579,16 @@ impl FoolscapSession {
         {
             let mut link = self.lock_link()?;
             let lost = || PyRuntimeError::new_err("bytes were read into a buffer the session no longer has");
-            let Some(tls) = link.tls.as_mut() else { return Err(lost()) };
-            let opened = incoming.reader.append_with(|buffer| {
-                if buffer.as_ptr() as usize + buffer.len() != landing.held_end {
-                    return Err(lost());
-                }
-                // SAFETY: the buffer is where `landing` made room in it, unchanged since, and
-                // the transport has just written `len` bytes (at most the room) there.
-                py.detach(|| unsafe { tls.open_landed(buffer, len) }).map_err(PyErr::from)
-            });
-            if let Err(e) = opened {
+            let (Some(tls), Some(buffer)) = (link.tls.as_mut(), incoming.reader.held_mut()) else { return Err(lost()) };
+            if buffer.as_ptr() as usize + buffer.len() != landing.held_end {
+                return Err(lost());
+            }
+            // SAFETY: the buffer is where `landing` made room in it, unchanged since, and the
+            // transport has just written `len` bytes (at most the room) there.
+            if let Err(e) = py.detach(|| unsafe { tls.open_landed(buffer, len) }) {
                 // The session is broken: nothing more goes through it but its alert.
                 session.discard();
-                return Err(e);
+                return Err(e.into());
             }
         }
         self.read(py, session, incoming, &[], true)

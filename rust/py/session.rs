@@ -52,8 +52,9 @@ pub const FLUSH_AT: usize = 1 << 16;
 /// [`OutgoingBytes`]) rather than a copy.
 pub const HAND_OFF_AT: usize = 1 << 16;
 
-/// Byte strings this long or longer that a Tub sends over TLS are not copied into the message's
-/// buffer: their bytes object waits with it (a [`Splice`]) and is sealed straight from there.
+/// A Tub's byte strings this long or longer are not copied into their message's buffer: their
+/// bytes object waits with it (a [`Splice`]) and TLS seals them straight from there (only a
+/// connection without TLS joins them, as it writes).
 pub const SPLICE_AT: usize = 1 << 16;
 
 /// A byte string left out of the buffer its message was encoded into: its bytes go in at `at`
@@ -209,7 +210,7 @@ struct Callbacks {
 /// The bytes waiting to be written.
 struct Outgoing {
     waiting: Mutex<Encoded>,
-    /// Messages in `bytes`.
+    /// Messages in `waiting`.
     queued: AtomicUsize,
     /// `wake()` has been called for the bytes waiting.
     scheduled: AtomicBool,
@@ -381,7 +382,7 @@ impl SessionPy {
         let mark = self.tables.mark();
         let made = metrics::making(method);
         let mut data = match self.encode_call(py, request_id, object_id, method.to_str()?, true, args, kwargs, cache) {
-            Ok(encoded) => encoded,
+            Ok(data) => data,
             Err(e) => {
                 if let Some(made) = made {
                     metrics::made(py, self.wire, made, Outcome::Error);
@@ -603,7 +604,7 @@ impl SessionPy {
         }
     }
 
-    /// `f` of everything waiting to be written (see [`Waiting::parts`]), which is then no
+    /// `f` of everything waiting to be written (see [`Encoded::parts`]), which is then no
     /// longer waiting.
     pub fn drain<R>(&self, py: Python<'_>, f: impl FnOnce(&[&[u8]]) -> R) -> R {
         let mut out = self.lock_out();
