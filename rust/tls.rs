@@ -560,7 +560,7 @@ impl TlsSession {
         };
         let start = buffer.len();
         let total = self.incoming.len() + landed;
-        debug_assert!(buffer.capacity() - start >= total);
+        assert!(buffer.capacity() - start >= total, "more bytes landed than there was room for");
         // SAFETY: the caller's contract: the cut record and the bytes that came are there.
         unsafe { buffer.set_len(start + total) };
         self.incoming.clear();

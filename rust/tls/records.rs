@@ -161,10 +161,10 @@ impl Traffic {
         drop(self.seal_record(ALERT, &[2, u8::from(alert)], outgoing));
     }
 
-    /// Open the records in `data` (its front, up to the plaintext so far, once the records are
-    /// done with): their application data is moved down to the front as each is opened, the
-    /// ciphertext read straight into the buffer its plaintext stays in. How much of `data` is
-    /// done with, how much of its front is plaintext, and the outcome.
+    /// Open the records in `data`, moving the application data of each down to the front of
+    /// `data`, after that of the records before it (for ciphertext received straight into the
+    /// buffer its plaintext is to stay in). How much of `data` is done with, how much of its
+    /// front is plaintext, and the outcome.
     pub(super) fn read_within(&mut self, data: &mut [u8], io: &mut Io) -> (usize, usize, Result<(), Error>) {
         let mut produced = Plaintext::Within(0);
         let (done, result) = self.read(data, io, &mut produced);
