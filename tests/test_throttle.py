@@ -396,6 +396,7 @@ def check_figures(figures: dict[str, Any], where: str) -> None:
     assert figures["echo_p99"] < 0.05
 
 
+@pytest.mark.slow  # a guessing attack: run once, not again on uvloop
 def test_guessing_over_several_connections_is_throttled(run, caplog) -> None:
     async def main() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -417,6 +418,7 @@ def test_guessing_over_several_connections_is_throttled(run, caplog) -> None:
     assert throttled_warnings(caplog) == ["login attempts from 127.0.0.1 throttled to 5/s after 5 failures"]
 
 
+@pytest.mark.slow  # a guessing attack: run once, not again on uvloop
 def test_guessing_against_a_server_process(run) -> None:
     with ServeProcess("--object", "throttle_portal:portal", LISTEN) as server:
         figures = run(under_attack(server.address))
