@@ -439,6 +439,7 @@ def test_a_damaged_record_amid_a_large_message(run, monkeypatch):
             landed.clear()
             ref.broker.transport.write(bytes([23, 3, 3, 0, 32]) + bytes(range(32)))
             assert await asyncio.wait_for(lost, 5)
+            assert "bad_record_mac" in str(ref.broker._reason)  # the server's alert
             assert any(landed), "the record was read into the message's buffer"
 
     run(main())
