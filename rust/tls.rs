@@ -587,14 +587,15 @@ impl TlsSession {
     }
 
     /// Queue `parts` as application data, one after the other: records are filled from as
-    /// many as it takes, each part copied once, as it is sealed.
+    /// many as it takes, each part copied once, as it is sealed. Nothing to write is no error,
+    /// whatever the session's state.
     pub fn write_parts(&mut self, parts: &[&[u8]]) -> Result<(), TlsError> {
+        if parts.iter().all(|part| part.is_empty()) {
+            return Ok(());
+        }
         self.check_alive()?;
         if self.io.closing {
             return Err(TlsError::Session("cannot write to a TLS session after close()".into()));
-        }
-        if parts.iter().all(|part| part.is_empty()) {
-            return Ok(());
         }
         // (Plaintext read meanwhile would be a peer's data before our `feed`: none is, as
         // every feed reads all it can.)

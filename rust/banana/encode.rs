@@ -108,16 +108,14 @@ impl Encoder {
             self.short_string_after(&[], b);
             return Ok(());
         }
-        if b.len() > self.max_element.0 {
-            return Err(self.too_long("byte string", b.len()));
-        }
-        self.token(b.len() as u64, tb::STRING);
+        self.string_header(b.len())?;
         self.out.extend_from_slice(b);
         Ok(())
     }
 
     /// The header of a STRING of `len` bytes whose body the caller writes after it (or puts
     /// there when the bytes are sent: see the foolscap writer's `string_header`).
+    #[inline]
     pub fn string_header(&mut self, len: usize) -> Result<(), BananaError> {
         if len > self.max_element.0 {
             return Err(self.too_long("byte string", len));

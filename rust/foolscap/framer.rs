@@ -325,7 +325,7 @@ impl MessageFramer {
     /// if they came first in its chunk, without being copied again; if `fill` fails, nothing
     /// is added. After the peer's ERROR, or once the stream has failed, nothing is kept.
     pub fn append_with<E>(&mut self, fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
-        if self.scan.stopped || self.held.failed() {
+        if self.held_mut().is_none() {
             return fill(&mut Vec::new());
         }
         self.held.append_with(fill)

@@ -64,12 +64,11 @@ struct Landing {
 }
 
 /// The length of `data` if it is the bytes the transport read where `landing` said (a view of
-/// that memory from its start, no longer than the room), with the landing.
-fn landed(data: &Bound<'_, PyAny>, landing: Landing) -> Option<(Landing, usize)> {
+/// that memory from its start, no longer than the room).
+fn landed(data: &Bound<'_, PyAny>, landing: Landing) -> Option<usize> {
     let buffer = PyBuffer::<u8>::get(data).ok()?;
     let len = buffer.len_bytes();
-    (buffer.buf_ptr() as usize == landing.at && len <= landing.room && buffer.is_c_contiguous())
-        .then_some((landing, len))
+    (buffer.buf_ptr() as usize == landing.at && len <= landing.room && buffer.is_c_contiguous()).then_some(len)
 }
 
 /// What carries banana: the negotiation, then TLS. Locked briefly, never while Python runs.
@@ -186,7 +185,7 @@ impl FoolscapSession {
         let (py, this, session) = (slf.py(), slf.get(), slf.as_super().get());
         let mut guard = this.lock_incoming()?;
         let Some(incoming) = guard.as_mut() else { return Ok(PyList::empty(py)) };
-        let events = match incoming.landing.take().and_then(|landing| landed(data, landing)) {
+        let events = match incoming.landing.take().and_then(|landing| Some((landing, landed(data, landing)?))) {
             Some((landing, len)) => {
                 metrics::received(Wire::Foolscap, len);
                 this.receive_landed(py, session, incoming, landing, len)
@@ -345,10 +344,7 @@ impl FoolscapSession {
         let Some(tls) = link.tls.as_mut() else {
             return session.take(py);
         };
-        session.drain(
-            py,
-            |parts| if parts.iter().all(|part| part.is_empty()) { Ok(()) } else { tls.write_parts(parts) },
-        )?;
+        session.drain(py, |parts| tls.write_parts(parts))?;
         if !link.early.is_empty() {
             let early = std::mem::take(&mut link.early);
             let records = tls.take_with(|out| bytes(py, &early, out));
