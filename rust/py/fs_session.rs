@@ -17,7 +17,6 @@
 //! `take`), a broken stream `BananaError` carrying the events read before it.
 
 use std::os::raw::c_char;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pyo3::buffer::PyBuffer;
@@ -30,7 +29,7 @@ use super::dispatch::{Dispatch, Flavor};
 use super::foolscap::{in_use, ping, Fast, FoolscapEncoderPy, Reader, FS_DECIDE, FS_NEGOTIATED};
 use super::metrics::{self, Wire};
 use super::schemas::CallLimits;
-use super::session::{Encoded, Encoding, SessionPy};
+use super::session::{Encoded, Encoding, Input, SessionPy};
 use super::{element_size_set, with_received_mut};
 use crate::banana::LARGE;
 use crate::foolscap::negotiate::{Negotiation, Setup, Step};
@@ -87,11 +86,8 @@ struct Link {
 
 #[pyclass(module = "pbfast._core", name = "FoolscapSession", extends = SessionPy, frozen)]
 pub struct FoolscapSession {
-    /// None once the input is dropped (the connection is cut off or gone).
-    incoming: Mutex<Option<Incoming>>,
+    incoming: Input<Incoming>,
     link: Mutex<Link>,
-    /// The input was dropped while a `feed` held it: it goes when the feed ends.
-    dropped: AtomicBool,
 }
 
 #[pymethods]
@@ -172,18 +168,14 @@ impl FoolscapSession {
             landing: None,
         };
         let link = Link { negotiation, tls: None, banana, closed: false, early: Vec::new(), writer };
-        let session = FoolscapSession {
-            incoming: Mutex::new(Some(incoming)),
-            link: Mutex::new(link),
-            dropped: AtomicBool::new(false),
-        };
+        let session = FoolscapSession { incoming: Input::new(incoming, "a Tub session"), link: Mutex::new(link) };
         Ok(PyClassInitializer::from(base).add_subclass(session))
     }
 
     /// Feed what the socket gave; returns the events it completed (see the module docs).
     fn feed<'py>(slf: &Bound<'py, Self>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
         let (py, this, session) = (slf.py(), slf.get(), slf.as_super().get());
-        let mut guard = this.lock_incoming()?;
+        let mut guard = this.incoming.hold()?;
         let Some(incoming) = guard.as_mut() else { return Ok(PyList::empty(py)) };
         let events = match incoming.landing.take().and_then(|landing| Some((landing, landed(data, landing)?))) {
             Some((landing, len)) => {
@@ -195,7 +187,6 @@ impl FoolscapSession {
                 this.receive(py, session, incoming, bytes)
             }),
         };
-        this.read_done(guard);
         events
     }
 
@@ -207,7 +198,7 @@ impl FoolscapSession {
     /// next `feed` is to be given the bytes that came, as a slice of it from its start.
     fn landing<'py>(slf: &Bound<'py, Self>, room: usize) -> PyResult<Option<Bound<'py, PyAny>>> {
         let (py, this) = (slf.py(), slf.get());
-        let Ok(mut guard) = this.incoming.try_lock() else { return Ok(None) };
+        let Some(mut guard) = this.incoming.peek() else { return Ok(None) };
         let Some(incoming) = guard.as_mut() else { return Ok(None) };
         incoming.landing = None;
         if incoming.reader.buffered() < LAND_AT {
@@ -233,7 +224,7 @@ impl FoolscapSession {
     /// events that follows (`FS_NEGOTIATED`, and banana's, if any came with the peer's hello).
     fn decide<'py>(slf: &Bound<'py, Self>, seqnum: i64) -> PyResult<Bound<'py, PyList>> {
         let (py, this, session) = (slf.py(), slf.get(), slf.as_super().get());
-        let mut guard = this.lock_incoming()?;
+        let mut guard = this.incoming.hold()?;
         let Some(incoming) = guard.as_mut() else { return Ok(PyList::empty(py)) };
         let rest = {
             let mut link = this.lock_link()?;
@@ -247,7 +238,6 @@ impl FoolscapSession {
             }
         };
         let events = negotiated(py, this.read(py, session, incoming, &rest, false));
-        this.read_done(guard);
         events
     }
 
@@ -275,7 +265,7 @@ impl FoolscapSession {
     ) -> PyResult<Bound<'py, PyList>> {
         let (py, this, session) = (slf.py(), slf.get(), slf.as_super().get());
         let events = PyList::empty(py);
-        let mut guard = this.lock_incoming()?;
+        let mut guard = this.incoming.hold()?;
         let Some(incoming) = guard.as_mut() else { return Ok(events) };
         let writer = writer(session, py)?;
         let broker = incoming.broker.bind(py);
@@ -383,7 +373,7 @@ impl FoolscapSession {
     /// is being cut off and will read nothing more).
     fn discard(slf: &Bound<'_, Self>) {
         let this = slf.get();
-        this.drop_input();
+        this.incoming.drop_input();
         slf.as_super().get().discard();
         if let Ok(mut link) = this.link.try_lock() {
             link.early.clear();
@@ -400,7 +390,7 @@ impl FoolscapSession {
     /// the broker's callbacks and hooks, the negotiation and the TLS session.
     fn close(slf: &Bound<'_, Self>) {
         let this = slf.get();
-        this.drop_input();
+        this.incoming.drop_input();
         slf.as_super().get().shut();
         if let Ok(mut link) = this.link.try_lock() {
             let gone = (link.negotiation.take(), link.tls.take(), link.writer.take());
@@ -503,7 +493,7 @@ impl FoolscapSession {
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         // Never blocks: these locks are only held while this object is in use.
-        if let Ok(incoming) = self.incoming.try_lock() {
+        if let Some(incoming) = self.incoming.peek() {
             if let Some(i) = incoming.as_ref() {
                 i.reader.traverse(&visit)?;
                 i.dispatch.traverse(&visit)?;
@@ -611,34 +601,9 @@ impl FoolscapSession {
         events
     }
 
-    /// After a `feed` or `decide`: the input goes if it was dropped meanwhile.
-    fn read_done(&self, mut guard: MutexGuard<'_, Option<Incoming>>) {
-        if self.dropped.load(Ordering::Relaxed) {
-            let dropped = guard.take();
-            drop(guard);
-            drop(dropped);
-        }
-    }
-
-    fn lock_incoming(&self) -> PyResult<MutexGuard<'_, Option<Incoming>>> {
-        self.incoming.try_lock().map_err(|_| PyRuntimeError::new_err("a Tub session's feed or run was re-entered"))
-    }
-
     /// The link (never held while Python runs, so it is only busy when used from two threads).
     fn lock_link(&self) -> PyResult<MutexGuard<'_, Link>> {
         self.link.try_lock().map_err(|_| PyRuntimeError::new_err("a Tub session was used from two threads at once"))
-    }
-
-    fn drop_input(&self) {
-        match self.incoming.try_lock() {
-            Ok(mut incoming) => {
-                let dropped = incoming.take();
-                drop(incoming);
-                drop(dropped);
-            }
-            // A feed under way: it drops the input when it ends.
-            Err(_) => self.dropped.store(true, Ordering::Relaxed),
-        }
     }
 
     fn peer<T>(&self, f: impl FnOnce(&crate::foolscap::negotiate::Hello) -> T) -> PyResult<Option<T>> {

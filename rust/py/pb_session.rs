@@ -21,10 +21,6 @@
 //! (answers it awaited, errors, releases) are encoded and queued by `answer`, `error` and
 //! `command`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
-
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
@@ -34,7 +30,7 @@ pyo3::import_exception!(pbfast.errors, ProtocolError);
 use super::dispatch::{Dispatch, Flavor, Ran};
 use super::metrics::{self, Outcome as Counted, Wire};
 use super::pb::{Envelope, Reader, Writer, EV_AWAITING, EV_FLUSH, EV_RAISED, EV_READY, EV_RETURNED};
-use super::session::{Encoding, SessionPy};
+use super::session::{Encoding, Input, SessionPy};
 use super::{element_size_set, limits, with_events, with_received};
 use crate::banana::LARGE;
 use crate::pb::Received;
@@ -56,10 +52,7 @@ struct Incoming {
 #[pyclass(module = "pbfast._core", name = "PbSession", extends = SessionPy, frozen)]
 pub struct PbSession {
     server: bool,
-    /// None once the input is dropped (the connection is cut off or gone).
-    incoming: Mutex<Option<Incoming>>,
-    /// The input was dropped while a `feed` held it: it goes when the feed ends.
-    dropped: AtomicBool,
+    incoming: Input<Incoming>,
 }
 
 #[pymethods]
@@ -99,14 +92,14 @@ impl PbSession {
             jelly: Some(jelly),
         };
         let base = SessionPy::new(Wire::Pb, max_refs, wake, flush, create_future, dead, forget);
-        let session = PbSession { server, incoming: Mutex::new(Some(incoming)), dropped: AtomicBool::new(false) };
+        let session = PbSession { server, incoming: Input::new(incoming, "a PB session") };
         Ok(PyClassInitializer::from(base).add_subclass(session))
     }
 
     /// The connection is up: a server queues its offer of dialects.
     fn open(slf: &Bound<'_, Self>) -> PyResult<()> {
         if slf.get().server {
-            let offer = slf.get().lock_incoming()?.as_ref().map(|incoming| incoming.reader.offer());
+            let offer = slf.get().incoming.hold()?.as_ref().map(|incoming| incoming.reader.offer());
             if let Some(offer) = offer {
                 slf.as_super().get().append(slf.py(), &offer)?;
             }
@@ -122,7 +115,7 @@ impl PbSession {
     fn feed<'py>(slf: &Bound<'py, Self>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
         let (py, this, session) = (slf.py(), slf.get(), slf.as_super().get());
         let events = PyList::empty(py);
-        let mut guard = this.lock_incoming()?;
+        let mut guard = this.incoming.hold()?;
         let Some(incoming) = guard.as_mut() else { return Ok(events) };
         let Incoming { reader, dispatch, broker, jelly } = incoming;
         let broker = broker.bind(py);
@@ -186,9 +179,7 @@ impl PbSession {
             fed
         });
         session.set_buffered(reader.buffered());
-        if this.dropped.load(Ordering::Relaxed) {
-            *guard = None;
-        }
+        drop(guard); // (the input goes now if it was dropped meanwhile)
         with_events(py, events, result)
     }
 
@@ -207,7 +198,7 @@ impl PbSession {
     ) -> PyResult<Bound<'py, PyList>> {
         let (py, this, session) = (slf.py(), slf.get(), slf.as_super().get());
         let events = PyList::empty(py);
-        let mut guard = this.lock_incoming()?;
+        let mut guard = this.incoming.hold()?;
         let Some(incoming) = guard.as_mut() else { return Ok(events) };
         let Some(Encoding::Pb(writer)) = session.encoding(py) else {
             return Err(ProtocolError::new_err("a call arrived before the dialect was negotiated"));
@@ -260,20 +251,20 @@ impl PbSession {
     /// Drop what waits to be written and what is held of an incomplete expression (the
     /// connection is being cut off and will read nothing more).
     fn discard(slf: &Bound<'_, Self>) {
-        slf.get().drop_input();
+        slf.get().incoming.drop_input();
         slf.as_super().get().discard();
     }
 
     /// The connection is gone: `discard`, refuse further calls, empty the tables, and let go of
     /// the broker's callbacks and hooks.
     fn close(slf: &Bound<'_, Self>) {
-        slf.get().drop_input();
+        slf.get().incoming.drop_input();
         slf.as_super().get().shut();
     }
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         // Never blocks: a feed holds the lock only while this object is alive and in use.
-        if let Ok(incoming) = self.incoming.try_lock() {
+        if let Some(incoming) = self.incoming.peek() {
             if let Some(i) = incoming.as_ref() {
                 i.reader.traverse(&visit)?;
                 i.dispatch.traverse(&visit)?;
@@ -284,24 +275,6 @@ impl PbSession {
             }
         }
         Ok(())
-    }
-}
-
-impl PbSession {
-    fn lock_incoming(&self) -> PyResult<MutexGuard<'_, Option<Incoming>>> {
-        self.incoming.try_lock().map_err(|_| PyRuntimeError::new_err("a PB session's feed or run was re-entered"))
-    }
-
-    fn drop_input(&self) {
-        match self.incoming.try_lock() {
-            Ok(mut incoming) => {
-                let dropped = incoming.take();
-                drop(incoming);
-                drop(dropped);
-            }
-            // A feed under way: it drops the input when it ends.
-            Err(_) => self.dropped.store(true, Ordering::Relaxed),
-        }
     }
 }
 

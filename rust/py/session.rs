@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use pyo3::exceptions::asyncio::InvalidStateError;
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView, PyString, PyTuple};
@@ -258,6 +258,75 @@ impl Encoded {
         }
         parts.push(&self.bytes[from..]);
         parts
+    }
+}
+
+/// A wire session's input: its reader and what runs the messages read. `feed` and `run` hold
+/// it while they work (remote methods run meanwhile); cutting the connection off drops it, at
+/// once or, while it is held, as its holder lets go.
+pub struct Input<T> {
+    slot: Mutex<Option<T>>,
+    /// Dropped while held: it goes when the holder lets go.
+    dropped: AtomicBool,
+    /// The session, for the error of a re-entered feed ("a PB session").
+    name: &'static str,
+}
+
+impl<T> Input<T> {
+    pub fn new(input: T, name: &'static str) -> Self {
+        Input { slot: Mutex::new(Some(input)), dropped: AtomicBool::new(false), name }
+    }
+
+    /// Hold the input (None once it is dropped); an error if a feed or run holds it already.
+    pub fn hold(&self) -> PyResult<InputGuard<'_, T>> {
+        match self.slot.try_lock() {
+            Ok(guard) => Ok(InputGuard { guard: Some(guard), dropped: &self.dropped }),
+            Err(_) => Err(PyRuntimeError::new_err(format!("{}'s feed or run was re-entered", self.name))),
+        }
+    }
+
+    /// The input if nothing holds it, to look at: never blocks, and drops nothing (the garbage
+    /// collector's traversal uses it).
+    pub fn peek(&self) -> Option<MutexGuard<'_, Option<T>>> {
+        self.slot.try_lock().ok()
+    }
+
+    /// Drop the input: at once, or when its holder lets go.
+    pub fn drop_input(&self) {
+        self.dropped.store(true, Ordering::Relaxed);
+        if let Ok(mut slot) = self.slot.try_lock() {
+            let dropped = slot.take();
+            drop(slot);
+            drop(dropped); // (after the lock: dropping Python objects may run code that feeds)
+        }
+    }
+}
+
+/// The input held; letting go drops it if it was dropped meanwhile.
+pub struct InputGuard<'a, T> {
+    guard: Option<MutexGuard<'a, Option<T>>>,
+    dropped: &'a AtomicBool,
+}
+
+impl<T> std::ops::Deref for InputGuard<'_, T> {
+    type Target = Option<T>;
+    fn deref(&self) -> &Option<T> {
+        self.guard.as_ref().expect("held until dropped")
+    }
+}
+
+impl<T> std::ops::DerefMut for InputGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut Option<T> {
+        self.guard.as_mut().expect("held until dropped")
+    }
+}
+
+impl<T> Drop for InputGuard<'_, T> {
+    fn drop(&mut self) {
+        let Some(mut guard) = self.guard.take() else { return };
+        let dropped = if self.dropped.load(Ordering::Relaxed) { guard.take() } else { None };
+        drop(guard);
+        drop(dropped);
     }
 }
 
@@ -655,7 +724,7 @@ impl SessionPy {
     pub fn start_encoding(&self, encoding: Encoding) -> PyResult<()> {
         let mut encoder = self.encoder.lock().unwrap_or_else(|e| e.into_inner());
         if encoder.is_some() || self.closed.load(Ordering::Relaxed) {
-            return Err(pyo3::exceptions::PyRuntimeError::new_err("the session has started or closed"));
+            return Err(PyRuntimeError::new_err("the session has started or closed"));
         }
         *encoder = Some(encoding);
         Ok(())
