@@ -13,7 +13,9 @@
 //! - calls out: `callRemote`'s work (request id, future, encoding, pins, pending entry) in one
 //!   crossing of the boundary;
 //! - the connection's [`Tables`]: our objects, the references the peer holds, our calls
-//!   awaiting replies.
+//!   awaiting replies;
+//! - for each wire's session, its input ([`Input`]): the reader and what runs the messages
+//!   read, behind one lock, and dropped when the connection is cut off.
 //!
 //! Frozen with small locks, never held while Python runs, so an encoder hook or a remote method
 //! may send while another send or a `feed` is under way. `close` drops every Python object the
