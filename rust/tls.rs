@@ -139,7 +139,7 @@ impl Identity {
 /// in place from one buffer however many records it holds (rustls' buffered reader takes 4 KiB
 /// at a time, zero-filling and reallocating its buffer around every record), and records are
 /// encrypted straight into the buffer [`Self::take_into`] hands over. Once a TLS 1.3 handshake
-/// is over, records are protected by [`records`] with rustls keeping the secrets.
+/// is over, records are protected here (`tls/records.rs`), rustls keeping the secrets.
 pub struct TlsSession {
     conn: Conn,
     role: Role,
