@@ -205,8 +205,8 @@ def cipher_note(cipher: dict[str, Any], benches: dict[str, dict[str, Any]]) -> s
         total, tub_kernel = tub_busier
         note += (
             f"; the pbfast Tub's busier process spends {total:,.0f} µs per call, {tub_kernel:,.0f} in "
-            f"the kernel (its cipher is its own, graviola's or ring's AES-GCM, not OpenSSL's: "
-            f"{crypto:,.0f} µs at OpenSSL's speed)"
+            f"the kernel (its AES-GCM is its own, named below, not OpenSSL's: {crypto:,.0f} µs at "
+            f"OpenSSL's speed)"
         )
     return note
 
@@ -304,6 +304,7 @@ def machine(rpc_env: dict[str, Any], tub_env: dict[str, Any]) -> dict[str, Any]:
         "python_implementation": rpc_env["python_implementation"],
         "pbfast_version": rpc_env["pbfast_version"],
         "pbfast_build_profile": rpc_env["pbfast_build_profile"],
+        "pbfast_tls_aes_gcm": rpc_env.get("pbfast_tls_aes_gcm"),
         "uvloop_version": rpc_env["uvloop_version"],
         "twisted_version": rpc_env["twisted_version"],
         "foolscap_version": tub_env["foolscap_version"],
@@ -401,7 +402,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"- Machine: {cpus} CPUs, {env['machine']}, {env['platform']}"
         f"{rpc.busy_note(env.get('cpu_busy_before_percent'))}",
         f"- Python {env['python']} ({env['python_implementation']}); pbfast {env['pbfast_version']}, "
-        f"`pbfast._core.build_profile` = `{env['pbfast_build_profile']}`; "
+        f"`pbfast._core.build_profile` = `{env['pbfast_build_profile']}`, "
+        f"AES-GCM for a Tub's TLS 1.3 records: {env.get('pbfast_tls_aes_gcm') or 'not recorded'}; "
         f"uvloop {env['uvloop_version'] or 'not installed'}; "
         f"Twisted {env['twisted_version'] or 'not installed'}; "
         f"foolscap {env['foolscap_version'] or 'not installed'}",

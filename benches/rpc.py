@@ -1098,6 +1098,7 @@ def machine_environment() -> dict[str, Any]:
         "python_implementation": platform.python_implementation(),
         "pbfast_version": pbfast.__version__,
         "pbfast_build_profile": pbfast._core.build_profile,
+        "pbfast_tls_aes_gcm": pbfast._core.tls_aes_gcm,
         "cpu_count": os.cpu_count(),
         "cpus_usable": usable,
         "platform": platform.platform(),

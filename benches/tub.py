@@ -482,7 +482,7 @@ def report(results: list[TubResult], env: dict[str, Any], args: argparse.Namespa
         f"Twisted {libs['twisted'] or 'not installed'}, "
         f"pyOpenSSL {libs['pyopenssl'] or 'not installed'} ({libs['openssl'] or 'no OpenSSL'})",
         f"- Event loops: {runtimes}",
-        f"- TLS negotiated: {tls or '–'}",
+        f"- TLS negotiated: {tls or '–'}; pbfast's AES-GCM for TLS 1.3 records: {env['pbfast_tls_aes_gcm']}",
         f"- CPUs: {cpus}{busy_note(env.get('cpu_busy_before_percent'))}",
         f"- Platform: {env['platform']}",
         f"- Call: {describe_call(args)} on an object published with `registerReference`, Tub to Tub "

@@ -131,6 +131,7 @@ mod _core {
         }
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         m.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+        m.add("tls_aes_gcm", crate::tls::aes_gcm_implementation())?;
         Ok(())
     }
 }

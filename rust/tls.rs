@@ -34,6 +34,7 @@ use rustls::{
 use crate::tubid;
 
 mod records;
+pub use records::aes_gcm_implementation;
 use records::{Kernel, Traffic};
 
 /// Why a session could not be made or went wrong.

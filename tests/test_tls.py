@@ -9,6 +9,7 @@ checked-in ones under ``tests/vectors/tls/`` and fresh ones from ``createCertifi
 from __future__ import annotations
 
 import json
+import platform
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from foolscap import crypto as fs_crypto
 from OpenSSL import SSL
-from pbfast import ProtocolError, TLSError
+from pbfast import ProtocolError, TLSError, _core
 from pbfast._core import TlsError, TlsSession
 from pbfast.furl import tub_id
 from pbfast.identity import TubIdentity
@@ -396,3 +397,23 @@ def test_a_pkcs1_rsa_key_works_too() -> None:
     client, server = TlsSession(False, tub.certificate_der, pkcs1), vector_tub("ec_p256.pem").session(True)
     pump(client, server)
     assert server.peer_tub_id == tub.foolscap_tub_id
+
+
+# The CPU features graviola's AES-GCM needs (its own, then its 512-bit code's), as Linux names them.
+WIDE_AES_GCM_FLAGS = {
+    "aes", "pclmulqdq", "ssse3", "avx", "avx2", "bmi1", "bmi2", "adx",
+    "vaes", "vpclmulqdq", "avx512f", "avx512bw", "avx512vl",
+}  # fmt: skip
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the CPU's features from Linux's /proc")
+def test_tls_aes_gcm_names_the_implementation_this_cpu_gets() -> None:
+    """Records are sealed by graviola's AES-GCM exactly where the CPU has what its 512-bit code
+    needs (as the kernel reports the CPU's features), by ring's everywhere else."""
+    flags: set[str] = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    wide = platform.machine() in ("x86_64", "AMD64") and WIDE_AES_GCM_FLAGS <= flags
+    assert _core.tls_aes_gcm == ("graviola (AVX-512)" if wide else "ring")

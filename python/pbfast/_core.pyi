@@ -79,6 +79,7 @@ __all__ = [
     "metrics_record",
     "parse_furl",
     "parse_hint",
+    "tls_aes_gcm",
     "tub_id",
 ]
 
@@ -92,6 +93,7 @@ PB_VOCAB: Final[tuple[bytes, ...]]
 FOOLSCAP_VOCAB: Final[tuple[bytes, ...]]
 __version__: Final[str]
 build_profile: Final[str]
+tls_aes_gcm: Final[str]  # whose AES-GCM protects a Tub's TLS 1.3 records on this CPU
 
 def dumps(obj: Any, /, *, dialect: str = "pb", hook: _EncodeHook | None = None) -> bytes: ...
 def loads(

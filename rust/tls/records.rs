@@ -96,6 +96,21 @@ enum Implementation {
     WideAesGcm,
 }
 
+impl Implementation {
+    fn name(self) -> &'static str {
+        match self {
+            Implementation::Ring => "ring",
+            #[cfg(target_arch = "x86_64")]
+            Implementation::WideAesGcm => "graviola (AVX-512)",
+        }
+    }
+}
+
+/// Whose AES-GCM protects TLS 1.3 records on this CPU: "ring", or "graviola (AVX-512)".
+pub fn aes_gcm_implementation() -> &'static str {
+    RecordKey::fastest().name()
+}
+
 /// A traffic key: the AEAD that seals and opens one direction's records.
 #[allow(
     clippy::large_enum_variant,
