@@ -138,3 +138,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.event_loop)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    # What earlier tests left alive (the modules they imported, stock Twisted, foolscap and
+    # Tahoe among them, pytest's records, caches) lives to the end of the run. Collected once
+    # and frozen here, before the test's fixtures, it is out of the way of the collections the
+    # tests make (`run` makes one after every event loop, `settle` several): they scan only what
+    # the test itself made, instead of a heap that grows with every test the run has passed.
+    gc.collect()
+    gc.freeze()
+    yield
