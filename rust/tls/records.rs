@@ -203,8 +203,11 @@ impl RecordKey {
                 let Some(len) = data.len().checked_sub(body + TAG) else { return Err(Error::DecryptError) };
                 let (ciphertext, tag) = data[body..].split_at_mut(len);
                 key.decrypt(&nonce, &header, ciphertext, tag).map_err(|_| Error::DecryptError)?;
-                // (graviola decrypts in place only; the move stays within what the caches hold.)
-                data.copy_within(body..body + len, 0);
+                // graviola decrypts in place only, so a landed record is moved down after (while
+                // the caches hold it); one opened where it lies (`body` 0) is not copied onto itself.
+                if body > 0 {
+                    data.copy_within(body..body + len, 0);
+                }
                 Ok(&mut data[..len])
             }
         }
