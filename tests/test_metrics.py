@@ -153,10 +153,11 @@ def test_calls_bytes_and_connections_are_counted(run, counting: None, variant: s
         assert grew(before, after, **client, method="echo", outcome="ok") == (5, 5)
         assert grew(before, after, **server, method="fail", outcome="error") == (2, 2)
         assert grew(before, after, **client, method="fail", outcome="error") == (2, 2)
-        # The peer's awaitable, timed until it finished: none of it in the buckets under 50 ms.
+        # The peer's awaitable, timed until it finished, not until it first yielded. uvloop
+        # keeps its clock in whole milliseconds and may wake a 50 ms sleep a little early.
         assert grew(before, after, **server, method="slow", outcome="ok") == (1, 1)
         (slow,) = after.select(**server, method="slow", outcome="ok")
-        assert slow.seconds >= 0.05 * slow.timed
+        assert slow.seconds >= 0.045 * slow.timed
         assert sum(slow.buckets[: after.bounds.index(0.025) + 1]) == 0
         assert grew(before, after, **client, method="slow", outcome="ok") == (1, 1)
         # A method that does not exist gets no label of its own where it is served (this name
