@@ -341,7 +341,8 @@ def test_results_merge_exactly(run) -> None:
             a + b + c
             for a, b, c in zip(fast.latency.counts, slow.latency.counts, failing.latency.counts, strict=True)
         ]
-        assert merged.latency.percentile(95) >= 20_000_000  # the slow calls are the top 8.6 %
+        # The slow calls are the top 8.6 % (20 ms sleeps: uvloop's timers may fire early).
+        assert merged.latency.percentile(95) >= 18_000_000
         assert merged.processes == [fast, slow, failing]
         halves = merge_intervals(
             [
