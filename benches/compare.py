@@ -203,10 +203,11 @@ def cipher_note(cipher: dict[str, Any], benches: dict[str, dict[str, Any]]) -> s
     tub_busier = busier_process(benches, "tub_bulk", tub.PBFAST)
     if tub_busier is not None and tub_busier[1] is not None:
         total, tub_kernel = tub_busier
+        # CPU per call is steadier than MB/s on a machine whose speed swings from run to run.
         note += (
             f"; the pbfast Tub's busier process spends {total:,.0f} µs per call, {tub_kernel:,.0f} in "
-            f"the kernel (its AES-GCM is its own, named below, not OpenSSL's: {crypto:,.0f} µs at "
-            f"OpenSSL's speed)"
+            f"the kernel, and so echoes {busier / total:.2f}× the raw echo's MB per CPU-second (its "
+            f"AES-GCM is its own, named below, not OpenSSL's: {crypto:,.0f} µs at OpenSSL's speed)"
         )
     return note
 

@@ -142,6 +142,7 @@ def test_cipher_note_splits_the_busier_processes() -> None:
     assert "at most 0.83×" in note  # 500 / (500 + 100)
     assert "Of those 500 µs, 400 are the kernel's" in note and "would reach 1.00×" in note
     assert "the pbfast Tub's busier process spends 900 µs per call, 450 in the kernel" in note
+    assert "echoes 0.56× the raw echo's MB per CPU-second" in note  # 500 / 900
     # Without the kernel's part (an older run, or no /proc), only the first bound.
     benches["rpc_bulk"]["systems"]["raw"]["pipelined"]["server_kernel_us_per_call"] = None
     assert compare.cipher_note({"seal_us": 50, "open_us": 50}, benches).endswith("0.83× the raw echo's MB/s")
